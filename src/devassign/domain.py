@@ -68,9 +68,7 @@ PCI_ADDRESS_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 # An mdev slot: the parent's PCI address, the mdev type, the slot index.
 MDEV_ADDRESS_RE = re.compile(r"^([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/([A-Za-z0-9_.-]+)/(\d+)$")
 # A USB device: vendor:product:serial, or its bus path (1-2.3) when it has no serial.
-USB_ADDRESS_RE = re.compile(
-    r"^(usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}|usb:\d+-\d+(\.\d+)*)$"
-)
+USB_ADDRESS_RE = re.compile(r"^(usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}|usb:\d+-\d+(\.\d+)*)$")
 STATIC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
 

@@ -1,0 +1,300 @@
+"""The agent's TOML configuration (SPEC.md, "Agent configuration"), checked when loaded.
+
+A mistyped whitelist once made Nova delete rows of devices in use (bug 1633120), so a
+rule that cannot mean what its author thought is refused at load time with the file and
+the rule named, never applied loosely.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from devassign.agent.model import FoundDevice
+from devassign.domain import HOST_RE, NAME_RE, DeviceKind, address_error
+
+DEFAULT_SERVER = "http://127.0.0.1:8470"
+MATCH_KEYS = ("vendor_id", "product_id", "address", "class", "driver", "kind", "parent", "mdev_type")
+RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group")
+RESOURCE_KEYS = ("type", "information", "count", "id", "attributes")
+TOP_KEYS = (
+    "host",
+    "server",
+    "report_interval",
+    "heartbeat_interval",
+    "token",
+    "state_file",
+    "pci_ids",
+    "device",
+    "resource",
+)
+_HEX4_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{4}$")
+_CLASS_PREFIX_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{1,6}$")
+_STATIC_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,150}$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One ``[[device]]`` entry: discovered devices that match become devices of ``type``."""
+
+    type: str
+    match: dict[str, str]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    allow_shared_iommu_group: bool = False
+
+    def matches(self, dev: FoundDevice) -> bool:
+        """True when every key of the rule holds for ``dev``.
+
+        mdev slots carry their GPU's ids, so only a rule that names ``kind = "mdev_type"``
+        or an ``mdev_type`` takes them: a rule for whole GPUs must not also take their slots.
+        """
+        m = self.match
+        if dev.kind is DeviceKind.STATIC:
+            return False
+        if dev.kind is DeviceKind.MDEV_TYPE and "mdev_type" not in m and "kind" not in m:
+            return False
+        for key, want in m.items():
+            if key in ("vendor_id", "product_id"):
+                have = getattr(dev, key)
+                if want not in ("*", have):
+                    return False
+            elif key == "class":
+                if not (dev.class_code or "").startswith(want):
+                    return False
+            elif key == "kind":
+                if dev.kind.value != want:
+                    return False
+            elif key == "mdev_type":
+                value = dev.attributes.get("mdev_type")
+                if not isinstance(value, str) or not fnmatch.fnmatchcase(value, want):
+                    return False
+            else:  # address, driver, parent: globs
+                have = getattr(dev, key)
+                if have is None or not fnmatch.fnmatchcase(have, want):
+                    return False
+        return True
+
+
+@dataclass(frozen=True)
+class ResourceDecl:
+    """One ``[[resource]]`` entry: ``count`` statically declared units of ``type``."""
+
+    type: str
+    count: int = 1
+    information: str = ""
+    id: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def units(self) -> list[FoundDevice]:
+        """``static:<id>/<i>`` for each unit, so every unit has its own identity."""
+        base = self.id or self.type
+        out = []
+        for i in range(self.count):
+            attrs = dict(self.attributes)
+            if self.information:
+                attrs["information"] = self.information
+            out.append(
+                FoundDevice(
+                    address=f"static:{base}/{i}",
+                    kind=DeviceKind.STATIC,
+                    type=self.type,
+                    attributes=attrs,
+                )
+            )
+        return out
+
+
+def default_state_file() -> Path:
+    """Where the host id and generation live when the config does not say."""
+    return platformdirs.user_state_path("devassign") / "agent-state.json"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    server: str = DEFAULT_SERVER
+    report_interval: float = 30.0
+    heartbeat_interval: float = 10.0
+    token: str | None = None
+    state_file: Path = field(default_factory=default_state_file)
+    pci_ids: Path | None = None
+    devices: tuple[DeviceRule, ...] = ()
+    resources: tuple[ResourceDecl, ...] = ()
+    source: str = "<defaults>"
+
+
+def default_config() -> AgentConfig:
+    """No file: this host's name, no rules (``agent discover`` still shows every device)."""
+    return AgentConfig(host=socket.gethostname(), token=os.environ.get("DEVASSIGN_TOKEN"))
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and check an agent configuration file; :class:`ConfigError` says what is wrong."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return parse_config(raw, source=str(p), base_dir=p.parent)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{source}: {msg}")
+
+    _unknown(raw, TOP_KEYS, "", fail)
+    host = raw.get("host", socket.gethostname())
+    if not isinstance(host, str) or not HOST_RE.match(host):
+        raise fail(f"host {host!r} is not a host name (letters, digits, _ . -)")
+    server = raw.get("server", DEFAULT_SERVER)
+    if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server):
+        raise fail(f"server {server!r} is not an http(s) URL")
+    interval = _positive(raw.get("report_interval", 30), "report_interval", fail)
+    heartbeat = _positive(raw.get("heartbeat_interval", max(1.0, interval / 3)), "heartbeat_interval", fail)
+    token = raw.get("token", os.environ.get("DEVASSIGN_TOKEN"))
+    if token is not None and (not isinstance(token, str) or not token):
+        raise fail("token must be a non-empty string")
+    base = base_dir or Path.cwd()
+    state_file = default_state_file()
+    if "state_file" in raw:
+        if not isinstance(raw["state_file"], str):
+            raise fail("state_file must be a path")
+        state_file = base / Path(raw["state_file"]).expanduser()
+    pci_ids = None
+    if "pci_ids" in raw:
+        if not isinstance(raw["pci_ids"], str):
+            raise fail("pci_ids must be a path")
+        pci_ids = base / Path(raw["pci_ids"]).expanduser()
+    rules = tuple(_rule(r, i, fail) for i, r in enumerate(_tables(raw, "device", fail), 1))
+    resources = tuple(_resource(r, i, fail) for i, r in enumerate(_tables(raw, "resource", fail), 1))
+    addresses: set[str] = set()
+    for res in resources:
+        for unit in res.units():
+            if unit.address in addresses:
+                raise fail(f"[[resource]] {res.type}: unit {unit.address} is declared twice")
+            addresses.add(unit.address)
+    return AgentConfig(
+        host=host,
+        server=server.rstrip("/"),
+        report_interval=interval,
+        heartbeat_interval=heartbeat,
+        token=token,
+        state_file=state_file,
+        pci_ids=pci_ids,
+        devices=rules,
+        resources=resources,
+        source=source,
+    )
+
+
+def _unknown(table: dict[str, Any], known: tuple[str, ...], where: str, fail: Any) -> None:
+    for key in table:
+        if key not in known:
+            raise fail(f"{where}unknown key {key!r}; known keys: {', '.join(known)}")
+
+
+def _positive(value: Any, name: str, fail: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise fail(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _tables(raw: dict[str, Any], key: str, fail: Any) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise fail(f"{key} must be written as [[{key}]] tables")
+    return value
+
+
+def _type_name(table: dict[str, Any], where: str, fail: Any) -> str:
+    name = table.get("type")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise fail(f"{where}: type {name!r} must be 1-64 letters, digits or _")
+    return name
+
+
+def _attributes(table: dict[str, Any], where: str, fail: Any) -> dict[str, Any]:
+    attrs = table.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise fail(f"{where}: attributes must be a table")
+    for key, value in attrs.items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
+            raise fail(f"{where}: attribute name {key!r} must be an identifier")
+        if isinstance(value, dict):
+            raise fail(f"{where}: attribute {key!r} must be a plain value or a list")
+    return dict(attrs)
+
+
+def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
+    where = f"[[device]] #{i}"
+    _unknown(table, RULE_KEYS, f"{where}: ", fail)
+    name = _type_name(table, where, fail)
+    where = f"[[device]] #{i} (type {name})"
+    match = table.get("match")
+    if not isinstance(match, dict) or not match:
+        raise fail(f"{where}: needs a match table with at least one of {', '.join(MATCH_KEYS)}")
+    _unknown(match, MATCH_KEYS, f"{where}: match: ", fail)
+    norm: dict[str, str] = {}
+    for key, value in match.items():
+        if not isinstance(value, str) or not value:
+            raise fail(f"{where}: match.{key} must be a non-empty string, not {value!r}")
+        norm[key] = _match_value(key, value, where, fail)
+    allow = table.get("allow_shared_iommu_group", False)
+    if not isinstance(allow, bool):
+        raise fail(f"{where}: allow_shared_iommu_group must be true or false")
+    return DeviceRule(name, norm, _attributes(table, where, fail), allow)
+
+
+def _match_value(key: str, value: str, where: str, fail: Any) -> str:
+    if key in ("vendor_id", "product_id"):
+        if value == "*":
+            return value
+        if not _HEX4_RE.match(value):
+            raise fail(f"{where}: match.{key} {value!r} must be 4 hex digits, e.g. 8086")
+        return value.lower().removeprefix("0x")
+    if key == "class":
+        if not _CLASS_PREFIX_RE.match(value):
+            raise fail(f"{where}: match.class {value!r} must be up to 6 hex digits, e.g. 0200")
+        return value.lower().removeprefix("0x")
+    if key == "kind":
+        kinds = [k.value for k in DeviceKind if k is not DeviceKind.STATIC]
+        if value not in kinds:
+            raise fail(f"{where}: match.kind {value!r} must be one of {', '.join(kinds)}")
+    if key in ("address", "parent"):
+        return value.lower()
+    return value
+
+
+def _resource(table: dict[str, Any], i: int, fail: Any) -> ResourceDecl:
+    where = f"[[resource]] #{i}"
+    _unknown(table, RESOURCE_KEYS, f"{where}: ", fail)
+    name = _type_name(table, where, fail)
+    where = f"[[resource]] #{i} (type {name})"
+    count = table.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+        raise fail(f"{where}: count must be a whole number from 1 to 10000, not {count!r}")
+    info = table.get("information", "")
+    if not isinstance(info, str):
+        raise fail(f"{where}: information must be a string")
+    ident = table.get("id")
+    if ident is not None and (not isinstance(ident, str) or not _STATIC_ID_RE.match(ident)):
+        raise fail(f"{where}: id {ident!r} must be letters, digits and _ . : -")
+    decl = ResourceDecl(name, count, info, ident, _attributes(table, where, fail))
+    problem = address_error(DeviceKind.STATIC, decl.units()[0].address)
+    if problem:
+        raise fail(f"{where}: {problem}")
+    return decl

@@ -1,0 +1,222 @@
+"""PCI discovery from sysfs: functions, SR-IOV PFs and VFs, mediated-device slots, IOMMU groups.
+
+Reads only through :class:`~devassign.hostio.Sysfs` so tests point it at generated trees.
+Devices come and go while a scan runs (Nova bug 1972028 crashed on that): a device that
+vanished is skipped, an unreadable or odd attribute is left out, each with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
+from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
+from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address
+from devassign.hostio import Sysfs
+
+log = logging.getLogger(__name__)
+
+_HEX_ID_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{4})$")
+_CLASS_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{6})$")
+_CPULIST_RE = re.compile(r"^[0-9,\-]*$")
+_MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class PciScan:
+    """The PCI side of a host: every device found and every IOMMU group's members."""
+
+    devices: list[FoundDevice] = field(default_factory=list)
+    iommu_groups: dict[int, list[str]] = field(default_factory=dict)
+
+
+def hex_id(raw: str | None, what: str, where: str) -> str | None:
+    """``0x8086`` -> ``8086``; ``None`` (with a warning for odd values) otherwise."""
+    if raw is None:
+        return None
+    m = _HEX_ID_RE.match(raw)
+    if not m:
+        log.warning("%s: ignoring odd %s %r", where, what, raw)
+        return None
+    return m.group(1).lower()
+
+
+def to_int(raw: str | None, what: str, where: str) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw, 0) if raw.startswith("0x") else int(raw)
+    except ValueError:
+        log.warning("%s: ignoring odd %s %r", where, what, raw)
+        return None
+
+
+def scan_pci(sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS) -> PciScan:
+    """Every PCI function under ``bus/pci/devices``, with mdev slots and IOMMU groups."""
+    scan = PciScan()
+    physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
+    for addr in sysfs.listdir("bus/pci/devices"):
+        if not PCI_ADDRESS_RE.match(addr):
+            log.warning("bus/pci/devices: ignoring odd entry %r", addr)
+            continue
+        try:
+            found = _read_function(sysfs, addr, pci_ids, physfn_of)
+        except OSError as exc:  # the seam should absorb these; never let one device end a scan
+            log.warning("%s: skipped, %s", addr, exc)
+            continue
+        if found is not None:
+            scan.devices.extend(found)
+    _link_sriov(scan.devices, physfn_of)
+    scan.iommu_groups = _iommu_groups(sysfs, scan.devices)
+    return scan
+
+
+def _read_function(
+    sysfs: Sysfs,
+    addr: str,
+    pci_ids: Path | None,
+    physfn_of: dict[str, tuple[str, int]],
+) -> list[FoundDevice] | None:
+    """One function and its mdev slots; ``None`` if it vanished while we looked."""
+    base = f"bus/pci/devices/{addr}"
+    entries = set(sysfs.listdir(base))
+    if not entries:
+        log.warning("%s: vanished during the scan, skipped", addr)
+        return None
+
+    def read(name: str) -> str | None:
+        return sysfs.read(f"{base}/{name}") if name in entries else None
+
+    dev = FoundDevice(address=addr, kind=DeviceKind.PCI)
+    dev.vendor_id = hex_id(read("vendor"), "vendor", addr)
+    dev.product_id = hex_id(read("device"), "device", addr)
+    if dev.vendor_id is None or dev.product_id is None:
+        log.warning("%s: vendor or device id unreadable", addr)
+    attrs = dev.attributes
+    cls = read("class")
+    if cls is not None:
+        m = _CLASS_RE.match(cls)
+        if m:
+            attrs["class"] = m.group(1).lower()
+        else:
+            log.warning("%s: ignoring odd class %r", addr, cls)
+    for name in ("subsystem_vendor", "subsystem_device"):
+        value = hex_id(read(name), name, addr)
+        if value is not None:
+            attrs[f"{name}_id"] = value
+    numa = to_int(read("numa_node"), "numa_node", addr)
+    dev.numa_node = numa if numa is not None and numa >= 0 else None
+    cpus = read("local_cpulist")
+    if cpus is not None and _CPULIST_RE.match(cpus):
+        attrs["local_cpulist"] = cpus
+    if "driver" in entries:
+        dev.driver = sysfs.link_name(f"{base}/driver")
+    if "iommu_group" in entries:
+        # A link on real hosts; an empty folder in some captured trees (NFD): no group then.
+        dev.iommu_group = to_int(sysfs.link_name(f"{base}/iommu_group"), "iommu_group", addr)
+    human = pci_name(dev.vendor_id, dev.product_id, pci_ids)
+    if human:
+        attrs["name"] = human
+
+    # SR-IOV (pci-iov-howto.rst): the PF lists virtfnN, each VF points back with physfn.
+    if "physfn" in entries:
+        dev.parent = sysfs.link_name(f"{base}/physfn")
+    totalvfs = to_int(read("sriov_totalvfs"), "sriov_totalvfs", addr)
+    numvfs = to_int(read("sriov_numvfs"), "sriov_numvfs", addr)
+    virtfns = sorted(e for e in entries if e.startswith("virtfn") and e[6:].isdigit())
+    for link in virtfns:
+        vf = sysfs.link_name(f"{base}/{link}")
+        if vf is not None:
+            physfn_of[vf] = (addr, int(link[6:]))
+    if (totalvfs or 0) > 0 or virtfns:
+        dev.kind = DeviceKind.SRIOV_PF
+        attrs["sriov_totalvfs"] = totalvfs
+        attrs["sriov_numvfs"] = numvfs if numvfs is not None else len(virtfns)
+        vf_device = hex_id(read("sriov_vf_device"), "sriov_vf_device", addr)
+        if vf_device:
+            attrs["sriov_vf_device"] = vf_device
+        if (numvfs or 0) > 0 or virtfns:
+            dev.flag(FLAG_VFS_ENABLED)
+    if "net" in entries:
+        ifnames = sysfs.listdir(f"{base}/net")
+        if ifnames:
+            attrs["netdev"] = ifnames[0]
+            state = sysfs.read(f"{base}/net/{ifnames[0]}/operstate")
+            if state is not None:
+                attrs["operstate"] = state
+
+    out = [dev]
+    if "mdev_supported_types" in entries:
+        out.extend(_mdev_slots(sysfs, dev, f"{base}/mdev_supported_types"))
+    return out
+
+
+def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevice]:
+    """Each mdev type as N slots: free instances plus those already created (vfio-mediated-device.rst)."""
+    slots: list[FoundDevice] = []
+    for type_id in sysfs.listdir(base):
+        where = f"{parent.address} mdev type {type_id}"
+        if not _MDEV_TYPE_RE.match(type_id):
+            log.warning("%s: odd type name, skipped", where)
+            continue
+        available = to_int(sysfs.read(f"{base}/{type_id}/available_instances"), "count", where)
+        if available is None:
+            log.warning("%s: available_instances unreadable, skipped", where)
+            continue
+        in_use = len(sysfs.listdir(f"{base}/{type_id}/devices"))
+        if in_use:
+            parent.flag(FLAG_MDEV_IN_USE)
+        attrs: dict[str, object] = {"mdev_type": type_id, "mdev_total": available + in_use}
+        for key, file in (("mdev_name", "name"), ("device_api", "device_api")):
+            text = sysfs.read(f"{base}/{type_id}/{file}")
+            if text:
+                attrs[key] = text
+        if "name" in parent.attributes:
+            attrs["parent_name"] = parent.attributes["name"]
+        for i in range(available + in_use):
+            slots.append(
+                FoundDevice(
+                    address=mdev_address(parent.address, type_id, i),
+                    kind=DeviceKind.MDEV_TYPE,
+                    vendor_id=parent.vendor_id,
+                    product_id=parent.product_id,
+                    numa_node=parent.numa_node,
+                    parent=parent.address,
+                    attributes=dict(attrs),
+                )
+            )
+    return slots
+
+
+def _link_sriov(devices: list[FoundDevice], physfn_of: dict[str, tuple[str, int]]) -> None:
+    """Mark VFs (from either direction of the links) and give them their PF's interface name."""
+    by_addr = {d.address: d for d in devices}
+    for dev in devices:
+        if dev.kind is DeviceKind.MDEV_TYPE:
+            continue
+        pf_index = physfn_of.get(dev.address)
+        if dev.parent is None and pf_index is not None:
+            dev.parent = pf_index[0]
+        if dev.parent is None:
+            continue
+        dev.kind = DeviceKind.SRIOV_VF
+        if pf_index is not None:
+            dev.attributes["vf_index"] = pf_index[1]
+        pf = by_addr.get(dev.parent)
+        if pf is not None and "netdev" in pf.attributes:
+            dev.attributes["pf_netdev"] = pf.attributes["netdev"]
+
+
+def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[str]]:
+    """Members per group: the kernel's listing joined with what each device's link says."""
+    groups: dict[int, set[str]] = {}
+    for name in sysfs.listdir("kernel/iommu_groups"):
+        if name.isdigit():
+            groups[int(name)] = set(sysfs.listdir(f"kernel/iommu_groups/{name}/devices"))
+    for dev in devices:
+        if dev.iommu_group is not None:
+            groups.setdefault(dev.iommu_group, set()).add(dev.address)
+    return {n: sorted(members) for n, members in sorted(groups.items())}

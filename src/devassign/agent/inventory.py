@@ -1,0 +1,120 @@
+"""From a sysfs tree and a configuration to the list of devices this host offers.
+
+Discovery sees the machine as it is; this module applies the operator's ``[[device]]``
+rules (first match wins), refuses what cannot be isolated, and adds the declared
+``[[resource]]`` units. Pure apart from the reads through :class:`Sysfs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devassign.agent.config import AgentConfig, DeviceRule
+from devassign.agent.discovery import scan_pci
+from devassign.agent.model import FLAG_DUPLICATE, FLAG_IOMMU_SHARED, FoundDevice
+from devassign.agent.pciids import DEFAULT_PCI_IDS
+from devassign.agent.usb import scan_usb
+from devassign.domain import DeviceKind
+from devassign.hostio import Sysfs
+from devassign.schemas import ReportedDevice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inventory:
+    """Every device found (typed or not) and the IOMMU groups they sit in."""
+
+    devices: list[FoundDevice] = field(default_factory=list)
+    iommu_groups: dict[int, list[str]] = field(default_factory=dict)
+
+    def offered(self) -> list[FoundDevice]:
+        return [d for d in self.devices if d.offered]
+
+    def reported(self) -> list[ReportedDevice]:
+        """What goes on the wire: typed devices with nothing blocking them."""
+        out = []
+        for dev in self.offered():
+            try:
+                out.append(dev.to_reported())
+            except ValueError as exc:  # an identity the server would refuse anyway
+                log.warning("%s: not reported: %s", dev.address, exc)
+        return out
+
+
+def build_inventory(sysfs: Sysfs, config: AgentConfig, pci_ids: Path | None = DEFAULT_PCI_IDS) -> Inventory:
+    """Discover, match, check isolation, add static units."""
+    scan = scan_pci(sysfs, config.pci_ids or pci_ids)
+    devices = scan.devices + scan_usb(sysfs)
+    _flag_duplicates(devices)
+    apply_rules(devices, config.devices)
+    check_isolation(devices, scan.iommu_groups)
+    for res in config.resources:
+        devices.extend(res.units())
+    return Inventory(devices, scan.iommu_groups)
+
+
+def apply_rules(devices: list[FoundDevice], rules: tuple[DeviceRule, ...]) -> None:
+    """Give each device the type of the first rule it matches, with the rule's attributes."""
+    for dev in devices:
+        for rule in rules:
+            if rule.matches(dev):
+                dev.type = rule.type
+                dev.attributes.update(rule.attributes)
+                dev.allow_shared_iommu_group = rule.allow_shared_iommu_group
+                break
+
+
+def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) -> None:
+    """Flag typed devices whose IOMMU group holds endpoints that nobody may assign.
+
+    VFIO takes a group whole and devices in one group can reach each other without the
+    IOMMU, so handing out one member while another stays with the host is unsafe. Bridges
+    do not count; a member we could not read counts as an endpoint (the safe side).
+    """
+    by_addr = {d.address: d for d in devices}
+    for dev in devices:
+        if dev.iommu_group is None:
+            continue
+        peers = [a for a in groups.get(dev.iommu_group, []) if a != dev.address]
+        if peers:
+            dev.attributes["iommu_group_peers"] = peers
+        if dev.type is None or dev.allow_shared_iommu_group:
+            continue
+        blockers = []
+        for addr in peers:
+            peer = by_addr.get(addr)
+            if peer is not None and (peer.is_bridge or peer.type is not None):
+                continue
+            blockers.append(addr)
+        if blockers:
+            dev.flag(FLAG_IOMMU_SHARED)
+            log.warning(
+                "%s: not offered, IOMMU group %s also holds unassignable %s",
+                dev.address,
+                dev.iommu_group,
+                ", ".join(blockers),
+            )
+
+
+def _flag_duplicates(devices: list[FoundDevice]) -> None:
+    """Two devices with one identity: USB ones fall back to their bus path, others are flagged.
+
+    Cheap USB tokens often share a serial; where they are plugged in still tells them apart.
+    """
+    counts = Counter(d.address for d in devices)
+    for dev in devices:
+        bus_path = dev.attributes.get("bus_path")
+        if counts[dev.address] > 1 and dev.kind is DeviceKind.USB and isinstance(bus_path, str):
+            log.warning("%s: identity shared by several devices, using usb:%s", dev.address, bus_path)
+            dev.address = f"usb:{bus_path}"
+    seen: dict[str, FoundDevice] = {}
+    for dev in devices:
+        first = seen.setdefault(dev.address, dev)
+        if first is not dev:
+            first.flag(FLAG_DUPLICATE)
+            dev.flag(FLAG_DUPLICATE)
+            log.warning("%s: two devices share this identity; neither is offered", dev.address)

@@ -1,0 +1,94 @@
+"""What discovery finds on a host, before and after the matching rules give it a type.
+
+A :class:`FoundDevice` is every device the agent sees, assignable or not, so that
+``agent discover`` can show the operator the whole machine; only devices with a type and
+no blocking flag become :class:`~devassign.schemas.ReportedDevice` on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from devassign.domain import DeviceKind
+from devassign.schemas import ReportedDevice
+
+# Why a device with a type is still not offered. Stable strings: operators grep for them.
+FLAG_VFS_ENABLED = "vfs_enabled"  # a PF whose VFs are enabled: the VFs are the assignable units
+FLAG_MDEV_IN_USE = "mdev_in_use"  # a GPU carved into mdev instances cannot be given whole
+FLAG_IOMMU_SHARED = "iommu_group_not_isolated"  # its group holds endpoints nobody may assign
+FLAG_DUPLICATE = "duplicate_address"  # two devices claimed the same identity
+BLOCKING_FLAGS = frozenset({FLAG_VFS_ENABLED, FLAG_MDEV_IN_USE, FLAG_IOMMU_SHARED, FLAG_DUPLICATE})
+
+PCI_BRIDGE_CLASS = "0604"
+
+
+@dataclass
+class FoundDevice:
+    """One device as discovered; ``attributes`` holds everything beyond the core fields."""
+
+    address: str
+    kind: DeviceKind
+    vendor_id: str | None = None
+    product_id: str | None = None
+    numa_node: int | None = None
+    iommu_group: int | None = None
+    driver: str | None = None
+    parent: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    type: str | None = None
+    flags: list[str] = field(default_factory=list)
+    allow_shared_iommu_group: bool = False
+
+    @property
+    def class_code(self) -> str | None:
+        """Six lowercase hex digits (``020000``), or ``None`` for non-PCI devices."""
+        value = self.attributes.get("class")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_bridge(self) -> bool:
+        return (self.class_code or "").startswith(PCI_BRIDGE_CLASS)
+
+    @property
+    def offered(self) -> bool:
+        """Has a type and nothing that forbids handing it out."""
+        return self.type is not None and not BLOCKING_FLAGS.intersection(self.flags)
+
+    def flag(self, name: str) -> None:
+        if name not in self.flags:
+            self.flags.append(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``agent discover -f json`` shape (SPEC.md): core fields first, then the rest."""
+        return {
+            "address": self.address,
+            "kind": self.kind.value,
+            "vendor_id": self.vendor_id,
+            "product_id": self.product_id,
+            "numa_node": self.numa_node,
+            "iommu_group": self.iommu_group,
+            "driver": self.driver,
+            "parent": self.parent,
+            "type": self.type,
+            "offered": self.offered,
+            "flags": list(self.flags),
+            "attributes": dict(self.attributes),
+        }
+
+    def to_reported(self) -> ReportedDevice:
+        """The wire form; only call for devices that are :attr:`offered`."""
+        if self.type is None:
+            raise ValueError(f"{self.address} has no type and is not reported")
+        return ReportedDevice(
+            address=self.address,
+            kind=self.kind,
+            type=self.type,
+            vendor_id=self.vendor_id,
+            product_id=self.product_id,
+            numa_node=self.numa_node,
+            iommu_group=self.iommu_group,
+            driver=self.driver,
+            parent=self.parent,
+            attributes=dict(self.attributes),
+        )

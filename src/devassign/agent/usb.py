@@ -1,0 +1,55 @@
+"""USB discovery from ``bus/usb/devices`` (Documentation/ABI/stable/sysfs-bus-usb).
+
+Only whole devices are assignable: interfaces (``1-1:1.0``) and root hubs (``usb1``)
+are skipped. A device is known by its serial where it has one, else by where it is
+plugged in (:func:`devassign.domain.usb_address`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from devassign.agent.discovery import hex_id
+from devassign.agent.model import FoundDevice
+from devassign.domain import DeviceKind, usb_address
+from devassign.hostio import Sysfs
+
+log = logging.getLogger(__name__)
+
+_BUSID_RE = re.compile(r"^\d+-\d+(\.\d+)*$")
+
+
+def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
+    """Every USB device (not interface, not root hub) the host shows."""
+    found: list[FoundDevice] = []
+    for busid in sysfs.listdir("bus/usb/devices"):
+        if not _BUSID_RE.match(busid):
+            continue  # root hubs (usbN) and interfaces (1-1:1.0)
+        dev = _read_usb(sysfs, busid)
+        if dev is not None:
+            found.append(dev)
+    return found
+
+
+def _read_usb(sysfs: Sysfs, busid: str) -> FoundDevice | None:
+    base = f"bus/usb/devices/{busid}"
+    vendor = hex_id(sysfs.read(f"{base}/idVendor"), "idVendor", f"usb {busid}")
+    product = hex_id(sysfs.read(f"{base}/idProduct"), "idProduct", f"usb {busid}")
+    if vendor is None or product is None:
+        log.warning("usb %s: vanished or has no readable ids, skipped", busid)
+        return None
+    serial = sysfs.read(f"{base}/serial") or None
+    attrs: dict[str, object] = {"bus_path": busid}
+    for key in ("serial", "manufacturer", "product", "busnum", "devnum", "speed"):
+        value = sysfs.read(f"{base}/{key}")
+        if value:
+            attrs[key] = value
+    return FoundDevice(
+        address=usb_address(vendor, product, serial, busid),
+        kind=DeviceKind.USB,
+        vendor_id=vendor,
+        product_id=product,
+        driver=sysfs.link_name(f"{base}/driver"),
+        attributes=attrs,
+    )

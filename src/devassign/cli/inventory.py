@@ -1,0 +1,190 @@
+"""Client commands for the inventory: types, hosts, devices, allocations, events."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from devassign.cli.client import CliError, Client
+from devassign.cli.output import Format, emit, when
+
+FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
+
+
+def client(ctx: typer.Context) -> Client:
+    root = ctx.find_root().obj or {}
+    return Client(root.get("url"), root.get("token"))
+
+
+def _counts(key: str) -> Any:
+    return lambda t: t["counts"][key]
+
+
+TYPE_COLUMNS = [
+    ("name", lambda t: t["name"]),
+    ("description", lambda t: t["description"]),
+    ("total", _counts("total")),
+    ("available", _counts("available")),
+    ("reserved", _counts("reserved")),
+    ("assigned", _counts("assigned")),
+    ("cleaning", _counts("cleaning")),
+    ("unhealthy", lambda t: t["counts"]["unhealthy"] + t["counts"]["quarantined"] + t["counts"]["missing"]),
+]
+HOST_COLUMNS = [
+    ("name", lambda h: h["name"]),
+    ("status", lambda h: h["status"]),
+    ("devices", lambda h: h["device_count"]),
+    ("last report", lambda h: when(h["last_report_at"])),
+    ("last seen", lambda h: when(h["last_seen_at"])),
+    ("generation", lambda h: h["generation"]),
+]
+DEVICE_COLUMNS = [
+    ("host", lambda d: d["host"]),
+    ("address", lambda d: d["address"]),
+    ("type", lambda d: d["type"]),
+    ("kind", lambda d: d["kind"]),
+    ("state", lambda d: d["state"] + ("" if d["healthy"] else " (unhealthy)")),
+    ("numa", lambda d: d["numa_node"]),
+    ("iommu", lambda d: d["iommu_group"]),
+    ("parent", lambda d: d["parent"]),
+    ("consumer", lambda d: d["consumer"]),
+]
+ALLOCATION_COLUMNS = [
+    ("consumer", lambda a: a["consumer"]),
+    ("project", lambda a: a["project"]),
+    ("host", lambda a: a["host"]),
+    ("state", lambda a: a["state"]),
+    ("devices", lambda a: [f"{d['type']}:{d['address']}" for d in a["devices"]]),
+    ("created", lambda a: when(a["created_at"])),
+]
+EVENT_COLUMNS = [
+    ("id", lambda e: e["id"]),
+    ("at", lambda e: when(e["at"])),
+    ("actor", lambda e: e["actor"]),
+    ("action", lambda e: e["action"]),
+    ("message", lambda e: e["message"]),
+]
+
+
+def register(app: typer.Typer) -> None:
+    type_app = typer.Typer(help="Manage one resource type (admin).", no_args_is_help=True)
+    host_app = typer.Typer(help="One host.", no_args_is_help=True)
+    device_app = typer.Typer(help="One device.", no_args_is_help=True)
+    app.add_typer(type_app, name="type")
+    app.add_typer(host_app, name="host")
+    app.add_typer(device_app, name="device")
+
+    @app.command()
+    def types(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
+        """Each resource type: description and how many devices are in each state."""
+        emit(client(ctx).get("/v1/resource-types"), fmt, TYPE_COLUMNS)
+
+    @type_app.command("create")
+    def type_create(
+        ctx: typer.Context,
+        name: str,
+        description: Annotated[str, typer.Option(help="What the type is")] = "",
+        handler: Annotated[
+            str | None, typer.Option(help="Lifecycle handler; default: picked from the device kind")
+        ] = None,
+        config: Annotated[
+            str | None, typer.Option(help='Handler options as JSON, e.g. \'{"reset": "none-ok"}\'')
+        ] = None,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Add a type to the catalog."""
+        body: dict[str, Any] = {"name": name, "description": description, "handler": handler}
+        if config:
+            body["config"] = _json_option("--config", config)
+        emit(client(ctx).post("/v1/resource-types", body), fmt, TYPE_COLUMNS)
+
+    @type_app.command("show")
+    def type_show(ctx: typer.Context, name: str, fmt: FormatOpt = Format.table) -> None:
+        emit(client(ctx).get(f"/v1/resource-types/{name}"), fmt, TYPE_COLUMNS)
+
+    @type_app.command("update")
+    def type_update(
+        ctx: typer.Context,
+        name: str,
+        description: Annotated[str | None, typer.Option()] = None,
+        config: Annotated[str | None, typer.Option(help="Handler options as JSON")] = None,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        body: dict[str, Any] = {}
+        if description is not None:
+            body["description"] = description
+        if config is not None:
+            body["config"] = _json_option("--config", config)
+        emit(client(ctx).patch(f"/v1/resource-types/{name}", body), fmt, TYPE_COLUMNS)
+
+    @type_app.command("delete")
+    def type_delete(ctx: typer.Context, name: str) -> None:
+        """Delete a type that no device uses."""
+        client(ctx).delete(f"/v1/resource-types/{name}")
+        typer.echo(f"deleted {name}")
+
+    @app.command()
+    def hosts(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
+        """Hosts, up or down, with their last report."""
+        emit(client(ctx).get("/v1/hosts"), fmt, HOST_COLUMNS)
+
+    @host_app.command("show")
+    def host_show(ctx: typer.Context, name: str, fmt: FormatOpt = Format.table) -> None:
+        emit(client(ctx).get(f"/v1/hosts/{name}"), fmt, HOST_COLUMNS)
+
+    @host_app.command("delete")
+    def host_delete(ctx: typer.Context, name: str) -> None:
+        """Forget a host whose devices are all free."""
+        client(ctx).delete(f"/v1/hosts/{name}")
+        typer.echo(f"deleted {name}")
+
+    @app.command()
+    def devices(
+        ctx: typer.Context,
+        host: Annotated[str | None, typer.Option(help="Only this host")] = None,
+        type: Annotated[str | None, typer.Option("--type", help="Only this type")] = None,
+        state: Annotated[str | None, typer.Option(help="Only this state")] = None,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Devices with their state, filterable by host, type and state."""
+        emit(client(ctx).get("/v1/devices", host=host, type=type, state=state), fmt, DEVICE_COLUMNS)
+
+    @device_app.command("show")
+    def device_show(ctx: typer.Context, device_id: str, fmt: FormatOpt = Format.json) -> None:
+        emit(client(ctx).get(f"/v1/devices/{device_id}"), fmt, DEVICE_COLUMNS)
+
+    @app.command()
+    def allocations(
+        ctx: typer.Context,
+        consumer: Annotated[str | None, typer.Option(help="Only this consumer")] = None,
+        host: Annotated[str | None, typer.Option(help="Only this host")] = None,
+        released: Annotated[bool, typer.Option("--released", help="Include released ones")] = False,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Who holds what."""
+        found = client(ctx).get(
+            "/v1/allocations", consumer=consumer, host=host, include_released=released or None
+        )
+        emit(found, fmt, ALLOCATION_COLUMNS)
+
+    @app.command()
+    def events(
+        ctx: typer.Context,
+        host: Annotated[str | None, typer.Option()] = None,
+        device: Annotated[str | None, typer.Option(help="Device id or address")] = None,
+        consumer: Annotated[str | None, typer.Option()] = None,
+        limit: Annotated[int, typer.Option()] = 50,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """The event log, newest first."""
+        found = client(ctx).get("/v1/events", host=host, device=device, consumer=consumer, limit=limit)
+        emit(found, fmt, EVENT_COLUMNS)
+
+
+def _json_option(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{name} is not valid JSON: {exc}", status=2) from exc

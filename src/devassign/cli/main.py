@@ -1,0 +1,228 @@
+"""The ``devassign`` program: server, operator commands and client commands (SPEC.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from devassign.cli import inventory as inventory_cli
+from devassign.cli.client import CliError
+
+app = typer.Typer(
+    help="devassign: direct hardware assignment for clouds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+inventory_cli.register(app)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="DEVASSIGN_DB", help="Database URL (default: SQLite in the data folder)"),
+]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", envvar="DEVASSIGN_URL", help="Server URL")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token")
+    ] = None,
+) -> None:
+    ctx.obj = {"url": url, "token": token}
+
+
+@app.command()
+def server(
+    db: DbOpt = None,
+    bind: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8470,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Everyone is admin: local development only")
+    ] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Refuse to start on an old schema instead of migrating")
+    ] = False,
+    down_after: Annotated[float, typer.Option(help="Seconds of silence before a host is down")] = 90,
+    reservation_ttl: Annotated[
+        float, typer.Option(help="Seconds before an unconfirmed reservation expires")
+    ] = 300,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the API server (and the dashboard)."""
+    import logging
+    from datetime import timedelta
+
+    import uvicorn
+
+    from devassign.server.app import create_app
+    from devassign.server.settings import Settings
+    from devassign.store import SchemaError, default_url
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        db_url=db or default_url(),
+        auth=not no_auth,
+        migrate=not no_migrate,
+        down_after=timedelta(seconds=down_after),
+        reservation_ttl=timedelta(seconds=reservation_ttl),
+    )
+    try:
+        application = create_app(settings)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
+    typer.echo(f"devassign server on http://{bind}:{port} (database {_safe_url(settings.db_url)})", err=True)
+    if no_auth:
+        typer.secho(
+            "WARNING: authentication is OFF (--no-auth): anyone who can reach this port is admin",
+            fg="red",
+            err=True,
+            bold=True,
+        )
+    uvicorn.run(application, host=bind, port=port, log_level=log_level, access_log=False)
+
+
+def _safe_url(url: str | None) -> str:
+    """The database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True) if url else "-"
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None) -> None:
+    """Migrate the database to the newest schema."""
+    from devassign.store import Database, SchemaError
+
+    database = Database(db)
+    try:
+        before, after = database.upgrade()
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        database.dispose()
+    typer.echo(f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else ", nothing to do"))
+
+
+@db_app.command("status")
+def db_status(db: DbOpt = None) -> None:
+    """Show the database's schema revision and the one this devassign needs."""
+    from devassign.store import Database
+
+    database = Database(db)
+    try:
+        typer.echo(f"database: {_safe_url(database.url)}")
+        typer.echo(f"current:  {database.current_revision() or 'empty'}")
+        typer.echo(f"needed:   {database.head_revision()}")
+    finally:
+        database.dispose()
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Option(help="admin, agent or member")],
+    host: Annotated[str | None, typer.Option(help="The host an agent token speaks for")] = None,
+    project: Annotated[str | None, typer.Option(help="The project of a member token")] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the token")] = None,
+    db: DbOpt = None,
+    via_api: Annotated[
+        bool, typer.Option("--via-api", help="Ask the server (needs an admin token) instead of the database")
+    ] = False,
+) -> None:
+    """Create a token and print it (it is shown only once).
+
+    Written straight to the database (so the first admin token can be made), or through
+    the API with ``--via-api``.
+    """
+    from pydantic import ValidationError
+
+    from devassign import schemas
+
+    try:
+        body = schemas.TokenCreate(role=role, host=host, project=project, name=name)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise CliError(_pydantic_message(exc), status=2) from exc
+    if via_api:
+        client = inventory_cli.client(ctx)
+        created = client.post("/v1/tokens", body.model_dump(mode="json"))
+        typer.echo(created["token"])
+        return
+    from devassign.store import Database, Store
+
+    database = Database(db)
+    try:
+        database.ensure_schema(migrate=True)
+        made = Store(database).create_token(body, actor="cli")
+    finally:
+        database.dispose()
+    typer.echo(made.token)
+
+
+def _pydantic_message(exc: Any) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo server")] = 8470,
+    hosts: Annotated[int, typer.Option(help="How many simulated hosts")] = 3,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running/--exit", help="Keep the server up afterwards")
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Where to keep the demo's files")] = None,
+) -> None:
+    """Start a server on SQLite with simulated hosts, place and release requests, show usage."""
+    from devassign.cli.demo import run_demo
+
+    run_demo(port=port, n_hosts=hosts, keep_running=keep_running, data_dir=data_dir)
+
+
+def _mount_optional() -> None:
+    """Subsystems that bring their own command groups."""
+    try:
+        from devassign.agent.cli import app as agent_app
+    except ModuleNotFoundError as exc:  # the agent package is being built
+        if not (exc.name or "").startswith("devassign.agent"):
+            raise
+    else:
+        app.add_typer(agent_app, name="agent", help="The host agent: discover and report devices.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        typer.secho(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else ""), fg="red", err=True)
+        sys.exit(exc.exit_status)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

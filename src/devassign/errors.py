@@ -1,0 +1,78 @@
+"""Stable, machine-readable error codes and the domain errors that carry them.
+
+Clients and scripts match on these strings: never rename or reuse one (Placement's
+``errors.py`` rule). Each code has one HTTP status; the server maps :class:`DevassignError`
+to ``{"error": {"code", "message", ...}}`` with that status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> HTTP status. Do not change the string values.
+INVALID_REQUEST = "invalid_request"
+INVALID_SELECTOR = "invalid_selector"
+BODY_TOO_LARGE = "body_too_large"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+UNAUTHENTICATED = "unauthenticated"
+FORBIDDEN = "forbidden"
+QUOTA_EXCEEDED = "quota_exceeded"
+NOT_FOUND = "not_found"
+TYPE_NOT_FOUND = "type_not_found"
+HOST_NOT_FOUND = "host_not_found"
+DEVICE_NOT_FOUND = "device_not_found"
+ALLOCATION_NOT_FOUND = "allocation_not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+TYPE_EXISTS = "type_exists"
+TYPE_IN_USE = "type_in_use"
+STALE_GENERATION = "stale_generation"
+HOST_ID_MISMATCH = "host_id_mismatch"
+NO_VALID_HOST = "no_valid_host"
+CONSUMER_CONFLICT = "consumer_conflict"
+INVALID_STATE = "invalid_state"
+DATABASE_BUSY = "database_busy"
+INTERNAL = "internal_error"
+
+STATUS: dict[str, int] = {
+    INVALID_REQUEST: 400,
+    INVALID_SELECTOR: 400,
+    BODY_TOO_LARGE: 413,
+    UNSUPPORTED_MEDIA_TYPE: 415,
+    UNAUTHENTICATED: 401,
+    FORBIDDEN: 403,
+    QUOTA_EXCEEDED: 403,
+    NOT_FOUND: 404,
+    TYPE_NOT_FOUND: 404,
+    HOST_NOT_FOUND: 404,
+    DEVICE_NOT_FOUND: 404,
+    ALLOCATION_NOT_FOUND: 404,
+    METHOD_NOT_ALLOWED: 405,
+    TYPE_EXISTS: 409,
+    TYPE_IN_USE: 409,
+    STALE_GENERATION: 409,
+    HOST_ID_MISMATCH: 409,
+    NO_VALID_HOST: 409,
+    CONSUMER_CONFLICT: 409,
+    INVALID_STATE: 409,
+    DATABASE_BUSY: 503,
+    INTERNAL: 500,
+}
+
+
+class DevassignError(Exception):
+    """A failure a client can understand: a stable code, a message saying what to fix, extras."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        if code not in STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}

@@ -1,0 +1,116 @@
+"""What every handler shares: the device it acts on, its errors and its health answer.
+
+The device is a small value built from the server's ``schemas.Device`` plus what the
+allocation asked for (MAC, VLAN) and what an earlier setup recorded (the driver it took the
+device from, the mdev UUID it created), so a handler re-run after an agent restart knows
+everything the first run knew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devassign.domain import DeviceKind
+from devassign.lifecycle.host import HostOps
+from devassign.schemas import Device
+
+# What a setup learned and the agent must keep for the cleanup (e.g. ``original_driver``).
+Facts = dict[str, Any]
+TypeConfig = Mapping[str, Any]
+
+
+class HandlerError(Exception):
+    """A setup, cleanup or health step failed; the message says what and on which device."""
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LifecycleDevice:
+    """One device as a handler sees it.
+
+    ``facts`` are what an earlier setup of this device returned (kept by the agent across
+    restarts), ``params`` what the allocation asked for; :meth:`get` looks in facts, then
+    params, then the discovered attributes. ``companions`` are the other addresses this
+    consumer holds on the host, so a multi-function IOMMU group can be set up one function
+    at a time.
+    """
+
+    address: str
+    kind: DeviceKind
+    type: str
+    parent: str | None = None
+    driver: str | None = None
+    vendor_id: str | None = None
+    product_id: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    consumer: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    companions: frozenset[str] = frozenset()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for source in (self.facts, self.params, self.attributes):
+            if source.get(key) is not None:
+                return source[key]
+        return default
+
+    @classmethod
+    def from_schema(
+        cls,
+        device: Device,
+        *,
+        params: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
+        companions: frozenset[str] = frozenset(),
+    ) -> LifecycleDevice:
+        return cls(
+            address=device.address,
+            kind=device.kind,
+            type=device.type,
+            parent=device.parent,
+            driver=device.driver,
+            vendor_id=device.vendor_id,
+            product_id=device.product_id,
+            attributes=dict(device.attributes),
+            consumer=device.consumer,
+            params=dict(params or {}),
+            facts=dict(facts or {}),
+            companions=companions,
+        )
+
+
+class Handler(Protocol):
+    """A per-type lifecycle handler, loaded by name from the ``devassign.handlers`` entry points.
+
+    Every method is idempotent: the agent re-runs whatever was in flight when it restarts.
+    Failures raise :class:`HandlerError`.
+    """
+
+    def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts: ...
+
+    def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None: ...
+
+    def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult: ...
+
+
+def config_choice(config: TypeConfig, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """A string option of the type's config, refused loudly when misspelt."""
+    value = config.get(key, default)
+    if value not in allowed:
+        raise HandlerError(f"type config {key}={value!r}: expected one of {', '.join(allowed)}")
+    return str(value)
+
+
+def config_bool(config: TypeConfig, key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise HandlerError(f"type config {key}={value!r}: expected true or false")
+    return value

@@ -1,0 +1,1 @@
+"""The built-in lifecycle handlers, one module per kind of device (see docs/lifecycle.md)."""

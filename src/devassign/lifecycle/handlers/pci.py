@@ -1,0 +1,186 @@
+"""Whole PCI functions handed to a guest through VFIO.
+
+Setup moves the function to ``vfio-pci`` (``driver_override``, unbind, ``drivers_probe``)
+and checks that its IOMMU group can be used: VFIO refuses a group unless every device in it
+is on vfio (bridges excepted), and the group is the isolation boundary. Cleanup resets the
+function (so the next tenant sees no state of the last) and gives it back to the host driver
+it came from. A function with no reset is refused unless the type says ``reset = "none-ok"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from devassign.hostio import Sysfs
+from devassign.lifecycle.base import (
+    Facts,
+    HandlerError,
+    HealthResult,
+    LifecycleDevice,
+    TypeConfig,
+    config_choice,
+)
+from devassign.lifecycle.handlers.common import pci_dir, pci_driver, require_present, write
+from devassign.lifecycle.host import HostOps
+
+VFIO = "vfio-pci"
+RESET_CHOICES = ("required", "bus", "none-ok")
+BRIDGE_CLASS_PREFIX = "0x0604"
+
+
+class HasAddress(Protocol):
+    @property
+    def address(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ResetCapability:
+    """Whether the kernel can reset the function, and how (``reset_method``: flr, pm, bus...)."""
+
+    resettable: bool
+    methods: tuple[str, ...]
+
+
+def reset_capability(device: str | HasAddress, sysfs: Sysfs) -> ResetCapability:
+    """Read the function's reset support; pure, so the report path can refuse a device early."""
+    rel = pci_dir(device if isinstance(device, str) else device.address)
+    if not sysfs.exists(f"{rel}/reset"):
+        return ResetCapability(False, ())
+    methods = tuple((sysfs.read(f"{rel}/reset_method") or "").split())
+    return ResetCapability(True, methods)
+
+
+def reset_refusal(device: str | HasAddress, config: TypeConfig, sysfs: Sysfs) -> str | None:
+    """Why a function may not be assigned under ``config``'s reset policy, or ``None``."""
+    policy = config_choice(config, "reset", "required", RESET_CHOICES)
+    if policy == "none-ok":
+        return None
+    address = device if isinstance(device, str) else device.address
+    cap = reset_capability(address, sysfs)
+    if not cap.resettable:
+        return (
+            f"{address} supports no reset (no 'reset' file): a tenant's state could reach the "
+            'next one; set reset = "none-ok" in the type config to accept it'
+        )
+    if policy == "bus" and cap.methods and "bus" not in cap.methods:
+        return f"{address} cannot be bus-reset (reset_method: {' '.join(cap.methods)})"
+    return None
+
+
+def group_problems(sysfs: Sysfs, address: str, pending: frozenset[str]) -> list[str]:
+    """Members of ``address``'s IOMMU group that keep VFIO from using it.
+
+    ``pending`` are addresses the same consumer holds whose own setup will bind them.
+    A member with no driver is viable to VFIO, as is a bridge.
+    """
+    rel = pci_dir(address)
+    if not sysfs.exists(f"{rel}/iommu_group"):
+        return [f"{address} has no IOMMU group (is the IOMMU enabled?)"]
+    group = sysfs.link_name(f"{rel}/iommu_group")
+    problems = []
+    for peer in sysfs.listdir(f"{rel}/iommu_group/devices"):
+        if peer == address or peer in pending:
+            continue
+        cls = sysfs.read(f"bus/pci/devices/{peer}/class") or ""
+        driver = sysfs.link_name(f"bus/pci/devices/{peer}/driver")
+        if cls.startswith(BRIDGE_CLASS_PREFIX) or driver in (None, VFIO):
+            continue
+        problems.append(f"IOMMU group {group} also holds {peer} (driver {driver})")
+    return problems
+
+
+def bind_vfio(sysfs: Sysfs, address: str) -> str | None:
+    """Move the function to vfio-pci; returns the driver it was on (``None`` if unbound/vfio)."""
+    rel = require_present(sysfs, address)
+    if not sysfs.is_dir(f"bus/pci/drivers/{VFIO}"):
+        raise HandlerError(f"the {VFIO} driver is not loaded on this host (modprobe vfio-pci)")
+    current = pci_driver(sysfs, address)
+    if sysfs.read(f"{rel}/driver_override") != VFIO:
+        write(sysfs, f"{rel}/driver_override", VFIO, f"cannot set driver_override of {address}")
+    if current == VFIO:
+        return None
+    if current is not None:
+        write(sysfs, f"{rel}/driver/unbind", address, f"cannot unbind {address} from {current}")
+    write(sysfs, "bus/pci/drivers_probe", address, f"cannot probe {address}")
+    if pci_driver(sysfs, address) != VFIO:
+        write(sysfs, f"bus/pci/drivers/{VFIO}/bind", address, f"cannot bind {address} to {VFIO}")
+    now = pci_driver(sysfs, address)
+    if now != VFIO:
+        raise HandlerError(f"{address} is on {now or 'no driver'} after binding it to {VFIO}")
+    return current
+
+
+def reset_function(sysfs: Sysfs, address: str, config: TypeConfig) -> None:
+    refusal = reset_refusal(address, config, sysfs)
+    if refusal:
+        raise HandlerError(f"cannot clean {address}: {refusal}")
+    rel = pci_dir(address)
+    if not sysfs.exists(f"{rel}/reset"):
+        return  # reset = "none-ok"
+    if config.get("reset") == "bus" and sysfs.exists(f"{rel}/reset_method"):
+        write(sysfs, f"{rel}/reset_method", "bus", f"cannot select bus reset of {address}")
+    write(sysfs, f"{rel}/reset", "1", f"reset of {address} failed")
+
+
+def original_driver(device: LifecycleDevice, config: TypeConfig) -> str | None:
+    """The host driver to give the function back to: what setup recorded, else discovery's."""
+    for candidate in (device.get("original_driver"), device.driver, config.get("host_driver")):
+        if isinstance(candidate, str) and candidate and candidate != VFIO:
+            return candidate
+    return None
+
+
+def release_vfio(sysfs: Sysfs, address: str, target: str | None) -> None:
+    """Clear the override and let the host driver take the function back."""
+    rel = require_present(sysfs, address)
+    if sysfs.read(f"{rel}/driver_override"):
+        write(sysfs, f"{rel}/driver_override", "\n", f"cannot clear driver_override of {address}")
+    if pci_driver(sysfs, address) == VFIO and target != VFIO:
+        write(sysfs, f"bus/pci/drivers/{VFIO}/unbind", address, f"cannot unbind {address}")
+    if pci_driver(sysfs, address) is None:
+        write(sysfs, "bus/pci/drivers_probe", address, f"cannot probe {address}")
+    now = pci_driver(sysfs, address)
+    if target is None or now == target:
+        return
+    if now is None and sysfs.is_dir(f"bus/pci/drivers/{target}"):
+        write(sysfs, f"bus/pci/drivers/{target}/bind", address, f"cannot bind {address}")
+        now = pci_driver(sysfs, address)
+    if now != target:
+        raise HandlerError(f"{address} is on {now or 'no driver'}, not back on {target}")
+
+
+class PciHandler:
+    """``pci`` (and ``sriov_pf``) devices. Config: ``reset`` (required | bus | none-ok),
+    ``host_driver`` (where to return a function whose original driver is unknown)."""
+
+    def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
+        require_present(ops.sysfs, device.address)
+        refusal = reset_refusal(device, config, ops.sysfs)
+        if refusal:
+            raise HandlerError(refusal)
+        was_on = bind_vfio(ops.sysfs, device.address)
+        problems = group_problems(ops.sysfs, device.address, device.companions)
+        if problems:
+            raise HandlerError(
+                f"{device.address} cannot be assigned: {'; '.join(problems)}, "
+                "which this consumer does not hold"
+            )
+        return {"original_driver": was_on or original_driver(device, config)}
+
+    def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
+        require_present(ops.sysfs, device.address)
+        reset_function(ops.sysfs, device.address, config)
+        release_vfio(ops.sysfs, device.address, original_driver(device, config))
+
+    def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
+        if not ops.sysfs.is_dir(pci_dir(device.address)):
+            return HealthResult(False, f"PCI device {device.address} is not present")
+        if device.consumer is None:
+            refusal = reset_refusal(device, config, ops.sysfs)
+            return HealthResult(refusal is None, refusal)
+        driver = pci_driver(ops.sysfs, device.address)
+        if driver != VFIO:
+            return HealthResult(False, f"{device.address} is assigned but on {driver}, not {VFIO}")
+        problems = group_problems(ops.sysfs, device.address, frozenset())
+        return HealthResult(not problems, "; ".join(problems) or None)

@@ -1,0 +1,141 @@
+"""SR-IOV NIC virtual functions: the PCI part plus the VF's settings held by the PF.
+
+The MAC, VLAN, spoof checking, trust and link state of a VF live in the PF's driver, so
+they are set through netlink on the PF, not on the VF. Spoof checking stays on and trust
+off unless the type allows otherwise (Neutron and Nova's defaults): a guest must not send
+as someone else or change its own filters. Cleanup clears MAC and VLAN so the next tenant
+inherits nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from devassign.hostio import Sysfs
+from devassign.lifecycle.base import (
+    Facts,
+    HandlerError,
+    HealthResult,
+    LifecycleDevice,
+    TypeConfig,
+    config_bool,
+    config_choice,
+)
+from devassign.lifecycle.handlers.common import pci_dir, require_present
+from devassign.lifecycle.handlers.pci import PciHandler
+from devassign.lifecycle.host import ZERO_MAC, HostOps, LinkState, VfConfig
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+LINK_STATES: tuple[LinkState, ...] = ("auto", "enable", "disable")
+
+
+@dataclass(frozen=True)
+class VfLocation:
+    pf_address: str
+    pf_ifname: str
+    vf_index: int
+
+
+def locate_vf(sysfs: Sysfs, address: str) -> VfLocation:
+    """Find the VF's PF, the PF's interface name and the VF's index from sysfs links."""
+    rel = require_present(sysfs, address)
+    pf = sysfs.link_name(f"{rel}/physfn")
+    if pf is None:
+        raise HandlerError(f"{address} is not an SR-IOV VF (no physfn link)")
+    ifnames = sysfs.listdir(f"{rel}/physfn/net")
+    if not ifnames:
+        raise HandlerError(f"the PF {pf} of {address} has no network interface")
+    for name in sysfs.listdir(f"{rel}/physfn"):
+        if name.startswith("virtfn") and sysfs.link_name(f"{rel}/physfn/{name}") == address:
+            return VfLocation(pf, ifnames[0], int(name.removeprefix("virtfn")))
+    raise HandlerError(f"the PF {pf} lists no virtfn link to {address}")
+
+
+def wanted_mac(device: LifecycleDevice) -> str | None:
+    mac = device.get("mac")
+    if mac is None:
+        return None
+    mac = str(mac).lower()
+    if not MAC_RE.match(mac) or mac == ZERO_MAC or int(mac[:2], 16) & 1:
+        raise HandlerError(f"{device.get('mac')!r} is not a unicast MAC address")
+    return mac
+
+
+def wanted_vlan(device: LifecycleDevice) -> int:
+    vlan: Any = device.get("vlan", 0)
+    if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094:
+        raise HandlerError(f"VLAN {vlan!r} is not an integer in 0..4094")
+    return vlan
+
+
+def wanted_config(device: LifecycleDevice, config: TypeConfig) -> VfConfig:
+    """The VF settings for this assignment: allocation params within the type's policy."""
+    link_state = config_choice(config, "link_state", "auto", LINK_STATES)
+    return VfConfig(
+        mac=wanted_mac(device) or ZERO_MAC,
+        vlan=wanted_vlan(device),
+        spoofchk=config_bool(config, "spoofchk", True),
+        trust=config_bool(config, "trust", False),
+        link_state=link_state,  # type: ignore[arg-type]
+    )
+
+
+class SriovVfHandler:
+    """``sriov_vf`` devices. Config: ``spoofchk`` (default true), ``trust`` (default false),
+    ``link_state`` (auto | enable | disable), and the ``pci`` handler's keys."""
+
+    pci = PciHandler()
+
+    def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
+        where = locate_vf(ops.sysfs, device.address)
+        want = wanted_config(device, config)
+        try:
+            ops.netlink.set_vf(
+                where.pf_ifname,
+                where.vf_index,
+                mac=want.mac if want.mac != ZERO_MAC else None,
+                vlan=want.vlan,
+                spoofchk=want.spoofchk,
+                trust=want.trust,
+                link_state=want.link_state,
+            )
+        except OSError as exc:
+            raise HandlerError(f"cannot configure VF {where.vf_index} of {where.pf_ifname}: {exc}")
+        facts = self.pci.setup(device, config, ops)
+        return {**facts, "pf_ifname": where.pf_ifname, "vf_index": where.vf_index}
+
+    def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
+        where = locate_vf(ops.sysfs, device.address)
+        try:
+            ops.netlink.set_vf(
+                where.pf_ifname,
+                where.vf_index,
+                mac=ZERO_MAC,
+                vlan=0,
+                spoofchk=True,
+                trust=False,
+                link_state="auto",
+            )
+        except OSError as exc:
+            raise HandlerError(f"cannot reset VF {where.vf_index} of {where.pf_ifname}: {exc}")
+        self.pci.cleanup(device, config, ops)
+
+    def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
+        if not ops.sysfs.is_dir(pci_dir(device.address)):
+            return HealthResult(False, f"VF {device.address} is not present")
+        try:
+            where = locate_vf(ops.sysfs, device.address)
+            have = ops.netlink.get_vf(where.pf_ifname, where.vf_index)
+        except (HandlerError, OSError) as exc:
+            return HealthResult(False, str(exc))
+        pci = self.pci.health(device, config, ops)
+        if not pci.ok or device.consumer is None:
+            return pci
+        want = wanted_config(device, config)
+        if want.mac == ZERO_MAC:
+            want = VfConfig(have.mac, want.vlan, want.spoofchk, want.trust, want.link_state)
+        if have != want:
+            return HealthResult(False, f"VF {where.vf_index} of {where.pf_ifname} is {have}")
+        return HealthResult(True)

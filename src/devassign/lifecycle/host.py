@@ -1,0 +1,247 @@
+"""The host boundary handlers act through: sysfs, netlink and subprocesses.
+
+Handlers never open a file, a socket or a process themselves; they get a :class:`HostOps`
+so tests (and ``devassign demo``) run them against generated trees and recording fakes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+from devassign.hostio import HostIOError, Sysfs
+
+LinkState = Literal["auto", "enable", "disable"]
+# IFLA_VF_LINK_STATE_* from linux/if_link.h.
+LINK_STATE_CODES: dict[str, int] = {"auto": 0, "enable": 1, "disable": 2}
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class VfConfig:
+    """What the PF's driver holds for one VF (the ``vf N`` lines of ``ip link show``)."""
+
+    mac: str = ZERO_MAC
+    vlan: int = 0
+    spoofchk: bool = True
+    trust: bool = False
+    link_state: LinkState = "auto"
+
+
+class Netlink(Protocol):
+    """VF configuration on a PF: what ``ip link set PF vf N ...`` does."""
+
+    def set_vf(
+        self,
+        pf_ifname: str,
+        vf_index: int,
+        *,
+        mac: str | None = None,
+        vlan: int | None = None,
+        spoofchk: bool | None = None,
+        trust: bool | None = None,
+        link_state: LinkState | None = None,
+    ) -> None: ...
+
+    def get_vf(self, pf_ifname: str, vf_index: int) -> VfConfig: ...
+
+
+class PyrouteNetlink:
+    """:class:`Netlink` over pyroute2's ``IPRoute``; failures raise :class:`HostIOError`."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+
+    def _ip(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def _index(self, ifname: str) -> int:
+        found = self._ip().link_lookup(ifname=ifname)
+        if not found:
+            raise HostIOError(f"no network interface {ifname!r}")
+        return int(found[0])
+
+    def set_vf(
+        self,
+        pf_ifname: str,
+        vf_index: int,
+        *,
+        mac: str | None = None,
+        vlan: int | None = None,
+        spoofchk: bool | None = None,
+        trust: bool | None = None,
+        link_state: LinkState | None = None,
+    ) -> None:
+        spec: dict[str, Any] = {"vf": vf_index}
+        if mac is not None:
+            spec["mac"] = mac
+        if vlan is not None:
+            spec["vlan"] = vlan
+        if spoofchk is not None:
+            spec["spoofchk"] = int(spoofchk)
+        if trust is not None:
+            spec["trust"] = int(trust)
+        if link_state is not None:
+            spec["link_state"] = LINK_STATE_CODES[link_state]
+        try:
+            self._ip().link("set", index=self._index(pf_ifname), vf=spec)
+        except HostIOError:
+            raise
+        except Exception as exc:  # pyroute2 raises NetlinkError and socket errors
+            raise HostIOError(f"ip link set {pf_ifname} vf {vf_index} {spec}: {exc}") from exc
+
+    def get_vf(self, pf_ifname: str, vf_index: int) -> VfConfig:
+        try:
+            (msg,) = self._ip().link("get", index=self._index(pf_ifname), ext_mask=1)
+            vflist = msg.get_attr("IFLA_VFINFO_LIST")
+            infos = vflist.get_attrs("IFLA_VF_INFO") if vflist is not None else []
+        except HostIOError:
+            raise
+        except Exception as exc:
+            raise HostIOError(f"ip link show {pf_ifname}: {exc}") from exc
+        for info in infos:
+            mac = info.get_attr("IFLA_VF_MAC")
+            if mac is None or mac["vf"] != vf_index:
+                continue
+            vlan = info.get_attr("IFLA_VF_VLAN")
+            spoof = info.get_attr("IFLA_VF_SPOOFCHK")
+            trust = info.get_attr("IFLA_VF_TRUST")
+            link = info.get_attr("IFLA_VF_LINK_STATE")
+            names = {v: k for k, v in LINK_STATE_CODES.items()}
+            return VfConfig(
+                mac=str(mac["mac"]),
+                vlan=int(vlan["vlan"]) if vlan else 0,
+                spoofchk=bool(spoof["spoofchk"]) if spoof else True,
+                trust=bool(trust["trust"]) if trust else False,
+                link_state=names.get(int(link["link_state"]), "auto") if link else "auto",  # type: ignore[arg-type]
+            )
+        raise HostIOError(f"{pf_ifname} has no VF {vf_index}")
+
+
+class RecordingNetlink:
+    """A fake :class:`Netlink` that keeps each VF's config in memory and records every call."""
+
+    def __init__(self, pfs: Mapping[str, int] | None = None) -> None:
+        # pf ifname -> number of VFs; None: any PF and any index exist.
+        self.pfs = dict(pfs) if pfs is not None else None
+        self.calls: list[tuple[str, str, int, dict[str, Any]]] = []
+        self.vfs: dict[tuple[str, int], VfConfig] = {}
+        self.fail_with: str | None = None
+
+    def _check(self, pf_ifname: str, vf_index: int) -> None:
+        if self.fail_with:
+            raise HostIOError(self.fail_with)
+        if self.pfs is not None and not 0 <= vf_index < self.pfs.get(pf_ifname, 0):
+            raise HostIOError(f"{pf_ifname} has no VF {vf_index}")
+
+    def set_vf(
+        self,
+        pf_ifname: str,
+        vf_index: int,
+        *,
+        mac: str | None = None,
+        vlan: int | None = None,
+        spoofchk: bool | None = None,
+        trust: bool | None = None,
+        link_state: LinkState | None = None,
+    ) -> None:
+        given = {"mac": mac, "vlan": vlan, "spoofchk": spoofchk, "trust": trust}
+        given["link_state"] = link_state
+        changes = {k: v for k, v in given.items() if v is not None}
+        self.calls.append(("set_vf", pf_ifname, vf_index, changes))
+        self._check(pf_ifname, vf_index)
+        current = self.vfs.get((pf_ifname, vf_index), VfConfig())
+        self.vfs[(pf_ifname, vf_index)] = replace(current, **changes)
+
+    def get_vf(self, pf_ifname: str, vf_index: int) -> VfConfig:
+        self.calls.append(("get_vf", pf_ifname, vf_index, {}))
+        self._check(pf_ifname, vf_index)
+        return self.vfs.get((pf_ifname, vf_index), VfConfig())
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+
+
+class Runner(Protocol):
+    """Runs an operator's command with a time limit; never raises for a failing command."""
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult: ...
+
+
+class SubprocessRunner:
+    """:class:`Runner` over ``subprocess.run``; ``env`` is added to the agent's environment."""
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
+        try:
+            done = subprocess.run(
+                list(argv),
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            err = exc.stderr
+            text = err.decode(errors="replace") if isinstance(err, bytes) else (err or "")
+            return RunResult(returncode=-9, stderr=text, timed_out=True)
+        except OSError as exc:
+            return RunResult(returncode=127, stderr=f"cannot run {argv[0]!r}: {exc.strerror}")
+        return RunResult(done.returncode, done.stdout, done.stderr)
+
+
+@dataclass
+class RecordedRun:
+    argv: list[str]
+    env: dict[str, str]
+    timeout: float
+
+
+@dataclass
+class RecordingRunner:
+    """A fake :class:`Runner`: records each call and answers with ``respond`` (default: exit 0)."""
+
+    respond: Callable[[Sequence[str]], RunResult] = lambda argv: RunResult(0)
+    calls: list[RecordedRun] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
+        self.calls.append(RecordedRun(list(argv), dict(env), timeout))
+        return self.respond(argv)
+
+
+@dataclass
+class HostOps:
+    """Everything a handler may touch on the host."""
+
+    sysfs: Sysfs
+    netlink: Netlink
+    runner: Runner
+
+    @classmethod
+    def for_host(cls, sysfs_root: str | os.PathLike[str] = "/sys") -> HostOps:
+        """The real machine: sysfs at ``sysfs_root``, pyroute2 netlink, real subprocesses."""
+        return cls(Sysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner())
+
+    @classmethod
+    def simulated(
+        cls, sysfs_root: str | os.PathLike[str], native_drivers: Mapping[str, str] | None = None
+    ) -> HostOps:
+        """A generated tree whose bind/unbind/mdev writes act like the kernel, with recording
+        netlink and runner fakes: for tests and ``devassign demo``."""
+        from devassign.lifecycle.simulated import SimulatedSysfs
+
+        return cls(SimulatedSysfs(sysfs_root, native_drivers), RecordingNetlink(), RecordingRunner())

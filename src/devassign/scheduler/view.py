@@ -1,0 +1,139 @@
+"""Read-only views of hosts and devices that the store fills and the scheduler reads.
+
+Plain frozen dataclasses, not ORM rows or Pydantic models: the scheduler runs in the hot
+path of every claim, so a view is built once per request and its indexes (free devices per
+type, IOMMU group members) are computed once per host, not once per question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from devassign.domain import IN_USE_STATES, DeviceKind, DeviceState
+
+# A device in one of these states belongs to someone (or was lost while it did), so its parent
+# or children cannot be handed out either: a PF whose VF is assigned is not free, nor the reverse.
+HOLDING_STATES: frozenset[DeviceState] = IN_USE_STATES | {
+    DeviceState.MISSING,
+    DeviceState.QUARANTINED,
+}
+
+# Kinds that never join an IOMMU group claim: mdev slots and USB devices are not VFIO groups.
+UNGROUPED_KINDS: frozenset[str] = frozenset({DeviceKind.MDEV_TYPE, DeviceKind.USB})
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One device as the scheduler sees it: identity, topology, attributes and state."""
+
+    id: str
+    address: str
+    kind: str
+    type: str
+    numa_node: int | None = None
+    iommu_group: int | None = None
+    parent: str | None = None
+    vendor_id: str | None = None
+    product_id: str | None = None
+    driver: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    state: str = DeviceState.AVAILABLE
+    healthy: bool = True
+
+    @property
+    def holding(self) -> bool:
+        """Whether someone holds it (or held it when it vanished)."""
+        return self.state in HOLDING_STATES
+
+    def cel_value(self) -> dict[str, Any]:
+        """The ``device`` variable a CEL selector sees (SPEC.md inventory fields)."""
+        return {
+            "address": self.address,
+            "kind": str(self.kind),
+            "type": self.type,
+            "vendor_id": self.vendor_id,
+            "product_id": self.product_id,
+            "numa_node": self.numa_node,
+            "iommu_group": self.iommu_group,
+            "driver": self.driver,
+            "parent": self.parent,
+            "attributes": dict(self.attributes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """One host and its devices, with the indexes every filter and the fit share."""
+
+    name: str
+    devices: tuple[DeviceView, ...]
+    up: bool = True
+    by_id: Mapping[str, DeviceView] = field(init=False, repr=False, compare=False)
+    by_address: Mapping[str, DeviceView] = field(init=False, repr=False, compare=False)
+    free_by_type: Mapping[str, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
+    free_ids: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Free in state, but a parent or child device is held: counted apart for explanations.
+    blocked_by_type: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    # Addresses of devices with at least one child device held (partitioned GPUs, used PFs).
+    used_parents: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Addresses that are some reported device's parent (a PF with VFs, a GPU with slots).
+    parents: frozenset[str] = field(init=False, repr=False, compare=False)
+    # IOMMU group -> its assignable members (no mdev slots or USB devices).
+    group_members: Mapping[int, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_address = {d.address: d for d in self.devices}
+        used_parents = {d.parent for d in self.devices if d.parent and d.holding}
+        parents = {d.parent for d in self.devices if d.parent}
+        groups: dict[int, list[DeviceView]] = {}
+        for d in self.devices:
+            if d.iommu_group is not None and d.kind not in UNGROUPED_KINDS:
+                groups.setdefault(d.iommu_group, []).append(d)
+        free: dict[str, list[DeviceView]] = {}
+        blocked: dict[str, int] = {}
+        for d in self.devices:
+            if d.state != DeviceState.AVAILABLE or not d.healthy:
+                continue
+            parent = by_address.get(d.parent) if d.parent else None
+            if (parent is not None and parent.holding) or d.address in used_parents:
+                blocked[d.type] = blocked.get(d.type, 0) + 1
+                continue
+            free.setdefault(d.type, []).append(d)
+        s = object.__setattr__
+        s(self, "by_id", {d.id: d for d in self.devices})
+        s(self, "by_address", by_address)
+        s(self, "free_by_type", {t: tuple(v) for t, v in free.items()})
+        s(self, "free_ids", frozenset(d.id for v in free.values() for d in v))
+        s(self, "blocked_by_type", blocked)
+        s(self, "used_parents", frozenset(used_parents))
+        s(self, "parents", frozenset(parents))
+        s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
+
+    def free_count(self) -> int:
+        """How many devices of any type could be handed out now."""
+        return len(self.free_ids)
+
+    def group_of(self, device: DeviceView) -> tuple[DeviceView, ...]:
+        """Every device a claim of ``device`` takes with it: its whole IOMMU group, or itself."""
+        if device.iommu_group is None or device.kind in UNGROUPED_KINDS:
+            return (device,)
+        return self.group_members.get(device.iommu_group, (device,))
+
+    def with_held(self, device_ids: Iterable[str]) -> HostView:
+        """This host as it would be once ``device_ids`` are reserved (for capacity counts)."""
+        ids = set(device_ids)
+        devices = tuple(replace(d, state=DeviceState.RESERVED) if d.id in ids else d for d in self.devices)
+        return HostView(self.name, devices, self.up)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The candidate hosts of one scheduling decision, in the order the store found them."""
+
+    hosts: tuple[HostView, ...]
+    by_name: Mapping[str, HostView] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {h.name: h for h in self.hosts})

@@ -1,0 +1,185 @@
+"""The ASGI application: wiring of store, auth, routes, errors and the background sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import devassign
+from devassign import errors
+from devassign.server import routes
+from devassign.server.auth import TokenCache
+from devassign.server.settings import Settings
+from devassign.store import Database, Store
+
+log = logging.getLogger("devassign.server")
+
+REQUESTS = Counter("devassign_http_requests", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "devassign_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit before reading them (413), chunked ones included."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = errors.DevassignError(
+        errors.BODY_TOO_LARGE, f"request body over {limit} bytes; send less at a time"
+    ).body()
+    response = JSONResponse(body, status_code=413)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.DevassignError)
+    async def _domain(_: Request, exc: errors.DevassignError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = errors.DevassignError(errors.INVALID_REQUEST, _validation_message(exc))
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, errors.INVALID_REQUEST
+        )
+        status = exc.status_code if exc.status_code in (404, 405) else 400
+        return JSONResponse(errors.DevassignError(code, str(exc.detail)).body(), status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        err = errors.DevassignError(
+            errors.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+        )
+        return JSONResponse(err.body(), status_code=500)
+
+
+async def _sweeper(app: FastAPI) -> None:
+    """Mark silent hosts down and expire unconfirmed reservations, by the server's clock."""
+    store: Store = app.state.store
+    while True:
+        await asyncio.sleep(app.state.settings.sweep_interval)
+        try:
+            await run_in_threadpool(store.sweep)
+        except Exception:  # the sweeper must outlive a database hiccup
+            log.exception("sweep failed; will retry")
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if store is None:
+        db = Database(settings.db_url, pool_size=settings.pool_size)
+        db.ensure_schema(migrate=settings.migrate)
+        store = Store(db, down_after=settings.down_after, reservation_ttl=settings.reservation_ttl)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth:
+            log.warning(
+                "AUTHENTICATION IS OFF: anyone who can reach this server is an admin. "
+                "Use it for local development only."
+            )
+        task = asyncio.create_task(_sweeper(app)) if settings.sweep_interval > 0 else None
+        yield
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="devassign",
+        version=devassign.__version__,
+        description="Direct hardware assignment: inventory, scheduling, claims, lifecycle.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.tokens = TokenCache(store)
+    _install_error_handlers(app)
+    app.include_router(routes.router)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": devassign.__version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,93 @@
+"""Bearer-token authentication and the role rules every route applies.
+
+Admins run the cloud; an agent token speaks for one host only (Kubernetes' node authorizer);
+a member sees cloud-wide availability and only its own project's allocations.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from devassign import errors
+from devassign.domain import Role
+from devassign.store import Principal, Store
+
+ANONYMOUS_ADMIN = Principal(name="no-auth", role=Role.ADMIN)
+_CACHE_SECONDS = 10.0
+
+
+class TokenCache:
+    """Token lookups cached briefly: a claim should not pay a database round trip for auth."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def get(self, secret: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._entries.get(secret)
+        if hit and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        principal = self.store.lookup_token(secret)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[secret] = (now, principal)
+        return principal
+
+
+def principal(request: Request) -> Principal:
+    """The caller, from the ``Authorization: Bearer`` header (or the admin when auth is off)."""
+    state = request.app.state
+    if not state.settings.auth:
+        return ANONYMOUS_ADMIN
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise errors.DevassignError(
+            errors.UNAUTHENTICATED,
+            "send a token: `Authorization: Bearer TOKEN` (create one with `devassign token create`)",
+        )
+    found: Principal | None = state.tokens.get(secret.strip())
+    if found is None:
+        raise errors.DevassignError(errors.UNAUTHENTICATED, "unknown or revoked token")
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def require_admin(p: Principal) -> None:
+    if p.role is not Role.ADMIN:
+        raise errors.DevassignError(
+            errors.FORBIDDEN, f"this needs an admin token; {p.name} is {p.role.value}"
+        )
+
+
+def require_host(p: Principal, host: str) -> None:
+    """Admins, or the agent bound to ``host``."""
+    if p.role is Role.ADMIN:
+        return
+    if p.role is Role.AGENT and p.host == host:
+        return
+    raise errors.DevassignError(
+        errors.FORBIDDEN,
+        f"only an admin or the agent of host {host!r} may do this; {p.name} is "
+        f"{p.role.value}" + (f" of host {p.host!r}" if p.host else ""),
+    )
+
+
+def require_operator(p: Principal) -> None:
+    """Infrastructure views (hosts, devices, events): admins and agents, not members."""
+    if p.role is Role.MEMBER:
+        raise errors.DevassignError(
+            errors.FORBIDDEN,
+            "members see resource types and their own project's allocations, not the hosts",
+        )
+
+
+def project_scope(p: Principal) -> str | None:
+    """The project a caller is limited to (None: all of them)."""
+    return p.project if p.role is Role.MEMBER else None

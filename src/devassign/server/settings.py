@@ -1,0 +1,22 @@
+"""Server configuration: one dataclass, filled from the command line or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str | None = None
+    # Auth off is for local development and the demo only; the server says so loudly.
+    auth: bool = True
+    migrate: bool = True
+    # A host is down when the server has heard nothing from it for this long (its own clock).
+    down_after: timedelta = timedelta(seconds=90)
+    # An unconfirmed reservation is given up after this long; its devices go to cleaning.
+    reservation_ttl: timedelta = timedelta(seconds=300)
+    sweep_interval: float = 5.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    pool_size: int = 20
+    scheduler: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,139 @@
+"""The resource-type catalog: one definition of each type for the whole cloud."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.domain import DeviceState
+from devassign.store.events import aware, record
+from devassign.store.schema import devices, inventory, quotas, resource_types
+
+
+def _counts(conn: sa.Connection, type_id: int | None = None) -> dict[int, schemas.StateCounts]:
+    q = sa.select(devices.c.type_id, devices.c.state, sa.func.count()).group_by(
+        devices.c.type_id, devices.c.state
+    )
+    if type_id is not None:
+        q = q.where(devices.c.type_id == type_id)
+    out: dict[int, dict[str, int]] = {}
+    for tid, state, n in conn.execute(q):
+        c = out.setdefault(tid, {"total": 0})
+        c[state] = n
+        # Removed devices are history, not inventory.
+        if state != DeviceState.REMOVED:
+            c["total"] += n
+    return {tid: schemas.StateCounts(**c) for tid, c in out.items()}
+
+
+def _to_model(row: Any, counts: schemas.StateCounts | None) -> schemas.ResourceType:
+    return schemas.ResourceType(
+        name=row.name,
+        description=row.description,
+        handler=row.handler,
+        config=row.config or {},
+        attribute_schema=row.attribute_schema,
+        counts=counts or schemas.StateCounts(),
+        created_at=aware(row.created_at) or row.created_at,
+    )
+
+
+def list_types(conn: sa.Connection) -> list[schemas.ResourceType]:
+    counts = _counts(conn)
+    rows = conn.execute(sa.select(resource_types).order_by(resource_types.c.name))
+    return [_to_model(r, counts.get(r.id)) for r in rows]
+
+
+def _row(conn: sa.Connection, name: str) -> Any:
+    row = conn.execute(sa.select(resource_types).where(resource_types.c.name == name)).first()
+    if row is None:
+        raise errors.DevassignError(
+            errors.TYPE_NOT_FOUND,
+            f"no resource type {name!r}; `devassign types` lists them",
+        )
+    return row
+
+
+def get_type(conn: sa.Connection, name: str) -> schemas.ResourceType:
+    row = _row(conn, name)
+    return _to_model(row, _counts(conn, row.id).get(row.id))
+
+
+def type_ids(conn: sa.Connection) -> dict[str, int]:
+    return {r.name: r.id for r in conn.execute(sa.select(resource_types.c.id, resource_types.c.name))}
+
+
+def create_type(
+    conn: sa.Connection, body: schemas.ResourceTypeCreate, *, now: datetime, actor: str
+) -> schemas.ResourceType:
+    exists = conn.execute(sa.select(resource_types.c.id).where(resource_types.c.name == body.name)).first()
+    if exists:
+        raise errors.DevassignError(errors.TYPE_EXISTS, f"resource type {body.name!r} exists")
+    conn.execute(
+        resource_types.insert().values(
+            name=body.name,
+            description=body.description,
+            handler=body.handler,
+            config=body.config,
+            attribute_schema=body.attribute_schema,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="type_created",
+        type=body.name,
+        message=f"resource type {body.name} created",
+        detail={"description": body.description, "handler": body.handler},
+    )
+    return get_type(conn, body.name)
+
+
+def update_type(
+    conn: sa.Connection,
+    name: str,
+    body: schemas.ResourceTypeUpdate,
+    *,
+    now: datetime,
+    actor: str,
+) -> schemas.ResourceType:
+    row = _row(conn, name)
+    values: dict[str, Any] = {"updated_at": now}
+    if body.description is not None:
+        values["description"] = body.description
+    if body.config is not None:
+        values["config"] = body.config
+    conn.execute(resource_types.update().where(resource_types.c.id == row.id).values(**values))
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="type_updated",
+        type=name,
+        message=f"resource type {name} updated",
+        detail=body.model_dump(exclude_none=True),
+    )
+    return get_type(conn, name)
+
+
+def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
+    row = _row(conn, name)
+    used = conn.execute(
+        sa.select(sa.func.count()).select_from(devices).where(devices.c.type_id == row.id)
+    ).scalar_one()
+    if used:
+        raise errors.DevassignError(
+            errors.TYPE_IN_USE,
+            f"resource type {name!r} has {used} devices; remove them from the agents' configuration first",
+            devices=used,
+        )
+    conn.execute(inventory.delete().where(inventory.c.type_id == row.id))
+    conn.execute(quotas.delete().where(quotas.c.type_id == row.id))
+    conn.execute(resource_types.delete().where(resource_types.c.id == row.id))
+    record(conn, at=now, actor=actor, action="type_deleted", type=name, message=f"type {name} deleted")

@@ -1,0 +1,192 @@
+"""Engines, transactions and migrations for SQLite (embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode and takes its write lock up front (``BEGIN IMMEDIATE``) so two
+writers never deadlock upgrading a read lock; PostgreSQL runs at READ COMMITTED and relies
+on conditional updates whose row counts are checked, plus unique indexes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from platformdirs import user_data_dir
+
+from devassign.errors import DATABASE_BUSY, DevassignError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS = str(Path(__file__).parent / "migrations")
+# An arbitrary constant: PostgreSQL advisory lock taken while migrating, so replicas
+# starting together do not race each other through the same migration.
+_MIGRATION_LOCK = 0x6465_7661
+
+
+class SchemaError(RuntimeError):
+    """The database schema is not the one this code expects; the message says what to run."""
+
+
+def default_url() -> str:
+    """An SQLite file in the user's data folder: no setup at all."""
+    folder = Path(os.environ.get("DEVASSIGN_DATA_DIR") or user_data_dir("devassign"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'devassign.db'}"
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for both."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below), so the driver must not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("devassign_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Database:
+    """One database: its engine, its transactions and its schema version."""
+
+    def __init__(self, url: str | None = None, *, echo: bool = False, pool_size: int = 10) -> None:
+        self.url = normalize_url(url or default_url())
+        self.is_sqlite = self.url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
+                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["pool_size"] = pool_size
+            kwargs["poolclass"] = sa.pool.QueuePool
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        self.engine = sa.create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with (
+            self.engine.connect().execution_options(devassign_write=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def retrying(self, fn: Callable[[sa.Connection], T], *, attempts: int = 5) -> T:
+        """Run ``fn`` in a fresh write transaction, retrying on serialization failures.
+
+        Each attempt starts a new transaction: a retry never sees its own uncommitted rows
+        (the cause of Placement 16.0.0's over-allocation, LESSONS.md).
+        """
+        for attempt in range(attempts):
+            try:
+                with self.write() as conn:
+                    return fn(conn)
+            except sa.exc.OperationalError as exc:
+                if not _is_transient(exc) or attempt == attempts - 1:
+                    if _is_transient(exc):
+                        raise DevassignError(
+                            DATABASE_BUSY, "the database is busy; retry the request"
+                        ) from exc
+                    raise
+                time.sleep(0.01 * (2**attempt))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------- schema
+
+    def _alembic_config(self, conn: sa.Connection | None = None) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", MIGRATIONS)
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Migrate to the newest schema; returns (before, after) revisions."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+                conn.commit()
+            try:
+                before = MigrationContext.configure(conn).get_current_revision()
+                self._check_known(before)
+                command.upgrade(self._alembic_config(conn), "head")
+                conn.commit()
+                after = MigrationContext.configure(conn).get_current_revision()
+            finally:
+                if not self.is_sqlite:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+                    conn.commit()
+        return before, after
+
+    def _check_known(self, revision: str | None) -> None:
+        script = ScriptDirectory.from_config(self._alembic_config())
+        if revision is not None and script.get_revision(revision) is None:
+            raise SchemaError(
+                f"the database is at schema revision {revision}, which this devassign does "
+                "not know: it was written by a newer version; upgrade devassign"
+            )
+
+    def ensure_schema(self, *, migrate: bool) -> None:
+        """Migrate on start (``migrate``) or refuse with a message that says what to run."""
+        if migrate:
+            before, after = self.upgrade()
+            if before != after:
+                log.info("database schema migrated from %s to %s", before, after)
+            return
+        current, head = self.current_revision(), self.head_revision()
+        self._check_known(current)
+        if current != head:
+            raise SchemaError(
+                f"the database schema is at {current or 'nothing'} but this devassign needs "
+                f"{head}: run `devassign db upgrade --db URL` first"
+            )
+
+
+def _is_transient(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("database is locked", "deadlock detected", "could not serialize", "busy"))

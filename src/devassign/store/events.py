@@ -1,0 +1,104 @@
+"""The append-only event log: who did what to which device, and when.
+
+Rows are only ever inserted; nothing in devassign updates or deletes an event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import schemas
+from devassign.store.schema import consumers, events
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp in devassign is UTC."""
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def record(
+    conn: sa.Connection,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    message: str,
+    host: str | None = None,
+    device: str | None = None,
+    device_id: str | None = None,
+    consumer: str | None = None,
+    type: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        events.insert().values(
+            at=at,
+            actor=actor,
+            action=action,
+            message=message,
+            host=host,
+            device=device,
+            device_id=device_id,
+            consumer=consumer,
+            type=type,
+            detail=detail or {},
+        )
+    )
+
+
+def record_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert several events in one round trip (an inventory report can make hundreds)."""
+    if rows:
+        for row in rows:
+            row.setdefault("detail", {})
+            for key in ("host", "device", "device_id", "consumer", "type"):
+                row.setdefault(key, None)
+        conn.execute(events.insert(), rows)
+
+
+def list_events(
+    conn: sa.Connection,
+    *,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+    consumers_of_project: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[schemas.Event]:
+    """Newest first. ``device`` matches a device id or an address."""
+    q = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+    if host:
+        q = q.where(events.c.host == host)
+    if device:
+        q = q.where(sa.or_(events.c.device_id == device, events.c.device == device))
+    if consumer:
+        q = q.where(events.c.consumer == consumer)
+    if consumers_of_project is not None:
+        q = q.where(
+            events.c.consumer.in_(
+                sa.select(consumers.c.uuid).where(consumers.c.project == consumers_of_project)
+            )
+        )
+    if before is not None:
+        q = q.where(events.c.id < before)
+    return [
+        schemas.Event(
+            id=r.id,
+            at=aware(r.at) or r.at,
+            actor=r.actor,
+            action=r.action,
+            host=r.host,
+            device=r.device,
+            consumer=r.consumer,
+            type=r.type,
+            message=r.message,
+            detail=r.detail or {},
+        )
+        for r in conn.execute(q)
+    ]

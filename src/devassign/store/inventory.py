@@ -1,0 +1,559 @@
+"""Hosts and their devices: applying agents' reports, liveness, and the per-host counts.
+
+A report replaces a host's full device list in one transaction. The rules (SPEC.md,
+LESSONS.md): unknown types are refused per device; a device that vanishes while in use
+becomes ``missing``, a free one ``removed`` -- rows are never deleted; a device that comes
+back is restored; a stale generation cannot overwrite a newer report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.domain import IN_USE_STATES, DeviceState
+from devassign.store.events import aware, record, record_many
+from devassign.store.schema import (
+    allocation_items,
+    allocations,
+    devices,
+    hosts,
+    inventory,
+    resource_types,
+)
+
+_COMPARED = ("kind", "vendor_id", "product_id", "numa_node", "iommu_group", "driver", "parent")
+_HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
+
+
+def digest(report: schemas.InventoryReport) -> str:
+    body = json.dumps([d.model_dump(mode="json") for d in report.devices], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def recount(conn: sa.Connection, host_id: int) -> None:
+    """Rebuild the host's rows of ``inventory`` from its devices.
+
+    Called in the same transaction as every change of device state on that host: one host
+    holds tens of devices, so recounting is cheap and can never drift.
+    """
+    rows = conn.execute(
+        sa.select(
+            devices.c.type_id,
+            sa.func.count(),
+            sa.func.sum(sa.case((devices.c.state == DeviceState.AVAILABLE.value, 1), else_=0)),
+        )
+        .where(devices.c.host_id == host_id, devices.c.state != DeviceState.REMOVED.value)
+        .group_by(devices.c.type_id)
+    ).all()
+    conn.execute(inventory.delete().where(inventory.c.host_id == host_id))
+    if rows:
+        conn.execute(
+            inventory.insert(),
+            [{"host_id": host_id, "type_id": t, "total": n, "available": int(a or 0)} for t, n, a in rows],
+        )
+
+
+@dataclass
+class _Outcome:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    refused: list[schemas.RefusedDevice] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str) -> Any:
+    """Find (or register) the host, following a rename when the stable host id says so."""
+    by_name = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
+    if host_id:
+        by_id = conn.execute(sa.select(hosts).where(hosts.c.host_id == host_id)).first()
+        if by_id is not None and by_id.name != name:
+            if by_name is not None:
+                raise errors.DevassignError(
+                    errors.HOST_ID_MISMATCH,
+                    f"host id {host_id} belongs to host {by_id.name!r}, and {name!r} is another "
+                    "registered host; delete one of them first",
+                )
+            conn.execute(hosts.update().where(hosts.c.id == by_id.id).values(name=name))
+            record(
+                conn,
+                at=now,
+                actor=actor,
+                action="host_renamed",
+                host=name,
+                message=f"host {by_id.name} is now called {name} (same host id {host_id})",
+                detail={"old_name": by_id.name},
+            )
+            return conn.execute(sa.select(hosts).where(hosts.c.id == by_id.id)).one()
+        if by_name is not None and by_name.host_id and by_name.host_id != host_id:
+            raise errors.DevassignError(
+                errors.HOST_ID_MISMATCH,
+                f"host {name!r} is registered with host id {by_name.host_id} but this agent "
+                f"says {host_id}: restore the agent's state file, or if the machine was "
+                f"reinstalled, delete the host (DELETE /v1/hosts/{name}) and report again",
+            )
+    if by_name is not None:
+        if host_id and not by_name.host_id:
+            conn.execute(hosts.update().where(hosts.c.id == by_name.id).values(host_id=host_id))
+        return by_name
+    new_id = conn.execute(
+        hosts.insert().values(name=name, host_id=host_id, generation=-1, created_at=now).returning(hosts.c.id)
+    ).scalar_one()
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="host_registered",
+        host=name,
+        message=f"host {name} registered",
+    )
+    return conn.execute(sa.select(hosts).where(hosts.c.id == new_id)).one()
+
+
+def apply_report(
+    conn: sa.Connection,
+    name: str,
+    report: schemas.InventoryReport,
+    *,
+    now: datetime,
+    actor: str,
+) -> schemas.InventoryResult:
+    host = _host_for_report(conn, name, report.host_id, now, actor)
+    # Compare-and-swap on the generation: a stale report changes nothing.
+    moved = conn.execute(
+        hosts.update()
+        .where(hosts.c.id == host.id, hosts.c.generation <= report.generation)
+        .values(generation=report.generation, last_report_at=now, last_seen_at=now, marked_down=False)
+    ).rowcount
+    if moved != 1:
+        current = conn.execute(sa.select(hosts.c.generation).where(hosts.c.id == host.id)).scalar_one()
+        raise errors.DevassignError(
+            errors.STALE_GENERATION,
+            f"report generation {report.generation} is older than the last one taken "
+            f"({current}); send generation {current + 1} or higher",
+            current_generation=current,
+        )
+    if host.marked_down:
+        record(conn, at=now, actor=actor, action="host_up", host=name, message=f"host {name} is up")
+
+    new_digest = digest(report)
+    if new_digest == host.report_digest:
+        # Nothing changed since the last report: liveness was refreshed above, that is all.
+        return schemas.InventoryResult(
+            host=name,
+            generation=report.generation,
+            accepted=len(report.devices),
+            added=[],
+            updated=[],
+            removed=[],
+            missing=[],
+            refused=[],
+            warnings=[],
+        )
+
+    out = _Outcome()
+    types = {r.name: r.id for r in conn.execute(sa.select(resource_types.c.id, resource_types.c.name))}
+    type_names = {v: k for k, v in types.items()}
+    existing = {r.address: r for r in conn.execute(sa.select(devices).where(devices.c.host_id == host.id))}
+    seen: set[str] = set()
+    inserts: list[dict[str, Any]] = []
+    base_event = {"at": now, "actor": actor, "host": name}
+
+    for dev in report.devices:
+        if dev.address in seen:
+            out.refused.append(
+                schemas.RefusedDevice(address=dev.address, code="duplicate_address", reason="reported twice")
+            )
+            continue
+        seen.add(dev.address)
+        type_id = types.get(dev.type)
+        if type_id is None:
+            reason = (
+                f"unknown resource type {dev.type!r}: create it with "
+                f"`devassign type create {dev.type}` or fix the agent's [[device]] rule"
+            )
+            out.refused.append(schemas.RefusedDevice(address=dev.address, code="unknown_type", reason=reason))
+            out.events.append(
+                {
+                    **base_event,
+                    "action": "device_refused",
+                    "device": dev.address,
+                    "type": dev.type,
+                    "message": f"{name} {dev.address}: {reason}",
+                }
+            )
+            continue
+        row = existing.get(dev.address)
+        if row is None:
+            state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
+            inserts.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "host_id": host.id,
+                    "address": dev.address,
+                    "kind": dev.kind.value,
+                    "type_id": type_id,
+                    "state": state.value,
+                    "healthy": dev.healthy,
+                    "vendor_id": dev.vendor_id,
+                    "product_id": dev.product_id,
+                    "numa_node": dev.numa_node,
+                    "iommu_group": dev.iommu_group,
+                    "driver": dev.driver,
+                    "parent": dev.parent,
+                    "attributes": dev.attributes,
+                    "state_changed_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            out.added.append(dev.address)
+            out.events.append(
+                {
+                    **base_event,
+                    "action": "device_added",
+                    "device": dev.address,
+                    "type": dev.type,
+                    "device_id": inserts[-1]["id"],
+                    "message": f"{name} {dev.address} ({dev.type}) added",
+                }
+            )
+            continue
+        _update_existing(conn, row, dev, type_id, type_names, out, base_event, now)
+
+    if inserts:
+        conn.execute(devices.insert(), inserts)
+    for address, row in existing.items():
+        if address not in seen:
+            _vanished(conn, row, out, base_event, type_names, now)
+
+    record_many(conn, out.events)
+    recount(conn, host.id)
+    conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=new_digest))
+    return schemas.InventoryResult(
+        host=name,
+        generation=report.generation,
+        accepted=len(seen) - len([r for r in out.refused if r.code != "duplicate_address"]),
+        added=out.added,
+        updated=out.updated,
+        removed=out.removed,
+        missing=out.missing,
+        refused=out.refused,
+        warnings=out.warnings,
+    )
+
+
+def _update_existing(
+    conn: sa.Connection,
+    row: Any,
+    dev: schemas.ReportedDevice,
+    type_id: int,
+    type_names: dict[int, str],
+    out: _Outcome,
+    base_event: dict[str, Any],
+    now: datetime,
+) -> None:
+    values: dict[str, Any] = {}
+    for key in _COMPARED:
+        new = getattr(dev, key)
+        new = new.value if hasattr(new, "value") else new
+        if getattr(row, key) != new:
+            values[key] = new
+    if (row.attributes or {}) != dev.attributes:
+        values["attributes"] = dev.attributes
+    state = DeviceState(row.state)
+    if type_id != row.type_id:
+        if state in _HELD or state is DeviceState.MISSING:
+            out.warnings.append(f"{dev.address}: type change to {dev.type} waits until the device is free")
+        else:
+            values["type_id"] = type_id
+    if dev.healthy != row.healthy:
+        values["healthy"] = dev.healthy
+    new_state = _returning_state(conn, row, state, dev.healthy)
+    if new_state is not state:
+        values["state"] = new_state.value
+        values["prior_state"] = None
+        values["state_changed_at"] = now
+    if not values:
+        return
+    values["updated_at"] = now
+    conn.execute(devices.update().where(devices.c.id == row.id).values(**values))
+    out.updated.append(dev.address)
+    consumer = _consumer_of(conn, row.allocation_id)
+    changed = sorted(k for k in values if k not in ("updated_at", "state_changed_at", "prior_state"))
+    msg = f"{base_event['host']} {dev.address} updated: {', '.join(changed)}"
+    if new_state is not state:
+        msg += f" ({state.value} -> {new_state.value})"
+    out.events.append(
+        {
+            **base_event,
+            "action": "device_updated",
+            "device": dev.address,
+            "device_id": row.id,
+            "type": type_names.get(type_id),
+            "consumer": consumer,
+            "message": msg,
+            "detail": {k: v for k, v in values.items() if k not in ("updated_at", "state_changed_at")},
+        }
+    )
+    if "healthy" in values and not dev.healthy and state in IN_USE_STATES and consumer:
+        out.events.append(
+            {
+                **base_event,
+                "action": "device_unhealthy",
+                "device": dev.address,
+                "device_id": row.id,
+                "consumer": consumer,
+                "type": type_names.get(row.type_id),
+                "message": f"{dev.address} held by {consumer} reports unhealthy",
+            }
+        )
+
+
+def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy: bool) -> DeviceState:
+    """The state a reported device should be in, given the one it had."""
+    if state is DeviceState.REMOVED:
+        return DeviceState.AVAILABLE if healthy else DeviceState.UNHEALTHY
+    if state is DeviceState.MISSING:
+        prior = DeviceState(row.prior_state or DeviceState.CLEANING.value)
+        if prior in (DeviceState.RESERVED, DeviceState.ASSIGNED):
+            live = (
+                row.allocation_id is not None
+                and conn.execute(
+                    sa.select(allocations.c.id).where(
+                        allocations.c.id == row.allocation_id, allocations.c.released_at.is_(None)
+                    )
+                ).first()
+            )
+            # Released while it was gone: it must be cleaned before anyone else gets it.
+            return prior if live else DeviceState.CLEANING
+        return prior
+    if state is DeviceState.AVAILABLE and not healthy:
+        return DeviceState.UNHEALTHY
+    if state is DeviceState.UNHEALTHY and healthy:
+        return DeviceState.AVAILABLE
+    return state
+
+
+def _vanished(
+    conn: sa.Connection,
+    row: Any,
+    out: _Outcome,
+    base_event: dict[str, Any],
+    type_names: dict[int, str],
+    now: datetime,
+) -> None:
+    state = DeviceState(row.state)
+    if state in (DeviceState.MISSING, DeviceState.REMOVED):
+        return
+    if state in _HELD:
+        new, prior = DeviceState.MISSING, state.value
+        out.missing.append(row.address)
+    else:
+        new, prior = DeviceState.REMOVED, None
+        out.removed.append(row.address)
+    conn.execute(
+        devices.update()
+        .where(devices.c.id == row.id)
+        .values(state=new.value, prior_state=prior, state_changed_at=now, updated_at=now)
+    )
+    consumer = _consumer_of(conn, row.allocation_id)
+    out.events.append(
+        {
+            **base_event,
+            "action": f"device_{new.value}",
+            "device": row.address,
+            "device_id": row.id,
+            "type": type_names.get(row.type_id),
+            "consumer": consumer,
+            "message": f"{base_event['host']} {row.address} no longer reported "
+            f"({state.value} -> {new.value})",
+        }
+    )
+
+
+def _consumer_of(conn: sa.Connection, allocation_id: int | None) -> str | None:
+    if allocation_id is None:
+        return None
+    return conn.execute(
+        sa.select(allocations.c.consumer).where(allocations.c.id == allocation_id)
+    ).scalar_one_or_none()
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def heartbeat(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
+    row = conn.execute(sa.select(hosts.c.id, hosts.c.marked_down).where(hosts.c.name == name)).first()
+    if row is None:
+        raise errors.DevassignError(
+            errors.HOST_NOT_FOUND, f"host {name!r} has never reported: send a full inventory first"
+        )
+    conn.execute(hosts.update().where(hosts.c.id == row.id).values(last_seen_at=now, marked_down=False))
+    if row.marked_down:
+        record(conn, at=now, actor=actor, action="host_up", host=name, message=f"host {name} is up")
+
+
+def mark_down(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> list[str]:
+    """Record hosts whose reports stopped (by the server's clock) as down; returns their names."""
+    cutoff = now - down_after
+    rows = conn.execute(
+        sa.select(hosts.c.id, hosts.c.name).where(
+            hosts.c.marked_down.is_(False), hosts.c.last_seen_at < cutoff
+        )
+    ).all()
+    for r in rows:
+        conn.execute(hosts.update().where(hosts.c.id == r.id).values(marked_down=True))
+        record(
+            conn,
+            at=now,
+            actor="server",
+            action="host_down",
+            host=r.name,
+            message=f"host {r.name} is down: no report or heartbeat for {down_after.total_seconds():.0f}s",
+        )
+    return [r.name for r in rows]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _host_model(r: Any, now: datetime, down_after: timedelta, count: int) -> schemas.Host:
+    seen = aware(r.last_seen_at)
+    up = seen is not None and seen >= now - down_after
+    return schemas.Host(
+        name=r.name,
+        host_id=r.host_id,
+        status="up" if up else "down",
+        generation=r.generation,
+        last_report_at=aware(r.last_report_at),
+        last_seen_at=seen,
+        device_count=count,
+        created_at=aware(r.created_at) or r.created_at,
+    )
+
+
+def list_hosts(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> list[schemas.Host]:
+    counts: dict[int, int] = dict(
+        conn.execute(
+            sa.select(devices.c.host_id, sa.func.count())
+            .where(devices.c.state != DeviceState.REMOVED.value)
+            .group_by(devices.c.host_id)
+        ).all()
+    )
+    rows = conn.execute(sa.select(hosts).order_by(hosts.c.name))
+    return [_host_model(r, now, down_after, counts.get(r.id, 0)) for r in rows]
+
+
+def get_host(conn: sa.Connection, name: str, *, now: datetime, down_after: timedelta) -> schemas.Host:
+    r = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
+    if r is None:
+        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
+    count = conn.execute(
+        sa.select(sa.func.count()).where(
+            devices.c.host_id == r.id, devices.c.state != DeviceState.REMOVED.value
+        )
+    ).scalar_one()
+    return _host_model(r, now, down_after, count)
+
+
+def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
+    r = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == name)).first()
+    if r is None:
+        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
+    busy = conn.execute(
+        sa.select(sa.func.count()).where(
+            devices.c.host_id == r.id,
+            devices.c.state.in_([s.value for s in (*_HELD, DeviceState.MISSING)]),
+        )
+    ).scalar_one()
+    if busy:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"host {name!r} has {busy} devices in use, cleaning, quarantined or missing; "
+            "release and clear them first",
+        )
+    live = conn.execute(
+        sa.select(sa.func.count()).where(allocations.c.host_id == r.id, allocations.c.released_at.is_(None))
+    ).scalar_one()
+    if live:
+        raise errors.DevassignError(errors.INVALID_STATE, f"host {name!r} has live allocations")
+    dev_ids = sa.select(devices.c.id).where(devices.c.host_id == r.id)
+    conn.execute(allocation_items.delete().where(allocation_items.c.device_id.in_(dev_ids)))
+    conn.execute(allocations.delete().where(allocations.c.host_id == r.id))
+    conn.execute(devices.delete().where(devices.c.host_id == r.id))
+    conn.execute(inventory.delete().where(inventory.c.host_id == r.id))
+    conn.execute(hosts.delete().where(hosts.c.id == r.id))
+    record(conn, at=now, actor=actor, action="host_deleted", host=name, message=f"host {name} deleted")
+
+
+def _device_query() -> sa.Select[Any]:
+    return (
+        sa.select(
+            devices,
+            hosts.c.name.label("host_name"),
+            resource_types.c.name.label("type_name"),
+            allocations.c.consumer.label("consumer"),
+        )
+        .join(hosts, hosts.c.id == devices.c.host_id)
+        .join(resource_types, resource_types.c.id == devices.c.type_id)
+        .outerjoin(allocations, allocations.c.id == devices.c.allocation_id)
+    )
+
+
+def device_model(r: Any) -> schemas.Device:
+    return schemas.Device(
+        id=r.id,
+        host=r.host_name,
+        address=r.address,
+        kind=r.kind,
+        type=r.type_name,
+        state=r.state,
+        healthy=r.healthy,
+        vendor_id=r.vendor_id,
+        product_id=r.product_id,
+        numa_node=r.numa_node,
+        iommu_group=r.iommu_group,
+        driver=r.driver,
+        parent=r.parent,
+        attributes=r.attributes or {},
+        consumer=r.consumer,
+        state_changed_at=aware(r.state_changed_at) or r.state_changed_at,
+        created_at=aware(r.created_at) or r.created_at,
+    )
+
+
+def list_devices(
+    conn: sa.Connection,
+    *,
+    host: str | None = None,
+    type: str | None = None,
+    state: str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[schemas.Device]:
+    q = _device_query().order_by(hosts.c.name, devices.c.address).limit(limit).offset(offset)
+    if host:
+        q = q.where(hosts.c.name == host)
+    if type:
+        q = q.where(resource_types.c.name == type)
+    if state:
+        q = q.where(devices.c.state == state)
+    return [device_model(r) for r in conn.execute(q)]
+
+
+def get_device(conn: sa.Connection, device_id: str) -> schemas.Device:
+    r = conn.execute(_device_query().where(devices.c.id == device_id)).first()
+    if r is None:
+        raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
+    return device_model(r)

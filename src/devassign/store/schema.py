@@ -1,0 +1,189 @@
+"""The database tables (SQLAlchemy Core): the one place that says what is stored.
+
+Rows never leave ``store/``: callers get plain dataclasses or the API's Pydantic models.
+Migrations in ``store/migrations`` create exactly these tables; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# JSON on SQLite, JSONB on PostgreSQL.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# 64-bit ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit and autoincrementing.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Stamp = sa.DateTime(timezone=True)
+
+resource_types = sa.Table(
+    "resource_types",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("handler", sa.String(64)),
+    sa.Column("config", Json, nullable=False),
+    sa.Column("attribute_schema", Json),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("updated_at", Stamp, nullable=False),
+)
+
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(253), nullable=False, unique=True),
+    # The agent's stable id from its state file: a renamed machine keeps its row.
+    sa.Column("host_id", sa.String(64), unique=True),
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="-1"),
+    sa.Column("last_report_at", Stamp),
+    # Server clock only: liveness is never judged from the agent's clock.
+    sa.Column("last_seen_at", Stamp),
+    sa.Column("marked_down", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Digest of the last report applied: an unchanged report only refreshes liveness.
+    sa.Column("report_digest", sa.String(64)),
+    sa.Column("created_at", Stamp, nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("host_id", sa.Integer, sa.ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("address", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    # The state a device had before it went missing, to restore it if it comes back.
+    sa.Column("prior_state", sa.String(16)),
+    sa.Column("healthy", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("vendor_id", sa.String(4)),
+    sa.Column("product_id", sa.String(4)),
+    sa.Column("numa_node", sa.Integer),
+    sa.Column("iommu_group", sa.Integer),
+    sa.Column("driver", sa.String(128)),
+    sa.Column("parent", sa.String(256)),
+    sa.Column("attributes", Json, nullable=False),
+    sa.Column("allocation_id", BigId, sa.ForeignKey("allocations.id")),
+    sa.Column("state_changed_at", Stamp, nullable=False),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("updated_at", Stamp, nullable=False),
+    sa.UniqueConstraint("host_id", "address"),
+    sa.Index("ix_devices_type_state", "type_id", "state"),
+    sa.Index("ix_devices_state", "state"),
+    sa.Index("ix_devices_allocation", "allocation_id"),
+)
+
+# Per host and type: how many devices exist and how many are free right now. Kept in step
+# with ``devices`` in the same transaction, so candidate hosts are found through an index
+# instead of scanning every device (LESSONS.md, "Scheduling speed").
+inventory = sa.Table(
+    "inventory",
+    metadata,
+    sa.Column("host_id", sa.Integer, sa.ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), primary_key=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Index("ix_inventory_type_available", "type_id", "available"),
+)
+
+consumers = sa.Table(
+    "consumers",
+    metadata,
+    sa.Column("uuid", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("created_at", Stamp, nullable=False),
+)
+
+allocations = sa.Table(
+    "allocations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("consumer", sa.String(64), sa.ForeignKey("consumers.uuid"), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("host_id", sa.Integer, sa.ForeignKey("hosts.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("idempotency_key", sa.String(128)),
+    sa.Column("request", Json, nullable=False),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("expires_at", Stamp),
+    sa.Column("released_at", Stamp),
+    # One live allocation per consumer.
+    sa.Index(
+        "uq_allocations_live_consumer",
+        "consumer",
+        unique=True,
+        sqlite_where=sa.text("released_at IS NULL"),
+        postgresql_where=sa.text("released_at IS NULL"),
+    ),
+    sa.Index("ix_allocations_project", "project"),
+    sa.Index("ix_allocations_expires", "expires_at"),
+)
+
+allocation_items = sa.Table(
+    "allocation_items",
+    metadata,
+    sa.Column("allocation_id", BigId, sa.ForeignKey("allocations.id"), primary_key=True),
+    sa.Column("device_id", sa.String(36), sa.ForeignKey("devices.id"), primary_key=True),
+    sa.Column("request_name", sa.String(64)),
+    sa.Column("released_at", Stamp),
+    # The database itself makes one device in two live allocations impossible, even if the
+    # claim code were wrong (LESSONS.md, "Claims and concurrency").
+    sa.Index(
+        "uq_allocation_items_live_device",
+        "device_id",
+        unique=True,
+        sqlite_where=sa.text("released_at IS NULL"),
+        postgresql_where=sa.text("released_at IS NULL"),
+    ),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", Stamp, nullable=False),
+    sa.Column("actor", sa.String(160), nullable=False),
+    sa.Column("action", sa.String(48), nullable=False),
+    sa.Column("host", sa.String(253)),
+    sa.Column("device", sa.String(256)),
+    sa.Column("device_id", sa.String(36)),
+    sa.Column("consumer", sa.String(64)),
+    sa.Column("type", sa.String(64)),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("detail", Json, nullable=False),
+    sa.Index("ix_events_host", "host", "id"),
+    sa.Index("ix_events_device_id", "device_id", "id"),
+    sa.Index("ix_events_consumer", "consumer", "id"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128)),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("host", sa.String(253)),
+    sa.Column("project", sa.String(64)),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("revoked_at", Stamp),
+)
+
+quotas = sa.Table(
+    "quotas",
+    metadata,
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), primary_key=True),
+    sa.Column("limit", sa.Integer, nullable=False),
+)
