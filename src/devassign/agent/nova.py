@@ -34,9 +34,10 @@ def read_nova(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if isinstance(data, list):
             return _objects(data, path), []
         if isinstance(data, dict):
-            specs = [o for k in SPEC_KEYS for o in _objects(data.get(k, []), path)]
-            aliases = [o for k in ALIAS_KEYS for o in _objects(data.get(k, []), path)]
-            return specs, aliases
+            return (
+                [o for k in SPEC_KEYS for o in _objects(data.get(k, []), path)],
+                [o for k in ALIAS_KEYS for o in _objects(data.get(k, []), path)],
+            )
         raise ConfigError(f"{path}: expected a JSON list or object")
     specs: list[dict[str, Any]] = []
     aliases: list[dict[str, Any]] = []
@@ -118,6 +119,7 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
             notes.append(f"spec {spec} matches every device: skipped")
             continue
         attrs = {k: spec[k] for k in _ATTRIBUTE_KEYS if k in spec}
+        names: list[tuple[str, str | None]]
         if isinstance(spec.get("resource_class"), str):
             names = [(_type_name(spec["resource_class"]), None)]
         else:

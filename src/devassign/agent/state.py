@@ -50,9 +50,9 @@ class StateFile:
                 f"{self.path}: cannot read the agent state ({exc}); fix or remove the file "
                 "(removing it makes this machine a new host)"
             ) from exc
-        host_id, generation = (raw.get("host_id"), raw.get("generation", 0)) if isinstance(
-            raw, dict
-        ) else (None, None)
+        host_id, generation = (
+            (raw.get("host_id"), raw.get("generation", 0)) if isinstance(raw, dict) else (None, None)
+        )
         if not isinstance(host_id, str) or not isinstance(generation, int) or generation < 0:
             raise StateError(f"{self.path}: not an agent state file (host_id, generation)")
         return AgentState(host_id=host_id, generation=generation)

@@ -1,0 +1,143 @@
+"""``devassign agent ...``: run the agent, show what it would report, import Nova's config.
+
+Every failure a user can cause ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from devassign.agent.config import AgentConfig, ConfigError, default_config, load_config
+from devassign.agent.inventory import Inventory, build_inventory
+from devassign.agent.nova import import_nova
+from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
+from devassign.agent.state import StateError
+from devassign.hostio import Sysfs
+
+app = typer.Typer(
+    help="The host agent: discover devices, report them to the server, keep them current.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Agent configuration (TOML)")]
+SysfsOpt = Annotated[
+    Path, typer.Option("--sysfs-root", help="Where sysfs is mounted (a generated tree in tests)")
+]
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _config(path: Path | None) -> AgentConfig:
+    try:
+        return load_config(path) if path is not None else default_config()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _sysfs(root: Path) -> Sysfs:
+    if not root.is_dir():
+        _fail(f"{root}: no such folder (expected a sysfs tree)")
+    return Sysfs(root)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Agent configuration (TOML)")],
+    sysfs_root: SysfsOpt = Path("/sys"),
+    once: Annotated[bool, typer.Option("--once", help="Report once and exit")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Discover, report to the server, heartbeat; report again every report_interval."""
+    _logging(verbose)
+    cfg = _config(config)
+    sysfs = _sysfs(sysfs_root)
+
+    def inventory() -> list[Any]:
+        return build_inventory(sysfs, cfg).reported()
+
+    reporter = Reporter(cfg, inventory)
+    try:
+        result = reporter.run(once=once)
+    except (ServerUnavailable, ReportRefused, StateError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if once and result is not None:
+        typer.echo(
+            f"reported {result.accepted} devices for host {result.host} "
+            f"(generation {result.generation}, {len(result.refused)} refused)"
+        )
+
+
+@app.command()
+def discover(
+    config: ConfigOpt = None,
+    sysfs_root: SysfsOpt = Path("/sys"),
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="table or json")] = Format.table,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Print every device this host has and what it would report, without a server."""
+    _logging(verbose)
+    cfg = _config(config)
+    inv = build_inventory(_sysfs(sysfs_root), cfg)
+    if fmt is Format.json:
+        typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
+        return
+    Console().print(_table(inv))
+
+
+def _table(inv: Inventory) -> Table:
+    table = Table(title=f"{len(inv.devices)} devices, {len(inv.offered())} offered")
+    cols: list[tuple[str, Callable[[Any], Any]]] = [
+        ("address", lambda d: d.address),
+        ("kind", lambda d: d.kind.value),
+        ("ids", lambda d: f"{d.vendor_id or '?'}:{d.product_id or '?'}" if d.vendor_id else ""),
+        ("name", lambda d: d.attributes.get("name") or d.attributes.get("product") or ""),
+        ("numa", lambda d: d.numa_node),
+        ("iommu", lambda d: d.iommu_group),
+        ("driver", lambda d: d.driver),
+        ("parent", lambda d: d.parent),
+        ("type", lambda d: d.type),
+        ("notes", lambda d: ", ".join(d.flags)),
+    ]
+    for name, _ in cols:
+        table.add_column(name, overflow="fold", no_wrap=name in ("address", "kind", "ids"))
+    for dev in inv.devices:
+        table.add_row(*("" if (v := get(dev)) is None else str(v) for _, get in cols))
+    return table
+
+
+@app.command("import-nova")
+def import_nova_cmd(
+    file: Annotated[Path, typer.Argument(help="nova.conf, or a JSON file of specs and aliases")],
+) -> None:
+    """Print Nova's [pci] device_spec and alias as devassign [[device]] rules (TOML)."""
+    try:
+        typer.echo(import_nova(file), nl=False)
+    except ConfigError as exc:
+        _fail(str(exc))
