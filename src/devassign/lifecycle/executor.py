@@ -57,8 +57,7 @@ def run_action(
     except Exception as exc:  # a handler bug must not take the agent down
         return ActionResult(
             False,
-            f"{name} {action} of {device.address} failed unexpectedly: "
-            f"{type(exc).__name__}: {exc}",
+            f"{name} {action} of {device.address} failed unexpectedly: {type(exc).__name__}: {exc}",
             {**base, "unexpected": True},
         )
 

@@ -152,7 +152,7 @@ class RecordingNetlink:
         trust: bool | None = None,
         link_state: LinkState | None = None,
     ) -> None:
-        given = {"mac": mac, "vlan": vlan, "spoofchk": spoofchk, "trust": trust}
+        given: dict[str, Any] = {"mac": mac, "vlan": vlan, "spoofchk": spoofchk, "trust": trust}
         given["link_state"] = link_state
         changes = {k: v for k, v in given.items() if v is not None}
         self.calls.append(("set_vf", pf_ifname, vf_index, changes))

@@ -43,8 +43,7 @@ def load_handler(name: str) -> Handler:
     if not found:
         known = ", ".join(handler_names()) or "none"
         raise UnknownHandlerError(
-            f"no lifecycle handler {name!r} is installed (entry point group {GROUP}; "
-            f"known: {known})"
+            f"no lifecycle handler {name!r} is installed (entry point group {GROUP}; known: {known})"
         )
     try:
         obj = found[0].load()()

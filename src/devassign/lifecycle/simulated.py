@@ -55,7 +55,8 @@ class SimulatedSysfs(Sysfs):
         elif parts[-1] == "remove" and (Path(self.root, *parts[:-1]) / "mdev_type").exists():
             self._mdev_remove(Path(self.root, *parts[:-1]))
             return  # the folder holding ``remove`` is gone
-        super().write(rel, value)
+        # Through the resolved path: an unbind has just removed the ``driver`` link in ``rel``.
+        super().write(real, value)
 
     def _dev(self, address: str) -> Path:
         return self.path(f"bus/pci/devices/{address}")

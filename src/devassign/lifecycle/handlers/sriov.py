@@ -102,7 +102,7 @@ class SriovVfHandler:
                 link_state=want.link_state,
             )
         except OSError as exc:
-            raise HandlerError(f"cannot configure VF {where.vf_index} of {where.pf_ifname}: {exc}")
+            raise HandlerError(f"cannot configure VF {where.vf_index} of {where.pf_ifname}: {exc}") from exc
         facts = self.pci.setup(device, config, ops)
         return {**facts, "pf_ifname": where.pf_ifname, "vf_index": where.vf_index}
 
@@ -119,7 +119,7 @@ class SriovVfHandler:
                 link_state="auto",
             )
         except OSError as exc:
-            raise HandlerError(f"cannot reset VF {where.vf_index} of {where.pf_ifname}: {exc}")
+            raise HandlerError(f"cannot reset VF {where.vf_index} of {where.pf_ifname}: {exc}") from exc
         self.pci.cleanup(device, config, ops)
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:

@@ -102,7 +102,7 @@ class UsbHandler:
             return HealthResult(False, str(exc))
         if path is None:
             return HealthResult(False, f"USB device {device.address} is not plugged in")
-        if device.consumer is not None:
-            if ops.sysfs.read(f"{USB_DEVICES}/{path}/authorized") != "1":
-                return HealthResult(False, f"USB device {path} is assigned but not authorized")
+        authorized = ops.sysfs.read(f"{USB_DEVICES}/{path}/authorized")
+        if device.consumer is not None and authorized != "1":
+            return HealthResult(False, f"USB device {path} is assigned but not authorized")
         return HealthResult(True)

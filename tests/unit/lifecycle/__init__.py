@@ -1,0 +1,1 @@
+"""Lifecycle handlers and libvirt XML tests."""
