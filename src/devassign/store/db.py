@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from platformdirs import user_data_dir
 
 from devassign.errors import DATABASE_BUSY, DevassignError
@@ -159,13 +160,20 @@ class Database:
                 after = MigrationContext.configure(conn).get_current_revision()
             finally:
                 if not self.is_sqlite:
+                    conn.rollback()
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
                     conn.commit()
         return before, after
 
     def _check_known(self, revision: str | None) -> None:
         script = ScriptDirectory.from_config(self._alembic_config())
-        if revision is not None and script.get_revision(revision) is None:
+        if revision is None:
+            return
+        try:
+            known = script.get_revision(revision) is not None
+        except CommandError:
+            known = False
+        if not known:
             raise SchemaError(
                 f"the database is at schema revision {revision}, which this devassign does "
                 "not know: it was written by a newer version; upgrade devassign"

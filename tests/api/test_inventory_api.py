@@ -1,0 +1,179 @@
+"""The inventory API as a user drives it: types, reports, hosts, devices, events, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import Clock, vf
+
+
+def _type(api: TestClient, name: str = "NIC_VF_1G", **body: Any) -> dict[str, Any]:
+    r = api.post("/v1/resource-types", json={"name": name, "description": f"{name} devices", **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _report(api: TestClient, host: str, generation: int, devices: list[dict[str, Any]], **extra: Any) -> Any:
+    return api.put(f"/v1/hosts/{host}/inventory", json={"generation": generation, "devices": devices, **extra})
+
+
+def test_first_use_flow_type_report_devices_and_counts(api: TestClient) -> None:
+    created = _type(api)
+    assert created["counts"]["total"] == 0
+    r = _report(api, "compute-1", 1, [vf("0000:3b:02.1"), vf("0000:3b:02.2", numa_node=1)])
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == ["0000:3b:02.1", "0000:3b:02.2"]
+    assert r.json()["refused"] == []
+
+    types = api.get("/v1/resource-types").json()
+    assert [(t["name"], t["counts"]["total"], t["counts"]["available"]) for t in types] == [
+        ("NIC_VF_1G", 2, 2)
+    ]
+    devices = api.get("/v1/devices", params={"host": "compute-1"}).json()
+    assert [(d["address"], d["state"], d["numa_node"]) for d in devices] == [
+        ("0000:3b:02.1", "available", 0),
+        ("0000:3b:02.2", "available", 1),
+    ]
+    one = api.get(f"/v1/devices/{devices[0]['id']}").json()
+    assert one["parent"] == "0000:3b:00.0" and one["vendor_id"] == "8086"
+    hosts = api.get("/v1/hosts").json()
+    assert [(h["name"], h["status"], h["device_count"], h["generation"]) for h in hosts] == [
+        ("compute-1", "up", 2, 1)
+    ]
+
+
+def test_unknown_type_is_refused_per_device_and_the_rest_taken(api: TestClient) -> None:
+    _type(api)
+    r = _report(api, "compute-1", 1, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")])
+    body = r.json()
+    assert r.status_code == 200
+    assert body["added"] == ["0000:3b:02.1"]
+    assert [(x["address"], x["code"]) for x in body["refused"]] == [("0000:3b:02.2", "unknown_type")]
+    assert "devassign type create NOPE" in body["refused"][0]["reason"]
+    refused = api.get("/v1/events", params={"host": "compute-1"}).json()
+    assert any(e["action"] == "device_refused" and e["device"] == "0000:3b:02.2" for e in refused)
+
+
+def test_report_is_idempotent_and_stale_generation_is_refused(api: TestClient) -> None:
+    _type(api)
+    devices = [vf("0000:3b:02.1")]
+    assert _report(api, "h1", 5, devices).status_code == 200
+    again = _report(api, "h1", 5, devices)
+    assert again.status_code == 200
+    assert again.json()["added"] == [] and again.json()["updated"] == []
+    stale = _report(api, "h1", 4, [])
+    assert stale.status_code == 409
+    err = stale.json()["error"]
+    assert err["code"] == "stale_generation" and err["current_generation"] == 5
+    # Nothing was lost: the device is still there.
+    assert len(api.get("/v1/devices").json()) == 1
+
+
+def test_changed_attribute_updates_the_device(api: TestClient) -> None:
+    _type(api)
+    _report(api, "h1", 1, [vf("0000:3b:02.1", driver="iavf")])
+    r = _report(api, "h1", 2, [vf("0000:3b:02.1", driver="vfio-pci", attributes={"physnet": "p1"})])
+    assert r.json()["updated"] == ["0000:3b:02.1"]
+    d = api.get("/v1/devices").json()[0]
+    assert d["driver"] == "vfio-pci" and d["attributes"] == {"physnet": "p1"}
+
+
+def test_vanished_free_device_is_removed_and_comes_back(api: TestClient) -> None:
+    _type(api)
+    _report(api, "h1", 1, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    r = _report(api, "h1", 2, [vf("0000:3b:02.1")])
+    assert r.json()["removed"] == ["0000:3b:02.2"]
+    states = {d["address"]: d["state"] for d in api.get("/v1/devices").json()}
+    assert states == {"0000:3b:02.1": "available", "0000:3b:02.2": "removed"}
+    counts = api.get("/v1/resource-types/NIC_VF_1G").json()["counts"]
+    assert (counts["total"], counts["available"], counts["removed"]) == (1, 1, 1)
+    _report(api, "h1", 3, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    states = {d["address"]: d["state"] for d in api.get("/v1/devices").json()}
+    assert states == {"0000:3b:02.1": "available", "0000:3b:02.2": "available"}
+
+
+def test_unhealthy_report_marks_free_device_unhealthy(api: TestClient) -> None:
+    _type(api)
+    _report(api, "h1", 1, [vf("0000:3b:02.1")])
+    _report(api, "h1", 2, [vf("0000:3b:02.1", healthy=False)])
+    d = api.get("/v1/devices").json()[0]
+    assert (d["state"], d["healthy"]) == ("unhealthy", False)
+    assert api.get("/v1/resource-types").json()[0]["counts"]["unhealthy"] == 1
+    _report(api, "h1", 3, [vf("0000:3b:02.1")])
+    assert api.get("/v1/devices").json()[0]["state"] == "available"
+
+
+def test_host_goes_down_by_the_servers_clock(api: TestClient, clock: Clock) -> None:
+    _type(api)
+    _report(api, "h1", 1, [vf("0000:3b:02.1")])
+    clock.advance(60)
+    assert api.get("/v1/hosts/h1").json()["status"] == "up"
+    assert api.post("/v1/hosts/h1/heartbeat").status_code == 204
+    clock.advance(91)
+    assert api.get("/v1/hosts/h1").json()["status"] == "down"
+    api.app.state.store.sweep()  # type: ignore[attr-defined]
+    actions = [e["action"] for e in api.get("/v1/events", params={"host": "h1"}).json()]
+    assert actions[0] == "host_down"
+    assert api.post("/v1/hosts/h1/heartbeat").status_code == 204
+    assert api.get("/v1/hosts/h1").json()["status"] == "up"
+    assert api.get("/v1/events", params={"host": "h1"}).json()[0]["action"] == "host_up"
+
+
+def test_heartbeat_of_unknown_host_asks_for_a_report(api: TestClient) -> None:
+    r = api.post("/v1/hosts/ghost/heartbeat")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "host_not_found"
+
+
+def test_renamed_host_keeps_its_row_by_host_id(api: TestClient) -> None:
+    _type(api)
+    _report(api, "old-name", 1, [vf("0000:3b:02.1")], host_id="id-1")
+    r = _report(api, "new-name", 2, [vf("0000:3b:02.1")], host_id="id-1")
+    assert r.status_code == 200, r.text
+    assert [h["name"] for h in api.get("/v1/hosts").json()] == ["new-name"]
+    other = _report(api, "new-name", 3, [], host_id="id-2")
+    assert other.status_code == 409 and other.json()["error"]["code"] == "host_id_mismatch"
+
+
+def test_type_lifecycle_update_and_delete_rules(api: TestClient) -> None:
+    _type(api)
+    dup = api.post("/v1/resource-types", json={"name": "NIC_VF_1G"})
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "type_exists"
+    r = api.patch("/v1/resource-types/NIC_VF_1G", json={"description": "new words"})
+    assert r.status_code == 200 and r.json()["description"] == "new words"
+    _report(api, "h1", 1, [vf("0000:3b:02.1")])
+    busy = api.delete("/v1/resource-types/NIC_VF_1G")
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "type_in_use"
+    _type(api, "UNUSED")
+    assert api.delete("/v1/resource-types/UNUSED").status_code == 204
+    missing = api.get("/v1/resource-types/UNUSED")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "type_not_found"
+
+
+def test_device_filters(api: TestClient) -> None:
+    _type(api)
+    _type(api, "GPU_A100")
+    gpu = {"address": "0000:af:00.0", "kind": "pci", "type": "GPU_A100", "vendor_id": "10de"}
+    _report(api, "h1", 1, [vf("0000:3b:02.1"), gpu])
+    _report(api, "h2", 1, [vf("0000:3b:02.1")])
+    assert len(api.get("/v1/devices").json()) == 3
+    assert [d["host"] for d in api.get("/v1/devices", params={"type": "NIC_VF_1G"}).json()] == ["h1", "h2"]
+    assert [d["type"] for d in api.get("/v1/devices", params={"host": "h1", "type": "GPU_A100"}).json()] == [
+        "GPU_A100"
+    ]
+    assert api.get("/v1/devices", params={"state": "reserved"}).json() == []
+    bad = api.get("/v1/devices", params={"state": "sleeping"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_allocations_empty_and_unknown_consumer(api: TestClient) -> None:
+    assert api.get("/v1/allocations").json() == []
+    r = api.get("/v1/allocations/nobody")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "allocation_not_found"
+
+
+def test_openapi_is_served(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
+    assert "/v1/hosts/{host}/inventory" in spec["paths"]
+    assert "/v1/resource-types" in spec["paths"]

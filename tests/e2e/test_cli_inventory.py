@@ -1,0 +1,50 @@
+"""A new user's first flow, with real processes: server, token, type, report, listings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import vf
+from tests.e2e.servers import cli, running_server
+
+
+def test_first_use_through_the_cli(db_url: str, tmp_path: Path) -> None:
+    admin = cli("token", "create", "--role", "admin", "--db", db_url).stdout.strip()
+    agent = cli("token", "create", "--role", "agent", "--host", "compute-1", "--db", db_url).stdout.strip()
+    assert admin.startswith("da_") and agent.startswith("da_")
+    with running_server(db_url, log=tmp_path / "server.log") as url:
+        env = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": admin}
+        cli("type", "create", "NIC_VF_1G", "--description", "1G VF of an X710", env=env)
+        report = {"generation": 1, "host_id": "h-1", "devices": [vf("0000:3b:02.1"), vf("0000:3b:02.2"), vf("0000:3b:02.3", type="UNKNOWN")]}
+        r = httpx.put(f"{url}/v1/hosts/compute-1/inventory", json=report, headers={"Authorization": f"Bearer {agent}"})
+        assert r.status_code == 200 and [x["code"] for x in r.json()["refused"]] == ["unknown_type"]
+
+        types = json.loads(cli("types", "-f", "json", env=env).stdout)
+        assert [(t["name"], t["description"], t["counts"]["available"]) for t in types] == [
+            ("NIC_VF_1G", "1G VF of an X710", 2)
+        ]
+        table = cli("types", env=env).stdout
+        assert "NIC_VF_1G" in table and "1G VF of an X710" in table
+        devices = json.loads(cli("devices", "--host", "compute-1", "-f", "json", env=env).stdout)
+        assert [d["address"] for d in devices] == ["0000:3b:02.1", "0000:3b:02.2"]
+        hosts = json.loads(cli("hosts", "-f", "json", env=env).stdout)
+        assert [(h["name"], h["status"]) for h in hosts] == [("compute-1", "up")]
+        events = json.loads(cli("events", "-f", "json", env=env).stdout)
+        assert {"type_created", "host_registered", "device_added", "device_refused"} <= {e["action"] for e in events}
+
+
+def test_cli_errors_are_one_line_not_tracebacks(db_url: str, tmp_path: Path) -> None:
+    with running_server(db_url, auth=False, log=tmp_path / "server.log") as url:
+        env = {"DEVASSIGN_URL": url}
+        bad = cli("type", "create", "bad name", env=env, check=False)
+        assert bad.returncode == 1
+        assert "letters, digits and _" in bad.stderr and "Traceback" not in bad.stderr
+        missing = cli("type", "show", "NOPE", env=env, check=False)
+        assert missing.returncode == 1 and "[type_not_found]" in missing.stderr
+    down = cli("types", env={"DEVASSIGN_URL": "http://127.0.0.1:9"}, check=False)
+    assert down.returncode == 1 and "cannot reach the devassign server" in down.stderr
+    usage = cli("token", "create", "--role", "agent", "--db", db_url, check=False)
+    assert usage.returncode == 2 and "bound to one host" in usage.stderr
