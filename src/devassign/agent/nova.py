@@ -42,7 +42,7 @@ def read_nova(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     specs: list[dict[str, Any]] = []
     aliases: list[dict[str, Any]] = []
     for section, key, value in _ini_values(text):
-        if section.lower() not in ("pci", "default"):
+        if section.lower() not in ("pci", "default") or key not in SPEC_KEYS + ALIAS_KEYS:
             continue
         try:
             parsed = json.loads(value)
