@@ -1,0 +1,73 @@
+"""Which free devices each alternative of a request could take on a host, computed once.
+
+Filters, the fit and the explanations all ask the same questions (how many free, how many
+match the selector, how many with a wholly free IOMMU group); one ``Candidates`` object per
+scheduling call answers each once per host, so a CEL selector runs at most once per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from devassign.scheduler.request import Alternative
+from devassign.scheduler.view import DeviceView, HostView
+
+
+@dataclass(frozen=True, slots=True)
+class AltCandidates:
+    """For one alternative on one host: the counts that explain a refusal, and the usable."""
+
+    free: int
+    blocked: int  # available, but a parent or child device is held
+    matching: int  # free and selected by the selector
+    usable: tuple[DeviceView, ...]  # matching, and their whole IOMMU group is free
+    busy_groups: tuple[int, ...]  # groups that kept a matching device out
+
+
+class Candidates:
+    """A per-call cache; never shared between calls (the snapshot changes)."""
+
+    __slots__ = ("_alts", "_selected", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, dict[str, Any]] = {}
+        self._selected: dict[tuple[str, str], bool] = {}
+        self._alts: dict[tuple[str, Alternative], AltCandidates] = {}
+
+    def of(self, host: HostView, alt: Alternative) -> AltCandidates:
+        key = (host.name, alt)
+        found = self._alts.get(key)
+        if found is None:
+            found = self._alts[key] = self._compute(host, alt)
+        return found
+
+    def _compute(self, host: HostView, alt: Alternative) -> AltCandidates:
+        free = host.free_by_type.get(alt.type, ())
+        matching = free if alt.selector is None else tuple(d for d in free if self._match(alt, d))
+        usable: list[DeviceView] = []
+        busy: set[int] = set()
+        free_ids = host.free_ids
+        for d in matching:
+            if all(m.id in free_ids for m in host.group_of(d)):
+                usable.append(d)
+            elif d.iommu_group is not None:
+                busy.add(d.iommu_group)
+        return AltCandidates(
+            free=len(free),
+            blocked=host.blocked_by_type.get(alt.type, 0),
+            matching=len(matching),
+            usable=tuple(usable),
+            busy_groups=tuple(sorted(busy)),
+        )
+
+    def _match(self, alt: Alternative, device: DeviceView) -> bool:
+        assert alt.selector is not None
+        key = (alt.selector.source, device.id)
+        hit = self._selected.get(key)
+        if hit is None:
+            value = self._values.get(device.id)
+            if value is None:
+                value = self._values[device.id] = device.cel_value()
+            hit = self._selected[key] = alt.selector.matches_value(value)
+        return hit

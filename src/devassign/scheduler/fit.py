@@ -1,0 +1,422 @@
+"""Choosing the devices on one host: a small depth-first search with a step budget.
+
+Devices that no question can tell apart (same candidacy, NUMA node, parent, IOMMU group
+and constrained attribute values) form one class, and the search chooses how many to take
+from each class, never which ones: combinations, not permutations. Identical requests
+without alternatives are merged into one (the 8 x 1-unit request groups that stalled
+Placement, bug 2070257, are one request of 8 here). Constraints are added as devices are
+taken and removed on backtrack (DRA ``constraint.add/remove``). Every (class, how many)
+tried is one step; past ``budget`` steps the host fails with ``search_budget_exhausted``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from devassign.scheduler.candidates import Candidates
+from devassign.scheduler.reasons import Reason, ReasonCode, constraint_phrase, distribution
+from devassign.scheduler.request import Alternative, Constraint, DeviceRequest, Request
+from devassign.scheduler.view import DeviceView, HostView
+
+DEFAULT_BUDGET = 10_000
+DIAGNOSIS_BUDGET = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """What one named request got: its devices, and the IOMMU group mates that come along."""
+
+    name: str
+    type: str
+    alternative: int  # 0: the request's own type; k: first_available[k - 1]
+    device_ids: tuple[str, ...]
+    companion_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """A fit (``chosen``) or the reason there is none, and how many search steps it took."""
+
+    host: str
+    chosen: tuple[Chosen, ...] | None
+    reason: Reason | None
+    steps: int
+
+    def device_ids(self) -> tuple[str, ...]:
+        """Every device the claim must take, companions included."""
+        if self.chosen is None:
+            return ()
+        return tuple(i for c in self.chosen for i in (*c.device_ids, *c.companion_ids))
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+def attribute_value(device: DeviceView, attribute: str) -> Any:
+    """The value a constraint compares; ``None`` when the device lacks it."""
+    if attribute.startswith("attributes."):
+        return device.attributes.get(attribute[len("attributes.") :])
+    return getattr(device, attribute, None)
+
+
+def fit(
+    host: HostView,
+    request: Request,
+    *,
+    budget: int = DEFAULT_BUDGET,
+    candidates: Candidates | None = None,
+    quota_left: Mapping[str, int] | None = None,
+) -> FitResult:
+    """Choose devices for every named request on ``host``, or say why it cannot be done."""
+    cands = candidates or Candidates()
+    search = _Search(host, request, cands, request.constraints, quota_left, budget)
+    try:
+        found = search.run()
+    except BudgetExhausted:
+        reason = Reason(
+            ReasonCode.SEARCH_BUDGET_EXHAUSTED,
+            f"gave up after {budget} search steps (too many ways to try; "
+            "simplify the constraints or name fewer requests)",
+        )
+        return FitResult(host.name, None, reason, search.steps)
+    if found:
+        return FitResult(host.name, search.result(), None, search.steps)
+    reason = _diagnose(host, request, cands, quota_left)
+    return FitResult(host.name, None, reason, search.steps)
+
+
+# ---------------------------------------------------------------- the search
+
+
+@dataclass(slots=True)
+class _Class:
+    devices: list[DeviceView]
+    numa: int | None
+    parent: str | None
+    group: int | None  # set only for groups with more than one assignable member
+    values: dict[int, Any]  # constraint index -> the class's value
+    taken: int = 0
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One or more identical named requests searched as one."""
+
+    members: list[DeviceRequest]
+    constraints: list[int]
+    alternatives: tuple[Alternative, ...]
+    classes: list[list[_Class]] = field(default_factory=list)  # per alternative
+
+
+class _Search:
+    def __init__(
+        self,
+        host: HostView,
+        request: Request,
+        cands: Candidates,
+        constraints: tuple[Constraint, ...],
+        quota_left: Mapping[str, int] | None,
+        budget: int,
+    ) -> None:
+        self.host = host
+        self.constraints = constraints
+        self.budget = budget
+        self.steps = 0
+        self.quota = dict(quota_left) if quota_left is not None else None
+        self.units = _units(request, constraints)
+        self.request_order = request.requests
+        self.picks: list[tuple[int, list[tuple[_Class, list[DeviceView]]]]] = []
+        self.bound: list[Any] = [None] * len(constraints)
+        self.bound_n = [0] * len(constraints)
+        self.seen: list[Counter[Any]] = [Counter() for _ in constraints]
+        self.held_addr: Counter[str] = Counter()
+        self.held_parent: Counter[str] = Counter()
+        self.group_refs: Counter[int] = Counter()
+        self.numas: Counter[int] = Counter()
+        self._build_classes(cands)
+
+    def _build_classes(self, cands: Candidates) -> None:
+        host = self.host
+        candidacy: dict[str, list[tuple[int, int]]] = {}
+        devices: dict[str, DeviceView] = {}
+        for ui, unit in enumerate(self.units):
+            for ai, alt in enumerate(unit.alternatives):
+                for d in cands.of(host, alt).usable:
+                    candidacy.setdefault(d.id, []).append((ui, ai))
+                    devices[d.id] = d
+        classes: dict[tuple[Any, ...], _Class] = {}
+        for dev_id, where in candidacy.items():
+            d = devices[dev_id]
+            group = d.iommu_group if len(host.group_of(d)) > 1 else None
+            own = d.address if d.address in host.parents else None
+            values = {ci: attribute_value(d, c.attribute) for ci, c in enumerate(self.constraints)}
+            key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()))
+            cls = classes.get(key)
+            if cls is None:
+                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values)
+            cls.devices.append(d)
+        for unit in self.units:
+            unit.classes = [[] for _ in unit.alternatives]
+        for key, cls in classes.items():
+            cls.devices.sort(key=lambda d: d.address)
+            for ui, ai in key[0]:
+                unit = self.units[ui]
+                # A device lacking a constrained attribute can satisfy neither match nor distinct.
+                if all(cls.values[ci] is not None for ci in unit.constraints):
+                    unit.classes[ai].append(cls)
+
+    def run(self) -> bool:
+        return self._unit(0)
+
+    def _unit(self, ui: int) -> bool:
+        if ui == len(self.units):
+            return True
+        unit = self.units[ui]
+        k = len(unit.members)
+        for ai, alt in enumerate(unit.alternatives):
+            need = alt.count * k
+            if self.quota is not None and self.quota.get(alt.type, need) < need:
+                continue
+            classes = sorted(unit.classes[ai], key=lambda c: self._order(c, need))
+            left = sum(len(c.devices) - c.taken for c in classes)
+            if left < need:
+                continue
+            if self.quota is not None and alt.type in self.quota:
+                self.quota[alt.type] -= need
+            self.picks.append((ai, []))
+            if self._take(ui, unit, classes, 0, need, left):
+                return True
+            self.picks.pop()
+            if self.quota is not None and alt.type in self.quota:
+                self.quota[alt.type] += need
+        return False
+
+    def _order(self, c: _Class, need: int) -> tuple[int, int, int, int]:
+        """Try first: the NUMA node already used, a partly used parent, a class that fits alone,
+        the smallest such class (keeps whole PFs and GPUs free for the next request)."""
+        left = len(c.devices) - c.taken
+        same_numa = 0 if (not self.numas or c.numa in self.numas) else 1
+        used_parent = 0 if c.parent and (c.parent in self.host.used_parents) else 1
+        return (same_numa, used_parent, 0 if left >= need else 1, left)
+
+    def _take(self, ui: int, unit: _Unit, classes: list[_Class], i: int, need: int, left: int) -> bool:
+        if need == 0:
+            return self._unit(ui + 1)
+        if i == len(classes) or left < need:
+            return False
+        c = classes[i]
+        avail = len(c.devices) - c.taken
+        most = min(avail, need)
+        if any(self.constraints[ci].mode == "distinct" for ci in unit.constraints):
+            most = min(most, 1)
+        for t in range(most, -1, -1):
+            self.steps += 1
+            if self.steps > self.budget:
+                raise BudgetExhausted
+            if t == 0:
+                return self._take(ui, unit, classes, i + 1, need, left - avail)
+            new = self._add(unit, c, t)
+            if new is None:
+                continue
+            self.picks[-1][1].append((c, new))
+            if self._take(ui, unit, classes, i + 1, need - t, left - avail):
+                return True
+            self.picks[-1][1].pop()
+            self._remove(unit, c, t)
+        return False
+
+    def _add(self, unit: _Unit, c: _Class, t: int) -> list[DeviceView] | None:
+        """Take ``t`` devices of ``c`` if the constraints and PF/VF exclusion allow it."""
+        for ci in unit.constraints:
+            v = c.values[ci]
+            if self.constraints[ci].mode == "match":
+                if self.bound_n[ci] and self.bound[ci] != v:
+                    return None
+            elif self.seen[ci][v]:
+                return None
+        new = c.devices[c.taken : c.taken + t]
+        mates: list[DeviceView] = []
+        if c.group is not None and not self.group_refs[c.group]:
+            mates = _mates(self.host, c.group, new)
+        for d in (*new, *mates):
+            if (d.parent and self.held_addr[d.parent]) or self.held_parent[d.address]:
+                return None
+        for ci in unit.constraints:
+            v = c.values[ci]
+            if self.constraints[ci].mode == "match":
+                self.bound[ci] = v
+                self.bound_n[ci] += t
+            else:
+                self.seen[ci][v] += t
+        if c.group is not None:
+            self.group_refs[c.group] += t
+        for d in (*new, *mates):
+            self._hold(d, 1)
+        c.taken += t
+        return new
+
+    def _remove(self, unit: _Unit, c: _Class, t: int) -> None:
+        c.taken -= t
+        new = c.devices[c.taken : c.taken + t]
+        mates: list[DeviceView] = []
+        if c.group is not None:
+            self.group_refs[c.group] -= t
+            if not self.group_refs[c.group]:
+                mates = _mates(self.host, c.group, new)
+        for d in (*new, *mates):
+            self._hold(d, -1)
+        for ci in unit.constraints:
+            if self.constraints[ci].mode == "match":
+                self.bound_n[ci] -= t
+            else:
+                self.seen[ci][c.values[ci]] -= t
+
+    def _hold(self, d: DeviceView, n: int) -> None:
+        self.held_addr[d.address] += n
+        if d.parent:
+            self.held_parent[d.parent] += n
+        if d.numa_node is not None:
+            self.numas[d.numa_node] += n
+            if not self.numas[d.numa_node]:
+                del self.numas[d.numa_node]
+
+    def result(self) -> tuple[Chosen, ...]:
+        """Split each unit's devices back among its named requests; add the group mates."""
+        per_request: list[tuple[DeviceRequest, int, list[DeviceView]]] = []
+        for unit, (ai, takes) in zip(self.units, self.picks, strict=True):
+            devices = [d for _, new in takes for d in new]
+            n = unit.alternatives[ai].count
+            for j, member in enumerate(unit.members):
+                per_request.append((member, ai, devices[j * n : (j + 1) * n]))
+        chosen_ids = {d.id for _, _, devices in per_request for d in devices}
+        mates_seen: set[str] = set()
+        out: dict[str, Chosen] = {}
+        for r, ai, devices in per_request:
+            mates: list[str] = []
+            for d in devices:
+                for m in self.host.group_of(d):
+                    if m.id not in chosen_ids and m.id not in mates_seen:
+                        mates_seen.add(m.id)
+                        mates.append(m.id)
+            alt = r.alternatives[ai]
+            ids = tuple(d.id for d in devices)
+            out[r.name] = Chosen(r.name, alt.type, ai, ids, tuple(mates))
+        return tuple(out[r.name] for r in self.request_order)
+
+
+def _mates(host: HostView, group: int, new: list[DeviceView]) -> list[DeviceView]:
+    ids = {d.id for d in new}
+    return [m for m in host.group_members[group] if m.id not in ids]
+
+
+def _units(request: Request, constraints: tuple[Constraint, ...]) -> list[_Unit]:
+    units: list[_Unit] = []
+    index: dict[tuple[Any, ...], _Unit] = {}
+    for r in request.requests:
+        member_of = [ci for ci, c in enumerate(constraints) if r.name in c.requests]
+        key = (r.alternatives, tuple(member_of))
+        if len(r.alternatives) == 1 and key in index:
+            index[key].members.append(r)
+            continue
+        unit = _Unit([r], member_of, r.alternatives)
+        units.append(unit)
+        if len(r.alternatives) == 1:
+            index[key] = unit
+    return units
+
+
+# ---------------------------------------------------------------- why not
+
+
+def _solves(
+    host: HostView,
+    request: Request,
+    cands: Candidates,
+    constraints: tuple[Constraint, ...],
+) -> bool | None:
+    """Whether a relaxed version fits; ``None`` when even that ran out of steps."""
+    search = _Search(host, request, cands, constraints, None, DIAGNOSIS_BUDGET)
+    try:
+        return search.run()
+    except BudgetExhausted:
+        return None
+
+
+def _diagnose(
+    host: HostView, request: Request, cands: Candidates, quota_left: Mapping[str, int] | None
+) -> Reason:
+    """Name the first thing that stands in the way, by relaxing one thing at a time."""
+    if quota_left is not None and _solves(host, request, cands, request.constraints):
+        left = ", ".join(f"{t}: {n} left" for t, n in sorted(quota_left.items()))
+        return Reason(
+            ReasonCode.OVER_QUOTA,
+            f"fits only with more devices than the project's quota leaves ({left})",
+            1,
+        )
+    for c in request.constraints:
+        if _solves(host, request, cands, (c,)) is False:
+            return constraint_reason(host, request, cands, c)
+    if request.constraints and _solves(host, request, cands, ()):
+        rules = "; ".join(
+            f"{' and '.join(c.requests)} {constraint_phrase(c.attribute, c.mode)}"
+            for c in request.constraints
+        )
+        return Reason(
+            ReasonCode.CONSTRAINT_UNSATISFIED,
+            f"no choice of devices meets all the constraints together ({rules})",
+            1,
+        )
+    need: dict[str, list[DeviceRequest]] = {}
+    for r in request.requests:
+        need.setdefault(r.first.type, []).append(r)
+    for type_name, members in need.items():
+        total = sum(r.first.count for r in members)
+        usable = {d.id for r in members for d in cands.of(host, r.first).usable}
+        if total > len(usable) and all(len(r.alternatives) == 1 for r in members):
+            names = ", ".join(r.name for r in members)
+            return Reason(
+                ReasonCode.NOT_ENOUGH_FREE,
+                f"needs {total} {type_name} (for {names} together), has {len(usable)} usable",
+                total - len(usable),
+            )
+    wants = " and ".join(_describe(r) for r in request.requests)
+    return Reason(
+        ReasonCode.DEVICE_CONFLICT,
+        f"cannot take {wants} at once: they compete for the same devices, "
+        "or would put a device and its own parent in one allocation",
+        1,
+    )
+
+
+def constraint_reason(host: HostView, request: Request, cands: Candidates, c: Constraint) -> Reason:
+    """``needs 2 NIC_VF_1G on one NUMA node, has 1 on node 0 and 1 on node 1``."""
+    members = [r for r in request.requests if r.name in c.requests]
+    need: dict[str, int] = {}
+    for r in members:
+        need[r.first.type] = need.get(r.first.type, 0) + r.first.count
+    wants = " and ".join(f"{n} {t}" for t, n in need.items())
+    per_type: dict[str, Counter[Any]] = {}
+    for r in members:
+        per_type[r.first.type] = Counter(
+            attribute_value(d, c.attribute) for d in cands.of(host, r.first).usable
+        )
+    if len(per_type) == 1:
+        has = distribution(c.attribute, next(iter(per_type.values())))
+    else:
+        has = "; ".join(f"{t}: {distribution(c.attribute, n)}" for t, n in per_type.items())
+    total = sum(need.values())
+    best = max((n for counts in per_type.values() for n in counts.values()), default=0)
+    phrase = constraint_phrase(c.attribute, c.mode)
+    return Reason(
+        ReasonCode.CONSTRAINT_UNSATISFIED,
+        f"needs {wants} {phrase}, has {has}",
+        max(1, total - best),
+    )
+
+
+def _describe(r: DeviceRequest) -> str:
+    return " or ".join(a.describe() for a in r.alternatives)

@@ -1,0 +1,99 @@
+"""Why a host was refused: a fixed set of codes (never rename the values) and sentences.
+
+Every rejection names one of these, so "why not compute-7?" always has an answer, and the
+sentence says it in the user's words: ``needs 2 NIC_VF_1G on one NUMA node, has 1 on node 0
+and 1 on node 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class ReasonCode(StrEnum):
+    HOST_NOT_REQUESTED = "host_not_requested"
+    HOST_UNKNOWN = "host_unknown"
+    HOST_DOWN = "host_down"
+    NOT_ENOUGH_FREE = "not_enough_free"
+    SELECTOR_MISMATCH = "selector_mismatch"
+    IOMMU_GROUP_BUSY = "iommu_group_busy"
+    OVER_QUOTA = "over_quota"
+    CONSTRAINT_UNSATISFIED = "constraint_unsatisfied"
+    DEVICE_CONFLICT = "device_conflict"
+    SEARCH_BUDGET_EXHAUSTED = "search_budget_exhausted"
+
+
+# Pipeline order: a host refused later came closer to fitting (used to rank "closest hosts").
+STAGE: Mapping[ReasonCode, int] = {code: i for i, code in enumerate(ReasonCode)}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One refusal: its code, a sentence, and how many devices short (to rank near misses)."""
+
+    code: ReasonCode
+    message: str
+    shortfall: int = 0
+
+
+_MATCH_PHRASES = {
+    "numa_node": "on one NUMA node",
+    "iommu_group": "in one IOMMU group",
+    "parent": "under one parent device",
+    "attributes.pcie_root": "under one PCIe root",
+}
+_DISTINCT_PHRASES = {
+    "numa_node": "on different NUMA nodes",
+    "iommu_group": "in different IOMMU groups",
+    "parent": "under different parent devices",
+    "attributes.pcie_root": "under different PCIe roots",
+}
+
+
+def short_name(attribute: str) -> str:
+    return attribute.removeprefix("attributes.")
+
+
+def constraint_phrase(attribute: str, mode: str) -> str:
+    """``on one NUMA node``, ``in different IOMMU groups``, ``with the same physnet``."""
+    if mode == "match":
+        return _MATCH_PHRASES.get(attribute, f"with the same {short_name(attribute)}")
+    return _DISTINCT_PHRASES.get(attribute, f"with different {short_name(attribute)}")
+
+
+def value_phrase(attribute: str, value: Any, n: int) -> str:
+    """``1 on node 0``, ``2 in group 12``, ``3 without a NUMA node``."""
+    if value is None:
+        missing = {"numa_node": "a NUMA node", "iommu_group": "an IOMMU group"}
+        return f"{n} without {missing.get(attribute, short_name(attribute))}"
+    if attribute == "numa_node":
+        return f"{n} on node {value}"
+    if attribute == "iommu_group":
+        return f"{n} in group {value}"
+    if attribute == "parent":
+        return f"{n} under {value}"
+    return f"{n} with {short_name(attribute)}={value}"
+
+
+def distribution(attribute: str, counts: Mapping[Any, int]) -> str:
+    """``1 on node 0 and 1 on node 1`` (values in order, the unknown last)."""
+    if not counts:
+        return "none free"
+    keys = sorted(counts, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+    return join_and(value_phrase(attribute, k, counts[k]) for k in keys)
+
+
+def join_and(parts: Iterable[str]) -> str:
+    items = list(parts)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def join_or(parts: Sequence[str]) -> str:
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
