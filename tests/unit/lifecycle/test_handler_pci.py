@@ -14,8 +14,8 @@ from tests.unit.lifecycle.support import GPU, GPU_AUDIO, Machine, device
 BRIDGE = "0000:3a:00.0"
 
 
-def gpu(machine: Machine, **kw: object) -> None:
-    machine.pci(GPU, driver="nvidia", group=12, **kw)  # type: ignore[arg-type]
+def gpu(machine: Machine, reset: str | None = "flr bus") -> None:
+    machine.pci(GPU, driver="nvidia", group=12, reset=reset)
 
 
 def test_setup_moves_the_function_to_vfio_and_remembers_its_driver(machine: Machine) -> None:

@@ -1,0 +1,116 @@
+"""The mdev handler against a SYNTHETIC GPU offering two nvidia-230 slots."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from devassign.domain import DeviceKind, mdev_address
+from devassign.lifecycle.base import HandlerError, LifecycleDevice
+from devassign.lifecycle.handlers.mdev import MdevHandler, mdev_uuid
+from tests.unit.lifecycle.support import GPU, Machine, device
+
+TYPE_DIR = f"bus/pci/devices/{GPU}/mdev_supported_types/nvidia-230"
+SLOT0 = mdev_address(GPU, "nvidia-230", 0)
+SLOT1 = mdev_address(GPU, "nvidia-230", 1)
+
+
+def gpu(machine: Machine, available: int = 2) -> None:
+    machine.h.mdev_parent(GPU, types={"nvidia-230": {"available": available}}, iommu_group=12)
+
+
+def slot(address: str = SLOT0, **kw: object) -> LifecycleDevice:
+    return device(address, DeviceKind.MDEV_TYPE, parent=GPU, **kw)
+
+
+def available(machine: Machine) -> str | None:
+    return machine.read(f"{TYPE_DIR}/available_instances")
+
+
+def test_setup_creates_the_mdev_under_a_uuid_derived_from_consumer_and_slot(
+    machine: Machine,
+) -> None:
+    gpu(machine)
+    facts = MdevHandler().setup(slot(), {}, machine.ops)
+    uid = facts["mdev_uuid"]
+    assert uid == mdev_uuid(slot())
+    assert machine.read(f"{TYPE_DIR}/create") == uid
+    assert machine.sysfs.link_name(f"bus/mdev/devices/{uid}/mdev_type") == "nvidia-230"
+    assert available(machine) == "1"
+    assert MdevHandler().health(slot(), {}, machine.ops).ok
+
+
+def test_setup_twice_creates_one_mdev(machine: Machine) -> None:
+    gpu(machine)
+    first = MdevHandler().setup(slot(), {}, machine.ops)
+    second = MdevHandler().setup(slot(), {}, machine.ops)
+    assert first == second
+    assert machine.writes_to("/create") == [first["mdev_uuid"]]
+    assert available(machine) == "1"
+
+
+def test_slots_and_consumers_get_distinct_uuids() -> None:
+    uuids = {
+        mdev_uuid(slot(SLOT0)),
+        mdev_uuid(slot(SLOT1)),
+        mdev_uuid(slot(SLOT0, consumer=str(uuid.UUID(int=7)))),
+    }
+    assert len(uuids) == 3
+
+
+def test_a_recorded_uuid_wins(machine: Machine) -> None:
+    gpu(machine)
+    recorded = str(uuid.UUID(int=42))
+    facts = MdevHandler().setup(slot(facts={"mdev_uuid": recorded}), {}, machine.ops)
+    assert facts == {"mdev_uuid": recorded}
+
+
+def test_cleanup_removes_it_and_gives_the_slot_back(machine: Machine) -> None:
+    gpu(machine)
+    uid = MdevHandler().setup(slot(), {}, machine.ops)["mdev_uuid"]
+    MdevHandler().cleanup(slot(), {}, machine.ops)
+    assert not machine.sysfs.exists(f"bus/mdev/devices/{uid}")
+    assert available(machine) == "2"
+    MdevHandler().cleanup(slot(), {}, machine.ops)  # nothing left to do
+    assert machine.writes_to("/remove") == ["1"]
+
+
+def test_cleanup_of_a_setup_that_never_created_anything(machine: Machine) -> None:
+    gpu(machine)
+    MdevHandler().cleanup(slot(), {}, machine.ops)
+    assert machine.sysfs.writes == []
+
+
+def test_no_slot_left_is_a_clear_error(machine: Machine) -> None:
+    gpu(machine, available=0)
+    with pytest.raises(HandlerError, match="no nvidia-230 instance left"):
+        MdevHandler().setup(slot(), {}, machine.ops)
+
+
+def test_a_failed_remove_fails_the_cleanup(machine: Machine) -> None:
+    gpu(machine)
+    uid = MdevHandler().setup(slot(), {}, machine.ops)["mdev_uuid"]
+    machine.sysfs.fail(f"bus/mdev/devices/{uid}/remove")
+    with pytest.raises(HandlerError, match=f"cannot remove mdev {uid}"):
+        MdevHandler().cleanup(slot(), {}, machine.ops)
+
+
+def test_without_consumer_or_uuid_the_mdev_is_unknown(machine: Machine) -> None:
+    gpu(machine)
+    with pytest.raises(HandlerError, match="no consumer and no recorded mdev_uuid"):
+        MdevHandler().cleanup(slot(consumer=None), {}, machine.ops)
+
+
+def test_an_unknown_type_or_bad_slot_is_refused(machine: Machine) -> None:
+    gpu(machine)
+    with pytest.raises(HandlerError, match="offers no mdev type nvidia-999"):
+        MdevHandler().setup(slot(mdev_address(GPU, "nvidia-999", 0)), {}, machine.ops)
+    with pytest.raises(HandlerError, match="not an mdev slot"):
+        MdevHandler().setup(slot("0000:3b:00.0/../../x/0"), {}, machine.ops)
+
+
+def test_health_notices_a_vanished_mdev(machine: Machine) -> None:
+    gpu(machine)
+    assert MdevHandler().health(slot(consumer=None), {}, machine.ops).ok
+    assert not MdevHandler().health(slot(), {}, machine.ops).ok

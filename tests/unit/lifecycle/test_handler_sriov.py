@@ -1,0 +1,137 @@
+"""The sriov_vf handler against a SYNTHETIC PF with four VFs and a recording netlink."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from devassign.domain import DeviceKind
+from devassign.lifecycle.base import HandlerError, LifecycleDevice
+from devassign.lifecycle.handlers.sriov import SriovVfHandler, locate_vf
+from devassign.lifecycle.host import ZERO_MAC, VfConfig
+from tests.unit.lifecycle.support import PF, Machine, device
+
+MAC = "52:54:00:6d:90:02"
+
+
+def nic(machine: Machine) -> list[str]:
+    vfs = machine.h.sriov_pf(
+        PF, "8086", "1572", vfs=4, vf_device="154c", ifname="ens1f0", vf_iommu_group_start=40
+    )
+    for vf in vfs:
+        machine.mark(vf, "iavf")
+    return vfs
+
+
+def vf_device(address: str, **kw: Any) -> LifecycleDevice:
+    return device(address, DeviceKind.SRIOV_VF, driver="iavf", parent=PF, **kw)
+
+
+def test_locate_vf_reads_physfn_and_virtfn_links(machine: Machine) -> None:
+    vfs = nic(machine)
+    where = locate_vf(machine.sysfs, vfs[2])
+    assert (where.pf_address, where.pf_ifname, where.vf_index) == (PF, "ens1f0", 2)
+
+
+def test_setup_configures_the_vf_on_its_pf_and_binds_vfio(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[2], params={"mac": MAC, "vlan": 42})
+    facts = SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.netlink.calls == [
+        (
+            "set_vf",
+            "ens1f0",
+            2,
+            {"mac": MAC, "vlan": 42, "spoofchk": True, "trust": False, "link_state": "auto"},
+        )
+    ]
+    assert machine.driver(vfs[2]) == "vfio-pci"
+    assert facts == {"original_driver": "iavf", "pf_ifname": "ens1f0", "vf_index": 2}
+    assert SriovVfHandler().health(dev, {}, machine.ops).ok
+
+
+def test_setup_twice_leaves_the_same_vf_config(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[0], params={"mac": MAC, "vlan": 7})
+    SriovVfHandler().setup(dev, {}, machine.ops)
+    first = machine.netlink.vfs[("ens1f0", 0)]
+    SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.netlink.vfs[("ens1f0", 0)] == first == VfConfig(mac=MAC, vlan=7)
+
+
+def test_the_type_may_allow_spoofing_trust_and_a_link_state(machine: Machine) -> None:
+    vfs = nic(machine)
+    config = {"spoofchk": False, "trust": True, "link_state": "enable"}
+    SriovVfHandler().setup(vf_device(vfs[1]), config, machine.ops)
+    assert machine.netlink.vfs[("ens1f0", 1)] == VfConfig(spoofchk=False, trust=True, link_state="enable")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"spoofchk": "no"}, "spoofchk"), ({"trust": 1}, "trust"), ({"link_state": "up"}, "link")],
+)
+def test_a_bad_type_config_is_refused(machine: Machine, config: dict[str, object], message: str) -> None:
+    vfs = nic(machine)
+    with pytest.raises(HandlerError, match=message):
+        SriovVfHandler().setup(vf_device(vfs[1]), config, machine.ops)
+    assert machine.netlink.calls == []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"mac": "01:00:5e:00:00:01"}, "unicast"),
+        ({"mac": ZERO_MAC}, "unicast"),
+        ({"mac": "nonsense"}, "unicast"),
+        ({"vlan": 4095}, "VLAN"),
+        ({"vlan": "7"}, "VLAN"),
+    ],
+)
+def test_bad_allocation_params_are_refused(machine: Machine, params: dict[str, object], message: str) -> None:
+    vfs = nic(machine)
+    with pytest.raises(HandlerError, match=message):
+        SriovVfHandler().setup(vf_device(vfs[1], params=params), {}, machine.ops)
+
+
+def test_cleanup_clears_mac_and_vlan_and_returns_the_vf(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[3], params={"mac": MAC, "vlan": 42})
+    SriovVfHandler().setup(dev, {"trust": True}, machine.ops)
+    SriovVfHandler().cleanup(dev, {}, machine.ops)
+    assert machine.netlink.vfs[("ens1f0", 3)] == VfConfig(mac=ZERO_MAC, vlan=0, trust=False)
+    assert machine.driver(vfs[3]) == "iavf"
+    assert machine.writes_to(f"{vfs[3]}/reset") == ["1"]
+
+
+def test_cleanup_after_a_setup_that_failed_on_netlink(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[3], params={"mac": MAC})
+    machine.netlink.fail_with = "RTNETLINK answers: Operation not permitted"
+    with pytest.raises(HandlerError, match="not permitted"):
+        SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.driver(vfs[3]) == "iavf"
+    machine.netlink.fail_with = None
+    SriovVfHandler().cleanup(dev, {}, machine.ops)
+    assert machine.netlink.vfs[("ens1f0", 3)].mac == ZERO_MAC
+
+
+def test_health_notices_a_vf_changed_behind_our_back(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[0], params={"mac": MAC, "vlan": 42})
+    SriovVfHandler().setup(dev, {}, machine.ops)
+    machine.netlink.set_vf("ens1f0", 0, vlan=43)
+    result = SriovVfHandler().health(dev, {}, machine.ops)
+    assert not result.ok and "vlan=43" in (result.reason or "")
+
+
+def test_a_pf_is_not_a_vf(machine: Machine) -> None:
+    nic(machine)
+    with pytest.raises(HandlerError, match="not an SR-IOV VF"):
+        SriovVfHandler().setup(vf_device(PF), {}, machine.ops)
+
+
+def test_a_pf_without_netdev_is_refused(machine: Machine) -> None:
+    vfs = machine.h.sriov_pf(PF, "8086", "1572", vfs=1, vf_iommu_group_start=40)
+    with pytest.raises(HandlerError, match="has no network interface"):
+        SriovVfHandler().setup(vf_device(vfs[0]), {}, machine.ops)
