@@ -136,7 +136,7 @@ def _table(inv: Inventory) -> Table:
 def import_nova_cmd(
     file: Annotated[Path, typer.Argument(help="nova.conf, or a JSON file of specs and aliases")],
 ) -> None:
-    """Print Nova's [pci] device_spec and alias as devassign [[device]] rules (TOML)."""
+    """Print Nova's PCI device_spec and alias settings as devassign device rules (TOML)."""
     try:
         typer.echo(import_nova(file), nl=False)
     except ConfigError as exc:
