@@ -2,13 +2,12 @@
 
 Filters, the fit and the explanations all ask the same questions (how many free, how many
 match the selector, how many with a wholly free IOMMU group); one ``Candidates`` object per
-scheduling call answers each once per host, so a CEL selector runs at most once per device.
+scheduling call answers each once per host, so a CEL selector runs at most once per device shape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from devassign.scheduler.request import Alternative
 from devassign.scheduler.view import DeviceView, HostView
@@ -28,11 +27,9 @@ class AltCandidates:
 class Candidates:
     """A per-call cache; never shared between calls (the snapshot changes)."""
 
-    __slots__ = ("_alts", "_selected", "_values")
+    __slots__ = ("_alts",)
 
     def __init__(self) -> None:
-        self._values: dict[str, dict[str, Any]] = {}
-        self._selected: dict[tuple[str, str], bool] = {}
         self._alts: dict[tuple[str, Alternative], AltCandidates] = {}
 
     def of(self, host: HostView, alt: Alternative) -> AltCandidates:
@@ -63,11 +60,4 @@ class Candidates:
 
     def _match(self, alt: Alternative, device: DeviceView) -> bool:
         assert alt.selector is not None
-        key = (alt.selector.source, device.id)
-        hit = self._selected.get(key)
-        if hit is None:
-            value = self._values.get(device.id)
-            if value is None:
-                value = self._values[device.id] = device.cel_value()
-            hit = self._selected[key] = alt.selector.matches_value(value)
-        return hit
+        return alt.selector.matches(device)

@@ -242,8 +242,12 @@ class _Search:
         mates: list[DeviceView] = []
         if c.group is not None and not self.group_refs[c.group]:
             mates = _mates(self.host, c.group, new)
-        for d in (*new, *mates):
-            if (d.parent and self.held_addr[d.parent]) or self.held_parent[d.address]:
+        batch = (*new, *mates)
+        here = {d.address for d in batch}
+        for d in batch:
+            if d.parent and (self.held_addr[d.parent] or d.parent in here):
+                return None
+            if self.held_parent[d.address]:
                 return None
         for ci in unit.constraints:
             v = c.values[ci]
@@ -254,7 +258,7 @@ class _Search:
                 self.seen[ci][v] += t
         if c.group is not None:
             self.group_refs[c.group] += t
-        for d in (*new, *mates):
+        for d in batch:
             self._hold(d, 1)
         c.taken += t
         return new

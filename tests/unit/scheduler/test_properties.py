@@ -28,7 +28,7 @@ def hosts(draw: st.DrawFn) -> HostView:
                 "sriov_pf",
                 "A",
                 numa,
-                draw(st.integers(0, 5)),
+                100 + p,  # never in a VF's group: that VF could never be taken
                 None,
                 state=draw(st.sampled_from(STATES)),
             )

@@ -192,6 +192,16 @@ CASES = [
         reason=ReasonCode.DEVICE_CONFLICT,
     ),
     Case(
+        "vf_sharing_an_iommu_group_with_its_pf_refused",
+        host(
+            "c1",
+            [device(PF_A, "NIC_PF", kind="sriov_pf", iommu_group=3)],
+            [device("0000:3b:02.0", "NIC_VF_1G", kind="sriov_vf", iommu_group=3, parent=PF_A)],
+        ),
+        req(one("NIC_VF_1G", name="nic")),
+        reason=ReasonCode.DEVICE_CONFLICT,
+    ),
+    Case(
         "vfs_of_a_used_pf_first",
         host("c1", vfs(4, pf=PF_A), vfs(4, pf=PF_B, used=1)),
         req(one("NIC_VF_1G", 2, name="nic")),
