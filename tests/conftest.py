@@ -22,9 +22,7 @@ from devassign.server.settings import Settings
 from devassign.store import Database, Store
 from devassign.store.schema import metadata
 
-PG_ADMIN_URL = os.environ.get(
-    "DEVASSIGN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("DEVASSIGN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("DEVASSIGN_REQUIRE_PG") == "1"
 
 

@@ -12,6 +12,11 @@ from typing import Any
 # code -> HTTP status. Do not change the string values.
 INVALID_REQUEST = "invalid_request"
 INVALID_SELECTOR = "invalid_selector"
+INVALID_SPEC = "invalid_spec"
+INVALID_CONSTRAINT = "invalid_constraint"
+UNKNOWN_ATTRIBUTE = "unknown_attribute"
+DUPLICATE_REQUEST_NAME = "duplicate_request_name"
+NO_REQUESTS = "no_requests"
 BODY_TOO_LARGE = "body_too_large"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 UNAUTHENTICATED = "unauthenticated"
@@ -36,6 +41,11 @@ INTERNAL = "internal_error"
 STATUS: dict[str, int] = {
     INVALID_REQUEST: 400,
     INVALID_SELECTOR: 400,
+    INVALID_SPEC: 400,
+    INVALID_CONSTRAINT: 400,
+    UNKNOWN_ATTRIBUTE: 400,
+    DUPLICATE_REQUEST_NAME: 400,
+    NO_REQUESTS: 400,
     BODY_TOO_LARGE: 413,
     UNSUPPORTED_MEDIA_TYPE: 415,
     UNAUTHENTICATED: 401,

@@ -185,6 +185,7 @@ class Device(BaseModel):
     parent: str | None
     attributes: dict[str, Any]
     consumer: str | None
+    quarantine_reason: str | None = None
     state_changed_at: datetime
     created_at: datetime
 
@@ -250,3 +251,46 @@ class TokenCreated(BaseModel):
     role: Role
     host: str | None
     project: str | None
+
+
+# ---------------------------------------------------------------- agent work (setup and cleanup)
+
+
+class WorkItem(BaseModel):
+    """One thing an agent must do to a device of its host: set it up, or clean it."""
+
+    action: Literal["setup", "cleanup"]
+    device: Device
+    handler: str | None
+    config: dict[str, Any]
+    params: dict[str, Any]
+    facts: dict[str, Any]
+    companions: list[str]
+
+
+class WorkList(BaseModel):
+    host: str
+    items: list[WorkItem]
+
+
+class WorkResult(Strict):
+    device_id: str = Field(max_length=36)
+    action: Literal["setup", "cleanup"]
+    ok: bool
+    error: str | None = Field(default=None, max_length=4000)
+    facts: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkResults(Strict):
+    results: list[WorkResult] = Field(max_length=10_000)
+
+
+class WorkOutcome(BaseModel):
+    device_id: str
+    applied: bool
+    state: DeviceState | None
+    note: str
+
+
+class DeviceClear(Strict):
+    reason: str = Field(default="", max_length=1000)

@@ -31,7 +31,9 @@ def _token(store: Store, role: str, **scope: str) -> dict[str, str]:
         ),
     ],
 )
-def test_malformed_reports_are_400_with_a_message(api: TestClient, body: dict[str, object], fragment: str) -> None:
+def test_malformed_reports_are_400_with_a_message(
+    api: TestClient, body: dict[str, object], fragment: str
+) -> None:
     r = api.put("/v1/hosts/h1/inventory", json=body)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
@@ -86,10 +88,14 @@ def test_agent_reports_only_for_its_own_host(secure_api: TestClient, store: Stor
     secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin)
     agent = _token(store, "agent", host="compute-1")
     ok = secure_api.put(
-        "/v1/hosts/compute-1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}, headers=agent
+        "/v1/hosts/compute-1/inventory",
+        json={"generation": 1, "devices": [vf("0000:3b:02.1")]},
+        headers=agent,
     )
     assert ok.status_code == 200
-    other = secure_api.put("/v1/hosts/compute-2/inventory", json={"generation": 1, "devices": []}, headers=agent)
+    other = secure_api.put(
+        "/v1/hosts/compute-2/inventory", json={"generation": 1, "devices": []}, headers=agent
+    )
     assert other.status_code == 403 and other.json()["error"]["code"] == "forbidden"
     assert secure_api.post("/v1/hosts/compute-2/heartbeat", headers=agent).status_code == 403
     assert secure_api.post("/v1/resource-types", json={"name": "X"}, headers=agent).status_code == 403

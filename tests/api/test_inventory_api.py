@@ -16,7 +16,9 @@ def _type(api: TestClient, name: str = "NIC_VF_1G", **body: Any) -> dict[str, An
 
 
 def _report(api: TestClient, host: str, generation: int, devices: list[dict[str, Any]], **extra: Any) -> Any:
-    return api.put(f"/v1/hosts/{host}/inventory", json={"generation": generation, "devices": devices, **extra})
+    return api.put(
+        f"/v1/hosts/{host}/inventory", json={"generation": generation, "devices": devices, **extra}
+    )
 
 
 def test_first_use_flow_type_report_devices_and_counts(api: TestClient) -> None:
@@ -177,3 +179,14 @@ def test_openapi_is_served(api: TestClient) -> None:
     spec = api.get("/openapi.json").json()
     assert "/v1/hosts/{host}/inventory" in spec["paths"]
     assert "/v1/resource-types" in spec["paths"]
+
+
+def test_device_without_reset_is_refused_unless_the_type_accepts_it(api: TestClient) -> None:
+    _type(api, "GPU")
+    _type(api, "OLD_GPU", config={"reset": "none-ok"})
+    noreset = {"address": "0000:af:00.0", "kind": "pci", "type": "GPU", "attributes": {"resettable": False}}
+    r = _report(api, "h1", 1, [noreset, {**noreset, "address": "0000:b0:00.0", "type": "OLD_GPU"}])
+    body = r.json()
+    assert [(x["address"], x["code"]) for x in body["refused"]] == [("0000:af:00.0", "no_reset")]
+    assert "none-ok" in body["refused"][0]["reason"]
+    assert body["added"] == ["0000:b0:00.0"] and body["accepted"] == 1

@@ -18,8 +18,14 @@ def test_first_use_through_the_cli(db_url: str, tmp_path: Path) -> None:
     with running_server(db_url, log=tmp_path / "server.log") as url:
         env = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": admin}
         cli("type", "create", "NIC_VF_1G", "--description", "1G VF of an X710", env=env)
-        report = {"generation": 1, "host_id": "h-1", "devices": [vf("0000:3b:02.1"), vf("0000:3b:02.2"), vf("0000:3b:02.3", type="UNKNOWN")]}
-        r = httpx.put(f"{url}/v1/hosts/compute-1/inventory", json=report, headers={"Authorization": f"Bearer {agent}"})
+        report = {
+            "generation": 1,
+            "host_id": "h-1",
+            "devices": [vf("0000:3b:02.1"), vf("0000:3b:02.2"), vf("0000:3b:02.3", type="UNKNOWN")],
+        }
+        r = httpx.put(
+            f"{url}/v1/hosts/compute-1/inventory", json=report, headers={"Authorization": f"Bearer {agent}"}
+        )
         assert r.status_code == 200 and [x["code"] for x in r.json()["refused"]] == ["unknown_type"]
 
         types = json.loads(cli("types", "-f", "json", env=env).stdout)
@@ -33,7 +39,9 @@ def test_first_use_through_the_cli(db_url: str, tmp_path: Path) -> None:
         hosts = json.loads(cli("hosts", "-f", "json", env=env).stdout)
         assert [(h["name"], h["status"]) for h in hosts] == [("compute-1", "up")]
         events = json.loads(cli("events", "-f", "json", env=env).stdout)
-        assert {"type_created", "host_registered", "device_added", "device_refused"} <= {e["action"] for e in events}
+        assert {"type_created", "host_registered", "device_added", "device_refused"} <= {
+            e["action"] for e in events
+        }
 
 
 def test_cli_errors_are_one_line_not_tracebacks(db_url: str, tmp_path: Path) -> None:

@@ -33,9 +33,7 @@ class Client:
         self.url = (url or os.environ.get("DEVASSIGN_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("DEVASSIGN_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
-        )
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self.http.close()

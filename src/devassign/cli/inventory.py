@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import CliError, Client
+from devassign.cli.client import Client, CliError
 from devassign.cli.output import Format, emit, when
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]

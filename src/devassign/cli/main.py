@@ -32,12 +32,8 @@ DbOpt = Annotated[
 @app.callback()
 def _root(
     ctx: typer.Context,
-    url: Annotated[
-        str | None, typer.Option("--url", envvar="DEVASSIGN_URL", help="Server URL")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token")
-    ] = None,
+    url: Annotated[str | None, typer.Option("--url", envvar="DEVASSIGN_URL", help="Server URL")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token")] = None,
 ) -> None:
     ctx.obj = {"url": url, "token": token}
 
@@ -111,7 +107,9 @@ def db_upgrade(db: DbOpt = None) -> None:
         raise CliError(str(exc)) from exc
     finally:
         database.dispose()
-    typer.echo(f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else ", nothing to do"))
+    typer.echo(
+        f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else ", nothing to do")
+    )
 
 
 @db_app.command("status")
@@ -150,7 +148,7 @@ def token_create(
     from devassign import schemas
 
     try:
-        body = schemas.TokenCreate(role=role, host=host, project=project, name=name)  # type: ignore[arg-type]
+        body = schemas.TokenCreate(role=role, host=host, project=project, name=name)
     except ValidationError as exc:
         raise CliError(_pydantic_message(exc), status=2) from exc
     if via_api:

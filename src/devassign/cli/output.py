@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
-
-import os
-import sys
 
 from rich.console import Console
 from rich.markup import escape

@@ -116,6 +116,11 @@ class AlternativeBody(_Strict):
 
 class RequestBody(AlternativeBody):
     name: str = Field(pattern=NAME_RE.pattern)
+    params: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Setup parameters for this request's devices, e.g. {'mac': '52:54:00:12:34:56', 'vlan': 100}",
+    )
     first_available: list[AlternativeBody] = Field(
         default_factory=list,
         max_length=MAX_ALTERNATIVES,

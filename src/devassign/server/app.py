@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
 from devassign import errors
-from devassign.server import routes
+from devassign.server import claims, lifecycle, routes
 from devassign.server.auth import TokenCache
+from devassign.server.placement import Placer
 from devassign.server.settings import Settings
 from devassign.store import Database, Store
 
@@ -161,7 +162,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.store = store
     app.state.tokens = TokenCache(store)
     _install_error_handlers(app)
+    app.state.placer = Placer(store, settings.placement)
     app.include_router(routes.router)
+    app.include_router(claims.router)
+    app.include_router(lifecycle.router)
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:

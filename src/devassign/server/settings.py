@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from devassign.server.placement import PlacementConfig
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -19,4 +21,4 @@ class Settings:
     sweep_interval: float = 5.0
     max_body_bytes: int = 16 * 1024 * 1024
     pool_size: int = 20
-    scheduler: dict[str, object] = field(default_factory=dict)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)

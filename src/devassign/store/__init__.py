@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
+
 from devassign import schemas
-from devassign.store import allocations, catalog, events, inventory, tokens
+from devassign.scheduler.view import Snapshot
+from devassign.store import allocations, catalog, claims, events, inventory, tokens, work
 from devassign.store.db import Database, SchemaError, default_url
 from devassign.store.tokens import Principal
 
@@ -69,9 +72,13 @@ class Store:
             lambda c: inventory.mark_down(c, now=self.clock(), down_after=self.down_after)
         )
 
-    def sweep(self) -> None:
-        """The server's periodic duties: hosts gone silent are marked down."""
+    def sweep(self) -> list[str]:
+        """The server's periodic duties: silent hosts are marked down, stale reservations expire.
+
+        Returns the consumers whose reservations expired.
+        """
         self.mark_down()
+        return self.expire_reservations()
 
     def list_hosts(self) -> list[schemas.Host]:
         with self.db.read() as c:
@@ -112,6 +119,102 @@ class Store:
     def list_events(self, **filters: object) -> list[schemas.Event]:
         with self.db.read() as c:
             return events.list_events(c, **filters)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ claims
+    def up_since(self) -> datetime:
+        return self.clock() - self.down_after
+
+    def type_ids(self, names: list[str]) -> dict[str, int]:
+        with self.db.read() as c:
+            return claims.type_ids(c, names)
+
+    def candidates(
+        self,
+        needs: dict[int, int],
+        *,
+        any_of: list[int],
+        names: list[str],
+        spread: bool,
+        limit: int,
+    ) -> Snapshot:
+        """The hosts a claim should consider, as a read-only snapshot (one read transaction)."""
+        with self.db.read() as c:
+            ids = claims.candidate_host_ids(
+                c, needs, any_of=any_of, up_since=self.up_since(), names=names, spread=spread, limit=limit
+            )
+            return claims.load_snapshot(c, ids, up_since=self.up_since())
+
+    def snapshot_of(self, names: list[str]) -> Snapshot:
+        """Named hosts whatever their state (for explain)."""
+        with self.db.read() as c:
+            ids = claims.host_ids_by_name(c, names)
+            return claims.load_snapshot(c, ids, up_since=self.up_since())
+
+    def funnel(self, needs: dict[str, int]) -> dict[str, int]:
+        with self.db.read() as c:
+            return claims.funnel(c, needs, up_since=self.up_since())
+
+    def quota(self, project: str, types: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        with self.db.read() as c:
+            return claims.quota_for(c, project, types)
+
+    def set_quota(self, project: str, type_name: str, limit: int | None, actor: str) -> None:
+        self.db.retrying(
+            lambda c: claims.set_quota(c, project, type_name, limit, now=self.clock(), actor=actor)
+        )
+
+    def list_quotas(self, project: str | None = None) -> list[dict[str, object]]:
+        with self.db.read() as c:
+            return claims.list_quotas(c, project)
+
+    def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
+        with self.db.read() as c:
+            return claims.existing_claim(c, consumer, key)
+
+    def claim(self, **kwargs: object) -> schemas.Allocation:
+        """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race."""
+        return self.db.retrying(
+            lambda c: claims.claim(c, now=self.clock(), ttl=self.reservation_ttl, **kwargs)  # type: ignore[arg-type]
+        )
+
+    def release(self, consumer: str, actor: str) -> bool:
+        return self.db.retrying(lambda c: claims.release(c, consumer, now=self.clock(), actor=actor))
+
+    def expire_reservations(self) -> list[str]:
+        with self.db.read() as c:
+            stale = claims.expired_consumers(c, self.clock())
+        for consumer in stale:
+            self.db.retrying(self._expire_one(consumer))
+        return stale
+
+    def _expire_one(self, consumer: str) -> Callable[[sa.Connection], bool]:
+        now = self.clock()
+
+        def run(c: sa.Connection) -> bool:
+            return claims.release(c, consumer, now=now, actor="server", why="expired", expired_before=now)
+
+        return run
+
+    # ------------------------------------------------------------ lifecycle work
+    def work_for_host(self, host: str) -> schemas.WorkList:
+        with self.db.read() as c:
+            return work.work_for_host(c, host)
+
+    def apply_work_results(
+        self, host: str, results: list[schemas.WorkResult], actor: str
+    ) -> list[schemas.WorkOutcome]:
+        return self.db.retrying(lambda c: work.apply_results(c, host, results, now=self.clock(), actor=actor))
+
+    def clear_device(self, device_id: str, reason: str, actor: str) -> schemas.Device:
+        return self.db.retrying(
+            lambda c: work.clear_device(c, device_id, reason, now=self.clock(), actor=actor)
+        )
+
+    def allocation_devices(
+        self, consumer: str
+    ) -> list[tuple[schemas.Device, dict[str, object], dict[str, object]]]:
+        with self.db.read() as c:
+            return work.allocation_devices(c, consumer)
 
     # ------------------------------------------------------------ tokens
     def create_token(self, body: schemas.TokenCreate, actor: str) -> schemas.TokenCreated:

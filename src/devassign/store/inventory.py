@@ -63,6 +63,7 @@ def recount(conn: sa.Connection, host_id: int) -> None:
 
 @dataclass
 class _Outcome:
+    accepted: int = 0
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -162,7 +163,15 @@ def apply_report(
         )
 
     out = _Outcome()
-    types = {r.name: r.id for r in conn.execute(sa.select(resource_types.c.id, resource_types.c.name))}
+    type_rows = {
+        r.name: r
+        for r in conn.execute(
+            sa.select(
+                resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
+            )
+        )
+    }
+    types = {name: r.id for name, r in type_rows.items()}
     type_names = {v: k for k, v in types.items()}
     existing = {r.address: r for r in conn.execute(sa.select(devices).where(devices.c.host_id == host.id))}
     seen: set[str] = set()
@@ -193,6 +202,21 @@ def apply_report(
                 }
             )
             continue
+        refusal = reset_refusal(dev, type_rows[dev.type])
+        if refusal is not None:
+            out.refused.append(schemas.RefusedDevice(address=dev.address, code="no_reset", reason=refusal))
+            out.events.append(
+                {
+                    **base_event,
+                    "action": "device_refused",
+                    "device": dev.address,
+                    "type": dev.type,
+                    "message": f"{name} {dev.address}: {refusal}",
+                }
+            )
+            seen.discard(dev.address)  # as if not reported: removed if free, missing if held
+            continue
+        out.accepted += 1
         row = existing.get(dev.address)
         if row is None:
             state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
@@ -243,13 +267,34 @@ def apply_report(
     return schemas.InventoryResult(
         host=name,
         generation=report.generation,
-        accepted=len(seen) - len([r for r in out.refused if r.code != "duplicate_address"]),
+        accepted=out.accepted,
         added=out.added,
         updated=out.updated,
         removed=out.removed,
         missing=out.missing,
         refused=out.refused,
         warnings=out.warnings,
+    )
+
+
+_PCI_KINDS = frozenset({"pci", "sriov_pf", "sriov_vf"})
+
+
+def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
+    """Why a PCI function that cannot be reset is refused, unless its type accepts that.
+
+    The agent reports ``attributes.resettable`` (the kernel's ``reset`` file); a function
+    without reset could carry one tenant's state to the next (LESSONS.md).
+    """
+    if dev.kind.value not in _PCI_KINDS or dev.attributes.get("resettable") is not False:
+        return None
+    if type_row.handler not in (None, "pci", "sriov_vf"):
+        return None
+    if (type_row.config or {}).get("reset") == "none-ok":
+        return None
+    return (
+        f"{dev.address} supports no reset, so a tenant's state could reach the next one; "
+        f'set "reset": "none-ok" in type {dev.type}\'s config to accept it'
     )
 
 
@@ -497,7 +542,7 @@ def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
     record(conn, at=now, actor=actor, action="host_deleted", host=name, message=f"host {name} deleted")
 
 
-def _device_query() -> sa.Select[Any]:
+def device_query() -> sa.Select[Any]:
     return (
         sa.select(
             devices,
@@ -528,6 +573,7 @@ def device_model(r: Any) -> schemas.Device:
         parent=r.parent,
         attributes=r.attributes or {},
         consumer=r.consumer,
+        quarantine_reason=r.quarantine_reason,
         state_changed_at=aware(r.state_changed_at) or r.state_changed_at,
         created_at=aware(r.created_at) or r.created_at,
     )
@@ -542,7 +588,7 @@ def list_devices(
     limit: int = 1000,
     offset: int = 0,
 ) -> list[schemas.Device]:
-    q = _device_query().order_by(hosts.c.name, devices.c.address).limit(limit).offset(offset)
+    q = device_query().order_by(hosts.c.name, devices.c.address).limit(limit).offset(offset)
     if host:
         q = q.where(hosts.c.name == host)
     if type:
@@ -553,7 +599,7 @@ def list_devices(
 
 
 def get_device(conn: sa.Connection, device_id: str) -> schemas.Device:
-    r = conn.execute(_device_query().where(devices.c.id == device_id)).first()
+    r = conn.execute(device_query().where(devices.c.id == device_id)).first()
     if r is None:
         raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
     return device_model(r)

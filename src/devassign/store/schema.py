@@ -74,6 +74,10 @@ devices = sa.Table(
     sa.Column("driver", sa.String(128)),
     sa.Column("parent", sa.String(256)),
     sa.Column("attributes", Json, nullable=False),
+    # What the agent's last setup recorded (original driver, mdev UUID...), for the cleanup.
+    sa.Column("facts", Json),
+    # Why a quarantined device is quarantined: a failed cleanup, or a one-time-use type.
+    sa.Column("quarantine_reason", sa.Text),
     sa.Column("allocation_id", BigId, sa.ForeignKey("allocations.id")),
     sa.Column("state_changed_at", Stamp, nullable=False),
     sa.Column("created_at", Stamp, nullable=False),

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 09:02:13.482508
+Create Date: 2026-11-29 09:12:58.447853
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
         ),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=160), nullable=False),
@@ -185,6 +182,12 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
+        sa.Column(
+            "facts",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column("quarantine_reason", sa.Text(), nullable=True),
         sa.Column("allocation_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("state_changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -213,9 +216,7 @@ def upgrade() -> None:
         sa.Column("request_name", sa.String(length=64), nullable=True),
         sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["allocation_id"],
-            ["allocations.id"],
-            name=op.f("fk_allocation_items_allocation_id_allocations"),
+            ["allocation_id"], ["allocations.id"], name=op.f("fk_allocation_items_allocation_id_allocations")
         ),
         sa.ForeignKeyConstraint(
             ["device_id"], ["devices.id"], name=op.f("fk_allocation_items_device_id_devices")

@@ -1,0 +1,106 @@
+"""Routes for requests: claim, explain, capacity, release, quotas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from devassign import errors, schemas
+from devassign.domain import Role
+from devassign.scheduler import ClaimBody
+from devassign.server.auth import Caller, project_scope, require_admin, require_host
+from devassign.server.placement import Placer
+from devassign.store import Store
+
+router = APIRouter(prefix="/v1")
+
+
+def _placer(request: Request) -> Placer:
+    placer: Placer = request.app.state.placer
+    return placer
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+@router.post(
+    "/claims",
+    response_model=schemas.Allocation,
+    status_code=201,
+    tags=["claims"],
+    responses={409: {"description": "no host can hold the request; the body says why"}},
+)
+def claim(request: Request, caller: Caller, body: ClaimBody) -> Any:
+    """Place and claim in one call: 201 with the allocation, 200 for a replay of the same claim."""
+    if caller.role is Role.AGENT:
+        raise errors.DevassignError(errors.FORBIDDEN, "agents do not claim devices")
+    allocation, created = _placer(request).claim(body, caller)
+    if created:
+        return allocation
+    return JSONResponse(allocation.model_dump(mode="json"), status_code=200)
+
+
+@router.post("/explain", tags=["claims"])
+def explain(request: Request, caller: Caller, body: ClaimBody) -> dict[str, Any]:
+    """Would the request fit, where, and why not: the claim's body, nothing claimed."""
+    return _placer(request).explain(body, caller)
+
+
+@router.get("/capacity", tags=["claims"])
+def capacity(
+    request: Request,
+    caller: Caller,
+    spec: Annotated[list[str], Query(description="hardware_resource:TYPE=N, repeatable")],
+    host: Annotated[list[str] | None, Query(description="Only these hosts")] = None,
+) -> dict[str, Any]:
+    """How many more instances of the request the cloud can hold now, per host and in total."""
+    from devassign.scheduler import RequestError, parse_specs
+
+    try:
+        requests = parse_specs(spec)
+    except RequestError as exc:
+        raise errors.DevassignError(exc.code.value, exc.message) from exc
+    body = ClaimBody(
+        requests=[{"name": r.name, "type": r.first.type, "count": r.first.count} for r in requests],
+        hosts=host or [],
+    )
+    result = _placer(request).capacity(body)
+    if caller.role is Role.MEMBER:
+        result.pop("per_host")
+    return result
+
+
+@router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])
+def release(request: Request, caller: Caller, consumer: str) -> Response:
+    """Release a consumer's devices (they go to cleaning); twice is harmless, unknown is 404."""
+    store = _store(request)
+    allocation = store.get_allocation(consumer, project_scope(caller))
+    if caller.role is Role.AGENT:
+        require_host(caller, allocation.host)
+    store.release(consumer, caller.name)
+    return Response(status_code=204)
+
+
+class QuotaSet(BaseModel):
+    model_config = {"extra": "forbid"}
+    limit: int | None = Field(
+        ge=0, description="Most devices of the type the project may hold; null: no limit"
+    )
+
+
+@router.put("/quotas/{project}/{type_name}", status_code=204, tags=["quotas"])
+def set_quota(request: Request, caller: Caller, project: str, type_name: str, body: QuotaSet) -> Response:
+    require_admin(caller)
+    _store(request).set_quota(project, type_name, body.limit, caller.name)
+    return Response(status_code=204)
+
+
+@router.get("/quotas", tags=["quotas"])
+def list_quotas(request: Request, caller: Caller, project: str | None = None) -> list[dict[str, Any]]:
+    scope = project_scope(caller)
+    return _store(request).list_quotas(scope if scope is not None else project)

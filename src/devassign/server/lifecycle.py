@@ -1,0 +1,68 @@
+"""Routes of the device lifecycle: agents fetch work and report results; admins clear
+quarantined devices; anyone who may see an allocation gets its libvirt XML."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from devassign import errors, schemas
+from devassign.lifecycle.base import LifecycleDevice
+from devassign.lifecycle.libvirt import LibvirtXMLError, devices_xml
+from devassign.server.auth import Caller, project_scope, require_admin, require_host
+from devassign.store import Store
+
+router = APIRouter(prefix="/v1")
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+@router.get("/hosts/{host}/work", response_model=schemas.WorkList, tags=["lifecycle"])
+def get_work(request: Request, caller: Caller, host: str) -> schemas.WorkList:
+    """Devices of this host to set up (reserved) or clean (cleaning)."""
+    require_host(caller, host)
+    return _store(request).work_for_host(host)
+
+
+@router.post("/hosts/{host}/work", response_model=list[schemas.WorkOutcome], tags=["lifecycle"])
+def post_results(
+    request: Request, caller: Caller, host: str, body: schemas.WorkResults
+) -> list[schemas.WorkOutcome]:
+    """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
+    require_host(caller, host)
+    return _store(request).apply_work_results(host, body.results, caller.name)
+
+
+@router.post("/devices/{device_id}/clear", response_model=schemas.Device, tags=["lifecycle"])
+def clear(request: Request, caller: Caller, device_id: str, body: schemas.DeviceClear) -> schemas.Device:
+    """Let a quarantined device go: back through cleaning, or available for one-time-use types."""
+    require_admin(caller)
+    return _store(request).clear_device(device_id, body.reason, caller.name)
+
+
+@router.get(
+    "/allocations/{consumer}/libvirt",
+    tags=["allocations"],
+    response_class=Response,
+    responses={200: {"content": {"application/xml": {}}}},
+)
+def libvirt_xml(request: Request, caller: Caller, consumer: str) -> Response:
+    """The ``<hostdev>`` / ``<interface type='hostdev'>`` elements for the consumer's devices."""
+    store = _store(request)
+    allocation = store.get_allocation(consumer, project_scope(caller))
+    if caller.host is not None:
+        require_host(caller, allocation.host)
+    devices = [
+        LifecycleDevice.from_schema(d, params=params, facts=facts)
+        for d, params, facts in store.allocation_devices(consumer)
+    ]
+    try:
+        xml = devices_xml(devices)
+    except LibvirtXMLError as exc:
+        raise errors.DevassignError(
+            errors.INVALID_STATE, f"cannot describe {consumer}'s devices: {exc}"
+        ) from exc
+    return Response(xml, media_type="application/xml")

@@ -1,0 +1,249 @@
+"""Place and claim: the store finds candidates, the pure scheduler chooses, the store claims.
+
+Each step is its own transaction. A lost race tries the next ranked host in a fresh
+transaction; when every ranked host is lost, the candidates are read again (bounded). A
+request that cannot be placed always says why: the SQL pre-filter's funnel plus the
+scheduler's per-filter counts and the reasons of the closest hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.scheduler import (
+    ClaimBody,
+    Decision,
+    Explanation,
+    Policy,
+    Quota,
+    Request,
+    RequestError,
+    Snapshot,
+    capacity,
+    claim_order,
+    explain,
+    parse_claim,
+    schedule,
+)
+from devassign.store import Principal, Store
+from devassign.store.claims import LostRace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    policy: Policy = field(default_factory=Policy)
+    candidate_limit: int = 32  # hosts read per attempt: enough to rank, few enough to be fast
+    explain_limit: int = 200
+    attempts: int = 3  # fresh candidate reads after every ranked host was lost to a race
+
+
+def parse(body: ClaimBody) -> Request:
+    try:
+        return parse_claim(body)
+    except RequestError as exc:
+        where = f" (at {exc.pointer})" if exc.pointer else ""
+        raise errors.DevassignError(exc.code.value, exc.message + where, pointer=exc.pointer) from exc
+
+
+def _needs(request: Request) -> tuple[dict[str, int], list[str]]:
+    """Types every placement needs (with counts), and types of which any one may do."""
+    needs: dict[str, int] = defaultdict(int)
+    any_of: list[str] = []
+    for r in request.requests:
+        if len(r.alternatives) == 1:
+            needs[r.first.type] += r.first.count
+        else:
+            any_of.extend(a.type for a in r.alternatives)
+    return dict(needs), any_of
+
+
+def explanation_body(exp: Explanation, funnel: dict[str, int] | None) -> dict[str, Any]:
+    return {
+        "summary": exp.summary(),
+        "considered": exp.considered,
+        "feasible": exp.feasible,
+        "removed": dict(exp.removed),
+        "funnel": funnel or {},
+        "hosts": [
+            {
+                "host": v.host,
+                "fits": v.reason is None,
+                "reason": v.reason.code.value if v.reason else None,
+                "message": v.sentence,
+            }
+            for v in exp.hosts
+        ],
+        "closest": [
+            {"host": v.host, "reason": v.reason.code.value if v.reason else None, "message": v.sentence}
+            for v in exp.closest
+        ],
+    }
+
+
+class Placer:
+    def __init__(self, store: Store, config: PlacementConfig | None = None) -> None:
+        self.store = store
+        self.config = config or PlacementConfig()
+        self.rng = random.Random()
+
+    # ------------------------------------------------------------ helpers
+    def _type_ids(self, request: Request) -> tuple[dict[int, int], list[int]]:
+        needs, any_of = _needs(request)
+        ids = self.store.type_ids([*needs, *any_of])
+        unknown = sorted({*needs, *any_of} - set(ids))
+        if unknown:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                f"unknown resource type {', '.join(unknown)}: `devassign types` lists the catalog",
+            )
+        return {ids[t]: n for t, n in needs.items()}, [ids[t] for t in any_of]
+
+    def _snapshot(self, request: Request, limit: int) -> Snapshot:
+        needs, any_of = self._type_ids(request)
+        return self.store.candidates(
+            needs,
+            any_of=any_of,
+            names=list(request.hosts),
+            spread=self.config.policy.mode == "spread",
+            limit=limit,
+        )
+
+    def _quota(self, request: Request, project: str) -> Quota | None:
+        types = [a.type for r in request.requests for a in r.alternatives]
+        limits, usage = self.store.quota(project, types)
+        return Quota(limits, usage) if limits else None
+
+    def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
+        body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
+        closest = "; ".join(c["message"] for c in body["closest"])
+        removed = ", ".join(f"{k} removed {v}" for k, v in body["funnel"].items() if k.startswith("lacking"))
+        message = f"{why}: {decision.explanation.summary()}"
+        if removed:
+            message += f"; before scheduling: {removed}"
+        if closest:
+            message += f"; closest: {closest}"
+        return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=body)
+
+    # ------------------------------------------------------------ the verbs
+    def claim(self, body: ClaimBody, caller: Principal) -> tuple[schemas.Allocation, bool]:
+        """Place and claim; returns (allocation, created) -- created is False for a replay."""
+        request = parse(body)
+        if not request.consumer:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST, "a claim needs a consumer (the instance UUID)"
+            )
+        project = _project(request, caller)
+        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+        if replay is not None:
+            return replay, False
+        quota = self._quota(request, project)
+        doc = body.model_dump(mode="json", exclude_none=True)
+        decision: Decision | None = None
+        for _ in range(self.config.attempts):
+            snapshot = self._snapshot(request, self.config.candidate_limit)
+            decision = schedule(request, snapshot, self.config.policy, quota=quota)
+            if not decision.fits:
+                if (
+                    quota is not None
+                    and "over_quota" in decision.explanation.removed
+                    and len(decision.explanation.removed) == 1
+                ):
+                    raise errors.DevassignError(
+                        errors.QUOTA_EXCEEDED,
+                        f"project {project} is over quota: limits {quota.limits}, in use {dict(quota.usage)}",
+                        limits=dict(quota.limits),
+                        usage=dict(quota.usage),
+                    )
+                raise self._no_valid_host(request, decision, "no host can hold this request")
+            for placement in claim_order(decision.placements, self.config.policy.subset_size, self.rng):
+                chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
+                try:
+                    allocation = self.store.claim(
+                        host=placement.host,
+                        chosen=chosen,
+                        consumer=request.consumer,
+                        project=project,
+                        key=request.idempotency_key,
+                        request_doc=doc,
+                        actor=caller.name,
+                    )
+                except LostRace as exc:
+                    log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
+                    continue
+                except sa.exc.IntegrityError:
+                    # The unique indexes caught a race (same consumer, or a device): a replay
+                    # returns the allocation, anything else tries the next host.
+                    replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+                    if replay is not None:
+                        return replay, False
+                    continue
+                return allocation, True
+        assert decision is not None
+        raise self._no_valid_host(request, decision, "every fitting host was taken by concurrent claims")
+
+    def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
+        request = parse(body)
+        if request.hosts:
+            snapshot = self.store.snapshot_of(list(request.hosts))
+        else:
+            snapshot = self._snapshot(request, self.config.explain_limit)
+            self._type_ids(request)
+        quota = (
+            self._quota(request, _project(request, caller)) if (request.project or caller.project) else None
+        )
+        decision = (
+            explain(request, snapshot, self.config.policy)
+            if quota is None
+            else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
+        )
+        body_out = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
+        body_out["fits"] = decision.fits
+        body_out["placements"] = [
+            {
+                "host": p.host,
+                "score": round(p.score, 4),
+                "scores": {k: round(v, 4) for k, v in p.scores.items()},
+                "devices": {
+                    c.name: {"type": c.type, "ids": list(c.device_ids), "group_mates": list(c.companion_ids)}
+                    for c in p.chosen
+                },
+            }
+            for p in decision.placements
+        ]
+        body_out["steps"] = decision.steps
+        return body_out
+
+    def capacity(self, body: ClaimBody) -> dict[str, Any]:
+        request = parse(body)
+        snapshot = (
+            self.store.snapshot_of(list(request.hosts))
+            if request.hosts
+            else self._snapshot(request, limit=1_000_000)
+        )
+        found = capacity(request, snapshot)
+        return {
+            "total": found.total,
+            "per_host": dict(sorted(found.per_host.items())),
+            "truncated": found.truncated,
+        }
+
+
+def _project(request: Request, caller: Principal) -> str:
+    """A member claims for its own project; an admin for the project it names."""
+    if caller.project is not None and caller.role.value == "member":
+        if request.project and request.project != caller.project:
+            raise errors.DevassignError(
+                errors.FORBIDDEN,
+                f"a member of {caller.project!r} cannot claim for project {request.project!r}",
+            )
+        return caller.project
+    return request.project or "default"

@@ -1,0 +1,309 @@
+"""The agent's side of the device lifecycle: what to set up or clean, and what came of it.
+
+The server never connects to hosts: an agent asks for its work (devices ``reserved`` need a
+setup, devices ``cleaning`` a cleanup) and reports results, which move devices on:
+
+    reserved --setup ok--> assigned          reserved --setup failed--> (whole allocation) cleaning
+    cleaning --cleanup ok--> available       cleaning --cleanup failed--> quarantined
+    (one-time-use types: cleaning --cleanup ok--> quarantined until an operator clears it)
+
+A result that no longer matches the device's state (released meanwhile, reported twice by an
+agent that restarted) is ignored and said so: every transition is a conditional update.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.domain import AllocationState, DeviceState
+from devassign.store.claims import release
+from devassign.store.events import record
+from devassign.store.inventory import device_model, device_query, recount
+from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
+
+
+def _host_id(conn: sa.Connection, host: str) -> int:
+    hid = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one_or_none()
+    if hid is None:
+        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
+    return int(hid)
+
+
+def _params_for(request_doc: dict[str, Any], request_name: str | None) -> dict[str, Any]:
+    for r in request_doc.get("requests", []) if request_doc else []:
+        if r.get("name") == request_name:
+            return dict(r.get("params") or {})
+    return {}
+
+
+def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
+    hid = _host_id(conn, host)
+    q = (
+        device_query()
+        .add_columns(
+            resource_types.c.handler,
+            resource_types.c.config.label("type_config"),
+            allocations.c.request.label("request_doc"),
+            allocation_items.c.request_name,
+        )
+        .outerjoin(
+            allocation_items,
+            sa.and_(
+                allocation_items.c.device_id == devices.c.id,
+                allocation_items.c.allocation_id == devices.c.allocation_id,
+            ),
+        )
+        .where(
+            devices.c.host_id == hid,
+            devices.c.state.in_([DeviceState.RESERVED.value, DeviceState.CLEANING.value]),
+        )
+        .order_by(devices.c.address)
+    )
+    rows = list(conn.execute(q))
+    by_alloc: dict[int, list[str]] = {}
+    for r in rows:
+        if r.allocation_id is not None:
+            by_alloc.setdefault(r.allocation_id, []).append(r.address)
+    items = []
+    for r in rows:
+        mates = [a for a in by_alloc.get(r.allocation_id, []) if a != r.address]
+        items.append(
+            schemas.WorkItem(
+                action="setup" if r.state == DeviceState.RESERVED.value else "cleanup",
+                device=device_model(r),
+                handler=r.handler,
+                config=r.type_config or {},
+                params=_params_for(r.request_doc, r.request_name),
+                facts=r.facts or {},
+                companions=mates,
+            )
+        )
+    return schemas.WorkList(host=host, items=items)
+
+
+def apply_results(
+    conn: sa.Connection, host: str, results: list[schemas.WorkResult], *, now: datetime, actor: str
+) -> list[schemas.WorkOutcome]:
+    hid = _host_id(conn, host)
+    out = []
+    for res in results:
+        row = conn.execute(
+            sa.select(
+                devices,
+                resource_types.c.name.label("type_name"),
+                resource_types.c.config.label("type_config"),
+            )
+            .join(resource_types, resource_types.c.id == devices.c.type_id)
+            .where(devices.c.id == res.device_id, devices.c.host_id == hid)
+            .with_for_update(of=devices)
+        ).first()
+        if row is None:
+            out.append(
+                schemas.WorkOutcome(
+                    device_id=res.device_id, applied=False, state=None, note="no such device on this host"
+                )
+            )
+            continue
+        out.append(_apply_one(conn, hid, host, row, res, now=now, actor=actor))
+    recount(conn, hid)
+    return out
+
+
+def _set_state(
+    conn: sa.Connection, device_id: str, expect: DeviceState, now: datetime, **values: Any
+) -> bool:
+    moved = conn.execute(
+        devices.update()
+        .where(devices.c.id == device_id, devices.c.state == expect.value)
+        .values(state_changed_at=now, updated_at=now, **values)
+    ).rowcount
+    return bool(moved == 1)
+
+
+def _apply_one(
+    conn: sa.Connection, hid: int, host: str, row: Any, res: schemas.WorkResult, *, now: datetime, actor: str
+) -> schemas.WorkOutcome:
+    state = DeviceState(row.state)
+    consumer = (
+        conn.execute(
+            sa.select(allocations.c.consumer).where(allocations.c.id == row.allocation_id)
+        ).scalar_one_or_none()
+        if row.allocation_id is not None
+        else None
+    )
+    ev = {
+        "at": now,
+        "actor": actor,
+        "host": host,
+        "device": row.address,
+        "device_id": row.id,
+        "type": row.type_name,
+        "consumer": consumer,
+    }
+
+    def outcome(applied: bool, new: DeviceState | None, note: str) -> schemas.WorkOutcome:
+        return schemas.WorkOutcome(device_id=row.id, applied=applied, state=new, note=note)
+
+    if res.facts:
+        # Keep what the setup learned even if the device was released meanwhile: the cleanup needs it.
+        conn.execute(
+            devices.update().where(devices.c.id == row.id).values(facts={**(row.facts or {}), **res.facts})
+        )
+
+    if res.action == "setup":
+        if state is not DeviceState.RESERVED:
+            return outcome(False, state, f"device is {state.value}, not reserved: setup result ignored")
+        if res.ok:
+            _set_state(conn, row.id, DeviceState.RESERVED, now, state=DeviceState.ASSIGNED.value)
+            record(
+                conn, action="device_assigned", message=f"{host} {row.address} set up for {consumer}", **ev
+            )
+            _maybe_confirm(conn, row.allocation_id, now)
+            return outcome(True, DeviceState.ASSIGNED, "assigned")
+        record(
+            conn,
+            action="device_setup_failed",
+            message=f"{host} {row.address} setup failed: {res.error or 'no reason given'}",
+            detail={"error": res.error},
+            **ev,
+        )
+        if consumer is not None:
+            release(conn, consumer, now=now, actor=actor, why="setup_failed")
+        return outcome(
+            True, DeviceState.CLEANING, "setup failed: the allocation is released, its devices go to cleaning"
+        )
+
+    # cleanup
+    if state is not DeviceState.CLEANING:
+        return outcome(False, state, f"device is {state.value}, not cleaning: cleanup result ignored")
+    config = row.type_config or {}
+    if not res.ok:
+        reason = f"cleanup failed: {res.error or 'no reason given'}"
+        _set_state(
+            conn,
+            row.id,
+            DeviceState.CLEANING,
+            now,
+            state=DeviceState.QUARANTINED.value,
+            quarantine_reason=reason,
+        )
+        record(
+            conn,
+            action="device_quarantined",
+            message=f"{host} {row.address} quarantined: {reason}",
+            detail={"error": res.error},
+            **ev,
+        )
+        return outcome(True, DeviceState.QUARANTINED, reason)
+    if config.get("one_time_use"):
+        reason = "one_time_use: an operator must clear it before reuse"
+        _set_state(
+            conn,
+            row.id,
+            DeviceState.CLEANING,
+            now,
+            state=DeviceState.QUARANTINED.value,
+            quarantine_reason=reason,
+            allocation_id=None,
+            facts=None,
+        )
+        record(conn, action="device_quarantined", message=f"{host} {row.address} cleaned; {reason}", **ev)
+        return outcome(True, DeviceState.QUARANTINED, reason)
+    new = DeviceState.AVAILABLE if row.healthy else DeviceState.UNHEALTHY
+    _set_state(
+        conn,
+        row.id,
+        DeviceState.CLEANING,
+        now,
+        state=new.value,
+        allocation_id=None,
+        facts=None,
+        quarantine_reason=None,
+    )
+    record(conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}", **ev)
+    return outcome(True, new, "cleaned")
+
+
+def _maybe_confirm(conn: sa.Connection, allocation_id: int | None, now: datetime) -> None:
+    """An allocation whose devices are all set up is confirmed: it no longer expires."""
+    if allocation_id is None:
+        return
+    pending = conn.execute(
+        sa.select(sa.func.count()).where(
+            devices.c.allocation_id == allocation_id, devices.c.state != DeviceState.ASSIGNED.value
+        )
+    ).scalar_one()
+    if pending == 0:
+        conn.execute(
+            allocations.update()
+            .where(allocations.c.id == allocation_id, allocations.c.state == AllocationState.RESERVED.value)
+            .values(state=AllocationState.ASSIGNED.value, expires_at=None)
+        )
+
+
+def clear_device(
+    conn: sa.Connection, device_id: str, reason: str, *, now: datetime, actor: str
+) -> schemas.Device:
+    """An operator clears a quarantined device.
+
+    After a failed cleanup it goes back to ``cleaning`` (the cleanup runs again: a device is
+    never available without a finished cleanup); a one-time-use device the operator scrubbed
+    by hand becomes ``available``.
+    """
+    row = conn.execute(sa.select(devices).where(devices.c.id == device_id).with_for_update()).first()
+    if row is None:
+        raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
+    if row.state != DeviceState.QUARANTINED.value:
+        raise errors.DevassignError(
+            errors.INVALID_STATE, f"device {row.address} is {row.state}; only quarantined devices are cleared"
+        )
+    one_time = (row.quarantine_reason or "").startswith("one_time_use")
+    new = (
+        (DeviceState.AVAILABLE if row.healthy else DeviceState.UNHEALTHY)
+        if one_time
+        else DeviceState.CLEANING
+    )
+    _set_state(conn, row.id, DeviceState.QUARANTINED, now, state=new.value, quarantine_reason=None)
+    host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="device_cleared",
+        host=host,
+        device=row.address,
+        device_id=row.id,
+        message=f"{host} {row.address} cleared by {actor} -> {new.value}" + (f": {reason}" if reason else ""),
+    )
+    recount(conn, row.host_id)
+    r = conn.execute(device_query().where(devices.c.id == device_id)).one()
+    return device_model(r)
+
+
+def allocation_devices(
+    conn: sa.Connection, consumer: str
+) -> list[tuple[schemas.Device, dict[str, Any], dict[str, Any]]]:
+    """The consumer's live devices with their setup params and facts (for the libvirt XML)."""
+    alloc = conn.execute(
+        sa.select(allocations.c.id, allocations.c.request).where(
+            allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
+        )
+    ).first()
+    if alloc is None:
+        raise errors.DevassignError(
+            errors.ALLOCATION_NOT_FOUND, f"consumer {consumer!r} holds no live allocation"
+        )
+    q = (
+        device_query()
+        .add_columns(allocation_items.c.request_name)
+        .join(allocation_items, allocation_items.c.device_id == devices.c.id)
+        .where(allocation_items.c.allocation_id == alloc.id)
+        .order_by(devices.c.address)
+    )
+    return [
+        (device_model(r), _params_for(alloc.request, r.request_name), r.facts or {}) for r in conn.execute(q)
+    ]

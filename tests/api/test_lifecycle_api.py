@@ -1,0 +1,143 @@
+"""The server's side of the device lifecycle: agents' work and results, clearing, libvirt XML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+from lxml import etree
+
+from tests.conftest import Clock, vf
+
+
+def _setup(api: TestClient, devices: list[dict[str, Any]], **type_body: Any) -> None:
+    assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G", **type_body}).status_code == 201
+    r = api.put("/v1/hosts/c1/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200 and not r.json()["refused"], r.text
+
+
+def _claim(api: TestClient, consumer: str, count: int = 1, **params: Any) -> dict[str, Any]:
+    body = {
+        "consumer": consumer,
+        "requests": [{"name": "nic", "type": "NIC_VF_1G", "count": count, "params": params}],
+    }
+    r = api.post("/v1/claims", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _work(api: TestClient) -> list[dict[str, Any]]:
+    r = api.get("/v1/hosts/c1/work")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def _results(api: TestClient, *results: dict[str, Any]) -> list[dict[str, Any]]:
+    r = api.post("/v1/hosts/c1/work", json={"results": list(results)})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _state(api: TestClient, device_id: str) -> str:
+    return str(api.get(f"/v1/devices/{device_id}").json()["state"])
+
+
+def test_setup_then_release_then_cleanup(api: TestClient, clock: Clock) -> None:
+    _setup(api, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    alloc = _claim(api, "vm-1", count=2, mac="52:54:00:00:00:01", vlan=100)
+    work = _work(api)
+    assert [w["action"] for w in work] == ["setup", "setup"]
+    assert work[0]["params"] == {"mac": "52:54:00:00:00:01", "vlan": 100}
+    assert work[0]["companions"] == [work[1]["device"]["address"]]
+    ids = [d["id"] for d in alloc["devices"]]
+    out = _results(
+        api,
+        *({"device_id": i, "action": "setup", "ok": True, "facts": {"original_driver": "iavf"}} for i in ids),
+    )
+    assert [o["state"] for o in out] == ["assigned", "assigned"]
+    assert api.get("/v1/allocations/vm-1").json()["state"] == "assigned"
+    assert _work(api) == []
+    # A confirmed allocation does not expire.
+    clock.advance(3600)
+    api.post("/v1/hosts/c1/heartbeat")
+    assert api.app.state.store.sweep() == []  # type: ignore[attr-defined]
+
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    work = _work(api)
+    assert [w["action"] for w in work] == ["cleanup", "cleanup"]
+    assert work[0]["facts"] == {"original_driver": "iavf"}
+    out = _results(api, *({"device_id": i, "action": "cleanup", "ok": True} for i in ids))
+    assert [o["state"] for o in out] == ["available", "available"]
+    assert api.get("/v1/devices/" + ids[0]).json()["consumer"] is None
+    # The devices can be claimed again.
+    _claim(api, "vm-2", count=2)
+
+
+def test_setup_failure_releases_the_whole_allocation(api: TestClient) -> None:
+    _setup(api, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    alloc = _claim(api, "vm-1", count=2)
+    a, b = (d["id"] for d in alloc["devices"])
+    _results(api, {"device_id": a, "action": "setup", "ok": True})
+    out = _results(api, {"device_id": b, "action": "setup", "ok": False, "error": "vfio bind failed"})
+    assert out[0]["state"] == "cleaning"
+    assert (_state(api, a), _state(api, b)) == ("cleaning", "cleaning")
+    assert api.get("/v1/allocations").json() == []
+    events = api.get("/v1/events", params={"consumer": "vm-1"}).json()
+    assert any("vfio bind failed" in e["message"] for e in events)
+    # A late result for a device no longer reserved is ignored, not applied.
+    late = _results(api, {"device_id": a, "action": "setup", "ok": True})
+    assert late[0]["applied"] is False and _state(api, a) == "cleaning"
+
+
+def test_cleanup_failure_quarantines_until_cleared(api: TestClient) -> None:
+    _setup(api, [vf("0000:3b:02.1")])
+    dev = _claim(api, "vm-1")["devices"][0]["id"]
+    _results(api, {"device_id": dev, "action": "setup", "ok": True})
+    api.delete("/v1/allocations/vm-1")
+    out = _results(api, {"device_id": dev, "action": "cleanup", "ok": False, "error": "FLR timed out"})
+    assert out[0]["state"] == "quarantined"
+    shown = api.get(f"/v1/devices/{dev}").json()
+    assert shown["state"] == "quarantined" and "FLR timed out" in shown["quarantine_reason"]
+    assert (
+        api.post(
+            "/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+        ).status_code
+        == 409
+    )
+    cleared = api.post(f"/v1/devices/{dev}/clear", json={"reason": "reseated the card"})
+    assert cleared.status_code == 200 and cleared.json()["state"] == "cleaning"
+    again = api.post(f"/v1/devices/{dev}/clear", json={})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    _results(api, {"device_id": dev, "action": "cleanup", "ok": True})
+    assert _state(api, dev) == "available"
+
+
+def test_one_time_use_stays_quarantined_after_cleanup(api: TestClient) -> None:
+    _setup(api, [vf("0000:3b:02.1")], config={"one_time_use": True})
+    dev = _claim(api, "vm-1")["devices"][0]["id"]
+    api.delete("/v1/allocations/vm-1")
+    _results(api, {"device_id": dev, "action": "cleanup", "ok": True})
+    assert _state(api, dev) == "quarantined"
+    assert api.post(f"/v1/devices/{dev}/clear", json={}).json()["state"] == "available"
+
+
+def test_libvirt_xml_for_a_consumer(api: TestClient) -> None:
+    _setup(api, [vf("0000:3b:02.1")])
+    _claim(api, "vm-1", mac="52:54:00:00:00:01", vlan=100)
+    r = api.get("/v1/allocations/vm-1/libvirt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    root = etree.fromstring(f"<devices>{r.text}</devices>".encode())
+    iface = root.find("interface")
+    assert iface is not None and iface.get("type") == "hostdev"
+    assert iface.find("mac").get("address") == "52:54:00:00:00:01"  # type: ignore[union-attr]
+    assert iface.find("vlan/tag").get("id") == "100"  # type: ignore[union-attr]
+    assert api.get("/v1/allocations/nobody/libvirt").status_code == 404
+
+
+def test_work_is_only_for_the_hosts_agent(secure_api: TestClient, store: Any) -> None:
+    from devassign import schemas
+    from devassign.domain import Role
+
+    agent = store.create_token(schemas.TokenCreate(role=Role.AGENT, host="c2"), actor="t").token
+    r = secure_api.get("/v1/hosts/c1/work", headers={"Authorization": f"Bearer {agent}"})
+    assert r.status_code == 403
