@@ -68,7 +68,8 @@ EVENT_COLUMNS = [
 ]
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> typer.Typer:
+    """Add the inventory commands; returns the ``device`` group for others to extend."""
     type_app = typer.Typer(help="Manage one resource type (admin).", no_args_is_help=True)
     host_app = typer.Typer(help="One host.", no_args_is_help=True)
     device_app = typer.Typer(help="One device.", no_args_is_help=True)
@@ -181,6 +182,8 @@ def register(app: typer.Typer) -> None:
         """The event log, newest first."""
         found = client(ctx).get("/v1/events", host=host, device=device, consumer=consumer, limit=limit)
         emit(found, fmt, EVENT_COLUMNS)
+
+    return device_app
 
 
 def _json_option(name: str, text: str) -> Any:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
 from devassign.cli.client import CliError
 
@@ -21,7 +22,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
-inventory_cli.register(app)
+claims_cli.register(app, inventory_cli.register(app))
 
 DbOpt = Annotated[
     str | None,

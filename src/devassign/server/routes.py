@@ -126,6 +126,7 @@ def list_devices(
     host: str | None = None,
     type: str | None = None,
     state: DeviceState | None = None,
+    address: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[schemas.Device]:
@@ -133,7 +134,12 @@ def list_devices(
     if caller.role is Role.AGENT:
         host = caller.host
     return _store(request).list_devices(
-        host=host, type=type, state=state.value if state else None, limit=limit, offset=offset
+        host=host,
+        type=type,
+        state=state.value if state else None,
+        address=address,
+        limit=limit,
+        offset=offset,
     )
 
 

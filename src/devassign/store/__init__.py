@@ -97,11 +97,14 @@ class Store:
         host: str | None = None,
         type: str | None = None,
         state: str | None = None,
+        address: str | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[schemas.Device]:
         with self.db.read() as c:
-            return inventory.list_devices(c, host=host, type=type, state=state, limit=limit, offset=offset)
+            return inventory.list_devices(
+                c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
+            )
 
     def get_device(self, device_id: str) -> schemas.Device:
         with self.db.read() as c:

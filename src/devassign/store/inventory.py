@@ -585,6 +585,7 @@ def list_devices(
     host: str | None = None,
     type: str | None = None,
     state: str | None = None,
+    address: str | None = None,
     limit: int = 1000,
     offset: int = 0,
 ) -> list[schemas.Device]:
@@ -595,6 +596,8 @@ def list_devices(
         q = q.where(resource_types.c.name == type)
     if state:
         q = q.where(devices.c.state == state)
+    if address:
+        q = q.where(devices.c.address == address)
     return [device_model(r) for r in conn.execute(q)]
 
 
