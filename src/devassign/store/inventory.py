@@ -457,8 +457,15 @@ def mark_down(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> l
             hosts.c.marked_down.is_(False), hosts.c.last_seen_at < cutoff
         )
     ).all()
+    down = []
     for r in rows:
-        conn.execute(hosts.update().where(hosts.c.id == r.id).values(marked_down=True))
+        # Conditional, so replicas sweeping at once record each host going down once.
+        moved = conn.execute(
+            hosts.update().where(hosts.c.id == r.id, hosts.c.marked_down.is_(False)).values(marked_down=True)
+        ).rowcount
+        if moved != 1:
+            continue
+        down.append(r.name)
         record(
             conn,
             at=now,
@@ -467,7 +474,7 @@ def mark_down(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> l
             host=r.name,
             message=f"host {r.name} is down: no report or heartbeat for {down_after.total_seconds():.0f}s",
         )
-    return [r.name for r in rows]
+    return down
 
 
 # ---------------------------------------------------------------- reading
