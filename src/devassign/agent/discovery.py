@@ -117,6 +117,11 @@ def _read_function(
     if "iommu_group" in entries:
         # A link on real hosts; an empty folder in some captured trees (NFD): no group then.
         dev.iommu_group = to_int(sysfs.link_name(f"{base}/iommu_group"), "iommu_group", addr)
+    # The server refuses a function the kernel cannot reset (a tenant's state could reach the
+    # next one) unless its type accepts that; ``reset_method`` lists how (flr, pm, bus ...).
+    attrs["resettable"] = "reset" in entries
+    if "reset_method" in entries:
+        attrs["reset_methods"] = (read("reset_method") or "").split()
     human = pci_name(dev.vendor_id, dev.product_id, pci_ids)
     if human:
         attrs["name"] = human

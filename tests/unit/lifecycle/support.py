@@ -52,7 +52,7 @@ class Machine:
     ) -> None:
         """A function bound to ``driver`` (also what probing picks); ``reset=None``: no reset
         file, else the ``reset_method`` text."""
-        self.h.pci(address, "10de", "1eb8", cls=cls, iommu_group=group, driver=driver)
+        self.h.pci(address, "10de", "1eb8", cls=cls, iommu_group=group, driver=driver, reset=reset)
         self.mark(address, driver, reset)
 
     def mark(self, address: str, driver: str | None, reset: str | None = "flr") -> None:
