@@ -19,9 +19,12 @@ from rich.table import Table
 from devassign.agent.config import AgentConfig, ConfigError, default_config, load_config
 from devassign.agent.inventory import Inventory, build_inventory
 from devassign.agent.nova import import_nova
-from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
+from devassign.agent.reporter import ReportRefused, ServerUnavailable
 from devassign.agent.state import StateError
+from devassign.agent.worker import Agent, WorkRefused
 from devassign.hostio import Sysfs
+from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.simulated import SimulatedSysfs
 
 app = typer.Typer(
     help="The host agent: discover devices, report them to the server, keep them current.",
@@ -69,29 +72,58 @@ def _logging(verbose: bool) -> None:
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Agent configuration (TOML)")],
     sysfs_root: SysfsOpt = Path("/sys"),
-    once: Annotated[bool, typer.Option("--once", help="Report once and exit")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Report once, do the pending work once, exit")] = False,
+    simulate: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Act on a generated sysfs tree as if it were a kernel (demos and tests); "
+            "netlink and commands are recorded, not run",
+        ),
+    ] = False,
+    simulate_fail: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--simulate-fail",
+            help="With --simulate: writes to paths matching this glob fail (fault injection)",
+            hidden=True,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Discover, report to the server, heartbeat; report again every report_interval."""
+    """Discover, report, heartbeat, and set up / clean devices as the server asks."""
     _logging(verbose)
     cfg = _config(config)
-    sysfs = _sysfs(sysfs_root)
-
-    def inventory() -> list[Any]:
-        return build_inventory(sysfs, cfg).reported()
-
-    reporter = Reporter(cfg, inventory)
+    _sysfs(sysfs_root)
+    if simulate_fail and not simulate:
+        _fail("--simulate-fail needs --simulate")
+    ops = HostOps.simulated(sysfs_root) if simulate else HostOps.for_host(sysfs_root)
+    if simulate_fail and isinstance(ops.sysfs, SimulatedSysfs):
+        for pattern in simulate_fail:
+            ops.sysfs.fail(pattern)
+    agent = Agent(cfg, sysfs_root, ops)
     try:
-        result = reporter.run(once=once)
-    except (ServerUnavailable, ReportRefused, StateError) as exc:
+        if not once:
+            agent.run()
+            return
+        result = agent.run_once()
+    except (ServerUnavailable, ReportRefused, WorkRefused, StateError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    if once and result is not None:
+    report = result.report
+    if report is not None:
         typer.echo(
-            f"reported {result.accepted} devices for host {result.host} "
-            f"(generation {result.generation}, {len(result.refused)} refused)"
+            f"reported {report.accepted} devices for host {report.host} "
+            f"(generation {report.generation}, {len(report.refused)} refused)"
         )
+    for address, why in result.unhealthy.items():
+        typer.echo(f"unhealthy {address}: {why}")
+    for done in result.work:
+        what = "ok" if done.ok else f"failed: {done.error}"
+        state = done.state.value if done.state is not None else "not posted"
+        again = " (after a restart)" if done.replayed else ""
+        typer.echo(f"{done.action} {done.address}{again}: {what} -> {state}")
 
 
 @app.command()

@@ -30,6 +30,7 @@ TOP_KEYS = (
     "server",
     "report_interval",
     "heartbeat_interval",
+    "work_interval",
     "token",
     "state_file",
     "pci_ids",
@@ -127,6 +128,7 @@ class AgentConfig:
     server: str = DEFAULT_SERVER
     report_interval: float = 30.0
     heartbeat_interval: float = 10.0
+    work_interval: float = 2.0
     token: str | None = None
     state_file: Path = field(default_factory=default_state_file)
     pci_ids: Path | None = None
@@ -165,6 +167,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         raise fail(f"server {server!r} is not an http(s) URL")
     interval = _positive(raw.get("report_interval", 30), "report_interval", fail)
     heartbeat = _positive(raw.get("heartbeat_interval", max(1.0, interval / 3)), "heartbeat_interval", fail)
+    work_interval = _positive(raw.get("work_interval", 2), "work_interval", fail)
     token = raw.get("token", os.environ.get("DEVASSIGN_TOKEN"))
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string")
@@ -192,6 +195,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         server=server.rstrip("/"),
         report_interval=interval,
         heartbeat_interval=heartbeat,
+        work_interval=work_interval,
         token=token,
         state_file=state_file,
         pci_ids=pci_ids,

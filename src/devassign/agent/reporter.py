@@ -118,7 +118,12 @@ class Reporter:
             log.warning("heartbeat refused (%s %s); sending a full report", resp.status_code, err)
         return False
 
-    def _send(self, method: str, url: str, body: dict[str, Any]) -> httpx.Response:
+    def request(self, method: str, suffix: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """One call to this host's ``/v1/hosts/{host}/<suffix>``; 5xx and transport errors raise
+        :class:`ServerUnavailable`, other answers are returned (the lifecycle worker uses it)."""
+        return self._send(method, self._url(suffix), body)
+
+    def _send(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
         try:
             resp = self.client.request(method, url, json=body, headers=self._headers())
         except httpx.TransportError as exc:

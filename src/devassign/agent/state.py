@@ -1,8 +1,12 @@
-"""The agent's small persistent memory: a stable host id and the last report generation.
+"""The agent's small persistent memory: a stable host id, the last report generation, and
+the lifecycle journal.
 
 Renaming a machine made Nova create a second resource provider for it (the reason for
 Nova's stable-compute-uuid); keeping the id in a file that survives renames and restarts
-lets the server recognise the same host under a new name.
+lets the server recognise the same host under a new name. The journal is why an agent killed
+mid-setup or mid-cleanup finishes the job after a restart: the kubelet lost devices when it
+died between prepare and checkpoint (kubernetes #115902), so intent goes to disk before the
+handler runs and the result before it is posted.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import json
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class StateError(RuntimeError):
@@ -21,15 +26,28 @@ class StateError(RuntimeError):
 
 @dataclass
 class AgentState:
+    """``journal``: device id -> the action in flight or its unposted result (see worker.py);
+    ``facts``: device id -> what its last setup learned, kept until its cleanup is posted;
+    ``assigned``: device id -> the work item of a device set up and assigned (health checks)."""
+
     host_id: str
     generation: int = 0
+    journal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_MAPS = ("journal", "facts", "assigned")
 
 
 class StateFile:
     """A JSON file, written atomically (a crash never leaves half a file)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        """``durable``: fsync each write, so a power cut keeps the journal too (a killed
+        process never needs it: the rename alone is atomic)."""
         self.path = Path(path)
+        self.durable = durable
         self._state: AgentState | None = None
 
     @property
@@ -55,7 +73,13 @@ class StateFile:
         )
         if not isinstance(host_id, str) or not isinstance(generation, int) or generation < 0:
             raise StateError(f"{self.path}: not an agent state file (host_id, generation)")
-        return AgentState(host_id=host_id, generation=generation)
+        maps: dict[str, dict[str, dict[str, Any]]] = {}
+        for key in _MAPS:
+            value = raw.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise StateError(f"{self.path}: {key} must map device ids to objects")
+            maps[key] = value
+        return AgentState(host_id=host_id, generation=generation, **maps)
 
     def next_generation(self) -> int:
         """Increase, persist, return: every report carries a number never used before."""
@@ -68,13 +92,25 @@ class StateFile:
         self.state.generation = max(self.state.generation, generation)
         self._write(self.state)
 
+    def save(self) -> None:
+        """Persist the journal after a change: callers mutate ``state`` and then save."""
+        self._write(self.state)
+
     def _write(self, state: AgentState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"host_id": state.host_id, "generation": state.generation})
+        doc: dict[str, Any] = {"host_id": state.host_id, "generation": state.generation}
+        for key in _MAPS:
+            value = getattr(state, key)
+            if value:
+                doc[key] = value
+        data = json.dumps(doc, sort_keys=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".agent-state.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(data + "\n")
+                f.flush()
+                if self.durable:
+                    os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

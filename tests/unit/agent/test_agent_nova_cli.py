@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -109,13 +110,12 @@ def test_cli_run_once_against_unreachable_server(tmp_path: Path, monkeypatch: py
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    original = cli.Reporter.__init__
+    original = cli.Agent.__init__
 
-    def patched(self: cli.Reporter, *a: object, **kw: object) -> None:
-        original(
-            self, *a, client=httpx.Client(transport=httpx.MockTransport(refuse)), sleep=lambda s: None, **kw
-        )  # type: ignore[arg-type]
+    def patched(self: cli.Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
+        client = httpx.Client(transport=httpx.MockTransport(refuse))
+        original(self, config, root, ops, client, sleep=lambda s: None, **kw)
 
-    monkeypatch.setattr(cli.Reporter, "__init__", patched)
+    monkeypatch.setattr(cli.Agent, "__init__", patched)
     res = runner.invoke(app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
     assert res.exit_code == 2 and "connection refused" in res.stderr

@@ -1,0 +1,373 @@
+"""The agent's lifecycle loop: ask the server for work, run the handlers, post the results.
+
+The server never connects to hosts, so after each report or heartbeat (and every
+``work_interval``) the agent fetches ``GET /v1/hosts/{host}/work``: devices ``reserved`` for a
+consumer need a setup, devices ``cleaning`` a cleanup. Each item runs through
+:func:`~devassign.lifecycle.executor.run_action` and its result goes back in
+``POST /v1/hosts/{host}/work``; the server moves the device on (or ignores a stale result).
+
+Crash safety (the kubelet leaked devices when it died between prepare and checkpoint,
+kubernetes #115902): for every item the agent
+
+1. journals the intent (device, action, the work item as the server sent it) in the state file,
+2. runs the handler,
+3. journals the result with the setup's facts,
+4. posts it, and only then forgets the journal entry.
+
+On start it re-posts results that were journaled but not posted, and re-runs actions that
+were started but never finished (handlers are idempotent) from the journaled item: that copy
+still names the driver the device had before the interrupted setup moved it. No new work runs
+while an older result is unposted, so results reach the server in the order they happened.
+A ``cleanup ok`` is posted only from a result journaled after ``run_action`` returned ok: an
+interrupted cleanup is run again, never assumed done.
+
+For tests, ``DEVASSIGN_AGENT_CRASH_AT=POINT[:ACTION]`` makes the agent SIGKILL itself at
+``intent`` (after journaling it), ``handler`` (after the handler, before journaling the
+result), ``result`` (after journaling it), ``post`` (just before posting) or ``posted`` (after
+the server answered, before the journal entry is dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from devassign.agent.config import AgentConfig
+from devassign.agent.inventory import build_inventory
+from devassign.agent.pciids import DEFAULT_PCI_IDS
+from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
+from devassign.agent.state import StateFile
+from devassign.domain import DeviceState
+from devassign.lifecycle.base import LifecycleDevice
+from devassign.lifecycle.executor import run_action
+from devassign.lifecycle.host import HostOps
+from devassign.schemas import (
+    InventoryResult,
+    ReportedDevice,
+    WorkItem,
+    WorkList,
+    WorkOutcome,
+    WorkResult,
+)
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "DEVASSIGN_AGENT_CRASH_AT"
+CRASH_POINTS = ("intent", "handler", "result", "post", "posted")
+WorkAction = Literal["setup", "cleanup"]
+
+
+class WorkRefused(RuntimeError):
+    """The server refused a work request for a reason retrying will not fix (4xx)."""
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """One action the agent ran or re-posted, and what the server made of it.
+
+    ``state`` and ``applied`` are ``None`` while the result is not posted yet; ``replayed``
+    marks results and actions taken over from the journal after a restart.
+    """
+
+    device_id: str
+    address: str
+    action: WorkAction
+    ok: bool
+    error: str | None = None
+    applied: bool | None = None
+    state: DeviceState | None = None
+    note: str = ""
+    replayed: bool = False
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`Agent.step` did: a report or a heartbeat, health findings, work."""
+
+    report: InventoryResult | None = None
+    heartbeat: bool = False
+    unhealthy: dict[str, str] = field(default_factory=dict)
+    work: list[WorkDone] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Agent:
+    """One host's agent: inventory reports and heartbeats, health checks, lifecycle work.
+
+    ``ops`` is the host boundary the handlers act through (default: the real machine at
+    ``sysfs_root``); discovery reads through ``ops.sysfs`` too, so a simulated host is seen
+    the way its handlers change it. ``client`` may be any ``httpx.Client`` (a FastAPI
+    ``TestClient`` included). Nothing here sleeps except :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        sysfs_root: str | os.PathLike[str] = "/sys",
+        ops: HostOps | None = None,
+        client: httpx.Client | None = None,
+        *,
+        state: StateFile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        pci_ids: Path | None = DEFAULT_PCI_IDS,
+        crash_at: str | None = None,
+        on_crash: Callable[[], None] = _sigkill,
+    ) -> None:
+        self.config = config
+        self.ops = ops if ops is not None else HostOps.for_host(sysfs_root)
+        self.state = state if state is not None else StateFile(config.state_file)
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.pci_ids = pci_ids
+        self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
+        self.on_crash = on_crash
+        self.reporter = Reporter(
+            config, self._inventory, client, state=self.state, clock=clock, sleep=sleep, rng=self.rng
+        )
+        self.unhealthy: dict[str, str] = {}  # address -> why, sent with the next report
+        self._recovered = False
+        self._need_report = True
+        self._next_report = 0.0
+        self._next_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ reports and health
+    def _inventory(self) -> list[ReportedDevice]:
+        devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids).reported()
+        return [
+            d.model_copy(update={"healthy": False}) if d.address in self.unhealthy else d for d in devices
+        ]
+
+    def check_health(self) -> dict[str, str]:
+        """Run the handler's ``health`` for every device this agent set up and holds assigned;
+        the failures go into the next report as ``healthy: false``."""
+        found: dict[str, str] = {}
+        for entry in list(self.state.state.assigned.values()):
+            item = WorkItem.model_validate(entry)
+            result = run_action("health", self._device(item), item.config, item.handler, self.ops)
+            if not result.ok:
+                found[item.device.address] = result.error or "health check failed"
+                log.warning("%s is unhealthy: %s", item.device.address, found[item.device.address])
+        self.unhealthy = found
+        return found
+
+    def report(self) -> InventoryResult:
+        """Health checks, then a full inventory report."""
+        self.check_health()
+        result = self.reporter.report()
+        self._schedule_after_report()
+        return result
+
+    def _schedule_after_report(self) -> None:
+        now = self.clock()
+        jitter = self.rng.uniform(0.0, 0.1 * self.config.report_interval)
+        self._need_report = False
+        self._next_report = now + self.config.report_interval + jitter
+        self._next_heartbeat = now + self.config.heartbeat_interval
+
+    # ------------------------------------------------------------------ one step, the loop
+    def step(self) -> StepResult:
+        """A report (when due) or a heartbeat (when due), then one work pass; never raises for
+        server trouble: the errors are in :attr:`StepResult.errors`."""
+        out = StepResult()
+        now = self.clock()
+        try:
+            if not self._need_report and now >= self._next_heartbeat and now < self._next_report:
+                out.heartbeat = True
+                self._next_heartbeat = now + self.config.heartbeat_interval
+                if not self.reporter.heartbeat():
+                    self._need_report = True
+            if self._need_report or now >= self._next_report:
+                out.report = self.report()
+                out.unhealthy = dict(self.unhealthy)
+        except (ServerUnavailable, ReportRefused) as exc:
+            out.errors.append(str(exc))
+        try:
+            self.work(out.work)
+        except (ServerUnavailable, WorkRefused) as exc:
+            out.errors.append(str(exc))
+        return out
+
+    def run_once(self) -> StepResult:
+        """``agent run --once``: one report (retried with backoff, raising when it cannot be
+        sent) and one work pass (raising on server trouble)."""
+        out = StepResult()
+        self.check_health()
+        out.unhealthy = dict(self.unhealthy)
+        out.report = self.reporter.run(once=True)
+        self._schedule_after_report()
+        self.work(out.work)
+        return out
+
+    def run(self, *, iterations: int | None = None) -> None:
+        """Step every ``work_interval`` (backing off while the server is unreachable); forever
+        unless ``iterations`` bounds it."""
+        failures = 0
+        n = 0
+        while iterations is None or n < iterations:
+            n += 1
+            result = self.step()
+            for err in result.errors:
+                log.warning("%s", err)
+            if result.errors:
+                failures += 1
+                delay = self.reporter.backoff(failures)
+            else:
+                failures = 0
+                delay = self.config.work_interval
+            self.sleep(delay)
+
+    # ------------------------------------------------------------------ lifecycle work
+    def work(self, done: list[WorkDone] | None = None) -> list[WorkDone]:
+        """One pass: finish what the journal holds, then fetch the work and do it.
+
+        Appends to ``done`` as it goes, so a caller keeps what happened before an error.
+        """
+        done = [] if done is None else done
+        if not self._recovered:
+            self.recover(done)
+        else:
+            done.extend(self._post_journaled(replayed=False))
+        resp = self.reporter.request("GET", "work")
+        if resp.status_code >= 400:
+            raise WorkRefused(f"server refused the work request ({resp.status_code}): {resp.text[:200]}")
+        items = WorkList.model_validate(resp.json()).items
+        # Cleanups first: they free what a setup in the same IOMMU group may need.
+        items.sort(key=lambda i: (i.action != "cleanup", i.device.address))
+        failed: set[str] = set()
+        for item in items:
+            consumer = item.device.consumer
+            if item.action == "setup" and consumer is not None and consumer in failed:
+                continue  # the server released the allocation; its devices come back as cleanups
+            result = self._run(item, replayed=False)
+            done.append(result)
+            if item.action == "setup" and not result.ok and consumer is not None:
+                failed.add(consumer)
+        return done
+
+    def recover(self, done: list[WorkDone] | None = None) -> list[WorkDone]:
+        """After a (re)start: post journaled results, re-run interrupted actions."""
+        done = [] if done is None else done
+        done.extend(self._post_journaled(replayed=True))
+        for entry in list(self.state.state.journal.values()):
+            if entry.get("phase") == "started":
+                item = WorkItem.model_validate(entry["item"])
+                log.info("re-running the interrupted %s of %s", item.action, item.device.address)
+                done.append(self._run(item, replayed=True, journaled=True))
+        self._recovered = True
+        return done
+
+    def _device(self, item: WorkItem) -> LifecycleDevice:
+        return LifecycleDevice.from_schema(
+            item.device, params=item.params, facts=item.facts, companions=frozenset(item.companions)
+        )
+
+    def _run(self, item: WorkItem, *, replayed: bool, journaled: bool = False) -> WorkDone:
+        st = self.state.state
+        dev_id = item.device.id
+        if not journaled:
+            if item.action == "cleanup":
+                # The server's facts win; ours fill in what it never received (we died before posting).
+                item = item.model_copy(update={"facts": {**st.facts.get(dev_id, {}), **item.facts}})
+            st.journal[dev_id] = {
+                "action": item.action,
+                "phase": "started",
+                "item": item.model_dump(mode="json"),
+            }
+            self.state.save()
+        self._crash("intent", item.action)
+        result = run_action(item.action, self._device(item), item.config, item.handler, self.ops)
+        self._crash("handler", item.action)
+        facts: dict[str, Any] = dict(result.details.get("facts") or {}) if item.action == "setup" else {}
+        if facts:
+            st.facts[dev_id] = {**st.facts.get(dev_id, {}), **facts}
+        if item.action == "cleanup":
+            st.assigned.pop(dev_id, None)
+        item = item.model_copy(update={"facts": {**item.facts, **facts}})
+        st.journal[dev_id] = {
+            "action": item.action,
+            "phase": "done",
+            "item": item.model_dump(mode="json"),
+            "ok": result.ok,
+            "error": result.error,
+            "facts": facts,
+        }
+        self.state.save()
+        self._crash("result", item.action)
+        if not result.ok:
+            log.warning("%s of %s failed: %s", item.action, item.device.address, result.error)
+        posted = self._post([dev_id], replayed=replayed)
+        return posted[0]
+
+    def _post_journaled(self, *, replayed: bool) -> list[WorkDone]:
+        ids = [k for k, e in self.state.state.journal.items() if e.get("phase") == "done"]
+        return self._post(ids, replayed=replayed) if ids else []
+
+    def _post(self, ids: list[str], *, replayed: bool) -> list[WorkDone]:
+        """Post the journaled results of ``ids``; drop each entry once the server answered."""
+        st = self.state.state
+        entries = [st.journal[i] for i in ids]
+        results = [
+            WorkResult(
+                device_id=i,
+                action=e["action"],
+                ok=bool(e["ok"]),
+                error=str(e["error"])[:4000] if e.get("error") else None,
+                facts=dict(e.get("facts") or {}),
+            )
+            for i, e in zip(ids, entries, strict=True)
+        ]
+        for e in entries:
+            self._crash("post", e["action"])
+        body = {"results": [r.model_dump(mode="json") for r in results]}
+        resp = self.reporter.request("POST", "work", body)
+        if resp.status_code >= 400:
+            raise WorkRefused(f"server refused the work results ({resp.status_code}): {resp.text[:200]}")
+        outcomes = [WorkOutcome.model_validate(o) for o in resp.json()]
+        for e in entries:
+            self._crash("posted", e["action"])
+        out = []
+        for dev_id, entry, res, outcome in zip(ids, entries, results, outcomes, strict=True):
+            item = WorkItem.model_validate(entry["item"])
+            st.journal.pop(dev_id, None)
+            if res.action == "setup" and res.ok and outcome.state is DeviceState.ASSIGNED:
+                st.assigned[dev_id] = entry["item"]
+            if res.action == "cleanup" and res.ok:
+                st.facts.pop(dev_id, None)
+            if not outcome.applied:
+                log.info("%s result for %s ignored: %s", res.action, item.device.address, outcome.note)
+            out.append(
+                WorkDone(
+                    device_id=dev_id,
+                    address=item.device.address,
+                    action=res.action,
+                    ok=res.ok,
+                    error=res.error,
+                    applied=outcome.applied,
+                    state=outcome.state,
+                    note=outcome.note,
+                    replayed=replayed,
+                )
+            )
+        self.state.save()
+        return out
+
+    def _crash(self, point: str, action: str) -> None:
+        if self.crash_at is not None and self.crash_at in (point, f"{point}:{action}"):
+            log.warning("test hook %s=%s: dying at %s of a %s", CRASH_ENV, self.crash_at, point, action)
+            self.on_crash()
