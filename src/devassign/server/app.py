@@ -24,6 +24,7 @@ from devassign.server.auth import TokenCache
 from devassign.server.placement import Placer
 from devassign.server.settings import Settings
 from devassign.store import Database, Store
+from devassign.web import dashboard
 
 log = logging.getLogger("devassign.server")
 
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.placer = Placer(store, settings.placement)
     app.include_router(routes.router)
     app.include_router(claims.router)
+    app.include_router(dashboard.router)
     app.include_router(lifecycle.router)
 
     @app.middleware("http")

@@ -1,1 +1,1 @@
-"""web."""
+"""The web dashboard: server-rendered HTML at ``/ui``; routes in ``dashboard.py``, pages beside it."""

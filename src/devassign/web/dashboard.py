@@ -1,0 +1,343 @@
+"""Every dashboard route on one screen: ``/`` and ``/ui/...``, server-rendered HTML.
+
+Handlers are thin, like the API's: find the viewer, apply the same role rules as the API
+(``server/auth.py``), read through the store, hand the models to a page function. They are
+plain ``def`` so the synchronous store runs in the thread pool. Errors become HTML pages,
+not JSON, through :class:`PageRoute`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from devassign import errors, schemas
+from devassign.domain import DeviceState, Role
+from devassign.server.auth import project_scope, require_host, require_operator
+from devassign.store import Principal, Store
+from devassign.web import explain as explain_page
+from devassign.web import pages
+from devassign.web.layout import bare_page, error_box, login_form, page
+from devassign.web.markup import Html, join, tag, url
+from devassign.web.session import (
+    COOKIE,
+    COOKIE_MAX_AGE,
+    LoginRequired,
+    auth_on,
+    lookup,
+    safe_next,
+    viewer,
+)
+
+OVERVIEW_REFRESH_SECONDS = 10
+OVERVIEW_EVENTS = 15
+
+
+class PageRoute(APIRoute):
+    """A route whose failures are pages: a login redirect, or an HTML error with the API's status."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await inner(request)
+            except LoginRequired as exc:
+                here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                target = url("/ui/login", next=here, expired="1" if exc.stale else None)
+                response = RedirectResponse(target, status_code=303)
+                if exc.stale:
+                    response.delete_cookie(COOKIE, path="/")
+                return response
+            except errors.DevassignError as exc:
+                return _error(request, exc.status, f"{exc.message} [{exc.code}]")
+            except RequestValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+                    for e in exc.errors()
+                )
+                return _error(request, 400, f"bad query: {problems}")
+
+        return handler
+
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _html(
+    request: Request, who: Principal, title: str, body: Html, *, active: str = "", **kw: Any
+) -> HTMLResponse:
+    status = kw.pop("status", 200)
+    document = page(title, body, viewer=who, auth=auth_on(request), active=active, **kw)
+    return HTMLResponse(document, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _error(request: Request, status: int, message: str) -> HTMLResponse:
+    who: Principal | None = getattr(request.state, "viewer", None)
+    body = join([tag("h1", "Cannot show this page"), error_box(message)])
+    if who is None:
+        return HTMLResponse(bare_page("Error", body), status_code=status)
+    return _html(request, who, "Error", body, status=status)
+
+
+def _agent_host(who: Principal) -> str | None:
+    """An agent token sees its own host only (as in the API)."""
+    return who.host if who.role is Role.AGENT else None
+
+
+def _events(store: Store, who: Principal, limit: int, **filters: Any) -> list[schemas.Event]:
+    """Events with the API's scoping: members see their project's consumers, agents their host."""
+    if who.role is Role.MEMBER:
+        filters["host"] = None
+        filters["consumers_of_project"] = who.project
+    elif who.role is Role.AGENT:
+        filters["host"] = who.host
+    return store.list_events(limit=limit, **filters)
+
+
+# ---------------------------------------------------------------- overview
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui/")
+def overview(request: Request) -> HTMLResponse:
+    who = viewer(request)
+    store = _store(request)
+    hosts: list[schemas.Host] | None = None
+    allocations: list[schemas.Allocation] | None = None
+    if who.role is Role.MEMBER:
+        allocations = store.list_allocations(project=who.project, limit=50)
+    else:
+        hosts = store.list_hosts()
+        if who.role is Role.AGENT:
+            hosts = [h for h in hosts if h.name == who.host]
+    body = pages.overview(
+        store.list_types(),
+        store.clock(),
+        hosts=hosts,
+        events=_events(store, who, OVERVIEW_EVENTS),
+        allocations=allocations,
+    )
+    return _html(request, who, "Overview", body, active="overview", refresh=OVERVIEW_REFRESH_SECONDS)
+
+
+# ---------------------------------------------------------------- hosts and devices
+
+
+@router.get("/ui/hosts")
+def hosts(request: Request) -> HTMLResponse:
+    who = viewer(request)
+    require_operator(who)
+    found = _store(request).list_hosts()
+    if who.role is Role.AGENT:
+        found = [h for h in found if h.name == who.host]
+    return _html(request, who, "Hosts", pages.hosts_page(found, _store(request).clock()), active="hosts")
+
+
+@router.get("/ui/hosts/{name}")
+def host(request: Request, name: str) -> HTMLResponse:
+    who = viewer(request)
+    require_operator(who)
+    if who.role is Role.AGENT:
+        require_host(who, name)
+    store = _store(request)
+    found = store.get_host(name)
+    devices = store.list_devices(host=name, limit=100_000)
+    events = store.list_events(host=name, limit=OVERVIEW_EVENTS)
+    body = pages.host_page(found, devices, events, store.clock())
+    return _html(request, who, f"Host {name}", body, active="hosts")
+
+
+@router.get("/ui/devices")
+def devices(
+    request: Request,
+    host: str | None = None,
+    type: str | None = None,
+    state: str | None = None,
+    offset: int = 0,
+) -> HTMLResponse:
+    who = viewer(request)
+    require_operator(who)
+    host, type, state = host or _agent_host(who) or None, type or None, state or None
+    if state is not None and state not in {s.value for s in DeviceState}:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"{state!r} is not a state: {', '.join(s.value for s in DeviceState)}"
+        )
+    store = _store(request)
+    found = store.list_devices(
+        host=host, type=type, state=state, limit=pages.DEVICES_PER_PAGE + 1, offset=max(0, offset)
+    )
+    host_names = [h.name for h in store.list_hosts() if _agent_host(who) in (None, h.name)]
+    body = pages.devices_page(
+        found,
+        host=host,
+        type=type,
+        state=state,
+        offset=max(0, offset),
+        host_names=host_names,
+        type_names=[t.name for t in store.list_types()],
+    )
+    return _html(request, who, "Devices", body, active="devices")
+
+
+@router.get("/ui/devices/{device_id}")
+def device(request: Request, device_id: str) -> HTMLResponse:
+    who = viewer(request)
+    require_operator(who)
+    store = _store(request)
+    found = store.get_device(device_id)
+    if who.role is Role.AGENT:
+        require_host(who, found.host)
+    body = pages.device_page(found, store.list_events(device=found.id, limit=OVERVIEW_EVENTS))
+    return _html(request, who, f"Device {found.address}", body, active="devices")
+
+
+# ---------------------------------------------------------------- allocations and events
+
+
+@router.get("/ui/allocations")
+def allocations(
+    request: Request,
+    consumer: str | None = None,
+    host: str | None = None,
+    project: str | None = None,
+    released: bool = False,
+) -> HTMLResponse:
+    who = viewer(request)
+    scope = project_scope(who)
+    operator = who.role is not Role.MEMBER
+    found = _store(request).list_allocations(
+        consumer=consumer or None,
+        host=_agent_host(who) or host or None,
+        project=scope if scope is not None else (project or None),
+        include_released=released,
+        limit=1000,
+    )
+    body = pages.allocations_page(
+        found, consumer=consumer, host=host, project=project, released=released, operator=operator
+    )
+    return _html(request, who, "Allocations", body, active="allocations")
+
+
+@router.get("/ui/events")
+def events(
+    request: Request,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+    before: int | None = None,
+) -> HTMLResponse:
+    who = viewer(request)
+    found = _events(
+        _store(request),
+        who,
+        pages.EVENTS_PER_PAGE + 1,
+        host=host or None,
+        device=device or None,
+        consumer=consumer or None,
+        before=before,
+    )
+    body = pages.events_page(
+        found,
+        host=host,
+        device=device,
+        consumer=consumer,
+        before=before,
+        operator=who.role is not Role.MEMBER,
+    )
+    return _html(request, who, "Events", body, active="events")
+
+
+# ---------------------------------------------------------------- explain
+
+
+@router.get("/ui/explain")
+def explain(request: Request, specs: str | None = None, hosts: str = "") -> HTMLResponse:
+    """Runs the placer's explain for the form's request; nothing is claimed."""
+    who = viewer(request)
+    found: dict[str, Any] | None = None
+    error: str | None = None
+    addresses: dict[str, str] = {}
+    if specs is not None:
+        try:
+            body = explain_page.claim_body(specs, hosts)
+            found = request.app.state.placer.explain(body, who)
+            if found is not None and who.role is not Role.MEMBER:
+                addresses = _addresses(_store(request), found)
+        except explain_page.FormError as exc:
+            error = str(exc)
+        except errors.DevassignError as exc:
+            error = f"{exc.message} [{exc.code}]"
+        except ValidationError as exc:
+            error = "; ".join(str(e.get("msg", "invalid")) for e in exc.errors())
+    operator = who.role is not Role.MEMBER
+    content = explain_page.page(specs or "", hosts, found, error, operator=operator, addresses=addresses)
+    return _html(request, who, "Explain", content, active="explain", status=400 if error else 200)
+
+
+def _addresses(store: Store, found: dict[str, Any]) -> dict[str, str]:
+    """Device id -> address for the placements shown, so people read addresses, not UUIDs."""
+    out: dict[str, str] = {}
+    for p in found.get("placements", [])[: explain_page.PLACEMENTS_SHOWN]:
+        out.update((d.id, d.address) for d in store.list_devices(host=p["host"], limit=100_000))
+    return out
+
+
+# ---------------------------------------------------------------- login
+
+
+@router.get("/ui/login")
+def login_page(request: Request, next: str = "/ui/", expired: str | None = None) -> Response:
+    if not auth_on(request):
+        return RedirectResponse("/ui/", status_code=303)
+    message = "your token is unknown or was revoked; sign in again" if expired else None
+    return HTMLResponse(bare_page("Sign in", login_form(safe_next(next), message)))
+
+
+@router.post("/ui/login")
+async def login(request: Request) -> Response:
+    """Check the pasted token like the API would, then keep it in an HttpOnly cookie."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    secret = (form.get("token") or [""])[0].strip()
+    target = safe_next((form.get("next") or ["/ui/"])[0])
+    if not auth_on(request):
+        return RedirectResponse(target, status_code=303)
+    found = await run_in_threadpool(lookup, request, secret) if secret else None
+    if found is None:
+        error = "that token is unknown or revoked" if secret else "paste a token"
+        return HTMLResponse(bare_page("Sign in", login_form(target, error)), status_code=401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        secret,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/ui/logout")
+def logout() -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

@@ -1,0 +1,439 @@
+"""The inventory pages as pure functions: API models in, an HTML body out.
+
+Nothing here reads the store or the request, so each page can be reasoned about (and
+tested) from the data it is given.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from devassign import schemas
+from devassign.domain import DeviceState
+from devassign.web.layout import age, badge, count_bar, legend, out_of_service, when
+from devassign.web.markup import Html, definition_list, esc, join, link, table, tag, url
+
+EVENTS_PER_PAGE = 50
+DEVICES_PER_PAGE = 500
+
+
+# ---------------------------------------------------------------- overview
+
+
+def types_table(types: Sequence[schemas.ResourceType]) -> Html:
+    rows = [
+        (
+            Html(tag("strong", t.name) + tag("div", t.description, class_="muted")),
+            t.counts.total,
+            t.counts.available,
+            t.counts.reserved,
+            t.counts.assigned,
+            t.counts.cleaning,
+            out_of_service(t.counts),
+            count_bar(t.counts),
+        )
+        for t in types
+    ]
+    headers = ("type", "total", "available", "reserved", "assigned", "cleaning", "out of service", "")
+    empty = "no resource types yet: create one with `devassign type create NAME --description TEXT`"
+    return Html(table(headers, rows, numeric=range(1, 7), empty=empty) + legend())
+
+
+def hosts_table(hosts: Sequence[schemas.Host], now: datetime) -> Html:
+    rows = [
+        (
+            link(h.name, f"/ui/hosts/{h.name}"),
+            badge(h.status),
+            h.device_count,
+            age(h.last_report_at, now),
+            age(h.last_seen_at, now),
+        )
+        for h in hosts
+    ]
+    headers = ("host", "status", "devices", "last report", "last seen")
+    return table(headers, rows, numeric=(2,), empty="no host has reported yet: start `devassign agent run`")
+
+
+def events_table(events: Sequence[schemas.Event], *, operator: bool, compact: bool = False) -> Html:
+    """Newest first; ``compact`` (the overview) drops the date, the device and the actor to fit
+    beside the hosts (the message names the device)."""
+
+    def where(value: str | None, key: str) -> Html:
+        if not value:
+            return Html("")
+        return link(value, "/ui/events", **{key: value}) if operator or key == "consumer" else esc(value)
+
+    rows = [
+        (
+            tag(
+                "span",
+                when(e.at)[11:] if compact else when(e.at),
+                class_="mono nowrap",
+                title=f"{when(e.at)} UTC, event {e.id}",
+            ),
+            e.action,
+            where(e.host, "host"),
+            *(() if compact else (tag("span", where(e.device, "device"), class_="mono"),)),
+            where(e.consumer, "consumer"),
+            e.message,
+            *(() if compact else (e.actor,)),
+        )
+        for e in events
+    ]
+    headers: tuple[str, ...] = ("at (UTC)", "action", "host", *(() if compact else ("device",)))
+    headers += ("consumer", "message", *(() if compact else ("actor",)))
+    return table(headers, rows)
+
+
+def overview(
+    types: Sequence[schemas.ResourceType],
+    now: datetime,
+    *,
+    hosts: Sequence[schemas.Host] | None,
+    events: Sequence[schemas.Event],
+    allocations: Sequence[schemas.Allocation] | None,
+) -> Html:
+    """Types with what is left; hosts and the newest events for operators, own allocations for members."""
+    parts = [
+        tag("h1", "Overview"),
+        tag("div", tag("h2", "Resource types"), types_table(types), class_="card"),
+    ]
+    side: list[Html] = []
+    if hosts is not None:
+        up = sum(1 for h in hosts if h.status == "up")
+        summary = Html(
+            tag("h2", "Hosts ", tag("span", f"{up} up, {len(hosts) - up} down", class_="muted"))
+            + hosts_table(hosts, now)
+        )
+        side.append(tag("div", summary, class_="card"))
+    if allocations is not None:
+        side.append(
+            tag(
+                "div",
+                tag("h2", "Your project's allocations"),
+                allocations_table(allocations, operator=False),
+                class_="card",
+            )
+        )
+    recent = tag(
+        "div",
+        tag("h2", "Newest events ", link("all", "/ui/events")),
+        events_table(events, operator=hosts is not None, compact=True),
+        class_="card",
+    )
+    parts.append(tag("div", join(side), recent, class_="grid"))
+    return join(parts)
+
+
+# ---------------------------------------------------------------- hosts and devices
+
+
+def hosts_page(hosts: Sequence[schemas.Host], now: datetime) -> Html:
+    return join([tag("h1", "Hosts"), hosts_table(hosts, now)])
+
+
+@dataclass(frozen=True)
+class Group:
+    """Devices that share a parent (a PF's VFs, a GPU's vGPU slots), and the parent if it is a device."""
+
+    parent: str
+    device: schemas.Device | None
+    children: list[schemas.Device]
+
+
+def group_by_parent(devices: Sequence[schemas.Device]) -> tuple[list[Group], list[schemas.Device]]:
+    """Groups by parent address, and the devices that are nobody's parent or child."""
+    by_address = {d.address: d for d in devices}
+    children: dict[str, list[schemas.Device]] = defaultdict(list)
+    for d in devices:
+        if d.parent:
+            children[d.parent].append(d)
+    groups = [
+        Group(p, by_address.get(p), sorted(kids, key=lambda d: d.address))
+        for p, kids in sorted(children.items())
+    ]
+    alone = [d for d in devices if not d.parent and d.address not in children]
+    return groups, alone
+
+
+_DEVICE_HEADERS = (
+    "address",
+    "type",
+    "kind",
+    "state",
+    "consumer",
+    "numa",
+    "iommu",
+    "driver",
+    "vendor:product",
+)
+
+
+def _device_cells(d: schemas.Device, *, with_host: bool = False) -> tuple[object, ...]:
+    cells: tuple[object, ...] = (
+        tag("span", link(d.address, f"/ui/devices/{d.id}"), class_="mono"),
+        d.type,
+        d.kind.value,
+        Html(badge(d.state.value) + ("" if d.healthy else " " + badge("unhealthy"))),
+        link(d.consumer, "/ui/allocations", consumer=d.consumer) if d.consumer else "",
+        "" if d.numa_node is None else d.numa_node,
+        "" if d.iommu_group is None else d.iommu_group,
+        d.driver,
+        f"{d.vendor_id or '?'}:{d.product_id or '?'}" if d.vendor_id or d.product_id else "",
+    )
+    return (link(d.host, f"/ui/hosts/{d.host}"), *cells) if with_host else cells
+
+
+def _row(cells: Sequence[object], cls: str | None = None) -> Html:
+    return tag("tr", *(tag("td", c) for c in cells), class_=cls)
+
+
+_GROUP_WORDS = {"sriov_vf": ("PF", "VFs"), "mdev_type": ("GPU", "vGPU slots")}
+
+
+def grouped_devices(devices: Sequence[schemas.Device]) -> Html:
+    """One table: each parent as a heading row, its children indented under it."""
+    if not devices:
+        return tag("p", "this host reports no devices", class_="muted")
+    groups, alone = group_by_parent(devices)
+    rows: list[Html] = []
+    for g in groups:
+        what, kids = _GROUP_WORDS.get(g.children[0].kind.value, ("parent", "devices"))
+        free = sum(1 for c in g.children if c.state is DeviceState.AVAILABLE)
+        label = Html(
+            esc(f"{what} ")
+            + tag("span", g.parent, class_="mono")
+            + tag("span", f"{len(g.children)} {kids}, {free} available", class_="muted")
+        )
+        if g.device is not None:
+            rows.append(_row(_device_cells(g.device), "group"))
+        else:
+            rows.append(tag("tr", tag("td", label, colspan=len(_DEVICE_HEADERS)), class_="group"))
+        rows.extend(_row(_device_cells(c), "child") for c in g.children)
+    if alone:
+        if groups:
+            rows.append(
+                tag("tr", tag("td", "standalone devices", colspan=len(_DEVICE_HEADERS)), class_="group")
+            )
+        rows.extend(_row(_device_cells(d)) for d in alone)
+    head = tag("thead", tag("tr", *(tag("th", h) for h in _DEVICE_HEADERS)))
+    return tag("table", head, tag("tbody", *rows))
+
+
+def host_page(
+    host: schemas.Host, devices: Sequence[schemas.Device], events: Sequence[schemas.Event], now: datetime
+) -> Html:
+    facts = definition_list(
+        {
+            "status": badge(host.status),
+            "host id": host.host_id or "-",
+            "generation": host.generation,
+            "last report": age(host.last_report_at, now),
+            "last seen": age(host.last_seen_at, now),
+            "devices": host.device_count,
+            "first seen": when(host.created_at),
+        }
+    )
+    return join(
+        [
+            tag("h1", "Host ", tag("span", host.name, class_="mono")),
+            tag("div", facts, class_="card"),
+            tag(
+                "h2",
+                "Devices ",
+                tag("span", "grouped by parent: PF with its VFs, GPU with its vGPU slots", class_="muted"),
+            ),
+            grouped_devices(devices),
+            tag("h2", "Newest events ", link("all", "/ui/events", host=host.name)),
+            events_table(events, operator=True),
+        ]
+    )
+
+
+def _select(name: str, chosen: str | None, options: Sequence[str], *, blank: str = "any") -> Html:
+    opts = [tag("option", blank, value="")]
+    opts += [tag("option", o, value=o, selected=o == chosen) for o in options]
+    return tag("label", name, tag("select", *opts, name=name))
+
+
+def _text(name: str, value: str | None, *, placeholder: str = "") -> Html:
+    return tag(
+        "label", name, tag("input", type="text", name=name, value=value or "", placeholder=placeholder)
+    )
+
+
+def _filters(action: str, *fields: Html) -> Html:
+    return tag(
+        "form",
+        *fields,
+        tag("button", "filter", type="submit", class_="primary"),
+        link("clear", action),
+        method="get",
+        action=action,
+        class_="filters",
+    )
+
+
+def devices_page(
+    devices: Sequence[schemas.Device],
+    *,
+    host: str | None,
+    type: str | None,
+    state: str | None,
+    offset: int,
+    host_names: Sequence[str],
+    type_names: Sequence[str],
+) -> Html:
+    form = _filters(
+        "/ui/devices",
+        _select("host", host, host_names),
+        _select("type", type, type_names),
+        _select("state", state, [s.value for s in DeviceState]),
+    )
+    shown = devices[:DEVICES_PER_PAGE]
+    rows = [_device_cells(d, with_host=True) for d in shown]
+    pager: list[Html] = []
+    if offset:
+        pager.append(
+            link(
+                "previous",
+                "/ui/devices",
+                host=host,
+                type=type,
+                state=state,
+                offset=max(0, offset - DEVICES_PER_PAGE) or None,
+            )
+        )
+    if len(devices) > DEVICES_PER_PAGE:
+        pager.append(
+            link("next", "/ui/devices", host=host, type=type, state=state, offset=offset + DEVICES_PER_PAGE)
+        )
+    return join(
+        [
+            tag("h1", "Devices"),
+            form,
+            table(("host", *_DEVICE_HEADERS), rows, empty="no device matches"),
+            tag("div", *pager, class_="pager"),
+        ]
+    )
+
+
+def device_page(device: schemas.Device, events: Sequence[schemas.Event]) -> Html:
+    facts = {
+        "host": link(device.host, f"/ui/hosts/{device.host}"),
+        "address": tag("span", device.address, class_="mono"),
+        "type": device.type,
+        "kind": device.kind.value,
+        "state": Html(badge(device.state.value) + esc(f"  since {when(device.state_changed_at)} UTC")),
+        "healthy": "yes" if device.healthy else "no",
+        "consumer": link(device.consumer, "/ui/allocations", consumer=device.consumer)
+        if device.consumer
+        else "-",
+        "parent": device.parent or "-",
+        "vendor:product": f"{device.vendor_id or '?'}:{device.product_id or '?'}",
+        "numa node": "-" if device.numa_node is None else device.numa_node,
+        "iommu group": "-" if device.iommu_group is None else device.iommu_group,
+        "driver": device.driver or "-",
+        "id": tag("span", device.id, class_="mono"),
+    }
+    attrs = table(
+        ("attribute", "value"),
+        [(k, tag("span", v, class_="mono")) for k, v in sorted(device.attributes.items())],
+        empty="no extra attributes",
+    )
+    return join(
+        [
+            tag("h1", "Device ", tag("span", device.address, class_="mono")),
+            tag("div", definition_list(facts), class_="card"),
+            tag("h2", "Attributes"),
+            attrs,
+            tag("h2", "Events ", link("all", "/ui/events", device=device.id)),
+            events_table(events, operator=True),
+        ]
+    )
+
+
+# ---------------------------------------------------------------- allocations and events
+
+
+def allocations_table(allocations: Sequence[schemas.Allocation], *, operator: bool) -> Html:
+    def devices(a: schemas.Allocation) -> Html:
+        return join(
+            tag("div", tag("span", d.address, class_="mono"), f" {d.type} ", badge(d.state.value))
+            for d in a.devices
+        )
+
+    rows = [
+        (
+            tag("span", a.consumer, class_="mono"),
+            a.project,
+            link(a.host, f"/ui/hosts/{a.host}") if operator else a.host,
+            badge(a.state),
+            devices(a),
+            when(a.created_at),
+            when(a.expires_at) if a.expires_at else "",
+        )
+        for a in allocations
+    ]
+    headers = ("consumer", "project", "host", "state", "devices", "created (UTC)", "expires (UTC)")
+    return table(headers, rows, empty="no allocations")
+
+
+def allocations_page(
+    allocations: Sequence[schemas.Allocation],
+    *,
+    consumer: str | None,
+    host: str | None,
+    project: str | None,
+    released: bool,
+    operator: bool,
+) -> Html:
+    fields = [_text("consumer", consumer)]
+    if operator:
+        fields += [_text("host", host), _text("project", project)]
+    fields.append(
+        tag(
+            "label",
+            "released too",
+            tag("input", type="checkbox", name="released", value="1", checked=released),
+        )
+    )
+    return join(
+        [
+            tag("h1", "Allocations"),
+            _filters("/ui/allocations", *fields),
+            allocations_table(allocations, operator=operator),
+        ]
+    )
+
+
+def events_page(
+    events: Sequence[schemas.Event],
+    *,
+    host: str | None,
+    device: str | None,
+    consumer: str | None,
+    before: int | None,
+    operator: bool,
+) -> Html:
+    """Newest first, :data:`EVENTS_PER_PAGE` at a time; one event more in ``events`` means there are older."""
+    fields = [_text("host", host), _text("device", device, placeholder="id or address")] if operator else []
+    fields.append(_text("consumer", consumer))
+    shown = events[:EVENTS_PER_PAGE]
+    pager: list[Html] = []
+    if before is not None:
+        pager.append(link("newest", "/ui/events", host=host, device=device, consumer=consumer))
+    if len(events) > EVENTS_PER_PAGE:
+        older = url("/ui/events", host=host, device=device, consumer=consumer, before=shown[-1].id)
+        pager.append(tag("a", "older", href=older))
+    return join(
+        [
+            tag("h1", "Events"),
+            _filters("/ui/events", *fields),
+            events_table(shown, operator=operator),
+            tag("div", *pager, class_="pager"),
+        ]
+    )

@@ -1,0 +1,265 @@
+"""The web dashboard as a person sees it: pages render, everything is escaped, roles hold."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from devassign import schemas
+from devassign.domain import Role
+from devassign.store import Store
+from tests.conftest import vf
+
+
+def _type(api: TestClient, name: str, description: str = "", **headers: str) -> None:
+    r = api.post("/v1/resource-types", json={"name": name, "description": description}, headers=headers)
+    assert r.status_code == 201, r.text
+
+
+def _gpu(address: str) -> dict[str, Any]:
+    return {**vf(address, type="GPU_A100"), "kind": "pci", "driver": "nvidia", "parent": None}
+
+
+def _vgpu(parent: str, index: int) -> dict[str, Any]:
+    return {
+        **vf(f"{parent}/nvidia-230/{index}", type="VGPU_T4_4Q"),
+        "kind": "mdev_type",
+        "driver": None,
+        "parent": parent,
+    }
+
+
+def _report(api: TestClient, host: str, devices: list[dict[str, Any]], **headers: str) -> None:
+    r = api.put(f"/v1/hosts/{host}/inventory", json={"generation": 1, "devices": devices}, headers=headers)
+    assert r.status_code == 200 and not r.json()["refused"], r.text
+
+
+def _cloud(api: TestClient, **headers: str) -> None:
+    """Two hosts with VFs under a PF, a GPU and two vGPU slots of another GPU; vm-1 holds one VF."""
+    _type(api, "NIC_VF_1G", "1G virtual functions", **headers)
+    _type(api, "GPU_A100", "whole A100 GPUs", **headers)
+    _type(api, "VGPU_T4_4Q", "T4 vGPU slots", **headers)
+    for host in ("compute-1", "compute-2"):
+        devices = [vf("0000:3b:02.1"), vf("0000:3b:02.2"), _gpu("0000:af:00.0")]
+        devices += [_vgpu("0000:d8:00.0", 0), _vgpu("0000:d8:00.0", 1)]
+        _report(api, host, devices, **headers)
+    r = api.post(
+        "/v1/claims",
+        json={"consumer": "vm-1", "project": "demo", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+
+
+def _text(page: str) -> str:
+    """The page's visible text, tags dropped, for assertions that read like the page."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def _assert_tables_aligned(page: str) -> None:
+    """Every row has as many cells as its table has headings (rows spanning all columns aside)."""
+    for one in re.findall(r"<table>(.*?)</table>", page, re.S):
+        headings = len(re.findall(r"<th[ >]", one.split("</thead>")[0]))
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", one.split("</thead>")[1], re.S):
+            if "colspan" not in row:
+                assert row.count("<td") == headings, row
+
+
+def test_root_redirects_to_the_overview(api: TestClient) -> None:
+    r = api.get("/", follow_redirects=False)
+    assert r.status_code in (302, 303, 307) and r.headers["location"] == "/ui/"
+
+
+def test_overview_shows_counts_per_type_hosts_and_newest_events(api: TestClient) -> None:
+    _cloud(api)
+    r = api.get("/ui/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert '<meta http-equiv="refresh" content="10">' in r.text
+    _assert_tables_aligned(r.text)
+    text = _text(r.text)
+    # type, total, available, reserved, assigned, cleaning, out of service
+    assert "NIC_VF_1G 1G virtual functions 4 3 1 0 0 0" in text
+    assert "VGPU_T4_4Q T4 vGPU slots 4 4 0 0 0 0" in text
+    assert "2 up, 0 down" in text
+    assert "compute-1" in text and "compute-2" in text
+    assert "vm-1" in text  # the claim's event
+    assert 'class="bar"' in r.text
+    assert "<script" not in r.text.lower()  # no JavaScript at all
+
+
+def test_host_page_groups_vfs_under_their_pf_and_vgpu_slots_under_their_gpu(api: TestClient) -> None:
+    _cloud(api)
+    r = api.get("/ui/hosts")
+    assert r.status_code == 200 and "compute-2" in r.text
+    page = api.get("/ui/hosts/compute-1")
+    assert page.status_code == 200
+    _assert_tables_aligned(page.text)
+    text = _text(page.text)
+    pf = text.index("PF 0000:3b:00.0")
+    gpu = text.index("GPU 0000:d8:00.0")
+    assert pf < text.index("0000:3b:02.1") < text.index("0000:3b:02.2") < gpu
+    assert gpu < text.index("0000:d8:00.0/nvidia-230/0") < text.index("0000:d8:00.0/nvidia-230/1")
+    assert "standalone devices" in text and "0000:af:00.0" in text
+
+
+def test_unknown_host_is_an_html_404(api: TestClient) -> None:
+    r = api.get("/ui/hosts/nope")
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("text/html") and "nope" in r.text
+
+
+def test_devices_page_filters_by_host_type_and_state(api: TestClient) -> None:
+    _cloud(api)
+    all_of_them = _text(api.get("/ui/devices").text)
+    assert all_of_them.count("0000:3b:02.1") == 2
+    reserved = api.get("/ui/devices", params={"state": "reserved"})
+    assert reserved.status_code == 200
+    assert _text(reserved.text).count("NIC_VF_1G") >= 1 and "GPU_A100 pci" not in _text(reserved.text)
+    one_host = _text(api.get("/ui/devices", params={"host": "compute-2", "type": "GPU_A100"}).text)
+    assert "0000:af:00.0" in one_host and "0000:3b:02.1" not in one_host
+    assert api.get("/ui/devices", params={"state": "sleepy"}).status_code == 400
+
+    device_id = api.get("/v1/devices", params={"host": "compute-1", "type": "GPU_A100"}).json()[0]["id"]
+    detail = api.get(f"/ui/devices/{device_id}")
+    assert detail.status_code == 200 and "0000:af:00.0" in detail.text and "nvidia" in detail.text
+
+
+def test_allocations_page_lists_who_holds_what(api: TestClient) -> None:
+    _cloud(api)
+    text = _text(api.get("/ui/allocations").text)
+    assert "vm-1 demo" in text and "NIC_VF_1G" in text
+    assert "no allocations" in _text(api.get("/ui/allocations", params={"consumer": "vm-9"}).text)
+
+
+def test_events_page_filters_and_pages_back_with_before(api: TestClient) -> None:
+    _cloud(api)
+    newest = api.get("/v1/events", params={"limit": 1}).json()[0]
+    by_consumer = _text(api.get("/ui/events", params={"consumer": "vm-1"}).text)
+    assert "vm-1" in by_consumer and "compute-" in by_consumer
+    older = api.get("/ui/events", params={"before": newest["id"]})
+    assert older.status_code == 200
+    assert f'event {newest["id"]}"' not in older.text
+    assert "newest" in _text(older.text)
+    assert api.get("/ui/events", params={"before": "soon"}).status_code == 400
+
+
+def test_events_page_links_to_older_ones_when_there_are_more(api: TestClient) -> None:
+    _type(api, "NIC_VF_1G")
+    for generation in range(1, 60):  # each report with a new device adds an event
+        devices = [vf(f"0000:3b:{i:02x}.1") for i in range(1, generation % 5 + 2)]
+        api.put("/v1/hosts/h1/inventory", json={"generation": generation, "devices": devices})
+    page = api.get("/ui/events")
+    assert 'href="/ui/events?before=' in page.text
+
+
+def test_everything_is_escaped(api: TestClient) -> None:
+    _type(api, "EVIL", "<script>alert(1)</script> & co")
+    r = api.get("/ui/")
+    assert "<script>alert(1)</script>" not in r.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in r.text
+    hostile = api.get("/ui/events", params={"consumer": '"><script>x</script>'})
+    assert "<script>x" not in hostile.text and "&quot;&gt;&lt;script&gt;x" in hostile.text
+
+
+def test_explain_says_why_a_request_cannot_be_placed_and_claims_nothing(api: TestClient) -> None:
+    _cloud(api)
+    r = api.get("/ui/explain", params={"specs": "hardware_resource:NIC_VF_1G=5\n", "hosts": "compute-1"})
+    assert r.status_code == 200
+    text = _text(r.text)
+    assert "It does not fit" in text
+    assert "compute-1 no" in text  # the host's verdict, with its reason beside it
+    verdict = api.post(
+        "/v1/explain", json={"extra_specs": {"hardware_resource:NIC_VF_1G": "5"}, "hosts": ["compute-1"]}
+    ).json()
+    assert verdict["hosts"][0]["message"] in text
+    fits = _text(api.get("/ui/explain", params={"specs": "hardware_resource:GPU_A100=1"}).text)
+    assert "It fits" in fits and "GPU_A100" in fits
+    assert [a["consumer"] for a in api.get("/v1/allocations").json()] == ["vm-1"]
+
+
+def test_explain_form_reports_bad_input(api: TestClient) -> None:
+    _cloud(api)
+    assert api.get("/ui/explain").status_code == 200  # just the form
+    bad = api.get("/ui/explain", params={"specs": "GPU please"})
+    assert bad.status_code == 400 and "hardware_resource:TYPE=COUNT" in bad.text
+    unknown = api.get("/ui/explain", params={"specs": "hardware_resource:NOPE=1"})
+    assert unknown.status_code == 400 and "unknown resource type NOPE" in unknown.text
+
+
+def test_dashboard_routes_stay_out_of_the_openapi_schema(api: TestClient) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert not [p for p in paths if p == "/" or p.startswith("/ui")]
+
+
+# ---------------------------------------------------------------- with auth on
+
+
+def _token(store: Store, role: str, **scope: str) -> str:
+    made = store.create_token(schemas.TokenCreate(role=Role(role), **scope), actor="test")  # type: ignore[arg-type]
+    return made.token
+
+
+def test_without_a_token_the_dashboard_asks_to_sign_in(secure_api: TestClient) -> None:
+    r = secure_api.get("/ui/hosts", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=%2Fui%2Fhosts"
+    form = secure_api.get(r.headers["location"])
+    assert form.status_code == 200 and 'name="token"' in form.text
+
+
+def test_login_with_a_bad_token_is_refused(secure_api: TestClient) -> None:
+    r = secure_api.post("/ui/login", data={"token": "da_not-a-token", "next": "/ui/"}, follow_redirects=False)
+    assert r.status_code == 401 and "unknown or revoked" in r.text
+    assert "devassign_token" not in r.headers.get("set-cookie", "")
+
+
+def test_admin_signs_in_and_out(secure_api: TestClient, store: Store) -> None:
+    admin = _token(store, "admin")
+    r = secure_api.post("/ui/login", data={"token": admin, "next": "/ui/hosts"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/hosts"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert secure_api.get("/ui/hosts").status_code == 200
+    secure_api.post("/ui/logout")
+    assert secure_api.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_login_never_sends_you_to_another_site(secure_api: TestClient, store: Store) -> None:
+    admin = _token(store, "admin")
+    r = secure_api.post("/ui/login", data={"token": admin, "next": "//evil.example/"}, follow_redirects=False)
+    assert r.headers["location"] == "/ui/"
+
+
+def test_a_revoked_or_unknown_cookie_is_cleared(secure_api: TestClient) -> None:
+    secure_api.cookies.set("devassign_token", "da_gone")
+    r = secure_api.get("/ui/", follow_redirects=False)
+    assert r.status_code == 303 and "expired=1" in r.headers["location"]
+    assert 'devassign_token=""' in r.headers["set-cookie"] or "Max-Age=0" in r.headers["set-cookie"]
+
+
+@pytest.mark.parametrize("path", ["/ui/hosts", "/ui/hosts/compute-1", "/ui/devices"])
+def test_a_member_cannot_see_hosts(secure_api: TestClient, store: Store, path: str) -> None:
+    admin = {"Authorization": f"Bearer {_token(store, 'admin')}"}
+    _cloud(secure_api, **admin)
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="other"))
+    r = secure_api.get(path)
+    assert r.status_code == 403 and "members see resource types" in r.text
+
+
+def test_a_member_sees_types_and_only_its_projects_allocations(secure_api: TestClient, store: Store) -> None:
+    admin = {"Authorization": f"Bearer {_token(store, 'admin')}"}
+    _cloud(secure_api, **admin)
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="other"))
+    overview = secure_api.get("/ui/")
+    assert overview.status_code == 200
+    text = _text(overview.text)
+    assert "NIC_VF_1G" in text and "Your project's allocations" in text
+    assert "compute-1" not in text and 'href="/ui/hosts"' not in overview.text
+    assert "vm-1" not in _text(secure_api.get("/ui/allocations").text)
+    assert "vm-1" not in _text(secure_api.get("/ui/events").text)
+
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="demo"))
+    assert "vm-1" in _text(secure_api.get("/ui/allocations").text)
