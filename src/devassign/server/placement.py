@@ -89,6 +89,28 @@ def explanation_body(exp: Explanation, funnel: dict[str, int] | None) -> dict[st
     }
 
 
+def funnel_sentence(funnel: dict[str, int]) -> str:
+    """``2 hosts down, 3 up hosts with too few free GPU_A100`` (the SQL pre-filter's count)."""
+    parts = []
+    if funnel.get("down"):
+        parts.append(f"{funnel['down']} host(s) down")
+    for key, n in funnel.items():
+        if key.startswith("lacking_") and n:
+            parts.append(f"{n} up host(s) with too few free {key.removeprefix('lacking_')}")
+    return ", ".join(parts)
+
+
+def _check_params(body: ClaimBody) -> None:
+    """A MAC address belongs to one NIC: refuse one MAC for several devices."""
+    for i, r in enumerate(body.requests):
+        if "mac" in r.params and r.count > 1:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                f"requests/{i} ({r.name}): a MAC address is for one device; ask for count 1 per NIC "
+                "that needs a MAC (one named request each)",
+            )
+
+
 class Placer:
     def __init__(self, store: Store, config: PlacementConfig | None = None) -> None:
         self.store = store
@@ -125,10 +147,10 @@ class Placer:
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
         body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
         closest = "; ".join(c["message"] for c in body["closest"])
-        removed = ", ".join(f"{k} removed {v}" for k, v in body["funnel"].items() if k.startswith("lacking"))
         message = f"{why}: {decision.explanation.summary()}"
-        if removed:
-            message += f"; before scheduling: {removed}"
+        before = funnel_sentence(body["funnel"])
+        if before:
+            message += f"; {before}"
         if closest:
             message += f"; closest: {closest}"
         return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=body)
@@ -137,6 +159,7 @@ class Placer:
     def claim(self, body: ClaimBody, caller: Principal) -> tuple[schemas.Allocation, bool]:
         """Place and claim; returns (allocation, created) -- created is False for a replay."""
         request = parse(body)
+        _check_params(body)
         if not request.consumer:
             raise errors.DevassignError(
                 errors.INVALID_REQUEST, "a claim needs a consumer (the instance UUID)"
