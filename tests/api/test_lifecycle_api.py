@@ -44,10 +44,20 @@ def _state(api: TestClient, device_id: str) -> str:
 
 def test_setup_then_release_then_cleanup(api: TestClient, clock: Clock) -> None:
     _setup(api, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
-    alloc = _claim(api, "vm-1", count=2, mac="52:54:00:00:00:01", vlan=100)
+    one_mac = api.post(
+        "/v1/claims",
+        json={
+            "consumer": "vm-1",
+            "requests": [
+                {"name": "n", "type": "NIC_VF_1G", "count": 2, "params": {"mac": "52:54:00:00:00:01"}}
+            ],
+        },
+    )
+    assert one_mac.status_code == 400 and "one device" in one_mac.json()["error"]["message"]
+    alloc = _claim(api, "vm-1", count=2, vlan=100)
     work = _work(api)
     assert [w["action"] for w in work] == ["setup", "setup"]
-    assert work[0]["params"] == {"mac": "52:54:00:00:00:01", "vlan": 100}
+    assert work[0]["params"] == {"vlan": 100}
     assert work[0]["companions"] == [work[1]["device"]["address"]]
     ids = [d["id"] for d in alloc["devices"]]
     out = _results(
