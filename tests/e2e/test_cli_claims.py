@@ -15,11 +15,17 @@ def test_claim_explain_capacity_release_through_the_cli(db_url: str, tmp_path: P
     with running_server(db_url, auth=False, log=tmp_path / "server.log") as url:
         env = {"DEVASSIGN_URL": url}
         cli("type", "create", "NIC_VF_1G", "--description", "1G VF", env=env)
-        devices = [vf("0000:3b:02.1", numa_node=0), vf("0000:3b:02.2", numa_node=1), vf("0000:3b:02.3", numa_node=1)]
+        devices = [
+            vf("0000:3b:02.1", numa_node=0),
+            vf("0000:3b:02.2", numa_node=1),
+            vf("0000:3b:02.3", numa_node=1),
+        ]
         r = httpx.put(f"{url}/v1/hosts/compute-7/inventory", json={"generation": 1, "devices": devices})
         assert r.status_code == 200
 
-        cap = json.loads(cli("capacity", "--spec", "hardware_resource:NIC_VF_1G=1", "-f", "json", env=env).stdout)
+        cap = json.loads(
+            cli("capacity", "--spec", "hardware_resource:NIC_VF_1G=1", "-f", "json", env=env).stdout
+        )
         assert cap["total"] == 3 and cap["per_host"] == {"compute-7": 3}
 
         request = tmp_path / "req.json"
@@ -38,7 +44,16 @@ def test_claim_explain_capacity_release_through_the_cli(db_url: str, tmp_path: P
         assert refused.returncode == 1 and "cannot place" in refused.stdout and "compute-7" in refused.stdout
 
         made = json.loads(
-            cli("claim", "--consumer", "vm-1", "--spec", "hardware_resource:NIC_VF_1G=2", "-f", "json", env=env).stdout
+            cli(
+                "claim",
+                "--consumer",
+                "vm-1",
+                "--spec",
+                "hardware_resource:NIC_VF_1G=2",
+                "-f",
+                "json",
+                env=env,
+            ).stdout
         )
         assert made["host"] == "compute-7" and len(made["devices"]) == 2
         listed = json.loads(cli("allocations", "-f", "json", env=env).stdout)
@@ -47,7 +62,17 @@ def test_claim_explain_capacity_release_through_the_cli(db_url: str, tmp_path: P
         assert xml.count("<hostdev") == 2 and "vfio" in xml
 
         cli("quota", "set", "demo", "NIC_VF_1G", "0", env=env)
-        over = cli("claim", "--consumer", "vm-2", "--project", "demo", "--spec", "hardware_resource:NIC_VF_1G=1", env=env, check=False)
+        over = cli(
+            "claim",
+            "--consumer",
+            "vm-2",
+            "--project",
+            "demo",
+            "--spec",
+            "hardware_resource:NIC_VF_1G=1",
+            env=env,
+            check=False,
+        )
         assert over.returncode == 1 and "[quota_exceeded]" in over.stderr
 
         cli("release", "--consumer", "vm-1", env=env)

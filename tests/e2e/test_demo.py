@@ -11,7 +11,14 @@ def test_demo_runs_and_shows_usage(tmp_path: Path) -> None:
     result = cli("demo", "--hosts", "2", "--port", str(free_port()), "--data-dir", str(tmp_path / "demo"))
     out = result.stdout
     assert result.returncode == 0, result.stderr
-    for expected in ("resource types", "NIC_VF_1G", "VGPU_T4_4Q", "-> assigned", "-> available", "dashboard:"):
+    for expected in (
+        "resource types",
+        "NIC_VF_1G",
+        "VGPU_T4_4Q",
+        "-> assigned",
+        "-> available",
+        "dashboard:",
+    ):
         assert expected in out, expected
     # The request that cannot be placed says why.
     assert "refused" in out and "too few free GPU_A100" in out

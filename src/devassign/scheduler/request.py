@@ -119,7 +119,8 @@ class RequestBody(AlternativeBody):
     params: dict[str, str | int | bool] = Field(
         default_factory=dict,
         max_length=32,
-        description="Setup parameters for this request's devices, e.g. {'mac': '52:54:00:12:34:56', 'vlan': 100}",
+        description="Setup parameters for this request's devices, "
+        "e.g. {'mac': '52:54:00:12:34:56', 'vlan': 100}",
     )
     first_available: list[AlternativeBody] = Field(
         default_factory=list,
