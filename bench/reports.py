@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.e2e.servers import free_port  # noqa: E402
+from tests.e2e.servers import free_port
 
 
 def devices(i: int) -> list[dict[str, Any]]:
