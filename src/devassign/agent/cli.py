@@ -25,6 +25,7 @@ from devassign.agent.worker import Agent, WorkRefused
 from devassign.hostio import Sysfs
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.simulated import SimulatedSysfs
+from devassign.testing.host import simulated_host
 
 app = typer.Typer(
     help="The host agent: discover devices, report them to the server, keep them current.",
@@ -97,7 +98,7 @@ def run(
     _sysfs(sysfs_root)
     if simulate_fail and not simulate:
         _fail("--simulate-fail needs --simulate")
-    ops = HostOps.simulated(sysfs_root) if simulate else HostOps.for_host(sysfs_root)
+    ops = simulated_host(sysfs_root) if simulate else HostOps.for_host(sysfs_root)
     if simulate_fail and isinstance(ops.sysfs, SimulatedSysfs):
         for pattern in simulate_fail:
             ops.sysfs.fail(pattern)

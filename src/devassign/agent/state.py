@@ -28,16 +28,20 @@ class StateError(RuntimeError):
 class AgentState:
     """``journal``: device id -> the action in flight or its unposted result (see worker.py);
     ``facts``: device id -> what its last setup learned, kept until its cleanup is posted;
-    ``assigned``: device id -> the work item of a device set up and assigned (health checks)."""
+    ``assigned``: device id -> the work item of a device set up and assigned (health checks);
+    ``host_drivers``: device id -> ``{"driver": name}``, the host driver the server knew before
+    the last setup (a failed setup returns no facts, and reports made after it show the
+    device unbound or on vfio-pci)."""
 
     host_id: str
     generation: int = 0
     journal: dict[str, dict[str, Any]] = field(default_factory=dict)
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    host_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-_MAPS = ("journal", "facts", "assigned")
+_MAPS = ("journal", "facts", "assigned", "host_drivers")
 
 
 class StateFile:

@@ -49,6 +49,7 @@ from devassign.agent.state import StateFile
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import LifecycleDevice
 from devassign.lifecycle.executor import run_action
+from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.schemas import (
     InventoryResult,
@@ -157,7 +158,10 @@ class Agent:
         """Run the handler's ``health`` for every device this agent set up and holds assigned;
         the failures go into the next report as ``healthy: false``."""
         found: dict[str, str] = {}
-        for entry in list(self.state.state.assigned.values()):
+        st = self.state.state
+        for dev_id, entry in list(st.assigned.items()):
+            if dev_id in st.journal:
+                continue  # in flight: its action decides, not a health check half-way through
             item = WorkItem.model_validate(entry)
             result = run_action("health", self._device(item), item.config, item.handler, self.ops)
             if not result.ok:
@@ -272,6 +276,18 @@ class Agent:
         self._recovered = True
         return done
 
+    def _with_local_knowledge(self, item: WorkItem) -> WorkItem:
+        """A cleanup item completed from the journal: the server's facts win, ours fill in what
+        it never received (we died before posting); and the device's ``driver`` is the host
+        driver it had before its setup, not what reports showed since (unbound, vfio-pci)."""
+        st = self.state.state
+        dev_id = item.device.id
+        update: dict[str, Any] = {"facts": {**st.facts.get(dev_id, {}), **item.facts}}
+        before = st.host_drivers.get(dev_id, {}).get("driver")
+        if isinstance(before, str):
+            update["device"] = item.device.model_copy(update={"driver": before})
+        return item.model_copy(update=update)
+
     def _device(self, item: WorkItem) -> LifecycleDevice:
         return LifecycleDevice.from_schema(
             item.device, params=item.params, facts=item.facts, companions=frozenset(item.companions)
@@ -282,8 +298,10 @@ class Agent:
         dev_id = item.device.id
         if not journaled:
             if item.action == "cleanup":
-                # The server's facts win; ours fill in what it never received (we died before posting).
-                item = item.model_copy(update={"facts": {**st.facts.get(dev_id, {}), **item.facts}})
+                item = self._with_local_knowledge(item)
+                st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
+            elif item.device.driver not in (None, VFIO):
+                st.host_drivers[dev_id] = {"driver": item.device.driver}
             st.journal[dev_id] = {
                 "action": item.action,
                 "phase": "started",
@@ -296,8 +314,6 @@ class Agent:
         facts: dict[str, Any] = dict(result.details.get("facts") or {}) if item.action == "setup" else {}
         if facts:
             st.facts[dev_id] = {**st.facts.get(dev_id, {}), **facts}
-        if item.action == "cleanup":
-            st.assigned.pop(dev_id, None)
         item = item.model_copy(update={"facts": {**item.facts, **facts}})
         st.journal[dev_id] = {
             "action": item.action,

@@ -22,6 +22,7 @@ from devassign.agent.state import StateError, StateFile
 from devassign.agent.worker import CRASH_POINTS, Agent, WorkRefused
 from devassign.lifecycle.host import HostOps, RecordingNetlink
 from devassign.lifecycle.simulated import SimulatedSysfs
+from devassign.testing.host import simulated_host
 from devassign.testing.sysfs import SyntheticHost, host
 
 HOST = "w1"
@@ -343,3 +344,26 @@ def test_state_file_keeps_the_journal_and_refuses_a_malformed_one(tmp_path: Path
     path.write_text(json.dumps({"host_id": "x", "generation": 1, "journal": ["no"]}))
     with pytest.raises(StateError, match="journal"):
         _ = StateFile(path).state
+
+
+def test_a_device_cleaned_before_a_crash_is_not_called_unhealthy(world: World) -> None:
+    def crash() -> None:
+        raise SimulatedCrash("handler")
+
+    world.server.claim("d0")
+    world.make().work()
+    world.server.release()
+    with pytest.raises(SimulatedCrash):
+        world.make(crash_at="handler:cleanup", on_crash=crash).work()
+    assert world.driver(world.vfs[0]) == "iavf"  # cleaned, but the result never journaled
+    out = world.make().step()
+    assert out.unhealthy == {} and all(d["healthy"] for d in world.server.reports[-1]["devices"])
+    assert world.server.devices["d0"].state == "available"
+
+
+def test_simulated_netlink_state_survives_a_restart(tmp_path: Path) -> None:
+    h = host(tmp_path, vfio=True)
+    first = simulated_host(h.root)
+    first.netlink.set_vf("ens1f0", 1, mac="52:54:00:00:00:09", vlan=5)
+    again = simulated_host(h.root).netlink.get_vf("ens1f0", 1)
+    assert (again.mac, again.vlan, again.spoofchk) == ("52:54:00:00:00:09", 5, True)
