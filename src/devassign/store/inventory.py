@@ -76,6 +76,8 @@ class _Outcome:
 def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str) -> Any:
     """Find (or register) the host, following a rename when the stable host id says so."""
     by_name = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
+    if by_name is not None and by_name.host_id == host_id:
+        return by_name  # the common case: one lookup
     if host_id:
         by_id = conn.execute(sa.select(hosts).where(hosts.c.host_id == host_id)).first()
         if by_id is not None and by_id.name != name:
@@ -438,7 +440,17 @@ def _consumer_of(conn: sa.Connection, allocation_id: int | None) -> str | None:
 # ---------------------------------------------------------------- liveness
 
 
+_HEARTBEAT = (
+    hosts.update()
+    .where(hosts.c.name == sa.bindparam("host_name"), hosts.c.marked_down.is_(False))
+    .values(last_seen_at=sa.bindparam("now"))
+)
+
+
 def heartbeat(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
+    """One statement in the common case (the host is up): heartbeats are the busiest call."""
+    if conn.execute(_HEARTBEAT, {"host_name": name, "now": now}).rowcount == 1:
+        return
     row = conn.execute(sa.select(hosts.c.id, hosts.c.marked_down).where(hosts.c.name == name)).first()
     if row is None:
         raise errors.DevassignError(
