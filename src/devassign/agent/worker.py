@@ -47,10 +47,11 @@ from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
 from devassign.agent.state import StateFile
 from devassign.domain import DeviceState
-from devassign.lifecycle.base import LifecycleDevice
-from devassign.lifecycle.executor import run_action
+from devassign.lifecycle.base import Handler, LifecycleDevice
+from devassign.lifecycle.executor import Action, ActionResult, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.registry import load_handler
 from devassign.schemas import (
     InventoryResult,
     ReportedDevice,
@@ -142,6 +143,7 @@ class Agent:
             config, self._inventory, client, state=self.state, clock=clock, sleep=sleep, rng=self.rng
         )
         self.unhealthy: dict[str, str] = {}  # address -> why, sent with the next report
+        self._handlers: dict[str, Handler] = {}
         self._recovered = False
         self._need_report = True
         self._next_report = 0.0
@@ -163,7 +165,7 @@ class Agent:
             if dev_id in st.journal:
                 continue  # in flight: its action decides, not a health check half-way through
             item = WorkItem.model_validate(entry)
-            result = run_action("health", self._device(item), item.config, item.handler, self.ops)
+            result = self._action("health", item)
             if not result.ok:
                 found[item.device.address] = result.error or "health check failed"
                 log.warning("%s is unhealthy: %s", item.device.address, found[item.device.address])
@@ -288,6 +290,16 @@ class Agent:
             update["device"] = item.device.model_copy(update={"driver": before})
         return item.model_copy(update=update)
 
+    def _load(self, name: str) -> Handler:
+        """Handlers by name, looked up once: entry-point discovery reads package metadata."""
+        handler = self._handlers.get(name)
+        if handler is None:
+            handler = self._handlers[name] = load_handler(name)
+        return handler
+
+    def _action(self, action: Action, item: WorkItem) -> ActionResult:
+        return run_action(action, self._device(item), item.config, item.handler, self.ops, loader=self._load)
+
     def _device(self, item: WorkItem) -> LifecycleDevice:
         return LifecycleDevice.from_schema(
             item.device, params=item.params, facts=item.facts, companions=frozenset(item.companions)
@@ -309,7 +321,7 @@ class Agent:
             }
             self.state.save()
         self._crash("intent", item.action)
-        result = run_action(item.action, self._device(item), item.config, item.handler, self.ops)
+        result = self._action(item.action, item)
         self._crash("handler", item.action)
         facts: dict[str, Any] = dict(result.details.get("facts") or {}) if item.action == "setup" else {}
         if facts:
