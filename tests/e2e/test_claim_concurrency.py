@@ -152,26 +152,6 @@ def post_all_at_once(urls: list[str], bodies: list[dict[str, Any]]) -> list[http
 
 
 # Bugs these tests found (reported to the lead; remove the marker with the fix).
-RECOUNT_RACE = (
-    "bug: concurrent recount() of one host on PostgreSQL (DELETE + INSERT of its inventory rows "
-    "in two transactions) raises UniqueViolation on pk_inventory (a 500 on release) and can store "
-    "stale counts"
-)
-GIVES_UP_EARLY = (
-    "bug: Placer.claim gives up after `attempts` x ranked hosts lost races although devices are "
-    "still free (every concurrent claimer picks the same first devices of a host)"
-)
-REPLAY_IS_201 = (
-    "bug: a replay found inside store.claim (same consumer and key, committed meanwhile) is "
-    "answered 201 Created instead of 200"
-)
-
-
-def known_bug(request: pytest.FixtureRequest, cluster: Cluster, backend: str, reason: str) -> None:
-    if cluster.backend == backend:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
-
-
 def assert_consistent(cluster: Cluster) -> None:
     with snapshot(cluster.db) as conn:
         found = violations(conn)
@@ -184,7 +164,6 @@ def assert_consistent(cluster: Cluster) -> None:
 def test_many_clients_claim_and_release_and_the_counts_add_up(
     cluster: Cluster, request: pytest.FixtureRequest
 ) -> None:
-    known_bug(request, cluster, "postgresql", RECOUNT_RACE)
     url = cluster.urls[0]
     create_types(url, GPU)
     gpu_hosts(url, GPU, hosts=4, per_host=4)
@@ -238,7 +217,6 @@ def test_many_clients_claim_and_release_and_the_counts_add_up(
 def test_exhaustion_exactly_as_many_claims_succeed_as_there_are_devices(
     cluster: Cluster, request: pytest.FixtureRequest
 ) -> None:
-    known_bug(request, cluster, "postgresql", GIVES_UP_EARLY)
     url = cluster.urls[0]
     create_types(url, GPU)
     gpu_hosts(url, GPU, hosts=3, per_host=4)
@@ -318,7 +296,6 @@ def test_a_pf_and_its_vfs_are_never_held_at_once(cluster: Cluster) -> None:
 def test_the_same_claim_sent_16_times_at_once_makes_one_allocation(
     cluster: Cluster, request: pytest.FixtureRequest
 ) -> None:
-    request.applymarker(pytest.mark.xfail(reason=REPLAY_IS_201, strict=False))
     url = cluster.urls[0]
     create_types(url, GPU)
     gpu_hosts(url, GPU, hosts=3, per_host=4)

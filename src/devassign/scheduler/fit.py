@@ -11,6 +11,8 @@ tried is one step; past ``budget`` steps the host fails with ``search_budget_exh
 
 from __future__ import annotations
 
+import random
+
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,10 +72,16 @@ def fit(
     budget: int = DEFAULT_BUDGET,
     candidates: Candidates | None = None,
     quota_left: Mapping[str, int] | None = None,
+    rng: random.Random | None = None,
 ) -> FitResult:
-    """Choose devices for every named request on ``host``, or say why it cannot be done."""
+    """Choose devices for every named request on ``host``, or say why it cannot be done.
+
+    Identical devices are interchangeable: by default the lowest addresses are taken (so
+    tests are repeatable); with ``rng`` a random few, so concurrent claims on one host do not
+    all race for the same device.
+    """
     cands = candidates or Candidates()
-    search = _Search(host, request, cands, request.constraints, quota_left, budget)
+    search = _Search(host, request, cands, request.constraints, quota_left, budget, rng)
     try:
         found = search.run()
     except BudgetExhausted:
@@ -121,8 +129,10 @@ class _Search:
         constraints: tuple[Constraint, ...],
         quota_left: Mapping[str, int] | None,
         budget: int,
+        rng: random.Random | None = None,
     ) -> None:
         self.host = host
+        self.rng = rng
         self.constraints = constraints
         self.budget = budget
         self.steps = 0
@@ -163,6 +173,8 @@ class _Search:
             unit.classes = [[] for _ in unit.alternatives]
         for key, cls in classes.items():
             cls.devices.sort(key=lambda d: d.address)
+            if self.rng is not None:
+                self.rng.shuffle(cls.devices)
             for ui, ai in key[0]:
                 unit = self.units[ui]
                 # A device lacking a constrained attribute can satisfy neither match nor distinct.

@@ -95,6 +95,7 @@ def schedule(
     *,
     quota: Quota | None = None,
     explain_all: bool = False,
+    rng: random.Random | None = None,
 ) -> Decision:
     """Rank the hosts of ``snapshot`` that can hold ``request``, and explain the others."""
     candidates = Candidates()  # per call: free/matching/usable devices per host, computed once
@@ -118,7 +119,7 @@ def schedule(
         if reason is None:
             # Fit: choose the devices, within the step budget and the quota left.
             result: FitResult = fit(
-                host, request, budget=policy.budget, candidates=candidates, quota_left=quota_left
+                host, request, budget=policy.budget, candidates=candidates, quota_left=quota_left, rng=rng
             )
             steps += result.steps
             reason = result.reason

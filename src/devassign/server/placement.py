@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,9 @@ class PlacementConfig:
     policy: Policy = field(default_factory=Policy)
     candidate_limit: int = 32  # hosts read per attempt: enough to rank, few enough to be fast
     explain_limit: int = 200
-    attempts: int = 3  # fresh candidate reads after every ranked host was lost to a race
+    # Fresh candidate reads after every ranked host was lost to a race: each lost race means
+    # another claim won, so keep going while a fresh read still finds a host that fits.
+    attempts: int = 20
 
 
 def parse(body: ClaimBody) -> Request:
@@ -171,9 +174,9 @@ class Placer:
         quota = self._quota(request, project)
         doc = body.model_dump(mode="json", exclude_none=True)
         decision: Decision | None = None
-        for _ in range(self.config.attempts):
+        for attempt in range(self.config.attempts):
             snapshot = self._snapshot(request, self.config.candidate_limit)
-            decision = schedule(request, snapshot, self.config.policy, quota=quota)
+            decision = schedule(request, snapshot, self.config.policy, quota=quota, rng=self.rng)
             if not decision.fits:
                 if (
                     quota is not None
@@ -190,7 +193,7 @@ class Placer:
             for placement in claim_order(decision.placements, self.config.policy.subset_size, self.rng):
                 chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
                 try:
-                    allocation = self.store.claim(
+                    allocation, created = self.store.claim(
                         host=placement.host,
                         chosen=chosen,
                         consumer=request.consumer,
@@ -209,7 +212,9 @@ class Placer:
                     if replay is not None:
                         return replay, False
                     continue
-                return allocation, True
+                return allocation, created
+            # Every ranked host was lost: back off a little before reading afresh.
+            time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
         assert decision is not None
         raise self._no_valid_host(request, decision, "every fitting host was taken by concurrent claims")
 

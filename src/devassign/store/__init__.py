@@ -174,7 +174,7 @@ class Store:
         with self.db.read() as c:
             return claims.existing_claim(c, consumer, key)
 
-    def claim(self, **kwargs: object) -> schemas.Allocation:
+    def claim(self, **kwargs: object) -> tuple[schemas.Allocation, bool]:
         """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race."""
         return self.db.retrying(
             lambda c: claims.claim(c, now=self.clock(), ttl=self.reservation_ttl, **kwargs)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.scheduler.view import DeviceView, HostView, Snapshot
 from devassign.store.allocations import get_allocation
 from devassign.store.events import record
-from devassign.store.inventory import recount
+from devassign.store.inventory import lock_host, recount
 from devassign.store.schema import (
     allocation_items,
     allocations,
@@ -290,11 +290,15 @@ def claim(
     now: datetime,
     ttl: timedelta,
     actor: str,
-) -> schemas.Allocation:
-    """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back)."""
+) -> tuple[schemas.Allocation, bool]:
+    """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
+
+    Returns the allocation and whether this call made it (False: a replay of the same claim
+    that committed meanwhile).
+    """
     replay = existing_claim(conn, consumer, key)
     if replay is not None:
-        return replay
+        return replay, False
     known = conn.execute(sa.select(consumers.c.project).where(consumers.c.uuid == consumer)).first()
     if known is None:
         conn.execute(consumers.insert().values(uuid=consumer, project=project, created_at=now))
@@ -303,6 +307,7 @@ def claim(
             errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known.project!r}"
         )
     host_id = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one()
+    lock_host(conn, host_id)
     ids = [i for _, group in chosen for i in group]
     _enforce_quota(conn, project, ids)
     alloc_id = conn.execute(
@@ -353,7 +358,7 @@ def claim(
         message=f"{consumer} reserved {len(ids)} devices on {host}",
         detail={"project": project, "devices": ids},
     )
-    return get_allocation(conn, consumer)
+    return get_allocation(conn, consumer), True
 
 
 def _enforce_quota(conn: sa.Connection, project: str, ids: Sequence[str]) -> None:
@@ -443,16 +448,18 @@ def release(
     consumer that never held anything. With ``expired_before``, only a reservation that is
     still unconfirmed and expired is released (the sweeper's case).
     """
-    q = (
-        sa.select(allocations.c.id, allocations.c.host_id)
-        .where(allocations.c.consumer == consumer, allocations.c.released_at.is_(None))
-        .with_for_update()
+    q = sa.select(allocations.c.id, allocations.c.host_id).where(
+        allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
     )
     if expired_before is not None:
         q = q.where(
             allocations.c.state == AllocationState.RESERVED.value, allocations.c.expires_at < expired_before
         )
     row = conn.execute(q).first()
+    if row is not None:
+        # Host first, then the allocation: the one lock order of every writer (lock_host).
+        lock_host(conn, row.host_id)
+        row = conn.execute(q.with_for_update()).first()
     if row is None and expired_before is not None:
         return False
     if row is None:

@@ -38,12 +38,27 @@ def digest(report: schemas.InventoryReport) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def lock_host(conn: sa.Connection, host_id: int) -> None:
+    """Serialize changes to one host's devices: every writer takes the host row first.
+
+    One order (host, then its devices) for every transaction means no deadlocks between
+    claims, releases, reports and agents' results. ``FOR NO KEY UPDATE`` on PostgreSQL, so
+    the foreign-key checks of new allocations (``FOR KEY SHARE``) do not conflict with it;
+    SQLite's write lock already serializes everything.
+    """
+    conn.execute(sa.select(hosts.c.id).where(hosts.c.id == host_id).with_for_update(key_share=True))
+
+
 def recount(conn: sa.Connection, host_id: int) -> None:
     """Rebuild the host's rows of ``inventory`` from its devices.
 
     Called in the same transaction as every change of device state on that host: one host
-    holds tens of devices, so recounting is cheap and can never drift.
+    holds tens of devices, so recounting is cheap and can never drift. The host row is locked
+    first: two transactions that changed devices of one host recount one after the other, and
+    the second counts what the first committed (at READ COMMITTED a recount would otherwise
+    write counts that miss the other's change).
     """
+    lock_host(conn, host_id)
     rows = conn.execute(
         sa.select(
             devices.c.type_id,

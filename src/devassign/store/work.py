@@ -22,7 +22,7 @@ from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState
 from devassign.store.claims import release
 from devassign.store.events import record
-from devassign.store.inventory import device_model, device_query, recount
+from devassign.store.inventory import device_model, device_query, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
 
 
@@ -89,6 +89,7 @@ def apply_results(
     conn: sa.Connection, host: str, results: list[schemas.WorkResult], *, now: datetime, actor: str
 ) -> list[schemas.WorkOutcome]:
     hid = _host_id(conn, host)
+    lock_host(conn, hid)
     out = []
     for res in results:
         row = conn.execute(
@@ -254,9 +255,11 @@ def clear_device(
     never available without a finished cleanup); a one-time-use device the operator scrubbed
     by hand becomes ``available``.
     """
-    row = conn.execute(sa.select(devices).where(devices.c.id == device_id).with_for_update()).first()
-    if row is None:
+    host_id = conn.execute(sa.select(devices.c.host_id).where(devices.c.id == device_id)).scalar_one_or_none()
+    if host_id is None:
         raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
+    lock_host(conn, host_id)
+    row = conn.execute(sa.select(devices).where(devices.c.id == device_id)).one()
     if row.state != DeviceState.QUARANTINED.value:
         raise errors.DevassignError(
             errors.INVALID_STATE, f"device {row.address} is {row.state}; only quarantined devices are cleared"
