@@ -6,8 +6,9 @@ apart from the database tables on purpose: the API can stay stable while storage
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,12 +24,57 @@ from devassign.domain import (
 
 MAX_DEVICES_PER_REPORT = 20_000
 MAX_ATTRIBUTES = 64
+# Largest values of the database's integer columns (PostgreSQL INTEGER and BIGINT).
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
+
+def value_problem(value: Any, where: str = "") -> str | None:
+    """What makes ``value`` (decoded JSON) unstorable, or ``None``.
+
+    PostgreSQL refuses NUL characters in text and JSON, no UTF-8 encoder takes a lone
+    surrogate (``"\\ud800"``), and JSON has no NaN or Infinity (Python's decoder accepts
+    them, and ``1e400``). Each would fail deep in the store or when the value is read back,
+    so requests are checked once, here. Nested models have checked themselves already.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{where or 'text'}: NUL characters (\\u0000) are not allowed in text"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where or 'text'}: lone surrogate characters (\\ud800-\\udfff) are not valid text"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{where or 'number'}: NaN and Infinity are not JSON numbers; send a finite number"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            label = str(key) if str(key).isprintable() else ascii(str(key))
+            here = f"{where}.{label}" if where else label
+            problem = value_problem(key, f"{here} (key)") or value_problem(item, here)
+            if problem:
+                return problem
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = value_problem(item, f"{where}.{i}" if where else str(i))
+            if problem:
+                return problem
+    return None
 
 
 class Strict(BaseModel):
-    """Refuse unknown fields: a typo in a request is an error, not silently ignored."""
+    """Refuse unknown fields (a typo in a request is an error, not silently ignored) and
+    values the database cannot store (NUL, lone surrogates, NaN and Infinity)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        for name in type(self).model_fields:
+            problem = value_problem(getattr(self, name), name)
+            if problem:
+                raise ValueError(problem)
+        return self
 
 
 # ---------------------------------------------------------------- resource types
@@ -92,11 +138,11 @@ class ReportedDevice(Strict):
 
     address: str = Field(max_length=256)
     kind: DeviceKind
-    type: str
+    type: str = Field(max_length=64)
     vendor_id: str | None = None
     product_id: str | None = None
     numa_node: int | None = Field(default=None, ge=0, le=1024)
-    iommu_group: int | None = Field(default=None, ge=0)
+    iommu_group: int | None = Field(default=None, ge=0, le=MAX_INT32)
     driver: str | None = Field(default=None, max_length=128)
     parent: str | None = Field(default=None, max_length=256)
     healthy: bool = True
@@ -127,6 +173,7 @@ class ReportedDevice(Strict):
 class InventoryReport(Strict):
     generation: int = Field(
         ge=0,
+        le=MAX_INT64,
         description="Increases with every report of this host; an older one is refused (409)",
     )
     host_id: str | None = Field(
@@ -232,7 +279,7 @@ class Event(BaseModel):
 class TokenCreate(Strict):
     role: Role
     host: str | None = None
-    project: str | None = None
+    project: str | None = Field(default=None, min_length=1, max_length=64)
     name: str | None = Field(default=None, max_length=128)
 
     @model_validator(mode="after")
@@ -279,6 +326,11 @@ class WorkResult(Strict):
     ok: bool
     error: str | None = Field(default=None, max_length=4000)
     facts: dict[str, Any] = Field(default_factory=dict)
+    consumer: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The consumer the work item named; a result for an older holder is ignored",
+    )
 
 
 class WorkResults(Strict):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from devassign.domain import HOST_RE, NAME_RE
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.selector import Selector, compile_selector
+from devassign.schemas import value_problem
 
 SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
@@ -107,6 +108,15 @@ class Request:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """No NUL, lone surrogate, NaN or Infinity: the database could not store them."""
+        for name in type(self).model_fields:
+            problem = value_problem(getattr(self, name), name)
+            if problem:
+                raise ValueError(problem)
+        return self
+
 
 class AlternativeBody(_Strict):
     type: str = Field(pattern=NAME_RE.pattern, description="Resource type, e.g. GPU_T4")
@@ -138,13 +148,14 @@ class ConstraintBody(_Strict):
 class ClaimBody(_Strict):
     """``POST /v1/claims`` and ``POST /v1/explain`` (SPEC.md, "Requests")."""
 
-    consumer: str | None = Field(default=None, min_length=1, max_length=255)
-    project: str | None = Field(default=None, min_length=1, max_length=255)
+    # The lengths of the database columns (consumers.uuid, allocations.project, idempotency_key).
+    consumer: str | None = Field(default=None, min_length=1, max_length=64)
+    project: str | None = Field(default=None, min_length=1, max_length=64)
     requests: list[RequestBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
     constraints: list[ConstraintBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
     hosts: list[str] = Field(default_factory=list, max_length=1000)
     extra_specs: dict[str, str | int] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 # ---------------------------------------------------------------- parsing
@@ -210,6 +221,12 @@ def parse_specs(specs: Iterable[str]) -> list[DeviceRequest]:
                 f"/specs/{i}",
             )
         pairs[key] = value
+    if len(pairs) > MAX_REQUESTS:
+        raise RequestError(
+            RequestErrorCode.INVALID_SPEC,
+            f"{len(pairs)} device specs; at most {MAX_REQUESTS} types in one request",
+            "/specs",
+        )
     return parse_extra_specs(pairs, pointer="/specs")
 
 
@@ -235,7 +252,8 @@ def parse_extra_specs(extra_specs: Mapping[str, str | int], pointer: str = "") -
                 where,
             )
         text = str(value).strip()
-        if not text.isdigit() or not 1 <= int(text) <= MAX_COUNT:
+        # isdigit() alone takes "²" and "٣", which int() refuses or reads as another number.
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_COUNT:
             raise RequestError(
                 RequestErrorCode.INVALID_SPEC,
                 f"{key}={value!r}: the count must be a whole number from 1 to {MAX_COUNT}",

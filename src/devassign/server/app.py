@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -111,6 +112,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         status = exc.status_code if exc.status_code in (404, 405) else 400
         return JSONResponse(errors.DevassignError(code, str(exc.detail)).body(), status_code=status)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # A value the database refuses (out of range, too long, NUL): the request's fault,
+        # but one the validation should have caught first, so it is logged as a warning.
+        log.warning("database refused a value on %s %s", request.method, request.url.path, exc_info=exc)
+        reason = (str(exc.orig) or "invalid value").splitlines()[0]
+        err = errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"the database cannot store a value of this request ({reason}); "
+            "check the lengths and ranges of its fields",
+        )
+        return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
