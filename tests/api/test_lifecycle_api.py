@@ -151,3 +151,16 @@ def test_work_is_only_for_the_hosts_agent(secure_api: TestClient, store: Any) ->
     agent = store.create_token(schemas.TokenCreate(role=Role.AGENT, host="c2"), actor="t").token
     r = secure_api.get("/v1/hosts/c1/work", headers={"Authorization": f"Bearer {agent}"})
     assert r.status_code == 403
+
+
+def test_a_result_for_an_older_holder_is_ignored(api: TestClient) -> None:
+    _setup(api, [vf("0000:3b:02.1")])
+    dev = _claim(api, "vm-1")["devices"][0]["id"]
+    api.delete("/v1/allocations/vm-1")
+    _results(api, {"device_id": dev, "action": "cleanup", "ok": True, "consumer": "vm-1"})
+    _claim(api, "vm-2")
+    late = _results(
+        api, {"device_id": dev, "action": "setup", "ok": False, "error": "old", "consumer": "vm-1"}
+    )
+    assert late[0]["applied"] is False and "vm-2" in late[0]["note"]
+    assert _state(api, dev) == "reserved"

@@ -357,6 +357,7 @@ class Agent:
                 ok=bool(e["ok"]),
                 error=str(e["error"])[:4000] if e.get("error") else None,
                 facts=dict(e.get("facts") or {}),
+                consumer=((e.get("item") or {}).get("device") or {}).get("consumer"),
             )
             for i, e in zip(ids, entries, strict=True)
         ]

@@ -54,6 +54,9 @@ def server(
     reservation_ttl: Annotated[
         float, typer.Option(help="Seconds before an unconfirmed reservation expires")
     ] = 300,
+    db_pool_size: Annotated[
+        int, typer.Option(help="Database connections per process (PostgreSQL: plus half as many in bursts)")
+    ] = 10,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the API server (and the dashboard)."""
@@ -73,6 +76,7 @@ def server(
         migrate=not no_migrate,
         down_after=timedelta(seconds=down_after),
         reservation_ttl=timedelta(seconds=reservation_ttl),
+        pool_size=db_pool_size,
     )
     try:
         application = create_app(settings)

@@ -12,7 +12,6 @@ tried is one step; past ``budget`` steps the host fails with ``search_budget_exh
 from __future__ import annotations
 
 import random
-
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -73,6 +73,26 @@ class _TooLarge(Exception):
     pass
 
 
+class NoNulInUrl:
+    """Refuse a NUL (``%00``) in the path or query string (400): PostgreSQL cannot hold one
+    in text, so every lookup by such a name would fail in the database, on SQLite not at all."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in bytes(scope.get("query_string") or b"")
+        ):
+            body = errors.DevassignError(
+                errors.INVALID_REQUEST,
+                "the URL holds a NUL character (%00); names and filters are text without NUL",
+            ).body()
+            await JSONResponse(body, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 async def _too_large(limit: int, send: Send) -> None:
     body = errors.DevassignError(
         errors.BODY_TOO_LARGE, f"request body over {limit} bytes; send less at a time"
@@ -202,4 +222,5 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(NoNulInUrl)
     return app

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from devassign import errors, schemas
 from devassign.domain import Role
@@ -63,12 +63,16 @@ def capacity(
 
     try:
         requests = parse_specs(spec)
+        body = ClaimBody(
+            requests=[{"name": r.name, "type": r.first.type, "count": r.first.count} for r in requests],
+            hosts=host or [],
+        )
     except RequestError as exc:
         raise errors.DevassignError(exc.code.value, exc.message) from exc
-    body = ClaimBody(
-        requests=[{"name": r.name, "type": r.first.type, "count": r.first.count} for r in requests],
-        hosts=host or [],
-    )
+    except ValidationError as exc:  # e.g. more than 1000 hosts
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"]) or "query"
+        raise errors.DevassignError(errors.INVALID_REQUEST, f"{where}: {problem['msg']}") from exc
     result = _placer(request).capacity(body)
     if caller.role is Role.MEMBER:
         result.pop("per_host")
@@ -89,13 +93,19 @@ def release(request: Request, caller: Caller, consumer: str) -> Response:
 class QuotaSet(BaseModel):
     model_config = {"extra": "forbid"}
     limit: int | None = Field(
-        ge=0, description="Most devices of the type the project may hold; null: no limit"
+        ge=0,
+        le=schemas.MAX_INT32,
+        description="Most devices of the type the project may hold; null: no limit",
     )
 
 
 @router.put("/quotas/{project}/{type_name}", status_code=204, tags=["quotas"])
 def set_quota(request: Request, caller: Caller, project: str, type_name: str, body: QuotaSet) -> Response:
     require_admin(caller)
+    if not 1 <= len(project) <= 64:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"project names are 1-64 characters, not {len(project)}"
+        )
     _store(request).set_quota(project, type_name, body.limit, caller.name)
     return Response(status_code=204)
 

@@ -128,7 +128,7 @@ def list_devices(
     state: DeviceState | None = None,
     address: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT64)] = 0,
 ) -> list[schemas.Device]:
     require_operator(caller)
     if caller.role is Role.AGENT:
@@ -192,7 +192,7 @@ def list_events(
     host: str | None = None,
     device: str | None = None,
     consumer: str | None = None,
-    before: int | None = None,
+    before: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[schemas.Event]:
     """Newest first; ``before`` (an event id) pages back."""

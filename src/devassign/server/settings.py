@@ -20,5 +20,5 @@ class Settings:
     reservation_ttl: timedelta = timedelta(seconds=300)
     sweep_interval: float = 5.0
     max_body_bytes: int = 16 * 1024 * 1024
-    pool_size: int = 20
+    pool_size: int = 10
     placement: PlacementConfig = field(default_factory=PlacementConfig)

@@ -306,7 +306,9 @@ def claim(
         raise errors.DevassignError(
             errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known.project!r}"
         )
-    host_id = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one()
+    host_id = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one_or_none()
+    if host_id is None:
+        raise LostRace(f"host {host} was deleted meanwhile")
     lock_host(conn, host_id)
     ids = [i for _, group in chosen for i in group]
     _enforce_quota(conn, project, ids)

@@ -34,6 +34,11 @@ MIGRATIONS = str(Path(__file__).parent / "migrations")
 _MIGRATION_LOCK = 0x6465_7661
 
 
+class ConcurrentChange(Exception):
+    """A row this transaction read was changed or deleted by another that committed since:
+    :meth:`Database.retrying` runs the work again in a fresh transaction."""
+
+
 class SchemaError(RuntimeError):
     """The database schema is not the one this code expects; the message says what to run."""
 
@@ -85,8 +90,10 @@ class Database:
             kwargs["pool_size"] = pool_size
             kwargs["poolclass"] = sa.pool.QueuePool
         else:
+            # Several replicas share PostgreSQL's max_connections (100 by default): keep each
+            # process's share small; requests wait briefly for a connection instead.
             kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = pool_size
+            kwargs["max_overflow"] = pool_size // 2
             kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(self.url, **kwargs)
         if self.is_sqlite:
@@ -111,7 +118,8 @@ class Database:
             yield conn
 
     def retrying(self, fn: Callable[[sa.Connection], T], *, attempts: int = 5) -> T:
-        """Run ``fn`` in a fresh write transaction, retrying on serialization failures.
+        """Run ``fn`` in a fresh write transaction, retrying on serialization failures and on
+        integrity violations caused by a concurrent commit.
 
         Each attempt starts a new transaction: a retry never sees its own uncommitted rows
         (the cause of Placement 16.0.0's over-allocation, LESSONS.md).
@@ -120,6 +128,19 @@ class Database:
             try:
                 with self.write() as conn:
                     return fn(conn)
+            except ConcurrentChange as exc:
+                if attempt == attempts - 1:
+                    raise DevassignError(DATABASE_BUSY, f"{exc}; retry the request") from exc
+                time.sleep(0.01 * (2**attempt))
+            except sa.exc.IntegrityError:
+                # At READ COMMITTED a concurrent transaction can commit between our check and
+                # our write (a type deleted while a report inserts its devices, a device
+                # allocated while its host is deleted): a fresh attempt reads the new state and
+                # gives the domain's answer (unknown type, type in use, ...). A violation that
+                # persists is a bug and is raised.
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (2**attempt))
             except sa.exc.OperationalError as exc:
                 if not _is_transient(exc) or attempt == attempts - 1:
                     if _is_transient(exc):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, DeviceState
+from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record, record_many
 from devassign.store.schema import (
     allocation_items,
@@ -154,7 +155,11 @@ def apply_report(
         .values(generation=report.generation, last_report_at=now, last_seen_at=now, marked_down=False)
     ).rowcount
     if moved != 1:
-        current = conn.execute(sa.select(hosts.c.generation).where(hosts.c.id == host.id)).scalar_one()
+        current = conn.execute(
+            sa.select(hosts.c.generation).where(hosts.c.id == host.id)
+        ).scalar_one_or_none()
+        if current is None:
+            raise ConcurrentChange(f"host {name} was deleted while reporting")
         raise errors.DevassignError(
             errors.STALE_GENERATION,
             f"report generation {report.generation} is older than the last one taken "

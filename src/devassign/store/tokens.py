@@ -35,7 +35,9 @@ def create_token(
     conn: sa.Connection, body: schemas.TokenCreate, *, now: datetime, actor: str
 ) -> schemas.TokenCreated:
     secret = PREFIX + secrets.token_urlsafe(32)
-    name = body.name or (f"{body.role.value}:{body.host or body.project or 'cloud'}:{secret[3:9]}")
+    # The column holds 128 characters; a host name alone may have 253.
+    scope = (body.host or body.project or "cloud")[:100]
+    name = body.name or f"{body.role.value}:{scope}:{secret[3:9]}"
     conn.execute(
         tokens.insert().values(
             name=name,

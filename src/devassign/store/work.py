@@ -149,6 +149,12 @@ def _apply_one(
     def outcome(applied: bool, new: DeviceState | None, note: str) -> schemas.WorkOutcome:
         return schemas.WorkOutcome(device_id=row.id, applied=applied, state=new, note=note)
 
+    if res.consumer is not None and res.consumer != consumer:
+        # The device moved on to another holder since the agent fetched this work item.
+        return outcome(
+            False, state, f"result for {res.consumer}, but the device is now held by {consumer}: ignored"
+        )
+
     if res.facts:
         # Keep what the setup learned even if the device was released meanwhile: the cleanup needs it.
         conn.execute(

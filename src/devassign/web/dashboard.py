@@ -9,10 +9,10 @@ not JSON, through :class:`PageRoute`.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -171,7 +171,7 @@ def devices(
     host: str | None = None,
     type: str | None = None,
     state: str | None = None,
-    offset: int = 0,
+    offset: Annotated[int, Query(le=schemas.MAX_INT64)] = 0,
 ) -> HTMLResponse:
     who = viewer(request)
     require_operator(who)
@@ -242,7 +242,7 @@ def events(
     host: str | None = None,
     device: str | None = None,
     consumer: str | None = None,
-    before: int | None = None,
+    before: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)] = None,
 ) -> HTMLResponse:
     who = viewer(request)
     found = _events(
