@@ -76,24 +76,24 @@ HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
 def address_error(kind: DeviceKind, address: str) -> str | None:
     """Say what is wrong with ``address`` for a device of ``kind``, or ``None`` if it is well formed."""
     if kind in (DeviceKind.PCI, DeviceKind.SRIOV_PF, DeviceKind.SRIOV_VF):
-        if not PCI_ADDRESS_RE.match(address):
+        if not PCI_ADDRESS_RE.fullmatch(address):
             return (
                 f"{address!r} is not a PCI address: expected domain:bus:slot.function "
                 "in lowercase hex, e.g. 0000:3b:02.1"
             )
     elif kind is DeviceKind.MDEV_TYPE:
-        if not MDEV_ADDRESS_RE.match(address):
+        if not MDEV_ADDRESS_RE.fullmatch(address):
             return (
                 f"{address!r} is not an mdev slot: expected PARENT_PCI_ADDRESS/MDEV_TYPE/INDEX, "
                 "e.g. 0000:3b:00.0/nvidia-230/0"
             )
     elif kind is DeviceKind.USB:
-        if not USB_ADDRESS_RE.match(address):
+        if not USB_ADDRESS_RE.fullmatch(address):
             return (
                 f"{address!r} is not a USB identity: expected usb:VENDOR:PRODUCT:SERIAL "
                 "or usb:BUSPATH, e.g. usb:0529:0620:12345 or usb:1-2.3"
             )
-    elif not STATIC_ADDRESS_RE.match(address):
+    elif not STATIC_ADDRESS_RE.fullmatch(address):
         return f"{address!r} is not a declared id: use letters, digits and _ . : / -"
     return None
 

@@ -98,7 +98,7 @@ class ResourceTypeCreate(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("type names are 1-64 characters of letters, digits and _")
         return v
 
@@ -151,7 +151,7 @@ class ReportedDevice(Strict):
     @field_validator("vendor_id", "product_id")
     @classmethod
     def _hex4(cls, v: str | None) -> str | None:
-        if v is not None and not HEX4_RE.match(v):
+        if v is not None and not HEX4_RE.fullmatch(v):
             raise ValueError("vendor and product ids are 4 lowercase hex digits without 0x")
         return v
 
@@ -288,7 +288,7 @@ class TokenCreate(Strict):
             raise ValueError("an agent token is bound to one host: give host")
         if self.role is Role.MEMBER and not self.project:
             raise ValueError("a member token belongs to a project: give project")
-        if self.host is not None and not HOST_RE.match(self.host):
+        if self.host is not None and not HOST_RE.fullmatch(self.host):
             raise ValueError("host names are letters, digits, _ . - (up to 253)")
         return self
 
@@ -346,3 +346,19 @@ class WorkOutcome(BaseModel):
 
 class DeviceClear(Strict):
     reason: str = Field(default="", max_length=1000)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    """A stable ``code`` (``devassign.errors``), a message saying what to fix, and extras
+    (``current_generation``, ``explanation``, ``limits``...) for some codes."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -160,7 +160,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
 
     _unknown(raw, TOP_KEYS, "", fail)
     host = raw.get("host", socket.gethostname())
-    if not isinstance(host, str) or not HOST_RE.match(host):
+    if not isinstance(host, str) or not HOST_RE.fullmatch(host):
         raise fail(f"host {host!r} is not a host name (letters, digits, _ . -)")
     server = raw.get("server", DEFAULT_SERVER)
     if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server):
@@ -226,7 +226,7 @@ def _tables(raw: dict[str, Any], key: str, fail: Any) -> list[dict[str, Any]]:
 
 def _type_name(table: dict[str, Any], where: str, fail: Any) -> str:
     name = table.get("type")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise fail(f"{where}: type {name!r} must be 1-64 letters, digits or _")
     return name
 

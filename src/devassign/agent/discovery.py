@@ -59,7 +59,7 @@ def scan_pci(sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS) -> PciScan:
     scan = PciScan()
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
     for addr in sysfs.listdir("bus/pci/devices"):
-        if not PCI_ADDRESS_RE.match(addr):
+        if not PCI_ADDRESS_RE.fullmatch(addr):
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)
             continue
         try:

@@ -23,7 +23,7 @@ class LibvirtXMLError(ValueError):
 
 
 def _pci_address(parent: etree._Element, address: str, *, typed: bool = False) -> None:
-    if not PCI_ADDRESS_RE.match(address):
+    if not PCI_ADDRESS_RE.fullmatch(address):
         raise LibvirtXMLError(f"{address!r} is not a PCI address")
     dom, bus, rest = address.split(":")
     slot, function = rest.split(".")

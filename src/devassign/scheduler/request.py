@@ -190,7 +190,7 @@ def parse_claim(body: Mapping[str, Any] | ClaimBody) -> Request:
     names = tuple(r.name for r in requests)
     constraints = tuple(_constraint(c, names, f"/constraints/{i}") for i, c in enumerate(body.constraints))
     for i, h in enumerate(body.hosts):
-        if not HOST_RE.match(h):
+        if not HOST_RE.fullmatch(h):
             raise RequestError(RequestErrorCode.INVALID_BODY, f"{h!r} is not a host name", f"/hosts/{i}")
     return Request(
         requests=tuple(requests),
@@ -245,7 +245,7 @@ def parse_extra_specs(extra_specs: Mapping[str, str | int], pointer: str = "") -
                     where,
                 )
             continue
-        if not NAME_RE.match(type_name):
+        if not NAME_RE.fullmatch(type_name):
             raise RequestError(
                 RequestErrorCode.INVALID_SPEC,
                 f"{type_name!r} in {key!r} is not a type name (letters, digits and _)",
@@ -280,7 +280,7 @@ def request_from_specs(
         )
     hosts = tuple(dict.fromkeys(hosts))
     for i, h in enumerate(hosts):
-        if not HOST_RE.match(h):
+        if not HOST_RE.fullmatch(h):
             raise RequestError(RequestErrorCode.INVALID_BODY, f"{h!r} is not a host name", f"/hosts/{i}")
     return Request(tuple(requests), hosts=hosts, consumer=consumer, project=project)
 

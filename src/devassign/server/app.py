@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy.exc import DataError
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
-from devassign import errors
+from devassign import errors, schemas
 from devassign.server import claims, lifecycle, routes
 from devassign.server.auth import TokenCache
 from devassign.server.placement import Placer
@@ -166,6 +167,54 @@ async def _sweeper(app: FastAPI) -> None:
             log.exception("sweep failed; will retry")
 
 
+_ERROR_RESPONSES = {
+    "400": "Bad input: the message says what to fix",
+    "401": "No token, or an unknown one",
+    "403": "The token's role may not do this (or a quota is exceeded)",
+    "404": "No such thing",
+    "409": "Conflicts with the current state (the code says which)",
+}
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Describe the errors the API really returns: ``400`` with the ``{"error": ...}`` body,
+    never FastAPI's default ``422`` (clients and schema-driven tests rely on this)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        components.update(
+            schemas.ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").pop("$defs", {})
+        )
+        components["ErrorBody"] = {
+            k: v
+            for k, v in schemas.ErrorBody.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            ).items()
+            if k != "$defs"
+        }
+        ref = {"$ref": "#/components/schemas/ErrorBody"}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/v1/"):
+                continue
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, text in _ERROR_RESPONSES.items():
+                    responses.setdefault(status, {"description": text})
+                    responses[status].setdefault("content", {"application/json": {"schema": ref}})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     if store is None:
@@ -197,6 +246,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.store = store
     app.state.tokens = TokenCache(store)
     _install_error_handlers(app)
+    _install_openapi(app)
     app.state.placer = Placer(store, settings.placement)
     app.include_router(routes.router)
     app.include_router(claims.router)

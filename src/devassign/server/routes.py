@@ -109,7 +109,7 @@ def heartbeat(request: Request, caller: Caller, host: str) -> Response:
 
 
 def _check_host_name(host: str) -> None:
-    if not HOST_RE.match(host):
+    if not HOST_RE.fullmatch(host):
         raise errors.DevassignError(
             errors.INVALID_REQUEST,
             f"{host!r} is not a host name: letters, digits, _ . - (up to 253)",

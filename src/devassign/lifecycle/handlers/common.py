@@ -17,7 +17,7 @@ def write(sysfs: Sysfs, rel: str, value: str, doing: str) -> None:
 
 def pci_dir(address: str) -> str:
     """The device's folder relative to the sysfs root, checked so no address can escape it."""
-    if not PCI_ADDRESS_RE.match(address):
+    if not PCI_ADDRESS_RE.fullmatch(address):
         raise HandlerError(f"{address!r} is not a PCI address (e.g. 0000:3b:02.1)")
     return f"bus/pci/devices/{address}"
 

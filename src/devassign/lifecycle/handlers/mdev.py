@@ -21,7 +21,7 @@ MDEV_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "devassign:mdev")
 
 def parse_slot(address: str) -> tuple[str, str, int]:
     """``PARENT/MDEV_TYPE/INDEX`` -> its three parts."""
-    m = MDEV_ADDRESS_RE.match(address)
+    m = MDEV_ADDRESS_RE.fullmatch(address)
     if not m:
         raise HandlerError(f"{address!r} is not an mdev slot (PARENT/MDEV_TYPE/INDEX)")
     return m.group(1), m.group(2), int(m.group(3))

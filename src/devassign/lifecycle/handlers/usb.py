@@ -27,7 +27,7 @@ class UsbIdentity:
 
 def usb_identity(device: LifecycleDevice) -> UsbIdentity:
     """What the address (``usb:V:P:SERIAL`` or ``usb:BUSPATH``) and discovery say identify it."""
-    if not USB_ADDRESS_RE.match(device.address):
+    if not USB_ADDRESS_RE.fullmatch(device.address):
         raise HandlerError(f"{device.address!r} is not a USB identity")
     parts = device.address.split(":")
     if len(parts) == 4:
