@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError
 
 from devassign.domain import HOST_RE, NAME_RE
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.selector import Selector, compile_selector
-from devassign.schemas import value_problem
+from devassign.schemas import Strict
 
 SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
@@ -105,17 +105,10 @@ class Request:
 # ---------------------------------------------------------------- the JSON body
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Strict):
+    """The wire models' rules (unknown fields refused, only storable values), frozen."""
 
-    @model_validator(mode="after")
-    def _storable(self) -> Self:
-        """No NUL, lone surrogate, NaN or Infinity: the database could not store them."""
-        for name in type(self).model_fields:
-            problem = value_problem(getattr(self, name), name)
-            if problem:
-                raise ValueError(problem)
-        return self
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AlternativeBody(_Strict):
