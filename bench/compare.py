@@ -9,8 +9,11 @@ provider per host with inventories CUSTOM_NIC_VF_1G=8 and CUSTOM_VGPU=4). Same o
 and claim one instance needing 1 NIC_VF_1G and 1 VGPU, over HTTP (Placement: GET
 /allocation_candidates?...&limit=1 then PUT /allocations/{consumer}; devassign: one POST
 /v1/claims). Both load their inventory over HTTP, one request at a time (devassign: one PUT
-/v1/hosts/{host}/inventory per host; Placement: POST provider + PUT inventories). Both HTTP
-clients open one connection per request.
+/v1/hosts/{host}/inventory per host; Placement: POST provider + PUT inventories), unless
+``--devassign-load inprocess`` (``Store.apply_report``, then VACUUM ANALYZE on PostgreSQL). Both
+HTTP clients open one connection per request. Between the sequential and the concurrent phase
+both release every claim (untimed); devassign's released devices are then reset from cleaning to
+available with SQL + recount (stand-in for the agent).
 
 Placement runs in its own venv ($PLACEMENT_PYTHON, default /tmp/placement-venv/bin/python) via
 ``bench/placement_driver.py``; on SQLite with the threaded stdlib WSGI server of
