@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PlacementConfig:
     policy: Policy = field(default_factory=Policy)
-    candidate_limit: int = 32  # hosts read per attempt: enough to rank, few enough to be fast
+    candidate_limit: int = 8  # hosts read per attempt: enough to rank, few enough to be fast
     explain_limit: int = 200
     # Fresh candidate reads after every ranked host was lost to a race: each lost race means
     # another claim won, so keep going while a fresh read still finds a host that fits.

@@ -98,7 +98,7 @@ inventory = sa.Table(
     sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), primary_key=True),
     sa.Column("total", sa.Integer, nullable=False),
     sa.Column("available", sa.Integer, nullable=False),
-    sa.Index("ix_inventory_type_available", "type_id", "available"),
+    sa.Index("ix_inventory_type_available_host", "type_id", "available", "host_id"),
 )
 
 consumers = sa.Table(
