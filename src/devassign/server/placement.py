@@ -124,12 +124,7 @@ class Placer:
     def _type_ids(self, request: Request) -> tuple[dict[int, int], list[int]]:
         needs, any_of = _needs(request)
         ids = self.store.type_ids([*needs, *any_of])
-        unknown = sorted({*needs, *any_of} - set(ids))
-        if unknown:
-            raise errors.DevassignError(
-                errors.INVALID_REQUEST,
-                f"unknown resource type {', '.join(unknown)}: `devassign types` lists the catalog",
-            )
+        _refuse_unknown([*needs, *any_of], ids)
         return {ids[t]: n for t, n in needs.items()}, [ids[t] for t in any_of]
 
     def _snapshot(self, request: Request, limit: int) -> Snapshot:
@@ -168,14 +163,29 @@ class Placer:
                 errors.INVALID_REQUEST, "a claim needs a consumer (the instance UUID)"
             )
         project = _project(request, caller)
-        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
-        if replay is not None:
-            return replay, False
-        quota = self._quota(request, project)
+        needs, any_of = _needs(request)
+        types = sorted({a.type for r in request.requests for a in r.alternatives})
+        ctx = self.store.prepare_claim(
+            consumer=request.consumer,
+            key=request.idempotency_key,
+            project=project,
+            types=types,
+            needs=needs,
+            any_of=any_of,
+            names=list(request.hosts),
+            spread=self.config.policy.mode == "spread",
+            limit=self.config.candidate_limit,
+        )
+        if ctx.replay is not None:
+            return ctx.replay, False
+        _refuse_unknown(types, ctx.type_ids)
+        quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
         doc = body.model_dump(mode="json", exclude_none=True)
         decision: Decision | None = None
         for attempt in range(self.config.attempts):
-            snapshot = self._snapshot(request, self.config.candidate_limit)
+            snapshot = ctx.snapshot if attempt == 0 and ctx.snapshot is not None else None
+            if snapshot is None:
+                snapshot = self._snapshot(request, self.config.candidate_limit)
             decision = schedule(request, snapshot, self.config.policy, quota=quota, rng=self.rng)
             if not decision.fits:
                 if (
@@ -263,6 +273,15 @@ class Placer:
             "per_host": dict(sorted(found.per_host.items())),
             "truncated": found.truncated,
         }
+
+
+def _refuse_unknown(types: list[str], known: dict[str, int]) -> None:
+    unknown = sorted(set(types) - set(known))
+    if unknown:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"unknown resource type {', '.join(unknown)}: `devassign types` lists the catalog",
+        )
 
 
 def _project(request: Request, caller: Principal) -> str:

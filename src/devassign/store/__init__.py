@@ -7,6 +7,7 @@ below it hold the queries, grouped by what they are about.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -17,7 +18,18 @@ from devassign.store import allocations, catalog, claims, events, inventory, tok
 from devassign.store.db import Database, SchemaError, default_url
 from devassign.store.tokens import Principal
 
-__all__ = ["Database", "Principal", "SchemaError", "Store", "default_url"]
+__all__ = ["ClaimContext", "Database", "Principal", "SchemaError", "Store", "default_url"]
+
+
+@dataclass
+class ClaimContext:
+    """What :meth:`Store.prepare_claim` read: a replay, or the type ids, quota and candidates."""
+
+    replay: schemas.Allocation | None = None
+    type_ids: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    snapshot: Snapshot | None = None
 
 
 def utcnow() -> datetime:
@@ -146,6 +158,44 @@ class Store:
                 c, needs, any_of=any_of, up_since=self.up_since(), names=names, spread=spread, limit=limit
             )
             return claims.load_snapshot(c, ids, up_since=self.up_since())
+
+    def prepare_claim(
+        self,
+        *,
+        consumer: str,
+        key: str | None,
+        project: str,
+        types: list[str],
+        needs: dict[str, int],
+        any_of: list[str],
+        names: list[str],
+        spread: bool,
+        limit: int,
+    ) -> ClaimContext:
+        """Everything a claim reads before it writes, in one read transaction: a replay of the
+        same claim, the type ids, the project's quota and the first candidates."""
+        with self.db.read() as c:
+            replay = claims.existing_claim(c, consumer, key)
+            if replay is not None:
+                return ClaimContext(replay=replay)
+            ids = claims.type_ids(c, types)
+            limits, usage = claims.quota_for(c, project, types)
+            snapshot = None
+            if set(types) <= set(ids):
+                snapshot = claims.load_snapshot(
+                    c,
+                    claims.candidate_host_ids(
+                        c,
+                        {ids[t]: n for t, n in needs.items()},
+                        any_of=[ids[t] for t in any_of],
+                        up_since=self.up_since(),
+                        names=names,
+                        spread=spread,
+                        limit=limit,
+                    ),
+                    up_since=self.up_since(),
+                )
+            return ClaimContext(type_ids=ids, limits=limits, usage=usage, snapshot=snapshot)
 
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""

@@ -355,10 +355,11 @@ def claim(
         .values(
             state=DeviceState.RESERVED.value, allocation_id=alloc_id, state_changed_at=now, updated_at=now
         )
-    ).rowcount
-    if taken != len(set(ids)):
-        raise LostRace(f"{len(set(ids)) - taken} of the chosen devices on {host} were taken meanwhile")
-    _check_relatives(conn, host_id, ids)
+        .returning(devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent)
+    ).all()
+    if len(taken) != len(set(ids)):
+        raise LostRace(f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile")
+    _check_relatives(conn, host_id, ids, taken)
     conn.execute(
         allocation_items.insert(),
         [
@@ -378,7 +379,36 @@ def claim(
         message=f"{consumer} reserved {len(ids)} devices on {host}",
         detail={"project": project, "devices": ids},
     )
-    return get_allocation(conn, consumer), True
+    # The answer is built from what the UPDATE returned: no second read of the allocation.
+    names = dict(
+        conn.execute(
+            sa.select(resource_types.c.id, resource_types.c.name).where(
+                resource_types.c.id.in_({r.type_id for r in taken})
+            )
+        ).all()
+    )
+    request_of = {i: name for name, group in chosen for i in group}
+    allocation = schemas.Allocation(
+        consumer=consumer,
+        project=project,
+        host=host,
+        state=AllocationState.RESERVED.value,
+        devices=[
+            schemas.AllocatedDevice(
+                id=r.id,
+                address=r.address,
+                type=names[r.type_id],
+                kind=r.kind,
+                state=DeviceState.RESERVED,
+                request=request_of.get(r.id),
+            )
+            for r in sorted(taken, key=lambda r: r.address)
+        ],
+        created_at=now,
+        expires_at=now + ttl,
+        released_at=None,
+    )
+    return allocation, True
 
 
 def _enforce_quota(conn: sa.Connection, project: str, ids: Sequence[str]) -> None:
@@ -419,15 +449,13 @@ def _enforce_quota(conn: sa.Connection, project: str, ids: Sequence[str]) -> Non
         )
 
 
-def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str]) -> None:
+def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows: Sequence[Any]) -> None:
     """A PF and its VFs (a GPU and its vGPU slots) exclude each other, even under races.
 
     The parent row is locked before it is checked, and the claimer of a parent locked it by
-    updating it: two claims of a parent and a child serialize on the parent's row.
+    updating it: two claims of a parent and a child serialize on the parent's row. ``rows``
+    are the claimed devices (address, parent) as the claim's UPDATE returned them.
     """
-    rows = list(
-        conn.execute(sa.select(devices.c.address, devices.c.parent).where(devices.c.id.in_(list(ids))))
-    )
     parents = sorted({r.parent for r in rows if r.parent})
     if parents:
         # Lock every parent row whatever its state: a concurrent claim of the parent then
