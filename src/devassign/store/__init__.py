@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from devassign import schemas
 from devassign.scheduler.view import Snapshot
-from devassign.store import allocations, catalog, claims, events, inventory, tokens, work
+from devassign.store import allocations, catalog, claims, events, hosts, inventory, quotas, tokens, work
 from devassign.store.db import Database, SchemaError, default_url
 from devassign.store.tokens import Principal
 
@@ -77,12 +77,10 @@ class Store:
         )
 
     def heartbeat(self, host: str, actor: str) -> None:
-        self.db.retrying(lambda c: inventory.heartbeat(c, host, now=self.clock(), actor=actor))
+        self.db.retrying(lambda c: hosts.heartbeat(c, host, now=self.clock(), actor=actor))
 
     def mark_down(self) -> list[str]:
-        return self.db.retrying(
-            lambda c: inventory.mark_down(c, now=self.clock(), down_after=self.down_after)
-        )
+        return self.db.retrying(lambda c: hosts.mark_down(c, now=self.clock(), down_after=self.down_after))
 
     def sweep(self) -> list[str]:
         """The server's periodic duties: silent hosts are marked down, stale reservations expire.
@@ -94,14 +92,14 @@ class Store:
 
     def list_hosts(self) -> list[schemas.Host]:
         with self.db.read() as c:
-            return inventory.list_hosts(c, now=self.clock(), down_after=self.down_after)
+            return hosts.list_hosts(c, now=self.clock(), down_after=self.down_after)
 
     def get_host(self, name: str) -> schemas.Host:
         with self.db.read() as c:
-            return inventory.get_host(c, name, now=self.clock(), down_after=self.down_after)
+            return hosts.get_host(c, name, now=self.clock(), down_after=self.down_after)
 
     def delete_host(self, name: str, actor: str) -> None:
-        self.db.retrying(lambda c: inventory.delete_host(c, name, now=self.clock(), actor=actor))
+        self.db.retrying(lambda c: hosts.delete_host(c, name, now=self.clock(), actor=actor))
 
     def list_devices(
         self,
@@ -114,13 +112,13 @@ class Store:
         offset: int = 0,
     ) -> list[schemas.Device]:
         with self.db.read() as c:
-            return inventory.list_devices(
+            return hosts.list_devices(
                 c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
             )
 
     def get_device(self, device_id: str) -> schemas.Device:
         with self.db.read() as c:
-            return inventory.get_device(c, device_id)
+            return hosts.get_device(c, device_id)
 
     # ------------------------------------------------------------ allocations and events
     def list_allocations(self, **filters: object) -> list[schemas.Allocation]:
@@ -141,7 +139,7 @@ class Store:
 
     def type_ids(self, names: list[str]) -> dict[str, int]:
         with self.db.read() as c:
-            return claims.type_ids(c, names)
+            return quotas.type_ids(c, names)
 
     def candidates(
         self,
@@ -178,8 +176,8 @@ class Store:
             replay = claims.existing_claim(c, consumer, key)
             if replay is not None:
                 return ClaimContext(replay=replay)
-            ids = claims.type_ids(c, types)
-            limits, usage = claims.quota_for(c, project, types)
+            ids = quotas.type_ids(c, types)
+            limits, usage = quotas.quota_for(c, project, types)
             snapshot = None
             if set(types) <= set(ids):
                 snapshot = claims.load_snapshot(
@@ -209,16 +207,16 @@ class Store:
 
     def quota(self, project: str, types: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         with self.db.read() as c:
-            return claims.quota_for(c, project, types)
+            return quotas.quota_for(c, project, types)
 
     def set_quota(self, project: str, type_name: str, limit: int | None, actor: str) -> None:
         self.db.retrying(
-            lambda c: claims.set_quota(c, project, type_name, limit, now=self.clock(), actor=actor)
+            lambda c: quotas.set_quota(c, project, type_name, limit, now=self.clock(), actor=actor)
         )
 
     def list_quotas(self, project: str | None = None) -> list[dict[str, object]]:
         with self.db.read() as c:
-            return claims.list_quotas(c, project)
+            return quotas.list_quotas(c, project)
 
     def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
         with self.db.read() as c:

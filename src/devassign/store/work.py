@@ -22,7 +22,8 @@ from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState
 from devassign.store.claims import release
 from devassign.store.events import record
-from devassign.store.inventory import device_model, device_query, lock_host, recount
+from devassign.store.hosts import device_model, device_query
+from devassign.store.inventory import lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
 
 

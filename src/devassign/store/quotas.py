@@ -1,0 +1,129 @@
+"""Per-project limits per resource type, and the check a claim makes under lock."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import errors
+from devassign.store.events import record
+from devassign.store.schema import allocation_items, allocations, devices, quotas, resource_types
+
+
+def type_ids(conn: sa.Connection, names: Iterable[str]) -> dict[str, int]:
+    wanted = sorted(set(names))
+    rows = conn.execute(
+        sa.select(resource_types.c.name, resource_types.c.id).where(resource_types.c.name.in_(wanted))
+    )
+    return {r.name: r.id for r in rows}
+
+
+def quota_for(
+    conn: sa.Connection, project: str, type_names: Iterable[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(limits, usage) of ``project`` for the given types; usage counts live holdings."""
+    names = sorted(set(type_names))
+    limits = {
+        r.name: r.limit
+        for r in conn.execute(
+            sa.select(resource_types.c.name, quotas.c.limit)
+            .join(quotas, quotas.c.type_id == resource_types.c.id)
+            .where(quotas.c.project == project, resource_types.c.name.in_(names))
+        )
+    }
+    if not limits:
+        return {}, {}
+    usage = {
+        r.name: r.n
+        for r in conn.execute(
+            sa.select(resource_types.c.name, sa.func.count().label("n"))
+            .select_from(
+                allocation_items.join(devices, devices.c.id == allocation_items.c.device_id)
+                .join(allocations, allocations.c.id == allocation_items.c.allocation_id)
+                .join(resource_types, resource_types.c.id == devices.c.type_id)
+            )
+            .where(
+                allocations.c.project == project,
+                allocation_items.c.released_at.is_(None),
+                resource_types.c.name.in_(list(limits)),
+            )
+            .group_by(resource_types.c.name)
+        )
+    }
+    return limits, usage
+
+
+def set_quota(
+    conn: sa.Connection, project: str, type_name: str, limit: int | None, *, now: datetime, actor: str
+) -> None:
+    tid = type_ids(conn, [type_name]).get(type_name)
+    if tid is None:
+        raise errors.DevassignError(errors.TYPE_NOT_FOUND, f"no resource type {type_name!r}")
+    conn.execute(quotas.delete().where(quotas.c.project == project, quotas.c.type_id == tid))
+    if limit is not None:
+        conn.execute(quotas.insert().values(project=project, type_id=tid, limit=limit))
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="quota_set",
+        type=type_name,
+        message=f"quota of project {project} for {type_name}: {limit if limit is not None else 'unlimited'}",
+        detail={"project": project, "limit": limit},
+    )
+
+
+def list_quotas(conn: sa.Connection, project: str | None = None) -> list[dict[str, Any]]:
+    q = sa.select(quotas.c.project, resource_types.c.name, quotas.c.limit).join(
+        resource_types, resource_types.c.id == quotas.c.type_id
+    )
+    if project is not None:
+        q = q.where(quotas.c.project == project)
+    rows = list(conn.execute(q.order_by(quotas.c.project, resource_types.c.name)))
+    out = []
+    for r in rows:
+        _, usage = quota_for(conn, r.project, [r.name])
+        out.append({"project": r.project, "type": r.name, "limit": r.limit, "used": usage.get(r.name, 0)})
+    return out
+
+
+def enforce_quota(conn: sa.Connection, project: str, ids: Sequence[str]) -> None:
+    """The quota check that counts: inside the claim, with the project's quota rows locked."""
+    # One statement in the common case (no quota for these types): lock the project's quota
+    # rows of the chosen devices' types, if any.
+    locked = conn.execute(
+        sa.select(quotas.c.type_id)
+        .where(
+            quotas.c.project == project,
+            quotas.c.type_id.in_(sa.select(devices.c.type_id).where(devices.c.id.in_(list(ids)))),
+        )
+        .with_for_update()
+    ).all()
+    if not locked:
+        return
+    wanted: dict[str, int] = defaultdict(int)
+    for r in conn.execute(
+        sa.select(resource_types.c.name)
+        .join(devices, devices.c.type_id == resource_types.c.id)
+        .where(devices.c.id.in_(list(ids)))
+    ):
+        wanted[r.name] += 1
+    limits, usage = quota_for(conn, project, wanted)
+    over = [
+        f"{t}: limit {limits[t]}, {usage.get(t, 0)} in use, {n} requested"
+        for t, n in sorted(wanted.items())
+        if t in limits and usage.get(t, 0) + n > limits[t]
+    ]
+    if over:
+        raise errors.DevassignError(
+            errors.QUOTA_EXCEEDED,
+            f"project {project} is over quota: " + "; ".join(over),
+            project=project,
+            limits=limits,
+            usage=usage,
+            requested=dict(wanted),
+        )
