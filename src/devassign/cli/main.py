@@ -57,16 +57,21 @@ def server(
     db_pool_size: Annotated[
         int, typer.Option(help="Database connections per process (PostgreSQL: plus half as many in bursts)")
     ] = 10,
+    workers: Annotated[
+        int, typer.Option(help="Server processes on this port (PostgreSQL; SQLite is for one process)")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the API server (and the dashboard)."""
     import logging
+    import os
+    from dataclasses import replace
     from datetime import timedelta
 
     import uvicorn
 
     from devassign.server.app import create_app
-    from devassign.server.settings import Settings
+    from devassign.server.settings import SETTINGS_ENV, Settings, settings_to_env
     from devassign.store import SchemaError, default_url
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +83,10 @@ def server(
         reservation_ttl=timedelta(seconds=reservation_ttl),
         pool_size=db_pool_size,
     )
+    if workers < 1:
+        raise CliError("--workers must be at least 1", status=2)
+    if workers > 1 and settings.db_url and settings.db_url.startswith("sqlite"):
+        raise CliError("--workers > 1 needs PostgreSQL: SQLite is for one server process", status=2)
     try:
         application = create_app(settings)
     except SchemaError as exc:
@@ -90,7 +99,20 @@ def server(
             err=True,
             bold=True,
         )
-    uvicorn.run(application, host=bind, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        uvicorn.run(application, host=bind, port=port, log_level=log_level, access_log=False)
+        return
+    # Several processes: each builds its own app from the same settings (the schema is migrated).
+    os.environ[SETTINGS_ENV] = settings_to_env(replace(settings, migrate=False))
+    uvicorn.run(
+        "devassign.server.app:app_from_env",
+        factory=True,
+        workers=workers,
+        host=bind,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 def _safe_url(url: str | None) -> str:

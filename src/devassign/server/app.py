@@ -274,3 +274,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(NoNulInUrl)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``devassign server --workers N``."""
+    import os
+
+    from devassign.server.settings import SETTINGS_ENV, settings_from_env
+
+    return create_app(settings_from_env(os.environ[SETTINGS_ENV]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -22,3 +23,32 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     pool_size: int = 10
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+SETTINGS_ENV = "DEVASSIGN_SERVER_SETTINGS"
+
+
+def settings_to_env(settings: Settings) -> str:
+    """The settings as JSON, for worker processes started by ``devassign server --workers``."""
+    return json.dumps(
+        {
+            "db_url": settings.db_url,
+            "auth": settings.auth,
+            "migrate": settings.migrate,
+            "down_after": settings.down_after.total_seconds(),
+            "reservation_ttl": settings.reservation_ttl.total_seconds(),
+            "pool_size": settings.pool_size,
+        }
+    )
+
+
+def settings_from_env(text: str) -> Settings:
+    raw = json.loads(text)
+    return Settings(
+        db_url=raw["db_url"],
+        auth=raw["auth"],
+        migrate=raw["migrate"],
+        down_after=timedelta(seconds=raw["down_after"]),
+        reservation_ttl=timedelta(seconds=raw["reservation_ttl"]),
+        pool_size=raw["pool_size"],
+    )
