@@ -229,6 +229,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                 "AUTHENTICATION IS OFF: anyone who can reach this server is an admin. "
                 "Use it for local development only."
             )
+        if settings.sweep_interval > 0:
+            await run_in_threadpool(store.refresh_statistics)
         task = asyncio.create_task(_sweeper(app)) if settings.sweep_interval > 0 else None
         yield
         if task:

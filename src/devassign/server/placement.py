@@ -180,6 +180,7 @@ class Placer:
             return ctx.replay, False
         _refuse_unknown(types, ctx.type_ids)
         quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
+        type_names = {i: t for t, i in ctx.type_ids.items()}
         doc = body.model_dump(mode="json", exclude_none=True)
         decision: Decision | None = None
         for attempt in range(self.config.attempts):
@@ -211,6 +212,7 @@ class Placer:
                         key=request.idempotency_key,
                         request_doc=doc,
                         actor=caller.name,
+                        type_names=type_names,
                     )
                 except LostRace as exc:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)

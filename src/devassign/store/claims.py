@@ -21,7 +21,7 @@ from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.scheduler.view import DeviceView, HostView, Snapshot
 from devassign.store.allocations import get_allocation
 from devassign.store.events import record
-from devassign.store.inventory import lock_host, recount, recount_available
+from devassign.store.inventory import lock_host, recount
 from devassign.store.quotas import enforce_quota, type_ids
 from devassign.store.schema import (
     allocation_items,
@@ -123,11 +123,15 @@ def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: dat
             devices.c.healthy,
             resource_types.c.name.label("type_name"),
         )
+        .add_columns(hosts.c.name.label("host_name"), hosts.c.last_seen_at)
         .join(resource_types, resource_types.c.id == devices.c.type_id)
+        .join(hosts, hosts.c.id == devices.c.host_id)
         .where(devices.c.host_id.in_(list(host_ids)), devices.c.state != DeviceState.REMOVED.value)
     )
+    meta: dict[int, Any] = {}
     per_host: dict[int, list[DeviceView]] = defaultdict(list)
     for r in conn.execute(q):
+        meta.setdefault(r.host_id, (r.host_name, r.last_seen_at))
         per_host[r.host_id].append(
             DeviceView(
                 id=r.id,
@@ -145,22 +149,21 @@ def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: dat
                 healthy=r.healthy,
             )
         )
-    meta = {
-        r.id: r
+    missing = [h for h in host_ids if h not in meta]  # hosts without devices (explain by name)
+    if missing:
         for r in conn.execute(
-            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(list(host_ids)))
-        )
-    }
+            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(missing))
+        ):
+            meta[r.id] = (r.name, r.last_seen_at)
     views = []
     for hid in host_ids:
-        m = meta.get(hid)
-        if m is None:
+        if hid not in meta:
             continue
-        seen = m.last_seen_at
+        name, seen = meta[hid]
         if seen is not None and seen.tzinfo is None:
             seen = seen.replace(tzinfo=up_since.tzinfo)
         up = seen is not None and seen >= up_since
-        views.append(HostView(m.name, tuple(sorted(per_host.get(hid, []), key=lambda d: d.address)), up))
+        views.append(HostView(name, tuple(sorted(per_host.get(hid, []), key=lambda d: d.address)), up))
     return Snapshot(tuple(views))
 
 
@@ -228,6 +231,7 @@ def claim(
     now: datetime,
     ttl: timedelta,
     actor: str,
+    type_names: Mapping[int, str] | None = None,
 ) -> tuple[schemas.Allocation, bool]:
     """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
 
@@ -244,10 +248,12 @@ def claim(
         raise errors.DevassignError(
             errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known.project!r}"
         )
-    host_id = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one_or_none()
+    # Find and lock the host in one statement (the lock order of lock_host: host first).
+    host_id = conn.execute(
+        sa.select(hosts.c.id).where(hosts.c.name == host).with_for_update(key_share=True)
+    ).scalar_one_or_none()
     if host_id is None:
         raise LostRace(f"host {host} was deleted meanwhile")
-    lock_host(conn, host_id)
     ids = [i for _, group in chosen for i in group]
     enforce_quota(conn, project, ids)
     alloc_id = conn.execute(
@@ -288,7 +294,17 @@ def claim(
             for i in group
         ],
     )
-    recount_available(conn, host_id)  # the host is locked above
+    # Exactly these devices went available -> reserved, under the host's lock: decrement the
+    # counts instead of recounting the host.
+    per_type: dict[int, int] = defaultdict(int)
+    for r in taken:
+        per_type[r.type_id] += 1
+    conn.execute(
+        inventory.update()
+        .where(inventory.c.host_id == host_id, inventory.c.type_id == sa.bindparam("t"))
+        .values(available=inventory.c.available - sa.bindparam("n")),
+        [{"t": t, "n": n} for t, n in per_type.items()],
+    )
     record(
         conn,
         at=now,
@@ -300,13 +316,15 @@ def claim(
         detail={"project": project, "devices": ids},
     )
     # The answer is built from what the UPDATE returned: no second read of the allocation.
-    names = dict(
-        conn.execute(
-            sa.select(resource_types.c.id, resource_types.c.name).where(
-                resource_types.c.id.in_({r.type_id for r in taken})
-            )
-        ).all()
-    )
+    names = dict(type_names or {})
+    if not {r.type_id for r in taken} <= set(names):
+        names = dict(
+            conn.execute(
+                sa.select(resource_types.c.id, resource_types.c.name).where(
+                    resource_types.c.id.in_({r.type_id for r in taken})
+                )
+            ).all()
+        )
     request_of = {i: name for name, group in chosen for i in group}
     allocation = schemas.Allocation(
         consumer=consumer,

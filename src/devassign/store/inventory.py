@@ -76,31 +76,6 @@ def recount(conn: sa.Connection, host_id: int) -> None:
         )
 
 
-def recount_available(conn: sa.Connection, host_id: int) -> None:
-    """Recount only ``available`` of the host's existing inventory rows (caller holds
-    ``lock_host``).
-
-    For state changes of devices already counted (a claim): the set of types and the totals
-    do not change, so an UPDATE replaces recount's DELETE + INSERT (and leaves no deleted
-    rows behind in the index the candidate query walks). The count reads the host's devices
-    through the (host_id, address) index, as ``recount`` does.
-    """
-    rows = conn.execute(
-        sa.select(
-            devices.c.type_id,
-            sa.func.sum(sa.case((devices.c.state == DeviceState.AVAILABLE.value, 1), else_=0)),
-        )
-        .where(devices.c.host_id == host_id, devices.c.state != DeviceState.REMOVED.value)
-        .group_by(devices.c.type_id)
-    ).all()
-    conn.execute(
-        inventory.update()
-        .where(inventory.c.host_id == sa.bindparam("h"), inventory.c.type_id == sa.bindparam("t"))
-        .values(available=sa.bindparam("a")),
-        [{"h": host_id, "t": t, "a": int(a or 0)} for t, a in rows],
-    )
-
-
 @dataclass
 class _Outcome:
     accepted: int = 0
