@@ -1,0 +1,29 @@
+"""On PostgreSQL the server analyzes the candidate tables once they changed enough (the
+planner chose nested loops over every host without statistics; autovacuum may be off)."""
+
+from __future__ import annotations
+
+import time
+
+from devassign import schemas
+from devassign.store import Store
+from tests.conftest import vf
+
+
+def test_statistics_are_refreshed_after_a_load(store: Store) -> None:
+    if store.db.is_sqlite:
+        assert store.refresh_statistics() is False  # nothing to do on SQLite
+        return
+    store.create_type(schemas.ResourceTypeCreate(name="NIC_VF_1G"), "t")
+    for i in range(120):
+        report = schemas.InventoryReport(generation=1, devices=[vf("0000:3b:02.1")])  # type: ignore[list-item]
+        store.apply_report(f"h{i}", report, "t")
+    # Backends publish their table counters about once a second: poll (bounded) for them.
+    analyzed = False
+    for _ in range(50):
+        if store.refresh_statistics():
+            analyzed = True
+            break
+        time.sleep(0.1)
+    assert analyzed
+    assert store.refresh_statistics() is False  # fresh now
