@@ -186,7 +186,8 @@ class Placer:
         for attempt in range(self.config.attempts):
             snapshot = ctx.snapshot if attempt == 0 and ctx.snapshot is not None else None
             if snapshot is None:
-                snapshot = self._snapshot(request, self.config.candidate_limit)
+                # After lost races, look wider: the best hosts are where everyone else is racing.
+                snapshot = self._snapshot(request, self.config.candidate_limit * min(attempt + 1, 4))
             decision = schedule(request, snapshot, self.config.policy, quota=quota, rng=self.rng)
             if not decision.fits:
                 if (
@@ -201,7 +202,9 @@ class Placer:
                         usage=dict(quota.usage),
                     )
                 raise self._no_valid_host(request, decision, "no host can hold this request")
-            for placement in claim_order(decision.placements, self.config.policy.subset_size, self.rng):
+            # First attempt: one of the few best at random; after a lost race, any fitting host.
+            subset = self.config.policy.subset_size if attempt == 0 else len(decision.placements)
+            for placement in claim_order(decision.placements, subset, self.rng):
                 chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
                 try:
                     allocation, created = self.store.claim(
