@@ -6,6 +6,7 @@ where they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,15 +38,16 @@ def _pg_reachable() -> str | None:
         return str(exc).splitlines()[0]
 
 
-@pytest.fixture(scope="session")
-def pg_url(worker_id: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session (and xdist worker), migrated once."""
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards; skips (or fails under
+    DEVASSIGN_REQUIRE_PG=1) when PostgreSQL is unreachable."""
     problem = _pg_reachable()
     if problem:
         if REQUIRE_PG:
             pytest.fail(f"DEVASSIGN_REQUIRE_PG=1 but PostgreSQL is unreachable: {problem}")
         pytest.skip(f"PostgreSQL unreachable: {problem}")
-    name = f"devassign_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -53,10 +55,19 @@ def pg_url(worker_id: str) -> Iterator[str]:
     db = Database(url)
     db.upgrade()
     db.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(worker_id: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (and xdist worker), migrated once."""
+    with fresh_pg_database(f"devassign_test_{worker_id}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

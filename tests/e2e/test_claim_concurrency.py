@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 
 from devassign.store import Database
 from devassign.store.schema import allocations, metadata
-from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_reachable, _truncate
+from tests.conftest import _truncate, fresh_pg_database
 from tests.e2e.contention import (
     TIMEOUT,
     Background,
@@ -74,25 +73,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database of this module's own, migrated, dropped afterwards."""
-    problem = _pg_reachable()
-    if problem:
-        if REQUIRE_PG:
-            pytest.fail(f"DEVASSIGN_REQUIRE_PG=1 but PostgreSQL is unreachable: {problem}")
-        pytest.skip(f"PostgreSQL unreachable: {problem}")
-    name = f"devassign_conc_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    db.upgrade()
-    db.dispose()
-    try:
+    with fresh_pg_database("devassign_conc") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

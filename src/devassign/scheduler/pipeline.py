@@ -24,7 +24,7 @@ from devassign.scheduler.quota import Quota
 from devassign.scheduler.reasons import STAGE, Reason, ReasonCode
 from devassign.scheduler.request import Request
 from devassign.scheduler.scorers import Policy, scorers_for
-from devassign.scheduler.view import HostView, Snapshot
+from devassign.scheduler.view import Snapshot
 
 DEFAULT_POLICY = Policy()
 
@@ -190,9 +190,3 @@ def _explain(
     misses.sort(key=lambda m: (-STAGE[m[1].code], m[1].shortfall))
     closest = tuple(HostVerdict(n, r) for n, r in misses[: policy.max_closest])
     return Explanation(len(snapshot.hosts), feasible, removed, hosts, closest)
-
-
-def host_verdict(host: HostView, request: Request, policy: Policy = DEFAULT_POLICY) -> HostVerdict:
-    """One host's verdict alone (for a CLI ``explain --host``)."""
-    decision = schedule(request, Snapshot((host,)), policy, explain_all=True)
-    return decision.explanation.hosts[0]

@@ -15,8 +15,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from devassign import errors, schemas
 from devassign.scheduler import (
     ClaimBody,
@@ -220,13 +218,6 @@ class Placer:
                 except LostRace as exc:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
                     continue
-                except sa.exc.IntegrityError:
-                    # The unique indexes caught a race (same consumer, or a device): a replay
-                    # returns the allocation, anything else tries the next host.
-                    replay = self.store.existing_claim(request.consumer, request.idempotency_key)
-                    if replay is not None:
-                        return replay, False
-                    continue
                 return allocation, created
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
@@ -236,10 +227,10 @@ class Placer:
     def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
         request = parse(body)
         if request.hosts:
+            self._type_ids(request)  # unknown types are a 400 here too
             snapshot = self.store.snapshot_of(list(request.hosts))
         else:
             snapshot = self._snapshot(request, self.config.explain_limit)
-            self._type_ids(request)
         quota = (
             self._quota(request, _project(request, caller)) if (request.project or caller.project) else None
         )

@@ -245,12 +245,13 @@ class Store:
         with self.db.read() as c:
             return quotas.list_quotas(c, project)
 
-    def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
-        with self.db.read() as c:
-            return claims.existing_claim(c, consumer, key)
-
     def claim(self, **kwargs: object) -> tuple[schemas.Allocation, bool]:
-        """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race."""
+        """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race.
+
+        A unique index that caught a concurrent claim (same consumer, same device) makes
+        ``retrying`` run it again in a fresh transaction, which then answers the replay or the
+        lost race in the domain's terms.
+        """
         return self.db.retrying(
             lambda c: claims.claim(c, now=self.clock(), ttl=self.reservation_ttl, **kwargs)  # type: ignore[arg-type]
         )

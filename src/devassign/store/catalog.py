@@ -62,10 +62,6 @@ def get_type(conn: sa.Connection, name: str) -> schemas.ResourceType:
     return _to_model(row, _counts(conn, row.id).get(row.id))
 
 
-def type_ids(conn: sa.Connection) -> dict[str, int]:
-    return {r.name: r.id for r in conn.execute(sa.select(resource_types.c.id, resource_types.c.name))}
-
-
 def create_type(
     conn: sa.Connection, body: schemas.ResourceTypeCreate, *, now: datetime, actor: str
 ) -> schemas.ResourceType:

@@ -75,8 +75,6 @@ dl { display:grid; grid-template-columns: max-content 1fr; gap:4px 16px; margin:
 dt { color:var(--muted); } dd { margin:0; }
 """
 
-OUT_OF_SERVICE = ("unhealthy", "quarantined", "missing")
-
 
 def page(
     title: str,
