@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shlex
@@ -149,10 +150,12 @@ def run_devassign(backend: str, n: int, args: argparse.Namespace) -> dict[str, A
 # ---------------------------------------------------------------- Placement
 
 
-def run_placement(backend: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_placement(backend: str, n: int, args: argparse.Namespace, layout: str = "flat") -> dict[str, Any]:
     cmd = [
         PLACEMENT_PY,
         str(ROOT / "bench" / "placement_driver.py"),
+        "--layout",
+        layout,
         "--hosts",
         str(n),
         "--rounds",
@@ -186,8 +189,12 @@ def run_placement(backend: str, n: int, args: argparse.Namespace) -> dict[str, A
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"placement driver failed ({proc.returncode}): {proc.stderr[-3000:]}")
     out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    out.update(system="placement", backend=backend, load_avg_start=start, load_avg_end=loadavg())
+    out.update(system=PLACEMENT[layout], backend=backend, load_avg_start=start, load_avg_end=loadavg())
     return out
+
+
+# The system names in results, per Placement layout.
+PLACEMENT = {"flat": "placement", "nested": "placement (nested)"}
 
 
 # ---------------------------------------------------------------- report
@@ -201,6 +208,18 @@ def _s(run: dict[str, Any] | None, key: str = "total") -> dict[str, float] | Non
 
 def _f(x: float | None, fmt: str = "{:.1f}") -> str:
     return "—" if x is None else fmt.format(x)
+
+
+def _mpp(s: dict[str, float] | None) -> str:
+    return f"{s['median']:.1f} / {s['p90']:.1f} / {s['p99']:.1f}" if s else "not run"
+
+
+def _tput(r: dict[str, Any] | None) -> str:
+    return f"{r['conc']['claims_per_s']:.1f} ({r['conc']['results']})" if r else "not run"
+
+
+def _abbrev(system: str) -> str:
+    return {"placement": "P", "placement (nested)": "PN", "devassign": "D"}.get(system, system)
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, argv: list[str], started: str) -> str:
@@ -229,54 +248,55 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, argv: list[s
         "",
         "### Sequential latency (ms) and load time",
         "",
-        "| backend | hosts | Placement median / p90 / p99 | devassign median / p90 / p99 | ratio of medians"
-        " (Placement / devassign) | load: Placement / devassign (s) | load avg (start → end) |",
-        "|---|---|---|---|---|---|---|",
+        "Placement flat: one provider per host with both inventories; nested: a root provider per"
+        " host with a NIC PF child (8 NIC_VF_1G) and a GPU child (4 VGPU), as Nova models vGPUs."
+        " Ratio: Placement median / devassign median.",
+        "",
+        "| backend | hosts | Placement flat median / p90 / p99 | Placement nested median / p90 / p99 |"
+        " devassign median / p90 / p99 | ratio flat | ratio nested |"
+        " load: Placement flat / nested / devassign (s) | load avg (start → end) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for backend in args.backends:
         for n in sorted(set(args.hosts) | set(args.placement_hosts)):
-            p, d = by.get(("placement", backend, n)), by.get(("devassign", backend, n))
-            sp, sd = _s(p), _s(d)
-            ratio = sp["median"] / sd["median"] if sp and sd else None
+            p, q, d = (by.get((sys_, backend, n)) for sys_ in (*PLACEMENT.values(), "devassign"))
+            sp, sq, sd = _s(p), _s(q), _s(d)
             loads = " ; ".join(
-                f"{r['system'][0].upper()}: {r['load_avg_start'].split()[0]} → {r['load_avg_end'].split()[0]}"
-                for r in (p, d)
+                f"{_abbrev(r['system'])}: {r['load_avg_start'].split()[0]} → {r['load_avg_end'].split()[0]}"
+                for r in (p, q, d)
                 if r
             )
             lines.append(
-                f"| {backend} | {n:,} | "
-                + (f"{sp['median']:.1f} / {sp['p90']:.1f} / {sp['p99']:.1f}" if sp else "not run")
-                + " | "
-                + (f"{sd['median']:.1f} / {sd['p90']:.1f} / {sd['p99']:.1f}" if sd else "not run")
-                + f" | {_f(ratio, '{:.1f}x')} | {_f(p and p.get('load_s'))} / "
-                + f"{_f(d and d.get('load_s'))} | {loads} |"
+                f"| {backend} | {n:,} | {_mpp(sp)} | {_mpp(sq)} | {_mpp(sd)} | "
+                f"{_f(sp['median'] / sd['median'] if sp and sd else None, '{:.1f}x')} | "
+                f"{_f(sq['median'] / sd['median'] if sq and sd else None, '{:.1f}x')} | "
+                f"{_f(p and p.get('load_s'))} / {_f(q and q.get('load_s'))} / {_f(d and d.get('load_s'))} | "
+                f"{loads} |"
             )
     lines += [
         "",
         "Placement's two calls separately (median ms): "
         + "; ".join(
-            f"{r['backend']} {r['hosts']:,}: GET {summary(r['seq']['get'])['median']:.1f}, PUT "
+            f"{r['system']} {r['backend']} {r['hosts']:,}: GET {summary(r['seq']['get'])['median']:.1f}, PUT "
             f"{summary(r['seq']['put'])['median']:.1f}"
             for r in results
-            if r["system"] == "placement" and r["seq"]["get"]
+            if r["system"].startswith("placement") and r["seq"]["get"]
         ),
         "",
         f"### {args.clients} concurrent clients (successful claims per second)",
         "",
-        "| backend | hosts | Placement claims/s (results) | devassign claims/s (results) | ratio |",
-        "|---|---|---|---|---|",
+        "| backend | hosts | Placement flat claims/s (results) | Placement nested claims/s (results) |"
+        " devassign claims/s (results) | ratio flat | ratio nested |",
+        "|---|---|---|---|---|---|---|",
     ]
     for backend in args.backends:
         for n in sorted(set(args.hosts) | set(args.placement_hosts)):
-            p, d = by.get(("placement", backend, n)), by.get(("devassign", backend, n))
-            cp = p["conc"]["claims_per_s"] if p else None
-            cd = d["conc"]["claims_per_s"] if d else None
+            p, q, d = (by.get((sys_, backend, n)) for sys_ in (*PLACEMENT.values(), "devassign"))
+            cp, cq, cd = (r["conc"]["claims_per_s"] if r else None for r in (p, q, d))
             lines.append(
-                f"| {backend} | {n:,} | "
-                + (f"{cp:.1f} ({p['conc']['results']})" if p else "not run")
-                + " | "
-                + (f"{cd:.1f} ({d['conc']['results']})" if d else "not run")
-                + f" | {_f(cd / cp if cp and cd else None, '{:.1f}x')} |"
+                f"| {backend} | {n:,} | {_tput(p)} | {_tput(q)} | {_tput(d)} | "
+                f"{_f(cd / cp if cp and cd else None, '{:.1f}x')} | "
+                f"{_f(cd / cq if cq and cd else None, '{:.1f}x')} |"
             )
     lines += [
         "",
@@ -327,6 +347,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     styles = {
         ("placement", "sqlite"): "o--",
         ("placement", "postgresql"): "s--",
+        ("placement (nested)", "sqlite"): "o:",
+        ("placement (nested)", "postgresql"): "s:",
         ("devassign", "sqlite"): "o-",
         ("devassign", "postgresql"): "s-",
     }
@@ -385,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         help="load devassign's inventory over HTTP (default, like Placement) or in-process (faster)",
     )
     ap.add_argument("--placement-workers", type=int, default=2)
+    ap.add_argument("--placement-layouts", nargs="+", choices=tuple(PLACEMENT), default=["flat", "nested"])
     ap.add_argument("--placement-timeout", type=int, default=3600)
     ap.add_argument("--server-arg", action="append", default=[], help="extra `devassign server` option")
     ap.add_argument("--json", default=str(WORK / "compare.json"))
@@ -409,10 +432,12 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     for backend in args.backends:
         for n in sorted(set(args.hosts) | set(args.placement_hosts)):
-            for system, fn, wanted in (
-                ("placement", run_placement, args.placement_hosts),
-                ("devassign", run_devassign, args.hosts),
-            ):
+            runs: list[tuple[str, Any, list[int]]] = [
+                (PLACEMENT[lay], functools.partial(run_placement, layout=lay), args.placement_hosts)
+                for lay in args.placement_layouts
+            ]
+            runs.append(("devassign", run_devassign, args.hosts))
+            for system, fn, wanted in runs:
                 if n not in wanted:
                     continue
                 log(f"{system} {backend} {n} hosts ...")

@@ -98,14 +98,21 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--db-url", default=None)
     ap.add_argument("--workdir", default="/tmp/devassign-bench/placement")
+    ap.add_argument(
+        "--layout",
+        default="flat",
+        choices=("flat", "nested"),
+        help="flat: one provider per host with both inventories; nested: a root per host with a "
+        "NIC PF child (NIC_VF_1G=8) and a GPU child (VGPU=4), as Nova models vGPUs",
+    )
     args = ap.parse_args()
 
-    workdir = pb.write_conf(os.path.join(args.workdir, "n%d" % args.hosts), args.db_url, "")
+    workdir = pb.write_conf(os.path.join(args.workdir, "%s-n%d" % (args.layout, args.hosts)), args.db_url, "")
     proc, port = pb.start_server(args.server, workdir, args.workers)
-    out = {"hosts": args.hosts, "server": args.server, "workers": args.workers}
+    out = {"hosts": args.hosts, "server": args.server, "workers": args.workers, "layout": args.layout}
     try:
         c = pb.HttpClient(port)
-        out["load_s"] = pb.populate(c, args.hosts, "flat")
+        out["load_s"] = pb.populate(c, args.hosts, args.layout)
         print(
             "placement: loaded %d providers in %.1f s" % (args.hosts, out["load_s"]),
             file=sys.stderr,

@@ -93,16 +93,26 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
     from devassign.server.placement import parse
 
     stages: dict[str, list[float]] = {
-        k: [] for k in ("parse", "existing", "typeids+candidates", "schedule", "claim")
+        k: [] for k in ("parse", "prepare (replay, types, quota, candidates)", "schedule", "claim")
     }
     for _ in range(args.rounds):
         body = ClaimBody.model_validate(claim_body())
         t = time.perf_counter()
         req = parse(body)
         t1 = time.perf_counter()
-        store.existing_claim(req.consumer, None)
-        t2 = time.perf_counter()
-        snap = placer._snapshot(req, placer.config.candidate_limit)
+        t2 = t1
+        ctx = store.prepare_claim(
+            consumer=req.consumer,
+            key=None,
+            project="bench",
+            types=["NIC_VF_1G", "VGPU"],
+            needs={"NIC_VF_1G": 1, "VGPU": 1},
+            any_of=[],
+            names=[],
+            spread=False,
+            limit=placer.config.candidate_limit,
+        )
+        snap = ctx.snapshot
         t3 = time.perf_counter()
         dec = schedule(req, snap, placer.config.policy)
         t4 = time.perf_counter()
@@ -119,15 +129,14 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
         t5 = time.perf_counter()
         for k, a, b in (
             ("parse", t, t1),
-            ("existing", t1, t2),
-            ("typeids+candidates", t2, t3),
+            ("prepare (replay, types, quota, candidates)", t2, t3),
             ("schedule", t3, t4),
             ("claim", t4, t5),
         ):
             stages[k].append(b - a)
     for k, v in stages.items():
         s = summary(v)
-        print(f"  stage {k:<20} median {s['median']:7.2f} ms  p90 {s['p90']:7.2f} ms")
+        print(f"  stage {k:<44} median {s['median']:7.2f} ms  p90 {s['p90']:7.2f} ms")
 
 
 def explain_candidates(store):  # type: ignore[no-untyped-def]

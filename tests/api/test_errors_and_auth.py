@@ -140,3 +140,25 @@ def test_token_create_validation(api: TestClient) -> None:
     assert r.status_code == 400 and "bound to one host" in r.json()["error"]["message"]
     r = api.post("/v1/tokens", json={"role": "member", "project": "p"})
     assert r.status_code == 201 and r.json()["token"].startswith("da_")
+
+
+def _counter(text: str, method: str, route: str, status: str) -> float:
+    prefix = f'devassign_http_requests_total{{method="{method}",route="{route}",status="{status}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+def test_metrics_count_requests_per_route_and_status(api: TestClient) -> None:
+    before = api.get("/metrics").text
+    assert api.put(
+        "/v1/hosts/h1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}
+    ).status_code in (200, 400)
+    assert api.get("/v1/hosts/nope").status_code == 404
+    assert api.get("/no/such/route").status_code == 404
+    after = api.get("/metrics").text
+    assert (
+        _counter(after, "GET", "/v1/hosts/{host}", "404")
+        == _counter(before, "GET", "/v1/hosts/{host}", "404") + 1
+    )
+    assert _counter(after, "GET", "unmatched", "404") == _counter(before, "GET", "unmatched", "404") + 1
+    assert "devassign_http_request_seconds_bucket" in after

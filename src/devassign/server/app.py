@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,6 +68,37 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _TooLarge:
             await _too_large(self.limit, send)
+
+
+class Metrics:
+    """Request counts and latencies per route for ``/metrics``.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs
+    every response through a stream and a task group, which cost a claim ~10 % (py-spy).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)
+            REQUESTS.labels(scope["method"], path, str(status)).inc()
 
 
 class _TooLarge(Exception):
@@ -255,16 +286,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(dashboard.router)
     app.include_router(lifecycle.router)
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": devassign.__version__}
@@ -273,6 +294,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(Metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(NoNulInUrl)
     return app

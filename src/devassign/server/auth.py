@@ -10,6 +10,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from devassign import errors
 from devassign.domain import Role
@@ -26,20 +27,30 @@ class TokenCache:
         self.store = store
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
-    def get(self, secret: str) -> Principal | None:
-        now = time.monotonic()
+    def cached(self, secret: str) -> tuple[bool, Principal | None]:
+        """(found in the cache, principal): no database, so the event loop may ask."""
         hit = self._entries.get(secret)
-        if hit and now - hit[0] < _CACHE_SECONDS:
-            return hit[1]
+        if hit and time.monotonic() - hit[0] < _CACHE_SECONDS:
+            return True, hit[1]
+        return False, None
+
+    def get(self, secret: str) -> Principal | None:
+        known, found = self.cached(secret)
+        if known:
+            return found
         principal = self.store.lookup_token(secret)
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[secret] = (now, principal)
+        self._entries[secret] = (time.monotonic(), principal)
         return principal
 
 
-def principal(request: Request) -> Principal:
-    """The caller, from the ``Authorization: Bearer`` header (or the admin when auth is off)."""
+async def principal(request: Request) -> Principal:
+    """The caller, from the ``Authorization: Bearer`` header (or the admin when auth is off).
+
+    Async so that a cached token costs no trip through the thread pool (a sync dependency
+    does, on every request); only a cache miss reads the database, in a worker thread.
+    """
     state = request.app.state
     if not state.settings.auth:
         return ANONYMOUS_ADMIN
@@ -50,7 +61,10 @@ def principal(request: Request) -> Principal:
             errors.UNAUTHENTICATED,
             "send a token: `Authorization: Bearer TOKEN` (create one with `devassign token create`)",
         )
-    found: Principal | None = state.tokens.get(secret.strip())
+    tokens: TokenCache = state.tokens
+    known, found = tokens.cached(secret.strip())
+    if not known:
+        found = await run_in_threadpool(tokens.get, secret.strip())
     if found is None:
         raise errors.DevassignError(errors.UNAUTHENTICATED, "unknown or revoked token")
     return found

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from devassign import errors, schemas
@@ -40,9 +39,11 @@ def claim(request: Request, caller: Caller, body: ClaimBody) -> Any:
     if caller.role is Role.AGENT:
         raise errors.DevassignError(errors.FORBIDDEN, "agents do not claim devices")
     allocation, created = _placer(request).claim(body, caller)
-    if created:
-        return allocation
-    return JSONResponse(allocation.model_dump(mode="json"), status_code=200)
+    # Serialized here, once: the model is already valid, and FastAPI's response_model path
+    # would validate it again (response_model stays for the OpenAPI document).
+    return Response(
+        allocation.model_dump_json(), status_code=201 if created else 200, media_type="application/json"
+    )
 
 
 @router.post("/explain", tags=["claims"])

@@ -174,8 +174,6 @@ class Placer:
             spread=self.config.policy.mode == "spread",
             limit=self.config.candidate_limit,
         )
-        if ctx.replay is not None:
-            return ctx.replay, False
         _refuse_unknown(types, ctx.type_ids)
         quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
         type_names = {i: t for t, i in ctx.type_ids.items()}
@@ -188,6 +186,11 @@ class Placer:
                 snapshot = self._snapshot(request, self.config.candidate_limit * min(attempt + 1, 4))
             decision = schedule(request, snapshot, self.config.policy, quota=quota, rng=self.rng)
             if not decision.fits:
+                # A replay of a claim that was made (and now counts against the capacity and
+                # the quota it would need) answers the allocation, not a refusal.
+                replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+                if replay is not None:
+                    return replay, False
                 if (
                     quota is not None
                     and "over_quota" in decision.explanation.removed
@@ -204,6 +207,7 @@ class Placer:
             subset = self.config.policy.subset_size if attempt == 0 else len(decision.placements)
             for placement in claim_order(decision.placements, subset, self.rng):
                 chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
+                ids = [i for _, group in chosen for i in group]
                 try:
                     allocation, created = self.store.claim(
                         host=placement.host,
@@ -214,6 +218,8 @@ class Placer:
                         request_doc=doc,
                         actor=caller.name,
                         type_names=type_names,
+                        check_quota=quota is not None,
+                        check_relatives=snapshot.by_name[placement.host].has_relatives(ids),
                     )
                 except LostRace as exc:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)

@@ -23,9 +23,8 @@ __all__ = ["ClaimContext", "Database", "Principal", "SchemaError", "Store", "def
 
 @dataclass
 class ClaimContext:
-    """What :meth:`Store.prepare_claim` read: a replay, or the type ids, quota and candidates."""
+    """What :meth:`Store.prepare_claim` read: the type ids, quota and candidates."""
 
-    replay: schemas.Allocation | None = None
     type_ids: dict[str, int] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
@@ -51,6 +50,9 @@ class Store:
         self.down_after = down_after
         self.reservation_ttl = reservation_ttl
         self.clock = clock
+        # Hosts with a free device, per type id: a hint for the candidate scan, refreshed by
+        # the sweeper (claims.candidate_snapshot). Stale values cost speed, never correctness.
+        self._scarcity: dict[int, int] | None = None
 
     # ------------------------------------------------------------ catalog
     def list_types(self) -> list[schemas.ResourceType]:
@@ -89,7 +91,13 @@ class Store:
         """
         self.mark_down()
         self.refresh_statistics()
+        self.refresh_scarcity()
         return self.expire_reservations()
+
+    def refresh_scarcity(self) -> dict[int, int]:
+        with self.db.read() as c:
+            self._scarcity = claims.hosts_with_free(c)
+        return self._scarcity
 
     def refresh_statistics(self) -> bool:
         """Keep PostgreSQL's statistics of the candidate tables fresh; True if it analyzed.
@@ -179,10 +187,16 @@ class Store:
     ) -> Snapshot:
         """The hosts a claim should consider, as a read-only snapshot (one read transaction)."""
         with self.db.read() as c:
-            ids = claims.candidate_host_ids(
-                c, needs, any_of=any_of, up_since=self.up_since(), names=names, spread=spread, limit=limit
+            return claims.candidate_snapshot(
+                c,
+                needs,
+                any_of=any_of,
+                up_since=self.up_since(),
+                names=names,
+                spread=spread,
+                limit=limit,
+                scarcity=self._scarcity_hint(c),
             )
-            return claims.load_snapshot(c, ids, up_since=self.up_since())
 
     def prepare_claim(
         self,
@@ -197,30 +211,40 @@ class Store:
         spread: bool,
         limit: int,
     ) -> ClaimContext:
-        """Everything a claim reads before it writes, in one read transaction: a replay of the
-        same claim, the type ids, the project's quota and the first candidates."""
+        """Everything a claim reads before it writes: the type ids, the project's quota and
+        the first candidates, in two statements (three with a quota).
+
+        A replay of an earlier claim is not looked for here: the claim's own transaction finds
+        it (the live-consumer index), and so does :meth:`existing_claim` before a claim that
+        does not fit is refused.
+        """
         with self.db.read() as c:
-            replay = claims.existing_claim(c, consumer, key)
-            if replay is not None:
-                return ClaimContext(replay=replay)
-            ids = quotas.type_ids(c, types)
-            limits, usage = quotas.quota_for(c, project, types)
+            ids, limits = quotas.types_and_limits(c, project, types)
+            usage = quotas.usage_of(c, project, limits) if limits else {}
             snapshot = None
             if set(types) <= set(ids):
-                snapshot = claims.load_snapshot(
+                up_since = self.up_since()
+                snapshot = claims.candidate_snapshot(
                     c,
-                    claims.candidate_host_ids(
-                        c,
-                        {ids[t]: n for t, n in needs.items()},
-                        any_of=[ids[t] for t in any_of],
-                        up_since=self.up_since(),
-                        names=names,
-                        spread=spread,
-                        limit=limit,
-                    ),
-                    up_since=self.up_since(),
+                    {ids[t]: n for t, n in needs.items()},
+                    any_of=[ids[t] for t in any_of],
+                    up_since=up_since,
+                    names=names,
+                    spread=spread,
+                    limit=limit,
+                    scarcity=self._scarcity_hint(c),
                 )
             return ClaimContext(type_ids=ids, limits=limits, usage=usage, snapshot=snapshot)
+
+    def _scarcity_hint(self, c: sa.Connection) -> dict[int, int]:
+        if self._scarcity is None:  # before the sweeper's first pass
+            self._scarcity = claims.hosts_with_free(c)
+        return self._scarcity
+
+    def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
+        """The consumer's live allocation if this claim replays it; a conflict if it holds another."""
+        with self.db.read() as c:
+            return claims.existing_claim(c, consumer, key)
 
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""

@@ -9,17 +9,21 @@ tries the next candidate in a *fresh* transaction (LESSONS.md, Placement 16.0.0)
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.scheduler.view import DeviceView, HostView, Snapshot
 from devassign.store.allocations import get_allocation
+from devassign.store.db import ConcurrentChange
 from devassign.store.events import record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.quotas import enforce_quota, type_ids
@@ -43,17 +47,139 @@ class LostRace(Exception):
 # ---------------------------------------------------------------- finding candidates
 
 
-# Aliases built once: a new alias per call costs SQLAlchemy a column collection and a fresh
-# cache key every claim (seen in py-spy), and named ones keep the compiled-SQL cache warm.
+# Statements built once per shape: building one costs SQLAlchemy more Python than sending it
+# (py-spy), and a stable statement keeps the compiled-SQL cache and psycopg's prepared
+# statements warm.
 _INV = inventory.alias("i")
-_INV_ALIASES: dict[int, Any] = {}
 
 
-def _inv_alias(k: int) -> Any:
-    alias = _INV_ALIASES.get(k)
-    if alias is None:
-        alias = _INV_ALIASES.setdefault(k, inventory.alias(f"j{k}"))
-    return alias
+@functools.cache
+def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Subquery:
+    """Up hosts with enough free devices of every needed type: ``(host_id, rank)``, ranked.
+
+    Driven by the ``(type_id, available, host_id)`` index of the first (largest) need, so it
+    stops after ``limit`` hosts instead of building every candidate (LESSONS.md, Placement's
+    ``limit``). ``any_of`` (types of ``first_available`` alternatives): one free device of any.
+    Parameters: ``t0, n0, t1, n1, ...`` or ``any_of``; ``up_since``, ``names``, ``limit``.
+    """
+    i = _INV
+    if not any_of:
+        q = sa.select(i.c.host_id, i.c.available.label("rank")).where(
+            i.c.type_id == sa.bindparam("t0"), i.c.available >= sa.bindparam("n0")
+        )
+        for k in range(1, n_needs):
+            j = inventory.alias(f"j{k}")
+            q = q.where(
+                sa.exists().where(
+                    j.c.host_id == i.c.host_id,
+                    j.c.type_id == sa.bindparam(f"t{k}"),
+                    j.c.available >= sa.bindparam(f"n{k}"),
+                )
+            )
+    else:
+        q = sa.select(i.c.host_id, i.c.available.label("rank")).where(
+            i.c.type_id.in_(sa.bindparam("any_of", expanding=True)), i.c.available >= 1
+        )
+    q = q.join(hosts, hosts.c.id == i.c.host_id).where(hosts.c.last_seen_at >= sa.bindparam("up_since"))
+    if by_name:
+        q = q.where(hosts.c.name.in_(sa.bindparam("names", expanding=True)))
+    # The tie-break follows the direction so the index yields the rows in order and the query
+    # stops after ``limit`` of them (no sort of every host).
+    if spread:
+        q = q.order_by(i.c.available.desc(), i.c.host_id.desc())
+    else:
+        q = q.order_by(i.c.available.asc(), i.c.host_id.asc())
+    # The limit is written into the SQL (one prepared statement per value): with a parameter,
+    # a generic plan cannot know that only a few rows are wanted.
+    sub = q.limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).subquery("c")
+    if any_of:  # a host may qualify through several types: once, at its best rank
+        agg = sa.func.max if spread else sa.func.min
+        sub = sa.select(sub.c.host_id, agg(sub.c.rank).label("rank")).group_by(sub.c.host_id).subquery("c1")
+    return sub
+
+
+_DEVICE_COLUMNS = (
+    devices.c.id,
+    devices.c.host_id,
+    devices.c.address,
+    devices.c.kind,
+    devices.c.numa_node,
+    devices.c.iommu_group,
+    devices.c.parent,
+    devices.c.vendor_id,
+    devices.c.product_id,
+    devices.c.driver,
+    devices.c.attributes,
+    devices.c.state,
+    devices.c.healthy,
+    resource_types.c.name.label("type_name"),
+    hosts.c.name.label("host_name"),
+    hosts.c.last_seen_at,
+)
+_PRESENT = devices.c.state != DeviceState.REMOVED.value
+
+
+@functools.cache
+def _candidate_devices(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Select[Any]:
+    """Every present device of the candidate hosts, with each host's rank: one round trip."""
+    c = _candidates(n_needs, any_of, by_name, spread)
+    return (
+        sa.select(*_DEVICE_COLUMNS, c.c.rank)
+        .select_from(
+            devices.join(c, c.c.host_id == devices.c.host_id)
+            .join(resource_types, resource_types.c.id == devices.c.type_id)
+            .join(hosts, hosts.c.id == devices.c.host_id)
+        )
+        .where(_PRESENT)
+    )
+
+
+_DEVICES_OF_HOSTS = (
+    sa.select(*_DEVICE_COLUMNS)
+    .select_from(
+        devices.join(resource_types, resource_types.c.id == devices.c.type_id).join(
+            hosts, hosts.c.id == devices.c.host_id
+        )
+    )
+    .where(devices.c.host_id.in_(sa.bindparam("host_ids", expanding=True)), _PRESENT)
+)
+
+
+def hosts_with_free(conn: sa.Connection) -> dict[int, int]:
+    """Per type id, how many hosts have a free device of it (to choose the scan's driver)."""
+    q = (
+        sa.select(inventory.c.type_id, sa.func.count().label("n"))
+        .where(inventory.c.available > 0)
+        .group_by(inventory.c.type_id)
+    )
+    return {r.type_id: r.n for r in conn.execute(q)}
+
+
+def _candidate_params(
+    needs: Mapping[int, int],
+    any_of: Sequence[int],
+    up_since: datetime,
+    names: Sequence[str],
+    limit: int,
+    scarcity: Mapping[int, int] | None = None,
+) -> tuple[tuple[int, bool, bool], dict[str, Any]]:
+    params: dict[str, Any] = {"up_since": up_since, "limit": limit}
+    if needs:
+        # The need most hosts fail drives the index scan: the largest count, then the type
+        # free on the fewest hosts. Driven by a plentiful type, the scan of a full cloud walked
+        # hundreds of hosts whose scarce type was used up (1.1 ms of a 1.4 ms query).
+        free = scarcity or {}
+
+        def selective(kv: tuple[int, int]) -> tuple[int, int]:
+            return -kv[1], free.get(kv[0], 0)
+
+        for k, (tid, n) in enumerate(sorted(needs.items(), key=selective)):
+            params[f"t{k}"], params[f"n{k}"] = tid, n
+    else:
+        params["any_of"] = list(any_of)
+    if names:
+        params["names"] = list(names)
+    return (len(needs), not needs, bool(names)), params
 
 
 def candidate_host_ids(
@@ -66,35 +192,35 @@ def candidate_host_ids(
     spread: bool = False,
     limit: int = 32,
 ) -> list[int]:
-    """Up hosts holding at least ``needs[type_id]`` available devices of every needed type.
+    """Up hosts holding at least ``needs[type_id]`` available devices of every needed type,
+    best first (see :func:`_candidates`)."""
+    shape, params = _candidate_params(needs, any_of, up_since, names, limit)
+    c = _candidates(*shape, spread)
+    order = (c.c.rank.desc(), c.c.host_id.desc()) if spread else (c.c.rank.asc(), c.c.host_id.asc())
+    return [r.host_id for r in conn.execute(sa.select(c.c.host_id).order_by(*order), params)]
 
-    Driven by the ``(type_id, available)`` index of the first type, so it stops after
-    ``limit`` hosts instead of building every candidate (LESSONS.md, Placement's ``limit``).
-    ``any_of`` (types of ``first_available`` alternatives) only asks for one free device.
+
+def candidate_snapshot(
+    conn: sa.Connection,
+    needs: Mapping[int, int],
+    *,
+    any_of: Sequence[int] = (),
+    up_since: datetime,
+    names: Sequence[str] = (),
+    spread: bool = False,
+    limit: int = 32,
+    scarcity: Mapping[int, int] | None = None,
+) -> Snapshot:
+    """The candidate hosts of :func:`candidate_host_ids` with their devices, in one statement.
+
+    ``scarcity``: :func:`hosts_with_free`, maybe a little stale; it only chooses which need
+    drives the scan.
     """
-    i = _INV
-    if needs:
-        first, *rest = sorted(needs.items(), key=lambda kv: -kv[1])
-        q = sa.select(i.c.host_id).where(i.c.type_id == first[0], i.c.available >= first[1])
-        for k, (tid, n) in enumerate(rest):
-            j = _inv_alias(k)
-            q = q.where(sa.exists().where(j.c.host_id == i.c.host_id, j.c.type_id == tid, j.c.available >= n))
-    else:
-        q = sa.select(i.c.host_id).where(i.c.type_id.in_(list(any_of)), i.c.available >= 1)
-    q = q.join(hosts, hosts.c.id == i.c.host_id).where(hosts.c.last_seen_at >= up_since)
-    if names:
-        q = q.where(hosts.c.name.in_(list(names)))
-    # The tie-break follows the direction so the (type_id, available, host_id) index yields the
-    # rows in order and the query stops after ``limit`` of them (no sort of every host).
-    if spread:
-        q = q.order_by(i.c.available.desc(), i.c.host_id.desc())
-    else:
-        q = q.order_by(i.c.available.asc(), i.c.host_id.asc())
-    q = q.limit(limit)
-    seen: dict[int, None] = {}
-    for (hid,) in conn.execute(q):
-        seen.setdefault(hid, None)
-    return list(seen)
+    shape, params = _candidate_params(needs, any_of, up_since, names, limit, scarcity)
+    rows = conn.execute(_candidate_devices(*shape, spread), params).all()
+    rank = {r.host_id: r.rank for r in rows}
+    order = sorted(rank, key=lambda h: (rank[h], h), reverse=spread)
+    return _views(rows, order, up_since)
 
 
 def host_ids_by_name(conn: sa.Connection, names: Sequence[str]) -> list[int]:
@@ -106,32 +232,29 @@ def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: dat
     """Read-only views of ``host_ids`` (in that order) with every present device."""
     if not host_ids:
         return Snapshot(())
-    q = (
-        sa.select(
-            devices.c.id,
-            devices.c.host_id,
-            devices.c.address,
-            devices.c.kind,
-            devices.c.numa_node,
-            devices.c.iommu_group,
-            devices.c.parent,
-            devices.c.vendor_id,
-            devices.c.product_id,
-            devices.c.driver,
-            devices.c.attributes,
-            devices.c.state,
-            devices.c.healthy,
-            resource_types.c.name.label("type_name"),
-        )
-        .add_columns(hosts.c.name.label("host_name"), hosts.c.last_seen_at)
-        .join(resource_types, resource_types.c.id == devices.c.type_id)
-        .join(hosts, hosts.c.id == devices.c.host_id)
-        .where(devices.c.host_id.in_(list(host_ids)), devices.c.state != DeviceState.REMOVED.value)
-    )
-    meta: dict[int, Any] = {}
+    rows = conn.execute(_DEVICES_OF_HOSTS, {"host_ids": list(host_ids)}).all()
+    missing = set(host_ids) - {r.host_id for r in rows}  # hosts without devices (explain by name)
+    extra = {}
+    if missing:
+        for r in conn.execute(
+            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(missing))
+        ):
+            extra[r.id] = (r.name, r.last_seen_at)
+    return _views(rows, host_ids, up_since, extra)
+
+
+def _views(
+    rows: Sequence[Any],
+    order: Sequence[int],
+    up_since: datetime,
+    extra: Mapping[int, tuple[str, datetime | None]] | None = None,
+) -> Snapshot:
+    """Host views in ``order`` from device rows (plus ``extra`` hosts that have no devices)."""
+    meta: dict[int, tuple[str, datetime | None]] = dict(extra or {})
     per_host: dict[int, list[DeviceView]] = defaultdict(list)
-    for r in conn.execute(q):
-        meta.setdefault(r.host_id, (r.host_name, r.last_seen_at))
+    for r in rows:
+        if r.host_id not in meta:
+            meta[r.host_id] = (r.host_name, r.last_seen_at)
         per_host[r.host_id].append(
             DeviceView(
                 id=r.id,
@@ -149,14 +272,8 @@ def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: dat
                 healthy=r.healthy,
             )
         )
-    missing = [h for h in host_ids if h not in meta]  # hosts without devices (explain by name)
-    if missing:
-        for r in conn.execute(
-            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(missing))
-        ):
-            meta[r.id] = (r.name, r.last_seen_at)
     views = []
-    for hid in host_ids:
+    for hid in order:
         if hid not in meta:
             continue
         name, seen = meta[hid]
@@ -219,6 +336,73 @@ def existing_claim(conn: sa.Connection, consumer: str, key: str | None) -> schem
     )
 
 
+# The claim's statements, built once: a claim runs them thousands of times a minute, and
+# building a statement costs more Python than sending it (bench/profile_claim.py).
+def _on_conflict_do_nothing(
+    table: sa.Table, index: list[sa.Column[Any]], where: Any = None
+) -> dict[str, Any]:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for each dialect (both spell it the same)."""
+    return {
+        "postgresql": pg_insert(table).on_conflict_do_nothing(index_elements=index, index_where=where),
+        "sqlite": sqlite_insert(table).on_conflict_do_nothing(index_elements=index, index_where=where),
+    }
+
+
+_NEW_CONSUMER = {
+    d: stmt.returning(consumers.c.project)
+    for d, stmt in _on_conflict_do_nothing(consumers, [consumers.c.uuid]).items()
+}
+_CONSUMER_PROJECT = sa.select(consumers.c.project).where(consumers.c.uuid == sa.bindparam("uuid"))
+_LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
+# One live allocation per consumer (the partial unique index): a second claim of the same
+# consumer inserts nothing, and the claim answers the replay or the conflict.
+_NEW_ALLOCATION = {
+    d: stmt.returning(allocations.c.id)
+    for d, stmt in _on_conflict_do_nothing(
+        allocations, [allocations.c.consumer], allocations.c.released_at.is_(None)
+    ).items()
+}
+_TAKE = (
+    devices.update()
+    .where(
+        devices.c.id.in_(sa.bindparam("ids", expanding=True)),
+        devices.c.host_id == sa.bindparam("on_host"),
+        devices.c.state == DeviceState.AVAILABLE.value,
+        devices.c.healthy.is_(True),
+    )
+    .values(
+        state=DeviceState.RESERVED.value,
+        allocation_id=sa.bindparam("new_allocation"),
+        state_changed_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+    )
+    .returning(devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent)
+)
+# A PF and its VFs (a GPU and its vGPU slots) exclude each other: the claimed devices' parents
+# (locked, whatever their state) and their held children, in one statement.
+_RELATIVES = (
+    sa.select(devices.c.address, devices.c.state, devices.c.parent)
+    .where(
+        devices.c.host_id == sa.bindparam("host_id"),
+        devices.c.id.not_in(sa.bindparam("ids", expanding=True)),
+        sa.or_(
+            devices.c.address.in_(sa.bindparam("parents", expanding=True)),
+            sa.and_(
+                devices.c.parent.in_(sa.bindparam("addresses", expanding=True)),
+                devices.c.state.in_(_HOLDING),
+            ),
+        ),
+    )
+    .with_for_update()
+)
+_NEW_ITEM = allocation_items.insert()
+_TAKE_COUNTS = (
+    inventory.update()
+    .where(inventory.c.host_id == sa.bindparam("on_host"), inventory.c.type_id == sa.bindparam("t"))
+    .values(available=inventory.c.available - sa.bindparam("n"))
+)
+
+
 def claim(
     conn: sa.Connection,
     *,
@@ -232,62 +416,63 @@ def claim(
     ttl: timedelta,
     actor: str,
     type_names: Mapping[int, str] | None = None,
+    check_quota: bool = True,
+    check_relatives: bool = True,
 ) -> tuple[schemas.Allocation, bool]:
     """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
 
-    Returns the allocation and whether this call made it (False: a replay of the same claim
-    that committed meanwhile).
+    Returns the allocation and whether this call made it (False: a replay of the same claim,
+    committed earlier or meanwhile). ``check_quota=False`` when the project had no quota for
+    these types when the claim read them: the claim is then ordered before any quota set since.
+    ``check_relatives=False`` when the scheduler's view showed no parent or child device of the
+    chosen ones (``HostView.has_relatives``).
     """
-    replay = existing_claim(conn, consumer, key)
-    if replay is not None:
-        return replay, False
-    known = conn.execute(sa.select(consumers.c.project).where(consumers.c.uuid == consumer)).first()
-    if known is None:
-        conn.execute(consumers.insert().values(uuid=consumer, project=project, created_at=now))
-    elif known.project != project:
-        raise errors.DevassignError(
-            errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known.project!r}"
-        )
+    dialect = conn.dialect.name
+    if (
+        conn.execute(
+            _NEW_CONSUMER[dialect], {"uuid": consumer, "project": project, "created_at": now}
+        ).first()
+        is None
+    ):
+        known = conn.execute(_CONSUMER_PROJECT, {"uuid": consumer}).scalar_one()
+        if known != project:
+            raise errors.DevassignError(
+                errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known!r}"
+            )
     # Find and lock the host in one statement (the lock order of lock_host: host first).
-    host_id = conn.execute(
-        sa.select(hosts.c.id).where(hosts.c.name == host).with_for_update(key_share=True)
-    ).scalar_one_or_none()
+    host_id = conn.execute(_LOCK_HOST, {"name": host}).scalar_one_or_none()
     if host_id is None:
         raise LostRace(f"host {host} was deleted meanwhile")
     ids = [i for _, group in chosen for i in group]
-    enforce_quota(conn, project, ids)
     alloc_id = conn.execute(
-        allocations.insert()
-        .values(
-            consumer=consumer,
-            project=project,
-            host_id=host_id,
-            state=AllocationState.RESERVED.value,
-            idempotency_key=key,
-            request=request_doc,
-            created_at=now,
-            expires_at=now + ttl,
-        )
-        .returning(allocations.c.id)
-    ).scalar_one()
+        _NEW_ALLOCATION[dialect],
+        {
+            "consumer": consumer,
+            "project": project,
+            "host_id": host_id,
+            "state": AllocationState.RESERVED.value,
+            "idempotency_key": key,
+            "request": request_doc,
+            "created_at": now,
+            "expires_at": now + ttl,
+        },
+    ).scalar_one_or_none()
+    if alloc_id is None:
+        replay = existing_claim(conn, consumer, key)
+        if replay is None:  # released between the two statements: start again
+            raise ConcurrentChange(f"the live allocation of {consumer} was released meanwhile")
+        return replay, False
+    if check_quota:
+        enforce_quota(conn, project, ids)
     taken = conn.execute(
-        devices.update()
-        .where(
-            devices.c.id.in_(ids),
-            devices.c.host_id == host_id,
-            devices.c.state == DeviceState.AVAILABLE.value,
-            devices.c.healthy.is_(True),
-        )
-        .values(
-            state=DeviceState.RESERVED.value, allocation_id=alloc_id, state_changed_at=now, updated_at=now
-        )
-        .returning(devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent)
+        _TAKE, {"ids": ids, "on_host": host_id, "new_allocation": alloc_id, "now": now}
     ).all()
     if len(taken) != len(set(ids)):
         raise LostRace(f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile")
-    _check_relatives(conn, host_id, ids, taken)
+    if check_relatives:
+        _check_relatives(conn, host_id, ids, taken)
     conn.execute(
-        allocation_items.insert(),
+        _NEW_ITEM,
         [
             {"allocation_id": alloc_id, "device_id": i, "request_name": name}
             for name, group in chosen
@@ -299,12 +484,7 @@ def claim(
     per_type: dict[int, int] = defaultdict(int)
     for r in taken:
         per_type[r.type_id] += 1
-    conn.execute(
-        inventory.update()
-        .where(inventory.c.host_id == host_id, inventory.c.type_id == sa.bindparam("t"))
-        .values(available=inventory.c.available - sa.bindparam("n")),
-        [{"t": t, "n": n} for t, n in per_type.items()],
-    )
+    conn.execute(_TAKE_COUNTS, [{"on_host": host_id, "t": t, "n": n} for t, n in per_type.items()])
     record(
         conn,
         at=now,
@@ -352,35 +532,20 @@ def claim(
 def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows: Sequence[Any]) -> None:
     """A PF and its VFs (a GPU and its vGPU slots) exclude each other, even under races.
 
-    The parent row is locked before it is checked, and the claimer of a parent locked it by
-    updating it: two claims of a parent and a child serialize on the parent's row. ``rows``
-    are the claimed devices (address, parent) as the claim's UPDATE returned them.
+    Every parent row is locked whatever its state: a concurrent claim of the parent waits for
+    this transaction and then sees this child held (and every claim holds its host's lock
+    first, so claims on one host serialize anyway). ``rows`` are the claimed devices
+    (address, parent) as the claim's UPDATE returned them.
     """
     parents = sorted({r.parent for r in rows if r.parent})
-    if parents:
-        # Lock every parent row whatever its state: a concurrent claim of the parent then
-        # waits for this transaction, and sees this child held when it checks its children.
-        locked = conn.execute(
-            sa.select(devices.c.address, devices.c.state)
-            .where(
-                devices.c.host_id == host_id, devices.c.address.in_(parents), devices.c.id.not_in(list(ids))
-            )
-            .with_for_update()
-        ).all()
-        for r in locked:
-            if r.state in _HOLDING:
-                raise LostRace(f"parent device {r.address} is in use")
     addresses = [r.address for r in rows]
-    child = conn.execute(
-        sa.select(devices.c.address).where(
-            devices.c.host_id == host_id,
-            devices.c.parent.in_(addresses),
-            devices.c.state.in_(_HOLDING),
-            devices.c.id.not_in(list(ids)),
-        )
-    ).first()
-    if child is not None:
-        raise LostRace(f"child device {child.address} is in use")
+    for r in conn.execute(
+        _RELATIVES, {"host_id": host_id, "ids": list(ids), "parents": parents, "addresses": addresses}
+    ):
+        if r.address in parents and r.state in _HOLDING:
+            raise LostRace(f"parent device {r.address} is in use")
+        if r.parent in addresses and r.state in _HOLDING:
+            raise LostRace(f"child device {r.address} is in use")
 
 
 # ---------------------------------------------------------------- release and expiry

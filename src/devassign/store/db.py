@@ -95,15 +95,24 @@ class Database:
             # process's share small; requests wait briefly for a connection instead.
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size // 2
-            kwargs["pool_pre_ping"] = True
-            # psycopg prepares repeated statements, and PostgreSQL may then switch to a generic
-            # plan; without statistics (a freshly loaded table) the generic plan of the candidate
-            # query scanned every host (9 s at 10,000 hosts, bench/profile_claim.py). Planning
-            # with the actual values costs a fraction of a millisecond.
-            kwargs["connect_args"] = {"options": "-c plan_cache_mode=force_custom_plan"}
+            # No pre-ping: it costs a round trip per transaction (two per claim). A connection
+            # that died (server restart) fails its statement instead; SQLAlchemy then drops the
+            # pool, ``retrying`` runs the work again and a read answers 503 ``database_busy``.
+            kwargs["pool_recycle"] = 3600
+            # psycopg prepares repeated statements and PostgreSQL reuses their generic plans
+            # (plan_cache_mode=auto): forcing a fresh plan per execution cost 0.8 ms of database
+            # CPU per claim (bench/profile_claim.py). The candidate query keeps its LIMIT literal
+            # so its generic plan is the ordered index scan, and the sweeper's ANALYZE
+            # (Store.refresh_statistics) keeps the statistics those plans rest on fresh.
         self.engine = sa.create_engine(self.url, **kwargs)
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
+        # Reads on PostgreSQL run in autocommit: at READ COMMITTED every statement has its own
+        # snapshot anyway, and BEGIN/COMMIT would be two more round trips per read. SQLite keeps
+        # a transaction, which gives its reads one snapshot.
+        self._reader = (
+            self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         if self.is_sqlite:
             _sqlite_setup(self.engine)
@@ -113,9 +122,16 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
-        """A read-only transaction."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A connection for reads (a transaction on SQLite, autocommit on PostgreSQL)."""
+        try:
+            with self._reader.connect() as conn, conn.begin():
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise DevassignError(
+                    DATABASE_BUSY, "the database connection was lost (server restart?); retry the request"
+                ) from exc
+            raise
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
@@ -157,6 +173,8 @@ class Database:
                     raise
                 time.sleep(0.01 * (2**attempt))
             except sa.exc.OperationalError as exc:
+                if exc.connection_invalidated and attempt < attempts - 1:
+                    continue  # a pooled connection died (server restart): a fresh one
                 if not _is_transient(exc) or attempt == attempts - 1:
                     if _is_transient(exc):
                         raise DevassignError(

@@ -21,6 +21,9 @@ def aware(dt: datetime | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+_INSERT = events.insert()  # built once: every claim and release records an event
+
+
 def record(
     conn: sa.Connection,
     *,
@@ -36,18 +39,19 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        events.insert().values(
-            at=at,
-            actor=actor,
-            action=action,
-            message=message,
-            host=host,
-            device=device,
-            device_id=device_id,
-            consumer=consumer,
-            type=type,
-            detail=detail or {},
-        )
+        _INSERT,
+        {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "message": message,
+            "host": host,
+            "device": device,
+            "device_id": device_id,
+            "consumer": consumer,
+            "type": type,
+            "detail": detail or {},
+        },
     )
 
 
@@ -58,7 +62,7 @@ def record_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
             row.setdefault("detail", {})
             for key in ("host", "device", "device_id", "consumer", "type"):
                 row.setdefault(key, None)
-        conn.execute(events.insert(), rows)
+        conn.execute(_INSERT, rows)
 
 
 def list_events(

@@ -22,22 +22,46 @@ def type_ids(conn: sa.Connection, names: Iterable[str]) -> dict[str, int]:
     return {r.name: r.id for r in rows}
 
 
+# The type ids and the project's limits of a claim's types in one statement (built once).
+_TYPES_AND_LIMITS = (
+    sa.select(resource_types.c.name, resource_types.c.id, quotas.c.limit)
+    .select_from(
+        resource_types.outerjoin(
+            quotas,
+            sa.and_(quotas.c.type_id == resource_types.c.id, quotas.c.project == sa.bindparam("project")),
+        )
+    )
+    .where(resource_types.c.name.in_(sa.bindparam("names", expanding=True)))
+)
+
+
+def types_and_limits(
+    conn: sa.Connection, project: str, type_names: Iterable[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(type ids, limits of ``project``) for the given type names, in one round trip."""
+    ids: dict[str, int] = {}
+    limits: dict[str, int] = {}
+    for r in conn.execute(_TYPES_AND_LIMITS, {"project": project, "names": sorted(set(type_names))}):
+        ids[r.name] = r.id
+        if r.limit is not None:
+            limits[r.name] = r.limit
+    return ids, limits
+
+
 def quota_for(
     conn: sa.Connection, project: str, type_names: Iterable[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """(limits, usage) of ``project`` for the given types; usage counts live holdings."""
+    _, limits = types_and_limits(conn, project, type_names)
+    return limits, usage_of(conn, project, limits)
+
+
+def usage_of(conn: sa.Connection, project: str, type_names: Iterable[str]) -> dict[str, int]:
+    """Devices of these types that ``project`` holds in live allocations."""
     names = sorted(set(type_names))
-    limits = {
-        r.name: r.limit
-        for r in conn.execute(
-            sa.select(resource_types.c.name, quotas.c.limit)
-            .join(quotas, quotas.c.type_id == resource_types.c.id)
-            .where(quotas.c.project == project, resource_types.c.name.in_(names))
-        )
-    }
-    if not limits:
-        return {}, {}
-    usage = {
+    if not names:
+        return {}
+    return {
         r.name: r.n
         for r in conn.execute(
             sa.select(resource_types.c.name, sa.func.count().label("n"))
@@ -49,12 +73,11 @@ def quota_for(
             .where(
                 allocations.c.project == project,
                 allocation_items.c.released_at.is_(None),
-                resource_types.c.name.in_(list(limits)),
+                resource_types.c.name.in_(names),
             )
             .group_by(resource_types.c.name)
         )
     }
-    return limits, usage
 
 
 def set_quota(
