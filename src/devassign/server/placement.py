@@ -20,6 +20,8 @@ from devassign.scheduler import (
     ClaimBody,
     Decision,
     Explanation,
+    HostView,
+    Placement,
     Policy,
     Quota,
     Request,
@@ -31,8 +33,8 @@ from devassign.scheduler import (
     parse_claim,
     schedule,
 )
-from devassign.store import Principal, Store
-from devassign.store.claims import LostRace
+from devassign.store import ClaimContext, Principal, Store
+from devassign.store.claims import LostRace, Refit
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,6 @@ class Placer:
         )
         _refuse_unknown(types, ctx.type_ids)
         quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
-        type_names = {i: t for t, i in ctx.type_ids.items()}
         doc = body.model_dump(mode="json", exclude_none=True)
         decision: Decision | None = None
         for attempt in range(self.config.attempts):
@@ -205,30 +206,78 @@ class Placer:
                 raise self._no_valid_host(request, decision, "no host can hold this request")
             # First attempt: one of the few best at random; after a lost race, any fitting host.
             subset = self.config.policy.subset_size if attempt == 0 else len(decision.placements)
+            # Each ranked host is tried at most twice. First as the snapshot saw it, skipping a
+            # host another claim holds; then, for the hosts that were busy or lost, under the
+            # host's lock with a fresh look at its devices (a refit), in rank order. Concurrent
+            # claims so spread over the hosts, and a host that still fits is not given up.
+            again = []
             for placement in claim_order(decision.placements, subset, self.rng):
-                chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
-                ids = [i for _, group in chosen for i in group]
                 try:
-                    allocation, created = self.store.claim(
-                        host=placement.host,
-                        chosen=chosen,
-                        consumer=request.consumer,
-                        project=project,
-                        key=request.idempotency_key,
-                        request_doc=doc,
-                        actor=caller.name,
-                        type_names=type_names,
-                        check_quota=quota is not None,
-                        check_relatives=snapshot.by_name[placement.host].has_relatives(ids),
-                    )
+                    return self._claim_on(placement, snapshot, request, project, doc, caller, ctx)
                 except LostRace as exc:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
-                    continue
-                return allocation, created
+                    again.append(placement)
+            for placement in again:
+                try:
+                    return self._claim_on(
+                        placement,
+                        snapshot,
+                        request,
+                        project,
+                        doc,
+                        caller,
+                        ctx,
+                        refit=self._refit(request, quota),
+                    )
+                except LostRace as exc:
+                    log.debug("refit of %s on %s failed: %s", request.consumer, placement.host, exc)
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
         assert decision is not None
         raise self._no_valid_host(request, decision, "every fitting host was taken by concurrent claims")
+
+    def _claim_on(
+        self,
+        placement: Placement,
+        snapshot: Snapshot,
+        request: Request,
+        project: str,
+        doc: dict[str, Any],
+        caller: Principal,
+        ctx: ClaimContext,
+        *,
+        refit: Refit | None = None,
+    ) -> tuple[schemas.Allocation, bool]:
+        """One claim attempt on one host, in its own transaction (raises ``LostRace``).
+
+        Without ``refit`` it skips a host another transaction holds (``HostBusy``); with one it
+        waits for the host's lock and chooses again on what it then sees.
+        """
+        chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
+        ids = [i for _, group in chosen for i in group]
+        return self.store.claim(
+            host=placement.host,
+            chosen=chosen,
+            consumer=request.consumer,
+            project=project,
+            key=request.idempotency_key,
+            request_doc=doc,
+            actor=caller.name,
+            type_names={i: t for t, i in ctx.type_ids.items()},
+            check_quota=bool(ctx.limits),
+            check_relatives=snapshot.by_name[placement.host].has_relatives(ids),
+            wait=refit is not None,
+            refit=refit,
+        )
+
+    def _refit(self, request: Request, quota: Quota | None) -> Refit:
+        def refit(view: HostView) -> list[tuple[str, tuple[str, ...]]] | None:
+            decision = schedule(request, Snapshot((view,)), self.config.policy, quota=quota)
+            if not decision.fits:
+                return None
+            return [(c.name, (*c.device_ids, *c.companion_ids)) for c in decision.placements[0].chosen]
+
+        return refit
 
     def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
         request = parse(body)

@@ -56,12 +56,10 @@ class Store:
 
     # ------------------------------------------------------------ catalog
     def list_types(self) -> list[schemas.ResourceType]:
-        with self.db.read() as c:
-            return catalog.list_types(c)
+        return self.db.reading(catalog.list_types)
 
     def get_type(self, name: str) -> schemas.ResourceType:
-        with self.db.read() as c:
-            return catalog.get_type(c, name)
+        return self.db.reading(lambda c: catalog.get_type(c, name))
 
     def create_type(self, body: schemas.ResourceTypeCreate, actor: str) -> schemas.ResourceType:
         return self.db.retrying(lambda c: catalog.create_type(c, body, now=self.clock(), actor=actor))
@@ -95,8 +93,7 @@ class Store:
         return self.expire_reservations()
 
     def refresh_scarcity(self) -> dict[int, int]:
-        with self.db.read() as c:
-            self._scarcity = claims.hosts_with_free(c)
+        self._scarcity = self.db.reading(claims.hosts_with_free)
         return self._scarcity
 
     def refresh_statistics(self) -> bool:
@@ -126,12 +123,12 @@ class Store:
         return bool(stale)
 
     def list_hosts(self) -> list[schemas.Host]:
-        with self.db.read() as c:
-            return hosts.list_hosts(c, now=self.clock(), down_after=self.down_after)
+        return self.db.reading(lambda c: hosts.list_hosts(c, now=self.clock(), down_after=self.down_after))
 
     def get_host(self, name: str) -> schemas.Host:
-        with self.db.read() as c:
-            return hosts.get_host(c, name, now=self.clock(), down_after=self.down_after)
+        return self.db.reading(
+            lambda c: hosts.get_host(c, name, now=self.clock(), down_after=self.down_after)
+        )
 
     def delete_host(self, name: str, actor: str) -> None:
         self.db.retrying(lambda c: hosts.delete_host(c, name, now=self.clock(), actor=actor))
@@ -146,35 +143,33 @@ class Store:
         limit: int = 1000,
         offset: int = 0,
     ) -> list[schemas.Device]:
-        with self.db.read() as c:
-            return hosts.list_devices(
+        return self.db.reading(
+            lambda c: hosts.list_devices(
                 c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
             )
+        )
 
     def get_device(self, device_id: str) -> schemas.Device:
-        with self.db.read() as c:
-            return hosts.get_device(c, device_id)
+        return self.db.reading(lambda c: hosts.get_device(c, device_id))
 
     # ------------------------------------------------------------ allocations and events
     def list_allocations(self, **filters: object) -> list[schemas.Allocation]:
-        with self.db.read() as c:
-            return allocations.list_allocations(c, **filters)  # type: ignore[arg-type]
+        return self.db.reading(
+            lambda c: allocations.list_allocations(c, **filters)  # type: ignore[arg-type]
+        )
 
     def get_allocation(self, consumer: str, project: str | None = None) -> schemas.Allocation:
-        with self.db.read() as c:
-            return allocations.get_allocation(c, consumer, project=project)
+        return self.db.reading(lambda c: allocations.get_allocation(c, consumer, project=project))
 
     def list_events(self, **filters: object) -> list[schemas.Event]:
-        with self.db.read() as c:
-            return events.list_events(c, **filters)  # type: ignore[arg-type]
+        return self.db.reading(lambda c: events.list_events(c, **filters))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ claims
     def up_since(self) -> datetime:
         return self.clock() - self.down_after
 
     def type_ids(self, names: list[str]) -> dict[str, int]:
-        with self.db.read() as c:
-            return quotas.type_ids(c, names)
+        return self.db.reading(lambda c: quotas.type_ids(c, names))
 
     def candidates(
         self,
@@ -186,8 +181,8 @@ class Store:
         limit: int,
     ) -> Snapshot:
         """The hosts a claim should consider, as a read-only snapshot (one read transaction)."""
-        with self.db.read() as c:
-            return claims.candidate_snapshot(
+        return self.db.reading(
+            lambda c: claims.candidate_snapshot(
                 c,
                 needs,
                 any_of=any_of,
@@ -197,6 +192,7 @@ class Store:
                 limit=limit,
                 scarcity=self._scarcity_hint(c),
             )
+        )
 
     def prepare_claim(
         self,
@@ -218,7 +214,8 @@ class Store:
         it (the live-consumer index), and so does :meth:`existing_claim` before a claim that
         does not fit is refused.
         """
-        with self.db.read() as c:
+
+        def read(c: sa.Connection) -> ClaimContext:
             ids, limits = quotas.types_and_limits(c, project, types)
             usage = quotas.usage_of(c, project, limits) if limits else {}
             snapshot = None
@@ -236,6 +233,8 @@ class Store:
                 )
             return ClaimContext(type_ids=ids, limits=limits, usage=usage, snapshot=snapshot)
 
+        return self.db.reading(read)
+
     def _scarcity_hint(self, c: sa.Connection) -> dict[int, int]:
         if self._scarcity is None:  # before the sweeper's first pass
             self._scarcity = claims.hosts_with_free(c)
@@ -243,22 +242,19 @@ class Store:
 
     def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
         """The consumer's live allocation if this claim replays it; a conflict if it holds another."""
-        with self.db.read() as c:
-            return claims.existing_claim(c, consumer, key)
+        return self.db.reading(lambda c: claims.existing_claim(c, consumer, key))
 
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""
-        with self.db.read() as c:
-            ids = claims.host_ids_by_name(c, names)
-            return claims.load_snapshot(c, ids, up_since=self.up_since())
+        return self.db.reading(
+            lambda c: claims.load_snapshot(c, claims.host_ids_by_name(c, names), up_since=self.up_since())
+        )
 
     def funnel(self, needs: dict[str, int]) -> dict[str, int]:
-        with self.db.read() as c:
-            return claims.funnel(c, needs, up_since=self.up_since())
+        return self.db.reading(lambda c: claims.funnel(c, needs, up_since=self.up_since()))
 
     def quota(self, project: str, types: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-        with self.db.read() as c:
-            return quotas.quota_for(c, project, types)
+        return self.db.reading(lambda c: quotas.quota_for(c, project, types))
 
     def set_quota(self, project: str, type_name: str, limit: int | None, actor: str) -> None:
         self.db.retrying(
@@ -266,8 +262,7 @@ class Store:
         )
 
     def list_quotas(self, project: str | None = None) -> list[dict[str, object]]:
-        with self.db.read() as c:
-            return quotas.list_quotas(c, project)
+        return self.db.reading(lambda c: quotas.list_quotas(c, project))
 
     def claim(self, **kwargs: object) -> tuple[schemas.Allocation, bool]:
         """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race.
@@ -277,15 +272,20 @@ class Store:
         lost race in the domain's terms.
         """
         return self.db.retrying(
-            lambda c: claims.claim(c, now=self.clock(), ttl=self.reservation_ttl, **kwargs)  # type: ignore[arg-type]
+            lambda c: claims.claim(
+                c,
+                now=self.clock(),
+                ttl=self.reservation_ttl,
+                up_since=self.up_since(),
+                **kwargs,  # type: ignore[arg-type]
+            )
         )
 
     def release(self, consumer: str, actor: str) -> bool:
         return self.db.retrying(lambda c: claims.release(c, consumer, now=self.clock(), actor=actor))
 
     def expire_reservations(self) -> list[str]:
-        with self.db.read() as c:
-            stale = claims.expired_consumers(c, self.clock())
+        stale = self.db.reading(lambda c: claims.expired_consumers(c, self.clock()))
         for consumer in stale:
             self.db.retrying(self._expire_one(consumer))
         return stale
@@ -300,8 +300,7 @@ class Store:
 
     # ------------------------------------------------------------ lifecycle work
     def work_for_host(self, host: str) -> schemas.WorkList:
-        with self.db.read() as c:
-            return work.work_for_host(c, host)
+        return self.db.reading(lambda c: work.work_for_host(c, host))
 
     def apply_work_results(
         self, host: str, results: list[schemas.WorkResult], actor: str
@@ -316,13 +315,11 @@ class Store:
     def allocation_devices(
         self, consumer: str
     ) -> list[tuple[schemas.Device, dict[str, object], dict[str, object]]]:
-        with self.db.read() as c:
-            return work.allocation_devices(c, consumer)
+        return self.db.reading(lambda c: work.allocation_devices(c, consumer))
 
     # ------------------------------------------------------------ tokens
     def create_token(self, body: schemas.TokenCreate, actor: str) -> schemas.TokenCreated:
         return self.db.retrying(lambda c: tokens.create_token(c, body, now=self.clock(), actor=actor))
 
     def lookup_token(self, secret: str) -> Principal | None:
-        with self.db.read() as c:
-            return tokens.lookup(c, secret)
+        return self.db.reading(lambda c: tokens.lookup(c, secret))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,14 @@ _HOLDING = [s.value for s in (*IN_USE_STATES, DeviceState.MISSING, DeviceState.Q
 
 class LostRace(Exception):
     """Another claim took a chosen device first; try the next candidate host."""
+
+
+# Given the host as it is under its lock, the devices to claim (per named request), or None.
+Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
+
+
+class HostBusy(LostRace):
+    """Another transaction holds the host's lock and the claim chose not to wait for it."""
 
 
 # ---------------------------------------------------------------- finding candidates
@@ -354,6 +362,13 @@ _NEW_CONSUMER = {
 }
 _CONSUMER_PROJECT = sa.select(consumers.c.project).where(consumers.c.uuid == sa.bindparam("uuid"))
 _LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
+# The same, skipping a host another claim (or report) holds: concurrent claims spread over the
+# candidates instead of queueing on one host's lock and then finding its devices taken.
+_LOCK_HOST_IF_FREE = (
+    sa.select(hosts.c.id)
+    .where(hosts.c.name == sa.bindparam("name"))
+    .with_for_update(key_share=True, skip_locked=True)
+)
 # One live allocation per consumer (the partial unique index): a second claim of the same
 # consumer inserts nothing, and the claim answers the replay or the conflict.
 _NEW_ALLOCATION = {
@@ -418,6 +433,9 @@ def claim(
     type_names: Mapping[int, str] | None = None,
     check_quota: bool = True,
     check_relatives: bool = True,
+    wait: bool = True,
+    refit: Refit | None = None,
+    up_since: datetime | None = None,
 ) -> tuple[schemas.Allocation, bool]:
     """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
 
@@ -425,9 +443,20 @@ def claim(
     committed earlier or meanwhile). ``check_quota=False`` when the project had no quota for
     these types when the claim read them: the claim is then ordered before any quota set since.
     ``check_relatives=False`` when the scheduler's view showed no parent or child device of the
-    chosen ones (``HostView.has_relatives``).
+    chosen ones (``HostView.has_relatives``). ``wait=False``: raise :class:`HostBusy` at
+    once if another transaction holds the host (PostgreSQL; SQLite has one writer anyway).
+    ``refit`` (with ``up_since``): choose again on the host's devices as they are under its
+    lock, instead of trusting the ``chosen`` of an older view (one more statement; used after
+    a claim found the host busy or its devices taken).
     """
     dialect = conn.dialect.name
+    # Find and lock the host in one statement, first: the lock order of lock_host (host first),
+    # and a busy host costs one statement.
+    host_id = conn.execute(_LOCK_HOST if wait else _LOCK_HOST_IF_FREE, {"name": host}).scalar_one_or_none()
+    if host_id is None:
+        if not wait:
+            raise HostBusy(f"host {host} is locked by another transaction (or was deleted)")
+        raise LostRace(f"host {host} was deleted meanwhile")
     if (
         conn.execute(
             _NEW_CONSUMER[dialect], {"uuid": consumer, "project": project, "created_at": now}
@@ -439,10 +468,13 @@ def claim(
             raise errors.DevassignError(
                 errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known!r}"
             )
-    # Find and lock the host in one statement (the lock order of lock_host: host first).
-    host_id = conn.execute(_LOCK_HOST, {"name": host}).scalar_one_or_none()
-    if host_id is None:
-        raise LostRace(f"host {host} was deleted meanwhile")
+    if refit is not None:
+        views = load_snapshot(conn, [host_id], up_since=up_since or now).hosts
+        fresh = refit(views[0]) if views else None
+        if fresh is None:
+            raise LostRace(f"host {host} no longer fits the request")
+        chosen = fresh
+        check_relatives = views[0].has_relatives([i for _, group in chosen for i in group])
     ids = [i for _, group in chosen for i in group]
     alloc_id = conn.execute(
         _NEW_ALLOCATION[dialect],

@@ -133,6 +133,18 @@ class Database:
                 ) from exc
             raise
 
+    def reading(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` in :meth:`read`, once more on a fresh connection if the pooled one had
+        died (a database restart: without a pre-ping the pool finds out on first use)."""
+        try:
+            with self.read() as conn:
+                return fn(conn)
+        except DevassignError as exc:
+            if not isinstance(exc.__cause__, sa.exc.DBAPIError) or not exc.__cause__.connection_invalidated:
+                raise
+        with self.read() as conn:
+            return fn(conn)
+
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """A write transaction: committed on success, rolled back on any exception.
