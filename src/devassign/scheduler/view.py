@@ -7,7 +7,8 @@ type, IOMMU group members) are computed once per host, not once per question.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,35 @@ HOLDING_STATES: frozenset[DeviceState] = IN_USE_STATES | {
 
 # Kinds that never join an IOMMU group claim: mdev slots and USB devices are not VFIO groups.
 UNGROUPED_KINDS: frozenset[str] = frozenset({DeviceKind.MDEV_TYPE, DeviceKind.USB})
+
+
+class JsonAttributes(Mapping[str, Any]):
+    """A device's attributes kept as the JSON text the store read, decoded when first looked at:
+    most claims have no selector and never look (decoding every candidate's cost 5 % of a claim).
+    """
+
+    __slots__ = ("_text", "_value")
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+        self._value: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = (json.loads(self._text) if self._text else None) or {}
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
-from devassign.scheduler.view import DeviceView, HostView, Snapshot
+from devassign.scheduler.view import DeviceView, HostView, JsonAttributes, Snapshot
 from devassign.store.allocations import get_allocation
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record
@@ -117,7 +117,8 @@ _DEVICE_COLUMNS = (
     devices.c.vendor_id,
     devices.c.product_id,
     devices.c.driver,
-    devices.c.attributes,
+    # As text: decoded only if a selector or constraint looks (JsonAttributes).
+    sa.cast(devices.c.attributes, sa.Text).label("attributes_json"),
     devices.c.state,
     devices.c.healthy,
     resource_types.c.name.label("type_name"),
@@ -275,7 +276,7 @@ def _views(
                 vendor_id=r.vendor_id,
                 product_id=r.product_id,
                 driver=r.driver,
-                attributes=r.attributes or {},
+                attributes=JsonAttributes(r.attributes_json),
                 state=r.state,
                 healthy=r.healthy,
             )
