@@ -143,7 +143,7 @@ def explain_candidates(store):  # type: ignore[no-untyped-def]
     if store.db.is_sqlite:
         return
     if True:
-        from devassign.store.claims import candidate_host_ids
+        from devassign.store.candidates import candidate_host_ids
 
         with store.db.read() as conn:
             ids = store.type_ids(["NIC_VF_1G", "VGPU"])

@@ -14,7 +14,18 @@ import sqlalchemy as sa
 
 from devassign import schemas
 from devassign.scheduler.view import Snapshot
-from devassign.store import allocations, catalog, claims, events, hosts, inventory, quotas, tokens, work
+from devassign.store import (
+    allocations,
+    candidates,
+    catalog,
+    claims,
+    events,
+    hosts,
+    inventory,
+    quotas,
+    tokens,
+    work,
+)
 from devassign.store.db import Database, SchemaError, default_url
 from devassign.store.tokens import Principal
 
@@ -51,7 +62,7 @@ class Store:
         self.reservation_ttl = reservation_ttl
         self.clock = clock
         # Hosts with a free device, per type id: a hint for the candidate scan, refreshed by
-        # the sweeper (claims.candidate_snapshot). Stale values cost speed, never correctness.
+        # the sweeper (candidates.candidate_snapshot). Stale values cost speed, never correctness.
         self._scarcity: dict[int, int] | None = None
 
     # ------------------------------------------------------------ catalog
@@ -93,7 +104,7 @@ class Store:
         return self.expire_reservations()
 
     def refresh_scarcity(self) -> dict[int, int]:
-        self._scarcity = self.db.reading(claims.hosts_with_free)
+        self._scarcity = self.db.reading(candidates.hosts_with_free)
         return self._scarcity
 
     def refresh_statistics(self) -> bool:
@@ -182,7 +193,7 @@ class Store:
     ) -> Snapshot:
         """The hosts a claim should consider, as a read-only snapshot (one read transaction)."""
         return self.db.reading(
-            lambda c: claims.candidate_snapshot(
+            lambda c: candidates.candidate_snapshot(
                 c,
                 needs,
                 any_of=any_of,
@@ -221,7 +232,7 @@ class Store:
             snapshot = None
             if set(types) <= set(ids):
                 up_since = self.up_since()
-                snapshot = claims.candidate_snapshot(
+                snapshot = candidates.candidate_snapshot(
                     c,
                     {ids[t]: n for t, n in needs.items()},
                     any_of=[ids[t] for t in any_of],
@@ -237,7 +248,7 @@ class Store:
 
     def _scarcity_hint(self, c: sa.Connection) -> dict[int, int]:
         if self._scarcity is None:  # before the sweeper's first pass
-            self._scarcity = claims.hosts_with_free(c)
+            self._scarcity = candidates.hosts_with_free(c)
         return self._scarcity
 
     def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
@@ -247,11 +258,13 @@ class Store:
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""
         return self.db.reading(
-            lambda c: claims.load_snapshot(c, claims.host_ids_by_name(c, names), up_since=self.up_since())
+            lambda c: candidates.load_snapshot(
+                c, candidates.host_ids_by_name(c, names), up_since=self.up_since()
+            )
         )
 
     def funnel(self, needs: dict[str, int]) -> dict[str, int]:
-        return self.db.reading(lambda c: claims.funnel(c, needs, up_since=self.up_since()))
+        return self.db.reading(lambda c: candidates.funnel(c, needs, up_since=self.up_since()))
 
     def quota(self, project: str, types: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         return self.db.reading(lambda c: quotas.quota_for(c, project, types))

@@ -1,4 +1,4 @@
-"""Candidate hosts, scheduler snapshots, and the atomic claim and release of devices.
+"""The atomic claim and release of devices (candidates are found in ``store.candidates``).
 
 The claim is a compare-and-swap in one transaction (STYLE.md lesson 5): the chosen devices go
 ``available -> reserved`` with a conditional UPDATE whose row count must match; a partial
@@ -9,7 +9,6 @@ tries the next candidate in a *fresh* transaction (LESSONS.md, Placement 16.0.0)
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -21,12 +20,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
-from devassign.scheduler.view import DeviceView, HostView, JsonAttributes, Snapshot
+from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
+from devassign.store.candidates import load_snapshot
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record
 from devassign.store.inventory import lock_host, recount
-from devassign.store.quotas import enforce_quota, type_ids
+from devassign.store.quotas import enforce_quota
 from devassign.store.schema import (
     allocation_items,
     allocations,
@@ -50,274 +50,6 @@ Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
 
 class HostBusy(LostRace):
     """Another transaction holds the host's lock and the claim chose not to wait for it."""
-
-
-# ---------------------------------------------------------------- finding candidates
-
-
-# Statements built once per shape: building one costs SQLAlchemy more Python than sending it
-# (py-spy), and a stable statement keeps the compiled-SQL cache and psycopg's prepared
-# statements warm.
-_INV = inventory.alias("i")
-
-
-@functools.cache
-def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Subquery:
-    """Up hosts with enough free devices of every needed type: ``(host_id, rank)``, ranked.
-
-    Driven by the ``(type_id, available, host_id)`` index of the first (largest) need, so it
-    stops after ``limit`` hosts instead of building every candidate (LESSONS.md, Placement's
-    ``limit``). ``any_of`` (types of ``first_available`` alternatives): one free device of any.
-    Parameters: ``t0, n0, t1, n1, ...`` or ``any_of``; ``up_since``, ``names``, ``limit``.
-    """
-    i = _INV
-    if not any_of:
-        q = sa.select(i.c.host_id, i.c.available.label("rank")).where(
-            i.c.type_id == sa.bindparam("t0"), i.c.available >= sa.bindparam("n0")
-        )
-        for k in range(1, n_needs):
-            j = inventory.alias(f"j{k}")
-            q = q.where(
-                sa.exists().where(
-                    j.c.host_id == i.c.host_id,
-                    j.c.type_id == sa.bindparam(f"t{k}"),
-                    j.c.available >= sa.bindparam(f"n{k}"),
-                )
-            )
-    else:
-        q = sa.select(i.c.host_id, i.c.available.label("rank")).where(
-            i.c.type_id.in_(sa.bindparam("any_of", expanding=True)), i.c.available >= 1
-        )
-    q = q.join(hosts, hosts.c.id == i.c.host_id).where(hosts.c.last_seen_at >= sa.bindparam("up_since"))
-    if by_name:
-        q = q.where(hosts.c.name.in_(sa.bindparam("names", expanding=True)))
-    # The tie-break follows the direction so the index yields the rows in order and the query
-    # stops after ``limit`` of them (no sort of every host).
-    if spread:
-        q = q.order_by(i.c.available.desc(), i.c.host_id.desc())
-    else:
-        q = q.order_by(i.c.available.asc(), i.c.host_id.asc())
-    # The limit is written into the SQL (one prepared statement per value): with a parameter,
-    # a generic plan cannot know that only a few rows are wanted.
-    sub = q.limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True)).subquery("c")
-    if any_of:  # a host may qualify through several types: once, at its best rank
-        agg = sa.func.max if spread else sa.func.min
-        sub = sa.select(sub.c.host_id, agg(sub.c.rank).label("rank")).group_by(sub.c.host_id).subquery("c1")
-    return sub
-
-
-_DEVICE_COLUMNS = (
-    devices.c.id,
-    devices.c.host_id,
-    devices.c.address,
-    devices.c.kind,
-    devices.c.numa_node,
-    devices.c.iommu_group,
-    devices.c.parent,
-    devices.c.vendor_id,
-    devices.c.product_id,
-    devices.c.driver,
-    # As text: decoded only if a selector or constraint looks (JsonAttributes).
-    sa.cast(devices.c.attributes, sa.Text).label("attributes_json"),
-    devices.c.state,
-    devices.c.healthy,
-    resource_types.c.name.label("type_name"),
-    hosts.c.name.label("host_name"),
-    hosts.c.last_seen_at,
-)
-_PRESENT = devices.c.state != DeviceState.REMOVED.value
-
-
-@functools.cache
-def _candidate_devices(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Select[Any]:
-    """Every present device of the candidate hosts, with each host's rank: one round trip."""
-    c = _candidates(n_needs, any_of, by_name, spread)
-    return (
-        sa.select(*_DEVICE_COLUMNS, c.c.rank)
-        .select_from(
-            devices.join(c, c.c.host_id == devices.c.host_id)
-            .join(resource_types, resource_types.c.id == devices.c.type_id)
-            .join(hosts, hosts.c.id == devices.c.host_id)
-        )
-        .where(_PRESENT)
-    )
-
-
-_DEVICES_OF_HOSTS = (
-    sa.select(*_DEVICE_COLUMNS)
-    .select_from(
-        devices.join(resource_types, resource_types.c.id == devices.c.type_id).join(
-            hosts, hosts.c.id == devices.c.host_id
-        )
-    )
-    .where(devices.c.host_id.in_(sa.bindparam("host_ids", expanding=True)), _PRESENT)
-)
-
-
-def hosts_with_free(conn: sa.Connection) -> dict[int, int]:
-    """Per type id, how many hosts have a free device of it (to choose the scan's driver)."""
-    q = (
-        sa.select(inventory.c.type_id, sa.func.count().label("n"))
-        .where(inventory.c.available > 0)
-        .group_by(inventory.c.type_id)
-    )
-    return {r.type_id: r.n for r in conn.execute(q)}
-
-
-def _candidate_params(
-    needs: Mapping[int, int],
-    any_of: Sequence[int],
-    up_since: datetime,
-    names: Sequence[str],
-    limit: int,
-    scarcity: Mapping[int, int] | None = None,
-) -> tuple[tuple[int, bool, bool], dict[str, Any]]:
-    params: dict[str, Any] = {"up_since": up_since, "limit": limit}
-    if needs:
-        # The need most hosts fail drives the index scan: the largest count, then the type
-        # free on the fewest hosts. Driven by a plentiful type, the scan of a full cloud walked
-        # hundreds of hosts whose scarce type was used up (1.1 ms of a 1.4 ms query).
-        free = scarcity or {}
-
-        def selective(kv: tuple[int, int]) -> tuple[int, int]:
-            return -kv[1], free.get(kv[0], 0)
-
-        for k, (tid, n) in enumerate(sorted(needs.items(), key=selective)):
-            params[f"t{k}"], params[f"n{k}"] = tid, n
-    else:
-        params["any_of"] = list(any_of)
-    if names:
-        params["names"] = list(names)
-    return (len(needs), not needs, bool(names)), params
-
-
-def candidate_host_ids(
-    conn: sa.Connection,
-    needs: Mapping[int, int],
-    *,
-    any_of: Sequence[int] = (),
-    up_since: datetime,
-    names: Sequence[str] = (),
-    spread: bool = False,
-    limit: int = 32,
-) -> list[int]:
-    """Up hosts holding at least ``needs[type_id]`` available devices of every needed type,
-    best first (see :func:`_candidates`)."""
-    shape, params = _candidate_params(needs, any_of, up_since, names, limit)
-    c = _candidates(*shape, spread)
-    order = (c.c.rank.desc(), c.c.host_id.desc()) if spread else (c.c.rank.asc(), c.c.host_id.asc())
-    return [r.host_id for r in conn.execute(sa.select(c.c.host_id).order_by(*order), params)]
-
-
-def candidate_snapshot(
-    conn: sa.Connection,
-    needs: Mapping[int, int],
-    *,
-    any_of: Sequence[int] = (),
-    up_since: datetime,
-    names: Sequence[str] = (),
-    spread: bool = False,
-    limit: int = 32,
-    scarcity: Mapping[int, int] | None = None,
-) -> Snapshot:
-    """The candidate hosts of :func:`candidate_host_ids` with their devices, in one statement.
-
-    ``scarcity``: :func:`hosts_with_free`, maybe a little stale; it only chooses which need
-    drives the scan.
-    """
-    shape, params = _candidate_params(needs, any_of, up_since, names, limit, scarcity)
-    rows = conn.execute(_candidate_devices(*shape, spread), params).all()
-    rank = {r.host_id: r.rank for r in rows}
-    order = sorted(rank, key=lambda h: (rank[h], h), reverse=spread)
-    return _views(rows, order, up_since)
-
-
-def host_ids_by_name(conn: sa.Connection, names: Sequence[str]) -> list[int]:
-    rows = conn.execute(sa.select(hosts.c.id).where(hosts.c.name.in_(list(names))))
-    return [r.id for r in rows]
-
-
-def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: datetime) -> Snapshot:
-    """Read-only views of ``host_ids`` (in that order) with every present device."""
-    if not host_ids:
-        return Snapshot(())
-    rows = conn.execute(_DEVICES_OF_HOSTS, {"host_ids": list(host_ids)}).all()
-    missing = set(host_ids) - {r.host_id for r in rows}  # hosts without devices (explain by name)
-    extra = {}
-    if missing:
-        for r in conn.execute(
-            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(missing))
-        ):
-            extra[r.id] = (r.name, r.last_seen_at)
-    return _views(rows, host_ids, up_since, extra)
-
-
-def _views(
-    rows: Sequence[Any],
-    order: Sequence[int],
-    up_since: datetime,
-    extra: Mapping[int, tuple[str, datetime | None]] | None = None,
-) -> Snapshot:
-    """Host views in ``order`` from device rows (plus ``extra`` hosts that have no devices)."""
-    meta: dict[int, tuple[str, datetime | None]] = dict(extra or {})
-    per_host: dict[int, list[DeviceView]] = defaultdict(list)
-    for r in rows:
-        if r.host_id not in meta:
-            meta[r.host_id] = (r.host_name, r.last_seen_at)
-        per_host[r.host_id].append(
-            DeviceView(
-                id=r.id,
-                address=r.address,
-                kind=r.kind,
-                type=r.type_name,
-                numa_node=r.numa_node,
-                iommu_group=r.iommu_group,
-                parent=r.parent,
-                vendor_id=r.vendor_id,
-                product_id=r.product_id,
-                driver=r.driver,
-                attributes=JsonAttributes(r.attributes_json),
-                state=r.state,
-                healthy=r.healthy,
-            )
-        )
-    views = []
-    for hid in order:
-        if hid not in meta:
-            continue
-        name, seen = meta[hid]
-        if seen is not None and seen.tzinfo is None:
-            seen = seen.replace(tzinfo=up_since.tzinfo)
-        up = seen is not None and seen >= up_since
-        views.append(HostView(name, tuple(sorted(per_host.get(hid, []), key=lambda d: d.address)), up))
-    return Snapshot(tuple(views))
-
-
-def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime) -> dict[str, int]:
-    """For an explanation: hosts in all, down, and up but without enough of each needed type."""
-    total = conn.execute(sa.select(sa.func.count()).select_from(hosts)).scalar_one()
-    up = conn.execute(
-        sa.select(sa.func.count()).select_from(hosts).where(hosts.c.last_seen_at >= up_since)
-    ).scalar_one()
-    out = {"hosts": total, "down": total - up}
-    ids = type_ids(conn, needs)
-    for name, n in needs.items():
-        tid = ids.get(name)
-        enough = (
-            0
-            if tid is None
-            else conn.execute(
-                sa.select(sa.func.count())
-                .select_from(inventory.join(hosts, hosts.c.id == inventory.c.host_id))
-                .where(
-                    inventory.c.type_id == tid,
-                    inventory.c.available >= n,
-                    hosts.c.last_seen_at >= up_since,
-                )
-            ).scalar_one()
-        )
-        out[f"lacking_{name}"] = up - enough
-    return out
 
 
 # ---------------------------------------------------------------- claim
