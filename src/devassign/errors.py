@@ -27,6 +27,7 @@ TYPE_NOT_FOUND = "type_not_found"
 HOST_NOT_FOUND = "host_not_found"
 DEVICE_NOT_FOUND = "device_not_found"
 ALLOCATION_NOT_FOUND = "allocation_not_found"
+TOKEN_NOT_FOUND = "token_not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 TYPE_EXISTS = "type_exists"
 TYPE_IN_USE = "type_in_use"
@@ -56,6 +57,7 @@ STATUS: dict[str, int] = {
     HOST_NOT_FOUND: 404,
     DEVICE_NOT_FOUND: 404,
     ALLOCATION_NOT_FOUND: 404,
+    TOKEN_NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     TYPE_EXISTS: 409,
     TYPE_IN_USE: 409,

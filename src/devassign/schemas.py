@@ -295,9 +295,23 @@ class TokenCreate(Strict):
 
 class TokenCreated(BaseModel):
     token: str
+    id: int
+    name: str
     role: Role
     host: str | None
     project: str | None
+
+
+class Token(BaseModel):
+    """A token as listed: never its secret (only a hash of it is stored)."""
+
+    id: int
+    name: str
+    role: Role
+    host: str | None
+    project: str | None
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 # ---------------------------------------------------------------- agent work (setup and cleanup)

@@ -162,3 +162,25 @@ def test_metrics_count_requests_per_route_and_status(api: TestClient) -> None:
     )
     assert _counter(after, "GET", "unmatched", "404") == _counter(before, "GET", "unmatched", "404") + 1
     assert "devassign_http_request_seconds_bucket" in after
+
+
+def test_only_admins_list_and_revoke_tokens(secure_api: TestClient, store: Store) -> None:
+    admin = _token(store, "admin")
+    member = _token(store, "member", project="p1")
+    agent = _token(store, "agent", host="h1")
+    for who in (member, agent):
+        assert secure_api.get("/v1/tokens", headers=who).status_code == 403
+        assert secure_api.delete("/v1/tokens/1", headers=who).status_code == 403
+    listed = secure_api.get("/v1/tokens", headers=admin).json()
+    assert sorted(t["role"] for t in listed) == ["admin", "agent", "member"]
+    assert all("token" not in t and "secret_hash" not in t for t in listed)
+    for bad in ("0", "-1", "99999999999999999999"):
+        r = secure_api.delete(f"/v1/tokens/{bad}", headers=admin)
+        assert r.status_code in (400, 404) and r.json()["error"]["code"] in (
+            "token_not_found",
+            "invalid_request",
+        )
+    agent_id = next(t["id"] for t in listed if t["role"] == "agent")
+    r = secure_api.delete(f"/v1/tokens/{agent_id}", headers=admin)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    assert secure_api.get("/v1/hosts/h1", headers=agent).status_code == 401

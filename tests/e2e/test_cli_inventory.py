@@ -56,3 +56,38 @@ def test_cli_errors_are_one_line_not_tracebacks(db_url: str, tmp_path: Path) -> 
     assert down.returncode == 1 and "cannot reach the devassign server" in down.stderr
     usage = cli("token", "create", "--role", "agent", "--db", db_url, check=False)
     assert usage.returncode == 2 and "bound to one host" in usage.stderr
+
+
+def test_tokens_are_listed_without_secrets_and_revoked_through_the_cli(db_url: str, tmp_path: Path) -> None:
+    admin = cli("token", "create", "--role", "admin", "--name", "ops", "--db", db_url).stdout.strip()
+    with running_server(db_url, log=tmp_path / "server.log") as url:
+        env = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": admin}
+        member = cli(
+            "token", "create", "--role", "member", "--project", "p1", "--name", "alice", "--via-api", env=env
+        ).stdout.strip()
+        as_member = {"Authorization": f"Bearer {member}"}
+        assert httpx.get(f"{url}/v1/resource-types", headers=as_member).status_code == 200
+
+        listed = json.loads(cli("token", "list", "-f", "json", env=env).stdout)
+        assert [(t["name"], t["role"], t["project"], t["revoked_at"]) for t in listed] == [
+            ("ops", "admin", None, None),
+            ("alice", "member", "p1", None),
+        ]
+        assert member not in json.dumps(listed) and admin not in json.dumps(listed)
+        alice = next(t["id"] for t in listed if t["name"] == "alice")
+
+        out = cli("token", "revoke", str(alice), env=env).stdout
+        assert f"revoked token {alice} (alice)" in out
+        refused = httpx.get(f"{url}/v1/resource-types", headers=as_member)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+        assert [t["name"] for t in json.loads(cli("token", "list", "-f", "json", env=env).stdout)] == ["ops"]
+        everyone = json.loads(cli("token", "list", "--revoked", "-f", "json", env=env).stdout)
+        assert [(t["name"], t["revoked_at"] is not None) for t in everyone] == [
+            ("ops", False),
+            ("alice", True),
+        ]
+        cli("token", "revoke", str(alice), env=env)  # twice: harmless
+        unknown = cli("token", "revoke", "999999", env=env, check=False)
+        assert unknown.returncode == 1 and "[token_not_found]" in unknown.stderr
+        events = json.loads(cli("events", "-f", "json", env=env).stdout)
+        assert [e["action"] for e in events].count("token_revoked") == 1

@@ -11,6 +11,7 @@ import typer
 from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
 from devassign.cli.client import CliError
+from devassign.cli.output import Format, emit, when
 
 app = typer.Typer(
     help="devassign: direct hardware assignment for clouds.",
@@ -192,6 +193,35 @@ def token_create(
     finally:
         database.dispose()
     typer.echo(made.token)
+
+
+@token_app.command("list")
+def token_list(
+    ctx: typer.Context,
+    revoked: Annotated[bool, typer.Option("--revoked", help="Show revoked tokens too")] = False,
+    fmt: inventory_cli.FormatOpt = Format.table,
+) -> None:
+    """Tokens (never their secrets): id, name, role, scope, created, revoked."""
+    rows = inventory_cli.client(ctx).get("/v1/tokens", revoked=str(revoked).lower())
+    columns = [
+        ("id", lambda t: t["id"]),
+        ("name", lambda t: t["name"]),
+        ("role", lambda t: t["role"]),
+        ("host", lambda t: t["host"]),
+        ("project", lambda t: t["project"]),
+        ("created", lambda t: when(t["created_at"])),
+        ("revoked", lambda t: when(t["revoked_at"])),
+    ]
+    emit(rows, fmt, columns)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="From `token list`")]
+) -> None:
+    """Revoke a token: its secret stops working (other server replicas within 10 s)."""
+    gone = inventory_cli.client(ctx).delete(f"/v1/tokens/{token_id}")
+    typer.echo(f"revoked token {gone['id']} ({gone['name']})")
 
 
 def _pydantic_message(exc: Any) -> str:

@@ -34,6 +34,10 @@ class TokenCache:
             return True, hit[1]
         return False, None
 
+    def forget(self) -> None:
+        """Drop every cached answer (after a revocation)."""
+        self._entries = {}
+
     def get(self, secret: str) -> Principal | None:
         known, found = self.cached(secret)
         if known:

@@ -216,5 +216,25 @@ def list_events(
 
 @router.post("/tokens", response_model=schemas.TokenCreated, status_code=201, tags=["tokens"])
 def create_token(request: Request, caller: Caller, body: schemas.TokenCreate) -> schemas.TokenCreated:
+    """A new token; its secret is in this answer only (the server keeps a hash)."""
     require_admin(caller)
     return _store(request).create_token(body, caller.name)
+
+
+@router.get("/tokens", response_model=list[schemas.Token], tags=["tokens"])
+def list_tokens(request: Request, caller: Caller, revoked: bool = False) -> list[schemas.Token]:
+    """Tokens without their secrets; ``revoked=true`` lists revoked ones too."""
+    require_admin(caller)
+    return _store(request).list_tokens(revoked=revoked)
+
+
+@router.delete("/tokens/{token_id}", response_model=schemas.Token, tags=["tokens"])
+def revoke_token(request: Request, caller: Caller, token_id: int) -> schemas.Token:
+    """Revoke a token at once on this server; other replicas stop honouring it within 10 s
+    (their token cache)."""
+    require_admin(caller)
+    if not 1 <= token_id <= schemas.MAX_INT32:
+        raise errors.DevassignError(errors.TOKEN_NOT_FOUND, f"no token {token_id}")
+    revoked = _store(request).revoke_token(token_id, caller.name)
+    request.app.state.tokens.forget()
+    return revoked

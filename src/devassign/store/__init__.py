@@ -334,5 +334,11 @@ class Store:
     def create_token(self, body: schemas.TokenCreate, actor: str) -> schemas.TokenCreated:
         return self.db.retrying(lambda c: tokens.create_token(c, body, now=self.clock(), actor=actor))
 
+    def list_tokens(self, *, revoked: bool = False) -> list[schemas.Token]:
+        return self.db.reading(lambda c: tokens.list_tokens(c, revoked=revoked))
+
+    def revoke_token(self, token_id: int, actor: str) -> schemas.Token:
+        return self.db.retrying(lambda c: tokens.revoke(c, token_id, now=self.clock(), actor=actor))
+
     def lookup_token(self, secret: str) -> Principal | None:
         return self.db.reading(lambda c: tokens.lookup(c, secret))

@@ -6,12 +6,13 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
-from devassign import schemas
+from devassign import errors, schemas
 from devassign.domain import Role
-from devassign.store.events import record
+from devassign.store.events import aware, record
 from devassign.store.schema import tokens
 
 PREFIX = "da_"
@@ -38,8 +39,9 @@ def create_token(
     # The column holds 128 characters; a host name alone may have 253.
     scope = (body.host or body.project or "cloud")[:100]
     name = body.name or f"{body.role.value}:{scope}:{secret[3:9]}"
-    conn.execute(
-        tokens.insert().values(
+    token_id = conn.execute(
+        tokens.insert()
+        .values(
             name=name,
             secret_hash=hash_secret(secret),
             role=body.role.value,
@@ -47,7 +49,8 @@ def create_token(
             project=body.project,
             created_at=now,
         )
-    )
+        .returning(tokens.c.id)
+    ).scalar_one()
     record(
         conn,
         at=now,
@@ -57,7 +60,51 @@ def create_token(
         message=f"{body.role.value} token {name} created",
         detail={"role": body.role.value, "project": body.project},
     )
-    return schemas.TokenCreated(token=secret, role=body.role, host=body.host, project=body.project)
+    return schemas.TokenCreated(
+        token=secret, id=token_id, name=name, role=body.role, host=body.host, project=body.project
+    )
+
+
+def list_tokens(conn: sa.Connection, *, revoked: bool = False) -> list[schemas.Token]:
+    """Tokens, oldest first; revoked ones only when asked for."""
+    q = sa.select(tokens).order_by(tokens.c.id)
+    if not revoked:
+        q = q.where(tokens.c.revoked_at.is_(None))
+    return [_token(r) for r in conn.execute(q)]
+
+
+def revoke(conn: sa.Connection, token_id: int, *, now: datetime, actor: str) -> schemas.Token:
+    """Revoke a token (its secret stops working); revoking it again changes nothing."""
+    row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id).with_for_update()).first()
+    if row is None:
+        raise errors.DevassignError(
+            errors.TOKEN_NOT_FOUND, f"no token {token_id}: `devassign token list` shows their ids"
+        )
+    if row.revoked_at is None:
+        conn.execute(tokens.update().where(tokens.c.id == token_id).values(revoked_at=now))
+        record(
+            conn,
+            at=now,
+            actor=actor,
+            action="token_revoked",
+            host=row.host,
+            message=f"{row.role} token {row.name} revoked",
+            detail={"id": token_id, "role": row.role, "project": row.project},
+        )
+        row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).one()
+    return _token(row)
+
+
+def _token(r: Any) -> schemas.Token:
+    return schemas.Token(
+        id=r.id,
+        name=r.name or "",
+        role=Role(r.role),
+        host=r.host,
+        project=r.project,
+        created_at=aware(r.created_at),
+        revoked_at=aware(r.revoked_at),
+    )
 
 
 def lookup(conn: sa.Connection, secret: str) -> Principal | None:
