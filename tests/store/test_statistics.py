@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import sqlalchemy as sa
+
 from devassign import schemas
 from devassign.store import Store
 from tests.conftest import vf
@@ -27,3 +29,10 @@ def test_statistics_are_refreshed_after_a_load(store: Store) -> None:
         time.sleep(0.1)
     assert analyzed
     assert store.refresh_statistics() is False  # fresh now
+    with store.db.engine.connect() as c:
+        analyzed_tables = set(
+            c.execute(
+                sa.text("SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL")
+            ).scalars()
+        )
+    assert {"inventory", "hosts", "devices"} <= analyzed_tables

@@ -172,6 +172,17 @@ _TAKE_ALL_PG = sa.text(
     )
     SELECT id, address, kind, type_id, parent FROM taken
     """
+).bindparams(
+    # Typed, so that psycopg's parameters carry PostgreSQL's types: an untyped Python int went
+    # as numeric, and `inventory.host_id = numeric` cannot use the index (3 ms at 10,000 hosts).
+    sa.bindparam("host_id", type_=sa.Integer),
+    sa.bindparam("alloc", type_=sa.BigInteger),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("actor", type_=sa.String),
+    sa.bindparam("host", type_=sa.String),
+    sa.bindparam("consumer", type_=sa.String),
+    sa.bindparam("message", type_=sa.Text),
+    sa.bindparam("detail", type_=sa.Text),
 )
 _TAKE_COUNTS = (
     inventory.update()
