@@ -93,7 +93,7 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
     from devassign.server.placement import parse
 
     stages: dict[str, list[float]] = {
-        k: [] for k in ("parse", "prepare (replay, types, quota, candidates)", "schedule", "claim")
+        k: [] for k in ("parse", "prepare (types, quota, candidates)", "schedule", "claim")
     }
     for _ in range(args.rounds):
         body = ClaimBody.model_validate(claim_body())
@@ -129,7 +129,7 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
         t5 = time.perf_counter()
         for k, a, b in (
             ("parse", t, t1),
-            ("prepare (replay, types, quota, candidates)", t2, t3),
+            ("prepare (types, quota, candidates)", t2, t3),
             ("schedule", t3, t4),
             ("claim", t4, t5),
         ):
@@ -140,29 +140,28 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
 
 
 def explain_candidates(store):  # type: ignore[no-untyped-def]
+    """EXPLAIN ANALYZE of the statement that reads the candidates and their devices."""
     if store.db.is_sqlite:
         return
-    if True:
-        from devassign.store.candidates import candidate_host_ids
+    from devassign.store.candidates import candidate_snapshot
 
-        with store.db.read() as conn:
-            ids = store.type_ids(["NIC_VF_1G", "VGPU"])
-            captured: list[tuple[str, object]] = []
+    ids = store.type_ids(["NIC_VF_1G", "VGPU"])
+    captured: list[tuple[str, object]] = []
 
-            @sa.event.listens_for(store.db.engine, "before_cursor_execute")
-            def _cap(conn_, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-                if "FROM inventory" in statement and not captured:
-                    captured.append((statement, parameters))
+    @sa.event.listens_for(store.db.engine, "before_cursor_execute")
+    def _cap(conn_, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM inventory" in statement and not captured:
+            captured.append((statement, parameters))
 
-            candidate_host_ids(
-                conn, {ids["NIC_VF_1G"]: 1, ids["VGPU"]: 1}, up_since=store.up_since(), limit=32
-            )
-        if captured:
-            with store.db.engine.connect() as conn:
-                plan = conn.exec_driver_sql("EXPLAIN ANALYZE " + captured[0][0], captured[0][1]).all()
-            print("EXPLAIN ANALYZE of the candidate query:")
-            for (line,) in plan:
-                print("   ", line)
+    with store.db.read() as conn:
+        candidate_snapshot(conn, {ids["NIC_VF_1G"]: 1, ids["VGPU"]: 1}, up_since=store.up_since(), limit=8)
+    sa.event.remove(store.db.engine, "before_cursor_execute", _cap)
+    if captured:
+        with store.db.engine.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN ANALYZE " + captured[0][0], captured[0][1]).all()
+        print("EXPLAIN ANALYZE of the candidate query:")
+        for (line,) in plan:
+            print("   ", line)
 
 
 def profile(args, one):  # type: ignore[no-untyped-def]

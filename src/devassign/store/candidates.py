@@ -162,24 +162,6 @@ def _candidate_params(
     return (len(needs), not needs, bool(names)), params
 
 
-def candidate_host_ids(
-    conn: sa.Connection,
-    needs: Mapping[int, int],
-    *,
-    any_of: Sequence[int] = (),
-    up_since: datetime,
-    names: Sequence[str] = (),
-    spread: bool = False,
-    limit: int = 32,
-) -> list[int]:
-    """Up hosts holding at least ``needs[type_id]`` available devices of every needed type,
-    best first (see :func:`_candidates`)."""
-    shape, params = _candidate_params(needs, any_of, up_since, names, limit)
-    c = _candidates(*shape, spread)
-    order = (c.c.rank.desc(), c.c.host_id.desc()) if spread else (c.c.rank.asc(), c.c.host_id.asc())
-    return [r.host_id for r in conn.execute(sa.select(c.c.host_id).order_by(*order), params)]
-
-
 def candidate_snapshot(
     conn: sa.Connection,
     needs: Mapping[int, int],
@@ -191,7 +173,8 @@ def candidate_snapshot(
     limit: int = 32,
     scarcity: Mapping[int, int] | None = None,
 ) -> Snapshot:
-    """The candidate hosts of :func:`candidate_host_ids` with their devices, in one statement.
+    """Up hosts holding at least ``needs[type_id]`` available devices of every needed type, best
+    first (see :func:`_candidates`), with their devices, in one statement.
 
     ``scarcity``: :func:`hosts_with_free`, maybe a little stale; it only chooses which need
     drives the scan.

@@ -288,22 +288,15 @@ def claim(
                 "detail": json.dumps(detail),
             },
         ).all()
-        if len(taken) != len(set(ids)):
-            raise LostRace(
-                f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile"
-            )
-        if check_relatives:
-            _check_relatives(conn, host_id, ids, taken)
     else:
         taken = conn.execute(
             _TAKE, {"ids": ids, "on_host": host_id, "new_allocation": alloc_id, "now": now}
         ).all()
-        if len(taken) != len(set(ids)):
-            raise LostRace(
-                f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile"
-            )
-        if check_relatives:
-            _check_relatives(conn, host_id, ids, taken)
+    if len(taken) != len(set(ids)):
+        raise LostRace(f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile")
+    if check_relatives:
+        _check_relatives(conn, host_id, ids, taken)
+    if dialect != "postgresql":  # the rest of what _TAKE_ALL_PG does in one statement
         conn.execute(
             _NEW_ITEM,
             [
