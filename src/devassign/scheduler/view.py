@@ -145,19 +145,6 @@ class HostView:
         """How many devices of any type could be handed out now."""
         return len(self.free_ids)
 
-    def has_relatives(self, ids: Iterable[str]) -> bool:
-        """Whether any of these devices has a parent or a child device on this host.
-
-        Without one, a claim needs no parent/child check under the host's lock: a relative
-        reported since this view was read arrives free, and only a claim (which waits for the
-        same lock) could make it held.
-        """
-        for i in ids:
-            d = self.by_id.get(i)
-            if d is None or (d.parent and d.parent in self.by_address) or d.address in self.parents:
-                return True
-        return False
-
     def group_of(self, device: DeviceView) -> tuple[DeviceView, ...]:
         """Every device a claim of ``device`` takes with it: its whole IOMMU group, or itself."""
         if device.iommu_group is None or device.kind in UNGROUPED_KINDS:

@@ -26,6 +26,9 @@ class TokenCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        # Bumped by forget(): a lookup that began before a revocation must not cache its
+        # (possibly pre-revocation) answer after it.
+        self._generation = 0
 
     def cached(self, secret: str) -> tuple[bool, Principal | None]:
         """(found in the cache, principal): no database, so the event loop may ask."""
@@ -35,17 +38,20 @@ class TokenCache:
         return False, None
 
     def forget(self) -> None:
-        """Drop every cached answer (after a revocation)."""
+        """Drop every cached answer (after a revocation), and any lookup in flight."""
+        self._generation += 1
         self._entries = {}
 
     def get(self, secret: str) -> Principal | None:
         known, found = self.cached(secret)
         if known:
             return found
+        generation = self._generation
         principal = self.store.lookup_token(secret)
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[secret] = (time.monotonic(), principal)
+        if generation == self._generation:
+            if len(self._entries) > 10_000:
+                self._entries = {}
+            self._entries[secret] = (time.monotonic(), principal)
         return principal
 
 

@@ -213,7 +213,7 @@ class Placer:
             again = []
             for placement in claim_order(decision.placements, subset, self.rng):
                 try:
-                    return self._claim_on(placement, snapshot, request, project, doc, caller, ctx)
+                    return self._claim_on(placement, request, project, doc, caller, ctx)
                 except LostRace as exc:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
                     again.append(placement)
@@ -221,7 +221,6 @@ class Placer:
                 try:
                     return self._claim_on(
                         placement,
-                        snapshot,
                         request,
                         project,
                         doc,
@@ -234,12 +233,14 @@ class Placer:
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
         assert decision is not None
+        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+        if replay is not None:  # a resend lost every race to the claim it repeats
+            return replay, False
         raise self._no_valid_host(request, decision, "every fitting host was taken by concurrent claims")
 
     def _claim_on(
         self,
         placement: Placement,
-        snapshot: Snapshot,
         request: Request,
         project: str,
         doc: dict[str, Any],
@@ -254,7 +255,6 @@ class Placer:
         waits for the host's lock and chooses again on what it then sees.
         """
         chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
-        ids = [i for _, group in chosen for i in group]
         return self.store.claim(
             host=placement.host,
             chosen=chosen,
@@ -264,8 +264,9 @@ class Placer:
             request_doc=doc,
             actor=caller.name,
             type_names={i: t for t, i in ctx.type_ids.items()},
-            check_quota=bool(ctx.limits),
-            check_relatives=snapshot.by_name[placement.host].has_relatives(ids),
+            # IOMMU group mates count against their own type's quota, which the claim's read
+            # did not look at: check under the lock whenever there are any.
+            check_quota=bool(ctx.limits) or any(c.companion_ids for c in placement.chosen),
             wait=refit is not None,
             refit=refit,
         )

@@ -99,9 +99,10 @@ class Store:
         Returns the consumers whose reservations expired.
         """
         self.mark_down()
+        expired = self.expire_reservations()
         self.refresh_statistics()
         self.refresh_scarcity()
-        return self.expire_reservations()
+        return expired
 
     def refresh_scarcity(self) -> dict[int, int]:
         self._scarcity = self.db.reading(candidates.hosts_with_free)
@@ -283,9 +284,10 @@ class Store:
     def claim(self, **kwargs: object) -> tuple[schemas.Allocation, bool]:
         """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race.
 
-        A unique index that caught a concurrent claim (same consumer, same device) makes
-        ``retrying`` run it again in a fresh transaction, which then answers the replay or the
-        lost race in the domain's terms.
+        A second claim of the same consumer inserts nothing (``ON CONFLICT DO NOTHING``) and
+        answers the replay or the conflict; a unique index that caught the same device twice
+        makes ``retrying`` run the claim again in a fresh transaction, which then loses the race
+        in the domain's terms.
         """
         return self.db.retrying(
             lambda c: claims.claim(

@@ -45,12 +45,12 @@ class LostRace(Exception):
     """Another claim took a chosen device first; try the next candidate host."""
 
 
-# Given the host as it is under its lock, the devices to claim (per named request), or None.
-Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
-
-
 class HostBusy(LostRace):
     """Another transaction holds the host's lock and the claim chose not to wait for it."""
+
+
+# Given the host as it is under its lock, the devices to claim (per named request), or None.
+Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
 
 
 # ---------------------------------------------------------------- claim
@@ -170,7 +170,16 @@ _TAKE_ALL_PG = sa.text(
         INSERT INTO events (at, actor, action, host, consumer, message, detail)
         VALUES (:now, :actor, 'allocation_created', :host, :consumer, :message, CAST(:detail AS jsonb))
     )
-    SELECT id, address, kind, type_id, parent FROM taken
+    SELECT id, address, kind, type_id, parent,
+        -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
+        -- child of the taken devices. Under the host's lock every claim on this host waits
+        -- for this one, so the states read here cannot change before the commit.
+        (SELECT count(*) FROM devices AS d
+         WHERE d.host_id = :host_id AND NOT (d.id = ANY(CAST(:ids AS varchar[])))
+           AND d.state IN ({", ".join(repr(x) for x in _HOLDING)})
+           AND (d.address IN (SELECT parent FROM taken) OR d.parent IN (SELECT address FROM taken))
+        ) AS held_relatives
+    FROM taken
     """
 ).bindparams(
     # Typed, so that psycopg's parameters carry PostgreSQL's types: an untyped Python int went
@@ -205,7 +214,6 @@ def claim(
     actor: str,
     type_names: Mapping[int, str] | None = None,
     check_quota: bool = True,
-    check_relatives: bool = True,
     wait: bool = True,
     refit: Refit | None = None,
     up_since: datetime | None = None,
@@ -215,8 +223,7 @@ def claim(
     Returns the allocation and whether this call made it (False: a replay of the same claim,
     committed earlier or meanwhile). ``check_quota=False`` when the project had no quota for
     these types when the claim read them: the claim is then ordered before any quota set since.
-    ``check_relatives=False`` when the scheduler's view showed no parent or child device of the
-    chosen ones (``HostView.has_relatives``). ``wait=False``: raise :class:`HostBusy` at
+    ``wait=False``: raise :class:`HostBusy` at
     once if another transaction holds the host (PostgreSQL; SQLite has one writer anyway).
     ``refit`` (with ``up_since``): choose again on the host's devices as they are under its
     lock, instead of trusting the ``chosen`` of an older view (one more statement; used after
@@ -241,14 +248,6 @@ def claim(
             raise errors.DevassignError(
                 errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known!r}"
             )
-    if refit is not None:
-        views = load_snapshot(conn, [host_id], up_since=up_since or now).hosts
-        fresh = refit(views[0]) if views else None
-        if fresh is None:
-            raise LostRace(f"host {host} no longer fits the request")
-        chosen = fresh
-        check_relatives = views[0].has_relatives([i for _, group in chosen for i in group])
-    ids = [i for _, group in chosen for i in group]
     alloc_id = conn.execute(
         _NEW_ALLOCATION[dialect],
         {
@@ -267,6 +266,18 @@ def claim(
         if replay is None:  # released between the two statements: start again
             raise ConcurrentChange(f"the live allocation of {consumer} was released meanwhile")
         return replay, False
+    if refit is not None:
+        views = load_snapshot(conn, [host_id], up_since=up_since or now).hosts
+        fresh = refit(views[0]) if views else None
+        if fresh is None:
+            raise LostRace(f"host {host} no longer fits the request")
+        chosen = fresh
+    # One id once (a device could in principle be both chosen and a group mate).
+    request_of: dict[str, str] = {}
+    for name, group in chosen:
+        for i in group:
+            request_of.setdefault(i, name)
+    ids = list(request_of)
     if check_quota:
         enforce_quota(conn, project, ids)
     message = f"{consumer} reserved {len(ids)} devices on {host}"
@@ -277,7 +288,7 @@ def claim(
             _TAKE_ALL_PG,
             {
                 "ids": ids,
-                "names": [name for name, group in chosen for _ in group],
+                "names": [request_of[i] for i in ids],
                 "host_id": host_id,
                 "alloc": alloc_id,
                 "now": now,
@@ -292,18 +303,16 @@ def claim(
         taken = conn.execute(
             _TAKE, {"ids": ids, "on_host": host_id, "new_allocation": alloc_id, "now": now}
         ).all()
-    if len(taken) != len(set(ids)):
-        raise LostRace(f"{len(set(ids)) - len(taken)} of the chosen devices on {host} were taken meanwhile")
-    if check_relatives:
+    if len(taken) != len(ids):
+        raise LostRace(f"{len(ids) - len(taken)} of the chosen devices on {host} were taken meanwhile")
+    if dialect == "postgresql":
+        if taken[0].held_relatives:
+            raise LostRace(f"a parent or child of the chosen devices on {host} is in use")
+    else:  # the rest of what _TAKE_ALL_PG does in one statement
         _check_relatives(conn, host_id, ids, taken)
-    if dialect != "postgresql":  # the rest of what _TAKE_ALL_PG does in one statement
         conn.execute(
             _NEW_ITEM,
-            [
-                {"allocation_id": alloc_id, "device_id": i, "request_name": name}
-                for name, group in chosen
-                for i in group
-            ],
+            [{"allocation_id": alloc_id, "device_id": i, "request_name": request_of[i]} for i in ids],
         )
         # Exactly these devices went available -> reserved, under the host's lock: decrement
         # the counts instead of recounting the host.
@@ -331,7 +340,6 @@ def claim(
                 )
             ).all()
         )
-    request_of = {i: name for name, group in chosen for i in group}
     allocation = schemas.Allocation(
         consumer=consumer,
         project=project,
@@ -356,7 +364,8 @@ def claim(
 
 
 def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows: Sequence[Any]) -> None:
-    """A PF and its VFs (a GPU and its vGPU slots) exclude each other, even under races.
+    """A PF and its VFs (a GPU and its vGPU slots) exclude each other, even under races
+    (SQLite; on PostgreSQL ``_TAKE_ALL_PG`` checks the same in its statement).
 
     Every parent row is locked whatever its state: a concurrent claim of the parent waits for
     this transaction and then sees this child held (and every claim holds its host's lock

@@ -86,8 +86,12 @@ def set_quota(
     tid = type_ids(conn, [type_name]).get(type_name)
     if tid is None:
         raise errors.DevassignError(errors.TYPE_NOT_FOUND, f"no resource type {type_name!r}")
-    conn.execute(quotas.delete().where(quotas.c.project == project, quotas.c.type_id == tid))
-    if limit is not None:
+    row = (quotas.c.project == project) & (quotas.c.type_id == tid)
+    if limit is None:
+        conn.execute(quotas.delete().where(row))
+    # Updated in place, not deleted and inserted: a claim waiting on this row's lock must find
+    # it again (a deleted row would let it skip the check).
+    elif conn.execute(quotas.update().where(row).values(limit=limit)).rowcount == 0:
         conn.execute(quotas.insert().values(project=project, type_id=tid, limit=limit))
     record(
         conn,

@@ -1,0 +1,68 @@
+"""The parent/child rule holds in the claim itself, whatever the scheduler's view said.
+
+A claim's view is read before the host's lock: a VF reported and claimed by someone else in
+between must still keep the PF from being claimed (and the reverse).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from devassign import schemas
+from devassign.store import Store
+from devassign.store.claims import LostRace
+from tests.conftest import vf
+
+PF = {"address": "0000:3b:00.0", "kind": "sriov_pf", "type": "NIC_PF"}
+
+
+def _report(store: Store, generation: int, devices: list[dict[str, object]]) -> dict[str, str]:
+    store.apply_report(
+        "c1",
+        schemas.InventoryReport(generation=generation, devices=devices),
+        "test",  # type: ignore[arg-type]
+    )
+    return {d.address: d.id for d in store.list_devices(host="c1")}
+
+
+def _claim(store: Store, consumer: str, device_id: str) -> schemas.Allocation:
+    allocation, created = store.claim(
+        host="c1",
+        chosen=[("r", (device_id,))],
+        consumer=consumer,
+        project="p1",
+        key=None,
+        request_doc={},
+        actor="test",
+    )
+    assert created
+    return allocation
+
+
+@pytest.fixture
+def with_types(store: Store) -> Store:
+    for name in ("NIC_PF", "NIC_VF_1G"):
+        store.create_type(schemas.ResourceTypeCreate(name=name), "test")
+    return store
+
+
+def test_a_pf_is_refused_when_a_vf_reported_since_is_held(with_types: Store) -> None:
+    store = with_types
+    ids = _report(store, 1, [PF])  # what claim A's view would have seen: a PF, no VFs
+    ids = _report(store, 2, [PF, vf("0000:3b:02.0", parent=PF["address"])])
+    _claim(store, "vm-b", ids["0000:3b:02.0"])  # B takes the new VF first
+    with pytest.raises(LostRace):
+        _claim(store, "vm-a", ids[PF["address"]])
+    states = {d.address: d.state for d in store.list_devices(host="c1")}
+    assert states == {PF["address"]: "available", "0000:3b:02.0": "reserved"}
+    assert [a.consumer for a in store.list_allocations()] == ["vm-b"]
+
+
+def test_a_vf_is_refused_while_its_pf_is_held(with_types: Store) -> None:
+    store = with_types
+    ids = _report(store, 1, [PF, vf("0000:3b:02.0", parent=PF["address"])])
+    _claim(store, "vm-a", ids[PF["address"]])
+    with pytest.raises(LostRace):
+        _claim(store, "vm-b", ids["0000:3b:02.0"])
+    free = next(t for t in store.list_types() if t.name == "NIC_VF_1G")
+    assert free.counts.available == 1  # the count was not touched by the refused claim
