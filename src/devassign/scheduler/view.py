@@ -27,7 +27,8 @@ UNGROUPED_KINDS: frozenset[str] = frozenset({DeviceKind.MDEV_TYPE, DeviceKind.US
 
 class JsonAttributes(Mapping[str, Any]):
     """A device's attributes kept as the JSON text the store read, decoded when first looked at:
-    most claims have no selector and never look (decoding every candidate's cost 5 % of a claim).
+    most claims have no selector and never look (decoding every candidate's was 5 % of a claim
+    under cProfile).
     """
 
     __slots__ = ("_text", "_value")

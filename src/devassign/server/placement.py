@@ -179,7 +179,9 @@ class Placer:
         _refuse_unknown(types, ctx.type_ids)
         quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
         doc = body.model_dump(mode="json", exclude_none=True)
+        refit = self._refit(request, quota)
         decision: Decision | None = None
+        refusal: errors.DevassignError | None = None
         for attempt in range(self.config.attempts):
             snapshot = ctx.snapshot if attempt == 0 and ctx.snapshot is not None else None
             if snapshot is None:
@@ -187,23 +189,20 @@ class Placer:
                 snapshot = self._snapshot(request, self.config.candidate_limit * min(attempt + 1, 4))
             decision = schedule(request, snapshot, self.config.policy, quota=quota, rng=self.rng)
             if not decision.fits:
-                # A replay of a claim that was made (and now counts against the capacity and
-                # the quota it would need) answers the allocation, not a refusal.
-                replay = self.store.existing_claim(request.consumer, request.idempotency_key)
-                if replay is not None:
-                    return replay, False
                 if (
                     quota is not None
                     and "over_quota" in decision.explanation.removed
                     and len(decision.explanation.removed) == 1
                 ):
-                    raise errors.DevassignError(
+                    refusal = errors.DevassignError(
                         errors.QUOTA_EXCEEDED,
                         f"project {project} is over quota: limits {quota.limits}, in use {dict(quota.usage)}",
                         limits=dict(quota.limits),
                         usage=dict(quota.usage),
                     )
-                raise self._no_valid_host(request, decision, "no host can hold this request")
+                else:
+                    refusal = self._no_valid_host(request, decision, "no host can hold this request")
+                break
             # First attempt: one of the few best at random; after a lost race, any fitting host.
             subset = self.config.policy.subset_size if attempt == 0 else len(decision.placements)
             # Each ranked host is tried at most twice. First as the snapshot saw it, skipping a
@@ -219,24 +218,23 @@ class Placer:
                     again.append(placement)
             for placement in again:
                 try:
-                    return self._claim_on(
-                        placement,
-                        request,
-                        project,
-                        doc,
-                        caller,
-                        ctx,
-                        refit=self._refit(request, quota),
-                    )
+                    return self._claim_on(placement, request, project, doc, caller, ctx, refit=refit)
                 except LostRace as exc:
                     log.debug("refit of %s on %s failed: %s", request.consumer, placement.host, exc)
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
-        assert decision is not None
+        else:
+            assert decision is not None
+            refusal = self._no_valid_host(
+                request, decision, "every fitting host was taken by concurrent claims"
+            )
+        # A replay of a claim that was made (and now holds the capacity and the quota it
+        # needs) answers that allocation, not the refusal.
         replay = self.store.existing_claim(request.consumer, request.idempotency_key)
-        if replay is not None:  # a resend lost every race to the claim it repeats
+        if replay is not None:
             return replay, False
-        raise self._no_valid_host(request, decision, "every fitting host was taken by concurrent claims")
+        assert refusal is not None
+        raise refusal
 
     def _claim_on(
         self,

@@ -79,7 +79,7 @@ def existing_claim(conn: sa.Connection, consumer: str, key: str | None) -> schem
 
 
 # The claim's statements, built once: a claim runs them thousands of times a minute, and
-# building a statement costs more Python than sending it (bench/profile_claim.py).
+# building a statement costs more Python than sending it (py-spy and cProfile, docs/benchmarks.md).
 def _on_conflict_do_nothing(
     table: sa.Table, index: list[sa.Column[Any]], where: Any = None
 ) -> dict[str, Any]:

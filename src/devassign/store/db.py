@@ -97,12 +97,12 @@ class Database:
             kwargs["max_overflow"] = pool_size // 2
             # No pre-ping: it costs a round trip per transaction (two per claim). A connection
             # that died (server restart) fails its statement instead; SQLAlchemy then drops the
-            # pool, ``retrying`` runs the work again and a read answers 503 ``database_busy``.
+            # pool, and ``retrying`` (writes) or ``reading`` (reads) runs the work once more.
             kwargs["pool_recycle"] = 3600
             # psycopg prepares repeated statements and PostgreSQL reuses their generic plans
             # (plan_cache_mode=auto): forcing a fresh plan per execution cost 0.8 ms of database
-            # CPU per claim (bench/profile_claim.py). The candidate query keeps its LIMIT literal
-            # so its generic plan is the ordered index scan, and the sweeper's ANALYZE
+            # CPU per claim (read from /proc, as bench/workers.py does). The candidate query keeps
+            # its LIMIT literal so its generic plan is the ordered index scan, and the sweeper's ANALYZE
             # (Store.refresh_statistics) keeps the statistics those plans rest on fresh.
         self.engine = sa.create_engine(self.url, **kwargs)
         self._write_lock: contextlib.AbstractContextManager[Any] = (
@@ -123,27 +123,24 @@ class Database:
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
         """A connection for reads (a transaction on SQLite, autocommit on PostgreSQL)."""
-        try:
-            with self._reader.connect() as conn, conn.begin():
-                yield conn
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise DevassignError(
-                    DATABASE_BUSY, "the database connection was lost (server restart?); retry the request"
-                ) from exc
-            raise
+        with self._reader.connect() as conn, conn.begin():
+            yield conn
 
     def reading(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` in :meth:`read`, once more on a fresh connection if the pooled one had
         died (a database restart: without a pre-ping the pool finds out on first use)."""
-        try:
-            with self.read() as conn:
-                return fn(conn)
-        except DevassignError as exc:
-            if not isinstance(exc.__cause__, sa.exc.DBAPIError) or not exc.__cause__.connection_invalidated:
-                raise
-        with self.read() as conn:
-            return fn(conn)
+        for attempt in (1, 2):
+            try:
+                with self.read() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                if attempt == 2:
+                    raise DevassignError(
+                        DATABASE_BUSY, "the database connection was lost (server restart?); retry the request"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
