@@ -53,6 +53,12 @@ def _fmt(name: str, s: dict[str, float], extra: str = "") -> str:
     )
 
 
+def _print_mode(mode: str, r: dict[str, Any]) -> None:
+    print(_fmt(f"{mode}, 1 client", r["seq"]), flush=True)
+    extra = f"{r['conc_per_s']:.0f} claims/s errors={r['errors']}"
+    print(_fmt(f"{mode}, {r['clients']} clients", r["conc"], extra), flush=True)
+
+
 def bench_inprocess(url: str, rounds: int, clients: int, per_client: int) -> dict[str, Any]:
     from devassign.domain import Role
     from devassign.errors import DevassignError
@@ -167,29 +173,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "inprocess" in args.modes:
                 r = bench_inprocess(url, args.rounds, args.clients, args.per_client)
                 run["inprocess"] = r
-                print(_fmt("in-process, 1 client", r["seq"]), flush=True)
-                print(
-                    _fmt(
-                        f"in-process, {r['clients']} clients",
-                        r["conc"],
-                        f"{r['conc_per_s']:.0f} claims/s errors={r['errors']}",
-                    ),
-                    flush=True,
-                )
+                _print_mode("in-process", r)
             if "http" in args.modes:
                 log = WORK / f"{name}.server.log"
                 with server(url, log, args.server_arg) as port:
                     r = bench_http(port, args.rounds, args.clients, args.per_client)
                 run["http"] = r
-                print(_fmt("HTTP, 1 client", r["seq"]), flush=True)
-                print(
-                    _fmt(
-                        f"HTTP, {r['clients']} clients",
-                        r["conc"],
-                        f"{r['conc_per_s']:.0f} claims/s errors={r['errors']}",
-                    ),
-                    flush=True,
-                )
+                _print_mode("HTTP", r)
             run["double_allocated_devices"] = over_allocation(url)
             run["load_avg"] = loadavg()
             print(

@@ -142,6 +142,16 @@ def open_store(url: str, pool_size: int = 20) -> Any:
     return Store(db, down_after=timedelta(seconds=LONG), reservation_ttl=timedelta(seconds=LONG))
 
 
+def _each(fn: Callable[[int], None], n: int, threads: int) -> None:
+    """``fn(0) .. fn(n - 1)``, on ``threads`` threads when more than one."""
+    if threads <= 1:
+        for i in range(n):
+            fn(i)
+    else:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(fn, range(n)))
+
+
 def load_inprocess(url: str, n: int, layout: str, threads: int = 1) -> float:
     """Load ``n`` hosts through ``Store.apply_report`` (no HTTP); returns seconds."""
     from devassign import schemas
@@ -156,12 +166,7 @@ def load_inprocess(url: str, n: int, layout: str, threads: int = 1) -> float:
         report = schemas.InventoryReport(generation=1, devices=host_devices(i, layout))
         store.apply_report(host_name(i), report, "bench")
 
-    if threads <= 1:
-        for i in range(n):
-            one(i)
-    else:
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(one, range(n)))
+    _each(one, n, threads)
     dt = time.perf_counter() - t0
     store.db.dispose()
     analyze(url)
@@ -184,12 +189,7 @@ def load_http(port: int, n: int, layout: str, threads: int = 1) -> float:
         if st != 200 or body["refused"]:
             raise RuntimeError(f"inventory of {host_name(i)}: HTTP {st} {body}")
 
-    if threads <= 1:
-        for i in range(n):
-            one(i)
-    else:
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(one, range(n)))
+    _each(one, n, threads)
     return time.perf_counter() - t0
 
 
