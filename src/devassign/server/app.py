@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import devassign
 from devassign import errors, schemas
 from devassign.server import claims, lifecycle, routes
+from devassign.server.access import authorize, check_table
 from devassign.server.auth import TokenCache
 from devassign.server.placement import Placer
 from devassign.server.settings import Settings
@@ -274,6 +275,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         version=devassign.__version__,
         description="Direct hardware assignment: inventory, scheduling, claims, lifecycle.",
         lifespan=lifespan,
+        # Every route, API and dashboard, passes the access table first (server/access.py).
+        dependencies=[Depends(authorize)],
     )
     app.state.settings = settings
     app.state.store = store
@@ -294,6 +297,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    check_table(app)
     app.add_middleware(Metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(NoNulInUrl)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from devassign import errors, schemas
-from devassign.domain import Role
 from devassign.scheduler import ClaimBody
-from devassign.server.auth import Caller, project_scope, require_admin, require_host
+from devassign.server import views
+from devassign.server.access import Access
 from devassign.server.placement import Placer
 from devassign.store import Store
 
@@ -34,11 +34,13 @@ def _store(request: Request) -> Store:
     tags=["claims"],
     responses={409: {"description": "no host can hold the request; the body says why"}},
 )
-def claim(request: Request, caller: Caller, body: ClaimBody) -> Any:
+def claim(request: Request, scope: Access, body: ClaimBody) -> Any:
     """Place and claim in one call: 201 with the allocation, 200 for a replay of the same claim."""
-    if caller.role is Role.AGENT:
-        raise errors.DevassignError(errors.FORBIDDEN, "agents do not claim devices")
-    allocation, created = _placer(request).claim(body, caller)
+    scope.check_targets(body.hosts)
+    try:
+        allocation, created = _placer(request).claim(body, scope.principal)
+    except errors.DevassignError as exc:
+        raise views.public_refusal(scope, exc) from None
     # Serialized here, once: the model is already valid, and FastAPI's response_model path
     # would validate it again (response_model stays for the OpenAPI document).
     return Response(
@@ -47,15 +49,15 @@ def claim(request: Request, caller: Caller, body: ClaimBody) -> Any:
 
 
 @router.post("/explain", tags=["claims"])
-def explain(request: Request, caller: Caller, body: ClaimBody) -> dict[str, Any]:
+def explain(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
     """Would the request fit, where, and why not: the claim's body, nothing claimed."""
-    return _placer(request).explain(body, caller)
+    return views.explain(_placer(request), scope, body)
 
 
 @router.get("/capacity", tags=["claims"])
 def capacity(
     request: Request,
-    caller: Caller,
+    scope: Access,
     spec: Annotated[list[str], Query(description="hardware_resource:TYPE=N, repeatable")],
     host: Annotated[list[str] | None, Query(description="Only these hosts")] = None,
 ) -> dict[str, Any]:
@@ -74,20 +76,15 @@ def capacity(
         problem = exc.errors()[0]
         where = ".".join(str(p) for p in problem["loc"]) or "query"
         raise errors.DevassignError(errors.INVALID_REQUEST, f"{where}: {problem['msg']}") from exc
-    result = _placer(request).capacity(body)
-    if caller.role is Role.MEMBER:
-        result.pop("per_host")
-    return result
+    return views.capacity(_placer(request), scope, body)
 
 
 @router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])
-def release(request: Request, caller: Caller, consumer: str) -> Response:
+def release(request: Request, scope: Access, consumer: str) -> Response:
     """Release a consumer's devices (they go to cleaning); twice is harmless, unknown is 404."""
     store = _store(request)
-    allocation = store.get_allocation(consumer, project_scope(caller))
-    if caller.role is Role.AGENT:
-        require_host(caller, allocation.host)
-    store.release(consumer, caller.name)
+    views.get_allocation(store, scope, consumer)
+    store.release(consumer, scope.actor)
     return Response(status_code=204)
 
 
@@ -101,17 +98,15 @@ class QuotaSet(BaseModel):
 
 
 @router.put("/quotas/{project}/{type_name}", status_code=204, tags=["quotas"])
-def set_quota(request: Request, caller: Caller, project: str, type_name: str, body: QuotaSet) -> Response:
-    require_admin(caller)
+def set_quota(request: Request, scope: Access, project: str, type_name: str, body: QuotaSet) -> Response:
     if not 1 <= len(project) <= 64:
         raise errors.DevassignError(
             errors.INVALID_REQUEST, f"project names are 1-64 characters, not {len(project)}"
         )
-    _store(request).set_quota(project, type_name, body.limit, caller.name)
+    _store(request).set_quota(project, type_name, body.limit, scope.actor)
     return Response(status_code=204)
 
 
 @router.get("/quotas", tags=["quotas"])
-def list_quotas(request: Request, caller: Caller, project: str | None = None) -> list[dict[str, Any]]:
-    scope = project_scope(caller)
-    return _store(request).list_quotas(scope if scope is not None else project)
+def list_quotas(request: Request, scope: Access, project: str | None = None) -> list[dict[str, Any]]:
+    return views.list_quotas(_store(request), scope, project)

@@ -1,5 +1,6 @@
 """Routes of the device lifecycle: agents fetch work and report results; admins clear
-quarantined devices; anyone who may see an allocation gets its libvirt XML."""
+quarantined devices; anyone who may see an allocation gets its libvirt XML (who may call
+each route: ``server/access.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi.responses import Response
 from devassign import errors, schemas
 from devassign.lifecycle.base import LifecycleDevice
 from devassign.lifecycle.libvirt import LibvirtXMLError, devices_xml
-from devassign.server.auth import Caller, project_scope, require_admin, require_host
+from devassign.server import views
+from devassign.server.access import Access
 from devassign.store import Store
 
 router = APIRouter(prefix="/v1")
@@ -21,26 +23,23 @@ def _store(request: Request) -> Store:
 
 
 @router.get("/hosts/{host}/work", response_model=schemas.WorkList, tags=["lifecycle"])
-def get_work(request: Request, caller: Caller, host: str) -> schemas.WorkList:
+def get_work(request: Request, scope: Access, host: str) -> schemas.WorkList:
     """Devices of this host to set up (reserved) or clean (cleaning)."""
-    require_host(caller, host)
     return _store(request).work_for_host(host)
 
 
 @router.post("/hosts/{host}/work", response_model=list[schemas.WorkOutcome], tags=["lifecycle"])
 def post_results(
-    request: Request, caller: Caller, host: str, body: schemas.WorkResults
+    request: Request, scope: Access, host: str, body: schemas.WorkResults
 ) -> list[schemas.WorkOutcome]:
     """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
-    require_host(caller, host)
-    return _store(request).apply_work_results(host, body.results, caller.name)
+    return _store(request).apply_work_results(host, body.results, scope.actor)
 
 
 @router.post("/devices/{device_id}/clear", response_model=schemas.Device, tags=["lifecycle"])
-def clear(request: Request, caller: Caller, device_id: str, body: schemas.DeviceClear) -> schemas.Device:
+def clear(request: Request, scope: Access, device_id: str, body: schemas.DeviceClear) -> schemas.Device:
     """Let a quarantined device go: back through cleaning, or available for one-time-use types."""
-    require_admin(caller)
-    return _store(request).clear_device(device_id, body.reason, caller.name)
+    return _store(request).clear_device(device_id, body.reason, scope.actor)
 
 
 @router.get(
@@ -49,12 +48,10 @@ def clear(request: Request, caller: Caller, device_id: str, body: schemas.Device
     response_class=Response,
     responses={200: {"content": {"application/xml": {}}}},
 )
-def libvirt_xml(request: Request, caller: Caller, consumer: str) -> Response:
+def libvirt_xml(request: Request, scope: Access, consumer: str) -> Response:
     """The ``<hostdev>`` / ``<interface type='hostdev'>`` elements for the consumer's devices."""
     store = _store(request)
-    allocation = store.get_allocation(consumer, project_scope(caller))
-    if caller.host is not None:
-        require_host(caller, allocation.host)
+    views.get_allocation(store, scope, consumer)
     devices = [
         LifecycleDevice.from_schema(d, params=params, facts=facts)
         for d, params, facts in store.allocation_devices(consumer)

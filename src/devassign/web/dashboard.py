@@ -1,9 +1,9 @@
 """Every dashboard route on one screen: ``/`` and ``/ui/...``, server-rendered HTML.
 
-Handlers are thin, like the API's: find the viewer, apply the same role rules as the API
-(``server/auth.py``), read through the store, hand the models to a page function. They are
-plain ``def`` so the synchronous store runs in the thread pool. Errors become HTML pages,
-not JSON, through :class:`PageRoute`.
+Handlers are thin, like the API's: the access table (``server/access.py``) admits the viewer
+and gives its scope, the same scoped reads as the API (``server/views.py``) fetch the models,
+and a page function renders them. They are plain ``def`` so the synchronous store runs in the
+thread pool. Errors become HTML pages, not JSON, through :class:`PageRoute`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from devassign import errors, schemas
-from devassign.domain import DeviceState, Role
-from devassign.server.auth import project_scope, require_host, require_operator
+from devassign.domain import DeviceState
+from devassign.server import views
+from devassign.server.access import Access, Scope
 from devassign.store import Principal, Store
 from devassign.web import explain as explain_page
 from devassign.web import pages
@@ -34,7 +35,6 @@ from devassign.web.session import (
     auth_on,
     lookup,
     safe_next,
-    viewer,
 )
 
 OVERVIEW_REFRESH_SECONDS = 10
@@ -77,6 +77,12 @@ def _store(request: Request) -> Store:
     return store
 
 
+def _page(
+    request: Request, scope: Scope, title: str, body: Html, *, active: str = "", **kw: Any
+) -> HTMLResponse:
+    return _html(request, scope.principal, title, body, active=active, **kw)
+
+
 def _html(
     request: Request, who: Principal, title: str, body: Html, *, active: str = "", **kw: Any
 ) -> HTMLResponse:
@@ -93,21 +99,6 @@ def _error(request: Request, status: int, message: str) -> HTMLResponse:
     return _html(request, who, "Error", body, status=status)
 
 
-def _agent_host(who: Principal) -> str | None:
-    """An agent token sees its own host only (as in the API)."""
-    return who.host if who.role is Role.AGENT else None
-
-
-def _events(store: Store, who: Principal, limit: int, **filters: Any) -> list[schemas.Event]:
-    """Events with the API's scoping: members see their project's consumers, agents their host."""
-    if who.role is Role.MEMBER:
-        filters["host"] = None
-        filters["consumers_of_project"] = who.project
-    elif who.role is Role.AGENT:
-        filters["host"] = who.host
-    return store.list_events(limit=limit, **filters)
-
-
 # ---------------------------------------------------------------- overview
 
 
@@ -117,96 +108,79 @@ def root() -> RedirectResponse:
 
 
 @router.get("/ui/")
-def overview(request: Request) -> HTMLResponse:
-    who = viewer(request)
+def overview(request: Request, scope: Access) -> HTMLResponse:
     store = _store(request)
     hosts: list[schemas.Host] | None = None
     allocations: list[schemas.Allocation] | None = None
-    if who.role is Role.MEMBER:
-        allocations = store.list_allocations(project=who.project, limit=50)
+    if scope.operator:
+        hosts = views.list_hosts(store, scope)
     else:
-        hosts = store.list_hosts()
-        if who.role is Role.AGENT:
-            hosts = [h for h in hosts if h.name == who.host]
+        allocations = views.list_allocations(store, scope, limit=50)
     body = pages.overview(
         store.list_types(),
         store.clock(),
         hosts=hosts,
-        events=_events(store, who, OVERVIEW_EVENTS),
+        events=views.list_events(store, scope, limit=OVERVIEW_EVENTS),
         allocations=allocations,
     )
-    return _html(request, who, "Overview", body, active="overview", refresh=OVERVIEW_REFRESH_SECONDS)
+    return _page(request, scope, "Overview", body, active="overview", refresh=OVERVIEW_REFRESH_SECONDS)
 
 
 # ---------------------------------------------------------------- hosts and devices
 
 
 @router.get("/ui/hosts")
-def hosts(request: Request) -> HTMLResponse:
-    who = viewer(request)
-    require_operator(who)
-    found = _store(request).list_hosts()
-    if who.role is Role.AGENT:
-        found = [h for h in found if h.name == who.host]
-    return _html(request, who, "Hosts", pages.hosts_page(found, _store(request).clock()), active="hosts")
+def hosts(request: Request, scope: Access) -> HTMLResponse:
+    found = views.list_hosts(_store(request), scope)
+    return _page(request, scope, "Hosts", pages.hosts_page(found, _store(request).clock()), active="hosts")
 
 
-@router.get("/ui/hosts/{name}")
-def host(request: Request, name: str) -> HTMLResponse:
-    who = viewer(request)
-    require_operator(who)
-    if who.role is Role.AGENT:
-        require_host(who, name)
+@router.get("/ui/hosts/{host}")
+def host(request: Request, scope: Access, host: str) -> HTMLResponse:
     store = _store(request)
-    found = store.get_host(name)
-    devices = store.list_devices(host=name, limit=100_000)
-    events = store.list_events(host=name, limit=OVERVIEW_EVENTS)
+    found = views.get_host(store, scope, host)
+    devices = views.list_devices(store, scope, host=host, limit=100_000)
+    events = views.list_events(store, scope, host=host, limit=OVERVIEW_EVENTS)
     body = pages.host_page(found, devices, events, store.clock())
-    return _html(request, who, f"Host {name}", body, active="hosts")
+    return _page(request, scope, f"Host {host}", body, active="hosts")
 
 
 @router.get("/ui/devices")
 def devices(
     request: Request,
+    scope: Access,
     host: str | None = None,
     type: str | None = None,
     state: str | None = None,
-    offset: Annotated[int, Query(le=schemas.MAX_INT64)] = 0,
+    offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT64)] = 0,
 ) -> HTMLResponse:
-    who = viewer(request)
-    require_operator(who)
-    host, type, state = host or _agent_host(who) or None, type or None, state or None
+    host, type, state = host or None, type or None, state or None
     if state is not None and state not in {s.value for s in DeviceState}:
         raise errors.DevassignError(
             errors.INVALID_REQUEST, f"{state!r} is not a state: {', '.join(s.value for s in DeviceState)}"
         )
     store = _store(request)
-    found = store.list_devices(
-        host=host, type=type, state=state, limit=pages.DEVICES_PER_PAGE + 1, offset=max(0, offset)
+    found = views.list_devices(
+        store, scope, host=host, type=type, state=state, limit=pages.DEVICES_PER_PAGE + 1, offset=offset
     )
-    host_names = [h.name for h in store.list_hosts() if _agent_host(who) in (None, h.name)]
     body = pages.devices_page(
         found,
         host=host,
         type=type,
         state=state,
-        offset=max(0, offset),
-        host_names=host_names,
+        offset=offset,
+        host_names=[h.name for h in views.list_hosts(store, scope)],
         type_names=[t.name for t in store.list_types()],
     )
-    return _html(request, who, "Devices", body, active="devices")
+    return _page(request, scope, "Devices", body, active="devices")
 
 
 @router.get("/ui/devices/{device_id}")
-def device(request: Request, device_id: str) -> HTMLResponse:
-    who = viewer(request)
-    require_operator(who)
+def device(request: Request, scope: Access, device_id: str) -> HTMLResponse:
     store = _store(request)
-    found = store.get_device(device_id)
-    if who.role is Role.AGENT:
-        require_host(who, found.host)
-    body = pages.device_page(found, store.list_events(device=found.id, limit=OVERVIEW_EVENTS))
-    return _html(request, who, f"Device {found.address}", body, active="devices")
+    found = views.get_device(store, scope, device_id)
+    body = pages.device_page(found, views.list_events(store, scope, device=found.id, limit=OVERVIEW_EVENTS))
+    return _page(request, scope, f"Device {found.address}", body, active="devices")
 
 
 # ---------------------------------------------------------------- allocations and events
@@ -215,40 +189,40 @@ def device(request: Request, device_id: str) -> HTMLResponse:
 @router.get("/ui/allocations")
 def allocations(
     request: Request,
+    scope: Access,
     consumer: str | None = None,
     host: str | None = None,
     project: str | None = None,
     released: bool = False,
 ) -> HTMLResponse:
-    who = viewer(request)
-    scope = project_scope(who)
-    operator = who.role is not Role.MEMBER
-    found = _store(request).list_allocations(
+    found = views.list_allocations(
+        _store(request),
+        scope,
         consumer=consumer or None,
-        host=_agent_host(who) or host or None,
-        project=scope if scope is not None else (project or None),
+        host=host or None,
+        project=project or None,
         include_released=released,
         limit=1000,
     )
     body = pages.allocations_page(
-        found, consumer=consumer, host=host, project=project, released=released, operator=operator
+        found, consumer=consumer, host=host, project=project, released=released, operator=scope.operator
     )
-    return _html(request, who, "Allocations", body, active="allocations")
+    return _page(request, scope, "Allocations", body, active="allocations")
 
 
 @router.get("/ui/events")
 def events(
     request: Request,
+    scope: Access,
     host: str | None = None,
     device: str | None = None,
     consumer: str | None = None,
     before: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)] = None,
 ) -> HTMLResponse:
-    who = viewer(request)
-    found = _events(
+    found = views.list_events(
         _store(request),
-        who,
-        pages.EVENTS_PER_PAGE + 1,
+        scope,
+        limit=pages.EVENTS_PER_PAGE + 1,
         host=host or None,
         device=device or None,
         consumer=consumer or None,
@@ -260,43 +234,44 @@ def events(
         device=device,
         consumer=consumer,
         before=before,
-        operator=who.role is not Role.MEMBER,
+        operator=scope.operator,
     )
-    return _html(request, who, "Events", body, active="events")
+    return _page(request, scope, "Events", body, active="events")
 
 
 # ---------------------------------------------------------------- explain
 
 
 @router.get("/ui/explain")
-def explain(request: Request, specs: str | None = None, hosts: str = "") -> HTMLResponse:
+def explain(request: Request, scope: Access, specs: str | None = None, hosts: str = "") -> HTMLResponse:
     """Runs the placer's explain for the form's request; nothing is claimed."""
-    who = viewer(request)
     found: dict[str, Any] | None = None
     error: str | None = None
     addresses: dict[str, str] = {}
     if specs is not None:
         try:
             body = explain_page.claim_body(specs, hosts)
-            found = request.app.state.placer.explain(body, who)
-            if found is not None and who.role is not Role.MEMBER:
-                addresses = _addresses(_store(request), found)
+            found = views.explain(request.app.state.placer, scope, body)
+            if found is not None and scope.operator:
+                addresses = _addresses(_store(request), scope, found)
         except explain_page.FormError as exc:
             error = str(exc)
         except errors.DevassignError as exc:
             error = f"{exc.message} [{exc.code}]"
         except ValidationError as exc:
             error = "; ".join(str(e.get("msg", "invalid")) for e in exc.errors())
-    operator = who.role is not Role.MEMBER
-    content = explain_page.page(specs or "", hosts, found, error, operator=operator, addresses=addresses)
-    return _html(request, who, "Explain", content, active="explain", status=400 if error else 200)
+    content = explain_page.page(
+        specs or "", hosts, found, error, operator=scope.operator, addresses=addresses
+    )
+    return _page(request, scope, "Explain", content, active="explain", status=400 if error else 200)
 
 
-def _addresses(store: Store, found: dict[str, Any]) -> dict[str, str]:
+def _addresses(store: Store, scope: Scope, found: dict[str, Any]) -> dict[str, str]:
     """Device id -> address for the placements shown, so people read addresses, not UUIDs."""
     out: dict[str, str] = {}
     for p in found.get("placements", [])[: explain_page.PLACEMENTS_SHOWN]:
-        out.update((d.id, d.address) for d in store.list_devices(host=p["host"], limit=100_000))
+        devices = views.list_devices(store, scope, host=p["host"], limit=100_000)
+        out.update((d.id, d.address) for d in devices)
     return out
 
 

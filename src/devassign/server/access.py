@@ -1,0 +1,285 @@
+"""Who may call what, and what they see: one table for the API and the dashboard.
+
+Every route of the application is declared once in :data:`POLICY` with the callers it admits
+(Placement's route table with its policy rules, Kubernetes' node authorizer for agents).
+:func:`authorize` enforces it before any handler runs, and hands the handler a :class:`Scope`:
+the one object that says which project, which host and which details the caller may read.
+The API (``server/routes.py``, ``server/claims.py``, ``server/lifecycle.py``) and the dashboard
+(``web/dashboard.py``) both read through ``server/views.py`` with that scope, so visibility is
+decided in one place. A route missing from the table stops the application from starting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Route
+
+from devassign import errors
+from devassign.domain import Role
+from devassign.store import Principal
+
+ANONYMOUS_ADMIN = Principal(name="no-auth", role=Role.ADMIN)
+# The scope of a public route: a member of no project, so every scoped read is empty.
+NOBODY = Principal(name="anonymous", role=Role.MEMBER, project="")
+
+
+class Need(StrEnum):
+    """Who a route admits. Scoping within what a caller is admitted to is the :class:`Scope`'s."""
+
+    PUBLIC = "public"  # no token: health, metrics, the login form, the API description
+    ANY = "any"  # any valid token; members and agents see only their part
+    TENANT = "tenant"  # admins and members: claims, explain, capacity, quotas, release
+    OPERATOR = "operator"  # admins and agents: hosts and devices (an agent: its own host)
+    HOST = "host"  # admins, and the agent of the host named in the path
+    ADMIN = "admin"
+
+
+# (method, path) -> who may call it. The table in docs/api.md is this one; a test compares them.
+POLICY: dict[tuple[str, str], Need] = {
+    # the service itself
+    ("GET", "/healthz"): Need.PUBLIC,
+    ("GET", "/metrics"): Need.PUBLIC,
+    ("GET", "/openapi.json"): Need.PUBLIC,
+    ("GET", "/docs"): Need.PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): Need.PUBLIC,
+    ("GET", "/redoc"): Need.PUBLIC,
+    # the catalog
+    ("GET", "/v1/resource-types"): Need.ANY,
+    ("POST", "/v1/resource-types"): Need.ADMIN,
+    ("GET", "/v1/resource-types/{name}"): Need.ANY,
+    ("PATCH", "/v1/resource-types/{name}"): Need.ADMIN,
+    ("DELETE", "/v1/resource-types/{name}"): Need.ADMIN,
+    # hosts and devices
+    ("GET", "/v1/hosts"): Need.OPERATOR,
+    ("GET", "/v1/hosts/{host}"): Need.HOST,
+    ("DELETE", "/v1/hosts/{host}"): Need.ADMIN,
+    ("POST", "/v1/hosts/{host}/rename"): Need.ADMIN,
+    ("PUT", "/v1/hosts/{host}/inventory"): Need.HOST,
+    ("POST", "/v1/hosts/{host}/heartbeat"): Need.HOST,
+    ("GET", "/v1/hosts/{host}/work"): Need.HOST,
+    ("POST", "/v1/hosts/{host}/work"): Need.HOST,
+    ("GET", "/v1/devices"): Need.OPERATOR,
+    ("GET", "/v1/devices/{device_id}"): Need.OPERATOR,
+    ("POST", "/v1/devices/{device_id}/clear"): Need.ADMIN,
+    # requests and allocations
+    ("POST", "/v1/claims"): Need.TENANT,
+    ("POST", "/v1/explain"): Need.TENANT,
+    ("GET", "/v1/capacity"): Need.TENANT,
+    ("GET", "/v1/allocations"): Need.ANY,
+    ("GET", "/v1/allocations/{consumer}"): Need.ANY,
+    ("DELETE", "/v1/allocations/{consumer}"): Need.TENANT,
+    ("GET", "/v1/allocations/{consumer}/libvirt"): Need.ANY,
+    ("GET", "/v1/events"): Need.ANY,
+    ("GET", "/v1/quotas"): Need.TENANT,
+    ("PUT", "/v1/quotas/{project}/{type_name}"): Need.ADMIN,
+    # tokens
+    ("POST", "/v1/tokens"): Need.ADMIN,
+    ("GET", "/v1/tokens"): Need.ADMIN,
+    ("DELETE", "/v1/tokens/{token_id}"): Need.ADMIN,
+    # the dashboard
+    ("GET", "/"): Need.PUBLIC,
+    ("GET", "/ui/login"): Need.PUBLIC,
+    ("POST", "/ui/login"): Need.PUBLIC,
+    ("POST", "/ui/logout"): Need.PUBLIC,
+    ("GET", "/ui/"): Need.ANY,
+    ("GET", "/ui/hosts"): Need.OPERATOR,
+    ("GET", "/ui/hosts/{host}"): Need.HOST,
+    ("GET", "/ui/devices"): Need.OPERATOR,
+    ("GET", "/ui/devices/{device_id}"): Need.OPERATOR,
+    ("GET", "/ui/allocations"): Need.ANY,
+    ("GET", "/ui/events"): Need.ANY,
+    ("GET", "/ui/explain"): Need.TENANT,
+}
+
+_ADMITS: dict[Need, frozenset[Role]] = {
+    Need.ANY: frozenset(Role),
+    Need.TENANT: frozenset({Role.ADMIN, Role.MEMBER}),
+    Need.OPERATOR: frozenset({Role.ADMIN, Role.AGENT}),
+    Need.HOST: frozenset({Role.ADMIN, Role.AGENT}),
+    Need.ADMIN: frozenset({Role.ADMIN}),
+}
+_WHO = {
+    Need.TENANT: "an admin or a member token",
+    Need.OPERATOR: "an admin or an agent token",
+    Need.HOST: "an admin token or the agent token of this host",
+    Need.ADMIN: "an admin token",
+}
+
+
+class LoginRequired(Exception):
+    """A dashboard page without a usable token: answered with a redirect to the login form."""
+
+    def __init__(self, message: str = "", *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.stale = stale  # a cookie was sent but is no longer valid: clear it
+
+
+def forbidden(message: str) -> errors.DevassignError:
+    return errors.DevassignError(errors.FORBIDDEN, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one caller may read: all of it (admin), one project (member) or one host (agent).
+
+    Handlers never look at roles themselves; they ask the scope for the filter to apply, so a
+    member's ``?project=other`` or an agent's ``?host=other`` is refused the same way everywhere.
+    """
+
+    principal: Principal
+
+    @property
+    def role(self) -> Role:
+        return self.principal.role
+
+    @property
+    def actor(self) -> str:
+        return self.principal.name
+
+    @property
+    def project(self) -> str | None:
+        """The one project a member is limited to (None: not limited to one)."""
+        return (self.principal.project or "") if self.role is Role.MEMBER else None
+
+    @property
+    def host(self) -> str | None:
+        """The one host an agent is limited to (None: not limited to one)."""
+        return self.principal.host if self.role is Role.AGENT else None
+
+    @property
+    def infrastructure(self) -> bool:
+        """Whether host names, device ids and addresses beyond the caller's own are visible."""
+        return self.role is Role.ADMIN
+
+    @property
+    def operator(self) -> bool:
+        """Admins and agents see hosts and devices (agents: their own); members do not."""
+        return self.role is not Role.MEMBER
+
+    def host_filter(self, asked: str | None) -> str | None:
+        """The host a listing is limited to: the agent's own, whatever it asked for."""
+        if self.role is Role.MEMBER and asked:
+            raise forbidden("members do not see hosts: leave out the host filter")
+        if self.host is None:
+            return asked
+        if asked and asked != self.host:
+            raise forbidden(f"the agent of host {self.host!r} sees only its own host, not {asked!r}")
+        return self.host
+
+    def project_filter(self, asked: str | None) -> str | None:
+        """The project a listing is limited to: the member's own, whatever it asked for."""
+        if self.project is None:
+            return asked
+        if asked and asked != self.project:
+            raise forbidden(f"a member of project {self.project!r} sees only its own project, not {asked!r}")
+        return self.project
+
+    def sees_host(self, host: str) -> bool:
+        return self.host is None or self.host == host
+
+    def check_targets(self, hosts: list[str]) -> None:
+        """Members place requests anywhere the scheduler chooses; naming hosts is for operators."""
+        if hosts and self.role is Role.MEMBER:
+            raise forbidden("members cannot name hosts in a request: leave out hosts")
+
+
+async def _principal(request: Request, *, cookie: bool) -> Principal:
+    """The caller from ``Authorization: Bearer`` (and, for dashboard pages, the login cookie).
+
+    Async so that a cached token costs no trip through the thread pool; only a cache miss reads
+    the database, in a worker thread. The API never reads the cookie (no cross-site requests).
+    """
+    state = request.app.state
+    if not state.settings.auth:
+        return ANONYMOUS_ADMIN
+    secret = ""
+    if cookie:
+        secret = request.cookies.get(COOKIE, "").strip()
+    if not secret:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            secret = given.strip()
+    if not secret:
+        if cookie:
+            raise LoginRequired()
+        raise errors.DevassignError(
+            errors.UNAUTHENTICATED,
+            "send a token: `Authorization: Bearer TOKEN` (create one with `devassign token create`)",
+        )
+    tokens = state.tokens
+    known, found = tokens.cached(secret)
+    if not known:
+        found = await run_in_threadpool(tokens.get, secret)
+    if found is None:
+        if cookie:
+            raise LoginRequired("that token is unknown or was revoked; sign in again", stale=True)
+        raise errors.DevassignError(errors.UNAUTHENTICATED, "unknown or revoked token")
+    principal: Principal = found
+    return principal
+
+
+COOKIE = "devassign_token"
+
+
+async def authorize(request: Request) -> Scope:
+    """The route's rule from :data:`POLICY`, applied before its handler; the caller's scope."""
+    route = request.scope.get("route")
+    path = route.path if isinstance(route, APIRoute) else request.url.path
+    need = POLICY.get(("GET" if request.method == "HEAD" else request.method, path))
+    if need is None:  # create_app refuses such routes; this is the last guard
+        raise forbidden(f"{request.method} {path} is not in the access table")
+    is_page = path == "/" or path.startswith("/ui")
+    if need is Need.PUBLIC:
+        return Scope(NOBODY)
+    principal = await _principal(request, cookie=is_page)
+    request.state.viewer = principal
+    if principal.role not in _ADMITS[need]:
+        hint = "; members see resource types and their own project's allocations, not hosts or devices"
+        raise forbidden(
+            f"this needs {_WHO[need]}; {principal.name} is {_describe(principal)}"
+            + (hint if need in (Need.OPERATOR, Need.HOST) else "")
+        )
+    if need is Need.HOST and principal.role is Role.AGENT:
+        host = request.path_params.get("host")
+        if host != principal.host:
+            raise forbidden(
+                f"only an admin or the agent of host {host!r} may do this; "
+                f"{principal.name} is {_describe(principal)}"
+            )
+    return Scope(principal)
+
+
+def _describe(p: Principal) -> str:
+    if p.role is Role.AGENT:
+        return f"the agent of host {p.host!r}"
+    if p.role is Role.MEMBER:
+        return f"a member of project {p.project!r}"
+    return p.role.value
+
+
+Access = Annotated[Scope, Depends(authorize)]
+
+
+def route_keys(routes: list[BaseRoute]) -> list[tuple[str, str]]:
+    """(method, path) of every route an application serves (HEAD is GET's)."""
+    keys = []
+    for route in routes:
+        if isinstance(route, Route | APIRoute):
+            for method in sorted(route.methods or ()):
+                if method != "HEAD":
+                    keys.append((method, route.path))
+    return keys
+
+
+def check_table(app: FastAPI) -> None:
+    """Refuse to start an application with a route the access table does not name."""
+    missing = [f"{m} {p}" for m, p in route_keys(app.routes) if (m, p) not in POLICY]
+    if missing:
+        raise RuntimeError(f"routes without an access rule in devassign.server.access.POLICY: {missing}")

@@ -1,0 +1,151 @@
+"""Scoped reads: what a caller sees of hosts, devices, allocations, events, explain and capacity.
+
+The API's handlers and the dashboard's pages both call these with the caller's
+:class:`~devassign.server.access.Scope`, so "what may an agent of host A see" is answered in
+one place. Something outside the scope is answered as if it did not exist (404), so ids of
+other tenants' allocations or other hosts' devices cannot be probed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devassign import errors, schemas
+from devassign.scheduler import ClaimBody
+from devassign.server.access import Scope
+from devassign.server.placement import Placer, funnel_sentence
+from devassign.store import Store
+
+
+def list_hosts(store: Store, scope: Scope) -> list[schemas.Host]:
+    found = store.list_hosts()
+    return [h for h in found if scope.sees_host(h.name)]
+
+
+def get_host(store: Store, scope: Scope, name: str) -> schemas.Host:
+    if not scope.sees_host(name):
+        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
+    return store.get_host(name)
+
+
+def list_devices(
+    store: Store, scope: Scope, *, host: str | None = None, **filters: Any
+) -> list[schemas.Device]:
+    return store.list_devices(host=scope.host_filter(host), **filters)
+
+
+def get_device(store: Store, scope: Scope, device_id: str) -> schemas.Device:
+    device = store.get_device(device_id)
+    if not scope.sees_host(device.host):
+        raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device {device_id!r}")
+    return device
+
+
+def list_allocations(
+    store: Store,
+    scope: Scope,
+    *,
+    consumer: str | None = None,
+    host: str | None = None,
+    project: str | None = None,
+    include_released: bool = False,
+    limit: int = 1000,
+) -> list[schemas.Allocation]:
+    return store.list_allocations(
+        consumer=consumer,
+        host=scope.host if scope.host else host,
+        project=scope.project_filter(project),
+        include_released=include_released,
+        limit=limit,
+    )
+
+
+def get_allocation(store: Store, scope: Scope, consumer: str) -> schemas.Allocation:
+    """A member's own project's allocation, an agent's own host's, or any for an admin."""
+    allocation = store.get_allocation(consumer, scope.project)
+    if not scope.sees_host(allocation.host):
+        raise errors.DevassignError(
+            errors.ALLOCATION_NOT_FOUND, f"no live allocation for consumer {consumer!r}"
+        )
+    return allocation
+
+
+def list_events(
+    store: Store,
+    scope: Scope,
+    *,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[schemas.Event]:
+    """Newest first: members see their project's consumers' events, agents their host's."""
+    filters: dict[str, Any] = {
+        "host": scope.host_filter(host),
+        "device": device,
+        "consumer": consumer,
+        "before": before,
+        "limit": limit,
+    }
+    if scope.project is not None:
+        filters["consumers_of_project"] = scope.project
+    return store.list_events(**filters)
+
+
+def list_quotas(store: Store, scope: Scope, project: str | None) -> list[dict[str, Any]]:
+    return store.list_quotas(scope.project_filter(project))
+
+
+# ---------------------------------------------------------------- the scheduler's answers
+
+
+def explain(placer: Placer, scope: Scope, body: ClaimBody) -> dict[str, Any]:
+    """Would it fit, where, and why not; a member learns why, but no host names or device ids."""
+    scope.check_targets(body.hosts)
+    found = placer.explain(body, scope.principal)
+    return found if scope.operator else redact_explanation(found)
+
+
+def capacity(placer: Placer, scope: Scope, body: ClaimBody) -> dict[str, Any]:
+    """How many more fit; the split per host is for operators."""
+    scope.check_targets(body.hosts)
+    found = placer.capacity(body)
+    if not scope.operator:
+        found.pop("per_host", None)
+    return found
+
+
+def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
+    """An explanation without host names, device ids or addresses: counts and reason codes.
+
+    The sentences of single hosts name parents and groups by address, so members get the
+    reasons as codes with how many hosts each refused.
+    """
+    reasons: dict[str, int] = {}
+    for h in found.get("hosts", []):
+        if h.get("reason"):
+            reasons[h["reason"]] = reasons.get(h["reason"], 0) + 1
+    return {
+        "summary": found.get("summary", ""),
+        "fits": found.get("fits", False),
+        "considered": found.get("considered", 0),
+        "feasible": found.get("feasible", 0),
+        "removed": found.get("removed", {}),
+        "funnel": found.get("funnel", {}),
+        "reasons": reasons,
+        "closest": [{"reason": c.get("reason")} for c in found.get("closest", [])],
+    }
+
+
+def public_refusal(scope: Scope, exc: errors.DevassignError) -> errors.DevassignError:
+    """A claim's ``no_valid_host`` as a member may read it (no host names or addresses)."""
+    if scope.operator or exc.code != errors.NO_VALID_HOST:
+        return exc
+    explanation = redact_explanation(exc.extra.get("explanation") or {})
+    message = f"no host can hold this request now: {explanation['summary']}"
+    before = funnel_sentence(explanation["funnel"])
+    if before:
+        message += f"; {before}"
+    extra = {k: v for k, v in exc.extra.items() if k != "explanation"}
+    return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=explanation, **extra)
