@@ -267,14 +267,20 @@ def _describe(p: Principal) -> str:
 Access = Annotated[Scope, Depends(authorize)]
 
 
-def route_keys(routes: list[BaseRoute]) -> list[tuple[str, str]]:
-    """(method, path) of every route an application serves (HEAD is GET's)."""
+def route_keys(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, str]]:
+    """(method, path) of every route an application serves (HEAD is GET's).
+
+    Recent FastAPI keeps an included router as one entry (``original_router``) instead of
+    copying its routes into the application's list; both forms are walked.
+    """
     keys = []
     for route in routes:
-        if isinstance(route, Route | APIRoute):
-            for method in sorted(route.methods or ()):
-                if method != "HEAD":
-                    keys.append((method, route.path))
+        if isinstance(route, Route):
+            keys.extend((m, prefix + route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            keys.extend(route_keys(included.routes, prefix + (getattr(context, "prefix", "") or "")))
     return keys
 
 

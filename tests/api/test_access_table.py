@@ -1,0 +1,234 @@
+"""Every route of the application, API and dashboard, called by every kind of caller.
+
+One table says what each caller gets from each route; a route the application serves that is
+not in the table fails ``test_every_route_is_in_the_table``, so a new route cannot ship without
+a decision about who may call it. The callers: no token, a made-up token, a revoked token, a
+member of project ``p`` (whose consumer ``cons-p`` sits on host ``compute-a``), a member of
+project ``q``, the agent of ``compute-a``, the agent of ``compute-b``, an admin. API calls send
+the token as ``Authorization: Bearer``; dashboard pages as the login cookie, as a browser does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from devassign import schemas
+from devassign.domain import Role
+from devassign.server.access import POLICY, route_keys
+from devassign.store import Store
+from tests.conftest import vf
+
+CALLERS = ("anonymous", "bad", "revoked", "member_p", "member_q", "agent_a", "agent_b", "admin")
+# O: allowed (not 401/403/404, never 5xx; GETs answer 2xx or 3xx)   L: must sign in (401, or the
+# dashboard's redirect to its login form)   D: refused (403)   H: not visible (404, as if absent)
+EXPECTED: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): "OOOOOOOO",
+    ("GET", "/metrics"): "OOOOOOOO",
+    ("GET", "/openapi.json"): "OOOOOOOO",
+    ("GET", "/docs"): "OOOOOOOO",
+    ("GET", "/docs/oauth2-redirect"): "OOOOOOOO",
+    ("GET", "/redoc"): "OOOOOOOO",
+    ("GET", "/v1/resource-types"): "LLLOOOOO",
+    ("POST", "/v1/resource-types"): "LLLDDDDO",
+    ("GET", "/v1/resource-types/{name}"): "LLLOOOOO",
+    ("PATCH", "/v1/resource-types/{name}"): "LLLDDDDO",
+    ("DELETE", "/v1/resource-types/{name}"): "LLLDDDDO",
+    ("GET", "/v1/hosts"): "LLLDDOOO",
+    ("GET", "/v1/hosts/{host}"): "LLLDDODO",
+    ("DELETE", "/v1/hosts/{host}"): "LLLDDDDO",
+    ("POST", "/v1/hosts/{host}/rename"): "LLLDDDDO",
+    ("PUT", "/v1/hosts/{host}/inventory"): "LLLDDODO",
+    ("POST", "/v1/hosts/{host}/heartbeat"): "LLLDDODO",
+    ("GET", "/v1/hosts/{host}/work"): "LLLDDODO",
+    ("POST", "/v1/hosts/{host}/work"): "LLLDDODO",
+    ("GET", "/v1/devices"): "LLLDDOOO",
+    ("GET", "/v1/devices/{device_id}"): "LLLDDOHO",
+    ("POST", "/v1/devices/{device_id}/clear"): "LLLDDDDO",
+    ("POST", "/v1/claims"): "LLLOODDO",
+    ("POST", "/v1/explain"): "LLLOODDO",
+    ("GET", "/v1/capacity"): "LLLOODDO",
+    ("GET", "/v1/allocations"): "LLLOOOOO",
+    ("GET", "/v1/allocations/{consumer}"): "LLLOHOHO",
+    ("DELETE", "/v1/allocations/{consumer}"): "LLLOHDDO",
+    ("GET", "/v1/allocations/{consumer}/libvirt"): "LLLOHOHO",
+    ("GET", "/v1/events"): "LLLOOOOO",
+    ("GET", "/v1/quotas"): "LLLOODDO",
+    ("PUT", "/v1/quotas/{project}/{type_name}"): "LLLDDDDO",
+    ("POST", "/v1/tokens"): "LLLDDDDO",
+    ("GET", "/v1/tokens"): "LLLDDDDO",
+    ("DELETE", "/v1/tokens/{token_id}"): "LLLDDDDO",
+    ("GET", "/"): "OOOOOOOO",
+    ("GET", "/ui/login"): "OOOOOOOO",
+    ("POST", "/ui/login"): "LLLOOOOO",
+    ("POST", "/ui/logout"): "OOOOOOOO",
+    ("GET", "/ui/"): "LLLOOOOO",
+    ("GET", "/ui/hosts"): "LLLDDOOO",
+    ("GET", "/ui/hosts/{host}"): "LLLDDODO",
+    ("GET", "/ui/devices"): "LLLDDOOO",
+    ("GET", "/ui/devices/{device_id}"): "LLLDDOHO",
+    ("GET", "/ui/allocations"): "LLLOOOOO",
+    ("GET", "/ui/events"): "LLLOOOOO",
+    ("GET", "/ui/explain"): "LLLOODDO",
+}
+
+_CLAIM = {"consumer": "cons-new", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+# Bodies and queries that are valid for the callers allowed to send them.
+BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/resource-types"): {"name": "NEW_TYPE"},
+    ("PATCH", "/v1/resource-types/{name}"): {"description": "changed"},
+    ("POST", "/v1/hosts/{host}/rename"): {"new_name": "compute-z"},
+    ("PUT", "/v1/hosts/{host}/inventory"): {"generation": 7, "devices": [vf("0000:3b:02.1")]},
+    ("POST", "/v1/hosts/{host}/work"): {"results": []},
+    ("POST", "/v1/devices/{device_id}/clear"): {"reason": "checked"},
+    ("POST", "/v1/claims"): _CLAIM,
+    ("POST", "/v1/explain"): _CLAIM,
+    ("PUT", "/v1/quotas/{project}/{type_name}"): {"limit": 5},
+    ("POST", "/v1/tokens"): {"role": "member", "project": "p"},
+}
+QUERIES: dict[tuple[str, str], dict[str, str]] = {
+    ("GET", "/v1/capacity"): {"spec": "hardware_resource:NIC_VF_1G=1"},
+    ("GET", "/ui/explain"): {"specs": "hardware_resource:NIC_VF_1G=1"},
+}
+
+
+@dataclass
+class World:
+    client: TestClient
+    secrets: dict[str, str | None]
+    params: dict[str, str]
+
+
+def _build(client: TestClient, store: Store) -> World:
+    def token(role: Role, **scope: str) -> str:
+        return store.create_token(schemas.TokenCreate(role=role, **scope), "test").token
+
+    admin = token(Role.ADMIN)
+    revoked = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project="p"), "test")
+    store.revoke_token(revoked.id, "test")
+    spare = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project="q"), "test")
+    secrets: dict[str, str | None] = {
+        "anonymous": None,
+        "bad": "da_not_a_real_token",
+        "revoked": revoked.token,
+        "member_p": token(Role.MEMBER, project="p"),
+        "member_q": token(Role.MEMBER, project="q"),
+        "agent_a": token(Role.AGENT, host="compute-a"),
+        "agent_b": token(Role.AGENT, host="compute-b"),
+        "admin": admin,
+    }
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    r = client.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=as_admin)
+    assert r.status_code == 201, r.text
+    for host, agent in (("compute-a", "agent_a"), ("compute-b", "agent_b")):
+        r = client.put(
+            f"/v1/hosts/{host}/inventory",
+            json={"generation": 1, "devices": [vf("0000:3b:02.1"), vf("0000:3b:02.2")]},
+            headers={"Authorization": f"Bearer {secrets[agent]}"},
+        )
+        assert r.status_code == 200, r.text
+    r = client.post(
+        "/v1/claims",
+        json={
+            "consumer": "cons-p",
+            "project": "p",
+            "hosts": ["compute-a"],
+            "requests": [{"name": "nic", "type": "NIC_VF_1G"}],
+        },
+        headers=as_admin,
+    )
+    assert r.status_code == 201, r.text
+    device = r.json()["devices"][0]["id"]
+    return World(
+        client,
+        secrets,
+        {
+            "host": "compute-a",
+            "name": "NIC_VF_1G",
+            "device_id": device,
+            "consumer": "cons-p",
+            "project": "p",
+            "type_name": "NIC_VF_1G",
+            "token_id": str(spare.id),
+        },
+    )
+
+
+def _call(world: World, method: str, path: str, caller: str) -> tuple[int, str]:
+    url = re.sub(r"\{(\w+)\}", lambda m: world.params[m.group(1)], path)
+    secret = world.secrets[caller]
+    page = path == "/" or path.startswith("/ui")
+    headers: dict[str, str] = {}
+    world.client.cookies.clear()
+    if secret and page:
+        world.client.cookies.set("devassign_token", secret)
+    elif secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    key = (method, path)
+    kwargs: dict[str, Any] = {"headers": headers, "params": QUERIES.get(key), "follow_redirects": False}
+    if key == ("POST", "/ui/login"):
+        kwargs["data"] = {"token": secret or ""}
+        world.client.cookies.clear()
+    elif key in BODIES:
+        kwargs["json"] = BODIES[key]
+    r = world.client.request(method, url, **kwargs)
+    return r.status_code, r.headers.get("location", "")
+
+
+def _outcome(method: str, status: int, location: str) -> str:
+    if status == 401 or (status == 303 and location.startswith("/ui/login") and method == "GET"):
+        return "L"
+    if status == 403:
+        return "D"
+    if status == 404:
+        return "H"
+    if status >= 500 or (method == "GET" and status >= 400):
+        return f"!{status}"
+    return "O"
+
+
+def test_every_route_is_in_the_table(secure_api: TestClient) -> None:
+    served = set(route_keys(secure_api.app.routes))  # type: ignore[attr-defined]
+    assert served == set(EXPECTED), (
+        f"routes without an expectation here: {sorted(served - set(EXPECTED))}; "
+        f"expectations for routes not served: {sorted(set(EXPECTED) - served)}"
+    )
+    assert set(POLICY) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED), ids=lambda k: f"{k[0]} {k[1]}")
+def test_route_answers_each_caller_as_the_table_says(
+    secure_api: TestClient, store: Store, key: tuple[str, str]
+) -> None:
+    world = _build(secure_api, store)
+    method, path = key
+    got = "".join(_outcome(method, *_call(world, method, path, c)) for c in CALLERS)
+    want = EXPECTED[key]
+    # A write allowed to several callers may find the first one's change (e.g. a release done
+    # twice is harmless; a rename leaves nothing to rename): the later ones then answer 404.
+    if method != "GET":
+        got = "".join(
+            "O" if g == "H" and w == "O" and "O" in got[:i] else g
+            for i, (g, w) in enumerate(zip(got, want, strict=True))
+        )
+    assert got == want, dict(zip(CALLERS, got, strict=True))
+
+
+def test_the_api_ignores_the_dashboard_cookie(secure_api: TestClient, store: Store) -> None:
+    """A cookie is sent by the browser on any request, so the API reads only the header."""
+    world = _build(secure_api, store)
+    secure_api.cookies.set("devassign_token", str(world.secrets["admin"]))
+    assert secure_api.get("/v1/hosts").status_code == 401
+
+
+def test_the_docs_table_is_the_access_table() -> None:
+    """docs/api.md lists who may call each route; it must say what the server enforces."""
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    rows = re.findall(r"^\|\s*(GET|POST|PUT|PATCH|DELETE)\s*\|\s*`([^`]+)`\s*\|\s*(\w+)\s*\|", text, re.M)
+    documented = {(m, p): need for m, p, need in rows}
+    assert documented == {k: v.value for k, v in POLICY.items()}
