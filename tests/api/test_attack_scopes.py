@@ -155,3 +155,16 @@ def test_members_see_only_their_own_project(secure_api: TestClient, store: Store
     assert "cons-p" not in secure_api.get("/ui/allocations?project=p").text
     assert "cons-p" not in secure_api.get("/ui/events").text
     assert store.get_allocation("cons-p", None).state != "released"
+
+
+def test_a_members_explain_page_names_no_host(secure_api: TestClient, store: Store) -> None:
+    who = _cloud(secure_api, store)
+    _cookie(secure_api, who["member_q"])
+    for specs in ("hardware_resource:NIC_VF_1G=1", "hardware_resource:NIC_VF_1G=2"):
+        r = secure_api.get("/ui/explain", params={"specs": specs})
+        assert r.status_code == 200, r.text
+        assert "compute-a" not in r.text and "compute-b" not in r.text and "0000:3b" not in r.text
+        assert 'name="hosts"' not in r.text
+    r = secure_api.get("/ui/explain", params={"specs": "hardware_resource:NIC_VF_1G=1", "hosts": "compute-a"})
+    assert r.status_code == 400
+    assert "cannot name hosts" in r.text

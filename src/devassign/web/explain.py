@@ -36,7 +36,13 @@ def claim_body(specs: str, hosts: str) -> ClaimBody:
     return ClaimBody(extra_specs={k.strip(): v.strip() for k, v in extra.items()}, hosts=names)
 
 
-def form(specs: str, hosts: str) -> Html:
+def form(specs: str, hosts: str, *, operator: bool = True) -> Html:
+    """The request form; naming hosts is for operators, so members get no hosts field."""
+    target = tag(
+        "label",
+        "only these hosts (optional)",
+        tag("input", type="text", name="hosts", value=hosts, placeholder="compute-1 compute-2"),
+    )
     return tag(
         "form",
         tag(
@@ -44,11 +50,7 @@ def form(specs: str, hosts: str) -> Html:
             "specs, one per line",
             tag("textarea", specs, name="specs", rows="4", cols="44", placeholder=EXAMPLE),
         ),
-        tag(
-            "label",
-            "only these hosts (optional)",
-            tag("input", type="text", name="hosts", value=hosts, placeholder="compute-1 compute-2"),
-        ),
+        target if operator else "",
         tag("button", "explain", type="submit", class_="primary"),
         method="get",
         action="/ui/explain",
@@ -110,9 +112,13 @@ def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, 
             tag("div", tag("h2", "Inventory pre-filter"), funnel),
             class_="grid",
         ),
-        tag("h2", "Each host"),
-        hosts,
     ]
+    if not operator:
+        # Members get reasons with how many hosts each refused, never host names or devices.
+        reasons = list(dict(found.get("reasons") or {}).items())
+        parts += [tag("h2", "Why hosts were refused"), table(("reason", "hosts"), reasons, numeric=(1,))]
+        return join(parts)
+    parts += [tag("h2", "Each host"), hosts]
     if found.get("closest"):
         closest = [
             (host_cell(h["host"]), h.get("reason") or "", h.get("message") or "") for h in found["closest"]
@@ -153,7 +159,7 @@ def page(
         ".",
         class_="muted",
     )
-    parts = [tag("h1", "Explain a request"), intro, form(specs, hosts)]
+    parts = [tag("h1", "Explain a request"), intro, form(specs, hosts, operator=operator)]
     if error:
         parts.append(error_box(error))
     if found is not None:
