@@ -168,3 +168,16 @@ def test_a_members_explain_page_names_no_host(secure_api: TestClient, store: Sto
     r = secure_api.get("/ui/explain", params={"specs": "hardware_resource:NIC_VF_1G=1", "hosts": "compute-a"})
     assert r.status_code == 400
     assert "cannot name hosts" in r.text
+
+
+def test_handler_options_are_for_admins(secure_api: TestClient, store: Store) -> None:
+    who = _cloud(secure_api, store)
+    config = {"host_driver": "iavf", "reset": "none-ok"}
+    r = secure_api.patch("/v1/resource-types/NIC_VF_1G", json={"config": config}, headers=who["admin"])
+    assert r.status_code == 200, r.text
+    assert secure_api.get("/v1/resource-types/NIC_VF_1G", headers=who["admin"]).json()["config"] == config
+    for caller in ("member_q", "agent_b"):
+        listed = secure_api.get("/v1/resource-types", headers=who[caller]).json()
+        assert [t["config"] for t in listed] == [{}]
+        one = secure_api.get("/v1/resource-types/NIC_VF_1G", headers=who[caller]).json()
+        assert one["config"] == {} and one["counts"]["total"] == 4

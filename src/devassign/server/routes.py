@@ -30,7 +30,7 @@ def _store(request: Request) -> Store:
 @router.get("/resource-types", response_model=list[schemas.ResourceType], tags=["types"])
 def list_types(request: Request, scope: Access) -> list[schemas.ResourceType]:
     """The catalog with device counts per state (every role may read it)."""
-    return _store(request).list_types()
+    return views.list_types(_store(request), scope)
 
 
 @router.post("/resource-types", response_model=schemas.ResourceType, status_code=201, tags=["types"])
@@ -40,7 +40,7 @@ def create_type(request: Request, scope: Access, body: schemas.ResourceTypeCreat
 
 @router.get("/resource-types/{name}", response_model=schemas.ResourceType, tags=["types"])
 def get_type(request: Request, scope: Access, name: str) -> schemas.ResourceType:
-    return _store(request).get_type(name)
+    return views.get_type(_store(request), scope, name)
 
 
 @router.patch("/resource-types/{name}", response_model=schemas.ResourceType, tags=["types"])

@@ -17,6 +17,22 @@ from devassign.server.placement import Placer, funnel_sentence
 from devassign.store import Store
 
 
+def list_types(store: Store, scope: Scope) -> list[schemas.ResourceType]:
+    """The catalog with cloud-wide counts, for everyone; handler options only for admins."""
+    return [_type_for(scope, t) for t in store.list_types()]
+
+
+def get_type(store: Store, scope: Scope, name: str) -> schemas.ResourceType:
+    return _type_for(scope, store.get_type(name))
+
+
+def _type_for(scope: Scope, found: schemas.ResourceType) -> schemas.ResourceType:
+    """A type's ``config`` is the operator's (scripts, drivers, policies): admins see it."""
+    if scope.infrastructure:
+        return found
+    return found.model_copy(update={"config": {}})
+
+
 def list_hosts(store: Store, scope: Scope) -> list[schemas.Host]:
     found = store.list_hosts()
     return [h for h in found if scope.sees_host(h.name)]

@@ -117,7 +117,7 @@ def overview(request: Request, scope: Access) -> HTMLResponse:
     else:
         allocations = views.list_allocations(store, scope, limit=50)
     body = pages.overview(
-        store.list_types(),
+        views.list_types(store, scope),
         store.clock(),
         hosts=hosts,
         events=views.list_events(store, scope, limit=OVERVIEW_EVENTS),
@@ -170,7 +170,7 @@ def devices(
         state=state,
         offset=offset,
         host_names=[h.name for h in views.list_hosts(store, scope)],
-        type_names=[t.name for t in store.list_types()],
+        type_names=[t.name for t in views.list_types(store, scope)],
     )
     return _page(request, scope, "Devices", body, active="devices")
 
