@@ -7,7 +7,11 @@ server all speak the same words without importing one another.
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import StrEnum
+from typing import Any
+
+from devassign import errors
 
 
 class DeviceState(StrEnum):
@@ -71,6 +75,119 @@ MDEV_ADDRESS_RE = re.compile(r"^([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/([A
 USB_ADDRESS_RE = re.compile(r"^(usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}|usb:\d+-\d+(\.\d+)*)$")
 STATIC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
+
+
+# ---------------------------------------------------------------- identifiers from callers
+#
+# Names that callers choose travel back in URL paths (``/v1/allocations/{consumer}``), query
+# strings, events, logs and the dashboard. Each starts with a letter or digit and uses a small
+# ASCII alphabet with no ``/``, space, markup or control/bidi characters, so everything
+# accepted can be read and released by URL and shown as it is. The lengths are the database
+# columns'. Listed in docs/limits.md.
+
+# Arrays and objects nested in any request body (server/limits.py), and in what is read back.
+MAX_JSON_DEPTH = 32
+# What stands for a value nested too deeply when it is read back (cut_too_deep).
+TOO_DEEP = f"<nested deeper than {MAX_JSON_DEPTH} levels: cut off; set this value again>"
+
+
+def cut_too_deep(value: Any, *, limit: int = MAX_JSON_DEPTH, _depth: int = 1) -> Any:
+    """``value`` (decoded JSON) with the arrays and objects nested deeper than ``limit``
+    levels replaced by :data:`TOO_DEEP`, so that it can always be serialized again.
+
+    Bodies are limited to that depth at the edge, but a value stored before (a few hundred
+    levels) made every read of it a 500: Pydantic refuses to serialize it. Never recurses past
+    ``limit``; a value within the limit comes back as it is (the same object).
+    """
+    if isinstance(value, dict | list) and _depth > limit:
+        return TOO_DEEP
+    if isinstance(value, dict):
+        items = {k: cut_too_deep(v, limit=limit, _depth=_depth + 1) for k, v in value.items()}
+        return value if all(items[k] is value[k] for k in value) else items
+    if isinstance(value, list):
+        out = [cut_too_deep(v, limit=limit, _depth=_depth + 1) for v in value]
+        return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+    return value
+
+
+# A consumer (the instance the devices are for): UUIDs, Nova instance ids, ``ns:name``.
+CONSUMER_MAX = 64
+CONSUMER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+CONSUMER_PUNCTUATION = "_.:-"
+CONSUMER_RULE = "1-64 characters: a letter or digit, then letters, digits and _ . : -"
+# A project (a tenant): the Keystone-like names and ids of a cloud.
+PROJECT_MAX = 64
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PROJECT_PUNCTUATION = "_.-"
+PROJECT_RULE = "1-64 characters: a letter or digit, then letters, digits and _ . -"
+# A label (a token's name, shown as the actor of its events): also @ and # (alice@example.com,
+# member:demo#17).
+LABEL_MAX = 128
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@#-]{0,127}$")
+LABEL_PUNCTUATION = "_.:@#-"
+LABEL_RULE = "1-128 characters: a letter or digit, then letters, digits and _ . : @ # -"
+
+
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _char(c: str) -> str:
+    """A character as a message can show it: ``'/'``, ``NUL (U+0000)``, ``U+202E RIGHT-TO-LEFT
+    OVERRIDE`` (never the character itself when it is not printable ASCII)."""
+    if c == "\x00":
+        return "NUL (U+0000)"
+    if c.isascii() and c.isprintable():
+        return repr(c)
+    return f"U+{ord(c):04X} {unicodedata.name(c, '')}".rstrip()
+
+
+def _problem(
+    value: object, pattern: re.Pattern[str], punctuation: str, what: str, rule: str, limit: int
+) -> str | None:
+    if not isinstance(value, str):
+        return f"{what} must be text ({rule})"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters, at most {limit} ({rule})"
+    if pattern.fullmatch(value):
+        return None
+    if not value:
+        return f"{what} is empty ({rule})"
+    allowed = _ALNUM.union(punctuation)
+    at = 0 if value[0] not in _ALNUM else next((i for i, c in enumerate(value) if c not in allowed), 0)
+    return f"{value!a} is not a valid {what}: {_char(value[at])} at position {at}; {rule}"
+
+
+def consumer_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a consumer id, or ``None``."""
+    return _problem(value, CONSUMER_RE, CONSUMER_PUNCTUATION, "consumer id", CONSUMER_RULE, CONSUMER_MAX)
+
+
+def project_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a project name, or ``None``."""
+    return _problem(value, PROJECT_RE, PROJECT_PUNCTUATION, "project name", PROJECT_RULE, PROJECT_MAX)
+
+
+def label_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a label (a token's name), or ``None``."""
+    return _problem(value, LABEL_RE, LABEL_PUNCTUATION, "name", LABEL_RULE, LABEL_MAX)
+
+
+def _check(problem: str | None, field: str) -> None:
+    if problem:
+        raise errors.DevassignError(errors.INVALID_REQUEST, f"{field}: {problem}")
+
+
+def check_consumer(value: str, field: str = "consumer") -> str:
+    """``value`` if it is a valid consumer id, else a 400 ``invalid_request`` naming ``field``."""
+    _check(consumer_problem(value), field)
+    return value
+
+
+def check_project(value: str, field: str = "project") -> str:
+    """``value`` if it is a valid project name, else a 400 ``invalid_request`` naming ``field``
+    (``PUT /v1/quotas/{project}/{type}``, query filters)."""
+    _check(project_problem(value), field)
+    return value
 
 
 def address_error(kind: DeviceKind, address: str) -> str | None:

@@ -33,6 +33,8 @@ TYPE_EXISTS = "type_exists"
 TYPE_IN_USE = "type_in_use"
 STALE_GENERATION = "stale_generation"
 HOST_ID_MISMATCH = "host_id_mismatch"
+HOST_EXISTS = "host_exists"
+AGENT_CONFLICT = "agent_conflict"
 NO_VALID_HOST = "no_valid_host"
 CONSUMER_CONFLICT = "consumer_conflict"
 INVALID_STATE = "invalid_state"
@@ -63,6 +65,8 @@ STATUS: dict[str, int] = {
     TYPE_IN_USE: 409,
     STALE_GENERATION: 409,
     HOST_ID_MISMATCH: 409,
+    HOST_EXISTS: 409,
+    AGENT_CONFLICT: 409,
     NO_VALID_HOST: 409,
     CONSUMER_CONFLICT: 409,
     INVALID_STATE: 409,

@@ -6,20 +6,37 @@ apart from the database tables on purpose: the API can stay stable while storage
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from devassign.domain import (
     HEX4_RE,
     HOST_RE,
+    LABEL_MAX,
+    LABEL_RE,
     NAME_RE,
+    PROJECT_MAX,
+    PROJECT_RE,
     DeviceKind,
     DeviceState,
     Role,
     address_error,
+    label_problem,
+    project_problem,
 )
 
 MAX_DEVICES_PER_REPORT = 20_000
@@ -77,6 +94,178 @@ class Strict(BaseModel):
         return self
 
 
+# ---------------------------------------------------------------- request params of a type
+
+PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_TYPE_PARAMS = 32
+MAX_PARAM_VALUES = 256  # in ``allowed``, and in each project's list
+MAX_PARAM_PROJECTS = 256
+STRING_PARAM_LENGTH = 64  # a string param's ``max_length`` when its declaration gives none
+MAX_STRING_PARAM = 1024
+MAX_PATTERN = 256
+# What handlers learn while they set a device up and read back at cleanup (the facts their
+# setup() returns). A request must never supply one, so no type may declare it as a param.
+FACT_NAMES = frozenset(
+    {"mdev_uuid", "original_driver", "pf_ifname", "vf_index", "usb_bus_path", "usb_bus", "usb_device"}
+)
+# Params the built-in sriov_vf handler and the libvirt XML read, with the kind they must be
+# declared as and the values they can take (a declaration without bounds gets these).
+KNOWN_PARAMS: dict[str, dict[str, Any]] = {
+    "mac": {"type": "mac"},
+    "vlan": {"type": "integer", "min": 0, "max": 4094},
+    "spoofchk": {"type": "boolean"},
+    "trust": {"type": "boolean"},
+    "link_state": {"type": "string", "allowed": ["auto", "enable", "disable"]},
+}
+ParamKind = Literal["string", "integer", "boolean", "mac"]
+ParamValue = StrictStr | StrictInt | StrictBool
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_LIMITS = (("max_length", "string"), ("pattern", "string"), ("min", "integer"), ("max", "integer"))
+
+
+class ParamSpec(Strict):
+    """One request param a type accepts: its kind, its bounds, and the values each project may
+    send. Every request's params are checked against these before anything is claimed."""
+
+    type: ParamKind = Field(description="string, integer, boolean or mac (a unicast MAC address)")
+    description: str = Field(default="", max_length=300)
+    max_length: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_STRING_PARAM, description=f"string; default {STRING_PARAM_LENGTH}"
+    )
+    pattern: str | None = Field(
+        default=None, min_length=1, max_length=MAX_PATTERN, description="string: a regex of the whole value"
+    )
+    min: StrictInt | None = Field(default=None, ge=-MAX_INT64, le=MAX_INT64, description="integer")
+    max: StrictInt | None = Field(default=None, ge=-MAX_INT64, le=MAX_INT64, description="integer")
+    allowed: list[ParamValue] | None = Field(
+        default=None, max_length=MAX_PARAM_VALUES, description="The only values a project may send"
+    )
+    allowed_by_project: dict[str, list[ParamValue]] | None = Field(
+        default=None,
+        max_length=MAX_PARAM_PROJECTS,
+        description="Per project, the only values it may send (instead of allowed); a project not "
+        "listed may send those of allowed, or none when allowed is not given",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        misplaced = [k for k, kind in _LIMITS if getattr(self, k) is not None and self.type != kind]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: not for {self.type} params")
+        if self.type == "string" and self.max_length is None:
+            self.max_length = STRING_PARAM_LENGTH
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.allowed is not None:
+            self.allowed = self._values(self.allowed, "allowed")
+        if self.allowed_by_project is not None:
+            for project, values in self.allowed_by_project.items():
+                problem = project_problem(project)
+                if problem:
+                    raise ValueError(f"allowed_by_project: {problem}")
+                self.allowed_by_project[project] = self._values(values, f"allowed_by_project.{project}")
+        return self
+
+    def _values(self, values: list[Any], where: str) -> list[Any]:
+        out = []
+        for value in values:
+            normal, problem = self.check(value)
+            if problem:
+                raise ValueError(f"{where}: {value!r} is not {problem}")
+            out.append(normal)
+        return list(dict.fromkeys(out))
+
+    def expected(self) -> str:
+        """What a value of this param must be, in words."""
+        if self.type == "integer":
+            low = "" if self.min is None else f" from {self.min}"
+            high = "" if self.max is None else f" to {self.max}" if low else f" up to {self.max}"
+            return f"an integer{low}{high}"
+        if self.type == "boolean":
+            return "true or false"
+        if self.type == "mac":
+            return "a unicast MAC address like 52:54:00:12:34:56"
+        matching = f" matching {self.pattern}" if self.pattern else ""
+        return f"a string of at most {self.max_length} characters{matching}"
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """(the value normalised, None), or (the value, what is expected) if it does not fit."""
+        if self.type == "integer":
+            ok = type(value) is int and not (self.min is not None and value < self.min)
+            ok = ok and not (self.max is not None and value > self.max)
+        elif self.type == "boolean":
+            ok = type(value) is bool
+        elif self.type == "mac":
+            value = value.lower() if isinstance(value, str) else value
+            ok = isinstance(value, str) and bool(_MAC_RE.match(value))
+            ok = ok and value != "00:00:00:00:00:00" and not int(value[:2], 16) & 1
+        else:
+            ok = isinstance(value, str) and len(value) <= (self.max_length or STRING_PARAM_LENGTH)
+            ok = ok and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
+        return value, None if ok else self.expected()
+
+    def permitted(self, project: str | None) -> list[Any] | None:
+        """The values ``project`` may send; ``None``: any value of the kind."""
+        if self.allowed_by_project is None:
+            return self.allowed
+        if project is not None and project in self.allowed_by_project:
+            return self.allowed_by_project[project]
+        return [] if self.allowed is None else self.allowed
+
+    def seen_by(self, project: str | None) -> ParamSpec:
+        """The declaration as a member of ``project`` sees it: its values, no other project's."""
+        if self.allowed_by_project is None:
+            return self
+        return self.model_copy(update={"allowed": self.permitted(project), "allowed_by_project": None})
+
+
+def _known(name: str, spec: ParamSpec) -> ParamSpec:
+    """``spec`` held to what the built-in handlers read under ``name``, their bounds filled in."""
+    known = KNOWN_PARAMS[name]
+    if spec.type != known["type"]:
+        raise ValueError(f"param {name!r} is read by the built-in handlers as {known['type']}: declare it so")
+    values = [*(spec.allowed or []), *(v for vs in (spec.allowed_by_project or {}).values() for v in vs)]
+    update: dict[str, Any] = {}
+    if "min" in known:
+        low, high = known["min"], known["max"]
+        update = {"min": low if spec.min is None else spec.min, "max": high if spec.max is None else spec.max}
+        if not low <= update["min"] <= update["max"] <= high or any(not low <= v <= high for v in values):
+            raise ValueError(f"param {name!r}: its values lie within {low}..{high}")
+    if "allowed" in known:
+        if not set(values) <= set(known["allowed"]):
+            raise ValueError(f"param {name!r}: its values are among {', '.join(known['allowed'])}")
+        if spec.allowed is None and spec.allowed_by_project is None:
+            update = {"allowed": list(known["allowed"])}
+    return spec.model_copy(update=update) if update else spec
+
+
+def checked_params(params: dict[str, ParamSpec] | None) -> dict[str, ParamSpec] | None:
+    """A type's declared params as a whole: at most 32, well named, no fact, the known ones as
+    the handlers read them. Raises ``ValueError`` naming the param."""
+    if params is None:
+        return None
+    if len(params) > MAX_TYPE_PARAMS:
+        raise ValueError(f"at most {MAX_TYPE_PARAMS} params per type ({len(params)} given)")
+    out = {}
+    for name, spec in params.items():
+        if not PARAM_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"param name {name!r}: 1-64 characters, a lowercase letter, then lowercase letters, digits, _"
+            )
+        if name in FACT_NAMES:
+            raise ValueError(
+                f"param name {name!r} is reserved: the agent records it when it sets a device up, "
+                "and no request may supply it"
+            )
+        out[name] = _known(name, spec) if name in KNOWN_PARAMS else spec
+    return out
+
+
 # ---------------------------------------------------------------- resource types
 
 
@@ -94,6 +283,11 @@ class ResourceTypeCreate(Strict):
         description="Handler options, e.g. {'reset': 'none-ok', 'one_time_use': true}",
     )
     attribute_schema: dict[str, Any] | None = None
+    params: dict[str, ParamSpec] = Field(
+        default_factory=dict,
+        description="The request params this type accepts, by name, e.g. {'vlan': {'type': 'integer', "
+        "'min': 1, 'max': 4094}}; a request with any other param is refused",
+    )
 
     @field_validator("name")
     @classmethod
@@ -102,10 +296,17 @@ class ResourceTypeCreate(Strict):
             raise ValueError("type names are 1-64 characters of letters, digits and _")
         return v
 
+    _params = field_validator("params")(checked_params)
+
 
 class ResourceTypeUpdate(Strict):
     description: str | None = Field(default=None, max_length=1000)
     config: dict[str, Any] | None = None
+    params: dict[str, ParamSpec] | None = Field(
+        default=None, description="Replaces the declared params; {}: the type accepts none"
+    )
+
+    _params = field_validator("params")(checked_params)
 
 
 class StateCounts(BaseModel):
@@ -126,6 +327,7 @@ class ResourceType(BaseModel):
     handler: str | None
     config: dict[str, Any]
     attribute_schema: dict[str, Any] | None
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
     counts: StateCounts
     created_at: datetime
 
@@ -141,8 +343,8 @@ class ReportedDevice(Strict):
     type: str = Field(max_length=64)
     vendor_id: str | None = None
     product_id: str | None = None
-    numa_node: int | None = Field(default=None, ge=0, le=1024)
-    iommu_group: int | None = Field(default=None, ge=0, le=MAX_INT32)
+    numa_node: StrictInt | None = Field(default=None, ge=0, le=1024)
+    iommu_group: StrictInt | None = Field(default=None, ge=0, le=MAX_INT32)
     driver: str | None = Field(default=None, max_length=128)
     parent: str | None = Field(default=None, max_length=256)
     healthy: bool = True
@@ -170,8 +372,14 @@ class ReportedDevice(Strict):
         return self
 
 
+# An agent process's random id, chosen at its start: ``agent_instance`` in a report, this
+# header on its other calls (heartbeats).
+AGENT_INSTANCE_HEADER = "X-Devassign-Agent-Instance"
+AGENT_INSTANCE_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+
+
 class InventoryReport(Strict):
-    generation: int = Field(
+    generation: StrictInt = Field(
         ge=0,
         le=MAX_INT64,
         description="Increases with every report of this host; an older one is refused (409)",
@@ -179,9 +387,30 @@ class InventoryReport(Strict):
     host_id: str | None = Field(
         default=None,
         max_length=64,
-        description="The agent's stable host id (kept in its state file)",
+        description="The agent's stable host id (kept in its state file); it belongs to the host "
+        "name it was first reported under: another name with it is refused (409 host_id_mismatch)",
+    )
+    agent_instance: str | None = Field(
+        default=None,
+        pattern=AGENT_INSTANCE_PATTERN,
+        description="A random id the agent process chose at its start: a report from another "
+        "instance while this host's agent was heard recently is refused (409 agent_conflict)",
     )
     devices: list[ReportedDevice] = Field(max_length=MAX_DEVICES_PER_REPORT)
+
+
+class HostRename(Strict):
+    new_name: str = Field(
+        max_length=253,
+        description="The host's new name (letters, digits, _ . -); its agent needs a token for it",
+    )
+
+    @field_validator("new_name")
+    @classmethod
+    def _new_name(cls, v: str) -> str:
+        if not HOST_RE.fullmatch(v):
+            raise ValueError("host names are letters, digits, _ . - (up to 253)")
+        return v
 
 
 class RefusedDevice(BaseModel):
@@ -279,8 +508,37 @@ class Event(BaseModel):
 class TokenCreate(Strict):
     role: Role
     host: str | None = None
-    project: str | None = Field(default=None, min_length=1, max_length=64)
-    name: str | None = Field(default=None, max_length=128)
+    project: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=PROJECT_MAX,
+        description="A letter or digit, then letters, digits, _ . -",
+        json_schema_extra={"pattern": PROJECT_RE.pattern},  # checked below, with a better message
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=LABEL_MAX,
+        description="A label shown as the actor of the token's events; omitted: made from the "
+        "role, scope and id. A letter or digit, then letters, digits, _ . : @ # -",
+        json_schema_extra={"pattern": LABEL_RE.pattern},
+    )
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str | None) -> str | None:
+        problem = None if v is None else project_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        problem = None if v is None else label_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _scope(self) -> TokenCreate:
@@ -318,7 +576,12 @@ class Token(BaseModel):
 
 
 class WorkItem(BaseModel):
-    """One thing an agent must do to a device of its host: set it up, or clean it."""
+    """One thing an agent must do to a device of its host: set it up, or clean it.
+
+    ``facts`` are what this host's agent posted from the device's last setup (the agent
+    prefers its own journal); ``cleared``: an operator cleared the device after a failed
+    cleanup, so the cleanup works from what the host shows now, not from recorded facts.
+    """
 
     action: Literal["setup", "cleanup"]
     device: Device
@@ -327,6 +590,33 @@ class WorkItem(BaseModel):
     params: dict[str, Any]
     facts: dict[str, Any]
     companions: list[str]
+    cleared: bool = False
+
+
+# What a setup's facts may be: a few small values (a driver name, an mdev UUID), never a
+# payload; stored per device and handed back with every cleanup.
+WORK_FACTS_MAX_KEYS = 32
+WORK_FACTS_MAX_BYTES = 4096
+WORK_FACT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def work_facts_problem(facts: dict[str, Any]) -> str | None:
+    """Why a work result's ``facts`` are refused, or ``None``."""
+    unstorable = value_problem(facts, "facts")
+    if unstorable:
+        return unstorable
+    if len(facts) > WORK_FACTS_MAX_KEYS:
+        return f"facts: at most {WORK_FACTS_MAX_KEYS} keys, not {len(facts)}"
+    for key in facts:
+        if not isinstance(key, str) or not WORK_FACT_KEY_RE.fullmatch(key):
+            return f"facts: key {str(key)[:80]!r} must be 1-64 lowercase letters, digits and _"
+    try:
+        size = len(json.dumps(facts, allow_nan=False, separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        return f"facts: not plain JSON: {exc}"
+    if size > WORK_FACTS_MAX_BYTES:
+        return f"facts: at most {WORK_FACTS_MAX_BYTES} bytes of JSON, not {size}"
+    return None
 
 
 class WorkList(BaseModel):
@@ -339,12 +629,24 @@ class WorkResult(Strict):
     action: Literal["setup", "cleanup"]
     ok: bool
     error: str | None = Field(default=None, max_length=4000)
-    facts: dict[str, Any] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"What a setup learned: at most {WORK_FACTS_MAX_KEYS} keys, "
+        f"{WORK_FACTS_MAX_BYTES} bytes of JSON",
+    )
     consumer: str | None = Field(
         default=None,
         max_length=255,
         description="The consumer the work item named; a result for an older holder is ignored",
     )
+
+    @field_validator("facts")
+    @classmethod
+    def _small_facts(cls, v: dict[str, Any]) -> dict[str, Any]:
+        problem = work_facts_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class WorkResults(Strict):

@@ -17,7 +17,9 @@ from devassign.server.settings import Settings
 from devassign.store import Store
 
 
-def test_a_database_refusal_is_a_400_with_the_error_body(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_refusal_is_a_400_with_the_error_body(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = create_app(Settings(auth=False, sweep_interval=0), store=store)
     # A route added after start-up must be in the access table too, or it answers 403.
     monkeypatch.setitem(access.POLICY, ("GET", "/v1/test-refusal"), access.Need.ADMIN)

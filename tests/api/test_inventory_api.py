@@ -129,10 +129,16 @@ def test_heartbeat_of_unknown_host_asks_for_a_report(api: TestClient) -> None:
 
 
 def test_renamed_host_keeps_its_row_by_host_id(api: TestClient) -> None:
+    """A host id stays with its first name: the rename is an admin's, then the agent follows."""
     _type(api)
     _report(api, "old-name", 1, [vf("0000:3b:02.1")], host_id="id-1")
     r = _report(api, "new-name", 2, [vf("0000:3b:02.1")], host_id="id-1")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "host_id_mismatch"
+    assert "devassign host rename old-name new-name" in r.json()["error"]["message"]
+    assert api.post("/v1/hosts/old-name/rename", json={"new_name": "new-name"}).status_code == 200
+    r = _report(api, "new-name", 2, [vf("0000:3b:02.1")], host_id="id-1")
     assert r.status_code == 200, r.text
+    assert r.json()["added"] == []  # the same row, with its device
     assert [h["name"] for h in api.get("/v1/hosts").json()] == ["new-name"]
     other = _report(api, "new-name", 3, [], host_id="id-2")
     assert other.status_code == 409 and other.json()["error"]["code"] == "host_id_mismatch"

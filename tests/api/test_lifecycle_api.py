@@ -9,9 +9,13 @@ from lxml import etree
 
 from tests.conftest import Clock, vf
 
+# The request params these tests send, declared by the type (a type accepts none otherwise).
+VF_PARAMS = {"mac": {"type": "mac"}, "vlan": {"type": "integer", "min": 1, "max": 4094}}
+
 
 def _setup(api: TestClient, devices: list[dict[str, Any]], **type_body: Any) -> None:
-    assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G", **type_body}).status_code == 201
+    body = {"name": "NIC_VF_1G", "params": VF_PARAMS, **type_body}
+    assert api.post("/v1/resource-types", json=body).status_code == 201
     r = api.put("/v1/hosts/c1/inventory", json={"generation": 1, "devices": devices})
     assert r.status_code == 200 and not r.json()["refused"], r.text
 

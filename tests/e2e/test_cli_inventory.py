@@ -53,7 +53,7 @@ def test_cli_errors_are_one_line_not_tracebacks(db_url: str, tmp_path: Path) -> 
         missing = cli("type", "show", "NOPE", env=env, check=False)
         assert missing.returncode == 1 and "[type_not_found]" in missing.stderr
     down = cli("types", env={"DEVASSIGN_URL": "http://127.0.0.1:9"}, check=False)
-    assert down.returncode == 1 and "cannot reach the devassign server" in down.stderr
+    assert down.returncode == 3 and "cannot reach the devassign server" in down.stderr
     usage = cli("token", "create", "--role", "agent", "--db", db_url, check=False)
     assert usage.returncode == 2 and "bound to one host" in usage.stderr
 

@@ -17,9 +17,12 @@ def test_demo_runs_and_shows_usage(tmp_path: Path) -> None:
         "VGPU_T4_4Q",
         "-> assigned",
         "-> available",
-        "dashboard:",
+        "devassign demo --keep-running",
     ):
         assert expected in out, expected
+    # Its server has stopped: no dashboard address to visit. Its folder is marked as the demo's.
+    assert "dashboard:" not in out
+    assert (tmp_path / "demo" / ".devassign-demo").is_file()
     # The request that cannot be placed says why.
     assert "refused" in out and "too few free GPU_A100" in out
     assert "<interface" in out and "52:54:00:00:00:01" in out

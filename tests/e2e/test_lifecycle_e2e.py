@@ -36,7 +36,17 @@ _hosts = itertools.count(1)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("lifecycle")
     with running_server(f"sqlite:///{tmp / 'e2e.db'}", auth=False, log=tmp / "server.log") as url:
-        cli("type", "create", TYPE, "--description", "VF of an X710", env={"DEVASSIGN_URL": url})
+        params = '{"mac": {"type": "mac"}, "vlan": {"type": "integer", "min": 1, "max": 4094}}'
+        cli(
+            "type",
+            "create",
+            TYPE,
+            "--description",
+            "VF of an X710",
+            "--params",
+            params,
+            env={"DEVASSIGN_URL": url},
+        )
         yield url
 
 

@@ -54,3 +54,51 @@ def test_refuses_a_database_from_a_newer_devassign(tmp_path) -> None:  # type: i
         raise AssertionError("a newer schema must be refused")
     finally:
         db.dispose()
+
+
+def test_old_default_token_names_lose_their_secret_characters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Names made of six characters of the secret (before 0005) become ROLE:SCOPE#ID."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    with db.engine.connect() as conn:
+        command.upgrade(db._alembic_config(conn), "0004")
+        conn.commit()
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        rows = [
+            (1, "admin:cloud:Ab3_x9", "admin", None, None),
+            (2, "member:demo:Zz-9aQ", "member", None, "demo"),
+            (3, "agent:compute-1:q1W2e3", "agent", "compute-1", None),
+            (4, "alice", "admin", None, None),
+        ]
+        for token_id, name, role, host, project in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tokens (id, name, secret_hash, role, host, project, created_at) "
+                    "VALUES (:i, :n, :h, :r, :host, :p, :t)"
+                ),
+                {
+                    "i": token_id,
+                    "n": name,
+                    "h": f"{token_id:064d}",
+                    "r": role,
+                    "host": host,
+                    "p": project,
+                    "t": now,
+                },
+            )
+        conn.execute(
+            sa.text("INSERT INTO events (at, actor, action, message, detail) VALUES (:t, :a, 'x', :m, '{}')"),
+            {"t": now, "a": "member:demo:Zz-9aQ", "m": "member token member:demo:Zz-9aQ created"},
+        )
+        conn.commit()
+    db.upgrade()
+    with db.engine.connect() as conn:
+        names = dict(conn.execute(sa.text("SELECT id, name FROM tokens")).all())
+        event = conn.execute(sa.text("SELECT actor, message FROM events")).one()
+    db.dispose()
+    assert names == {1: "admin#1", 2: "member:demo#2", 3: "agent:compute-1#3", 4: "alice"}
+    assert tuple(event) == ("member:demo#2", "member token member:demo#2 created")

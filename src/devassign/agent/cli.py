@@ -1,12 +1,16 @@
 """``devassign agent ...``: run the agent, show what it would report, import Nova's config.
 
-Every failure a user can cause ends as one line on stderr and exit code 2, never a traceback.
+Every failure a user can cause ends as one line on stderr and a non-zero exit code, never a
+traceback: 2 for a wrong command line, configuration or sysfs root, 3 when the server cannot
+be reached (or fails), 4 when it refuses the agent's token, 1 for any other refusal or a bad
+state file (docs/cli.md, "Exit codes").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +26,7 @@ from devassign.agent.nova import import_nova
 from devassign.agent.reporter import ReportRefused, ServerUnavailable
 from devassign.agent.state import StateError
 from devassign.agent.worker import Agent, WorkRefused
+from devassign.cli.client import ExitCode
 from devassign.hostio import Sysfs
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.simulated import SimulatedSysfs
@@ -44,9 +49,9 @@ class Format(StrEnum):
     json = "json"
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(int(code))
 
 
 def _config(path: Path | None) -> AgentConfig:
@@ -56,10 +61,27 @@ def _config(path: Path | None) -> AgentConfig:
         _fail(str(exc))
 
 
-def _sysfs(root: Path) -> Sysfs:
+def _sysfs(root: Path, config: AgentConfig) -> Sysfs:
+    """The sysfs tree at ``root``; a folder with neither PCI nor USB devices, and a
+    configuration that declares none, is a wrong ``--sysfs-root``, not an empty host."""
     if not root.is_dir():
         _fail(f"{root}: no such folder (expected a sysfs tree)")
-    return Sysfs(root)
+    sysfs = Sysfs(root)
+    if not sysfs.is_dir("bus/pci") and not sysfs.is_dir("bus/usb") and not config.resources:
+        _fail(
+            f"{root} has neither bus/pci nor bus/usb: not a sysfs tree (sysfs is at /sys on a "
+            "host), and the configuration declares no [[resource]] either"
+        )
+    return sysfs
+
+
+def _refusal_code(exc: Exception) -> ExitCode:
+    """4 when the server refused who is asking (401, 403: the agent's token), else 1."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):  # the refusals word their HTTP status: "refused ... (401 ..."
+        found = re.search(r"\((\d{3})\b", str(exc))
+        status = int(found.group(1)) if found else None
+    return ExitCode.DENIED if status in (401, 403) else ExitCode.ERROR
 
 
 def _logging(verbose: bool) -> None:
@@ -95,7 +117,7 @@ def run(
     """Discover, report, heartbeat, and set up / clean devices as the server asks."""
     _logging(verbose)
     cfg = _config(config)
-    _sysfs(sysfs_root)
+    _sysfs(sysfs_root, cfg)
     if simulate_fail and not simulate:
         _fail("--simulate-fail needs --simulate")
     ops = simulated_host(sysfs_root) if simulate else HostOps.for_host(sysfs_root)
@@ -108,8 +130,12 @@ def run(
             agent.run()
             return
         result = agent.run_once()
-    except (ServerUnavailable, ReportRefused, WorkRefused, StateError) as exc:
-        _fail(str(exc))
+    except ServerUnavailable as exc:
+        _fail(f"server unavailable: {exc}", ExitCode.UNREACHABLE)
+    except (ReportRefused, WorkRefused) as exc:
+        _fail(str(exc), _refusal_code(exc))
+    except StateError as exc:
+        _fail(str(exc), ExitCode.ERROR)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
     report = result.report
@@ -137,7 +163,7 @@ def discover(
     """Print every device this host has and what it would report, without a server."""
     _logging(verbose)
     cfg = _config(config)
-    inv = build_inventory(_sysfs(sysfs_root), cfg)
+    inv = build_inventory(_sysfs(sysfs_root, cfg), cfg)
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
         return

@@ -20,6 +20,7 @@ import platformdirs
 
 from devassign.agent.model import FoundDevice
 from devassign.domain import HOST_RE, NAME_RE, DeviceKind, address_error
+from devassign.lifecycle.policy import LifecyclePolicy, path_problem
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
 MATCH_KEYS = ("vendor_id", "product_id", "address", "class", "driver", "kind", "parent", "mdev_type")
@@ -36,7 +37,10 @@ TOP_KEYS = (
     "pci_ids",
     "device",
     "resource",
+    "lifecycle",
 )
+LIFECYCLE_KEYS = ("handlers", "commands")
+_HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX4_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{4}$")
 _CLASS_PREFIX_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{1,6}$")
 _STATIC_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,150}$")
@@ -134,6 +138,7 @@ class AgentConfig:
     pci_ids: Path | None = None
     devices: tuple[DeviceRule, ...] = ()
     resources: tuple[ResourceDecl, ...] = ()
+    lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     source: str = "<defaults>"
 
 
@@ -201,8 +206,31 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         pci_ids=pci_ids,
         devices=rules,
         resources=resources,
+        lifecycle=_lifecycle(raw.get("lifecycle", {}), fail),
         source=source,
     )
+
+
+def _lifecycle(table: Any, fail: Any) -> LifecyclePolicy:
+    """``[lifecycle]``: the handlers this agent runs and the programs ``command`` may start."""
+    if not isinstance(table, dict):
+        raise fail("lifecycle must be a table: [lifecycle]")
+    _unknown(table, LIFECYCLE_KEYS, "[lifecycle]: ", fail)
+    default = LifecyclePolicy()
+    handlers = table.get("handlers", sorted(default.handlers))
+    if not isinstance(handlers, list) or not all(isinstance(h, str) for h in handlers):
+        raise fail("[lifecycle]: handlers must be a list of handler names")
+    for name in handlers:
+        if not _HANDLER_NAME_RE.fullmatch(name):
+            raise fail(f"[lifecycle]: handlers: {name!r} is not a handler name")
+    commands = table.get("commands", [])
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise fail("[lifecycle]: commands must be a list of absolute paths or globs")
+    for path in commands:
+        problem = path_problem(path)
+        if problem:
+            raise fail(f"[lifecycle]: commands: {problem}")
+    return LifecyclePolicy(frozenset(handlers), tuple(commands))
 
 
 def _unknown(table: dict[str, Any], known: tuple[str, ...], where: str, fail: Any) -> None:

@@ -57,6 +57,14 @@ def to_int(raw: str | None, what: str, where: str) -> int | None:
 def scan_pci(sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS) -> PciScan:
     """Every PCI function under ``bus/pci/devices``, with mdev slots and IOMMU groups."""
     scan = PciScan()
+    if not sysfs.is_dir("bus/pci/devices"):
+        # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
+        missing = "bus/pci/devices" if sysfs.is_dir("bus/pci") else "bus/pci"
+        log.warning(
+            "%s: no such folder, so no PCI devices found (is this sysfs? it is at /sys on a host)",
+            sysfs.path(missing),
+        )
+        return scan
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
     for addr in sysfs.listdir("bus/pci/devices"):
         if not PCI_ADDRESS_RE.fullmatch(addr):
@@ -119,9 +127,12 @@ def _read_function(
         dev.iommu_group = to_int(sysfs.link_name(f"{base}/iommu_group"), "iommu_group", addr)
     # The server refuses a function the kernel cannot reset (a tenant's state could reach the
     # next one) unless its type accepts that; ``reset_method`` lists how (flr, pm, bus ...).
-    attrs["resettable"] = "reset" in entries
-    if "reset_method" in entries:
-        attrs["reset_methods"] = (read("reset_method") or "").split()
+    # The kernel shows ``reset`` and ``reset_method`` together, but ``reset`` is write-only and
+    # tools that capture sysfs trees drop it: either one says the function can be reset.
+    methods = (read("reset_method") or "").split() if "reset_method" in entries else None
+    attrs["resettable"] = "reset" in entries or bool(methods)
+    if methods is not None:
+        attrs["reset_methods"] = methods
     human = pci_name(dev.vendor_id, dev.product_id, pci_ids)
     if human:
         attrs["name"] = human

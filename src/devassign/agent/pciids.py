@@ -8,11 +8,33 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PCI_IDS = Path("/usr/share/misc/pci.ids")
+# Where distributions install pci.ids (the hwdata, pciutils or pci.ids packages); the first
+# that exists is read. An agent configuration's ``pci_ids`` names another file.
+PCI_IDS_PATHS: tuple[Path, ...] = (
+    Path("/usr/share/hwdata/pci.ids"),
+    Path("/usr/share/misc/pci.ids"),
+    Path("/usr/share/pci.ids"),
+    Path("/usr/share/pciids/pci.ids"),
+)
+
+
+def find_pci_ids(candidates: tuple[Path, ...] = PCI_IDS_PATHS) -> Path | None:
+    """The first of ``candidates`` that is a readable file, or ``None`` (raw ids are shown)."""
+    for path in candidates:
+        try:
+            if path.is_file() and os.access(path, os.R_OK):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+DEFAULT_PCI_IDS: Path | None = find_pci_ids()
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,6 +4,12 @@ The server owns the truth about who holds what; the agent only says what the hos
 Full reports are idempotent (the whole inventory with an increasing generation), so any
 doubt, a 404 on a heartbeat, a restart, is answered by sending a full report again.
 Clock, sleep and HTTP client are injected so the loop runs in tests without waiting.
+
+Each agent process sends a random instance id chosen at its start (``agent_instance`` in
+reports, a header on the other calls): the server refuses a second live process with the same
+host id (409 ``agent_conflict``: a state file cloned into a machine image, or this agent just
+restarted). Such an agent says why once, does no lifecycle work and keeps retrying with its
+backoff; a restarted agent takes over once the old process has been silent long enough.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +25,14 @@ import httpx
 
 from devassign.agent.config import AgentConfig
 from devassign.agent.state import StateFile
-from devassign.schemas import InventoryReport, InventoryResult, ReportedDevice
+from devassign.schemas import AGENT_INSTANCE_HEADER, InventoryReport, InventoryResult, ReportedDevice
 
 log = logging.getLogger(__name__)
 
 STALE_GENERATION = "stale_generation"
 HOST_NOT_FOUND = "host_not_found"
+HOST_ID_MISMATCH = "host_id_mismatch"
+AGENT_CONFLICT = "agent_conflict"
 
 
 class ServerUnavailable(RuntimeError):
@@ -32,6 +41,22 @@ class ServerUnavailable(RuntimeError):
 
 class ReportRefused(RuntimeError):
     """The server refused the report for a reason retrying will not fix (4xx)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # the HTTP status, for the program's exit code
+
+
+class AgentConflict(ReportRefused):
+    """Another agent process with this host id is live (409 ``agent_conflict``): retry later.
+
+    ``retry_after``: when the server would let this process take over if the other one stays
+    silent (seconds). The full explanation is in the first one raised; later ones are short.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, 409)
+        self.retry_after = retry_after
 
 
 def _error(resp: httpx.Response) -> dict[str, Any]:
@@ -69,6 +94,11 @@ class Reporter:
         self.rng = rng or random.Random()
         self.max_backoff = max_backoff
         self.once_attempts = once_attempts
+        # This process's id: the server tells two live agents with one host id apart by it.
+        self.instance: str | None = uuid.uuid4().hex
+        # Set while the server refuses this process as a second agent of the host (the reason
+        # is logged once); no lifecycle work is asked for or posted until it is taken again.
+        self.conflict: str | None = None
 
     # ------------------------------------------------------------------ one exchange
     def _url(self, suffix: str) -> str:
@@ -76,7 +106,10 @@ class Reporter:
 
     def _headers(self) -> dict[str, str]:
         token = self.config.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if self.instance is not None:
+            headers[AGENT_INSTANCE_HEADER] = self.instance
+        return headers
 
     def report(self) -> InventoryResult:
         """Discover and send the full inventory; recovers from a stale generation."""
@@ -84,10 +117,17 @@ class Reporter:
         for _ in range(5):
             generation = self.state.next_generation()
             body = InventoryReport(
-                generation=generation, host_id=self.state.state.host_id, devices=devices
+                generation=generation,
+                host_id=self.state.state.host_id,
+                agent_instance=self.instance,
+                devices=devices,
             ).model_dump(mode="json")
+            if self.instance is None:
+                del body["agent_instance"]
             resp = self._send("PUT", self._url("inventory"), body)
             err = _error(resp)
+            if resp.status_code == 409 and err.get("code") == AGENT_CONFLICT:
+                raise self._conflict(err)
             if resp.status_code == 409 and err.get("code") == STALE_GENERATION:
                 current = err.get("current_generation")
                 if not isinstance(current, int):
@@ -96,11 +136,16 @@ class Reporter:
                 self.state.set_generation(current)
                 continue
             if resp.status_code >= 400:
+                where = ""
+                if err.get("code") == HOST_ID_MISMATCH:
+                    where = f" (this agent's state file: {self.state.path})"
                 raise ReportRefused(
                     f"server refused the report ({resp.status_code} {err.get('code', '')}): "
-                    f"{err.get('message', resp.text[:200])}"
+                    f"{err.get('message', resp.text[:200])}{where}",
+                    resp.status_code,
                 )
             result = InventoryResult.model_validate(resp.json())
+            self._taken()
             self._log_result(result)
             return result
         raise ReportRefused("the generation stayed stale after 5 tries; another agent for this host?")
@@ -110,9 +155,12 @@ class Reporter:
         body = {"host_id": self.state.state.host_id, "generation": self.state.state.generation}
         resp = self._send("POST", self._url("heartbeat"), body)
         if resp.status_code < 400:
+            self._taken()
             return True
         err = _error(resp)
-        if err.get("code") == HOST_NOT_FOUND:
+        if err.get("code") == AGENT_CONFLICT:
+            log.debug("heartbeat refused: another agent with this host id is live")
+        elif err.get("code") == HOST_NOT_FOUND:
             log.info("server does not know host %s; sending a full report", self.config.host)
         else:
             log.warning("heartbeat refused (%s %s); sending a full report", resp.status_code, err)
@@ -120,8 +168,36 @@ class Reporter:
 
     def request(self, method: str, suffix: str, body: dict[str, Any] | None = None) -> httpx.Response:
         """One call to this host's ``/v1/hosts/{host}/<suffix>``; 5xx and transport errors raise
-        :class:`ServerUnavailable`, other answers are returned (the lifecycle worker uses it)."""
+        :class:`ServerUnavailable`, other answers are returned (the lifecycle worker uses it).
+
+        While the server refuses this process as a second agent of the host, nothing is sent
+        (:class:`ServerUnavailable`): only the agent the server takes may touch its devices.
+        """
+        if self.conflict is not None:
+            raise ServerUnavailable(f"no lifecycle work while {self.conflict}")
         return self._send(method, self._url(suffix), body)
+
+    def _conflict(self, err: dict[str, Any]) -> AgentConflict:
+        """The refusal as an exception: its full message the first time, then a short one
+        (the worker's loop logs each), so the reason is logged once per conflict."""
+        retry_after = err.get("retry_after")
+        wait = float(retry_after) if isinstance(retry_after, int | float) else 0.0
+        if self.conflict is None:
+            self.conflict = (
+                f"refused as a second agent of host {self.config.host} ({AGENT_CONFLICT}, see above)"
+            )
+            return AgentConflict(
+                f"server refused this agent ({AGENT_CONFLICT}): {err.get('message', '')}", wait
+            )
+        return AgentConflict(f"still {self.conflict}", wait)
+
+    def _taken(self) -> None:
+        if self.conflict is not None:
+            log.warning(
+                "the server takes this agent (instance %s) now: the other one with this host id fell silent",
+                self.instance,
+            )
+            self.conflict = None
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
         try:
@@ -157,7 +233,12 @@ class Reporter:
 
         With ``once`` it returns after the first report taken, giving up (raising) after
         ``once_attempts`` failed tries. ``iterations`` bounds the loop for tests.
+
+        A one-shot run sends no agent instance: it does not stay live, and the next run (a new
+        process, moments later) must not wait for it to fall silent.
         """
+        if once:
+            self.instance = None
         failures = 0
         need_report = True
         next_report = self.clock()
@@ -182,6 +263,9 @@ class Reporter:
                 if once and (failures >= self.once_attempts or isinstance(exc, ReportRefused)):
                     raise
                 delay = self.backoff(failures)
+                if isinstance(exc, AgentConflict):
+                    need_report = True
+                    delay = max(delay, exc.retry_after)
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 self.sleep(delay)
                 continue

@@ -27,7 +27,8 @@ class StateError(RuntimeError):
 @dataclass
 class AgentState:
     """``journal``: device id -> the action in flight or its unposted result (see worker.py);
-    ``facts``: device id -> what its last setup learned, kept until its cleanup is posted;
+    ``facts``: device id -> what its last setup learned, kept until its cleanup is posted or
+    an operator clears the device (the only facts a handler gets: never a request's params);
     ``assigned``: device id -> the work item of a device set up and assigned (health checks);
     ``host_drivers``: device id -> ``{"driver": name}``, the host driver the server knew before
     the last setup (a failed setup returns no facts, and reports made after it show the
@@ -111,6 +112,7 @@ class StateFile:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".agent-state.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)  # private (work items, facts), kept by the rename
                 f.write(data + "\n")
                 f.flush()
                 if self.durable:

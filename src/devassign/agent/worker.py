@@ -21,6 +21,17 @@ while an older result is unposted, so results reach the server in the order they
 A ``cleanup ok`` is posted only from a result journaled after ``run_action`` returned ok: an
 interrupted cleanup is run again, never assumed done.
 
+The agent is the last line of defence for the root-run handlers, whatever the server sends:
+
+- it acts only on devices it discovered and reports itself, and runs only the handlers and
+  ``command`` programs its own ``[lifecycle]`` configuration allows; anything else is refused
+  and posted as a failed result (a refused setup releases the allocation, a refused cleanup
+  quarantines) whose message says why, so the operator sees it as an event;
+- the facts a handler gets are its own journal's (the server's copy, which this agent posted,
+  only when the journal has none), never a request's params;
+- a cleanup after an operator's ``device clear`` forgets the journal's facts for the device
+  and works from what the host shows now.
+
 For tests, ``DEVASSIGN_AGENT_CRASH_AT=POINT[:ACTION]`` makes the agent SIGKILL itself at
 ``intent`` (after journaling it), ``handler`` (after the handler, before journaling the
 result), ``result`` (after journaling it), ``post`` (just before posting) or ``posted`` (after
@@ -51,7 +62,7 @@ from devassign.lifecycle.base import Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
-from devassign.lifecycle.registry import load_handler
+from devassign.lifecycle.registry import handler_name_for, load_handler
 from devassign.schemas import (
     InventoryResult,
     ReportedDevice,
@@ -59,6 +70,7 @@ from devassign.schemas import (
     WorkList,
     WorkOutcome,
     WorkResult,
+    work_facts_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +82,10 @@ WorkAction = Literal["setup", "cleanup"]
 
 class WorkRefused(RuntimeError):
     """The server refused a work request for a reason retrying will not fix (4xx)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # the HTTP status, for the program's exit code
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,7 @@ class Agent:
         )
         self.unhealthy: dict[str, str] = {}  # address -> why, sent with the next report
         self._handlers: dict[str, Handler] = {}
+        self._reported: dict[str, ReportedDevice] | None = None  # address -> last discovered
         self._recovered = False
         self._need_report = True
         self._next_report = 0.0
@@ -152,6 +169,7 @@ class Agent:
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
         devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids).reported()
+        self._reported = {d.address: d for d in devices}
         return [
             d.model_copy(update={"healthy": False}) if d.address in self.unhealthy else d for d in devices
         ]
@@ -251,7 +269,9 @@ class Agent:
             done.extend(self._post_journaled(replayed=False))
         resp = self.reporter.request("GET", "work")
         if resp.status_code >= 400:
-            raise WorkRefused(f"server refused the work request ({resp.status_code}): {resp.text[:200]}")
+            raise WorkRefused(
+                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
+            )
         items = WorkList.model_validate(resp.json()).items
         # Cleanups first: they free what a setup in the same IOMMU group may need.
         items.sort(key=lambda i: (i.action != "cleanup", i.device.address))
@@ -278,13 +298,53 @@ class Agent:
         self._recovered = True
         return done
 
-    def _with_local_knowledge(self, item: WorkItem) -> WorkItem:
-        """A cleanup item completed from the journal: the server's facts win, ours fill in what
-        it never received (we died before posting); and the device's ``driver`` is the host
-        driver it had before its setup, not what reports showed since (unbound, vfio-pci)."""
+    def _discovered(self, *, fresh: bool = False) -> dict[str, ReportedDevice]:
+        """What this agent last discovered and reports (discovered now if never, or ``fresh``)."""
+        if self._reported is None or fresh:
+            self._inventory()
+        return self._reported or {}
+
+    def _refusal(self, item: WorkItem) -> str | None:
+        """Why this agent will not act on ``item``: a device it did not report, or a handler or
+        command its configuration does not allow; ``None`` when it may."""
+        address, host = item.device.address, self.config.host
+        mine = self._discovered().get(address)
+        if mine is None:
+            return f"{address} is not a device this agent discovered and reported on host {host}"
+        if mine.kind is not item.device.kind:
+            return f"{address} is a {mine.kind.value} on host {host}, not a {item.device.kind.value}"
+        return self._policy_refusal(item)
+
+    def _policy_refusal(self, item: WorkItem) -> str | None:
+        name = handler_name_for(item.device.kind, item.handler)
+        return self.config.lifecycle.refusal(
+            name, item.config, host=self.config.host, source=self.config.source
+        )
+
+    def _prepared(self, item: WorkItem) -> WorkItem:
+        """The item as this agent runs it, with facts from its own journal, never a request's.
+
+        A setup gets the journal's facts of an earlier run (none, usually). A cleanup gets the
+        journal's facts, or the server's copy (what this agent posted) when the journal lost
+        them, and the host driver the device had before its setup, not what reports showed
+        since (unbound, vfio-pci). A cleanup after an operator's clear forgets all of that
+        and starts from what the host shows now.
+        """
         st = self.state.state
         dev_id = item.device.id
-        update: dict[str, Any] = {"facts": {**st.facts.get(dev_id, {}), **item.facts}}
+        if item.action == "setup":
+            if item.device.driver not in (None, VFIO):
+                st.host_drivers[dev_id] = {"driver": item.device.driver}
+            return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
+        st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
+        if item.cleared:
+            st.facts.pop(dev_id, None)
+            st.host_drivers.pop(dev_id, None)
+            now = self._discovered(fresh=True).get(item.device.address)
+            device = item.device.model_copy(update={"driver": now.driver if now else None})
+            return item.model_copy(update={"facts": {}, "device": device})
+        own = st.facts.get(dev_id)
+        update: dict[str, Any] = {"facts": dict(own if own is not None else item.facts)}
         before = st.host_drivers.get(dev_id, {}).get("driver")
         if isinstance(before, str):
             update["device"] = item.device.model_copy(update={"driver": before})
@@ -298,6 +358,9 @@ class Agent:
         return handler
 
     def _action(self, action: Action, item: WorkItem) -> ActionResult:
+        refusal = self._policy_refusal(item)
+        if refusal:
+            return ActionResult(False, f"refused by the agent: {refusal}", {"refused": True})
         return run_action(action, self._device(item), item.config, item.handler, self.ops, loader=self._load)
 
     def _device(self, item: WorkItem) -> LifecycleDevice:
@@ -309,11 +372,7 @@ class Agent:
         st = self.state.state
         dev_id = item.device.id
         if not journaled:
-            if item.action == "cleanup":
-                item = self._with_local_knowledge(item)
-                st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
-            elif item.device.driver not in (None, VFIO):
-                st.host_drivers[dev_id] = {"driver": item.device.driver}
+            item = self._prepared(item)
             st.journal[dev_id] = {
                 "action": item.action,
                 "phase": "started",
@@ -321,11 +380,20 @@ class Agent:
             }
             self.state.save()
         self._crash("intent", item.action)
-        result = self._action(item.action, item)
+        refusal = self._refusal(item)
+        if refusal:
+            log.warning("refused the %s of %s: %s", item.action, item.device.address, refusal)
+            result = ActionResult(False, f"refused by the agent: {refusal}", {"refused": True})
+        else:
+            result = self._action(item.action, item)
         self._crash("handler", item.action)
         facts: dict[str, Any] = dict(result.details.get("facts") or {}) if item.action == "setup" else {}
         if facts:
             st.facts[dev_id] = {**st.facts.get(dev_id, {}), **facts}
+            problem = work_facts_problem(st.facts[dev_id])
+            if problem:  # kept here for the cleanup, but the server would refuse the whole post
+                result = ActionResult(False, f"the handler's facts cannot be posted: {problem}")
+                facts = {}
         item = item.model_copy(update={"facts": {**item.facts, **facts}})
         st.journal[dev_id] = {
             "action": item.action,
@@ -366,7 +434,9 @@ class Agent:
         body = {"results": [r.model_dump(mode="json") for r in results]}
         resp = self.reporter.request("POST", "work", body)
         if resp.status_code >= 400:
-            raise WorkRefused(f"server refused the work results ({resp.status_code}): {resp.text[:200]}")
+            raise WorkRefused(
+                f"server refused the work results ({resp.status_code}): {resp.text[:200]}", resp.status_code
+            )
         outcomes = [WorkOutcome.model_validate(o) for o in resp.json()]
         for e in entries:
             self._crash("posted", e["action"])

@@ -3,13 +3,19 @@
 A server on a fresh SQLite file, a few simulated hosts (real agents over generated, SYNTHETIC
 sysfs trees whose kernel reactions are simulated), then the life of some requests: claims
 that fit, one that cannot and says why, setup by the agents, the libvirt XML, a release and
-its cleanup. It prints the usage table and the dashboard address; ``--keep-running`` leaves the
-server and the agents up for the CLI and the browser.
+its cleanup. It prints the usage table; ``--keep-running`` leaves the server and the agents up
+for the CLI and the browser, and prints the dashboard address.
+
+Its files go to a temporary folder, removed at the end, or to ``--data-dir``, kept. The demo
+deletes only what it made: a ``--data-dir`` must be new, empty, or a folder an earlier demo
+made (it holds the :data:`MARKER` file, which lists what that demo wrote).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
 import socket
 import tempfile
@@ -25,7 +31,7 @@ import uvicorn
 from devassign import schemas
 from devassign.agent.config import parse_config
 from devassign.agent.worker import Agent
-from devassign.cli.client import Client, CliError
+from devassign.cli.client import Client, CliError, ExitCode
 from devassign.cli.inventory import ALLOCATION_COLUMNS, HOST_COLUMNS, TYPE_COLUMNS
 from devassign.cli.output import Format, console, emit
 from devassign.domain import Role
@@ -40,6 +46,10 @@ TYPES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("VGPU_T4_4Q", "NVIDIA T4 vGPU slot, profile T4-4Q", None, {}),
     ("Encryption_card", "USB crypto token 0529:0620", "noop", {}),
 ]
+# The request params each type accepts (a type accepts none unless it declares them).
+TYPE_PARAMS: dict[str, dict[str, Any]] = {
+    "NIC_VF_1G": {"mac": {"type": "mac"}, "vlan": {"type": "integer", "min": 1, "max": 4094}},
+}
 
 AGENT_RULES: dict[str, Any] = {
     "device": [
@@ -84,8 +94,57 @@ def build_host(root: Path, index: int) -> SyntheticHost:
     return h
 
 
+MARKER = ".devassign-demo"
+_DEMO_ENTRY_RE = re.compile(r"demo\.db(-wal|-shm|-journal)?|compute-[0-9]+")
+
+
+def _demo_entries(n_hosts: int) -> list[str]:
+    """What a demo with ``n_hosts`` hosts writes in its folder (SQLite adds its journals)."""
+    db = ["demo.db", "demo.db-wal", "demo.db-shm", "demo.db-journal"]
+    return db + [f"compute-{i + 1}" for i in range(n_hosts)]
+
+
+def _prepare_data_dir(folder: Path, n_hosts: int) -> None:
+    """Make ``folder`` ready for a demo without touching anything a demo did not write there.
+
+    New or empty: used. Holding the marker: what the earlier demo listed in it is deleted,
+    the rest is left. Anything else is refused (``--data-dir .`` must never wipe a folder).
+    """
+    folder = folder.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--data-dir {folder}: not a folder", status=ExitCode.USAGE)
+    marker = folder / MARKER
+    if folder.is_dir() and any(folder.iterdir()):
+        if not marker.is_file():
+            raise CliError(
+                f"--data-dir {folder}: not empty and not a folder an earlier `devassign demo` made "
+                f"(no {MARKER} file); give a new or empty folder",
+                status=ExitCode.USAGE,
+            )
+        try:
+            earlier = json.loads(marker.read_text()).get("wrote", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CliError(f"{marker}: unreadable ({exc}); remove the folder yourself") from exc
+        for name in earlier:
+            if not isinstance(name, str) or not _DEMO_ENTRY_RE.fullmatch(name):
+                continue  # only names a demo writes; never a path out of the folder
+            path = folder / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"wrote": _demo_entries(n_hosts)}) + "\n")
+
+
 def _free_port(preferred: int) -> int:
+    """``preferred`` unless something listens there, else a free port.
+
+    With SO_REUSEADDR, as the server binds: a port whose connections are in TIME_WAIT (a
+    server stopped a minute ago) is free for the server and must not look taken here.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
             return preferred
@@ -125,15 +184,34 @@ def _agents_pass(agents: list[Agent]) -> None:
 
 
 def run_demo(*, port: int, n_hosts: int, keep_running: bool, data_dir: Path | None) -> None:
-    base = data_dir or Path(tempfile.mkdtemp(prefix="devassign-demo-"))
-    if data_dir is not None and base.exists():
-        shutil.rmtree(base)
-    base.mkdir(parents=True, exist_ok=True)
+    if n_hosts < 1:
+        raise CliError("--hosts must be at least 1", status=ExitCode.USAGE)
+    if data_dir is not None:
+        _prepare_data_dir(data_dir, n_hosts)
+        _run(data_dir.expanduser(), port=port, n_hosts=n_hosts, keep_running=keep_running)
+        return
+    base = Path(tempfile.mkdtemp(prefix="devassign-demo-"))
+    try:
+        _run(base, port=port, n_hosts=n_hosts, keep_running=keep_running)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # made by mkdtemp above: all of it is the demo's
+
+
+def _run(base: Path, *, port: int, n_hosts: int, keep_running: bool) -> None:
     settings = Settings(db_url=f"sqlite:///{base / 'demo.db'}", auth=True, sweep_interval=1.0)
     app = create_app(settings)
     store = app.state.store
+    try:
+        _show(app, store, base, port=port, n_hosts=n_hosts, keep_running=keep_running)
+    finally:
+        store.db.dispose()
+
+
+def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_running: bool) -> None:
     admin = store.create_token(schemas.TokenCreate(role=Role.ADMIN, name="demo-admin"), actor="demo").token
-    port = _free_port(port)
+    asked, port = port, _free_port(port)
+    if port != asked:
+        console.print(f"port {asked} is in use: the demo server takes port {port} instead", highlight=False)
     url = f"http://127.0.0.1:{port}"
 
     with _serving(app, port):
@@ -142,7 +220,13 @@ def run_demo(*, port: int, n_hosts: int, keep_running: bool, data_dir: Path | No
         for name, description, handler, type_config in TYPES:
             api.post(
                 "/v1/resource-types",
-                {"name": name, "description": description, "handler": handler, "config": type_config},
+                {
+                    "name": name,
+                    "description": description,
+                    "handler": handler,
+                    "config": type_config,
+                    "params": TYPE_PARAMS.get(name, {}),
+                },
             )
         agents = []
         for i in range(n_hosts):
@@ -233,10 +317,13 @@ def run_demo(*, port: int, n_hosts: int, keep_running: bool, data_dir: Path | No
         _step("usage")
         emit(api.get("/v1/resource-types"), Format.table, TYPE_COLUMNS, title="resource types")
         emit(api.get("/v1/hosts"), Format.table, HOST_COLUMNS, title="hosts")
-        console.print(f"\ndashboard: {url}/ui/   API: {url}/docs   admin token: {admin}", highlight=False)
         if not keep_running:
-            console.print("(run `devassign demo --keep-running` to keep the server and agents up)")
+            # The server stops with this function: no address to visit.
+            console.print(
+                "\n(run `devassign demo --keep-running` to keep the server and agents up, with the dashboard)"
+            )
             return
+        console.print(f"\ndashboard: {url}/ui/   API: {url}/docs   admin token: {admin}", highlight=False)
         console.print(
             f"keeping it running (Ctrl-C stops); try: DEVASSIGN_URL={url} DEVASSIGN_TOKEN={admin} "
             "devassign types",

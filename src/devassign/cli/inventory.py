@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +12,14 @@ from devassign.cli.client import Client, CliError
 from devassign.cli.output import Format, emit, when
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
+ParamsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The request params the type accepts, as JSON or @FILE with JSON, e.g. "
+        '\'{"mac": {"type": "mac"}, "vlan": {"type": "integer", "min": 1, "max": 4094}}\'; '
+        "replaces the whole declaration ('{}': none)"
+    ),
+]
 
 
 def client(ctx: typer.Context) -> Client:
@@ -31,6 +40,37 @@ TYPE_COLUMNS = [
     ("assigned", _counts("assigned")),
     ("cleaning", _counts("cleaning")),
     ("unhealthy", lambda t: t["counts"]["unhealthy"] + t["counts"]["quarantined"] + t["counts"]["missing"]),
+]
+
+
+def describe_param(spec: dict[str, Any]) -> str:
+    """``integer 1..4094, allowed 100 101; demo: 100``: one declared param in a table cell."""
+    words = [str(spec.get("type"))]
+    if spec.get("min") is not None or spec.get("max") is not None:
+        low, high = spec.get("min"), spec.get("max")
+        words.append(f"{'' if low is None else low}..{'' if high is None else high}")
+    if spec.get("type") == "string":
+        words.append(f"max {spec.get('max_length')}")
+    if spec.get("pattern"):
+        words.append(f"matching {spec['pattern']}")
+    text = " ".join(words)
+    if spec.get("allowed") is not None:
+        text += ", allowed " + (" ".join(json.dumps(v) for v in spec["allowed"]) or "none")
+    for project, values in (spec.get("allowed_by_project") or {}).items():
+        text += f"; {project}: " + (" ".join(json.dumps(v) for v in values) or "none")
+    return text
+
+
+TYPE_SHOW_COLUMNS = [
+    *TYPE_COLUMNS[:2],
+    ("handler", lambda t: t.get("handler") or "-"),
+    (
+        "params",
+        lambda t: (
+            "\n".join(f"{n}: {describe_param(s)}" for n, s in (t.get("params") or {}).items()) or "none"
+        ),
+    ),
+    *TYPE_COLUMNS[2:],
 ]
 HOST_COLUMNS = [
     ("name", lambda h: h["name"]),
@@ -93,17 +133,21 @@ def register(app: typer.Typer) -> typer.Typer:
         config: Annotated[
             str | None, typer.Option(help='Handler options as JSON, e.g. \'{"reset": "none-ok"}\'')
         ] = None,
+        params: ParamsOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Add a type to the catalog."""
         body: dict[str, Any] = {"name": name, "description": description, "handler": handler}
         if config:
             body["config"] = _json_option("--config", config)
-        emit(client(ctx).post("/v1/resource-types", body), fmt, TYPE_COLUMNS)
+        if params is not None:
+            body["params"] = _params_option(params)
+        emit(client(ctx).post("/v1/resource-types", body), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("show")
     def type_show(ctx: typer.Context, name: str, fmt: FormatOpt = Format.table) -> None:
-        emit(client(ctx).get(f"/v1/resource-types/{name}"), fmt, TYPE_COLUMNS)
+        """One type: its handler, the request params it accepts, its devices per state."""
+        emit(client(ctx).get(f"/v1/resource-types/{name}"), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("update")
     def type_update(
@@ -111,6 +155,7 @@ def register(app: typer.Typer) -> typer.Typer:
         name: str,
         description: Annotated[str | None, typer.Option()] = None,
         config: Annotated[str | None, typer.Option(help="Handler options as JSON")] = None,
+        params: ParamsOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
         body: dict[str, Any] = {}
@@ -118,7 +163,9 @@ def register(app: typer.Typer) -> typer.Typer:
             body["description"] = description
         if config is not None:
             body["config"] = _json_option("--config", config)
-        emit(client(ctx).patch(f"/v1/resource-types/{name}", body), fmt, TYPE_COLUMNS)
+        if params is not None:
+            body["params"] = _params_option(params)
+        emit(client(ctx).patch(f"/v1/resource-types/{name}", body), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("delete")
     def type_delete(ctx: typer.Context, name: str) -> None:
@@ -140,6 +187,15 @@ def register(app: typer.Typer) -> typer.Typer:
         """Forget a host whose devices are all free."""
         client(ctx).delete(f"/v1/hosts/{name}")
         typer.echo(f"deleted {name}")
+
+    @host_app.command("rename")
+    def host_rename(ctx: typer.Context, old: str, new: str) -> None:
+        """The same machine under a new name (admin); its agent then needs a token for NEW."""
+        client(ctx).post(f"/v1/hosts/{old}/rename", {"new_name": new})
+        typer.echo(
+            f"renamed {old} to {new}; its agent needs a token for {new} "
+            f'(`devassign token create --role agent --host {new}`) and host = "{new}" in agent.toml'
+        )
 
     @app.command()
     def devices(
@@ -184,6 +240,16 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(found, fmt, EVENT_COLUMNS)
 
     return device_app
+
+
+def _params_option(text: str) -> Any:
+    """``--params``: JSON, or ``@FILE`` holding it."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"--params {text}: cannot read the file: {exc.strerror}", status=2) from exc
+    return _json_option("--params", text)
 
 
 def _json_option(name: str, text: str) -> Any:

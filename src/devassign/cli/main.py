@@ -1,20 +1,38 @@
-"""The ``devassign`` program: server, operator commands and client commands (SPEC.md)."""
+"""The ``devassign`` program: server, operator commands and client commands.
+
+Whatever goes wrong that a user can cause ends as one line on stderr (usage errors: the usage
+first) and an exit status from :class:`~devassign.cli.client.ExitCode`, never a traceback;
+docs/cli.md lists the codes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+import devassign
 from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
-from devassign.cli.client import CliError
+from devassign.cli.client import CliError, ExitCode, exit_status
 from devassign.cli.output import Format, emit, when
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 failed (the server said no: not found, cannot place, quota...); "
+    "2 usage (a wrong option, argument, configuration file or database URL; also a command "
+    "group given no command, which prints its help); 3 the server or the database could not be "
+    "reached (or failed): try again later; 4 the server refused the credentials (no token, an "
+    "unknown or revoked one, or a role that may not do this)."
+)
 
 app = typer.Typer(
     help="devassign: direct hardware assignment for clouds.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -31,11 +49,23 @@ DbOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"devassign {devassign.__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option("--url", envvar="DEVASSIGN_URL", help="Server URL")] = None,
     token: Annotated[str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token")] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print devassign's version and exit", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = {"url": url, "token": token}
 
@@ -55,6 +85,10 @@ def server(
     reservation_ttl: Annotated[
         float, typer.Option(help="Seconds before an unconfirmed reservation expires")
     ] = 300,
+    agent_takeover_after: Annotated[
+        float,
+        typer.Option(help="Seconds a host's agent must be silent before another agent process may take over"),
+    ] = 30,
     db_pool_size: Annotated[
         int, typer.Option(help="Database connections per process (PostgreSQL: plus half as many in bursts)")
     ] = 10,
@@ -73,15 +107,17 @@ def server(
 
     from devassign.server.app import create_app
     from devassign.server.settings import SETTINGS_ENV, Settings, settings_to_env
-    from devassign.store import SchemaError, default_url
+    from devassign.store import SchemaError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = _check_db_url(db)
     settings = Settings(
-        db_url=db or default_url(),
+        db_url=db,
         auth=not no_auth,
         migrate=not no_migrate,
         down_after=timedelta(seconds=down_after),
         reservation_ttl=timedelta(seconds=reservation_ttl),
+        agent_takeover_after=timedelta(seconds=agent_takeover_after),
         pool_size=db_pool_size,
     )
     if workers < 1:
@@ -89,7 +125,8 @@ def server(
     if workers > 1 and settings.db_url and settings.db_url.startswith("sqlite"):
         raise CliError("--workers > 1 needs PostgreSQL: SQLite is for one server process", status=2)
     try:
-        application = create_app(settings)
+        with _database_errors(db):
+            application = create_app(settings)
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
     typer.echo(f"devassign server on http://{bind}:{port} (database {_safe_url(settings.db_url)})", err=True)
@@ -117,10 +154,86 @@ def server(
 
 
 def _safe_url(url: str | None) -> str:
-    """The database URL without its password, for logs."""
+    """The database URL without its password, for logs and errors (even one that does not parse)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True) if url else "-"
+    if not url:
+        return "-"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+DB_URL_FORMS = "sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+
+
+def _check_db_url(url: str | None) -> str:
+    """The database URL to use (``--db``, ``DEVASSIGN_DB`` or the default SQLite file); one
+    that does not parse, or names a database devassign has no driver for, is a usage error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from devassign.store.db import create_private, default_url, normalize_url, sqlite_file
+
+    if not url:
+        try:
+            url = default_url()
+        except OSError as exc:
+            raise CliError(f"cannot create the data folder of the default database: {exc}") from exc
+    shown = _safe_url(url)
+    try:
+        make_url(normalize_url(url)).get_dialect().import_dbapi()
+    except ArgumentError as exc:  # NoSuchModuleError (an unknown scheme) is one too
+        raise CliError(
+            f"database URL {shown}: not one devassign can use ({exc}); give {DB_URL_FORMS}",
+            status=ExitCode.USAGE,
+        ) from exc
+    except ImportError as exc:
+        raise CliError(
+            f"database URL {shown}: no driver for it is installed ({exc.name}); "
+            f"devassign uses {DB_URL_FORMS}",
+            status=ExitCode.USAGE,
+        ) from exc
+    path = sqlite_file(url) if url.startswith("sqlite") else None
+    if path is not None:
+        try:
+            create_private(path)  # what Database does first; here a failure is one line
+        except OSError as exc:
+            raise CliError(
+                f"cannot create the SQLite database {path}: {exc.strerror or exc}; "
+                "give a file in a folder you can write (--db sqlite:///PATH)"
+            ) from exc
+    return url
+
+
+@contextlib.contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or used becomes one line naming it (no password)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise CliError(
+            f"cannot connect to the database {_safe_url(url)}: {_driver_reason(exc)}; check the URL "
+            "(--db or DEVASSIGN_DB), that the database server runs and that the database exists",
+            status=ExitCode.UNREACHABLE,
+        ) from exc
+    except DBAPIError as exc:
+        raise CliError(f"the database {_safe_url(url)} refused: {_driver_reason(exc)}") from exc
+
+
+def _driver_reason(exc: Any) -> str:
+    """The driver's own words, its first line, less the preamble: ``database "x" does not exist``."""
+    lines = [line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for marker in ("FATAL:", "failed:"):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1].strip()
+            break
+    return " ".join(text.split()).removesuffix(".") or type(exc).__name__
 
 
 @db_app.command("upgrade")
@@ -128,9 +241,11 @@ def db_upgrade(db: DbOpt = None) -> None:
     """Migrate the database to the newest schema."""
     from devassign.store import Database, SchemaError
 
-    database = Database(db)
+    url = _check_db_url(db)
+    database = Database(url)
     try:
-        before, after = database.upgrade()
+        with _database_errors(url):
+            before, after = database.upgrade()
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -145,10 +260,13 @@ def db_status(db: DbOpt = None) -> None:
     """Show the database's schema revision and the one this devassign needs."""
     from devassign.store import Database
 
-    database = Database(db)
+    url = _check_db_url(db)
+    database = Database(url)
     try:
+        with _database_errors(url):
+            current = database.current_revision()
         typer.echo(f"database: {_safe_url(database.url)}")
-        typer.echo(f"current:  {database.current_revision() or 'empty'}")
+        typer.echo(f"current:  {current or 'empty'}")
         typer.echo(f"needed:   {database.head_revision()}")
     finally:
         database.dispose()
@@ -184,12 +302,16 @@ def token_create(
         created = client.post("/v1/tokens", body.model_dump(mode="json"))
         typer.echo(created["token"])
         return
-    from devassign.store import Database, Store
+    from devassign.store import Database, SchemaError, Store
 
-    database = Database(db)
+    url = _check_db_url(db)
+    database = Database(url)
     try:
-        database.ensure_schema(migrate=True)
-        made = Store(database).create_token(body, actor="cli")
+        with _database_errors(url):
+            database.ensure_schema(migrate=True)
+            made = Store(database).create_token(body, actor="cli")
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
     finally:
         database.dispose()
     typer.echo(made.token)
@@ -238,7 +360,13 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option("--keep-running/--exit", help="Keep the server up afterwards")
     ] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Where to keep the demo's files")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder for the demo's files, kept afterwards: new, empty, or one an earlier demo "
+            "made (default: a temporary folder, removed at the end)"
+        ),
+    ] = None,
 ) -> None:
     """Start a server on SQLite with simulated hosts, place and release requests, show usage."""
     from devassign.cli.demo import run_demo
@@ -260,23 +388,42 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
-def main() -> None:
+def run(args: Sequence[str] | None = None) -> int:
+    """Run the program on ``args`` (default: the command line); returns the exit status.
+
+    Typer is run outside its standalone mode so that :class:`CliError` is ours to print. Click's
+    exceptions (usage errors, a group given no command) are recognised by what they do, ``show()``
+    and ``exit_code``, not by class: Typer bundles its own copy of click, and another version may
+    bring it back as a dependency.
+    """
     try:
-        app(standalone_mode=False)
+        result = app(args=args, prog_name="devassign", standalone_mode=False)
     except CliError as exc:
         typer.secho(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else ""), fg="red", err=True)
-        sys.exit(exc.exit_status)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        return exit_status(exc)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if callable(getattr(exc, "show", None)) and isinstance(code, int):
+            message = getattr(exc, "message", None)
+            if isinstance(message, str):  # Typer's choice check words it as a pydantic error
+                exc.message = message.removeprefix("Value error, ")  # type: ignore[attr-defined]
+            exc.show()  # type: ignore[attr-defined]  # usage and one line (or the help, for a group)
+            return code
+        if isinstance(code, int):  # an Exit that got past Typer
+            return code
+        if type(exc).__name__ == "Abort":  # click's Abort: end of input at a prompt
+            typer.echo("Aborted.", err=True)
+            return ExitCode.ERROR
         raise
+    # Outside standalone mode Typer returns the code of a ``typer.Exit(code)``, else what the
+    # command returned (our commands return None).
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 The device is a small value built from the server's ``schemas.Device`` plus what the
 allocation asked for (MAC, VLAN) and what an earlier setup recorded (the driver it took the
 device from, the mdev UUID it created), so a handler re-run after an agent restart knows
-everything the first run knew.
+everything the first run knew. The two never mix: a tenant once named another tenant's mdev
+in its request params and had it handed over (and then removed), because one lookup read
+facts, then params. Facts come only from the agent's journal and the host.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Any, Protocol
 
 from devassign.domain import DeviceKind
 from devassign.lifecycle.host import HostOps
-from devassign.schemas import Device
+from devassign.schemas import FACT_NAMES, Device
 
 # What a setup learned and the agent must keep for the cleanup (e.g. ``original_driver``).
 Facts = dict[str, Any]
+# The facts the built-in handlers record: never read from a request's params (the same names
+# no resource type may declare as a param).
+FACT_KEYS = FACT_NAMES
 TypeConfig = Mapping[str, Any]
 
 
@@ -36,11 +41,12 @@ class HealthResult:
 class LifecycleDevice:
     """One device as a handler sees it.
 
-    ``facts`` are what an earlier setup of this device returned (kept by the agent across
-    restarts), ``params`` what the allocation asked for; :meth:`get` looks in facts, then
-    params, then the discovered attributes. ``companions`` are the other addresses this
-    consumer holds on the host, so a multi-function IOMMU group can be set up one function
-    at a time.
+    ``facts`` are what an earlier setup of this device on this host returned (from the
+    agent's journal), ``params`` what the allocation asked for. :meth:`known` reads facts and
+    the discovered attributes; :meth:`requested` reads params and refuses fact keys, so a
+    request can never pose as something the host told us. ``companions`` are the other
+    addresses this consumer holds on the host, so a multi-function IOMMU group can be set up
+    one function at a time.
     """
 
     address: str
@@ -56,11 +62,19 @@ class LifecycleDevice:
     facts: Mapping[str, Any] = field(default_factory=dict)
     companions: frozenset[str] = frozenset()
 
-    def get(self, key: str, default: Any = None) -> Any:
-        for source in (self.facts, self.params, self.attributes):
+    def known(self, key: str, default: Any = None) -> Any:
+        """What the host said: a recorded fact, else a discovered attribute."""
+        for source in (self.facts, self.attributes):
             if source.get(key) is not None:
                 return source[key]
         return default
+
+    def requested(self, key: str, default: Any = None) -> Any:
+        """What the allocation asked for; never a fact (a handler bug if it asks for one)."""
+        if key in FACT_KEYS:
+            raise HandlerError(f"{key} is a fact a setup records, never a request parameter")
+        value = self.params.get(key)
+        return default if value is None else value
 
     @classmethod
     def from_schema(

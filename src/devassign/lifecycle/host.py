@@ -2,10 +2,13 @@
 
 Handlers never open a file, a socket or a process themselves; they get a :class:`HostOps`
 so tests (and ``devassign demo``) run them against generated trees and recording fakes.
+Every sysfs write through it is resolved first and refused when it lands outside the root:
+the agent runs as root, and a name checked wrongly somewhere must still not escape sysfs.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +21,26 @@ LinkState = Literal["auto", "enable", "disable"]
 # IFLA_VF_LINK_STATE_* from linux/if_link.h.
 LINK_STATE_CODES: dict[str, int] = {"auto": 0, "enable": 1, "disable": 2}
 ZERO_MAC = "00:00:00:00:00:00"
+
+
+def inside_root(sysfs: Sysfs, rel: str) -> str:
+    """The resolved absolute path of ``rel``; :class:`HostIOError` when it leaves the root."""
+    root = os.path.realpath(sysfs.root)
+    target = os.path.realpath(sysfs.path(rel))
+    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+        raise HostIOError(
+            errno.EPERM, f"refusing to write {rel!r}: it resolves to {target}, outside the sysfs root {root}"
+        )
+    return target
+
+
+class ConfinedSysfs(Sysfs):
+    """:class:`Sysfs` that resolves every write and refuses one that leaves the root."""
+
+    def write(self, rel: str, value: str) -> None:
+        target = inside_root(self, rel)
+        # Write what was checked, so a link changed in between cannot move the write.
+        super().write(os.path.relpath(target, os.path.realpath(self.root)), value)
 
 
 @dataclass(frozen=True)
@@ -225,16 +248,21 @@ class RecordingRunner:
 
 @dataclass
 class HostOps:
-    """Everything a handler may touch on the host."""
+    """Everything a handler may touch on the host. A plain :class:`Sysfs` is made a
+    :class:`ConfinedSysfs`; other kinds are checked again by the handlers' write helper."""
 
     sysfs: Sysfs
     netlink: Netlink
     runner: Runner
 
+    def __post_init__(self) -> None:
+        if type(self.sysfs) is Sysfs:
+            self.sysfs = ConfinedSysfs(self.sysfs.root)
+
     @classmethod
     def for_host(cls, sysfs_root: str | os.PathLike[str] = "/sys") -> HostOps:
         """The real machine: sysfs at ``sysfs_root``, pyroute2 netlink, real subprocesses."""
-        return cls(Sysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner())
+        return cls(ConfinedSysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner())
 
     @classmethod
     def simulated(

@@ -60,7 +60,11 @@ def mdev_hostdev(uuid: str) -> etree._Element:
 
 def usb_hostdev(device: LifecycleDevice) -> etree._Element:
     ident = usb_identity(device)
-    bus, dev = device.get("usb_bus"), device.get("usb_device")
+    bus, dev = device.known("usb_bus"), device.known("usb_device")
+    for name, value in (("usb_bus", bus), ("usb_device", dev)):
+        bad = isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1000
+        if value is not None and bad:
+            raise LibvirtXMLError(f"{device.address}: recorded {name} {value!r} is not a USB number")
     has_ids = ident.vendor_id is not None and ident.product_id is not None
     if not has_ids and (bus is None or dev is None):
         raise LibvirtXMLError(f"{device.address}: need vendor/product ids or the usb_bus/usb_device numbers")
@@ -79,8 +83,9 @@ def device_element(device: LifecycleDevice) -> etree._Element | None:
     does not see as hardware.
 
     Reads: the address; for VFs ``mac`` and ``vlan`` (params, then attributes); for mdevs
-    ``mdev_uuid`` or the consumer; for USB the vendor/product ids and, where known,
-    ``usb_bus`` / ``usb_device``.
+    the UUID derived from the consumer, or the ``mdev_uuid`` fact its setup recorded (never a
+    param: a request naming another consumer's mdev must not get it); for USB the
+    vendor/product ids and, where recorded, ``usb_bus`` / ``usb_device``.
     """
     try:
         if device.kind in (DeviceKind.PCI, DeviceKind.SRIOV_PF):

@@ -3,7 +3,8 @@
 A generated tree is only files: writing ``bind`` or ``create`` would just store the value.
 :class:`SimulatedSysfs` adds the few kernel reactions the handlers rely on (driver
 bind/unbind/probe with ``driver_override``, mdev create/remove) and keeps a log of every
-write, so a test can assert what was done and in which order.
+write, so a test can assert what was done and in which order. A write that resolves outside
+the root is refused before any of that, as :class:`ConfinedSysfs` refuses it on a real host.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from devassign.hostio import HostIOError, Sysfs
+from devassign.hostio import HostIOError
+from devassign.lifecycle.host import ConfinedSysfs, inside_root
+
+# What devassign.testing.sysfs writes in a driver's folder: the "VENDOR DEVICE" ids it takes.
+SIMULATED_IDS = ".simulated-ids"
 
 
-class SimulatedSysfs(Sysfs):
+class SimulatedSysfs(ConfinedSysfs):
     """``native_drivers`` maps a PCI address to the driver ``drivers_probe`` picks without an
-    override (what the module alias match would pick on a real host)."""
+    override (what the module alias match would pick on a real host); otherwise a driver
+    whose ``.simulated-ids`` lists the function's ids takes it."""
 
     def __init__(self, root: str | os.PathLike[str], native_drivers: Mapping[str, str] | None = None) -> None:
         super().__init__(root)
@@ -37,6 +43,7 @@ class SimulatedSysfs(Sysfs):
         return os.path.relpath(os.path.realpath(self.path(rel)), base)
 
     def write(self, rel: str, value: str) -> None:
+        inside_root(self, rel)  # before the log and the kernel reactions: nothing happens
         real = self._real(rel)
         self.writes.append((rel, value))
         for pattern, err in self.failures.items():
@@ -91,9 +98,21 @@ class SimulatedSysfs(Sysfs):
         if self.exists(f"bus/pci/devices/{address}/driver"):
             return
         override = self.read(f"bus/pci/devices/{address}/driver_override") or ""
-        driver = override or self.native_drivers.get(address)
+        driver = override or self.native_drivers.get(address) or self._matching(address)
         if driver and self.is_dir(f"bus/pci/drivers/{driver}"):
             self._bind(driver, address)
+
+    def _matching(self, address: str) -> str | None:
+        """The first driver whose id table takes the function (vfio-pci takes none by itself)."""
+        ids = " ".join(
+            (self.read(f"bus/pci/devices/{address}/{name}") or "").lower().removeprefix("0x")
+            for name in ("vendor", "device")
+        )
+        for driver in self.listdir("bus/pci/drivers"):
+            table = self.read(f"bus/pci/drivers/{driver}/{SIMULATED_IDS}") or ""
+            if ids in table.splitlines():
+                return driver
+        return None
 
     def _mdev_create(self, type_dir: Path, uuid: str) -> None:
         available = int((type_dir / "available_instances").read_text().strip() or "0")

@@ -2,7 +2,9 @@
 
 Fit, hold what was chosen, fit again, up to a bound: the same search that claims, so
 capacity never promises what a claim would refuse (PF/VF exclusion and IOMMU groups
-included).
+included). The search keeps its holds between instances (``fit.count_fits``), so a host
+costs its classes of identical devices per instance, not all its devices; and a call stops
+with a ``RequestError`` past ``max_steps`` search steps in all.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.filters import HostListFilter, HostUpFilter
-from devassign.scheduler.fit import DEFAULT_BUDGET, fit
+from devassign.scheduler.fit import DEFAULT_BUDGET, count_fits
 from devassign.scheduler.request import Request
 from devassign.scheduler.view import Snapshot
 
 DEFAULT_LIMIT_PER_HOST = 256
+# Search steps of one capacity call: a plain request takes a few per instance, so this is
+# thousands of hosts at the per-host limit; only constraints that make every instance search
+# long get near it.
+MAX_STEPS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,7 @@ def capacity(
     *,
     limit_per_host: int = DEFAULT_LIMIT_PER_HOST,
     budget: int = DEFAULT_BUDGET,
+    max_steps: int = MAX_STEPS,
 ) -> Capacity:
     """Count placements host by host; ``request.hosts`` limits the hosts as for a claim."""
     checks = (HostListFilter(), HostUpFilter())
@@ -41,16 +49,14 @@ def capacity(
     for host in snapshot.hosts:
         if any(c.check(host, request) is not None for c in checks):
             continue
-        n = 0
-        view = host
-        while n < limit_per_host:
-            result = fit(view, request, budget=budget)
-            steps += result.steps
-            if result.chosen is None:
-                break
-            n += 1
-            view = view.with_held(result.device_ids())
-        else:
-            truncated = True
+        n, used = count_fits(host, request, limit=limit_per_host, budget=budget)
+        steps += used
+        if steps > max_steps:
+            raise RequestError(
+                RequestErrorCode.INVALID_BODY,
+                f"capacity took more than {max_steps:,} search steps after {len(per_host) + 1} hosts; "
+                "ask about fewer hosts (host=) or a simpler request",
+            )
+        truncated = truncated or n >= limit_per_host
         per_host[host.name] = n
     return Capacity(per_host, sum(per_host.values()), truncated, steps)

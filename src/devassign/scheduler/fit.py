@@ -106,6 +106,7 @@ class _Class:
     parent: str | None
     group: int | None  # set only for groups with more than one assignable member
     values: dict[int, Any]  # constraint index -> the class's value
+    own: str | None = None  # the address of its one device, when other devices are its children
     taken: int = 0
 
 
@@ -146,6 +147,7 @@ class _Search:
         self.held_parent: Counter[str] = Counter()
         self.group_refs: Counter[int] = Counter()
         self.numas: Counter[int] = Counter()
+        self.used_parents = host.used_parents
         self._build_classes(cands)
 
     def _build_classes(self, cands: Candidates) -> None:
@@ -166,7 +168,7 @@ class _Search:
             key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()))
             cls = classes.get(key)
             if cls is None:
-                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values)
+                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values, own)
             cls.devices.append(d)
         for unit in self.units:
             unit.classes = [[] for _ in unit.alternatives]
@@ -211,7 +213,7 @@ class _Search:
         the smallest such class (keeps whole PFs and GPUs free for the next request)."""
         left = len(c.devices) - c.taken
         same_numa = 0 if (not self.numas or c.numa in self.numas) else 1
-        used_parent = 0 if c.parent and (c.parent in self.host.used_parents) else 1
+        used_parent = 0 if c.parent and (c.parent in self.used_parents) else 1
         return (same_numa, used_parent, 0 if left >= need else 1, left)
 
     def _take(self, ui: int, unit: _Unit, classes: list[_Class], i: int, need: int, left: int) -> bool:
@@ -299,6 +301,38 @@ class _Search:
             if not self.numas[d.numa_node]:
                 del self.numas[d.numa_node]
 
+    def commit(self) -> None:
+        """Keep what the last ``run`` chose as held, and start the next instance afresh: the
+        host as ``HostView.with_held`` would show it, without rebuilding it (capacity)."""
+        held: dict[str, DeviceView] = {}
+        groups: set[int] = set()
+        for _, takes in self.picks:
+            for c, new in takes:
+                held.update((d.id, d) for d in new)
+                if c.group is not None:
+                    groups.add(c.group)
+                    held.update((m.id, m) for m in self.host.group_members[c.group])
+        addresses = {d.address for d in held.values()}
+        parents = {d.parent for d in held.values() if d.parent}
+        self.used_parents = self.used_parents | parents
+        # A class is out once its group is partly held, its parent is held, or its one device
+        # is the parent of a held device: what HostView leaves out of the free devices.
+        for unit in self.units:
+            for ai, classes in enumerate(unit.classes):
+                unit.classes[ai] = [
+                    c
+                    for c in classes
+                    if c.taken < len(c.devices)
+                    and c.group not in groups
+                    and c.parent not in addresses
+                    and c.own not in parents
+                ]
+        self.picks = []
+        self.bound = [None] * len(self.constraints)
+        self.bound_n = [0] * len(self.constraints)
+        self.seen = [Counter() for _ in self.constraints]
+        self.numas = Counter()
+
     def result(self) -> tuple[Chosen, ...]:
         """Split each unit's devices back among its named requests; add the group mates."""
         per_request: list[tuple[DeviceRequest, int, list[DeviceView]]] = []
@@ -321,6 +355,37 @@ class _Search:
             ids = tuple(d.id for d in devices)
             out[r.name] = Chosen(r.name, alt.type, ai, ids, tuple(mates))
         return tuple(out[r.name] for r in self.request_order)
+
+
+def count_fits(
+    host: HostView,
+    request: Request,
+    *,
+    limit: int,
+    budget: int = DEFAULT_BUDGET,
+) -> tuple[int, int]:
+    """How many instances of ``request`` fit on ``host`` one after another, each holding what
+    it chose (at most ``limit``), and the search steps it took.
+
+    One search over the classes of identical devices keeps its holds from one instance to the
+    next: the same choices as ``fit`` on ``host.with_held(...)`` each time, without rebuilding
+    the host and its classes per instance (which was quadratic in the host's devices: 37 s for
+    20,000 VFs). Each instance has ``budget`` steps; a refusal is not diagnosed.
+    """
+    search = _Search(host, request, Candidates(), request.constraints, None, budget)
+    n = steps = 0
+    while n < limit:
+        search.steps = 0
+        try:
+            found = search.run()
+        except BudgetExhausted:
+            found = False
+        steps += search.steps
+        if not found:
+            break
+        search.commit()
+        n += 1
+    return n, steps
 
 
 def _mates(host: HostView, group: int, new: list[DeviceView]) -> list[DeviceView]:

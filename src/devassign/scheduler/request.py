@@ -14,9 +14,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
-from devassign.domain import HOST_RE, NAME_RE
+from devassign.domain import (
+    CONSUMER_MAX,
+    CONSUMER_RE,
+    HOST_RE,
+    NAME_RE,
+    PROJECT_MAX,
+    PROJECT_RE,
+    consumer_problem,
+    project_problem,
+)
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.selector import Selector, compile_selector
 from devassign.schemas import Strict
@@ -25,6 +34,8 @@ SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
 MAX_REQUESTS = 32
 MAX_ALTERNATIVES = 8
+MAX_PARAMS = 32
+MAX_HOSTS = 1000
 
 # Constraint attributes that are device fields; anything else lives under ``attributes.``.
 DEVICE_FIELDS = (
@@ -113,15 +124,17 @@ class _Strict(Strict):
 
 class AlternativeBody(_Strict):
     type: str = Field(pattern=NAME_RE.pattern, description="Resource type, e.g. GPU_T4")
-    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    # Strict: ``true`` or ``"2"`` or ``2.0`` is a mistake, not a count.
+    count: StrictInt = Field(default=1, ge=1, le=MAX_COUNT)
     selector: str | None = Field(default=None, description="CEL over device")
 
 
 class RequestBody(AlternativeBody):
     name: str = Field(pattern=NAME_RE.pattern)
-    params: dict[str, str | int | bool] = Field(
+    # Strict: a value keeps the JSON type it was sent with (``true`` is never 1, ``1.0`` never 1).
+    params: dict[str, StrictStr | StrictInt | StrictBool] = Field(
         default_factory=dict,
-        max_length=32,
+        max_length=MAX_PARAMS,
         description="Setup parameters for this request's devices, "
         "e.g. {'mac': '52:54:00:12:34:56', 'vlan': 100}",
     )
@@ -130,6 +143,16 @@ class RequestBody(AlternativeBody):
         max_length=MAX_ALTERNATIVES,
         description="Tried in order when this request's own type does not fit",
     )
+
+    @field_validator("params")
+    @classmethod
+    def _vlan(cls, v: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        vlan = v.get("vlan")
+        if vlan is not None and (
+            isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094
+        ):
+            raise ValueError(f"vlan {vlan!r} is not an integer from 0 to 4094")
+        return v
 
 
 class ConstraintBody(_Strict):
@@ -141,14 +164,43 @@ class ConstraintBody(_Strict):
 class ClaimBody(_Strict):
     """``POST /v1/claims`` and ``POST /v1/explain`` (SPEC.md, "Requests")."""
 
-    # The lengths of the database columns (consumers.uuid, allocations.project, idempotency_key).
-    consumer: str | None = Field(default=None, min_length=1, max_length=64)
-    project: str | None = Field(default=None, min_length=1, max_length=64)
+    # The lengths of the database columns (consumers.uuid, allocations.project, idempotency_key);
+    # the alphabets of domain.CONSUMER_RE and PROJECT_RE (docs/limits.md).
+    consumer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=CONSUMER_MAX,
+        description="The instance the devices are for: a letter or digit, then letters, digits, _ . : -",
+        json_schema_extra={"pattern": CONSUMER_RE.pattern},  # checked below, with a better message
+    )
+    project: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=PROJECT_MAX,
+        description="A letter or digit, then letters, digits, _ . -",
+        json_schema_extra={"pattern": PROJECT_RE.pattern},
+    )
     requests: list[RequestBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
     constraints: list[ConstraintBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
-    hosts: list[str] = Field(default_factory=list, max_length=1000)
-    extra_specs: dict[str, str | int] = Field(default_factory=dict)
+    hosts: list[str] = Field(default_factory=list, max_length=MAX_HOSTS)
+    extra_specs: dict[str, StrictStr | StrictInt] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @field_validator("consumer")
+    @classmethod
+    def _consumer(cls, v: str | None) -> str | None:
+        problem = None if v is None else consumer_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str | None) -> str | None:
+        problem = None if v is None else project_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 # ---------------------------------------------------------------- parsing
@@ -275,6 +327,12 @@ def request_from_specs(
     for i, h in enumerate(hosts):
         if not HOST_RE.fullmatch(h):
             raise RequestError(RequestErrorCode.INVALID_BODY, f"{h!r} is not a host name", f"/hosts/{i}")
+    for field, problem in (
+        ("consumer", consumer_problem(consumer) if consumer is not None else None),
+        ("project", project_problem(project) if project is not None else None),
+    ):
+        if problem:
+            raise RequestError(RequestErrorCode.INVALID_BODY, f"{field}: {problem}", f"/{field}")
     return Request(tuple(requests), hosts=hosts, consumer=consumer, project=project)
 
 
@@ -339,7 +397,7 @@ def _from_validation(exc: ValidationError) -> RequestError:
     first = exc.errors()[0]
     pointer = "".join(f"/{_escape(str(p))}" for p in first["loc"])
     field_name = ".".join(str(p) for p in first["loc"]) or "body"
-    message = first["msg"]
+    message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field; check the spelling (see /openapi.json)"
     elif first["type"] == "string_pattern_mismatch":

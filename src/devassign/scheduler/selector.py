@@ -3,22 +3,29 @@
 Uses ``common-expression-language`` (module ``cel``, Rust): it parses and evaluates ~5x
 faster than ``celpy`` and reports syntax errors with a caret. It does not type-check, so
 ``compile_selector`` adds what can be checked cheaply: no variable but ``device``, only the
-known device fields, a boolean result on a sample device. At evaluation a missing attribute
-or a type mismatch means "does not match", never a crash.
+known device fields, a boolean result on a sample device. Before any of that (the sample
+evaluation included) ``celcost`` checks the size, nesting and estimated cost, and every
+evaluation is charged to the request's budget (``budget.py``). At evaluation a missing
+attribute or a type mismatch means "does not match", never a crash.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import cel
 
+from devassign.scheduler import budget as budgets
+from devassign.scheduler.celcost import CostLimit, Estimate, Unreadable, estimate
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.view import DeviceView
 
+# A selector is one expression: 2 KiB holds a long list of models; more is data, not a rule.
 MAX_SELECTOR_LENGTH = 2048
 DEVICE_FIELDS: frozenset[str] = frozenset(
     {
@@ -66,26 +73,63 @@ class Selector:
     source: str
     program: Any = field(compare=False, repr=False)
     fields: tuple[str, ...] = field(default=tuple(sorted(DEVICE_FIELDS)), compare=False)
+    cost: int = field(default=1, compare=False)  # estimated units per device (celcost)
+    degree: int = field(default=0, compare=False)  # how the cost grows with a device's size
 
     def matches(self, device: DeviceView) -> bool:
-        """Whether ``device`` is selected; an error (missing attribute, bad type) is a no."""
+        """Whether ``device`` is selected; an error (missing attribute, bad type) is a no.
+
+        Charged to the request's budget when it runs; under ``budget.no_evaluation`` only
+        results known already answer, and an unknown device does not match.
+        """
+        budget = budgets.current()
         try:
-            key = (self.source, *(_field(device, f) for f in self.fields))
+            key: tuple[Any, ...] | None = (self.source, *(_field(device, f) for f in self.fields))
+            hash(key)
+        except TypeError:  # a value that cannot be frozen: evaluate without the cache
+            key = None
+        memo = budget.memo if budget is not None else None
+        if key is not None:
             hit = _RESULTS.get(key)
-        except TypeError:  # an unhashable attribute value: evaluate without the cache
-            return evaluate(self, device.cel_value())
-        if hit is None:
+            if hit is None and memo is not None:
+                hit = memo.get(key)
+            if hit is not None:
+                if memo is not None:
+                    memo[key] = hit
+                return hit
+        if budget is None:
             hit = evaluate(self, device.cel_value())
+        elif budget.frozen:
+            return False
+        else:
+            value = device.cel_value()
+            budget.charge(self.cost, self.degree, value)
+            start = time.perf_counter()
+            hit = evaluate(self, value)
+            budget.spent(time.perf_counter() - start)
+        if key is not None:
             if len(_RESULTS) >= MAX_RESULTS:
                 _RESULTS.clear()
             _RESULTS[key] = hit
+            if memo is not None:
+                memo[key] = hit
         return hit
 
 
 def _field(device: DeviceView, name: str) -> Any:
     if name == "attributes":
-        return tuple(device.attributes.items())
+        return _frozen(device.attributes)
     return getattr(device, name)
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable copy that keeps types apart: ``True``, ``1`` and ``1.0`` are equal keys in
+    Python, but CEL tells them apart (``device.attributes.x == 1`` is false for ``true``)."""
+    if isinstance(value, Mapping):
+        return ("map", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_frozen(v) for v in value))
+    return (type(value).__name__, value)
 
 
 def evaluate(selector: Selector, device: dict[str, Any]) -> bool:
@@ -106,10 +150,11 @@ def compile_selector(source: str, pointer: str = "", request: str = "") -> Selec
             f"{where}selector is {len(source)} characters; at most {MAX_SELECTOR_LENGTH}",
             pointer,
         )
-    program, problem = _compile(source)
+    program, cost, problem = _compile(source)
     if problem is not None:
         raise RequestError(RequestErrorCode.INVALID_SELECTOR, f"{where}{problem}", pointer)
-    return Selector(source, program, _fields_read(source))
+    assert cost is not None
+    return Selector(source, program, _fields_read(source), cost.cost, cost.degree)
 
 
 def _fields_read(source: str) -> tuple[str, ...]:
@@ -121,10 +166,36 @@ def _fields_read(source: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile(source: str) -> tuple[Any, str | None]:
-    """Compile once per distinct source: most requests reuse a handful of selectors."""
+def _compile(source: str) -> tuple[Any, Estimate | None, str | None]:
+    """Compile once per distinct source: most requests reuse a handful of selectors.
+
+    The cost check comes first: nothing is parsed by the library, let alone evaluated, for a
+    selector over a limit.
+    """
     if not source.strip():
-        return None, "selector is empty; give a CEL expression over device, or leave it out"
+        return None, None, "selector is empty; give a CEL expression over device, or leave it out"
+    try:
+        cost = estimate(source)
+    except CostLimit as exc:
+        return None, None, f"selector is too costly to run: {exc}"
+    except Unreadable as exc:
+        # Most likely a syntax error, which the library words best (with a caret); it only
+        # parses here, nothing is evaluated.
+        try:
+            cel.compile(source)
+        except Exception as err:
+            return None, None, f"selector is not valid CEL: {err}"
+        unknown = (
+            f"selector uses syntax whose cost cannot be estimated ({exc}); write it with "
+            "comparisons, && || !, ?:, in, has(), size(), string functions and all/exists/map/filter"
+        )
+        return None, None, unknown
+    program, problem = _checked(source)
+    return program, cost, problem
+
+
+def _checked(source: str) -> tuple[Any, str | None]:
+    """The library's program for ``source`` if it passes the checks that need no device."""
     try:
         program = cel.compile(source)
     except Exception as exc:

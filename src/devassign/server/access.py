@@ -273,7 +273,7 @@ def route_keys(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, str
     Recent FastAPI keeps an included router as one entry (``original_router``) instead of
     copying its routes into the application's list; both forms are walked.
     """
-    keys = []
+    keys: list[tuple[str, str]] = []
     for route in routes:
         if isinstance(route, Route):
             keys.extend((m, prefix + route.path) for m in sorted(route.methods or ()) if m != "HEAD")

@@ -24,6 +24,7 @@ from devassign import errors, schemas
 from devassign.server import claims, lifecycle, routes
 from devassign.server.access import authorize, check_table
 from devassign.server.auth import TokenCache
+from devassign.server.limits import BodyLimit
 from devassign.server.placement import Placer
 from devassign.server.settings import Settings
 from devassign.store import Database, Store
@@ -38,37 +39,6 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-
-
-class BodyLimit:
-    """Refuse bodies over the limit before reading them (413), chunked ones included."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit, send)
 
 
 class Metrics:
@@ -102,10 +72,6 @@ class Metrics:
             REQUESTS.labels(scope["method"], path, str(status)).inc()
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class NoNulInUrl:
     """Refuse a NUL (``%00``) in the path or query string (400): PostgreSQL cannot hold one
     in text, so every lookup by such a name would fail in the database, on SQLite not at all."""
@@ -124,18 +90,6 @@ class NoNulInUrl:
             await JSONResponse(body, status_code=400)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-async def _too_large(limit: int, send: Send) -> None:
-    body = errors.DevassignError(
-        errors.BODY_TOO_LARGE, f"request body over {limit} bytes; send less at a time"
-    ).body()
-    response = JSONResponse(body, status_code=413)
-    await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -252,7 +206,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     if store is None:
         db = Database(settings.db_url, pool_size=settings.pool_size)
         db.ensure_schema(migrate=settings.migrate)
-        store = Store(db, down_after=settings.down_after, reservation_ttl=settings.reservation_ttl)
+        store = Store(
+            db,
+            down_after=settings.down_after,
+            reservation_ttl=settings.reservation_ttl,
+            agent_takeover_after=settings.agent_takeover_after,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

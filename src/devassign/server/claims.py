@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from devassign import errors, schemas
+from devassign.domain import check_project
 from devassign.scheduler import ClaimBody
 from devassign.server import views
 from devassign.server.access import Access
@@ -90,7 +91,7 @@ def release(request: Request, scope: Access, consumer: str) -> Response:
 
 class QuotaSet(BaseModel):
     model_config = {"extra": "forbid"}
-    limit: int | None = Field(
+    limit: StrictInt | None = Field(
         ge=0,
         le=schemas.MAX_INT32,
         description="Most devices of the type the project may hold; null: no limit",
@@ -99,10 +100,7 @@ class QuotaSet(BaseModel):
 
 @router.put("/quotas/{project}/{type_name}", status_code=204, tags=["quotas"])
 def set_quota(request: Request, scope: Access, project: str, type_name: str, body: QuotaSet) -> Response:
-    if not 1 <= len(project) <= 64:
-        raise errors.DevassignError(
-            errors.INVALID_REQUEST, f"project names are 1-64 characters, not {len(project)}"
-        )
+    check_project(project)
     _store(request).set_quota(project, type_name, body.limit, scope.actor)
     return Response(status_code=204)
 

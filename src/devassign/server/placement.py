@@ -4,14 +4,22 @@ Each step is its own transaction. A lost race tries the next ranked host in a fr
 transaction; when every ranked host is lost, the candidates are read again (bounded). A
 request that cannot be placed always says why: the SQL pre-filter's funnel plus the
 scheduler's per-filter counts and the reasons of the closest hosts.
+
+Selectors run only outside transactions: each verb charges its evaluations to a per-request
+budget (``scheduler.budget``, a 400 past it), and the refit that a claim runs under the
+host's lock (and on SQLite under the process's write lock) evaluates nothing, answering from
+the results this request already has. Explain and capacity read at most ``max_devices``
+devices and ``max_hosts`` hosts per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +41,8 @@ from devassign.scheduler import (
     parse_claim,
     schedule,
 )
+from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_budget
+from devassign.scheduler.params import has_params, request_doc
 from devassign.store import ClaimContext, Principal, Store
 from devassign.store.claims import LostRace, Refit
 
@@ -44,6 +54,11 @@ class PlacementConfig:
     policy: Policy = field(default_factory=Policy)
     candidate_limit: int = 8  # hosts read per attempt: enough to rank, few enough to be fast
     explain_limit: int = 200
+    # Devices one explain or capacity call may read (all states): 10 hosts at the report's
+    # limit of 20,000, or 10,000 hosts of 20; each costs memory and a pass of every check.
+    max_devices: int = 200_000
+    # Hosts one capacity call may count (named ones: the route's 1,000 at most).
+    max_hosts: int = 10_000
     # Fresh candidate reads after every ranked host was lost to a race: each lost race means
     # another claim won, so keep going while a fresh read still finds a host that fits.
     attempts: int = 20
@@ -101,6 +116,20 @@ def funnel_sentence(funnel: dict[str, int]) -> str:
         if key.startswith("lacking_") and n:
             parts.append(f"{n} up host(s) with too few free {key.removeprefix('lacking_')}")
     return ", ".join(parts)
+
+
+# How each verb names hosts: capacity's query parameter, explain's body field.
+_HOSTS = {"capacity": "host=, admins", "explain": "hosts, admins"}
+
+
+@contextlib.contextmanager
+def _budgeted(*, remember: bool = False) -> Iterator[SelectorBudget]:
+    """Charge this block's selector evaluations to one budget; past it, a 400."""
+    try:
+        with selector_budget(SelectorBudget(remember=remember)) as budget:
+            yield budget
+    except RequestError as exc:
+        raise errors.DevassignError(exc.code.value, exc.message) from exc
 
 
 def _check_params(body: ClaimBody) -> None:
@@ -178,7 +207,30 @@ class Placer:
         )
         _refuse_unknown(types, ctx.type_ids)
         quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
-        doc = body.model_dump(mode="json", exclude_none=True)
+        doc = _checked_doc(body, ctx.params, project)
+        # Remember every selector result: the refit under a lock may only look them up.
+        with _budgeted(remember=True):
+            outcome = self._place(request, project, doc, caller, ctx, quota)
+        if not isinstance(outcome, errors.DevassignError):
+            return outcome
+        # A replay of a claim that was made (and now holds the capacity and the quota it
+        # needs) answers that allocation, not the refusal.
+        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+        if replay is not None:
+            return replay, False
+        raise outcome
+
+    def _place(
+        self,
+        request: Request,
+        project: str,
+        doc: dict[str, Any],
+        caller: Principal,
+        ctx: ClaimContext,
+        quota: Quota | None,
+    ) -> tuple[schemas.Allocation, bool] | errors.DevassignError:
+        """Schedule and claim, reading afresh after lost races: the allocation, or the refusal."""
+        assert request.consumer is not None
         refit = self._refit(request, quota)
         decision: Decision | None = None
         refusal: errors.DevassignError | None = None
@@ -217,6 +269,9 @@ class Placer:
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
                     again.append(placement)
             for placement in again:
+                # The refit runs under the host's lock and evaluates no selector: give it the
+                # results for every device of the host now, while no lock is held.
+                _know_selectors(request, snapshot.by_name.get(placement.host))
                 try:
                     return self._claim_on(placement, request, project, doc, caller, ctx, refit=refit)
                 except LostRace as exc:
@@ -228,13 +283,8 @@ class Placer:
             refusal = self._no_valid_host(
                 request, decision, "every fitting host was taken by concurrent claims"
             )
-        # A replay of a claim that was made (and now holds the capacity and the quota it
-        # needs) answers that allocation, not the refusal.
-        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
-        if replay is not None:
-            return replay, False
         assert refusal is not None
-        raise refusal
+        return refusal
 
     def _claim_on(
         self,
@@ -271,28 +321,70 @@ class Placer:
 
     def _refit(self, request: Request, quota: Quota | None) -> Refit:
         def refit(view: HostView) -> list[tuple[str, tuple[str, ...]]] | None:
-            decision = schedule(request, Snapshot((view,)), self.config.policy, quota=quota)
+            # Called inside the claim's transaction, holding the host's row lock (and on
+            # SQLite the write lock of the whole process): no selector runs here. A device
+            # whose result is not known yet (new since the read) does not match this time.
+            with no_evaluation():
+                decision = schedule(request, Snapshot((view,)), self.config.policy, quota=quota)
             if not decision.fits:
                 return None
             return [(c.name, (*c.device_ids, *c.companion_ids)) for c in decision.placements[0].chosen]
 
         return refit
 
-    def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
-        request = parse(body)
+    def _bounded_snapshot(self, request: Request, *, want: int, verb: str) -> Snapshot:
+        """The hosts ``verb`` looks at, reading at most ``max_devices`` devices.
+
+        Named hosts are counted before they are read. Otherwise the candidate query reads at
+        most as many hosts as the largest hosts of the cloud allow; ``want`` is how many the
+        verb would like (explain: the best ``explain_limit``; capacity: all of them, which
+        is a 400 when more are candidates than may be read).
+        """
+        cfg = self.config
+        sizes = [(h.name, h.device_count) for h in self.store.list_hosts()]
         if request.hosts:
             self._type_ids(request)  # unknown types are a 400 here too
-            snapshot = self.store.snapshot_of(list(request.hosts))
-        else:
-            snapshot = self._snapshot(request, self.config.explain_limit)
+            named = set(request.hosts)
+            devices = sum(n for name, n in sizes if name in named)
+            if devices > cfg.max_devices:
+                raise errors.DevassignError(
+                    errors.INVALID_REQUEST,
+                    f"{verb} would read {devices:,} devices on the {len(named)} hosts named, at most "
+                    f"{cfg.max_devices:,} per call; name fewer hosts ({_HOSTS[verb]}) and add up the answers",
+                )
+            return self.store.snapshot_of(list(request.hosts))
+        room, devices = 0, 0
+        for n in sorted((n for _, n in sizes), reverse=True):
+            if devices + n > cfg.max_devices:
+                break
+            room, devices = room + 1, devices + n
+        read = min(want, room)
+        snapshot = self._snapshot(request, read)
+        maybe_more = len(snapshot.hosts) >= read and read < len(sizes)
+        if want > cfg.max_hosts and (maybe_more or len(snapshot.hosts) > cfg.max_hosts):
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                f"{verb} reads at most {cfg.max_hosts:,} hosts and {cfg.max_devices:,} devices per call, "
+                f"and more hosts than fit in that are candidates; name the hosts ({_HOSTS[verb]}; up to "
+                "1,000 a call) and add up the answers",
+            )
+        return snapshot
+
+    def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
+        request = parse(body)
+        snapshot = self._bounded_snapshot(request, want=self.config.explain_limit, verb="explain")
+        if has_params(body):
+            types = [a.type for r in request.requests for a in r.alternatives]
+            _checked_doc(body, self.store.type_params(types), _project(request, caller))
         quota = (
             self._quota(request, _project(request, caller)) if (request.project or caller.project) else None
         )
-        decision = (
-            explain(request, snapshot, self.config.policy)
-            if quota is None
-            else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
-        )
+        with _budgeted():
+            decision = (
+                explain(request, snapshot, self.config.policy)
+                if quota is None
+                else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
+            )
         body_out = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
         body_out["fits"] = decision.fits
         body_out["placements"] = [
@@ -312,17 +404,36 @@ class Placer:
 
     def capacity(self, body: ClaimBody) -> dict[str, Any]:
         request = parse(body)
-        snapshot = (
-            self.store.snapshot_of(list(request.hosts))
-            if request.hosts
-            else self._snapshot(request, limit=1_000_000)
-        )
-        found = capacity(request, snapshot)
+        snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")
+        with _budgeted():
+            found = capacity(request, snapshot)
         return {
             "total": found.total,
             "per_host": dict(sorted(found.per_host.items())),
             "truncated": found.truncated,
         }
+
+
+def _know_selectors(request: Request, view: HostView | None) -> None:
+    """Evaluate the request's selectors on every device of ``view`` of a requested type (any
+    state; cached per class of identical devices), so a refit finds each result known."""
+    if view is None:
+        return
+    for r in request.requests:
+        for alt in r.alternatives:
+            if alt.selector is not None:
+                for d in view.devices:
+                    if d.type == alt.type:
+                        alt.selector.matches(d)
+
+
+def _checked_doc(body: ClaimBody, declared: dict[str, Any], project: str) -> dict[str, Any]:
+    """The claim as stored, its params checked against what their types declare (else a 400)."""
+    try:
+        return request_doc(body, declared, project)
+    except RequestError as exc:
+        message = f"{exc.message} (at {exc.pointer})"
+        raise errors.DevassignError(exc.code.value, message, pointer=exc.pointer) from exc
 
 
 def _refuse_unknown(types: list[str], known: dict[str, int]) -> None:

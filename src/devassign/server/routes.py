@@ -76,6 +76,12 @@ def delete_host(request: Request, scope: Access, host: str) -> Response:
     return Response(status_code=204)
 
 
+@router.post("/hosts/{host}/rename", response_model=schemas.Host, tags=["hosts"])
+def rename_host(request: Request, scope: Access, host: str, body: schemas.HostRename) -> schemas.Host:
+    """The same machine under a new name (an event); its agent needs a token for the new name."""
+    return _store(request).rename_host(host, body.new_name, scope.actor)
+
+
 @router.put("/hosts/{host}/inventory", response_model=schemas.InventoryResult, tags=["hosts"])
 def report_inventory(
     request: Request, scope: Access, host: str, body: schemas.InventoryReport
@@ -87,7 +93,7 @@ def report_inventory(
 
 @router.post("/hosts/{host}/heartbeat", status_code=204, tags=["hosts"])
 def heartbeat(request: Request, scope: Access, host: str) -> Response:
-    _store(request).heartbeat(host, scope.actor)
+    _store(request).heartbeat(host, scope.actor, request.headers.get(schemas.AGENT_INSTANCE_HEADER))
     return Response(status_code=204)
 
 

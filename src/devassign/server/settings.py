@@ -19,6 +19,8 @@ class Settings:
     down_after: timedelta = timedelta(seconds=90)
     # An unconfirmed reservation is given up after this long; its devices go to cleaning.
     reservation_ttl: timedelta = timedelta(seconds=300)
+    # A second agent process for one host is refused until the first was silent this long.
+    agent_takeover_after: timedelta = timedelta(seconds=30)
     sweep_interval: float = 5.0
     max_body_bytes: int = 16 * 1024 * 1024
     pool_size: int = 10
@@ -37,6 +39,7 @@ def settings_to_env(settings: Settings) -> str:
             "migrate": settings.migrate,
             "down_after": settings.down_after.total_seconds(),
             "reservation_ttl": settings.reservation_ttl.total_seconds(),
+            "agent_takeover_after": settings.agent_takeover_after.total_seconds(),
             "pool_size": settings.pool_size,
         }
     )
@@ -50,5 +53,6 @@ def settings_from_env(text: str) -> Settings:
         migrate=raw["migrate"],
         down_after=timedelta(seconds=raw["down_after"]),
         reservation_ttl=timedelta(seconds=raw["reservation_ttl"]),
+        agent_takeover_after=timedelta(seconds=raw.get("agent_takeover_after", 30)),
         pool_size=raw["pool_size"],
     )

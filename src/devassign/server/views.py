@@ -27,10 +27,12 @@ def get_type(store: Store, scope: Scope, name: str) -> schemas.ResourceType:
 
 
 def _type_for(scope: Scope, found: schemas.ResourceType) -> schemas.ResourceType:
-    """A type's ``config`` is the operator's (scripts, drivers, policies): admins see it."""
+    """A type's ``config`` is the operator's (scripts, drivers, policies): admins see it. Of its
+    declared params, others see the values open to their own project, no other project's."""
     if scope.infrastructure:
         return found
-    return found.model_copy(update={"config": {}})
+    params = {name: spec.seen_by(scope.project) for name, spec in found.params.items()}
+    return found.model_copy(update={"config": {}, "params": params})
 
 
 def list_hosts(store: Store, scope: Scope) -> list[schemas.Host]:

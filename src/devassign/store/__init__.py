@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -30,6 +31,7 @@ from devassign.store.db import Database, SchemaError, default_url
 from devassign.store.tokens import Principal
 
 __all__ = ["ClaimContext", "Database", "Principal", "SchemaError", "Store", "default_url"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,6 +39,8 @@ class ClaimContext:
     """What :meth:`Store.prepare_claim` read: the type ids, quota and candidates."""
 
     type_ids: dict[str, int] = field(default_factory=dict)
+    # Each type's declared request params as stored (None: none), for scheduler.params.
+    params: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
     snapshot: Snapshot | None = None
@@ -56,10 +60,14 @@ class Store:
         down_after: timedelta = timedelta(seconds=90),
         reservation_ttl: timedelta = timedelta(seconds=300),
         clock: Callable[[], datetime] = utcnow,
+        agent_takeover_after: timedelta = hosts.AGENT_TAKEOVER_AFTER,
     ) -> None:
         self.db = db
         self.down_after = down_after
         self.reservation_ttl = reservation_ttl
+        # A second agent process with a host's id is refused until the one last heard from
+        # has been silent this long; then it takes over (an agent restart).
+        self.agent_takeover_after = agent_takeover_after
         self.clock = clock
         # Hosts with a free device, per type id: a hint for the candidate scan, refreshed by
         # the sweeper (candidates.candidate_snapshot). Stale values cost speed, never correctness.
@@ -83,12 +91,34 @@ class Store:
 
     # ------------------------------------------------------------ hosts and devices
     def apply_report(self, host: str, report: schemas.InventoryReport, actor: str) -> schemas.InventoryResult:
-        return self.db.retrying(
-            lambda c: inventory.apply_report(c, host, report, now=self.clock(), actor=actor)
+        return self._one_agent(
+            lambda c: inventory.apply_report(
+                c, host, report, now=self.clock(), actor=actor, takeover_after=self.agent_takeover_after
+            )
         )
 
-    def heartbeat(self, host: str, actor: str) -> None:
-        self.db.retrying(lambda c: hosts.heartbeat(c, host, now=self.clock(), actor=actor))
+    def heartbeat(self, host: str, actor: str, instance: str | None = None) -> None:
+        """``instance``: the agent process's id (the ``X-Devassign-Agent-Instance`` header)."""
+        instance = hosts.checked_instance(instance)
+        self._one_agent(
+            lambda c: hosts.heartbeat(
+                c,
+                host,
+                now=self.clock(),
+                actor=actor,
+                instance=instance,
+                takeover_after=self.agent_takeover_after,
+            )
+        )
+
+    def _one_agent(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn``; a refused second agent is recorded as an event in a transaction of its
+        own (the refused one rolled back), then answered."""
+        try:
+            return self.db.retrying(fn)
+        except hosts.AgentConflict as conflict:
+            self.db.retrying(conflict.record)
+            raise
 
     def mark_down(self) -> list[str]:
         return self.db.retrying(lambda c: hosts.mark_down(c, now=self.clock(), down_after=self.down_after))
@@ -148,6 +178,13 @@ class Store:
     def delete_host(self, name: str, actor: str) -> None:
         self.db.retrying(lambda c: hosts.delete_host(c, name, now=self.clock(), actor=actor))
 
+    def rename_host(self, old: str, new: str, actor: str) -> schemas.Host:
+        return self.db.retrying(
+            lambda c: hosts.rename_host(
+                c, old, new, now=self.clock(), actor=actor, down_after=self.down_after
+            )
+        )
+
     def list_devices(
         self,
         *,
@@ -185,6 +222,11 @@ class Store:
 
     def type_ids(self, names: list[str]) -> dict[str, int]:
         return self.db.reading(lambda c: quotas.type_ids(c, names))
+
+    def type_params(self, names: list[str]) -> dict[str, Any]:
+        """The named types' declared request params as stored (for explain; a claim has them
+        from :meth:`prepare_claim`)."""
+        return self.db.reading(lambda c: catalog.declared_params(c, names))
 
     def candidates(
         self,
@@ -231,7 +273,8 @@ class Store:
         """
 
         def read(c: sa.Connection) -> ClaimContext:
-            ids, limits = quotas.types_and_limits(c, project, types)
+            declared: dict[str, Any] = {}
+            ids, limits = quotas.types_and_limits(c, project, types, declared)
             usage = quotas.usage_of(c, project, limits) if limits else {}
             snapshot = None
             if set(types) <= set(ids):
@@ -246,7 +289,7 @@ class Store:
                     limit=limit,
                     scarcity=self._scarcity_hint(c),
                 )
-            return ClaimContext(type_ids=ids, limits=limits, usage=usage, snapshot=snapshot)
+            return ClaimContext(type_ids=ids, params=declared, limits=limits, usage=usage, snapshot=snapshot)
 
         return self.db.reading(read)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import DeviceState
+from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
 from devassign.store.events import aware, record
 from devassign.store.schema import devices, inventory, quotas, resource_types
+
+log = logging.getLogger(__name__)
 
 
 def _counts(conn: sa.Connection, type_id: int | None = None) -> dict[int, schemas.StateCounts]:
@@ -29,13 +32,57 @@ def _counts(conn: sa.Connection, type_id: int | None = None) -> dict[int, schema
     return {tid: schemas.StateCounts(**c) for tid, c in out.items()}
 
 
+def _readable_json(row: Any, column: str) -> Any:
+    value = getattr(row, column)
+    # The type's own object is at depth 1 of the catalog's entry for the type.
+    shown = cut_too_deep(value, limit=MAX_JSON_DEPTH - 1)
+    if shown is not value:
+        log.warning(
+            "resource type %s: its %s nests deeper than %d levels and is shown cut off; set it again",
+            row.name,
+            column,
+            MAX_JSON_DEPTH,
+        )
+    return shown
+
+
+def _declared(row: Any) -> dict[str, schemas.ParamSpec]:
+    """The type's declared params by name (PostgreSQL keeps no order in JSON); one stored in a
+    form this version refuses is left out (claims refuse it too) and logged, instead of failing
+    every read of the catalog."""
+    out = {}
+    for name, raw in sorted((row.params or {}).items()):
+        try:
+            out[name] = schemas.ParamSpec.model_validate(raw)
+        except ValueError as exc:
+            log.warning(
+                "resource type %s: declared param %r is not valid (%s); set it again", row.name, name, exc
+            )
+    return out
+
+
+def _stored(params: dict[str, schemas.ParamSpec]) -> dict[str, Any]:
+    return {name: spec.model_dump(mode="json", exclude_none=True) for name, spec in params.items()}
+
+
+def declared_params(conn: sa.Connection, names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The stored declarations of the named types (for a check that runs outside a claim)."""
+    rows = conn.execute(
+        sa.select(resource_types.c.name, resource_types.c.params).where(
+            resource_types.c.name.in_(sorted(set(names)))
+        )
+    )
+    return {r.name: r.params for r in rows}
+
+
 def _to_model(row: Any, counts: schemas.StateCounts | None) -> schemas.ResourceType:
     return schemas.ResourceType(
         name=row.name,
         description=row.description,
         handler=row.handler,
-        config=row.config or {},
-        attribute_schema=row.attribute_schema,
+        config=_readable_json(row, "config") or {},
+        attribute_schema=_readable_json(row, "attribute_schema"),
+        params=_declared(row),
         counts=counts or schemas.StateCounts(),
         created_at=aware(row.created_at) or row.created_at,
     )
@@ -75,6 +122,7 @@ def create_type(
             handler=body.handler,
             config=body.config,
             attribute_schema=body.attribute_schema,
+            params=_stored(body.params),
             created_at=now,
             updated_at=now,
         )
@@ -86,7 +134,7 @@ def create_type(
         action="type_created",
         type=body.name,
         message=f"resource type {body.name} created",
-        detail={"description": body.description, "handler": body.handler},
+        detail={"description": body.description, "handler": body.handler, "params": sorted(body.params)},
     )
     return get_type(conn, body.name)
 
@@ -105,6 +153,8 @@ def update_type(
         values["description"] = body.description
     if body.config is not None:
         values["config"] = body.config
+    if body.params is not None:
+        values["params"] = _stored(body.params)
     conn.execute(resource_types.update().where(resource_types.c.id == row.id).values(**values))
     record(
         conn,

@@ -47,7 +47,7 @@ class SchemaError(RuntimeError):
 def default_url() -> str:
     """An SQLite file in the user's data folder: no setup at all."""
     folder = Path(os.environ.get("DEVASSIGN_DATA_DIR") or user_data_dir("devassign"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'devassign.db'}"
 
 
@@ -59,7 +59,44 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _sqlite_setup(engine: sa.Engine) -> None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL, or ``None`` for an in-memory database."""
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 whatever the umask, unless it exists: the database
+    holds token hashes and every tenant's allocations. An existing file keeps its mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask; this is not
+    finally:
+        os.close(fd)
+
+
+def _private_journals(path: Path) -> None:
+    """SQLite gives -wal and -shm the main file's mode; make sure of it for a private database
+    (a umask or an older file could leave them readable to others)."""
+    try:
+        if path.stat().st_mode & 0o077:
+            return  # the operator shares the database on purpose: leave its journals alone
+    except OSError:
+        return
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(OSError):  # absent yet, or another user's
+            journal = path.with_name(path.name + suffix)
+            if journal.stat().st_mode & 0o077:
+                journal.chmod(0o600)
+
+
+def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
@@ -70,6 +107,8 @@ def _sqlite_setup(engine: sa.Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+        if path is not None:
+            _private_journals(path)
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -84,9 +123,10 @@ class Database:
         self.url = normalize_url(url or default_url())
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        sqlite_path = sqlite_file(self.url) if self.is_sqlite else None
         if self.is_sqlite:
-            if self.url.startswith("sqlite:///") and not self.url.endswith(":memory:"):
-                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            if sqlite_path is not None:
+                create_private(sqlite_path)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             kwargs["pool_size"] = pool_size
             kwargs["poolclass"] = sa.pool.QueuePool
@@ -115,7 +155,7 @@ class Database:
             self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         if self.is_sqlite:
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, sqlite_path)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import schemas
+from devassign.domain import cut_too_deep
 from devassign.store.schema import consumers, events
 
 
@@ -102,7 +103,7 @@ def list_events(
             consumer=r.consumer,
             type=r.type,
             message=r.message,
-            detail=r.detail or {},
+            detail=cut_too_deep(r.detail or {}),
         )
         for r in conn.execute(q)
     ]

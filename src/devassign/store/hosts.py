@@ -5,13 +5,16 @@ Reading lives here; applying agents' reports lives in ``inventory.py``.
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import IN_USE_STATES, DeviceState
+from devassign.domain import HOST_RE, IN_USE_STATES, DeviceState
+from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
 from devassign.store.schema import (
     allocation_items,
@@ -25,6 +28,92 @@ from devassign.store.schema import (
 _HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
 
 
+# ---------------------------------------------------------------- the live agent
+
+# How long the agent process last heard from must be silent before another process with the
+# same host id takes the host over: three heartbeats at the agent's default 10 s interval.
+AGENT_TAKEOVER_AFTER = timedelta(seconds=30)
+_INSTANCE_RE = re.compile(schemas.AGENT_INSTANCE_PATTERN)
+
+
+def checked_instance(instance: str | None) -> str | None:
+    """An agent instance id as sent (a header), or ``None`` when none was sent."""
+    if not instance:
+        return None
+    if not _INSTANCE_RE.fullmatch(instance):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"{schemas.AGENT_INSTANCE_HEADER} must be 8 to 64 letters, digits, _ or -",
+        )
+    return instance
+
+
+def may_act(instance: str, cutoff: datetime) -> sa.ColumnElement[bool]:
+    """SQL: this host's recorded agent is ``instance``, none, or silent since ``cutoff``.
+
+    Part of the WHERE of the update that records the instance, so two processes racing for one
+    host cannot both win (the loser's update changes no row and is answered as a conflict).
+    """
+    return sa.or_(
+        hosts.c.agent_instance.is_(None),
+        hosts.c.agent_instance == instance,
+        hosts.c.agent_seen_at.is_(None),
+        hosts.c.agent_seen_at <= cutoff,
+    )
+
+
+class AgentConflict(errors.DevassignError):
+    """Another agent process with this host's id was heard less than the takeover time ago.
+
+    The refused transaction rolls back, so the store records :attr:`event` in one of its own
+    (:meth:`record`): the operator sees each refusal in ``devassign events``.
+    """
+
+    def __init__(
+        self, row: Any, name: str, instance: str, *, now: datetime, takeover_after: timedelta, actor: str
+    ) -> None:
+        seen = aware(row.agent_seen_at) or now
+        age = max(0.0, (now - seen).total_seconds())
+        wait = max(1, math.ceil(takeover_after.total_seconds() - age))
+        limit = f"{takeover_after.total_seconds():.0f} s"
+        which = f"with host id {row.host_id} " if row.host_id else ""
+        super().__init__(
+            errors.AGENT_CONFLICT,
+            f"another agent {which}is live for host {name!r}: agent instance {row.agent_instance} "
+            f"was heard {age:.0f} s ago, and this agent is instance {instance}. If this agent was "
+            f"just restarted, it takes over once the old process has been silent for {limit} "
+            f"(retry in {wait} s). Otherwise two machines run with this host's state file or its "
+            "agent.toml and token (a cloned machine image?): stop the agent on the machine that is "
+            f"not {name!r}, delete its state file, and give it its own host name and agent token",
+            retry_after=wait,
+        )
+        self.event: dict[str, Any] = {
+            "at": now,
+            "actor": actor,
+            "action": "agent_conflict",
+            "host": name,
+            "message": f"host {name}: agent instance {instance} refused, instance "
+            f"{row.agent_instance} was heard {age:.0f} s ago (a restarted agent takes over after "
+            f"{limit} of silence; otherwise two machines share this host's state file or token)",
+            "detail": {"instance": instance, "live_instance": row.agent_instance, "host_id": row.host_id},
+        }
+
+    def record(self, conn: sa.Connection) -> None:
+        record(conn, **self.event)
+
+
+def agent_conflict(
+    row: Any, name: str, instance: str, *, now: datetime, takeover_after: timedelta, actor: str
+) -> AgentConflict | None:
+    """The refusal of ``instance`` on a host row (``agent_instance``, ``agent_seen_at``,
+    ``host_id``), or ``None`` when it may report: no agent recorded, the same one, or the
+    recorded one silent for ``takeover_after``."""
+    seen = aware(row.agent_seen_at)
+    if row.agent_instance in (None, instance) or seen is None or seen <= now - takeover_after:
+        return None
+    return AgentConflict(row, name, instance, now=now, takeover_after=takeover_after, actor=actor)
+
+
 # ---------------------------------------------------------------- liveness
 
 
@@ -33,18 +122,57 @@ _HEARTBEAT = (
     .where(hosts.c.name == sa.bindparam("host_name"), hosts.c.marked_down.is_(False))
     .values(last_seen_at=sa.bindparam("now"))
 )
+_HEARTBEAT_OF_AGENT = (
+    hosts.update()
+    .where(
+        hosts.c.name == sa.bindparam("host_name"),
+        hosts.c.marked_down.is_(False),
+        hosts.c.agent_instance == sa.bindparam("instance"),
+    )
+    .values(last_seen_at=sa.bindparam("now"), agent_seen_at=sa.bindparam("now"))
+)
 
 
-def heartbeat(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
-    """One statement in the common case (the host is up): heartbeats are the busiest call."""
-    if conn.execute(_HEARTBEAT, {"host_name": name, "now": now}).rowcount == 1:
+def heartbeat(
+    conn: sa.Connection,
+    name: str,
+    *,
+    now: datetime,
+    actor: str,
+    instance: str | None = None,
+    takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
+) -> None:
+    """One statement in the common case (the host is up, and the instance, if sent, is the
+    recorded one): heartbeats are the busiest call.
+
+    ``instance`` is the agent process's id; a heartbeat from another process while the
+    recorded one is live is refused (:class:`AgentConflict`), one after its silence takes over.
+    """
+    params = {"host_name": name, "now": now}
+    if instance is not None:
+        params["instance"] = instance
+    if conn.execute(_HEARTBEAT if instance is None else _HEARTBEAT_OF_AGENT, params).rowcount == 1:
         return
-    row = conn.execute(sa.select(hosts.c.id, hosts.c.marked_down).where(hosts.c.name == name)).first()
+    row = conn.execute(
+        sa.select(
+            hosts.c.id, hosts.c.marked_down, hosts.c.host_id, hosts.c.agent_instance, hosts.c.agent_seen_at
+        ).where(hosts.c.name == name)
+    ).first()
     if row is None:
         raise errors.DevassignError(
             errors.HOST_NOT_FOUND, f"host {name!r} has never reported: send a full inventory first"
         )
-    conn.execute(hosts.update().where(hosts.c.id == row.id).values(last_seen_at=now, marked_down=False))
+    values: dict[str, Any] = {"last_seen_at": now, "marked_down": False}
+    update = hosts.update().where(hosts.c.id == row.id)
+    if instance is not None:
+        conflict = agent_conflict(row, name, instance, now=now, takeover_after=takeover_after, actor=actor)
+        if conflict is not None:
+            raise conflict
+        values.update(agent_instance=instance, agent_seen_at=now)
+        update = update.where(may_act(instance, now - takeover_after))
+    if conn.execute(update.values(**values)).rowcount != 1:
+        # Deleted, or taken by another agent since the read: the retry answers which.
+        raise ConcurrentChange(f"host {name} changed while its heartbeat was taken")
     if row.marked_down:
         record(conn, at=now, actor=actor, action="host_up", host=name, message=f"host {name} is up")
 
@@ -147,6 +275,50 @@ def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
     conn.execute(inventory.delete().where(inventory.c.host_id == r.id))
     conn.execute(hosts.delete().where(hosts.c.id == r.id))
     record(conn, at=now, actor=actor, action="host_deleted", host=name, message=f"host {name} deleted")
+
+
+def rename_host(
+    conn: sa.Connection, old: str, new: str, *, now: datetime, actor: str, down_after: timedelta
+) -> schemas.Host:
+    """The same machine (its row, devices, allocations and host id) under a new name.
+
+    An admin's decision, never an agent's: a host id stays with the name it was first
+    reported under. The old name's agent token does not follow (tokens are bound to a name),
+    and the agent instance is forgotten, so the agent reconfigured for the new name (a new
+    process) is taken at once.
+    """
+    if not HOST_RE.fullmatch(new):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"{new!r} is not a host name: letters, digits, _ . - (up to 253)"
+        )
+    r = conn.execute(sa.select(hosts.c.id, hosts.c.host_id).where(hosts.c.name == old)).first()
+    if r is None:
+        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {old!r}")
+    if new == old:
+        raise errors.DevassignError(errors.HOST_EXISTS, f"host {old!r} is already called {new!r}")
+    if conn.execute(sa.select(hosts.c.id).where(hosts.c.name == new)).first() is not None:
+        raise errors.DevassignError(
+            errors.HOST_EXISTS,
+            f"a host named {new!r} is already registered: delete it first (`devassign host delete "
+            f"{new}`, when its devices are free) or choose another name",
+        )
+    moved = conn.execute(
+        hosts.update()
+        .where(hosts.c.id == r.id, hosts.c.name == old)
+        .values(name=new, agent_instance=None, agent_seen_at=None)
+    ).rowcount
+    if moved != 1:
+        raise ConcurrentChange(f"host {old} changed while being renamed")
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="host_renamed",
+        host=new,
+        message=f"host {old} renamed to {new} (host id {r.host_id}); its agent needs a token for {new}",
+        detail={"old_name": old, "new_name": new, "host_id": r.host_id},
+    )
+    return get_host(conn, new, now=now, down_after=down_after)
 
 
 def device_query() -> sa.Select[Any]:

@@ -1,9 +1,10 @@
 """Hosts and their devices: applying agents' reports, liveness, and the per-host counts.
 
 A report replaces a host's full device list in one transaction. The rules (SPEC.md,
-LESSONS.md): unknown types are refused per device; a device that vanishes while in use
-becomes ``missing``, a free one ``removed`` -- rows are never deleted; a device that comes
-back is restored; a stale generation cannot overwrite a newer report.
+LESSONS.md): a host id stays with the name it was first reported under; one live agent
+process per host (``agent_instance``); unknown types are refused per device; a device that
+vanishes while in use becomes ``missing``, a free one ``removed`` -- rows are never deleted;
+a device that comes back is restored; a stale generation cannot overwrite a newer report.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, DeviceState
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
+from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
 from devassign.store.schema import (
     allocations,
     devices,
@@ -89,36 +91,35 @@ class _Outcome:
 
 
 def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str) -> Any:
-    """Find (or register) the host, following a rename when the stable host id says so."""
+    """Find (or register) the host the report is for.
+
+    A host id belongs to the name it was first reported under: a report under another name
+    carrying it is refused, and nothing is written (an agent token for an unregistered name
+    must not take over another host's row, its work and its tenants' devices). A renamed
+    machine is renamed by an admin (``rename_host``).
+    """
     by_name = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
-    if by_name is not None and by_name.host_id == host_id:
+    if by_name is not None and (host_id is None or by_name.host_id == host_id):
         return by_name  # the common case: one lookup
     if host_id:
-        by_id = conn.execute(sa.select(hosts).where(hosts.c.host_id == host_id)).first()
-        if by_id is not None and by_id.name != name:
-            if by_name is not None:
-                raise errors.DevassignError(
-                    errors.HOST_ID_MISMATCH,
-                    f"host id {host_id} belongs to host {by_id.name!r}, and {name!r} is another "
-                    "registered host; delete one of them first",
-                )
-            conn.execute(hosts.update().where(hosts.c.id == by_id.id).values(name=name))
-            record(
-                conn,
-                at=now,
-                actor=actor,
-                action="host_renamed",
-                host=name,
-                message=f"host {by_id.name} is now called {name} (same host id {host_id})",
-                detail={"old_name": by_id.name},
+        owner = conn.execute(sa.select(hosts.c.name).where(hosts.c.host_id == host_id)).scalar_one_or_none()
+        if owner is not None and owner != name:
+            raise errors.DevassignError(
+                errors.HOST_ID_MISMATCH,
+                f"host id {host_id} belongs to host {owner!r}, not {name!r}: a host id stays with the "
+                f"name it was first reported under. If this machine is {owner!r} renamed, an admin "
+                f"runs `devassign host rename {owner} {name}` (and issues an agent token for "
+                f"{name!r}); if it was renamed to {owner!r} already, configure its agent as "
+                f"{owner!r} with that host's token; if its state file was copied from another "
+                "machine (a cloned image), delete the agent's state file (state_file in agent.toml) "
+                "and restart the agent: it then registers as a new host",
             )
-            return conn.execute(sa.select(hosts).where(hosts.c.id == by_id.id)).one()
         if by_name is not None and by_name.host_id and by_name.host_id != host_id:
             raise errors.DevassignError(
                 errors.HOST_ID_MISMATCH,
                 f"host {name!r} is registered with host id {by_name.host_id} but this agent "
                 f"says {host_id}: restore the agent's state file, or if the machine was "
-                f"reinstalled, delete the host (DELETE /v1/hosts/{name}) and report again",
+                f"reinstalled, delete the host (`devassign host delete {name}`) and report again",
             )
     if by_name is not None:
         if host_id and not by_name.host_id:
@@ -145,25 +146,47 @@ def apply_report(
     *,
     now: datetime,
     actor: str,
+    takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
 ) -> schemas.InventoryResult:
     host = _host_for_report(conn, name, report.host_id, now, actor)
-    # Compare-and-swap on the generation: a stale report changes nothing.
-    moved = conn.execute(
-        hosts.update()
-        .where(hosts.c.id == host.id, hosts.c.generation <= report.generation)
-        .values(generation=report.generation, last_report_at=now, last_seen_at=now, marked_down=False)
-    ).rowcount
+    instance = report.agent_instance
+    values: dict[str, Any] = {
+        "generation": report.generation,
+        "last_report_at": now,
+        "last_seen_at": now,
+        "marked_down": False,
+    }
+    update = hosts.update().where(hosts.c.id == host.id, hosts.c.generation <= report.generation)
+    if instance is not None:
+        # Another live agent process with this host id (a cloned state file) is refused.
+        conflict = agent_conflict(host, name, instance, now=now, takeover_after=takeover_after, actor=actor)
+        if conflict is not None:
+            raise conflict
+        values.update(agent_instance=instance, agent_seen_at=now)
+        update = update.where(may_act(instance, now - takeover_after))
+    # Compare-and-swap on the generation (and the agent instance): a stale report changes nothing.
+    moved = conn.execute(update.values(**values)).rowcount
     if moved != 1:
         current = conn.execute(
-            sa.select(hosts.c.generation).where(hosts.c.id == host.id)
-        ).scalar_one_or_none()
+            sa.select(
+                hosts.c.generation, hosts.c.host_id, hosts.c.agent_instance, hosts.c.agent_seen_at
+            ).where(hosts.c.id == host.id)
+        ).first()
         if current is None:
             raise ConcurrentChange(f"host {name} was deleted while reporting")
+        if instance is not None:
+            conflict = agent_conflict(
+                current, name, instance, now=now, takeover_after=takeover_after, actor=actor
+            )
+            if conflict is not None:
+                raise conflict
+        if current.generation <= report.generation:
+            raise ConcurrentChange(f"host {name} changed while reporting")
         raise errors.DevassignError(
             errors.STALE_GENERATION,
             f"report generation {report.generation} is older than the last one taken "
-            f"({current}); send generation {current + 1} or higher",
-            current_generation=current,
+            f"({current.generation}); send generation {current.generation + 1} or higher",
+            current_generation=current.generation,
         )
     if host.marked_down:
         record(conn, at=now, actor=actor, action="host_up", host=name, message=f"host {name} is up")

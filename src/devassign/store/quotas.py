@@ -22,9 +22,10 @@ def type_ids(conn: sa.Connection, names: Iterable[str]) -> dict[str, int]:
     return {r.name: r.id for r in rows}
 
 
-# The type ids and the project's limits of a claim's types in one statement (built once).
+# The type ids, declared params and the project's limits of a claim's types in one statement
+# (built once).
 _TYPES_AND_LIMITS = (
-    sa.select(resource_types.c.name, resource_types.c.id, quotas.c.limit)
+    sa.select(resource_types.c.name, resource_types.c.id, resource_types.c.params, quotas.c.limit)
     .select_from(
         resource_types.outerjoin(
             quotas,
@@ -36,13 +37,16 @@ _TYPES_AND_LIMITS = (
 
 
 def types_and_limits(
-    conn: sa.Connection, project: str, type_names: Iterable[str]
+    conn: sa.Connection, project: str, type_names: Iterable[str], params: dict[str, Any] | None = None
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """(type ids, limits of ``project``) for the given type names, in one round trip."""
+    """(type ids, limits of ``project``) for the given type names, in one round trip; each
+    type's declared params (as stored) go into ``params`` when it is given."""
     ids: dict[str, int] = {}
     limits: dict[str, int] = {}
     for r in conn.execute(_TYPES_AND_LIMITS, {"project": project, "names": sorted(set(type_names))}):
         ids[r.name] = r.id
+        if params is not None:
+            params[r.name] = r.params
         if r.limit is not None:
             limits[r.name] = r.limit
     return ids, limits

@@ -34,6 +34,8 @@ resource_types = sa.Table(
     sa.Column("handler", sa.String(64)),
     sa.Column("config", Json, nullable=False),
     sa.Column("attribute_schema", Json),
+    # The request params the type accepts ({name: schemas.ParamSpec}); NULL: none.
+    sa.Column("params", Json),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),
 )
@@ -43,7 +45,8 @@ hosts = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(253), nullable=False, unique=True),
-    # The agent's stable id from its state file: a renamed machine keeps its row.
+    # The agent's stable id from its state file: bound to the name it was first reported
+    # under (a rename is an admin's `devassign host rename`).
     sa.Column("host_id", sa.String(64), unique=True),
     sa.Column("generation", sa.BigInteger, nullable=False, server_default="-1"),
     sa.Column("last_report_at", Stamp),
@@ -52,6 +55,10 @@ hosts = sa.Table(
     sa.Column("marked_down", sa.Boolean, nullable=False, server_default=sa.false()),
     # Digest of the last report applied: an unchanged report only refreshes liveness.
     sa.Column("report_digest", sa.String(64)),
+    # The agent process (a random id chosen at its start) that last reported or heartbeat,
+    # and when (server clock): a second live agent with the same host id is refused.
+    sa.Column("agent_instance", sa.String(64)),
+    sa.Column("agent_seen_at", Stamp),
     sa.Column("created_at", Stamp, nullable=False),
 )
 

@@ -36,13 +36,10 @@ def create_token(
     conn: sa.Connection, body: schemas.TokenCreate, *, now: datetime, actor: str
 ) -> schemas.TokenCreated:
     secret = PREFIX + secrets.token_urlsafe(32)
-    # The column holds 128 characters; a host name alone may have 253.
-    scope = (body.host or body.project or "cloud")[:100]
-    name = body.name or f"{body.role.value}:{scope}:{secret[3:9]}"
     token_id = conn.execute(
         tokens.insert()
         .values(
-            name=name,
+            name=body.name,
             secret_hash=hash_secret(secret),
             role=body.role.value,
             host=body.host,
@@ -51,6 +48,10 @@ def create_token(
         )
         .returning(tokens.c.id)
     ).scalar_one()
+    name = body.name
+    if name is None:
+        name = default_name(body.role, body.host or body.project, token_id)
+        conn.execute(tokens.update().where(tokens.c.id == token_id).values(name=name))
     record(
         conn,
         at=now,
@@ -65,6 +66,15 @@ def create_token(
     )
 
 
+def default_name(role: Role, scope: str | None, token_id: int) -> str:
+    """``admin#3``, ``agent:compute-1#5``, ``member:demo#17``: from public data only. The name is
+    the actor of the token's events, which other tenants may read; it never holds any part of
+    the secret. Fits the 128-character column (a host name alone may have 253)."""
+    if role is Role.ADMIN or not scope:
+        return f"{role.value}#{token_id}"
+    return f"{role.value}:{scope[:100]}#{token_id}"
+
+
 def list_tokens(conn: sa.Connection, *, revoked: bool = False) -> list[schemas.Token]:
     """Tokens, oldest first; revoked ones only when asked for."""
     q = sa.select(tokens).order_by(tokens.c.id)
@@ -74,12 +84,38 @@ def list_tokens(conn: sa.Connection, *, revoked: bool = False) -> list[schemas.T
 
 
 def revoke(conn: sa.Connection, token_id: int, *, now: datetime, actor: str) -> schemas.Token:
-    """Revoke a token (its secret stops working); revoking it again changes nothing."""
-    row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id).with_for_update()).first()
+    """Revoke a token (its secret stops working); revoking it again changes nothing.
+
+    The last live admin token is never revoked (nobody could administer the cloud after it).
+    Two revocations of the last two admin tokens at once must not both pass: the live admin
+    tokens are locked together, in id order, before counting them (PostgreSQL re-reads a row
+    it waited for, so the second one sees the first one's revocation; SQLite has one writer).
+    """
+    row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
     if row is None:
         raise errors.DevassignError(
             errors.TOKEN_NOT_FOUND, f"no token {token_id}: `devassign token list` shows their ids"
         )
+    if row.revoked_at is None and row.role == Role.ADMIN.value:
+        live_admins = (
+            conn.execute(
+                sa.select(tokens.c.id)
+                .where(tokens.c.role == Role.ADMIN.value, tokens.c.revoked_at.is_(None))
+                .order_by(tokens.c.id)
+                .with_for_update()
+            )
+            .scalars()
+            .all()
+        )
+        if token_id in live_admins and len(live_admins) == 1:
+            raise errors.DevassignError(
+                errors.INVALID_STATE,
+                f"token {token_id} is the last admin token; create another admin token first "
+                "(`devassign token create --role admin`), then revoke this one",
+            )
+    else:
+        conn.execute(sa.select(tokens.c.id).where(tokens.c.id == token_id).with_for_update())
+    row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).one()
     if row.revoked_at is None:
         conn.execute(tokens.update().where(tokens.c.id == token_id).values(revoked_at=now))
         record(

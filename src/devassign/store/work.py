@@ -9,6 +9,11 @@ setup, devices ``cleaning`` a cleanup) and reports results, which move devices o
 
 A result that no longer matches the device's state (released meanwhile, reported twice by an
 agent that restarted) is ignored and said so: every transition is a conditional update.
+
+Facts (what a setup learned, handed back with the cleanup) are kept only from a setup result
+of this host's agent for the holding it set up, and are small. Clearing a quarantined device
+drops them (they are kept in the event) and marks the device, so its next cleanup works from
+what the host shows now: a poisoned fact must not fail every cleanup after every clear.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import AllocationState, DeviceState
+from devassign.domain import AllocationState, DeviceState, cut_too_deep
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
 from devassign.store.inventory import lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
+
+# Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
+CLEARED = "devassign:cleared"
+
+
+def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The facts an agent posted, without the server's own marker."""
+    return {k: v for k, v in (facts or {}).items() if k != CLEARED}
 
 
 def _host_id(conn: sa.Connection, host: str) -> int:
@@ -34,10 +47,16 @@ def _host_id(conn: sa.Connection, host: str) -> int:
     return int(hid)
 
 
-def _params_for(request_doc: dict[str, Any], request_name: str | None) -> dict[str, Any]:
+def _params_for(
+    request_doc: dict[str, Any], request_name: str | None, declared: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The params the claim stored for this device's request, as far as its type declares them
+    now: an allocation made before params were declared (or before a declaration was narrowed)
+    hands no undeclared value, and never a fact name, to an agent or into the libvirt XML."""
     for r in request_doc.get("requests", []) if request_doc else []:
         if r.get("name") == request_name:
-            return dict(r.get("params") or {})
+            allowed = set(declared or {}) - schemas.FACT_NAMES
+            return {k: v for k, v in (r.get("params") or {}).items() if k in allowed}
     return {}
 
 
@@ -48,6 +67,7 @@ def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
         .add_columns(
             resource_types.c.handler,
             resource_types.c.config.label("type_config"),
+            resource_types.c.params.label("type_params"),
             allocations.c.request.label("request_doc"),
             allocation_items.c.request_name,
         )
@@ -77,10 +97,11 @@ def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
                 action="setup" if r.state == DeviceState.RESERVED.value else "cleanup",
                 device=device_model(r),
                 handler=r.handler,
-                config=r.type_config or {},
-                params=_params_for(r.request_doc, r.request_name),
-                facts=r.facts or {},
+                config=cut_too_deep(r.type_config or {}),
+                params=_params_for(r.request_doc, r.request_name, r.type_params),
+                facts=_recorded(r.facts),
                 companions=mates,
+                cleared=bool((r.facts or {}).get(CLEARED)),
             )
         )
     return schemas.WorkList(host=host, items=items)
@@ -113,6 +134,17 @@ def apply_results(
         out.append(_apply_one(conn, hid, host, row, res, now=now, actor=actor))
     recount(conn, hid)
     return out
+
+
+def _facts_welcome(row: Any, res: schemas.WorkResult, state: DeviceState, consumer: str | None) -> bool:
+    """Whether a result's facts are this device's setup's: a setup result for the holding it
+    set up, while reserved (or cleaning, released since, when the result names the holder);
+    never after a clear, and never from a cleanup."""
+    if res.action != "setup" or row.allocation_id is None or (row.facts or {}).get(CLEARED):
+        return False
+    if state is DeviceState.RESERVED:
+        return True
+    return state is DeviceState.CLEANING and res.consumer is not None and res.consumer == consumer
 
 
 def _set_state(
@@ -156,11 +188,11 @@ def _apply_one(
             False, state, f"result for {res.consumer}, but the device is now held by {consumer}: ignored"
         )
 
-    if res.facts:
+    if res.facts and _facts_welcome(row, res, state, consumer):
         # Keep what the setup learned even if the device was released meanwhile: the cleanup needs it.
-        conn.execute(
-            devices.update().where(devices.c.id == row.id).values(facts={**(row.facts or {}), **res.facts})
-        )
+        merged = {**_recorded(row.facts), **res.facts}
+        if schemas.work_facts_problem(merged) is None:
+            conn.execute(devices.update().where(devices.c.id == row.id).values(facts=merged))
 
     if res.action == "setup":
         if state is not DeviceState.RESERVED:
@@ -260,7 +292,8 @@ def clear_device(
 
     After a failed cleanup it goes back to ``cleaning`` (the cleanup runs again: a device is
     never available without a finished cleanup); a one-time-use device the operator scrubbed
-    by hand becomes ``available``.
+    by hand becomes ``available``. Either way its stored facts are dropped (the event keeps
+    them): the cleanup is marked ``cleared`` and works from what the host shows now.
     """
     host_id = conn.execute(sa.select(devices.c.host_id).where(devices.c.id == device_id)).scalar_one_or_none()
     if host_id is None:
@@ -277,7 +310,11 @@ def clear_device(
         if one_time
         else DeviceState.CLEANING
     )
-    _set_state(conn, row.id, DeviceState.QUARANTINED, now, state=new.value, quarantine_reason=None)
+    dropped = _recorded(row.facts)
+    facts = {CLEARED: True} if new is DeviceState.CLEANING else None
+    _set_state(
+        conn, row.id, DeviceState.QUARANTINED, now, state=new.value, quarantine_reason=None, facts=facts
+    )
     host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
     record(
         conn,
@@ -288,6 +325,7 @@ def clear_device(
         device=row.address,
         device_id=row.id,
         message=f"{host} {row.address} cleared by {actor} -> {new.value}" + (f": {reason}" if reason else ""),
+        detail={"reason": reason, "dropped_facts": dropped},
     )
     recount(conn, row.host_id)
     r = conn.execute(device_query().where(devices.c.id == device_id)).one()
@@ -309,11 +347,12 @@ def allocation_devices(
         )
     q = (
         device_query()
-        .add_columns(allocation_items.c.request_name)
+        .add_columns(allocation_items.c.request_name, resource_types.c.params.label("type_params"))
         .join(allocation_items, allocation_items.c.device_id == devices.c.id)
         .where(allocation_items.c.allocation_id == alloc.id)
         .order_by(devices.c.address)
     )
     return [
-        (device_model(r), _params_for(alloc.request, r.request_name), r.facts or {}) for r in conn.execute(q)
+        (device_model(r), _params_for(alloc.request, r.request_name, r.type_params), _recorded(r.facts))
+        for r in conn.execute(q)
     ]

@@ -28,7 +28,9 @@ Values are written the way the kernel writes them: ids as ``0x8086\\n``, class a
 (with ``reset_method`` ``flr``) unless built with ``reset=None``: the server refuses functions
 the kernel cannot reset, so a tree without them would offer nothing. Generated trees only
 become a live host with :class:`devassign.lifecycle.simulated.SimulatedSysfs`, which makes
-bind/unbind/probe writes act like the kernel.
+bind/unbind/probe writes act like the kernel. A function built bound to a driver adds its
+ids to that driver's ``.simulated-ids`` (what the module's id table holds on a real host),
+so ``drivers_probe`` gives it back to that driver, as the kernel would.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 PCI_ROOT = "devices/pci0000:00"
+# In a driver's folder: "VENDOR DEVICE" lines, the ids the driver takes when probed.
+SIMULATED_IDS = ".simulated-ids"
 USB_ROOT = "devices/platform/usb-host"
 
 
@@ -136,6 +140,7 @@ class SyntheticHost:
         self.link(f"bus/pci/devices/{addr}", f"../../../{d}")
         if driver:
             self.bind(addr, driver)
+            self.native_ids(driver, vendor, device)
         if iommu_group is not None:
             self.group(addr, iommu_group)
         return self.root / d
@@ -152,6 +157,15 @@ class SyntheticHost:
         if driver:
             self.link(f"{d}/driver", f"../../../bus/pci/drivers/{driver}")
             self.link(f"bus/pci/drivers/{driver}/{addr}", f"../../../../{d}")
+
+    def native_ids(self, driver: str, vendor: str, device: str) -> None:
+        """Let ``driver`` take ``vendor:device`` functions when they are probed."""
+        ids = self.root / "bus/pci/drivers" / driver / SIMULATED_IDS
+        line = f"{vendor.lower().removeprefix('0x')} {device.lower().removeprefix('0x')}"
+        have = ids.read_text().split("\n") if ids.exists() else []
+        if line not in have:
+            ids.parent.mkdir(parents=True, exist_ok=True)
+            ids.write_text("\n".join([*[h for h in have if h], line]) + "\n")
 
     def group(self, addr: str, n: int) -> None:
         """Put ``addr`` in IOMMU group ``n`` (both the device's link and the group's member)."""

@@ -118,4 +118,4 @@ def test_cli_run_once_against_unreachable_server(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(cli.Agent, "__init__", patched)
     res = runner.invoke(app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
-    assert res.exit_code == 2 and "connection refused" in res.stderr
+    assert res.exit_code == 3 and "connection refused" in res.stderr  # unreachable

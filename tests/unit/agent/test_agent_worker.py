@@ -44,13 +44,17 @@ class FakeDevice:
     facts: dict[str, Any] = field(default_factory=dict)
     healthy: bool = True
     driver: str = "iavf"
+    kind: str = "sriov_vf"
+    handler: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    cleared: bool = False
 
     def schema(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "host": HOST,
             "address": self.address,
-            "kind": "sriov_vf",
+            "kind": self.kind,
             "type": "NIC_VF",
             "state": self.state,
             "healthy": self.healthy,
@@ -114,11 +118,12 @@ class FakeServer:
                 {
                     "action": "setup" if d.state == "reserved" else "cleanup",
                     "device": d.schema(),
-                    "handler": None,
-                    "config": {},
+                    "handler": d.handler,
+                    "config": d.config,
                     "params": self.params if d.state == "reserved" else {},
                     "facts": d.facts,
                     "companions": mates if d.consumer else [],
+                    "cleared": d.cleared,
                 }
             )
         return out
@@ -138,10 +143,16 @@ class FakeServer:
                 if m.consumer == consumer:
                     m.state, m.consumer = "cleaning", None
         elif r["ok"]:
-            d.state, d.consumer, d.facts = "available", None, {}
+            d.state, d.consumer, d.facts, d.cleared = "available", None, {}, False
         else:
             d.state = "quarantined"
         return {"device_id": d.id, "applied": True, "state": d.state, "note": ""}
+
+    def clear(self, device_id: str) -> None:
+        """What ``POST /v1/devices/{id}/clear`` does: back to cleaning, facts dropped."""
+        d = self.devices[device_id]
+        assert d.state == "quarantined"
+        d.state, d.facts, d.cleared = "cleaning", {}, True
 
     # test helpers ---------------------------------------------------------------
     def claim(self, *ids: str) -> None:

@@ -59,11 +59,63 @@ def test_slots_and_consumers_get_distinct_uuids() -> None:
     assert len(uuids) == 3
 
 
-def test_a_recorded_uuid_wins(machine: Machine) -> None:
+def test_a_recorded_uuid_is_used_without_a_consumer(machine: Machine) -> None:
     gpu(machine)
     recorded = str(uuid.UUID(int=42))
-    facts = MdevHandler().setup(slot(facts={"mdev_uuid": recorded}), {}, machine.ops)
+    facts = MdevHandler().setup(slot(consumer=None, facts={"mdev_uuid": recorded}), {}, machine.ops)
     assert facts == {"mdev_uuid": recorded}
+    assert mdev_uuid(slot(facts={"mdev_uuid": mdev_uuid(slot())})) == mdev_uuid(slot())
+
+
+def test_a_recorded_uuid_that_is_not_the_consumers_is_never_touched(machine: Machine) -> None:
+    """Another consumer's mdev (once smuggled in through params) is neither used nor removed."""
+    gpu(machine)
+    victim = slot(SLOT1, consumer=str(uuid.UUID(int=7)))
+    theirs = MdevHandler().setup(victim, {}, machine.ops)["mdev_uuid"]
+    poisoned = slot(facts={"mdev_uuid": theirs})
+    with pytest.raises(HandlerError, match="refusing to touch another consumer's mdev"):
+        MdevHandler().setup(poisoned, {}, machine.ops)
+    with pytest.raises(HandlerError, match="refusing to touch another consumer's mdev"):
+        MdevHandler().cleanup(poisoned, {}, machine.ops)
+    assert machine.sysfs.exists(f"bus/mdev/devices/{theirs}")
+    assert machine.writes_to("/remove") == []
+
+
+def test_params_never_name_the_mdev(machine: Machine) -> None:
+    gpu(machine)
+    victim = slot(SLOT1, consumer=str(uuid.UUID(int=7)))
+    theirs = MdevHandler().setup(victim, {}, machine.ops)["mdev_uuid"]
+    attacker = slot(params={"mdev_uuid": theirs})
+    facts = MdevHandler().setup(attacker, {}, machine.ops)
+    assert facts["mdev_uuid"] == mdev_uuid(slot()) != theirs
+    MdevHandler().cleanup(slot(facts=facts, params={"mdev_uuid": theirs}), {}, machine.ops)
+    assert machine.sysfs.exists(f"bus/mdev/devices/{theirs}")
+
+
+def test_an_existing_mdev_of_another_parent_or_type_is_left_alone(machine: Machine) -> None:
+    gpu(machine)
+    recorded = MdevHandler().setup(slot(), {}, machine.ops)["mdev_uuid"]
+    other = mdev_address(GPU, "nvidia-231", 0)
+    with pytest.raises(HandlerError, match="not this slot's, left alone"):
+        MdevHandler().cleanup(slot(other, consumer=None, facts={"mdev_uuid": recorded}), {}, machine.ops)
+    assert machine.sysfs.exists(f"bus/mdev/devices/{recorded}")
+
+
+@pytest.mark.parametrize(
+    ("address", "facts", "message"),
+    [
+        (SLOT0, {"mdev_uuid": "../../../../tmp/x"}, "not a canonical UUID"),
+        (SLOT0, {"mdev_uuid": str(uuid.UUID(int=0xABCDEF)).upper()}, "not a canonical UUID"),
+        (f"{GPU}/../0", {}, "not an mdev type name"),
+    ],
+)
+def test_names_that_would_make_a_path_are_checked(
+    machine: Machine, address: str, facts: dict[str, object], message: str
+) -> None:
+    gpu(machine)
+    with pytest.raises(HandlerError, match=message):
+        MdevHandler().cleanup(slot(address, consumer=None, facts=facts), {}, machine.ops)
+    assert machine.sysfs.writes == []
 
 
 def test_cleanup_removes_it_and_gives_the_slot_back(machine: Machine) -> None:

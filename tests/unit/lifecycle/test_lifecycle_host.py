@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devassign.domain import DeviceKind, DeviceState
-from devassign.hostio import HostIOError
-from devassign.lifecycle.base import LifecycleDevice
-from devassign.lifecycle.host import HostOps, PyrouteNetlink, RecordingNetlink, VfConfig
+from devassign.hostio import HostIOError, Sysfs
+from devassign.lifecycle.base import HandlerError, LifecycleDevice
+from devassign.lifecycle.handlers.common import write
+from devassign.lifecycle.host import (
+    ConfinedSysfs,
+    HostOps,
+    PyrouteNetlink,
+    RecordingNetlink,
+    RecordingRunner,
+    VfConfig,
+)
 from devassign.lifecycle.simulated import SimulatedSysfs
 from devassign.schemas import Device
 
@@ -126,12 +135,68 @@ def test_a_device_is_built_from_the_wire_model() -> None:
         "0000:5e:00.0",
         "c1",
     )
-    assert dev.get("vlan") == 42, "the allocation's params win over discovered attributes"
-    assert dev.get("vf_index") == 1 and dev.get("physical_network") == "physnet1"
-    assert dev.get("mac", "none") == "none"
+    assert dev.requested("vlan") == 42 and dev.known("vlan") == 9, "params and what the host said apart"
+    assert dev.known("vf_index") == 1 and dev.known("physical_network") == "physnet1"
+    assert dev.requested("mac", "none") == "none"
+
+
+def test_params_never_supply_a_fact() -> None:
+    dev = LifecycleDevice(
+        address="0000:3b:00.0",
+        kind=DeviceKind.PCI,
+        type="GPU",
+        params={"original_driver": "../../../../tmp/x", "mdev_uuid": "victim"},
+    )
+    assert dev.known("original_driver") is None and dev.known("mdev_uuid") is None
+    with pytest.raises(HandlerError, match="never a request parameter"):
+        dev.requested("original_driver")
 
 
 def test_simulated_ops_are_built_on_a_tree(tmp_path: Any) -> None:
     ops = HostOps.simulated(tmp_path, {"0000:3b:00.0": "nvidia"})
     assert isinstance(ops.sysfs, SimulatedSysfs)
     assert ops.sysfs.native_drivers == {"0000:3b:00.0": "nvidia"}
+
+
+def _escape_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A root whose ``bus/pci/drivers/evil`` links outside it, and the outside folder."""
+    root, outside = tmp_path / "sys", tmp_path / "outside"
+    (root / "bus/pci/drivers").mkdir(parents=True)
+    outside.mkdir()
+    (root / "bus/pci/drivers/evil").symlink_to(outside)
+    return root, outside
+
+
+@pytest.mark.parametrize("rel", ["bus/pci/drivers/../../../../outside/bind", "bus/pci/drivers/evil/bind"])
+@pytest.mark.parametrize("kind", ["plain", "simulated"])
+def test_no_write_lands_outside_the_sysfs_root(tmp_path: Path, rel: str, kind: str) -> None:
+    root, outside = _escape_tree(tmp_path)
+    ops = (
+        HostOps(Sysfs(root), RecordingNetlink(), RecordingRunner())
+        if kind == "plain"
+        else HostOps.simulated(root)
+    )
+    assert isinstance(ops.sysfs, ConfinedSysfs), "HostOps confines a plain Sysfs"
+    with pytest.raises(HostIOError, match="outside the sysfs root"):
+        ops.sysfs.write(rel, "0000:3b:00.0")
+    with pytest.raises(HandlerError, match="outside the sysfs root"):
+        write(ops.sysfs, rel, "0000:3b:00.0", "bind")
+    assert list(outside.iterdir()) == []
+    if isinstance(ops.sysfs, SimulatedSysfs):
+        assert ops.sysfs.writes == [], "refused before the write is even logged"
+
+
+def test_the_write_helper_confines_any_sysfs(tmp_path: Path) -> None:
+    """A Sysfs subclass HostOps does not replace is still checked by the handlers' helper."""
+
+    class Custom(Sysfs):
+        pass
+
+    root, outside = _escape_tree(tmp_path)
+    ops = HostOps(Custom(root), RecordingNetlink(), RecordingRunner())
+    assert type(ops.sysfs) is Custom
+    with pytest.raises(HandlerError, match="outside the sysfs root"):
+        write(ops.sysfs, "bus/pci/drivers/evil/bind", "x", "bind")
+    assert list(outside.iterdir()) == []
+    write(ops.sysfs, "bus/pci/drivers/new_id", "8086 154c", "add an id")
+    assert (root / "bus/pci/drivers/new_id").read_text() == "8086 154c"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from devassign.domain import PCI_ADDRESS_RE
 from devassign.hostio import Sysfs
+from devassign.lifecycle import names
 from devassign.lifecycle.base import HandlerError
+from devassign.lifecycle.host import inside_root
 
 
 def write(sysfs: Sysfs, rel: str, value: str, doing: str) -> None:
-    """Write to sysfs, turning an I/O failure into a :class:`HandlerError` that says what for."""
+    """Write to sysfs, turning an I/O failure into a :class:`HandlerError` that says what for.
+
+    The path is resolved and checked against the root here too, whatever kind of
+    :class:`Sysfs` this is: nothing a handler writes may land outside it.
+    """
     try:
+        inside_root(sysfs, rel)
         sysfs.write(rel, value)
     except OSError as exc:
         raise HandlerError(f"{doing}: {exc}") from exc
@@ -17,9 +23,12 @@ def write(sysfs: Sysfs, rel: str, value: str, doing: str) -> None:
 
 def pci_dir(address: str) -> str:
     """The device's folder relative to the sysfs root, checked so no address can escape it."""
-    if not PCI_ADDRESS_RE.fullmatch(address):
-        raise HandlerError(f"{address!r} is not a PCI address (e.g. 0000:3b:02.1)")
-    return f"bus/pci/devices/{address}"
+    return f"bus/pci/devices/{names.pci_address(address)}"
+
+
+def driver_dir(driver: str, what: str = "driver name") -> str:
+    """``bus/pci/drivers/<driver>``, the name checked first."""
+    return f"bus/pci/drivers/{names.driver_name(driver, what)}"
 
 
 def require_present(sysfs: Sysfs, address: str) -> str:
@@ -30,4 +39,5 @@ def require_present(sysfs: Sysfs, address: str) -> str:
 
 
 def pci_driver(sysfs: Sysfs, address: str) -> str | None:
+    """The driver the function is bound to now, as the host shows it."""
     return sysfs.link_name(f"{pci_dir(address)}/driver")

@@ -3,14 +3,19 @@
 The mdev's UUID is derived from the consumer and the slot, so a setup re-run after a
 restart finds the device it already created instead of making a second one, and the server
 can write the guest's XML without asking the agent. A UUID the agent recorded
-(``mdev_uuid``) wins over the derived one.
+(``mdev_uuid``, a fact of this slot's setup) is used where there is no consumer; where there
+is one it must be the derived UUID: a recorded UUID that is not names another consumer's
+mdev (a request once smuggled one in), and the handler refuses to touch it.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from devassign.domain import MDEV_ADDRESS_RE
+from devassign.hostio import Sysfs
+from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
 from devassign.lifecycle.handlers.common import pci_dir, write
 from devassign.lifecycle.host import HostOps
@@ -24,17 +29,41 @@ def parse_slot(address: str) -> tuple[str, str, int]:
     m = MDEV_ADDRESS_RE.fullmatch(address)
     if not m:
         raise HandlerError(f"{address!r} is not an mdev slot (PARENT/MDEV_TYPE/INDEX)")
-    return m.group(1), m.group(2), int(m.group(3))
+    parent = names.pci_address(m.group(1), f"the parent of mdev slot {address}")
+    mtype = names.mdev_type(m.group(2), f"the type of mdev slot {address}")
+    return parent, mtype, int(m.group(3))
 
 
 def mdev_uuid(device: LifecycleDevice) -> str | None:
-    """The mdev's UUID: the recorded one, else derived from consumer + slot; ``None`` if neither."""
-    recorded = device.get("mdev_uuid")
-    if recorded:
-        return str(uuid.UUID(str(recorded)))
+    """The mdev's UUID: derived from consumer + slot, else the recorded fact; ``None`` if neither.
+
+    A recorded UUID that is not the derived one is refused (:class:`HandlerError`).
+    """
+    fact = device.known("mdev_uuid")
+    recorded = None if fact is None else names.mdev_uuid(fact, f"{device.address}: recorded mdev_uuid")
     if device.consumer is None:
-        return None
-    return str(uuid.uuid5(MDEV_NAMESPACE, f"{device.consumer}/{device.address}"))
+        return recorded
+    derived = str(uuid.uuid5(MDEV_NAMESPACE, f"{device.consumer}/{device.address}"))
+    if recorded is not None and recorded != derived:
+        raise HandlerError(
+            f"{device.address}: the recorded mdev_uuid {recorded} is not this slot's ({derived}, "
+            f"from its consumer): refusing to touch another consumer's mdev; clearing the device "
+            "cleans it from what the host shows"
+        )
+    return derived
+
+
+def check_owner(sysfs: Sysfs, uid: str, parent: str, mtype: str) -> None:
+    """Refuse an existing mdev that is not on this slot's parent with this slot's type."""
+    rel = f"bus/mdev/devices/{uid}"
+    have = sysfs.link_name(f"{rel}/mdev_type")
+    target = sysfs.readlink(rel)
+    on = os.path.basename(os.path.dirname(target.rstrip("/"))) if target else None
+    if have != mtype or on != parent:
+        raise HandlerError(
+            f"mdev {uid} exists as {have or 'an unknown type'} on {on or 'an unknown parent'}, "
+            f"not {mtype} on {parent}: not this slot's, left alone"
+        )
 
 
 class MdevHandler:
@@ -52,9 +81,7 @@ class MdevHandler:
         parent, mtype, _ = parse_slot(device.address)
         uid = self._uuid(device)
         if ops.sysfs.exists(f"bus/mdev/devices/{uid}"):
-            have = ops.sysfs.link_name(f"bus/mdev/devices/{uid}/mdev_type")
-            if have != mtype:
-                raise HandlerError(f"mdev {uid} exists with type {have}, not {mtype}")
+            check_owner(ops.sysfs, uid, parent, mtype)
             return {"mdev_uuid": uid}
         type_dir = f"{pci_dir(parent)}/mdev_supported_types/{mtype}"
         if not ops.sysfs.is_dir(type_dir):
@@ -68,11 +95,12 @@ class MdevHandler:
         return {"mdev_uuid": uid}
 
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
-        parse_slot(device.address)
+        parent, mtype, _ = parse_slot(device.address)
         uid = self._uuid(device)
         rel = f"bus/mdev/devices/{uid}"
         if not ops.sysfs.exists(rel):
             return
+        check_owner(ops.sysfs, uid, parent, mtype)
         write(ops.sysfs, f"{rel}/remove", "1", f"cannot remove mdev {uid}")
         if ops.sysfs.exists(rel):
             raise HandlerError(f"mdev {uid} is still there after removing it (still in use?)")

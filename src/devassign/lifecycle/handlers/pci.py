@@ -5,6 +5,7 @@ and checks that its IOMMU group can be used: VFIO refuses a group unless every d
 is on vfio (bridges excepted), and the group is the isolation boundary. Cleanup resets the
 function (so the next tenant sees no state of the last) and gives it back to the host driver
 it came from. A function with no reset is refused unless the type says ``reset = "none-ok"``.
+Every driver name that becomes a path (recorded, discovered or configured) is checked first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from devassign.hostio import Sysfs
+from devassign.lifecycle import names
 from devassign.lifecycle.base import (
     Facts,
     HandlerError,
@@ -21,7 +23,7 @@ from devassign.lifecycle.base import (
     TypeConfig,
     config_choice,
 )
-from devassign.lifecycle.handlers.common import pci_dir, pci_driver, require_present, write
+from devassign.lifecycle.handlers.common import driver_dir, pci_dir, pci_driver, require_present, write
 from devassign.lifecycle.host import HostOps
 
 VFIO = "vfio-pci"
@@ -82,6 +84,9 @@ def group_problems(sysfs: Sysfs, address: str, pending: frozenset[str]) -> list[
     for peer in sysfs.listdir(f"{rel}/iommu_group/devices"):
         if peer == address or peer in pending:
             continue
+        if not names.PCI_ADDRESS_RE.fullmatch(peer):
+            problems.append(f"IOMMU group {group} holds {peer!r}, which is not a PCI address")
+            continue
         cls = sysfs.read(f"bus/pci/devices/{peer}/class") or ""
         driver = sysfs.link_name(f"bus/pci/devices/{peer}/driver")
         if cls.startswith(BRIDGE_CLASS_PREFIX) or driver in (None, VFIO):
@@ -93,7 +98,7 @@ def group_problems(sysfs: Sysfs, address: str, pending: frozenset[str]) -> list[
 def bind_vfio(sysfs: Sysfs, address: str) -> str | None:
     """Move the function to vfio-pci; returns the driver it was on (``None`` if unbound/vfio)."""
     rel = require_present(sysfs, address)
-    if not sysfs.is_dir(f"bus/pci/drivers/{VFIO}"):
+    if not sysfs.is_dir(driver_dir(VFIO)):
         raise HandlerError(f"the {VFIO} driver is not loaded on this host (modprobe vfio-pci)")
     current = pci_driver(sysfs, address)
     if sysfs.read(f"{rel}/driver_override") != VFIO:
@@ -104,7 +109,7 @@ def bind_vfio(sysfs: Sysfs, address: str) -> str | None:
         write(sysfs, f"{rel}/driver/unbind", address, f"cannot unbind {address} from {current}")
     write(sysfs, "bus/pci/drivers_probe", address, f"cannot probe {address}")
     if pci_driver(sysfs, address) != VFIO:
-        write(sysfs, f"bus/pci/drivers/{VFIO}/bind", address, f"cannot bind {address} to {VFIO}")
+        write(sysfs, f"{driver_dir(VFIO)}/bind", address, f"cannot bind {address} to {VFIO}")
     now = pci_driver(sysfs, address)
     if now != VFIO:
         raise HandlerError(f"{address} is on {now or 'no driver'} after binding it to {VFIO}")
@@ -124,27 +129,42 @@ def reset_function(sysfs: Sysfs, address: str, config: TypeConfig) -> None:
 
 
 def original_driver(device: LifecycleDevice, config: TypeConfig) -> str | None:
-    """The host driver to give the function back to: what setup recorded, else discovery's."""
-    for candidate in (device.get("original_driver"), device.driver, config.get("host_driver")):
-        if isinstance(candidate, str) and candidate and candidate != VFIO:
-            return candidate
+    """The host driver to give the function back to: what setup recorded (the agent's
+    journal), else what discovery saw, else the type's ``host_driver``.
+
+    Each is checked as a driver name before it can become ``bus/pci/drivers/<name>``: a bad
+    one fails the action with the value named, it is never skipped over nor written.
+    """
+    candidates = (
+        ("recorded original_driver", device.known("original_driver")),
+        ("discovered driver", device.driver),
+        ("type config host_driver", config.get("host_driver")),
+    )
+    for what, candidate in candidates:
+        if candidate is None or candidate == "":
+            continue
+        name = names.driver_name(candidate, f"{device.address}: {what}")
+        if name != VFIO:
+            return name
     return None
 
 
 def release_vfio(sysfs: Sysfs, address: str, target: str | None) -> None:
     """Clear the override and let the host driver take the function back."""
     rel = require_present(sysfs, address)
+    if target is not None:
+        names.driver_name(target, f"{address}: driver to return to")
     if sysfs.read(f"{rel}/driver_override"):
         write(sysfs, f"{rel}/driver_override", "\n", f"cannot clear driver_override of {address}")
     if pci_driver(sysfs, address) == VFIO and target != VFIO:
-        write(sysfs, f"bus/pci/drivers/{VFIO}/unbind", address, f"cannot unbind {address}")
+        write(sysfs, f"{driver_dir(VFIO)}/unbind", address, f"cannot unbind {address}")
     if pci_driver(sysfs, address) is None:
         write(sysfs, "bus/pci/drivers_probe", address, f"cannot probe {address}")
     now = pci_driver(sysfs, address)
     if target is None or now == target:
         return
-    if now is None and sysfs.is_dir(f"bus/pci/drivers/{target}"):
-        write(sysfs, f"bus/pci/drivers/{target}/bind", address, f"cannot bind {address}")
+    if now is None and sysfs.is_dir(driver_dir(target)):
+        write(sysfs, f"{driver_dir(target)}/bind", address, f"cannot bind {address}")
         now = pci_driver(sysfs, address)
     if now != target:
         raise HandlerError(f"{address} is on {now or 'no driver'}, not back on {target}")
@@ -156,6 +176,7 @@ class PciHandler:
 
     def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
         require_present(ops.sysfs, device.address)
+        fallback = original_driver(device, config)  # checked before anything is written
         refusal = reset_refusal(device, config, ops.sysfs)
         if refusal:
             raise HandlerError(refusal)
@@ -166,12 +187,15 @@ class PciHandler:
                 f"{device.address} cannot be assigned: {'; '.join(problems)}, "
                 "which this consumer does not hold"
             )
-        return {"original_driver": was_on or original_driver(device, config)}
+        if was_on is not None:
+            names.driver_name(was_on, f"{device.address}: current driver")
+        return {"original_driver": was_on or fallback}
 
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
         require_present(ops.sysfs, device.address)
+        target = original_driver(device, config)  # checked before anything is written
         reset_function(ops.sysfs, device.address, config)
-        release_vfio(ops.sysfs, device.address, original_driver(device, config))
+        release_vfio(ops.sysfs, device.address, target)
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         if not ops.sysfs.is_dir(pci_dir(device.address)):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devassign.hostio import Sysfs
+from devassign.lifecycle import names
 from devassign.lifecycle.base import (
     Facts,
     HandlerError,
@@ -29,6 +30,8 @@ from devassign.lifecycle.host import ZERO_MAC, HostOps, LinkState, VfConfig
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LINK_STATES: tuple[LinkState, ...] = ("auto", "enable", "disable")
+# Settings the type's config gives, which a request may give instead where the type declares them.
+POLICY_PARAMS = ("spoofchk", "trust", "link_state")
 
 
 @dataclass(frozen=True)
@@ -44,47 +47,63 @@ def locate_vf(sysfs: Sysfs, address: str) -> VfLocation:
     pf = sysfs.link_name(f"{rel}/physfn")
     if pf is None:
         raise HandlerError(f"{address} is not an SR-IOV VF (no physfn link)")
+    names.pci_address(pf, f"the PF of {address}")
     ifnames = sysfs.listdir(f"{rel}/physfn/net")
     if not ifnames:
         raise HandlerError(f"the PF {pf} of {address} has no network interface")
+    ifname = names.ifname(ifnames[0], f"the interface of PF {pf}")
     for name in sysfs.listdir(f"{rel}/physfn"):
-        if name.startswith("virtfn") and sysfs.link_name(f"{rel}/physfn/{name}") == address:
-            return VfLocation(pf, ifnames[0], int(name.removeprefix("virtfn")))
+        index = name.removeprefix("virtfn")
+        if not (name.startswith("virtfn") and index.isdecimal()):
+            continue
+        if sysfs.link_name(f"{rel}/physfn/{name}") == address:
+            return VfLocation(pf, ifname, int(index))
     raise HandlerError(f"the PF {pf} lists no virtfn link to {address}")
 
 
+def _wanted(device: LifecycleDevice, key: str, default: Any = None) -> Any:
+    """The allocation's value, else the one the host's configuration gave the device."""
+    value = device.requested(key)
+    return device.known(key, default) if value is None else value
+
+
 def wanted_mac(device: LifecycleDevice) -> str | None:
-    mac = device.get("mac")
-    if mac is None:
+    given = _wanted(device, "mac")
+    if given is None:
         return None
-    mac = str(mac).lower()
+    mac = str(given).lower()
     if not MAC_RE.match(mac) or mac == ZERO_MAC or int(mac[:2], 16) & 1:
-        raise HandlerError(f"{device.get('mac')!r} is not a unicast MAC address")
+        raise HandlerError(f"{given!r} is not a unicast MAC address")
     return mac
 
 
 def wanted_vlan(device: LifecycleDevice) -> int:
-    vlan: Any = device.get("vlan", 0)
+    vlan: Any = _wanted(device, "vlan", 0)
     if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094:
         raise HandlerError(f"VLAN {vlan!r} is not an integer in 0..4094")
     return vlan
 
 
 def wanted_config(device: LifecycleDevice, config: TypeConfig) -> VfConfig:
-    """The VF settings for this assignment: allocation params within the type's policy."""
-    link_state = config_choice(config, "link_state", "auto", LINK_STATES)
+    """The VF settings for this assignment. The type's config sets spoof checking, trust and
+    link state; a request sets one itself only where the type declares it as a param, as MAC
+    and VLAN are (the server refuses the params a type does not declare, and their values out
+    of the declared bounds), so the type's declaration is the one policy."""
+    policy = {**config, **{key: device.params[key] for key in POLICY_PARAMS if key in device.params}}
+    link_state = config_choice(policy, "link_state", "auto", LINK_STATES)
     return VfConfig(
         mac=wanted_mac(device) or ZERO_MAC,
         vlan=wanted_vlan(device),
-        spoofchk=config_bool(config, "spoofchk", True),
-        trust=config_bool(config, "trust", False),
+        spoofchk=config_bool(policy, "spoofchk", True),
+        trust=config_bool(policy, "trust", False),
         link_state=link_state,  # type: ignore[arg-type]
     )
 
 
 class SriovVfHandler:
     """``sriov_vf`` devices. Config: ``spoofchk`` (default true), ``trust`` (default false),
-    ``link_state`` (auto | enable | disable), and the ``pci`` handler's keys."""
+    ``link_state`` (auto | enable | disable), and the ``pci`` handler's keys. Params: ``mac``,
+    ``vlan``, and those three where the type declares them."""
 
     pci = PciHandler()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from devassign.domain import USB_ADDRESS_RE
 from devassign.hostio import Sysfs
+from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
 from devassign.lifecycle.handlers.common import write
 from devassign.lifecycle.host import HostOps
@@ -32,7 +33,7 @@ def usb_identity(device: LifecycleDevice) -> UsbIdentity:
     parts = device.address.split(":")
     if len(parts) == 4:
         return UsbIdentity(parts[1], parts[2], parts[3], None)
-    return UsbIdentity(device.vendor_id, device.product_id, None, parts[1])
+    return UsbIdentity(device.vendor_id, device.product_id, None, names.usb_bus_path(parts[1]))
 
 
 def _matches(sysfs: Sysfs, path: str, ident: UsbIdentity) -> bool:
@@ -63,7 +64,7 @@ def find_bus_path(sysfs: Sysfs, device: LifecycleDevice) -> str | None:
     found = [
         name
         for name in sysfs.listdir(USB_DEVICES)
-        if ":" not in name and not name.startswith("usb") and _matches(sysfs, name, ident)
+        if names.USB_BUS_PATH_RE.fullmatch(name) and _matches(sysfs, name, ident)
     ]
     if len(found) > 1:
         raise HandlerError(f"{device.address} matches several USB devices: {', '.join(found)}")
