@@ -1,4 +1,4 @@
-"""Schedule-and-claim latency and throughput (issue 3).
+"""Schedule-and-claim latency and throughput.
 
     python -m bench.claims                      # 1,000 and 10,000 hosts, SQLite and PostgreSQL
     python -m bench.claims --hosts 1000 --backends postgresql --rounds 300 --json out.json

@@ -80,8 +80,8 @@ def _pci(address: str, type_: str, numa: int, group: int, vendor: str, product: 
 def host_devices(i: int, layout: str) -> list[dict[str, Any]]:
     """The devices one host reports.
 
-    ``compare`` (issue 5): 8 NIC_VF_1G VFs of one PF + 4 VGPU slots of one GPU.
-    ``mixed`` (issue 3): the same 12 plus 2 GPU_A100 and 2 FPGA (16 devices), spread over 2
+    ``compare``: 8 NIC_VF_1G VFs of one PF + 4 VGPU slots of one GPU.
+    ``mixed``: the same 12 plus 2 GPU_A100 and 2 FPGA (16 devices), spread over 2
     NUMA nodes (VFs on node 0, the vGPU GPU on node 1, one GPU and one FPGA on each).
     """
     pf = "0000:3b:00.0"

@@ -1,4 +1,4 @@
-"""devassign and OpenStack Placement 16.0.0 side by side (issue 5): one command.
+"""devassign and OpenStack Placement 16.0.0 side by side: one command.
 
     python -m bench.compare                                   # everything (long)
     python -m bench.compare --hosts 100 1000 --placement-hosts 100 1000 --backends sqlite

@@ -2,12 +2,13 @@
 
     /tmp/placement-venv/bin/python bench/placement_driver.py --hosts 1000 [--db-url URL] ...
 
-Reuses ``/work/shared/peers/placement_bench.py`` (its config, server start, population and
-HTTP client: one request per connection) and adds what ``bench.compare`` needs: the same
-place-and-claim operation timed as one unit (GET /allocation_candidates?...&limit=1 then PUT
-/allocations/{consumer}), 16 concurrent clients doing it (claims per second), and the race
-check returned as data. Prints one JSON line (prefixed ``RESULT ``) at the end. Never imports
-devassign; all traffic on 127.0.0.1; every loop bounded.
+Reuses ``placement_bench.py`` from the folder ``PLACEMENT_BENCH_DIR`` names (its config,
+server start, population and HTTP client: one request per connection) and adds what
+``bench.compare`` needs: the same place-and-claim operation timed as one unit (GET
+/allocation_candidates?...&limit=1 then PUT /allocations/{consumer}), 16 concurrent clients
+doing it (claims per second), and the race check returned as data. Prints one JSON line
+(prefixed ``RESULT ``) at the end. Never imports devassign; all traffic on 127.0.0.1; every
+loop bounded.
 """
 
 # ruff: noqa: UP031  (the style of placement_bench.py, which it extends)
@@ -22,7 +23,9 @@ import sys
 import time
 import uuid
 
-PEERS = os.environ.get("PLACEMENT_BENCH_DIR", "/work/shared/peers")
+PEERS = os.environ.get("PLACEMENT_BENCH_DIR")
+if not PEERS:
+    sys.exit("set PLACEMENT_BENCH_DIR to the folder that holds placement_bench.py (Placement's benchmark)")
 sys.path.insert(0, PEERS)
 import placement_bench as pb  # noqa: E402
 

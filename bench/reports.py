@@ -1,4 +1,4 @@
-"""How many inventory reports one server process absorbs (issue 6).
+"""How many inventory reports one server process absorbs.
 
 Starts one real ``devassign server`` process, registers N hosts with 16 devices each (their
 first, changing report), then sends unchanged periodic reports from C concurrent clients for a

@@ -1,4 +1,4 @@
-"""Throughput against server processes on PostgreSQL, and where one claim's CPU goes (issue 5).
+"""Throughput against server processes on PostgreSQL, and where one claim's CPU goes.
 
     python -m bench.workers                                  # 1,000 hosts, --workers 1 2 4
     python -m bench.workers --hosts 10000 --workers 1 2 --clients 16 --per-client 25

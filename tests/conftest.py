@@ -63,6 +63,17 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``pg`` every test that needs PostgreSQL: one that asks for ``pg_url`` (or a module's
+    ``pg_database``), or runs with the ``postgresql`` value of a parameter (``db_url``'s own,
+    an ``indirect`` override of it, a module's ``backend``), so ``-m "not pg"`` runs without it."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        fixtures = getattr(item, "fixturenames", ())
+        if "postgresql" in params.values() or {"pg_url", "pg_database"} & set(fixtures):
+            item.add_marker(pytest.mark.pg)
+
+
 @pytest.fixture(scope="session")
 def pg_url(worker_id: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (and xdist worker), migrated once."""
@@ -83,7 +94,7 @@ def _truncate(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store/API test runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":

@@ -15,7 +15,7 @@ from devassign import errors
 
 
 class DeviceState(StrEnum):
-    """Where a device is in its life (SPEC.md, "Concepts").
+    """Where a device is in its life (docs/requests.md, "Device states").
 
     ``available -> reserved -> assigned -> cleaning -> available``; ``quarantined`` after a
     failed cleanup; ``unhealthy`` for a free device whose health check failed; ``missing`` for a
@@ -40,7 +40,7 @@ IN_USE_STATES: frozenset[DeviceState] = frozenset(
 
 
 class DeviceKind(StrEnum):
-    """How a device was found (SPEC.md, ``agent discover``)."""
+    """How a device was found (``agent discover``, docs/agent.md)."""
 
     PCI = "pci"
     SRIOV_PF = "sriov_pf"

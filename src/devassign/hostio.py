@@ -3,7 +3,7 @@
 Everything that reads or writes ``/sys`` goes through :class:`Sysfs`, which takes a root
 path: tests point it at generated trees under ``tmp_path`` and never at the real machine.
 Reads never raise for a file that vanished or cannot be read (devices come and go while a
-scan runs, LESSONS.md "bug 1972028"); writes raise :class:`HostIOError` with the path.
+scan runs: Nova bug 1972028); writes raise :class:`HostIOError` with the path.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class Strict(BaseModel):
 PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_TYPE_PARAMS = 32
 MAX_PARAM_VALUES = 256  # in ``allowed``, and in each project's list
-MAX_PARAM_PROJECTS = 256
+MAX_PARAM_PROJECTS = 64
 STRING_PARAM_LENGTH = 64  # a string param's ``max_length`` when its declaration gives none
 MAX_STRING_PARAM = 1024
 MAX_PATTERN = 256
@@ -310,8 +310,13 @@ class ResourceTypeUpdate(Strict):
 
 
 class StateCounts(BaseModel):
+    """Devices of a type per state. ``total``: all but removed ones. ``available``: free devices
+    of hosts that are up; ``down``: free devices of hosts that are down (not placeable until
+    their host reports again)."""
+
     total: int = 0
     available: int = 0
+    down: int = 0
     reserved: int = 0
     assigned: int = 0
     cleaning: int = 0
@@ -336,7 +341,7 @@ class ResourceType(BaseModel):
 
 
 class ReportedDevice(Strict):
-    """One device as an agent reports it (SPEC.md, ``PUT /v1/hosts/{host}/inventory``)."""
+    """One device as an agent reports it (``PUT /v1/hosts/{host}/inventory``, docs/api.md)."""
 
     address: str = Field(max_length=256)
     kind: DeviceKind
@@ -347,7 +352,7 @@ class ReportedDevice(Strict):
     iommu_group: StrictInt | None = Field(default=None, ge=0, le=MAX_INT32)
     driver: str | None = Field(default=None, max_length=128)
     parent: str | None = Field(default=None, max_length=256)
-    healthy: bool = True
+    healthy: StrictBool = True
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("vendor_id", "product_id")
@@ -387,8 +392,10 @@ class InventoryReport(Strict):
     host_id: str | None = Field(
         default=None,
         max_length=64,
-        description="The agent's stable host id (kept in its state file); it belongs to the host "
-        "name it was first reported under: another name with it is refused (409 host_id_mismatch)",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="The agent's stable host id (kept in its state file; the agent makes a UUID): a "
+        "letter or digit, then letters, digits, _ . : -; it belongs to the host name it was first "
+        "reported under: another name with it is refused (409 host_id_mismatch)",
     )
     agent_instance: str | None = Field(
         default=None,
@@ -627,7 +634,7 @@ class WorkList(BaseModel):
 class WorkResult(Strict):
     device_id: str = Field(max_length=36)
     action: Literal["setup", "cleanup"]
-    ok: bool
+    ok: StrictBool
     error: str | None = Field(default=None, max_length=4000)
     facts: dict[str, Any] = Field(
         default_factory=dict,
@@ -678,3 +685,24 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# ---------------------------------------------------------------- audit
+
+
+class AuditFinding(BaseModel):
+    check: str
+    message: str
+    fixable: bool
+    repaired: bool = False
+    host: str | None = None
+    device: str | None = None
+    consumer: str | None = None
+
+
+class AuditReport(BaseModel):
+    """What ``GET /v1/audit`` found (empty ``findings``: consistent); ``checks`` ran."""
+
+    at: datetime
+    checks: list[str]
+    findings: list[AuditFinding]

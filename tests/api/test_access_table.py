@@ -53,6 +53,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/v1/claims"): "LLLOODDO",
     ("POST", "/v1/explain"): "LLLOODDO",
     ("GET", "/v1/capacity"): "LLLOODDO",
+    ("POST", "/v1/capacity"): "LLLOODDO",
     ("GET", "/v1/allocations"): "LLLOOOOO",
     ("GET", "/v1/allocations/{consumer}"): "LLLOHOHO",
     ("DELETE", "/v1/allocations/{consumer}"): "LLLOHDDO",
@@ -60,12 +61,16 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/events"): "LLLOOOOO",
     ("GET", "/v1/quotas"): "LLLOODDO",
     ("PUT", "/v1/quotas/{project}/{type_name}"): "LLLDDDDO",
+    ("GET", "/v1/audit"): "LLLDDDDO",
+    ("POST", "/v1/audit/fix"): "LLLDDDDO",
     ("POST", "/v1/tokens"): "LLLDDDDO",
     ("GET", "/v1/tokens"): "LLLDDDDO",
     ("DELETE", "/v1/tokens/{token_id}"): "LLLDDDDO",
+    ("POST", "/v1/tokens/{token_id}/login-link"): "LLLDDDDO",
     ("GET", "/"): "OOOOOOOO",
     ("GET", "/ui/login"): "OOOOOOOO",
     ("POST", "/ui/login"): "LLLOOOOO",
+    ("GET", "/ui/login/once"): "OOOOOOOO",
     ("POST", "/ui/logout"): "OOOOOOOO",
     ("GET", "/ui/"): "LLLOOOOO",
     ("GET", "/ui/hosts"): "LLLDDOOO",
@@ -88,12 +93,18 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/devices/{device_id}/clear"): {"reason": "checked"},
     ("POST", "/v1/claims"): _CLAIM,
     ("POST", "/v1/explain"): _CLAIM,
+    ("POST", "/v1/capacity"): {
+        "requests": [{"name": "nic", "type": "NIC_VF_1G", "count": 2}],
+        "constraints": [{"requests": ["nic"], "match": "numa_node"}],
+    },
     ("PUT", "/v1/quotas/{project}/{type_name}"): {"limit": 5},
     ("POST", "/v1/tokens"): {"role": "member", "project": "p"},
 }
 QUERIES: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/v1/capacity"): {"spec": "hardware_resource:NIC_VF_1G=1"},
     ("GET", "/ui/explain"): {"specs": "hardware_resource:NIC_VF_1G=1"},
+    # A code that was never made: the sign-in page with a message, for every caller.
+    ("GET", "/ui/login/once"): {"code": "not-a-real-code"},
 }
 
 

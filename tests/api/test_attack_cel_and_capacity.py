@@ -28,6 +28,8 @@ from devassign.store.claims import LostRace
 from tests.conftest import vf
 from tests.unit.scheduler.test_properties import hosts, requests
 
+pytestmark = pytest.mark.slow  # most tests load a 20,000-VF host; 300 hypothesis examples
+
 ZEROS = "[" + ",".join(["0"] * 100) + "]"
 FOUR_ALLS = f"{ZEROS}.all(a, {ZEROS}.all(b, {ZEROS}.all(c, {ZEROS}.all(d, true))))"
 NESTED_MAPS = f"size({ZEROS}.map(a, {ZEROS}.map(b, {ZEROS}.map(c, {ZEROS}.map(d, {ZEROS}.map(e, d)))))) > 0"

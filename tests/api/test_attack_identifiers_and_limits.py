@@ -178,6 +178,7 @@ def test_a_member_reads_and_releases_its_own_consumer_by_url(secure_api: TestCli
     assert secure_api.delete(f"/v1/allocations/{consumer}", headers=member).status_code == 204
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,

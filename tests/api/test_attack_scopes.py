@@ -181,3 +181,29 @@ def test_handler_options_are_for_admins(secure_api: TestClient, store: Store) ->
         assert [t["config"] for t in listed] == [{}]
         one = secure_api.get("/v1/resource-types/NIC_VF_1G", headers=who[caller]).json()
         assert one["config"] == {} and one["counts"]["total"] == 4
+
+
+def test_dashboard_pages_cannot_be_framed_and_forms_refuse_other_sites(
+    secure_api: TestClient, store: Store
+) -> None:
+    who = _cloud(secure_api, store)
+    for path in ("/ui/login", "/ui/"):
+        r = secure_api.get(path, follow_redirects=False)
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    secret = who["member_p"]["Authorization"].removeprefix("Bearer ")
+    secure_api.cookies.clear()
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        r = secure_api.post("/ui/login", data={"token": secret}, headers=headers, follow_redirects=False)
+        assert r.status_code == 403 and "set-cookie" not in r.headers, headers
+    same = secure_api.post(
+        "/ui/login", data={"token": secret}, headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False
+    )
+    assert same.status_code == 303 and "devassign_token" in same.headers["set-cookie"]
+    # A dashboard session cookie is not an API token.
+    session = same.cookies.get("devassign_token") or ""
+    if session.startswith("ds_"):
+        assert (
+            secure_api.get("/v1/allocations", headers={"Authorization": f"Bearer {session}"}).status_code
+            == 401
+        )

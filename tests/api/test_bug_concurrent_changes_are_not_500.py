@@ -14,9 +14,12 @@ import threading
 from collections.abc import Callable
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import vf
+
+pytestmark = pytest.mark.slow  # threads racing for ROUNDS rounds
 
 ROUNDS = 60
 

@@ -56,6 +56,13 @@ def test_unknown_type_is_refused_per_device_and_the_rest_taken(api: TestClient) 
     assert "devassign type create NOPE" in body["refused"][0]["reason"]
     refused = api.get("/v1/events", params={"host": "compute-1"}).json()
     assert any(e["action"] == "device_refused" and e["device"] == "0000:3b:02.2" for e in refused)
+    # The same report again still says what is refused (it is not skipped as unchanged), and
+    # once the type exists the same report takes the device.
+    again = _report(api, "compute-1", 2, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")]).json()
+    assert [x["address"] for x in again["refused"]] == ["0000:3b:02.2"]
+    _type(api, "NOPE")
+    taken = _report(api, "compute-1", 3, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")]).json()
+    assert taken["added"] == ["0000:3b:02.2"] and taken["refused"] == []
 
 
 def test_report_is_idempotent_and_stale_generation_is_refused(api: TestClient) -> None:

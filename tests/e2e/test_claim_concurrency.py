@@ -3,7 +3,7 @@
 PostgreSQL runs 3 server processes against one database, SQLite one process; every test
 runs on both. Afterwards no device may be in two live allocations, every refusal must be a
 409 with a reason (never a 5xx), and what the clients were told must add up with the
-database and the API (issue 3, "Tests"; LESSONS.md, "Claims and concurrency").
+database and the API (docs/architecture.md, "The claim").
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from devassign.testing.sysfs import host
 from tests.conftest import PG_ADMIN_URL, _pg_reachable
 from tests.e2e.servers import cli, running_server
 
+pytestmark = pytest.mark.slow  # every test runs devassign as a process
+
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr + result.stdout, result.stderr

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import vf
 from tests.e2e.servers import cli, running_server
+
+pytestmark = pytest.mark.slow  # a real server and CLI processes
 
 
 def test_first_use_through_the_cli(db_url: str, tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.servers import cli, free_port
+
+pytestmark = pytest.mark.slow  # runs the demo: a server and agents as processes
 
 
 def test_demo_runs_and_shows_usage(tmp_path: Path) -> None:

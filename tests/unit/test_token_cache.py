@@ -47,3 +47,30 @@ def test_a_lookup_overtaken_by_a_revocation_is_not_cached() -> None:
     first: Any = cache.get("s")
     assert first is not None  # this request was already in flight when the revocation came
     assert cache.cached("s") == (False, None)  # but the next one asks the database again
+
+
+class _Nobody:
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def lookup_token(self, secret: str) -> Principal | None:
+        self.lookups += 1
+        return Principal(name="alice", role=Role.ADMIN) if secret == "da_real" else None
+
+
+def test_made_up_secrets_neither_grow_the_cache_nor_push_out_real_ones() -> None:
+    store = _Nobody()
+    cache = TokenCache(store)  # type: ignore[arg-type]
+    assert cache.get("da_real") is not None
+    for i in range(25_000):
+        assert cache.get(f"made-up-{i}") is None
+    assert len(cache._unknown) <= 10_000
+    assert all(len(k) == 32 for k in cache._unknown)  # hashes, never the secrets sent
+    lookups = store.lookups
+    assert cache.get("da_real") is not None and store.lookups == lookups  # still cached
+
+
+def test_an_oversized_secret_is_refused_without_a_lookup() -> None:
+    store = _Nobody()
+    cache = TokenCache(store)  # type: ignore[arg-type]
+    assert cache.get("x" * 1_000_000) is None and store.lookups == 0

@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from devassign.agent.config import AgentConfig, ConfigError, default_config, load_config
 from devassign.agent.inventory import Inventory, build_inventory
 from devassign.agent.nova import import_nova
 from devassign.agent.reporter import ReportRefused, ServerUnavailable
-from devassign.agent.state import StateError
+from devassign.agent.state import StateError, StateFile
 from devassign.agent.worker import Agent, WorkRefused
 from devassign.cli.client import ExitCode
+from devassign.cli.output import print_table
 from devassign.hostio import Sysfs
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.simulated import SimulatedSysfs
@@ -84,6 +83,11 @@ def _refusal_code(exc: Exception) -> ExitCode:
     return ExitCode.DENIED if status in (401, 403) else ExitCode.ERROR
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 device``, ``2 devices``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -124,8 +128,11 @@ def run(
     if simulate_fail and isinstance(ops.sysfs, SimulatedSysfs):
         for pattern in simulate_fail:
             ops.sysfs.fail(pattern)
-    agent = Agent(cfg, sysfs_root, ops)
+    state_file = StateFile(cfg.state_file, host=cfg.host, adopt=cfg.legacy_state_file)
+    agent = Agent(cfg, sysfs_root, ops, state=state_file)
     try:
+        logging.getLogger(__name__).info("host %s, state file %s", cfg.host, state_file.path)
+        _ = state_file.state  # a state file of another host is refused before anything is sent
         if not once:
             agent.run()
             return
@@ -141,7 +148,7 @@ def run(
     report = result.report
     if report is not None:
         typer.echo(
-            f"reported {report.accepted} devices for host {report.host} "
+            f"reported {_n(report.accepted, 'device')} for host {report.host} "
             f"(generation {report.generation}, {len(report.refused)} refused)"
         )
     for address, why in result.unhealthy.items():
@@ -167,11 +174,12 @@ def discover(
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
         return
-    Console().print(_table(inv))
+    headers, rows = _table(inv)
+    print_table(headers, rows, title=f"{len(inv.devices)} devices, {len(inv.offered())} offered")
 
 
-def _table(inv: Inventory) -> Table:
-    table = Table(title=f"{len(inv.devices)} devices, {len(inv.offered())} offered")
+def _table(inv: Inventory) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of ``agent discover``; the table fits the terminal (``cli.output``)."""
     cols: list[tuple[str, Callable[[Any], Any]]] = [
         ("address", lambda d: d.address),
         ("kind", lambda d: d.kind.value),
@@ -184,11 +192,8 @@ def _table(inv: Inventory) -> Table:
         ("type", lambda d: d.type),
         ("notes", lambda d: ", ".join(d.flags)),
     ]
-    for name, _ in cols:
-        table.add_column(name, overflow="fold", no_wrap=name in ("address", "kind", "ids"))
-    for dev in inv.devices:
-        table.add_row(*("" if (v := get(dev)) is None else str(v) for _, get in cols))
-    return table
+    rows = [["" if (v := get(dev)) is None else str(v) for _, get in cols] for dev in inv.devices]
+    return [name for name, _ in cols], rows
 
 
 @app.command("import-nova")

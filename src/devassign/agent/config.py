@@ -1,4 +1,4 @@
-"""The agent's TOML configuration (SPEC.md, "Agent configuration"), checked when loaded.
+"""The agent's TOML configuration (docs/agent.md, "Configuration reference"), checked when loaded.
 
 A mistyped whitelist once made Nova delete rows of devices in use (bug 1633120), so a
 rule that cannot mean what its author thought is refused at load time with the file and
@@ -8,6 +8,7 @@ the rule named, never applied loosely.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import socket
@@ -121,9 +122,30 @@ class ResourceDecl:
         return out
 
 
-def default_state_file() -> Path:
-    """Where the host id and generation live when the config does not say."""
-    return platformdirs.user_state_path("devassign") / "agent-state.json"
+LEGACY_STATE_NAME = "agent-state.json"
+
+
+def state_dir() -> Path:
+    """The user's state folder for devassign (``~/.local/state/devassign`` on Linux)."""
+    return platformdirs.user_state_path("devassign")
+
+
+def default_state_file(config_path: str | os.PathLike[str] | None = None, host: str | None = None) -> Path:
+    """Where the host id, generation and journal live when the configuration does not say.
+
+    One file per configuration file: ``agent-state-<file name>-<hash of its full path>.json``
+    in the user's state folder, so two agents on one machine (two configuration files) never
+    share one and become one host. Without a configuration file, one per host name; without
+    either, the single file of earlier versions.
+    """
+    if config_path is not None:
+        resolved = Path(config_path).expanduser().resolve()
+        tag = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:12]
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", resolved.stem)[:40] or "agent"
+        return state_dir() / f"agent-state-{stem}-{tag}.json"
+    if host is not None:
+        return state_dir() / f"agent-state-{host}.json"
+    return state_dir() / LEGACY_STATE_NAME
 
 
 @dataclass(frozen=True)
@@ -140,11 +162,17 @@ class AgentConfig:
     resources: tuple[ResourceDecl, ...] = ()
     lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     source: str = "<defaults>"
+    # Set when state_file is the default: the default of earlier versions (one file for every
+    # agent of the user), taken over once if it is this host's (see StateFile's ``adopt``).
+    legacy_state_file: Path | None = None
 
 
 def default_config() -> AgentConfig:
     """No file: this host's name, no rules (``agent discover`` still shows every device)."""
-    return AgentConfig(host=socket.gethostname(), token=os.environ.get("DEVASSIGN_TOKEN"))
+    host = socket.gethostname()
+    return AgentConfig(
+        host=host, token=os.environ.get("DEVASSIGN_TOKEN"), state_file=default_state_file(host=host)
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
@@ -156,10 +184,15 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-    return parse_config(raw, source=str(p), base_dir=p.parent)
+    return parse_config(raw, source=str(p), base_dir=p.parent, path=p)
 
 
-def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
+def parse_config(
+    raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None, path: Path | None = None
+) -> AgentConfig:
+    """Check ``raw`` (a parsed TOML document). ``path``: the file it came from, which the
+    default state file is derived from (see :func:`default_state_file`)."""
+
     def fail(msg: str) -> ConfigError:
         return ConfigError(f"{source}: {msg}")
 
@@ -177,8 +210,10 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string")
     base = base_dir or Path.cwd()
-    state_file = default_state_file()
+    state_file = default_state_file(path, host)
+    legacy: Path | None = state_dir() / LEGACY_STATE_NAME
     if "state_file" in raw:
+        legacy = None
         if not isinstance(raw["state_file"], str):
             raise fail("state_file must be a path")
         state_file = base / Path(raw["state_file"]).expanduser()
@@ -208,6 +243,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         resources=resources,
         lifecycle=_lifecycle(raw.get("lifecycle", {}), fail),
         source=source,
+        legacy_state_file=legacy,
     )
 
 

@@ -60,7 +60,7 @@ class FoundDevice:
             self.flags.append(name)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``agent discover -f json`` shape (SPEC.md): core fields first, then the rest."""
+        """The ``agent discover -f json`` shape (docs/agent.md): core fields first, then the rest."""
         return {
             "address": self.address,
             "kind": self.kind.value,

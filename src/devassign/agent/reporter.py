@@ -88,7 +88,7 @@ class Reporter:
         self.config = config
         self.inventory = inventory
         self.client = client or httpx.Client(timeout=10.0)
-        self.state = state or StateFile(config.state_file)
+        self.state = state or StateFile(config.state_file, host=config.host, adopt=config.legacy_state_file)
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()

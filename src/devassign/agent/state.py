@@ -7,17 +7,24 @@ lets the server recognise the same host under a new name. The journal is why an 
 mid-setup or mid-cleanup finishes the job after a restart: the kubelet lost devices when it
 died between prepare and checkpoint (kubernetes #115902), so intent goes to disk before the
 handler runs and the result before it is posted.
+
+The file also records the host name it belongs to: one file per agent, so an agent whose
+configuration names another host refuses it (two configurations sharing one file would be
+one host under two names, each report renaming the other).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class StateError(RuntimeError):
@@ -40,6 +47,9 @@ class AgentState:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The host name this state belongs to (files of older versions have none: the first
+    # agent that uses such a file records its own).
+    host: str | None = None
 
 
 _MAPS = ("journal", "facts", "assigned", "host_drivers")
@@ -48,11 +58,28 @@ _MAPS = ("journal", "facts", "assigned", "host_drivers")
 class StateFile:
     """A JSON file, written atomically (a crash never leaves half a file)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        host: str | None = None,
+        adopt: str | os.PathLike[str] | None = None,
+    ) -> None:
         """``durable``: fsync each write, so a power cut keeps the journal too (a killed
-        process never needs it: the rename alone is atomic)."""
+        process never needs it: the rename alone is atomic).
+
+        ``host``: the host name of the agent's configuration. A file that records another
+        one is refused (:class:`StateError`); a new file, or one that records none, gets it.
+
+        ``adopt``: where an earlier version kept the state by default; when ``path`` does
+        not exist yet and that file does (and names this host, or none), it is moved to
+        ``path``, so an upgrade keeps the machine's host id.
+        """
         self.path = Path(path)
         self.durable = durable
+        self.host = host
+        self.adopt = Path(adopt) if adopt is not None else None
         self._state: AgentState | None = None
 
     @property
@@ -62,10 +89,11 @@ class StateFile:
         return self._state
 
     def _load(self) -> AgentState:
+        self._adopt()
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            state = AgentState(host_id=str(uuid.uuid4()))
+            state = AgentState(host_id=str(uuid.uuid4()), host=self.host)
             self._write(state)
             return state
         except (OSError, ValueError) as exc:
@@ -78,13 +106,65 @@ class StateFile:
         )
         if not isinstance(host_id, str) or not isinstance(generation, int) or generation < 0:
             raise StateError(f"{self.path}: not an agent state file (host_id, generation)")
+        recorded = raw.get("host")
+        if recorded is not None and not isinstance(recorded, str):
+            raise StateError(f"{self.path}: host must be a host name")
+        if recorded is not None and self.host is not None and recorded != self.host:
+            raise StateError(self._other_host(recorded))
         maps: dict[str, dict[str, dict[str, Any]]] = {}
         for key in _MAPS:
             value = raw.get(key, {})
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise StateError(f"{self.path}: {key} must map device ids to objects")
             maps[key] = value
-        return AgentState(host_id=host_id, generation=generation, **maps)
+        state = AgentState(host_id=host_id, generation=generation, host=recorded or self.host, **maps)
+        if recorded is None and self.host is not None:
+            self._write(state)  # from now on this file is this host's
+        return state
+
+    def _other_host(self, recorded: str) -> str:
+        path = self.path.absolute()
+        return (
+            f"{path} is the state file of host {recorded!r}, but this agent's configuration "
+            f"says host = {self.host!r}; one state file is one host. If this is another agent "
+            "on the same machine, give it a state file of its own (state_file in its agent.toml, "
+            "or leave state_file out: each configuration file then gets its own). If the machine "
+            f"was renamed: an admin runs `devassign host rename {recorded} {self.host}`, then set "
+            f'"host" to "{self.host}" in {path} and start the agent again'
+        )
+
+    def _adopt(self) -> None:
+        """Move an earlier version's default state file to ``path`` (see ``adopt``)."""
+        old = self.adopt
+        if old is None or old == self.path or self.path.exists() or not old.exists():
+            return
+        try:
+            raw = json.loads(old.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("%s: not taken over (%s); starting %s", old, exc, self.path)
+            return
+        recorded = raw.get("host") if isinstance(raw, dict) else None
+        if recorded is not None and recorded != self.host:
+            return  # another host's: it stays where it is
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(old, self.path)  # fails if another agent just made ``path``
+        except (FileExistsError, FileNotFoundError):
+            return  # another agent took it (or made ``path``) first
+        except OSError:  # no hard links here: a rename, which is atomic too
+            try:
+                os.rename(old, self.path)
+            except OSError as exc:
+                log.warning("%s: not taken over (%s); starting %s", old, exc, self.path)
+                return
+        else:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("%s: cannot remove it after taking it over (%s): remove it", old, exc)
+        log.warning("took over %s (the default of earlier versions) as %s", old, self.path)
 
     def next_generation(self) -> int:
         """Increase, persist, return: every report carries a number never used before."""
@@ -104,6 +184,8 @@ class StateFile:
     def _write(self, state: AgentState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc: dict[str, Any] = {"host_id": state.host_id, "generation": state.generation}
+        if state.host is not None:
+            doc["host"] = state.host
         for key in _MAPS:
             value = getattr(state, key)
             if value:

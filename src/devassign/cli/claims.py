@@ -7,48 +7,69 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 
-from devassign.cli.client import CliError
+from devassign.cli.client import Client, CliError, ExitCode
 from devassign.cli.inventory import ALLOCATION_COLUMNS, DEVICE_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 
 SpecOpt = Annotated[
     list[str] | None,
-    typer.Option("--spec", help="hardware_resource:TYPE=N (repeatable)"),
+    typer.Option(
+        "--spec",
+        metavar="hardware_resource:TYPE=N",
+        help="N devices of TYPE, as in a flavor's extra_specs (repeatable; added to --request)",
+    ),
 ]
 RequestOpt = Annotated[
     Path | None,
-    typer.Option("--request", help="A JSON request file (SPEC.md, Requests)", exists=False),
+    typer.Option(
+        "--request",
+        metavar="FILE.json",
+        help="The request as JSON: requests (type, count, selector, first_available), "
+        "constraints and hosts, as the server's API takes it",
+        exists=False,
+    ),
 ]
-HostOpt = Annotated[list[str] | None, typer.Option("--host", help="Only these hosts (repeatable)")]
+HostOpt = Annotated[
+    list[str] | None,
+    typer.Option("--host", metavar="HOST", help="Only this host (repeatable; admins)"),
+]
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 device``, ``2 devices``, ``0 instances``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def build_body(
     spec: list[str] | None, request: Path | None, hosts: list[str] | None, **top: Any
 ) -> dict[str, Any]:
-    """The claim/explain body from ``--spec`` and/or ``--request`` (the server validates it)."""
+    """The claim/explain/capacity body from ``--spec`` and/or ``--request`` (the server
+    validates it)."""
     body: dict[str, Any] = {}
     if request is not None:
         try:
             body = json.loads(request.read_text())
         except OSError as exc:
-            raise CliError(f"cannot read {request}: {exc.strerror}", status=2) from exc
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{request} is not valid JSON: {exc}", status=2) from exc
+            raise CliError(f"cannot read {request}: {exc.strerror}", status=ExitCode.USAGE) from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CliError(f"{request} is not valid JSON: {exc}", status=ExitCode.USAGE) from exc
         if not isinstance(body, dict):
-            raise CliError(f"{request} must hold a JSON object", status=2)
+            raise CliError(f"{request} must hold a JSON object", status=ExitCode.USAGE)
     if spec:
         extra = dict(body.get("extra_specs") or {})
         for s in spec:
             key, sep, value = s.partition("=")
             if not sep:
-                raise CliError(f"--spec {s!r}: expected hardware_resource:TYPE=N", status=2)
+                raise CliError(f"--spec {s!r}: expected hardware_resource:TYPE=N", status=ExitCode.USAGE)
             extra[key.strip()] = value.strip()
         body["extra_specs"] = extra
     if not body:
         raise CliError(
-            "say what to request: --spec hardware_resource:TYPE=N or --request FILE.json", status=2
+            "say what to request: --spec hardware_resource:TYPE=N or --request FILE.json",
+            status=ExitCode.USAGE,
         )
     if hosts:
         body["hosts"] = hosts
@@ -56,19 +77,66 @@ def build_body(
     return body
 
 
+def funnel_words(funnel: dict[str, Any]) -> str:
+    """The server's pre-filter counts in words: ``1 host down, 2 up hosts with too few free
+    NIC`` (the hosts that never reached the scheduler, and why)."""
+    parts = []
+    if funnel.get("down"):
+        parts.append(f"{plural(int(funnel['down']), 'host')} down")
+    for key, n in funnel.items():
+        if key.startswith("lacking_") and n:
+            parts.append(
+                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
+            )
+    return ", ".join(parts)
+
+
+def summary(exp: dict[str, Any]) -> str:
+    """The explanation's verdict. When no host reached the scheduler, the reason is the
+    pre-filter's (no host has the free devices, hosts are down, none has reported), not
+    "0 hosts considered"."""
+    funnel = exp.get("funnel") or {}
+    if exp.get("fits") or exp.get("considered") or exp.get("feasible"):
+        return str(exp.get("summary", ""))
+    before = funnel_words(funnel)
+    if before:
+        return f"no host fits: {before}"
+    if funnel and not funnel.get("hosts"):
+        return "no host fits: no host has reported to the server yet"
+    return str(exp.get("summary", ""))
+
+
+def policy_words(policy: dict[str, Any]) -> str:
+    """``pack (weights: pack 1, numa 1, fragmentation 0.5)``."""
+    weights = ", ".join(f"{name} {value:g}" for name, value in (policy.get("weights") or {}).items())
+    return f"{policy.get('mode', '?')}" + (f" (weights: {weights})" if weights else "")
+
+
 def print_explanation(exp: dict[str, Any]) -> None:
     """Why a request fits or not, for people."""
-    console.print(f"[bold]{exp.get('summary', '')}[/bold]", highlight=False)
+    console.print(summary(exp), style="bold", markup=False, highlight=False)
     funnel = exp.get("funnel") or {}
-    if funnel:
-        parts = [f"{k}={v}" for k, v in funnel.items()]
-        console.print("before scheduling: " + ", ".join(parts), highlight=False)
+    if funnel and (exp.get("considered") or exp.get("feasible")):
+        before = funnel_words(funnel)
+        if before:
+            console.print(f"before scheduling: {before}", markup=False, highlight=False)
     for code, n in (exp.get("removed") or {}).items():
-        console.print(f"  {code}: {n} host(s) removed", highlight=False)
+        console.print(f"  {code}: {plural(int(n), 'host')} removed", markup=False, highlight=False)
     for h in exp.get("hosts") or []:
-        console.print(f"  {h['message']}", highlight=False)
+        console.print(f"  {h['message']}", markup=False, highlight=False)
     for h in exp.get("closest") or []:
-        console.print(f"  closest: {h['message']}", highlight=False)
+        if "message" in h:
+            console.print(f"  closest: {h['message']}", markup=False, highlight=False)
+
+
+def text_of(c: Client, path: str) -> str:
+    """GET ``path`` through the client's request helper, so its failures are the same one-line
+    errors and exit codes as every command's, and return the answer as text (the helper
+    parses JSON, and this answer is not)."""
+    answers: list[httpx.Response] = []
+    c.http.event_hooks["response"] = [*c.http.event_hooks["response"], answers.append]
+    c.request("GET", path)
+    return answers[-1].text if answers else ""
 
 
 def register(app: typer.Typer, device_app: typer.Typer) -> None:
@@ -78,17 +146,25 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
     @app.command()
     def claim(
         ctx: typer.Context,
-        consumer: Annotated[str, typer.Option(help="The instance UUID the devices are for")],
+        consumer: Annotated[
+            str, typer.Option(metavar="CONSUMER", help="The instance the devices are for (its UUID)")
+        ],
         spec: SpecOpt = None,
         request: RequestOpt = None,
         host: HostOpt = None,
-        project: Annotated[str | None, typer.Option(help="The consumer's project")] = None,
+        project: Annotated[
+            str | None,
+            typer.Option(metavar="PROJECT", help="The consumer's project (a member's token: its own)"),
+        ] = None,
         idempotency_key: Annotated[
-            str | None, typer.Option(help="Send the same key to retry safely: you get the same allocation")
+            str | None,
+            typer.Option(
+                metavar="KEY", help="Send the same key to retry safely: you get the same allocation"
+            ),
         ] = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """Place and claim; prints the allocation, or why it cannot be placed."""
+        """Place and claim; prints the allocation, or why it cannot be placed (exit 1)."""
         body = build_body(
             spec, request, host, consumer=consumer, project=project, idempotency_key=idempotency_key
         )
@@ -99,9 +175,16 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
             if exp and fmt is Format.table:
                 console.print("[red]cannot place this request[/red]")
                 print_explanation(exp)
-                raise CliError("no host can hold this request", code=exc.code) from exc
+                raise CliError(f"no host can hold this request: {summary(exp)}", code=exc.code) from exc
             raise
         emit(allocation, fmt, ALLOCATION_COLUMNS)
+        if fmt is Format.table:
+            n = plural(len(allocation.get("devices") or []), "device")
+            console.print(
+                f"{allocation['consumer']}: {n} {allocation['state']} on {allocation['host']}",
+                markup=False,
+                highlight=False,
+            )
 
     @app.command()
     def explain(
@@ -111,20 +194,33 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         host: HostOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """Why a request can or cannot be placed, without claiming anything."""
+        """Why a request can or cannot be placed, claiming nothing; exit 0 when it fits, 1 when
+        no host can hold it now."""
         exp = client(ctx).post("/v1/explain", build_body(spec, request, host))
         if fmt is Format.json:
             emit(exp, fmt)
-            return
-        print_explanation(exp)
-        for p in exp.get("placements") or []:
-            devices = "; ".join(f"{name}: {len(d['ids'])} {d['type']}" for name, d in p["devices"].items())
-            console.print(f"  fits on {p['host']} (score {p['score']}): {devices}", highlight=False)
+        else:
+            print_explanation(exp)
+            for p in exp.get("placements") or []:
+                devices = "; ".join(
+                    f"{name}: {len(d['ids'])} {d['type']}" for name, d in p["devices"].items()
+                )
+                console.print(
+                    f"  fits on {p['host']} (score {p['score']}): {devices}", markup=False, highlight=False
+                )
+            if exp.get("policy"):
+                console.print(
+                    f"hosts ranked by: {policy_words(exp['policy'])}", markup=False, highlight=False
+                )
+        if not exp.get("fits"):
+            raise typer.Exit(int(ExitCode.ERROR))
 
     @app.command()
     def release(
         ctx: typer.Context,
-        consumer: Annotated[str, typer.Option(help="The consumer whose devices to release")],
+        consumer: Annotated[
+            str, typer.Option(metavar="CONSUMER", help="The consumer whose devices to release")
+        ],
     ) -> None:
         """Release all of a consumer's devices (they are cleaned before anyone else gets them)."""
         client(ctx).delete(f"/v1/allocations/{consumer}")
@@ -133,12 +229,22 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
     @app.command()
     def capacity(
         ctx: typer.Context,
-        spec: Annotated[list[str], typer.Option("--spec", help="hardware_resource:TYPE=N (repeatable)")],
+        spec: SpecOpt = None,
+        request: RequestOpt = None,
         host: HostOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """How many more instances of this request the cloud can hold now."""
-        found = client(ctx).get("/v1/capacity", spec=spec, host=host)
+        """How many more instances of this request the cloud can hold now (the request as for
+        claim: --spec and/or --request)."""
+        c = client(ctx)
+        if request is None:
+            build_body(spec, None, host)  # says what is missing
+            found = c.get("/v1/capacity", spec=spec, host=host)
+        else:
+            body = build_body(spec, request, host)
+            for unused in ("consumer", "project", "idempotency_key"):
+                body.pop(unused, None)  # a claim's file may carry them; capacity counts, claims nothing
+            found = c.post("/v1/capacity", body)
         if fmt is Format.json:
             emit(found, fmt)
             return
@@ -146,32 +252,32 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         if rows:
             emit(rows, fmt)
         more = " or more" if found.get("truncated") else ""
-        console.print(f"total: {found['total']}{more} instance(s)", highlight=False)
+        console.print(
+            f"total: {plural(int(found['total']), 'instance')}{more}", markup=False, highlight=False
+        )
 
     @app.command("libvirt-xml")
     def libvirt_xml(
         ctx: typer.Context,
-        consumer: Annotated[str, typer.Option(help="The consumer whose devices to describe")],
+        consumer: Annotated[
+            str, typer.Option(metavar="CONSUMER", help="The consumer whose devices to describe")
+        ],
     ) -> None:
         """The libvirt <hostdev> / <interface type='hostdev'> elements for a consumer's devices."""
-        c = client(ctx)
-        try:
-            response = c.http.get(f"/v1/allocations/{consumer}/libvirt")
-        except Exception as exc:
-            raise CliError(f"cannot reach the devassign server at {c.url}: {exc}") from exc
-        if response.is_error:
-            err = response.json().get("error", {})
-            raise CliError(err.get("message", response.text), code=err.get("code"))
-        typer.echo(response.text)
+        xml = text_of(client(ctx), f"/v1/allocations/{consumer}/libvirt")
+        typer.echo(xml, nl=not xml.endswith("\n"))
 
     @device_app.command("clear")
     def device_clear(
         ctx: typer.Context,
-        address: Annotated[str, typer.Argument(help="The device's address (or id)")],
+        address: Annotated[str, typer.Argument(metavar="ADDRESS", help="The device's address (or id)")],
         host: Annotated[
-            str | None, typer.Option(help="The device's host, when the address is on several")
+            str | None,
+            typer.Option(metavar="HOST", help="The device's host, when the address is on several"),
         ] = None,
-        reason: Annotated[str, typer.Option(help="Why it is safe now (kept in the event log)")] = "",
+        reason: Annotated[
+            str, typer.Option(metavar="TEXT", help="Why it is safe now (kept in the event log)")
+        ] = "",
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Let a quarantined device go: back through cleaning (or available, for one-time-use types)."""
@@ -182,16 +288,20 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         if len(found) > 1:
             hosts = ", ".join(d["host"] for d in found)
             raise CliError(
-                f"{address} is quarantined on several hosts ({hosts}): say which with --host", status=2
+                f"{address} is quarantined on several hosts ({hosts}): say which with --host",
+                status=ExitCode.USAGE,
             )
         emit(c.post(f"/v1/devices/{found[0]['id']}/clear", {"reason": reason}), fmt, DEVICE_COLUMNS)
 
     @quota_app.command("set")
     def quota_set(
         ctx: typer.Context,
-        project: str,
-        type_name: Annotated[str, typer.Argument(metavar="TYPE")],
-        limit: Annotated[int | None, typer.Argument(help="Most devices; omit to remove the limit")] = None,
+        project: Annotated[str, typer.Argument(metavar="PROJECT", help="The project to limit")],
+        type_name: Annotated[str, typer.Argument(metavar="TYPE", help="The resource type")],
+        limit: Annotated[
+            int | None,
+            typer.Argument(metavar="LIMIT", help="Most devices it may hold; omit to remove the limit"),
+        ] = None,
     ) -> None:
         """Limit how many devices of a type a project may hold (admin)."""
         client(ctx).put(f"/v1/quotas/{project}/{type_name}", {"limit": limit})
@@ -200,7 +310,8 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
     @quota_app.command("list")
     def quota_list(
         ctx: typer.Context,
-        project: Annotated[str | None, typer.Option(help="Only this project")] = None,
+        project: Annotated[str | None, typer.Option(metavar="PROJECT", help="Only this project")] = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
+        """Each project's limit and use per resource type (a member: its own project)."""
         emit(client(ctx).get("/v1/quotas", project=project), fmt)

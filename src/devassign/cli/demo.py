@@ -4,7 +4,8 @@ A server on a fresh SQLite file, a few simulated hosts (real agents over generat
 sysfs trees whose kernel reactions are simulated), then the life of some requests: claims
 that fit, one that cannot and says why, setup by the agents, the libvirt XML, a release and
 its cleanup. It prints the usage table; ``--keep-running`` leaves the server and the agents up
-for the CLI and the browser, and prints the dashboard address.
+for the CLI and the browser, and prints the dashboard's address, a one-time sign-in link to it
+and the admin token.
 
 Its files go to a temporary folder, removed at the end, or to ``--data-dir``, kept. The demo
 deletes only what it made: a ``--data-dir`` must be new, empty, or a folder an earlier demo
@@ -58,7 +59,11 @@ AGENT_RULES: dict[str, Any] = {
             "match": {"vendor_id": "8086", "product_id": "1889", "kind": "sriov_vf"},
             "attributes": {"physical_network": "physnet1"},
         },
-        {"type": "GPU_A100", "match": {"vendor_id": "10de", "product_id": "20b5"}},
+        {
+            "type": "GPU_A100",
+            "match": {"vendor_id": "10de", "product_id": "20b5"},
+            "attributes": {"memory_mib": 81920},
+        },
         {"type": "VGPU_T4_4Q", "match": {"kind": "mdev_type", "mdev_type": "nvidia-230"}},
     ],
     "resource": [{"type": "Encryption_card", "information": "USB: 0529:0620", "count": 1}],
@@ -208,7 +213,8 @@ def _run(base: Path, *, port: int, n_hosts: int, keep_running: bool) -> None:
 
 
 def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_running: bool) -> None:
-    admin = store.create_token(schemas.TokenCreate(role=Role.ADMIN, name="demo-admin"), actor="demo").token
+    created = store.create_token(schemas.TokenCreate(role=Role.ADMIN, name="demo-admin"), actor="demo")
+    admin, admin_id = created.token, created.id
     asked, port = port, _free_port(port)
     if port != asked:
         console.print(f"port {asked} is in use: the demo server takes port {port} instead", highlight=False)
@@ -216,7 +222,8 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
 
     with _serving(app, port):
         api = Client(url, admin)
-        _step(f"server on {url} (SQLite {base / 'demo.db'}); catalog")
+        _step(f"server on {url} (SQLite {base / 'demo.db'})")
+        _step(f"the catalog: {len(TYPES)} resource types ({', '.join(name for name, *_ in TYPES)})")
         for name, description, handler, type_config in TYPES:
             api.post(
                 "/v1/resource-types",
@@ -323,11 +330,20 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
                 "\n(run `devassign demo --keep-running` to keep the server and agents up, with the dashboard)"
             )
             return
-        console.print(f"\ndashboard: {url}/ui/   API: {url}/docs   admin token: {admin}", highlight=False)
-        console.print(
-            f"keeping it running (Ctrl-C stops); try: DEVASSIGN_URL={url} DEVASSIGN_TOKEN={admin} "
-            "devassign types",
-            highlight=False,
+        link = api.post(f"/v1/tokens/{admin_id}/login-link")["url"]
+        # Plain prints: a link or a token wrapped to the terminal's width could not be copied.
+        print(
+            "\nThe demo keeps running until Ctrl-C.\n"
+            f"  dashboard:    {url}/ui/\n"
+            f"  sign in:      {link}\n"
+            "                (one click; the link works once, within 10 minutes)\n"
+            f"  API:          {url}/docs\n"
+            f"  admin token:  {admin}\n"
+            "For the CLI, in another terminal:\n"
+            f"  export DEVASSIGN_URL={url} DEVASSIGN_TOKEN={admin}\n"
+            "  devassign types\n"
+            f"  devassign token login-link {admin_id}    # another sign-in link to the dashboard",
+            flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):
             while True:

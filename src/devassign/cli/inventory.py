@@ -12,6 +12,8 @@ from devassign.cli.client import Client, CliError
 from devassign.cli.output import Format, emit, when
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
+TypeNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The type's name, e.g. GPU_A100")]
+HostNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name, e.g. compute-1")]
 ParamsOpt = Annotated[
     str | None,
     typer.Option(
@@ -36,6 +38,7 @@ TYPE_COLUMNS = [
     ("description", lambda t: t["description"]),
     ("total", _counts("total")),
     ("available", _counts("available")),
+    ("down", lambda t: t["counts"].get("down", 0)),
     ("reserved", _counts("reserved")),
     ("assigned", _counts("assigned")),
     ("cleaning", _counts("cleaning")),
@@ -110,9 +113,11 @@ EVENT_COLUMNS = [
 
 def register(app: typer.Typer) -> typer.Typer:
     """Add the inventory commands; returns the ``device`` group for others to extend."""
-    type_app = typer.Typer(help="Manage one resource type (admin).", no_args_is_help=True)
-    host_app = typer.Typer(help="One host.", no_args_is_help=True)
-    device_app = typer.Typer(help="One device.", no_args_is_help=True)
+    type_app = typer.Typer(
+        help="One resource type: create, show, update, delete (all but show: admin).", no_args_is_help=True
+    )
+    host_app = typer.Typer(help="One host: show, delete or rename it.", no_args_is_help=True)
+    device_app = typer.Typer(help="One device: show it, or clear its quarantine.", no_args_is_help=True)
     app.add_typer(type_app, name="type")
     app.add_typer(host_app, name="host")
     app.add_typer(device_app, name="device")
@@ -125,7 +130,7 @@ def register(app: typer.Typer) -> typer.Typer:
     @type_app.command("create")
     def type_create(
         ctx: typer.Context,
-        name: str,
+        name: TypeNameArg,
         description: Annotated[str, typer.Option(help="What the type is")] = "",
         handler: Annotated[
             str | None, typer.Option(help="Lifecycle handler; default: picked from the device kind")
@@ -145,19 +150,24 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(client(ctx).post("/v1/resource-types", body), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("show")
-    def type_show(ctx: typer.Context, name: str, fmt: FormatOpt = Format.table) -> None:
-        """One type: its handler, the request params it accepts, its devices per state."""
+    def type_show(ctx: typer.Context, name: TypeNameArg, fmt: FormatOpt = Format.table) -> None:
+        """One type: its description, handler, the request params it accepts, and how many of
+        its devices are in each state."""
         emit(client(ctx).get(f"/v1/resource-types/{name}"), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("update")
     def type_update(
         ctx: typer.Context,
-        name: str,
-        description: Annotated[str | None, typer.Option()] = None,
-        config: Annotated[str | None, typer.Option(help="Handler options as JSON")] = None,
+        name: TypeNameArg,
+        description: Annotated[str | None, typer.Option(help="A new description")] = None,
+        config: Annotated[
+            str | None, typer.Option(help="Handler options as JSON; replaces the whole config")
+        ] = None,
         params: ParamsOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
+        """Change a type's description, handler config or request params (admin); what is not
+        given stays as it is."""
         body: dict[str, Any] = {}
         if description is not None:
             body["description"] = description
@@ -168,7 +178,7 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(client(ctx).patch(f"/v1/resource-types/{name}", body), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("delete")
-    def type_delete(ctx: typer.Context, name: str) -> None:
+    def type_delete(ctx: typer.Context, name: TypeNameArg) -> None:
         """Delete a type that no device uses."""
         client(ctx).delete(f"/v1/resource-types/{name}")
         typer.echo(f"deleted {name}")
@@ -179,11 +189,12 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(client(ctx).get("/v1/hosts"), fmt, HOST_COLUMNS)
 
     @host_app.command("show")
-    def host_show(ctx: typer.Context, name: str, fmt: FormatOpt = Format.table) -> None:
+    def host_show(ctx: typer.Context, name: HostNameArg, fmt: FormatOpt = Format.table) -> None:
+        """One host: up or down, its device count, its last report and when it was last heard from."""
         emit(client(ctx).get(f"/v1/hosts/{name}"), fmt, HOST_COLUMNS)
 
     @host_app.command("delete")
-    def host_delete(ctx: typer.Context, name: str) -> None:
+    def host_delete(ctx: typer.Context, name: HostNameArg) -> None:
         """Forget a host whose devices are all free."""
         client(ctx).delete(f"/v1/hosts/{name}")
         typer.echo(f"deleted {name}")
@@ -209,7 +220,12 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(client(ctx).get("/v1/devices", host=host, type=type, state=state), fmt, DEVICE_COLUMNS)
 
     @device_app.command("show")
-    def device_show(ctx: typer.Context, device_id: str, fmt: FormatOpt = Format.json) -> None:
+    def device_show(
+        ctx: typer.Context,
+        device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id (`devices -f json`)")],
+        fmt: FormatOpt = Format.json,
+    ) -> None:
+        """One device, with everything known about it (JSON unless -f table)."""
         emit(client(ctx).get(f"/v1/devices/{device_id}"), fmt, DEVICE_COLUMNS)
 
     @app.command()
@@ -229,10 +245,10 @@ def register(app: typer.Typer) -> typer.Typer:
     @app.command()
     def events(
         ctx: typer.Context,
-        host: Annotated[str | None, typer.Option()] = None,
-        device: Annotated[str | None, typer.Option(help="Device id or address")] = None,
-        consumer: Annotated[str | None, typer.Option()] = None,
-        limit: Annotated[int, typer.Option()] = 50,
+        host: Annotated[str | None, typer.Option(help="Only this host's events")] = None,
+        device: Annotated[str | None, typer.Option(help="Only this device's (its id or address)")] = None,
+        consumer: Annotated[str | None, typer.Option(help="Only this consumer's")] = None,
+        limit: Annotated[int, typer.Option(help="At most this many")] = 50,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """The event log, newest first."""

@@ -11,12 +11,14 @@ import contextlib
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import devassign
+from devassign.cli import audit as audit_cli
 from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
 from devassign.cli.client import CliError, ExitCode, exit_status
@@ -37,11 +39,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="The database's schema: upgrade it, or show its revision.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens: create, list and revoke them; one-time sign-in links to the dashboard.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 claims_cli.register(app, inventory_cli.register(app))
+audit_cli.register(app)
 
 DbOpt = Annotated[
     str | None,
@@ -58,8 +64,15 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option("--url", envvar="DEVASSIGN_URL", help="Server URL")] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", envvar="DEVASSIGN_URL", help="The server's URL (default: http://127.0.0.1:8470)"
+        ),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="DEVASSIGN_TOKEN", help="API token (from `token create`)")
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -68,6 +81,13 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = {"url": url, "token": token}
+
+
+class PlacementPolicy(StrEnum):
+    """``devassign server --policy``: how claims rank the hosts that fit."""
+
+    pack = "pack"
+    spread = "spread"
 
 
 @app.command()
@@ -96,8 +116,30 @@ def server(
         int, typer.Option(help="Server processes on this port (PostgreSQL; SQLite is for one process)")
     ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    policy: Annotated[
+        PlacementPolicy,
+        typer.Option(
+            help="How claims rank the hosts that fit: pack fills busy hosts first (whole hosts "
+            "stay free), spread keeps load even"
+        ),
+    ] = PlacementPolicy.pack,
+    balance_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of the pack or spread score in a host's score")
+    ] = 1.0,
+    numa_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of the score for devices on one NUMA node")
+    ] = 1.0,
+    fragmentation_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the score for VFs and vGPUs of PFs and GPUs already in use (whole "
+            "ones stay free)",
+        ),
+    ] = 0.5,
 ) -> None:
-    """Run the API server (and the dashboard)."""
+    """Run the API server and its dashboard (/ui/): SQLite in the data folder unless --db says
+    otherwise; the schema is migrated on start."""
     import logging
     import os
     from dataclasses import replace
@@ -106,11 +148,17 @@ def server(
     import uvicorn
 
     from devassign.server.app import create_app
-    from devassign.server.settings import SETTINGS_ENV, Settings, settings_to_env
+    from devassign.server.settings import SETTINGS_ENV, Settings, placement_with, settings_to_env
     from devassign.store import SchemaError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = _check_db_url(db)
+    placement = placement_with(  # the options' ranges already refused negative weights and nan
+        mode=policy.value,
+        binpack_weight=balance_weight,
+        numa_weight=numa_weight,
+        fragmentation_weight=fragmentation_weight,
+    )
     settings = Settings(
         db_url=db,
         auth=not no_auth,
@@ -119,6 +167,7 @@ def server(
         reservation_ttl=timedelta(seconds=reservation_ttl),
         agent_takeover_after=timedelta(seconds=agent_takeover_after),
         pool_size=db_pool_size,
+        placement=placement,
     )
     if workers < 1:
         raise CliError("--workers must be at least 1", status=2)
@@ -286,8 +335,8 @@ def token_create(
 ) -> None:
     """Create a token and print it (it is shown only once).
 
-    Written straight to the database (so the first admin token can be made), or through
-    the API with ``--via-api``.
+    Written straight to the database of --db (so the first admin token can be made: run it
+    where the server's database is), or through the server with --via-api.
     """
     from pydantic import ValidationError
 
@@ -346,6 +395,20 @@ def token_revoke(
     typer.echo(f"revoked token {gone['id']} ({gone['name']})")
 
 
+@token_app.command("login-link")
+def token_login_link(
+    ctx: typer.Context,
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token to sign in as (`token list`)")],
+) -> None:
+    """Print a one-time link that signs a browser in to the dashboard as a token (admin).
+
+    The link works once, within 10 minutes; the dashboard session it starts lasts 12 hours.
+    """
+    made = inventory_cli.client(ctx).post(f"/v1/tokens/{token_id}/login-link")
+    typer.echo(made["url"])
+    typer.echo(f"(works once, until {when(made['expires_at'])} UTC)", err=True)
+
+
 def _pydantic_message(exc: Any) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
@@ -368,7 +431,12 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Start a server on SQLite with simulated hosts, place and release requests, show usage."""
+    """A whole cloud on this machine: a server on SQLite, simulated hosts with real agents,
+    claims, setup, a release and its cleanup.
+
+    With --keep-running it stays up and prints a one-time sign-in link to the dashboard and an
+    admin token for the CLI.
+    """
     from devassign.cli.demo import run_demo
 
     run_demo(port=port, n_hosts=hosts, keep_running=keep_running, data_dir=data_dir)
@@ -386,6 +454,35 @@ def _mount_optional() -> None:
 
 
 _mount_optional()
+
+
+def _plain_help() -> None:
+    """Help as a shell user reads it: a flag takes no value (newer Typers show ``<bool>`` after
+    it) and the usage line names arguments in capitals (``NAME``, ``[LIMIT]``), not ``{name}``.
+    Typers without those methods already print it so and are left alone."""
+    from typer import core
+
+    option: Any = getattr(core, "TyperOption", None)
+    if option is not None and callable(getattr(option, "display_type_rich", None)):
+        typed = option.display_type_rich
+
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if self.is_flag else typed(self, ctx)
+
+        option.display_type_rich = display_type_rich
+    argument: Any = getattr(core, "TyperArgument", None)
+    if argument is not None and callable(getattr(argument, "_usage_display_name", None)):
+
+        def usage_name(self: Any) -> str:
+            name = str(self.metavar or self.name or "").upper()
+            if not self.required:
+                name = f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = usage_name
+
+
+_plain_help()
 
 
 def run(args: Sequence[str] | None = None) -> int:

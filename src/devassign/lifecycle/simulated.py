@@ -53,6 +53,10 @@ class SimulatedSysfs(ConfinedSysfs):
         arg = value.strip()
         if real == "bus/pci/drivers_probe":
             self._probe(arg)
+        elif parts[-1] == "sriov_numvfs":
+            self._numvfs(Path(self.root, *parts[:-1]), arg)
+        elif parts[-1] == "reset" and (Path(self.root, *parts[:-1]) / "vendor").exists() and arg != "1":
+            raise self._error(errno.EINVAL, f"{rel}: only 1 resets")
         elif parts[:3] == ["bus", "pci", "drivers"] and len(parts) == 5 and parts[4] == "unbind":
             self._unbind(parts[3], arg)
         elif parts[:3] == ["bus", "pci", "drivers"] and len(parts) == 5 and parts[4] == "bind":
@@ -87,6 +91,10 @@ class SimulatedSysfs(ConfinedSysfs):
         override = self.read(f"bus/pci/devices/{address}/driver_override") or ""
         if override and override != driver:
             raise self._error(errno.ENODEV, f"{address} is overridden to {override}")
+        # As the kernel's bind: without an override the driver must take the function's ids
+        # (vfio-pci takes none, so binding it without driver_override fails).
+        if not override and driver != self.native_drivers.get(address) and not self._takes(driver, address):
+            raise self._error(errno.ENODEV, f"{driver} does not take {address}")
         drv = self.path(f"bus/pci/drivers/{driver}")
         if not drv.is_dir():
             raise self._error(errno.ENODEV, f"no driver {driver}")
@@ -98,21 +106,50 @@ class SimulatedSysfs(ConfinedSysfs):
         if self.exists(f"bus/pci/devices/{address}/driver"):
             return
         override = self.read(f"bus/pci/devices/{address}/driver_override") or ""
+        pf = self.link_name(f"bus/pci/devices/{address}/physfn")
+        if not override and pf and self.read(f"bus/pci/devices/{pf}/sriov_drivers_autoprobe") == "0":
+            return  # the PF keeps host drivers off its VFs; only an override binds them
         driver = override or self.native_drivers.get(address) or self._matching(address)
         if driver and self.is_dir(f"bus/pci/drivers/{driver}"):
             self._bind(driver, address)
 
-    def _matching(self, address: str) -> str | None:
-        """The first driver whose id table takes the function (vfio-pci takes none by itself)."""
-        ids = " ".join(
+    def _ids(self, address: str) -> str:
+        return " ".join(
             (self.read(f"bus/pci/devices/{address}/{name}") or "").lower().removeprefix("0x")
             for name in ("vendor", "device")
         )
+
+    def _takes(self, driver: str, address: str) -> bool:
+        table = self.read(f"bus/pci/drivers/{driver}/{SIMULATED_IDS}") or ""
+        return self._ids(address) in table.splitlines()
+
+    def _matching(self, address: str) -> str | None:
+        """The first driver whose id table takes the function (vfio-pci takes none by itself)."""
         for driver in self.listdir("bus/pci/drivers"):
-            table = self.read(f"bus/pci/drivers/{driver}/{SIMULATED_IDS}") or ""
-            if ids in table.splitlines():
+            if self._takes(driver, address):
                 return driver
         return None
+
+    def _numvfs(self, dev: Path, value: str) -> None:
+        """The kernel's answers to ``sriov_numvfs`` (sriov_numvfs_store); the VFs themselves
+        are not created or removed here: tests build them with ``SyntheticHost.sriov_pf``."""
+        if not (dev / "sriov_totalvfs").exists():
+            return
+        try:
+            wanted = int(value, 0)
+        except ValueError:
+            wanted = -1
+        if not 0 <= wanted <= 0xFFFF:
+            raise self._error(errno.EINVAL, f"sriov_numvfs {value!r}")
+        total, now = ((dev / name).read_text().strip() for name in ("sriov_totalvfs", "sriov_numvfs"))
+        if wanted > int(total or 0):
+            raise self._error(errno.ERANGE, f"{wanted} VFs, {dev.name} has {total}")
+        if wanted == int(now or 0):
+            return
+        if not (dev / "driver").is_symlink():
+            raise self._error(errno.ENOENT, f"no driver bound to {dev.name}")
+        if wanted and int(now or 0):
+            raise self._error(errno.EBUSY, f"{now} VFs already enabled on {dev.name}")
 
     def _mdev_create(self, type_dir: Path, uuid: str) -> None:
         available = int((type_dir / "available_instances").read_text().strip() or "0")

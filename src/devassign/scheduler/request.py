@@ -1,6 +1,6 @@
 """Claim bodies in, one normalized immutable ``Request`` out.
 
-Two spellings reach the server (SPEC.md, "Requests"): the flavor short form
+Two spellings reach the server (docs/requests.md): the flavor short form
 ``hardware_resource:TYPE=N`` (a list of strings, or a flavor's extra-spec dict) and the full
 JSON form with named requests, CEL selectors, ``first_available`` alternatives and
 constraints. Both become the same ``Request`` here, so nothing after this module knows which
@@ -33,6 +33,9 @@ from devassign.schemas import Strict
 SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
 MAX_REQUESTS = 32
+# A flavor's extra specs, as Nova bounds them (its flavor_extra_specs columns are 255 wide).
+MAX_EXTRA_SPECS = 128
+MAX_EXTRA_SPEC_LENGTH = 255
 MAX_ALTERNATIVES = 8
 MAX_PARAMS = 32
 MAX_HOSTS = 1000
@@ -162,7 +165,7 @@ class ConstraintBody(_Strict):
 
 
 class ClaimBody(_Strict):
-    """``POST /v1/claims`` and ``POST /v1/explain`` (SPEC.md, "Requests")."""
+    """``POST /v1/claims`` and ``POST /v1/explain`` (docs/requests.md)."""
 
     # The lengths of the database columns (consumers.uuid, allocations.project, idempotency_key);
     # the alphabets of domain.CONSUMER_RE and PROJECT_RE (docs/limits.md).
@@ -183,8 +186,24 @@ class ClaimBody(_Strict):
     requests: list[RequestBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
     constraints: list[ConstraintBody] = Field(default_factory=list, max_length=MAX_REQUESTS)
     hosts: list[str] = Field(default_factory=list, max_length=MAX_HOSTS)
-    extra_specs: dict[str, StrictStr | StrictInt] = Field(default_factory=dict)
+    extra_specs: dict[str, StrictStr | StrictInt] = Field(
+        default_factory=dict,
+        max_length=MAX_EXTRA_SPECS,
+        description=f"A flavor's extra specs (at most {MAX_EXTRA_SPECS}; keys and values of at most "
+        f"{MAX_EXTRA_SPEC_LENGTH} characters); hardware_resource:TYPE keys count, others are kept as sent",
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @field_validator("extra_specs")
+    @classmethod
+    def _extra_specs(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        """Bounded as Nova bounds them: the claim stores them with its allocation for good."""
+        for key, value in v.items():
+            if len(key) > MAX_EXTRA_SPEC_LENGTH or len(str(value)) > MAX_EXTRA_SPEC_LENGTH:
+                raise ValueError(
+                    f"extra spec {key[:40]!r}: keys and values are at most {MAX_EXTRA_SPEC_LENGTH} characters"
+                )
+        return v
 
     @field_validator("consumer")
     @classmethod
@@ -297,8 +316,9 @@ def parse_extra_specs(extra_specs: Mapping[str, str | int], pointer: str = "") -
                 where,
             )
         text = str(value).strip()
-        # isdigit() alone takes "²" and "٣", which int() refuses or reads as another number.
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_COUNT:
+        # isdigit() alone takes "²" and "٣", which int() refuses or reads as another number;
+        # a count of thousands of digits is refused before int() (which refuses over 4,300).
+        if not (text.isascii() and text.isdigit()) or len(text) > 6 or not 1 <= int(text) <= MAX_COUNT:
             raise RequestError(
                 RequestErrorCode.INVALID_SPEC,
                 f"{key}={value!r}: the count must be a whole number from 1 to {MAX_COUNT}",

@@ -79,7 +79,7 @@ class DeviceView:
         return self.state in HOLDING_STATES
 
     def cel_value(self) -> dict[str, Any]:
-        """The ``device`` variable a CEL selector sees (SPEC.md inventory fields)."""
+        """The ``device`` variable a CEL selector sees (docs/requests.md, "Selectors")."""
         return {
             "address": self.address,
             "kind": str(self.kind),

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from devassign import errors
 from devassign.domain import Role
 from devassign.store import Principal
+from devassign.store.tokens import SESSION_PREFIX
 
 ANONYMOUS_ADMIN = Principal(name="no-auth", role=Role.ADMIN)
 # The scope of a public route: a member of no project, so every scoped read is empty.
@@ -71,6 +72,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("POST", "/v1/claims"): Need.TENANT,
     ("POST", "/v1/explain"): Need.TENANT,
     ("GET", "/v1/capacity"): Need.TENANT,
+    ("POST", "/v1/capacity"): Need.TENANT,
     ("GET", "/v1/allocations"): Need.ANY,
     ("GET", "/v1/allocations/{consumer}"): Need.ANY,
     ("DELETE", "/v1/allocations/{consumer}"): Need.TENANT,
@@ -78,14 +80,19 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/events"): Need.ANY,
     ("GET", "/v1/quotas"): Need.TENANT,
     ("PUT", "/v1/quotas/{project}/{type_name}"): Need.ADMIN,
+    # operations
+    ("GET", "/v1/audit"): Need.ADMIN,
+    ("POST", "/v1/audit/fix"): Need.ADMIN,
     # tokens
     ("POST", "/v1/tokens"): Need.ADMIN,
     ("GET", "/v1/tokens"): Need.ADMIN,
     ("DELETE", "/v1/tokens/{token_id}"): Need.ADMIN,
+    ("POST", "/v1/tokens/{token_id}/login-link"): Need.ADMIN,
     # the dashboard
     ("GET", "/"): Need.PUBLIC,
     ("GET", "/ui/login"): Need.PUBLIC,
     ("POST", "/ui/login"): Need.PUBLIC,
+    ("GET", "/ui/login/once"): Need.PUBLIC,
     ("POST", "/ui/logout"): Need.PUBLIC,
     ("GET", "/ui/"): Need.ANY,
     ("GET", "/ui/hosts"): Need.OPERATOR,
@@ -212,6 +219,11 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
         raise errors.DevassignError(
             errors.UNAUTHENTICATED,
             "send a token: `Authorization: Bearer TOKEN` (create one with `devassign token create`)",
+        )
+    if not cookie and secret.startswith(SESSION_PREFIX):
+        # A dashboard session lives in an HttpOnly cookie; it never stands in for an API token.
+        raise errors.DevassignError(
+            errors.UNAUTHENTICATED, "a dashboard session is not an API token: send an API token"
         )
     tokens = state.tokens
     known, found = tokens.cached(secret)

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
 from devassign import errors, schemas
-from devassign.server import claims, lifecycle, routes
+from devassign.server import audit, claims, lifecycle, routes
 from devassign.server.access import authorize, check_table
 from devassign.server.auth import TokenCache
 from devassign.server.limits import BodyLimit
@@ -247,6 +247,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(claims.router)
     app.include_router(dashboard.router)
     app.include_router(lifecycle.router)
+    app.include_router(audit.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -258,7 +259,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     check_table(app)
     app.add_middleware(Metrics)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        small_limit=min(settings.max_small_body_bytes, settings.max_body_bytes),
+        max_members=settings.max_members,
+        bulk_max_members=settings.max_bulk_members,
+    )
     app.add_middleware(NoNulInUrl)
     return app
 

@@ -80,6 +80,13 @@ def capacity(
     return views.capacity(_placer(request), scope, body)
 
 
+@router.post("/capacity", tags=["claims"])
+def capacity_of_request(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
+    """How many more instances of the request the cloud can hold now: the claim's body (its
+    requests, selectors, constraints and hosts; consumer, project and params are not used)."""
+    return views.capacity(_placer(request), scope, body)
+
+
 @router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])
 def release(request: Request, scope: Access, consumer: str) -> Response:
     """Release a consumer's devices (they go to cleaning); twice is harmless, unknown is 404."""

@@ -20,6 +20,7 @@ are listed in docs/limits.md.
 
 from __future__ import annotations
 
+import re
 from array import array
 from itertools import accumulate
 
@@ -55,6 +56,30 @@ def json_depth(data: bytes, *, at_most: int | None = None) -> int:
     return max(0, max(accumulate(array("b", brackets.translate(_STEPS))), default=0))
 
 
+_NOT_SEPARATORS_OR_QUOTES = bytes(b for b in range(256) if b not in b',:"')
+
+
+def json_members(data: bytes, *, at_most: int | None = None) -> int:
+    """About how many members and items the JSON text ``data`` holds: its ``,`` and ``:``
+    outside strings. Validation builds an error per unknown key, on the event loop: a body of
+    a million tiny members stalls every request for seconds, so it is refused at the edge.
+    """
+    rough = data.count(b",") + data.count(b":")
+    if at_most is not None and rough <= at_most:
+        return rough
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = data.translate(None, _NOT_SEPARATORS_OR_QUOTES).replace(b'""', b"")
+    return sum(len(piece) for piece in text.split(b'"')[::2])
+
+
+# Routes whose bodies are large by nature (a host's whole inventory, a batch of work results).
+_BULK_ROUTE = re.compile(r"^/v1/hosts/[^/]+/(inventory|work)$")
+# The sign-in form holds a token and a page to go back to.
+_FORM_ROUTES = ("/ui/login",)
+FORM_LIMIT = 8 * 1024
+
+
 def _is_json(scope: Scope) -> bool:
     """FastAPI decodes a body as JSON when its type is ``application/json``, ``*+json``, or
     missing."""
@@ -72,18 +97,42 @@ class BodyLimit:
     """Read the body first: 413 over ``limit`` bytes (chunked ones included), 400 for JSON
     nested deeper than ``max_depth``; then hand the application the body, read once."""
 
-    def __init__(self, app: ASGIApp, limit: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        max_depth: int = MAX_JSON_DEPTH,
+        *,
+        small_limit: int | None = None,
+        max_members: int | None = None,
+        bulk_max_members: int | None = None,
+    ) -> None:
+        """``limit`` for the bulk routes (inventory reports, work results); ``small_limit`` and
+        ``max_members`` for every other body (None: the same as the bulk routes)."""
         self.app = app
         self.limit = limit
         self.max_depth = max_depth
+        self.small_limit = limit if small_limit is None else small_limit
+        self.max_members = max_members
+        self.bulk_max_members = bulk_max_members
+
+    def _limits(self, scope: Scope) -> tuple[int, int | None]:
+        """(bytes, members) allowed for this request's body."""
+        path = scope.get("path", "")
+        if path in _FORM_ROUTES:
+            return min(FORM_LIMIT, self.small_limit), self.max_members
+        if _BULK_ROUTE.match(path):
+            return self.limit, self.bulk_max_members
+        return self.small_limit, self.max_members
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, members = self._limits(scope)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, send, self._too_large())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, send, self._too_large(limit))
             return
         chunks: list[bytes] = []
         size = 0
@@ -93,8 +142,8 @@ class BodyLimit:
                 return  # the client went away before sending the whole body
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await self._refuse(scope, send, self._too_large())
+            if size > limit:
+                await self._refuse(scope, send, self._too_large(limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -113,6 +162,17 @@ class BodyLimit:
                     ),
                 )
                 return
+            if members is not None and json_members(body, at_most=members) > members:
+                await self._refuse(
+                    scope,
+                    send,
+                    errors.DevassignError(
+                        errors.INVALID_REQUEST,
+                        f"the JSON body holds more than {members} members and items; "
+                        "send fewer (this route takes small bodies)",
+                    ),
+                )
+                return
         replayed = False
 
         async def replay() -> Message:
@@ -124,9 +184,10 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> errors.DevassignError:
+    @staticmethod
+    def _too_large(limit: int) -> errors.DevassignError:
         return errors.DevassignError(
-            errors.BODY_TOO_LARGE, f"request body over {self.limit} bytes; send less at a time"
+            errors.BODY_TOO_LARGE, f"request body over {limit} bytes; send less at a time"
         )
 
     @staticmethod

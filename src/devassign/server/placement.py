@@ -111,11 +111,30 @@ def funnel_sentence(funnel: dict[str, int]) -> str:
     """``2 hosts down, 3 up hosts with too few free GPU_A100`` (the SQL pre-filter's count)."""
     parts = []
     if funnel.get("down"):
-        parts.append(f"{funnel['down']} host(s) down")
+        parts.append(f"{_hosts(funnel['down'])} down")
     for key, n in funnel.items():
         if key.startswith("lacking_") and n:
-            parts.append(f"{n} up host(s) with too few free {key.removeprefix('lacking_')}")
+            parts.append(
+                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
+            )
     return ", ".join(parts)
+
+
+def _hosts(n: int) -> str:
+    return f"{n} host" if n == 1 else f"{n} hosts"
+
+
+def policy_body(policy: Policy) -> dict[str, Any]:
+    """How hosts are ranked (``devassign server --policy`` and the weights): the keys of
+    ``weights`` are the scorers' names, as in each placement's ``scores``."""
+    return {
+        "mode": policy.mode,
+        "weights": {
+            policy.mode: policy.binpack_weight,
+            "numa": policy.numa_weight,
+            "fragmentation": policy.fragmentation_weight,
+        },
+    }
 
 
 # How each verb names hosts: capacity's query parameter, explain's body field.
@@ -174,10 +193,11 @@ class Placer:
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
         body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
         closest = "; ".join(c["message"] for c in body["closest"])
-        message = f"{why}: {decision.explanation.summary()}"
         before = funnel_sentence(body["funnel"])
-        if before:
-            message += f"; {before}"
+        if before and not decision.explanation.considered:
+            message = f"{why}: no host fits: {before}"  # not "0 hosts considered": this is why
+        else:
+            message = f"{why}: {decision.explanation.summary()}" + (f"; {before}" if before else "")
         if closest:
             message += f"; closest: {closest}"
         return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=body)
@@ -215,7 +235,7 @@ class Placer:
             return outcome
         # A replay of a claim that was made (and now holds the capacity and the quota it
         # needs) answers that allocation, not the refusal.
-        replay = self.store.existing_claim(request.consumer, request.idempotency_key)
+        replay = self.store.existing_claim(request.consumer, request.idempotency_key, project)
         if replay is not None:
             return replay, False
         raise outcome
@@ -400,6 +420,7 @@ class Placer:
             for p in decision.placements
         ]
         body_out["steps"] = decision.steps
+        body_out["policy"] = policy_body(self.config.policy)
         return body_out
 
     def capacity(self, body: ClaimBody) -> dict[str, Any]:

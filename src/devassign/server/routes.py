@@ -205,3 +205,21 @@ def revoke_token(request: Request, scope: Access, token_id: int) -> schemas.Toke
     revoked = _store(request).revoke_token(token_id, scope.actor)
     request.app.state.tokens.forget()
     return revoked
+
+
+class LoginLink(schemas.Strict):
+    """A one-time sign-in link to the dashboard."""
+
+    url: str
+    expires_at: str  # when the link stops working (ISO 8601, UTC)
+
+
+@router.post("/tokens/{token_id}/login-link", response_model=LoginLink, status_code=201, tags=["tokens"])
+def create_login_link(request: Request, scope: Access, token_id: int) -> LoginLink:
+    """A link that signs a browser in to the dashboard as this token, once, within 10 minutes.
+    The code in it is in this answer only (the server keeps a hash)."""
+    if not 1 <= token_id <= schemas.MAX_INT32:
+        raise errors.DevassignError(errors.TOKEN_NOT_FOUND, f"no token {token_id}")
+    code, expires_at = _store(request).create_login_code(token_id, scope.actor)
+    url = f"{str(request.base_url).rstrip('/')}/ui/login/once?code={code}"
+    return LoginLink(url=url, expires_at=expires_at.isoformat())

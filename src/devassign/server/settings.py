@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
+from devassign.scheduler import Policy
 from devassign.server.placement import PlacementConfig
 
 
@@ -22,7 +24,12 @@ class Settings:
     # A second agent process for one host is refused until the first was silent this long.
     agent_takeover_after: timedelta = timedelta(seconds=30)
     sweep_interval: float = 5.0
+    # Inventory reports and work results may be large; every other body is small.
     max_body_bytes: int = 16 * 1024 * 1024
+    max_small_body_bytes: int = 1024 * 1024
+    # JSON members and items (``,`` and ``:`` outside strings) in a small body and a large one.
+    max_members: int = 20_000
+    max_bulk_members: int = 4_000_000
     pool_size: int = 10
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
@@ -41,12 +48,61 @@ def settings_to_env(settings: Settings) -> str:
             "reservation_ttl": settings.reservation_ttl.total_seconds(),
             "agent_takeover_after": settings.agent_takeover_after.total_seconds(),
             "pool_size": settings.pool_size,
+            "policy": _policy_to_json(settings.placement.policy),
         }
     )
 
 
+def _policy_to_json(policy: Policy) -> dict[str, Any]:
+    return {
+        "mode": policy.mode,
+        "binpack_weight": policy.binpack_weight,
+        "numa_weight": policy.numa_weight,
+        "fragmentation_weight": policy.fragmentation_weight,
+    }
+
+
+def placement_with(
+    base: PlacementConfig | None = None,
+    *,
+    mode: str | None = None,
+    binpack_weight: float | None = None,
+    numa_weight: float | None = None,
+    fragmentation_weight: float | None = None,
+) -> PlacementConfig:
+    """``base`` (the defaults) with the scoring policy's mode and weights that are given:
+    ``pack`` fills busy hosts first, ``spread`` keeps load even; each weight is how much its
+    scorer counts in a host's score (a weighted mean, so only their ratios matter)."""
+    base = base or PlacementConfig()
+    policy = base.policy
+    if mode is not None:
+        if mode not in ("pack", "spread"):
+            raise ValueError(f"policy {mode!r}: pack or spread")
+        policy = replace(policy, mode="pack" if mode == "pack" else "spread")
+    return replace(
+        base,
+        policy=replace(
+            policy,
+            binpack_weight=_weight("binpack_weight", binpack_weight, policy.binpack_weight),
+            numa_weight=_weight("numa_weight", numa_weight, policy.numa_weight),
+            fragmentation_weight=_weight(
+                "fragmentation_weight", fragmentation_weight, policy.fragmentation_weight
+            ),
+        ),
+    )
+
+
+def _weight(name: str, value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not 0 <= value < float("inf"):  # NaN too
+        raise ValueError(f"{name} must be a number of 0 or more, not {value!r}")
+    return float(value)
+
+
 def settings_from_env(text: str) -> Settings:
     raw = json.loads(text)
+    policy = raw.get("policy") or {}
     return Settings(
         db_url=raw["db_url"],
         auth=raw["auth"],
@@ -55,4 +111,10 @@ def settings_from_env(text: str) -> Settings:
         reservation_ttl=timedelta(seconds=raw["reservation_ttl"]),
         agent_takeover_after=timedelta(seconds=raw.get("agent_takeover_after", 30)),
         pool_size=raw["pool_size"],
+        placement=placement_with(
+            mode=policy.get("mode"),
+            binpack_weight=policy.get("binpack_weight"),
+            numa_weight=policy.get("numa_weight"),
+            fragmentation_weight=policy.get("fragmentation_weight"),
+        ),
     )

@@ -71,7 +71,7 @@ def list_allocations(
 ) -> list[schemas.Allocation]:
     return store.list_allocations(
         consumer=consumer,
-        host=scope.host if scope.host else host,
+        host=scope.host_filter(host) if scope.host else host,
         project=scope.project_filter(project),
         include_released=include_released,
         limit=limit,
@@ -151,6 +151,7 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         "feasible": found.get("feasible", 0),
         "removed": found.get("removed", {}),
         "funnel": found.get("funnel", {}),
+        "policy": found.get("policy", {}),
         "reasons": reasons,
         "closest": [{"reason": c.get("reason")} for c in found.get("closest", [])],
     }

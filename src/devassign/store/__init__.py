@@ -17,6 +17,7 @@ from devassign import schemas
 from devassign.scheduler.view import Snapshot
 from devassign.store import (
     allocations,
+    audit,
     candidates,
     catalog,
     claims,
@@ -75,16 +76,21 @@ class Store:
 
     # ------------------------------------------------------------ catalog
     def list_types(self) -> list[schemas.ResourceType]:
-        return self.db.reading(catalog.list_types)
+        """The catalog; ``available`` counts free devices of up hosts, ``down`` those of down ones."""
+        return self.db.reading(lambda c: catalog.list_types(c, up_since=self.up_since()))
 
     def get_type(self, name: str) -> schemas.ResourceType:
-        return self.db.reading(lambda c: catalog.get_type(c, name))
+        return self.db.reading(lambda c: catalog.get_type(c, name, up_since=self.up_since()))
 
     def create_type(self, body: schemas.ResourceTypeCreate, actor: str) -> schemas.ResourceType:
         return self.db.retrying(lambda c: catalog.create_type(c, body, now=self.clock(), actor=actor))
 
     def update_type(self, name: str, body: schemas.ResourceTypeUpdate, actor: str) -> schemas.ResourceType:
-        return self.db.retrying(lambda c: catalog.update_type(c, name, body, now=self.clock(), actor=actor))
+        return self.db.retrying(
+            lambda c: catalog.update_type(
+                c, name, body, now=self.clock(), actor=actor, up_since=self.up_since()
+            )
+        )
 
     def delete_type(self, name: str, actor: str) -> None:
         self.db.retrying(lambda c: catalog.delete_type(c, name, now=self.clock(), actor=actor))
@@ -298,9 +304,10 @@ class Store:
             self._scarcity = candidates.hosts_with_free(c)
         return self._scarcity
 
-    def existing_claim(self, consumer: str, key: str | None) -> schemas.Allocation | None:
-        """The consumer's live allocation if this claim replays it; a conflict if it holds another."""
-        return self.db.reading(lambda c: claims.existing_claim(c, consumer, key))
+    def existing_claim(self, consumer: str, key: str | None, project: str) -> schemas.Allocation | None:
+        """The consumer's live allocation if this claim (of ``project``) replays it; a conflict
+        if it holds another, or belongs to another project."""
+        return self.db.reading(lambda c: claims.existing_claim(c, consumer, key, project))
 
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""
@@ -344,6 +351,35 @@ class Store:
 
     def release(self, consumer: str, actor: str) -> bool:
         return self.db.retrying(lambda c: claims.release(c, consumer, now=self.clock(), actor=actor))
+
+    def audit(
+        self, *, down_for: timedelta, repair: bool = False, actor: str = "audit"
+    ) -> schemas.AuditReport:
+        """Every inconsistency the audit finds; with ``repair``, the safe ones repaired in the
+        same transaction as they were found (``store/audit.py``)."""
+
+        def go(c: sa.Connection) -> schemas.AuditReport:
+            now = self.clock()
+            found = audit.run(c, now=now, down_for=down_for)
+            repaired = audit.fix(c, found, now=now, actor=actor) if repair else []
+            return schemas.AuditReport(
+                at=now,
+                checks=sorted(audit.CHECKS),
+                findings=[
+                    schemas.AuditFinding(
+                        check=f.check,
+                        message=f.message,
+                        fixable=f.fixable,
+                        repaired=f in repaired,
+                        host=f.host,
+                        device=f.device,
+                        consumer=f.consumer,
+                    )
+                    for f in found
+                ],
+            )
+
+        return self.db.retrying(go) if repair else self.db.reading(go)
 
     def expire_reservations(self) -> list[str]:
         stale = self.db.reading(lambda c: claims.expired_consumers(c, self.clock()))
@@ -389,4 +425,19 @@ class Store:
         return self.db.retrying(lambda c: tokens.revoke(c, token_id, now=self.clock(), actor=actor))
 
     def lookup_token(self, secret: str) -> Principal | None:
-        return self.db.reading(lambda c: tokens.lookup(c, secret))
+        """The principal of an API token, or of a dashboard session started by a sign-in link."""
+        return self.db.reading(lambda c: tokens.lookup(c, secret, now=self.clock()))
+
+    def create_login_code(self, token_id: int, actor: str) -> tuple[str, datetime]:
+        """A one-time sign-in code for a live token and its expiry (the code is shown once)."""
+        return self.db.retrying(
+            lambda c: tokens.create_login_code(c, token_id, now=self.clock(), actor=actor)
+        )
+
+    def use_login_code(self, code: str) -> str | None:
+        """A new dashboard session's secret for a sign-in code, once; None if it cannot be used."""
+        return self.db.retrying(lambda c: tokens.use_login_code(c, code, now=self.clock()))
+
+    def end_session(self, secret: str) -> bool:
+        """Sign a dashboard session out; False when ``secret`` is not a live session."""
+        return self.db.retrying(lambda c: tokens.end_session(c, secret, now=self.clock()))

@@ -1,7 +1,7 @@
 """Finding candidate hosts and reading them into the scheduler's read-only snapshots.
 
 The candidate query walks the ``inventory(type_id, available, host_id)`` index and stops after a
-few hosts (LESSONS.md: Placement builds every candidate, then truncates); the hosts' devices come
+few hosts (Placement builds every candidate, then truncates); the hosts' devices come
 back in the same statement. Statements are built once per shape.
 """
 
@@ -36,8 +36,9 @@ def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.S
     """Up hosts with enough free devices of every needed type: ``(host_id, rank)``, ranked.
 
     Driven by the ``(type_id, available, host_id)`` index of the first (largest) need, so it
-    stops after ``limit`` hosts instead of building every candidate (LESSONS.md, Placement's
-    ``limit``). ``any_of`` (types of ``first_available`` alternatives): one free device of any.
+    stops after ``limit`` hosts instead of building every candidate (Placement's ``limit``
+    truncates only after building them all). ``any_of`` (types of ``first_available``
+    alternatives): one free device of any.
     Parameters: ``t0, n0, t1, n1, ...`` or ``any_of``; ``up_since``, ``names``, ``limit``. The
     type ids, counts and limit are written into the SQL text (integers only): psycopg then
     prepares one statement per combination, and PostgreSQL plans it once (a generic plan), where

@@ -11,21 +11,37 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
 from devassign.store.events import aware, record
-from devassign.store.schema import devices, inventory, quotas, resource_types
+from devassign.store.schema import devices, hosts, inventory, quotas, resource_types
 
 log = logging.getLogger(__name__)
 
 
-def _counts(conn: sa.Connection, type_id: int | None = None) -> dict[int, schemas.StateCounts]:
-    q = sa.select(devices.c.type_id, devices.c.state, sa.func.count()).group_by(
-        devices.c.type_id, devices.c.state
+def _counts(
+    conn: sa.Connection, type_id: int | None = None, *, up_since: datetime | None = None
+) -> dict[int, schemas.StateCounts]:
+    """Devices per type and state, in one query. With ``up_since`` (the oldest last contact of
+    a host that is up), free devices of down hosts are counted as ``down``, not ``available``:
+    nothing can be placed on them until their host reports again."""
+    up = sa.true() if up_since is None else hosts.c.last_seen_at >= up_since
+    q = (
+        sa.select(
+            devices.c.type_id,
+            devices.c.state,
+            sa.func.count(),
+            sa.func.sum(sa.case((up, 1), else_=0)),
+        )
+        .select_from(devices.join(hosts, hosts.c.id == devices.c.host_id))
+        .group_by(devices.c.type_id, devices.c.state)
     )
     if type_id is not None:
         q = q.where(devices.c.type_id == type_id)
     out: dict[int, dict[str, int]] = {}
-    for tid, state, n in conn.execute(q):
+    for tid, state, n, n_up in conn.execute(q):
         c = out.setdefault(tid, {"total": 0})
         c[state] = n
+        if state == DeviceState.AVAILABLE:
+            c[state] = int(n_up or 0)
+            c["down"] = n - c[state]
         # Removed devices are history, not inventory.
         if state != DeviceState.REMOVED:
             c["total"] += n
@@ -88,8 +104,8 @@ def _to_model(row: Any, counts: schemas.StateCounts | None) -> schemas.ResourceT
     )
 
 
-def list_types(conn: sa.Connection) -> list[schemas.ResourceType]:
-    counts = _counts(conn)
+def list_types(conn: sa.Connection, *, up_since: datetime | None = None) -> list[schemas.ResourceType]:
+    counts = _counts(conn, up_since=up_since)
     rows = conn.execute(sa.select(resource_types).order_by(resource_types.c.name))
     return [_to_model(r, counts.get(r.id)) for r in rows]
 
@@ -104,9 +120,16 @@ def _row(conn: sa.Connection, name: str) -> Any:
     return row
 
 
-def get_type(conn: sa.Connection, name: str) -> schemas.ResourceType:
+def get_type(conn: sa.Connection, name: str, *, up_since: datetime | None = None) -> schemas.ResourceType:
     row = _row(conn, name)
-    return _to_model(row, _counts(conn, row.id).get(row.id))
+    return _to_model(row, _counts(conn, row.id, up_since=up_since).get(row.id))
+
+
+def _catalog_changed(conn: sa.Connection) -> None:
+    """Every host's next report is applied in full, even if unchanged: a device refused for
+    its type (unknown, or a reset policy) may be taken now. Without this the server would skip
+    the report by its digest, and the agent's hint to create the type would never come true."""
+    conn.execute(hosts.update().where(hosts.c.report_digest.is_not(None)).values(report_digest=None))
 
 
 def create_type(
@@ -127,6 +150,7 @@ def create_type(
             updated_at=now,
         )
     )
+    _catalog_changed(conn)
     record(
         conn,
         at=now,
@@ -146,6 +170,7 @@ def update_type(
     *,
     now: datetime,
     actor: str,
+    up_since: datetime | None = None,
 ) -> schemas.ResourceType:
     row = _row(conn, name)
     values: dict[str, Any] = {"updated_at": now}
@@ -156,6 +181,8 @@ def update_type(
     if body.params is not None:
         values["params"] = _stored(body.params)
     conn.execute(resource_types.update().where(resource_types.c.id == row.id).values(**values))
+    if body.config is not None:
+        _catalog_changed(conn)  # e.g. "reset": "none-ok" takes devices refused as no_reset
     record(
         conn,
         at=now,
@@ -165,7 +192,7 @@ def update_type(
         message=f"resource type {name} updated",
         detail=body.model_dump(exclude_none=True),
     )
-    return get_type(conn, name)
+    return get_type(conn, name, up_since=up_since)
 
 
 def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:

@@ -1,10 +1,11 @@
 """The atomic claim and release of devices (candidates are found in ``store.candidates``).
 
-The claim is a compare-and-swap in one transaction (STYLE.md lesson 5): the chosen devices go
+The claim is a compare-and-swap in one transaction: the chosen devices go
 ``available -> reserved`` with a conditional UPDATE whose row count must match; a partial
 unique index over live allocation items makes one device in two live allocations impossible
 even if this code were wrong. A lost race rolls the whole transaction back and the caller
-tries the next candidate in a *fresh* transaction (LESSONS.md, Placement 16.0.0).
+tries the next candidate in a *fresh* transaction (retrying inside the same one is how
+Placement 16.0.0 over-allocated; docs/architecture.md, "The claim").
 """
 
 from __future__ import annotations
@@ -56,25 +57,39 @@ Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
 # ---------------------------------------------------------------- claim
 
 
-def existing_claim(conn: sa.Connection, consumer: str, key: str | None) -> schemas.Allocation | None:
+def existing_claim(
+    conn: sa.Connection, consumer: str, key: str | None, project: str
+) -> schemas.Allocation | None:
     """The consumer's live allocation if this is a replay of the claim that made it.
 
     A consumer holds at most one live allocation: a second claim with another (or no)
-    idempotency key is a conflict, not a second allocation.
+    idempotency key is a conflict, not a second allocation. Only a claim for the project
+    that holds it can be its replay: another project's claim learns nothing but the conflict.
     """
     row = conn.execute(
-        sa.select(allocations.c.idempotency_key).where(
+        sa.select(allocations.c.idempotency_key, allocations.c.project).where(
             allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
         )
     ).first()
     if row is None:
         return None
+    if row.project != project:
+        raise consumer_in_use(consumer)
     if key is not None and row.idempotency_key == key:
         return get_allocation(conn, consumer)
     raise errors.DevassignError(
         errors.CONSUMER_CONFLICT,
         f"consumer {consumer!r} already holds an allocation; release it first, or resend "
         "the same claim with its idempotency_key",
+    )
+
+
+def consumer_in_use(consumer: str) -> errors.DevassignError:
+    """Another project's consumer: said without naming that project or what it holds."""
+    return errors.DevassignError(
+        errors.CONSUMER_CONFLICT,
+        f"consumer id {consumer!r} is used by another project; consumer ids are unique across "
+        "the cloud: choose another (an instance UUID)",
     )
 
 
@@ -245,9 +260,7 @@ def claim(
     ):
         known = conn.execute(_CONSUMER_PROJECT, {"uuid": consumer}).scalar_one()
         if known != project:
-            raise errors.DevassignError(
-                errors.CONSUMER_CONFLICT, f"consumer {consumer!r} belongs to project {known!r}"
-            )
+            raise consumer_in_use(consumer)
     alloc_id = conn.execute(
         _NEW_ALLOCATION[dialect],
         {
@@ -262,7 +275,7 @@ def claim(
         },
     ).scalar_one_or_none()
     if alloc_id is None:
-        replay = existing_claim(conn, consumer, key)
+        replay = existing_claim(conn, consumer, key, project)
         if replay is None:  # released between the two statements: start again
             raise ConcurrentChange(f"the live allocation of {consumer} was released meanwhile")
         return replay, False
@@ -280,7 +293,7 @@ def claim(
     ids = list(request_of)
     if check_quota:
         enforce_quota(conn, project, ids)
-    message = f"{consumer} reserved {len(ids)} devices on {host}"
+    message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {host}"
     detail = {"project": project, "devices": ids}
     if dialect == "postgresql":
         # The devices, the allocation items, the counts and the event in one statement.

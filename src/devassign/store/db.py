@@ -202,7 +202,7 @@ class Database:
         integrity violations caused by a concurrent commit.
 
         Each attempt starts a new transaction: a retry never sees its own uncommitted rows
-        (the cause of Placement 16.0.0's over-allocation, LESSONS.md).
+        (the cause of Placement 16.0.0's over-allocation).
         """
         for attempt in range(attempts):
             try:

@@ -1,7 +1,7 @@
 """Hosts and their devices: applying agents' reports, liveness, and the per-host counts.
 
-A report replaces a host's full device list in one transaction. The rules (SPEC.md,
-LESSONS.md): a host id stays with the name it was first reported under; one live agent
+A report replaces a host's full device list in one transaction. The rules (docs/api.md,
+"Inventory report rules"): a host id stays with the name it was first reported under; one live agent
 process per host (``agent_instance``); unknown types are refused per device; a device that
 vanishes while in use becomes ``missing``, a free one ``removed`` -- rows are never deleted;
 a device that comes back is restored; a stale generation cannot overwrite a newer report.
@@ -307,7 +307,11 @@ def apply_report(
 
     record_many(conn, out.events)
     recount(conn, host.id)
-    conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=new_digest))
+    # A report with refused devices is applied in full again next time (no digest): its answer
+    # keeps naming what is still refused, and a fix on the server side (a type created, a
+    # config changed) is picked up without the agent having to change anything.
+    kept = None if out.refused else new_digest
+    conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=kept))
     return schemas.InventoryResult(
         host=name,
         generation=report.generation,
@@ -328,7 +332,7 @@ def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
     """Why a PCI function that cannot be reset is refused, unless its type accepts that.
 
     The agent reports ``attributes.resettable`` (the kernel's ``reset`` file); a function
-    without reset could carry one tenant's state to the next (LESSONS.md).
+    without reset could carry one tenant's state to the next (docs/api.md, "Inventory report rules").
     """
     if dev.kind.value not in _PCI_KINDS or dev.attributes.get("resettable") is not False:
         return None

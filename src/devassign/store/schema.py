@@ -97,7 +97,7 @@ devices = sa.Table(
 
 # Per host and type: how many devices exist and how many are free right now. Kept in step
 # with ``devices`` in the same transaction, so candidate hosts are found through an index
-# instead of scanning every device (LESSONS.md, "Scheduling speed").
+# instead of scanning every device (docs/architecture.md, "The claim").
 inventory = sa.Table(
     "inventory",
     metadata,
@@ -149,7 +149,7 @@ allocation_items = sa.Table(
     sa.Column("request_name", sa.String(64)),
     sa.Column("released_at", Stamp),
     # The database itself makes one device in two live allocations impossible, even if the
-    # claim code were wrong (LESSONS.md, "Claims and concurrency").
+    # claim code were wrong (docs/architecture.md, "The claim").
     sa.Index(
         "uq_allocation_items_live_device",
         "device_id",
@@ -189,6 +189,23 @@ tokens = sa.Table(
     sa.Column("project", sa.String(64)),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("revoked_at", Stamp),
+)
+
+# One-time sign-in links to the dashboard (``devassign token login-link``): a code that an
+# admin made for a token, stored as its SHA-256 like the tokens, that a browser exchanges once,
+# before ``expires_at``, for a dashboard session of that token (whose secret is also stored
+# hashed). The session ends at ``session_expires_at``, at sign-out, or with its token.
+login_codes = sa.Table(
+    "login_codes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token_id", sa.Integer, sa.ForeignKey("tokens.id"), nullable=False),
+    sa.Column("code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("expires_at", Stamp, nullable=False),
+    sa.Column("used_at", Stamp),
+    sa.Column("session_hash", sa.String(64), unique=True),
+    sa.Column("session_expires_at", Stamp),
 )
 
 quotas = sa.Table(

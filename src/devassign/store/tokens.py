@@ -1,11 +1,17 @@
-"""Bearer tokens: only their SHA-256 is stored; the secret is shown once, at creation."""
+"""Bearer tokens: only their SHA-256 is stored; the secret is shown once, at creation.
+
+One-time sign-in links to the dashboard live here too: a code made for a token by an admin,
+stored hashed with its expiry, exchanged once for a dashboard session of that token. The
+session's secret (the dashboard's cookie) is stored hashed as well, and is looked up with the
+tokens; it ends at its expiry, at sign-out, or when its token is revoked.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,9 +19,16 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import Role
 from devassign.store.events import aware, record
-from devassign.store.schema import tokens
+from devassign.store.schema import login_codes, tokens
 
 PREFIX = "da_"
+# A dashboard session started by a sign-in link (the cookie's value), never an API token's.
+SESSION_PREFIX = "ds_"
+# How long a sign-in link may wait to be used, and how long the session it starts lasts.
+LOGIN_CODE_TTL = timedelta(minutes=10)
+SESSION_TTL = timedelta(hours=12)
+# Links used or expired this long ago are deleted when a new one is made.
+LOGIN_CODE_KEPT = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +156,130 @@ def _token(r: Any) -> schemas.Token:
     )
 
 
-def lookup(conn: sa.Connection, secret: str) -> Principal | None:
-    row = conn.execute(
-        sa.select(tokens).where(tokens.c.secret_hash == hash_secret(secret), tokens.c.revoked_at.is_(None))
-    ).first()
+def lookup(conn: sa.Connection, secret: str, *, now: datetime | None = None) -> Principal | None:
+    """The token whose secret this is, or whose live dashboard session this is (``now``: the
+    clock sessions expire by); None for anything unknown, revoked or expired."""
+    if secret.startswith(SESSION_PREFIX):
+        if now is None:
+            return None
+        row = conn.execute(
+            sa.select(tokens)
+            .join(login_codes, login_codes.c.token_id == tokens.c.id)
+            .where(
+                login_codes.c.session_hash == hash_secret(secret),
+                login_codes.c.session_expires_at > now,
+                tokens.c.revoked_at.is_(None),
+            )
+        ).first()
+    else:
+        row = conn.execute(
+            sa.select(tokens).where(
+                tokens.c.secret_hash == hash_secret(secret), tokens.c.revoked_at.is_(None)
+            )
+        ).first()
     if row is None:
         return None
     return Principal(name=row.name, role=Role(row.role), host=row.host, project=row.project)
+
+
+def create_login_code(
+    conn: sa.Connection, token_id: int, *, now: datetime, actor: str, ttl: timedelta = LOGIN_CODE_TTL
+) -> tuple[str, datetime]:
+    """A new one-time sign-in code for a live token, and when it expires; only its hash is kept."""
+    row = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+    if row is None:
+        raise errors.DevassignError(
+            errors.TOKEN_NOT_FOUND, f"no token {token_id}: `devassign token list` shows their ids"
+        )
+    if row.revoked_at is not None:
+        raise errors.DevassignError(
+            errors.INVALID_STATE, f"token {token_id} ({row.name}) is revoked: no sign-in link for it"
+        )
+    conn.execute(
+        login_codes.delete().where(
+            login_codes.c.expires_at < now - LOGIN_CODE_KEPT,
+            sa.or_(
+                login_codes.c.session_expires_at.is_(None),
+                login_codes.c.session_expires_at < now - LOGIN_CODE_KEPT,
+            ),
+        )
+    )
+    code = secrets.token_urlsafe(32)
+    expires_at = now + ttl
+    conn.execute(
+        login_codes.insert().values(
+            token_id=token_id, code_hash=hash_secret(code), created_at=now, expires_at=expires_at
+        )
+    )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="login_link_created",
+        host=row.host,
+        message=f"one-time sign-in link for {row.role} token {row.name} created",
+        detail={
+            "id": token_id,
+            "role": row.role,
+            "project": row.project,
+            "expires_at": expires_at.isoformat(),
+        },
+    )
+    return code, expires_at
+
+
+def use_login_code(
+    conn: sa.Connection, code: str, *, now: datetime, session_ttl: timedelta = SESSION_TTL
+) -> str | None:
+    """Exchange a sign-in code, once, for the secret of a new dashboard session of its token.
+
+    None when the code is unknown, used, expired, or its token was revoked. The code is marked
+    used by a compare-and-swap on ``used_at``, so two browsers racing with one link cannot both
+    get a session.
+    """
+    if not code:
+        return None
+    row = conn.execute(
+        sa.select(
+            login_codes.c.id, tokens.c.name, tokens.c.role, tokens.c.host, tokens.c.id.label("token_id")
+        )
+        .join(tokens, tokens.c.id == login_codes.c.token_id)
+        .where(
+            login_codes.c.code_hash == hash_secret(code),
+            login_codes.c.used_at.is_(None),
+            login_codes.c.expires_at > now,
+            tokens.c.revoked_at.is_(None),
+        )
+    ).first()
+    if row is None:
+        return None
+    session = SESSION_PREFIX + secrets.token_urlsafe(32)
+    taken = conn.execute(
+        login_codes.update()
+        .where(login_codes.c.id == row.id, login_codes.c.used_at.is_(None))
+        .values(used_at=now, session_hash=hash_secret(session), session_expires_at=now + session_ttl)
+    ).rowcount
+    if taken != 1:
+        return None
+    record(
+        conn,
+        at=now,
+        actor=row.name,
+        action="login_link_used",
+        host=row.host,
+        message=f"{row.role} token {row.name} signed in to the dashboard with a one-time link",
+        detail={"id": row.token_id, "role": row.role},
+    )
+    return session
+
+
+def end_session(conn: sa.Connection, secret: str, *, now: datetime) -> bool:
+    """Sign a dashboard session out (its cookie stops working); False if it was not a live one."""
+    if not secret.startswith(SESSION_PREFIX):
+        return False
+    ended = conn.execute(
+        login_codes.update()
+        .where(login_codes.c.session_hash == hash_secret(secret), login_codes.c.session_expires_at > now)
+        .values(session_expires_at=now)
+    ).rowcount
+    return bool(ended)

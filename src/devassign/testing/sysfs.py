@@ -210,7 +210,8 @@ class SyntheticHost:
         d = self.dev(addr)
         self.write(f"{d}/sriov_totalvfs", str(total_vfs if total_vfs is not None else max(vfs, 8)))
         self.write(f"{d}/sriov_numvfs", str(vfs))
-        self.write(f"{d}/sriov_vf_device", vf_device)
+        self.write(f"{d}/sriov_drivers_autoprobe", "1")
+        self.write(f"{d}/sriov_vf_device", f"{int(vf_device, 16):x}")  # the kernel prints %x
         if ifname:
             self.netdev(addr, ifname, operstate)
         out = vf_addresses(addr, vfs, vf_bus)
@@ -286,6 +287,7 @@ class SyntheticHost:
         self.write(f"{d}/busnum", str(bus))
         self.write(f"{d}/devnum", str(len(list((self.root / hub).iterdir()))))
         self.write(f"{d}/speed", speed)
+        self.write(f"{d}/authorized", "1")  # the kernel's default (authorized_default)
         if serial is not None:
             self.write(f"{d}/serial", serial)
         if manufacturer is not None:

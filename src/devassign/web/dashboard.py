@@ -30,14 +30,31 @@ from devassign.web.layout import bare_page, error_box, login_form, page
 from devassign.web.markup import Html, join, tag, url
 from devassign.web.session import (
     COOKIE,
-    COOKIE_MAX_AGE,
     LoginRequired,
     auth_on,
+    end_session,
+    exchange_code,
+    keep_signed_in,
     lookup,
     safe_next,
 )
 
 OVERVIEW_REFRESH_SECONDS = 10
+# Pages are never shown inside another site's frame (clickjacking).
+FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+CROSS_SITE = "sign in from this dashboard's own page: a form posted from another site is refused"
+
+
+def cross_site(request: Request) -> bool:
+    """A form posted from another site (login CSRF): the browser says so in ``Sec-Fetch-Site``,
+    or, for older browsers, in an ``Origin`` that is not this server's."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin == "null"
+    return origin != f"{request.url.scheme}://{request.url.netloc}"
 OVERVIEW_EVENTS = 15
 
 
@@ -48,6 +65,11 @@ class PageRoute(APIRoute):
         inner = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
+            response = await answer(request)
+            response.headers.update(FRAMING)
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 return await inner(request)
             except LoginRequired as exc:
@@ -289,6 +311,8 @@ def login_page(request: Request, next: str = "/ui/", expired: str | None = None)
 @router.post("/ui/login")
 async def login(request: Request) -> Response:
     """Check the pasted token like the API would, then keep it in an HttpOnly cookie."""
+    if cross_site(request):
+        return HTMLResponse(bare_page("Sign in", login_form("/ui/", CROSS_SITE)), status_code=403)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     secret = (form.get("token") or [""])[0].strip()
     target = safe_next((form.get("next") or ["/ui/"])[0])
@@ -299,20 +323,43 @@ async def login(request: Request) -> Response:
         error = "that token is unknown or revoked" if secret else "paste a token"
         return HTMLResponse(bare_page("Sign in", login_form(target, error)), status_code=401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        COOKIE,
-        secret,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
+    keep_signed_in(request, response, secret)
+    return response
+
+
+LINK_REFUSED = (
+    "this sign-in link is unknown, used or expired: a link works once, within 10 minutes. "
+    "Ask an admin for a new one (devassign token login-link ID), or paste a token."
+)
+
+
+@router.get("/ui/login/once")
+def login_once(request: Request, code: str = "") -> Response:
+    """A one-time sign-in link: the code becomes a dashboard session of its token, once.
+
+    The dashboard follows with a ``Refresh`` to ``/ui/`` rather than a redirect: a link opened
+    from another site would carry that site's context through a redirect, and the browser would
+    not send the SameSite=Strict cookie to the page it lands on.
+    """
+    if not auth_on(request):
+        return RedirectResponse("/ui/", status_code=303)
+    session = exchange_code(request, code) if code else None
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    if session is None:
+        return HTMLResponse(bare_page("Sign in", login_form("/ui/", LINK_REFUSED)), headers=headers)
+    body = join(
+        [tag("h1", "Signed in"), tag("p", "Going to ", tag("a", "the dashboard", href="/ui/"), "...")]
     )
+    response = HTMLResponse(bare_page("Signed in", body), headers={**headers, "Refresh": "0; url=/ui/"})
+    keep_signed_in(request, response, session)
     return response
 
 
 @router.post("/ui/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    if cross_site(request):
+        return HTMLResponse(bare_page("Sign out", login_form("/ui/", CROSS_SITE)), status_code=403)
+    end_session(request)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

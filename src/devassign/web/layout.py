@@ -242,8 +242,11 @@ def login_form(next_path: str, error: str | None = None) -> Html:
     )
     hint = tag(
         "p",
-        "This server needs a token. Ask an admin for one: ",
-        tag("code", "devassign token create --role member --project P"),
+        "This server needs a token. Ask an admin for one (",
+        tag("code", "devassign token create --via-api --role member --project P"),
+        ") or for a one-time sign-in link (",
+        tag("code", "devassign token login-link ID"),
+        ").",
         class_="muted",
     )
     parts = [tag("h1", "Sign in"), hint]

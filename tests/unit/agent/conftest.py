@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-REALDATA = Path(__file__).resolve().parents[3].parent / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parents[2] / "data" / "realdata"
 
 
 @pytest.fixture
 def realdata(tmp_path: Path) -> Callable[[str], Path]:
-    """Unpack ``shared/realdata/<name>`` into ``tmp_path`` and return the folder; skip if absent."""
+    """Unpack ``tests/data/realdata/<name>`` into ``tmp_path`` and return the folder.
+
+    The samples are part of the repository: a missing one fails the test, it never skips.
+    """
 
     def unpack(name: str) -> Path:
         archive = REALDATA / name
         if not archive.exists():
-            pytest.skip(f"{archive} is not here")
+            pytest.fail(f"{archive} is missing: the real-data samples belong to the repository")
         dest = tmp_path / archive.name.removesuffix(".tar.gz")
         dest.mkdir()
         with tarfile.open(archive) as tar:

@@ -176,8 +176,15 @@ def test_heartbeat_404_host_not_found_sends_full_report(tmp_path: Path) -> None:
 
 
 def test_host_id_survives_a_rename(tmp_path: Path) -> None:
+    """A state file is one host's: a configuration naming another host is refused with what to
+    do, and once the file says the new name (after `devassign host rename`), the id stays."""
     server = FakeServer()
     make(tmp_path, server, host="old-name").run(once=True)
+    with pytest.raises(StateError, match="devassign host rename old-name new-name"):
+        make(tmp_path, server, host="new-name").run(once=True)
+    assert len(server.requests) == 1  # nothing sent under the new name
+    path = tmp_path / "state.json"
+    path.write_text(path.read_text().replace('"old-name"', '"new-name"'))
     make(tmp_path, server, host="new-name").run(once=True)
     (_, p1, b1, _), (_, p2, b2, _) = server.requests
     assert p1 == "/v1/hosts/old-name/inventory" and p2 == "/v1/hosts/new-name/inventory"

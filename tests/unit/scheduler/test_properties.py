@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devassign.scheduler import DeviceView, HostView, Request, fit
 from devassign.scheduler.fit import attribute_value
 from tests.unit.scheduler.helpers import req
+
+pytestmark = pytest.mark.slow  # hypothesis, 500 examples in all
 
 STATES = ["available"] * 4 + ["assigned", "reserved", "cleaning", "quarantined"]
 TYPES = ["A", "B"]
