@@ -40,6 +40,7 @@ from devassign.domain import (
 )
 
 MAX_DEVICES_PER_REPORT = 20_000
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 MAX_ATTRIBUTES = 64
 # Largest values of the database's integer columns (PostgreSQL INTEGER and BIGINT).
 MAX_INT32 = 2**31 - 1
@@ -392,7 +393,7 @@ class InventoryReport(Strict):
     host_id: str | None = Field(
         default=None,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        json_schema_extra={"pattern": HOST_ID_RE.pattern},
         description="The agent's stable host id (kept in its state file; the agent makes a UUID): a "
         "letter or digit, then letters, digits, _ . : -; it belongs to the host name it was first "
         "reported under: another name with it is refused (409 host_id_mismatch)",
@@ -404,6 +405,18 @@ class InventoryReport(Strict):
         "instance while this host's agent was heard recently is refused (409 agent_conflict)",
     )
     devices: list[ReportedDevice] = Field(max_length=MAX_DEVICES_PER_REPORT)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str | None) -> str | None:
+        if v is not None and not HOST_ID_RE.fullmatch(v):
+            if "\x00" in v:
+                raise ValueError("host_id: NUL characters (\\u0000) are not allowed in text")
+            raise ValueError(
+                "host_id is a letter or digit, then letters, digits, _ . : - (up to 64 characters); "
+                "the agent makes one (a UUID) in its state file"
+            )
+        return v
 
 
 class HostRename(Strict):
