@@ -103,6 +103,8 @@ class SimulatedSysfs(ConfinedSysfs):
         os.symlink(os.path.relpath(dev, drv.resolve()), drv / address)
 
     def _probe(self, address: str) -> None:
+        if not self._dev(address).exists():
+            raise self._error(errno.ENODEV, f"no device {address}")
         if self.exists(f"bus/pci/devices/{address}/driver"):
             return
         override = self.read(f"bus/pci/devices/{address}/driver_override") or ""

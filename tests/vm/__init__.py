@@ -1,0 +1,1 @@
+"""Real-kernel checks: python -m tests.vm (see __main__.py)."""
