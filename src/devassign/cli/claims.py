@@ -13,6 +13,7 @@ import typer
 from devassign.cli.client import Client, CliError, ExitCode
 from devassign.cli.inventory import ALLOCATION_COLUMNS, DEVICE_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
+from devassign.scheduler.reasons import funnel_sentence
 
 SpecOpt = Annotated[
     list[str] | None,
@@ -77,20 +78,6 @@ def build_body(
     return body
 
 
-def funnel_words(funnel: dict[str, Any]) -> str:
-    """The server's pre-filter counts in words: ``1 host down, 2 up hosts with too few free
-    NIC`` (the hosts that never reached the scheduler, and why)."""
-    parts = []
-    if funnel.get("down"):
-        parts.append(f"{plural(int(funnel['down']), 'host')} down")
-    for key, n in funnel.items():
-        if key.startswith("lacking_") and n:
-            parts.append(
-                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
-            )
-    return ", ".join(parts)
-
-
 def summary(exp: dict[str, Any]) -> str:
     """The explanation's verdict. When no host reached the scheduler, the reason is the
     pre-filter's (no host has the free devices, hosts are down, none has reported), not
@@ -98,7 +85,7 @@ def summary(exp: dict[str, Any]) -> str:
     funnel = exp.get("funnel") or {}
     if exp.get("fits") or exp.get("considered") or exp.get("feasible"):
         return str(exp.get("summary", ""))
-    before = funnel_words(funnel)
+    before = funnel_sentence(funnel)
     if before:
         return f"no host fits: {before}"
     if funnel and not funnel.get("hosts"):
@@ -117,7 +104,7 @@ def print_explanation(exp: dict[str, Any]) -> None:
     console.print(summary(exp), style="bold", markup=False, highlight=False)
     funnel = exp.get("funnel") or {}
     if funnel and (exp.get("considered") or exp.get("feasible")):
-        before = funnel_words(funnel)
+        before = funnel_sentence(funnel)
         if before:
             console.print(f"before scheduling: {before}", markup=False, highlight=False)
     for code, n in (exp.get("removed") or {}).items():

@@ -97,3 +97,18 @@ def join_or(parts: Sequence[str]) -> str:
     if len(parts) <= 1:
         return "".join(parts)
     return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def funnel_sentence(funnel: Mapping[str, Any]) -> str:
+    """``2 hosts down, 3 up hosts with too few free GPU_A100``: the hosts the inventory
+    pre-filter removed before scheduling, and why (for the server's refusals and the CLI)."""
+    parts = []
+    down = int(funnel.get("down") or 0)
+    if down:
+        parts.append(f"{down} {'host' if down == 1 else 'hosts'} down")
+    for key, n in funnel.items():
+        if key.startswith("lacking_") and n:
+            parts.append(
+                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
+            )
+    return ", ".join(parts)

@@ -43,6 +43,7 @@ from devassign.scheduler import (
 )
 from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_budget
 from devassign.scheduler.params import has_params, request_doc
+from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store
 from devassign.store.claims import LostRace, Refit
 
@@ -105,23 +106,6 @@ def explanation_body(exp: Explanation, funnel: dict[str, int] | None) -> dict[st
             for v in exp.closest
         ],
     }
-
-
-def funnel_sentence(funnel: dict[str, int]) -> str:
-    """``2 hosts down, 3 up hosts with too few free GPU_A100`` (the SQL pre-filter's count)."""
-    parts = []
-    if funnel.get("down"):
-        parts.append(f"{_hosts(funnel['down'])} down")
-    for key, n in funnel.items():
-        if key.startswith("lacking_") and n:
-            parts.append(
-                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
-            )
-    return ", ".join(parts)
-
-
-def _hosts(n: int) -> str:
-    return f"{n} host" if n == 1 else f"{n} hosts"
 
 
 def policy_body(policy: Policy) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Any
 
 from devassign import errors, schemas
 from devassign.scheduler import ClaimBody
+from devassign.scheduler.reasons import funnel_sentence
 from devassign.server.access import Scope
-from devassign.server.placement import Placer, funnel_sentence
+from devassign.server.placement import Placer
 from devassign.store import Store
 
 
