@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +37,7 @@ from devassign.domain import (
     DeviceState,
     Role,
     address_error,
+    consumer_problem,
     label_problem,
     project_problem,
 )
@@ -78,6 +81,24 @@ def value_problem(value: Any, where: str = "") -> str | None:
             if problem:
                 return problem
     return None
+
+
+def _checked_by(problem_of: Callable[[str], str | None]) -> AfterValidator:
+    """A validator from one of ``domain``'s ``*_problem`` rules: the rule's message is the error."""
+
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+# Identifiers a caller chooses, each checked by its one rule in ``domain`` (docs/limits.md).
+ConsumerId = Annotated[str, _checked_by(consumer_problem)]
+ProjectName = Annotated[str, _checked_by(project_problem)]
+Label = Annotated[str, _checked_by(label_problem)]
 
 
 class Strict(BaseModel):
@@ -528,14 +549,14 @@ class Event(BaseModel):
 class TokenCreate(Strict):
     role: Role
     host: str | None = None
-    project: str | None = Field(
+    project: ProjectName | None = Field(
         default=None,
         min_length=1,
         max_length=PROJECT_MAX,
         description="A letter or digit, then letters, digits, _ . -",
         json_schema_extra={"pattern": PROJECT_RE.pattern},  # checked below, with a better message
     )
-    name: str | None = Field(
+    name: Label | None = Field(
         default=None,
         min_length=1,
         max_length=LABEL_MAX,
@@ -543,22 +564,6 @@ class TokenCreate(Strict):
         "role, scope and id. A letter or digit, then letters, digits, _ . : @ # -",
         json_schema_extra={"pattern": LABEL_RE.pattern},
     )
-
-    @field_validator("project")
-    @classmethod
-    def _project(cls, v: str | None) -> str | None:
-        problem = None if v is None else project_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        problem = None if v is None else label_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
     @model_validator(mode="after")
     def _scope(self) -> TokenCreate:

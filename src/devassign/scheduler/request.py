@@ -28,7 +28,7 @@ from devassign.domain import (
 )
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.selector import Selector, compile_selector
-from devassign.schemas import Strict
+from devassign.schemas import ConsumerId, ProjectName, Strict
 
 SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
@@ -169,14 +169,14 @@ class ClaimBody(_Strict):
 
     # The lengths of the database columns (consumers.uuid, allocations.project, idempotency_key);
     # the alphabets of domain.CONSUMER_RE and PROJECT_RE (docs/limits.md).
-    consumer: str | None = Field(
+    consumer: ConsumerId | None = Field(
         default=None,
         min_length=1,
         max_length=CONSUMER_MAX,
         description="The instance the devices are for: a letter or digit, then letters, digits, _ . : -",
         json_schema_extra={"pattern": CONSUMER_RE.pattern},  # checked below, with a better message
     )
-    project: str | None = Field(
+    project: ProjectName | None = Field(
         default=None,
         min_length=1,
         max_length=PROJECT_MAX,
@@ -203,22 +203,6 @@ class ClaimBody(_Strict):
                 raise ValueError(
                     f"extra spec {key[:40]!r}: keys and values are at most {MAX_EXTRA_SPEC_LENGTH} characters"
                 )
-        return v
-
-    @field_validator("consumer")
-    @classmethod
-    def _consumer(cls, v: str | None) -> str | None:
-        problem = None if v is None else consumer_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("project")
-    @classmethod
-    def _project(cls, v: str | None) -> str | None:
-        problem = None if v is None else project_problem(v)
-        if problem:
-            raise ValueError(problem)
         return v
 
 
