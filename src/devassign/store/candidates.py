@@ -72,11 +72,17 @@ def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.S
         q = q.order_by(i.c.available.desc(), i.c.host_id.desc())
     else:
         q = q.order_by(i.c.available.asc(), i.c.host_id.asc())
-    sub = q.limit(_literal("limit")).subquery("c")
-    if any_of:  # a host may qualify through several types: once, at its best rank
-        agg = sa.func.max if spread else sa.func.min
-        sub = sa.select(sub.c.host_id, agg(sub.c.rank).label("rank")).group_by(sub.c.host_id).subquery("c1")
-    return sub
+    if not any_of:
+        return q.limit(_literal("limit")).subquery("c")
+    # A host may qualify through several types: once, at its best rank. The index scan stops
+    # after ``limit x types`` rows, which hold at least ``limit`` distinct hosts whenever that
+    # many qualify (a host appears once per type at most), and a host's first row is its best;
+    # a plain ``limit`` here returned fewer hosts than asked when hosts had several types free.
+    rows = q.limit(_literal("row_limit")).subquery("r")
+    agg = (sa.func.max if spread else sa.func.min)(rows.c.rank).label("rank")
+    best = sa.select(rows.c.host_id, agg).group_by(rows.c.host_id)
+    best = best.order_by(agg.desc(), rows.c.host_id.desc()) if spread else best.order_by(agg, rows.c.host_id)
+    return best.limit(_literal("limit")).subquery("c")
 
 
 _DEVICE_COLUMNS = (
@@ -161,6 +167,7 @@ def _candidate_params(
             params[f"t{k}"], params[f"n{k}"] = tid, n
     else:
         params["any_of"] = list(any_of)
+        params["row_limit"] = limit * max(1, len(set(any_of)))
     if names:
         params["names"] = list(names)
     return (len(needs), not needs, bool(names)), params
