@@ -1,0 +1,1 @@
+"""API fuzzing with schemathesis: ``python -m tests.fuzz`` (see docs/reliability.md)."""
