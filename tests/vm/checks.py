@@ -36,6 +36,7 @@ class Checks:
     meta: dict[str, Any] = field(default_factory=dict)
     section: str = ""
     started: float = field(default_factory=time.monotonic)
+    open_parts: list[str] = field(default_factory=list)
 
     def _add(self, check: Check) -> bool:
         self.items.append(check)
@@ -65,6 +66,7 @@ class Checks:
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
         """A section; an exception in it is a failed check (with its traceback), not the end."""
+        self.open_parts.append(name)
         self.section = name
         t0 = time.monotonic()
         self.echo(f"{MARK} ----- {name}")
@@ -75,6 +77,10 @@ class Checks:
             self.check("section ran to its end", False, f"{type(exc).__name__}: {exc}\n" + "\n".join(tail))
         finally:
             self.meta.setdefault("sections", {})[name] = round(time.monotonic() - t0, 1)
+            self.open_parts.pop()
+            if self.open_parts:  # back in the section this one was opened in
+                self.section = self.open_parts[-1]
+                self.echo(f"{MARK} ----- {self.section}")
 
     @property
     def failed(self) -> list[Check]:

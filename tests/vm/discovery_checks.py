@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 from tests.vm import machine
-from tests.vm.guest import PCI, SYS, URL, Guest, driver, kread, kwrite, locate
-from tests.vm.parity import KNOWN
+from tests.vm.guest import PCI, SYS, URL, Guest, driver, kread, locate, run_scenarios
+from tests.vm.scenarios import EARLY
 
 NVME_VF, NIC, MF_NIC, USB_STICK = "NVME_VF", "NIC", "MF_NIC", "USB_STICK"
 
@@ -58,33 +58,24 @@ def run(g: Guest) -> None:
     if g.found is None:
         return
     with c.part("sr-iov"):
-        sriov(g)
+        sriov(g)  # leaves its own sections for the scenarios it runs
     with c.part("discovery"):
         discovery(g)
 
 
 def sriov(g: Guest) -> None:
+    """The PF as QEMU made it; its VFs come from the shared ``sriov`` scenario (ERANGE above
+    sriov_totalvfs, EBUSY from one count to another, virtfn/physfn, ids), on the simulation too."""
     c, pf = g.checks, g.found.nvme_pf if g.found else ""
     base = f"{PCI}/{pf}"
     c.equal("PF driver", driver(pf), "nvme")
     c.equal("sriov_totalvfs", kread(f"{base}/sriov_totalvfs"), str(machine.NVME_MAX_VFS))
     c.equal("sriov_numvfs before", kread(f"{base}/sriov_numvfs"), "0")
-    # VFs meant for guests: no host driver probes them (QEMU's VFs are offline to nvme anyway).
-    c.equal("sriov_drivers_autoprobe 0", kwrite(f"{base}/sriov_drivers_autoprobe", "0"), "ok")
-    answers = g.kernel_answers
-    answers["numvfs_too_many"] = kwrite(f"{base}/sriov_numvfs", str(machine.NVME_MAX_VFS + 1))
-    c.equal("sriov_numvfs above sriov_totalvfs is refused", answers["numvfs_too_many"], "ERANGE")
-    c.equal("sriov_numvfs unchanged after the refusal", kread(f"{base}/sriov_numvfs"), "0")
-    c.equal(f"enable {machine.NVME_VFS} VFs", kwrite(f"{base}/sriov_numvfs", str(machine.NVME_VFS)), "ok")
-    answers["numvfs_change"] = kwrite(f"{base}/sriov_numvfs", "1")
-    c.equal("changing the VF count while VFs are enabled is refused", answers["numvfs_change"], "EBUSY")
-    answers["numvfs_same"] = kwrite(f"{base}/sriov_numvfs", str(machine.NVME_VFS))
-    c.equal("writing the same VF count again is accepted", answers["numvfs_same"], "ok")
-    virtfns = sorted(e for e in os.listdir(base) if e.startswith("virtfn"))
-    c.equal("virtfn links", len(virtfns), machine.NVME_VFS)
+    # VFs meant for guests: no host driver probes them (QEMU's VFs are offline to nvme anyway);
+    # the scenario sets sriov_drivers_autoprobe 0 first.
+    run_scenarios(g, list(EARLY))
     g.found = locate(g.probe())
-    for vf in g.found.vfs:
-        c.equal(f"VF {vf} has no driver (autoprobe off)", driver(vf), None)
+    c.equal("the VFs found again", len(g.found.vfs), machine.NVME_VFS)
 
 
 def _strip(value: str | None) -> str | None:
@@ -103,6 +94,7 @@ def discovery(g: Guest) -> None:
     g.discovered = found
     _against_sysfs(g, probe, found)
     _against_qemu(g, found)
+    _plain_rule_and_vfs(g)
     if g.full:
         # One function of the pair typed, its group mate not: not offered (VFIO takes groups whole).
         g.config.write_text(agent_toml(g, pair_only_first=True))
@@ -173,10 +165,10 @@ def _against_sysfs(g: Guest, probe: dict[str, Any], found: dict[str, dict[str, A
     pf = pci[g.found.nvme_pf] if g.found else {}
     vf_device = found.get(g.found.nvme_pf if g.found else "", {}).get("attributes", {}).get("sriov_vf_device")
     want = f"{int(pf['sriov_vf_device'], 16):04x}"
-    c.known(
-        "sriov_vf_device as /sys shows it",
-        vf_device == want,
-        KNOWN["sriov_vf_device_unpadded"],
+    c.equal(
+        "sriov_vf_device as /sys shows it, padded to 4 digits",
+        vf_device,
+        want,
         f"/sys has {pf['sriov_vf_device']!r}, discover has {vf_device!r}",
     )
     by_busid = {d["attributes"].get("bus_path"): d for d in found.values() if d["kind"] == "usb"}
@@ -235,3 +227,22 @@ def _against_qemu(g: Guest, found: dict[str, dict[str, Any]]) -> None:
     c.equal("USB keyboard found, untyped", [(d["kind"], d["type"]) for d in kbd], [("usb", None)])
     # QEMU's keyboard has a serial with ":" in it, as many real devices do: not an identity.
     c.equal("USB keyboard known by its port", [d["address"] for d in kbd], [f"usb:{f.keyboard}"])
+
+
+def _plain_rule_and_vfs(g: Guest) -> None:
+    """QEMU's NVMe VFs carry their PF's device id, as NVIDIA's do: a rule naming only the ids
+    takes the PF, never its VFs (they need kind = "sriov_vf" or match_vfs = true)."""
+    c, f = g.checks, g.found
+    assert f is not None
+    plain = g.config.with_name("plain.toml")
+    ids = f'vendor_id = "{machine.NVME_VENDOR}", product_id = "{machine.NVME_DEVICE}"'
+    head = f'host = "vm"\nserver = "{URL}"\nstate_file = "/tmp/devassign-vm/plain-state.json"\n'
+    for extra, want in (("", None), ("\nmatch_vfs = true", "NVME")):
+        plain.write_text(f'{head}[[device]]\ntype = "NVME"\nmatch = {{ {ids} }}{extra}\n')
+        done = g.devassign("agent", "discover", "-f", "json", "--config", str(plain), "--sysfs-root", SYS)
+        got = {d["address"]: d["type"] for d in json.loads(done.stdout or "[]")}
+        c.equal(
+            f"a rule with only the ids{extra.replace(chr(10), ', ')}: the PF typed, its VFs {want}",
+            (got.get(f.nvme_pf), [got.get(vf) for vf in f.vfs]),
+            ("NVME", [want] * len(f.vfs)),
+        )

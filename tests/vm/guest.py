@@ -199,8 +199,30 @@ class Guest:
         return self.http.get("/v1/events", params={"consumer": consumer}).json()  # type: ignore[no-any-return]
 
 
+def where(found: Found) -> Any:
+    """The devices the shared scenarios (tests/vm/scenarios.py) work on, in this guest."""
+    from tests.vm.scenarios import Where
+
+    return Where(found.nvme_pf, (found.pair[0], found.pair[1]), "e1000e", found.stick)
+
+
+def run_scenarios(g: Guest, names: list[str]) -> None:
+    """The shared scenarios on this kernel, each in its section ``scenario: NAME``; the unit
+    test tests/unit/lifecycle/test_kernel_scenarios.py runs them on the simulation."""
+    from tests.vm.scenarios import ALL, RealKernel
+
+    if g.found is None:
+        return
+    kernel = RealKernel(SYS, "/dev")
+    for name in names:
+        with g.checks.part(f"scenario: {name}"):
+            for step in ALL[name](kernel, where(g.found)):
+                g.checks.equal(step.name, step.got, step.want)
+
+
 def main() -> int:
     from tests.vm import discovery_checks, lifecycle_checks, parity
+    from tests.vm.scenarios import ALL, EARLY
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=("short", "full"), default="full")
@@ -210,10 +232,13 @@ def main() -> int:
     checks.meta.update(mode=args.mode, kernel=os.uname().release, python=sys.version.split()[0])
     guest = Guest(checks, args.mode)
     try:
-        discovery_checks.run(guest)
+        discovery_checks.run(guest)  # with the EARLY scenarios (they make the VFs)
         if guest.found is not None:
             lifecycle_checks.run(guest)
+        late = [n for n in ALL if n not in EARLY and n != "remove"]
+        run_scenarios(guest, late)
         parity.run(guest)
+        run_scenarios(guest, ["remove"])  # last: it takes the PF and its VFs away
     finally:
         guest.stop_server()
         checks.save()

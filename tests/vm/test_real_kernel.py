@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.runner import REPO, TOTAL
+from tests.vm.runner import REPO, TOTAL, VmError, preflight
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -28,6 +28,10 @@ WANTED = os.environ.get("DEVASSIGN_VM", "")
     "(or run `python -m tests.vm --short` directly); needs qemu-system-x86 and busybox-static",
 )
 def test_discovery_and_handlers_on_a_real_kernel(tmp_path: Path) -> None:
+    try:
+        preflight()  # asked for and impossible is a failure, never a silent skip
+    except VmError as exc:
+        pytest.fail(f"DEVASSIGN_VM={WANTED} is set but the guest cannot run: {exc}", pytrace=False)
     mode = "full" if WANTED == "full" else "short"
     summary = tmp_path / "summary.json"
     argv = [sys.executable, "-m", "tests.vm", "--quiet", "--json", str(summary)]
