@@ -153,7 +153,7 @@ def test_claim_setup_release_cleanup_through_the_cli(compute: Host) -> None:
     assert compute.device(vf)["state"] == "cleaning"
     compute.agent()
     assert compute.device(vf)["state"] == "available"
-    assert compute.driver(vf) == "iavf" and compute.override(vf) == ""
+    assert compute.driver(vf) == "iavf" and compute.override(vf) == "(null)"
 
 
 def test_setup_failing_half_way_is_cleaned_and_available_again(compute: Host) -> None:
@@ -206,7 +206,7 @@ def test_agent_killed_at_each_step_converges(compute: Host, point: str) -> None:
         assert state == "cleaning"
     compute.agent()
     assert compute.device(vf)["state"] == "available"
-    assert compute.driver(vf) == "iavf" and compute.override(vf) == ""
+    assert compute.driver(vf) == "iavf" and compute.override(vf) == "(null)"
     # No leak: nothing held, both VFs can be claimed at once.
     assert compute.allocation_state(consumer) == "released"
     assert sorted(compute.claim(str(uuid.uuid4()), count=2)) == sorted(compute.vfs)

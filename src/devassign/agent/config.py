@@ -25,7 +25,7 @@ from devassign.lifecycle.policy import LifecyclePolicy, path_problem
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
 MATCH_KEYS = ("vendor_id", "product_id", "address", "class", "driver", "kind", "parent", "mdev_type")
-RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group")
+RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group", "match_vfs")
 RESOURCE_KEYS = ("type", "information", "count", "id", "attributes")
 TOP_KEYS = (
     "host",
@@ -59,17 +59,42 @@ class DeviceRule:
     match: dict[str, str]
     attributes: dict[str, Any] = field(default_factory=dict)
     allow_shared_iommu_group: bool = False
+    # Whether the rule takes SR-IOV VFs; None: only when its match names them (takes_vfs).
+    match_vfs: bool | None = None
+
+    def takes_vfs(self, dev: FoundDevice) -> bool:
+        """Whether this rule may take the VF ``dev`` at all (its match keys decide the rest).
+
+        Some VFs carry their PF's vendor and device id (NVIDIA's, QEMU's NVMe), so a rule
+        written for whole devices must not also hand out their VFs. A rule takes VFs when it
+        says ``match_vfs = true``, names ``kind`` or ``parent``, names one function by an
+        ``address`` without a glob, or names a ``product_id`` that is the VF's own and not
+        its PF's (Intel's 154c VFs of a 1572 PF).
+        """
+        if self.match_vfs is not None:
+            return self.match_vfs
+        m = self.match
+        if "kind" in m or "parent" in m:
+            return True
+        if "address" in m and not any(c in m["address"] for c in "*?["):
+            return True
+        pf_product = dev.attributes.get("pf_product_id")
+        want = m.get("product_id")
+        return want not in (None, "*") and pf_product is not None and pf_product != dev.product_id
 
     def matches(self, dev: FoundDevice) -> bool:
         """True when every key of the rule holds for ``dev``.
 
         mdev slots carry their GPU's ids, so only a rule that names ``kind = "mdev_type"``
         or an ``mdev_type`` takes them: a rule for whole GPUs must not also take their slots.
+        SR-IOV VFs only go to a rule that takes VFs (:meth:`takes_vfs`).
         """
         m = self.match
         if dev.kind is DeviceKind.STATIC:
             return False
         if dev.kind is DeviceKind.MDEV_TYPE and "mdev_type" not in m and "kind" not in m:
+            return False
+        if dev.kind is DeviceKind.SRIOV_VF and not self.takes_vfs(dev):
             return False
         for key, want in m.items():
             if key in ("vendor_id", "product_id"):
@@ -324,7 +349,17 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
     allow = table.get("allow_shared_iommu_group", False)
     if not isinstance(allow, bool):
         raise fail(f"{where}: allow_shared_iommu_group must be true or false")
-    return DeviceRule(name, norm, _attributes(table, where, fail), allow)
+    match_vfs = table.get("match_vfs")
+    if match_vfs is not None:
+        if not isinstance(match_vfs, bool):
+            raise fail(f"{where}: match_vfs must be true or false")
+        kind = norm.get("kind")
+        if kind is not None and match_vfs != (kind == DeviceKind.SRIOV_VF.value):
+            raise fail(
+                f"{where}: match_vfs = {str(match_vfs).lower()} contradicts match.kind {kind!r}; "
+                "leave match_vfs out"
+            )
+    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs)
 
 
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:

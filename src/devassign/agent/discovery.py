@@ -20,6 +20,8 @@ from devassign.hostio import Sysfs
 log = logging.getLogger(__name__)
 
 _HEX_ID_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{4})$")
+# ``sriov_vf_device`` is printed with %x, unpadded: ``10`` for 0x0010.
+_VF_DEVICE_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,4})$")
 _CLASS_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{6})$")
 _CPULIST_RE = re.compile(r"^[0-9,\-]*$")
 _MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -42,6 +44,17 @@ def hex_id(raw: str | None, what: str, where: str) -> str | None:
         log.warning("%s: ignoring odd %s %r", where, what, raw)
         return None
     return m.group(1).lower()
+
+
+def vf_device_id(raw: str | None, where: str) -> str | None:
+    """``sriov_vf_device`` as 4 digits: the kernel prints it with %x (``10`` -> ``0010``)."""
+    if raw is None:
+        return None
+    m = _VF_DEVICE_RE.match(raw)
+    if not m:
+        log.warning("%s: ignoring odd sriov_vf_device %r", where, raw)
+        return None
+    return f"{int(m.group(1), 16):04x}"
 
 
 def to_int(raw: str | None, what: str, where: str) -> int | None:
@@ -151,7 +164,7 @@ def _read_function(
         dev.kind = DeviceKind.SRIOV_PF
         attrs["sriov_totalvfs"] = totalvfs
         attrs["sriov_numvfs"] = numvfs if numvfs is not None else len(virtfns)
-        vf_device = hex_id(read("sriov_vf_device"), "sriov_vf_device", addr)
+        vf_device = vf_device_id(read("sriov_vf_device"), addr)
         if vf_device:
             attrs["sriov_vf_device"] = vf_device
         if (numvfs or 0) > 0 or virtfns:
@@ -222,8 +235,13 @@ def _link_sriov(devices: list[FoundDevice], physfn_of: dict[str, tuple[str, int]
         if pf_index is not None:
             dev.attributes["vf_index"] = pf_index[1]
         pf = by_addr.get(dev.parent)
-        if pf is not None and "netdev" in pf.attributes:
+        if pf is None:
+            continue
+        if "netdev" in pf.attributes:
             dev.attributes["pf_netdev"] = pf.attributes["netdev"]
+        if pf.product_id is not None:
+            # Some VFs carry their PF's device id (NVIDIA's, QEMU's NVMe): rules need to know.
+            dev.attributes["pf_product_id"] = pf.product_id
 
 
 def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[str]]:

@@ -137,6 +137,8 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
             rule: dict[str, Any] = {"type": name, "match": dict(match)}
             if kind:
                 rule["match"]["kind"] = kind
+            else:
+                rule["match_vfs"] = True  # a Nova spec without a device type takes VFs too
             if attrs:
                 rule["attributes"] = attrs
             rules.append(rule)

@@ -1,4 +1,4 @@
-"""The host boundary handlers act through: sysfs, netlink and subprocesses.
+"""The host boundary handlers act through: sysfs, netlink, subprocesses and VFIO's users.
 
 Handlers never open a file, a socket or a process themselves; they get a :class:`HostOps`
 so tests (and ``devassign demo``) run them against generated trees and recording fakes.
@@ -189,6 +189,70 @@ class RecordingNetlink:
         return self.vfs.get((pf_ifname, vf_index), VfConfig())
 
 
+class VfioUsers(Protocol):
+    """Who has VFIO device nodes open: a guest (QEMU) holding a group or a device.
+
+    The kernel blocks an unbind from vfio-pci until every user closes the device, and the
+    agent would wait in that write with all its other work; so handlers ask first.
+    """
+
+    def holders(self, nodes: Sequence[str]) -> list[str]:
+        """``pid N (command)`` for each process that has one of ``nodes`` open
+        (``/dev/vfio/12``, ``/dev/vfio/devices/vfio0``)."""
+        ...
+
+
+class NoVfioUsers:
+    """No process holds anything: a tree that is not this machine's ``/sys``."""
+
+    def holders(self, nodes: Sequence[str]) -> list[str]:
+        return []
+
+
+class ProcVfioUsers:
+    """:class:`VfioUsers` from ``/proc/<pid>/fd``: the open files of every process.
+
+    A process whose files cannot be read (it exited, or the agent is not root) is passed
+    over; the agent runs as root, so on a host it sees every guest.
+    """
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self.proc = proc
+
+    def holders(self, nodes: Sequence[str]) -> list[str]:
+        wanted = set(nodes)
+        if not wanted:
+            return []
+        found = []
+        try:
+            pids = [p for p in os.listdir(self.proc) if p.isdecimal()]
+        except OSError:
+            return []
+        for pid in sorted(pids, key=int):
+            fds = f"{self.proc}/{pid}/fd"
+            try:
+                entries = os.listdir(fds)
+            except OSError:
+                continue
+            for fd in entries:
+                try:
+                    target = os.readlink(f"{fds}/{fd}")
+                except OSError:
+                    continue
+                if target.removesuffix(" (deleted)") in wanted:
+                    found.append(f"pid {pid} ({_command(self.proc, pid)})")
+                    break
+        return found
+
+
+def _command(proc: str, pid: str) -> str:
+    try:
+        with open(f"{proc}/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or "?"
+    except OSError:
+        return "?"
+
+
 @dataclass(frozen=True)
 class RunResult:
     returncode: int
@@ -249,20 +313,33 @@ class RecordingRunner:
 @dataclass
 class HostOps:
     """Everything a handler may touch on the host. A plain :class:`Sysfs` is made a
-    :class:`ConfinedSysfs`; other kinds are checked again by the handlers' write helper."""
+    :class:`ConfinedSysfs`; other kinds are checked again by the handlers' write helper.
+    ``vfio`` defaults to what the sysfs offers (a simulated tree's guests), else nobody."""
 
     sysfs: Sysfs
     netlink: Netlink
     runner: Runner
+    vfio: VfioUsers | None = None
 
     def __post_init__(self) -> None:
         if type(self.sysfs) is Sysfs:
             self.sysfs = ConfinedSysfs(self.sysfs.root)
+        if self.vfio is None:
+            own = getattr(self.sysfs, "vfio_users", None)
+            self.vfio = own() if callable(own) else NoVfioUsers()
+
+    @property
+    def vfio_users(self) -> VfioUsers:
+        assert self.vfio is not None  # set in __post_init__
+        return self.vfio
 
     @classmethod
     def for_host(cls, sysfs_root: str | os.PathLike[str] = "/sys") -> HostOps:
-        """The real machine: sysfs at ``sysfs_root``, pyroute2 netlink, real subprocesses."""
-        return cls(ConfinedSysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner())
+        """The real machine: sysfs at ``sysfs_root``, pyroute2 netlink, real subprocesses, and
+        VFIO's users from /proc when ``sysfs_root`` is this machine's /sys."""
+        mine = os.path.realpath(sysfs_root) == "/sys"
+        users: VfioUsers = ProcVfioUsers() if mine else NoVfioUsers()
+        return cls(ConfinedSysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner(), users)
 
     @classmethod
     def simulated(

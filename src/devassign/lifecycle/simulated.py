@@ -1,26 +1,58 @@
 """A sysfs tree that answers writes the way the kernel does, for tests and the demo.
 
 A generated tree is only files: writing ``bind`` or ``create`` would just store the value.
-:class:`SimulatedSysfs` adds the few kernel reactions the handlers rely on (driver
-bind/unbind/probe with ``driver_override``, mdev create/remove) and keeps a log of every
-write, so a test can assert what was done and in which order. A write that resolves outside
-the root is refused before any of that, as :class:`ConfinedSysfs` refuses it on a real host.
+:class:`SimulatedSysfs` adds the kernel reactions the handlers rely on and keeps a log of
+every write, so a test can assert what was done and in which order. Each reaction was held
+against a real kernel (tests/vm, ``parity.py``):
+
+- driver bind/unbind/``drivers_probe`` with ``driver_override``; a cleared override reads
+  ``(null)``;
+- ``reset_method``: only methods the function supports (else EINVAL), ``default`` restores
+  them; ``reset`` with no method left fails (ENOTTY);
+- ``sriov_numvfs`` creates and removes the VFs (``virtfn<i>``/``physfn``, own IOMMU groups,
+  probed when ``sriov_drivers_autoprobe`` is 1); ERANGE above the total, EBUSY from one
+  non-zero count to another;
+- ``remove`` on a PCI function removes it (a PF's VFs stay, as nvme leaves them; a VF has no
+  ``remove``: EACCES);
+- USB ``authorized`` 0 removes the device's interfaces, 1 brings them back;
+- VFIO: ``/dev/vfio/<group>`` exists while a member is on vfio-pci (here under
+  ``.simulated-dev/vfio/``); a guest holding a group (:meth:`SimulatedSysfs.hold_group`) keeps
+  host drivers off its members (``drivers_probe`` EINVAL, ``bind`` EBUSY) and loses its hold
+  when the last member leaves vfio-pci; :meth:`SimulatedSysfs.vfio_users` tells handlers who
+  holds what, as ``/proc`` does on a host. Where the kernel would block (unbinding a device a
+  guest has open), the simulation fails with EDEADLK instead: a handler must never get there;
+- mdev create/remove.
+
+A write that resolves outside the root is refused before any of that, as
+:class:`ConfinedSysfs` refuses it on a real host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from devassign.hostio import HostIOError
 from devassign.lifecycle.host import ConfinedSysfs, inside_root
 
 # What devassign.testing.sysfs writes in a driver's folder: the "VENDOR DEVICE" ids it takes.
 SIMULATED_IDS = ".simulated-ids"
+# In a PCI function's folder: the reset methods it supports (what ``default`` restores).
+SIMULATED_RESET_METHODS = ".simulated-reset-methods"
+# In a USB device's folder: its interfaces while it is deauthorized.
+SIMULATED_INTERFACES = ".simulated-interfaces"
+# At the root: the device nodes the kernel would make (/dev/vfio/<group>) and who holds them.
+SIMULATED_DEV = ".simulated-dev"
+SIMULATED_VFIO_USERS = ".simulated-vfio-users.json"
+VFIO = "vfio-pci"
+NO_OVERRIDE = "(null)"
 
 
 class SimulatedSysfs(ConfinedSysfs):
@@ -51,12 +83,29 @@ class SimulatedSysfs(ConfinedSysfs):
                 raise HostIOError(err, f"cannot write {value!r} to {rel}: {os.strerror(err)}")
         parts = real.split("/")
         arg = value.strip()
+        folder = Path(self.root, *parts[:-1])
+        is_pci = (folder / "vendor").exists() and (folder / "class").exists()
         if real == "bus/pci/drivers_probe":
             self._probe(arg)
-        elif parts[-1] == "sriov_numvfs":
-            self._numvfs(Path(self.root, *parts[:-1]), arg)
-        elif parts[-1] == "reset" and (Path(self.root, *parts[:-1]) / "vendor").exists() and arg != "1":
-            raise self._error(errno.EINVAL, f"{rel}: only 1 resets")
+        elif parts[-1] == "sriov_numvfs" and (folder / "sriov_totalvfs").exists():
+            self._numvfs(folder, arg)
+            return  # _numvfs writes the count itself
+        elif parts[-1] == "reset" and is_pci:
+            self._reset(folder, rel, arg)
+        elif parts[-1] == "reset_method" and is_pci:
+            (folder / "reset_method").write_text(self._reset_method(folder, arg) + "\n")
+            return
+        elif parts[-1] == "driver_override" and is_pci:
+            (folder / "driver_override").write_text((arg or NO_OVERRIDE) + "\n")
+            return
+        elif parts[-1] == "remove" and is_pci:
+            if not (folder / "remove").exists():  # a VF has none; sysfs makes no new files
+                raise self._error(errno.EACCES, f"{rel}: no such attribute")
+            if arg != "0":  # kstrtoul: any non-zero number removes
+                self._remove_function(folder.name)
+            return  # the folder holding ``remove`` is gone
+        elif parts[-1] == "authorized" and (folder / "idVendor").exists():
+            self._authorize(folder, arg)
         elif parts[:3] == ["bus", "pci", "drivers"] and len(parts) == 5 and parts[4] == "unbind":
             self._unbind(parts[3], arg)
         elif parts[:3] == ["bus", "pci", "drivers"] and len(parts) == 5 and parts[4] == "bind":
@@ -75,20 +124,35 @@ class SimulatedSysfs(ConfinedSysfs):
     def _error(self, err: int, what: str) -> HostIOError:
         return HostIOError(err, f"{what}: {os.strerror(err)}")
 
+    def _override(self, address: str) -> str:
+        value = self.read(f"bus/pci/devices/{address}/driver_override") or ""
+        return "" if value == NO_OVERRIDE else value
+
     def _unbind(self, driver: str, address: str) -> None:
         if self.link_name(f"bus/pci/devices/{address}/driver") != driver:
             raise self._error(errno.ENODEV, f"{address} is not bound to {driver}")
+        group = self._group(address)
+        if driver == VFIO and group is not None:
+            use = self._vfio_use().get(group)
+            if use and address in use.get("devices", []):
+                raise self._error(
+                    errno.EDEADLK,
+                    f"{address} is open in {use['holder']}: the kernel blocks this unbind until "
+                    "the guest closes it (the simulation refuses instead of hanging)",
+                )
         os.unlink(self._dev(address) / "driver")
         link = self.path(f"bus/pci/drivers/{driver}/{address}")
         if os.path.lexists(link):
             os.unlink(link)
+        if driver == VFIO:
+            self._vfio_left(group)
 
     def _bind(self, driver: str, address: str) -> None:
         if not self._dev(address).exists():
             raise self._error(errno.ENODEV, f"no device {address}")
         if self.exists(f"bus/pci/devices/{address}/driver"):
             raise self._error(errno.EBUSY, f"{address} already has a driver")
-        override = self.read(f"bus/pci/devices/{address}/driver_override") or ""
+        override = self._override(address)
         if override and override != driver:
             raise self._error(errno.ENODEV, f"{address} is overridden to {override}")
         # As the kernel's bind: without an override the driver must take the function's ids
@@ -98,22 +162,34 @@ class SimulatedSysfs(ConfinedSysfs):
         drv = self.path(f"bus/pci/drivers/{driver}")
         if not drv.is_dir():
             raise self._error(errno.ENODEV, f"no driver {driver}")
+        group = self._group(address)
+        if driver != VFIO and group is not None and group in self._vfio_use():
+            # The guest owns the group's DMA: the driver core refuses a host driver.
+            raise self._error(errno.EBUSY, f"IOMMU group {group} of {address} is held by a guest")
         dev = os.path.realpath(self._dev(address))
         os.symlink(os.path.relpath(drv.resolve(), dev), os.path.join(dev, "driver"))
         os.symlink(os.path.relpath(dev, drv.resolve()), drv / address)
+        if driver == VFIO and group is not None:
+            node = self.dev_node(f"vfio/{group}")
+            node.parent.mkdir(parents=True, exist_ok=True)
+            node.touch()
 
     def _probe(self, address: str) -> None:
         if not self._dev(address).exists():
             raise self._error(errno.ENODEV, f"no device {address}")
         if self.exists(f"bus/pci/devices/{address}/driver"):
             return
-        override = self.read(f"bus/pci/devices/{address}/driver_override") or ""
+        override = self._override(address)
         pf = self.link_name(f"bus/pci/devices/{address}/physfn")
         if not override and pf and self.read(f"bus/pci/devices/{pf}/sriov_drivers_autoprobe") == "0":
             return  # the PF keeps host drivers off its VFs; only an override binds them
         driver = override or self.native_drivers.get(address) or self._matching(address)
         if driver and self.is_dir(f"bus/pci/drivers/{driver}"):
-            self._bind(driver, address)
+            try:
+                self._bind(driver, address)
+            except HostIOError as exc:
+                # drivers_probe answers EINVAL whatever made the probe fail.
+                raise self._error(errno.EINVAL, f"probing {address}: {exc}") from exc
 
     def _ids(self, address: str) -> str:
         return " ".join(
@@ -132,11 +208,42 @@ class SimulatedSysfs(ConfinedSysfs):
                 return driver
         return None
 
+    # ------------------------------------------------------------------ reset
+    def _supported_resets(self, dev: Path) -> list[str]:
+        """What the function can do; the builder records it, else the methods it shows now."""
+        saved = dev / SIMULATED_RESET_METHODS
+        if not saved.exists():
+            current = (dev / "reset_method").read_text() if (dev / "reset_method").exists() else ""
+            saved.write_text(current.strip() + "\n")
+        return saved.read_text().split()
+
+    def _reset_method(self, dev: Path, value: str) -> str:
+        """reset_method_store: ``default`` restores the supported methods, an empty write
+        leaves none, any other list must name only supported methods (else EINVAL)."""
+        supported = self._supported_resets(dev)
+        if value == "default":
+            return " ".join(supported)
+        if not value:
+            return ""
+        chosen: list[str] = []
+        for name in value.split():
+            if name not in supported:
+                raise self._error(errno.EINVAL, f"{dev.name} cannot reset by {name!r}")
+            if name not in chosen:
+                chosen.append(name)
+        return " ".join(chosen)
+
+    def _reset(self, dev: Path, rel: str, value: str) -> None:
+        if value != "1":
+            raise self._error(errno.EINVAL, f"{rel}: only 1 resets")
+        methods = (dev / "reset_method").read_text().split() if (dev / "reset_method").exists() else ["flr"]
+        if not methods:
+            raise self._error(errno.ENOTTY, f"{dev.name} has no reset method left")
+
+    # ------------------------------------------------------------------ SR-IOV
     def _numvfs(self, dev: Path, value: str) -> None:
-        """The kernel's answers to ``sriov_numvfs`` (sriov_numvfs_store); the VFs themselves
-        are not created or removed here: tests build them with ``SyntheticHost.sriov_pf``."""
-        if not (dev / "sriov_totalvfs").exists():
-            return
+        """sriov_numvfs_store: ERANGE above the total, ENOENT without a PF driver, EBUSY from
+        one non-zero count to another; otherwise the VFs are created (or all removed)."""
         try:
             wanted = int(value, 0)
         except ValueError:
@@ -146,12 +253,190 @@ class SimulatedSysfs(ConfinedSysfs):
         total, now = ((dev / name).read_text().strip() for name in ("sriov_totalvfs", "sriov_numvfs"))
         if wanted > int(total or 0):
             raise self._error(errno.ERANGE, f"{wanted} VFs, {dev.name} has {total}")
-        if wanted == int(now or 0):
+        current = int(now or 0)
+        if wanted == current:
             return
         if not (dev / "driver").is_symlink():
             raise self._error(errno.ENOENT, f"no driver bound to {dev.name}")
-        if wanted and int(now or 0):
+        if wanted and current:
             raise self._error(errno.EBUSY, f"{now} VFs already enabled on {dev.name}")
+        if wanted:
+            self._enable_vfs(dev, wanted)
+        else:
+            self._disable_vfs(dev)
+        (dev / "sriov_numvfs").write_text(f"{wanted}\n")
+
+    def _vf_address(self, pf: str, dev: Path, index: int) -> str:
+        """PF routing id + sriov_offset + sriov_stride * index (pci-iov-howto.rst)."""
+        domain, bus, slot_fn = pf.split(":")
+        slot, fn = slot_fn.split(".")
+        offset = int(self._text(dev / "sriov_offset") or "128")
+        stride = int(self._text(dev / "sriov_stride") or "1")
+        rid = (int(bus, 16) << 8 | int(slot, 16) << 3 | int(fn)) + offset + stride * index
+        return f"{domain}:{rid >> 8:02x}:{(rid >> 3) & 0x1F:02x}.{rid & 7}"
+
+    @staticmethod
+    def _text(path: Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return None
+
+    def _enable_vfs(self, dev: Path, count: int) -> None:
+        pf = dev.name
+        vendor = self._text(dev / "vendor") or "0x0000"
+        vf_device = "0x" + (self._text(dev / "sriov_vf_device") or "0").zfill(4)
+        groups = self.path("kernel/iommu_groups")
+        pf_group = self._group(pf)
+        next_group = max((int(g) for g in os.listdir(groups) if g.isdigit()), default=-1) + 1
+        attrs = {
+            "vendor": vendor,
+            "device": vf_device,
+            "class": self._text(dev / "class") or "0x000000",
+            "subsystem_vendor": self._text(dev / "subsystem_vendor") or vendor,
+            "subsystem_device": self._text(dev / "subsystem_device") or "0x0000",
+            "revision": self._text(dev / "revision") or "0x00",
+            "numa_node": self._text(dev / "numa_node") or "-1",
+            "local_cpulist": self._text(dev / "local_cpulist") or "",
+            "driver_override": NO_OVERRIDE,
+            "reset": "",
+            "reset_method": "flr",
+            SIMULATED_RESET_METHODS: "flr",
+        }
+        parent = dev.parent
+        for i in range(count):
+            vf = self._vf_address(pf, dev, i)
+            folder = parent / vf
+            folder.mkdir()
+            for name, text in attrs.items():
+                (folder / name).write_text(text + "\n")
+            os.symlink(f"../{pf}", folder / "physfn")
+            os.symlink(f"../{vf}", dev / f"virtfn{i}")
+            os.symlink(
+                os.path.relpath(folder, self.path("bus/pci/devices")), self.path(f"bus/pci/devices/{vf}")
+            )
+            if pf_group is not None:
+                # Each VF in a group of its own (ACS), numbered after the existing ones.
+                gdir = groups / str(next_group)
+                (gdir / "devices").mkdir(parents=True)
+                os.symlink(os.path.relpath(gdir, folder), folder / "iommu_group")
+                os.symlink(os.path.relpath(folder, gdir / "devices"), gdir / "devices" / vf)
+                next_group += 1
+        if self._text(dev / "sriov_drivers_autoprobe") != "0":
+            for i in range(count):
+                with contextlib.suppress(HostIOError):  # a VF no driver takes stays without one
+                    self._probe(self._vf_address(pf, dev, i))
+
+    def _disable_vfs(self, dev: Path) -> None:
+        for link in sorted(dev.glob("virtfn*")):
+            vf = os.path.basename(os.readlink(link))
+            self._remove_function(vf)
+
+    # ------------------------------------------------------------------ remove
+    def _remove_function(self, address: str) -> None:
+        """pci_stop_and_remove_bus_device: the function goes, its driver and group links with
+        it. A PF's VFs stay unless its driver disables SR-IOV when removed (nvme does not: the
+        kernel only warns "driver left SR-IOV enabled after remove"); their ``physfn`` dangles."""
+        dev = Path(os.path.realpath(self._dev(address)))
+        driver = self.link_name(f"bus/pci/devices/{address}/driver")
+        group = self._group(address)
+        if driver is not None:
+            os.unlink(dev / "driver")
+            link = self.path(f"bus/pci/drivers/{driver}/{address}")
+            if os.path.lexists(link):
+                os.unlink(link)
+            if driver == VFIO:
+                self._vfio_left(group)
+        if group is not None:
+            member = self.path(f"kernel/iommu_groups/{group}/devices/{address}")
+            if os.path.lexists(member):
+                os.unlink(member)
+            gdir = self.path(f"kernel/iommu_groups/{group}")
+            if not os.listdir(gdir / "devices"):
+                shutil.rmtree(gdir)
+        pf = self.link_name(f"bus/pci/devices/{address}/physfn")
+        if pf is not None:
+            pf_dir = self._dev(pf)
+            for link in pf_dir.glob("virtfn*"):
+                if os.path.basename(os.readlink(link)) == address:
+                    os.unlink(link)
+        os.unlink(self.path(f"bus/pci/devices/{address}"))
+        shutil.rmtree(dev)
+
+    # ------------------------------------------------------------------ USB
+    def _authorize(self, dev: Path, value: str) -> None:
+        """authorized 0 removes the device's interfaces (usb_deauthorize_device); 1 makes
+        them again (usb_authorize_device configures the device)."""
+        links = self.path("bus/usb/devices")
+        kept = dev / SIMULATED_INTERFACES
+        busid = dev.name
+        if value == "0":
+            for entry in sorted(os.listdir(dev)):
+                if entry.startswith(busid + ":") and (dev / entry).is_dir():
+                    kept.mkdir(exist_ok=True)
+                    shutil.move(dev / entry, kept / entry)
+                    if os.path.lexists(links / entry):
+                        os.unlink(links / entry)
+        elif kept.is_dir():
+            for entry in sorted(os.listdir(kept)):
+                shutil.move(kept / entry, dev / entry)
+                os.symlink(os.path.relpath(dev / entry, links), links / entry)
+            kept.rmdir()
+
+    # ------------------------------------------------------------------ VFIO
+    def _group(self, address: str) -> str | None:
+        return self.link_name(f"bus/pci/devices/{address}/iommu_group")
+
+    def dev_node(self, name: str) -> Path:
+        """Where the simulation keeps the device node ``/dev/<name>`` (``vfio/12``)."""
+        return self.path(f"{SIMULATED_DEV}/{name}")
+
+    def _vfio_use(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path(SIMULATED_VFIO_USERS).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_vfio_use(self, use: dict[str, dict[str, Any]]) -> None:
+        self.path(SIMULATED_VFIO_USERS).write_text(json.dumps(use, indent=1, sort_keys=True) + "\n")
+
+    def _vfio_left(self, group: str | None) -> None:
+        """A member left vfio-pci: with none left the group's node goes, and a guest holding
+        the group loses it (the kernel revokes the container)."""
+        if group is None:
+            return
+        members = self.listdir(f"kernel/iommu_groups/{group}/devices")
+        if any(self.link_name(f"bus/pci/devices/{m}/driver") == VFIO for m in members):
+            return
+        node = self.dev_node(f"vfio/{group}")
+        if node.exists():
+            node.unlink()
+        use = self._vfio_use()
+        if use.pop(group, None) is not None:
+            self._save_vfio_use(use)
+
+    def hold_group(
+        self, group: int | str, holder: str = "pid 4242 (qemu-system-x86)", *, devices: Sequence[str] = ()
+    ) -> None:
+        """A guest opens ``/dev/vfio/<group>`` and attaches it (and opens ``devices``), as
+        QEMU does; the group's node must exist (a member on vfio-pci), as on a host."""
+        key = str(group)
+        if not self.dev_node(f"vfio/{key}").exists():
+            raise self._error(errno.ENOENT, f"/dev/vfio/{key}: no member of group {key} is on {VFIO}")
+        use = self._vfio_use()
+        use[key] = {"holder": holder, "devices": sorted(devices)}
+        self._save_vfio_use(use)
+
+    def release_group(self, group: int | str) -> None:
+        """The guest closes the group and its devices."""
+        use = self._vfio_use()
+        if use.pop(str(group), None) is not None:
+            self._save_vfio_use(use)
+
+    def vfio_users(self) -> SimulatedVfioUsers:
+        """Who holds what, as :class:`devassign.lifecycle.host.VfioUsers` (for ``HostOps``)."""
+        return SimulatedVfioUsers(self)
 
     def _mdev_create(self, type_dir: Path, uuid: str) -> None:
         available = int((type_dir / "available_instances").read_text().strip() or "0")
@@ -179,3 +464,19 @@ class SimulatedSysfs(ConfinedSysfs):
                 os.unlink(link)
         available = int((type_dir / "available_instances").read_text().strip() or "0")
         (type_dir / "available_instances").write_text(f"{available + 1}\n")
+
+
+class SimulatedVfioUsers:
+    """The guests :meth:`SimulatedSysfs.hold_group` recorded in the tree, by device node."""
+
+    def __init__(self, sysfs: SimulatedSysfs) -> None:
+        self.sysfs = sysfs
+
+    def holders(self, nodes: Sequence[str]) -> list[str]:
+        use = self.sysfs._vfio_use()
+        found = []
+        for node in nodes:
+            group = node.removeprefix("/dev/vfio/")
+            if group in use and use[group]["holder"] not in found:
+                found.append(str(use[group]["holder"]))
+        return found

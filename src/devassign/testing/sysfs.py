@@ -45,6 +45,8 @@ from typing import Any
 PCI_ROOT = "devices/pci0000:00"
 # In a driver's folder: "VENDOR DEVICE" lines, the ids the driver takes when probed.
 SIMULATED_IDS = ".simulated-ids"
+# In a function's folder: the reset methods it supports (see lifecycle/simulated.py).
+SIMULATED_RESET_METHODS = ".simulated-reset-methods"
 USB_ROOT = "devices/platform/usb-host"
 
 
@@ -131,10 +133,12 @@ class SyntheticHost:
             self.write(f"{d}/numa_node", str(numa))
         if local_cpulist is not None:
             self.write(f"{d}/local_cpulist", local_cpulist)
-        self.write(f"{d}/driver_override", "")
+        self.write(f"{d}/driver_override", "(null)")  # the kernel's text for "none"
+        self.write(f"{d}/remove", "")
         if reset is not None:
             self.write(f"{d}/reset", "")
             self.write(f"{d}/reset_method", reset)
+            self.write(f"{d}/{SIMULATED_RESET_METHODS}", reset)  # what ``default`` restores
         for name, value in (extra or {}).items():
             self.write(f"{d}/{name}", value)
         self.link(f"bus/pci/devices/{addr}", f"../../../{d}")
@@ -212,6 +216,12 @@ class SyntheticHost:
         self.write(f"{d}/sriov_numvfs", str(vfs))
         self.write(f"{d}/sriov_drivers_autoprobe", "1")
         self.write(f"{d}/sriov_vf_device", f"{int(vf_device, 16):x}")  # the kernel prints %x
+        if vf_bus is None:
+            # Where vf_addresses puts VF i (devfn 0x80 + i of the PF's bus), as the kernel
+            # computes it: the PF's routing id + sriov_offset + sriov_stride * i.
+            slot, fn = addr.rsplit(":", 1)[1].split(".")
+            self.write(f"{d}/sriov_offset", str(0x80 - (int(slot, 16) << 3 | int(fn))))
+            self.write(f"{d}/sriov_stride", "1")
         if ifname:
             self.netdev(addr, ifname, operstate)
         out = vf_addresses(addr, vfs, vf_bus)
@@ -220,6 +230,7 @@ class SyntheticHost:
             self.pci(
                 vf, vendor, vf_device, cls=cls, numa=numa, iommu_group=group, driver=vf_driver, reset=reset
             )
+            (self.root / self.dev(vf) / "remove").unlink()  # the kernel gives VFs none
             self.link(f"{self.dev(vf)}/physfn", f"../{addr}")
             self.link(f"{d}/virtfn{i}", f"../{vf}")
         return out

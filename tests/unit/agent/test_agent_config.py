@@ -92,6 +92,18 @@ def test_host_defaults_to_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
             '[[device]]\ntype = "X"\nmatch = { kind = "pci" }\nattributes = { a = { b = 1 } }',
             "attribute 'a' must be a plain value",
         ),
+        (
+            '[[device]]\ntype = "X"\nmatch = { vendor_id = "10de" }\nmatch_vfs = "yes"',
+            "match_vfs must be true or false",
+        ),
+        (
+            '[[device]]\ntype = "X"\nmatch = { kind = "pci" }\nmatch_vfs = true',
+            "match_vfs = true contradicts match.kind 'pci'",
+        ),
+        (
+            '[[device]]\ntype = "X"\nmatch = { kind = "sriov_vf" }\nmatch_vfs = false',
+            "match_vfs = false contradicts match.kind 'sriov_vf'",
+        ),
         ('[[resource]]\ntype = "T"\ncount = 0', "[[resource]] #1 (type T): count must be"),
         ('[[resource]]\ntype = "T"\ncount = true', "count must be"),
         ('[[resource]]\ntype = "T"\nid = "a b"', "id 'a b' must be"),
@@ -121,3 +133,11 @@ def test_second_rule_is_named(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_match_vfs_is_read_with_the_rule() -> None:
+    cfg = parse_config({"device": [{"type": "G", "match": {"vendor_id": "10de"}, "match_vfs": True}]})
+    assert cfg.devices[0].match_vfs is True
+    assert (
+        parse_config({"device": [{"type": "G", "match": {"vendor_id": "10de"}}]}).devices[0].match_vfs is None
+    )

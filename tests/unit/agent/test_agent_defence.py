@@ -87,7 +87,7 @@ def test_a_poisoned_fact_quarantines_and_a_clear_cleans_from_the_host(world: Wor
     (again,) = agent.work()
     assert again.ok and again.state == "available", again.error
     assert world.driver(world.vfs[0]) == "iavf", "the kernel's probe gave it back to its driver"
-    assert world.sysfs.read(f"bus/pci/devices/{world.vfs[0]}/driver_override") == ""
+    assert world.sysfs.read(f"bus/pci/devices/{world.vfs[0]}/driver_override") == "(null)"
     state = StateFile(world.config.state_file).state
     assert "d0" not in state.facts and "d0" not in state.host_drivers
     assert (outside / "bind").read_text() == ""

@@ -224,3 +224,100 @@ def test_iommu_group_members(tmp_path: Path) -> None:
     h.pci("0000:01:00.1", "10de", "10f8", cls="040300", iommu_group=1)
     groups = scan_pci(Sysfs(h.root), pci_ids=None).iommu_groups
     assert groups == {1: ["0000:00:01.0", "0000:01:00.0", "0000:01:00.1"]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"), [("10", "0010"), ("154c", "154c"), ("0x10ed", "10ed"), ("a", "000a")]
+)
+def test_sriov_vf_device_printed_without_padding_is_padded(tmp_path: Path, raw: str, want: str) -> None:
+    """The kernel prints sriov_vf_device with %x: QEMU's NVMe PF shows ``10``."""
+    h = host(tmp_path)
+    h.sriov_pf("0000:01:00.0", "1b36", "0010", vfs=0, total_vfs=4)
+    h.set("0000:01:00.0", "sriov_vf_device", raw)
+    pf = by_address(scan_pci(Sysfs(h.root), pci_ids=None).devices)["0000:01:00.0"]
+    assert pf.attributes["sriov_vf_device"] == want
+
+
+def test_sriov_vf_device_that_is_not_hex_is_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = host(tmp_path)
+    h.sriov_pf("0000:01:00.0", "1b36", "0010", vfs=0, total_vfs=4)
+    h.set("0000:01:00.0", "sriov_vf_device", "12345")
+    pf = by_address(scan_pci(Sysfs(h.root), pci_ids=None).devices)["0000:01:00.0"]
+    assert "sriov_vf_device" not in pf.attributes
+    assert "odd sriov_vf_device" in caplog.text
+
+
+def test_a_function_behind_intel_vmd_has_a_five_digit_domain(tmp_path: Path) -> None:
+    """VMD puts its NVMe drives in domains from 10000 up: such an address is not odd."""
+    h = host(tmp_path)
+    h.pci("10000:01:00.0", "8086", "0a54", cls="010802", iommu_group=40)
+    h.pci("10000:01:00.1", "8086", "0a54", cls="010802", iommu_group=40)
+    inv = build_inventory(
+        Sysfs(h.root),
+        parse_config({"device": [{"type": "NVME", "match": {"address": "10000:01:00.*"}}]}),
+        pci_ids=None,
+    )
+    devs = by_address(inv.devices)
+    assert devs["10000:01:00.0"].type == "NVME" and devs["10000:01:00.0"].offered
+    assert devs["10000:01:00.0"].attributes["iommu_group_peers"] == ["10000:01:00.1"]
+    assert address_error(DeviceKind.PCI, "10000:01:00.0") is None
+    assert address_error(DeviceKind.PCI, "100000:01:00.0") is not None
+    assert address_error(DeviceKind.MDEV_TYPE, "10000:01:00.0/nvidia-1/0") is None
+    assert {d.address for d in inv.reported()} == {"10000:01:00.0", "10000:01:00.1"}
+
+
+def nvidia_vfs(root: Path) -> tuple[Sysfs, list[str]]:
+    """An NVIDIA-like PF whose VFs carry its own device id, and an Intel PF whose VFs do not."""
+    h = host(root)
+    vfs = h.sriov_pf(
+        "0000:3b:00.0",
+        "10de",
+        "2331",
+        vfs=2,
+        vf_device="2331",
+        driver="nvidia",
+        cls="030200",
+        vf_driver=None,
+        iommu_group=10,
+        vf_iommu_group_start=20,
+    )
+    vfs += h.sriov_pf(
+        "0000:5e:00.0", "8086", "1572", vfs=1, vf_device="154c", iommu_group=11, vf_iommu_group_start=30
+    )
+    return Sysfs(h.root), vfs
+
+
+@pytest.mark.parametrize(
+    ("rule", "typed"),
+    [
+        # Only the ids: the GPU itself, never its VFs; Intel's VF id names VFs, so it takes them.
+        ({"match": {"vendor_id": "10de", "product_id": "2331"}}, {"0000:3b:00.0"}),
+        ({"match": {"vendor_id": "8086", "product_id": "154c"}}, {"0000:5e:10.0"}),
+        ({"match": {"vendor_id": "10de"}}, {"0000:3b:00.0"}),
+        ({"match": {"class": "03"}}, {"0000:3b:00.0"}),
+        ({"match": {"address": "0000:3b:*"}}, {"0000:3b:00.0"}),
+        # Saying so: kind, parent, one address, or match_vfs.
+        ({"match": {"vendor_id": "10de", "kind": "sriov_vf"}}, {"0000:3b:10.0", "0000:3b:10.1"}),
+        ({"match": {"parent": "0000:3b:00.0"}}, {"0000:3b:10.0", "0000:3b:10.1"}),
+        ({"match": {"address": "0000:3b:10.1"}}, {"0000:3b:10.1"}),
+        (
+            {"match": {"vendor_id": "10de", "product_id": "2331"}, "match_vfs": True},
+            {"0000:3b:00.0", "0000:3b:10.0", "0000:3b:10.1"},
+        ),
+        ({"match": {"vendor_id": "8086", "product_id": "154c"}, "match_vfs": False}, set()),
+    ],
+)
+def test_a_rule_takes_sriov_vfs_only_when_it_says_so(
+    tmp_path: Path, rule: dict[str, object], typed: set[str]
+) -> None:
+    sysfs, _ = nvidia_vfs(tmp_path)
+    inv = build_inventory(sysfs, parse_config({"device": [{"type": "T", **rule}]}), pci_ids=None)
+    assert {d.address for d in inv.devices if d.type == "T"} == typed
+
+
+def test_vfs_know_their_pfs_device_id(tmp_path: Path) -> None:
+    sysfs, vfs = nvidia_vfs(tmp_path)
+    devs = by_address(scan_pci(sysfs, pci_ids=None).devices)
+    assert [devs[vf].attributes["pf_product_id"] for vf in vfs] == ["2331", "2331", "1572"]

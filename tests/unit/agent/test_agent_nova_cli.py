@@ -41,7 +41,8 @@ def test_import_nova_conf(tmp_path: Path) -> None:
         "match": {"vendor_id": "8086", "product_id": "154c", "kind": "sriov_vf"},
         "attributes": {"physical_network": "physnet1"},
     }
-    assert rules[1] == {"type": "PCI_ANY_ANY", "match": {"address": "0000:3b:00.0"}}
+    # Nova's spec without a device type takes a VF as well as a PF: so does the rule.
+    assert rules[1] == {"type": "PCI_ANY_ANY", "match": {"address": "0000:3b:00.0"}, "match_vfs": True}
     assert rules[2]["type"] == "a100" and rules[2]["match"]["kind"] == "pci"
     assert len(rules) == 3
     assert "regular expression" in text  # the regex address is reported, not guessed
@@ -52,7 +53,9 @@ def test_import_nova_json(tmp_path: Path) -> None:
     path = tmp_path / "pci.json"
     path.write_text(json.dumps({"device_spec": [{"vendor_id": "15b3", "product_id": "101e"}], "alias": []}))
     rules = tomllib.loads(import_nova(path))["device"]
-    assert rules == [{"type": "PCI_15B3_101E", "match": {"vendor_id": "15b3", "product_id": "101e"}}]
+    assert rules == [
+        {"type": "PCI_15B3_101E", "match": {"vendor_id": "15b3", "product_id": "101e"}, "match_vfs": True}
+    ]
 
 
 runner = CliRunner()

@@ -56,7 +56,7 @@ class Machine:
         self.mark(address, driver, reset)
 
     def mark(self, address: str, driver: str | None, reset: str | None = "flr") -> None:
-        self.h.set(address, "driver_override", "")
+        self.h.set(address, "driver_override", "(null)")
         if reset is not None:
             self.h.set(address, "reset", "")
             self.h.set(address, "reset_method", reset)

@@ -46,7 +46,7 @@ def test_cleanup_resets_and_returns_the_function_to_its_driver(machine: Machine)
     dev = device(GPU, DeviceKind.PCI, driver="vfio-pci", facts=facts)
     PciHandler().cleanup(dev, {}, machine.ops)
     assert machine.driver(GPU) == "nvidia"
-    assert machine.read(f"bus/pci/devices/{GPU}/driver_override") == ""
+    assert machine.read(f"bus/pci/devices/{GPU}/driver_override") == "(null)"
     assert machine.writes_to(f"{GPU}/reset") == ["1"]
     reset_at = machine.sysfs.writes.index((f"bus/pci/devices/{GPU}/reset", "1"))
     unbind_at = machine.sysfs.writes.index(("bus/pci/drivers/vfio-pci/unbind", GPU))
@@ -92,7 +92,7 @@ def test_cleanup_after_a_setup_killed_at_any_step(machine: Machine, writes_befor
     crashing.limit = 100
     PciHandler().cleanup(device(GPU, DeviceKind.PCI, driver="nvidia"), {}, machine.ops)
     assert machine.driver(GPU) == "nvidia"
-    assert machine.read(f"bus/pci/devices/{GPU}/driver_override") == ""
+    assert machine.read(f"bus/pci/devices/{GPU}/driver_override") == "(null)"
 
 
 @pytest.mark.parametrize("writes_before_crash", range(SETUP_WRITES))
@@ -167,8 +167,10 @@ def test_bus_reset_policy_selects_the_bus_method(machine: Machine) -> None:
     dev = device(GPU, DeviceKind.PCI, driver="nvidia")
     PciHandler().setup(dev, {"reset": "bus"}, machine.ops)
     PciHandler().cleanup(dev, {"reset": "bus"}, machine.ops)
-    assert machine.writes_to("/reset_method") == ["bus"]
+    # Bus reset for this cleanup only: the methods the function had are written back.
+    assert machine.writes_to("/reset_method") == ["bus", "flr bus"]
     assert machine.writes_to("/reset") == ["1"]
+    assert machine.read(f"bus/pci/devices/{GPU}/reset_method") == "flr bus"
 
 
 def test_bus_reset_policy_refuses_a_function_with_flr_only(machine: Machine) -> None:
@@ -229,3 +231,39 @@ def test_simulated_unbind_of_a_wrong_driver_fails(machine: Machine) -> None:
     gpu(machine)
     with pytest.raises(HostIOError):
         machine.sysfs.write("bus/pci/drivers/vfio-pci/unbind", GPU)
+
+
+def test_a_failed_bus_reset_still_restores_the_reset_methods(machine: Machine) -> None:
+    gpu(machine, reset="flr bus")
+    dev = device(GPU, DeviceKind.PCI, driver="nvidia")
+    PciHandler().setup(dev, {"reset": "bus"}, machine.ops)
+    machine.sysfs.fail(f"bus/pci/devices/{GPU}/reset")
+    with pytest.raises(HandlerError, match=f"reset of {GPU} failed"):
+        PciHandler().cleanup(dev, {"reset": "bus"}, machine.ops)
+    assert machine.read(f"bus/pci/devices/{GPU}/reset_method") == "flr bus"
+
+
+def test_a_bus_reset_that_was_already_the_only_method_writes_no_method(machine: Machine) -> None:
+    gpu(machine, reset="bus")
+    dev = device(GPU, DeviceKind.PCI, driver="nvidia")
+    PciHandler().setup(dev, {"reset": "bus"}, machine.ops)
+    PciHandler().cleanup(dev, {"reset": "bus"}, machine.ops)
+    assert machine.writes_to("/reset_method") == []
+    assert machine.writes_to("/reset") == ["1"]
+
+
+def test_cleanup_while_a_guest_holds_the_group_fails_before_writing(machine: Machine) -> None:
+    """The kernel would block the unbind while the guest has the device open (and the agent
+    with it): the cleanup fails at once, names the holder, and leaves the function as it is."""
+    gpu(machine)
+    dev = device(GPU, DeviceKind.PCI, driver="nvidia")
+    PciHandler().setup(dev, {}, machine.ops)
+    machine.sysfs.hold_group(12, "pid 4242 (qemu-system-x86)", devices=[GPU])
+    writes = len(machine.sysfs.writes)
+    with pytest.raises(HandlerError, match=r"in use through VFIO \(IOMMU group 12 open by pid 4242"):
+        PciHandler().cleanup(dev, {}, machine.ops)
+    assert len(machine.sysfs.writes) == writes
+    assert machine.driver(GPU) == "vfio-pci"
+    machine.sysfs.release_group(12)
+    PciHandler().cleanup(dev, {}, machine.ops)
+    assert machine.driver(GPU) == "nvidia"

@@ -135,3 +135,15 @@ def test_a_pf_without_netdev_is_refused(machine: Machine) -> None:
     vfs = machine.h.sriov_pf(PF, "8086", "1572", vfs=1, vf_iommu_group_start=40)
     with pytest.raises(HandlerError, match="has no network interface"):
         SriovVfHandler().setup(vf_device(vfs[0]), {}, machine.ops)
+
+
+def test_cleanup_while_a_guest_holds_the_vf_keeps_its_mac(machine: Machine) -> None:
+    """The guest still runs with the VF: nothing is changed, not even its MAC on the PF."""
+    vfs = nic(machine)
+    dev = vf_device(vfs[1], params={"mac": MAC, "vlan": 42})
+    SriovVfHandler().setup(dev, {}, machine.ops)
+    machine.sysfs.hold_group(41, "pid 99 (qemu-system-x86)", devices=[vfs[1]])
+    with pytest.raises(HandlerError, match=r"in use through VFIO .*pid 99"):
+        SriovVfHandler().cleanup(dev, {}, machine.ops)
+    assert machine.netlink.vfs[("ens1f0", 1)] == VfConfig(mac=MAC, vlan=42)
+    assert machine.driver(vfs[1]) == "vfio-pci"

@@ -6,10 +6,13 @@ is on vfio (bridges excepted), and the group is the isolation boundary. Cleanup 
 function (so the next tenant sees no state of the last) and gives it back to the host driver
 it came from. A function with no reset is refused unless the type says ``reset = "none-ok"``.
 Every driver name that becomes a path (recorded, discovered or configured) is checked first.
+A cleanup while a guest still has the function's VFIO group or device open fails at once (the
+kernel would block the unbind until the guest lets go, and the agent with it).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,9 +27,11 @@ from devassign.lifecycle.base import (
     config_choice,
 )
 from devassign.lifecycle.handlers.common import driver_dir, pci_dir, pci_driver, require_present, write
-from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.host import HostOps, VfioUsers
 
 VFIO = "vfio-pci"
+# What the kernel shows in driver_override when none is set.
+NO_OVERRIDE = ("", "(null)")
 RESET_CHOICES = ("required", "bus", "none-ok")
 BRIDGE_CLASS_PREFIX = "0x0604"
 
@@ -95,13 +100,47 @@ def group_problems(sysfs: Sysfs, address: str, pending: frozenset[str]) -> list[
     return problems
 
 
+def driver_override(sysfs: Sysfs, address: str) -> str | None:
+    """The function's ``driver_override``; ``None`` when unset (the kernel shows ``(null)``)."""
+    value = sysfs.read(f"{pci_dir(address)}/driver_override")
+    return None if value is None or value in NO_OVERRIDE else value
+
+
+def vfio_nodes(sysfs: Sysfs, address: str) -> list[str]:
+    """The device nodes a guest opens to use the function: its group's ``/dev/vfio/<group>``
+    (``noiommu-<group>`` without an IOMMU) and, where the kernel has them, its
+    ``/dev/vfio/devices/vfioN``."""
+    rel = pci_dir(address)
+    nodes = []
+    group = sysfs.link_name(f"{rel}/iommu_group")
+    if group is not None and group.isdecimal():
+        nodes += [f"/dev/vfio/{group}", f"/dev/vfio/noiommu-{group}"]
+    for name in sysfs.listdir(f"{rel}/vfio-dev"):
+        if name.startswith("vfio") and name[4:].isdecimal():
+            nodes.append(f"/dev/vfio/devices/{name}")
+    return nodes
+
+
+def refuse_if_held(sysfs: Sysfs, users: VfioUsers, address: str) -> None:
+    """Fail while a guest holds the function through VFIO: giving it back to the host then
+    would block in the kernel (a device open) or take it from under a guest (a group held)."""
+    holders = users.holders(vfio_nodes(sysfs, address))
+    if holders:
+        group = sysfs.link_name(f"{pci_dir(address)}/iommu_group")
+        raise HandlerError(
+            f"{address} is still in use through VFIO (IOMMU group {group} open by "
+            f"{', '.join(holders)}): a guest still holds it, so it is not given back to the host; "
+            "stop that guest, then devassign device clear"
+        )
+
+
 def bind_vfio(sysfs: Sysfs, address: str) -> str | None:
     """Move the function to vfio-pci; returns the driver it was on (``None`` if unbound/vfio)."""
     rel = require_present(sysfs, address)
     if not sysfs.is_dir(driver_dir(VFIO)):
         raise HandlerError(f"the {VFIO} driver is not loaded on this host (modprobe vfio-pci)")
     current = pci_driver(sysfs, address)
-    if sysfs.read(f"{rel}/driver_override") != VFIO:
+    if driver_override(sysfs, address) != VFIO:
         write(sysfs, f"{rel}/driver_override", VFIO, f"cannot set driver_override of {address}")
     if current == VFIO:
         return None
@@ -123,9 +162,20 @@ def reset_function(sysfs: Sysfs, address: str, config: TypeConfig) -> None:
     rel = pci_dir(address)
     if not sysfs.exists(f"{rel}/reset"):
         return  # reset = "none-ok"
-    if config.get("reset") == "bus" and sysfs.exists(f"{rel}/reset_method"):
-        write(sysfs, f"{rel}/reset_method", "bus", f"cannot select bus reset of {address}")
-    write(sysfs, f"{rel}/reset", "1", f"reset of {address} failed")
+    before = sysfs.read(f"{rel}/reset_method")
+    if config.get("reset") != "bus" or not before or before == "bus":
+        write(sysfs, f"{rel}/reset", "1", f"reset of {address} failed")
+        return
+    # Only the bus reset for this one reset, then the methods the function had before.
+    write(sysfs, f"{rel}/reset_method", "bus", f"cannot select bus reset of {address}")
+    restore = (f"{rel}/reset_method", before, f"cannot restore reset_method {before!r} of {address}")
+    try:
+        write(sysfs, f"{rel}/reset", "1", f"reset of {address} failed")
+    except HandlerError:
+        with contextlib.suppress(HandlerError):
+            write(sysfs, *restore)
+        raise
+    write(sysfs, *restore)
 
 
 def original_driver(device: LifecycleDevice, config: TypeConfig) -> str | None:
@@ -154,7 +204,7 @@ def release_vfio(sysfs: Sysfs, address: str, target: str | None) -> None:
     rel = require_present(sysfs, address)
     if target is not None:
         names.driver_name(target, f"{address}: driver to return to")
-    if sysfs.read(f"{rel}/driver_override"):
+    if driver_override(sysfs, address) is not None:
         write(sysfs, f"{rel}/driver_override", "\n", f"cannot clear driver_override of {address}")
     if pci_driver(sysfs, address) == VFIO and target != VFIO:
         write(sysfs, f"{driver_dir(VFIO)}/unbind", address, f"cannot unbind {address}")
@@ -194,6 +244,7 @@ class PciHandler:
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
         require_present(ops.sysfs, device.address)
         target = original_driver(device, config)  # checked before anything is written
+        refuse_if_held(ops.sysfs, ops.vfio_users, device.address)
         reset_function(ops.sysfs, device.address, config)
         release_vfio(ops.sysfs, device.address, target)
 

@@ -25,7 +25,7 @@ from devassign.lifecycle.base import (
     config_choice,
 )
 from devassign.lifecycle.handlers.common import pci_dir, require_present
-from devassign.lifecycle.handlers.pci import PciHandler
+from devassign.lifecycle.handlers.pci import PciHandler, refuse_if_held
 from devassign.lifecycle.host import ZERO_MAC, HostOps, LinkState, VfConfig
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -127,6 +127,7 @@ class SriovVfHandler:
 
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
         where = locate_vf(ops.sysfs, device.address)
+        refuse_if_held(ops.sysfs, ops.vfio_users, device.address)  # before its MAC is taken
         try:
             ops.netlink.set_vf(
                 where.pf_ifname,
