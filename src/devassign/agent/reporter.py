@@ -10,15 +10,23 @@ reports, a header on the other calls): the server refuses a second live process 
 host id (409 ``agent_conflict``: a state file cloned into a machine image, or this agent just
 restarted). Such an agent says why once, does no lifecycle work and keeps retrying with its
 backoff; a restarted agent takes over once the old process has been silent long enough.
+
+Retries: a connection error, a timeout, a 5xx or a 429 is :class:`ServerUnavailable`; the
+loops wait :meth:`Reporter.backoff` (exponential with full jitter, at most ``max_backoff``,
+at least the server's ``Retry-After`` within that cap) on ``clock`` (monotonic: a wall clock
+set back or forward changes nothing) and :class:`Outage` logs one line per outage, not per try.
+The agent sends no timestamps: the server judges liveness and expiry by its own clock.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -36,7 +44,19 @@ AGENT_CONFLICT = "agent_conflict"
 
 
 class ServerUnavailable(RuntimeError):
-    """The server could not be reached or failed (5xx): try again later."""
+    """The server could not be reached, timed out, failed (5xx) or asked to slow down (429):
+    try again later. ``retry_after``: the seconds the server asked to wait (``Retry-After``),
+    when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.logged = False  # already logged by :class:`Outage` (a request that failed)
+
+
+class NotTaken(ServerUnavailable):
+    """Nothing was sent: the server refuses this process as a second agent of its host (see
+    :class:`AgentConflict`). Retried like an outage, but it is not one."""
 
 
 class ReportRefused(RuntimeError):
@@ -57,6 +77,83 @@ class AgentConflict(ReportRefused):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, 409)
         self.retry_after = retry_after
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delta-seconds, or an HTTP date measured
+    against the answer's own ``Date``: both are the server's clock, never compared with this
+    host's); else a number ``retry_after`` in the error body; ``None`` when neither is there.
+    Never negative; the caller caps it."""
+    value = resp.headers.get("retry-after", "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+            try:
+                when = parsedate_to_datetime(value)
+                sent = parsedate_to_datetime(resp.headers.get("date", ""))
+            except (TypeError, ValueError, IndexError):
+                pass
+            else:
+                if (when.tzinfo is None) == (sent.tzinfo is None):
+                    seconds = (when - sent).total_seconds()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    body = _error(resp).get("retry_after")
+    if isinstance(body, int | float) and not isinstance(body, bool) and math.isfinite(body):
+        return max(0.0, float(body))
+    return None
+
+
+def payload(resp: httpx.Response, where: str) -> Any:
+    """The JSON of a 2xx answer; an answer that is not JSON (a proxy's error page while the
+    server is away) is :class:`ServerUnavailable`, retried, never a crash."""
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise ServerUnavailable(
+            f"{where}: {resp.status_code} answer is not JSON: {resp.text[:120]!r}"
+        ) from exc
+
+
+class Outage:
+    """Logs an outage once: one warning at the first request that fails, the failures after it
+    at debug level, and one info line at the first answer (how long, how many failures).
+
+    ``clock`` is the agent's monotonic clock.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, exc: ServerUnavailable) -> None:
+        exc.logged = True
+        self.failures += 1
+        if self.since is None:
+            self.since = self.clock()
+            log.warning(
+                "server unreachable: %s; retrying with backoff until it answers (logged once "
+                "per outage); assigned devices stay as they are, work results stay queued in "
+                "the state file",
+                exc,
+            )
+        else:
+            log.debug("server still unreachable (%d failed requests): %s", self.failures, exc)
+
+    def ended(self) -> None:
+        if self.since is None:
+            return
+        lasted = max(0.0, self.clock() - self.since)
+        log.info("server answers again after %.0f s (%d failed requests)", lasted, self.failures)
+        self.since = None
+        self.failures = 0
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
 
 
 def _error(resp: httpx.Response) -> dict[str, Any]:
@@ -99,6 +196,7 @@ class Reporter:
         # Set while the server refuses this process as a second agent of the host (the reason
         # is logged once); no lifecycle work is asked for or posted until it is taken again.
         self.conflict: str | None = None
+        self.outage = Outage(clock)
 
     # ------------------------------------------------------------------ one exchange
     def _url(self, suffix: str) -> str:
@@ -144,7 +242,12 @@ class Reporter:
                     f"{err.get('message', resp.text[:200])}{where}",
                     resp.status_code,
                 )
-            result = InventoryResult.model_validate(resp.json())
+            try:
+                result = InventoryResult.model_validate(payload(resp, self.config.server))
+            except ValueError as exc:  # a 2xx that is not an inventory result: not our server
+                raise ServerUnavailable(
+                    f"{self.config.server}: unexpected answer to a report: {exc}"
+                ) from exc
             self._taken()
             self._log_result(result)
             return result
@@ -174,7 +277,7 @@ class Reporter:
         (:class:`ServerUnavailable`): only the agent the server takes may touch its devices.
         """
         if self.conflict is not None:
-            raise ServerUnavailable(f"no lifecycle work while {self.conflict}")
+            raise NotTaken(f"no lifecycle work while {self.conflict}")
         return self._send(method, self._url(suffix), body)
 
     def _conflict(self, err: dict[str, Any]) -> AgentConflict:
@@ -200,12 +303,22 @@ class Reporter:
             self.conflict = None
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        """One request; connection errors, timeouts, 5xx and 429 raise :class:`ServerUnavailable`
+        (with the server's ``Retry-After``); any other answer ends an outage and is returned."""
         try:
             resp = self.client.request(method, url, json=body, headers=self._headers())
         except httpx.TransportError as exc:
-            raise ServerUnavailable(f"{self.config.server}: {exc}") from exc
-        if resp.status_code >= 500:
-            raise ServerUnavailable(f"{self.config.server}: {resp.status_code} {resp.text[:200]}")
+            what = str(exc) or "no answer"
+            failure = ServerUnavailable(f"{self.config.server}: {type(exc).__name__}: {what}")
+            self.outage.failed(failure)
+            raise failure from exc
+        if resp.status_code >= 500 or resp.status_code == 429:
+            failure = ServerUnavailable(
+                f"{self.config.server}: {resp.status_code} {resp.text[:200]}", retry_after(resp)
+            )
+            self.outage.failed(failure)
+            raise failure
+        self.outage.ended()
         return resp
 
     def _log_result(self, result: InventoryResult) -> None:
@@ -223,10 +336,16 @@ class Reporter:
             log.warning("server: %s", warning)
 
     # ------------------------------------------------------------------ the loop
-    def backoff(self, failures: int) -> float:
-        """1, 2, 4 ... seconds up to ``max_backoff``, with up to 10% jitter."""
-        base = min(self.max_backoff, 2.0 ** max(0, failures - 1))
-        return base * (1.0 + self.rng.uniform(0.0, 0.1))
+    def backoff(self, failures: int, retry_after: float | None = None) -> float:
+        """The wait before try ``failures + 1``: exponential with full jitter, uniform in
+        [0, min(``max_backoff``, 2^(failures-1))] seconds (agents that lost the server together
+        do not come back together), and at least the server's ``retry_after``; never more
+        than ``max_backoff``."""
+        ceiling = min(self.max_backoff, 2.0 ** min(max(0, failures - 1), 62))
+        delay = self.rng.uniform(0.0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(self.max_backoff, max(0.0, delay))
 
     def run(self, *, once: bool = False, iterations: int | None = None) -> InventoryResult | None:
         """Report, then heartbeat until the next report is due; forever unless bounded.
@@ -246,6 +365,9 @@ class Reporter:
         n = 0
         while iterations is None or n < iterations:
             n += 1
+            # A clock that went back (``time.monotonic`` never does; an injected one may) must
+            # not postpone the next report by more than its interval.
+            next_report = min(next_report, self.clock() + 1.1 * self.config.report_interval)
             try:
                 if need_report or self.clock() >= next_report:
                     result = self.report()
@@ -262,11 +384,19 @@ class Reporter:
                 failures += 1
                 if once and (failures >= self.once_attempts or isinstance(exc, ReportRefused)):
                     raise
-                delay = self.backoff(failures)
-                if isinstance(exc, AgentConflict):
-                    need_report = True
-                    delay = max(delay, exc.retry_after)
-                log.warning("%s; retrying in %.1f s", exc, delay)
+                if isinstance(exc, ServerUnavailable):  # logged once per outage (Outage)
+                    need_report = True  # after an outage, a full report: the server may have lost state
+                    delay = self.backoff(failures, exc.retry_after)
+                    if exc.logged:
+                        log.debug("retrying in %.1f s", delay)
+                    else:  # an answer that made no sense, not a failed request
+                        log.warning("%s; retrying in %.1f s", exc, delay)
+                else:
+                    delay = self.backoff(failures)
+                    if isinstance(exc, AgentConflict):
+                        need_report = True
+                        delay = max(delay, exc.retry_after)
+                    log.warning("%s; retrying in %.1f s", exc, delay)
                 self.sleep(delay)
                 continue
             wait = min(self.config.heartbeat_interval, max(0.0, next_report - self.clock()))

@@ -203,3 +203,23 @@ class StateFile:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if self.durable:
+            self._sync_folder()
+
+    def _sync_folder(self) -> None:
+        """fsync the folder, so the rename itself survives a power cut: the journal holds
+        results not yet acknowledged by the server, kept through an outage and a reboot."""
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return  # a platform without folder handles: the rename is still atomic
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some file systems refuse fsync on a folder; nothing more can be done
+        finally:
+            os.close(fd)
+
+    def unposted(self) -> int:
+        """Results journaled and not yet acknowledged by the server (posted after an outage)."""
+        return sum(1 for e in self.state.journal.values() if e.get("phase") == "done")

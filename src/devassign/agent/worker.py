@@ -36,6 +36,13 @@ For tests, ``DEVASSIGN_AGENT_CRASH_AT=POINT[:ACTION]`` makes the agent SIGKILL i
 ``intent`` (after journaling it), ``handler`` (after the handler, before journaling the
 result), ``result`` (after journaling it), ``post`` (just before posting) or ``posted`` (after
 the server answered, before the journal entry is dropped).
+
+While the server is unreachable (docs/agent.md, "When the server is unreachable") the agent
+changes nothing on the host by itself: assigned devices stay assigned, no cleanup or teardown
+runs without the server asking for it, and results not yet acknowledged stay in the journal
+(on disk, so a restart keeps them) until a ``POST`` is answered; they are then posted once, and
+a second delivery (the answer was lost) is ignored by the server. Intervals and backoff run on
+a monotonic clock; the agent sends no timestamps.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ import httpx
 from devassign.agent.config import AgentConfig
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
-from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
+from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
 from devassign.agent.state import StateFile
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import Handler, LifecycleDevice
@@ -116,6 +123,9 @@ class StepResult:
     unhealthy: dict[str, str] = field(default_factory=dict)
     work: list[WorkDone] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The "server unreachable" errors of this step (their messages are in ``errors`` too; a
+    # refusal of this process as a second agent is not one): retried with backoff.
+    unreachable: list[ServerUnavailable] = field(default_factory=list)
 
 
 def _sigkill() -> None:
@@ -165,6 +175,7 @@ class Agent:
         self._need_report = True
         self._next_report = 0.0
         self._next_heartbeat = 0.0
+        self._failures = 0  # steps in a row that failed: the exponent of the backoff
 
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
@@ -210,6 +221,10 @@ class Agent:
         server trouble: the errors are in :attr:`StepResult.errors`."""
         out = StepResult()
         now = self.clock()
+        # A clock that went back (``time.monotonic`` never does; an injected one may) must not
+        # postpone a heartbeat or report past its interval: the server would see a silent host.
+        self._next_heartbeat = min(self._next_heartbeat, now + self.config.heartbeat_interval)
+        self._next_report = min(self._next_report, now + 1.1 * self.config.report_interval)
         try:
             if not self._need_report and now >= self._next_heartbeat and now < self._next_report:
                 out.heartbeat = True
@@ -219,13 +234,24 @@ class Agent:
             if self._need_report or now >= self._next_report:
                 out.report = self.report()
                 out.unhealthy = dict(self.unhealthy)
-        except (ServerUnavailable, ReportRefused) as exc:
+        except ServerUnavailable as exc:
+            self._unreachable(out, exc)
+        except ReportRefused as exc:
             out.errors.append(str(exc))
         try:
             self.work(out.work)
-        except (ServerUnavailable, WorkRefused) as exc:
+        except ServerUnavailable as exc:
+            self._unreachable(out, exc)
+        except WorkRefused as exc:
             out.errors.append(str(exc))
         return out
+
+    def _unreachable(self, out: StepResult, exc: ServerUnavailable) -> None:
+        out.errors.append(str(exc))
+        if not isinstance(exc, NotTaken):
+            # After an outage, a full report first: the server may have lost or changed state.
+            self._need_report = True
+            out.unreachable.append(exc)
 
     def run_once(self) -> StepResult:
         """``agent run --once``: one report (retried with backoff, raising when it cannot be
@@ -239,20 +265,25 @@ class Agent:
         return out
 
     def run(self, *, iterations: int | None = None) -> None:
-        """Step every ``work_interval`` (backing off while the server is unreachable); forever
-        unless ``iterations`` bounds it."""
-        failures = 0
+        """Step every ``work_interval``, backing off while the server is unreachable or refuses
+        (:meth:`Reporter.backoff`: full jitter, capped, at least its ``Retry-After``); forever
+        unless ``iterations`` bounds it. An outage is logged once (:class:`Outage`), refusals
+        each time."""
         n = 0
         while iterations is None or n < iterations:
             n += 1
             result = self.step()
-            for err in result.errors:
-                log.warning("%s", err)
             if result.errors:
-                failures += 1
-                delay = self.reporter.backoff(failures)
+                self._failures += 1
+                asked = [e.retry_after for e in result.unreachable if e.retry_after is not None]
+                delay = self.reporter.backoff(self._failures, max(asked, default=None))
+                quiet = {str(e) for e in result.unreachable if e.logged}  # once per outage (Outage)
+                for err in result.errors:
+                    if err not in quiet:
+                        log.warning("%s", err)
+                log.debug("retrying in %.1f s", delay)
             else:
-                failures = 0
+                self._failures = 0
                 delay = self.config.work_interval
             self.sleep(delay)
 
@@ -272,7 +303,10 @@ class Agent:
             raise WorkRefused(
                 f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
             )
-        items = WorkList.model_validate(resp.json()).items
+        try:
+            items = WorkList.model_validate(payload(resp, self.config.server)).items
+        except ValueError as exc:  # a 2xx that is not a work list: not our server, try later
+            raise ServerUnavailable(f"{self.config.server}: unexpected answer to GET work: {exc}") from exc
         # Cleanups first: they free what a setup in the same IOMMU group may need.
         items.sort(key=lambda i: (i.action != "cleanup", i.device.address))
         failed: set[str] = set()
@@ -437,7 +471,16 @@ class Agent:
             raise WorkRefused(
                 f"server refused the work results ({resp.status_code}): {resp.text[:200]}", resp.status_code
             )
-        outcomes = [WorkOutcome.model_validate(o) for o in resp.json()]
+        try:
+            outcomes = [WorkOutcome.model_validate(o) for o in payload(resp, self.config.server)]
+        except (TypeError, ValueError) as exc:
+            outcomes = []
+            why = str(exc)
+        else:
+            why = f"{len(outcomes)} outcomes for {len(ids)} results"
+        if len(outcomes) != len(ids) or any(o.device_id != i for o, i in zip(outcomes, ids, strict=False)):
+            # Not an answer to these results: keep them journaled and post them again later.
+            raise ServerUnavailable(f"{self.config.server}: unexpected answer to the work results ({why})")
         for e in entries:
             self._crash("posted", e["action"])
         out = []

@@ -287,7 +287,7 @@ def test_a_crash_at_any_point_converges_after_a_restart(world: World, point: str
         world.make().work()
     assert dev.state == "available"
     assert world.driver(world.vfs[0]) == "iavf"
-    assert world.sysfs.read(f"bus/pci/devices/{world.vfs[0]}/driver_override") == ""
+    assert world.sysfs.read(f"bus/pci/devices/{world.vfs[0]}/driver_override") == "(null)"
     oks = [r for r in world.server.posted if r["action"] == "cleanup" and r["ok"]]
     assert oks, "a cleanup ok was posted"
 
