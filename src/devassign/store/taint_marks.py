@@ -1,0 +1,75 @@
+"""``devices.taint`` from the ``taints`` table: the one column the claim and the counts read.
+
+Kept apart from ``store/taints.py`` so that applying a report (``store/inventory.py``) can mark
+new devices under a tainted host or parent without an import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign.store.schema import devices, taints
+
+# Effects that keep a device from new claims, strongest first.
+SCHEDULING_EFFECTS = ("Drain", "NoSchedule")
+
+
+def live(now: datetime) -> Any:
+    """Taints that have not expired at ``now``."""
+    return sa.or_(taints.c.expires_at.is_(None), taints.c.expires_at > now)
+
+
+def phrase(effect: str, reason: str, set_by: str) -> str:
+    """``NoSchedule (maintenance: PSU swap, by admin)``."""
+    return f"{effect} ({reason}, by {set_by})"
+
+
+def applies(taint: Any, device_id: str, address: str, parent: str | None) -> bool:
+    """Whether ``taint`` (a row of ``taints``) covers the device."""
+    if taint.device_id is not None:
+        return bool(taint.device_id == device_id)
+    if taint.parent is not None:
+        return bool(taint.parent == address or (parent is not None and taint.parent == parent))
+    return True  # the whole host
+
+
+def strongest(rows: Iterable[Any]) -> Any | None:
+    """The taint that names a device's state: Drain over NoSchedule, then the newest."""
+    best = None
+    for t in rows:
+        if t.effect not in SCHEDULING_EFFECTS:
+            continue
+        if best is None:
+            best = t
+            continue
+        rank = SCHEDULING_EFFECTS.index(t.effect), -t.id
+        if rank < (SCHEDULING_EFFECTS.index(best.effect), -best.id):
+            best = t
+    return best
+
+
+def mark_tainted(conn: sa.Connection, host_id: int, now: datetime) -> list[str]:
+    """Recompute ``devices.taint`` of one host's devices; the ids whose mark changed.
+
+    The caller holds the host's lock (every writer of a host's devices takes it first) and
+    recounts the host's inventory afterwards, in the same transaction.
+    """
+    found = conn.execute(sa.select(taints).where(taints.c.host_id == host_id, live(now))).all()
+    rows = conn.execute(
+        sa.select(devices.c.id, devices.c.address, devices.c.parent, devices.c.taint).where(
+            devices.c.host_id == host_id
+        )
+    ).all()
+    changed: dict[str | None, list[str]] = {}
+    for d in rows:
+        best = strongest(t for t in found if applies(t, d.id, d.address, d.parent))
+        mark = None if best is None else phrase(best.effect, best.reason, best.set_by)
+        if mark != d.taint:
+            changed.setdefault(mark, []).append(d.id)
+    for mark, ids in changed.items():
+        conn.execute(devices.update().where(devices.c.id.in_(ids)).values(taint=mark))
+    return [i for ids in changed.values() for i in ids]

@@ -1,0 +1,259 @@
+"""The taint routes: who may taint what, what the views show, and bad input answered with the
+stable error body and nothing changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from devassign import schemas
+from devassign.domain import Role
+from devassign.store import Store
+from tests.conftest import vf
+
+PF = "0000:3b:00.0"
+
+
+def _headers(store: Store, role: Role, **scope: str) -> dict[str, str]:
+    secret = store.create_token(schemas.TokenCreate(role=role, **scope), "test").token
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _fleet(client: TestClient, admin: dict[str, str], agents: dict[str, dict[str, str]]) -> None:
+    assert client.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    for host, headers in agents.items():
+        r = client.put(
+            f"/v1/hosts/{host}/inventory",
+            json={"generation": 1, "devices": [vf("0000:3b:02.1"), vf("0000:3b:02.2")]},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+
+
+def _device(client: TestClient, headers: dict[str, str], host: str, address: str = "0000:3b:02.1") -> str:
+    found = client.get("/v1/devices", params={"host": host, "address": address}, headers=headers).json()
+    return str(found[0]["id"])
+
+
+def _state(client: TestClient, admin: dict[str, str]) -> tuple[Any, ...]:
+    return (
+        client.get("/v1/taints", headers=admin).json(),
+        [e["id"] for e in client.get("/v1/events", headers=admin).json()],
+        client.get("/v1/resource-types", headers=admin).json(),
+    )
+
+
+@pytest.fixture
+def world(secure_api: TestClient, store: Store) -> dict[str, Any]:
+    admin = _headers(store, Role.ADMIN)
+    agents = {
+        "compute-a": _headers(store, Role.AGENT, host="compute-a"),
+        "compute-b": _headers(store, Role.AGENT, host="compute-b"),
+    }
+    _fleet(secure_api, admin, agents)
+    return {
+        "admin": admin,
+        "agent_a": agents["compute-a"],
+        "agent_b": agents["compute-b"],
+        "member": _headers(store, Role.MEMBER, project="p"),
+        "monitor": _headers(store, Role.MONITOR),
+    }
+
+
+def test_an_agent_taints_its_own_devices_not_another_hosts(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    mine = _device(secure_api, world["admin"], "compute-a")
+    theirs = _device(secure_api, world["admin"], "compute-b")
+    body = {"effect": "NoSchedule", "reason": "link flapping"}
+    r = secure_api.post(f"/v1/devices/{mine}/taints", json=body, headers=world["agent_a"])
+    assert r.status_code == 201, r.text
+    assert r.json()["set_by"].startswith("agent") or "compute-a" in r.json()["set_by"]
+    before = _state(secure_api, world["admin"])
+    r = secure_api.post(f"/v1/devices/{theirs}/taints", json=body, headers=world["agent_a"])
+    assert r.status_code == 404 and r.json()["error"]["code"] == "device_not_found"
+    r = secure_api.post("/v1/hosts/compute-b/taints", json=body, headers=world["agent_a"])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = secure_api.delete(f"/v1/devices/{theirs}/taints", headers=world["agent_a"])
+    assert r.status_code == 404
+    assert _state(secure_api, world["admin"]) == before
+    # Its own host's list only; another host's is refused.
+    listed = secure_api.get("/v1/taints", headers=world["agent_a"]).json()
+    assert [t["device_id"] for t in listed] == [mine]
+    assert (
+        secure_api.get("/v1/taints", params={"host": "compute-b"}, headers=world["agent_a"]).status_code
+        == 403
+    )
+    assert secure_api.get("/v1/taints", headers=world["agent_b"]).json() == []
+    for caller in ("member", "monitor"):
+        assert secure_api.get("/v1/taints", headers=world[caller]).status_code == 403
+
+
+def test_views_show_taints_and_counts_set_them_apart(secure_api: TestClient, world: dict[str, Any]) -> None:
+    admin = world["admin"]
+    r = secure_api.post(
+        "/v1/hosts/compute-a/taints",
+        json={"effect": "Drain", "reason": "maintenance: PSU swap", "expires_in": 7200},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    taint = r.json()
+    assert taint["expires_at"] and taint["device_id"] is None and taint["parent"] is None
+    host = secure_api.get("/v1/hosts/compute-a", headers=admin).json()
+    assert [t["id"] for t in host["taints"]] == [taint["id"]]
+    device = secure_api.get(f"/v1/devices/{_device(secure_api, admin, 'compute-a')}", headers=admin).json()
+    assert [t["id"] for t in device["taints"]] == [taint["id"]]
+    counts = secure_api.get("/v1/resource-types/NIC_VF_1G", headers=admin).json()["counts"]
+    assert (counts["available"], counts["tainted"], counts["total"]) == (2, 2, 4)
+    for_member = secure_api.get("/v1/resource-types", headers=world["member"]).json()[0]["counts"]
+    assert for_member["tainted"] == 2
+    actions = [e["action"] for e in secure_api.get("/v1/events", headers=admin).json()]
+    assert "device_tainted" in actions
+    r = secure_api.delete("/v1/hosts/compute-a/taints", params={"taint": taint["id"]}, headers=admin)
+    assert r.status_code == 200 and [t["id"] for t in r.json()] == [taint["id"]]
+    r = secure_api.delete("/v1/hosts/compute-a/taints", params={"taint": taint["id"]}, headers=admin)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert "device_untainted" in [e["action"] for e in secure_api.get("/v1/events", headers=admin).json()]
+
+
+def test_a_member_reads_why_without_host_names(secure_api: TestClient, world: dict[str, Any]) -> None:
+    admin = world["admin"]
+    for host in ("compute-a", "compute-b"):
+        r = secure_api.post(
+            f"/v1/hosts/{host}/taints",
+            json={"effect": "NoSchedule", "reason": "maintenance"},
+            headers=world["agent_a" if host == "compute-a" else "agent_b"],
+        )
+        assert r.status_code == 201, r.text
+    body = {"consumer": "vm-1", "project": "p", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+    r = secure_api.post("/v1/explain", json={**body, "hosts": ["compute-a"]}, headers=admin)
+    message = r.json()["hosts"][0]["message"]
+    assert "2 NIC_VF_1G devices are tainted NoSchedule (maintenance, by " in message, message
+    refused = secure_api.post("/v1/claims", json=body, headers=world["member"])
+    assert refused.status_code == 409, refused.text
+    text = refused.text
+    assert "compute-a" not in text and "compute-b" not in text
+    explained = secure_api.post("/v1/explain", json=body, headers=world["member"]).json()
+    assert "compute-" not in str(explained)
+
+
+def test_a_parent_taint_through_the_host_route(secure_api: TestClient, world: dict[str, Any]) -> None:
+    admin = world["admin"]
+    r = secure_api.post(
+        "/v1/hosts/compute-a/taints",
+        json={"effect": "NoSchedule", "reason": "PF firmware", "parent": PF},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    devices = secure_api.get("/v1/devices", params={"host": "compute-a"}, headers=admin).json()
+    assert all(d["taints"] and d["taints"][0]["parent"] == PF for d in devices)
+    assert all(
+        not d["taints"]
+        for d in secure_api.get("/v1/devices", params={"host": "compute-b"}, headers=admin).json()
+    )
+    r = secure_api.delete("/v1/hosts/compute-a/taints", params={"parent": PF}, headers=admin)
+    assert r.status_code == 200 and len(r.json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        (
+            "/v1/devices/no-such-device/taints",
+            {"effect": "NoSchedule", "reason": "x"},
+            404,
+            "device_not_found",
+        ),
+        ("/v1/hosts/nowhere/taints", {"effect": "NoSchedule", "reason": "x"}, 404, "host_not_found"),
+        ("/v1/hosts/compute-a/taints", {"effect": "Evict", "reason": "x"}, 400, "invalid_request"),
+        ("/v1/hosts/compute-a/taints", {"effect": "NoSchedule", "reason": ""}, 400, "invalid_request"),
+        ("/v1/hosts/compute-a/taints", {"effect": "NoSchedule"}, 400, "invalid_request"),
+        (
+            "/v1/hosts/compute-a/taints",
+            {"effect": "NoSchedule", "reason": "x", "expires_at": "2001-01-01T00:00:00Z"},
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/hosts/compute-a/taints",
+            {"effect": "NoSchedule", "reason": "x", "expires_in": 0},
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/hosts/compute-a/taints",
+            {"effect": "NoSchedule", "reason": "x", "parent": "0000:99:00.0"},
+            404,
+            "device_not_found",
+        ),
+        (
+            "/v1/hosts/compute-a/taints",
+            {"effect": "NoSchedule", "reason": "x", "extra": 1},
+            400,
+            "invalid_request",
+        ),
+    ],
+)
+def test_bad_input_is_a_stable_4xx_and_changes_nothing(
+    secure_api: TestClient, world: dict[str, Any], path: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    before = _state(secure_api, world["admin"])
+    r = secure_api.post(path, json=body, headers=world["admin"])
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert _state(secure_api, world["admin"]) == before
+
+
+def test_the_funnel_says_hosts_lack_only_because_of_taints(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    for host, agent in (("compute-a", "agent_a"), ("compute-b", "agent_b")):
+        r = secure_api.post(
+            f"/v1/hosts/{host}/taints", json={"effect": "Drain", "reason": "r"}, headers=world[agent]
+        )
+        assert r.status_code == 201, r.text
+    body = {"consumer": "vm-1", "project": "p", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+    refused = secure_api.post("/v1/claims", json=body, headers=world["member"])
+    assert refused.status_code == 409
+    message = refused.json()["error"]["message"]
+    assert "2 up hosts with too few free NIC_VF_1G (2 of them only because devices are tainted)" in message, (
+        message
+    )
+
+
+def test_capacity_leaves_tainted_devices_out_and_counts_them(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    spec = {"spec": "hardware_resource:NIC_VF_1G=1"}
+    assert secure_api.get("/v1/capacity", params=spec, headers=world["member"]).json() == {
+        "total": 4,
+        "truncated": False,
+    }
+    r = secure_api.post(
+        "/v1/hosts/compute-a/taints", json={"effect": "NoSchedule", "reason": "r"}, headers=world["admin"]
+    )
+    assert r.status_code == 201
+    found = secure_api.get("/v1/capacity", params=spec, headers=world["member"]).json()
+    assert found == {"total": 2, "truncated": False, "tainted": {"NIC_VF_1G": 2}}
+
+
+def test_the_redacted_explanation_keeps_the_taint_not_who_set_it() -> None:
+    from devassign.server.views import redact_explanation
+
+    found = {
+        "summary": "fits nowhere",
+        "hosts": [
+            {
+                "host": "compute-a",
+                "reason": "not_enough_free",
+                "message": "needs 1 NIC_VF_1G, has 0 free; 2 NIC_VF_1G devices are tainted "
+                "NoSchedule (maintenance: PSU swap, by agent:compute-a#3)",
+            }
+        ],
+    }
+    redacted = redact_explanation(found)
+    assert redacted["tainted"] == ["2 NIC_VF_1G devices are tainted NoSchedule (maintenance: PSU swap)"]
+    assert "compute-a" not in str(redacted)
