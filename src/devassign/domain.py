@@ -51,11 +51,13 @@ class DeviceKind(StrEnum):
 
 
 class Role(StrEnum):
-    """Token roles: an admin runs the cloud, an agent speaks for one host, a member for a project."""
+    """Token roles: an admin runs the cloud, an agent speaks for one host, a member for a project,
+    a monitor only reads ``/metrics`` (what a Prometheus server holds: nothing else if it leaks)."""
 
     ADMIN = "admin"
     AGENT = "agent"
     MEMBER = "member"
+    MONITOR = "monitor"
 
 
 class AllocationState(StrEnum):
@@ -68,9 +70,10 @@ class AllocationState(StrEnum):
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-PCI_ADDRESS_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+# The domain has 4 hex digits, or 5 behind an Intel VMD controller (10000:01:00.0).
+PCI_ADDRESS_RE = re.compile(r"^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 # An mdev slot: the parent's PCI address, the mdev type, the slot index.
-MDEV_ADDRESS_RE = re.compile(r"^([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/([A-Za-z0-9_.-]+)/(\d+)$")
+MDEV_ADDRESS_RE = re.compile(r"^([0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/([A-Za-z0-9_.-]+)/(\d+)$")
 # A USB device: vendor:product:serial, or its bus path (1-2.3) when it has no serial.
 USB_ADDRESS_RE = re.compile(r"^(usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}|usb:\d+-\d+(\.\d+)*)$")
 STATIC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")

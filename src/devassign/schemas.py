@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -346,6 +346,8 @@ class StateCounts(BaseModel):
     unhealthy: int = 0
     missing: int = 0
     removed: int = 0
+    # Free devices that a NoSchedule or Drain taint keeps from new claims (not in ``available``).
+    tainted: int = 0
 
 
 class ResourceType(BaseModel):
@@ -475,6 +477,55 @@ class InventoryResult(BaseModel):
 # ---------------------------------------------------------------- hosts and devices
 
 
+TaintEffect = Literal["NoSchedule", "Drain", "None"]
+
+
+class Taint(BaseModel):
+    """A taint on one device (``device_id``), a parent and its children (``parent``), or a
+    whole host (neither). NoSchedule: no new claims; Drain: no new claims and the holders are
+    asked to move (event ``drain_requested``); None: informational."""
+
+    id: int
+    host: str
+    device_id: str | None = None
+    device: str | None = None  # the device's address, for a device's taint
+    parent: str | None = None
+    effect: TaintEffect
+    reason: str
+    set_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+class TaintCreate(Strict):
+    """``expires_at`` (an absolute time) or ``expires_in`` (seconds, or an ISO 8601 duration
+    such as ``PT2H``), not both; neither: until untainted. ``parent`` only on a host's taints:
+    that parent device and every device under it."""
+
+    effect: TaintEffect
+    reason: str = Field(min_length=1, max_length=1000)
+    expires_at: datetime | None = None
+    expires_in: timedelta | None = None
+    parent: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("reason")
+    @classmethod
+    def _said(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("say why: the reason cannot be blank")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> Self:
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        if self.expires_in is not None and self.expires_in <= timedelta(0):
+            raise ValueError("expires_in must be positive")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2026-12-04T18:00:00Z)")
+        return self
+
+
 class Host(BaseModel):
     name: str
     host_id: str | None
@@ -484,6 +535,7 @@ class Host(BaseModel):
     last_seen_at: datetime | None
     device_count: int
     created_at: datetime
+    taints: list[Taint] = []
 
 
 class Device(BaseModel):
@@ -505,6 +557,8 @@ class Device(BaseModel):
     quarantine_reason: str | None = None
     state_changed_at: datetime
     created_at: datetime
+    # The device's active taints: its own, its parent's and its host's.
+    taints: list[Taint] = []
 
 
 # ---------------------------------------------------------------- allocations and events
@@ -571,6 +625,8 @@ class TokenCreate(Strict):
             raise ValueError("an agent token is bound to one host: give host")
         if self.role is Role.MEMBER and not self.project:
             raise ValueError("a member token belongs to a project: give project")
+        if self.role is Role.MONITOR and (self.host or self.project):
+            raise ValueError("a monitor token only reads /metrics: leave out host and project")
         if self.host is not None and not HOST_RE.fullmatch(self.host):
             raise ValueError("host names are letters, digits, _ . - (up to 253)")
         return self

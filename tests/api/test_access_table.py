@@ -4,7 +4,8 @@ One table says what each caller gets from each route; a route the application se
 not in the table fails ``test_every_route_is_in_the_table``, so a new route cannot ship without
 a decision about who may call it. The callers: no token, a made-up token, a revoked token, a
 member of project ``p`` (whose consumer ``cons-p`` sits on host ``compute-a``), a member of
-project ``q``, the agent of ``compute-a``, the agent of ``compute-b``, an admin. API calls send
+project ``q``, the agent of ``compute-a``, the agent of ``compute-b``, an admin, and a monitor
+(a token that reads only ``/metrics``). API calls send
 the token as ``Authorization: Bearer``; dashboard pages as the login cookie, as a browser does.
 """
 
@@ -24,62 +25,75 @@ from devassign.server.access import POLICY, route_keys
 from devassign.store import Store
 from tests.conftest import vf
 
-CALLERS = ("anonymous", "bad", "revoked", "member_p", "member_q", "agent_a", "agent_b", "admin")
+CALLERS = ("anonymous", "bad", "revoked", "member_p", "member_q", "agent_a", "agent_b", "admin", "monitor")
 # O: allowed (not 401/403/404, never 5xx; GETs answer 2xx or 3xx)   L: must sign in (401, or the
 # dashboard's redirect to its login form)   D: refused (403)   H: not visible (404, as if absent)
 EXPECTED: dict[tuple[str, str], str] = {
-    ("GET", "/healthz"): "OOOOOOOO",
-    ("GET", "/metrics"): "OOOOOOOO",
-    ("GET", "/openapi.json"): "OOOOOOOO",
-    ("GET", "/docs"): "OOOOOOOO",
-    ("GET", "/docs/oauth2-redirect"): "OOOOOOOO",
-    ("GET", "/redoc"): "OOOOOOOO",
-    ("GET", "/v1/resource-types"): "LLLOOOOO",
-    ("POST", "/v1/resource-types"): "LLLDDDDO",
-    ("GET", "/v1/resource-types/{name}"): "LLLOOOOO",
-    ("PATCH", "/v1/resource-types/{name}"): "LLLDDDDO",
-    ("DELETE", "/v1/resource-types/{name}"): "LLLDDDDO",
-    ("GET", "/v1/hosts"): "LLLDDOOO",
-    ("GET", "/v1/hosts/{host}"): "LLLDDODO",
-    ("DELETE", "/v1/hosts/{host}"): "LLLDDDDO",
-    ("POST", "/v1/hosts/{host}/rename"): "LLLDDDDO",
-    ("PUT", "/v1/hosts/{host}/inventory"): "LLLDDODO",
-    ("POST", "/v1/hosts/{host}/heartbeat"): "LLLDDODO",
-    ("GET", "/v1/hosts/{host}/work"): "LLLDDODO",
-    ("POST", "/v1/hosts/{host}/work"): "LLLDDODO",
-    ("GET", "/v1/devices"): "LLLDDOOO",
-    ("GET", "/v1/devices/{device_id}"): "LLLDDOHO",
-    ("POST", "/v1/devices/{device_id}/clear"): "LLLDDDDO",
-    ("POST", "/v1/claims"): "LLLOODDO",
-    ("POST", "/v1/explain"): "LLLOODDO",
-    ("GET", "/v1/capacity"): "LLLOODDO",
-    ("POST", "/v1/capacity"): "LLLOODDO",
-    ("GET", "/v1/allocations"): "LLLOOOOO",
-    ("GET", "/v1/allocations/{consumer}"): "LLLOHOHO",
-    ("DELETE", "/v1/allocations/{consumer}"): "LLLOHDDO",
-    ("GET", "/v1/allocations/{consumer}/libvirt"): "LLLOHOHO",
-    ("GET", "/v1/events"): "LLLOOOOO",
-    ("GET", "/v1/quotas"): "LLLOODDO",
-    ("PUT", "/v1/quotas/{project}/{type_name}"): "LLLDDDDO",
-    ("GET", "/v1/audit"): "LLLDDDDO",
-    ("POST", "/v1/audit/fix"): "LLLDDDDO",
-    ("POST", "/v1/tokens"): "LLLDDDDO",
-    ("GET", "/v1/tokens"): "LLLDDDDO",
-    ("DELETE", "/v1/tokens/{token_id}"): "LLLDDDDO",
-    ("POST", "/v1/tokens/{token_id}/login-link"): "LLLDDDDO",
-    ("GET", "/"): "OOOOOOOO",
-    ("GET", "/ui/login"): "OOOOOOOO",
-    ("POST", "/ui/login"): "LLLOOOOO",
-    ("GET", "/ui/login/once"): "OOOOOOOO",
-    ("POST", "/ui/logout"): "OOOOOOOO",
-    ("GET", "/ui/"): "LLLOOOOO",
-    ("GET", "/ui/hosts"): "LLLDDOOO",
-    ("GET", "/ui/hosts/{host}"): "LLLDDODO",
-    ("GET", "/ui/devices"): "LLLDDOOO",
-    ("GET", "/ui/devices/{device_id}"): "LLLDDOHO",
-    ("GET", "/ui/allocations"): "LLLOOOOO",
-    ("GET", "/ui/events"): "LLLOOOOO",
-    ("GET", "/ui/explain"): "LLLOODDO",
+    ("GET", "/healthz"): "OOOOOOOOO",
+    ("GET", "/metrics"): "LLLDDDDOO",
+    ("GET", "/openapi.json"): "OOOOOOOOO",
+    ("GET", "/docs"): "OOOOOOOOO",
+    ("GET", "/docs/oauth2-redirect"): "OOOOOOOOO",
+    ("GET", "/redoc"): "OOOOOOOOO",
+    ("GET", "/v1/resource-types"): "LLLOOOOOD",
+    ("POST", "/v1/resource-types"): "LLLDDDDOD",
+    ("GET", "/v1/resource-types/{name}"): "LLLOOOOOD",
+    ("PATCH", "/v1/resource-types/{name}"): "LLLDDDDOD",
+    ("DELETE", "/v1/resource-types/{name}"): "LLLDDDDOD",
+    ("GET", "/v1/hosts"): "LLLDDOOOD",
+    ("GET", "/v1/hosts/{host}"): "LLLDDODOD",
+    ("DELETE", "/v1/hosts/{host}"): "LLLDDDDOD",
+    ("POST", "/v1/hosts/{host}/rename"): "LLLDDDDOD",
+    ("PUT", "/v1/hosts/{host}/inventory"): "LLLDDODOD",
+    ("POST", "/v1/hosts/{host}/heartbeat"): "LLLDDODOD",
+    ("GET", "/v1/hosts/{host}/work"): "LLLDDODOD",
+    ("POST", "/v1/hosts/{host}/work"): "LLLDDODOD",
+    ("GET", "/v1/devices"): "LLLDDOOOD",
+    ("GET", "/v1/devices/{device_id}"): "LLLDDOHOD",
+    ("POST", "/v1/devices/{device_id}/clear"): "LLLDDDDOD",
+    ("GET", "/v1/taints"): "LLLDDOOOD",
+    ("POST", "/v1/devices/{device_id}/taints"): "LLLDDOHOD",
+    ("DELETE", "/v1/devices/{device_id}/taints"): "LLLDDOHOD",
+    ("POST", "/v1/hosts/{host}/taints"): "LLLDDODOD",
+    ("DELETE", "/v1/hosts/{host}/taints"): "LLLDDODOD",
+    ("POST", "/v1/claims"): "LLLOODDOD",
+    ("POST", "/v1/explain"): "LLLOODDOD",
+    ("GET", "/v1/capacity"): "LLLOODDOD",
+    ("POST", "/v1/capacity"): "LLLOODDOD",
+    ("GET", "/v1/allocations"): "LLLOOOOOD",
+    ("GET", "/v1/allocations/{consumer}"): "LLLOHOHOD",
+    ("DELETE", "/v1/allocations/{consumer}"): "LLLOHDDOD",
+    ("GET", "/v1/allocations/{consumer}/libvirt"): "LLLOHOHOD",
+    ("GET", "/v1/events"): "LLLOOOOOD",
+    ("GET", "/v1/events/stream"): "LLLOOOOOD",
+    ("GET", "/v1/quotas"): "LLLOODDOD",
+    ("PUT", "/v1/quotas/{project}/{type_name}"): "LLLDDDDOD",
+    ("GET", "/v1/audit"): "LLLDDDDOD",
+    ("POST", "/v1/audit/fix"): "LLLDDDDOD",
+    ("POST", "/v1/tokens"): "LLLDDDDOD",
+    ("GET", "/v1/tokens"): "LLLDDDDOD",
+    ("DELETE", "/v1/tokens/{token_id}"): "LLLDDDDOD",
+    ("POST", "/v1/tokens/{token_id}/login-link"): "LLLDDDDOD",
+    ("GET", "/"): "OOOOOOOOO",
+    ("GET", "/ui/login"): "OOOOOOOOO",
+    ("POST", "/ui/login"): "LLLOOOOOD",
+    ("GET", "/ui/login/once"): "OOOOOOOOO",
+    ("POST", "/ui/logout"): "OOOOOOOOO",
+    ("GET", "/ui/"): "LLLOOOOOD",
+    ("GET", "/ui/hosts"): "LLLDDOOOD",
+    ("GET", "/ui/hosts/{host}"): "LLLDDODOD",
+    ("GET", "/ui/devices"): "LLLDDOOOD",
+    ("GET", "/ui/devices/{device_id}"): "LLLDDOHOD",
+    ("GET", "/ui/allocations"): "LLLOOOOOD",
+    ("GET", "/ui/events"): "LLLOOOOOD",
+    ("GET", "/ui/explain"): "LLLOODDOD",
+    ("GET", "/ui/events/stream"): "LLLOOOOOD",
+    ("GET", "/ui/fragments/overview"): "LLLOOOOOD",
+    ("GET", "/ui/fragments/hosts"): "LLLDDOOOD",
+    ("GET", "/ui/fragments/hosts/{host}"): "LLLDDODOD",
+    ("GET", "/ui/fragments/devices/{device_id}"): "LLLDDOHOD",
+    ("GET", "/ui/fragments/events"): "LLLOOOOOD",
+    ("GET", "/ui/static/live.js"): "OOOOOOOOO",
 }
 
 _CLAIM = {"consumer": "cons-new", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
@@ -91,6 +105,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/hosts/{host}/inventory"): {"generation": 7, "devices": [vf("0000:3b:02.1")]},
     ("POST", "/v1/hosts/{host}/work"): {"results": []},
     ("POST", "/v1/devices/{device_id}/clear"): {"reason": "checked"},
+    ("POST", "/v1/devices/{device_id}/taints"): {"effect": "None", "reason": "access table"},
+    ("POST", "/v1/hosts/{host}/taints"): {"effect": "None", "reason": "access table"},
     ("POST", "/v1/claims"): _CLAIM,
     ("POST", "/v1/explain"): _CLAIM,
     ("POST", "/v1/capacity"): {
@@ -105,6 +121,9 @@ QUERIES: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/ui/explain"): {"specs": "hardware_resource:NIC_VF_1G=1"},
     # A code that was never made: the sign-in page with a message, for every caller.
     ("GET", "/ui/login/once"): {"code": "not-a-real-code"},
+    # A stream follows the log until the client goes; ``once`` sends what there is and ends.
+    ("GET", "/v1/events/stream"): {"after": "0", "once": "true"},
+    ("GET", "/ui/events/stream"): {"after": "0", "once": "true"},
 }
 
 
@@ -132,6 +151,7 @@ def _build(client: TestClient, store: Store) -> World:
         "agent_a": token(Role.AGENT, host="compute-a"),
         "agent_b": token(Role.AGENT, host="compute-b"),
         "admin": admin,
+        "monitor": token(Role.MONITOR),
     }
     as_admin = {"Authorization": f"Bearer {admin}"}
     r = client.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=as_admin)

@@ -78,7 +78,8 @@ def test_overview_shows_counts_per_type_hosts_and_newest_events(api: TestClient)
     _cloud(api)
     r = api.get("/ui/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert '<meta http-equiv="refresh" content="10">' in r.text
+    # Live updates come from live.js; a browser without scripts reloads the page instead.
+    assert '<noscript><meta http-equiv="refresh" content="10"></noscript>' in r.text
     _assert_tables_aligned(r.text)
     text = _text(r.text)
     # type, total, available, reserved, assigned, cleaning, out of service
@@ -88,7 +89,9 @@ def test_overview_shows_counts_per_type_hosts_and_newest_events(api: TestClient)
     assert "compute-1" in text and "compute-2" in text
     assert "vm-1" in text  # the claim's event
     assert 'class="bar"' in r.text
-    assert "<script" not in r.text.lower()  # no JavaScript at all
+    # One script, the package's own file; never inline (the CSP admits only this server's files).
+    assert re.findall(r"<script[^>]*>(.*?)</script>", r.text, re.S | re.I) == [""]
+    assert re.search(r'<script src="/ui/static/live\.js\?v=[0-9a-f]{12}" defer>', r.text)
 
 
 def test_host_page_groups_vfs_under_their_pf_and_vgpu_slots_under_their_gpu(api: TestClient) -> None:
@@ -98,7 +101,8 @@ def test_host_page_groups_vfs_under_their_pf_and_vgpu_slots_under_their_gpu(api:
     page = api.get("/ui/hosts/compute-1")
     assert page.status_code == 200
     _assert_tables_aligned(page.text)
-    text = _text(page.text)
+    # The table below the device map: parents as heading rows, their devices under them.
+    text = _text(page.text.split("grouped by parent")[1])
     pf = text.index("PF 0000:3b:00.0")
     gpu = text.index("GPU 0000:d8:00.0")
     assert pf < text.index("0000:3b:02.1") < text.index("0000:3b:02.2") < gpu
@@ -263,3 +267,171 @@ def test_a_member_sees_types_and_only_its_projects_allocations(secure_api: TestC
 
     secure_api.cookies.set("devassign_token", _token(store, "member", project="demo"))
     assert "vm-1" in _text(secure_api.get("/ui/allocations").text)
+
+
+# ---------------------------------------------------------------- live pages
+
+
+def _regions(page: str) -> dict[str, str]:
+    """Each live part of a page: its fragment route -> its HTML."""
+    found = re.findall(r'<div data-live="([^"]+)">(.*)</div></main>', page, re.S)
+    return {html.unescape(src): body for src, body in found}
+
+
+def test_live_pages_name_their_stream_and_fragments_that_render_the_same(api: TestClient) -> None:
+    _cloud(api)
+    newest = api.get("/v1/events", params={"limit": 1}).json()[0]["id"]
+    device = api.get("/v1/devices", params={"host": "compute-1", "type": "GPU_A100"}).json()[0]["id"]
+    on_host = "/ui/events/stream?host=compute-1&after="
+    pages = {
+        "/ui/": ("/ui/fragments/overview", f"/ui/events/stream?after={newest}"),
+        "/ui/hosts/compute-1": ("/ui/fragments/hosts/compute-1", on_host),
+        f"/ui/devices/{device}": (f"/ui/fragments/devices/{device}", on_host),
+    }
+    for path, (fragment, stream) in pages.items():
+        r = api.get(path)
+        assert r.status_code == 200, path
+        assert f'data-stream="{html.escape(stream)}' in r.text, path
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        part = api.get(fragment)
+        assert part.status_code == 200 and part.headers["x-devassign-fragment"] == "1"
+        assert part.headers["cache-control"] == "no-store" and "<html" not in part.text
+        # The fragment is the page's live part, as the page rendered it (ages aside).
+        assert _text(_regions(r.text)[fragment]).split(" ago")[0] == _text(part.text).split(" ago")[0]
+
+    events = api.get("/ui/events", params={"consumer": "vm-1"})
+    assert 'data-live="/ui/fragments/events?consumer=vm-1"' in events.text
+    assert "vm-1" in _text(api.get("/ui/fragments/events", params={"consumer": "vm-1"}).text)
+    hosts = api.get("/ui/hosts")
+    assert 'data-live="/ui/fragments/hosts"' in hosts.text and 'data-host="compute-2"' in hosts.text
+    # An older page of events or of a device's history stands still.
+    older = api.get("/ui/events", params={"before": newest})
+    assert "data-live" not in older.text and "data-stream" not in older.text
+
+
+def test_the_overview_numbers_carry_their_names(api: TestClient) -> None:
+    _cloud(api)
+    page = api.get("/ui/").text
+    for t in api.get("/v1/resource-types").json():
+        row = re.search(rf'<tr data-type="{t["name"]}">(.*?)</tr>', page, re.S)
+        assert row, t["name"]
+        shown = dict(re.findall(r'<span data-count="(\w+)">(\d+)</span>', row.group(1)))
+        for key in ("total", "available", "reserved", "assigned", "cleaning", "tainted"):
+            assert int(shown[key]) == t["counts"][key], (t["name"], key)
+
+
+def test_the_script_is_served_by_the_package_and_builds_no_markup_from_data(api: TestClient) -> None:
+    r = api.get("/ui/static/live.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("):
+        assert sink not in r.text, sink
+    assert "textContent" in r.text and "X-Devassign-Fragment" in r.text
+    versioned = re.search(r'<script src="([^"]+)"', api.get("/ui/").text)
+    assert versioned and api.get(html.unescape(versioned.group(1))).text == r.text
+
+
+def _stream_ids(client: TestClient, path: str, headers: dict[str, str] | None = None) -> list[int]:
+    r = client.get(path, params={"after": "0", "once": "true"}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return [int(i) for i in re.findall(r"^id: (\d+)$", r.text, re.M)]
+
+
+def test_the_dashboard_stream_is_the_api_stream_signed_in_by_the_cookie(
+    secure_api: TestClient, store: Store
+) -> None:
+    admin = _token(store, "admin")
+    _cloud(secure_api, Authorization=f"Bearer {admin}")
+    secure_api.cookies.set("devassign_token", admin)
+    everything = _stream_ids(secure_api, "/ui/events/stream")
+    assert everything and everything == sorted(everything)
+    secure_api.cookies.clear()
+    api_ids = _stream_ids(secure_api, "/v1/events/stream", {"Authorization": f"Bearer {admin}"})
+    assert api_ids == everything
+    # Scoped as /v1/events: a member sees its project's consumers' events, an agent its host's.
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="other"))
+    assert _stream_ids(secure_api, "/ui/events/stream") == []
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="demo"))
+    demo = _stream_ids(secure_api, "/ui/events/stream")
+    assert demo and set(demo) < set(everything)
+    secure_api.cookies.set("devassign_token", _token(store, "agent", host="compute-2"))
+    own = secure_api.get("/ui/events/stream", params={"after": "0", "once": "true"})
+    assert own.status_code == 200 and "compute-1" not in own.text
+    other = secure_api.get("/ui/events/stream", params={"host": "compute-1", "once": "true"})
+    assert other.status_code == 403
+    secure_api.cookies.clear()
+    signed_out = secure_api.get("/ui/events/stream", params={"once": "true"}, follow_redirects=False)
+    assert signed_out.status_code == 303 and signed_out.headers["location"].startswith("/ui/login")
+
+
+def test_fragments_are_scoped_like_their_pages(secure_api: TestClient, store: Store) -> None:
+    admin = {"Authorization": f"Bearer {_token(store, 'admin')}"}
+    _cloud(secure_api, **admin)
+    device = secure_api.get("/v1/devices", params={"host": "compute-1"}, headers=admin).json()[0]["id"]
+    secure_api.cookies.set("devassign_token", _token(store, "member", project="other"))
+    for path in ("/ui/fragments/hosts", "/ui/fragments/hosts/compute-1", f"/ui/fragments/devices/{device}"):
+        assert secure_api.get(path).status_code == 403, path
+    overview = _text(secure_api.get("/ui/fragments/overview").text)
+    assert "NIC_VF_1G" in overview and "compute-1" not in overview and "vm-1" not in overview
+    assert "vm-1" not in _text(secure_api.get("/ui/fragments/events").text)
+    secure_api.cookies.set("devassign_token", _token(store, "agent", host="compute-2"))
+    assert secure_api.get("/ui/fragments/hosts/compute-1").status_code == 403
+    assert secure_api.get(f"/ui/fragments/devices/{device}").status_code == 404
+    assert "compute-1" not in _text(secure_api.get("/ui/fragments/hosts").text)
+    assert secure_api.get("/ui/fragments/events", params={"host": "compute-1"}).status_code == 403
+
+
+def test_the_device_map_groups_by_numa_node_and_parent_and_marks_taints(api: TestClient) -> None:
+    _type(api, "NIC_VF_1G")
+    _type(api, "VGPU_T4_4Q")
+    devices = [vf("0000:3b:02.1"), vf("0000:3b:02.2")]
+    devices += [{**_vgpu("0000:d8:00.0", i), "numa_node": 1} for i in range(3)]
+    devices.append({**vf("0000:5e:00.1"), "parent": None, "numa_node": None})
+    _report(api, "compute-1", devices)
+    listed = {d["address"]: d for d in api.get("/v1/devices", params={"host": "compute-1"}).json()}
+    slot = listed["0000:d8:00.0/nvidia-230/1"]["id"]
+    r = api.post(f"/v1/devices/{slot}/taints", json={"effect": "NoSchedule", "reason": "<b>fan</b> noise"})
+    assert r.status_code == 201, r.text
+
+    page = api.get("/ui/hosts/compute-1").text
+    numa = re.findall(r'data-numa="(\w+)"', page)
+    assert numa == ["0", "1", "none"]
+    text = _text(page.split('id="device-map"')[1])
+    assert text.index("NUMA node 0") < text.index("PF 0000:3b:00.0") < text.index("NUMA node 1")
+    assert text.index("NUMA node 1") < text.index("GPU 0000:d8:00.0") < text.index("no NUMA node")
+    cells = dict(re.findall(r'<a href="/ui/devices/([^"]+)" class="([^"]+)"', page))
+    assert cells[slot] == "cell s-available tainted"
+    assert cells[listed["0000:3b:02.1"]["id"]] == "cell s-available"
+    assert f'data-device="{slot}" data-state="available" data-taint="NoSchedule"' in page
+    assert "&lt;b&gt;fan&lt;/b&gt; noise" in page and "<b>fan" not in page
+    assert "taint NoSchedule" in _text(page)  # in the devices table, beside the state
+    # The types count it apart from the available ones, and the device page says why.
+    assert 'data-count="tainted">1<' in api.get("/ui/").text
+    assert "&lt;b&gt;fan&lt;/b&gt; noise" in api.get(f"/ui/devices/{slot}").text
+
+    r = api.post("/v1/hosts/compute-1/taints", json={"effect": "Drain", "reason": "maintenance"})
+    assert r.status_code == 201, r.text
+    hosts = api.get("/ui/hosts").text
+    assert re.search(r'data-host="compute-1".*?taint Drain', hosts, re.S)
+
+
+def test_a_device_page_shows_its_whole_history_a_page_at_a_time(api: TestClient) -> None:
+    _type(api, "NIC_VF_1G")
+    _report(api, "compute-1", [vf("0000:3b:02.1")])
+    device = api.get("/v1/devices").json()[0]["id"]
+    for n in range(30):  # two events each: tainted, untainted
+        assert api.post(f"/v1/devices/{device}/taints", json={"effect": "None", "reason": f"r{n}"}).is_success
+        assert api.delete(f"/v1/devices/{device}/taints").is_success
+    history = api.get("/v1/events", params={"device": device, "limit": 1000}).json()
+    assert len(history) > 60
+    first = api.get(f"/ui/devices/{device}").text
+    assert len(re.findall(r"event (\d+)\"", first)) == 50  # each event's time has its id on hover
+    older = re.search(r'href="(/ui/devices/[^"]+\?before=\d+)">older<', first)
+    assert older, "no link to older events"
+    second = api.get(html.unescape(older.group(1)))
+    assert second.status_code == 200 and "newest" in _text(second.text)
+    assert "data-live" not in second.text
+    shown = set(re.findall(r"event (\d+)\"", first)) | set(re.findall(r"event (\d+)\"", second.text))
+    assert shown == {str(e["id"]) for e in history}

@@ -170,7 +170,10 @@ def inventory_drift(conn: sa.Connection) -> list[str]:
                 devices.c.host_id,
                 devices.c.type_id,
                 sa.func.count().label("total"),
-                sa.func.sum(sa.case((devices.c.state == "available", 1), else_=0)).label("available"),
+                # Free and untainted: a tainted device is not offered to claims.
+                sa.func.sum(
+                    sa.case((sa.and_(devices.c.state == "available", devices.c.taint.is_(None)), 1), else_=0)
+                ).label("available"),
             )
             .where(devices.c.state != "removed")
             .group_by(devices.c.host_id, devices.c.type_id)

@@ -1,10 +1,12 @@
-"""A hypothesis state machine over claims: claim, release, expire, host down and up, report, clean.
+"""A hypothesis state machine over claims: claim, release, expire, host down and up, report, clean,
+taint and untaint (a device, the PF with its VFs, a whole host; some taints expire).
 
 The invariants are checked after every step, on SQLite and on PostgreSQL:
 no device in two live allocations; every reserved or assigned device belongs to exactly one
 live allocation and the other way round; ``inventory`` agrees with a recount of ``devices``;
 a device only becomes ``available`` again through the cleanup or a report that brings back
-a ``removed`` one; a host that is down gets no new claims.
+a ``removed`` one; a host that is down gets no new claims; no claim takes a device that a
+NoSchedule or Drain taint covers, and ``devices.taint`` marks exactly the covered devices.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class ClaimMachine(RuleBasedStateMachine):
         for h in HOSTS:
             self._report(h)
         self.live: dict[str, tuple[frozenset[str], float]] = {}  # consumer -> (device ids, claimed at)
+        # taint id -> (host, target: "host", "parent" or a device id, effect, expires at or None)
+        self.taints: dict[int, tuple[str, str, str, float | None]] = {}
         self.ever: set[str] = set()
         self.n = 0
         # Devices the last step may legitimately have made available again.
@@ -151,6 +155,23 @@ class ClaimMachine(RuleBasedStateMachine):
         assert expired == expected, (expired, expected)
         for c in expired:
             del self.live[c]
+        for t, (*_, until) in list(self.taints.items()):
+            if until is not None and until <= self.elapsed:
+                del self.taints[t]
+
+    def _tainted(self, states: dict[str, tuple[str, str, str]]) -> set[str]:
+        """Device ids that a NoSchedule or Drain taint of the model covers."""
+        out: set[str] = set()
+        for host, target, effect, _ in self.taints.values():
+            if effect == "None":
+                continue
+            for d, (h, address, _state) in states.items():
+                if h != host:
+                    continue
+                under_pf = address == PF or address.startswith("0000:3b:02.")
+                if target in ("host", d) or (target == "parent" and under_pf):
+                    out.add(d)
+        return out
 
     # ------------------------------------------------------------ rules
     @rule(spec=st.sampled_from(REQUESTS), key=st.booleans())
@@ -169,9 +190,11 @@ class ClaimMachine(RuleBasedStateMachine):
         assert created
         ids = frozenset(d.id for d in allocation.devices)
         assert self._up(allocation.host), f"claimed on {allocation.host}, which is down"
+        tainted = self._tainted(before)
         for d in ids:
             assert before[d][0] == allocation.host
             assert before[d][2] == "available", f"{before[d]} claimed for {consumer}"
+            assert d not in tainted, f"{before[d]} is tainted but was claimed for {consumer}"
         wanted = sum(int(n) for n in spec.values())
         assert len(ids) == wanted
         self.live[consumer] = (ids, self.elapsed)
@@ -182,10 +205,17 @@ class ClaimMachine(RuleBasedStateMachine):
 
     def _assert_really_full(self, spec: dict[str, str], before: dict[str, tuple[str, str, str]]) -> None:
         """A refusal must be right: no up host had the free devices (VFs of a held PF excluded)."""
+        tainted = self._tainted(before)
         for host in HOSTS:
             if not self._up(host):
                 continue
             mine = {address: state for h, address, state in before.values() if h == host}
+            # A tainted free device is not free for a claim (its parent or children still are).
+            offered = {
+                address: "tainted" if d in tainted and state == "available" else state
+                for d, (h, address, state) in before.items()
+                if h == host
+            }
             pf_busy = mine.get(PF) in ("reserved", "assigned", "cleaning", "missing", "quarantined")
             vf_busy = any(
                 s in ("reserved", "assigned", "cleaning", "missing", "quarantined")
@@ -193,11 +223,11 @@ class ClaimMachine(RuleBasedStateMachine):
                 if a.startswith("0000:3b:02.")
             )
             free = {
-                "NIC_PF": int(mine.get(PF) == "available" and not vf_busy),
+                "NIC_PF": int(offered.get(PF) == "available" and not vf_busy),
                 "NIC_VF_1G": 0
                 if pf_busy
-                else sum(s == "available" for a, s in mine.items() if a.startswith("0000:3b:02.")),
-                "GPU": sum(s == "available" for a, s in mine.items() if a.startswith("0000:af:")),
+                else sum(s == "available" for a, s in offered.items() if a.startswith("0000:3b:02.")),
+                "GPU": sum(s == "available" for a, s in offered.items() if a.startswith("0000:af:")),
             }
             fits = all(free[t.split(":")[1]] >= int(n) for t, n in spec.items())
             assert not fits, f"refused {spec} although {host} had {free} free"
@@ -260,6 +290,48 @@ class ClaimMachine(RuleBasedStateMachine):
                 d for d, (h, a, s) in self.before.items() if h == host and a == address and s == "removed"
             }
 
+    @rule(
+        host=st.sampled_from(HOSTS),
+        what=st.sampled_from(("host", "parent", *ADDRESSES)),
+        effect=st.sampled_from(("NoSchedule", "Drain", "None")),
+        expires=st.sampled_from((None, 120.0)),
+    )
+    def taint(self, host: str, what: str, effect: str, expires: float | None) -> None:
+        body = schemas.TaintCreate(
+            effect=effect,  # type: ignore[arg-type]
+            reason=f"step {self.n}",
+            expires_in=None if expires is None else timedelta(seconds=expires),
+        )
+        if what == "host":
+            made = self.store.add_taint(body, "admin", host=host)
+            key = "host"
+        elif what == "parent":
+            body.parent = PF
+            made = self.store.add_taint(body, "admin", host=host)
+            key = "parent"
+        else:
+            key = next(d for d, (h, a, _) in self.before.items() if h == host and a == what)
+            made = self.store.add_taint(body, "admin", device_id=key)
+        assert made.host == host and made.effect == effect
+        self.taints[made.id] = (host, key, effect, None if expires is None else self.elapsed + expires)
+
+    @precondition(lambda self: bool(self.taints))
+    @rule(data=st.data(), one=st.booleans())
+    def untaint(self, data: st.DataObject, one: bool) -> None:
+        taint_id = data.draw(st.sampled_from(sorted(self.taints)))
+        host = self.taints[taint_id][0]
+        if one:
+            removed = self.store.remove_taints("admin", host=host, taint_id=taint_id)
+            assert [t.id for t in removed] == [taint_id]
+            del self.taints[taint_id]
+            return
+        removed = self.store.remove_taints("admin", host=host)
+        mine = {t for t, v in self.taints.items() if v[0] == host}
+        assert {t.id for t in removed} == mine
+        for t in mine:
+            del self.taints[t]
+        assert self.store.remove_taints("admin", host=host) == []  # twice is harmless
+
     @rule()
     def clean(self) -> None:
         """Stand-in for the agent's cleanup: cleaning devices become available."""
@@ -313,6 +385,14 @@ class ClaimMachine(RuleBasedStateMachine):
         timed = {"reservation_overdue", "held_on_down_host", "stranded_work"}
         report = self.store.audit(down_for=timedelta(days=3650))
         assert [f for f in report.findings if f.check not in timed] == []
+
+    @invariant()
+    def taint_marks_are_the_models(self) -> None:
+        with self.db.read() as c:
+            marked = {r.id for r in c.execute(sa.select(devices.c.id).where(devices.c.taint.is_not(None)))}
+        assert marked == self._tainted(self._states())
+        listed = {t.id for t in self.store.list_taints()}
+        assert listed == {t for t, v in self.taints.items() if v[3] is None or v[3] > self.elapsed}
 
     @invariant()
     def nothing_becomes_available_unexplained(self) -> None:

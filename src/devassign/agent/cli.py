@@ -184,7 +184,7 @@ def _table(inv: Inventory) -> tuple[list[str], list[list[str]]]:
         ("address", lambda d: d.address),
         ("kind", lambda d: d.kind.value),
         ("ids", lambda d: f"{d.vendor_id or '?'}:{d.product_id or '?'}" if d.vendor_id else ""),
-        ("name", lambda d: d.attributes.get("name") or d.attributes.get("product") or ""),
+        ("product", lambda d: d.attributes.get("name") or d.attributes.get("product") or ""),
         ("numa", lambda d: d.numa_node),
         ("iommu", lambda d: d.iommu_group),
         ("driver", lambda d: d.driver),

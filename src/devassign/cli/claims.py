@@ -4,6 +4,7 @@ and clearing quarantined devices."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,15 +147,23 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         idempotency_key: Annotated[
             str | None,
             typer.Option(
-                metavar="KEY", help="Send the same key to retry safely: you get the same allocation"
+                metavar="KEY",
+                help="Send the same key to retry safely: you get the same allocation (default: a "
+                "new key per command, so the command's own retries never claim twice)",
             ),
         ] = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Place and claim; prints the allocation, or why it cannot be placed (exit 1)."""
         body = build_body(
-            spec, request, host, consumer=consumer, project=project, idempotency_key=idempotency_key
+            spec,
+            request,
+            host,
+            consumer=consumer,
+            project=project,
+            idempotency_key=idempotency_key,
         )
+        body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
         try:
             allocation = client(ctx).post("/v1/claims", body)
         except CliError as exc:
@@ -242,6 +251,10 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         console.print(
             f"total: {plural(int(found['total']), 'instance')}{more}", markup=False, highlight=False
         )
+        tainted = found.get("tainted") or {}
+        if tainted:  # free but kept from new claims: what an operator could give back
+            apart = ", ".join(f"{plural(int(n), t + ' device')}" for t, n in sorted(tainted.items()))
+            console.print(f"not counted: {apart} tainted", markup=False, highlight=False)
 
     @app.command("libvirt-xml")
     def libvirt_xml(

@@ -1,14 +1,36 @@
-"""A small REST client for the CLI: one method per call, errors turned into one clear line."""
+"""A small REST client for the CLI: one method per call, errors turned into one clear line.
+
+Requests that are safe to send again (GET, PUT, DELETE, and claims that carry an idempotency
+key, which the server answers with the same allocation) are retried while the server answers
+503 (its database is busy or failing over: ``Retry-After`` is honoured, up to
+:data:`MAX_RETRY_AFTER`) or cannot be reached, with exponential backoff and jitter, until
+:data:`RETRY_SECONDS` (``DEVASSIGN_RETRY_SECONDS``) have passed since the first try. A server
+that has not answered this client yet is reported at once: that is a wrong URL or a server
+that is not running far more often than a restart.
+"""
 
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8470"
+# Seconds after a request's first try during which it is retried (DEVASSIGN_RETRY_SECONDS; 0: never).
+RETRY_SECONDS = 30.0
+RETRY_ENV = "DEVASSIGN_RETRY_SECONDS"
+# A server's Retry-After is honoured up to this many seconds.
+MAX_RETRY_AFTER = 10.0
+# Backoff between tries without a Retry-After: 0.25 s doubling up to 8 s, half of it random.
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 8.0
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class ExitCode(IntEnum):
@@ -55,6 +77,51 @@ def exit_status(exc: CliError) -> int:
     return exc.exit_status
 
 
+@dataclass(frozen=True)
+class Retry:
+    """One try that is retried: what came back (an HTTP status, or the transport error) and
+    how long the client waits before the next try."""
+
+    attempt: int
+    method: str
+    path: str
+    status: int | None
+    retry_after: str | None
+    error: str | None
+    wait: float
+
+
+def retry_seconds() -> float:
+    """:data:`RETRY_SECONDS`, or ``DEVASSIGN_RETRY_SECONDS`` when set to a number of 0 or more."""
+    raw = os.environ.get(RETRY_ENV)
+    if raw is None or raw.strip() == "":
+        return RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CliError(f"{RETRY_ENV}={raw!r}: give a number of seconds", status=ExitCode.USAGE) from None
+    if not 0 <= value < float("inf"):
+        raise CliError(f"{RETRY_ENV}={raw!r}: give a number of seconds, 0 or more", status=ExitCode.USAGE)
+    return value
+
+
+def may_resend(method: str, body: Any) -> bool:
+    """Whether a request may be sent again after a lost answer or a 503: safe methods, and
+    POSTs that carry an idempotency key (a claim: its replay answers the same allocation)."""
+    if method.upper() in SAFE_METHODS:
+        return True
+    return isinstance(body, dict) and bool(body.get("idempotency_key"))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        value = float(raw)  # delay-seconds; an HTTP date is not used by devassign
+    except ValueError:
+        return None
+    return value if 0 <= value < float("inf") else None
+
+
 class Client:
     def __init__(
         self,
@@ -63,28 +130,99 @@ class Client:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retry_for: float | None = None,
+        on_retry: Callable[[Retry], None] | None = None,
     ) -> None:
         self.url = (url or os.environ.get("DEVASSIGN_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("DEVASSIGN_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.retry_for = retry_seconds() if retry_for is None else retry_for
+        self.on_retry = on_retry
+        self._answered = False  # the server has answered this client at least once
 
     def close(self) -> None:
         self.http.close()
 
+    def _backoff(self, attempt: int) -> float:
+        step = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (attempt - 1))
+        return step / 2 + random.uniform(0, step / 2)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send until an answer that is not a 503, retrying what :func:`may_resend` allows
+        until ``retry_for`` seconds after the first try."""
+        resend = may_resend(method, kwargs.get("json"))
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if not self._answered:  # never reached: most likely the wrong URL or no server
+                    raise CliError(
+                        f"cannot reach the devassign server at {self.url}: is `devassign server` "
+                        "running? (set --url or DEVASSIGN_URL)",
+                        status=ExitCode.UNREACHABLE,
+                    ) from exc
+                wait = self._backoff(attempt)
+                if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
+                    raise CliError(
+                        f"cannot reach the devassign server at {self.url}"
+                        f"{self._tries(start, attempt, resend)}: {exc}",
+                        status=ExitCode.UNREACHABLE,
+                    ) from exc
+                continue
+            except httpx.TransportError as exc:
+                wait = self._backoff(attempt)
+                if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
+                    raise CliError(
+                        f"request to {self.url}{path} failed{self._tries(start, attempt, resend)}: {exc}",
+                        status=ExitCode.UNREACHABLE,
+                    ) from exc
+                continue
+            except httpx.HTTPError as exc:
+                raise CliError(f"request to {self.url}{path} failed: {exc}") from exc
+            self._answered = True
+            if response.status_code != 503 or not resend:
+                return response
+            after = _retry_after(response)
+            wait = max(self._backoff(attempt), min(after, MAX_RETRY_AFTER) if after is not None else 0.0)
+            header = response.headers.get("Retry-After")
+            if not self._wait(start, attempt, method, path, 503, header, None, wait):
+                response.extensions["devassign_tries"] = self._tries(start, attempt, resend)
+                return response
+
+    def _wait(
+        self,
+        start: float,
+        attempt: int,
+        method: str,
+        path: str,
+        status: int | None,
+        retry_after: str | None,
+        error: str | None,
+        wait: float,
+    ) -> bool:
+        """Sleep ``wait`` before the next try and say True, or False when that try would start
+        after the deadline."""
+        if time.monotonic() + wait - start > self.retry_for:
+            return False
+        if self.on_retry is not None:
+            self.on_retry(Retry(attempt, method, path, status, retry_after, error, wait))
+        time.sleep(wait)
+        return True
+
+    def _tries(self, start: float, attempt: int, resend: bool) -> str:
+        if self.retry_for == 0:
+            return ""
+        if not resend:
+            return " (not retried: it may not be sent twice)"
+        tries = "1 try" if attempt == 1 else f"{attempt} tries"
+        return f" (gave up after {tries} in {time.monotonic() - start:.1f} s)"
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            raise CliError(
-                f"cannot reach the devassign server at {self.url}: is `devassign server` "
-                "running? (set --url or DEVASSIGN_URL)",
-                status=ExitCode.UNREACHABLE,
-            ) from exc
-        except httpx.TransportError as exc:
-            raise CliError(f"request to {self.url}{path} failed: {exc}", status=ExitCode.UNREACHABLE) from exc
-        except httpx.HTTPError as exc:
-            raise CliError(f"request to {self.url}{path} failed: {exc}") from exc
+        response = self._send(method, path, **kwargs)
         if response.status_code == 204:
             return None
         try:
@@ -94,9 +232,13 @@ class Client:
         if response.is_error:
             err = (body or {}).get("error") if isinstance(body, dict) else None
             status = exit_status_of(err.get("code") if err else None, response.status_code)
+            tries = response.extensions.get("devassign_tries", "")
             if err:
-                raise CliError(err.get("message", "error"), code=err.get("code"), status=status, body=body)
-            raise CliError(f"HTTP {response.status_code} from {self.url}{path}", status=status)
+                message = err.get("message", "error")
+                if response.status_code == 503:
+                    message = f"the server at {self.url} cannot serve now: {message}{tries}"
+                raise CliError(message, code=err.get("code"), status=status, body=body)
+            raise CliError(f"HTTP {response.status_code} from {self.url}{path}{tries}", status=status)
         return body
 
     def get(self, path: str, **params: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.client import Client, CliError
+from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
@@ -44,6 +46,14 @@ TYPE_COLUMNS = [
     ("cleaning", _counts("cleaning")),
     ("unhealthy", lambda t: t["counts"]["unhealthy"] + t["counts"]["quarantined"] + t["counts"]["missing"]),
 ]
+
+
+def type_columns(types: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The types table's columns: ``tainted`` (free devices a taint holds back, not in
+    ``available``) only when some type has any, so the usual table fits 80 columns."""
+    if not any(t["counts"].get("tainted") for t in types):
+        return TYPE_COLUMNS
+    return [*TYPE_COLUMNS[:4], ("tainted", _counts("tainted")), *TYPE_COLUMNS[4:]]
 
 
 def describe_param(spec: dict[str, Any]) -> str:
@@ -123,9 +133,26 @@ def register(app: typer.Typer) -> typer.Typer:
     app.add_typer(device_app, name="device")
 
     @app.command()
-    def types(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
+    def types(
+        ctx: typer.Context,
+        fmt: FormatOpt = Format.table,
+        watch: Annotated[
+            bool, typer.Option("--watch", help="Keep the table on screen, refreshed in place; Ctrl-C ends")
+        ] = False,
+        interval: Annotated[
+            float, typer.Option(min=0.5, help="Seconds between two refreshes of --watch")
+        ] = 2.0,
+    ) -> None:
         """Each resource type: description and how many devices are in each state."""
-        emit(client(ctx).get("/v1/resource-types"), fmt, TYPE_COLUMNS)
+        api = client(ctx)
+        found = api.get("/v1/resource-types")
+        if watch:
+            with contextlib.suppress(KeyboardInterrupt):
+                watch_table(
+                    lambda: api.get("/v1/resource-types"), type_columns(found), interval=interval, fmt=fmt
+                )
+            return
+        emit(found, fmt, type_columns(found))
 
     @type_app.command("create")
     def type_create(
@@ -248,10 +275,25 @@ def register(app: typer.Typer) -> typer.Typer:
         host: Annotated[str | None, typer.Option(help="Only this host's events")] = None,
         device: Annotated[str | None, typer.Option(help="Only this device's (its id or address)")] = None,
         consumer: Annotated[str | None, typer.Option(help="Only this consumer's")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+        limit: Annotated[
+            int, typer.Option(help="At most this many (with --follow: the last ones first)")
+        ] = 50,
+        follow: Annotated[
+            bool,
+            typer.Option(
+                "--follow",
+                help="Then print new events as they come, one a line (JSON Lines with -f json); "
+                "reconnects by itself; Ctrl-C ends",
+            ),
+        ] = False,
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """The event log, newest first."""
+        """The event log, newest first; with --follow, oldest first and as it grows."""
+        if follow:
+            filters = {"host": host, "device": device, "consumer": consumer}
+            with contextlib.suppress(KeyboardInterrupt):
+                follow_events(client(ctx), filters, history=limit, fmt=fmt)
+            return
         found = client(ctx).get("/v1/events", host=host, device=device, consumer=consumer, limit=limit)
         emit(found, fmt, EVENT_COLUMNS)
 

@@ -21,6 +21,7 @@ import devassign
 from devassign.cli import audit as audit_cli
 from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
+from devassign.cli import taints as taints_cli
 from devassign.cli.client import CliError, ExitCode, exit_status
 from devassign.cli.output import Format, emit, when
 
@@ -48,6 +49,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 claims_cli.register(app, inventory_cli.register(app))
 audit_cli.register(app)
+taints_cli.register(app)
 
 DbOpt = Annotated[
     str | None,
@@ -112,6 +114,19 @@ def server(
     db_pool_size: Annotated[
         int, typer.Option(help="Database connections per process (PostgreSQL: plus half as many in bursts)")
     ] = 10,
+    db_max_overflow: Annotated[
+        int | None,
+        typer.Option(min=0, help="Extra connections per process in bursts (default: half the pool)"),
+    ] = None,
+    db_pool_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request waits for a free connection before a 503")
+    ] = 10,
+    db_statement_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a statement may run before a 503 (0: no limit)")
+    ] = 30,
+    db_lock_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a statement may wait for a lock before a 503 (0: none)")
+    ] = 0,
     workers: Annotated[
         int, typer.Option(help="Server processes on this port (PostgreSQL; SQLite is for one process)")
     ] = 1,
@@ -137,6 +152,15 @@ def server(
             "ones stay free)",
         ),
     ] = 0.5,
+    metrics_per_host: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-per-host",
+            envvar="DEVASSIGN_METRICS_PER_HOST",
+            help="/metrics also per host: devices per host, type and state, and seconds since each "
+            "host was heard from (one series per host: mind the cardinality)",
+        ),
+    ] = False,
 ) -> None:
     """Run the API server and its dashboard (/ui/): SQLite in the data folder unless --db says
     otherwise; the schema is migrated on start."""
@@ -152,6 +176,7 @@ def server(
     from devassign.store import SchemaError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["DEVASSIGN_METRICS_PER_HOST"] = "1" if metrics_per_host else "0"  # read by server/metrics.py
     db = _check_db_url(db)
     placement = placement_with(  # the options' ranges already refused negative weights and nan
         mode=policy.value,
@@ -167,6 +192,10 @@ def server(
         reservation_ttl=timedelta(seconds=reservation_ttl),
         agent_takeover_after=timedelta(seconds=agent_takeover_after),
         pool_size=db_pool_size,
+        max_overflow=db_max_overflow,
+        pool_timeout=db_pool_timeout,
+        statement_timeout=db_statement_timeout,
+        lock_timeout=db_lock_timeout,
         placement=placement,
     )
     if workers < 1:
@@ -324,7 +353,7 @@ def db_status(db: DbOpt = None) -> None:
 @token_app.command("create")
 def token_create(
     ctx: typer.Context,
-    role: Annotated[str, typer.Option(help="admin, agent or member")],
+    role: Annotated[str, typer.Option(help="admin, agent, member or monitor (reads /metrics only)")],
     host: Annotated[str | None, typer.Option(help="The host an agent token speaks for")] = None,
     project: Annotated[str | None, typer.Option(help="The project of a member token")] = None,
     name: Annotated[str | None, typer.Option(help="A label for the token")] = None,

@@ -41,6 +41,7 @@ DETAIL_COLUMNS = (
     "iommu",
     "numa",
     "parent",
+    "product",  # a long vendor name (pci.ids) tells less than the kind
     "kind",
     "ids",
     "generation",

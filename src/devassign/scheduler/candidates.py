@@ -22,6 +22,8 @@ class AltCandidates:
     matching: int  # free and selected by the selector
     usable: tuple[DeviceView, ...]  # matching, and their whole IOMMU group is free
     busy_groups: tuple[int, ...]  # groups that kept a matching device out
+    # Available but tainted: (taint phrase, how many), for the explanation.
+    tainted: tuple[tuple[str, int], ...] = ()
 
 
 class Candidates:
@@ -56,6 +58,7 @@ class Candidates:
             matching=len(matching),
             usable=tuple(usable),
             busy_groups=tuple(sorted(busy)),
+            tainted=tuple(sorted(host.tainted_by_type.get(alt.type, {}).items())),
         )
 
     def _match(self, alt: Alternative, device: DeviceView) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from devassign.scheduler.candidates import AltCandidates, Candidates
-from devassign.scheduler.reasons import Reason, ReasonCode, join_and, join_or
+from devassign.scheduler.reasons import Reason, ReasonCode, join_and, join_or, tainted_phrase
 from devassign.scheduler.request import DeviceRequest, Request
 from devassign.scheduler.view import HostView
 
@@ -66,11 +66,11 @@ class FreeCountFilter:
             have = len(host.free_by_type.get(type_name, ()))
             if len(members) > 1 and need > have:
                 names = join_and(r.name for r in members)
-                return Reason(
-                    ReasonCode.NOT_ENOUGH_FREE,
-                    f"needs {need} {type_name} (for {names} together), has {have} free",
-                    need - have,
-                )
+                text = f"needs {need} {type_name} (for {names} together), has {have} free"
+                tainted = host.tainted_by_type.get(type_name)
+                if tainted:
+                    text += f"; {tainted_phrase(type_name, sorted(tainted.items()))}"
+                return Reason(ReasonCode.NOT_ENOUGH_FREE, text, need - have)
         return None
 
 
@@ -119,6 +119,8 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
             text = f"needs {wants}, has {c.free} free"
             if c.blocked:
                 text += f" ({c.blocked} more held back: a parent or child device is in use)"
+            if c.tainted:
+                text += f"; {tainted_phrase(a.type, c.tainted)}"
         elif stage == "matching":
             assert a.selector is not None
             text = f"needs {wants} matching {a.selector.source}, has {c.free} free, {c.matching} matching"
@@ -135,6 +137,9 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
     text = f"needs {wants}, has {haves} {word}"
     if stage == "usable":
         text = f"needs {wants} with whole IOMMU groups free, has {haves}"
+    tainted = [tainted_phrase(a.type, c.tainted) for a, c in zip(alts, cands, strict=True) if c.tainted]
+    if stage == "free" and tainted:
+        text += f"; {join_and(tainted)}"
     return Reason(code, text, shortfall)
 
 

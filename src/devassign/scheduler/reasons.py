@@ -7,6 +7,7 @@ and 1 on node 1``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,7 +109,27 @@ def funnel_sentence(funnel: Mapping[str, Any]) -> str:
         parts.append(f"{down} {'host' if down == 1 else 'hosts'} down")
     for key, n in funnel.items():
         if key.startswith("lacking_") and n:
-            parts.append(
-                f"{n} up {'host' if n == 1 else 'hosts'} with too few free {key.removeprefix('lacking_')}"
-            )
+            type_name = key.removeprefix("lacking_")
+            text = f"{n} up {'host' if n == 1 else 'hosts'} with too few free {type_name}"
+            tainted = int(funnel.get(f"tainted_{type_name}") or 0)
+            if tainted:
+                text += f" ({tainted} of them only because devices are tainted)"
+            parts.append(text)
     return ", ".join(parts)
+
+
+def tainted_phrase(type_name: str, tainted: Iterable[tuple[str, int]]) -> str:
+    """``2 NIC_VF_1G devices are tainted NoSchedule (maintenance: PSU swap, by admin)``."""
+    return join_and(
+        f"{n} {type_name} {'device is' if n == 1 else 'devices are'} tainted {taint}" for taint, n in tainted
+    )
+
+
+def without_setter(sentence: str) -> str:
+    """Taint phrases without who set them (``, by NAME)``: a name may be a host's agent's)."""
+    return _SETTER.sub(")", sentence)
+
+
+_SETTER = re.compile(r", by [^()]*\)")
+# The taint clause that ends a host's sentence (filters append it after "; ").
+TAINTED = re.compile(r"; (\d+ \S+ devices? (?:is|are) tainted .*)$")

@@ -72,6 +72,8 @@ class DeviceView:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     state: str = DeviceState.AVAILABLE
     healthy: bool = True
+    # The taint that keeps it from new claims, as a phrase ("NoSchedule (maintenance, by admin)").
+    taint: str | None = None
 
     @property
     def holding(self) -> bool:
@@ -107,6 +109,8 @@ class HostView:
     free_ids: frozenset[str] = field(init=False, repr=False, compare=False)
     # Free in state, but a parent or child device is held: counted apart for explanations.
     blocked_by_type: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    # Free in state, but tainted (NoSchedule, Drain): per type, per taint phrase, how many.
+    tainted_by_type: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
     # Addresses of devices with at least one child device held (partitioned GPUs, used PFs).
     used_parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # Addresses that are some reported device's parent (a PF with VFs, a GPU with slots).
@@ -124,8 +128,13 @@ class HostView:
                 groups.setdefault(d.iommu_group, []).append(d)
         free: dict[str, list[DeviceView]] = {}
         blocked: dict[str, int] = {}
+        tainted: dict[str, dict[str, int]] = {}
         for d in self.devices:
             if d.state != DeviceState.AVAILABLE or not d.healthy:
+                continue
+            if d.taint is not None:
+                per = tainted.setdefault(d.type, {})
+                per[d.taint] = per.get(d.taint, 0) + 1
                 continue
             parent = by_address.get(d.parent) if d.parent else None
             if (parent is not None and parent.holding) or d.address in used_parents:
@@ -138,6 +147,7 @@ class HostView:
         s(self, "free_by_type", {t: tuple(v) for t, v in free.items()})
         s(self, "free_ids", frozenset(d.id for v in free.values() for d in v))
         s(self, "blocked_by_type", blocked)
+        s(self, "tainted_by_type", tainted)
         s(self, "used_parents", frozenset(used_parents))
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})

@@ -33,19 +33,20 @@ NOBODY = Principal(name="anonymous", role=Role.MEMBER, project="")
 class Need(StrEnum):
     """Who a route admits. Scoping within what a caller is admitted to is the :class:`Scope`'s."""
 
-    PUBLIC = "public"  # no token: health, metrics, the login form, the API description
-    ANY = "any"  # any valid token; members and agents see only their part
+    PUBLIC = "public"  # no token: health, the login form, the API description
+    ANY = "any"  # any valid token but a monitor's; members and agents see only their part
     TENANT = "tenant"  # admins and members: claims, explain, capacity, quotas, release
     OPERATOR = "operator"  # admins and agents: hosts and devices (an agent: its own host)
     HOST = "host"  # admins, and the agent of the host named in the path
     ADMIN = "admin"
+    MONITOR = "monitor"  # admins and monitor tokens: the metrics, which name projects and hosts
 
 
 # (method, path) -> who may call it. The table in docs/api.md is this one; a test compares them.
 POLICY: dict[tuple[str, str], Need] = {
     # the service itself
     ("GET", "/healthz"): Need.PUBLIC,
-    ("GET", "/metrics"): Need.PUBLIC,
+    ("GET", "/metrics"): Need.MONITOR,
     ("GET", "/openapi.json"): Need.PUBLIC,
     ("GET", "/docs"): Need.PUBLIC,
     ("GET", "/docs/oauth2-redirect"): Need.PUBLIC,
@@ -68,6 +69,12 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/devices"): Need.OPERATOR,
     ("GET", "/v1/devices/{device_id}"): Need.OPERATOR,
     ("POST", "/v1/devices/{device_id}/clear"): Need.ADMIN,
+    # taints (an agent: its own host's devices)
+    ("GET", "/v1/taints"): Need.OPERATOR,
+    ("POST", "/v1/devices/{device_id}/taints"): Need.OPERATOR,
+    ("DELETE", "/v1/devices/{device_id}/taints"): Need.OPERATOR,
+    ("POST", "/v1/hosts/{host}/taints"): Need.HOST,
+    ("DELETE", "/v1/hosts/{host}/taints"): Need.HOST,
     # requests and allocations
     ("POST", "/v1/claims"): Need.TENANT,
     ("POST", "/v1/explain"): Need.TENANT,
@@ -78,6 +85,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("DELETE", "/v1/allocations/{consumer}"): Need.TENANT,
     ("GET", "/v1/allocations/{consumer}/libvirt"): Need.ANY,
     ("GET", "/v1/events"): Need.ANY,
+    ("GET", "/v1/events/stream"): Need.ANY,
     ("GET", "/v1/quotas"): Need.TENANT,
     ("PUT", "/v1/quotas/{project}/{type_name}"): Need.ADMIN,
     # operations
@@ -102,20 +110,31 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/ui/allocations"): Need.ANY,
     ("GET", "/ui/events"): Need.ANY,
     ("GET", "/ui/explain"): Need.TENANT,
+    # the dashboard's live updates: its stream, the parts of pages it re-renders, its script
+    ("GET", "/ui/events/stream"): Need.ANY,
+    ("GET", "/ui/fragments/overview"): Need.ANY,
+    ("GET", "/ui/fragments/hosts"): Need.OPERATOR,
+    ("GET", "/ui/fragments/hosts/{host}"): Need.HOST,
+    ("GET", "/ui/fragments/devices/{device_id}"): Need.OPERATOR,
+    ("GET", "/ui/fragments/events"): Need.ANY,
+    ("GET", "/ui/static/live.js"): Need.PUBLIC,
 }
 
 _ADMITS: dict[Need, frozenset[Role]] = {
-    Need.ANY: frozenset(Role),
+    Need.ANY: frozenset(Role) - {Role.MONITOR},
     Need.TENANT: frozenset({Role.ADMIN, Role.MEMBER}),
     Need.OPERATOR: frozenset({Role.ADMIN, Role.AGENT}),
     Need.HOST: frozenset({Role.ADMIN, Role.AGENT}),
     Need.ADMIN: frozenset({Role.ADMIN}),
+    Need.MONITOR: frozenset({Role.ADMIN, Role.MONITOR}),
 }
 _WHO = {
     Need.TENANT: "an admin or a member token",
     Need.OPERATOR: "an admin or an agent token",
     Need.HOST: "an admin token or the agent token of this host",
     Need.ADMIN: "an admin token",
+    Need.ANY: "a token of an admin, an agent or a member (a monitor token reads only /metrics)",
+    Need.MONITOR: "an admin or a monitor token (`devassign token create --role monitor`)",
 }
 
 
@@ -273,7 +292,7 @@ def _describe(p: Principal) -> str:
         return f"the agent of host {p.host!r}"
     if p.role is Role.MEMBER:
         return f"a member of project {p.project!r}"
-    return p.role.value
+    return f"a {p.role.value} token" if p.role is Role.MONITOR else p.role.value
 
 
 Access = Annotated[Scope, Depends(authorize)]

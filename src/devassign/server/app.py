@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,21 +14,24 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from sqlalchemy.exc import DataError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
+from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
 from devassign import errors, schemas
-from devassign.server import audit, claims, lifecycle, routes
+from devassign.server import audit, claims, lifecycle, routes, stream, taints
+from devassign.server import metrics as fleet_metrics
 from devassign.server.access import authorize, check_table
 from devassign.server.auth import TokenCache
 from devassign.server.limits import BodyLimit
 from devassign.server.placement import Placer
 from devassign.server.settings import Settings
 from devassign.store import Database, Store
+from devassign.store.db import busy_error
 from devassign.web import dashboard
 
 log = logging.getLogger("devassign.server")
@@ -103,8 +107,25 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    def busy(request: Request, err: errors.DevassignError) -> JSONResponse:
+        # 503: the database is overloaded, unreachable or failing over; nothing was changed
+        # (the transaction rolled back). Retry-After spreads the clients' retries (1 to 3 s).
+        seconds = random.randint(1, 3)
+        body = err.body()
+        body["error"]["retry_after"] = seconds
+        log.warning(
+            "database busy on %s %s (%s): %s",
+            request.method,
+            request.url.path,
+            err.extra.get("reason", "-"),
+            err.__cause__ or err.message,
+        )
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(seconds)})
+
     @app.exception_handler(errors.DevassignError)
-    async def _domain(_: Request, exc: errors.DevassignError) -> JSONResponse:
+    async def _domain(request: Request, exc: errors.DevassignError) -> JSONResponse:
+        if exc.status == 503:
+            return busy(request, exc)
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
@@ -133,9 +154,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(err.body(), status_code=400)
 
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Refused or lost connections, an exhausted pool, statement and lock timeouts, a
+        # standby refusing writes: 503 database_busy. Any other database error is a bug.
+        err = busy_error(exc)
+        if err is None:
+            return await _bug(request, exc)
+        err.__cause__ = exc
+        return busy(request, err)
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         err = errors.DevassignError(
             errors.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
         )
@@ -192,7 +224,11 @@ def _install_openapi(app: FastAPI) -> None:
             for op in operations.values():
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)
-                for status, text in _ERROR_RESPONSES.items():
+                errors_here = dict(_ERROR_RESPONSES)
+                if "requestBody" in op:  # server/limits.py refuses a body over the route's limit
+                    errors_here["413"] = "The body is over this route's size limit (body_too_large)"
+                errors_here["503"] = "The database cannot serve now (database_busy): retry"
+                for status, text in errors_here.items():
                     responses.setdefault(status, {"description": text})
                     responses[status].setdefault("content", {"application/json": {"schema": ref}})
         app.openapi_schema = schema
@@ -204,7 +240,7 @@ def _install_openapi(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     if store is None:
-        db = Database(settings.db_url, pool_size=settings.pool_size)
+        db = Database(settings.db_url, **settings.database_options())
         db.ensure_schema(migrate=settings.migrate)
         store = Store(
             db,
@@ -244,10 +280,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     _install_openapi(app)
     app.state.placer = Placer(store, settings.placement)
     app.include_router(routes.router)
+    app.include_router(stream.router)
     app.include_router(claims.router)
     app.include_router(dashboard.router)
     app.include_router(lifecycle.router)
     app.include_router(audit.router)
+    app.include_router(taints.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -255,7 +293,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        # The fleet's gauges read at scrape time, and this process's counters (docs/metrics.md).
+        return PlainTextResponse(fleet_metrics.exposition(app).decode(), media_type=CONTENT_TYPE_LATEST)
 
     check_table(app)
     app.add_middleware(Metrics)

@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from devassign import errors, schemas
 from devassign.domain import check_project
+from devassign.failpoints import failpoint
 from devassign.scheduler import ClaimBody
-from devassign.server import views
+from devassign.server import metrics, views
 from devassign.server.access import Access
 from devassign.server.placement import Placer
 from devassign.store import Store
@@ -33,15 +34,22 @@ def _store(request: Request) -> Store:
     response_model=schemas.Allocation,
     status_code=201,
     tags=["claims"],
-    responses={409: {"description": "no host can hold the request; the body says why"}},
+    responses={
+        200: {"model": schemas.Allocation, "description": "a replay: the allocation already made"},
+        409: {"description": "no host can hold the request; the body says why"},
+    },
 )
 def claim(request: Request, scope: Access, body: ClaimBody) -> Any:
     """Place and claim in one call: 201 with the allocation, 200 for a replay of the same claim."""
     scope.check_targets(body.hosts)
+    started = metrics.claim_started()
     try:
         allocation, created = _placer(request).claim(body, scope.principal)
     except errors.DevassignError as exc:
+        metrics.claim_refused(started, exc)
         raise views.public_refusal(scope, exc) from None
+    metrics.claim_answered(started, created)
+    failpoint("claim.after_commit")
     # Serialized here, once: the model is already valid, and FastAPI's response_model path
     # would validate it again (response_model stays for the OpenAPI document).
     return Response(
@@ -93,6 +101,7 @@ def release(request: Request, scope: Access, consumer: str) -> Response:
     store = _store(request)
     views.get_allocation(store, scope, consumer)
     store.release(consumer, scope.actor)
+    failpoint("release.after_commit")
     return Response(status_code=204)
 
 

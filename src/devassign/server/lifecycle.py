@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from devassign import errors, schemas
 from devassign.lifecycle.base import LifecycleDevice
 from devassign.lifecycle.libvirt import LibvirtXMLError, devices_xml
-from devassign.server import views
+from devassign.server import metrics, views
 from devassign.server.access import Access
 from devassign.store import Store
 
@@ -33,7 +33,10 @@ def post_results(
     request: Request, scope: Access, host: str, body: schemas.WorkResults
 ) -> list[schemas.WorkOutcome]:
     """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
-    return _store(request).apply_work_results(host, body.results, scope.actor)
+    pending = metrics.work_pending(_store(request), host, body.results)
+    outcomes = _store(request).apply_work_results(host, body.results, scope.actor)
+    metrics.work_done(pending, body.results, outcomes)
+    return outcomes
 
 
 @router.post("/devices/{device_id}/clear", response_model=schemas.Device, tags=["lifecycle"])

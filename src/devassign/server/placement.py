@@ -412,11 +412,18 @@ class Placer:
         snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")
         with _budgeted():
             found = capacity(request, snapshot)
-        return {
+        answer: dict[str, Any] = {
             "total": found.total,
             "per_host": dict(sorted(found.per_host.items())),
             "truncated": found.truncated,
         }
+        # Free devices of up hosts that a taint keeps out of the count above, per type (when any).
+        tainted = self.store.tainted_counts(
+            sorted({a.type for r in request.requests for a in r.alternatives})
+        )
+        if any(tainted.values()):
+            answer["tainted"] = tainted
+        return answer
 
 
 def _know_selectors(request: Request, view: HostView | None) -> None:

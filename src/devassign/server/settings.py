@@ -9,6 +9,7 @@ from typing import Any
 
 from devassign.scheduler import Policy
 from devassign.server.placement import PlacementConfig
+from devassign.store.db import LOCK_TIMEOUT, POOL_SIZE, POOL_TIMEOUT, STATEMENT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,26 @@ class Settings:
     # JSON members and items (``,`` and ``:`` outside strings) in a small body and a large one.
     max_members: int = 20_000
     max_bulk_members: int = 4_000_000
-    pool_size: int = 10
+    # The process's share of the database (docs/operations.md, "Overload"): connections kept,
+    # more opened in bursts (None: half the pool on PostgreSQL, 10 on SQLite), seconds a request
+    # waits for one before it is answered 503, seconds a statement may run (SQLite: wait for the
+    # write lock) and may wait for a lock (0: no limit of its own).
+    pool_size: int = POOL_SIZE
+    max_overflow: int | None = None
+    pool_timeout: float = POOL_TIMEOUT
+    statement_timeout: float = STATEMENT_TIMEOUT
+    lock_timeout: float = LOCK_TIMEOUT
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+    def database_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`devassign.store.Database` for these settings."""
+        return {
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.pool_timeout,
+            "statement_timeout": self.statement_timeout,
+            "lock_timeout": self.lock_timeout,
+        }
 
 
 SETTINGS_ENV = "DEVASSIGN_SERVER_SETTINGS"
@@ -48,6 +67,10 @@ def settings_to_env(settings: Settings) -> str:
             "reservation_ttl": settings.reservation_ttl.total_seconds(),
             "agent_takeover_after": settings.agent_takeover_after.total_seconds(),
             "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+            "statement_timeout": settings.statement_timeout,
+            "lock_timeout": settings.lock_timeout,
             "policy": _policy_to_json(settings.placement.policy),
         }
     )
@@ -111,6 +134,10 @@ def settings_from_env(text: str) -> Settings:
         reservation_ttl=timedelta(seconds=raw["reservation_ttl"]),
         agent_takeover_after=timedelta(seconds=raw.get("agent_takeover_after", 30)),
         pool_size=raw["pool_size"],
+        max_overflow=raw.get("max_overflow"),
+        pool_timeout=raw.get("pool_timeout", POOL_TIMEOUT),
+        statement_timeout=raw.get("statement_timeout", STATEMENT_TIMEOUT),
+        lock_timeout=raw.get("lock_timeout", LOCK_TIMEOUT),
         placement=placement_with(
             mode=policy.get("mode"),
             binpack_weight=policy.get("binpack_weight"),

@@ -12,7 +12,7 @@ from typing import Any
 
 from devassign import errors, schemas
 from devassign.scheduler import ClaimBody
-from devassign.scheduler.reasons import funnel_sentence
+from devassign.scheduler.reasons import TAINTED, funnel_sentence, without_setter
 from devassign.server.access import Scope
 from devassign.server.placement import Placer
 from devassign.store import Store
@@ -97,14 +97,17 @@ def list_events(
     device: str | None = None,
     consumer: str | None = None,
     before: int | None = None,
+    after: int | None = None,
     limit: int = 100,
 ) -> list[schemas.Event]:
-    """Newest first: members see their project's consumers' events, agents their host's."""
+    """Newest first (oldest first from ``after``, for the event stream): members see their
+    project's consumers' events, agents their host's."""
     filters: dict[str, Any] = {
         "host": scope.host_filter(host),
         "device": device,
         "consumer": consumer,
         "before": before,
+        "after": after,
         "limit": limit,
     }
     if scope.project is not None:
@@ -142,9 +145,14 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
     reasons as codes with how many hosts each refused.
     """
     reasons: dict[str, int] = {}
+    tainted: set[str] = set()
     for h in found.get("hosts", []):
         if h.get("reason"):
             reasons[h["reason"]] = reasons.get(h["reason"], 0) + 1
+        # What a taint says (its effect and reason) names no host or device: members read it.
+        clause = TAINTED.search(h.get("message") or "")
+        if clause:
+            tainted.add(without_setter(clause.group(1)))
     return {
         "summary": found.get("summary", ""),
         "fits": found.get("fits", False),
@@ -155,6 +163,7 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         "policy": found.get("policy", {}),
         "reasons": reasons,
         "closest": [{"reason": c.get("reason")} for c in found.get("closest", [])],
+        "tainted": sorted(tainted),
     }
 
 

@@ -6,6 +6,7 @@ below it hold the queries, grouped by what they are about.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from devassign import schemas
+from devassign.failpoints import failpoint
 from devassign.scheduler.view import Snapshot
 from devassign.store import (
     allocations,
@@ -25,6 +27,7 @@ from devassign.store import (
     hosts,
     inventory,
     quotas,
+    taints,
     tokens,
     work,
 )
@@ -76,11 +79,20 @@ class Store:
 
     # ------------------------------------------------------------ catalog
     def list_types(self) -> list[schemas.ResourceType]:
-        """The catalog; ``available`` counts free devices of up hosts, ``down`` those of down ones."""
-        return self.db.reading(lambda c: catalog.list_types(c, up_since=self.up_since()))
+        """The catalog; ``available`` counts free devices of up hosts, ``down`` those of down ones,
+        ``tainted`` free devices of up hosts that a taint keeps from new claims."""
+
+        def read(c: sa.Connection) -> list[schemas.ResourceType]:
+            return _apart_tainted(c, catalog.list_types(c, up_since=self.up_since()), self.up_since())
+
+        return self.db.reading(read)
 
     def get_type(self, name: str) -> schemas.ResourceType:
-        return self.db.reading(lambda c: catalog.get_type(c, name, up_since=self.up_since()))
+        def read(c: sa.Connection) -> schemas.ResourceType:
+            found = catalog.get_type(c, name, up_since=self.up_since())
+            return _apart_tainted(c, [found], self.up_since())[0]
+
+        return self.db.reading(read)
 
     def create_type(self, body: schemas.ResourceTypeCreate, actor: str) -> schemas.ResourceType:
         return self.db.retrying(lambda c: catalog.create_type(c, body, now=self.clock(), actor=actor))
@@ -136,6 +148,7 @@ class Store:
         """
         self.mark_down()
         expired = self.expire_reservations()
+        self.expire_taints()
         self.refresh_statistics()
         self.refresh_scarcity()
         return expired
@@ -173,13 +186,81 @@ class Store:
             c.commit()
         return bool(stale)
 
+    # ------------------------------------------------------------ taints
+    def add_taint(
+        self,
+        body: schemas.TaintCreate,
+        actor: str,
+        *,
+        host: str | None = None,
+        device_id: str | None = None,
+    ) -> schemas.Taint:
+        """Taint a device, or a host (``body.parent``: a parent and its children) in one
+        transaction with the devices' marks, the host's counts and the events."""
+        return self.db.retrying(
+            lambda c: taints.add_taint(c, body, host=host, device_id=device_id, now=self.clock(), actor=actor)
+        )
+
+    def remove_taints(
+        self,
+        actor: str,
+        *,
+        host: str | None = None,
+        device_id: str | None = None,
+        parent: str | None = None,
+        taint_id: int | None = None,
+    ) -> list[schemas.Taint]:
+        return self.db.retrying(
+            lambda c: taints.remove_taints(
+                c,
+                host=host,
+                device_id=device_id,
+                parent=parent,
+                taint_id=taint_id,
+                now=self.clock(),
+                actor=actor,
+            )
+        )
+
+    def list_taints(self, *, host: str | None = None, device_id: str | None = None) -> list[schemas.Taint]:
+        return self.db.reading(
+            lambda c: taints.list_taints(c, now=self.clock(), host=host, device_id=device_id)
+        )
+
+    def tainted_counts(self, names: list[str]) -> dict[str, int]:
+        """Per named type: free devices of up hosts that a NoSchedule or Drain taint holds back."""
+
+        def read(c: sa.Connection) -> dict[str, int]:
+            counts = taints.tainted_counts(c, self.up_since())
+            return {name: counts.get(i, 0) for name, i in sorted(quotas.type_ids(c, names).items())}
+
+        return self.db.reading(read)
+
+    def device_host(self, device_id: str) -> str:
+        return self.db.reading(lambda c: taints.device_host(c, device_id))
+
+    def expire_taints(self) -> int:
+        """Remove the taints past their expiry: one transaction per host (the sweeper's pass)."""
+        now = self.clock()
+        n = 0
+        for host in self.db.reading(lambda c: taints.expired_hosts(c, now)):
+            n += self.db.retrying(functools.partial(taints.expire_host, host=host, now=now))
+        return n
+
     def list_hosts(self) -> list[schemas.Host]:
-        return self.db.reading(lambda c: hosts.list_hosts(c, now=self.clock(), down_after=self.down_after))
+        def read(c: sa.Connection) -> list[schemas.Host]:
+            now = self.clock()
+            return taints.hosts_with_taints(c, hosts.list_hosts(c, now=now, down_after=self.down_after), now)
+
+        return self.db.reading(read)
 
     def get_host(self, name: str) -> schemas.Host:
-        return self.db.reading(
-            lambda c: hosts.get_host(c, name, now=self.clock(), down_after=self.down_after)
-        )
+        def read(c: sa.Connection) -> schemas.Host:
+            now = self.clock()
+            found = hosts.get_host(c, name, now=now, down_after=self.down_after)
+            return taints.hosts_with_taints(c, [found], now)[0]
+
+        return self.db.reading(read)
 
     def delete_host(self, name: str, actor: str) -> None:
         self.db.retrying(lambda c: hosts.delete_host(c, name, now=self.clock(), actor=actor))
@@ -202,13 +283,19 @@ class Store:
         offset: int = 0,
     ) -> list[schemas.Device]:
         return self.db.reading(
-            lambda c: hosts.list_devices(
-                c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
+            lambda c: taints.with_taints(
+                c,
+                hosts.list_devices(
+                    c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
+                ),
+                self.clock(),
             )
         )
 
     def get_device(self, device_id: str) -> schemas.Device:
-        return self.db.reading(lambda c: hosts.get_device(c, device_id))
+        return self.db.reading(
+            lambda c: taints.with_taints(c, [hosts.get_device(c, device_id)], self.clock())[0]
+        )
 
     # ------------------------------------------------------------ allocations and events
     def list_allocations(self, **filters: object) -> list[schemas.Allocation]:
@@ -385,6 +472,7 @@ class Store:
         stale = self.db.reading(lambda c: claims.expired_consumers(c, self.clock()))
         for consumer in stale:
             self.db.retrying(self._expire_one(consumer))
+            failpoint("expire.after_commit")
         return stale
 
     def _expire_one(self, consumer: str) -> Callable[[sa.Connection], bool]:
@@ -441,3 +529,19 @@ class Store:
     def end_session(self, secret: str) -> bool:
         """Sign a dashboard session out; False when ``secret`` is not a live session."""
         return self.db.retrying(lambda c: tokens.end_session(c, secret, now=self.clock()))
+
+
+def _apart_tainted(
+    c: sa.Connection, types: list[schemas.ResourceType], up_since: datetime
+) -> list[schemas.ResourceType]:
+    """Free devices that a taint keeps from new claims, counted as ``tainted``, not ``available``."""
+    counts = taints.tainted_counts(c, up_since)
+    if not counts:
+        return types
+    ids = quotas.type_ids(c, [t.name for t in types])
+    out = []
+    for t in types:
+        n = counts.get(ids.get(t.name, -1), 0)
+        fixed = t.counts.model_copy(update={"available": t.counts.available - n, "tainted": n})
+        out.append(t.model_copy(update={"counts": fixed}) if n else t)
+    return out

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from devassign.domain import AllocationState, DeviceState
 from devassign.store.claims import release
 from devassign.store.events import record
-from devassign.store.inventory import recount
+from devassign.store.inventory import SCHEDULABLE, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, inventory, resource_types
 
 # What each finding means and whether ``fix`` repairs it.
@@ -240,9 +240,7 @@ def _counts(conn: sa.Connection) -> list[Finding]:
             devices.c.host_id,
             devices.c.type_id,
             sa.func.count().label("total"),
-            sa.func.sum(sa.case((devices.c.state == DeviceState.AVAILABLE.value, 1), else_=0)).label(
-                "available"
-            ),
+            sa.func.sum(sa.case((SCHEDULABLE, 1), else_=0)).label("available"),
         )
         .where(devices.c.state != DeviceState.REMOVED.value)
         .group_by(devices.c.host_id, devices.c.type_id)

@@ -100,6 +100,7 @@ _DEVICE_COLUMNS = (
     sa.cast(devices.c.attributes, sa.Text).label("attributes_json"),
     devices.c.state,
     devices.c.healthy,
+    devices.c.taint,
     resource_types.c.name.label("type_name"),
     hosts.c.name.label("host_name"),
     hosts.c.last_seen_at,
@@ -244,6 +245,7 @@ def _views(
                 attributes=JsonAttributes(r.attributes_json),
                 state=r.state,
                 healthy=r.healthy,
+                taint=r.taint,
             )
         )
     views = []
@@ -282,4 +284,33 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
             ).scalar_one()
         )
         out[f"lacking_{name}"] = up - enough
+        held_back = 0 if tid is None or up == enough else _tainted_short(conn, tid, n, up_since)
+        if held_back:
+            out[f"tainted_{name}"] = held_back  # of the lacking: enough but for their taints
     return out
+
+
+def _tainted_short(conn: sa.Connection, type_id: int, n: int, up_since: datetime) -> int:
+    """Up hosts with too few schedulable devices of the type that have enough free ones
+    counting those a taint keeps from claims."""
+    free = (
+        sa.select(sa.func.count())
+        .where(
+            devices.c.host_id == inventory.c.host_id,
+            devices.c.type_id == type_id,
+            devices.c.state == DeviceState.AVAILABLE.value,
+        )
+        .scalar_subquery()
+    )
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(inventory.join(hosts, hosts.c.id == inventory.c.host_id))
+            .where(
+                inventory.c.type_id == type_id,
+                inventory.c.available < n,
+                hosts.c.last_seen_at >= up_since,
+                free >= n,
+            )
+        ).scalar_one()
+    )

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
+from devassign.failpoints import failpoint
 from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
@@ -133,6 +134,7 @@ _TAKE = (
         devices.c.host_id == sa.bindparam("on_host"),
         devices.c.state == DeviceState.AVAILABLE.value,
         devices.c.healthy.is_(True),
+        devices.c.taint.is_(None),
     )
     .values(
         state=DeviceState.RESERVED.value,
@@ -170,7 +172,7 @@ _TAKE_ALL_PG = sa.text(
         SET state = '{DeviceState.RESERVED.value}', allocation_id = :alloc,
             state_changed_at = :now, updated_at = :now
         WHERE id = ANY(CAST(:ids AS varchar[])) AND host_id = :host_id
-          AND state = '{DeviceState.AVAILABLE.value}' AND healthy
+          AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
         RETURNING id, address, kind, type_id, parent
     ), items AS (
         INSERT INTO allocation_items (allocation_id, device_id, request_name)
@@ -373,6 +375,7 @@ def claim(
         expires_at=now + ttl,
         released_at=None,
     )
+    failpoint("claim.before_commit")
     return allocation, True
 
 
@@ -468,6 +471,7 @@ def release(
         consumer=consumer,
         message=f"{consumer} {why} its devices on {host}; they go to cleaning",
     )
+    failpoint("expire.before_commit" if expired_before is not None else "release.before_commit")
     return True
 
 

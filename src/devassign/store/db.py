@@ -3,6 +3,11 @@
 SQLite runs in WAL mode and takes its write lock up front (``BEGIN IMMEDIATE``) so two
 writers never deadlock upgrading a read lock; PostgreSQL runs at READ COMMITTED and relies
 on conditional updates whose row counts are checked, plus unique indexes.
+
+A database that is overloaded, unreachable or failing over is the client's to wait out, not a
+bug: :func:`busy_error` names those failures (a refused connection, an exhausted pool, a
+statement or lock timeout, a standby that refuses writes) and the server answers them with 503
+``database_busy`` and ``Retry-After`` (docs/operations.md, "Overload" and "Database failover").
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -33,6 +40,21 @@ MIGRATIONS = str(Path(__file__).parent / "migrations")
 # An arbitrary constant: PostgreSQL advisory lock taken while migrating, so replicas
 # starting together do not race each other through the same migration.
 _MIGRATION_LOCK = 0x6465_7661
+
+# One server process's share of the database (``Settings`` and ``devassign server`` use these).
+POOL_SIZE = 10
+# Seconds a request waits for one of its process's pooled connections before it is answered
+# 503 (every connection busy: more concurrent requests than the pool, or slow statements).
+POOL_TIMEOUT = 10.0
+# Seconds one statement may run (PostgreSQL ``statement_timeout``; on SQLite the busy timeout,
+# how long a write waits for another process's write lock). Migrations run without it.
+STATEMENT_TIMEOUT = 30.0
+# Seconds a PostgreSQL statement may wait for a row or table lock (0: only the statement
+# timeout bounds the wait).
+LOCK_TIMEOUT = 0.0
+# Seconds to open one connection to one host of the URL (libpq ``connect_timeout``), unless
+# the URL says otherwise: a host that does not answer at all (not even a refusal) costs this.
+CONNECT_TIMEOUT = 5
 
 
 class ConcurrentChange(Exception):
@@ -96,7 +118,7 @@ def _private_journals(path: Path) -> None:
                 journal.chmod(0o600)
 
 
-def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
+def _sqlite_setup(engine: sa.Engine, path: Path | None, busy_timeout_ms: int) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
@@ -105,7 +127,7 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
         cur.close()
         if path is not None:
             _private_journals(path)
@@ -117,28 +139,65 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
 
 
 class Database:
-    """One database: its engine, its transactions and its schema version."""
+    """One database: its engine, its transactions and its schema version.
 
-    def __init__(self, url: str | None = None, *, echo: bool = False, pool_size: int = 10) -> None:
+    ``pool_size`` connections are kept per process, ``max_overflow`` more are opened in bursts
+    (PostgreSQL: half the pool by default); a request waits ``pool_timeout`` seconds for one,
+    a statement runs at most ``statement_timeout`` seconds and waits at most ``lock_timeout``
+    for a lock (0: no limit of its own). A PostgreSQL URL may name several hosts, the primary
+    and its standbys (``?host=h1:5432&host=h2:5432&target_session_attrs=read-write`` or libpq's
+    ``?host=h1,h2&port=5432,5432&...``): libpq connects to the one that takes writes.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        echo: bool = False,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int | None = None,
+        pool_timeout: float = POOL_TIMEOUT,
+        statement_timeout: float = STATEMENT_TIMEOUT,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
         self.url = normalize_url(url or default_url())
         self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        for name, value in (
+            ("pool_timeout", pool_timeout),
+            ("statement_timeout", statement_timeout),
+            ("lock_timeout", lock_timeout),
+        ):
+            if not 0 <= value < float("inf"):  # NaN too
+                raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+        if pool_size < 1 or (max_overflow is not None and max_overflow < 0):
+            raise ValueError("the pool needs at least one connection and no negative overflow")
+        self.pool_timeout = pool_timeout
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "pool_timeout": pool_timeout}
         sqlite_path = sqlite_file(self.url) if self.is_sqlite else None
         if self.is_sqlite:
             if sqlite_path is not None:
                 create_private(sqlite_path)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            # A write waits this long for another process's write lock (the busy handler);
+            # 0 would mean "fail at once", so the statement timeout's 0 (none) is a day here.
+            busy = statement_timeout or 86_400.0
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy}
             kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = 10 if max_overflow is None else max_overflow
             kwargs["poolclass"] = sa.pool.QueuePool
         else:
             # Several replicas share PostgreSQL's max_connections (100 by default): keep each
             # process's share small; requests wait briefly for a connection instead.
             kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = pool_size // 2
+            kwargs["max_overflow"] = pool_size // 2 if max_overflow is None else max_overflow
             # No pre-ping: it costs a round trip per transaction (two per claim). A connection
-            # that died (server restart) fails its statement instead; SQLAlchemy then drops the
-            # pool, and ``retrying`` (writes) or ``reading`` (reads) runs the work once more.
+            # that died (server restart, failover) fails its statement instead; SQLAlchemy then
+            # drops the whole pool (``_postgresql_setup`` also counts a standby's refusal to
+            # write as such a death), and ``retrying`` (writes) or ``reading`` (reads) runs the
+            # work once more on a fresh connection, which libpq opens to the URL's primary.
             kwargs["pool_recycle"] = 3600
+            kwargs["connect_args"] = _postgresql_connect_args(self.url, statement_timeout, lock_timeout)
             # psycopg prepares repeated statements and PostgreSQL reuses their generic plans
             # (plan_cache_mode=auto): forcing a fresh plan per execution cost 0.8 ms of database
             # CPU per claim (read from /proc, as bench/workers.py does). The candidate query keeps
@@ -155,7 +214,9 @@ class Database:
             self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         if self.is_sqlite:
-            _sqlite_setup(self.engine, sqlite_path)
+            _sqlite_setup(self.engine, sqlite_path, round(kwargs["connect_args"]["timeout"] * 1000))
+        else:
+            _postgresql_setup(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -174,12 +235,12 @@ class Database:
                 with self.read() as conn:
                     return fn(conn)
             except sa.exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
+                if exc.connection_invalidated and attempt == 1:
+                    continue
+                busy = busy_error(exc)
+                if busy is None:
                     raise
-                if attempt == 2:
-                    raise DevassignError(
-                        DATABASE_BUSY, "the database connection was lost (server restart?); retry the request"
-                    ) from exc
+                raise busy from exc
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -210,7 +271,9 @@ class Database:
                     return fn(conn)
             except ConcurrentChange as exc:
                 if attempt == attempts - 1:
-                    raise DevassignError(DATABASE_BUSY, f"{exc}; retry the request") from exc
+                    raise DevassignError(
+                        DATABASE_BUSY, f"{exc}; retry the request", reason="contention"
+                    ) from exc
                 time.sleep(0.01 * (2**attempt))
             except sa.exc.IntegrityError:
                 # At READ COMMITTED a concurrent transaction can commit between our check and
@@ -221,16 +284,18 @@ class Database:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.01 * (2**attempt))
-            except sa.exc.OperationalError as exc:
+            except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated and attempt < attempts - 1:
-                    continue  # a pooled connection died (server restart): a fresh one
-                if not _is_transient(exc) or attempt == attempts - 1:
-                    if _is_transient(exc):
-                        raise DevassignError(
-                            DATABASE_BUSY, "the database is busy; retry the request"
-                        ) from exc
+                    # A pooled connection died (server restart, failover) or reached a standby:
+                    # the pool was dropped, the next attempt opens a fresh connection.
+                    continue
+                if _is_contention(exc) and attempt < attempts - 1:
+                    time.sleep(0.01 * (2**attempt))
+                    continue
+                busy = busy_error(exc)
+                if busy is None:
                     raise
-                time.sleep(0.01 * (2**attempt))
+                raise busy from exc
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------- schema
@@ -253,6 +318,10 @@ class Database:
         """Migrate to the newest schema; returns (before, after) revisions."""
         with self.engine.connect() as conn:
             if not self.is_sqlite:
+                # A migration (an index on a large table) and the wait for another replica's
+                # migration may take longer than a request's statement: no timeouts here.
+                conn.execute(sa.text("SET statement_timeout = 0"))
+                conn.execute(sa.text("SET lock_timeout = 0"))
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
                 conn.commit()
             try:
@@ -265,6 +334,9 @@ class Database:
                 if not self.is_sqlite:
                     conn.rollback()
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+                    # Back to the connection's own timeouts (its startup options) for the pool.
+                    conn.execute(sa.text("RESET statement_timeout"))
+                    conn.execute(sa.text("RESET lock_timeout"))
                     conn.commit()
         return before, after
 
@@ -298,6 +370,102 @@ class Database:
             )
 
 
-def _is_transient(exc: sa.exc.OperationalError) -> bool:
-    text = str(exc.orig).lower()
-    return any(s in text for s in ("database is locked", "deadlock detected", "could not serialize", "busy"))
+def _postgresql_connect_args(url: str, statement_timeout: float, lock_timeout: float) -> dict[str, Any]:
+    """Timeouts as libpq startup options (no round trip per connection); what the URL's own
+    ``options`` and ``connect_timeout`` say comes last and wins."""
+    query = sa.engine.make_url(url).query
+    options = [
+        f"-c statement_timeout={round(statement_timeout * 1000)}",
+        f"-c lock_timeout={round(lock_timeout * 1000)}",
+    ]
+    given = query.get("options")
+    options.extend([given] if isinstance(given, str) else list(given or ()))
+    args: dict[str, Any] = {"options": " ".join(options)}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT
+    return args
+
+
+def _postgresql_setup(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "handle_error")
+    def _on_error(context: sa.engine.ExceptionContext) -> None:
+        # A standby (the old primary after a failover, or a host libpq picked without
+        # target_session_attrs=read-write) refuses writes on a healthy connection: count it as
+        # a lost one, so the pool is dropped and fresh connections go to the primary.
+        if isinstance(context.original_exception, psycopg.errors.ReadOnlySqlTransaction):
+            context.is_disconnect = True
+
+
+def _is_contention(exc: sa.exc.DBAPIError) -> bool:
+    """Lost to a concurrent transaction (PostgreSQL deadlock or serialization failure): a
+    fresh attempt a moment later usually succeeds. SQLite's "database is locked" is not one:
+    its busy handler already waited the whole statement timeout for the lock."""
+    return isinstance(exc.orig, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure)
+
+
+# SQLSTATEs of a database that cannot serve now but will: (reason, what to say).
+_BUSY_STATES: dict[str, tuple[str, str]] = {
+    "53300": ("too_many_connections", "the database refuses more connections (too many clients)"),
+    "57014": ("statement_timeout", "a database statement ran longer than the statement timeout"),
+    "55P03": ("lock_timeout", "a database statement waited longer than the lock timeout"),
+    "57P01": ("shutting_down", "the database is shutting down or was restarted"),
+    "57P02": ("shutting_down", "the database crashed and is restarting"),
+    "57P03": ("starting_up", "the database is starting up or recovering"),
+    "25006": ("read_only", "the database is read-only (a standby: failing over?)"),
+    "40001": ("contention", "the database aborted the transaction for a concurrent one"),
+    "40P01": ("contention", "the database aborted the transaction for a concurrent one"),
+}
+# Text of connection failures, which libpq reports without a SQLSTATE.
+_BUSY_TEXTS: tuple[tuple[str, str, str], ...] = (
+    ("too many clients", "too_many_connections", "the database refuses more connections (too many clients)"),
+    ("too many connections", "too_many_connections", "the database refuses more connections"),
+    ("remaining connection slots", "too_many_connections", "the database refuses more connections"),
+    ("read-only", "read_only", "the database is read-only (a standby: failing over?)"),
+    ("hot standby", "read_only", "the database is read-only (a standby: failing over?)"),
+    ("starting up", "starting_up", "the database is starting up or recovering"),
+    ("recovery mode", "starting_up", "the database is starting up or recovering"),
+    ("shutting down", "shutting_down", "the database is shutting down"),
+)
+
+
+def busy_error(exc: BaseException) -> DevassignError | None:
+    """:data:`DATABASE_BUSY` (503) for a failure that says the database cannot serve now but
+    will: unreachable or failing over, refusing connections, an exhausted connection pool, a
+    statement or lock timeout, a standby refusing writes, SQLite's write lock held too long.
+    ``None`` for anything else (a bug or a bad request, as before).
+
+    The error's ``reason`` says which (``pool_exhausted``, ``too_many_connections``,
+    ``statement_timeout``, ``lock_timeout``, ``read_only``, ``unreachable``, ...)."""
+    if isinstance(exc, sa.exc.TimeoutError):  # QueuePool: no connection came free in time
+        return _busy("pool_exhausted", "every database connection of this server is in use")
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig).lower()
+        if "locked" in text or "busy" in text:
+            return _busy("locked", "another process holds the database's write lock")
+        return None
+    if isinstance(orig, psycopg.Error):
+        state = orig.sqlstate or ""
+        if state in _BUSY_STATES:
+            return _busy(*_BUSY_STATES[state])
+        if isinstance(orig, psycopg.OperationalError) and not state:
+            text = str(orig).lower()
+            for needle, reason, message in _BUSY_TEXTS:
+                if needle in text:
+                    return _busy(reason, message)
+        if exc.connection_invalidated:
+            return _busy("connection_lost", "the database connection was lost (restart or failover?)")
+        if isinstance(orig, psycopg.OperationalError) and not state.startswith("54"):
+            # connection refused or reset, host unreachable (08...), resources (53...),
+            # system errors (58...); 54 (a statement too complex) is the request's problem.
+            return _busy("unreachable", "the database cannot be reached or cannot serve now")
+        return None
+    if exc.connection_invalidated:
+        return _busy("connection_lost", "the database connection was lost (restart or failover?)")
+    return None
+
+
+def _busy(reason: str, message: str) -> DevassignError:
+    return DevassignError(DATABASE_BUSY, f"{message}; retry the request later", reason=reason)

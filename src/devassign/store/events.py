@@ -74,10 +74,13 @@ def list_events(
     consumer: str | None = None,
     consumers_of_project: str | None = None,
     before: int | None = None,
+    after: int | None = None,
     limit: int = 100,
 ) -> list[schemas.Event]:
-    """Newest first. ``device`` matches a device id or an address."""
-    q = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+    """Newest first; with ``after`` (an event id), oldest first from the one after it (the
+    event stream's catch-up). ``device`` matches a device id or an address."""
+    order = events.c.id.asc() if after is not None else events.c.id.desc()
+    q = sa.select(events).order_by(order).limit(limit)
     if host:
         q = q.where(events.c.host == host)
     if device:
@@ -92,6 +95,8 @@ def list_events(
         )
     if before is not None:
         q = q.where(events.c.id < before)
+    if after is not None:
+        q = q.where(events.c.id > after)
     return [
         schemas.Event(
             id=r.id,

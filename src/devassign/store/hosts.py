@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import HOST_RE, IN_USE_STATES, DeviceState
+from devassign.failpoints import failpoint
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
 from devassign.store.schema import (
@@ -202,6 +203,7 @@ def mark_down(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> l
             host=r.name,
             message=f"host {r.name} is down: no report or heartbeat for {down_after.total_seconds():.0f}s",
         )
+        failpoint("sweep.host_down")
     return down
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, DeviceState
+from devassign.failpoints import after_commit, failpoint
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
 from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
@@ -30,7 +31,10 @@ from devassign.store.schema import (
     inventory,
     resource_types,
 )
+from devassign.store.taint_marks import mark_tainted
 
+# What ``inventory.available`` counts: free devices that no taint keeps from new claims.
+SCHEDULABLE = sa.and_(devices.c.state == DeviceState.AVAILABLE.value, devices.c.taint.is_(None))
 _COMPARED = ("kind", "vendor_id", "product_id", "numa_node", "iommu_group", "driver", "parent")
 _HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
 
@@ -65,7 +69,7 @@ def recount(conn: sa.Connection, host_id: int) -> None:
         sa.select(
             devices.c.type_id,
             sa.func.count(),
-            sa.func.sum(sa.case((devices.c.state == DeviceState.AVAILABLE.value, 1), else_=0)),
+            sa.func.sum(sa.case((SCHEDULABLE, 1), else_=0)),
         )
         .where(devices.c.host_id == host_id, devices.c.state != DeviceState.REMOVED.value)
         .group_by(devices.c.type_id)
@@ -305,13 +309,16 @@ def apply_report(
         if address not in seen:
             _vanished(conn, row, out, base_event, type_names, now)
 
+    failpoint("report.mid_transaction")
     record_many(conn, out.events)
+    mark_tainted(conn, host.id, now)
     recount(conn, host.id)
     # A report with refused devices is applied in full again next time (no digest): its answer
     # keeps naming what is still refused, and a fix on the server side (a type created, a
     # config changed) is picked up without the agent having to change anything.
     kept = None if out.refused else new_digest
     conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=kept))
+    after_commit(conn, "report.after_commit")
     return schemas.InventoryResult(
         host=name,
         generation=report.generation,

@@ -86,6 +86,10 @@ devices = sa.Table(
     # Why a quarantined device is quarantined: a failed cleanup, or a one-time-use type.
     sa.Column("quarantine_reason", sa.Text),
     sa.Column("allocation_id", BigId, sa.ForeignKey("allocations.id")),
+    # The taint that keeps the device from new claims (NoSchedule or Drain), as a phrase:
+    # "NoSchedule (maintenance: PSU swap, by admin)"; NULL: schedulable. Recomputed from
+    # ``taints`` in the same transaction as every taint, untaint and expiry (store/taints.py).
+    sa.Column("taint", sa.Text),
     sa.Column("state_changed_at", Stamp, nullable=False),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),
@@ -106,6 +110,26 @@ inventory = sa.Table(
     sa.Column("total", sa.Integer, nullable=False),
     sa.Column("available", sa.Integer, nullable=False),
     sa.Index("ix_inventory_type_available_host", "type_id", "available", "host_id"),
+)
+
+# Taints (Kubernetes DRA's device taints): on one device (``device_id``), on a parent and
+# every device under it (``parent``: its address on that host), or on a whole host (neither).
+# ``effect``: NoSchedule (no new claims), Drain (no new claims, holders asked to move) or None
+# (informational). ``devices.taint`` is what the claim reads.
+taints = sa.Table(
+    "taints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("host_id", sa.Integer, sa.ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("device_id", sa.String(36), sa.ForeignKey("devices.id", ondelete="CASCADE")),
+    sa.Column("parent", sa.String(256)),
+    sa.Column("effect", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("set_by", sa.String(160), nullable=False),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("expires_at", Stamp),
+    sa.Index("ix_taints_host", "host_id"),
+    sa.Index("ix_taints_expires", "expires_at"),
 )
 
 consumers = sa.Table(

@@ -195,6 +195,12 @@ def create_login_code(
         raise errors.DevassignError(
             errors.INVALID_STATE, f"token {token_id} ({row.name}) is revoked: no sign-in link for it"
         )
+    if row.role == Role.MONITOR.value:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"token {token_id} ({row.name}) is a monitor token, which reads only /metrics: "
+            "no dashboard sign-in for it",
+        )
     conn.execute(
         login_codes.delete().where(
             login_codes.c.expires_at < now - LOGIN_CODE_KEPT,

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState, cut_too_deep
+from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
@@ -133,6 +134,8 @@ def apply_results(
             continue
         out.append(_apply_one(conn, hid, host, row, res, now=now, actor=actor))
     recount(conn, hid)
+    failpoint("work.before_commit")
+    after_commit(conn, "work.after_commit")
     return out
 
 

@@ -4,6 +4,11 @@ Handlers are thin, like the API's: the access table (``server/access.py``) admit
 and gives its scope, the same scoped reads as the API (``server/views.py``) fetch the models,
 and a page function renders them. They are plain ``def`` so the synchronous store runs in the
 thread pool. Errors become HTML pages, not JSON, through :class:`PageRoute`.
+
+Live pages: a page names its event stream (``/ui/events/stream``, the API's stream read with
+the dashboard's cookie and the same scope) and its live parts, each with a fragment route
+(``/ui/fragments/...``) that renders that part alone, through the same scoped reads as the
+page. ``static/live.js`` (``/ui/static/live.js``) replaces the parts as events come.
 """
 
 from __future__ import annotations
@@ -12,21 +17,22 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from devassign import errors, schemas
-from devassign.domain import DeviceState
-from devassign.server import views
+from devassign.domain import DeviceState, Role
+from devassign.server import stream, views
 from devassign.server.access import Access, Scope
 from devassign.store import Principal, Store
 from devassign.web import explain as explain_page
 from devassign.web import pages
-from devassign.web.layout import bare_page, error_box, login_form, page
+from devassign.web.assets import LIVE_JS, LIVE_JS_PATH
+from devassign.web.layout import bare_page, error_box, live_part, login_form, page
 from devassign.web.markup import Html, join, tag, url
 from devassign.web.session import (
     COOKIE,
@@ -39,9 +45,14 @@ from devassign.web.session import (
     safe_next,
 )
 
-OVERVIEW_REFRESH_SECONDS = 10
-# Pages are never shown inside another site's frame (clickjacking).
-FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+OVERVIEW_REFRESH_SECONDS = 10  # a browser without scripts reloads the overview this often
+# Pages are never shown inside another site's frame (clickjacking); scripts come only from this
+# server's own files (never inline, so markup that slipped through escaping cannot run), and
+# they talk only to this server.
+CSP = "frame-ancestors 'none'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'"
+FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": CSP}
+# A fragment says it is one: live.js takes nothing else (a sign-in form after a redirect).
+FRAGMENT = {"Cache-Control": "no-store", "X-Devassign-Fragment": "1"}
 CROSS_SITE = "sign in from this dashboard's own page: a form posted from another site is refused"
 
 
@@ -55,6 +66,8 @@ def cross_site(request: Request) -> bool:
     if origin is None or origin == "null":
         return origin == "null"
     return origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
 OVERVIEW_EVENTS = 15
 
 
@@ -102,6 +115,7 @@ def _store(request: Request) -> Store:
 def _page(
     request: Request, scope: Scope, title: str, body: Html, *, active: str = "", **kw: Any
 ) -> HTMLResponse:
+    """A whole page for ``scope``'s viewer; ``live=STREAM`` makes its live parts follow events."""
     return _html(request, scope.principal, title, body, active=active, **kw)
 
 
@@ -129,8 +143,17 @@ def root() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
 
 
-@router.get("/ui/")
-def overview(request: Request, scope: Access) -> HTMLResponse:
+def _fragment(body: Html) -> HTMLResponse:
+    return HTMLResponse(body, headers=FRAGMENT)
+
+
+def _stream(newest: list[schemas.Event], **filters: str | None) -> str:
+    """A page's event stream, from the newest event the page was made with, so that nothing
+    written between the page and its stream is missed."""
+    return url("/ui/events/stream", **filters, after=newest[0].id if newest else 0)
+
+
+def _overview(request: Request, scope: Scope) -> tuple[Html, list[schemas.Event]]:
     store = _store(request)
     hosts: list[schemas.Host] | None = None
     allocations: list[schemas.Allocation] | None = None
@@ -138,14 +161,30 @@ def overview(request: Request, scope: Access) -> HTMLResponse:
         hosts = views.list_hosts(store, scope)
     else:
         allocations = views.list_allocations(store, scope, limit=50)
+    events = views.list_events(store, scope, limit=OVERVIEW_EVENTS)
     body = pages.overview(
-        views.list_types(store, scope),
-        store.clock(),
-        hosts=hosts,
-        events=views.list_events(store, scope, limit=OVERVIEW_EVENTS),
-        allocations=allocations,
+        views.list_types(store, scope), store.clock(), hosts=hosts, events=events, allocations=allocations
     )
-    return _page(request, scope, "Overview", body, active="overview", refresh=OVERVIEW_REFRESH_SECONDS)
+    return body, events
+
+
+@router.get("/ui/")
+def overview(request: Request, scope: Access) -> HTMLResponse:
+    body, events = _overview(request, scope)
+    return _page(
+        request,
+        scope,
+        "Overview",
+        live_part("/ui/fragments/overview", body),
+        active="overview",
+        refresh=OVERVIEW_REFRESH_SECONDS,
+        live=_stream(events),
+    )
+
+
+@router.get("/ui/fragments/overview")
+def overview_fragment(request: Request, scope: Access) -> HTMLResponse:
+    return _fragment(_overview(request, scope)[0])
 
 
 # ---------------------------------------------------------------- hosts and devices
@@ -153,18 +192,38 @@ def overview(request: Request, scope: Access) -> HTMLResponse:
 
 @router.get("/ui/hosts")
 def hosts(request: Request, scope: Access) -> HTMLResponse:
-    found = views.list_hosts(_store(request), scope)
-    return _page(request, scope, "Hosts", pages.hosts_page(found, _store(request).clock()), active="hosts")
+    store = _store(request)
+    found = views.list_hosts(store, scope)
+    body = pages.hosts_page(found, store.clock(), live="/ui/fragments/hosts")
+    live = _stream(views.list_events(store, scope, limit=1))
+    return _page(request, scope, "Hosts", body, active="hosts", live=live)
 
 
-@router.get("/ui/hosts/{host}")
-def host(request: Request, scope: Access, host: str) -> HTMLResponse:
+@router.get("/ui/fragments/hosts")
+def hosts_fragment(request: Request, scope: Access) -> HTMLResponse:
+    store = _store(request)
+    return _fragment(pages.hosts_table(views.list_hosts(store, scope), store.clock()))
+
+
+def _host(request: Request, scope: Scope, host: str) -> tuple[Html, list[schemas.Event]]:
     store = _store(request)
     found = views.get_host(store, scope, host)
     devices = views.list_devices(store, scope, host=host, limit=100_000)
     events = views.list_events(store, scope, host=host, limit=OVERVIEW_EVENTS)
-    body = pages.host_page(found, devices, events, store.clock())
-    return _page(request, scope, f"Host {host}", body, active="hosts")
+    return pages.host_page(found, devices, events, store.clock()), events
+
+
+@router.get("/ui/hosts/{host}")
+def host(request: Request, scope: Access, host: str) -> HTMLResponse:
+    body, events = _host(request, scope, host)
+    fragment = url(f"/ui/fragments/hosts/{host}")
+    live = _stream(events, host=host)
+    return _page(request, scope, f"Host {host}", live_part(fragment, body), active="hosts", live=live)
+
+
+@router.get("/ui/fragments/hosts/{host}")
+def host_fragment(request: Request, scope: Access, host: str) -> HTMLResponse:
+    return _fragment(_host(request, scope, host)[0])
 
 
 @router.get("/ui/devices")
@@ -197,12 +256,34 @@ def devices(
     return _page(request, scope, "Devices", body, active="devices")
 
 
-@router.get("/ui/devices/{device_id}")
-def device(request: Request, scope: Access, device_id: str) -> HTMLResponse:
+Before = Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)]
+
+
+def _device(
+    request: Request, scope: Scope, device_id: str, before: int | None
+) -> tuple[Html, schemas.Device]:
     store = _store(request)
     found = views.get_device(store, scope, device_id)
-    body = pages.device_page(found, views.list_events(store, scope, device=found.id, limit=OVERVIEW_EVENTS))
-    return _page(request, scope, f"Device {found.address}", body, active="devices")
+    history = views.list_events(store, scope, device=found.id, before=before, limit=pages.EVENTS_PER_PAGE + 1)
+    return pages.device_page(found, history, before=before), found
+
+
+@router.get("/ui/devices/{device_id}")
+def device(request: Request, scope: Access, device_id: str, before: Before = None) -> HTMLResponse:
+    """The device and its history, paged; the newest page follows the device's host's events."""
+    body, found = _device(request, scope, device_id, before)
+    title = f"Device {found.address}"
+    if before is not None:
+        return _page(request, scope, title, body, active="devices")
+    newest = views.list_events(_store(request), scope, host=found.host, limit=1)
+    fragment = url(f"/ui/fragments/devices/{found.id}")
+    live = _stream(newest, host=found.host)
+    return _page(request, scope, title, live_part(fragment, body), active="devices", live=live)
+
+
+@router.get("/ui/fragments/devices/{device_id}")
+def device_fragment(request: Request, scope: Access, device_id: str) -> HTMLResponse:
+    return _fragment(_device(request, scope, device_id, None)[0])
 
 
 # ---------------------------------------------------------------- allocations and events
@@ -239,26 +320,80 @@ def events(
     host: str | None = None,
     device: str | None = None,
     consumer: str | None = None,
-    before: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)] = None,
+    before: Before = None,
 ) -> HTMLResponse:
+    """The event log, paged; the newest page follows the stream with the same filters."""
+    host, device, consumer = host or None, device or None, consumer or None
     found = views.list_events(
         _store(request),
         scope,
         limit=pages.EVENTS_PER_PAGE + 1,
-        host=host or None,
-        device=device or None,
-        consumer=consumer or None,
-        before=before,
-    )
-    body = pages.events_page(
-        found,
         host=host,
         device=device,
         consumer=consumer,
         before=before,
-        operator=scope.operator,
     )
-    return _page(request, scope, "Events", body, active="events")
+    filters = {"host": host, "device": device, "consumer": consumer}
+    newest = before is None
+    body = pages.events_page(
+        found,
+        **filters,
+        before=before,
+        operator=scope.operator,
+        live=url("/ui/fragments/events", **filters) if newest else None,
+    )
+    live = _stream(found, **filters) if newest else None
+    return _page(request, scope, "Events", body, active="events", live=live)
+
+
+@router.get("/ui/fragments/events")
+def events_fragment(
+    request: Request,
+    scope: Access,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+) -> HTMLResponse:
+    host, device, consumer = host or None, device or None, consumer or None
+    found = views.list_events(
+        _store(request), scope, limit=pages.EVENTS_PER_PAGE + 1, host=host, device=device, consumer=consumer
+    )
+    listing = pages.events_list(
+        found, host=host, device=device, consumer=consumer, before=None, operator=scope.operator
+    )
+    return _fragment(listing)
+
+
+@router.get("/ui/events/stream")
+async def events_stream(
+    request: Request,
+    scope: Access,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+    after: Before = None,
+    once: bool = False,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """``GET /v1/events/stream`` for the dashboard: the same stream and scope, signed in by the
+    dashboard's cookie (the API never reads it)."""
+    return await stream.respond(
+        request,
+        scope,
+        host=host or None,
+        device=device or None,
+        consumer=consumer or None,
+        after=after,
+        once=once,
+        last_event_id=last_event_id,
+    )
+
+
+@router.get(LIVE_JS_PATH)
+def live_js() -> Response:
+    """The dashboard's script; its URL in the pages carries a hash of its text."""
+    headers = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+    return Response(LIVE_JS, media_type="text/javascript; charset=utf-8", headers=headers)
 
 
 # ---------------------------------------------------------------- explain
@@ -322,6 +457,9 @@ async def login(request: Request) -> Response:
     if found is None:
         error = "that token is unknown or revoked" if secret else "paste a token"
         return HTMLResponse(bare_page("Sign in", login_form(target, error)), status_code=401)
+    if found.role is Role.MONITOR:
+        error = "a monitor token reads only /metrics: sign in with an admin, agent or member token"
+        return HTMLResponse(bare_page("Sign in", login_form(target, error)), status_code=403)
     response = RedirectResponse(target, status_code=303)
     keep_signed_in(request, response, secret)
     return response

@@ -1,7 +1,8 @@
 """The page shell (head, inline CSS, navigation) and small widgets the pages share.
 
-Everything is inline: the dashboard must work on a closed network, so there is no CDN, no
-font, no script.
+The CSS is inline and the one script (``static/live.js``, live updates) is served by the
+package: the dashboard must work on a closed network, so there is no CDN and no font. The
+script is never inline: the pages' Content-Security-Policy admits scripts of this server only.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from datetime import UTC, datetime
 from devassign import schemas
 from devassign.domain import Role
 from devassign.store import Principal
+from devassign.web.assets import LIVE_JS_URL
 from devassign.web.markup import Html, join, tag
 
 CSS = """
 :root { --fg:#1d2330; --muted:#6b7280; --line:#e3e6eb; --bg:#f6f7f9; --accent:#2456c7;
   --available:#2f9e44; --reserved:#e8a317; --assigned:#2456c7; --cleaning:#8e44ad;
-  --bad:#d63939; --other:#adb5bd; }
+  --bad:#d63939; --other:#adb5bd; --tainted:#795548; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
   color:var(--fg); background:var(--bg); }
@@ -73,7 +75,28 @@ tr.group td { background:#f2f4f8; font-weight:600; }
 .pager { margin-top:10px; display:flex; gap:14px; }
 dl { display:grid; grid-template-columns: max-content 1fr; gap:4px 16px; margin:0; }
 dt { color:var(--muted); } dd { margin:0; }
+header .live { font-size:12px; padding:0 7px; border-radius:10px; }
+header .live.on { background:var(--available); color:#fff; }
+header .live.off { background:var(--reserved); color:#1d2330; }
+.bar .tainted, .t-NoSchedule, .t-Drain { background:var(--tainted); }
+.t-None { background:var(--other); }
+.numa { display:flex; flex-wrap:wrap; gap:12px; margin-bottom:10px; }
+.numa > h3 { flex-basis:100%; font-size:13px; margin:4px 0 0; color:var(--muted); font-weight:600; }
+.pgroup { border:1px solid var(--line); border-radius:6px; padding:6px 8px; background:#fff; }
+.pgroup .plabel { font-size:12px; color:var(--muted); margin-bottom:4px; }
+.cells { display:flex; flex-wrap:wrap; gap:3px; max-width:420px; }
+.cell { display:inline-block; min-width:34px; height:26px; padding:0 4px; line-height:26px;
+  text-align:center; border-radius:4px; color:#fff; font-size:11px; text-decoration:none;
+  font-family: ui-monospace,Menlo,Consolas,monospace; }
+.cell.s-removed { background:var(--other); }
+.cell.parent { box-shadow: inset 0 0 0 2px #1d2330; }
+.cell.tainted { outline:2px solid var(--tainted); outline-offset:1px;
+  background-image: repeating-linear-gradient(135deg, rgba(0,0,0,.38) 0 3px, transparent 3px 7px); }
 """
+
+
+# No icon: a browser would otherwise ask for /favicon.ico, a route this server does not have.
+NO_ICON = tag("link", rel="icon", href="data:,")
 
 
 def page(
@@ -84,8 +107,14 @@ def page(
     auth: bool,
     active: str = "",
     refresh: int | None = None,
+    live: str | None = None,
 ) -> Html:
-    """A whole document: the navigation fits the viewer's role (members see no hosts)."""
+    """A whole document: the navigation fits the viewer's role (members see no hosts).
+
+    ``live``: the page's event stream (``/ui/events/stream?...``); with it the page loads
+    ``live.js``, which replaces the page's ``data-live`` parts as events come, and ``refresh``
+    reloads the whole page only in a browser without scripts.
+    """
     items = [("overview", "/ui/", "Overview")]
     if viewer.role is not Role.MEMBER:
         items += [("hosts", "/ui/hosts", "Hosts"), ("devices", "/ui/devices", "Devices")]
@@ -112,24 +141,58 @@ def page(
         )
     else:
         who = Html(who + tag("span", "auth off", class_="badge s-down"))
+    if live:
+        who = Html(tag("span", "", id="live-status", class_="live", role="status") + who)
+    reload = tag("meta", http_equiv="refresh", content=str(refresh)) if refresh else Html("")
     head = join(
         [
             tag("meta", charset="utf-8"),
             tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
-            tag("meta", http_equiv="refresh", content=str(refresh)) if refresh else "",
+            NO_ICON,
+            tag("noscript", reload) if live and refresh else reload,
             tag("title", f"{title} - devassign"),
             tag("style", Html(CSS)),
+            tag("script", src=LIVE_JS_URL, defer=True) if live else "",
         ]
     )
     header = tag("header", tag("div", "devassign", class_="brand"), nav, tag("div", who, class_="who"))
-    return Html(
-        "<!doctype html>\n"
-        + tag("html", tag("head", head), tag("body", header, tag("main", body)), lang="en")
-    )
+    main = tag("body", header, tag("main", body), data_stream=live)
+    return Html("<!doctype html>\n" + tag("html", tag("head", head), main, lang="en"))
+
+
+def live_part(fragment: str | None, body: Html) -> Html:
+    """A part of a page that ``live.js`` replaces with the HTML of ``fragment`` (a
+    ``/ui/fragments/...`` route) as events come; without a fragment, the body as it is."""
+    return body if fragment is None else tag("div", body, data_live=fragment)
 
 
 def badge(state: object) -> Html:
     return tag("span", state, class_=f"badge s-{state}")
+
+
+def taint_words(taint: schemas.Taint) -> str:
+    """What a taint says, for a tooltip: its effect, why, who set it, what it covers."""
+    what = (
+        f"device {taint.device}"
+        if taint.device_id
+        else (f"parent {taint.parent} and its devices" if taint.parent else f"host {taint.host}")
+    )
+    until = f", until {when(taint.expires_at)} UTC" if taint.expires_at else ""
+    return f"{taint.effect}: {taint.reason} ({what}; set by {taint.set_by}{until})"
+
+
+def taint_badges(taints: list[schemas.Taint]) -> Html:
+    """One badge per taint effect: NoSchedule and Drain keep free devices from new claims."""
+    effects = sorted({t.effect for t in taints})
+    return join(
+        tag(
+            "span",
+            f"taint {effect}",
+            class_=f"badge t-{effect}",
+            title="; ".join(taint_words(t) for t in taints if t.effect == effect),
+        )
+        for effect in effects
+    )
 
 
 def count_bar(counts: schemas.StateCounts) -> Html:
@@ -142,6 +205,7 @@ def count_bar(counts: schemas.StateCounts) -> Html:
         ("reserved", counts.reserved),
         ("assigned", counts.assigned),
         ("cleaning", counts.cleaning),
+        ("tainted", counts.tainted),
         ("bad", out_of_service(counts)),
     ]
     spans = [
@@ -158,6 +222,7 @@ def legend() -> Html:
         ("reserved", "reserved"),
         ("assigned", "assigned"),
         ("cleaning", "cleaning"),
+        ("tainted", "free but tainted"),
         ("bad", "unhealthy / quarantined / missing"),
     ]
     return tag(
@@ -214,6 +279,7 @@ def bare_page(title: str, body: Html) -> Html:
         [
             tag("meta", charset="utf-8"),
             tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
+            NO_ICON,
             tag("title", f"{title} - devassign"),
             tag("style", Html(CSS)),
         ]

@@ -8,7 +8,7 @@ escape" a type question rather than a review question.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlencode
 
 
@@ -67,14 +67,23 @@ def table(
     *,
     empty: str = "nothing yet",
     numeric: Iterable[int] = (),
+    row_attrs: Sequence[Mapping[str, object]] = (),
 ) -> Html:
-    """A table, or a short sentence when there are no rows; ``numeric`` columns align right."""
+    """A table, or a short sentence when there are no rows; ``numeric`` columns align right;
+    ``row_attrs``: attributes of each row, in order (``data_host=...``, for scripts and tests)."""
     right = set(numeric)
 
     def cls(i: int) -> str | None:
         return "num" if i in right else None
 
-    body = [tag("tr", *(tag("td", cell, class_=cls(i)) for i, cell in enumerate(row))) for row in rows]
+    body = [
+        tag(
+            "tr",
+            *(tag("td", cell, class_=cls(i)) for i, cell in enumerate(row)),
+            **(row_attrs[n] if n < len(row_attrs) else {}),
+        )
+        for n, row in enumerate(rows)
+    ]
     if not body:
         return tag("p", empty, class_="muted")
     head = tag("thead", tag("tr", *(tag("th", h, class_=cls(i)) for i, h in enumerate(headers))))

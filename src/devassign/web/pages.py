@@ -13,7 +13,17 @@ from datetime import datetime
 
 from devassign import schemas
 from devassign.domain import DeviceState
-from devassign.web.layout import age, badge, count_bar, legend, out_of_service, when
+from devassign.web.layout import (
+    age,
+    badge,
+    count_bar,
+    legend,
+    live_part,
+    out_of_service,
+    taint_badges,
+    taint_words,
+    when,
+)
 from devassign.web.markup import Html, definition_list, esc, join, link, table, tag, url
 
 EVENTS_PER_PAGE = 50
@@ -23,30 +33,39 @@ DEVICES_PER_PAGE = 500
 # ---------------------------------------------------------------- overview
 
 
+# The types table's numbers, as the API names them (``out_of_service`` is the page's own sum).
+COUNTS = ("total", "available", "reserved", "assigned", "cleaning", "out_of_service", "tainted")
+
+
+def _counts(c: schemas.StateCounts) -> dict[str, int]:
+    numbers = c.model_dump()
+    numbers["out_of_service"] = out_of_service(c)
+    return {key: numbers[key] for key in COUNTS}
+
+
 def types_table(types: Sequence[schemas.ResourceType]) -> Html:
+    """Each number carries its name (``data-count``) and each row its type (``data-type``)."""
     rows = [
         (
             Html(tag("strong", t.name) + tag("div", t.description, class_="muted")),
-            t.counts.total,
-            t.counts.available,
-            t.counts.reserved,
-            t.counts.assigned,
-            t.counts.cleaning,
-            out_of_service(t.counts),
+            *(tag("span", n, data_count=key) for key, n in _counts(t.counts).items()),
             count_bar(t.counts),
         )
         for t in types
     ]
-    headers = ("type", "total", "available", "reserved", "assigned", "cleaning", "out of service", "")
+    headers = ("type", *(key.replace("_", " ") for key in COUNTS), "")
     empty = "no resource types yet: create one with `devassign type create NAME --description TEXT`"
-    return Html(table(headers, rows, numeric=range(1, 7), empty=empty) + legend())
+    keys = [{"data_type": t.name} for t in types]
+    return Html(
+        table(headers, rows, numeric=range(1, len(COUNTS) + 1), empty=empty, row_attrs=keys) + legend()
+    )
 
 
 def hosts_table(hosts: Sequence[schemas.Host], now: datetime) -> Html:
     rows = [
         (
             link(h.name, f"/ui/hosts/{h.name}"),
-            badge(h.status),
+            Html(join([badge(h.status), taint_badges(h.taints)], " ")),
             h.device_count,
             age(h.last_report_at, now),
             age(h.last_seen_at, now),
@@ -54,7 +73,9 @@ def hosts_table(hosts: Sequence[schemas.Host], now: datetime) -> Html:
         for h in hosts
     ]
     headers = ("host", "status", "devices", "last report", "last seen")
-    return table(headers, rows, numeric=(2,), empty="no host has reported yet: start `devassign agent run`")
+    keys = [{"data_host": h.name, "data_status": h.status} for h in hosts]
+    empty = "no host has reported yet: start `devassign agent run`"
+    return table(headers, rows, numeric=(2,), empty=empty, row_attrs=keys)
 
 
 def events_table(events: Sequence[schemas.Event], *, operator: bool, compact: bool = False) -> Html:
@@ -131,8 +152,8 @@ def overview(
 # ---------------------------------------------------------------- hosts and devices
 
 
-def hosts_page(hosts: Sequence[schemas.Host], now: datetime) -> Html:
-    return join([tag("h1", "Hosts"), hosts_table(hosts, now)])
+def hosts_page(hosts: Sequence[schemas.Host], now: datetime, *, live: str | None = None) -> Html:
+    return join([tag("h1", "Hosts"), live_part(live, hosts_table(hosts, now))])
 
 
 @dataclass(frozen=True)
@@ -177,7 +198,7 @@ def _device_cells(d: schemas.Device, *, with_host: bool = False) -> tuple[object
         tag("span", link(d.address, f"/ui/devices/{d.id}"), class_="mono"),
         d.type,
         d.kind.value,
-        Html(badge(d.state.value) + ("" if d.healthy else " " + badge("unhealthy"))),
+        join([badge(d.state.value), "" if d.healthy else badge("unhealthy"), taint_badges(d.taints)], " "),
         link(d.consumer, "/ui/allocations", consumer=d.consumer) if d.consumer else "",
         "" if d.numa_node is None else d.numa_node,
         "" if d.iommu_group is None else d.iommu_group,
@@ -223,12 +244,98 @@ def grouped_devices(devices: Sequence[schemas.Device]) -> Html:
     return tag("table", head, tag("tbody", *rows))
 
 
+def _short(address: str, *, alone: bool = False) -> str:
+    """A cell's label: what tells a device from its siblings (``02.1`` of ``0000:3b:02.1``;
+    a standalone device's bus too, ``af:00.0``)."""
+    if "/" in address:
+        return address.rsplit("/", 1)[1]
+    if address.count(":") < 2:
+        return address
+    return address.split(":", 1)[1] if alone else address.rsplit(":", 1)[1]
+
+
+# Taints that keep a free device from new claims: its cell is hatched ("None" only informs).
+BLOCKING = frozenset({"NoSchedule", "Drain"})
+
+
+def _cell(d: schemas.Device, *, parent: bool = False, alone: bool = False) -> Html:
+    state = d.state.value if d.healthy else "unhealthy"
+    blocked = any(t.effect in BLOCKING for t in d.taints)
+    words = [d.address, d.type, d.state.value + ("" if d.healthy else ", unhealthy")]
+    if d.consumer:
+        words.append(f"held by {d.consumer}")
+    words += [f"taint {taint_words(t)}" for t in d.taints]
+    return tag(
+        "a",
+        _short(d.address, alone=alone or parent),
+        href=f"/ui/devices/{d.id}",
+        class_=" ".join(
+            ["cell", f"s-{state}", *(["parent"] if parent else []), *(["tainted"] if blocked else [])]
+        ),
+        title="; ".join(words),
+        data_device=d.id,
+        data_state=d.state.value,
+        data_taint=" ".join(sorted({t.effect for t in d.taints})) or None,
+    )
+
+
+def _numa(d: schemas.Device, parent: schemas.Device | None) -> int | None:
+    return d.numa_node if d.numa_node is not None or parent is None else parent.numa_node
+
+
+def device_grid(devices: Sequence[schemas.Device]) -> Html:
+    """Per NUMA node, each parent (a PF, a GPU) with its devices as cells coloured by state;
+    hatched when a taint keeps them from new claims. Each cell links to its device; its
+    tooltip says the rest."""
+    if not devices:
+        return Html("")
+    groups, alone = group_by_parent(devices)
+    blocks: dict[int | None, list[Html]] = defaultdict(list)
+    for g in groups:
+        what, kids = _GROUP_WORDS.get(g.children[0].kind.value, ("parent", "devices"))
+        members = ([g.device] if g.device is not None else []) + g.children
+        by_numa: dict[int | None, list[schemas.Device]] = defaultdict(list)
+        for d in members:
+            by_numa[_numa(d, g.device)].append(d)
+        for numa, found in by_numa.items():
+            label = Html(esc(f"{what} ") + tag("span", g.parent, class_="mono"))
+            cells = [_cell(d, parent=d is g.device) for d in found]
+            blocks[numa].append(_grid_group(label, f"{len(g.children)} {kids}", cells))
+    standalone: dict[int | None, list[schemas.Device]] = defaultdict(list)
+    for d in alone:
+        standalone[d.numa_node].append(d)
+    for numa, found in standalone.items():
+        size = f"{len(found)} device{'s' if len(found) > 1 else ''}"
+        blocks[numa].append(_grid_group(Html("standalone"), size, [_cell(d, alone=True) for d in found]))
+    order = sorted(blocks, key=lambda n: (n is None, n or 0))
+    return join(
+        tag(
+            "div",
+            tag("h3", "no NUMA node" if numa is None else f"NUMA node {numa}"),
+            *blocks[numa],
+            class_="numa",
+            data_numa="none" if numa is None else numa,
+        )
+        for numa in order
+    )
+
+
+def _grid_group(label: Html, size: str, cells: list[Html]) -> Html:
+    return tag(
+        "div",
+        tag("div", label, " ", tag("span", size, class_="muted"), class_="plabel"),
+        tag("div", *cells, class_="cells"),
+        class_="pgroup",
+    )
+
+
 def host_page(
     host: schemas.Host, devices: Sequence[schemas.Device], events: Sequence[schemas.Event], now: datetime
 ) -> Html:
     facts = definition_list(
         {
             "status": badge(host.status),
+            "taints": taint_badges(host.taints) or "none",
             "host id": host.host_id or "-",
             "generation": host.generation,
             "last report": age(host.last_report_at, now),
@@ -241,6 +348,22 @@ def host_page(
         [
             tag("h1", "Host ", tag("span", host.name, class_="mono")),
             tag("div", facts, class_="card"),
+            tag(
+                "div",
+                tag(
+                    "h2",
+                    "Device map ",
+                    tag(
+                        "span",
+                        "by NUMA node and parent; hatched: tainted NoSchedule or Drain",
+                        class_="muted",
+                    ),
+                ),
+                device_grid(devices),
+                legend(),
+                class_="card",
+                id="device-map",
+            ),
             tag(
                 "h2",
                 "Devices ",
@@ -321,7 +444,11 @@ def devices_page(
     )
 
 
-def device_page(device: schemas.Device, events: Sequence[schemas.Event]) -> Html:
+def device_page(
+    device: schemas.Device, events: Sequence[schemas.Event], *, before: int | None = None
+) -> Html:
+    """The device and its history, newest first, :data:`EVENTS_PER_PAGE` at a time (one event
+    more in ``events`` means there are older ones); ``before``: this page's events are older."""
     facts = {
         "host": link(device.host, f"/ui/hosts/{device.host}"),
         "address": tag("span", device.address, class_="mono"),
@@ -329,6 +456,7 @@ def device_page(device: schemas.Device, events: Sequence[schemas.Event]) -> Html
         "kind": device.kind.value,
         "state": Html(badge(device.state.value) + esc(f"  since {when(device.state_changed_at)} UTC")),
         "healthy": "yes" if device.healthy else "no",
+        "taints": join(tag("div", badge_of(t), " ", t.reason) for t in device.taints) or "none",
         "consumer": link(device.consumer, "/ui/allocations", consumer=device.consumer)
         if device.consumer
         else "-",
@@ -344,16 +472,32 @@ def device_page(device: schemas.Device, events: Sequence[schemas.Event]) -> Html
         [(k, tag("span", v, class_="mono")) for k, v in sorted(device.attributes.items())],
         empty="no extra attributes",
     )
+    here = f"/ui/devices/{device.id}"
+    shown = events[:EVENTS_PER_PAGE]
+    pager: list[Html] = []
+    if before is not None:
+        pager.append(link("newest", here))
+    if len(events) > EVENTS_PER_PAGE:
+        pager.append(link("older", here, before=shown[-1].id))
     return join(
         [
             tag("h1", "Device ", tag("span", device.address, class_="mono")),
             tag("div", definition_list(facts), class_="card"),
             tag("h2", "Attributes"),
             attrs,
-            tag("h2", "Events ", link("all", "/ui/events", device=device.id)),
-            events_table(events, operator=True),
+            tag(
+                "h2",
+                "History ",
+                tag("span", "newest first" if before is None else f"before event {before}", class_="muted"),
+            ),
+            events_table(shown, operator=True),
+            tag("div", *pager, class_="pager"),
         ]
     )
+
+
+def badge_of(taint: schemas.Taint) -> Html:
+    return tag("span", f"taint {taint.effect}", class_=f"badge t-{taint.effect}", title=taint_words(taint))
 
 
 # ---------------------------------------------------------------- allocations and events
@@ -418,10 +562,28 @@ def events_page(
     consumer: str | None,
     before: int | None,
     operator: bool,
+    live: str | None = None,
 ) -> Html:
-    """Newest first, :data:`EVENTS_PER_PAGE` at a time; one event more in ``events`` means there are older."""
+    """Newest first, :data:`EVENTS_PER_PAGE` at a time; one event more in ``events`` means there
+    are older. ``live``: the fragment that replaces the list (not the filters) as events come."""
     fields = [_text("host", host), _text("device", device, placeholder="id or address")] if operator else []
     fields.append(_text("consumer", consumer))
+    listing = events_list(
+        events, host=host, device=device, consumer=consumer, before=before, operator=operator
+    )
+    return join([tag("h1", "Events"), _filters("/ui/events", *fields), live_part(live, listing)])
+
+
+def events_list(
+    events: Sequence[schemas.Event],
+    *,
+    host: str | None,
+    device: str | None,
+    consumer: str | None,
+    before: int | None,
+    operator: bool,
+) -> Html:
+    """The events page's table and its links to older and newer pages."""
     shown = events[:EVENTS_PER_PAGE]
     pager: list[Html] = []
     if before is not None:
@@ -429,11 +591,4 @@ def events_page(
     if len(events) > EVENTS_PER_PAGE:
         older = url("/ui/events", host=host, device=device, consumer=consumer, before=shown[-1].id)
         pager.append(tag("a", "older", href=older))
-    return join(
-        [
-            tag("h1", "Events"),
-            _filters("/ui/events", *fields),
-            events_table(shown, operator=operator),
-            tag("div", *pager, class_="pager"),
-        ]
-    )
+    return join([events_table(shown, operator=operator), tag("div", *pager, class_="pager")])

@@ -1,0 +1,163 @@
+"""Commands that keep running: ``devassign events --follow`` and ``devassign types --watch``.
+
+``events --follow`` reads ``GET /v1/events/stream`` (server-sent events) and prints each event
+as it comes; when the connection drops or the server restarts, it connects again with the last
+event id it printed (``Last-Event-ID``), so nothing is printed twice or missed. ``types --watch``
+redraws the types table in place (Rich Live) every ``--interval`` seconds; where the output is
+not a terminal it prints the table again instead. Ctrl-C ends both with exit status 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from devassign.cli.client import Client, CliError, ExitCode, exit_status_of
+from devassign.cli.output import Column, Format, _cell, console, fit_table, when
+
+# The server sends a comment every 15 s on a quiet stream; three missed ones mean a dead link.
+READ_TIMEOUT = 45.0
+MAX_BACKOFF = 10.0
+
+
+def event_line(event: dict[str, Any], fmt: Format) -> str:
+    """One event as one line: its id, time, actor, action and message (or its JSON)."""
+    if fmt is Format.json:
+        return json.dumps(event, default=str)
+    return f"{event['id']}  {when(event['at'])}  {event['actor']}  {event['action']}  {event['message']}"
+
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
+    """(id, data) of each event of a ``text/event-stream``; comments and retry hints skipped."""
+    event_id: str | None = None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event_id, "\n".join(data)
+            event_id, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = value
+        elif name == "data":
+            data.append(value)
+
+
+def _refusal(response: httpx.Response) -> CliError:
+    """The server's error answer as the CLI's other commands report it."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    status = exit_status_of(err.get("code") if isinstance(err, dict) else None, response.status_code)
+    if isinstance(err, dict):
+        return CliError(str(err.get("message", "error")), code=err.get("code"), status=status, body=body)
+    return CliError(f"HTTP {response.status_code} from {response.request.url}", status=status)
+
+
+def follow_events(
+    client: Client,
+    filters: dict[str, Any],
+    *,
+    history: int,
+    fmt: Format,
+    out: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Print the last ``history`` events, then every new one as it comes, until Ctrl-C."""
+    write = out or (lambda line: print(line, flush=True))
+    filters = {k: v for k, v in filters.items() if v is not None}
+    recent = client.get("/v1/events", limit=history, **filters) if history > 0 else []
+    for event in reversed(recent):
+        write(event_line(event, fmt))
+    # After the newest one printed; with none, from the start of what matches (nothing yet).
+    last: int = recent[0]["id"] if recent else 0
+    backoff = 1.0
+    while True:
+        try:
+            with client.http.stream(
+                "GET",
+                "/v1/events/stream",
+                params={**filters, "after": last},
+                headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+                timeout=httpx.Timeout(30.0, read=READ_TIMEOUT),
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    error = _refusal(response)
+                    if error.exit_status != ExitCode.UNREACHABLE:
+                        raise error
+                    problem = error.message
+                else:
+                    backoff = 1.0
+                    for event_id, data in server_sent_events(response.iter_lines()):
+                        event = json.loads(data)
+                        write(event_line(event, fmt))
+                        last = int(event_id) if event_id and event_id.isdecimal() else int(event["id"])
+                    problem = "the server ended the stream"
+        except httpx.TransportError as exc:
+            problem = f"lost the connection to {client.url} ({type(exc).__name__})"
+        print(f"{problem}; connecting again in {backoff:.0f} s", file=sys.stderr, flush=True)
+        sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def watch_table(
+    fetch: Callable[[], Any],
+    columns: Sequence[Column],
+    *,
+    interval: float,
+    fmt: Format,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Show ``fetch()``'s rows as a table, again every ``interval`` seconds, until Ctrl-C; in
+    place on a terminal. A server that cannot be reached is said above the last table."""
+    headers = [name for name, _ in columns]
+    last: Any = None
+
+    def render() -> RenderableType:
+        nonlocal last
+        note = ""
+        try:
+            last = fetch()
+        except CliError as exc:
+            if exc.exit_status != ExitCode.UNREACHABLE or last is None:
+                raise
+            note = f"  ({exc.message}; showing the last answer)"
+        stamp = Text(f"every {interval:g} s, {datetime.now().strftime('%H:%M:%S')}{note}", style="dim")
+        rows = [[_cell(get(row)) for _, get in columns] for row in last]
+        table, _ = fit_table(headers, rows, width=console.width)
+        return Group(stamp, table)
+
+    if fmt is Format.json:
+        while True:
+            try:
+                print(json.dumps(fetch(), default=str), flush=True)
+            except CliError as exc:
+                if exc.exit_status != ExitCode.UNREACHABLE:
+                    raise
+                print(exc.message, file=sys.stderr, flush=True)
+            sleep(interval)
+    if not console.is_terminal:
+        while True:
+            console.print(render())
+            sys.stdout.flush()
+            sleep(interval)
+    with Live(render(), console=console, auto_refresh=False, transient=False) as live:
+        while True:
+            sleep(interval)
+            live.update(render(), refresh=True)

@@ -1,0 +1,229 @@
+"""``GET /v1/events/stream``: the event log as server-sent events, as it grows.
+
+Scoped exactly like ``GET /v1/events``: the same query of ``server/views.py`` with the caller's
+scope (a member sees its project's consumers' events, an agent its host's, an admin all). The
+stream polls the database every :data:`POLL_INTERVAL` seconds instead of listening to one
+process's writes, so it sees the events every server process writes into one PostgreSQL.
+
+Each event is sent as ``id: N`` and ``data: {...}`` (the event's JSON as in ``/v1/events``); a
+client that reconnects sends the last id it saw as ``Last-Event-ID`` (EventSource does this by
+itself) or as ``?after=``, and gets every event after it. A comment line every
+:data:`HEARTBEAT_INTERVAL` seconds keeps proxies from closing a quiet stream. The stream ends
+when the client goes, when the server shuts down, when the caller's token is revoked (checked
+before each read), or, with ``?once=true``, once the events there are now have been sent.
+
+Ids are given when an event is written but become visible when its transaction commits, so with
+concurrent writers an event can appear after one with a higher id. The stream keeps looking for
+such late events for :data:`LATE_COMMIT_WINDOW` seconds after it first saw a gap in the ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+
+from devassign import errors, schemas
+from devassign.server import views
+from devassign.server.access import Access, LoginRequired, Scope, authorize
+from devassign.store import Store
+
+router = APIRouter(prefix="/v1")
+
+POLL_INTERVAL = 1.0  # seconds between two reads of the event log
+HEARTBEAT_INTERVAL = 15.0  # seconds of silence before a comment line is sent
+LATE_COMMIT_WINDOW = 30.0  # seconds a gap in the ids is looked at again
+BATCH = 500  # events per read
+RETRY_MS = 3000  # how long an EventSource waits before it reconnects
+
+# Applications whose server is shutting down: their streams end at their next poll.
+_CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
+
+
+class Cursor:
+    """Where a stream is in the log: the highest id sent, and the gaps below it that a
+    transaction still in flight may fill."""
+
+    def __init__(self, after: int) -> None:
+        self.last = after
+        self.gaps: dict[int, float] = {}  # id -> when the gap was first seen (monotonic)
+
+    def read(self, fetch: Any) -> list[schemas.Event]:
+        """New events, oldest first: ``fetch(after, limit)`` is the scoped query."""
+        now = time.monotonic()
+        self.gaps = {i: t for i, t in self.gaps.items() if now - t < LATE_COMMIT_WINDOW}
+        after = min(self.gaps) - 1 if self.gaps else self.last
+        out: list[schemas.Event] = []
+        while True:
+            batch: list[schemas.Event] = fetch(after, BATCH)
+            for event in batch:
+                if event.id in self.gaps:
+                    del self.gaps[event.id]
+                    out.append(event)
+                elif event.id > self.last:
+                    # Ids in between are not (yet) visible: an uncommitted or rolled back
+                    # write, or an event outside this scope. Track a bounded number.
+                    for missing in range(max(self.last + 1, event.id - 100), event.id):
+                        self.gaps.setdefault(missing, now)
+                    self.last = event.id
+                    out.append(event)
+            if len(batch) < BATCH:
+                return out
+            after = batch[-1].id
+
+
+def _format(event: schemas.Event) -> str:
+    return f"id: {event.id}\ndata: {event.model_dump_json()}\n\n"
+
+
+def _position(last_event_id: str | None, after: int | None) -> int | None:
+    """Where to start: the ``Last-Event-ID`` header (a reconnect) over ``?after=``."""
+    if last_event_id is not None and last_event_id.strip():
+        text = last_event_id.strip()
+        if not text.isdecimal() or not text.isascii() or int(text) > schemas.MAX_INT64:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                "Last-Event-ID must be an event id (a whole number) that this stream sent",
+            )
+        return int(text)
+    return after
+
+
+@router.get(
+    "/events/stream",
+    tags=["events"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+)
+async def stream_events(
+    request: Request,
+    scope: Access,
+    host: str | None = None,
+    device: str | None = None,
+    consumer: str | None = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=schemas.MAX_INT64, description="Send the events after this id")
+    ] = None,
+    once: Annotated[
+        bool, Query(description="End once the events there are now have been sent, instead of following")
+    ] = False,
+    last_event_id: Annotated[
+        str | None, Header(description="The last event id a client got: a reconnect resumes after it")
+    ] = None,
+) -> StreamingResponse:
+    """The event log as server-sent events, oldest first, as new events are written; scoped as
+    ``/v1/events``. Without ``after`` or ``Last-Event-ID``, only events written from now on."""
+    return await respond(
+        request,
+        scope,
+        host=host,
+        device=device,
+        consumer=consumer,
+        after=after,
+        once=once,
+        last_event_id=last_event_id,
+    )
+
+
+async def respond(
+    request: Request,
+    scope: Scope,
+    *,
+    host: str | None,
+    device: str | None,
+    consumer: str | None,
+    after: int | None,
+    once: bool,
+    last_event_id: str | None,
+) -> StreamingResponse:
+    """The stream for ``scope`` with these filters: the API's route and the dashboard's
+    (``/ui/events/stream``, signed in by its cookie) both answer with it."""
+    store: Store = request.app.state.store
+    start = _position(last_event_id, after)
+
+    def fetch(after_id: int | None, limit: int) -> list[schemas.Event]:
+        return views.list_events(
+            store, scope, host=host, device=device, consumer=consumer, after=after_id, limit=limit
+        )
+
+    # Read once before answering: a filter outside the caller's scope is a 403 now, not a
+    # broken stream; without a position the stream starts after the newest event.
+    newest = await run_in_threadpool(fetch, None, 1)
+    if start is None:
+        start = newest[0].id if newest else 0
+    return StreamingResponse(
+        _events(request, Cursor(start), fetch, once=once),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(request: Request, cursor: Cursor, fetch: Any, *, once: bool) -> AsyncIterator[str]:
+    app = request.app
+    yield f"retry: {RETRY_MS}\n: events after {cursor.last}\n\n"
+    quiet_since = time.monotonic()
+    while True:
+        # A token revoked while its stream is open stops it, as it stops every other call
+        # (the token cache answers without the database; other replicas within its 10 s).
+        try:
+            await authorize(request)
+        except (errors.DevassignError, LoginRequired):
+            return
+        found = await run_in_threadpool(cursor.read, fetch)
+        if found:
+            yield "".join(_format(e) for e in found)
+            quiet_since = time.monotonic()
+        if once:
+            return
+        waited = 0.0
+        while waited < POLL_INTERVAL:
+            if app in _CLOSING or await request.is_disconnected():
+                return
+            step = min(0.25, POLL_INTERVAL - waited)
+            await asyncio.sleep(step)
+            waited += step
+        if time.monotonic() - quiet_since >= HEARTBEAT_INTERVAL:
+            yield ": heartbeat\n\n"
+            quiet_since = time.monotonic()
+
+
+def closing(app: Starlette) -> None:
+    """End ``app``'s streams: its server is shutting down."""
+    _CLOSING.add(app)
+
+
+def _install_uvicorn_shutdown_hook() -> None:
+    """Uvicorn waits for open responses to finish before it shuts down, and a stream never
+    finishes by itself: tell the application's streams to end when its server shuts down
+    (on SIGTERM or Ctrl-C, or ``should_exit`` set by an embedding program)."""
+    try:
+        from uvicorn.server import Server
+    except ImportError:  # pragma: no cover - uvicorn is a dependency
+        return
+    original = Server.shutdown
+    if getattr(original, "_ends_event_streams", False):
+        return
+
+    async def shutdown(self: Server, sockets: list[socket.socket] | None = None) -> None:
+        found: Any = getattr(self.config, "loaded_app", None)
+        for _ in range(16):  # uvicorn's own middleware wraps the application
+            if found is None or isinstance(found, Starlette):
+                break
+            found = getattr(found, "app", None)
+        if isinstance(found, Starlette):
+            closing(found)
+        await original(self, sockets)
+
+    shutdown._ends_event_streams = True  # type: ignore[attr-defined]
+    Server.shutdown = shutdown  # type: ignore[method-assign]
+
+
+_install_uvicorn_shutdown_hook()
