@@ -20,9 +20,17 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from devassign.server.metrics import PER_HOST_ENV
+from devassign.server.app import create_app
+from devassign.server.settings import Settings
 from devassign.store import Store
 from tests.conftest import Clock, make_client, vf
+
+
+def per_host_client(store: Store) -> TestClient:
+    """A server started with ``--metrics-per-host``."""
+    settings = Settings(db_url=store.db.url, auth=False, sweep_interval=0, metrics_per_host=True)
+    return TestClient(create_app(settings, store=store), raise_server_exceptions=False)
+
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 STATES = (
@@ -170,11 +178,8 @@ def test_fleet_gauges_follow_claims_releases_and_a_host_going_down(api: TestClie
     assert_agrees_with_api(api, overdue, per_host=False)
 
 
-def test_tainted_devices_are_counted_apart(
-    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(PER_HOST_ENV, "1")
-    with make_client(store, auth=False) as api:
+def test_tainted_devices_are_counted_apart(store: Store, clock: Clock) -> None:
+    with per_host_client(store) as api:
         _fleet(api)
         device = api.get("/v1/devices", params={"host": "compute-1"}).json()[0]
         r = api.post(
@@ -187,16 +192,13 @@ def test_tainted_devices_are_counted_apart(
         assert_agrees_with_api(api, samples, per_host=True)
 
 
-def test_per_host_series_only_with_the_option(
-    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_per_host_series_only_with_the_option(store: Store, clock: Clock) -> None:
     with make_client(store, auth=False) as plain:
         _fleet(plain)
         _claim(plain, "vm-1", 2)
         text = plain.get("/metrics").text
         assert "compute-1" not in text and "compute-2" not in text
-    monkeypatch.setenv(PER_HOST_ENV, "1")
-    with make_client(store, auth=False) as api:
+    with per_host_client(store) as api:
         clock.advance(100)
         assert api.post("/v1/hosts/compute-1/heartbeat").status_code == 204
         samples = scrape(api)
@@ -318,11 +320,8 @@ def _dashboard_expressions() -> list[str]:
     return [e for e in exprs if e]
 
 
-def test_alert_rules_and_dashboard_use_metrics_the_server_exposes(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(PER_HOST_ENV, "1")
-    with make_client(store, auth=False) as api:
+def test_alert_rules_and_dashboard_use_metrics_the_server_exposes(store: Store) -> None:
+    with per_host_client(store) as api:
         known = _known_names(api)
     for expr in [*_rule_expressions(), *_dashboard_expressions()]:
         used = set(METRIC_NAME.findall(expr))

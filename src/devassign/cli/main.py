@@ -176,7 +176,6 @@ def server(
     from devassign.store import SchemaError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ["DEVASSIGN_METRICS_PER_HOST"] = "1" if metrics_per_host else "0"  # read by server/metrics.py
     db = _check_db_url(db)
     placement = placement_with(  # the options' ranges already refused negative weights and nan
         mode=policy.value,
@@ -196,6 +195,7 @@ def server(
         pool_timeout=db_pool_timeout,
         statement_timeout=db_statement_timeout,
         lock_timeout=db_lock_timeout,
+        metrics_per_host=metrics_per_host,
         placement=placement,
     )
     if workers < 1:

@@ -18,7 +18,6 @@ type and state: mind the cardinality of a large cloud).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,10 +33,6 @@ from devassign.store import Store
 from devassign.store import metrics as fleet_queries
 
 log = logging.getLogger("devassign.server.metrics")
-
-# ``devassign server --metrics-per-host`` sets this for its worker processes; a Settings field
-# ``metrics_per_host`` takes precedence where there is one.
-PER_HOST_ENV = "DEVASSIGN_METRICS_PER_HOST"
 
 CLAIMS = Counter(
     "devassign_claims",
@@ -65,15 +60,6 @@ WORK_FAILURES = Counter(
     "Setups and cleanups an agent reported as failed, by handler",
     ["action", "handler"],
 )
-
-
-def per_host_enabled(settings: Any) -> bool:
-    """Whether scrapes name hosts: ``settings.metrics_per_host`` if the settings have it,
-    else ``DEVASSIGN_METRICS_PER_HOST`` (1, true, yes, on)."""
-    value = getattr(settings, "metrics_per_host", None)
-    if value is not None:
-        return bool(value)
-    return os.environ.get(PER_HOST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ---------------------------------------------------------------- counters (one-line calls)
@@ -254,7 +240,7 @@ def exposition(app: Starlette) -> bytes:
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_ProcessMetrics())
-        registry.register(FleetCollector(app.state.store, per_host=per_host_enabled(app.state.settings)))
+        registry.register(FleetCollector(app.state.store, per_host=app.state.settings.metrics_per_host))
         app.state.metrics_registry = registry
     out: bytes = generate_latest(registry)
     return out

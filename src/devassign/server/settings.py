@@ -40,6 +40,8 @@ class Settings:
     pool_timeout: float = POOL_TIMEOUT
     statement_timeout: float = STATEMENT_TIMEOUT
     lock_timeout: float = LOCK_TIMEOUT
+    # ``/metrics`` also per host (one series per host: bounded cardinality by default).
+    metrics_per_host: bool = False
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def database_options(self) -> dict[str, Any]:
@@ -71,6 +73,7 @@ def settings_to_env(settings: Settings) -> str:
             "pool_timeout": settings.pool_timeout,
             "statement_timeout": settings.statement_timeout,
             "lock_timeout": settings.lock_timeout,
+            "metrics_per_host": settings.metrics_per_host,
             "policy": _policy_to_json(settings.placement.policy),
         }
     )
@@ -138,6 +141,7 @@ def settings_from_env(text: str) -> Settings:
         pool_timeout=raw.get("pool_timeout", POOL_TIMEOUT),
         statement_timeout=raw.get("statement_timeout", STATEMENT_TIMEOUT),
         lock_timeout=raw.get("lock_timeout", LOCK_TIMEOUT),
+        metrics_per_host=raw.get("metrics_per_host", False),
         placement=placement_with(
             mode=policy.get("mode"),
             binpack_weight=policy.get("binpack_weight"),

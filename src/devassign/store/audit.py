@@ -133,19 +133,18 @@ def _two_allocations(conn: sa.Connection) -> list[Finding]:
     ]
 
 
-def _device_rows(q: sa.Select[Any]) -> sa.Select[Any]:
-    return q.join(hosts, hosts.c.id == devices.c.host_id)
+def _device_rows() -> sa.Select[Any]:
+    """A device's id, address and state with its host's name: what a device finding names."""
+    return sa.select(devices.c.id, devices.c.address, devices.c.state, hosts.c.name.label("host")).join_from(
+        devices, hosts, hosts.c.id == devices.c.host_id
+    )
 
 
 def _held_without_allocation(conn: sa.Connection) -> list[Finding]:
     live = sa.select(allocations.c.id).where(
         allocations.c.id == devices.c.allocation_id, allocations.c.released_at.is_(None)
     )
-    q = _device_rows(
-        sa.select(devices.c.id, devices.c.address, devices.c.state, hosts.c.name.label("host")).select_from(
-            devices
-        )
-    ).where(devices.c.state.in_(HELD), ~live.exists())
+    q = _device_rows().where(devices.c.state.in_(HELD), ~live.exists())
     return [
         Finding(
             "held_without_allocation",
@@ -193,11 +192,7 @@ def _item_mismatch(conn: sa.Connection) -> list[Finding]:
 
 
 def _free_with_allocation(conn: sa.Connection) -> list[Finding]:
-    q = _device_rows(
-        sa.select(devices.c.id, devices.c.address, devices.c.state, hosts.c.name.label("host")).select_from(
-            devices
-        )
-    ).where(devices.c.state.in_(FREE), devices.c.allocation_id.is_not(None))
+    q = _device_rows().where(devices.c.state.in_(FREE), devices.c.allocation_id.is_not(None))
     return [
         Finding(
             "free_device_with_allocation",
