@@ -40,6 +40,15 @@ class Sysfs:
         except (OSError, UnicodeDecodeError, ValueError):
             return None
 
+    def read_bytes(self, rel: str, size: int) -> bytes | None:
+        """The first ``size`` bytes of a binary file (a PCI function's ``config``), or ``None``
+        when it is absent or unreadable."""
+        try:
+            with open(self._p(rel), "rb") as f:
+                return f.read(size)
+        except OSError:
+            return None
+
     def listdir(self, rel: str) -> list[str]:
         """Sorted entries of a folder; empty when it is absent or unreadable."""
         try:

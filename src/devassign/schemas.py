@@ -377,6 +377,14 @@ class ReportedDevice(Strict):
     driver: str | None = Field(default=None, max_length=128)
     parent: str | None = Field(default=None, max_length=256)
     healthy: StrictBool = True
+    health_reason: str | None = Field(
+        default=None, max_length=1000, description="Why the last failing health check failed"
+    )
+    health_recovering: StrictBool = Field(
+        default=False,
+        description="Unhealthy, but checks pass again and the agent waits for more before saying "
+        "healthy: the server keeps the state it has (an operator's clear stands)",
+    )
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("vendor_id", "product_id")
@@ -462,6 +470,14 @@ class RefusedDevice(BaseModel):
     reason: str
 
 
+class HealthCheck(BaseModel):
+    """How an agent checks the health of a free device of one type: the type's handler and
+    its config, as a setup of that type would get them."""
+
+    handler: str | None
+    config: dict[str, Any]
+
+
 class InventoryResult(BaseModel):
     host: str
     generation: int
@@ -472,6 +488,8 @@ class InventoryResult(BaseModel):
     missing: list[str]
     refused: list[RefusedDevice]
     warnings: list[str]
+    # Per reported type: what the agent runs to check its free devices.
+    checks: dict[str, HealthCheck] = {}
 
 
 # ---------------------------------------------------------------- hosts and devices
@@ -555,6 +573,7 @@ class Device(BaseModel):
     attributes: dict[str, Any]
     consumer: str | None
     quarantine_reason: str | None = None
+    health_reason: str | None = None
     state_changed_at: datetime
     created_at: datetime
     # The device's active taints: its own, its parent's and its host's.
@@ -720,6 +739,13 @@ class WorkResult(Strict):
         max_length=255,
         description="The consumer the work item named; a result for an older holder is ignored",
     )
+    healthy: StrictBool = Field(
+        default=True,
+        description="The health check run after a cleanup: a device that fails it is unhealthy, "
+        "never available, whatever the cleanup said",
+    )
+    health_reason: str | None = Field(default=None, max_length=1000)
+    health_recovering: StrictBool = False
 
     @field_validator("facts")
     @classmethod

@@ -203,3 +203,53 @@ def test_device_without_reset_is_refused_unless_the_type_accepts_it(api: TestCli
     assert [(x["address"], x["code"]) for x in body["refused"]] == [("0000:af:00.0", "no_reset")]
     assert "none-ok" in body["refused"][0]["reason"]
     assert body["added"] == ["0000:b0:00.0"] and body["accepted"] == 1
+
+
+def test_health_reasons_recovering_reports_and_an_operators_clear(api: TestClient) -> None:
+    _type(api)
+    a = "0000:3b:02.1"
+    _report(api, "h1", 1, [vf(a)])
+    _report(api, "h1", 2, [vf(a, healthy=False, health_reason="the link of PF x (ens1f0) is down")])
+    d = api.get("/v1/devices").json()[0]
+    assert (d["state"], d["health_reason"]) == ("unhealthy", "the link of PF x (ens1f0) is down")
+    events = [
+        e for e in api.get("/v1/events", params={"device": a}).json() if e["action"] == "device_unhealthy"
+    ]
+    assert len(events) == 1 and events[0]["message"].endswith(
+        "is unhealthy: the link of PF x (ens1f0) is down"
+    )
+    # Checks pass again, not yet enough of them: the server keeps the device unhealthy.
+    recovering = vf(
+        a, healthy=False, health_reason="the link of PF x (ens1f0) is down", health_recovering=True
+    )
+    _report(api, "h1", 3, [recovering])
+    assert api.get("/v1/devices").json()[0]["state"] == "unhealthy"
+    # The operator vouches for it: available now, and the recovering report does not undo it.
+    cleared = api.post(f"/v1/devices/{d['id']}/clear", json={"reason": "cable replaced"})
+    assert cleared.status_code == 200, cleared.text
+    assert (cleared.json()["state"], cleared.json()["healthy"], cleared.json()["health_reason"]) == (
+        "available",
+        True,
+        None,
+    )
+    _report(api, "h1", 4, [recovering])
+    assert api.get("/v1/devices").json()[0]["state"] == "available"
+    # The same failing report as before the clear is applied again, not skipped as unchanged.
+    _report(api, "h1", 5, [vf(a, healthy=False, health_reason="the link of PF x (ens1f0) is down")])
+    _report(api, "h1", 6, [vf(a, healthy=False, health_reason="the link of PF x (ens1f0) is down")])
+    assert api.get("/v1/devices").json()[0]["state"] == "unhealthy"
+    _report(api, "h1", 7, [vf(a)])
+    assert api.get("/v1/devices").json()[0]["state"] == "available"
+    actions = [e["action"] for e in reversed(api.get("/v1/events", params={"device": a}).json())]
+    assert [x for x in actions if x.startswith("device_h") or x == "device_unhealthy"] == [
+        "device_unhealthy",
+        "device_health_cleared",
+        "device_unhealthy",
+        "device_healthy",
+    ]
+    # A healthy, available device has nothing to clear: 409 with the stable code, nothing changes.
+    again = api.post(f"/v1/devices/{d['id']}/clear", json={})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    assert "only quarantined or unhealthy" in again.json()["error"]["message"]
+    too_long = _report(api, "h1", 8, [vf(a, healthy=False, health_reason="x" * 1001)])
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_request"

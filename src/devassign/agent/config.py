@@ -33,6 +33,8 @@ TOP_KEYS = (
     "report_interval",
     "heartbeat_interval",
     "work_interval",
+    "health_interval",
+    "health_passes",
     "token",
     "state_file",
     "pci_ids",
@@ -180,6 +182,10 @@ class AgentConfig:
     report_interval: float = 30.0
     heartbeat_interval: float = 10.0
     work_interval: float = 2.0
+    # Every device's health is checked this often (and a device right after its cleanup); a
+    # device that failed is healthy again only after ``health_passes`` passing checks in a row.
+    health_interval: float = 60.0
+    health_passes: int = 3
     token: str | None = None
     state_file: Path = field(default_factory=default_state_file)
     pci_ids: Path | None = None
@@ -231,6 +237,10 @@ def parse_config(
     interval = _positive(raw.get("report_interval", 30), "report_interval", fail)
     heartbeat = _positive(raw.get("heartbeat_interval", max(1.0, interval / 3)), "heartbeat_interval", fail)
     work_interval = _positive(raw.get("work_interval", 2), "work_interval", fail)
+    health_interval = _positive(raw.get("health_interval", 60), "health_interval", fail)
+    passes = raw.get("health_passes", 3)
+    if isinstance(passes, bool) or not isinstance(passes, int) or not 1 <= passes <= 100:
+        raise fail(f"health_passes must be a whole number from 1 to 100, not {passes!r}")
     token = raw.get("token", os.environ.get("DEVASSIGN_TOKEN"))
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string")
@@ -261,6 +271,8 @@ def parse_config(
         report_interval=interval,
         heartbeat_interval=heartbeat,
         work_interval=work_interval,
+        health_interval=health_interval,
+        health_passes=passes,
         token=token,
         state_file=state_file,
         pci_ids=pci_ids,

@@ -39,7 +39,7 @@ class AgentState:
     ``assigned``: device id -> the work item of a device set up and assigned (health checks);
     ``host_drivers``: device id -> ``{"driver": name}``, the host driver the server knew before
     the last setup (a failed setup returns no facts, and reports made after it show the
-    device unbound or on vfio-pci)."""
+    device unbound or on vfio-pci); ``health``: see agent/health.py."""
 
     host_id: str
     generation: int = 0
@@ -47,12 +47,16 @@ class AgentState:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Device address -> ``{"reason": why it failed, "passes": checks passed since}``: the
+    # devices whose health failed and has not passed enough checks in a row since (so a
+    # restart does not make a failing device healthy after a single pass).
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The host name this state belongs to (files of older versions have none: the first
     # agent that uses such a file records its own).
     host: str | None = None
 
 
-_MAPS = ("journal", "facts", "assigned", "host_drivers")
+_MAPS = ("journal", "facts", "assigned", "host_drivers", "health")
 
 
 class StateFile:

@@ -53,13 +53,14 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
 from devassign.agent.config import AgentConfig
+from devassign.agent.health import HEALTHY, HealthRecord
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
@@ -71,6 +72,7 @@ from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
 from devassign.schemas import (
+    HealthCheck,
     InventoryResult,
     ReportedDevice,
     WorkItem,
@@ -168,7 +170,9 @@ class Agent:
         self.reporter = Reporter(
             config, self._inventory, client, state=self.state, clock=clock, sleep=sleep, rng=self.rng
         )
-        self.unhealthy: dict[str, str] = {}  # address -> why, sent with the next report
+        self.health = HealthRecord(self.state, config.health_passes)
+        self._checks: dict[str, HealthCheck] = {}  # type -> how its free devices are checked
+        self._next_health = 0.0
         self._handlers: dict[str, Handler] = {}
         self._reported: dict[str, ReportedDevice] | None = None  # address -> last discovered
         self._recovered = False
@@ -181,30 +185,83 @@ class Agent:
     def _inventory(self) -> list[ReportedDevice]:
         devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids).reported()
         self._reported = {d.address: d for d in devices}
-        return [
-            d.model_copy(update={"healthy": False}) if d.address in self.unhealthy else d for d in devices
-        ]
+        out = []
+        for d in devices:
+            v = self.health.verdict(d.address)
+            update = {"healthy": False, "health_reason": v.reason, "health_recovering": v.recovering}
+            out.append(d if v.healthy else d.model_copy(update=update))
+        return out
 
-    def check_health(self) -> dict[str, str]:
-        """Run the handler's ``health`` for every device this agent set up and holds assigned;
-        the failures go into the next report as ``healthy: false``."""
-        found: dict[str, str] = {}
+    @property
+    def unhealthy(self) -> dict[str, str]:
+        """Address -> why, of every device that failed a check and has not passed enough since."""
+        return self.health.failing()
+
+    def check_health(self, *, force: bool = False) -> dict[str, str]:
+        """Check every device of the host (not more often than ``health_interval`` unless
+        ``force``): assigned ones as their holder has them, the others as free devices, each
+        with its type's handler; in-flight ones are left to their action. Returns
+        :attr:`unhealthy`; a changed verdict makes a report due now."""
+        now = self.clock()
+        if not force and now < self._next_health:
+            return self.unhealthy
+        self._next_health = now + self.config.health_interval
         st = self.state.state
+        busy = {str(((e.get("item") or {}).get("device") or {}).get("address")) for e in st.journal.values()}
+        changed = False
         for dev_id, entry in list(st.assigned.items()):
+            item = WorkItem.model_validate(entry)
+            busy.add(item.device.address)
             if dev_id in st.journal:
                 continue  # in flight: its action decides, not a health check half-way through
-            item = WorkItem.model_validate(entry)
             result = self._action("health", item)
-            if not result.ok:
-                found[item.device.address] = result.error or "health check failed"
-                log.warning("%s is unhealthy: %s", item.device.address, found[item.device.address])
-        self.unhealthy = found
-        return found
+            changed |= self.health.observe(item.device.address, result.ok, result.error, held=True)
+        discovered = self._discovered()
+        for address, dev in discovered.items():
+            check = self._checks.get(dev.type)
+            if address in busy or check is None:
+                continue
+            checked = self._check_free(dev, check)
+            if checked is not None:
+                changed |= self.health.observe(address, checked.ok, checked.error)
+        self.health.keep_only(discovered)
+        self.health.save()
+        if changed:
+            self._need_report = True
+        return self.unhealthy
+
+    def _check_free(self, dev: ReportedDevice, check: HealthCheck) -> ActionResult | None:
+        """The health of a device nobody holds; ``None`` when this agent may not run its
+        type's handler (its ``[lifecycle]`` policy): not checked, not called unhealthy."""
+        name = handler_name_for(dev.kind, check.handler)
+        if self.config.lifecycle.refusal(
+            name, check.config, host=self.config.host, source=self.config.source
+        ):
+            return None
+        device = LifecycleDevice(
+            address=dev.address,
+            kind=dev.kind,
+            type=dev.type,
+            parent=dev.parent,
+            driver=dev.driver,
+            vendor_id=dev.vendor_id,
+            product_id=dev.product_id,
+            attributes=dict(dev.attributes),
+        )
+        return run_action("health", device, check.config, check.handler, self.ops, loader=self._load)
+
+    def _learn(self, result: InventoryResult) -> None:
+        """The report's answer names how each reported type is checked; a type not known
+        before is checked at once, not an interval later."""
+        if set(result.checks) - set(self._checks):
+            self._next_health = min(self._next_health, self.clock())
+        self._checks = dict(result.checks)
 
     def report(self) -> InventoryResult:
-        """Health checks, then a full inventory report."""
+        """Health checks (when due), then a full inventory report."""
         self.check_health()
         result = self.reporter.report()
+        self._learn(result)
         self._schedule_after_report()
         return result
 
@@ -233,7 +290,10 @@ class Agent:
                     self._need_report = True
             if self._need_report or now >= self._next_report:
                 out.report = self.report()
-                out.unhealthy = dict(self.unhealthy)
+            self.check_health()
+            if self._need_report:  # a verdict changed: the server hears it now
+                out.report = self.report()
+            out.unhealthy = dict(self.unhealthy)
         except ServerUnavailable as exc:
             self._unreachable(out, exc)
         except ReportRefused as exc:
@@ -257,10 +317,15 @@ class Agent:
         """``agent run --once``: one report (retried with backoff, raising when it cannot be
         sent) and one work pass (raising on server trouble)."""
         out = StepResult()
-        self.check_health()
-        out.unhealthy = dict(self.unhealthy)
-        out.report = self.reporter.run(once=True)
+        out.report = first = self.reporter.run(once=True)
+        if first is not None:
+            self._learn(first)
         self._schedule_after_report()
+        self.check_health(force=True)
+        if self._need_report:
+            out.report = self.reporter.run(once=True)
+            self._schedule_after_report()
+        out.unhealthy = dict(self.unhealthy)
         self.work(out.work)
         return out
 
@@ -420,6 +485,8 @@ class Agent:
             result = ActionResult(False, f"refused by the agent: {refusal}", {"refused": True})
         else:
             result = self._action(item.action, item)
+            if item.action == "cleanup" and result.ok:
+                self._check_cleaned(item)
         self._crash("handler", item.action)
         facts: dict[str, Any] = dict(result.details.get("facts") or {}) if item.action == "setup" else {}
         if facts:
@@ -444,6 +511,14 @@ class Agent:
         posted = self._post([dev_id], replayed=replayed)
         return posted[0]
 
+    def _check_cleaned(self, item: WorkItem) -> None:
+        """The health check right after a cleanup: its verdict goes with the cleanup's result,
+        so a device that fails it is unhealthy on the server, never available."""
+        device = replace(self._device(item), consumer=None)
+        result = run_action("health", device, item.config, item.handler, self.ops, loader=self._load)
+        if not result.details.get("refused"):
+            self.health.observe(device.address, result.ok, result.error, cleaned=True)
+
     def _post_journaled(self, *, replayed: bool) -> list[WorkDone]:
         ids = [k for k, e in self.state.state.journal.items() if e.get("phase") == "done"]
         return self._post(ids, replayed=replayed) if ids else []
@@ -452,17 +527,7 @@ class Agent:
         """Post the journaled results of ``ids``; drop each entry once the server answered."""
         st = self.state.state
         entries = [st.journal[i] for i in ids]
-        results = [
-            WorkResult(
-                device_id=i,
-                action=e["action"],
-                ok=bool(e["ok"]),
-                error=str(e["error"])[:4000] if e.get("error") else None,
-                facts=dict(e.get("facts") or {}),
-                consumer=((e.get("item") or {}).get("device") or {}).get("consumer"),
-            )
-            for i, e in zip(ids, entries, strict=True)
-        ]
+        results = [self._result(i, e) for i, e in zip(ids, entries, strict=True)]
         for e in entries:
             self._crash("post", e["action"])
         body = {"results": [r.model_dump(mode="json") for r in results]}
@@ -508,6 +573,23 @@ class Agent:
             )
         self.state.save()
         return out
+
+    def _result(self, dev_id: str, entry: dict[str, Any]) -> WorkResult:
+        device = (entry.get("item") or {}).get("device") or {}
+        health = self.health.verdict(str(device.get("address")))
+        if entry["action"] != "cleanup" or not entry["ok"]:
+            health = HEALTHY  # the verdict goes with a finished cleanup only
+        return WorkResult(
+            device_id=dev_id,
+            action=entry["action"],
+            ok=bool(entry["ok"]),
+            error=str(entry["error"])[:4000] if entry.get("error") else None,
+            facts=dict(entry.get("facts") or {}),
+            consumer=device.get("consumer"),
+            healthy=health.healthy,
+            health_reason=health.reason[:1000] if health.reason else None,
+            health_recovering=health.recovering,
+        )
 
     def _crash(self, point: str, action: str) -> None:
         if self.crash_at is not None and self.crash_at in (point, f"{point}:{action}"):

@@ -280,15 +280,19 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         ] = "",
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """Let a quarantined device go: back through cleaning (or available, for one-time-use types)."""
+        """Let a quarantined device go (back through cleaning, or available for one-time-use
+        types), or vouch for one whose health check failed (available now; a check that still
+        fails marks it again)."""
         c = client(ctx)
-        found = c.get("/v1/devices", address=address, host=host, state="quarantined")
+        found = c.get("/v1/devices", address=address, host=host)
         if not found:
-            raise CliError(f"no quarantined device {address!r}" + (f" on {host}" if host else ""))
+            raise CliError(f"no device {address!r}" + (f" on {host}" if host else ""))
+        if len(found) > 1:
+            found = [d for d in found if d["state"] == "quarantined" or not d["healthy"]] or found
         if len(found) > 1:
             hosts = ", ".join(d["host"] for d in found)
             raise CliError(
-                f"{address} is quarantined on several hosts ({hosts}): say which with --host",
+                f"{address} is on several hosts ({hosts}): say which with --host",
                 status=ExitCode.USAGE,
             )
         emit(c.post(f"/v1/devices/{found[0]['id']}/clear", {"reason": reason}), fmt, DEVICE_COLUMNS)

@@ -46,6 +46,8 @@ from devassign.lifecycle.host import ConfinedSysfs, inside_root
 SIMULATED_IDS = ".simulated-ids"
 # In a PCI function's folder: the reset methods it supports (what ``default`` restores).
 SIMULATED_RESET_METHODS = ".simulated-reset-methods"
+# In a PCI function's folder: its next reset leaves it dead (config space reads 0xFF).
+SIMULATED_DIES_ON_RESET = ".simulated-dies-on-reset"
 # In a USB device's folder: its interfaces while it is deauthorized.
 SIMULATED_INTERFACES = ".simulated-interfaces"
 # At the root: the device nodes the kernel would make (/dev/vfio/<group>) and who holds them.
@@ -239,6 +241,8 @@ class SimulatedSysfs(ConfinedSysfs):
         methods = (dev / "reset_method").read_text().split() if (dev / "reset_method").exists() else ["flr"]
         if not methods:
             raise self._error(errno.ENOTTY, f"{dev.name} has no reset method left")
+        if (dev / SIMULATED_DIES_ON_RESET).exists():  # the reset "works", the device is gone
+            (dev / "config").write_bytes(b"\xff" * 64)
 
     # ------------------------------------------------------------------ SR-IOV
     def _numvfs(self, dev: Path, value: str) -> None:

@@ -112,8 +112,14 @@ def funnel_sentence(funnel: Mapping[str, Any]) -> str:
             type_name = key.removeprefix("lacking_")
             text = f"{n} up {'host' if n == 1 else 'hosts'} with too few free {type_name}"
             tainted = int(funnel.get(f"tainted_{type_name}") or 0)
+            held = []
             if tainted:
-                text += f" ({tainted} of them only because devices are tainted)"
+                held.append(f"{tainted} of them only because devices are tainted")
+            unhealthy = int(funnel.get(f"unhealthy_{type_name}") or 0)
+            if unhealthy:
+                held.append(f"{unhealthy} of them only because devices failed their health checks")
+            if held:
+                text += f" ({'; '.join(held)})"
             parts.append(text)
     return ", ".join(parts)
 

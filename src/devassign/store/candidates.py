@@ -284,22 +284,27 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
             ).scalar_one()
         )
         out[f"lacking_{name}"] = up - enough
-        held_back = 0 if tid is None or up == enough else _tainted_short(conn, tid, n, up_since)
-        if held_back:
-            out[f"tainted_{name}"] = held_back  # of the lacking: enough but for their taints
+        if tid is None or up == enough:
+            continue
+        # Of the lacking: enough but for their taints; enough but for failed health checks.
+        tainted = _short_because(conn, tid, n, up_since, devices.c.state == DeviceState.AVAILABLE.value)
+        if tainted:
+            out[f"tainted_{name}"] = tainted
+        free_or_sick = devices.c.state.in_([DeviceState.AVAILABLE.value, DeviceState.UNHEALTHY.value])
+        unhealthy = _short_because(conn, tid, n, up_since, free_or_sick & devices.c.taint.is_(None))
+        if unhealthy:
+            out[f"unhealthy_{name}"] = unhealthy
     return out
 
 
-def _tainted_short(conn: sa.Connection, type_id: int, n: int, up_since: datetime) -> int:
-    """Up hosts with too few schedulable devices of the type that have enough free ones
-    counting those a taint keeps from claims."""
+def _short_because(
+    conn: sa.Connection, type_id: int, n: int, up_since: datetime, counted: sa.ColumnElement[bool]
+) -> int:
+    """Up hosts with too few schedulable devices of the type that would have enough if the
+    devices ``counted`` selects were free (those a taint keeps from claims; the unhealthy)."""
     free = (
         sa.select(sa.func.count())
-        .where(
-            devices.c.host_id == inventory.c.host_id,
-            devices.c.type_id == type_id,
-            devices.c.state == DeviceState.AVAILABLE.value,
-        )
+        .where(devices.c.host_id == inventory.c.host_id, devices.c.type_id == type_id, counted)
         .scalar_subquery()
     )
     return int(

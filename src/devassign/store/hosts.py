@@ -355,6 +355,7 @@ def device_model(r: Any) -> schemas.Device:
         attributes=r.attributes or {},
         consumer=r.consumer,
         quarantine_reason=r.quarantine_reason,
+        health_reason=r.health_reason,
         state_changed_at=aware(r.state_changed_at) or r.state_changed_at,
         created_at=aware(r.created_at) or r.created_at,
     )

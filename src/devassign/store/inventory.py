@@ -208,6 +208,7 @@ def apply_report(
             missing=[],
             refused=[],
             warnings=[],
+            checks=health_checks(conn, {d.type for d in report.devices}),
         )
 
     out = _Outcome()
@@ -277,6 +278,9 @@ def apply_report(
                     "type_id": type_id,
                     "state": state.value,
                     "healthy": dev.healthy,
+                    "health_reason": None
+                    if dev.healthy
+                    else (dev.health_reason or "the agent reports it unhealthy"),
                     "vendor_id": dev.vendor_id,
                     "product_id": dev.product_id,
                     "numa_node": dev.numa_node,
@@ -309,6 +313,7 @@ def apply_report(
         if address not in seen:
             _vanished(conn, row, out, base_event, type_names, now)
 
+    seen_types = {d.type for d in report.devices}
     failpoint("report.mid_transaction")
     record_many(conn, out.events)
     mark_tainted(conn, host.id, now)
@@ -329,7 +334,22 @@ def apply_report(
         missing=out.missing,
         refused=out.refused,
         warnings=out.warnings,
+        checks={
+            t: schemas.HealthCheck(handler=r.handler, config=r.config or {})
+            for t, r in type_rows.items()
+            if t in seen_types
+        },
     )
+
+
+def health_checks(conn: sa.Connection, names: set[str]) -> dict[str, schemas.HealthCheck]:
+    """The handler and config of each named type: how the agent checks its free devices."""
+    if not names:
+        return {}
+    q = sa.select(resource_types.c.name, resource_types.c.handler, resource_types.c.config).where(
+        resource_types.c.name.in_(sorted(names))
+    )
+    return {r.name: schemas.HealthCheck(handler=r.handler, config=r.config or {}) for r in conn.execute(q)}
 
 
 _PCI_KINDS = frozenset({"pci", "sriov_pf", "sriov_vf"})
@@ -377,9 +397,13 @@ def _update_existing(
             out.warnings.append(f"{dev.address}: type change to {dev.type} waits until the device is free")
         else:
             values["type_id"] = type_id
-    if dev.healthy != row.healthy:
-        values["healthy"] = dev.healthy
-    new_state = _returning_state(conn, row, state, dev.healthy)
+    healthy = reported_health(dev, row.healthy)
+    if healthy != row.healthy:
+        values["healthy"] = healthy
+    reason = None if healthy else (dev.health_reason or row.health_reason or "the agent reports it unhealthy")
+    if reason != row.health_reason:
+        values["health_reason"] = reason
+    new_state = _returning_state(conn, row, state, healthy)
     if new_state is not state:
         values["state"] = new_state.value
         values["prior_state"] = None
@@ -406,18 +430,55 @@ def _update_existing(
             "detail": {k: v for k, v in values.items() if k not in ("updated_at", "state_changed_at")},
         }
     )
-    if "healthy" in values and not dev.healthy and state in IN_USE_STATES and consumer:
+    if "healthy" in values:
         out.events.append(
-            {
-                **base_event,
-                "action": "device_unhealthy",
-                "device": dev.address,
-                "device_id": row.id,
-                "consumer": consumer,
-                "type": type_names.get(row.type_id),
-                "message": f"{dev.address} held by {consumer} reports unhealthy",
-            }
+            health_event(
+                base_event,
+                row.id,
+                dev.address,
+                type_names.get(row.type_id),
+                consumer,
+                healthy=healthy,
+                reason=reason or "its checks pass again",
+                state=state,
+            )
         )
+
+
+def reported_health(dev: schemas.ReportedDevice, stored: bool) -> bool:
+    """What a report says of a device's health. A failing check makes it unhealthy at once; a
+    device whose checks pass again keeps the state the server has until the agent has seen
+    enough passes in a row (``health_recovering``), so an operator's clear stands meanwhile."""
+    if dev.health_recovering and not dev.healthy:
+        return stored
+    return dev.healthy
+
+
+def health_event(
+    base: dict[str, Any],
+    device_id: str,
+    address: str,
+    type_name: str | None,
+    consumer: str | None,
+    *,
+    healthy: bool,
+    reason: str,
+    state: DeviceState,
+) -> dict[str, Any]:
+    """``device_unhealthy`` or ``device_healthy``, with the reason; a held device's consumer is
+    named, so it sees the event in its own scope."""
+    held = f" held by {consumer}" if consumer and state in IN_USE_STATES else ""
+    word = "healthy again" if healthy else "unhealthy"
+    return {
+        **base,
+        "action": "device_healthy" if healthy else "device_unhealthy",
+        "device": address,
+        "device_id": device_id,
+        "consumer": consumer if held else None,
+        "type": type_name,
+        "message": f"{base['host']} {address}{held} is {word}: {reason}",
+        "detail": {"reason": reason},
+    }
 
 
 def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy: bool) -> DeviceState:

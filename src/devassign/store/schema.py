@@ -90,6 +90,8 @@ devices = sa.Table(
     # "NoSchedule (maintenance: PSU swap, by admin)"; NULL: schedulable. Recomputed from
     # ``taints`` in the same transaction as every taint, untaint and expiry (store/taints.py).
     sa.Column("taint", sa.Text),
+    # Why the device's last health check failed (NULL while healthy); see agent/health.py.
+    sa.Column("health_reason", sa.Text),
     sa.Column("state_changed_at", Stamp, nullable=False),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),

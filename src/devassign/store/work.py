@@ -29,7 +29,7 @@ from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
-from devassign.store.inventory import lock_host, recount
+from devassign.store.inventory import health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
 
 # Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
@@ -256,7 +256,14 @@ def _apply_one(
         )
         record(conn, action="device_quarantined", message=f"{host} {row.address} cleaned; {reason}", **ev)
         return outcome(True, DeviceState.QUARANTINED, reason)
-    new = DeviceState.AVAILABLE if row.healthy else DeviceState.UNHEALTHY
+    # The agent checks the device's health right after the cleanup: a device that fails it (a
+    # GPU whose config space reads 0xFF after its reset) is unhealthy, never available.
+    healthy = row.healthy if (res.health_recovering and not res.healthy) else res.healthy
+    health: dict[str, Any] = {}
+    if healthy != row.healthy:
+        why = res.health_reason or "the health check after its cleanup failed"
+        health = {"healthy": healthy, "health_reason": None if healthy else why}
+    new = DeviceState.AVAILABLE if healthy else DeviceState.UNHEALTHY
     _set_state(
         conn,
         row.id,
@@ -266,9 +273,21 @@ def _apply_one(
         allocation_id=None,
         facts=None,
         quarantine_reason=None,
+        **health,
     )
     record(conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}", **ev)
-    return outcome(True, new, "cleaned")
+    if health:
+        base = {"at": now, "actor": actor, "host": host}
+        why = health["health_reason"] or "its check after the cleanup passes"
+        record(
+            conn,
+            **health_event(
+                base, row.id, row.address, row.type_name, None, healthy=healthy, reason=why, state=new
+            ),
+        )
+        # The next report is applied in full, not skipped as unchanged: it carries the health.
+        conn.execute(hosts.update().where(hosts.c.id == hid).values(report_digest=None))
+    return outcome(True, new, "cleaned" if healthy else f"cleaned, but unhealthy: {res.health_reason}")
 
 
 def _maybe_confirm(conn: sa.Connection, allocation_id: int | None, now: datetime) -> None:
@@ -291,7 +310,7 @@ def _maybe_confirm(conn: sa.Connection, allocation_id: int | None, now: datetime
 def clear_device(
     conn: sa.Connection, device_id: str, reason: str, *, now: datetime, actor: str
 ) -> schemas.Device:
-    """An operator clears a quarantined device.
+    """An operator clears a quarantined device, or one whose health check failed.
 
     After a failed cleanup it goes back to ``cleaning`` (the cleanup runs again: a device is
     never available without a finished cleanup); a one-time-use device the operator scrubbed
@@ -303,9 +322,13 @@ def clear_device(
         raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
     lock_host(conn, host_id)
     row = conn.execute(sa.select(devices).where(devices.c.id == device_id)).one()
+    if row.state != DeviceState.QUARANTINED.value and not row.healthy:
+        return _clear_health(conn, row, reason, now=now, actor=actor)
     if row.state != DeviceState.QUARANTINED.value:
         raise errors.DevassignError(
-            errors.INVALID_STATE, f"device {row.address} is {row.state}; only quarantined devices are cleared"
+            errors.INVALID_STATE,
+            f"device {row.address} is {row.state} and healthy; "
+            "only quarantined or unhealthy devices are cleared",
         )
     one_time = (row.quarantine_reason or "").startswith("one_time_use")
     new = (
@@ -332,6 +355,42 @@ def clear_device(
     )
     recount(conn, row.host_id)
     r = conn.execute(device_query().where(devices.c.id == device_id)).one()
+    return device_model(r)
+
+
+def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, actor: str) -> schemas.Device:
+    """An operator vouches for a device whose health check failed: healthy again now, without
+    waiting for the agent's passes in a row. A check that still fails marks it again (the next
+    report is applied in full, not skipped as unchanged)."""
+    state = DeviceState(row.state)
+    new = DeviceState.AVAILABLE if state is DeviceState.UNHEALTHY else state
+    conn.execute(
+        devices.update()
+        .where(devices.c.id == row.id)
+        .values(
+            healthy=True,
+            health_reason=None,
+            state=new.value,
+            updated_at=now,
+            **({"state_changed_at": now} if new is not state else {}),
+        )
+    )
+    host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
+    conn.execute(hosts.update().where(hosts.c.id == row.host_id).values(report_digest=None))
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="device_health_cleared",
+        host=host,
+        device=row.address,
+        device_id=row.id,
+        message=f"{host} {row.address} marked healthy by {actor} -> {new.value} (was: {row.health_reason})"
+        + (f": {reason}" if reason else ""),
+        detail={"reason": reason, "health_reason": row.health_reason},
+    )
+    recount(conn, row.host_id)
+    r = conn.execute(device_query().where(devices.c.id == row.id)).one()
     return device_model(r)
 
 

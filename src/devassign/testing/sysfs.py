@@ -12,7 +12,7 @@ with real symbolic links where the kernel has them::
     kernel/iommu_groups/<n>/devices/<addr> -> ../../../../devices/pci0000:00/<addr>
     <pf>/virtfn<i> -> ../<vf>,  <vf>/physfn -> ../<pf>,  <pf>/net/<ifname>/operstate
     <gpu>/mdev_supported_types/<type>/{name,available_instances,device_api,devices/<uuid>}
-    <addr>/{reset,reset_method,driver_override}    bus/pci/drivers_probe
+    <addr>/{config,reset,reset_method,driver_override}    bus/pci/drivers_probe
     bus/usb/devices/<busid>       -> ../../../devices/platform/usb-host/usb<N>/<busid>
 
 Use it as::
@@ -47,6 +47,8 @@ PCI_ROOT = "devices/pci0000:00"
 SIMULATED_IDS = ".simulated-ids"
 # In a function's folder: the reset methods it supports (see lifecycle/simulated.py).
 SIMULATED_RESET_METHODS = ".simulated-reset-methods"
+# In a function's folder: its next reset leaves it dead (config space reads 0xFF).
+SIMULATED_DIES_ON_RESET = ".simulated-dies-on-reset"
 USB_ROOT = "devices/platform/usb-host"
 
 
@@ -129,6 +131,7 @@ class SyntheticHost:
         self.write(f"{d}/subsystem_vendor", _hex(subsystem_vendor or vendor))
         self.write(f"{d}/subsystem_device", _hex(subsystem_device or "0000"))
         self.write(f"{d}/revision", "0x01")
+        self.config_space(addr, vendor, device)
         if numa is not None:
             self.write(f"{d}/numa_node", str(numa))
         if local_cpulist is not None:
@@ -148,6 +151,22 @@ class SyntheticHost:
         if iommu_group is not None:
             self.group(addr, iommu_group)
         return self.root / d
+
+    def config_space(self, addr: str, vendor: str, device: str) -> None:
+        """The first 64 bytes of the function's config space (what an unprivileged read of
+        ``config`` gives): vendor and device id, little-endian, then zeros."""
+        head = int(vendor, 16).to_bytes(2, "little") + int(device, 16).to_bytes(2, "little")
+        path = self.root / self.dev(addr) / "config"
+        path.write_bytes(head + bytes(60))
+
+    def fall_off_bus(self, addr: str) -> None:
+        """What a dead function shows: every config read answers all ones (0xFF)."""
+        (self.root / self.dev(addr) / "config").write_bytes(b"\xff" * 64)
+
+    def dies_on_reset(self, addr: str) -> None:
+        """Make the function's next reset kill it (its config space then reads 0xFF), as some
+        GPUs do after a function-level reset."""
+        self.write(f"{self.dev(addr)}/{SIMULATED_DIES_ON_RESET}", "1")
 
     def bind(self, addr: str, driver: str | None) -> None:
         """Bind ``addr`` to ``driver`` (or unbind it with ``None``)."""

@@ -455,7 +455,7 @@ def device_page(
         "type": device.type,
         "kind": device.kind.value,
         "state": Html(badge(device.state.value) + esc(f"  since {when(device.state_changed_at)} UTC")),
-        "healthy": "yes" if device.healthy else "no",
+        "healthy": "yes" if device.healthy else f"no: {device.health_reason or 'its check failed'}",
         "taints": join(tag("div", badge_of(t), " ", t.reason) for t in device.taints) or "none",
         "consumer": link(device.consumer, "/ui/allocations", consumer=device.consumer)
         if device.consumer

@@ -329,6 +329,8 @@ def test_failed_health_marks_the_device_unhealthy_in_the_next_report(world: Worl
     now[0] = 11.0
     assert agent.step().heartbeat and world.server.heartbeats == 1
     now[0] = 40.0
+    assert agent.step().report is not None and not agent.unhealthy  # a report, but no check due yet
+    now[0] = 61.0  # health_interval (60 s) after the first check
     second = agent.step()
     assert second.report is not None and set(second.unhealthy) == {world.vfs[0]}
     healthy = {d["address"]: d["healthy"] for d in world.server.reports[-1]["devices"]}

@@ -41,3 +41,35 @@ def require_present(sysfs: Sysfs, address: str) -> str:
 def pci_driver(sysfs: Sysfs, address: str) -> str | None:
     """The driver the function is bound to now, as the host shows it."""
     return sysfs.link_name(f"{pci_dir(address)}/driver")
+
+
+def config_space_problem(sysfs: Sysfs, address: str) -> str | None:
+    """Why ``address`` looks dead from its PCI config space, or ``None``.
+
+    A function that fell off the bus (a GPU after a failed reset, a surprise-removed card)
+    answers every config read with all ones: its vendor id reads 0xffff and it stays that
+    way until the host reboots. A tree without a ``config`` file (or one that cannot be
+    read) says nothing either way.
+    """
+    head = sysfs.read_bytes(f"{pci_dir(address)}/config", 4)
+    if head is None or len(head) < 2:
+        return None
+    if head[:2] == b"\xff\xff":
+        return (
+            f"{address} reads 0xFF from its PCI config space: it fell off the bus "
+            "and stays dead until the host reboots"
+        )
+    return None
+
+
+# What a PF's operstate says when its link cannot carry a VF's traffic.
+_LINK_DOWN = frozenset({"down", "lowerlayerdown"})
+
+
+def pf_link_problem(sysfs: Sysfs, pf: str, ifname: str) -> str | None:
+    """Why the VFs of ``pf`` cannot pass traffic (its ``ifname``'s link is down), or ``None``.
+    ``unknown`` (drivers that do not track it) passes."""
+    state = sysfs.read(f"{pci_dir(pf)}/net/{ifname}/operstate")
+    if state in _LINK_DOWN:
+        return f"the link of PF {pf} ({ifname}) is {state}"
+    return None

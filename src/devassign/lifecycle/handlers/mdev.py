@@ -17,7 +17,7 @@ from devassign.domain import MDEV_ADDRESS_RE
 from devassign.hostio import Sysfs
 from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
-from devassign.lifecycle.handlers.common import pci_dir, write
+from devassign.lifecycle.handlers.common import config_space_problem, pci_dir, write
 from devassign.lifecycle.host import HostOps
 
 # Fixed forever: changing it would orphan every mdev created before.
@@ -107,6 +107,11 @@ class MdevHandler:
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         parent, mtype, _ = parse_slot(device.address)
+        if not ops.sysfs.is_dir(pci_dir(parent)):
+            return HealthResult(False, f"the parent device {parent} of {device.address} is gone")
+        dead = config_space_problem(ops.sysfs, parent)
+        if dead:
+            return HealthResult(False, f"parent {dead}")
         if not ops.sysfs.is_dir(f"{pci_dir(parent)}/mdev_supported_types/{mtype}"):
             return HealthResult(False, f"{parent} no longer offers mdev type {mtype}")
         uid = mdev_uuid(device)

@@ -26,7 +26,14 @@ from devassign.lifecycle.base import (
     TypeConfig,
     config_choice,
 )
-from devassign.lifecycle.handlers.common import driver_dir, pci_dir, pci_driver, require_present, write
+from devassign.lifecycle.handlers.common import (
+    config_space_problem,
+    driver_dir,
+    pci_dir,
+    pci_driver,
+    require_present,
+    write,
+)
 from devassign.lifecycle.host import HostOps, VfioUsers
 
 VFIO = "vfio-pci"
@@ -251,6 +258,9 @@ class PciHandler:
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         if not ops.sysfs.is_dir(pci_dir(device.address)):
             return HealthResult(False, f"PCI device {device.address} is not present")
+        dead = config_space_problem(ops.sysfs, device.address)
+        if dead:
+            return HealthResult(False, dead)
         if device.consumer is None:
             refusal = reset_refusal(device, config, ops.sysfs)
             return HealthResult(refusal is None, refusal)

@@ -24,7 +24,7 @@ from devassign.lifecycle.base import (
     config_bool,
     config_choice,
 )
-from devassign.lifecycle.handlers.common import pci_dir, require_present
+from devassign.lifecycle.handlers.common import pci_dir, pf_link_problem, require_present
 from devassign.lifecycle.handlers.pci import PciHandler, refuse_if_held
 from devassign.lifecycle.host import ZERO_MAC, HostOps, LinkState, VfConfig
 
@@ -143,16 +143,29 @@ class SriovVfHandler:
         self.pci.cleanup(device, config, ops)
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
-        if not ops.sysfs.is_dir(pci_dir(device.address)):
+        """Present, alive (config space), its PF's link up; when assigned, also on vfio-pci
+        with the MAC/VLAN/policy its holder asked for. A free VF whose PF has no network
+        interface (a PF driven by DPDK) is not called unhealthy for it: its setup says why."""
+        rel = pci_dir(device.address)
+        if not ops.sysfs.is_dir(rel):
             return HealthResult(False, f"VF {device.address} is not present")
+        pci = self.pci.health(device, config, ops)
+        if not pci.ok:
+            return pci
+        check_link = config_choice(config, "pf_link", "check", ("check", "ignore")) == "check"
+        if device.consumer is None:
+            pf = ops.sysfs.link_name(f"{rel}/physfn")
+            ifnames = ops.sysfs.listdir(f"{rel}/physfn/net") if pf else []
+            down = pf_link_problem(ops.sysfs, pf, ifnames[0]) if (check_link and pf and ifnames) else None
+            return HealthResult(False, down) if down else pci
         try:
             where = locate_vf(ops.sysfs, device.address)
             have = ops.netlink.get_vf(where.pf_ifname, where.vf_index)
         except (HandlerError, OSError) as exc:
             return HealthResult(False, str(exc))
-        pci = self.pci.health(device, config, ops)
-        if not pci.ok or device.consumer is None:
-            return pci
+        down = pf_link_problem(ops.sysfs, where.pf_address, where.pf_ifname) if check_link else None
+        if down:
+            return HealthResult(False, down)
         want = wanted_config(device, config)
         if want.mac == ZERO_MAC:
             want = VfConfig(have.mac, want.vlan, want.spoofchk, want.trust, want.link_state)
