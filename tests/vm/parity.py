@@ -17,12 +17,7 @@ from tests.vm.guest import SYS, Guest
 from tests.vm.scenarios import VFIO, Kernel, RealKernel, SimKernel, Where, dev, simulation, vf_list
 
 # Differences between the kernel and the simulation (or devassign), each with why it stays.
-KNOWN: dict[str, str] = {
-    "stale_health_after_cleanup": "a device that came back on its host driver while assigned is "
-    "reported unhealthy; its cleanup puts it back as the kernel should, but the server keeps that "
-    "health until the next report, so it shows 'unhealthy', not 'available', until then (server: "
-    "the store's cleanup result, or agent: report after a cleanup)",
-}
+KNOWN: dict[str, str] = {}
 
 
 def run(g: Guest) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import CliError
+from devassign.cli.client import Client, CliError
 from devassign.cli.inventory import FormatOpt, HostNameArg, client
 from devassign.cli.output import Format, emit, when
 
@@ -137,9 +137,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Remove a device's own taints (or one); its host's and parent's stay."""
         api = client(ctx)
-        found = api.request(
-            "DELETE", f"/v1/devices/{device_id}/taints", params={"taint": taint} if taint else None
-        )
+        if taint is not None:
+            found = api.request("DELETE", f"/v1/devices/{device_id}/taints", params={"taint": taint})
+        else:
+            own = [t for t in api.get("/v1/taints", device=device_id) if t.get("device_id") == device_id]
+            found = _remove_each(api, f"/v1/devices/{device_id}/taints", own)
         _removed(found, fmt, f"device {device_id}")
 
     @host_app.command("taint")
@@ -169,8 +171,15 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Remove a host's taints: all of them (its devices' and parents' too), or one."""
-        params = {k: v for k, v in (("taint", taint), ("parent", parent)) if v is not None}
-        found = client(ctx).request("DELETE", f"/v1/hosts/{name}/taints", params=params or None)
+        api = client(ctx)
+        if taint is not None:
+            params = {"taint": taint, **({"parent": parent} if parent else {})}
+            found = api.request("DELETE", f"/v1/hosts/{name}/taints", params=params)
+        else:
+            listed = [
+                t for t in api.get("/v1/taints", host=name) if parent is None or t.get("parent") == parent
+            ]
+            found = _remove_each(api, f"/v1/hosts/{name}/taints", listed)
         _removed(found, fmt, f"host {name}")
 
     @host_app.command("drain")
@@ -196,9 +205,18 @@ def register(app: typer.Typer) -> None:
             for t in api.get("/v1/taints", host=name)
             if t["effect"] == "Drain" and not t.get("device_id") and not t.get("parent")
         ]
-        found = [
-            removed
-            for t in mine
-            for removed in api.request("DELETE", f"/v1/hosts/{name}/taints", params={"taint": t["id"]})
-        ]
-        _removed(found, fmt, f"host {name}")
+        _removed(_remove_each(api, f"/v1/hosts/{name}/taints", mine), fmt, f"host {name}")
+
+
+def _remove_each(api: Client, path: str, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Remove the taints just listed, each by its id: a retried request (the CLI retries after a
+    lost answer) then never removes a taint someone added in between, as "remove all" would.
+    One already gone (removed by an earlier try, or by someone else) is skipped."""
+    out: list[dict[str, Any]] = []
+    for t in listed:
+        try:
+            out.extend(api.request("DELETE", path, params={"taint": t["id"]}))
+        except CliError as exc:
+            if exc.code != "not_found":
+                raise
+    return out
