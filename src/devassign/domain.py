@@ -228,3 +228,17 @@ def usb_address(vendor_id: str, product_id: str, serial: str | None, bus_path: s
     if serial and re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", serial):
         return f"usb:{vendor_id}:{product_id}:{serial}"
     return f"usb:{bus_path}"
+
+
+def nvidia_vgpu(description: str | None) -> tuple[int, int] | None:
+    """(framebuffer in MiB, max instances per GPU) from the description the NVIDIA vGPU manager
+    gives each of its mdev types (``num_heads=4, frl_config=60, framebuffer=4096M,
+    max_resolution=5120x2880, max_instance=4``), or ``None`` for any other description."""
+    fields = dict(part.strip().partition("=")[::2] for part in (description or "").split(","))
+    fb, most = _FRAMEBUFFER_RE.fullmatch(fields.get("framebuffer", "")), fields.get("max_instance", "")
+    if fb is None or not most.isdecimal() or int(most) <= 0:
+        return None
+    return int(fb.group(1)) * (1024 if fb.group(2) == "G" else 1), int(most)
+
+
+_FRAMEBUFFER_RE = re.compile(r"(\d{1,9})([MG])")

@@ -348,6 +348,9 @@ class StateCounts(BaseModel):
     removed: int = 0
     # Free devices that a NoSchedule or Drain taint keeps from new claims (not in ``available``).
     tainted: int = 0
+    # Free devices their pool cannot give now: another mode runs on it, too little is left, or
+    # it is held whole (not in ``available``).
+    partitioned: int = 0
 
 
 class ResourceType(BaseModel):
@@ -362,6 +365,22 @@ class ResourceType(BaseModel):
 
 
 # ---------------------------------------------------------------- inventory reports
+
+
+COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_COUNTERS = 32
+
+
+def counters_problem(v: dict[str, int]) -> str | None:
+    """Why a device's ``pool_counters`` or ``consumes`` are refused, or ``None``."""
+    if len(v) > MAX_COUNTERS:
+        return f"at most {MAX_COUNTERS} counters per device"
+    for name, amount in v.items():
+        if not COUNTER_RE.fullmatch(name):
+            return f"counter {name[:80]!r}: names are lowercase letters, digits and _, starting with a letter"
+        if not 0 <= amount <= MAX_INT32:
+            return f"counter {name}: {amount} is not between 0 and {MAX_INT32}"
+    return None
 
 
 class ReportedDevice(Strict):
@@ -386,6 +405,32 @@ class ReportedDevice(Strict):
         "healthy: the server keeps the state it has (an operator's clear stands)",
     )
     attributes: dict[str, Any] = Field(default_factory=dict)
+    pool: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The address of the device this one is carved from (default: its parent)",
+    )
+    pool_counters: dict[str, StrictInt] = Field(
+        default_factory=dict,
+        description="The pool's counters: name -> capacity (a GPU's framebuffer_mb, its MIG slices; a "
+        "PF's bandwidth_mbps); the same on every device of one pool",
+    )
+    consumes: dict[str, StrictInt] = Field(
+        default_factory=dict, description="What this device takes of its pool's counters while held"
+    )
+    mode: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Devices held from one pool at the same time share one mode (one vGPU type per GPU)",
+    )
+
+    @field_validator("pool_counters", "consumes")
+    @classmethod
+    def _counters(cls, v: dict[str, int]) -> dict[str, int]:
+        problem = counters_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("vendor_id", "product_id")
     @classmethod
@@ -400,6 +445,20 @@ class ReportedDevice(Strict):
         if len(v) > MAX_ATTRIBUTES:
             raise ValueError(f"at most {MAX_ATTRIBUTES} attributes per device")
         return v
+
+    @model_validator(mode="after")
+    def _pool(self) -> ReportedDevice:
+        if (self.consumes or self.mode is not None or self.pool_counters) and self.pool is None:
+            if self.parent is None:
+                raise ValueError("a device with consumes, pool_counters or a mode needs a pool (or a parent)")
+            self.pool = self.parent
+        if self.pool == self.address:
+            raise ValueError("a device cannot be its own pool")
+        for k, amount in self.consumes.items():
+            if amount > self.pool_counters.get(k, 0):
+                have = self.pool_counters.get(k, 0)
+                raise ValueError(f"consumes {amount} {k}, but its pool_counters give {have}")
+        return self
 
     @model_validator(mode="after")
     def _address(self) -> ReportedDevice:
@@ -574,6 +633,10 @@ class Device(BaseModel):
     consumer: str | None
     quarantine_reason: str | None = None
     health_reason: str | None = None
+    pool: str | None = None
+    pool_counters: dict[str, int] = {}
+    consumes: dict[str, int] = {}
+    mode: str | None = None
     state_changed_at: datetime
     created_at: datetime
     # The device's active taints: its own, its parent's and its host's.

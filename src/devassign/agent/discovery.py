@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
-from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address
+from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address, nvidia_vgpu
 from devassign.hostio import Sysfs
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,34 @@ def _read_function(
     return out
 
 
+def _vgpu_pool(sysfs: Sysfs, parent: FoundDevice, base: str, rel: str) -> tuple[str, int] | None:
+    """Where the NVIDIA vGPUs of ``parent`` draw from (the GPU; for a VF of an SR-IOV GPU, its
+    PF) and its framebuffer in MiB (the largest type's framebuffer x max instances), or ``None``
+    when its types are not the NVIDIA vGPU manager's."""
+    sizes = []
+    for type_id in sysfs.listdir(base):
+        found = nvidia_vgpu(sysfs.read(f"{base}/{type_id}/description"))
+        if found is None:
+            return None
+        sizes.append(found[0] * found[1])
+    if not sizes:
+        return None
+    pf = sysfs.link_name(f"{rel}/physfn")
+    return (pf if pf and PCI_ADDRESS_RE.match(pf) else parent.address), max(sizes)
+
+
 def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevice]:
-    """Each mdev type as N slots: free instances plus those already created (vfio-mediated-device.rst)."""
+    """Each mdev type as N slots: free instances plus those already created (vfio-mediated-device.rst).
+
+    The NVIDIA vGPU manager's types are partitions of their GPU (scheduler/shares.py): a
+    time-sliced GPU runs one type at a time, and its driver shows 0 ``available_instances``
+    for every other type while one runs. Their slots are what the GPU offers when empty
+    (``max_instance`` of the type's description; one per VF on an SR-IOV GPU), whatever runs
+    now, each consuming its framebuffer from the GPU's and running the GPU in its type's mode:
+    the server then knows what fits, and no slot comes and goes with the mode.
+    """
     slots: list[FoundDevice] = []
+    vgpu = _vgpu_pool(sysfs, parent, base, base.rsplit("/", 1)[0])
     for type_id in sysfs.listdir(base):
         where = f"{parent.address} mdev type {type_id}"
         if not _MDEV_TYPE_RE.match(type_id):
@@ -198,14 +223,26 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
         in_use = len(sysfs.listdir(f"{base}/{type_id}/devices"))
         if in_use:
             parent.flag(FLAG_MDEV_IN_USE)
-        attrs: dict[str, object] = {"mdev_type": type_id, "mdev_total": available + in_use}
+        total = available + in_use
+        share: dict[str, object] = {}
+        if vgpu is not None:
+            pool, framebuffer = vgpu
+            fb, most = nvidia_vgpu(sysfs.read(f"{base}/{type_id}/description")) or (0, 0)
+            total = most if pool == parent.address else max(total, 1)
+            share = {
+                "pool": pool,
+                "pool_counters": {"framebuffer_mb": framebuffer},
+                "consumes": {"framebuffer_mb": fb},
+                "mode": sysfs.read(f"{base}/{type_id}/name") or type_id,
+            }
+        attrs: dict[str, object] = {"mdev_type": type_id, "mdev_total": total}
         for key, file in (("mdev_name", "name"), ("device_api", "device_api")):
             text = sysfs.read(f"{base}/{type_id}/{file}")
             if text:
                 attrs[key] = text
         if "name" in parent.attributes:
             attrs["parent_name"] = parent.attributes["name"]
-        for i in range(available + in_use):
+        for i in range(total):
             slots.append(
                 FoundDevice(
                     address=mdev_address(parent.address, type_id, i),
@@ -215,6 +252,7 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
                     numa_node=parent.numa_node,
                     parent=parent.address,
                     attributes=dict(attrs),
+                    **share,  # type: ignore[arg-type]
                 )
             )
     return slots

@@ -39,6 +39,12 @@ class FoundDevice:
     type: str | None = None
     flags: list[str] = field(default_factory=list)
     allow_shared_iommu_group: bool = False
+    # A partition (scheduler/shares.py): the device it is carved from, that pool's counters,
+    # what it takes of them while held, and the mode it runs its pool in.
+    pool: str | None = None
+    pool_counters: dict[str, int] = field(default_factory=dict)
+    consumes: dict[str, int] = field(default_factory=dict)
+    mode: str | None = None
 
     @property
     def class_code(self) -> str | None:
@@ -74,6 +80,18 @@ class FoundDevice:
             "offered": self.offered,
             "flags": list(self.flags),
             "attributes": dict(self.attributes),
+            **self._share(),
+        }
+
+    def _share(self) -> dict[str, Any]:
+        """The partition fields, when it is one."""
+        if self.pool is None:
+            return {}
+        return {
+            "pool": self.pool,
+            "pool_counters": dict(self.pool_counters),
+            "consumes": dict(self.consumes),
+            "mode": self.mode,
         }
 
     def to_reported(self) -> ReportedDevice:
@@ -91,4 +109,5 @@ class FoundDevice:
             driver=self.driver,
             parent=self.parent,
             attributes=dict(self.attributes),
+            **self._share(),
         )

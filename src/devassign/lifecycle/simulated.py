@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from devassign.domain import nvidia_vgpu
 from devassign.hostio import HostIOError
 from devassign.lifecycle.host import ConfinedSysfs, inside_root
 
@@ -442,6 +443,32 @@ class SimulatedSysfs(ConfinedSysfs):
         """Who holds what, as :class:`devassign.lifecycle.host.VfioUsers` (for ``HostOps``)."""
         return SimulatedVfioUsers(self)
 
+    @staticmethod
+    def _vgpu_types(type_dir: Path) -> dict[Path, int] | None:
+        """The NVIDIA vGPU manager's types on this parent, with their max instances, or ``None``
+        when the parent's types are not all the manager's (only those follow its rules)."""
+        out: dict[Path, int] = {}
+        for t in sorted(type_dir.parent.iterdir()):
+            text = (t / "description").read_text() if (t / "description").exists() else ""
+            found = nvidia_vgpu(text.strip())
+            if found is None:
+                return None
+            out[t] = found[1]
+        return out
+
+    def _vgpu_rebalance(self, type_dir: Path) -> None:
+        """A time-sliced NVIDIA GPU runs one vGPU type at a time: while any instance exists,
+        every other type shows 0 ``available_instances`` and the running one its max minus
+        those created; an empty GPU offers every type's max again."""
+        types = self._vgpu_types(type_dir)
+        if types is None or (type_dir.parent.parent / "physfn").exists():
+            return  # not the manager's, or a VF of an SR-IOV GPU: one instance per VF
+        running = {t: len(os.listdir(t / "devices")) if (t / "devices").exists() else 0 for t in types}
+        busy = [t for t, n in running.items() if n]
+        for t, most in types.items():
+            left = 0 if busy and t not in busy else most - running[t]
+            (t / "available_instances").write_text(f"{max(left, 0)}\n")
+
     def _mdev_create(self, type_dir: Path, uuid: str) -> None:
         available = int((type_dir / "available_instances").read_text().strip() or "0")
         if available <= 0:
@@ -458,6 +485,7 @@ class SimulatedSysfs(ConfinedSysfs):
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.relpath(mdev, link.parent), link)
         (type_dir / "available_instances").write_text(f"{available - 1}\n")
+        self._vgpu_rebalance(type_dir)
 
     def _mdev_remove(self, mdev: Path) -> None:
         type_dir = (mdev / "mdev_type").resolve()
@@ -468,6 +496,7 @@ class SimulatedSysfs(ConfinedSysfs):
                 os.unlink(link)
         available = int((type_dir / "available_instances").read_text().strip() or "0")
         (type_dir / "available_instances").write_text(f"{available + 1}\n")
+        self._vgpu_rebalance(type_dir)
 
 
 class SimulatedVfioUsers:

@@ -24,6 +24,8 @@ class AltCandidates:
     busy_groups: tuple[int, ...]  # groups that kept a matching device out
     # Available but tainted: (taint phrase, how many), for the explanation.
     tainted: tuple[tuple[str, int], ...] = ()
+    # Available, but their pool cannot give them now: (why, how many) (scheduler/shares.py).
+    partitioned: tuple[tuple[str, int], ...] = ()
 
 
 class Candidates:
@@ -59,6 +61,7 @@ class Candidates:
             usable=tuple(usable),
             busy_groups=tuple(sorted(busy)),
             tainted=tuple(sorted(host.tainted_by_type.get(alt.type, {}).items())),
+            partitioned=tuple(sorted(host.partitioned_by_type.get(alt.type, {}).items())),
         )
 
     def _match(self, alt: Alternative, device: DeviceView) -> bool:

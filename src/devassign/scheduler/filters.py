@@ -119,6 +119,8 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
             text = f"needs {wants}, has {c.free} free"
             if c.blocked:
                 text += f" ({c.blocked} more held back: a parent or child device is in use)"
+            for why, n in c.partitioned:
+                text += f" ({n} more held back: {why})"
             if c.tainted:
                 text += f"; {tainted_phrase(a.type, c.tainted)}"
         elif stage == "matching":

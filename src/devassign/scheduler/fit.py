@@ -20,6 +20,7 @@ from typing import Any
 from devassign.scheduler.candidates import Candidates
 from devassign.scheduler.reasons import Reason, ReasonCode, constraint_phrase, distribution
 from devassign.scheduler.request import Alternative, Constraint, DeviceRequest, Request
+from devassign.scheduler.shares import copy_pools
 from devassign.scheduler.view import DeviceView, HostView
 
 DEFAULT_BUDGET = 10_000
@@ -108,6 +109,7 @@ class _Class:
     values: dict[int, Any]  # constraint index -> the class's value
     own: str | None = None  # the address of its one device, when other devices are its children
     taken: int = 0
+    damage: int = 0  # what taking one costs the other partitions of its pool (shares.Pools.damage)
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ class _Search:
         self.group_refs: Counter[int] = Counter()
         self.numas: Counter[int] = Counter()
         self.used_parents = host.used_parents
+        self.pools = copy_pools(host.pools)
         self._build_classes(cands)
 
     def _build_classes(self, cands: Candidates) -> None:
@@ -163,12 +166,14 @@ class _Search:
         for dev_id, where in candidacy.items():
             d = devices[dev_id]
             group = d.iommu_group if len(host.group_of(d)) > 1 else None
-            own = d.address if d.address in host.parents else None
+            own = d.address if (d.address in host.parents or d.address in self.pools.capacity) else None
             values = {ci: attribute_value(d, c.attribute) for ci, c in enumerate(self.constraints)}
-            key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()))
+            share = (d.pool, d.mode, tuple(sorted((d.consumes or {}).items())))
+            key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()), share)
             cls = classes.get(key)
             if cls is None:
-                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values, own)
+                damage = self.pools.damage(d, devices.values()) if d.consumes else 0
+                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values, own, damage=damage)
             cls.devices.append(d)
         for unit in self.units:
             unit.classes = [[] for _ in unit.alternatives]
@@ -208,13 +213,14 @@ class _Search:
                 self.quota[alt.type] += need
         return False
 
-    def _order(self, c: _Class, need: int) -> tuple[int, int, int, int]:
-        """Try first: the NUMA node already used, a partly used parent, a class that fits alone,
-        the smallest such class (keeps whole PFs and GPUs free for the next request)."""
+    def _order(self, c: _Class, need: int) -> tuple[int, int, int, int, int]:
+        """Try first: the NUMA node already used, a partly used parent, the partition that
+        leaves its pool's largest partitions possible, a class that fits alone, the smallest
+        such class (keeps whole PFs and GPUs free for the next request)."""
         left = len(c.devices) - c.taken
         same_numa = 0 if (not self.numas or c.numa in self.numas) else 1
         used_parent = 0 if c.parent and (c.parent in self.used_parents) else 1
-        return (same_numa, used_parent, 0 if left >= need else 1, left)
+        return (same_numa, used_parent, c.damage, 0 if left >= need else 1, left)
 
     def _take(self, ui: int, unit: _Unit, classes: list[_Class], i: int, need: int, left: int) -> bool:
         if need == 0:
@@ -260,8 +266,12 @@ class _Search:
         for d in batch:
             if d.parent and (self.held_addr[d.parent] or d.parent in here):
                 return None
+            if d.pool and (self.held_addr[d.pool] or d.pool in here):
+                return None
             if self.held_parent[d.address]:
                 return None
+        if self.pools and not self._draw(batch):
+            return None
         for ci in unit.constraints:
             v = c.values[ci]
             if self.constraints[ci].mode == "match":
@@ -286,16 +296,30 @@ class _Search:
                 mates = _mates(self.host, c.group, new)
         for d in (*new, *mates):
             self._hold(d, -1)
+            if self.pools:
+                self.pools.take(d, -1)
         for ci in unit.constraints:
             if self.constraints[ci].mode == "match":
                 self.bound_n[ci] -= t
             else:
                 self.seen[ci][c.values[ci]] -= t
 
+    def _draw(self, batch: tuple[DeviceView, ...]) -> bool:
+        """Take ``batch`` from its pools, all or nothing: each must fit on top of the others."""
+        for i, d in enumerate(batch):
+            if self.pools.refusal(d) is not None:
+                for e in batch[:i]:
+                    self.pools.take(e, -1)
+                return False
+            self.pools.take(d, 1)
+        return True
+
     def _hold(self, d: DeviceView, n: int) -> None:
         self.held_addr[d.address] += n
         if d.parent:
             self.held_parent[d.parent] += n
+        if d.pool and d.pool != d.parent:
+            self.held_parent[d.pool] += n
         if d.numa_node is not None:
             self.numas[d.numa_node] += n
             if not self.numas[d.numa_node]:
@@ -313,7 +337,7 @@ class _Search:
                     groups.add(c.group)
                     held.update((m.id, m) for m in self.host.group_members[c.group])
         addresses = {d.address for d in held.values()}
-        parents = {d.parent for d in held.values() if d.parent}
+        parents = {d.parent for d in held.values() if d.parent} | {d.pool for d in held.values() if d.pool}
         self.used_parents = self.used_parents | parents
         # A class is out once its group is partly held, its parent is held, or its one device
         # is the parent of a held device: what HostView leaves out of the free devices.

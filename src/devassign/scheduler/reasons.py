@@ -115,6 +115,12 @@ def funnel_sentence(funnel: Mapping[str, Any]) -> str:
             held = []
             if tainted:
                 held.append(f"{tainted} of them only because devices are tainted")
+            carved = int(funnel.get(f"partitioned_{type_name}") or 0)
+            if carved:
+                held.append(
+                    f"{carved} of them only because the devices these are carved from run another "
+                    "mode or have too little left"
+                )
             unhealthy = int(funnel.get(f"unhealthy_{type_name}") or 0)
             if unhealthy:
                 held.append(f"{unhealthy} of them only because devices failed their health checks")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devassign.domain import IN_USE_STATES, DeviceKind, DeviceState
+from devassign.scheduler.shares import Pools
 
 # A device in one of these states belongs to someone (or was lost while it did), so its parent
 # or children cannot be handed out either: a PF whose VF is assigned is not free, nor the reverse.
@@ -74,6 +75,12 @@ class DeviceView:
     healthy: bool = True
     # The taint that keeps it from new claims, as a phrase ("NoSchedule (maintenance, by admin)").
     taint: str | None = None
+    # A partition: the device it is carved from, that pool's counters, what it takes of them,
+    # and the mode it runs the pool in (scheduler/shares.py).
+    pool: str | None = None
+    pool_counters: Mapping[str, int] | None = None
+    consumes: Mapping[str, int] | None = None
+    mode: str | None = None
 
     @property
     def holding(self) -> bool:
@@ -111,6 +118,10 @@ class HostView:
     blocked_by_type: Mapping[str, int] = field(init=False, repr=False, compare=False)
     # Free in state, but tainted (NoSchedule, Drain): per type, per taint phrase, how many.
     tainted_by_type: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
+    # Free in state, but its pool cannot give it now: per type, per reason, how many.
+    partitioned_by_type: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
+    # The pools' counters, use and modes (scheduler/shares.py), for the fit.
+    pools: Pools = field(init=False, repr=False, compare=False)
     # Addresses of devices with at least one child device held (partitioned GPUs, used PFs).
     used_parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # Addresses that are some reported device's parent (a PF with VFs, a GPU with slots).
@@ -121,6 +132,9 @@ class HostView:
     def __post_init__(self) -> None:
         by_address = {d.address: d for d in self.devices}
         used_parents = {d.parent for d in self.devices if d.parent and d.holding}
+        used_parents |= {d.pool for d in self.devices if d.pool and d.holding}
+        pools = Pools.of(self.devices, (d for d in self.devices if d.holding))
+        partitioned: dict[str, dict[str, int]] = {}
         parents = {d.parent for d in self.devices if d.parent}
         groups: dict[int, list[DeviceView]] = {}
         for d in self.devices:
@@ -140,6 +154,11 @@ class HostView:
             if (parent is not None and parent.holding) or d.address in used_parents:
                 blocked[d.type] = blocked.get(d.type, 0) + 1
                 continue
+            why = pools.refusal(d) if pools else None
+            if why is not None:
+                per = partitioned.setdefault(d.type, {})
+                per[why] = per.get(why, 0) + 1
+                continue
             free.setdefault(d.type, []).append(d)
         s = object.__setattr__
         s(self, "by_id", {d.id: d for d in self.devices})
@@ -148,6 +167,8 @@ class HostView:
         s(self, "free_ids", frozenset(d.id for v in free.values() for d in v))
         s(self, "blocked_by_type", blocked)
         s(self, "tainted_by_type", tainted)
+        s(self, "partitioned_by_type", partitioned)
+        s(self, "pools", pools)
         s(self, "used_parents", frozenset(used_parents))
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})

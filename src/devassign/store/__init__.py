@@ -534,14 +534,17 @@ class Store:
 def _apart_tainted(
     c: sa.Connection, types: list[schemas.ResourceType], up_since: datetime
 ) -> list[schemas.ResourceType]:
-    """Free devices that a taint keeps from new claims, counted as ``tainted``, not ``available``."""
+    """Free devices that a taint keeps from new claims, counted as ``tainted``, and those their
+    pool cannot give now, counted as ``partitioned``; neither is ``available``."""
     counts = taints.tainted_counts(c, up_since)
-    if not counts:
+    carved = inventory.carved_counts(c, up_since)
+    if not counts and not carved:
         return types
     ids = quotas.type_ids(c, [t.name for t in types])
     out = []
     for t in types:
         n = counts.get(ids.get(t.name, -1), 0)
-        fixed = t.counts.model_copy(update={"available": t.counts.available - n, "tainted": n})
-        out.append(t.model_copy(update={"counts": fixed}) if n else t)
+        p = carved.get(ids.get(t.name, -1), 0)
+        update = {"available": t.counts.available - n - p, "tainted": n, "partitioned": p}
+        out.append(t.model_copy(update={"counts": t.counts.model_copy(update=update)}) if n or p else t)
     return out

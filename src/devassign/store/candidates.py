@@ -101,6 +101,10 @@ _DEVICE_COLUMNS = (
     devices.c.state,
     devices.c.healthy,
     devices.c.taint,
+    devices.c.pool,
+    devices.c.pool_counters,
+    devices.c.consumes,
+    devices.c.mode,
     resource_types.c.name.label("type_name"),
     hosts.c.name.label("host_name"),
     hosts.c.last_seen_at,
@@ -246,6 +250,10 @@ def _views(
                 state=r.state,
                 healthy=r.healthy,
                 taint=r.taint,
+                pool=r.pool,
+                pool_counters=r.pool_counters,
+                consumes=r.consumes,
+                mode=r.mode,
             )
         )
     views = []
@@ -287,11 +295,25 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
         if tid is None or up == enough:
             continue
         # Of the lacking: enough but for their taints; enough but for failed health checks.
-        tainted = _short_because(conn, tid, n, up_since, devices.c.state == DeviceState.AVAILABLE.value)
+        free_tainted = (devices.c.state == DeviceState.AVAILABLE.value) & devices.c.taint.is_not(None)
+        tainted = _short_because(conn, tid, n, up_since, free_tainted)
         if tainted:
             out[f"tainted_{name}"] = tainted
-        free_or_sick = devices.c.state.in_([DeviceState.AVAILABLE.value, DeviceState.UNHEALTHY.value])
-        unhealthy = _short_because(conn, tid, n, up_since, free_or_sick & devices.c.taint.is_(None))
+        carved = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(inventory.join(hosts, hosts.c.id == inventory.c.host_id))
+            .where(
+                inventory.c.type_id == tid,
+                inventory.c.available < n,
+                inventory.c.carved > 0,
+                inventory.c.available + inventory.c.carved >= n,
+                hosts.c.last_seen_at >= up_since,
+            )
+        ).scalar_one()
+        if carved:
+            out[f"partitioned_{name}"] = int(carved)
+        sick = (devices.c.state == DeviceState.UNHEALTHY.value) & devices.c.taint.is_(None)
+        unhealthy = _short_because(conn, tid, n, up_since, sick)
         if unhealthy:
             out[f"unhealthy_{name}"] = unhealthy
     return out
@@ -301,7 +323,7 @@ def _short_because(
     conn: sa.Connection, type_id: int, n: int, up_since: datetime, counted: sa.ColumnElement[bool]
 ) -> int:
     """Up hosts with too few schedulable devices of the type that would have enough if the
-    devices ``counted`` selects were free (those a taint keeps from claims; the unhealthy)."""
+    devices ``counted`` selects were free too (those a taint keeps from claims; the unhealthy)."""
     free = (
         sa.select(sa.func.count())
         .where(devices.c.host_id == inventory.c.host_id, devices.c.type_id == type_id, counted)
@@ -315,7 +337,7 @@ def _short_because(
                 inventory.c.type_id == type_id,
                 inventory.c.available < n,
                 hosts.c.last_seen_at >= up_since,
-                free >= n,
+                inventory.c.available + free >= n,
             )
         ).scalar_one()
     )

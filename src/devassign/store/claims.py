@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.failpoints import failpoint
+from devassign.scheduler.shares import Pools, overdrawn
 from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
@@ -142,19 +143,24 @@ _TAKE = (
         state_changed_at=sa.bindparam("now"),
         updated_at=sa.bindparam("now"),
     )
-    .returning(devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent)
+    .returning(
+        devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent, devices.c.pool
+    )
 )
 # A PF and its VFs (a GPU and its vGPU slots) exclude each other: the claimed devices' parents
 # (locked, whatever their state) and their held children, in one statement.
 _RELATIVES = (
-    sa.select(devices.c.address, devices.c.state, devices.c.parent)
+    sa.select(devices.c.address, devices.c.state, devices.c.parent, devices.c.pool)
     .where(
         devices.c.host_id == sa.bindparam("host_id"),
         devices.c.id.not_in(sa.bindparam("ids", expanding=True)),
         sa.or_(
             devices.c.address.in_(sa.bindparam("parents", expanding=True)),
             sa.and_(
-                devices.c.parent.in_(sa.bindparam("addresses", expanding=True)),
+                sa.or_(
+                    devices.c.parent.in_(sa.bindparam("addresses", expanding=True)),
+                    devices.c.pool.in_(sa.bindparam("addresses", expanding=True)),
+                ),
                 devices.c.state.in_(_HOLDING),
             ),
         ),
@@ -173,7 +179,7 @@ _TAKE_ALL_PG = sa.text(
             state_changed_at = :now, updated_at = :now
         WHERE id = ANY(CAST(:ids AS varchar[])) AND host_id = :host_id
           AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
-        RETURNING id, address, kind, type_id, parent
+        RETURNING id, address, kind, type_id, parent, pool
     ), items AS (
         INSERT INTO allocation_items (allocation_id, device_id, request_name)
         SELECT :alloc, t.id, r.name
@@ -187,14 +193,15 @@ _TAKE_ALL_PG = sa.text(
         INSERT INTO events (at, actor, action, host, consumer, message, detail)
         VALUES (:now, :actor, 'allocation_created', :host, :consumer, :message, CAST(:detail AS jsonb))
     )
-    SELECT id, address, kind, type_id, parent,
+    SELECT id, address, kind, type_id, parent, pool,
         -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
         -- child of the taken devices. Under the host's lock every claim on this host waits
         -- for this one, so the states read here cannot change before the commit.
         (SELECT count(*) FROM devices AS d
          WHERE d.host_id = :host_id AND NOT (d.id = ANY(CAST(:ids AS varchar[])))
            AND d.state IN ({", ".join(repr(x) for x in _HOLDING)})
-           AND (d.address IN (SELECT parent FROM taken) OR d.parent IN (SELECT address FROM taken))
+           AND (d.address IN (SELECT parent FROM taken) OR d.parent IN (SELECT address FROM taken)
+                OR d.address IN (SELECT pool FROM taken) OR d.pool IN (SELECT address FROM taken))
         ) AS held_relatives
     FROM taken
     """
@@ -323,6 +330,8 @@ def claim(
     if dialect == "postgresql":
         if taken[0].held_relatives:
             raise LostRace(f"a parent or child of the chosen devices on {host} is in use")
+        if _check_pools(conn, host_id, taken):
+            recount(conn, host_id)  # a mode taken changes what the pool's other partitions count
     else:  # the rest of what _TAKE_ALL_PG does in one statement
         _check_relatives(conn, host_id, ids, taken)
         conn.execute(
@@ -335,6 +344,8 @@ def claim(
         for r in taken:
             per_type[r.type_id] += 1
         conn.execute(_TAKE_COUNTS, [{"on_host": host_id, "t": t, "n": n} for t, n in per_type.items()])
+        if _check_pools(conn, host_id, taken):
+            recount(conn, host_id)  # a mode taken changes what the pool's other partitions count
         record(
             conn,
             at=now,
@@ -388,15 +399,49 @@ def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows
     first, so claims on one host serialize anyway). ``rows`` are the claimed devices
     (address, parent) as the claim's UPDATE returned them.
     """
-    parents = sorted({r.parent for r in rows if r.parent})
+    parents = sorted({r.parent for r in rows if r.parent} | {r.pool for r in rows if r.pool})
     addresses = [r.address for r in rows]
     for r in conn.execute(
         _RELATIVES, {"host_id": host_id, "ids": list(ids), "parents": parents, "addresses": addresses}
     ):
         if r.address in parents and r.state in _HOLDING:
             raise LostRace(f"parent device {r.address} is in use")
-        if r.parent in addresses and r.state in _HOLDING:
+        if (r.parent in addresses or r.pool in addresses) and r.state in _HOLDING:
             raise LostRace(f"child device {r.address} is in use")
+
+
+_POOL_MEMBERS = sa.select(
+    devices.c.address,
+    devices.c.state,
+    devices.c.pool,
+    devices.c.pool_counters,
+    devices.c.consumes,
+    devices.c.mode,
+).where(
+    devices.c.host_id == sa.bindparam("host_id"), devices.c.pool.in_(sa.bindparam("pools", expanding=True))
+)
+
+
+def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> bool:
+    """The partitions just taken, with those already held, within their pools' counters and
+    in one mode per pool, and no pool taken whole while a partition of it is held
+    (scheduler/shares.py); ``True`` when the claim touched a pool, so the host's counts are
+    recounted (a mode taken changes what the pool's other partitions count).
+    Under the host's lock (every claim on the host waits for this one), so what is read here
+    cannot change before the commit."""
+    # The pools of the partitions taken, and the taken devices that may be pools themselves.
+    pools = sorted({r.pool for r in rows if r.pool} | {r.address for r in rows})
+    members = conn.execute(_POOL_MEMBERS, {"host_id": host_id, "pools": pools}).all()
+    if not members:
+        return False
+    taken = {r.address for r in rows}
+    state = Pools.of(members, (m for m in members if m.state in _HOLDING))
+    for address in taken & set(state.capacity):
+        state.held[address] += 1  # a pool taken whole (its own row is not a member)
+    why = overdrawn(state)
+    if why is not None:
+        raise LostRace(why)
+    return True
 
 
 # ---------------------------------------------------------------- release and expiry

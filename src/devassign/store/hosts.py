@@ -356,6 +356,10 @@ def device_model(r: Any) -> schemas.Device:
         consumer=r.consumer,
         quarantine_reason=r.quarantine_reason,
         health_reason=r.health_reason,
+        pool_counters=r.pool_counters or {},
+        consumes=r.consumes or {},
+        pool=r.pool,
+        mode=r.mode,
         state_changed_at=aware(r.state_changed_at) or r.state_changed_at,
         created_at=aware(r.created_at) or r.created_at,
     )

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, DeviceState
 from devassign.failpoints import after_commit, failpoint
+from devassign.scheduler.shares import Pools
+from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
 from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
@@ -35,7 +37,19 @@ from devassign.store.taint_marks import mark_tainted
 
 # What ``inventory.available`` counts: free devices that no taint keeps from new claims.
 SCHEDULABLE = sa.and_(devices.c.state == DeviceState.AVAILABLE.value, devices.c.taint.is_(None))
-_COMPARED = ("kind", "vendor_id", "product_id", "numa_node", "iommu_group", "driver", "parent")
+_COMPARED = (
+    "kind",
+    "vendor_id",
+    "product_id",
+    "numa_node",
+    "iommu_group",
+    "driver",
+    "parent",
+    "pool",
+    "mode",
+)
+# JSON fields compared as values; an empty one is stored as NULL.
+_COMPARED_JSON = ("attributes", "pool_counters", "consumes")
 _HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
 
 
@@ -74,12 +88,71 @@ def recount(conn: sa.Connection, host_id: int) -> None:
         .where(devices.c.host_id == host_id, devices.c.state != DeviceState.REMOVED.value)
         .group_by(devices.c.type_id)
     ).all()
+    carved = _carved_out(conn, host_id)
     conn.execute(inventory.delete().where(inventory.c.host_id == host_id))
     if rows:
         conn.execute(
             inventory.insert(),
-            [{"host_id": host_id, "type_id": t, "total": n, "available": int(a or 0)} for t, n, a in rows],
+            [
+                {
+                    "host_id": host_id,
+                    "type_id": t,
+                    "total": n,
+                    "available": int(a or 0) - carved.get(t, 0),
+                    "carved": carved.get(t, 0),
+                }
+                for t, n, a in rows
+            ],
         )
+
+
+_HOLDING_STATES = [s.value for s in HOLDING_STATES]
+_MEMBERS = devices.alias("members")
+_POOLS_OF_HOST = sa.select(_MEMBERS.c.pool).where(
+    _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.pool.is_not(None)
+)
+_PARTITIONS = sa.select(
+    devices.c.address,
+    devices.c.type_id,
+    devices.c.state,
+    devices.c.taint,
+    devices.c.pool,
+    devices.c.pool_counters,
+    devices.c.consumes,
+    devices.c.mode,
+).where(
+    devices.c.host_id == sa.bindparam("host_id"),
+    devices.c.state != DeviceState.REMOVED.value,
+    sa.or_(devices.c.pool.is_not(None), devices.c.address.in_(_POOLS_OF_HOST)),
+)
+
+
+def carved_counts(conn: sa.Connection, up_since: datetime | None) -> dict[int, int]:
+    """Per type id: free devices of up hosts that their pool cannot give now."""
+    up = sa.true() if up_since is None else hosts.c.last_seen_at >= up_since
+    q = (
+        sa.select(inventory.c.type_id, sa.func.sum(inventory.c.carved))
+        .select_from(inventory.join(hosts, hosts.c.id == inventory.c.host_id))
+        .where(inventory.c.carved > 0, up)
+        .group_by(inventory.c.type_id)
+    )
+    return {t: int(n) for t, n in conn.execute(q)}
+
+
+def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
+    """Per type, the schedulable devices their pools cannot give now (another mode runs, too
+    little left, the pool held whole): not ``available`` in the counts, as the scheduler's view
+    does not offer them (scheduler/shares.py). Empty, at one cheap query, for a host without
+    partitions."""
+    rows = conn.execute(_PARTITIONS, {"host_id": host_id}).all()
+    if not rows:
+        return {}
+    pools = Pools.of(rows, (r for r in rows if r.state in _HOLDING_STATES))
+    out: dict[int, int] = {}
+    for r in rows:
+        if r.state == DeviceState.AVAILABLE.value and r.taint is None and pools.refusal(r) is not None:
+            out[r.type_id] = out.get(r.type_id, 0) + 1
+    return out
 
 
 @dataclass
@@ -227,6 +300,11 @@ def apply_report(
     inserts: list[dict[str, Any]] = []
     base_event = {"at": now, "actor": actor, "host": name}
 
+    # Every partition of one pool must say the same of its counters: the first one decides.
+    pool_counters: dict[str, dict[str, int]] = {}
+    for dev in report.devices:
+        if dev.pool is not None:
+            pool_counters.setdefault(dev.pool, dev.pool_counters)
     for dev in report.devices:
         if dev.address in seen:
             out.refused.append(
@@ -251,9 +329,12 @@ def apply_report(
                 }
             )
             continue
-        refusal = reset_refusal(dev, type_rows[dev.type])
+        refusal = reset_refusal(dev, type_rows[dev.type]) or pool_refusal(dev, pool_counters)
         if refusal is not None:
-            out.refused.append(schemas.RefusedDevice(address=dev.address, code="no_reset", reason=refusal))
+            code = (
+                "no_reset" if refusal.startswith(dev.address + " supports no reset") else "inconsistent_pool"
+            )
+            out.refused.append(schemas.RefusedDevice(address=dev.address, code=code, reason=refusal))
             out.events.append(
                 {
                     **base_event,
@@ -288,6 +369,10 @@ def apply_report(
                     "driver": dev.driver,
                     "parent": dev.parent,
                     "attributes": dev.attributes,
+                    "pool_counters": dev.pool_counters or None,
+                    "consumes": dev.consumes or None,
+                    "pool": dev.pool,
+                    "mode": dev.mode,
                     "state_changed_at": now,
                     "created_at": now,
                     "updated_at": now,
@@ -373,6 +458,17 @@ def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
     )
 
 
+def pool_refusal(dev: schemas.ReportedDevice, first: dict[str, dict[str, int]]) -> str | None:
+    """Why a partition is refused: its pool's counters differ from what another partition of the
+    same pool in this report says (the pool cannot have two capacities)."""
+    if dev.pool is None or first.get(dev.pool) == dev.pool_counters:
+        return None
+    return (
+        f"{dev.address} says its pool {dev.pool} has counters {dev.pool_counters}, another device "
+        f"of the same pool says {first.get(dev.pool)}: fix the agent's rules so they agree"
+    )
+
+
 def _update_existing(
     conn: sa.Connection,
     row: Any,
@@ -389,8 +485,10 @@ def _update_existing(
         new = new.value if hasattr(new, "value") else new
         if getattr(row, key) != new:
             values[key] = new
-    if (row.attributes or {}) != dev.attributes:
-        values["attributes"] = dev.attributes
+    for key in _COMPARED_JSON:
+        new_json = getattr(dev, key)
+        if (getattr(row, key) or {}) != new_json:
+            values[key] = new_json if (new_json or key == "attributes") else None
     state = DeviceState(row.state)
     if type_id != row.type_id:
         if state in _HELD or state is DeviceState.MISSING:

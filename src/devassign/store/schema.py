@@ -92,6 +92,12 @@ devices = sa.Table(
     sa.Column("taint", sa.Text),
     # Why the device's last health check failed (NULL while healthy); see agent/health.py.
     sa.Column("health_reason", sa.Text),
+    # Partitionable devices (scheduler/shares.py): the device it is carved from, that pool's
+    # counters, what it takes of them while held, the mode all held from one pool share.
+    sa.Column("pool_counters", Json),
+    sa.Column("consumes", Json),
+    sa.Column("pool", sa.String(256)),
+    sa.Column("mode", sa.String(128)),
     sa.Column("state_changed_at", Stamp, nullable=False),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),
@@ -111,6 +117,9 @@ inventory = sa.Table(
     sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), primary_key=True),
     sa.Column("total", sa.Integer, nullable=False),
     sa.Column("available", sa.Integer, nullable=False),
+    # Free and untainted, but their pool cannot give them now (scheduler/shares.py): not in
+    # ``available``; ``types`` counts them as ``partitioned``.
+    sa.Column("carved", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_inventory_type_available_host", "type_id", "available", "host_id"),
 )
 

@@ -1,0 +1,148 @@
+"""Partitionable devices: one mechanism for everything carved out of something else.
+
+A device others are carved from (a GPU, a PF) is a **pool**, named by the address each
+partition reports as its ``pool``. Its named counters (a GPU's ``framebuffer_mb``, one counter
+per MIG memory slice and ``mig_compute``; a PF's ``bandwidth_mbps``) come with every partition
+(``pool_counters``), so the pool need not be a device anyone can claim. Each partition
+reports what it ``consumes`` of its pool while held, and a ``mode``: partitions held from one
+pool at the same time share one mode (a time-sliced GPU runs one vGPU type at a time; a GPU
+runs vGPUs or MIG instances, not both). So a T4 offering
+16 slots of 1B and 4 of 4Q is never handed out as 3x4Q + 2x8Q: after one 4Q its pool's mode
+is 4Q and 12 GB of its 16 are left.
+
+The same rules hold everywhere a device's freedom is decided: the scheduler's view (which
+free devices count), its fit (devices chosen together), the inventory counts, and the claim,
+which checks them again under the host's lock (store/claims.py). The pool itself is held
+only when nothing is carved from it, and the reverse: a whole GPU and its partitions are
+alternatives that exclude each other.
+
+Devices are duck-typed (``address``, ``pool``, ``pool_counters``, ``consumes``, ``mode``):
+the scheduler's ``DeviceView`` and the store's rows both fit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Shared(Protocol):
+    @property
+    def address(self) -> str: ...
+    @property
+    def pool(self) -> str | None: ...
+    @property
+    def mode(self) -> str | None: ...
+    @property
+    def consumes(self) -> Mapping[str, int] | None: ...
+    @property
+    def pool_counters(self) -> Mapping[str, int] | None: ...
+
+
+@dataclass
+class Pools:
+    """The pools of one host: their capacity, what their held partitions take, the modes in use,
+    and which pools are themselves held (then nothing can be carved from them)."""
+
+    capacity: dict[str, Mapping[str, int]] = field(default_factory=dict)
+    used: dict[str, Counter[str]] = field(default_factory=dict)
+    modes: dict[str, Counter[str]] = field(default_factory=dict)
+    held: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, devices: Iterable[Any], holding: Iterable[Any]) -> Pools:
+        """From every device of a host (``devices``) and those someone holds (``holding``)."""
+        out = cls()
+        for d in devices:
+            if d.pool is not None and d.pool not in out.capacity:
+                out.capacity[d.pool] = d.pool_counters or {}
+        for d in holding:
+            out.take(d, 1)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.capacity)
+
+    def take(self, d: Shared, n: int) -> None:
+        """Count ``d`` as held (``n=1``) or no longer held (``n=-1``)."""
+        if d.address in self.capacity:
+            self.held[d.address] += n
+        if d.pool is None:
+            return
+        used = self.used.setdefault(d.pool, Counter())
+        for k, amount in (d.consumes or {}).items():
+            used[k] += n * amount
+        if d.mode is not None:
+            self.modes.setdefault(d.pool, Counter())[d.mode] += n
+
+    def refusal(self, d: Shared) -> str | None:
+        """Why ``d`` cannot be held now on top of what is held, or ``None``."""
+        if d.address in self.capacity and self.carved(d.address):
+            return f"partitions of {d.address} are in use"
+        pool = d.pool
+        if pool is None:
+            return None
+        if self.held[pool]:
+            return f"{pool} is in use whole"
+        if d.mode is not None:
+            active = sorted(m for m, n in self.modes.get(pool, Counter()).items() if n > 0 and m != d.mode)
+            if active:
+                return f"{pool} runs {active[0]}, and holds one mode at a time"
+        cap = self.capacity.get(pool, {})
+        used = self.used.get(pool, Counter())
+        for k, amount in sorted((d.consumes or {}).items()):
+            left = cap.get(k, 0) - used[k]
+            if amount > left:
+                return f"{pool} has {max(left, 0)} of {cap.get(k, 0)} {k} left, it needs {amount}"
+        return None
+
+    def carved(self, pool: str) -> bool:
+        """Whether anything carved from ``pool`` is held."""
+        return any(n > 0 for n in self.used.get(pool, Counter()).values()) or any(
+            n > 0 for n in self.modes.get(pool, Counter()).values()
+        )
+
+    def damage(self, d: Shared, free: Iterable[Shared]) -> int:
+        """How much taking ``d`` costs the other free partitions of its pool: the sizes (summed
+        consumes) of those that would no longer fit. The fit prefers the least, so small
+        partitions go where they leave the largest ones possible (MIG fragmentation)."""
+        if d.pool is None or not d.consumes:
+            return 0
+        self.take(d, 1)
+        try:
+            return sum(
+                sum((e.consumes or {}).values())
+                for e in free
+                if e.pool == d.pool and e.address != d.address and self.refusal(e) is not None
+            )
+        finally:
+            self.take(d, -1)
+
+
+def copy_pools(pools: Pools) -> Pools:
+    """A copy a search may change (the view's own stays as the store found it)."""
+    return Pools(
+        capacity=pools.capacity,
+        used={k: Counter(v) for k, v in pools.used.items()},
+        modes={k: Counter(v) for k, v in pools.modes.items()},
+        held=Counter(pools.held),
+    )
+
+
+def overdrawn(pools: Pools) -> str | None:
+    """Why the held devices of a host break a pool's rules (the claim's last check), or ``None``."""
+    for pool, used in sorted(pools.used.items()):
+        cap = pools.capacity.get(pool, {})
+        for k, amount in sorted(used.items()):
+            if amount > cap.get(k, 0):
+                return f"{pool} would give {amount} {k}, it has {cap.get(k, 0)}"
+    for pool, modes in sorted(pools.modes.items()):
+        active = sorted(m for m, n in modes.items() if n > 0)
+        if len(active) > 1:
+            return f"{pool} would run {' and '.join(active)}, it holds one mode at a time"
+    for pool in sorted(pools.capacity):
+        if pools.held[pool] and pools.carved(pool):
+            return f"{pool} would be held whole and in partitions"
+    return None

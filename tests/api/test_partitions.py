@@ -1,0 +1,164 @@
+"""Partitionable devices through the API: pools, counters and modes, claim by claim.
+
+Each case is a table: the host's devices as an agent reports them, then claims in order with
+what each gets or why it is refused, and the counts ``types`` and ``capacity`` show after each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from devassign.domain import mdev_address
+
+GPU = "0000:3b:00.0"
+T4_FB = 16384
+# The NVIDIA vGPU manager's mdev types of a T4 (16 GB): framebuffer and max instances.
+T4_TYPES = {"VGPU_T4_1B": ("GRID T4-1B", 1024, 16), "VGPU_T4_4Q": ("GRID T4-4Q", 4096, 4),
+            "VGPU_T4_8Q": ("GRID T4-8Q", 8192, 2), "VGPU_T4_16Q": ("GRID T4-16Q", 16384, 1)}  # fmt: skip
+
+
+def _types(api: TestClient, *names: str) -> None:
+    for name in names:
+        r = api.post("/v1/resource-types", json={"name": name, "description": name})
+        assert r.status_code == 201, r.text
+
+
+def _report(api: TestClient, host: str, devices: list[dict[str, Any]], generation: int = 1) -> dict[str, Any]:
+    r = api.put(f"/v1/hosts/{host}/inventory", json={"generation": generation, "devices": devices})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def t4(gpu: str = GPU, whole: bool = True) -> list[dict[str, Any]]:
+    """A T4 as the agent reports it: the GPU (passed through whole) and its vGPU slots."""
+    out: list[dict[str, Any]] = []
+    if whole:
+        ids = {"vendor_id": "10de", "product_id": "1eb8"}
+        whole_gpu = {"address": gpu, "kind": "pci", "type": "GPU_T4", **ids}
+        out.append({**whole_gpu, "iommu_group": 12, "attributes": {}})
+    for type_name, (mode, fb, n) in T4_TYPES.items():
+        for i in range(n):
+            out.append(
+                {
+                    "address": mdev_address(gpu, f"nvidia-{fb}", i),
+                    "kind": "mdev_type",
+                    "type": type_name,
+                    "parent": gpu,
+                    "pool_counters": {"framebuffer_mb": T4_FB},
+                    "consumes": {"framebuffer_mb": fb},
+                    "mode": mode,
+                    "attributes": {"mdev_type": f"nvidia-{fb}"},
+                }
+            )
+    return out
+
+
+def _available(api: TestClient) -> dict[str, int]:
+    return {t["name"]: t["counts"]["available"] for t in api.get("/v1/resource-types").json()}
+
+
+def _specs(*specs: str) -> dict[str, str]:
+    return dict(s.split("=") for s in specs)
+
+
+def _claim(api: TestClient, consumer: str, *specs: str) -> Any:
+    return api.post("/v1/claims", json={"consumer": consumer, "extra_specs": _specs(*specs)})
+
+
+def _capacity(api: TestClient, spec: str) -> int:
+    r = api.get("/v1/capacity", params={"spec": spec})
+    assert r.status_code == 200, r.text
+    total: int = r.json()["total"]
+    return total
+
+
+def test_a_time_sliced_gpu_runs_one_vgpu_type_and_never_overcommits(api: TestClient) -> None:
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    assert _available(api) == {
+        "GPU_T4": 1,
+        "VGPU_T4_1B": 16,
+        "VGPU_T4_4Q": 4,
+        "VGPU_T4_8Q": 2,
+        "VGPU_T4_16Q": 1,
+    }
+    assert _capacity(api, "hardware_resource:VGPU_T4_4Q=1") == 4
+
+    assert _claim(api, "vm-1", "hardware_resource:VGPU_T4_4Q=1").status_code == 201
+    # One 4Q: three more 4Q fit, nothing of another type, and not the whole GPU.
+    assert _available(api) == {
+        "GPU_T4": 0,
+        "VGPU_T4_1B": 0,
+        "VGPU_T4_4Q": 3,
+        "VGPU_T4_8Q": 0,
+        "VGPU_T4_16Q": 0,
+    }
+    assert _capacity(api, "hardware_resource:VGPU_T4_4Q=1") == 3
+    assert _capacity(api, "hardware_resource:VGPU_T4_1B=1") == 0
+    refused = _claim(api, "vm-2", "hardware_resource:VGPU_T4_1B=1")
+    assert refused.status_code == 409
+    message = refused.json()["error"]["message"]
+    assert (
+        "1 up host with too few free VGPU_T4_1B (1 of them only because the devices these are carved "
+        "from run another mode or have too little left)" in message
+    ), message
+    # Asked of that host, the sentence names the GPU and its mode.
+    on_host = api.post("/v1/explain", json={"extra_specs": _specs("hardware_resource:VGPU_T4_1B=1"),
+                                            "hosts": ["h1"]}).json()  # fmt: skip
+    sentence = on_host["hosts"][0]["message"]
+    assert f"16 more held back: {GPU} runs GRID T4-4Q, and holds one mode at a time" in sentence, sentence
+    whole = _claim(api, "vm-3", "hardware_resource:GPU_T4=1")
+    assert whole.status_code == 409
+
+    for i in range(3):
+        assert _claim(api, f"vm-4q-{i}", "hardware_resource:VGPU_T4_4Q=1").status_code == 201
+    assert _claim(api, "vm-5", "hardware_resource:VGPU_T4_4Q=1").status_code == 409
+    assert _available(api)["VGPU_T4_4Q"] == 0
+
+
+def test_the_whole_gpu_and_its_partitions_exclude_each_other(api: TestClient) -> None:
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    assert _claim(api, "vm-whole", "hardware_resource:GPU_T4=1").status_code == 201
+    assert _available(api) == {
+        "GPU_T4": 0,
+        "VGPU_T4_1B": 0,
+        "VGPU_T4_4Q": 0,
+        "VGPU_T4_8Q": 0,
+        "VGPU_T4_16Q": 0,
+    }
+    assert _claim(api, "vm-1", "hardware_resource:VGPU_T4_1B=1").status_code == 409
+    # One request for the GPU and a slot of it together cannot be placed either.
+    assert api.delete("/v1/allocations/vm-whole").status_code in (200, 204)
+
+
+def test_two_8q_and_a_4q_do_not_fit_one_t4(api: TestClient) -> None:
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    both = _claim(api, "vm-1", "hardware_resource:VGPU_T4_8Q=2")
+    assert both.status_code == 201, both.text
+    assert _available(api) == {
+        "GPU_T4": 0,
+        "VGPU_T4_1B": 0,
+        "VGPU_T4_4Q": 0,
+        "VGPU_T4_8Q": 0,
+        "VGPU_T4_16Q": 0,
+    }
+    mixed = _claim(api, "vm-2", "hardware_resource:VGPU_T4_8Q=1", "hardware_resource:VGPU_T4_4Q=1")
+    assert mixed.status_code == 409
+
+
+def test_a_report_whose_partitions_disagree_on_their_pool_is_refused_per_device(api: TestClient) -> None:
+    _types(api, "GPU_T4", *T4_TYPES)
+    devices = t4(whole=False)
+    devices[-1] = {**devices[-1], "pool_counters": {"framebuffer_mb": 32768}}
+    body = _report(api, "h1", devices)
+    assert [(r["address"], r["code"]) for r in body["refused"]] == [
+        (devices[-1]["address"], "inconsistent_pool")
+    ]
+    bad = api.put("/v1/hosts/h2/inventory", json={"generation": 1, "devices": [
+        {**t4(whole=False)[0], "consumes": {"framebuffer_mb": 99999}}]})  # fmt: skip
+    assert bad.status_code == 400 and "pool_counters give 16384" in bad.json()["error"]["message"]
