@@ -182,7 +182,13 @@ def inventory_drift(conn: sa.Connection) -> list[str]:
     stored = {
         (r.host_id, r.type_id): (r.total, r.available)
         for r in conn.execute(
-            sa.select(inventory.c.host_id, inventory.c.type_id, inventory.c.total, inventory.c.available)
+            sa.select(
+                inventory.c.host_id,
+                inventory.c.type_id,
+                inventory.c.total,
+                # What pools cannot give now is kept apart: together, what the devices say is free.
+                (inventory.c.available + inventory.c.carved).label("available"),
+            )
         )
     }
     return [

@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign.domain import AllocationState, DeviceState
+from devassign.scheduler.shares import Pools, overdrawn
+from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.inventory import SCHEDULABLE, recount
@@ -42,10 +44,16 @@ CHECKS: dict[str, tuple[str, bool]] = {
     "reservation_overdue": ("an unconfirmed reservation is past its expiry and was not given up", True),
     "held_on_down_host": ("devices are held on a host that has been down longer than the threshold", False),
     "stranded_work": ("setup or cleanup waits on a host that has been down longer than the threshold", False),
+    "pool_overdrawn": (
+        "the partitions held from one device give more than its counters, run two modes, or it is "
+        "held whole too",
+        False,
+    ),
 }
 HELD = (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value)
 LIVE_ITEM_STATES = (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value, DeviceState.MISSING.value)
 FREE = (DeviceState.AVAILABLE.value, DeviceState.UNHEALTHY.value, DeviceState.REMOVED.value)
+HOLDING_VALUES = frozenset(s.value for s in HOLDING_STATES)
 # A reservation a little past its time is the sweeper's next job, not a finding.
 OVERDUE_GRACE = timedelta(seconds=60)
 MAX_FINDINGS_PER_CHECK = 1000
@@ -75,6 +83,7 @@ def run(conn: sa.Connection, *, now: datetime, down_for: timedelta) -> list[Find
         _free_with_allocation,
         _confirmed_pending,
         _counts,
+        _pools,
     ):
         found += check(conn)
     found += _overdue(conn, now - OVERDUE_GRACE)
@@ -228,6 +237,39 @@ def _confirmed_pending(conn: sa.Connection) -> list[Finding]:
     ]
 
 
+def _pools(conn: sa.Connection) -> list[Finding]:
+    """Per host with partitions, the held ones against their pools (scheduler/shares.py)."""
+    cols = (
+        devices.c.host_id,
+        devices.c.address,
+        devices.c.state,
+        devices.c.pool,
+        devices.c.pool_counters,
+        devices.c.consumes,
+        devices.c.mode,
+    )
+    present = devices.c.state != DeviceState.REMOVED.value
+    rows = list(conn.execute(sa.select(*cols).where(present, devices.c.pool.is_not(None))))
+    keys = {(r.host_id, r.pool) for r in rows}
+    if keys:  # the pools themselves, which may be held whole
+        q = sa.select(*cols).where(
+            present,
+            devices.c.host_id.in_({h for h, _ in keys}),
+            devices.c.address.in_({a for _, a in keys}),
+        )
+        rows += [r for r in conn.execute(q) if (r.host_id, r.address) in keys]
+    per_host: dict[int, list[Any]] = {}
+    for r in rows:
+        per_host.setdefault(r.host_id, []).append(r)
+    found = []
+    for host_id, members in sorted(per_host.items()):
+        why = overdrawn(Pools.of(members, (m for m in members if m.state in HOLDING_VALUES)))
+        if why is not None:
+            name = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == host_id)).scalar_one()
+            found.append(Finding("pool_overdrawn", f"{name}: {why}", host=name))
+    return found[:MAX_FINDINGS_PER_CHECK]
+
+
 def _counts(conn: sa.Connection) -> list[Finding]:
     """Inventory rows against the devices they count, both ways (a full outer join by hand)."""
     actual = (
@@ -248,7 +290,9 @@ def _counts(conn: sa.Connection) -> list[Finding]:
             actual.c.total,
             actual.c.available,
             inventory.c.total.label("had_total"),
-            inventory.c.available.label("had_available"),
+            # Free devices their pool cannot give now are kept apart (``carved``): together
+            # they are what the devices say is free.
+            (inventory.c.available + inventory.c.carved).label("had_available"),
         )
         .select_from(
             actual.outerjoin(
@@ -260,7 +304,7 @@ def _counts(conn: sa.Connection) -> list[Finding]:
             sa.or_(
                 inventory.c.total.is_(None),
                 inventory.c.total != actual.c.total,
-                inventory.c.available != actual.c.available,
+                inventory.c.available + inventory.c.carved != actual.c.available,
             )
         )
     )
