@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from devassign import errors, schemas
-from devassign.domain import Role
+from devassign.domain import Role, mdev_address
 from devassign.scheduler import ClaimBody
 from devassign.server.placement import Placer
 from devassign.store import Database, Principal, Store
@@ -55,18 +55,32 @@ REQUESTS = (
     {"hardware_resource:GPU": "1"},
     {"hardware_resource:GPU": "2"},
     {"hardware_resource:GPU": "1", "hardware_resource:NIC_VF_1G": "1"},
+    # A T4 offered whole or as time-sliced vGPUs: one type at a time, 8 GB in all.
+    {"hardware_resource:GPU_T4": "1"},
+    {"hardware_resource:VGPU_4Q": "1"},
+    {"hardware_resource:VGPU_4Q": "2"},
+    {"hardware_resource:VGPU_8Q": "1"},
+    {"hardware_resource:VGPU_4Q": "1", "hardware_resource:NIC_VF_1G": "1"},
 )
+T4 = "0000:d8:00.0"
 
 
 def host_devices() -> list[dict[str, Any]]:
-    """Every device a host of the machine can report: a PF with 3 VFs, and 2 GPUs."""
+    """Every device a host of the machine can report: a PF with 3 VFs, 2 GPUs, and a T4 with
+    its vGPU slots (two 4Q, one 8Q, drawing on its 8 GB: scheduler/shares.py)."""
     pf = {"address": PF, "kind": "sriov_pf", "type": "NIC_PF"}
     vfs = [
         {"address": f"0000:3b:02.{i}", "kind": "sriov_vf", "type": "NIC_VF_1G", "parent": PF}
         for i in range(3)
     ]
     gpus = [{"address": f"0000:af:0{i}.0", "kind": "pci", "type": "GPU"} for i in range(2)]
-    return [pf, *vfs, *gpus]
+    t4 = {"address": T4, "kind": "pci", "type": "GPU_T4"}
+    share = {"kind": "mdev_type", "parent": T4, "pool_counters": {"framebuffer_mb": 8192}}
+    q4 = {**share, "type": "VGPU_4Q", "consumes": {"framebuffer_mb": 4096}, "mode": "4Q"}
+    q8 = {**share, "type": "VGPU_8Q", "consumes": {"framebuffer_mb": 8192}, "mode": "8Q"}
+    slots = [{**q4, "address": mdev_address(T4, "nvidia-230", i)} for i in range(2)]
+    slots.append({**q8, "address": mdev_address(T4, "nvidia-231", 0)})
+    return [pf, *vfs, *gpus, t4, *slots]
 
 
 ADDRESSES = tuple(d["address"] for d in host_devices())
@@ -91,7 +105,7 @@ class ClaimMachine(RuleBasedStateMachine):
         )
         self.placer = Placer(self.store)
         self.placer.rng = random.Random(0)  # the same choices when hypothesis replays a case
-        for name in ("NIC_PF", "NIC_VF_1G", "GPU"):
+        for name in ("NIC_PF", "NIC_VF_1G", "GPU", "GPU_T4", "VGPU_4Q", "VGPU_8Q"):
             self.store.create_type(schemas.ResourceTypeCreate(name=name), "admin")
         self.reported: dict[str, set[str]] = {h: set(ADDRESSES) for h in HOSTS}
         self.generation = dict.fromkeys(HOSTS, 0)
@@ -228,9 +242,26 @@ class ClaimMachine(RuleBasedStateMachine):
                 if pf_busy
                 else sum(s == "available" for a, s in offered.items() if a.startswith("0000:3b:02.")),
                 "GPU": sum(s == "available" for a, s in offered.items() if a.startswith("0000:af:")),
+                **self._t4_free(mine, offered),
             }
             fits = all(free[t.split(":")[1]] >= int(n) for t, n in spec.items())
             assert not fits, f"refused {spec} although {host} had {free} free"
+
+    @staticmethod
+    def _t4_free(mine: dict[str, str], offered: dict[str, str]) -> dict[str, int]:
+        """The T4 by its rules: whole or in vGPUs, one vGPU type at a time, 8 GB in all."""
+        busy = ("reserved", "assigned", "cleaning", "missing", "quarantined")
+        q4 = [mdev_address(T4, "nvidia-230", i) for i in range(2)]
+        q8 = mdev_address(T4, "nvidia-231", 0)
+        held4 = sum(mine.get(a) in busy for a in q4)
+        held8 = int(mine.get(q8) in busy)
+        whole = mine.get(T4) in busy
+        free4 = sum(offered.get(a) == "available" for a in q4)
+        return {
+            "GPU_T4": int(offered.get(T4) == "available" and not held4 and not held8),
+            "VGPU_4Q": 0 if whole or held8 else min(free4, 2 - held4),
+            "VGPU_8Q": int(offered.get(q8) == "available" and not whole and not held4),
+        }
 
     @precondition(lambda self: bool(self.live))
     @rule(data=st.data())

@@ -1,0 +1,193 @@
+"""NVIDIA data-center GPUs that partition with MIG, and where their GPU instances may sit.
+
+The scheduler needs a GPU's MIG geometry before any agent has run ``nvidia-smi`` on it (to
+offer ``3g.40gb`` slots and to keep two of them off the same memory slices), so it is a
+built-in table, keyed by PCI ids. A placement is a start slot and a size in *memory* slices,
+exactly what ``nvidia-smi mig -lgipp`` prints (``{0,4}:4``); two instances may coexist when
+their memory slices do not overlap. :func:`counters` and :func:`consumes` turn that into
+per-slice counters of capacity 1 plus one compute counter, so the ordinary counter
+arithmetic of the scheduler cannot overbook a GPU.
+
+Sources (every fact below comes from one of them; nothing is guessed):
+
+* NVIDIA Multi-Instance GPU User Guide (docs.nvidia.com/datacenter/tesla/mig-user-guide),
+  "Supported GPUs" and "Supported MIG Profiles" (profile names, fraction of memory = memory
+  slices of 8, fraction of SMs = compute slices of 7; A30: of 4), "Getting Started"
+  (``-lgipp`` of the A100: 19 {0..6}:1, 20 {0..6}:1, 15 {0,2,4,6}:2, 14 {0,2,4}:2, 9 {0,4}:4,
+  5 {0}:4, 0 {0}:8; the ``-cgi``/``-lgi`` transcripts).
+* ``nvidia-smi mig -lgip``/``-lgipp`` transcripts published with the H100 80GB, the H100
+  NVL (94GB), the H200 (1g.18gb=19, 1g.18gb+me=20, 2g.35gb=14, 7g.141gb=0) and the A30
+  (1g.6gb=14 {0,1,2,3}:1, 1g.6gb+me=21, 2g.12gb=5 {0,2}:2, 4g.24gb=0 {0}:4). The H200's
+  1g.35gb=15, 3g.71gb=9 and 4g.71gb=5 follow the numbering every GH100 part shares; no H200
+  transcript of those three lines was found.
+* PCI device ids: the pci.ids database (pciutils, 2026-08-22): 20b0 A100 SXM4 40GB, 20f1
+  A100 PCIe 40GB, 20b2 A100 SXM4 80GB, 20b5 A100 PCIe 80GB, 20b7 A30 PCIe, 2330 H100 SXM5
+  80GB, 2331 H100 PCIe, 2321 H100L 94GB (H100 NVL), 2339 H100 SXM5 94GB, 2335 H200 SXM
+  141GB, 233b H200 NVL.
+
+Left out on purpose: the ``+me`` profiles (one per GPU, they hold the media engines, which
+these counters do not model) and the B200 (its profile names are published, the ids
+``nvidia-smi`` gives them were not found).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NVIDIA_VENDOR_ID = "10de"
+COMPUTE_COUNTER = "mig_compute"
+SLICE_COUNTER = "mig_slice_{}"
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """One GPU instance profile as ``nvidia-smi mig -lgip`` lists it (``MIG 3g.40gb``, id 9)."""
+
+    name: str
+    profile_id: int
+    compute_slices: int
+    memory_slices: int
+    starts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    vendor_id: str
+    device_ids: tuple[str, ...]
+    memory_gb: int
+    mig_profiles: tuple[MigProfile, ...]
+
+    @property
+    def memory_slices(self) -> int:
+        """Memory slices of the whole GPU: what its largest profile spans (8; the A30 has 4)."""
+        return max(p.memory_slices for p in self.mig_profiles)
+
+    @property
+    def compute_slices(self) -> int:
+        return max(p.compute_slices for p in self.mig_profiles)
+
+    def profile(self, key: int | str) -> MigProfile | None:
+        """A profile by id (``9``, ``"9"``) or name (``"3g.40gb"``, ``"MIG 3g.40gb"``)."""
+        text = str(key).strip()
+        if text.isdecimal():
+            return next((p for p in self.mig_profiles if p.profile_id == int(text)), None)
+        name = text.removeprefix("MIG ").strip()
+        return next((p for p in self.mig_profiles if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class MigPlacement:
+    """A profile at one start: the memory slices an instance there occupies."""
+
+    profile: MigProfile
+    start: int
+    slices: tuple[int, ...]
+
+
+def _eight_slices(names: tuple[str, str, str, str, str, str]) -> tuple[MigProfile, ...]:
+    """The profiles every 8-memory-slice part (A100, H100, H200) shares, by its names for
+    1g, 1g with two memory slices, 2g, 3g, 4g and 7g; ids and placements are the same."""
+    g1, g1x2, g2, g3, g4, g7 = names
+    return (
+        MigProfile(g1, 19, 1, 1, (0, 1, 2, 3, 4, 5, 6)),
+        MigProfile(g1x2, 15, 1, 2, (0, 2, 4, 6)),
+        MigProfile(g2, 14, 2, 2, (0, 2, 4)),
+        MigProfile(g3, 9, 3, 4, (0, 4)),
+        MigProfile(g4, 5, 4, 4, (0,)),
+        MigProfile(g7, 0, 7, 8, (0,)),
+    )
+
+
+MODELS: tuple[GpuModel, ...] = (
+    GpuModel(
+        "A100 40GB",
+        NVIDIA_VENDOR_ID,
+        ("20b0", "20f1"),
+        40,
+        _eight_slices(("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb")),
+    ),
+    GpuModel(
+        "A100 80GB",
+        NVIDIA_VENDOR_ID,
+        ("20b2", "20b5"),
+        80,
+        _eight_slices(("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")),
+    ),
+    GpuModel(
+        "A30 24GB",
+        NVIDIA_VENDOR_ID,
+        ("20b7",),
+        24,
+        (
+            MigProfile("1g.6gb", 14, 1, 1, (0, 1, 2, 3)),
+            MigProfile("2g.12gb", 5, 2, 2, (0, 2)),
+            MigProfile("4g.24gb", 0, 4, 4, (0,)),
+        ),
+    ),
+    GpuModel(
+        "H100 80GB",
+        NVIDIA_VENDOR_ID,
+        ("2330", "2331"),
+        80,
+        _eight_slices(("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")),
+    ),
+    GpuModel(
+        "H100 94GB",
+        NVIDIA_VENDOR_ID,
+        ("2321", "2339"),
+        94,
+        _eight_slices(("1g.12gb", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb")),
+    ),
+    GpuModel(
+        "H200 141GB",
+        NVIDIA_VENDOR_ID,
+        ("2335", "233b"),
+        141,
+        _eight_slices(("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb")),
+    ),
+)
+
+
+def _pci_id(value: str) -> str:
+    return value.strip().lower().removeprefix("0x")
+
+
+def lookup(vendor_id: str, device_id: str) -> GpuModel | None:
+    """The model with these PCI ids (``10de``/``0x10DE`` alike), ``None`` for any other device."""
+    vendor, device = _pci_id(vendor_id), _pci_id(device_id)
+    for model in MODELS:
+        if model.vendor_id == vendor and device in model.device_ids:
+            return model
+    return None
+
+
+def placements(model: GpuModel) -> list[MigPlacement]:
+    """Every (profile, start) the model allows, with the memory slices each one occupies."""
+    return [
+        MigPlacement(p, start, tuple(range(start, start + p.memory_slices)))
+        for p in model.mig_profiles
+        for start in p.starts
+    ]
+
+
+def placement(model: GpuModel, profile: int | str, start: int) -> MigPlacement | None:
+    """The placement of ``profile`` (id or name) at ``start``; ``None`` when the GPU has none."""
+    found = model.profile(profile)
+    if found is None or start not in found.starts:
+        return None
+    return MigPlacement(found, start, tuple(range(start, start + found.memory_slices)))
+
+
+def counters(model: GpuModel) -> dict[str, int]:
+    """The parent GPU's counters: each memory slice once, and its compute slices."""
+    out = {SLICE_COUNTER.format(i): 1 for i in range(model.memory_slices)}
+    out[COMPUTE_COUNTER] = model.compute_slices
+    return out
+
+
+def consumes(placement: MigPlacement) -> dict[str, int]:
+    """What an instance at ``placement`` takes from :func:`counters`."""
+    out = {SLICE_COUNTER.format(i): 1 for i in placement.slices}
+    out[COMPUTE_COUNTER] = placement.profile.compute_slices
+    return out
