@@ -48,6 +48,11 @@ class DeviceKind(StrEnum):
     MDEV_TYPE = "mdev_type"
     USB = "usb"
     STATIC = "static"
+    # An NVIDIA vGPU of vGPU 17 and later: a VF given a vGPU type through its
+    # ``nvidia/current_vgpu_type`` (no mdev); one device per VF and creatable type.
+    VGPU = "vgpu"
+    # A MIG GPU instance at one placement of a GPU's memory slices.
+    MIG = "mig"
 
 
 class Role(StrEnum):
@@ -75,6 +80,10 @@ PCI_ADDRESS_RE = re.compile(r"^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 # An mdev slot: the parent's PCI address, the mdev type, the slot index.
 MDEV_ADDRESS_RE = re.compile(r"^([0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/([A-Za-z0-9_.-]+)/(\d+)$")
 # A USB device: vendor:product:serial, or its bus path (1-2.3) when it has no serial.
+VGPU_ADDRESS_RE = re.compile(r"^([0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/vgpu/(\d{1,9})$")
+MIG_ADDRESS_RE = re.compile(
+    r"^([0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/mig/([A-Za-z0-9.+_-]{1,32})@(\d{1,2})$"
+)
 USB_ADDRESS_RE = re.compile(r"^(usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}|usb:\d+-\d+(\.\d+)*)$")
 STATIC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
@@ -207,6 +216,18 @@ def address_error(kind: DeviceKind, address: str) -> str | None:
                 f"{address!r} is not an mdev slot: expected PARENT_PCI_ADDRESS/MDEV_TYPE/INDEX, "
                 "e.g. 0000:3b:00.0/nvidia-230/0"
             )
+    elif kind is DeviceKind.VGPU:
+        if not VGPU_ADDRESS_RE.fullmatch(address):
+            return (
+                f"{address!r} is not a vGPU: expected VF_PCI_ADDRESS/vgpu/TYPE_ID, "
+                "e.g. 0000:3b:00.4/vgpu/1428"
+            )
+    elif kind is DeviceKind.MIG:
+        if not MIG_ADDRESS_RE.fullmatch(address):
+            return (
+                f"{address!r} is not a MIG placement: expected GPU_PCI_ADDRESS/mig/PROFILE@START, "
+                "e.g. 0000:3b:00.0/mig/2g.20gb@2"
+            )
     elif kind is DeviceKind.USB:
         if not USB_ADDRESS_RE.fullmatch(address):
             return (
@@ -221,6 +242,16 @@ def address_error(kind: DeviceKind, address: str) -> str | None:
 def mdev_address(parent: str, mdev_type: str, index: int) -> str:
     """The identity of slot ``index`` of ``mdev_type`` on the GPU at ``parent``."""
     return f"{parent}/{mdev_type}/{index}"
+
+
+def vgpu_address(vf: str, type_id: int) -> str:
+    """The identity of vGPU type ``type_id`` on the VF at ``vf`` (vGPU 17 and later)."""
+    return f"{vf}/vgpu/{type_id}"
+
+
+def mig_address(gpu: str, profile: str, start: int) -> str:
+    """The identity of MIG profile ``profile`` placed at memory slice ``start`` of ``gpu``."""
+    return f"{gpu}/mig/{profile}@{start}"
 
 
 def usb_address(vendor_id: str, product_id: str, serial: str | None, bus_path: str) -> str:

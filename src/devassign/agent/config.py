@@ -24,7 +24,24 @@ from devassign.domain import HOST_RE, NAME_RE, DeviceKind, address_error
 from devassign.lifecycle.policy import LifecyclePolicy, path_problem
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
-MATCH_KEYS = ("vendor_id", "product_id", "address", "class", "driver", "kind", "parent", "mdev_type")
+MATCH_KEYS = (
+    "vendor_id",
+    "product_id",
+    "address",
+    "class",
+    "driver",
+    "kind",
+    "parent",
+    "mdev_type",
+    "vgpu_type",
+    "mig_profile",
+)
+# Partitions carry their GPU's ids: only a rule that names them takes them (see DeviceRule.matches).
+_PARTITION_KEYS = {
+    DeviceKind.MDEV_TYPE: "mdev_type",
+    DeviceKind.VGPU: "vgpu_type",
+    DeviceKind.MIG: "mig_profile",
+}
 RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group", "match_vfs")
 RESOURCE_KEYS = ("type", "information", "count", "id", "attributes")
 TOP_KEYS = (
@@ -87,14 +104,16 @@ class DeviceRule:
     def matches(self, dev: FoundDevice) -> bool:
         """True when every key of the rule holds for ``dev``.
 
-        mdev slots carry their GPU's ids, so only a rule that names ``kind = "mdev_type"``
-        or an ``mdev_type`` takes them: a rule for whole GPUs must not also take their slots.
+        mdev slots, vGPUs and MIG placements carry their GPU's ids, so only a rule that names
+        their kind (or ``mdev_type``, ``vgpu_type``, ``mig_profile``) takes them: a rule for
+        whole GPUs must not also take their partitions.
         SR-IOV VFs only go to a rule that takes VFs (:meth:`takes_vfs`).
         """
         m = self.match
         if dev.kind is DeviceKind.STATIC:
             return False
-        if dev.kind is DeviceKind.MDEV_TYPE and "mdev_type" not in m and "kind" not in m:
+        named = _PARTITION_KEYS.get(dev.kind)
+        if named is not None and named not in m and "kind" not in m:
             return False
         if dev.kind is DeviceKind.SRIOV_VF and not self.takes_vfs(dev):
             return False
@@ -109,8 +128,9 @@ class DeviceRule:
             elif key == "kind":
                 if dev.kind.value != want:
                     return False
-            elif key == "mdev_type":
-                value = dev.attributes.get("mdev_type")
+            elif key in ("mdev_type", "vgpu_type", "mig_profile"):
+                attribute = {"vgpu_type": "vgpu_name"}.get(key, key)
+                value = dev.attributes.get(attribute)
                 if not isinstance(value, str) or not fnmatch.fnmatchcase(value, want):
                     return False
             else:  # address, driver, parent: globs

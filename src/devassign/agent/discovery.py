@@ -11,9 +11,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
+from devassign.agent.vgpu import add_vgpus
 from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address, nvidia_vgpu
 from devassign.hostio import Sysfs
 
@@ -67,8 +69,12 @@ def to_int(raw: str | None, what: str, where: str) -> int | None:
         return None
 
 
-def scan_pci(sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS) -> PciScan:
-    """Every PCI function under ``bus/pci/devices``, with mdev slots and IOMMU groups."""
+def scan_pci(
+    sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS, vgpu_seen: dict[str, dict[str, Any]] | None = None
+) -> PciScan:
+    """Every PCI function under ``bus/pci/devices``, with mdev slots, vGPUs and IOMMU groups.
+
+    ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date."""
     scan = PciScan()
     if not sysfs.is_dir("bus/pci/devices"):
         # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
@@ -91,6 +97,7 @@ def scan_pci(sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS) -> PciScan:
         if found is not None:
             scan.devices.extend(found)
     _link_sriov(scan.devices, physfn_of)
+    add_vgpus(sysfs, scan.devices, {} if vgpu_seen is None else vgpu_seen)
     scan.iommu_groups = _iommu_groups(sysfs, scan.devices)
     return scan
 

@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devassign.agent.config import AgentConfig, DeviceRule
 from devassign.agent.discovery import scan_pci
@@ -45,9 +46,14 @@ class Inventory:
         return out
 
 
-def build_inventory(sysfs: Sysfs, config: AgentConfig, pci_ids: Path | None = DEFAULT_PCI_IDS) -> Inventory:
-    """Discover, match, check isolation, add static units."""
-    scan = scan_pci(sysfs, config.pci_ids or pci_ids)
+def build_inventory(
+    sysfs: Sysfs,
+    config: AgentConfig,
+    pci_ids: Path | None = DEFAULT_PCI_IDS,
+    vgpu_seen: dict[str, dict[str, Any]] | None = None,
+) -> Inventory:
+    """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py)."""
+    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen)
     devices = scan.devices + scan_usb(sysfs)
     _flag_duplicates(devices)
     apply_rules(devices, config.devices)

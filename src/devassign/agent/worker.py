@@ -183,7 +183,11 @@ class Agent:
 
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
-        devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids).reported()
+        seen = self.state.state.vgpu_types
+        before = {pf: dict(types) for pf, types in seen.items()}
+        devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids, seen).reported()
+        if seen != before:
+            self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
         self._reported = {d.address: d for d in devices}
         out = []
         for d in devices:

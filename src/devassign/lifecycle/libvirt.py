@@ -102,6 +102,16 @@ def device_element(device: LifecycleDevice) -> etree._Element | None:
             return mdev_hostdev(uuid)
         if device.kind is DeviceKind.USB:
             return usb_hostdev(device)
+        if device.kind is DeviceKind.VGPU:
+            if device.parent is None:
+                raise LibvirtXMLError(f"{device.address}: a vGPU without its VF")
+            # The VF, with its vGPU type set, stays on NVIDIA's VFIO driver: passed as it is.
+            return pci_hostdev(device.parent)
+        if device.kind is DeviceKind.MIG:
+            raise LibvirtXMLError(
+                f"{device.address}: a MIG GPU instance is not a guest device by itself (a process on "
+                "the host uses it); give guests MIG-backed vGPU types instead"
+            )
     except HandlerError as exc:
         raise LibvirtXMLError(str(exc)) from exc
     return None

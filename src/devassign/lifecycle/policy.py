@@ -17,7 +17,7 @@ from typing import Any
 
 from devassign.lifecycle.base import TypeConfig
 
-BUILTIN_HANDLERS = ("pci", "sriov_vf", "mdev", "usb", "noop")
+BUILTIN_HANDLERS = ("pci", "sriov_vf", "mdev", "usb", "noop", "nvidia_vgpu", "mig")
 COMMAND_HANDLER = "command"
 COMMAND_ACTIONS = ("setup", "cleanup", "health")
 

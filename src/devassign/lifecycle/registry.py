@@ -21,6 +21,8 @@ DEFAULT_FOR_KIND: dict[DeviceKind, str] = {
     DeviceKind.MDEV_TYPE: "mdev",
     DeviceKind.USB: "usb",
     DeviceKind.STATIC: "noop",
+    DeviceKind.VGPU: "nvidia_vgpu",
+    DeviceKind.MIG: "mig",
 }
 
 

@@ -49,6 +49,8 @@ SIMULATED_IDS = ".simulated-ids"
 SIMULATED_RESET_METHODS = ".simulated-reset-methods"
 # In a PCI function's folder: its next reset leaves it dead (config space reads 0xFF).
 SIMULATED_DIES_ON_RESET = ".simulated-dies-on-reset"
+# In a vGPU 17+ PF's folder: every vGPU type it offers when empty, with its max instances.
+SIMULATED_VGPU_TYPES = ".simulated-vgpu-types"
 # In a USB device's folder: its interfaces while it is deauthorized.
 SIMULATED_INTERFACES = ".simulated-interfaces"
 # At the root: the device nodes the kernel would make (/dev/vfio/<group>) and who holds them.
@@ -113,6 +115,9 @@ class SimulatedSysfs(ConfinedSysfs):
             self._unbind(parts[3], arg)
         elif parts[:3] == ["bus", "pci", "drivers"] and len(parts) == 5 and parts[4] == "bind":
             self._bind(parts[3], arg)
+        elif parts[-2:] == ["nvidia", "current_vgpu_type"] and (folder.parent / "physfn").exists():
+            self._vgpu_type(folder.parent, arg)
+            return  # _vgpu_type writes the files itself
         elif len(parts) >= 3 and parts[-3] == "mdev_supported_types" and parts[-1] == "create":
             self._mdev_create(Path(self.root, *parts[:-1]), arg)
         elif parts[-1] == "remove" and (Path(self.root, *parts[:-1]) / "mdev_type").exists():
@@ -443,6 +448,44 @@ class SimulatedSysfs(ConfinedSysfs):
         """Who holds what, as :class:`devassign.lifecycle.host.VfioUsers` (for ``HostOps``)."""
         return SimulatedVfioUsers(self)
 
+    # ------------------------------------------------------------------ vGPU 17 and later
+    def _vgpu_type(self, vf: Path, value: str) -> None:
+        """``current_vgpu_type`` of a VF: a type it lists (EINVAL otherwise), or 0 to clear it;
+        EBUSY to change a type without clearing it first. Then every VF of the GPU lists what
+        it can take now: all types while none runs, else only the running one while room is
+        left (one type at a time, at most its max instances), nothing on a VF that runs one."""
+        if not value.isdecimal():
+            raise self._error(errno.EINVAL, f"{vf.name}: {value!r} is not a vGPU type id")
+        tid = int(value)
+        pf = (vf / "physfn").resolve()
+        full = json.loads((pf / SIMULATED_VGPU_TYPES).read_text())
+        current = vf / "nvidia" / "current_vgpu_type"
+        now = int(current.read_text().strip() or "0")
+        if tid:
+            listed = (vf / "nvidia" / "creatable_vgpu_types").read_text().split("\n")
+            if not any(line.split(":")[0].strip() == str(tid) for line in listed if ":" in line):
+                raise self._error(errno.EINVAL, f"{vf.name} cannot take vGPU type {tid} now")
+            if now and now != tid:
+                raise self._error(errno.EBUSY, f"{vf.name} runs vGPU type {now}")
+        current.write_text(f"{tid}\n")
+        vfs = sorted(p.resolve() for p in pf.iterdir() if p.name.startswith("virtfn"))
+        running = [int((v / "nvidia/current_vgpu_type").read_text().strip() or "0") for v in vfs]
+        active = {t for t in running if t}
+        for v, runs in zip(vfs, running, strict=True):
+            if runs:
+                offer: dict[str, list[Any]] = {}
+            elif not active:
+                offer = full
+            else:
+                (only,) = active  # one type at a time: the simulation never lets two in
+                room = running.count(only) < int(full[str(only)][1])
+                offer = {str(only): full[str(only)]} if room else {}
+            text = "".join(
+                f"{t} : {name}\n" for t, (name, _) in sorted(offer.items(), key=lambda x: int(x[0]))
+            )
+            (v / "nvidia" / "creatable_vgpu_types").write_text(text)
+
+    # ------------------------------------------------------------------ NVIDIA mdev
     @staticmethod
     def _vgpu_types(type_dir: Path) -> dict[Path, int] | None:
         """The NVIDIA vGPU manager's types on this parent, with their max instances, or ``None``

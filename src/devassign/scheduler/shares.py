@@ -98,6 +98,16 @@ class Pools:
                 return f"{pool} has {max(left, 0)} of {cap.get(k, 0)} {k} left, it needs {amount}"
         return None
 
+    def room(self, d: Shared) -> int | None:
+        """How many devices like ``d`` its pool has room for on top of what is held (by its
+        counters alone); ``None`` when it consumes nothing."""
+        if d.pool is None:
+            return None
+        cap = self.capacity.get(d.pool, {})
+        used = self.used.get(d.pool, Counter())
+        fits = [(cap.get(k, 0) - used[k]) // amount for k, amount in (d.consumes or {}).items() if amount > 0]
+        return max(min(fits), 0) if fits else None
+
     def carved(self, pool: str) -> bool:
         """Whether anything carved from ``pool`` is held."""
         return any(n > 0 for n in self.used.get(pool, Counter()).values()) or any(

@@ -22,8 +22,11 @@ HOLDING_STATES: frozenset[DeviceState] = IN_USE_STATES | {
     DeviceState.QUARANTINED,
 }
 
-# Kinds that never join an IOMMU group claim: mdev slots and USB devices are not VFIO groups.
-UNGROUPED_KINDS: frozenset[str] = frozenset({DeviceKind.MDEV_TYPE, DeviceKind.USB})
+# Kinds that never join an IOMMU group claim: mdev slots, USB devices, MIG instances and the
+# vGPU types of a VF (one device per type: the VF's group is its own, held through its parent).
+UNGROUPED_KINDS: frozenset[str] = frozenset(
+    {DeviceKind.MDEV_TYPE, DeviceKind.USB, DeviceKind.MIG, DeviceKind.VGPU}
+)
 
 
 class JsonAttributes(Mapping[str, Any]):

@@ -149,9 +149,20 @@ def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
         return {}
     pools = Pools.of(rows, (r for r in rows if r.state in _HOLDING_STATES))
     out: dict[int, int] = {}
+    # Per pool and type: the free devices that fit alone, of which only ``room`` fit together
+    # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two).
+    fitting: dict[tuple[str | None, int], list[Any]] = {}
     for r in rows:
-        if r.state == DeviceState.AVAILABLE.value and r.taint is None and pools.refusal(r) is not None:
+        if r.state != DeviceState.AVAILABLE.value or r.taint is not None:
+            continue
+        if pools.refusal(r) is not None:
             out[r.type_id] = out.get(r.type_id, 0) + 1
+        else:
+            fitting.setdefault((r.pool, r.type_id), []).append(r)
+    for (_pool, type_id), free in fitting.items():
+        room = pools.room(free[0])
+        if room is not None and len(free) > room:
+            out[type_id] = out.get(type_id, 0) + len(free) - room
     return out
 
 

@@ -35,6 +35,7 @@ so ``drivers_probe`` gives it back to that driver, as the kernel would.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -49,6 +50,8 @@ SIMULATED_IDS = ".simulated-ids"
 SIMULATED_RESET_METHODS = ".simulated-reset-methods"
 # In a function's folder: its next reset leaves it dead (config space reads 0xFF).
 SIMULATED_DIES_ON_RESET = ".simulated-dies-on-reset"
+# In a vGPU 17+ PF's folder: every vGPU type it offers when empty, with its max instances.
+SIMULATED_VGPU_TYPES = ".simulated-vgpu-types"
 USB_ROOT = "devices/platform/usb-host"
 
 
@@ -252,6 +255,30 @@ class SyntheticHost:
             (self.root / self.dev(vf) / "remove").unlink()  # the kernel gives VFs none
             self.link(f"{self.dev(vf)}/physfn", f"../{addr}")
             self.link(f"{d}/virtfn{i}", f"../{vf}")
+        return out
+
+    def vgpu_gpu(
+        self,
+        addr: str,
+        device: str = "2335",
+        *,
+        vfs: int = 4,
+        types: dict[int, tuple[str, int]],
+        **pf: Any,
+    ) -> list[str]:
+        """An NVIDIA GPU of vGPU 17 and later (H200 by default): a PF whose VFs list
+        ``types`` (id -> (name, max instances on the GPU)) in ``nvidia/creatable_vgpu_types``
+        and take one through ``nvidia/current_vgpu_type``; returns the VF addresses."""
+        pf.setdefault("cls", "030200")
+        pf.setdefault("driver", "nvidia")
+        pf.setdefault("vf_driver", "nvidia")
+        out = self.sriov_pf(addr, "10de", device, vfs=vfs, vf_device=device, **pf)
+        listing = "".join(f"{tid} : {name}\n" for tid, (name, _) in sorted(types.items()))
+        for vf in out:
+            self.write(f"{self.dev(vf)}/nvidia/creatable_vgpu_types", listing)
+            self.write(f"{self.dev(vf)}/nvidia/current_vgpu_type", "0")
+        full = {str(tid): [name, most] for tid, (name, most) in types.items()}
+        self.write(f"{self.dev(addr)}/{SIMULATED_VGPU_TYPES}", json.dumps(full, sort_keys=True))
         return out
 
     # ------------------------------------------------------------------ mdev

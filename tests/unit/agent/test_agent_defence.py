@@ -167,7 +167,7 @@ def test_a_health_check_outside_the_allow_list_is_not_run(world: World) -> None:
 
 def test_the_lifecycle_table_of_agent_toml(tmp_path: Path) -> None:
     default = parse_config({"host": "h"})
-    assert default.lifecycle.handlers == {"pci", "sriov_vf", "mdev", "usb", "noop"}
+    assert default.lifecycle.handlers == {"pci", "sriov_vf", "mdev", "usb", "noop", "nvidia_vgpu", "mig"}
     assert default.lifecycle.commands == ()
     cfg = parse_config(
         {"host": "h", "lifecycle": {"handlers": ["pci", "command"], "commands": ["/opt/x/*", "/usr/bin/y"]}}

@@ -1,0 +1,72 @@
+"""The ``nvidia_vgpu`` handler: vGPUs of NVIDIA vGPU 17 and later (no mdev; agent/vgpu.py).
+
+Setup writes the vGPU type id to the VF's ``nvidia/current_vgpu_type``; the VF is then the
+guest's PCI device (``managed='no'`` in the libvirt XML: it stays on NVIDIA's driver). Cleanup
+writes ``0`` (no type), refused while a guest still holds the VF through VFIO. Both are
+idempotent: a setup finding its type already set (an agent killed after the write) adopts it,
+a cleanup of a VF without a type does nothing.
+"""
+
+from __future__ import annotations
+
+from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
+from devassign.lifecycle.handlers.common import config_space_problem, pci_dir, write
+from devassign.lifecycle.handlers.pci import refuse_if_held
+from devassign.lifecycle.host import HostOps
+
+CURRENT = "nvidia/current_vgpu_type"
+
+
+def _vf_and_type(device: LifecycleDevice) -> tuple[str, int]:
+    vf = device.parent
+    tid = device.known("vgpu_type_id")
+    if vf is None or not isinstance(tid, int) or isinstance(tid, bool) or tid <= 0:
+        raise HandlerError(f"{device.address}: not a vGPU of a VF (needs its parent VF and vgpu_type_id)")
+    return vf, tid
+
+
+def _current(ops: HostOps, vf: str) -> int:
+    text = ops.sysfs.read(f"{pci_dir(vf)}/{CURRENT}")
+    if text is None or not text.isdecimal():
+        raise HandlerError(f"VF {vf} has no readable {CURRENT} ({text!r}): not a vGPU 17+ VF")
+    return int(text)
+
+
+class NvidiaVgpuHandler:
+    def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
+        vf, tid = _vf_and_type(device)
+        now = _current(ops, vf)
+        if now not in (0, tid):
+            raise HandlerError(f"VF {vf} already runs vGPU type {now}, not {tid}")
+        if now == 0:
+            write(ops.sysfs, f"{pci_dir(vf)}/{CURRENT}", str(tid), f"set vGPU type {tid} on VF {vf}")
+            if _current(ops, vf) != tid:
+                raise HandlerError(f"VF {vf} does not show vGPU type {tid} after it was set")
+        return {"vgpu_type_id": tid}
+
+    def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
+        vf, _ = _vf_and_type(device)
+        if not ops.sysfs.is_dir(pci_dir(vf)):
+            raise HandlerError(f"VF {vf} is not present")
+        if _current(ops, vf) == 0:
+            return
+        refuse_if_held(ops.sysfs, ops.vfio_users, vf)
+        write(ops.sysfs, f"{pci_dir(vf)}/{CURRENT}", "0", f"clear the vGPU type of VF {vf}")
+        if _current(ops, vf) != 0:
+            raise HandlerError(f"VF {vf} still shows a vGPU type after it was cleared")
+
+    def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
+        vf, tid = _vf_and_type(device)
+        if not ops.sysfs.is_dir(pci_dir(vf)):
+            return HealthResult(False, f"VF {vf} is not present")
+        dead = config_space_problem(ops.sysfs, vf)
+        if dead:
+            return HealthResult(False, dead)
+        if device.consumer is not None:
+            try:
+                now = _current(ops, vf)
+            except HandlerError as exc:
+                return HealthResult(False, str(exc))
+            if now != tid:
+                return HealthResult(False, f"VF {vf} runs vGPU type {now}, not the assigned {tid}")
+        return HealthResult(True)
