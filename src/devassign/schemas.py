@@ -128,7 +128,18 @@ MAX_PATTERN = 256
 # What handlers learn while they set a device up and read back at cleanup (the facts their
 # setup() returns). A request must never supply one, so no type may declare it as a param.
 FACT_NAMES = frozenset(
-    {"mdev_uuid", "original_driver", "pf_ifname", "vf_index", "usb_bus_path", "usb_bus", "usb_device"}
+    {
+        "mdev_uuid",
+        "original_driver",
+        "pf_ifname",
+        "vf_index",
+        "usb_bus_path",
+        "usb_bus",
+        "usb_device",
+        "vgpu_type_id",
+        "mig_gi",
+        "mig_ci",
+    }
 )
 # Params the built-in sriov_vf handler and the libvirt XML read, with the kind they must be
 # declared as and the values they can take (a declaration without bounds gets these).

@@ -162,3 +162,54 @@ def test_a_report_whose_partitions_disagree_on_their_pool_is_refused_per_device(
     bad = api.put("/v1/hosts/h2/inventory", json={"generation": 1, "devices": [
         {**t4(whole=False)[0], "consumes": {"framebuffer_mb": 99999}}]})  # fmt: skip
     assert bad.status_code == 400 and "pool_counters give 16384" in bad.json()["error"]["message"]
+
+
+def _mig_a100(gpu: str = GPU) -> list[dict[str, Any]]:
+    """An A100 80GB's MIG placements as the agent reports them (the built-in table)."""
+    from devassign.agent import gpus
+    from devassign.domain import mig_address
+
+    model = gpus.lookup("10de", "20b2")
+    assert model is not None
+    return [
+        {
+            "address": mig_address(gpu, p.profile.name, p.start),
+            "kind": "mig",
+            "type": f"MIG_{p.profile.name.split('.')[0].upper()}",
+            "parent": gpu,
+            "pool_counters": gpus.counters(model),
+            "consumes": gpus.consumes(p),
+            "mode": "MIG",
+            "attributes": {"mig_profile": p.profile.name},
+        }
+        for p in gpus.placements(model)
+        if p.profile.name in ("1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")
+    ]
+
+
+def test_capacity_is_what_a_loop_of_claims_gets(api: TestClient) -> None:
+    """For each partition type alone on an empty host: ``capacity`` says N, and N claims in a row
+    succeed where the next one is refused."""
+    cases = [
+        (t4(), [*T4_TYPES, "GPU_T4"]),
+        (_mig_a100(), ["MIG_1G", "MIG_2G", "MIG_3G", "MIG_4G", "MIG_7G"]),
+    ]
+    _types(api, "GPU_T4", *T4_TYPES, "MIG_1G", "MIG_2G", "MIG_3G", "MIG_4G", "MIG_7G")
+    n = 0
+    for devices, type_names in cases:
+        for type_name in type_names:
+            n += 1
+            host = f"h{n}"
+            _report(api, host, devices)
+            spec = f"hardware_resource:{type_name}=1"
+            said = api.get("/v1/capacity", params={"spec": spec, "host": host}).json()["total"]
+            got = 0
+            while _claim_on(api, f"{host}-c{got}", spec, host) == 201:
+                got += 1
+            assert (type_name, got) == (type_name, said)
+            assert got > 0
+
+
+def _claim_on(api: TestClient, consumer: str, spec: str, host: str) -> int:
+    body = {"consumer": consumer, "extra_specs": _specs(spec), "hosts": [host]}
+    return api.post("/v1/claims", json=body).status_code

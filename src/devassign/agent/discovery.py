@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devassign.agent.gpus import add_mig_placements, memory_mb
 from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
 from devassign.agent.vgpu import add_vgpus
@@ -97,7 +98,8 @@ def scan_pci(
         if found is not None:
             scan.devices.extend(found)
     _link_sriov(scan.devices, physfn_of)
-    add_vgpus(sysfs, scan.devices, {} if vgpu_seen is None else vgpu_seen)
+    add_vgpus(sysfs, scan.devices, {} if vgpu_seen is None else vgpu_seen, memory_mb(scan.devices))
+    add_mig_placements(scan.devices)
     scan.iommu_groups = _iommu_groups(sysfs, scan.devices)
     return scan
 

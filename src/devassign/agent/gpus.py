@@ -34,6 +34,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from devassign.agent.model import FoundDevice
+from devassign.domain import DeviceKind, mig_address
+
 NVIDIA_VENDOR_ID = "10de"
 COMPUTE_COUNTER = "mig_compute"
 SLICE_COUNTER = "mig_slice_{}"
@@ -190,4 +193,50 @@ def consumes(placement: MigPlacement) -> dict[str, int]:
     """What an instance at ``placement`` takes from :func:`counters`."""
     out = {SLICE_COUNTER.format(i): 1 for i in placement.slices}
     out[COMPUTE_COUNTER] = placement.profile.compute_slices
+    return out
+
+
+def add_mig_placements(devices: list[FoundDevice]) -> None:
+    """Append every MIG placement of every GPU in the table (not its VFs) as a device: a
+    partition of the GPU (scheduler/shares.py) that takes its memory slices and compute
+    slices, in mode ``MIG`` (a GPU runs MIG instances, or vGPUs, or is held whole). Only those
+    an agent rule types are reported (``kind = "mig"`` or ``mig_profile``)."""
+    for gpu in list(devices):
+        if gpu.kind not in (DeviceKind.PCI, DeviceKind.SRIOV_PF) or not gpu.vendor_id or not gpu.product_id:
+            continue
+        model = lookup(gpu.vendor_id, gpu.product_id)
+        if model is None:
+            continue
+        pool = counters(model)
+        for p in placements(model):
+            devices.append(
+                FoundDevice(
+                    address=mig_address(gpu.address, p.profile.name, p.start),
+                    kind=DeviceKind.MIG,
+                    vendor_id=gpu.vendor_id,
+                    product_id=gpu.product_id,
+                    numa_node=gpu.numa_node,
+                    parent=gpu.address,
+                    attributes={
+                        "mig_profile": p.profile.name,
+                        "mig_profile_id": p.profile.profile_id,
+                        "mig_start": p.start,
+                        "mig_slices": list(p.slices),
+                        "gpu_model": model.name,
+                    },
+                    pool=gpu.address,
+                    pool_counters=dict(pool),
+                    consumes=consumes(p),
+                    mode="MIG",
+                )
+            )
+
+
+def memory_mb(devices: list[FoundDevice]) -> dict[str, int]:
+    """The framebuffer of every GPU in the table among ``devices``, by address."""
+    out = {}
+    for d in devices:
+        model = lookup(d.vendor_id or "", d.product_id or "") if d.kind is not DeviceKind.SRIOV_VF else None
+        if model is not None:
+            out[d.address] = model.memory_gb * 1024
     return out

@@ -151,6 +151,7 @@ class _Search:
         self.numas: Counter[int] = Counter()
         self.used_parents = host.used_parents
         self.pools = copy_pools(host.pools)
+        self._free_in_pool: dict[str | None, list[DeviceView]] = {}
         self._build_classes(cands)
 
     def _build_classes(self, cands: Candidates) -> None:
@@ -172,7 +173,7 @@ class _Search:
             key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()), share)
             cls = classes.get(key)
             if cls is None:
-                damage = self.pools.damage(d, devices.values()) if d.consumes else 0
+                damage = self.pools.damage(d, self._pool_free(d.pool)) if d.consumes else 0
                 cls = classes[key] = _Class([], d.numa_node, d.parent, group, values, own, damage=damage)
             cls.devices.append(d)
         for unit in self.units:
@@ -186,6 +187,16 @@ class _Search:
                 # A device lacking a constrained attribute can satisfy neither match nor distinct.
                 if all(cls.values[ci] is not None for ci in unit.constraints):
                     unit.classes[ai].append(cls)
+
+    def _pool_free(self, pool: str | None) -> list[DeviceView]:
+        """The free partitions of ``pool`` on this host, whatever type: what a choice may cost."""
+        found = self._free_in_pool.get(pool)
+        if found is None:
+            free = self.host.free_ids
+            found = self._free_in_pool[pool] = [
+                e for e in self.host.devices if e.pool == pool and e.id in free
+            ]
+        return found
 
     def run(self) -> bool:
         return self._unit(0)

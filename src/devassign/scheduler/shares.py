@@ -56,8 +56,11 @@ class Pools:
         """From every device of a host (``devices``) and those someone holds (``holding``)."""
         out = cls()
         for d in devices:
-            if d.pool is not None and d.pool not in out.capacity:
-                out.capacity[d.pool] = d.pool_counters or {}
+            if d.pool is not None:
+                # Partitions of one pool name the counters they use (a GPU's framebuffer for its
+                # vGPUs, its slices for MIG): the pool has them all.
+                merged = out.capacity.get(d.pool)
+                out.capacity[d.pool] = {**(merged or {}), **(d.pool_counters or {})}
         for d in holding:
             out.take(d, 1)
         return out
@@ -97,16 +100,6 @@ class Pools:
             if amount > left:
                 return f"{pool} has {max(left, 0)} of {cap.get(k, 0)} {k} left, it needs {amount}"
         return None
-
-    def room(self, d: Shared) -> int | None:
-        """How many devices like ``d`` its pool has room for on top of what is held (by its
-        counters alone); ``None`` when it consumes nothing."""
-        if d.pool is None:
-            return None
-        cap = self.capacity.get(d.pool, {})
-        used = self.used.get(d.pool, Counter())
-        fits = [(cap.get(k, 0) - used[k]) // amount for k, amount in (d.consumes or {}).items() if amount > 0]
-        return max(min(fits), 0) if fits else None
 
     def carved(self, pool: str) -> bool:
         """Whether anything carved from ``pool`` is held."""

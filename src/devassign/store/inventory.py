@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, DeviceState
 from devassign.failpoints import after_commit, failpoint
-from devassign.scheduler.shares import Pools
+from devassign.scheduler.shares import Pools, copy_pools
 from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
@@ -149,8 +149,8 @@ def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
         return {}
     pools = Pools.of(rows, (r for r in rows if r.state in _HOLDING_STATES))
     out: dict[int, int] = {}
-    # Per pool and type: the free devices that fit alone, of which only ``room`` fit together
-    # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two).
+    # Per pool and type: the free devices that fit alone, of which fewer may fit together
+    # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two): counted by taking them one by one.
     fitting: dict[tuple[str | None, int], list[Any]] = {}
     for r in rows:
         if r.state != DeviceState.AVAILABLE.value or r.taint is not None:
@@ -160,9 +160,14 @@ def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
         else:
             fitting.setdefault((r.pool, r.type_id), []).append(r)
     for (_pool, type_id), free in fitting.items():
-        room = pools.room(free[0])
-        if room is not None and len(free) > room:
-            out[type_id] = out.get(type_id, 0) + len(free) - room
+        together = copy_pools(pools)
+        fit = 0
+        for r in sorted(free, key=lambda r: r.address):  # MIG placements of a profile never overlap
+            if together.refusal(r) is None:
+                together.take(r, 1)
+                fit += 1
+        if fit < len(free):
+            out[type_id] = out.get(type_id, 0) + len(free) - fit
     return out
 
 
@@ -311,11 +316,13 @@ def apply_report(
     inserts: list[dict[str, Any]] = []
     base_event = {"at": now, "actor": actor, "host": name}
 
-    # Every partition of one pool must say the same of its counters: the first one decides.
+    # Partitions of one pool must agree on every counter they both name: the first one decides.
     pool_counters: dict[str, dict[str, int]] = {}
     for dev in report.devices:
         if dev.pool is not None:
-            pool_counters.setdefault(dev.pool, dev.pool_counters)
+            known = pool_counters.setdefault(dev.pool, {})
+            for k, v in dev.pool_counters.items():
+                known.setdefault(k, v)
     for dev in report.devices:
         if dev.address in seen:
             out.refused.append(
@@ -472,11 +479,16 @@ def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
 def pool_refusal(dev: schemas.ReportedDevice, first: dict[str, dict[str, int]]) -> str | None:
     """Why a partition is refused: its pool's counters differ from what another partition of the
     same pool in this report says (the pool cannot have two capacities)."""
-    if dev.pool is None or first.get(dev.pool) == dev.pool_counters:
+    if dev.pool is None:
         return None
+    known = first.get(dev.pool, {})
+    differ = sorted(k for k, v in dev.pool_counters.items() if known.get(k, v) != v)
+    if not differ:
+        return None
+    k = differ[0]
     return (
-        f"{dev.address} says its pool {dev.pool} has counters {dev.pool_counters}, another device "
-        f"of the same pool says {first.get(dev.pool)}: fix the agent's rules so they agree"
+        f"{dev.address} says its pool {dev.pool} has {dev.pool_counters[k]} {k}, another device "
+        f"of the same pool says {known[k]}: fix the agent's rules so they agree"
     )
 
 

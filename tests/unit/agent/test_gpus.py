@@ -79,7 +79,7 @@ def layouts(model: GpuModel, ok: object) -> set[frozenset[tuple[int, int]]]:
 def test_every_placement_lies_within_the_memory_slices(model: GpuModel) -> None:
     for p in placements(model):
         assert p.slices == tuple(range(p.start, p.start + p.profile.memory_slices))
-        assert 0 <= p.slices[0] and p.slices[-1] < model.memory_slices
+        assert p.slices[0] >= 0 and p.slices[-1] < model.memory_slices
         assert set(consumes(p)) <= set(counters(model))
     assert counters(model)[COMPUTE_COUNTER] == model.compute_slices
 
@@ -110,7 +110,12 @@ def test_the_usual_layouts_fit_the_counters(model: GpuModel, layout: list[tuple[
 def test_the_a30_layouts_fit() -> None:
     a30 = lookup("10de", "20b7")
     assert a30 is not None and a30.memory_slices == 4 and a30.compute_slices == 4
-    for layout in ([(14, 0), (14, 1), (14, 2), (14, 3)], [(5, 0), (5, 2)], [(5, 0), (14, 2), (14, 3)], [(0, 0)]):
+    for layout in (
+        [(14, 0), (14, 1), (14, 2), (14, 3)],
+        [(5, 0), (5, 2)],
+        [(5, 0), (14, 2), (14, 3)],
+        [(0, 0)],
+    ):
         chosen = [placement(a30, pid, start) for pid, start in layout]
         assert all(chosen) and fits(a30, chosen)  # type: ignore[arg-type]
 

@@ -1,0 +1,270 @@
+"""MIG GPU instances as devices: made at one fixed placement for a consumer, destroyed after.
+
+A slot is a profile at a start on a parent GPU (``mig_profile_id``, ``mig_start`` in its
+attributes), the placement the scheduler counted against that GPU's memory slices, so the
+instance is always created at exactly that start: letting the driver choose could land it on
+slices the scheduler gave another slot. Everything goes through ``nvidia-smi`` via
+``ops.runner``. Instance ids come from the driver and are reused, so they are trusted only
+together with the placement: the journal's ``mig_gi`` counts when the instance at this
+slot's placement has that id; otherwise the instance at the placement is the slot's (an
+earlier setup that died before its facts were journaled), and nothing elsewhere is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from devassign.lifecycle import names
+from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
+from devassign.lifecycle.host import HostOps, RunResult
+
+DEFAULT_BINARY = "nvidia-smi"
+DEFAULT_TIMEOUT = 60.0
+OUTPUT_TAIL = 2000
+# What nvidia-smi says instead of a table; none of them is a failure of the GPU.
+MIG_OFF = "No MIG-enabled devices found"
+NO_GPU_INSTANCES = "No GPU instances found"
+NO_COMPUTE_INSTANCES = "No compute instances found"
+NOT_FOUND = "Not Found"
+# The full-size compute instance's profile id by compute slices (NVML's
+# COMPUTE_INSTANCE_PROFILE_<n>_SLICE), for a GPU instance left without one.
+FULL_CI_PROFILE = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
+
+# ``|   0  MIG 3g.40gb          9        1          4:4     |``
+_GI_ROW = re.compile(r"^\|\s*(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+):(\d+)\s*\|\s*$")
+# ``|   0      7       MIG 1g.10gb          0         0          0:1     |``
+_CI_ROW = re.compile(r"^\|\s*(\d+)\s+(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+):(\d+)\s*\|\s*$")
+_CREATED_GI = re.compile(r"Successfully created GPU instance ID\s+(\d+)")
+_CREATED_CI = re.compile(r"Successfully created compute instance ID\s+(\d+)")
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    """One row of ``nvidia-smi mig -lgi``."""
+
+    gpu: int
+    name: str
+    profile_id: int
+    instance_id: int
+    start: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ComputeInstance:
+    """One row of ``nvidia-smi mig -lci``."""
+
+    gpu: int
+    gpu_instance: int
+    name: str
+    profile_id: int
+    instance_id: int
+
+
+def parse_gpu_instances(text: str) -> list[GpuInstance]:
+    out = []
+    for line in text.splitlines():
+        m = _GI_ROW.match(line.strip())
+        if m:
+            gpu, name, pid, gi, start, size = m.groups()
+            out.append(GpuInstance(int(gpu), name, int(pid), int(gi), int(start), int(size)))
+    return out
+
+
+def parse_compute_instances(text: str) -> list[ComputeInstance]:
+    out = []
+    for line in text.splitlines():
+        m = _CI_ROW.match(line.strip())
+        if m:
+            gpu, gi, name, pid, ci, _start, _size = m.groups()
+            out.append(ComputeInstance(int(gpu), int(gi), name, int(pid), int(ci)))
+    return out
+
+
+def parse_created(text: str) -> tuple[int | None, int | None]:
+    """The GPU and compute instance ids a ``-cgi ... -C`` reported (``None`` where it did not)."""
+    gi = _CREATED_GI.search(text)
+    ci = _CREATED_CI.search(text)
+    return (int(gi.group(1)) if gi else None, int(ci.group(1)) if ci else None)
+
+
+def _output(result: RunResult) -> str:
+    """What the tool said, stdout and stderr together (it writes errors to either)."""
+    text = "\n".join(part.strip() for part in (result.stdout, result.stderr) if part.strip())
+    return text[-OUTPUT_TAIL:]
+
+
+@dataclass(frozen=True)
+class Slot:
+    parent: str
+    profile_id: int
+    profile: str | None
+    start: int
+
+    def matches(self, inst: GpuInstance) -> bool:
+        return inst.profile_id == self.profile_id and inst.start == self.start
+
+    def __str__(self) -> str:
+        return f"MIG {self.profile or f'profile {self.profile_id}'} at start {self.start} on {self.parent}"
+
+
+def slot(device: LifecycleDevice) -> Slot:
+    """The placement from the device's discovered attributes (never from params or facts)."""
+    parent = names.pci_address(device.parent, f"the parent GPU of {device.address}")
+    values: dict[str, int] = {}
+    for key in ("mig_profile_id", "mig_start"):
+        value = device.attributes.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise HandlerError(f"{device.address}: attribute {key}={value!r}: expected a whole number >= 0")
+        values[key] = value
+    profile = device.attributes.get("mig_profile")
+    return Slot(parent, values["mig_profile_id"], str(profile) if profile else None, values["mig_start"])
+
+
+@dataclass
+class _Listing:
+    mig_on: bool
+    instances: list[GpuInstance]
+
+    def at(self, where: Slot) -> GpuInstance | None:
+        return next((i for i in self.instances if where.matches(i)), None)
+
+
+class _Smi:
+    """nvidia-smi for one GPU, through the host's runner."""
+
+    def __init__(self, config: TypeConfig, ops: HostOps, parent: str) -> None:
+        binary: Any = config.get("nvidia_smi", DEFAULT_BINARY)
+        if not isinstance(binary, str) or not binary.strip():
+            raise HandlerError(f"type config nvidia_smi={binary!r}: expected the nvidia-smi command")
+        timeout: Any = config.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise HandlerError(f"type config timeout={timeout!r}: expected a positive number of seconds")
+        self.binary, self.timeout, self.ops, self.parent = binary, float(timeout), ops, parent
+
+    def run(self, *args: str) -> RunResult:
+        argv = [self.binary, *args]
+        result = self.ops.runner.run(argv, env={}, timeout=self.timeout)
+        if result.timed_out:
+            raise HandlerError(
+                f"{' '.join(argv)} timed out after {self.timeout:g} s: {_output(result)}".rstrip(": ")
+            )
+        return result
+
+    def mig(self, *args: str) -> RunResult:
+        return self.run("mig", "-i", self.parent, *args)
+
+    def listing(self) -> _Listing:
+        """MIG mode and the GPU instances; :class:`HandlerError` when the GPU does not answer."""
+        result = self.mig("-lgi")
+        text = _output(result)
+        if MIG_OFF in text:
+            return _Listing(False, [])
+        if NO_GPU_INSTANCES in text:
+            return _Listing(True, [])
+        if result.returncode != 0:
+            raise HandlerError(f"nvidia-smi cannot list the MIG instances of {self.parent}: {text}")
+        return _Listing(True, parse_gpu_instances(result.stdout))
+
+    def compute_instance(self, gi: int) -> int | None:
+        result = self.mig("-lci", "-gi", str(gi))
+        text = _output(result)
+        if result.returncode != 0:
+            if NO_COMPUTE_INSTANCES in text or NOT_FOUND in text:
+                return None
+            raise HandlerError(
+                f"nvidia-smi cannot list compute instances of GPU instance {gi} on {self.parent}: {text}"
+            )
+        found = [c.instance_id for c in parse_compute_instances(result.stdout) if c.gpu_instance == gi]
+        return min(found) if found else None
+
+
+class MigHandler:
+    """``mig`` slots. Config: ``nvidia_smi`` (the command, default ``nvidia-smi``), ``timeout`` (s)."""
+
+    def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
+        where = slot(device)
+        smi = _Smi(config, ops, where.parent)
+        state = smi.listing()
+        if not state.mig_on:
+            done = smi.run("-i", where.parent, "-mig", "1")
+            if done.returncode != 0:
+                raise HandlerError(f"cannot enable MIG mode on {where.parent}: {_output(done)}")
+            state = smi.listing()
+            if not state.mig_on:
+                raise HandlerError(
+                    f"MIG mode on {where.parent} is still off after enabling it (a GPU reset pending?): "
+                    f"{_output(done)}"
+                )
+        here = state.at(where)
+        if here is not None:
+            ci = device.facts.get("mig_ci")
+            if device.facts.get("mig_gi") == here.instance_id and isinstance(ci, int):
+                return {"mig_gi": here.instance_id, "mig_ci": ci}
+            return {"mig_gi": here.instance_id, "mig_ci": self._compute(smi, here, where)}
+        made = smi.mig("-cgi", f"{where.profile_id}:{where.start}", "-C")
+        if made.returncode != 0:
+            raise HandlerError(f"cannot create {where}: {_output(made)}")
+        gi, ci = parse_created(made.stdout)
+        here = smi.listing().at(where)
+        if here is None or (gi is not None and here.instance_id != gi):
+            raise HandlerError(
+                f"{where}: nvidia-smi reported {_output(made)!r} but -lgi shows no such instance"
+            )
+        return {
+            "mig_gi": here.instance_id,
+            "mig_ci": ci if ci is not None else self._compute(smi, here, where),
+        }
+
+    def _compute(self, smi: _Smi, inst: GpuInstance, where: Slot) -> int:
+        """The GPU instance's compute instance, made (full size) when it has none."""
+        found = smi.compute_instance(inst.instance_id)
+        if found is not None:
+            return found
+        slices = int(inst.name.split("g.", 1)[0]) if inst.name[:1].isdigit() and "g." in inst.name else 0
+        if slices not in FULL_CI_PROFILE:
+            raise HandlerError(
+                f"{where}: GPU instance {inst.instance_id} ({inst.name}) has no compute instance"
+            )
+        made = smi.mig("-cci", str(FULL_CI_PROFILE[slices]), "-gi", str(inst.instance_id))
+        if made.returncode != 0:
+            raise HandlerError(f"{where}: cannot create a compute instance: {_output(made)}")
+        found = smi.compute_instance(inst.instance_id)
+        if found is None:
+            raise HandlerError(f"{where}: no compute instance after creating one: {_output(made)}")
+        return found
+
+    def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
+        where = slot(device)
+        smi = _Smi(config, ops, where.parent)
+        state = smi.listing()
+        here = state.at(where)
+        if here is None:
+            return
+        gi = str(here.instance_id)
+        done = smi.mig("-dci", "-gi", gi)
+        if done.returncode != 0 and NOT_FOUND not in _output(done):
+            raise HandlerError(f"cannot destroy the compute instances of {where}: {_output(done)}")
+        done = smi.mig("-dgi", "-gi", gi)
+        if done.returncode != 0 and NOT_FOUND not in _output(done):
+            raise HandlerError(f"cannot destroy GPU instance {gi} ({where}): {_output(done)}")
+
+    def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
+        where = slot(device)
+        try:
+            state = _Smi(config, ops, where.parent).listing()
+        except HandlerError as exc:
+            return HealthResult(False, str(exc))
+        if device.consumer is None:
+            return HealthResult(True)
+        here = state.at(where)
+        if here is None:
+            return HealthResult(False, f"no GPU instance at the assigned placement: {where}")
+        recorded = device.facts.get("mig_gi")
+        if recorded is not None and recorded != here.instance_id:
+            return HealthResult(
+                False, f"{where} is GPU instance {here.instance_id}, not the recorded {recorded}"
+            )
+        return HealthResult(True, details={"mig_gi": here.instance_id})
