@@ -68,7 +68,7 @@ def test_partitions_chosen_together_must_fit_together(store: Store) -> None:
     ids = _setup(store)
     with pytest.raises(LostRace, match="one mode at a time"):
         _claim(store, "vm-1", [*ids["VGPU_8Q"][:1], *ids["VGPU_4Q"][:1]])
-    with pytest.raises(LostRace, match="in use|whole"):
+    with pytest.raises(LostRace, match=r"in use|whole"):
         _claim(store, "vm-2", [ids["GPU_T4"][0], ids["VGPU_8Q"][0]])
     types = {t.name: t.counts for t in store.list_types()}
     assert (types["VGPU_1B"].available, types["VGPU_8Q"].available, types["GPU_T4"].available) == (16, 2, 1)
