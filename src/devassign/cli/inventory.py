@@ -49,11 +49,16 @@ TYPE_COLUMNS = [
 
 
 def type_columns(types: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """The types table's columns: ``tainted`` (free devices a taint holds back, not in
-    ``available``) only when some type has any, so the usual table fits 80 columns."""
-    if not any(t["counts"].get("tainted") for t in types):
-        return TYPE_COLUMNS
-    return [*TYPE_COLUMNS[:4], ("tainted", _counts("tainted")), *TYPE_COLUMNS[4:]]
+    """The types table's columns: ``tainted`` (free devices a taint holds back) and
+    ``partitioned`` (free devices their GPU or PF cannot give now: another mode runs on it, or
+    too little is left), neither in ``available``, only when some type has any, so the usual
+    table fits 80 columns."""
+    extra = [
+        (name, _counts(name))
+        for name in ("tainted", "partitioned")
+        if any(t["counts"].get(name) for t in types)
+    ]
+    return [*TYPE_COLUMNS[:4], *extra, *TYPE_COLUMNS[4:]]
 
 
 def describe_param(spec: dict[str, Any]) -> str:

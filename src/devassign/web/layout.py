@@ -18,7 +18,7 @@ from devassign.web.markup import Html, join, tag
 CSS = """
 :root { --fg:#1d2330; --muted:#6b7280; --line:#e3e6eb; --bg:#f6f7f9; --accent:#2456c7;
   --available:#2f9e44; --reserved:#e8a317; --assigned:#2456c7; --cleaning:#8e44ad;
-  --bad:#d63939; --other:#adb5bd; --tainted:#795548; }
+  --bad:#d63939; --other:#adb5bd; --tainted:#795548; --partitioned:#9c8ade; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
   color:var(--fg); background:var(--bg); }
@@ -79,6 +79,7 @@ header .live { font-size:12px; padding:0 7px; border-radius:10px; }
 header .live.on { background:var(--available); color:#fff; }
 header .live.off { background:var(--reserved); color:#1d2330; }
 .bar .tainted, .t-NoSchedule, .t-Drain { background:var(--tainted); }
+.bar .partitioned { background:var(--partitioned); }
 .t-None { background:var(--other); }
 .numa { display:flex; flex-wrap:wrap; gap:12px; margin-bottom:10px; }
 .numa > h3 { flex-basis:100%; font-size:13px; margin:4px 0 0; color:var(--muted); font-weight:600; }
@@ -206,6 +207,7 @@ def count_bar(counts: schemas.StateCounts) -> Html:
         ("assigned", counts.assigned),
         ("cleaning", counts.cleaning),
         ("tainted", counts.tainted),
+        ("partitioned", counts.partitioned),
         ("bad", out_of_service(counts)),
     ]
     spans = [
@@ -223,6 +225,7 @@ def legend() -> Html:
         ("assigned", "assigned"),
         ("cleaning", "cleaning"),
         ("tainted", "free but tainted"),
+        ("partitioned", "free, but its GPU or PF cannot give it now"),
         ("bad", "unhealthy / quarantined / missing"),
     ]
     return tag(

@@ -34,7 +34,16 @@ DEVICES_PER_PAGE = 500
 
 
 # The types table's numbers, as the API names them (``out_of_service`` is the page's own sum).
-COUNTS = ("total", "available", "reserved", "assigned", "cleaning", "out_of_service", "tainted")
+COUNTS = (
+    "total",
+    "available",
+    "reserved",
+    "assigned",
+    "cleaning",
+    "out_of_service",
+    "tainted",
+    "partitioned",
+)
 
 
 def _counts(c: schemas.StateCounts) -> dict[str, int]:
