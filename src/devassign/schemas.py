@@ -149,6 +149,10 @@ KNOWN_PARAMS: dict[str, dict[str, Any]] = {
     "spoofchk": {"type": "boolean"},
     "trust": {"type": "boolean"},
     "link_state": {"type": "string", "allowed": ["auto", "enable", "disable"]},
+    # A VF's guaranteed and capped transmit rates, Mbit/s; the guaranteed one takes that much
+    # of its PF's bandwidth where the agent shares it (docs/partitions.md).
+    "min_tx_rate_mbps": {"type": "integer", "min": 0, "max": 10_000_000},
+    "max_tx_rate_mbps": {"type": "integer", "min": 0, "max": 10_000_000},
 }
 ParamKind = Literal["string", "integer", "boolean", "mac"]
 ParamValue = StrictStr | StrictInt | StrictBool

@@ -213,3 +213,58 @@ def test_capacity_is_what_a_loop_of_claims_gets(api: TestClient) -> None:
 def _claim_on(api: TestClient, consumer: str, spec: str, host: str) -> int:
     body = {"consumer": consumer, "extra_specs": _specs(spec), "hosts": [host]}
     return api.post("/v1/claims", json=body).status_code
+
+
+def _vfs(n: int = 4, bandwidth: int = 10_000) -> list[dict[str, Any]]:
+    """VFs sharing their PF's 10 Gbit/s, as the agent reports them with ``pf_bandwidth_mbps``."""
+    pf = "0000:5e:00.0"
+    return [
+        {
+            "address": f"0000:5e:10.{i}",
+            "kind": "sriov_vf",
+            "type": "NIC_VF_BW",
+            "parent": pf,
+            "pool_counters": {"bandwidth_mbps": bandwidth},
+            "attributes": {},
+        }
+        for i in range(n)
+    ]
+
+
+def _vf_claim(api: TestClient, consumer: str, rate: int, host: str = "h1") -> Any:
+    request = {
+        "name": "nic",
+        "type": "NIC_VF_BW",
+        "params": {"min_tx_rate_mbps": rate, "max_tx_rate_mbps": 9000},
+    }
+    return api.post("/v1/claims", json={"consumer": consumer, "requests": [request], "hosts": [host]})
+
+
+def test_vfs_never_reserve_more_than_their_pfs_bandwidth(api: TestClient) -> None:
+    rates = {"type": "integer", "min": 0, "max": 100000}
+    body = {
+        "name": "NIC_VF_BW",
+        "description": "VF",
+        "params": {"min_tx_rate_mbps": rates, "max_tx_rate_mbps": rates},
+    }
+    assert api.post("/v1/resource-types", json=body).status_code == 201
+    _report(api, "h1", _vfs())
+    assert _vf_claim(api, "vm-1", 4000).status_code == 201
+    assert _vf_claim(api, "vm-2", 4000).status_code == 201
+    refused = _vf_claim(api, "vm-3", 4000)  # 12 of 10 Gbit/s
+    assert refused.status_code == 409, refused.text
+    assert _vf_claim(api, "vm-4", 2000).status_code == 201  # exactly 10
+    assert _vf_claim(api, "vm-5", 1).status_code == 409
+    held = [d for d in api.get("/v1/devices").json() if d["consumer"]]
+    assert sorted(d["consumer"] for d in held) == ["vm-1", "vm-2", "vm-4"]
+    # Released and cleaned, its 4 Gbit/s are free again.
+    assert api.delete("/v1/allocations/vm-1").status_code in (200, 204)
+    freed = next(d["id"] for d in held if d["consumer"] == "vm-1")
+    assert _vf_claim(api, "vm-6", 4000).status_code == 409  # still cleaning: still taken
+    done = api.post(
+        "/v1/hosts/h1/work", json={"results": [{"device_id": freed, "action": "cleanup", "ok": True}]}
+    )
+    assert done.status_code == 200, done.text
+    assert _vf_claim(api, "vm-6", 4000).status_code == 201
+    audit = api.get("/v1/audit").json()
+    assert audit["findings"] == [], audit

@@ -42,7 +42,7 @@ _PARTITION_KEYS = {
     DeviceKind.VGPU: "vgpu_type",
     DeviceKind.MIG: "mig_profile",
 }
-RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group", "match_vfs")
+RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group", "match_vfs", "pf_bandwidth_mbps")
 RESOURCE_KEYS = ("type", "information", "count", "id", "attributes")
 TOP_KEYS = (
     "host",
@@ -80,6 +80,9 @@ class DeviceRule:
     allow_shared_iommu_group: bool = False
     # Whether the rule takes SR-IOV VFs; None: only when its match names them (takes_vfs).
     match_vfs: bool | None = None
+    # The VFs it takes share their PF's bandwidth (scheduler/shares.py): this many Mbit/s, or
+    # "link" for the PF's link speed; a request's min_tx_rate_mbps takes from it.
+    pf_bandwidth_mbps: int | str | None = None
 
     def takes_vfs(self, dev: FoundDevice) -> bool:
         """Whether this rule may take the VF ``dev`` at all (its match keys decide the rest).
@@ -391,7 +394,11 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
                 f"{where}: match_vfs = {str(match_vfs).lower()} contradicts match.kind {kind!r}; "
                 "leave match_vfs out"
             )
-    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs)
+    bandwidth = table.get("pf_bandwidth_mbps")
+    wrong = isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or not 1 <= bandwidth <= 10_000_000
+    if bandwidth is not None and bandwidth != "link" and wrong:
+        raise fail(f'{where}: pf_bandwidth_mbps must be Mbit/s (1 to 10000000) or "link", not {bandwidth!r}')
+    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs, bandwidth)
 
 
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:

@@ -185,6 +185,9 @@ def _read_function(
             state = sysfs.read(f"{base}/net/{ifnames[0]}/operstate")
             if state is not None:
                 attrs["operstate"] = state
+            speed = to_int(sysfs.read(f"{base}/net/{ifnames[0]}/speed"), "link speed", addr)
+            if speed is not None and speed > 0:  # -1 while the link is down
+                attrs["link_speed_mbps"] = speed
 
     out = [dev]
     if "mdev_supported_types" in entries:

@@ -65,13 +65,34 @@ def build_inventory(
 
 def apply_rules(devices: list[FoundDevice], rules: tuple[DeviceRule, ...]) -> None:
     """Give each device the type of the first rule it matches, with the rule's attributes."""
+    by_address = {d.address: d for d in devices}
     for dev in devices:
         for rule in rules:
             if rule.matches(dev):
                 dev.type = rule.type
                 dev.attributes.update(rule.attributes)
                 dev.allow_shared_iommu_group = rule.allow_shared_iommu_group
+                if rule.pf_bandwidth_mbps is not None:
+                    _share_bandwidth(dev, by_address.get(dev.parent or ""), rule.pf_bandwidth_mbps)
                 break
+
+
+def _share_bandwidth(vf: FoundDevice, pf: FoundDevice | None, bandwidth: int | str) -> None:
+    """Make ``vf`` a partition of its PF's bandwidth (scheduler/shares.py)."""
+    if vf.kind is not DeviceKind.SRIOV_VF or vf.parent is None:
+        return
+    if bandwidth == "link":
+        speed = pf.attributes.get("link_speed_mbps") if pf is not None else None
+        if not isinstance(speed, int) or speed <= 0:
+            log.warning(
+                "%s: the link speed of its PF %s is unknown; its bandwidth is not shared",
+                vf.address,
+                vf.parent,
+            )
+            return
+        bandwidth = speed
+    vf.pool = vf.parent
+    vf.pool_counters = {"bandwidth_mbps": int(bandwidth)}
 
 
 def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) -> None:

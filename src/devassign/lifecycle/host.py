@@ -52,6 +52,9 @@ class VfConfig:
     spoofchk: bool = True
     trust: bool = False
     link_state: LinkState = "auto"
+    # Transmit rates in Mbit/s (``ip link set PF vf N min_tx_rate X max_tx_rate Y``); 0: none.
+    min_tx_rate: int = 0
+    max_tx_rate: int = 0
 
 
 class Netlink(Protocol):
@@ -67,6 +70,8 @@ class Netlink(Protocol):
         spoofchk: bool | None = None,
         trust: bool | None = None,
         link_state: LinkState | None = None,
+        min_tx_rate: int | None = None,
+        max_tx_rate: int | None = None,
     ) -> None: ...
 
     def get_vf(self, pf_ifname: str, vf_index: int) -> VfConfig: ...
@@ -101,6 +106,8 @@ class PyrouteNetlink:
         spoofchk: bool | None = None,
         trust: bool | None = None,
         link_state: LinkState | None = None,
+        min_tx_rate: int | None = None,
+        max_tx_rate: int | None = None,
     ) -> None:
         spec: dict[str, Any] = {"vf": vf_index}
         if mac is not None:
@@ -113,6 +120,8 @@ class PyrouteNetlink:
             spec["trust"] = int(trust)
         if link_state is not None:
             spec["link_state"] = LINK_STATE_CODES[link_state]
+        if min_tx_rate is not None or max_tx_rate is not None:
+            spec["rate"] = {"min_tx_rate": min_tx_rate or 0, "max_tx_rate": max_tx_rate or 0}
         try:
             self._ip().link("set", index=self._index(pf_ifname), vf=spec)
         except HostIOError:
@@ -137,6 +146,7 @@ class PyrouteNetlink:
             spoof = info.get_attr("IFLA_VF_SPOOFCHK")
             trust = info.get_attr("IFLA_VF_TRUST")
             link = info.get_attr("IFLA_VF_LINK_STATE")
+            rate = info.get_attr("IFLA_VF_RATE")
             names = {v: k for k, v in LINK_STATE_CODES.items()}
             return VfConfig(
                 mac=str(mac["mac"]),
@@ -144,6 +154,8 @@ class PyrouteNetlink:
                 spoofchk=bool(spoof["spoofchk"]) if spoof else True,
                 trust=bool(trust["trust"]) if trust else False,
                 link_state=names.get(int(link["link_state"]), "auto") if link else "auto",  # type: ignore[arg-type]
+                min_tx_rate=int(rate["min_tx_rate"]) if rate else 0,
+                max_tx_rate=int(rate["max_tx_rate"]) if rate else 0,
             )
         raise HostIOError(f"{pf_ifname} has no VF {vf_index}")
 
@@ -174,9 +186,13 @@ class RecordingNetlink:
         spoofchk: bool | None = None,
         trust: bool | None = None,
         link_state: LinkState | None = None,
+        min_tx_rate: int | None = None,
+        max_tx_rate: int | None = None,
     ) -> None:
         given: dict[str, Any] = {"mac": mac, "vlan": vlan, "spoofchk": spoofchk, "trust": trust}
         given["link_state"] = link_state
+        given["min_tx_rate"] = min_tx_rate
+        given["max_tx_rate"] = max_tx_rate
         changes = {k: v for k, v in given.items() if v is not None}
         self.calls.append(("set_vf", pf_ifname, vf_index, changes))
         self._check(pf_ifname, vf_index)

@@ -281,7 +281,8 @@ class _Search:
                 return None
             if self.held_parent[d.address]:
                 return None
-        if self.pools and not self._draw(batch):
+        extra = dict(unit.alternatives[self.picks[-1][0]].extra)
+        if self.pools and not self._draw(new, mates, extra):
             return None
         for ci in unit.constraints:
             v = c.values[ci]
@@ -305,24 +306,27 @@ class _Search:
             self.group_refs[c.group] -= t
             if not self.group_refs[c.group]:
                 mates = _mates(self.host, c.group, new)
+        extra = dict(unit.alternatives[self.picks[-1][0]].extra)
         for d in (*new, *mates):
             self._hold(d, -1)
             if self.pools:
-                self.pools.take(d, -1)
+                self.pools.take(d, -1, extra if d in new else None)
         for ci in unit.constraints:
             if self.constraints[ci].mode == "match":
                 self.bound_n[ci] -= t
             else:
                 self.seen[ci][c.values[ci]] -= t
 
-    def _draw(self, batch: tuple[DeviceView, ...]) -> bool:
-        """Take ``batch`` from its pools, all or nothing: each must fit on top of the others."""
-        for i, d in enumerate(batch):
-            if self.pools.refusal(d) is not None:
-                for e in batch[:i]:
-                    self.pools.take(e, -1)
+    def _draw(self, new: list[DeviceView], mates: list[DeviceView], extra: dict[str, int]) -> bool:
+        """Take the chosen devices (with what the request's params take, ``extra``) and their
+        group mates from their pools, all or nothing: each must fit on top of the others."""
+        batch = [(d, extra) for d in new] + [(d, {}) for d in mates]
+        for i, (d, more) in enumerate(batch):
+            if self.pools.refusal(d, more) is not None:
+                for e, less in batch[:i]:
+                    self.pools.take(e, -1, less)
                 return False
-            self.pools.take(d, 1)
+            self.pools.take(d, 1, more)
         return True
 
     def _hold(self, d: DeviceView, n: int) -> None:

@@ -28,6 +28,7 @@ from devassign.domain import (
 )
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.selector import Selector, compile_selector
+from devassign.scheduler.shares import param_consumption
 from devassign.schemas import ConsumerId, ProjectName, Strict
 
 SPEC_PREFIX = "hardware_resource:"
@@ -75,6 +76,9 @@ class Alternative:
     type: str
     count: int
     selector: Selector | None = None
+    # What each device takes of its pool beyond its own consumes, from the request's params
+    # (a VF's guaranteed rate of its PF's bandwidth: scheduler/shares.py), as sorted pairs.
+    extra: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         return f"{self.count} {self.type}"
@@ -360,17 +364,20 @@ def canonical_attribute(name: str, pointer: str = "") -> str:
 
 
 def _request(body: RequestBody, pointer: str) -> DeviceRequest:
-    alternatives = [_alternative(body, body.name, pointer)]
+    extra = tuple(sorted(param_consumption(body.params).items()))
+    alternatives = [_alternative(body, body.name, pointer, extra)]
     for j, alt in enumerate(body.first_available):
-        alternatives.append(_alternative(alt, body.name, f"{pointer}/first_available/{j}"))
+        alternatives.append(_alternative(alt, body.name, f"{pointer}/first_available/{j}", extra))
     return DeviceRequest(body.name, tuple(alternatives))
 
 
-def _alternative(body: AlternativeBody, name: str, pointer: str) -> Alternative:
+def _alternative(
+    body: AlternativeBody, name: str, pointer: str, extra: tuple[tuple[str, int], ...] = ()
+) -> Alternative:
     selector = None
     if body.selector is not None:
         selector = compile_selector(body.selector, f"{pointer}/selector", name)
-    return Alternative(body.type, body.count, selector)
+    return Alternative(body.type, body.count, selector, extra)
 
 
 def _constraint(body: ConstraintBody, names: tuple[str, ...], pointer: str) -> Constraint:

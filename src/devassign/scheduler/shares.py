@@ -27,6 +27,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Request params that take a pool's counter while the device is held: a VF's guaranteed
+# transmit rate takes that much of its PF's bandwidth (a maximum rate caps, it reserves nothing).
+PARAM_COUNTERS: dict[str, str] = {"min_tx_rate_mbps": "bandwidth_mbps"}
+
+
+def param_consumption(params: Mapping[str, object]) -> dict[str, int]:
+    """What a request's params take of its devices' pool (see :data:`PARAM_COUNTERS`)."""
+    out: dict[str, int] = {}
+    for param, counter in PARAM_COUNTERS.items():
+        value = params.get(param)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out[counter] = out.get(counter, 0) + value
+    return out
+
 
 class Shared(Protocol):
     @property
@@ -37,6 +51,8 @@ class Shared(Protocol):
     def mode(self) -> str | None: ...
     @property
     def consumes(self) -> Mapping[str, int] | None: ...
+    @property
+    def consumed(self) -> Mapping[str, int] | None: ...
     @property
     def pool_counters(self) -> Mapping[str, int] | None: ...
 
@@ -68,20 +84,22 @@ class Pools:
     def __bool__(self) -> bool:
         return bool(self.capacity)
 
-    def take(self, d: Shared, n: int) -> None:
-        """Count ``d`` as held (``n=1``) or no longer held (``n=-1``)."""
+    def take(self, d: Shared, n: int, extra: Mapping[str, int] | None = None) -> None:
+        """Count ``d`` as held (``n=1``) or no longer held (``n=-1``): what it takes is what its
+        claim recorded (``consumed``), else its own ``consumes``, plus ``extra`` (a request's
+        params, :func:`param_consumption`) for a device being chosen."""
         if d.address in self.capacity:
             self.held[d.address] += n
         if d.pool is None:
             return
         used = self.used.setdefault(d.pool, Counter())
-        for k, amount in (d.consumes or {}).items():
+        for k, amount in _taking(d, extra).items():
             used[k] += n * amount
         if d.mode is not None:
             self.modes.setdefault(d.pool, Counter())[d.mode] += n
 
-    def refusal(self, d: Shared) -> str | None:
-        """Why ``d`` cannot be held now on top of what is held, or ``None``."""
+    def refusal(self, d: Shared, extra: Mapping[str, int] | None = None) -> str | None:
+        """Why ``d`` (taking ``extra`` too) cannot be held now on top of what is held, or ``None``."""
         if d.address in self.capacity and self.carved(d.address):
             return f"partitions of {d.address} are in use"
         pool = d.pool
@@ -95,7 +113,7 @@ class Pools:
                 return f"{pool} runs {active[0]}, and holds one mode at a time"
         cap = self.capacity.get(pool, {})
         used = self.used.get(pool, Counter())
-        for k, amount in sorted((d.consumes or {}).items()):
+        for k, amount in sorted(_taking(d, extra, fresh=True).items()):
             left = cap.get(k, 0) - used[k]
             if amount > left:
                 return f"{pool} has {max(left, 0)} of {cap.get(k, 0)} {k} left, it needs {amount}"
@@ -122,6 +140,16 @@ class Pools:
             )
         finally:
             self.take(d, -1)
+
+
+def _taking(d: Shared, extra: Mapping[str, int] | None, *, fresh: bool = False) -> dict[str, int]:
+    """What ``d`` takes of its pool: its recorded consumption while held (unless ``fresh``: a
+    device being chosen now), else its own ``consumes``, plus ``extra``."""
+    recorded = None if fresh else getattr(d, "consumed", None)
+    out = dict(recorded or d.consumes or {})
+    for k, amount in (extra or {}).items():
+        out[k] = out.get(k, 0) + amount
+    return out
 
 
 def copy_pools(pools: Pools) -> Pools:

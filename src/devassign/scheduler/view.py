@@ -84,6 +84,9 @@ class DeviceView:
     pool_counters: Mapping[str, int] | None = None
     consumes: Mapping[str, int] | None = None
     mode: str | None = None
+    # What it takes of its pool while held, as its claim recorded it (its consumes plus what
+    # the request's params take: a VF's guaranteed rate); ``None`` when free.
+    consumed: Mapping[str, int] | None = None
 
     @property
     def holding(self) -> bool:

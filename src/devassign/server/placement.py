@@ -321,6 +321,9 @@ class Placer:
             check_quota=bool(ctx.limits) or any(c.companion_ids for c in placement.chosen),
             wait=refit is not None,
             refit=refit,
+            # What each named request's params take of its devices' pools (a VF's guaranteed
+            # rate): recorded with the devices, checked against the pools under the lock.
+            consumption={r.name: dict(r.first.extra) for r in request.requests if r.first.extra},
         )
 
     def _refit(self, request: Request, quota: Quota | None) -> Refit:

@@ -246,6 +246,7 @@ def _pools(conn: sa.Connection) -> list[Finding]:
         devices.c.pool,
         devices.c.pool_counters,
         devices.c.consumes,
+        devices.c.consumed,
         devices.c.mode,
     )
     present = devices.c.state != DeviceState.REMOVED.value

@@ -105,6 +105,7 @@ _DEVICE_COLUMNS = (
     devices.c.pool_counters,
     devices.c.consumes,
     devices.c.mode,
+    devices.c.consumed,
     resource_types.c.name.label("type_name"),
     hosts.c.name.label("host_name"),
     hosts.c.last_seen_at,
@@ -254,6 +255,7 @@ def _views(
                 pool_counters=r.pool_counters,
                 consumes=r.consumes,
                 mode=r.mode,
+                consumed=r.consumed,
             )
         )
     views = []

@@ -241,6 +241,7 @@ def claim(
     wait: bool = True,
     refit: Refit | None = None,
     up_since: datetime | None = None,
+    consumption: Mapping[str, Mapping[str, int]] | None = None,
 ) -> tuple[schemas.Allocation, bool]:
     """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
 
@@ -251,7 +252,8 @@ def claim(
     once if another transaction holds the host (PostgreSQL; SQLite has one writer anyway).
     ``refit`` (with ``up_since``): choose again on the host's devices as they are under its
     lock, instead of trusting the ``chosen`` of an older view (one more statement; used after
-    a claim found the host busy or its devices taken).
+    a claim found the host busy or its devices taken). ``consumption``: per named request, what
+    its params take of its devices' pools beyond their own ``consumes`` (scheduler/shares.py).
     """
     dialect = conn.dialect.name
     # Find and lock the host in one statement, first: the lock order of lock_host (host first),
@@ -327,6 +329,8 @@ def claim(
         ).all()
     if len(taken) != len(ids):
         raise LostRace(f"{len(ids) - len(taken)} of the chosen devices on {host} were taken meanwhile")
+    if consumption:
+        _record_consumption(conn, {i: consumption[n] for i, n in request_of.items() if n in consumption})
     if dialect == "postgresql":
         if taken[0].held_relatives:
             raise LostRace(f"a parent or child of the chosen devices on {host} is in use")
@@ -410,12 +414,34 @@ def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows
             raise LostRace(f"child device {r.address} is in use")
 
 
+def _record_consumption(conn: sa.Connection, extra: Mapping[str, Mapping[str, int]]) -> None:
+    """Each taken device's ``consumed``: its own consumes plus what its request's params take."""
+    if not extra:
+        return
+    rows = conn.execute(
+        sa.select(devices.c.id, devices.c.consumes).where(devices.c.id.in_(list(extra)))
+    ).all()
+    updates = []
+    for r in rows:
+        total = dict(r.consumes or {})
+        for k, amount in extra[r.id].items():
+            total[k] = total.get(k, 0) + amount
+        updates.append({"b_id": r.id, "b_consumed": total})
+    conn.execute(
+        devices.update()
+        .where(devices.c.id == sa.bindparam("b_id"))
+        .values(consumed=sa.bindparam("b_consumed")),
+        updates,
+    )
+
+
 _POOL_MEMBERS = sa.select(
     devices.c.address,
     devices.c.state,
     devices.c.pool,
     devices.c.pool_counters,
     devices.c.consumes,
+    devices.c.consumed,
     devices.c.mode,
 ).where(
     devices.c.host_id == sa.bindparam("host_id"), devices.c.pool.in_(sa.bindparam("pools", expanding=True))

@@ -119,6 +119,7 @@ _PARTITIONS = sa.select(
     devices.c.pool,
     devices.c.pool_counters,
     devices.c.consumes,
+    devices.c.consumed,
     devices.c.mode,
 ).where(
     devices.c.host_id == sa.bindparam("host_id"),

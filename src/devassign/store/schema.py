@@ -98,6 +98,9 @@ devices = sa.Table(
     sa.Column("consumes", Json),
     sa.Column("pool", sa.String(256)),
     sa.Column("mode", sa.String(128)),
+    # What it takes of its pool while held (consumes plus what its request's params take),
+    # recorded by the claim, dropped when it is free again.
+    sa.Column("consumed", Json),
     sa.Column("state_changed_at", Stamp, nullable=False),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),

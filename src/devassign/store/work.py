@@ -272,6 +272,7 @@ def _apply_one(
         state=new.value,
         allocation_id=None,
         facts=None,
+        consumed=None,
         quarantine_reason=None,
         **health,
     )
@@ -338,8 +339,16 @@ def clear_device(
     )
     dropped = _recorded(row.facts)
     facts = {CLEARED: True} if new is DeviceState.CLEANING else None
+    freed = {"consumed": None} if new is not DeviceState.CLEANING else {}
     _set_state(
-        conn, row.id, DeviceState.QUARANTINED, now, state=new.value, quarantine_reason=None, facts=facts
+        conn,
+        row.id,
+        DeviceState.QUARANTINED,
+        now,
+        state=new.value,
+        quarantine_reason=None,
+        facts=facts,
+        **freed,
     )
     host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
     record(

@@ -47,9 +47,19 @@ class PersistentNetlink(RecordingNetlink):
         spoofchk: bool | None = None,
         trust: bool | None = None,
         link_state: LinkState | None = None,
+        min_tx_rate: int | None = None,
+        max_tx_rate: int | None = None,
     ) -> None:
         super().set_vf(
-            pf_ifname, vf_index, mac=mac, vlan=vlan, spoofchk=spoofchk, trust=trust, link_state=link_state
+            pf_ifname,
+            vf_index,
+            mac=mac,
+            vlan=vlan,
+            spoofchk=spoofchk,
+            trust=trust,
+            link_state=link_state,
+            min_tx_rate=min_tx_rate,
+            max_tx_rate=max_tx_rate,
         )
         self._save()
 

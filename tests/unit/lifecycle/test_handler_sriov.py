@@ -147,3 +147,18 @@ def test_cleanup_while_a_guest_holds_the_vf_keeps_its_mac(machine: Machine) -> N
         SriovVfHandler().cleanup(dev, {}, machine.ops)
     assert machine.netlink.vfs[("ens1f0", 1)] == VfConfig(mac=MAC, vlan=42)
     assert machine.driver(vfs[1]) == "vfio-pci"
+
+
+def test_transmit_rates_are_set_from_the_request_and_cleared_at_cleanup(machine: Machine) -> None:
+    vfs = nic(machine)
+    dev = vf_device(vfs[1], params={"mac": MAC, "min_tx_rate_mbps": 2500, "max_tx_rate_mbps": 9000})
+    facts = SriovVfHandler().setup(dev, {}, machine.ops)
+    have = machine.netlink.vfs[("ens1f0", 1)]
+    assert (have.min_tx_rate, have.max_tx_rate) == (2500, 9000)
+    held = vf_device(vfs[1], params=dev.params, facts=facts)
+    assert SriovVfHandler().health(held, {}, machine.ops).ok
+    machine.netlink.set_vf("ens1f0", 1, min_tx_rate=100)  # changed behind our back
+    assert not SriovVfHandler().health(held, {}, machine.ops).ok
+    SriovVfHandler().cleanup(held, {}, machine.ops)
+    have = machine.netlink.vfs[("ens1f0", 1)]
+    assert (have.min_tx_rate, have.max_tx_rate) == (0, 0)

@@ -97,7 +97,18 @@ def wanted_config(device: LifecycleDevice, config: TypeConfig) -> VfConfig:
         spoofchk=config_bool(policy, "spoofchk", True),
         trust=config_bool(policy, "trust", False),
         link_state=link_state,  # type: ignore[arg-type]
+        min_tx_rate=_rate(device, "min_tx_rate_mbps"),
+        max_tx_rate=_rate(device, "max_tx_rate_mbps"),
     )
+
+
+def _rate(device: LifecycleDevice, key: str) -> int:
+    """A transmit rate the allocation asked for (Mbit/s; the server checked it against the
+    type's declared param and the PF's bandwidth), 0 for none."""
+    value = device.requested(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HandlerError(f"{device.address}: {key} {value!r} is not a rate in Mbit/s")
+    return value
 
 
 class SriovVfHandler:
@@ -119,6 +130,9 @@ class SriovVfHandler:
                 spoofchk=want.spoofchk,
                 trust=want.trust,
                 link_state=want.link_state,
+                # Rates only where asked: a VF without them keeps the driver's none.
+                min_tx_rate=want.min_tx_rate or None,
+                max_tx_rate=want.max_tx_rate or None,
             )
         except OSError as exc:
             raise HandlerError(f"cannot configure VF {where.vf_index} of {where.pf_ifname}: {exc}") from exc
@@ -137,6 +151,8 @@ class SriovVfHandler:
                 spoofchk=True,
                 trust=False,
                 link_state="auto",
+                min_tx_rate=0,
+                max_tx_rate=0,
             )
         except OSError as exc:
             raise HandlerError(f"cannot reset VF {where.vf_index} of {where.pf_ifname}: {exc}") from exc

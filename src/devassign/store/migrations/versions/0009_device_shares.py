@@ -31,6 +31,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("consumes", _JSON, nullable=True))
         batch_op.add_column(sa.Column("pool", sa.String(length=256), nullable=True))
         batch_op.add_column(sa.Column("mode", sa.String(length=128), nullable=True))
+        batch_op.add_column(sa.Column("consumed", _JSON, nullable=True))
     with op.batch_alter_table("inventory", schema=None) as batch_op:
         batch_op.add_column(sa.Column("carved", sa.Integer(), server_default="0", nullable=False))
 
@@ -39,6 +40,7 @@ def downgrade() -> None:
     with op.batch_alter_table("inventory", schema=None) as batch_op:
         batch_op.drop_column("carved")
     with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.drop_column("consumed")
         batch_op.drop_column("mode")
         batch_op.drop_column("pool")
         batch_op.drop_column("consumes")
