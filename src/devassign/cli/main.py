@@ -21,6 +21,7 @@ import devassign
 from devassign.cli import audit as audit_cli
 from devassign.cli import claims as claims_cli
 from devassign.cli import inventory as inventory_cli
+from devassign.cli import openstack as openstack_cli
 from devassign.cli import taints as taints_cli
 from devassign.cli.client import CliError, ExitCode, exit_status
 from devassign.cli.output import Format, emit, when
@@ -50,6 +51,7 @@ app.add_typer(token_app, name="token")
 claims_cli.register(app, inventory_cli.register(app))
 audit_cli.register(app)
 taints_cli.register(app)
+openstack_cli.register(app)
 
 DbOpt = Annotated[
     str | None,
