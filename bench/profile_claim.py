@@ -91,6 +91,7 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
     """Stage timings (each in its own transaction, as Placer does)."""
     from devassign.scheduler import ClaimBody, claim_order, schedule
     from devassign.server.placement import parse
+    from devassign.store.claims import ClaimOrder
 
     stages: dict[str, list[float]] = {
         k: [] for k in ("parse", "prepare (types, quota, candidates)", "schedule", "claim")
@@ -118,13 +119,15 @@ def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
         t4 = time.perf_counter()
         p = claim_order(dec.placements, 3, placer.rng)[0]
         store.claim(
-            host=p.host,
-            chosen=[(c.name, (*c.device_ids, *c.companion_ids)) for c in p.chosen],
-            consumer=req.consumer,
-            project="bench",
-            key=None,
-            request_doc=body.model_dump(mode="json", exclude_none=True),
-            actor="bench",
+            ClaimOrder(
+                host=p.host,
+                chosen=[(c.name, (*c.device_ids, *c.companion_ids)) for c in p.chosen],
+                consumer=req.consumer,
+                project="bench",
+                key=None,
+                request_doc=body.model_dump(mode="json", exclude_none=True),
+                actor="bench",
+            )
         )
         t5 = time.perf_counter()
         for k, a, b in (

@@ -10,7 +10,7 @@ import pytest
 
 from devassign import schemas
 from devassign.store import Store
-from devassign.store.claims import LostRace
+from devassign.store.claims import ClaimOrder, LostRace
 from tests.conftest import vf
 
 PF = {"address": "0000:3b:00.0", "kind": "sriov_pf", "type": "NIC_PF"}
@@ -27,13 +27,15 @@ def _report(store: Store, generation: int, devices: list[dict[str, object]]) -> 
 
 def _claim(store: Store, consumer: str, device_id: str) -> schemas.Allocation:
     allocation, created = store.claim(
-        host="c1",
-        chosen=[("r", (device_id,))],
-        consumer=consumer,
-        project="p1",
-        key=None,
-        request_doc={},
-        actor="test",
+        ClaimOrder(
+            host="c1",
+            chosen=[("r", (device_id,))],
+            consumer=consumer,
+            project="p1",
+            key=None,
+            request_doc={},
+            actor="test",
+        )
     )
     assert created
     return allocation

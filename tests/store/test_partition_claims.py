@@ -11,7 +11,7 @@ import pytest
 from devassign import schemas
 from devassign.domain import mdev_address
 from devassign.store import Store
-from devassign.store.claims import LostRace
+from devassign.store.claims import ClaimOrder, LostRace
 
 GPU = "0000:3b:00.0"
 SLOTS = {"VGPU_1B": (1024, 16), "VGPU_4Q": (4096, 4), "VGPU_8Q": (8192, 2)}
@@ -43,13 +43,15 @@ def _setup(store: Store) -> dict[str, list[str]]:
 
 def _claim(store: Store, consumer: str, ids: list[str]) -> None:
     store.claim(
-        host="h1",
-        chosen=[("r", tuple(ids))],
-        consumer=consumer,
-        project="p",
-        key=None,
-        request_doc={},
-        actor="admin",
+        ClaimOrder(
+            host="h1",
+            chosen=[("r", tuple(ids))],
+            consumer=consumer,
+            project="p",
+            key=None,
+            request_doc={},
+            actor="admin",
+        )
     )
 
 

@@ -45,7 +45,7 @@ from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_b
 from devassign.scheduler.params import has_params, request_doc
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store
-from devassign.store.claims import LostRace, Refit
+from devassign.store.claims import ClaimOrder, LostRace, Refit
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,8 @@ class Placer:
         waits for the host's lock and chooses again on what it then sees.
         """
         chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
-        return self.store.claim(
+        assert request.consumer is not None  # claim() refused a request without one
+        order = ClaimOrder(
             host=placement.host,
             chosen=chosen,
             consumer=request.consumer,
@@ -325,6 +326,7 @@ class Placer:
             # rate): recorded with the devices, checked against the pools under the lock.
             consumption={r.name: dict(r.first.extra) for r in request.requests if r.first.extra},
         )
+        return self.store.claim(order)
 
     def _refit(self, request: Request, quota: Quota | None) -> Refit:
         def refit(view: HostView) -> list[tuple[str, tuple[str, ...]]] | None:

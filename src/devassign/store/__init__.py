@@ -418,7 +418,7 @@ class Store:
     def list_quotas(self, project: str | None = None) -> list[dict[str, object]]:
         return self.db.reading(lambda c: quotas.list_quotas(c, project))
 
-    def claim(self, **kwargs: object) -> tuple[schemas.Allocation, bool]:
+    def claim(self, order: claims.ClaimOrder) -> tuple[schemas.Allocation, bool]:
         """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race.
 
         A second claim of the same consumer inserts nothing (``ON CONFLICT DO NOTHING``) and
@@ -428,11 +428,7 @@ class Store:
         """
         return self.db.retrying(
             lambda c: claims.claim(
-                c,
-                now=self.clock(),
-                ttl=self.reservation_ttl,
-                up_since=self.up_since(),
-                **kwargs,  # type: ignore[arg-type]
+                c, order, now=self.clock(), ttl=self.reservation_ttl, up_since=self.up_since()
             )
         )
 

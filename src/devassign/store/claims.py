@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -224,45 +225,83 @@ _TAKE_COUNTS = (
 )
 
 
+@dataclass(frozen=True)
+class ClaimOrder:
+    """One claim attempt on one host, as the placer decided it.
+
+    ``chosen``: (request name, device ids with their IOMMU group mates) per named request.
+    ``check_quota=False`` when the project had no quota for these types when the claim read
+    them: the claim is then ordered before any quota set since. ``wait=False``: raise
+    :class:`HostBusy` at once if another transaction holds the host (PostgreSQL; SQLite has one
+    writer anyway). ``refit``: choose again on the host's devices as they are under its lock,
+    instead of trusting ``chosen`` from an older view (one more statement; used after a claim
+    found the host busy or its devices taken). ``consumption``: per named request, what its
+    params take of its devices' pools beyond their own ``consumes`` (scheduler/shares.py).
+    """
+
+    host: str
+    chosen: Sequence[tuple[str, Sequence[str]]]
+    consumer: str
+    project: str
+    key: str | None
+    request_doc: dict[str, Any]
+    actor: str
+    type_names: Mapping[int, str] | None = None
+    check_quota: bool = True
+    wait: bool = True
+    refit: Refit | None = None
+    consumption: Mapping[str, Mapping[str, int]] | None = None
+
+
+@dataclass(frozen=True)
+class _Taking:
+    """What both halves of a claim need once the prelude has decided the devices."""
+
+    order: ClaimOrder
+    host_id: int
+    alloc_id: int
+    request_of: dict[str, str]  # device id -> request name
+    now: datetime
+    message: str
+    detail: dict[str, Any]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.request_of)
+
+
 def claim(
-    conn: sa.Connection,
-    *,
-    host: str,
-    chosen: Sequence[tuple[str, Sequence[str]]],
-    consumer: str,
-    project: str,
-    key: str | None,
-    request_doc: dict[str, Any],
-    now: datetime,
-    ttl: timedelta,
-    actor: str,
-    type_names: Mapping[int, str] | None = None,
-    check_quota: bool = True,
-    wait: bool = True,
-    refit: Refit | None = None,
-    up_since: datetime | None = None,
-    consumption: Mapping[str, Mapping[str, int]] | None = None,
+    conn: sa.Connection, order: ClaimOrder, *, now: datetime, ttl: timedelta, up_since: datetime | None = None
 ) -> tuple[schemas.Allocation, bool]:
-    """Reserve the chosen devices for ``consumer``, or raise :class:`LostRace` (roll back).
+    """Reserve the chosen devices for the order's consumer, or raise :class:`LostRace` (roll back).
 
     Returns the allocation and whether this call made it (False: a replay of the same claim,
-    committed earlier or meanwhile). ``check_quota=False`` when the project had no quota for
-    these types when the claim read them: the claim is then ordered before any quota set since.
-    ``wait=False``: raise :class:`HostBusy` at
-    once if another transaction holds the host (PostgreSQL; SQLite has one writer anyway).
-    ``refit`` (with ``up_since``): choose again on the host's devices as they are under its
-    lock, instead of trusting the ``chosen`` of an older view (one more statement; used after
-    a claim found the host busy or its devices taken). ``consumption``: per named request, what
-    its params take of its devices' pools beyond their own ``consumes`` (scheduler/shares.py).
+    committed earlier or meanwhile). The prelude (the host's lock, the consumer, the
+    allocation row, the refit, the quota) is shared; the devices are then taken by
+    :func:`_take_pg` (one statement of data-modifying CTEs) or :func:`_take_sqlite`.
     """
+    prepared = _prelude(conn, order, now=now, ttl=ttl, up_since=up_since)
+    if isinstance(prepared, schemas.Allocation):
+        return prepared, False
+    take = _take_pg if conn.dialect.name == "postgresql" else _take_sqlite
+    taken = take(conn, prepared)
+    return _answer(conn, prepared, taken, ttl), True
+
+
+def _prelude(
+    conn: sa.Connection, order: ClaimOrder, *, now: datetime, ttl: timedelta, up_since: datetime | None
+) -> _Taking | schemas.Allocation:
+    """Everything before the devices are taken; an allocation when this is a replay."""
     dialect = conn.dialect.name
     # Find and lock the host in one statement, first: the lock order of lock_host (host first),
     # and a busy host costs one statement.
-    host_id = conn.execute(_LOCK_HOST if wait else _LOCK_HOST_IF_FREE, {"name": host}).scalar_one_or_none()
+    lock = _LOCK_HOST if order.wait else _LOCK_HOST_IF_FREE
+    host_id = conn.execute(lock, {"name": order.host}).scalar_one_or_none()
     if host_id is None:
-        if not wait:
-            raise HostBusy(f"host {host} is locked by another transaction (or was deleted)")
-        raise LostRace(f"host {host} was deleted meanwhile")
+        if not order.wait:
+            raise HostBusy(f"host {order.host} is locked by another transaction (or was deleted)")
+        raise LostRace(f"host {order.host} was deleted meanwhile")
+    consumer, project = order.consumer, order.project
     if (
         conn.execute(
             _NEW_CONSUMER[dialect], {"uuid": consumer, "project": project, "created_at": now}
@@ -279,22 +318,23 @@ def claim(
             "project": project,
             "host_id": host_id,
             "state": AllocationState.RESERVED.value,
-            "idempotency_key": key,
-            "request": request_doc,
+            "idempotency_key": order.key,
+            "request": order.request_doc,
             "created_at": now,
             "expires_at": now + ttl,
         },
     ).scalar_one_or_none()
     if alloc_id is None:
-        replay = existing_claim(conn, consumer, key, project)
+        replay = existing_claim(conn, consumer, order.key, project)
         if replay is None:  # released between the two statements: start again
             raise ConcurrentChange(f"the live allocation of {consumer} was released meanwhile")
-        return replay, False
-    if refit is not None:
+        return replay
+    chosen = order.chosen
+    if order.refit is not None:
         views = load_snapshot(conn, [host_id], up_since=up_since or now).hosts
-        fresh = refit(views[0]) if views else None
+        fresh = order.refit(views[0]) if views else None
         if fresh is None:
-            raise LostRace(f"host {host} no longer fits the request")
+            raise LostRace(f"host {order.host} no longer fits the request")
         chosen = fresh
     # One id once (a device could in principle be both chosen and a group mate).
     request_of: dict[str, str] = {}
@@ -302,65 +342,92 @@ def claim(
         for i in group:
             request_of.setdefault(i, name)
     ids = list(request_of)
-    if check_quota:
+    if order.check_quota:
         enforce_quota(conn, project, ids)
-    message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {host}"
-    detail = {"project": project, "devices": ids}
-    if dialect == "postgresql":
-        # The devices, the allocation items, the counts and the event in one statement.
-        taken = conn.execute(
-            _TAKE_ALL_PG,
-            {
-                "ids": ids,
-                "names": [request_of[i] for i in ids],
-                "host_id": host_id,
-                "alloc": alloc_id,
-                "now": now,
-                "actor": actor,
-                "host": host,
-                "consumer": consumer,
-                "message": message,
-                "detail": json.dumps(detail),
-            },
-        ).all()
-    else:
-        taken = conn.execute(
-            _TAKE, {"ids": ids, "on_host": host_id, "new_allocation": alloc_id, "now": now}
-        ).all()
-    if len(taken) != len(ids):
-        raise LostRace(f"{len(ids) - len(taken)} of the chosen devices on {host} were taken meanwhile")
-    if consumption:
-        _record_consumption(conn, {i: consumption[n] for i, n in request_of.items() if n in consumption})
-    if dialect == "postgresql":
-        if taken[0].held_relatives:
-            raise LostRace(f"a parent or child of the chosen devices on {host} is in use")
-        if _check_pools(conn, host_id, taken):
-            recount(conn, host_id)  # a mode taken changes what the pool's other partitions count
-    else:  # the rest of what _TAKE_ALL_PG does in one statement
-        _check_relatives(conn, host_id, ids, taken)
-        conn.execute(
-            _NEW_ITEM,
-            [{"allocation_id": alloc_id, "device_id": i, "request_name": request_of[i]} for i in ids],
+    message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {order.host}"
+    return _Taking(order, host_id, alloc_id, request_of, now, message, {"project": project, "devices": ids})
+
+
+def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
+    """PostgreSQL: the devices, the allocation items, the counts and the event in one statement."""
+    o = t.order
+    taken = conn.execute(
+        _TAKE_ALL_PG,
+        {
+            "ids": t.ids,
+            "names": [t.request_of[i] for i in t.ids],
+            "host_id": t.host_id,
+            "alloc": t.alloc_id,
+            "now": t.now,
+            "actor": o.actor,
+            "host": o.host,
+            "consumer": o.consumer,
+            "message": t.message,
+            "detail": json.dumps(t.detail),
+        },
+    ).all()
+    _check_taken(conn, t, taken)
+    if taken[0].held_relatives:
+        raise LostRace(f"a parent or child of the chosen devices on {o.host} is in use")
+    if _check_pools(conn, t.host_id, taken):
+        recount(conn, t.host_id)  # a mode taken changes what the pool's other partitions count
+    return taken
+
+
+def _take_sqlite(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
+    """SQLite: what :data:`_TAKE_ALL_PG` does, statement by statement, under the one writer lock."""
+    o = t.order
+    taken = conn.execute(
+        _TAKE, {"ids": t.ids, "on_host": t.host_id, "new_allocation": t.alloc_id, "now": t.now}
+    ).all()
+    _check_taken(conn, t, taken)
+    _check_relatives(conn, t.host_id, t.ids, taken)
+    conn.execute(
+        _NEW_ITEM,
+        [{"allocation_id": t.alloc_id, "device_id": i, "request_name": t.request_of[i]} for i in t.ids],
+    )
+    # Exactly these devices went available -> reserved, under the host's lock: decrement
+    # the counts instead of recounting the host.
+    per_type: dict[int, int] = defaultdict(int)
+    for r in taken:
+        per_type[r.type_id] += 1
+    conn.execute(_TAKE_COUNTS, [{"on_host": t.host_id, "t": k, "n": n} for k, n in per_type.items()])
+    if _check_pools(conn, t.host_id, taken):
+        recount(conn, t.host_id)  # a mode taken changes what the pool's other partitions count
+    record(
+        conn,
+        at=t.now,
+        actor=o.actor,
+        action="allocation_created",
+        host=o.host,
+        consumer=o.consumer,
+        message=t.message,
+        detail=t.detail,
+    )
+    return taken
+
+
+def _check_taken(conn: sa.Connection, t: _Taking, taken: Sequence[Any]) -> None:
+    """Every chosen device was still free; record what the requests' params take of them."""
+    if len(taken) != len(t.ids):
+        raise LostRace(
+            f"{len(t.ids) - len(taken)} of the chosen devices on {t.order.host} were taken meanwhile"
         )
-        # Exactly these devices went available -> reserved, under the host's lock: decrement
-        # the counts instead of recounting the host.
-        per_type: dict[int, int] = defaultdict(int)
-        for r in taken:
-            per_type[r.type_id] += 1
-        conn.execute(_TAKE_COUNTS, [{"on_host": host_id, "t": t, "n": n} for t, n in per_type.items()])
-        if _check_pools(conn, host_id, taken):
-            recount(conn, host_id)  # a mode taken changes what the pool's other partitions count
-        record(
-            conn,
-            at=now,
-            actor=actor,
-            action="allocation_created",
-            host=host,
-            consumer=consumer,
-            message=message,
-            detail=detail,
-        )
-    # The answer is built from what the UPDATE returned: no second read of the allocation.
+    wanted = t.order.consumption
+    if wanted:
+        _record_consumption(conn, {i: wanted[n] for i, n in t.request_of.items() if n in wanted})
+
+
+def _answer(conn: sa.Connection, t: _Taking, taken: Sequence[Any], ttl: timedelta) -> schemas.Allocation:
+    """The allocation, built from what the take returned: no second read of it."""
+    o, now = t.order, t.now
+    consumer, project, host, request_of, type_names = (
+        o.consumer,
+        o.project,
+        o.host,
+        t.request_of,
+        o.type_names,
+    )
     names = dict(type_names or {})
     if not {r.type_id for r in taken} <= set(names):
         names = dict(
@@ -391,7 +458,7 @@ def claim(
         released_at=None,
     )
     failpoint("claim.before_commit")
-    return allocation, True
+    return allocation
 
 
 def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows: Sequence[Any]) -> None:
