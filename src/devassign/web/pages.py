@@ -453,6 +453,17 @@ def devices_page(
     )
 
 
+def _partition(device: schemas.Device) -> str:
+    """``0000:3b:00.0, mode GRID T4-4Q, takes framebuffer_mb 4096 of 16384`` for a partition."""
+    if device.pool is None:
+        return "-"
+    takes = ", ".join(
+        f"{k} {v} of {device.pool_counters.get(k, 0)}" for k, v in sorted(device.consumes.items())
+    )
+    parts = [device.pool, f"mode {device.mode}" if device.mode else "", f"takes {takes}" if takes else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def device_page(
     device: schemas.Device, events: Sequence[schemas.Event], *, before: int | None = None
 ) -> Html:
@@ -470,6 +481,7 @@ def device_page(
         if device.consumer
         else "-",
         "parent": device.parent or "-",
+        "carved from": _partition(device),
         "vendor:product": f"{device.vendor_id or '?'}:{device.product_id or '?'}",
         "numa node": "-" if device.numa_node is None else device.numa_node,
         "iommu group": "-" if device.iommu_group is None else device.iommu_group,

@@ -128,3 +128,32 @@ def test_vgpu17_types_are_remembered_while_the_gpu_runs_one(tmp_path: Path) -> N
         h.write(f"{h.dev(vf)}/nvidia/creatable_vgpu_types", "1425 : NVIDIA H200X-35C\n")
     assert set(_reported(h, rules, seen)) == set(first)
     assert len(_reported(h, rules, {})) == 2  # without the memory: only what is listed now
+
+
+def test_sriov_vgpu_slots_on_vfs_draw_from_their_pf(tmp_path: Path) -> None:
+    """A100 on vGPU 13-16: the mdev types sit on each VF, one instance per VF, and the GPU (the
+    PF) is the pool whose framebuffer they share and whose mode they set."""
+    h = host(tmp_path)
+    vfs = h.sriov_pf(
+        GPU, "10de", "20b5", vfs=3, vf_device="20b5", cls="030200", driver="nvidia", vf_driver="nvidia"
+    )
+    desc = "num_heads=1, frl_config=60, framebuffer={fb}, max_resolution=4096x2160, max_instance={n}"
+    for vf in vfs:
+        for tid, name, fb, n in (
+            ("nvidia-471", "GRID A100D-40C", "40960M", 2),
+            ("nvidia-472", "GRID A100D-80C", "81920M", 1),
+        ):
+            t = f"{h.dev(vf)}/mdev_supported_types/{tid}"
+            h.write(f"{t}/name", name)
+            h.write(f"{t}/available_instances", "1")
+            h.write(f"{t}/device_api", "vfio-pci")
+            h.write(f"{t}/description", desc.format(fb=fb, n=n))
+            (h.root / t / "devices").mkdir(parents=True, exist_ok=True)
+    found = _reported(h, [{"type": "V40C", "match": {"mdev_type": "nvidia-471"}},
+                          {"type": "V80C", "match": {"mdev_type": "nvidia-472"}}])  # fmt: skip
+    slots = [d for d in found.values() if d.type == "V40C"]
+    assert len(slots) == 3  # one per VF
+    assert {(d.parent, d.pool) for d in slots} == {(vf, GPU) for vf in vfs}
+    assert slots[0].pool_counters == {"framebuffer_mb": 81920} and slots[0].consumes == {
+        "framebuffer_mb": 40960
+    }

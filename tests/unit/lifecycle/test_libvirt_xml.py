@@ -60,6 +60,8 @@ DEVICES = {
     "usb_ids": device("usb:0529:0620:ABC123", DeviceKind.USB),
     "usb_ids_bus": device("usb:0529:0620:ABC123", DeviceKind.USB, facts={"usb_bus": 1, "usb_device": 5}),
     "usb_bus_only": device("usb:1-2.3", DeviceKind.USB, facts={"usb_bus": 1, "usb_device": 5}),
+    # vGPU 17+: the VF (its vGPU type set) is the guest's device
+    "vgpu": device("0000:3b:10.2/vgpu/1428", DeviceKind.VGPU, parent="0000:3b:10.2"),
 }
 
 
@@ -134,3 +136,12 @@ def test_devices_that_cannot_be_described_are_errors(dev: LifecycleDevice) -> No
 def test_the_consumer_names_the_mdev_the_server_describes() -> None:
     other = device(mdev_address(GPU, "nvidia-230", 0), DeviceKind.MDEV_TYPE, consumer="x")
     assert mdev_uuid(other) != mdev_uuid(DEVICES["mdev"])
+
+
+def test_a_vgpu_is_its_vf_and_a_mig_instance_is_no_guest_device() -> None:
+    el = device_element(DEVICES["vgpu"])
+    assert el is not None and el.tag == "hostdev" and el.get("managed") == "no"
+    assert el.xpath("source/address/@slot") == ["0x10"] and el.xpath("source/address/@function") == ["0x2"]
+    mig = device(f"{GPU}/mig/2g.20gb@2", DeviceKind.MIG, parent=GPU)
+    with pytest.raises(LibvirtXMLError, match="MIG-backed vGPU"):
+        device_element(mig)
