@@ -24,7 +24,7 @@ from devassign.scheduler.budget import current
 from devassign.scheduler.view import HostView as View
 from devassign.server.placement import PlacementConfig, Placer
 from devassign.store import Store
-from devassign.store.claims import LostRace
+from devassign.store.claims import ClaimOrder, LostRace
 from tests.conftest import vf
 from tests.unit.scheduler.test_properties import hosts, requests
 
@@ -235,8 +235,8 @@ def test_a_refit_under_the_hosts_lock_evaluates_nothing(
     tries: list[str] = []
     real_claim, real_evaluate = store.claim, selector_module.evaluate
 
-    def claim(**kwargs: Any) -> Any:
-        refit = kwargs.get("refit") is not None
+    def claim(order: ClaimOrder) -> Any:
+        refit = order.refit is not None
         tries.append("refit" if refit else "plain")
         if tries == ["plain"]:  # the first try: lost to a concurrent claim
             selector_module._RESULTS.clear()
@@ -247,7 +247,7 @@ def test_a_refit_under_the_hosts_lock_evaluates_nothing(
             budget.memo.clear()
         locked[0] = refit
         try:
-            return real_claim(**kwargs)
+            return real_claim(order)
         finally:
             locked[0] = False
 
