@@ -398,27 +398,20 @@ def counters_problem(v: dict[str, int]) -> str | None:
     return None
 
 
-class ReportedDevice(Strict):
-    """One device as an agent reports it (``PUT /v1/hosts/{host}/inventory``, docs/api.md)."""
+class DeviceFacts(Strict):
+    """What an agent says a device is: its identity, topology and attributes, and for a
+    partition its pool (docs/partitions.md). Defined once: the store keeps each of these as a
+    column of the device, the API answers them, the agent's discovery fills them
+    (:data:`DEVICE_FACTS`), and nothing copies them field by field."""
 
     address: str = Field(max_length=256)
     kind: DeviceKind
-    type: str = Field(max_length=64)
     vendor_id: str | None = None
     product_id: str | None = None
     numa_node: StrictInt | None = Field(default=None, ge=0, le=1024)
     iommu_group: StrictInt | None = Field(default=None, ge=0, le=MAX_INT32)
     driver: str | None = Field(default=None, max_length=128)
     parent: str | None = Field(default=None, max_length=256)
-    healthy: StrictBool = True
-    health_reason: str | None = Field(
-        default=None, max_length=1000, description="Why the last failing health check failed"
-    )
-    health_recovering: StrictBool = Field(
-        default=False,
-        description="Unhealthy, but checks pass again and the agent waits for more before saying "
-        "healthy: the server keeps the state it has (an operator's clear stands)",
-    )
     attributes: dict[str, Any] = Field(default_factory=dict)
     pool: str | None = Field(
         default=None,
@@ -462,7 +455,7 @@ class ReportedDevice(Strict):
         return v
 
     @model_validator(mode="after")
-    def _pool(self) -> ReportedDevice:
+    def _pool(self) -> DeviceFacts:
         if (self.consumes or self.mode is not None or self.pool_counters) and self.pool is None:
             if self.parent is None:
                 raise ValueError("a device with consumes, pool_counters or a mode needs a pool (or a parent)")
@@ -476,11 +469,32 @@ class ReportedDevice(Strict):
         return self
 
     @model_validator(mode="after")
-    def _address(self) -> ReportedDevice:
+    def _address(self) -> DeviceFacts:
         problem = address_error(self.kind, self.address)
         if problem:
             raise ValueError(problem)
         return self
+
+
+# The device's facts by name, in one place: the columns they are stored in, the fields the
+# API answers, what discovery hands over.
+DEVICE_FACTS: tuple[str, ...] = tuple(DeviceFacts.model_fields)
+
+
+class ReportedDevice(DeviceFacts):
+    """One device as an agent reports it (``PUT /v1/hosts/{host}/inventory``, docs/api.md):
+    its facts, the type its rules gave it, and its health."""
+
+    type: str = Field(max_length=64)
+    healthy: StrictBool = True
+    health_reason: str | None = Field(
+        default=None, max_length=1000, description="Why the last failing health check failed"
+    )
+    health_recovering: StrictBool = Field(
+        default=False,
+        description="Unhealthy, but checks pass again and the agent waits for more before saying "
+        "healthy: the server keeps the state it has (an operator's clear stands)",
+    )
 
 
 # An agent process's random id, chosen at its start: ``agent_instance`` in a report, this

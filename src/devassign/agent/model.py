@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devassign.domain import DeviceKind
-from devassign.schemas import ReportedDevice
+from devassign.schemas import DEVICE_FACTS, ReportedDevice
 
 # Why a device with a type is still not offered. Stable strings: operators grep for them.
 FLAG_VFS_ENABLED = "vfs_enabled"  # a PF whose VFs are enabled: the VFs are the assignable units
@@ -65,49 +65,24 @@ class FoundDevice:
         if name not in self.flags:
             self.flags.append(name)
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``agent discover -f json`` shape (docs/agent.md): core fields first, then the rest."""
-        return {
-            "address": self.address,
-            "kind": self.kind.value,
-            "vendor_id": self.vendor_id,
-            "product_id": self.product_id,
-            "numa_node": self.numa_node,
-            "iommu_group": self.iommu_group,
-            "driver": self.driver,
-            "parent": self.parent,
-            "type": self.type,
-            "offered": self.offered,
-            "flags": list(self.flags),
-            "attributes": dict(self.attributes),
-            **self._share(),
-        }
+    def facts(self) -> dict[str, Any]:
+        """The device's facts (:data:`~devassign.schemas.DEVICE_FACTS`), as the server takes them."""
+        out = {name: getattr(self, name) for name in DEVICE_FACTS}
+        out["attributes"] = dict(self.attributes)
+        return out
 
-    def _share(self) -> dict[str, Any]:
-        """The partition fields, when it is one."""
+    def to_json(self) -> dict[str, Any]:
+        """The ``agent discover -f json`` shape (docs/agent.md): its facts (the partition
+        fields only for a partition), its type, whether it is offered, its flags."""
+        out = self.facts()
+        out["kind"] = self.kind.value
         if self.pool is None:
-            return {}
-        return {
-            "pool": self.pool,
-            "pool_counters": dict(self.pool_counters),
-            "consumes": dict(self.consumes),
-            "mode": self.mode,
-        }
+            for name in ("pool", "pool_counters", "consumes", "mode"):
+                out.pop(name)
+        return {**out, "type": self.type, "offered": self.offered, "flags": list(self.flags)}
 
     def to_reported(self) -> ReportedDevice:
         """The wire form; only call for devices that are :attr:`offered`."""
         if self.type is None:
             raise ValueError(f"{self.address} has no type and is not reported")
-        return ReportedDevice(
-            address=self.address,
-            kind=self.kind,
-            type=self.type,
-            vendor_id=self.vendor_id,
-            product_id=self.product_id,
-            numa_node=self.numa_node,
-            iommu_group=self.iommu_group,
-            driver=self.driver,
-            parent=self.parent,
-            attributes=dict(self.attributes),
-            **self._share(),
-        )
+        return ReportedDevice(type=self.type, **self.facts())

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from devassign.domain import DeviceState
 from devassign.scheduler.view import DeviceView, HostView, JsonAttributes, Snapshot
+from devassign.schemas import DEVICE_FACTS
 from devassign.store.quotas import type_ids
 from devassign.store.schema import devices, hosts, inventory, resource_types
 
@@ -85,26 +86,17 @@ def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.S
     return best.limit(_literal("limit")).subquery("c")
 
 
+# The device's facts (schemas.DEVICE_FACTS) but its attributes, which come as text: decoded
+# only if a selector or constraint looks (JsonAttributes).
+_FACTS = tuple(f for f in DEVICE_FACTS if f != "attributes")
 _DEVICE_COLUMNS = (
     devices.c.id,
     devices.c.host_id,
-    devices.c.address,
-    devices.c.kind,
-    devices.c.numa_node,
-    devices.c.iommu_group,
-    devices.c.parent,
-    devices.c.vendor_id,
-    devices.c.product_id,
-    devices.c.driver,
-    # As text: decoded only if a selector or constraint looks (JsonAttributes).
+    *(devices.c[f] for f in _FACTS),
     sa.cast(devices.c.attributes, sa.Text).label("attributes_json"),
     devices.c.state,
     devices.c.healthy,
     devices.c.taint,
-    devices.c.pool,
-    devices.c.pool_counters,
-    devices.c.consumes,
-    devices.c.mode,
     devices.c.consumed,
     resource_types.c.name.label("type_name"),
     hosts.c.name.label("host_name"),
@@ -237,24 +229,13 @@ def _views(
             meta[r.host_id] = (r.host_name, r.last_seen_at)
         per_host[r.host_id].append(
             DeviceView(
+                **{f: getattr(r, f) for f in _FACTS},
                 id=r.id,
-                address=r.address,
-                kind=r.kind,
                 type=r.type_name,
-                numa_node=r.numa_node,
-                iommu_group=r.iommu_group,
-                parent=r.parent,
-                vendor_id=r.vendor_id,
-                product_id=r.product_id,
-                driver=r.driver,
                 attributes=JsonAttributes(r.attributes_json),
                 state=r.state,
                 healthy=r.healthy,
                 taint=r.taint,
-                pool=r.pool,
-                pool_counters=r.pool_counters,
-                consumes=r.consumes,
-                mode=r.mode,
                 consumed=r.consumed,
             )
         )

@@ -337,29 +337,25 @@ def device_query() -> sa.Select[Any]:
     )
 
 
+def _facts(r: Any) -> dict[str, Any]:
+    """A device row's facts (schemas.DEVICE_FACTS); its JSON ones empty rather than NULL."""
+    out = {name: getattr(r, name) for name in schemas.DEVICE_FACTS}
+    for name in ("attributes", "pool_counters", "consumes"):
+        out[name] = out[name] or {}
+    return out
+
+
 def device_model(r: Any) -> schemas.Device:
     return schemas.Device(
+        **_facts(r),
         id=r.id,
         host=r.host_name,
-        address=r.address,
-        kind=r.kind,
         type=r.type_name,
         state=r.state,
         healthy=r.healthy,
-        vendor_id=r.vendor_id,
-        product_id=r.product_id,
-        numa_node=r.numa_node,
-        iommu_group=r.iommu_group,
-        driver=r.driver,
-        parent=r.parent,
-        attributes=r.attributes or {},
         consumer=r.consumer,
         quarantine_reason=r.quarantine_reason,
         health_reason=r.health_reason,
-        pool_counters=r.pool_counters or {},
-        consumes=r.consumes or {},
-        pool=r.pool,
-        mode=r.mode,
         state_changed_at=aware(r.state_changed_at) or r.state_changed_at,
         created_at=aware(r.created_at) or r.created_at,
     )

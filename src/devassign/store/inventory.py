@@ -37,19 +37,23 @@ from devassign.store.taint_marks import mark_tainted
 
 # What ``inventory.available`` counts: free devices that no taint keeps from new claims.
 SCHEDULABLE = sa.and_(devices.c.state == DeviceState.AVAILABLE.value, devices.c.taint.is_(None))
-_COMPARED = (
-    "kind",
-    "vendor_id",
-    "product_id",
-    "numa_node",
-    "iommu_group",
-    "driver",
-    "parent",
-    "pool",
-    "mode",
-)
-# JSON fields compared as values; an empty one is stored as NULL.
-_COMPARED_JSON = ("attributes", "pool_counters", "consumes")
+# The facts a report may change (the address is the device's identity): one column each.
+_COMPARED = tuple(f for f in schemas.DEVICE_FACTS if f != "address")
+# Stored as NULL when empty (attributes are always an object).
+_NULL_WHEN_EMPTY = frozenset({"pool_counters", "consumes"})
+
+
+def stored_facts(dev: schemas.DeviceFacts) -> dict[str, Any]:
+    """A device's facts as its columns hold them."""
+    out: dict[str, Any] = {}
+    for name in schemas.DEVICE_FACTS:
+        value = getattr(dev, name)
+        if hasattr(value, "value"):  # an enum: its text
+            value = value.value
+        out[name] = None if (name in _NULL_WHEN_EMPTY and not value) else value
+    return out
+
+
 _HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
 
 
@@ -371,27 +375,15 @@ def apply_report(
             state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
             inserts.append(
                 {
+                    **stored_facts(dev),
                     "id": str(uuid.uuid4()),
                     "host_id": host.id,
-                    "address": dev.address,
-                    "kind": dev.kind.value,
                     "type_id": type_id,
                     "state": state.value,
                     "healthy": dev.healthy,
                     "health_reason": None
                     if dev.healthy
                     else (dev.health_reason or "the agent reports it unhealthy"),
-                    "vendor_id": dev.vendor_id,
-                    "product_id": dev.product_id,
-                    "numa_node": dev.numa_node,
-                    "iommu_group": dev.iommu_group,
-                    "driver": dev.driver,
-                    "parent": dev.parent,
-                    "attributes": dev.attributes,
-                    "pool_counters": dev.pool_counters or None,
-                    "consumes": dev.consumes or None,
-                    "pool": dev.pool,
-                    "mode": dev.mode,
                     "state_changed_at": now,
                     "created_at": now,
                     "updated_at": now,
@@ -504,15 +496,10 @@ def _update_existing(
     now: datetime,
 ) -> None:
     values: dict[str, Any] = {}
+    facts = stored_facts(dev)
     for key in _COMPARED:
-        new = getattr(dev, key)
-        new = new.value if hasattr(new, "value") else new
-        if getattr(row, key) != new:
-            values[key] = new
-    for key in _COMPARED_JSON:
-        new_json = getattr(dev, key)
-        if (getattr(row, key) or {}) != new_json:
-            values[key] = new_json if (new_json or key == "attributes") else None
+        if getattr(row, key) != facts[key]:
+            values[key] = facts[key]
     state = DeviceState(row.state)
     if type_id != row.type_id:
         if state in _HELD or state is DeviceState.MISSING:
