@@ -1,0 +1,286 @@
+"""``devassign nova-listener``: give an instance's devices back when Nova deletes it.
+
+Nova announces what happens to instances as versioned notifications on its message bus
+(exchange ``nova``, routing key ``versioned_notifications.info`` and ``.error``), each an
+oslo.messaging envelope ``{"oslo.version": "2.0", "oslo.message": "<JSON text>"}``. On
+``instance.delete.end``, and on ``instance.create.error`` (a build that failed after devassign
+claimed), the listener releases the instance's allocation (``DELETE /v1/allocations/{uuid}``),
+so devices are cleaned and handed out again without waiting for an operator.
+
+No release is lost: the listener's queue is durable and its own, a message is acknowledged only
+once devassign answered the release (404, nothing held, counts: a release is idempotent), and
+an unacknowledged message goes back to the queue when devassign or the broker is away. A
+message that is not a Nova notification is logged once, with the reason, and acknowledged:
+one bad message never blocks the queue. Message contexts carry users' tokens (``_context_*``
+keys): no part of a message is ever logged, only the event type and the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import kombu as _kombu
+
+# kombu's API is mostly untyped: its calls are checked by the tests against a real broker.
+kombu: Any = _kombu
+
+LOG = logging.getLogger(__name__)
+
+RELEASE_EVENTS = frozenset({"instance.delete.end", "instance.create.error"})
+PRIORITIES = ("info", "error")
+
+
+class PoisonMessage(ValueError):
+    """A message that is not a Nova notification: acknowledged and logged, never retried."""
+
+
+class Outcome(Enum):
+    ACK = "ack"  # done with it: released, nothing to release, or a message to drop
+    RETRY = "retry"  # devassign could not answer: give the message back and try again later
+
+
+@dataclass(frozen=True)
+class Notification:
+    event_type: str
+    instance: str | None
+
+
+def parse_notification(body: bytes | str) -> Notification:
+    """The event type and instance uuid of an oslo.messaging message (enveloped or not)."""
+    try:
+        outer = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonMessage(f"not JSON ({type(exc).__name__} at {getattr(exc, 'pos', '?')})") from None
+    if not isinstance(outer, dict):
+        raise PoisonMessage(f"a JSON {type(outer).__name__}, not an object")
+    message: Any = outer
+    if "oslo.message" in outer:
+        if outer.get("oslo.version") != "2.0":
+            raise PoisonMessage("an oslo.messaging envelope of a version other than 2.0")
+        inner = outer["oslo.message"]
+        if not isinstance(inner, str):
+            raise PoisonMessage("oslo.message is not a JSON string")
+        try:
+            message = json.loads(inner)
+        except ValueError:
+            raise PoisonMessage("oslo.message is not valid JSON") from None
+        if not isinstance(message, dict):
+            raise PoisonMessage("oslo.message is not a JSON object")
+    event_type = message.get("event_type")
+    if not isinstance(event_type, str) or not event_type:
+        raise PoisonMessage("no event_type")
+    payload = message.get("payload")
+    if not isinstance(payload, dict):
+        raise PoisonMessage(f"{event_type} without a payload object")
+    data = payload.get("nova_object.data", payload)  # versioned, or a legacy flat payload
+    if not isinstance(data, dict):
+        raise PoisonMessage(f"{event_type} with a payload whose nova_object.data is not an object")
+    instance = data.get("uuid", data.get("instance_id"))
+    return Notification(event_type, instance if isinstance(instance, str) and instance else None)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """Where the notifications come from and where releases go."""
+
+    broker_url: str = field(default="amqp://guest:guest@127.0.0.1:5672//", repr=False)
+    exchange: str = "nova"
+    topic: str = "versioned_notifications"
+    queue: str = "devassign-nova-listener"
+    prefetch: int = 10
+    # Used only when the exchange does not exist yet; must match how Nova declares it
+    # ([oslo_messaging_rabbit] amqp_durable_queues).
+    exchange_durable: bool = False
+    devassign_url: str = "http://127.0.0.1:8470"
+    token: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+    backoff_first: float = 0.5
+    backoff_max: float = 30.0
+
+
+def broker_url(url: str) -> str:
+    """Nova's ``transport_url`` (``rabbit://user:pass@host:5672/vhost``) as kombu takes it."""
+    if url.startswith("rabbit://"):
+        return "amqp://" + url.removeprefix("rabbit://")
+    return url
+
+
+class Releaser:
+    """Releases allocations through devassign's API."""
+
+    def __init__(self, config: ListenerConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        self.url = config.devassign_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=config.timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def release(self, instance: str) -> tuple[Outcome, str]:
+        """Release ``instance``'s devices: what to do with the message, and what happened."""
+        try:
+            response = self.http.delete(f"/v1/allocations/{quote(instance, safe='')}")
+        except httpx.HTTPError as exc:
+            return Outcome.RETRY, f"devassign at {self.url} did not answer: {type(exc).__name__}: {exc}"
+        code = _error_code(response)
+        if response.is_success:
+            return Outcome.ACK, "released"
+        if response.status_code == 404:
+            return Outcome.ACK, f"nothing to release ({code or 'not found'})"
+        if response.status_code >= 500 or response.status_code in (401, 403, 429):
+            return (
+                Outcome.RETRY,
+                f"devassign at {self.url} answered HTTP {response.status_code} {code}".rstrip(),
+            )
+        return Outcome.ACK, f"devassign refused the release: HTTP {response.status_code} {code}".rstrip()
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        err = response.json().get("error") or {}
+        return str(err.get("code", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+class NovaListener:
+    """Consumes Nova's notifications and releases the devices of deleted instances."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        *,
+        releaser: Releaser | None = None,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self.config = config
+        self.releaser = releaser or Releaser(config)
+        self.stop_event = threading.Event()
+        self._sleep = sleep or self.stop_event.wait
+        self._failures = 0  # releases in a row that devassign could not answer
+        self._broker_down = False
+        self.connected = threading.Event()  # set while consuming (tests wait on it)
+
+    # ------------------------------------------------------------------ one message
+
+    def handle(self, body: bytes | str) -> Outcome:
+        """What to do with one message; releases the instance's devices when it says so."""
+        try:
+            notification = parse_notification(body)
+        except PoisonMessage as exc:
+            LOG.warning("dropped a message that is not a Nova notification: %s", exc)
+            return Outcome.ACK
+        if notification.event_type not in RELEASE_EVENTS:
+            return Outcome.ACK
+        if notification.instance is None:
+            LOG.warning("dropped %s: it names no instance uuid", notification.event_type)
+            return Outcome.ACK
+        outcome, what = self.releaser.release(notification.instance)
+        if outcome is Outcome.RETRY:
+            if self._failures == 0:
+                LOG.error(
+                    "cannot release instance %s after %s: %s; keeping the message and retrying",
+                    notification.instance,
+                    notification.event_type,
+                    what,
+                )
+            self._failures += 1
+            return outcome
+        if self._failures:
+            LOG.info("devassign answers again after %d failed tries", self._failures)
+            self._failures = 0
+        level = logging.INFO if what == "released" or what.startswith("nothing") else logging.WARNING
+        LOG.log(level, "instance %s (%s): %s", notification.instance, notification.event_type, what)
+        return outcome
+
+    def backoff(self) -> float:
+        """Seconds to wait before the next try: doubling with the failures in a row, half random."""
+        step = min(self.config.backoff_max, self.config.backoff_first * 2.0 ** max(0, self._failures - 1))
+        return step / 2 + random.uniform(0, step / 2)
+
+    def _on_message(self, message: Any) -> None:
+        if self.handle(message.body) is Outcome.ACK:
+            message.ack()
+            return
+        self._sleep(self.backoff())
+        message.requeue()  # back to the queue, unacknowledged: delivered again
+
+    # ------------------------------------------------------------------ the broker
+
+    def declare(self, connection: Any) -> Any:
+        """The listener's durable queue, bound to Nova's notification topics (the exchange is
+        declared only when missing, as Nova would declare it)."""
+        channel = connection.channel()
+        try:
+            kombu.Exchange(self.config.exchange, type="topic", passive=True)(channel).declare()
+        except connection.channel_errors:
+            channel = connection.channel()  # the broker closed the channel that asked
+            kombu.Exchange(self.config.exchange, type="topic", durable=self.config.exchange_durable)(
+                channel
+            ).declare()
+        exchange = kombu.Exchange(self.config.exchange, type="topic", durable=self.config.exchange_durable)
+        queue = kombu.Queue(
+            self.config.queue,
+            bindings=[kombu.binding(exchange, routing_key=f"{self.config.topic}.{p}") for p in PRIORITIES],
+            durable=True,
+            auto_delete=False,
+        )
+        queue(channel).declare()
+        channel.close()
+        return queue
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, reconnecting to the broker whenever the connection drops."""
+        attempt = 0
+        while not self.stop_event.is_set():
+            connection = kombu.Connection(broker_url(self.config.broker_url), connect_timeout=5)
+            where = connection.as_uri()  # the password masked
+            try:
+                connection.connect()
+                queue = self.declare(connection)
+                channel = connection.channel()
+                channel.basic_qos(0, self.config.prefetch, False)
+                with kombu.Consumer(channel, queues=[queue], on_message=self._on_message, no_ack=False):
+                    if self._broker_down or attempt:
+                        LOG.info("connected to the broker at %s again", where)
+                    else:
+                        LOG.info(
+                            "consuming %s from %s (queue %s)", self.config.topic, where, self.config.queue
+                        )
+                    self._broker_down, attempt = False, 0
+                    self.connected.set()
+                    while not self.stop_event.is_set():
+                        try:
+                            connection.drain_events(timeout=1)
+                        except TimeoutError:
+                            connection.heartbeat_check()
+            except (
+                *connection.connection_errors,
+                *connection.channel_errors,
+                OSError,
+                kombu.exceptions.KombuError,
+            ) as exc:
+                self.connected.clear()
+                attempt += 1
+                if not self._broker_down:
+                    LOG.error("broker at %s: %s: %s; reconnecting", where, type(exc).__name__, exc)
+                    self._broker_down = True
+                step = min(self.config.backoff_max, self.config.backoff_first * 2.0 ** min(attempt - 1, 16))
+                self.stop_event.wait(step / 2 + random.uniform(0, step / 2))
+            finally:
+                self.connected.clear()
+                connection.release()
+
+    def stop(self) -> None:
+        self.stop_event.set()
