@@ -155,12 +155,14 @@ class SyntheticHost:
             self.group(addr, iommu_group)
         return self.root / d
 
-    def config_space(self, addr: str, vendor: str, device: str) -> None:
+    def config_space(self, addr: str, vendor: str, device: str, *, vf: bool = False) -> None:
         """The first 64 bytes of the function's config space (what an unprivileged read of
-        ``config`` gives): vendor and device id, little-endian, then zeros."""
-        head = int(vendor, 16).to_bytes(2, "little") + int(device, 16).to_bytes(2, "little")
+        ``config`` gives): vendor and device id, little-endian, then a revision, then zeros. A
+        VF's vendor and device id read 0xFFFF, as on real hardware (sysfs shows the PF's)."""
+        ids = int(vendor, 16).to_bytes(2, "little") + int(device, 16).to_bytes(2, "little")
+        head = b"\xff" * 4 if vf else ids
         path = self.root / self.dev(addr) / "config"
-        path.write_bytes(head + bytes(60))
+        path.write_bytes(head + bytes(4) + b"\x01" + bytes(55))
 
     def fall_off_bus(self, addr: str) -> None:
         """What a dead function shows: every config read answers all ones (0xFF)."""
@@ -253,6 +255,7 @@ class SyntheticHost:
                 vf, vendor, vf_device, cls=cls, numa=numa, iommu_group=group, driver=vf_driver, reset=reset
             )
             (self.root / self.dev(vf) / "remove").unlink()  # the kernel gives VFs none
+            self.config_space(vf, vendor, vf_device, vf=True)
             self.link(f"{self.dev(vf)}/physfn", f"../{addr}")
             self.link(f"{d}/virtfn{i}", f"../{vf}")
         return out

@@ -95,3 +95,15 @@ def test_an_unplugged_usb_device_is_unhealthy(machine: Machine) -> None:
     machine.h.remove("1-2")
     result = UsbHandler().health(dev, {}, machine.ops)
     assert not result.ok and "not plugged in" in (result.reason or "")
+
+
+def test_a_live_vf_whose_ids_read_0xffff_is_not_dead(machine: Machine) -> None:
+    """On real hardware a VF's vendor and device id registers read 0xFFFF (the kernel shows the
+    PF's ids in sysfs); only a header of all ones is a dead function."""
+    vfs = _nic(machine)
+    head = (machine.h.root / machine.h.dev(vfs[0]) / "config").read_bytes()
+    assert head[:4] == b"\xff" * 4 and head != b"\xff" * len(head)
+    dev = device(vfs[0], DeviceKind.SRIOV_VF, consumer=None, parent=PF)
+    assert SriovVfHandler().health(dev, {}, machine.ops).ok
+    machine.h.fall_off_bus(vfs[0])
+    assert not SriovVfHandler().health(dev, {}, machine.ops).ok

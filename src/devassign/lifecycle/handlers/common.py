@@ -47,14 +47,16 @@ def config_space_problem(sysfs: Sysfs, address: str) -> str | None:
     """Why ``address`` looks dead from its PCI config space, or ``None``.
 
     A function that fell off the bus (a GPU after a failed reset, a surprise-removed card)
-    answers every config read with all ones: its vendor id reads 0xffff and it stays that
-    way until the host reboots. A tree without a ``config`` file (or one that cannot be
-    read) says nothing either way.
+    answers every config read with all ones, and stays that way until the host reboots. The
+    whole header must read 0xFF, not just the vendor id: an SR-IOV VF's vendor and device id
+    registers read 0xFFFF on a live VF (the PCIe spec's; the kernel shows the PF's ids in
+    sysfs instead), as the real kernel showed this check. A tree without a ``config`` file
+    (or one that cannot be read) says nothing either way.
     """
-    head = sysfs.read_bytes(f"{pci_dir(address)}/config", 4)
-    if head is None or len(head) < 2:
+    head = sysfs.read_bytes(f"{pci_dir(address)}/config", 64)
+    if head is None or len(head) < 16:
         return None
-    if head[:2] == b"\xff\xff":
+    if head == b"\xff" * len(head):
         return (
             f"{address} reads 0xFF from its PCI config space: it fell off the bus "
             "and stays dead until the host reboots"
