@@ -129,6 +129,15 @@ _NEW_ALLOCATION = {
         allocations, [allocations.c.consumer], allocations.c.released_at.is_(None)
     ).items()
 }
+# Whether a device is the pool of some device on its host (a GPU its vGPUs are carved from):
+# returned by the take, so a claim of plain devices reads no pool at all.
+# Whether a taken device is the pool of some device on its host (a GPU its vGPUs are carved
+# from): returned by the take itself, so a claim of plain devices reads no pool at all. Text,
+# since SQLite's RETURNING would lose the correlation of a built subquery.
+_IS_POOL_SQL = (
+    "EXISTS (SELECT 1 FROM devices AS m WHERE m.host_id = devices.host_id AND m.pool = devices.address)"
+)
+_IS_POOL: sa.Label[bool] = sa.literal_column(_IS_POOL_SQL, sa.Boolean).label("is_pool")
 _TAKE = (
     devices.update()
     .where(
@@ -145,7 +154,13 @@ _TAKE = (
         updated_at=sa.bindparam("now"),
     )
     .returning(
-        devices.c.id, devices.c.address, devices.c.kind, devices.c.type_id, devices.c.parent, devices.c.pool
+        devices.c.id,
+        devices.c.address,
+        devices.c.kind,
+        devices.c.type_id,
+        devices.c.parent,
+        devices.c.pool,
+        _IS_POOL,
     )
 )
 # A PF and its VFs (a GPU and its vGPU slots) exclude each other: the claimed devices' parents
@@ -180,7 +195,7 @@ _TAKE_ALL_PG = sa.text(
             state_changed_at = :now, updated_at = :now
         WHERE id = ANY(CAST(:ids AS varchar[])) AND host_id = :host_id
           AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
-        RETURNING id, address, kind, type_id, parent, pool
+        RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool
     ), items AS (
         INSERT INTO allocation_items (allocation_id, device_id, request_name)
         SELECT :alloc, t.id, r.name
@@ -194,7 +209,7 @@ _TAKE_ALL_PG = sa.text(
         INSERT INTO events (at, actor, action, host, consumer, message, detail)
         VALUES (:now, :actor, 'allocation_created', :host, :consumer, :message, CAST(:detail AS jsonb))
     )
-    SELECT id, address, kind, type_id, parent, pool,
+    SELECT id, address, kind, type_id, parent, pool, is_pool,
         -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
         -- child of the taken devices. Under the host's lock every claim on this host waits
         -- for this one, so the states read here cannot change before the commit.
@@ -522,8 +537,11 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> bool
     recounted (a mode taken changes what the pool's other partitions count).
     Under the host's lock (every claim on the host waits for this one), so what is read here
     cannot change before the commit."""
-    # The pools of the partitions taken, and the taken devices that may be pools themselves.
-    pools = sorted({r.pool for r in rows if r.pool} | {r.address for r in rows})
+    # The pools of the partitions taken, and the taken devices that are pools themselves;
+    # a claim of plain devices (neither) stops here without a statement.
+    pools = sorted({r.pool for r in rows if r.pool} | {r.address for r in rows if r.is_pool})
+    if not pools:
+        return False
     members = conn.execute(_POOL_MEMBERS, {"host_id": host_id, "pools": pools}).all()
     if not members:
         return False
