@@ -11,7 +11,6 @@ with the reason.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import httpx
 import pytest
 
 from devassign.agent.config import load_config
-from devassign.agent.state import StateFile
 from devassign.agent.worker import Agent
-from devassign.testing.host import simulated_host
+from tests.e2e.agents import Clock, in_process_agent
 from tests.e2e.servers import cli, running_server
 from tests.fixtures.sysfs import SyntheticHost, host
 
@@ -31,14 +29,6 @@ pytestmark = pytest.mark.slow
 HOST = "health-host"
 GPU = "0000:3b:00.0"
 PF = "0000:5e:00.0"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -77,17 +67,7 @@ def _setup(tmp_path: Path, url: str) -> tuple[SyntheticHost, list[str], Agent, C
     cli("type", "create", "GPU_T4", env=env)
     config = load_config(conf)
     clock = Clock()
-    agent = Agent(
-        config,
-        h.root,
-        simulated_host(h.root),
-        httpx.Client(timeout=10),
-        state=StateFile(config.state_file, host=config.host, durable=False),
-        clock=clock,
-        sleep=lambda _s: None,
-        rng=random.Random(1),
-        pci_ids=None,
-    )
+    agent = in_process_agent(config, h.root, httpx.Client(timeout=10), clock)
     first = agent.step()
     assert not first.errors, first.errors
     assert {d["state"] for d in _devices(url).values()} == {"available"}
@@ -202,17 +182,7 @@ def test_the_health_record_survives_an_agent_restart(tmp_path: Path, server: str
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["health"][GPU]["passes"] == 1
     # A new agent process (the same state file) does not call the GPU healthy after one more pass.
-    again = Agent(
-        agent.config,
-        h.root,
-        simulated_host(h.root),
-        httpx.Client(timeout=10),
-        state=StateFile(agent.config.state_file, host=agent.config.host, durable=False),
-        clock=clock,
-        sleep=lambda _s: None,
-        rng=random.Random(2),
-        pci_ids=None,
-    )
+    again = in_process_agent(agent.config, h.root, httpx.Client(timeout=10), clock, seed=2)
     # The server would refuse a second live agent for this host until the first falls silent;
     # the first is gone, so the new process takes its instance id rather than wait for that.
     again.reporter.instance = agent.reporter.instance

@@ -6,18 +6,16 @@ MIG instances, never both."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from devassign.agent.config import parse_config
-from devassign.agent.state import StateFile
-from devassign.agent.worker import Agent
 from devassign.lifecycle.host import HostOps, RecordingNetlink
 from devassign.lifecycle.simulated import SimulatedSysfs
 from devassign.testing.nvidia_smi import FakeNvidiaSmi
+from tests.e2e.agents import Clock, in_process_agent
 from tests.fixtures.sysfs import host
 
 GPU = "0000:3b:00.0"
@@ -28,13 +26,6 @@ PROFILES = {
     "4g.40gb": "MIG_4G",
     "7g.80gb": "MIG_7G",
 }
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _available(api: TestClient) -> dict[str, int]:
@@ -62,16 +53,8 @@ def test_mig_placements_from_discovery_to_cleanup(tmp_path: Path, api: TestClien
     rules.append({"type": "GPU_A100", "match": {"vendor_id": "10de", "product_id": "20b2"}})
     config = parse_config({"host": "a100-1", "device": rules, "state_file": str(tmp_path / "state.json")})
     clock = Clock()
-    agent = Agent(
-        config,
-        h.root,
-        HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi),
-        api,
-        state=StateFile(config.state_file, host=config.host, durable=False),
-        clock=clock,
-        sleep=lambda _s: None,
-        rng=random.Random(1),
-        pci_ids=None,
+    agent = in_process_agent(
+        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
     )
     assert not agent.step().errors
     empty = {"GPU_A100": 1, "MIG_1G": 7, "MIG_2G": 3, "MIG_3G": 2, "MIG_4G": 1, "MIG_7G": 1}

@@ -7,7 +7,6 @@ the program a user runs (`devassign agent run --once`), over a generated sysfs t
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import httpx
 import pytest
 
 from devassign.agent.config import load_config
-from devassign.agent.state import StateFile
-from devassign.agent.worker import Agent
-from devassign.testing.host import simulated_host
+from tests.e2e.agents import Clock, in_process_agent
 from tests.e2e.servers import cli, running_server
 from tests.fixtures.sysfs import SyntheticHost, host
 
@@ -53,14 +50,6 @@ def _devices(url: str) -> dict[str, dict[str, Any]]:
     return {d["address"]: d for d in resp.json()}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_next_report_takes_devices_of_a_type_created_after_they_were_refused(
     tmp_path: Path, server: str
 ) -> None:
@@ -68,17 +57,7 @@ def test_the_next_report_takes_devices_of_a_type_created_after_they_were_refused
     config = load_config(conf)
     clock = Clock()
     with httpx.Client(timeout=10) as client:
-        agent = Agent(
-            config,
-            h.root,
-            simulated_host(h.root),
-            client,
-            state=StateFile(config.state_file, host=config.host, durable=False),
-            clock=clock,
-            sleep=lambda _s: None,
-            rng=random.Random(1),
-            pci_ids=None,
-        )
+        agent = in_process_agent(config, h.root, client, clock)
         first = agent.step()
         assert not first.errors and first.report is not None
         refused = {r.address: r for r in first.report.refused}

@@ -4,29 +4,19 @@ now, the server's API in process, claims, setups, the libvirt XML, cleanups."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from devassign.agent.config import parse_config
-from devassign.agent.state import StateFile
-from devassign.agent.worker import Agent
-from devassign.testing.host import simulated_host
+from tests.e2e.agents import Clock, in_process_agent
 from tests.fixtures.sysfs import host
 
 PF = "0000:3b:00.0"
 TYPES = {1428: ("NVIDIA H200X-141C", 1), 1427: ("NVIDIA H200X-70C", 2), 1425: ("NVIDIA H200X-35C", 4)}
 RESOURCE = {"NVIDIA H200X-141C": "VGPU_H200_141C", "NVIDIA H200X-70C": "VGPU_H200_70C",
             "NVIDIA H200X-35C": "VGPU_H200_35C"}  # fmt: skip
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _counts(api: TestClient) -> dict[str, tuple[int, int]]:
@@ -52,17 +42,7 @@ def test_an_h200_runs_vgpus_without_mdev(tmp_path: Path, api: TestClient) -> Non
     rules: list[dict[str, Any]] = [{"type": r, "match": {"vgpu_type": n}} for n, r in RESOURCE.items()]
     config = parse_config({"host": "h200-1", "device": rules, "state_file": str(tmp_path / "state.json")})
     clock = Clock()
-    agent = Agent(
-        config,
-        h.root,
-        simulated_host(h.root),
-        api,
-        state=StateFile(config.state_file, host=config.host, durable=False),
-        clock=clock,
-        sleep=lambda _s: None,
-        rng=random.Random(1),
-        pci_ids=None,
-    )
+    agent = in_process_agent(config, h.root, api, clock)
     first = agent.step()
     assert not first.errors and first.report is not None and len(first.report.added) == 12
     # Four VFs offer each type; the GPU's 141 GB hold one 141C, two 70C or four 35C.

@@ -9,16 +9,13 @@ meets a type the driver would refuse.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from devassign.agent.config import parse_config
-from devassign.agent.state import StateFile
-from devassign.agent.worker import Agent
-from devassign.testing.host import simulated_host
+from tests.e2e.agents import Clock, in_process_agent
 from tests.fixtures.sysfs import host
 
 GPU = "0000:3b:00.0"
@@ -32,13 +29,6 @@ RESOURCE = {"nvidia-222": "VGPU_T4_1B", "nvidia-230": "VGPU_T4_4Q", "nvidia-231"
 
 def _description(fb: str, most: int) -> str:
     return f"num_heads=4, frl_config=60, framebuffer={fb}, max_resolution=5120x2880, max_instance={most}"
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _counts(api: TestClient) -> dict[str, tuple[int, int]]:
@@ -68,17 +58,7 @@ def test_a_t4_runs_one_vgpu_type_from_discovery_to_cleanup(tmp_path: Path, api: 
     rules: list[dict[str, Any]] = [{"type": r, "match": {"mdev_type": t}} for t, r in RESOURCE.items()]
     config = parse_config({"host": "gpu-1", "device": rules, "state_file": str(tmp_path / "state.json")})
     clock = Clock()
-    agent = Agent(
-        config,
-        h.root,
-        simulated_host(h.root),
-        api,
-        state=StateFile(config.state_file, host=config.host, durable=False),
-        clock=clock,
-        sleep=lambda _s: None,
-        rng=random.Random(1),
-        pci_ids=None,
-    )
+    agent = in_process_agent(config, h.root, api, clock)
     assert not agent.step().errors
     assert _counts(api) == {"VGPU_T4_1B": (16, 0), "VGPU_T4_4Q": (4, 0), "VGPU_T4_8Q": (2, 0)}
     slot = api.get("/v1/devices", params={"type": "VGPU_T4_4Q"}).json()[0]
