@@ -21,7 +21,7 @@ from devassign.scheduler.shares import Pools, overdrawn
 from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.claims import release
 from devassign.store.events import record
-from devassign.store.inventory import SCHEDULABLE, recount
+from devassign.store.inventory import SCHEDULABLE, SHARE_COLUMNS, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, inventory, resource_types
 
 # What each finding means and whether ``fix`` repairs it.
@@ -239,16 +239,7 @@ def _confirmed_pending(conn: sa.Connection) -> list[Finding]:
 
 def _pools(conn: sa.Connection) -> list[Finding]:
     """Per host with partitions, the held ones against their pools (scheduler/shares.py)."""
-    cols = (
-        devices.c.host_id,
-        devices.c.address,
-        devices.c.state,
-        devices.c.pool,
-        devices.c.pool_counters,
-        devices.c.consumes,
-        devices.c.consumed,
-        devices.c.mode,
-    )
+    cols = (devices.c.host_id, *SHARE_COLUMNS)
     present = devices.c.state != DeviceState.REMOVED.value
     rows = list(conn.execute(sa.select(*cols).where(present, devices.c.pool.is_not(None))))
     keys = {(r.host_id, r.pool) for r in rows}

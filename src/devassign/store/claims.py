@@ -30,7 +30,7 @@ from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record
-from devassign.store.inventory import lock_host, recount
+from devassign.store.inventory import SHARE_COLUMNS, lock_host, recount
 from devassign.store.quotas import enforce_quota
 from devassign.store.schema import (
     allocation_items,
@@ -517,15 +517,7 @@ def _record_consumption(conn: sa.Connection, extra: Mapping[str, Mapping[str, in
     )
 
 
-_POOL_MEMBERS = sa.select(
-    devices.c.address,
-    devices.c.state,
-    devices.c.pool,
-    devices.c.pool_counters,
-    devices.c.consumes,
-    devices.c.consumed,
-    devices.c.mode,
-).where(
+_POOL_MEMBERS = sa.select(*SHARE_COLUMNS).where(
     devices.c.host_id == sa.bindparam("host_id"), devices.c.pool.in_(sa.bindparam("pools", expanding=True))
 )
 

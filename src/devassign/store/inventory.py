@@ -115,17 +115,17 @@ _MEMBERS = devices.alias("members")
 _POOLS_OF_HOST = sa.select(_MEMBERS.c.pool).where(
     _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.pool.is_not(None)
 )
-_PARTITIONS = sa.select(
+# What scheduler.shares.Pools reads of a device: the claim, the counts and the audit select these.
+SHARE_COLUMNS = (
     devices.c.address,
-    devices.c.type_id,
     devices.c.state,
-    devices.c.taint,
     devices.c.pool,
     devices.c.pool_counters,
     devices.c.consumes,
     devices.c.consumed,
     devices.c.mode,
-).where(
+)
+_PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.type_id, devices.c.taint).where(
     devices.c.host_id == sa.bindparam("host_id"),
     devices.c.state != DeviceState.REMOVED.value,
     sa.or_(devices.c.pool.is_not(None), devices.c.address.in_(_POOLS_OF_HOST)),
