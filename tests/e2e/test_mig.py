@@ -92,3 +92,37 @@ def test_mig_placements_from_discovery_to_cleanup(tmp_path: Path, api: TestClien
     clock.now += 2
     assert [w.ok for w in agent.step().work] == [True]
     assert [(i.profile_id, i.start) for i in smi.instances(GPU)] == [(0, 0)]
+
+
+def test_b200_placements_go_by_profile_name(tmp_path: Path, api: TestClient) -> None:
+    """A B200: its profiles' nvidia-smi ids are not published, so its slots carry the profile
+    name, setup creates ``-cgi 3g.90gb:4`` and cleanup finds the instance by name and start."""
+    h = host(tmp_path / "sys", vfio=True)
+    h.pci(GPU, "10de", "2901", cls="030200", numa=0, iommu_group=12, driver="nvidia")
+    smi = FakeNvidiaSmi(tmp_path / "smi.json", {GPU: "2901"})
+    profiles = {"1g.23gb": "B200_1G", "3g.90gb": "B200_3G", "7g.180gb": "B200_7G"}
+    for name in profiles.values():
+        assert api.post("/v1/resource-types", json={"name": name, "description": name}).status_code == 201
+    rules: list[dict[str, Any]] = [{"type": t, "match": {"mig_profile": p}} for p, t in profiles.items()]
+    config = parse_config({"host": "b200-1", "device": rules, "state_file": str(tmp_path / "state.json")})
+    clock = Clock()
+    agent = in_process_agent(
+        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
+    )
+    assert not agent.step().errors
+    assert _available(api) == {"B200_1G": 7, "B200_3G": 2, "B200_7G": 1}
+
+    assert _claim(api, "train", "B200_3G").status_code == 201
+    assert _claim(api, "eval", "B200_3G").status_code == 201
+    # Two 3g take all eight memory slices: the seventh compute slice is left, but no memory.
+    assert _capacity(api, "B200_1G") == 0 and _capacity(api, "B200_7G") == 0
+    clock.now += 2
+    assert [w.ok for w in agent.step().work] == [True, True]
+    assert sorted(i.start for i in smi.instances(GPU)) == [0, 4]
+    assert {c.argv[-2] for c in smi.calls if "-cgi" in c.argv} == {"3g.90gb:0", "3g.90gb:4"}
+    for consumer in ("train", "eval"):
+        assert api.delete(f"/v1/allocations/{consumer}").status_code == 204
+    clock.now += 2
+    assert [(w.action, w.ok) for w in agent.step().work] == [("cleanup", True)] * 2
+    assert smi.instances(GPU) == []
+    assert _available(api) == {"B200_1G": 7, "B200_3G": 2, "B200_7G": 1}

@@ -25,9 +25,18 @@ Sources (every fact below comes from one of them; nothing is guessed):
   80GB, 2331 H100 PCIe, 2321 H100L 94GB (H100 NVL), 2339 H100 SXM5 94GB, 2335 H200 SXM
   141GB, 233b H200 NVL.
 
+* The B200 (180GB): its profile names and fractions from the same guide's "Supported MIG
+  Profiles" (1g.23gb 1/8 of memory and 1/7 of the SMs, 1g.45gb 2/8 and 1/7, 2g.45gb 2/8 and
+  2/7, 3g.90gb 4/8 and 3/7, 4g.90gb 4/8 and 4/7, 7g.180gb all): the same shapes as every
+  8-slice part above, whose placements it is given (no B200 ``-lgipp`` transcript was found;
+  the placements follow from the shapes on every part that has one); its PCI device id 2901 from NVIDIA's
+  mig-parted default configuration (``device-filter: 0x290110DE  # B200``). The ids
+  ``nvidia-smi`` gives the B200's profiles were not found published: its profiles carry no
+  id, and the MIG handler names them (``-cgi 3g.90gb:4``, which nvidia-smi accepts: "a profile
+  name or ID and an optional placement specifier") and finds its instances by name.
+
 Left out on purpose: the ``+me`` profiles (one per GPU, they hold the media engines, which
-these counters do not model) and the B200 (its profile names are published, the ids
-``nvidia-smi`` gives them were not found).
+these counters do not model).
 """
 
 from __future__ import annotations
@@ -44,10 +53,11 @@ SLICE_COUNTER = "mig_slice_{}"
 
 @dataclass(frozen=True)
 class MigProfile:
-    """One GPU instance profile as ``nvidia-smi mig -lgip`` lists it (``MIG 3g.40gb``, id 9)."""
+    """One GPU instance profile as ``nvidia-smi mig -lgip`` lists it (``MIG 3g.40gb``, id 9);
+    ``profile_id`` is ``None`` where no source gives it (the B200): then it goes by its name."""
 
     name: str
-    profile_id: int
+    profile_id: int | None
     compute_slices: int
     memory_slices: int
     starts: tuple[int, ...]
@@ -88,17 +98,24 @@ class MigPlacement:
     slices: tuple[int, ...]
 
 
-def _eight_slices(names: tuple[str, str, str, str, str, str]) -> tuple[MigProfile, ...]:
-    """The profiles every 8-memory-slice part (A100, H100, H200) shares, by its names for
-    1g, 1g with two memory slices, 2g, 3g, 4g and 7g; ids and placements are the same."""
-    g1, g1x2, g2, g3, g4, g7 = names
-    return (
-        MigProfile(g1, 19, 1, 1, (0, 1, 2, 3, 4, 5, 6)),
-        MigProfile(g1x2, 15, 1, 2, (0, 2, 4, 6)),
-        MigProfile(g2, 14, 2, 2, (0, 2, 4)),
-        MigProfile(g3, 9, 3, 4, (0, 4)),
-        MigProfile(g4, 5, 4, 4, (0,)),
-        MigProfile(g7, 0, 7, 8, (0,)),
+# The ids and placements every 8-memory-slice part shares, by shape (compute, memory slices).
+EIGHT_SLICE_SHAPES: tuple[tuple[int, int, int, tuple[int, ...]], ...] = (
+    (19, 1, 1, (0, 1, 2, 3, 4, 5, 6)),
+    (15, 1, 2, (0, 2, 4, 6)),
+    (14, 2, 2, (0, 2, 4)),
+    (9, 3, 4, (0, 4)),
+    (5, 4, 4, (0,)),
+    (0, 7, 8, (0,)),
+)
+
+
+def _eight_slices(names: tuple[str, str, str, str, str, str], *, ids: bool = True) -> tuple[MigProfile, ...]:
+    """The profiles every 8-memory-slice part (A100, H100, H200, B200) shares, by its names for
+    1g, 1g with two memory slices, 2g, 3g, 4g and 7g; placements are the same, and so are the
+    ids where they are known (``ids=False``: not published for this part)."""
+    return tuple(
+        MigProfile(name, pid if ids else None, compute, memory, starts)
+        for name, (pid, compute, memory, starts) in zip(names, EIGHT_SLICE_SHAPES, strict=True)
     )
 
 
@@ -148,6 +165,13 @@ MODELS: tuple[GpuModel, ...] = (
         ("2335", "233b"),
         141,
         _eight_slices(("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb")),
+    ),
+    GpuModel(
+        "B200 180GB",
+        NVIDIA_VENDOR_ID,
+        ("2901",),
+        180,
+        _eight_slices(("1g.23gb", "1g.45gb", "2g.45gb", "3g.90gb", "4g.90gb", "7g.180gb"), ids=False),
     ),
 )
 
@@ -219,11 +243,11 @@ def add_mig_placements(devices: list[FoundDevice]) -> None:
                     parent=gpu.address,
                     attributes={
                         "mig_profile": p.profile.name,
-                        "mig_profile_id": p.profile.profile_id,
                         "mig_start": p.start,
                         "mig_slices": list(p.slices),
                         "gpu_model": model.name,
-                    },
+                    }
+                    | ({} if p.profile.profile_id is None else {"mig_profile_id": p.profile.profile_id}),
                     pool=gpu.address,
                     pool_counters=dict(pool),
                     consumes=consumes(p),

@@ -18,7 +18,9 @@ so nothing may rely on them. Anything else is refused as unsupported by the fake
 
 Wording and tables follow published transcripts (NVIDIA's MIG User Guide and others); the
 exit codes are those of nvidia-smi(1) (2 invalid argument, 3 not supported, 6 not found,
-255 other) as best known, and error text goes to stderr.
+255 other) as best known, and error text goes to stderr. A GPU whose profile ids are not
+published (the B200) gets the ids of the other 8-slice parts here, by shape: the fake has to
+print some id, and the handler never relies on them for such a GPU (it goes by name).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devassign.agent.gpus import NVIDIA_VENDOR_ID, GpuModel, MigProfile, lookup, placement
+from devassign.agent.gpus import EIGHT_SLICE_SHAPES, NVIDIA_VENDOR_ID, GpuModel, MigProfile, lookup, placement
 from devassign.lifecycle.host import RecordedRun, RunResult
 
 RC_INVALID = 2
@@ -46,6 +48,15 @@ _BUS_RE = re.compile(r"^([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([
 _VALUED = {"-i", "-mig", "-cgi", "-cci", "-gi", "-ci"}
 _FLAGS = {"-C", "-lgi", "-lci", "-dci", "-dgi"}
 _ACTIONS = ("-cgi", "-cci", "-lgi", "-lci", "-dci", "-dgi")
+# The fake's ids for profiles without a published one, by (compute slices, memory slices).
+_SIM_IDS = {(compute, memory): pid for pid, compute, memory, _ in EIGHT_SLICE_SHAPES}
+
+
+def sim_id(profile: MigProfile) -> int:
+    """The profile's id as the fake prints it: the real one where known."""
+    if profile.profile_id is not None:
+        return profile.profile_id
+    return _SIM_IDS[(profile.compute_slices, profile.memory_slices)]
 
 
 def bus_id(value: str) -> str | None:
@@ -237,7 +248,7 @@ class FakeNvidiaSmi:
                 raise refuse(RC_INVALID, "Invalid Argument")
             used = self._used(gpu, model)
             if start_text:
-                where = placement(model, profile.profile_id, int(start_text))
+                where = placement(model, profile.name, int(start_text))
                 if where is None:
                     raise refuse(RC_INVALID, "Invalid Argument")
                 if used & set(where.slices):
@@ -249,11 +260,11 @@ class FakeNvidiaSmi:
                     raise refuse(RC_OTHER, "Insufficient Resources")
                 start = free[0]
             gi = self._free_id(i["id"] for i in gpu["instances"])
-            entry: dict[str, Any] = {"id": gi, "profile": profile.profile_id, "start": start, "cis": []}
+            entry: dict[str, Any] = {"id": gi, "profile": sim_id(profile), "start": start, "cis": []}
             gpu["instances"].append(entry)
             lines.append(
                 f"Successfully created GPU instance ID {gi:2d} on GPU {index:2d} "
-                f"using profile MIG {profile.name} (ID {profile.profile_id:2d})"
+                f"using profile MIG {profile.name} (ID {sim_id(profile):2d})"
             )
             if with_ci:
                 entry["cis"].append(0)
@@ -274,7 +285,7 @@ class FakeNvidiaSmi:
         for inst in sorted(gpu["instances"], key=lambda i: (-i["profile"], i["id"])):
             profile = self._profile(model, inst["profile"])
             place = f"{inst['start']}:{profile.memory_slices}"
-            body = f"{index:4d}  {'MIG ' + profile.name:<16}{profile.profile_id:6d}{inst['id']:9d}{place:>13}"
+            body = f"{index:4d}  {'MIG ' + profile.name:<16}{sim_id(profile):6d}{inst['id']:9d}{place:>13}"
             rows += ["|" + body.ljust(width) + "|", "+" + "-" * width + "+"]
         return "\n".join(rows)
 
@@ -388,7 +399,7 @@ class FakeNvidiaSmi:
 
     @staticmethod
     def _profile(model: GpuModel, profile_id: int) -> MigProfile:
-        found = model.profile(profile_id)
+        found = next((p for p in model.mig_profiles if sim_id(p) == profile_id), None)
         assert found is not None, f"state holds profile {profile_id}, unknown to {model.name}"
         return found
 

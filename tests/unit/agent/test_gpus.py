@@ -12,15 +12,20 @@ from devassign.agent.gpus import (
     MODELS,
     GpuModel,
     MigPlacement,
+    add_mig_placements,
     consumes,
     counters,
     lookup,
     placement,
     placements,
 )
+from devassign.agent.model import FoundDevice
+from devassign.domain import DeviceKind
+from devassign.testing.nvidia_smi import sim_id
 
 # ``nvidia-smi mig -lgipp`` as published (MIG User Guide for the A100; the H100, H100 NVL
-# and A30 transcripts): an oracle written independently of the table under test.
+# and A30 transcripts): an oracle written independently of the table under test. The B200's
+# profiles have no published ids: they are checked under the ids of their shapes (sim_id).
 LGIPP_8 = {19: "{0,1,2,3,4,5,6}:1", 15: "{0,2,4,6}:2", 14: "{0,2,4}:2", 9: "{0,4}:4", 5: "{0}:4", 0: "{0}:8"}
 LGIPP_A30 = {14: "{0,1,2,3}:1", 5: "{0,2}:2", 0: "{0}:4"}
 
@@ -41,7 +46,7 @@ def allowed(model: GpuModel, chosen: list[MigPlacement]) -> bool:
     rules = lgipp(model)
     used: set[int] = set()
     for p in chosen:
-        starts, size = rules[p.profile.profile_id]
+        starts, size = rules[sim_id(p.profile)]
         if p.start not in starts:
             return False
         span = set(range(p.start, p.start + size))
@@ -65,7 +70,7 @@ def layouts(model: GpuModel, ok: object) -> set[frozenset[tuple[int, int]]]:
     found: set[frozenset[tuple[int, int]]] = set()
 
     def grow(i: int, chosen: list[MigPlacement]) -> None:
-        found.add(frozenset((p.profile.profile_id, p.start) for p in chosen))
+        found.add(frozenset((sim_id(p.profile), p.start) for p in chosen))
         for j in range(i, len(every)):
             nxt = [*chosen, every[j]]
             if ok(model, nxt):  # type: ignore[operator]
@@ -86,7 +91,7 @@ def test_every_placement_lies_within_the_memory_slices(model: GpuModel) -> None:
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
 def test_the_published_placements_are_the_tables(model: GpuModel) -> None:
-    assert {p.profile_id: (list(p.starts), p.memory_slices) for p in model.mig_profiles} == lgipp(model)
+    assert {sim_id(p): (list(p.starts), p.memory_slices) for p in model.mig_profiles} == lgipp(model)
 
 
 @pytest.mark.parametrize("model", [m for m in MODELS if m.memory_slices == 8], ids=lambda m: m.name)
@@ -102,7 +107,8 @@ def test_the_published_placements_are_the_tables(model: GpuModel) -> None:
     ],
 )
 def test_the_usual_layouts_fit_the_counters(model: GpuModel, layout: list[tuple[int, int]]) -> None:
-    chosen = [placement(model, pid, start) for pid, start in layout]
+    by_shape = {sim_id(p): p.name for p in model.mig_profiles}
+    chosen = [placement(model, by_shape[pid], start) for pid, start in layout]
     assert all(chosen)
     assert fits(model, chosen)  # type: ignore[arg-type]
 
@@ -161,3 +167,40 @@ def test_profiles_by_id_and_name() -> None:
         "7g.80gb": 0,
     }
     assert h100.profile(20) is None
+
+
+def test_b200_by_name_only() -> None:
+    """The B200's profiles are published by name and shape; their nvidia-smi ids are not."""
+    b200 = lookup("10de", "2901")
+    assert b200 is not None and b200.name == "B200 180GB" and b200.memory_gb == 180
+    assert [
+        (p.name, p.compute_slices, p.memory_slices, p.starts, p.profile_id) for p in b200.mig_profiles
+    ] == [
+        ("1g.23gb", 1, 1, (0, 1, 2, 3, 4, 5, 6), None),
+        ("1g.45gb", 1, 2, (0, 2, 4, 6), None),
+        ("2g.45gb", 2, 2, (0, 2, 4), None),
+        ("3g.90gb", 3, 4, (0, 4), None),
+        ("4g.90gb", 4, 4, (0,), None),
+        ("7g.180gb", 7, 8, (0,), None),
+    ]
+    assert b200.profile("3g.90gb") is b200.profile("MIG 3g.90gb")
+    assert b200.profile(9) is None  # no id is guessed
+
+
+def test_b200_slots_carry_no_guessed_id() -> None:
+    gpu = FoundDevice(address="0000:1b:00.0", kind=DeviceKind.PCI, vendor_id="10de", product_id="2901")
+    found = [gpu]
+    add_mig_placements(found)
+    slots = [d for d in found if d.kind is DeviceKind.MIG]
+    assert len(slots) == 7 + 4 + 3 + 2 + 1 + 1
+    assert all("mig_profile_id" not in d.attributes for d in slots)
+    three = next(
+        d for d in slots if d.attributes["mig_profile"] == "3g.90gb" and d.attributes["mig_start"] == 4
+    )
+    assert three.consumes == {
+        "mig_slice_4": 1,
+        "mig_slice_5": 1,
+        "mig_slice_6": 1,
+        "mig_slice_7": 1,
+        "mig_compute": 3,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -200,4 +201,41 @@ def test_bad_input_is_refused_before_running_anything(
     dev = device("x", DeviceKind.STATIC, parent=parent, attributes=attributes)
     with pytest.raises(HandlerError):
         MigHandler().setup(dev, config, ops_for(machine, smi))
+    assert smi.calls == []
+
+
+def test_a_profile_without_a_known_id_goes_by_name(machine: Machine, tmp_path: Path) -> None:
+    """B200: no published profile ids; the slot names its profile and the handler finds it by name."""
+    smi = FakeNvidiaSmi(tmp_path / "b200.json", {GPU: "2901"})
+    ops = ops_for(machine, smi)
+    three = device(
+        f"{GPU}/mig/3g.90gb@4",
+        DeviceKind.STATIC,
+        type="MIG",
+        parent=GPU,
+        attributes={"mig_profile": "3g.90gb", "mig_start": 4},
+    )
+    facts = MigHandler().setup(three, {}, ops)
+    assert ["nvidia-smi", "mig", "-i", GPU, "-cgi", "3g.90gb:4", "-C"] in [c.argv for c in smi.calls]
+    assert [(i.start, i.compute_instances) for i in smi.instances(GPU)] == [(4, (0,))]
+    assert MigHandler().setup(three, {}, ops) == facts  # found again by name and start
+    assert MigHandler().health(replace(three, consumer=CONSUMER, facts=facts), {}, ops).ok
+    MigHandler().cleanup(three, {}, ops)
+    assert smi.instances(GPU) == []
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"mig_start": 0},  # neither id nor name
+        {"mig_profile": "3g.90gb; reboot", "mig_start": 0},
+        {"mig_profile": 9, "mig_start": 0},
+    ],
+)
+def test_a_slot_needs_an_id_or_a_plain_profile_name(
+    machine: Machine, smi: FakeNvidiaSmi, attributes: dict[str, Any]
+) -> None:
+    bad = device(f"{GPU}/mig/x@0", DeviceKind.STATIC, type="MIG", parent=GPU, attributes=attributes)
+    with pytest.raises(HandlerError, match="attribute mig_profile"):
+        MigHandler().setup(bad, {}, ops_for(machine, smi))
     assert smi.calls == []

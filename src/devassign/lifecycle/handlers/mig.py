@@ -1,7 +1,8 @@
 """MIG GPU instances as devices: made at one fixed placement for a consumer, destroyed after.
 
-A slot is a profile at a start on a parent GPU (``mig_profile_id``, ``mig_start`` in its
-attributes), the placement the scheduler counted against that GPU's memory slices, so the
+A slot is a profile at a start on a parent GPU (``mig_profile_id`` or, where the profile's id
+is not known (the B200), ``mig_profile``, and ``mig_start`` in its attributes), the placement
+the scheduler counted against that GPU's memory slices, so the
 instance is always created at exactly that start: letting the driver choose could land it on
 slices the scheduler gave another slot. Everything goes through ``nvidia-smi`` via
 ``ops.runner``. Instance ids come from the driver and are reused, so they are trusted only
@@ -99,28 +100,50 @@ def _output(result: RunResult) -> str:
 @dataclass(frozen=True)
 class Slot:
     parent: str
-    profile_id: int
+    profile_id: int | None
     profile: str | None
     start: int
 
     def matches(self, inst: GpuInstance) -> bool:
-        return inst.profile_id == self.profile_id and inst.start == self.start
+        if inst.start != self.start:
+            return False
+        if self.profile_id is not None:
+            return inst.profile_id == self.profile_id
+        return inst.name == self.profile
+
+    @property
+    def spec(self) -> str:
+        """The ``-cgi`` profile tuple: the id where known, else the name, and the start."""
+        return f"{self.profile_id if self.profile_id is not None else self.profile}:{self.start}"
 
     def __str__(self) -> str:
         return f"MIG {self.profile or f'profile {self.profile_id}'} at start {self.start} on {self.parent}"
 
 
+_PROFILE_NAME = re.compile(r"^\d+g\.\d+gb$")
+
+
+def _whole(device: LifecycleDevice, key: str, *, required: bool = True) -> int | None:
+    value = device.attributes.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HandlerError(f"{device.address}: attribute {key}={value!r}: expected a whole number >= 0")
+    return value
+
+
 def slot(device: LifecycleDevice) -> Slot:
     """The placement from the device's discovered attributes (never from params or facts)."""
     parent = names.pci_address(device.parent, f"the parent GPU of {device.address}")
-    values: dict[str, int] = {}
-    for key in ("mig_profile_id", "mig_start"):
-        value = device.attributes.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise HandlerError(f"{device.address}: attribute {key}={value!r}: expected a whole number >= 0")
-        values[key] = value
     profile = device.attributes.get("mig_profile")
-    return Slot(parent, values["mig_profile_id"], str(profile) if profile else None, values["mig_start"])
+    if profile is not None and (not isinstance(profile, str) or not _PROFILE_NAME.match(profile)):
+        raise HandlerError(
+            f"{device.address}: attribute mig_profile={profile!r}: expected a name like 3g.40gb"
+        )
+    profile_id = _whole(device, "mig_profile_id", required=profile is None)
+    start = _whole(device, "mig_start")
+    assert start is not None
+    return Slot(parent, profile_id, profile, start)
 
 
 @dataclass
@@ -204,7 +227,7 @@ class MigHandler:
             if device.facts.get("mig_gi") == here.instance_id and isinstance(ci, int):
                 return {"mig_gi": here.instance_id, "mig_ci": ci}
             return {"mig_gi": here.instance_id, "mig_ci": self._compute(smi, here, where)}
-        made = smi.mig("-cgi", f"{where.profile_id}:{where.start}", "-C")
+        made = smi.mig("-cgi", where.spec, "-C")
         if made.returncode != 0:
             raise HandlerError(f"cannot create {where}: {_output(made)}")
         gi, ci = parse_created(made.stdout)
