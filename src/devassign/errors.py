@@ -38,6 +38,7 @@ AGENT_CONFLICT = "agent_conflict"
 NO_VALID_HOST = "no_valid_host"
 CONSUMER_CONFLICT = "consumer_conflict"
 INVALID_STATE = "invalid_state"
+MOVE_PENDING = "move_pending"
 DATABASE_BUSY = "database_busy"
 INTERNAL = "internal_error"
 
@@ -70,6 +71,7 @@ STATUS: dict[str, int] = {
     NO_VALID_HOST: 409,
     CONSUMER_CONFLICT: 409,
     INVALID_STATE: 409,
+    MOVE_PENDING: 409,
     DATABASE_BUSY: 503,
     INTERNAL: 500,
 }

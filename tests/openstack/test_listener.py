@@ -379,3 +379,36 @@ def test_the_command_releases_and_stops_on_sigterm(bus: Bus, tmp_path: Path) -> 
         text = log.read_text()
         assert f"instance {uid} (instance.delete.end): released" in text
         assert FAKE_TOKEN not in text and "guest:guest" not in text
+
+
+def test_a_failed_build_releases_only_on_its_own_host(devassign_api: TestClient) -> None:
+    """Nova may retry a failed build on another host under the same uuid: the failure on the
+    first host must not release what the retry holds; a delete releases wherever it is."""
+    listener = NovaListener(
+        ListenerConfig(host_prefix="", host_suffix=""),
+        releaser=Releaser(
+            ListenerConfig(devassign_url="http://testserver"), transport=transport_of(devassign_api)
+        ),
+    )
+
+    def failed_on(host: str, uid: str) -> bytes:
+        message = json.loads(json.loads(envelope("instance-create-error", uid))["oslo.message"])
+        message["payload"]["nova_object.data"]["host"] = host
+        return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)}).encode()
+
+    uid = str(uuid.uuid4())
+    claim(devassign_api, uid)  # on compute-1, the only host
+    assert parse_notification(failed_on("compute-9", uid)).host == "compute-9"
+    assert listener.handle(failed_on("compute-9", uid)) is Outcome.ACK
+    assert holds(devassign_api, uid)  # the build failed elsewhere: this host's devices stay
+    assert listener.handle(failed_on("compute-1", uid)) is Outcome.ACK
+    assert not holds(devassign_api, uid)
+    twice = devassign_api.delete(f"/v1/allocations/{uid}", params={"host": "compute-1"})
+    assert twice.status_code == 204  # released already: harmless
+
+    again = str(uuid.uuid4())
+    claim(devassign_api, again)
+    elsewhere = devassign_api.delete(f"/v1/allocations/{again}", params={"host": "compute-2"})
+    assert elsewhere.status_code == 409 and elsewhere.json()["error"]["code"] == "invalid_state"
+    assert "compute-1, not compute-2" in elsewhere.json()["error"]["message"]
+    assert holds(devassign_api, again)

@@ -216,9 +216,28 @@ def register(app: typer.Typer) -> typer.Typer:
         typer.echo(f"deleted {name}")
 
     @app.command()
-    def hosts(ctx: typer.Context, fmt: FormatOpt = Format.table) -> None:
-        """Hosts, up or down, with their last report."""
-        emit(client(ctx).get("/v1/hosts"), fmt, HOST_COLUMNS)
+    def hosts(
+        ctx: typer.Context,
+        limit: Annotated[
+            int, typer.Option(min=1, max=HOSTS_PAGE_MAX, help="At most this many hosts, by name")
+        ] = HOSTS_PAGE,
+        after: Annotated[str | None, typer.Option(help="Hosts named after this one (the next page)")] = None,
+        every: Annotated[bool, typer.Option("--all", help="Every host, read a page at a time")] = False,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Hosts by name, up or down, with their last report: the first 1000 unless --limit or --all."""
+        api = client(ctx)
+        if every:
+            emit(all_hosts(api, after), fmt, HOST_COLUMNS)
+            return
+        found = api.get("/v1/hosts", limit=limit + 1, after=after)
+        emit(found[:limit], fmt, HOST_COLUMNS)
+        if len(found) > limit:
+            typer.echo(
+                f"more hosts follow: `devassign hosts --after {found[limit - 1]['name']}` for the next "
+                f"{limit}, or --all for every one",
+                err=True,
+            )
 
     @host_app.command("show")
     def host_show(ctx: typer.Context, name: HostNameArg, fmt: FormatOpt = Format.table) -> None:
@@ -303,6 +322,21 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(found, fmt, EVENT_COLUMNS)
 
     return device_app
+
+
+HOSTS_PAGE = 1000
+HOSTS_PAGE_MAX = 100_000
+
+
+def all_hosts(api: Client, after: str | None = None) -> list[dict[str, Any]]:
+    """Every host after ``after``, read ``HOSTS_PAGE_MAX`` at a time (keyset pages by name)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        page = api.get("/v1/hosts", limit=HOSTS_PAGE_MAX, after=after)
+        out += page
+        if len(page) < HOSTS_PAGE_MAX:
+            return out
+        after = page[-1]["name"]
 
 
 def _params_option(text: str) -> Any:

@@ -20,7 +20,9 @@ import typer
 import devassign
 from devassign.cli import audit as audit_cli
 from devassign.cli import claims as claims_cli
+from devassign.cli import gangs as gangs_cli
 from devassign.cli import inventory as inventory_cli
+from devassign.cli import moves as moves_cli
 from devassign.cli import openstack as openstack_cli
 from devassign.cli import taints as taints_cli
 from devassign.cli.client import CliError, ExitCode, exit_status
@@ -49,8 +51,10 @@ token_app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 claims_cli.register(app, inventory_cli.register(app))
+gangs_cli.register(app)
 audit_cli.register(app)
 taints_cli.register(app)
+moves_cli.register(app)
 openstack_cli.register(app)
 
 DbOpt = Annotated[

@@ -1,10 +1,12 @@
-"""``devassign nova-listener``: release the devices of instances Nova deletes (docs/openstack.md)."""
+"""``devassign nova-listener``: release the devices of instances Nova deletes; ``devassign
+placement-mirror``: report devassign's devices to Placement (docs/openstack.md)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
@@ -45,6 +47,10 @@ def register(app: typer.Typer) -> None:
                 "[oslo_messaging_rabbit] amqp_durable_queues = true"
             ),
         ] = False,
+        host_prefix: Annotated[
+            str, typer.Option(help="devassign's host name is this + Nova's compute host + --host-suffix")
+        ] = "",
+        host_suffix: Annotated[str, typer.Option(help="See --host-prefix")] = "",
         log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     ) -> None:
         """Release the devices of instances Nova deletes, or fails to build, from Nova's notifications."""
@@ -64,6 +70,8 @@ def register(app: typer.Typer) -> None:
             exchange_durable=exchange_durable,
             devassign_url=root.get("url") or DEFAULT_URL,
             token=root.get("token"),
+            host_prefix=host_prefix,
+            host_suffix=host_suffix,
         )
         listener = NovaListener(config)
 
@@ -74,3 +82,113 @@ def register(app: typer.Typer) -> None:
             signal.signal(signal.SIGTERM, _stop)
             signal.signal(signal.SIGINT, _stop)
         listener.run()
+
+    @app.command("placement-mirror")
+    def placement_mirror(
+        ctx: typer.Context,
+        placement_url: Annotated[
+            str,
+            typer.Option(
+                "--placement-url",
+                envvar="DEVASSIGN_PLACEMENT_URL",
+                help="OpenStack Placement's endpoint (e.g. http://controller:8778 or .../placement)",
+            ),
+        ],
+        placement_token: Annotated[
+            str | None,
+            typer.Option(
+                "--placement-token",
+                envvar="DEVASSIGN_PLACEMENT_TOKEN",
+                help="Placement's X-Auth-Token: a Keystone token with the admin role, or `admin` where "
+                "Placement's auth_strategy is noauth2",
+            ),
+        ] = None,
+        token_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--token-file",
+                "--placement-token-file",
+                help="A file holding Placement's token, read again before each sync (so a Keystone "
+                "token can be renewed by another process)",
+            ),
+        ] = None,
+        once: Annotated[
+            bool, typer.Option("--once", help="One full sync, then exit (1 when it failed)")
+        ] = False,
+        interval: Annotated[
+            float,
+            typer.Option(min=1.0, help="Seconds between full syncs (a safety net for the event stream)"),
+        ] = 30.0,
+        follow: Annotated[
+            bool, typer.Option(help="Sync a host within a second of its events (devassign's event stream)")
+        ] = True,
+        host_prefix: Annotated[
+            str, typer.Option(help="devassign's host name is this + Nova's hypervisor hostname + suffix")
+        ] = "",
+        host_suffix: Annotated[
+            str, typer.Option(help="devassign's host name is prefix + Nova's hypervisor hostname + this")
+        ] = "",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    ) -> None:
+        """Mirror devassign's devices into OpenStack Placement, as child providers of Nova's compute nodes."""
+        import httpx
+
+        from devassign.openstack.placement_mirror import MirrorError, PlacementMirror, placement_client
+        from devassign.openstack.placement_service import MirrorService
+
+        root = ctx.find_root().obj or {}
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        if (placement_token is None) == (token_file is None):
+            raise typer.BadParameter(
+                "give Placement's token: --placement-token or --token-file (one of them)"
+            )
+
+        def read_token() -> str:
+            if token_file is None:
+                return str(placement_token)
+            try:
+                return token_file.read_text().strip()
+            except OSError as exc:
+                raise MirrorError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+
+        try:
+            first_token = read_token()
+        except MirrorError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+        token = root.get("token")
+        devassign = httpx.Client(
+            base_url=(root.get("url") or DEFAULT_URL).rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=30.0,
+        )
+        mirror = PlacementMirror(
+            devassign,
+            placement_client(placement_url, first_token),
+            host_prefix=host_prefix,
+            host_suffix=host_suffix,
+        )
+        service = MirrorService(
+            mirror, interval=interval, follow=follow and not once, placement_token=read_token
+        )
+        if once:
+            result = service.sync()
+            if result is None or result.errors:
+                raise typer.Exit(1)
+            typer.echo(
+                f"{len(result.created)} created, {len(result.updated)} updated, "
+                f"{len(result.deleted)} deleted, "
+                f"{len(result.skipped_hosts)} hosts without a compute node provider"
+            )
+            return
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            service.stop()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(signal.SIGINT, _stop)
+        service.run()

@@ -5,7 +5,9 @@ Nova announces what happens to instances as versioned notifications on its messa
 oslo.messaging envelope ``{"oslo.version": "2.0", "oslo.message": "<JSON text>"}``. On
 ``instance.delete.end``, and on ``instance.create.error`` (a build that failed after devassign
 claimed), the listener releases the instance's allocation (``DELETE /v1/allocations/{uuid}``),
-so devices are cleaned and handed out again without waiting for an operator.
+so devices are cleaned and handed out again without waiting for an operator. A failed build
+names its compute host, and Nova may retry it on another host under the same uuid: that
+release is conditional (``?host=``), so it never takes the retry's devices.
 
 No release is lost: the listener's queue is durable and its own, a message is acknowledged only
 once devassign answered the release (404, nothing held, counts: a release is idempotent), and
@@ -52,6 +54,7 @@ class Outcome(Enum):
 class Notification:
     event_type: str
     instance: str | None
+    host: str | None = None  # the instance's compute host, where the payload names one
 
 
 def parse_notification(body: bytes | str) -> Notification:
@@ -85,7 +88,12 @@ def parse_notification(body: bytes | str) -> Notification:
     if not isinstance(data, dict):
         raise PoisonMessage(f"{event_type} with a payload whose nova_object.data is not an object")
     instance = data.get("uuid", data.get("instance_id"))
-    return Notification(event_type, instance if isinstance(instance, str) and instance else None)
+    host = data.get("host")
+    return Notification(
+        event_type,
+        instance if isinstance(instance, str) and instance else None,
+        host if isinstance(host, str) and host else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class ListenerConfig:
     timeout: float = 10.0
     backoff_first: float = 0.5
     backoff_max: float = 30.0
+    # devassign's host name for Nova's compute host (as the scheduler filter's options)
+    host_prefix: str = ""
+    host_suffix: str = ""
 
 
 def broker_url(url: str) -> str:
@@ -127,10 +138,12 @@ class Releaser:
     def close(self) -> None:
         self.http.close()
 
-    def release(self, instance: str) -> tuple[Outcome, str]:
-        """Release ``instance``'s devices: what to do with the message, and what happened."""
+    def release(self, instance: str, host: str | None = None) -> tuple[Outcome, str]:
+        """Release ``instance``'s devices (only on devassign host ``host`` when given): what to
+        do with the message, and what happened."""
+        params = {"host": host} if host else None
         try:
-            response = self.http.delete(f"/v1/allocations/{quote(instance, safe='')}")
+            response = self.http.delete(f"/v1/allocations/{quote(instance, safe='')}", params=params)
         except httpx.HTTPError as exc:
             return Outcome.RETRY, f"devassign at {self.url} did not answer: {type(exc).__name__}: {exc}"
         code = _error_code(response)
@@ -138,6 +151,8 @@ class Releaser:
             return Outcome.ACK, "released"
         if response.status_code == 404:
             return Outcome.ACK, f"nothing to release ({code or 'not found'})"
+        if host and response.status_code == 409 and code == "invalid_state":
+            return Outcome.ACK, f"nothing to release on {host}: the instance holds devices elsewhere"
         if response.status_code >= 500 or response.status_code in (401, 403, 429):
             return (
                 Outcome.RETRY,
@@ -186,7 +201,10 @@ class NovaListener:
         if notification.instance is None:
             LOG.warning("dropped %s: it names no instance uuid", notification.event_type)
             return Outcome.ACK
-        outcome, what = self.releaser.release(notification.instance)
+        host = None
+        if notification.event_type == "instance.create.error" and notification.host:
+            host = f"{self.config.host_prefix}{notification.host}{self.config.host_suffix}"
+        outcome, what = self.releaser.release(notification.instance, host)
         if outcome is Outcome.RETRY:
             if self._failures == 0:
                 LOG.error(

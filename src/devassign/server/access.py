@@ -80,14 +80,32 @@ POLICY: dict[tuple[str, str], Need] = {
     ("POST", "/v1/explain"): Need.TENANT,
     ("GET", "/v1/capacity"): Need.TENANT,
     ("POST", "/v1/capacity"): Need.TENANT,
+    ("POST", "/v1/gangs"): Need.TENANT,
+    ("POST", "/v1/gangs/explain"): Need.TENANT,
+    ("DELETE", "/v1/gangs/{gang}"): Need.TENANT,
     ("GET", "/v1/allocations"): Need.ANY,
     ("GET", "/v1/allocations/{consumer}"): Need.ANY,
     ("DELETE", "/v1/allocations/{consumer}"): Need.TENANT,
     ("GET", "/v1/allocations/{consumer}/libvirt"): Need.ANY,
+    ("POST", "/v1/allocations/{consumer}/moves"): Need.TENANT,
+    ("GET", "/v1/allocations/{consumer}/moves"): Need.TENANT,
+    ("POST", "/v1/allocations/{consumer}/moves/commit"): Need.TENANT,
+    ("POST", "/v1/allocations/{consumer}/moves/abort"): Need.TENANT,
     ("GET", "/v1/events"): Need.ANY,
     ("GET", "/v1/events/stream"): Need.ANY,
     ("GET", "/v1/quotas"): Need.TENANT,
     ("PUT", "/v1/quotas/{project}/{type_name}"): Need.ADMIN,
+    # Cyborg's API for Nova (server/cyborg.py): version discovery is public, as Cyborg's
+    ("GET", "/accelerator/v2"): Need.PUBLIC,
+    ("GET", "/accelerator/v2/device_profiles"): Need.ANY,
+    ("POST", "/accelerator/v2/device_profiles"): Need.ADMIN,
+    ("GET", "/accelerator/v2/device_profiles/{profile}"): Need.ANY,
+    ("DELETE", "/accelerator/v2/device_profiles/{profile}"): Need.ADMIN,
+    ("GET", "/accelerator/v2/accelerator_requests"): Need.ADMIN,
+    ("POST", "/accelerator/v2/accelerator_requests"): Need.ADMIN,
+    ("PATCH", "/accelerator/v2/accelerator_requests"): Need.ADMIN,
+    ("DELETE", "/accelerator/v2/accelerator_requests"): Need.ADMIN,
+    ("GET", "/accelerator/v2/accelerator_requests/{arq}"): Need.ADMIN,
     # operations
     ("GET", "/v1/audit"): Need.ADMIN,
     ("POST", "/v1/audit/fix"): Need.ADMIN,
@@ -232,6 +250,9 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             secret = given.strip()
+    if not secret and request.url.path.startswith("/accelerator/"):
+        # Nova (keystoneauth) sends its token as OpenStack does: X-Auth-Token.
+        secret = request.headers.get("x-auth-token", "").strip()
     if not secret:
         if cookie:
             raise LoginRequired()
@@ -248,12 +269,30 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
     known, found = tokens.cached(secret)
     if not known:
         found = await run_in_threadpool(tokens.get, secret)
+    if found is None and request.url.path.startswith("/accelerator/"):
+        found = await _keystone_principal(request, secret)
     if found is None:
         if cookie:
             raise LoginRequired("that token is unknown or was revoked; sign in again", stale=True)
         raise errors.DevassignError(errors.UNAUTHENTICATED, "unknown or revoked token")
     principal: Principal = found
     return principal
+
+
+async def _keystone_principal(request: Request, secret: str) -> Principal | None:
+    """Nova's Keystone tokens on the Cyborg API, when a Keystone is configured
+    (``openstack/keystone.py``): the user's in X-Auth-Token, Nova's in X-Service-Token."""
+    from devassign.openstack.keystone import KeystoneUnavailable, for_app
+
+    keystone = for_app(request.app.state)
+    if keystone is None:
+        return None
+    try:
+        return await run_in_threadpool(keystone.principal, secret, request.headers.get("x-service-token"))
+    except KeystoneUnavailable as exc:
+        raise errors.DevassignError(
+            errors.UNAUTHENTICATED, f"cannot validate the Keystone token now ({exc}); retry"
+        ) from exc
 
 
 COOKIE = "devassign_token"

@@ -23,8 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
 from devassign import errors, schemas
-from devassign.server import audit, claims, lifecycle, routes, stream, taints
+from devassign.server import audit, claims, gang_routes, lifecycle, routes, stream, taints
+from devassign.server import cyborg as cyborg_routes
 from devassign.server import metrics as fleet_metrics
+from devassign.server import moves as move_routes
 from devassign.server.access import authorize, check_table
 from devassign.server.auth import TokenCache
 from devassign.server.limits import BodyLimit
@@ -219,7 +221,7 @@ def _install_openapi(app: FastAPI) -> None:
         }
         ref = {"$ref": "#/components/schemas/ErrorBody"}
         for path, operations in schema.get("paths", {}).items():
-            if not path.startswith("/v1/"):
+            if not path.startswith(("/v1/", "/accelerator/")):  # the API, Cyborg's subset too
                 continue
             for op in operations.values():
                 responses = op.setdefault("responses", {})
@@ -282,10 +284,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(routes.router)
     app.include_router(stream.router)
     app.include_router(claims.router)
+    app.include_router(gang_routes.router)
     app.include_router(dashboard.router)
     app.include_router(lifecycle.router)
     app.include_router(audit.router)
     app.include_router(taints.router)
+    app.include_router(move_routes.router)
+    app.include_router(cyborg_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

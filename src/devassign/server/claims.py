@@ -96,11 +96,22 @@ def capacity_of_request(request: Request, scope: Access, body: ClaimBody) -> dic
 
 
 @router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])
-def release(request: Request, scope: Access, consumer: str) -> Response:
+def release(
+    request: Request,
+    scope: Access,
+    consumer: str,
+    host: Annotated[
+        str | None,
+        Query(
+            description="Only if the devices are on this host (else 409 invalid_state, nothing "
+            "released): a failed build's release never takes the devices of its retry elsewhere"
+        ),
+    ] = None,
+) -> Response:
     """Release a consumer's devices (they go to cleaning); twice is harmless, unknown is 404."""
     store = _store(request)
     views.get_allocation(store, scope, consumer)
-    store.release(consumer, scope.actor)
+    store.release(consumer, scope.actor, on_host=host)
     failpoint("release.after_commit")
     return Response(status_code=204)
 

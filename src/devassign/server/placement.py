@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import prometheus_client
 
 from devassign import errors, schemas
 from devassign.scheduler import (
@@ -45,9 +48,21 @@ from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_b
 from devassign.scheduler.params import has_params, request_doc
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store
-from devassign.store.claims import ClaimOrder, LostRace, Refit
+from devassign.store.claims import ClaimOrder, HostBusy, LostRace, Refit
 
 log = logging.getLogger(__name__)
+
+# Claim attempts that lost their host to a concurrent claim, per claim made: the collision rate.
+LOST_RACES = prometheus_client.Counter(
+    "devassign_claim_lost_races",
+    "Claim attempts that lost a host to a concurrent claim: busy (its lock held, skipped) or "
+    "taken (its devices taken meanwhile, or no longer fitting under its lock)",
+    ["why"],
+)
+
+
+def _lost(exc: LostRace) -> None:
+    LOST_RACES.labels("busy" if isinstance(exc, HostBusy) else "taken").inc()
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,23 @@ class Placer:
         self.store = store
         self.config = config or PlacementConfig()
         self.rng = random.Random()
+        # Claims this process is placing right now: a burst is when more than a few are (claim).
+        self._in_flight = 0
+        # Hosts this process's claims are claiming on right now (a burst tries others first).
+        self._claiming: Counter[str] = Counter()
+        self._in_flight_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _flying(self) -> Iterator[int]:
+        """Count this claim in flight; yields how many are (this one included)."""
+        with self._in_flight_lock:
+            self._in_flight += 1
+            now = self._in_flight
+        try:
+            yield now
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
     # ------------------------------------------------------------ helpers
     def _type_ids(self, request: Request) -> tuple[dict[int, int], list[int]]:
@@ -198,23 +230,31 @@ class Placer:
         project = _project(request, caller)
         needs, any_of = _needs(request)
         types = sorted({a.type for r in request.requests for a in r.alternatives})
-        ctx = self.store.prepare_claim(
-            consumer=request.consumer,
-            key=request.idempotency_key,
-            project=project,
-            types=types,
-            needs=needs,
-            any_of=any_of,
-            names=list(request.hosts),
-            spread=self.config.policy.mode == "spread",
-            limit=self.config.candidate_limit,
-        )
-        _refuse_unknown(types, ctx.type_ids)
-        quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
-        doc = _checked_doc(body, ctx.params, project)
-        # Remember every selector result: the refit under a lock may only look them up.
-        with _budgeted(remember=True):
-            outcome = self._place(request, project, doc, caller, ctx, quota)
+        with self._flying() as in_flight:
+            # A burst: more claims in flight in this process than the few best hosts. They all
+            # read the same best hosts (in *pack* mode the few partly used ones) and raced for
+            # them, which serialised them (docs/benchmarks.md). So each reads the equal hosts
+            # of every rank in a random order and may take any fitting host it read from its
+            # first try: the claims spread. *Pack* fills the partly used hosts again after.
+            burst = in_flight > self.config.policy.subset_size
+            ctx = self.store.prepare_claim(
+                consumer=request.consumer,
+                key=request.idempotency_key,
+                project=project,
+                types=types,
+                needs=needs,
+                any_of=any_of,
+                names=list(request.hosts),
+                spread=self.config.policy.mode == "spread",
+                limit=self.config.candidate_limit,
+                rotate_all=burst,
+            )
+            _refuse_unknown(types, ctx.type_ids)
+            quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
+            doc = _checked_doc(body, ctx.params, project)
+            # Remember every selector result: the refit under a lock may only look them up.
+            with _budgeted(remember=True):
+                outcome = self._place(request, project, doc, caller, ctx, quota, burst=burst)
         if not isinstance(outcome, errors.DevassignError):
             return outcome
         # A replay of a claim that was made (and now holds the capacity and the quota it
@@ -232,6 +272,8 @@ class Placer:
         caller: Principal,
         ctx: ClaimContext,
         quota: Quota | None,
+        *,
+        burst: bool = False,
     ) -> tuple[schemas.Allocation, bool] | errors.DevassignError:
         """Schedule and claim, reading afresh after lost races: the allocation, or the refusal."""
         assert request.consumer is not None
@@ -259,17 +301,24 @@ class Placer:
                 else:
                     refusal = self._no_valid_host(request, decision, "no host can hold this request")
                 break
-            # First attempt: one of the few best at random; after a lost race, any fitting host.
-            subset = self.config.policy.subset_size if attempt == 0 else len(decision.placements)
+            # First attempt: one of the few best at random; after a lost race, or in a burst,
+            # any fitting host.
+            wide = attempt > 0 or burst
+            subset = len(decision.placements) if wide else self.config.policy.subset_size
             # Each ranked host is tried at most twice. First as the snapshot saw it, skipping a
             # host another claim holds; then, for the hosts that were busy or lost, under the
             # host's lock with a fresh look at its devices (a refit), in rank order. Concurrent
             # claims so spread over the hosts, and a host that still fits is not given up.
             again = []
-            for placement in claim_order(decision.placements, subset, self.rng):
+            order = claim_order(decision.placements, subset, self.rng)
+            if burst:  # hosts another claim of this process is on now: last (stable sort)
+                with self._in_flight_lock:
+                    order = tuple(sorted(order, key=lambda p: p.host in self._claiming))
+            for placement in order:
                 try:
                     return self._claim_on(placement, request, project, doc, caller, ctx)
                 except LostRace as exc:
+                    _lost(exc)
                     log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
                     again.append(placement)
             for placement in again:
@@ -279,6 +328,7 @@ class Placer:
                 try:
                     return self._claim_on(placement, request, project, doc, caller, ctx, refit=refit)
                 except LostRace as exc:
+                    _lost(exc)
                     log.debug("refit of %s on %s failed: %s", request.consumer, placement.host, exc)
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
@@ -326,7 +376,15 @@ class Placer:
             # rate): recorded with the devices, checked against the pools under the lock.
             consumption={r.name: dict(r.first.extra) for r in request.requests if r.first.extra},
         )
-        return self.store.claim(order)
+        with self._in_flight_lock:
+            self._claiming[placement.host] += 1
+        try:
+            return self.store.claim(order)
+        finally:
+            with self._in_flight_lock:
+                self._claiming[placement.host] -= 1
+                if not self._claiming[placement.host]:
+                    del self._claiming[placement.host]
 
     def _refit(self, request: Request, quota: Quota | None) -> Refit:
         def refit(view: HostView) -> list[tuple[str, tuple[str, ...]]] | None:
@@ -350,11 +408,10 @@ class Placer:
         is a 400 when more are candidates than may be read).
         """
         cfg = self.config
-        sizes = [(h.name, h.device_count) for h in self.store.list_hosts()]
         if request.hosts:
             self._type_ids(request)  # unknown types are a 400 here too
             named = set(request.hosts)
-            devices = sum(n for name, n in sizes if name in named)
+            devices = sum(n for _, n in self.store.host_sizes(names=sorted(named)))
             if devices > cfg.max_devices:
                 raise errors.DevassignError(
                     errors.INVALID_REQUEST,
@@ -362,21 +419,29 @@ class Placer:
                     f"{cfg.max_devices:,} per call; name fewer hosts ({_HOSTS[verb]}) and add up the answers",
                 )
             return self.store.snapshot_of(list(request.hosts))
+        too_many = errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"{verb} reads at most {cfg.max_hosts:,} hosts and {cfg.max_devices:,} devices per call, "
+            f"and more hosts than fit in that are candidates; name the hosts ({_HOSTS[verb]}; up to "
+            "1,000 a call) and add up the answers",
+        )
+        # The candidate read's own filter (enough of every needed type, host up), counted on
+        # the kept counts before a device is read: 10,000 hosts read only to refuse cost seconds.
+        needs, any_of = self._type_ids(request)
+        if want > cfg.max_hosts and needs and not any_of and self.store.count_enough(needs) > cfg.max_hosts:
+            raise too_many
+        # The hosts the call may read: as many as the largest hosts of the cloud allow.
         room, devices = 0, 0
-        for n in sorted((n for _, n in sizes), reverse=True):
+        largest = self.store.host_sizes(largest=min(want, cfg.max_hosts) + 1)
+        for _, n in largest:
             if devices + n > cfg.max_devices:
                 break
             room, devices = room + 1, devices + n
         read = min(want, room)
         snapshot = self._snapshot(request, read)
-        maybe_more = len(snapshot.hosts) >= read and read < len(sizes)
+        maybe_more = len(snapshot.hosts) >= read and read < len(largest)
         if want > cfg.max_hosts and (maybe_more or len(snapshot.hosts) > cfg.max_hosts):
-            raise errors.DevassignError(
-                errors.INVALID_REQUEST,
-                f"{verb} reads at most {cfg.max_hosts:,} hosts and {cfg.max_devices:,} devices per call, "
-                f"and more hosts than fit in that are candidates; name the hosts ({_HOSTS[verb]}; up to "
-                "1,000 a call) and add up the answers",
-            )
+            raise too_many
         return snapshot
 
     def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from devassign.server.access import Access
 from devassign.store import Store
 
 router = APIRouter(prefix="/v1")
+TOTAL_HEADER = "X-Total-Count"  # a listing's full size, on each page
 
 
 def _store(request: Request) -> Store:
@@ -59,9 +60,38 @@ def delete_type(request: Request, scope: Access, name: str) -> Response:
 # ---------------------------------------------------------------- hosts
 
 
-@router.get("/hosts", response_model=list[schemas.Host], tags=["hosts"])
-def list_hosts(request: Request, scope: Access) -> list[schemas.Host]:
-    return views.list_hosts(_store(request), scope)
+@router.get(
+    "/hosts",
+    response_model=list[schemas.Host],
+    tags=["hosts"],
+    responses={
+        200: {
+            "headers": {
+                TOTAL_HEADER: {"description": "how many hosts there are", "schema": {"type": "integer"}},
+                "Link": {"description": 'the next page: `<URL>; rel="next"`', "schema": {"type": "string"}},
+            }
+        }
+    },
+)
+def list_hosts(
+    request: Request,
+    response: Response,
+    scope: Access,
+    limit: Annotated[
+        int | None, Query(ge=1, le=100_000, description="at most this many; default all")
+    ] = None,
+    after: Annotated[str | None, Query(max_length=253, description="hosts named after this")] = None,
+) -> list[schemas.Host]:
+    """Hosts by name. With ``limit``, a page: the next one is ``after=`` the last name, linked
+    in ``Link: <...>; rel="next"`` while there are more; ``X-Total-Count`` counts them all."""
+    store = _store(request)
+    found = views.list_hosts(store, scope, limit=None if limit is None else limit + 1, after=after)
+    response.headers[TOTAL_HEADER] = str(views.count_hosts(store, scope)[0])
+    if limit is not None and len(found) > limit:
+        found = found[:limit]
+        following = request.url.include_query_params(limit=limit, after=found[-1].name)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return found
 
 
 @router.get("/hosts/{host}", response_model=schemas.Host, tags=["hosts"])

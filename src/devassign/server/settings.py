@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -43,6 +44,20 @@ class Settings:
     # ``/metrics`` also per host (one series per host: bounded cardinality by default).
     metrics_per_host: bool = False
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    # Cyborg's API for Nova (server/cyborg.py): where Nova's compute API is (with /v2.1) and the
+    # token that may post its external events; unset: Nova is not told of bound ARQs. From the
+    # environment (DEVASSIGN_NOVA_URL, DEVASSIGN_NOVA_TOKEN), so worker processes inherit them.
+    nova_url: str | None = field(default_factory=lambda: os.environ.get("DEVASSIGN_NOVA_URL") or None)
+    nova_token: str = field(default_factory=lambda: os.environ.get("DEVASSIGN_NOVA_TOKEN", ""), repr=False)
+    # Keystone (its /v3 URL) that validates the tokens Nova sends to the Cyborg API; tokens with
+    # one of keystone_roles are admins there (DEVASSIGN_KEYSTONE_URL, DEVASSIGN_KEYSTONE_ROLES).
+    keystone_url: str | None = field(default_factory=lambda: os.environ.get("DEVASSIGN_KEYSTONE_URL") or None)
+    keystone_roles: str = field(
+        default_factory=lambda: os.environ.get("DEVASSIGN_KEYSTONE_ROLES") or "admin,service"
+    )
+    # Seconds between looks for ARQs whose devices are set up (and events to send); like the
+    # sweeper, off when sweep_interval is 0.
+    cyborg_interval: float = 1.0
 
     def database_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`devassign.store.Database` for these settings."""

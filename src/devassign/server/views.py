@@ -36,9 +36,16 @@ def _type_for(scope: Scope, found: schemas.ResourceType) -> schemas.ResourceType
     return found.model_copy(update={"config": {}, "params": params})
 
 
-def list_hosts(store: Store, scope: Scope) -> list[schemas.Host]:
-    found = store.list_hosts()
-    return [h for h in found if scope.sees_host(h.name)]
+def list_hosts(
+    store: Store, scope: Scope, *, limit: int | None = None, after: str | None = None
+) -> list[schemas.Host]:
+    """Hosts by name (an agent: its own); ``limit`` after the name ``after``, or all."""
+    return store.list_hosts(limit=limit, after=after, only=scope.host_filter(None))
+
+
+def count_hosts(store: Store, scope: Scope) -> tuple[int, int]:
+    """(hosts the caller sees, of which up)."""
+    return store.count_hosts(only=scope.host_filter(None))
 
 
 def get_host(store: Store, scope: Scope, name: str) -> schemas.Host:

@@ -24,8 +24,10 @@ from devassign.store import (
     catalog,
     claims,
     events,
+    gangs,
     hosts,
     inventory,
+    moves,
     quotas,
     taints,
     tokens,
@@ -80,19 +82,15 @@ class Store:
     # ------------------------------------------------------------ catalog
     def list_types(self) -> list[schemas.ResourceType]:
         """The catalog; ``available`` counts free devices of up hosts, ``down`` those of down ones,
-        ``tainted`` free devices of up hosts that a taint keeps from new claims."""
-
-        def read(c: sa.Connection) -> list[schemas.ResourceType]:
-            return _apart_tainted(c, catalog.list_types(c, up_since=self.up_since()), self.up_since())
-
-        return self.db.reading(read)
+        ``tainted`` free devices of up hosts that a taint keeps from new claims, ``partitioned``
+        those their pool cannot give now (from the kept per-host counts: catalog.py)."""
+        return self.db.reading(lambda c: catalog.list_types(c, up_since=self.up_since()))
 
     def get_type(self, name: str) -> schemas.ResourceType:
-        def read(c: sa.Connection) -> schemas.ResourceType:
-            found = catalog.get_type(c, name, up_since=self.up_since())
-            return _apart_tainted(c, [found], self.up_since())[0]
+        return self.db.reading(lambda c: catalog.get_type(c, name, up_since=self.up_since()))
 
-        return self.db.reading(read)
+    def type_names(self) -> list[str]:
+        return self.db.reading(catalog.type_names)
 
     def create_type(self, body: schemas.ResourceTypeCreate, actor: str) -> schemas.ResourceType:
         return self.db.retrying(lambda c: catalog.create_type(c, body, now=self.clock(), actor=actor))
@@ -148,6 +146,7 @@ class Store:
         """
         self.mark_down()
         expired = self.expire_reservations()
+        self.settle_moves()
         self.expire_taints()
         self.refresh_statistics()
         self.refresh_scarcity()
@@ -247,12 +246,38 @@ class Store:
             n += self.db.retrying(functools.partial(taints.expire_host, host=host, now=now))
         return n
 
-    def list_hosts(self) -> list[schemas.Host]:
+    def list_hosts(
+        self, *, limit: int | None = None, after: str | None = None, only: str | None = None
+    ) -> list[schemas.Host]:
+        """Hosts by name: all (the default), or ``limit`` after the name ``after``; ``only``: one."""
+
         def read(c: sa.Connection) -> list[schemas.Host]:
             now = self.clock()
-            return taints.hosts_with_taints(c, hosts.list_hosts(c, now=now, down_after=self.down_after), now)
+            found = hosts.list_hosts(
+                c, now=now, down_after=self.down_after, limit=limit, after=after, only=only
+            )
+            look = hosts.taint_candidates(c, found)
+            marked: dict[str, schemas.Host] = {}
+            for i in range(0, len(look), hosts.NAMES_PER_STATEMENT):
+                chunk = look[i : i + hosts.NAMES_PER_STATEMENT]
+                marked.update((h.name, h) for h in taints.hosts_with_taints(c, chunk, now))
+            return [marked.get(h.name, h) for h in found]
 
         return self.db.reading(read)
+
+    def host_sizes(
+        self, *, names: list[str] | None = None, largest: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(host, devices) of the named hosts, or of the ``largest`` hosts, from kept counts."""
+        return self.db.reading(lambda c: hosts.device_counts(c, names=names, largest=largest))
+
+    def count_enough(self, needs: dict[int, int]) -> int:
+        """Up hosts with enough available of every needed type (type id -> count)."""
+        return self.db.reading(lambda c: candidates.count_enough(c, needs, up_since=self.up_since()))
+
+    def count_hosts(self, *, only: str | None = None) -> tuple[int, int]:
+        """(hosts, of which up) without reading a device."""
+        return self.db.reading(lambda c: hosts.count_hosts(c, up_since=self.up_since(), only=only))
 
     def get_host(self, name: str) -> schemas.Host:
         def read(c: sa.Connection) -> schemas.Host:
@@ -299,9 +324,13 @@ class Store:
 
     # ------------------------------------------------------------ allocations and events
     def list_allocations(self, **filters: object) -> list[schemas.Allocation]:
-        return self.db.reading(
+        found = self.db.reading(
             lambda c: allocations.list_allocations(c, **filters)  # type: ignore[arg-type]
         )
+        # A move's target is the consumer's pending move (GET .../moves), not a consumer.
+        if moves.is_internal(str(filters.get("consumer") or "")):
+            return found
+        return [a for a in found if not moves.is_internal(a.consumer)]
 
     def get_allocation(self, consumer: str, project: str | None = None) -> schemas.Allocation:
         return self.db.reading(lambda c: allocations.get_allocation(c, consumer, project=project))
@@ -356,6 +385,7 @@ class Store:
         names: list[str],
         spread: bool,
         limit: int,
+        rotate_all: bool = False,
     ) -> ClaimContext:
         """Everything a claim reads before it writes: the type ids, the project's quota and
         the first candidates, in two statements (three with a quota).
@@ -381,6 +411,7 @@ class Store:
                     spread=spread,
                     limit=limit,
                     scarcity=self._scarcity_hint(c),
+                    rotate_all=rotate_all,
                 )
             return ClaimContext(type_ids=ids, params=declared, limits=limits, usage=usage, snapshot=snapshot)
 
@@ -432,8 +463,78 @@ class Store:
             )
         )
 
-    def release(self, consumer: str, actor: str) -> bool:
-        return self.db.retrying(lambda c: claims.release(c, consumer, now=self.clock(), actor=actor))
+    def claim_gang(
+        self, orders: list[claims.ClaimOrder], gang: str | None = None
+    ) -> tuple[list[schemas.Allocation], bool]:
+        """Every instance of a gang in one transaction (hosts locked by name first); raises
+        ``claims.LostRace`` and claims none when any device was taken meanwhile."""
+        return self.db.retrying(
+            lambda c: gangs.claim_gang(
+                c, orders, gang=gang, now=self.clock(), ttl=self.reservation_ttl, up_since=self.up_since()
+            )
+        )
+
+    def gang_replays(self, consumers: list[str], key: str | None, project: str) -> list[schemas.Allocation]:
+        """The instances' live allocations made by this gang's claim (a conflict for any other)."""
+        return self.db.reading(lambda c: gangs.live_of(c, consumers, key, project))
+
+    def release_gang(self, gang: str, project: str | None, actor: str) -> int:
+        """Release every live allocation of a gang in one transaction; how many."""
+        return self.db.retrying(lambda c: gangs.release_gang(c, gang, project, now=self.clock(), actor=actor))
+
+    def release(self, consumer: str, actor: str, *, on_host: str | None = None) -> bool:
+        released = self.db.retrying(
+            lambda c: claims.release(c, consumer, now=self.clock(), actor=actor, on_host=on_host)
+        )
+        self.settle_moves(consumer)  # a released consumer's pending move ends with it
+        return released
+
+    # ------------------------------------------------------------ moves (store/moves.py)
+    def move_source(self, consumer: str, target: str) -> tuple[dict[str, Any], str, str]:
+        """(request document, project, host) of the live allocation a move would move."""
+        self.settle_moves(consumer)
+        return self.db.reading(lambda c: moves.source_for_move(c, consumer, target))
+
+    def move_replay(self, consumer: str, key: str | None, host: str) -> moves.Move | None:
+        return self.db.reading(lambda c: moves.replay_of(c, consumer, key, host))
+
+    def start_move(
+        self, order: claims.ClaimOrder, consumer: str, key: str | None
+    ) -> tuple[schemas.Allocation, moves.Move]:
+        """Claim a move's target devices and record the move in one transaction (raises
+        ``claims.LostRace`` like :meth:`claim`, ``moves.MoveReplay`` for a repeated start)."""
+        return self.db.retrying(
+            lambda c: moves.start(
+                c,
+                order,
+                consumer=consumer,
+                key=key,
+                now=self.clock(),
+                ttl=self.reservation_ttl,
+                up_since=self.up_since(),
+            )
+        )
+
+    def list_moves(self, consumer: str) -> list[moves.Move]:
+        """The consumer's moves, newest first (a pending one first)."""
+        self.settle_moves(consumer)
+        return self.db.reading(lambda c: moves.list_moves(c, consumer))
+
+    def commit_move(self, consumer: str, actor: str) -> tuple[moves.Move, bool]:
+        self.settle_moves(consumer)
+        return self.db.retrying(lambda c: moves.commit(c, consumer, now=self.clock(), actor=actor))
+
+    def abort_move(self, consumer: str, actor: str) -> tuple[moves.Move, bool]:
+        self.settle_moves(consumer)
+        return self.db.retrying(lambda c: moves.abort(c, consumer, now=self.clock(), actor=actor))
+
+    def settle_moves(self, consumer: str | None = None) -> int:
+        """End the pending moves whose target or source was released (expiry, failed setup,
+        release): each in its own transaction. The sweeper's pass, and before each move verb."""
+        n = 0
+        for who in self.db.reading(lambda c: moves.unsettled(c, consumer)):
+            n += self.db.retrying(functools.partial(moves.settle, consumer=who, now=self.clock()))
+        return n
 
     def audit(
         self, *, down_for: timedelta, repair: bool = False, actor: str = "audit"
@@ -525,22 +626,3 @@ class Store:
     def end_session(self, secret: str) -> bool:
         """Sign a dashboard session out; False when ``secret`` is not a live session."""
         return self.db.retrying(lambda c: tokens.end_session(c, secret, now=self.clock()))
-
-
-def _apart_tainted(
-    c: sa.Connection, types: list[schemas.ResourceType], up_since: datetime
-) -> list[schemas.ResourceType]:
-    """Free devices that a taint keeps from new claims, counted as ``tainted``, and those their
-    pool cannot give now, counted as ``partitioned``; neither is ``available``."""
-    counts = taints.tainted_counts(c, up_since)
-    carved = inventory.carved_counts(c, up_since)
-    if not counts and not carved:
-        return types
-    ids = quotas.type_ids(c, [t.name for t in types])
-    out = []
-    for t in types:
-        n = counts.get(ids.get(t.name, -1), 0)
-        p = carved.get(ids.get(t.name, -1), 0)
-        update = {"available": t.counts.available - n - p, "tainted": n, "partitioned": p}
-        out.append(t.model_copy(update={"counts": t.counts.model_copy(update=update)}) if n or p else t)
-    return out

@@ -2,13 +2,18 @@
 
 The candidate query walks the ``inventory(type_id, available, host_id)`` index and stops after a
 few hosts (Placement builds every candidate, then truncates); the hosts' devices come
-back in the same statement. Statements are built once per shape.
+back in the same statement. Statements are built once per shape; a claim's scan starts the
+equally good hosts at a random one (``_rotated``); hosts whose rows did not change since an
+earlier read keep their view (``ViewCache``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+import json
+import random
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,6 +30,7 @@ from devassign.store.schema import devices, hosts, inventory, resource_types
 # (py-spy), and a stable statement keeps the compiled-SQL cache and psycopg's prepared
 # statements warm.
 _INV = inventory.alias("i")
+_INV_BEST = inventory.alias("b")
 
 
 def _literal(name: str) -> Any:
@@ -33,8 +39,8 @@ def _literal(name: str) -> Any:
 
 
 @functools.cache
-def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Subquery:
-    """Up hosts with enough free devices of every needed type: ``(host_id, rank)``, ranked.
+def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool, rotate: str) -> sa.Subquery:
+    """Up hosts with enough free devices of every needed type: ``(host_id, rank, lap)``, ranked.
 
     Driven by the ``(type_id, available, host_id)`` index of the first (largest) need, so it
     stops after ``limit`` hosts instead of building every candidate (Placement's ``limit``
@@ -74,7 +80,7 @@ def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.S
     else:
         q = q.order_by(i.c.available.asc(), i.c.host_id.asc())
     if not any_of:
-        return q.limit(_literal("limit")).subquery("c")
+        return _rotated(q, spread, rotate) if rotate else q.limit(_literal("limit")).subquery("c")
     # A host may qualify through several types: once, at its best rank. The index scan stops
     # after ``limit x types`` rows, which hold at least ``limit`` distinct hosts whenever that
     # many qualify (a host appears once per type at most), and a host's first row is its best;
@@ -86,31 +92,95 @@ def _candidates(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.S
     return best.limit(_literal("limit")).subquery("c")
 
 
-# The device's facts (schemas.DEVICE_FACTS) but its attributes, which come as text: decoded
-# only if a selector or constraint looks (JsonAttributes).
+def _rotated(q: sa.Select[Any], spread: bool, ranks: str) -> sa.Subquery:
+    """``q``'s ranking with the hosts of each rank started at a random host: of the best rank
+    (``ranks="best"``) or of every rank (``"all"``).
+
+    Hosts of one rank are equally good, but the index hands them out in id order: every
+    concurrent claim read the same few hosts and raced for them (docs/benchmarks.md). Here
+    the scan runs in two laps around a random host id (``rotation`` in [0, 1) of the largest
+    id), each an index walk that stops after ``limit`` rows, so ranks still come in order
+    (*pack* still fills the fullest hosts first) and only the order among equals is random.
+
+    ``best``: from the pivot on within the best rank (the first of the driving type in the
+    index) and through the worse ranks in one index range, then the best rank before the pivot;
+    it costs a claim nothing measurable. ``all`` (a burst of claims, where the best rank of
+    *pack* is a few partly used hosts): each rank from the pivot on, then before it; the first
+    lap skips the index rows before the pivot, as many as a rank has hosts.
+    """
+    i = _INV
+    largest = sa.select(sa.func.max(hosts.c.id)).scalar_subquery()
+    pivot = sa.cast(largest * sa.bindparam("rotation", type_=sa.Float), sa.Integer)
+    laps: tuple[tuple[int, sa.ColumnElement[bool]], ...]
+    if ranks == "all":
+        first = i.c.host_id <= pivot if spread else i.c.host_id >= pivot
+        laps = ((0, first), (1, sa.not_(first)))
+    else:
+        best_of = sa.func.max if spread else sa.func.min
+        best = (
+            sa.select(best_of(_INV_BEST.c.available))
+            .where(_INV_BEST.c.type_id == _literal("t0"), _INV_BEST.c.available >= _literal("n0"))
+            .scalar_subquery()
+        )
+        at = sa.tuple_(i.c.available, i.c.host_id)
+        if spread:
+            laps = ((0, at <= sa.tuple_(best, pivot)), (1, (i.c.available == best) & (i.c.host_id > pivot)))
+        else:
+            laps = ((0, at >= sa.tuple_(best, pivot)), (1, (i.c.available == best) & (i.c.host_id < pivot)))
+    parts = [
+        sa.select(
+            q.where(where)
+            .add_columns(sa.literal(lap, sa.Integer).label("lap"))
+            .limit(_literal("limit"))
+            .subquery()
+        )
+        for lap, where in laps
+    ]
+    u = sa.union_all(*parts).subquery("u")
+    order = (u.c.rank.desc(), u.c.lap, u.c.host_id.desc()) if spread else (u.c.rank, u.c.lap, u.c.host_id)
+    return sa.select(u.c.host_id, u.c.rank, u.c.lap).order_by(*order).limit(_literal("limit")).subquery("c")
+
+
+# Reads of at most this many hosts (a claim's) start the best rank at a random host (_rotated);
+# larger ones (explain, capacity) keep the index's order, so their answers are repeatable.
+_ROTATE_UP_TO = 32
+
+
+# The device's facts (schemas.DEVICE_FACTS), its state and its type's name, as hashable values:
+# the JSON columns come as their text (attributes decoded only if a selector or constraint looks,
+# the small ones when the view is built), so a device's row is a key of the view cache below.
 _FACTS = tuple(f for f in DEVICE_FACTS if f != "attributes")
+_JSON_FACTS = frozenset({"pool_counters", "consumes"})
 _DEVICE_COLUMNS = (
     devices.c.id,
-    devices.c.host_id,
-    *(devices.c[f] for f in _FACTS),
+    *(sa.cast(devices.c[f], sa.Text).label(f) if f in _JSON_FACTS else devices.c[f] for f in _FACTS),
     sa.cast(devices.c.attributes, sa.Text).label("attributes_json"),
     devices.c.state,
     devices.c.healthy,
     devices.c.taint,
-    devices.c.consumed,
+    sa.cast(devices.c.consumed, sa.Text).label("consumed"),
     resource_types.c.name.label("type_name"),
+)
+_N_DEVICE = len(_DEVICE_COLUMNS)
+_ADDRESS = 1 + _FACTS.index("address")
+# Then the host's: whether it is up is decided in SQL (no timestamp to convert per device row).
+_HOST_COLUMNS = (
+    devices.c.host_id,
     hosts.c.name.label("host_name"),
-    hosts.c.last_seen_at,
+    sa.func.coalesce(hosts.c.last_seen_at >= sa.bindparam("up_since"), sa.false()).label("up"),
 )
 _PRESENT = devices.c.state != DeviceState.REMOVED.value
 
 
 @functools.cache
-def _candidate_devices(n_needs: int, any_of: bool, by_name: bool, spread: bool) -> sa.Select[Any]:
+def _candidate_devices(
+    n_needs: int, any_of: bool, by_name: bool, rotate: str, spread: bool
+) -> sa.Select[Any]:
     """Every present device of the candidate hosts, with each host's rank: one round trip."""
-    c = _candidates(n_needs, any_of, by_name, spread)
+    c = _candidates(n_needs, any_of, by_name, spread, rotate)
+    lap = c.c.lap if "lap" in c.c else sa.literal(0, sa.Integer).label("lap")
     return (
-        sa.select(*_DEVICE_COLUMNS, c.c.rank)
+        sa.select(*_DEVICE_COLUMNS, *_HOST_COLUMNS, c.c.rank, lap)
         .select_from(
             devices.join(c, c.c.host_id == devices.c.host_id)
             .join(resource_types, resource_types.c.id == devices.c.type_id)
@@ -121,7 +191,7 @@ def _candidate_devices(n_needs: int, any_of: bool, by_name: bool, spread: bool) 
 
 
 _DEVICES_OF_HOSTS = (
-    sa.select(*_DEVICE_COLUMNS)
+    sa.select(*_DEVICE_COLUMNS, *_HOST_COLUMNS)
     .select_from(
         devices.join(resource_types, resource_types.c.id == devices.c.type_id).join(
             hosts, hosts.c.id == devices.c.host_id
@@ -148,8 +218,12 @@ def _candidate_params(
     names: Sequence[str],
     limit: int,
     scarcity: Mapping[int, int] | None = None,
-) -> tuple[tuple[int, bool, bool], dict[str, Any]]:
+    rotate_all: bool = False,
+) -> tuple[tuple[int, bool, bool, str], dict[str, Any]]:
     params: dict[str, Any] = {"up_since": up_since, "limit": limit}
+    rotate = "" if not needs or limit > _ROTATE_UP_TO else "all" if rotate_all else "best"
+    if rotate:
+        params["rotation"] = random.random()
     if needs:
         # The need that most hosts are likely to fail drives the index scan: the largest count
         # first; among equal counts, the type free on the fewest hosts. Driven by a plentiful
@@ -168,7 +242,7 @@ def _candidate_params(
         params["row_limit"] = limit * max(1, len(set(any_of)))
     if names:
         params["names"] = list(names)
-    return (len(needs), not needs, bool(names)), params
+    return (len(needs), not needs, bool(names), rotate), params
 
 
 def candidate_snapshot(
@@ -181,18 +255,21 @@ def candidate_snapshot(
     spread: bool = False,
     limit: int = 32,
     scarcity: Mapping[int, int] | None = None,
+    rotate_all: bool = False,
 ) -> Snapshot:
     """Up hosts holding at least ``needs[type_id]`` available devices of every needed type, best
     first (see :func:`_candidates`), with their devices, in one statement.
 
     ``scarcity``: :func:`hosts_with_free`, maybe a little stale; it only chooses which need
-    drives the scan.
+    drives the scan. ``rotate_all``: every rank's equal hosts in a random order, not only the
+    best rank's (:func:`_rotated`; for a burst of claims).
     """
-    shape, params = _candidate_params(needs, any_of, up_since, names, limit, scarcity)
+    shape, params = _candidate_params(needs, any_of, up_since, names, limit, scarcity, rotate_all)
     rows = conn.execute(_candidate_devices(*shape, spread), params).all()
-    rank = {r.host_id: r.rank for r in rows}
-    order = sorted(rank, key=lambda h: (rank[h], h), reverse=spread)
-    return _views(rows, order, up_since)
+    # Best first: by rank, then by the lap of a rotated scan, then in the index's order.
+    key = {r.host_id: (r.rank, -r.lap if spread else r.lap, r.host_id) for r in rows}
+    order = sorted(key, key=key.__getitem__, reverse=spread)
+    return _views(rows, order)
 
 
 def host_ids_by_name(conn: sa.Connection, names: Sequence[str]) -> list[int]:
@@ -204,51 +281,114 @@ def load_snapshot(conn: sa.Connection, host_ids: Sequence[int], *, up_since: dat
     """Read-only views of ``host_ids`` (in that order) with every present device."""
     if not host_ids:
         return Snapshot(())
-    rows = conn.execute(_DEVICES_OF_HOSTS, {"host_ids": list(host_ids)}).all()
+    rows = conn.execute(_DEVICES_OF_HOSTS, {"host_ids": list(host_ids), "up_since": up_since}).all()
     missing = set(host_ids) - {r.host_id for r in rows}  # hosts without devices (explain by name)
     extra = {}
     if missing:
-        for r in conn.execute(
-            sa.select(hosts.c.id, hosts.c.name, hosts.c.last_seen_at).where(hosts.c.id.in_(missing))
-        ):
-            extra[r.id] = (r.name, r.last_seen_at)
-    return _views(rows, host_ids, up_since, extra)
+        q = sa.select(hosts.c.id.label("host_id"), *_HOST_COLUMNS[1:]).where(hosts.c.id.in_(missing))
+        for r in conn.execute(q, {"up_since": up_since}):
+            extra[r.host_id] = (r.host_name, bool(r.up))
+    return _views(rows, host_ids, extra)
 
 
 def _views(
-    rows: Sequence[Any],
-    order: Sequence[int],
-    up_since: datetime,
-    extra: Mapping[int, tuple[str, datetime | None]] | None = None,
+    rows: Sequence[Any], order: Sequence[int], extra: Mapping[int, tuple[str, bool]] | None = None
 ) -> Snapshot:
     """Host views in ``order`` from device rows (plus ``extra`` hosts that have no devices)."""
-    meta: dict[int, tuple[str, datetime | None]] = dict(extra or {})
-    per_host: dict[int, list[DeviceView]] = defaultdict(list)
+    meta: dict[int, tuple[str, bool]] = dict(extra or {})
+    per_host: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for r in rows:
-        if r.host_id not in meta:
-            meta[r.host_id] = (r.host_name, r.last_seen_at)
-        per_host[r.host_id].append(
-            DeviceView(
-                **{f: getattr(r, f) for f in _FACTS},
-                id=r.id,
-                type=r.type_name,
-                attributes=JsonAttributes(r.attributes_json),
-                state=r.state,
-                healthy=r.healthy,
-                taint=r.taint,
-                consumed=r.consumed,
-            )
-        )
+        per_host[r.host_id].append(tuple(r[:_N_DEVICE]))
+        meta[r.host_id] = (r.host_name, bool(r.up))
     views = []
     for hid in order:
-        if hid not in meta:
-            continue
-        name, seen = meta[hid]
-        if seen is not None and seen.tzinfo is None:
-            seen = seen.replace(tzinfo=up_since.tzinfo)
-        up = seen is not None and seen >= up_since
-        views.append(HostView(name, tuple(sorted(per_host.get(hid, []), key=lambda d: d.address)), up))
+        if hid in meta:
+            name, up = meta[hid]
+            devices_of = tuple(sorted(per_host.get(hid, ()), key=lambda d: d[_ADDRESS]))
+            views.append(VIEWS.get(name, up, devices_of))
     return Snapshot(tuple(views))
+
+
+def _device(row: tuple[Any, ...]) -> DeviceView:
+    """One device's view from its row (the columns of ``_DEVICE_COLUMNS``, in that order)."""
+    id_, *facts, attributes, state, healthy, taint, consumed, type_name = row
+    values = dict(zip(_FACTS, facts, strict=True))
+    for f in _JSON_FACTS:
+        values[f] = _json(values[f])
+    return DeviceView(
+        **values,
+        id=id_,
+        type=type_name,
+        attributes=JsonAttributes(attributes),
+        state=state,
+        healthy=bool(healthy),
+        taint=taint,
+        consumed=_json(consumed),
+    )
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class ViewCache:
+    """Host views by the rows they were built from.
+
+    A view is a pure function of its host's device rows (and whether the host is up), so the
+    same rows give the same view: the candidates that did not change since an earlier read (in
+    *pack* mode 7 of a claim's 8) are not rebuilt. A changed device changes its row and so the
+    key; nothing needs invalidating. Bounded by the devices held (least recently used go
+    first); a host larger than a tenth of the bound is never kept.
+    """
+
+    def __init__(self, max_devices: int = 20_000) -> None:
+        self.max_devices = max_devices
+        self._views: OrderedDict[tuple[Any, ...], HostView] = OrderedDict()
+        self._devices = 0
+        self._lock = threading.Lock()
+
+    def get(self, name: str, up: bool, rows: tuple[tuple[Any, ...], ...]) -> HostView:
+        key = (name, up, rows)
+        with self._lock:
+            view = self._views.get(key)
+            if view is not None:
+                self._views.move_to_end(key)
+                return view
+        view = HostView(name, tuple(_device(r) for r in rows), up)
+        if len(rows) * 10 > self.max_devices:
+            return view
+        with self._lock:
+            if key not in self._views:
+                self._views[key] = view
+                self._devices += len(rows)
+            while self._devices > self.max_devices:
+                _, old = self._views.popitem(last=False)
+                self._devices -= len(old.devices)
+        return view
+
+
+VIEWS = ViewCache()
+
+
+def count_enough(conn: sa.Connection, needs: Mapping[int, int], *, up_since: datetime) -> int:
+    """Up hosts with at least ``needs[type id]`` available of every needed type: what the
+    candidate read would find at most, counted on the kept counts' index, reading no device."""
+    if not needs:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(hosts).where(hosts.c.last_seen_at >= up_since)
+        ).scalar_one()
+    enough = (
+        sa.select(inventory.c.host_id)
+        .join(hosts, hosts.c.id == inventory.c.host_id)
+        .where(
+            sa.or_(*((inventory.c.type_id == t) & (inventory.c.available >= n) for t, n in needs.items())),
+            hosts.c.last_seen_at >= up_since,
+        )
+        .group_by(inventory.c.host_id)
+        .having(sa.func.count() == len(needs))
+        .subquery()
+    )
+    return int(conn.execute(sa.select(sa.func.count()).select_from(enough)).scalar_one())
 
 
 def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime) -> dict[str, int]:

@@ -11,40 +11,88 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
 from devassign.store.events import aware, record
-from devassign.store.schema import devices, hosts, inventory, quotas, resource_types
+from devassign.store.schema import devices, hosts, inventory, quotas, resource_types, taints
 
 log = logging.getLogger(__name__)
+
+
+# States a free device is not in: counted from ``devices`` through its ``state`` index, at a
+# cost that grows with the devices held or out of service, never with the free ones.
+_NOT_FREE = [s.value for s in DeviceState if s is not DeviceState.AVAILABLE]
 
 
 def _counts(
     conn: sa.Connection, type_id: int | None = None, *, up_since: datetime | None = None
 ) -> dict[int, schemas.StateCounts]:
-    """Devices per type and state, in one query. With ``up_since`` (the oldest last contact of
-    a host that is up), free devices of down hosts are counted as ``down``, not ``available``:
-    nothing can be placed on them until their host reports again."""
+    """Devices per type and state, without reading the free ones.
+
+    ``total``, ``available`` (free, schedulable, on up hosts) and ``partitioned`` (free but
+    their pool cannot give them) come from the kept per-host counts (``inventory``); the other
+    states from the devices in them; ``tainted`` from the hosts that have a taint. Free
+    devices of down hosts are ``down``: nothing can be placed on them until their host
+    reports again."""
     up = sa.true() if up_since is None else hosts.c.last_seen_at >= up_since
-    q = (
-        sa.select(
-            devices.c.type_id,
-            devices.c.state,
-            sa.func.count(),
-            sa.func.sum(sa.case((up, 1), else_=0)),
-        )
-        .select_from(devices.join(hosts, hosts.c.id == devices.c.host_id))
+    down = (
+        sa.false()
+        if up_since is None
+        else sa.or_(hosts.c.last_seen_at.is_(None), hosts.c.last_seen_at < up_since)
+    )
+    kept = sa.select(
+        inventory.c.type_id,
+        sa.func.sum(inventory.c.total),
+        sa.func.sum(inventory.c.available),
+        sa.func.sum(inventory.c.carved),
+    ).group_by(inventory.c.type_id)
+    # Then the free ones of down hosts taken back out: few hosts, found by their own row.
+    of_down = (
+        sa.select(inventory.c.type_id, sa.func.sum(inventory.c.available), sa.func.sum(inventory.c.carved))
+        .select_from(hosts.join(inventory, inventory.c.host_id == hosts.c.id))
+        .where(down)
+        .group_by(inventory.c.type_id)
+    )
+    held = (
+        sa.select(devices.c.type_id, devices.c.state, sa.func.count())
+        .where(devices.c.state.in_(_NOT_FREE))
         .group_by(devices.c.type_id, devices.c.state)
     )
+    # ``devices.taint`` is only ever set on a host with a row in ``taints`` (taint_marks.py).
+    tainted = (
+        sa.select(
+            devices.c.type_id,
+            sa.func.sum(sa.case((up, 1), else_=0)),
+            sa.func.sum(sa.case((up, 0), else_=1)),
+        )
+        .select_from(devices.join(hosts, hosts.c.id == devices.c.host_id))
+        .where(
+            devices.c.host_id.in_(sa.select(taints.c.host_id)),
+            devices.c.state == DeviceState.AVAILABLE.value,
+            devices.c.taint.is_not(None),
+        )
+        .group_by(devices.c.type_id)
+    )
     if type_id is not None:
-        q = q.where(devices.c.type_id == type_id)
+        kept = kept.where(inventory.c.type_id == type_id)
+        of_down = of_down.where(inventory.c.type_id == type_id)
+        held = held.where(devices.c.type_id == type_id)
+        tainted = tainted.where(devices.c.type_id == type_id)
     out: dict[int, dict[str, int]] = {}
-    for tid, state, n, n_up in conn.execute(q):
-        c = out.setdefault(tid, {"total": 0})
-        c[state] = n
-        if state == DeviceState.AVAILABLE:
-            c[state] = int(n_up or 0)
-            c["down"] = n - c[state]
-        # Removed devices are history, not inventory.
-        if state != DeviceState.REMOVED:
-            c["total"] += n
+    for tid, total, available, carved in conn.execute(kept):
+        out[tid] = {
+            "total": int(total or 0),
+            "available": int(available or 0),
+            "partitioned": int(carved or 0),
+        }
+    for tid, available, carved in conn.execute(of_down):
+        c = out.setdefault(tid, {"available": 0, "partitioned": 0})
+        c["available"] -= int(available or 0)
+        c["partitioned"] -= int(carved or 0)
+        c["down"] = int(available or 0) + int(carved or 0)
+    for tid, state, n in conn.execute(held):
+        out.setdefault(tid, {})[state] = int(n)
+    for tid, n_up, n_down in conn.execute(tainted):
+        c = out.setdefault(tid, {})
+        c["tainted"] = int(n_up or 0)
+        c["down"] = c.get("down", 0) + int(n_down or 0)
     return {tid: schemas.StateCounts(**c) for tid, c in out.items()}
 
 
@@ -108,6 +156,11 @@ def list_types(conn: sa.Connection, *, up_since: datetime | None = None) -> list
     counts = _counts(conn, up_since=up_since)
     rows = conn.execute(sa.select(resource_types).order_by(resource_types.c.name))
     return [_to_model(r, counts.get(r.id)) for r in rows]
+
+
+def type_names(conn: sa.Connection) -> list[str]:
+    """The catalog's names alone (a filter's choices): no counts read."""
+    return list(conn.execute(sa.select(resource_types.c.name).order_by(resource_types.c.name)).scalars())
 
 
 def _row(conn: sa.Connection, name: str) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from devassign.store.schema import (
     hosts,
     inventory,
     resource_types,
+    taints,
 )
 
 _HELD = IN_USE_STATES | {DeviceState.QUARANTINED}
@@ -225,28 +227,97 @@ def _host_model(r: Any, now: datetime, down_after: timedelta, count: int) -> sch
     )
 
 
-def list_hosts(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> list[schemas.Host]:
-    counts: dict[int, int] = dict(
-        conn.execute(
-            sa.select(devices.c.host_id, sa.func.count())
-            .where(devices.c.state != DeviceState.REMOVED.value)
-            .group_by(devices.c.host_id)
-        ).all()
+# A host's devices (all but removed ones) from its kept counts: ``inventory.total`` per type,
+# recounted in the same transaction as every change on the host (``inventory.recount``).
+_DEVICE_COUNT = (
+    sa.select(sa.func.coalesce(sa.func.sum(inventory.c.total), 0))
+    .where(inventory.c.host_id == hosts.c.id)
+    .scalar_subquery()
+    .label("device_count")
+)
+_HOST_COLUMNS = (
+    hosts.c.id,
+    hosts.c.name,
+    hosts.c.host_id,
+    hosts.c.generation,
+    hosts.c.last_report_at,
+    hosts.c.last_seen_at,
+    hosts.c.created_at,
+    _DEVICE_COUNT,
+)
+
+
+def list_hosts(
+    conn: sa.Connection,
+    *,
+    now: datetime,
+    down_after: timedelta,
+    limit: int | None = None,
+    after: str | None = None,
+    only: str | None = None,
+) -> list[schemas.Host]:
+    """Hosts by name: all of them, or a page of ``limit`` after the name ``after`` (keyset
+    paging: a page costs the same at any depth). ``only``: just that host (an agent's scope).
+
+    Device counts come from the kept per-host counts, never from counting ``devices``."""
+    q = sa.select(*_HOST_COLUMNS).order_by(hosts.c.name)
+    if after is not None:
+        q = q.where(hosts.c.name > after)
+    if only is not None:
+        q = q.where(hosts.c.name == only)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_host_model(r, now, down_after, int(r.device_count)) for r in conn.execute(q)]
+
+
+def device_counts(
+    conn: sa.Connection, *, names: Sequence[str] | None = None, largest: int | None = None
+) -> list[tuple[str, int]]:
+    """(host, devices) from the kept counts: of the hosts ``names``, or the ``largest`` hosts
+    by devices (what bounds how many hosts one explain or capacity call may read)."""
+    q = sa.select(hosts.c.name, _DEVICE_COUNT)
+    if largest is not None:
+        q = q.order_by(_DEVICE_COUNT.desc()).limit(largest)
+    if names is None:
+        return [(r.name, int(r.device_count)) for r in conn.execute(q)]
+    out: list[tuple[str, int]] = []
+    wanted = sorted(set(names))
+    for i in range(0, len(wanted), NAMES_PER_STATEMENT):
+        chunk = wanted[i : i + NAMES_PER_STATEMENT]
+        out += [(r.name, int(r.device_count)) for r in conn.execute(q.where(hosts.c.name.in_(chunk)))]
+    return out
+
+
+def count_hosts(conn: sa.Connection, *, up_since: datetime, only: str | None = None) -> tuple[int, int]:
+    """(hosts, of which up): one pass over ``hosts``, no device read."""
+    q = sa.select(sa.func.count(), sa.func.count().filter(hosts.c.last_seen_at >= up_since)).select_from(
+        hosts
     )
-    rows = conn.execute(sa.select(hosts).order_by(hosts.c.name))
-    return [_host_model(r, now, down_after, counts.get(r.id, 0)) for r in rows]
+    if only is not None:
+        q = q.where(hosts.c.name == only)
+    total, up = conn.execute(q).one()
+    return int(total), int(up)
+
+
+# PostgreSQL takes at most 65,535 parameters a statement: host names are looked up this many at a time.
+NAMES_PER_STATEMENT = 1000
+
+
+def taint_candidates(conn: sa.Connection, found: list[schemas.Host]) -> list[schemas.Host]:
+    """The hosts of ``found`` whose taints must be read: all of a page, and of a longer
+    listing those with a row in ``taints`` (one small query instead of naming every host)."""
+    if len(found) <= NAMES_PER_STATEMENT:
+        return found
+    q = sa.select(hosts.c.name).where(hosts.c.id.in_(sa.select(taints.c.host_id)))
+    tainted = set(conn.execute(q).scalars())
+    return [h for h in found if h.name in tainted]
 
 
 def get_host(conn: sa.Connection, name: str, *, now: datetime, down_after: timedelta) -> schemas.Host:
-    r = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
+    r = conn.execute(sa.select(*_HOST_COLUMNS).where(hosts.c.name == name)).first()
     if r is None:
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
-    count = conn.execute(
-        sa.select(sa.func.count()).where(
-            devices.c.host_id == r.id, devices.c.state != DeviceState.REMOVED.value
-        )
-    ).scalar_one()
-    return _host_model(r, now, down_after, count)
+    return _host_model(r, now, down_after, int(r.device_count))
 
 
 def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:

@@ -253,3 +253,80 @@ quotas = sa.Table(
     sa.Column("type_id", sa.Integer, sa.ForeignKey("resource_types.id"), primary_key=True),
     sa.Column("limit", sa.Integer, nullable=False),
 )
+
+# A consumer's allocation moving to another host (live or cold migration, store/moves.py):
+# the target devices are held by an internal allocation (consumer ``target_consumer``, a
+# reserved ``move:`` id) while the source allocation stays live. Commit releases the source
+# and re-points the target allocation to ``consumer``; abort or expiry releases the target.
+# ``device_map``: [{request, source_id, source_address, target_id, target_address}].
+# ``state``: pending, committed or aborted (``reason`` says why: aborted, expired, released).
+moves = sa.Table(
+    "moves",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("consumer", sa.String(64), sa.ForeignKey("consumers.uuid"), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("target_consumer", sa.String(64), nullable=False),
+    sa.Column("source_allocation_id", BigId, sa.ForeignKey("allocations.id"), nullable=False),
+    sa.Column("target_allocation_id", BigId, sa.ForeignKey("allocations.id"), nullable=False),
+    sa.Column("source_host_id", sa.Integer, sa.ForeignKey("hosts.id"), nullable=False),
+    sa.Column("target_host_id", sa.Integer, sa.ForeignKey("hosts.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("device_map", Json, nullable=False),
+    sa.Column("idempotency_key", sa.String(128)),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("finished_at", Stamp),
+    sa.Index("ix_moves_consumer", "consumer", "id"),
+    sa.Index("ix_moves_target_allocation", "target_allocation_id"),
+    # At most one pending move per consumer.
+    sa.Index(
+        "uq_moves_pending_consumer",
+        "consumer",
+        unique=True,
+        sqlite_where=sa.text("finished_at IS NULL"),
+        postgresql_where=sa.text("finished_at IS NULL"),
+    ),
+)
+
+# Cyborg's API as Nova uses it (server/cyborg.py, store/cyborg.py). A device profile names
+# the devices of a flavor's ``accel:device_profile``: ``groups`` as Cyborg writes them
+# ([{"resources:CUSTOM_NIC_VF_1G": "1", "trait:...": "required"}]), one devassign type each.
+cyborg_device_profiles = sa.Table(
+    "cyborg_device_profiles",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("uuid", sa.String(36), nullable=False, unique=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("groups", Json, nullable=False),
+    sa.Column("created_at", Stamp, nullable=False),
+)
+
+# Accelerator requests (ARQs): one per device of a profile's group. Bound to an instance on a
+# host, all ARQs of one instance are one devassign allocation (consumer = the instance).
+# ``state``: Initial, BindStarted (claimed, waiting for the agent's setup), Bound, BindFailed.
+# ``event``: the status of the ``accelerator-request-bound`` event Nova still has to be told
+# (completed or failed); NULL once sent, or when there is none to send.
+cyborg_arqs = sa.Table(
+    "cyborg_arqs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("uuid", sa.String(36), nullable=False, unique=True),
+    sa.Column("profile_name", sa.String(255), nullable=False),
+    sa.Column("group_id", sa.Integer, nullable=False),
+    sa.Column("type_name", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("hostname", sa.String(253)),
+    sa.Column("device_rp_uuid", sa.String(36)),
+    sa.Column("instance_uuid", sa.String(64)),
+    sa.Column("device_id", sa.String(36)),
+    sa.Column("attach_handle_type", sa.String(16)),
+    sa.Column("attach_handle_info", Json),
+    sa.Column("attach_handle_uuid", sa.String(36)),
+    sa.Column("event", sa.String(16)),
+    sa.Column("created_at", Stamp, nullable=False),
+    sa.Column("updated_at", Stamp, nullable=False),
+    sa.Index("ix_cyborg_arqs_instance", "instance_uuid"),
+    sa.Index("ix_cyborg_arqs_state", "state"),
+)

@@ -156,14 +156,21 @@ def _stream(newest: list[schemas.Event], **filters: str | None) -> str:
 def _overview(request: Request, scope: Scope) -> tuple[Html, list[schemas.Event]]:
     store = _store(request)
     hosts: list[schemas.Host] | None = None
+    counts: tuple[int, int] | None = None
     allocations: list[schemas.Allocation] | None = None
     if scope.operator:
-        hosts = views.list_hosts(store, scope)
+        hosts = views.list_hosts(store, scope, limit=pages.OVERVIEW_HOSTS)
+        counts = views.count_hosts(store, scope)
     else:
         allocations = views.list_allocations(store, scope, limit=50)
     events = views.list_events(store, scope, limit=OVERVIEW_EVENTS)
     body = pages.overview(
-        views.list_types(store, scope), store.clock(), hosts=hosts, events=events, allocations=allocations
+        views.list_types(store, scope),
+        store.clock(),
+        hosts=hosts,
+        events=events,
+        allocations=allocations,
+        host_counts=counts,
     )
     return body, events
 
@@ -190,19 +197,29 @@ def overview_fragment(request: Request, scope: Access) -> HTMLResponse:
 # ---------------------------------------------------------------- hosts and devices
 
 
-@router.get("/ui/hosts")
-def hosts(request: Request, scope: Access) -> HTMLResponse:
+HostAfter = Annotated[str | None, Query(max_length=253)]
+
+
+def _hosts_listing(request: Request, scope: Scope, after: str | None) -> Html:
+    """A page of hosts by name (keyset: ``after`` the last name of the page before)."""
     store = _store(request)
-    found = views.list_hosts(store, scope)
-    body = pages.hosts_page(found, store.clock(), live="/ui/fragments/hosts")
+    found = views.list_hosts(store, scope, limit=pages.HOSTS_PER_PAGE + 1, after=after or None)
+    total = views.count_hosts(store, scope)[0]
+    return pages.hosts_listing(found, store.clock(), after=after or None, total=total)
+
+
+@router.get("/ui/hosts")
+def hosts(request: Request, scope: Access, after: HostAfter = None) -> HTMLResponse:
+    store = _store(request)
+    listing = _hosts_listing(request, scope, after)
+    body = join([tag("h1", "Hosts"), live_part(url("/ui/fragments/hosts", after=after or None), listing)])
     live = _stream(views.list_events(store, scope, limit=1))
     return _page(request, scope, "Hosts", body, active="hosts", live=live)
 
 
 @router.get("/ui/fragments/hosts")
-def hosts_fragment(request: Request, scope: Access) -> HTMLResponse:
-    store = _store(request)
-    return _fragment(pages.hosts_table(views.list_hosts(store, scope), store.clock()))
+def hosts_fragment(request: Request, scope: Access, after: HostAfter = None) -> HTMLResponse:
+    return _fragment(_hosts_listing(request, scope, after))
 
 
 def _host(request: Request, scope: Scope, host: str) -> tuple[Html, list[schemas.Event]]:
@@ -250,8 +267,7 @@ def devices(
         type=type,
         state=state,
         offset=offset,
-        host_names=[h.name for h in views.list_hosts(store, scope)],
-        type_names=[t.name for t in views.list_types(store, scope)],
+        type_names=store.type_names(),
     )
     return _page(request, scope, "Devices", body, active="devices")
 

@@ -28,6 +28,8 @@ from devassign.web.markup import Html, definition_list, esc, join, link, table, 
 
 EVENTS_PER_PAGE = 50
 DEVICES_PER_PAGE = 500
+HOSTS_PER_PAGE = 500
+OVERVIEW_HOSTS = 20  # the overview's first hosts by name; the hosts page pages through all
 
 
 # ---------------------------------------------------------------- overview
@@ -125,18 +127,27 @@ def overview(
     hosts: Sequence[schemas.Host] | None,
     events: Sequence[schemas.Event],
     allocations: Sequence[schemas.Allocation] | None,
+    host_counts: tuple[int, int] | None = None,
 ) -> Html:
-    """Types with what is left; hosts and the newest events for operators, own allocations for members."""
+    """Types with what is left; hosts and the newest events for operators, own allocations for members.
+
+    ``hosts``: the first :data:`OVERVIEW_HOSTS` by name; ``host_counts``: (all hosts, of which
+    up), counted apart so a region of 100,000 hosts is not listed on the overview."""
     parts = [
         tag("h1", "Overview"),
         tag("div", tag("h2", "Resource types"), types_table(types), class_="card"),
     ]
     side: list[Html] = []
     if hosts is not None:
-        up = sum(1 for h in hosts if h.status == "up")
+        total, up = host_counts or (len(hosts), sum(1 for h in hosts if h.status == "up"))
+        shown = hosts[:OVERVIEW_HOSTS]
+        more = (
+            tag("p", link(f"all {total:,} hosts", "/ui/hosts"), class_="muted") if total > len(shown) else ""
+        )
         summary = Html(
-            tag("h2", "Hosts ", tag("span", f"{up} up, {len(hosts) - up} down", class_="muted"))
-            + hosts_table(hosts, now)
+            tag("h2", "Hosts ", tag("span", f"{up:,} up, {total - up:,} down", class_="muted"))
+            + hosts_table(shown, now)
+            + more
         )
         side.append(tag("div", summary, class_="card"))
     if allocations is not None:
@@ -161,8 +172,19 @@ def overview(
 # ---------------------------------------------------------------- hosts and devices
 
 
-def hosts_page(hosts: Sequence[schemas.Host], now: datetime, *, live: str | None = None) -> Html:
-    return join([tag("h1", "Hosts"), live_part(live, hosts_table(hosts, now))])
+def hosts_listing(
+    hosts: Sequence[schemas.Host], now: datetime, *, after: str | None = None, total: int | None = None
+) -> Html:
+    """A page of :data:`HOSTS_PER_PAGE` hosts by name after ``after`` (one more in ``hosts``
+    means there are more), with links to the first and the next page."""
+    shown = hosts[:HOSTS_PER_PAGE]
+    pager: list[Html] = []
+    if after is not None:
+        pager.append(link("first", "/ui/hosts"))
+    if len(hosts) > HOSTS_PER_PAGE:
+        pager.append(link("next", "/ui/hosts", after=shown[-1].name))
+    count = "" if total is None else tag("p", f"{total:,} hosts, by name", class_="muted")
+    return join([count, hosts_table(shown, now), tag("div", *pager, class_="pager")])
 
 
 @dataclass(frozen=True)
@@ -416,12 +438,13 @@ def devices_page(
     type: str | None,
     state: str | None,
     offset: int,
-    host_names: Sequence[str],
     type_names: Sequence[str],
 ) -> Html:
+    """Devices, :data:`DEVICES_PER_PAGE` at a time; the host is typed, not chosen from a list
+    (a region has too many for one)."""
     form = _filters(
         "/ui/devices",
-        _select("host", host, host_names),
+        _text("host", host, placeholder="host name"),
         _select("type", type, type_names),
         _select("state", state, [s.value for s in DeviceState]),
     )

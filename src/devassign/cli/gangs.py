@@ -1,0 +1,237 @@
+"""``devassign gang``: claim N instances all or none, explain a gang, release it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import typer
+
+from devassign.cli.claims import HostOpt, RequestOpt, SpecOpt, build_body, plural, print_explanation, summary
+from devassign.cli.client import CliError, ExitCode
+from devassign.cli.inventory import ALLOCATION_COLUMNS, FormatOpt, client
+from devassign.cli.output import Format, console, emit
+from devassign.scheduler.gang import ordinal
+
+InstanceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--instance", metavar="CONSUMER", help="One instance (its UUID); repeatable"),
+]
+CountOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--instances",
+        metavar="N",
+        min=1,
+        help="N instances named PREFIX0, PREFIX1, ... (see --prefix), instead of --instance",
+    ),
+]
+PrefixOpt = Annotated[
+    str | None,
+    typer.Option(metavar="PREFIX", help="Names of --instances N (default: the gang's id and a dash)"),
+]
+DistinctOpt = Annotated[bool, typer.Option("--distinct-hosts", help="At most one instance per host")]
+MaxPerHostOpt = Annotated[
+    int | None, typer.Option("--max-per-host", metavar="K", min=1, help="At most K instances per host")
+]
+SameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--same",
+        metavar="ATTRIBUTE",
+        help="Every instance on hosts whose devices report one value of this attribute (e.g. rack)",
+    ),
+]
+GangOpt = Annotated[
+    str | None, typer.Option("--gang", metavar="ID", help="The gang's id (default: made from the key)")
+]
+ProjectOpt = Annotated[
+    str | None, typer.Option(metavar="PROJECT", help="The instances' project (a member's token: its own)")
+]
+
+
+def gang_body(
+    spec: list[str] | None,
+    request: Any,
+    hosts: list[str] | None,
+    *,
+    instance: list[str] | None,
+    count: int | None,
+    prefix: str | None,
+    gang: str | None,
+    distinct: bool,
+    max_per_host: int | None,
+    same: str | None,
+    project: str | None,
+) -> dict[str, Any]:
+    """The ``POST /v1/gangs`` body from the options (the server validates it)."""
+    body = build_body(spec, request, hosts, project=project, gang=gang)
+    if instance and count:
+        raise CliError(
+            "give --instance CONSUMER (repeatable) or --instances N, not both", status=ExitCode.USAGE
+        )
+    if count:
+        if not body.get("gang"):
+            body["gang"] = f"gang-{uuid.uuid4().hex[:12]}"
+        start = prefix if prefix is not None else f"{body['gang']}-"
+        body["instances"] = [f"{start}{i}" for i in range(count)]
+    elif instance:
+        body["instances"] = list(instance)
+    if not body.get("instances"):
+        raise CliError(
+            "say which instances: --instance CONSUMER (repeatable), --instances N, or instances in --request",
+            status=ExitCode.USAGE,
+        )
+    layout = dict(body.get("layout") or {})
+    if distinct:
+        layout["distinct_hosts"] = True
+    if max_per_host is not None:
+        layout["max_per_host"] = max_per_host
+    if same:
+        layout["same"] = same
+    if layout:
+        body["layout"] = layout
+    return body
+
+
+def _details(exp: dict[str, Any]) -> None:
+    """The hosts removed per reason and the closest misses of an explanation."""
+    for code, n in (exp.get("removed") or {}).items():
+        console.print(f"  {code}: {plural(int(n), 'host')} removed", markup=False, highlight=False)
+    for h in exp.get("closest") or []:
+        if "message" in h:
+            console.print(f"  closest: {h['message']}", markup=False, highlight=False)
+
+
+def _refused(exc: CliError, fmt: Format) -> CliError:
+    """A 409's explanation printed for people; the one-line error says how many fit."""
+    error = (exc.body or {}).get("error", {}) if isinstance(exc.body, dict) else {}
+    exp = error.get("explanation")
+    if not exp or fmt is not Format.table:
+        return exc
+    placed, wanted = error.get("placed"), error.get("wanted")
+    if placed is None or wanted is None:
+        console.print("[red]cannot place this gang[/red]")
+        print_explanation(exp)
+        return CliError(f"the gang does not fit: {summary(exp)}", code=exc.code)
+    head = f"{placed} of {wanted} instances fit; the {ordinal(placed + 1)} fits on no host"
+    console.print(f"[red]cannot place this gang[/red]: {head}", highlight=False)
+    _details(exp)
+    return CliError(f"{head}: {summary(exp)}", code=exc.code)
+
+
+def register(app: typer.Typer) -> None:
+    gang_app = typer.Typer(
+        help="Gangs: N instances of one request, all placed or none.", no_args_is_help=True
+    )
+    app.add_typer(gang_app, name="gang")
+
+    @gang_app.command("claim")
+    def gang_claim(
+        ctx: typer.Context,
+        spec: SpecOpt = None,
+        request: RequestOpt = None,
+        host: HostOpt = None,
+        instance: InstanceOpt = None,
+        count: CountOpt = None,
+        prefix: PrefixOpt = None,
+        distinct_hosts: DistinctOpt = False,
+        max_per_host: MaxPerHostOpt = None,
+        same: SameOpt = None,
+        gang: GangOpt = None,
+        project: ProjectOpt = None,
+        idempotency_key: Annotated[
+            str | None,
+            typer.Option(
+                metavar="KEY", help="Send the same key to retry safely: the same allocations come back"
+            ),
+        ] = None,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Claim every instance (one allocation each) or none; prints the allocations, or how
+        many fit and why the next does not (exit 1)."""
+        body = gang_body(
+            spec,
+            request,
+            host,
+            instance=instance,
+            count=count,
+            prefix=prefix,
+            gang=gang,
+            distinct=distinct_hosts,
+            max_per_host=max_per_host,
+            same=same,
+            project=project,
+        )
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
+        try:
+            found = client(ctx).post("/v1/gangs", body)
+        except CliError as exc:
+            raise _refused(exc, fmt) from exc
+        if fmt is Format.json:
+            emit(found, fmt)
+            return
+        allocations = found.get("allocations") or []
+        emit(allocations, fmt, ALLOCATION_COLUMNS)
+        hosts = len({a["host"] for a in allocations})
+        console.print(
+            f"gang {found['gang']}: {plural(len(allocations), 'instance')} on {plural(hosts, 'host')}; "
+            f"release all with `devassign gang release {found['gang']}`",
+            markup=False,
+            highlight=False,
+        )
+
+    @gang_app.command("explain")
+    def gang_explain(
+        ctx: typer.Context,
+        spec: SpecOpt = None,
+        request: RequestOpt = None,
+        host: HostOpt = None,
+        instance: InstanceOpt = None,
+        count: CountOpt = None,
+        prefix: PrefixOpt = None,
+        distinct_hosts: DistinctOpt = False,
+        max_per_host: MaxPerHostOpt = None,
+        same: SameOpt = None,
+        project: ProjectOpt = None,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        """Whether every instance fits now, and on which hosts; claims nothing. Exit 0 when it
+        fits, 1 when not."""
+        body = gang_body(
+            spec,
+            request,
+            host,
+            instance=instance,
+            count=count,
+            prefix=prefix,
+            gang=None,
+            distinct=distinct_hosts,
+            max_per_host=max_per_host,
+            same=same,
+            project=project,
+        )
+        exp = client(ctx).post("/v1/gangs/explain", body)
+        if fmt is Format.json:
+            emit(exp, fmt)
+        else:
+            console.print(exp.get("message", ""), style="bold", markup=False, highlight=False)
+            if not exp.get("fits"):
+                _details(exp)
+            for name, n in sorted((exp.get("per_host") or {}).items()):
+                console.print(f"  {name}: {plural(n, 'instance')}", markup=False, highlight=False)
+        if not exp.get("fits"):
+            raise typer.Exit(1)
+
+    @gang_app.command("release")
+    def gang_release(
+        ctx: typer.Context,
+        gang: Annotated[
+            str, typer.Argument(metavar="GANG", help="The gang's id, as `gang claim` printed it")
+        ],
+    ) -> None:
+        """Release every allocation of the gang at once (their devices go to cleaning)."""
+        client(ctx).delete(f"/v1/gangs/{gang}")
+        console.print(f"released gang {gang}", markup=False, highlight=False)

@@ -1,0 +1,71 @@
+"""Routes for gangs: claim N instances all or none, explain, release (``server/gangs.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from devassign import errors
+from devassign.server.access import Access
+from devassign.server.gangs import GangAllocations, GangBody, Gangs
+from devassign.server.placement import Placer
+from devassign.server.views import redact_explanation
+from devassign.store import Store
+
+router = APIRouter(prefix="/v1")
+
+
+def _gangs(request: Request) -> Gangs:
+    gangs: Gangs | None = getattr(request.app.state, "gangs", None)
+    placer: Placer = request.app.state.placer
+    if gangs is None or gangs.placer is not placer:
+        gangs = request.app.state.gangs = Gangs(placer)
+    return gangs
+
+
+@router.post(
+    "/gangs",
+    response_model=GangAllocations,
+    status_code=201,
+    tags=["claims"],
+    responses={
+        200: {"model": GangAllocations, "description": "a replay: the gang's allocations already made"},
+        409: {"description": "not every instance can be placed; none is claimed, the body says why"},
+    },
+)
+def claim_gang(request: Request, scope: Access, body: GangBody) -> Any:
+    """Claim every instance of the body (one allocation each) or none: 201, 200 for a replay."""
+    scope.check_targets(body.hosts)
+    found, created = _gangs(request).claim(body, scope.principal, operator=scope.operator)
+    return Response(
+        found.model_dump_json(), status_code=201 if created else 200, media_type="application/json"
+    )
+
+
+@router.post("/gangs/explain", tags=["claims"])
+def explain_gang(request: Request, scope: Access, body: GangBody) -> dict[str, Any]:
+    """Would the gang fit now, on which hosts, and why not: nothing claimed."""
+    scope.check_targets(body.hosts)
+    found = _gangs(request).explain(body, scope.principal)
+    if scope.operator:
+        return found
+    redacted = redact_explanation(found)
+    redacted.update(
+        wanted=found["wanted"],
+        placed=found["placed"],
+        message=found["message"],
+        hosts_used=len(found["per_host"]),
+    )
+    return redacted
+
+
+@router.delete("/gangs/{gang}", status_code=204, tags=["allocations"])
+def release_gang(request: Request, scope: Access, gang: str) -> Response:
+    """Release every live allocation of the gang in one transaction (each goes to cleaning)."""
+    store: Store = request.app.state.store
+    project = scope.project if scope.project is not None else None
+    if len(gang) > 64:
+        raise errors.DevassignError(errors.NOT_FOUND, f"no live allocations of gang {gang[:64]!r}...")
+    store.release_gang(gang, project, scope.actor)
+    return Response(status_code=204)

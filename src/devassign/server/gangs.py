@@ -1,0 +1,296 @@
+"""Gangs: N instances of one claim body, placed and claimed all or none.
+
+The store reads the candidates (more of them than one claim reads: ``hosts_to_read``), the pure
+``scheduler.gang.plan`` assigns every instance a host and devices, and the store claims every
+instance in one transaction (``store/gangs.py``). A lost race rolls them all back and the gang
+is planned again on a fresh read, at most ``ATTEMPTS`` times. The routes are in
+``server/gang_routes.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt
+
+from devassign import errors, schemas
+from devassign.scheduler import ClaimBody, Quota, Request, Snapshot
+from devassign.scheduler.gang import MAX_INSTANCES, GangPlan, Layout, plan
+from devassign.scheduler.reasons import funnel_sentence
+from devassign.schemas import ConsumerId
+from devassign.server.placement import (
+    Placer,
+    _budgeted,
+    _check_params,
+    _checked_doc,
+    _needs,
+    _project,
+    _refuse_unknown,
+    explanation_body,
+    parse,
+    policy_body,
+)
+from devassign.server.views import redact_explanation
+from devassign.store import Principal
+from devassign.store.claims import ClaimOrder, LostRace
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 10  # fresh reads after a lost race before the gang is refused
+MAX_HOSTS_READ = 2000  # candidate hosts one gang reads at most (docs/requests.md)
+_GANG_IDS = uuid.UUID("8d1f3a52-6c1e-4d7e-9a55-0b7c3f2a9e10")  # namespace of ids made from keys
+
+
+class LayoutBody(BaseModel):
+    """Constraints between a gang's instances (docs/requests.md, "Gangs")."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    distinct_hosts: StrictBool = Field(default=False, description="At most one instance per host")
+    max_per_host: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_INSTANCES, description="At most this many instances per host"
+    )
+    same: str | None = Field(
+        default=None,
+        pattern=r"^(attributes\.)?[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="A device attribute (e.g. rack) that has one value for every instance's host",
+    )
+
+    def layout(self) -> Layout:
+        cap = 1 if self.distinct_hosts else self.max_per_host
+        return Layout(max_per_host=cap, same=self.same)
+
+
+class GangBody(ClaimBody):
+    """``POST /v1/gangs``: a claim body for one instance, and the instances."""
+
+    instances: list[ConsumerId] = Field(
+        min_length=1,
+        max_length=MAX_INSTANCES,
+        description="The consumers (instance UUIDs), one allocation each: all of them or none",
+    )
+    layout: LayoutBody = Field(default_factory=LayoutBody)
+    gang: ConsumerId | None = Field(
+        default=None,
+        description="The gang's id (kept in each allocation); default: made from the idempotency key",
+    )
+
+
+class GangAllocations(BaseModel):
+    gang: str
+    allocations: list[schemas.Allocation]
+
+
+@dataclass
+class _Prepared:
+    request: Request
+    project: str
+    gang: str
+    layout: Layout
+    docs: list[dict[str, Any]]
+    type_ids: dict[str, int]
+    quota: Quota | None
+
+
+class Gangs:
+    """Plan and claim gangs with the :class:`Placer`'s store, policy and helpers."""
+
+    def __init__(self, placer: Placer) -> None:
+        self.placer = placer
+        self.store = placer.store
+        self.rng = random.Random()
+
+    # ------------------------------------------------------------ the verbs
+    def claim(
+        self, body: GangBody, caller: Principal, *, operator: bool = True
+    ) -> tuple[GangAllocations, bool]:
+        """All instances claimed (created True), a replay of the same gang (False), or an error
+        (for a caller who is not an ``operator``: without host names)."""
+        p = self._prepare(body, caller)
+        replays = self.store.gang_replays(list(body.instances), body.idempotency_key, p.project)
+        if len(replays) == len(body.instances):
+            order = {c: i for i, c in enumerate(body.instances)}
+            replays.sort(key=lambda a: order[a.consumer])
+            return GangAllocations(gang=p.gang, allocations=replays), False
+        if replays:
+            raise errors.DevassignError(
+                errors.CONSUMER_CONFLICT,
+                f"{len(replays)} of the {len(body.instances)} instances already hold this gang's "
+                f"allocations; release the gang (DELETE /v1/gangs/{p.gang}) and claim it again",
+            )
+        found: GangPlan | None = None
+        for attempt in range(ATTEMPTS):
+            found, _ = self._plan(p, len(body.instances))
+            if not found.fits:
+                raise self._refusal(p, found, operator=operator)
+            orders = self._orders(p, body, found, caller)
+            try:
+                made, created = self.store.claim_gang(orders, p.gang)
+                return GangAllocations(gang=p.gang, allocations=made), created
+            except LostRace as exc:
+                log.debug("gang %s lost a race (attempt %d): %s", p.gang, attempt + 1, exc)
+                time.sleep(self.rng.uniform(0, 0.005 * (attempt + 1)))
+        assert found is not None
+        raise errors.DevassignError(
+            errors.NO_VALID_HOST,
+            f"gang {p.gang}: every plan lost a race with concurrent claims {ATTEMPTS} times; retry",
+        )
+
+    def explain(self, body: GangBody, caller: Principal) -> dict[str, Any]:
+        """Would the gang fit now, where, and why not; nothing claimed."""
+        p = self._prepare(body, caller)
+        found, snapshot = self._plan(p, len(body.instances))
+        out = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0]))
+        out.update(
+            fits=found.fits,
+            wanted=found.wanted,
+            placed=found.placed,
+            message=_message(found, out["funnel"]),
+            hosts_read=len(snapshot.hosts),
+            per_host=found.per_host(),
+            instances=[
+                {"consumer": c, "host": pl.host}
+                for c, pl in zip(body.instances, found.placements, strict=False)
+            ],
+            policy=policy_body(self.placer.config.policy),
+        )
+        if found.group is not None:
+            out["same"] = {"attribute": p.layout.attribute, "value": found.group}
+        return out
+
+    # ------------------------------------------------------------ steps
+    def _prepare(self, body: GangBody, caller: Principal) -> _Prepared:
+        if body.consumer is not None:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                "a gang names its consumers in instances (one per allocation), not in consumer",
+            )
+        twice = sorted({c for c in body.instances if body.instances.count(c) > 1})
+        if twice:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST, f"instances: {', '.join(twice[:5])} given more than once"
+            )
+        one = ClaimBody.model_validate(
+            body.model_dump(exclude={"instances", "layout", "gang"}, exclude_none=True)
+        )
+        request = parse(one)
+        _check_params(one)
+        project = _project(request, caller)
+        types = sorted({a.type for r in request.requests for a in r.alternatives})
+        ids = self.store.type_ids(types)
+        _refuse_unknown(types, ids)
+        doc = _checked_doc(one, self.store.type_params(types), project)
+        gang = body.gang or (
+            str(uuid.uuid5(_GANG_IDS, f"{project}\n{body.idempotency_key}"))
+            if body.idempotency_key
+            else str(uuid.uuid4())
+        )
+        docs = [
+            {**doc, "consumer": c, "gang": gang, "gang_size": len(body.instances)} for c in body.instances
+        ]
+        quota = self.placer._quota(request, project)
+        layout = body.layout.layout()
+        self._check_quota(request, quota, len(body.instances), project)
+        return _Prepared(request, project, gang, layout, docs, ids, quota)
+
+    @staticmethod
+    def _check_quota(request: Request, quota: Quota | None, n: int, project: str) -> None:
+        """The gang's total against the quota left, once: a 403 before any host is read."""
+        if quota is None:
+            return
+        left = quota.left()
+        total: dict[str, int] = defaultdict(int)
+        for r in request.requests:
+            if len(r.alternatives) == 1:
+                total[r.first.type] += r.first.count * n
+        over = [
+            f"{t}: {n_} for the gang, {left[t]} left"
+            for t, n_ in sorted(total.items())
+            if t in left and n_ > left[t]
+        ]
+        if over:
+            raise errors.DevassignError(
+                errors.QUOTA_EXCEEDED,
+                f"project {project} is over quota for this gang of {n}: {'; '.join(over)}",
+                limits=dict(quota.limits),
+                usage=dict(quota.usage),
+            )
+
+    def _plan(self, p: _Prepared, n: int) -> tuple[GangPlan, Snapshot]:
+        """Plan on the candidates; once more on the widest read when a full read fell short."""
+        read = hosts_to_read(n, p.layout, self.placer.config.candidate_limit)
+        while True:
+            snapshot = self.placer._snapshot(p.request, read)
+            with _budgeted():
+                found = plan(
+                    p.request,
+                    n,
+                    snapshot,
+                    self.placer.config.policy,
+                    layout=p.layout,
+                    quota=p.quota,
+                    rng=self.rng,
+                )
+            if found.fits or len(snapshot.hosts) < read or read >= MAX_HOSTS_READ:
+                return found, snapshot
+            read = MAX_HOSTS_READ
+
+    def _orders(self, p: _Prepared, body: GangBody, found: GangPlan, caller: Principal) -> list[ClaimOrder]:
+        names = {i: t for t, i in p.type_ids.items()}
+        consumption = {r.name: dict(r.first.extra) for r in p.request.requests if r.first.extra}
+        return [
+            ClaimOrder(
+                host=pl.host,
+                chosen=[(c.name, (*c.device_ids, *c.companion_ids)) for c in pl.chosen],
+                consumer=consumer,
+                project=p.project,
+                key=body.idempotency_key,
+                request_doc=doc,
+                actor=caller.name,
+                type_names=names,
+                # The project's quota is checked under its lock for each instance in turn: the
+                # earlier instances of the same transaction count, so the gang counts once.
+                check_quota=p.quota is not None or any(c.companion_ids for c in pl.chosen),
+                wait=True,
+                consumption=consumption,
+            )
+            for consumer, doc, pl in zip(body.instances, p.docs, found.placements, strict=True)
+        ]
+
+    def _refusal(self, p: _Prepared, found: GangPlan, *, operator: bool) -> errors.DevassignError:
+        body = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0]))
+        message = f"gang of {found.wanted}: {_message(found, body['funnel'])}"
+        before = funnel_sentence(body["funnel"])
+        if before and found.explanation.considered:
+            message += f"; {before}"
+        if not operator:  # the hosts' sentences name hosts and addresses: counts and codes only
+            redacted = redact_explanation(body)
+            return errors.DevassignError(
+                errors.NO_VALID_HOST, message, explanation=redacted, wanted=found.wanted, placed=found.placed
+            )
+        closest = "; ".join(c["message"] for c in body["closest"])
+        if closest:
+            message += f"; closest: {closest}"
+        return errors.DevassignError(
+            errors.NO_VALID_HOST, message, explanation=body, wanted=found.wanted, placed=found.placed
+        )
+
+
+def _message(found: GangPlan, funnel: dict[str, int]) -> str:
+    """The plan's sentence; when no host reached the scheduler, the pre-filter says why."""
+    before = funnel_sentence(funnel)
+    if found.explanation.considered or not before:
+        return found.message
+    return found.message.replace(found.explanation.summary(), f"no host fits: {before}")
+
+
+def hosts_to_read(n: int, layout: Layout, candidate_limit: int) -> int:
+    """Candidate hosts a gang of ``n`` reads first: 4 per instance (16 with ``same``, whose
+    instances must find one rack), at least one claim's read, at most ``MAX_HOSTS_READ``."""
+    per = 16 if layout.same else 4
+    return min(MAX_HOSTS_READ, max(candidate_limit, per * n))

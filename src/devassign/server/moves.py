@@ -1,0 +1,174 @@
+"""Routes for moving a consumer's allocation to another host (live or cold migration).
+
+``POST /v1/allocations/{consumer}/moves`` places the consumer's stored request on the named
+host with the ordinary placer and claim, holding the target devices while the source stays;
+``.../moves/commit`` makes them the consumer's allocation and releases the source;
+``.../moves/abort`` releases them; ``GET .../moves`` shows the newest move (store/moves.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field, ValidationError
+
+from devassign import errors, schemas
+from devassign.domain import HOST_RE
+from devassign.scheduler import ClaimBody
+from devassign.server import views
+from devassign.server.access import Access, Scope
+from devassign.server.placement import Placer
+from devassign.store import ClaimContext, Store
+from devassign.store.claims import ClaimOrder
+from devassign.store.moves import Move, MoveReplay, is_internal, new_target_consumer
+
+router = APIRouter(prefix="/v1")
+
+
+class MoveStart(BaseModel):
+    model_config = {"extra": "forbid"}
+    host: str = Field(min_length=1, max_length=253, description="The host to move to")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Resend with the same key to get the same move",
+    )
+
+
+class _MoveClaims(Store):
+    """The store as the placer sees it for one move: its claim records the move in the same
+    transaction, and no quota applies (the consumer holds as many devices after the move)."""
+
+    def __init__(self, base: Store, consumer: str, key: str | None) -> None:
+        self.__dict__.update(vars(base))  # the same database, clock and settings
+        self.consumer = consumer
+        self.key = key
+        self.move: Move | None = None
+
+    def prepare_claim(self, **kwargs: Any) -> ClaimContext:
+        ctx = super().prepare_claim(**kwargs)
+        return dataclasses.replace(ctx, limits={}, usage={})
+
+    def claim(self, order: ClaimOrder) -> tuple[schemas.Allocation, bool]:
+        allocation, self.move = self.start_move(
+            dataclasses.replace(order, check_quota=False), self.consumer, self.key
+        )
+        return allocation, True
+
+
+def _store(request: Request, consumer: str) -> Store:
+    """The store, for a client's consumer (a move's own target is not one)."""
+    if is_internal(consumer):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"{consumer!r} holds the devices of a move; name the consumer being moved instead",
+        )
+    store: Store = request.app.state.store
+    return store
+
+
+def _json(move: Move, status: int) -> Response:
+    return Response(move.model_dump_json(), status_code=status, media_type="application/json")
+
+
+@router.post(
+    "/allocations/{consumer}/moves",
+    response_model=Move,
+    status_code=201,
+    tags=["allocations"],
+    responses={
+        200: {"model": Move, "description": "a replay: the move already started with this key"},
+        409: {"description": "the host cannot hold the request (the body says why), or a move is pending"},
+    },
+)
+def start_move(request: Request, scope: Access, consumer: str, body: MoveStart) -> Any:
+    """Hold devices on ``host`` matching the consumer's request while its allocation stays."""
+    store = _store(request, consumer)
+    views.get_allocation(store, scope, consumer)  # another project's consumer is a 404
+    placer: Placer = request.app.state.placer
+    try:
+        move, created = place_move(store, placer, scope, consumer, body.host, body.idempotency_key)
+    except errors.DevassignError as exc:
+        raise views.public_refusal(scope, exc) from None
+    return _json(move, 201 if created else 200)
+
+
+def place_move(
+    store: Store, placer: Placer, scope: Scope, consumer: str, host: str, key: str | None
+) -> tuple[Move, bool]:
+    """Start a move of ``consumer`` to ``host`` with the placer and the claim: (the move,
+    whether this call started it; False: a replay). Refusals are not yet redacted for members."""
+    if not HOST_RE.fullmatch(host):
+        raise errors.DevassignError(errors.INVALID_REQUEST, f"host: {host!r} is not a host name")
+    replay = store.move_replay(consumer, key, host)
+    if replay is not None:
+        return replay, False
+    doc, project, _ = store.move_source(consumer, host)
+    try:
+        claim = ClaimBody.model_validate(
+            {**doc, "consumer": consumer, "project": project, "hosts": [host], "idempotency_key": None}
+        )
+    except ValidationError as exc:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"the stored request of {consumer} is no longer a valid claim ({exc.errors()[0]['msg']}); "
+            "release and claim it again",
+        ) from None
+    claim = claim.model_copy(update={"consumer": new_target_consumer()})
+    placing = _MoveClaims(store, consumer, key)
+    try:
+        Placer(placing, placer.config).claim(claim, scope.principal)
+    except MoveReplay as replayed:
+        return replayed.move, False
+    except errors.DevassignError as exc:
+        if exc.code == errors.NO_VALID_HOST:
+            raise _why_not(placer, claim, scope, consumer, host, exc) from None
+        raise
+    assert placing.move is not None
+    return placing.move, True
+
+
+def _why_not(
+    placer: Placer, claim: ClaimBody, scope: Scope, consumer: str, host: str, exc: errors.DevassignError
+) -> errors.DevassignError:
+    """The refusal, saying why the target host (looked at whatever its state) does not fit."""
+    try:
+        explained = placer.explain(claim, scope.principal)
+    except errors.DevassignError:
+        return exc
+    why = "; ".join(h["message"] for h in explained["hosts"] if not h["fits"])
+    if explained["fits"] or not why:  # freed meanwhile, or taken by concurrent claims
+        why = exc.message.partition(": ")[2]
+    return errors.DevassignError(
+        errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request: {why}", explanation=explained
+    )
+
+
+@router.get("/allocations/{consumer}/moves", response_model=list[Move], tags=["allocations"])
+def list_moves(request: Request, scope: Access, consumer: str) -> Any:
+    """The consumer's moves, newest first: a pending one is the first (empty: never moved)."""
+    store = _store(request, consumer)
+    views.get_allocation(store, scope, consumer)
+    return [m.model_dump(mode="json") for m in store.list_moves(consumer)]
+
+
+@router.post("/allocations/{consumer}/moves/commit", response_model=Move, tags=["allocations"])
+def commit_move(request: Request, scope: Access, consumer: str) -> Any:
+    """The target devices become the consumer's allocation; the source's go to cleaning.
+    Twice is harmless (the committed move again)."""
+    store = _store(request, consumer)
+    views.get_allocation(store, scope, consumer)
+    move, _ = store.commit_move(consumer, scope.actor)
+    return _json(move, 200)
+
+
+@router.post("/allocations/{consumer}/moves/abort", response_model=Move, tags=["allocations"])
+def abort_move(request: Request, scope: Access, consumer: str) -> Any:
+    """The target devices go to cleaning; the consumer stays where it is. Twice is harmless."""
+    store = _store(request, consumer)
+    views.get_allocation(store, scope, consumer)
+    move, _ = store.abort_move(consumer, scope.actor)
+    return _json(move, 200)

@@ -1,0 +1,120 @@
+"""A gang's claims in one transaction: every instance's allocation, or none.
+
+Each instance is an ordinary claim (``claims.claim``), so a gang's allocations are ordinary
+allocations: same checks, same events, released one by one with ``DELETE
+/v1/allocations/{consumer}``. What this module adds is the transaction around them: the hosts
+are locked first, all of them, in the order of their names (every gang and every single claim
+then take host locks in one order: no deadlock on PostgreSQL), and any lost race rolls every
+instance back. The gang's id is kept in each allocation's request document (``gang``), not in
+a table of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.store.allocations import get_allocation
+from devassign.store.claims import ClaimOrder, LostRace, claim, consumer_in_use, release
+from devassign.store.schema import allocations, hosts
+
+_LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
+
+
+def claim_gang(
+    conn: sa.Connection,
+    orders: Sequence[ClaimOrder],
+    *,
+    gang: str | None = None,
+    now: datetime,
+    ttl: timedelta,
+    up_since: datetime | None = None,
+) -> tuple[list[schemas.Allocation], bool]:
+    """Claim every order in this transaction; raise ``LostRace`` (the caller rolls back) if any
+    device was taken meanwhile, a conflict if ``gang`` already names other live allocations.
+    Returns the allocations in order and whether they were made now (False: every one is a
+    replay of the same gang)."""
+    for name in sorted({o.host for o in orders}):
+        if conn.execute(_LOCK_HOST, {"name": name}).scalar_one_or_none() is None:
+            raise LostRace(f"host {name} was deleted meanwhile")
+    made: list[tuple[schemas.Allocation, bool]] = [
+        claim(conn, o, now=now, ttl=ttl, up_since=up_since) for o in orders
+    ]
+    created = {c for _, c in made}
+    if created == {False}:
+        return [a for a, _ in made], False
+    if False in created:
+        # Some instances hold this gang's allocations already (the rest were released since):
+        # the answer would mix old and new; refuse, the transaction rolls back.
+        old = [a.consumer for a, c in made if not c]
+        raise errors.DevassignError(
+            errors.CONSUMER_CONFLICT,
+            f"{len(old)} of the {len(made)} instances already hold this gang's allocations "
+            f"({', '.join(old[:5])}{', ...' if len(old) > 5 else ''}); release the gang first",
+        )
+    if gang is not None:
+        held = conn.execute(sa.select(sa.func.count()).where(_of_gang(gang))).scalar_one()
+        if held > len(made):  # the id names another gang's live allocations too
+            raise errors.DevassignError(
+                errors.CONSUMER_CONFLICT,
+                f"gang id {gang!r} already names {held - len(made)} live allocations of other "
+                "instances; choose another id, or release that gang first",
+            )
+    return [a for a, _ in made], True
+
+
+def live_of(
+    conn: sa.Connection, consumers: Sequence[str], key: str | None, project: str
+) -> list[schemas.Allocation]:
+    """The instances' live allocations that replay this gang (same project and idempotency
+    key); a conflict if any instance holds another allocation, or belongs to another project."""
+    found: list[schemas.Allocation] = []
+    for i in range(0, len(consumers), 500):
+        chunk = list(consumers[i : i + 500])
+        for r in conn.execute(
+            sa.select(allocations.c.consumer, allocations.c.idempotency_key, allocations.c.project).where(
+                allocations.c.consumer.in_(chunk), allocations.c.released_at.is_(None)
+            )
+        ):
+            if r.project != project:
+                raise consumer_in_use(r.consumer)
+            if key is None or r.idempotency_key != key:
+                raise errors.DevassignError(
+                    errors.CONSUMER_CONFLICT,
+                    f"consumer {r.consumer!r} already holds an allocation; release it first, or resend "
+                    "the same gang with its idempotency_key",
+                )
+            found.append(get_allocation(conn, r.consumer))
+    return found
+
+
+def _of_gang(gang: str) -> sa.ColumnElement[bool]:
+    return sa.and_(allocations.c.request["gang"].as_string() == gang, allocations.c.released_at.is_(None))
+
+
+def gang_consumers(conn: sa.Connection, gang: str, project: str | None) -> list[tuple[str, str]]:
+    """(host, consumer) of each live allocation of ``gang`` (of ``project`` when given), by host."""
+    q = (
+        sa.select(hosts.c.name, allocations.c.consumer)
+        .join(hosts, hosts.c.id == allocations.c.host_id)
+        .where(_of_gang(gang))
+    )
+    if project is not None:
+        q = q.where(allocations.c.project == project)
+    return [(r.name, r.consumer) for r in conn.execute(q.order_by(hosts.c.name, allocations.c.consumer))]
+
+
+def release_gang(conn: sa.Connection, gang: str, project: str | None, *, now: datetime, actor: str) -> int:
+    """Release every live allocation of ``gang`` in this transaction; how many (404 if none).
+    The hosts are locked by name first, the order a gang's claim takes them in."""
+    held = gang_consumers(conn, gang, project)
+    if not held:
+        raise errors.DevassignError(
+            errors.NOT_FOUND, f"no live allocations of gang {gang!r}; `devassign allocations` lists them"
+        )
+    for name in sorted({h for h, _ in held}):
+        conn.execute(_LOCK_HOST, {"name": name})
+    return sum(1 for _, c in held if release(conn, c, now=now, actor=actor))

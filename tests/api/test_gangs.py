@@ -1,0 +1,178 @@
+"""Gangs through the API: N instances all or none, constraints, replays, refusals, release."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from devassign import schemas
+from devassign.domain import Role
+from devassign.store import Store
+
+
+def _gpu(i: int, **attributes: Any) -> dict[str, Any]:
+    return {
+        "address": f"0000:{0x10 + i:02x}:00.0",
+        "kind": "pci",
+        "type": "GPU",
+        "vendor_id": "10de",
+        "product_id": "20b0",
+        "numa_node": 0,
+        "iommu_group": 100 + i,
+        "driver": "vfio-pci",
+        "parent": None,
+        "attributes": dict(attributes),
+    }
+
+
+def _cloud(api: TestClient, hosts: dict[str, int], **attributes_of: dict[str, Any]) -> None:
+    assert api.post("/v1/resource-types", json={"name": "GPU"}).status_code == 201
+    for name, n in hosts.items():
+        devices = [_gpu(i, **attributes_of.get(name.replace("-", "_"), {})) for i in range(n)]
+        r = api.put(f"/v1/hosts/{name}/inventory", json={"generation": 1, "devices": devices})
+        assert r.status_code == 200, r.text
+
+
+def _gang(instances: list[str], gpus: int = 4, **body: Any) -> dict[str, Any]:
+    return {"instances": instances, "extra_specs": {"hardware_resource:GPU": str(gpus)}, **body}
+
+
+def _states(api: TestClient) -> dict[str, str]:
+    return {f"{d['host']}/{d['address']}": d["state"] for d in api.get("/v1/devices").json()}
+
+
+def test_a_gang_gets_every_instance_its_own_allocation_and_a_replay_answers_200(api: TestClient) -> None:
+    _cloud(api, {"a": 8, "b": 8})
+    body = _gang(["vm-1", "vm-2", "vm-3", "vm-4"], idempotency_key="job-7")
+    r = api.post("/v1/gangs", json=body)
+    assert r.status_code == 201, r.text
+    found = r.json()
+    assert [a["consumer"] for a in found["allocations"]] == ["vm-1", "vm-2", "vm-3", "vm-4"]
+    devices = [d["id"] for a in found["allocations"] for d in a["devices"]]
+    assert len(devices) == len(set(devices)) == 16
+    assert set(_states(api).values()) == {"reserved"}
+    # Each instance is an ordinary allocation.
+    assert api.get("/v1/allocations/vm-3").json()["host"] in {"a", "b"}
+    again = api.post("/v1/gangs", json=body)
+    assert again.status_code == 200, again.text
+    assert again.json() == found
+    # The gang's id comes from the key: release them all at once.
+    assert api.delete(f"/v1/gangs/{found['gang']}").status_code == 204
+    assert set(_states(api).values()) == {"cleaning"}
+    gone = api.delete(f"/v1/gangs/{found['gang']}")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+
+def test_all_or_nothing_and_the_refusal_says_how_many_fit(api: TestClient) -> None:
+    _cloud(api, {"a": 8, "b": 7})
+    r = api.post("/v1/gangs", json=_gang(["vm-1", "vm-2", "vm-3", "vm-4"], distinct_hosts=False))
+    assert r.status_code == 400  # layout fields live under "layout"
+    r = api.post("/v1/gangs", json=_gang(["vm-1", "vm-2", "vm-3", "vm-4"]))
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "no_valid_host"
+    assert "3 of 4 instances fit; the 4th fits on no host" in error["message"]
+    assert error["placed"] == 3 and error["wanted"] == 4
+    assert "closest: b:" in error["message"]
+    assert set(_states(api).values()) == {"available"}  # nothing claimed
+    assert api.get("/v1/allocations").json() == []
+
+
+def test_distinct_hosts_and_same_rack(api: TestClient) -> None:
+    _cloud(
+        api,
+        {"r1-a": 8, "r1-b": 8, "r2-a": 8, "r2-b": 8, "r2-c": 8},
+        r1_a={"rack": "r1"},
+        r1_b={"rack": "r1"},
+        r2_a={"rack": "r2"},
+        r2_b={"rack": "r2"},
+        r2_c={"rack": "r2"},
+    )
+    explained = api.post(
+        "/v1/gangs/explain", json=_gang(["j1", "j2", "j3"], gpus=8, layout={"same": "rack"})
+    ).json()
+    assert explained["fits"] and explained["same"] == {"attribute": "rack", "value": "r2"}
+    assert sorted(explained["per_host"]) == ["r2-a", "r2-b", "r2-c"]
+    assert api.get("/v1/allocations").json() == []  # explain claims nothing
+    too_many = api.post("/v1/gangs", json=_gang([f"j{i}" for i in range(4)], gpus=8, layout={"same": "rack"}))
+    assert too_many.status_code == 409
+    message = too_many.json()["error"]["message"]
+    assert "3 of 4 instances fit with the same rack (rack=r2" in message
+
+    spread = api.post("/v1/gangs", json=_gang(["s1", "s2", "s3"], layout={"distinct_hosts": True}))
+    assert spread.status_code == 201, spread.text
+    hosts = [a["host"] for a in spread.json()["allocations"]]
+    assert len(set(hosts)) == 3
+
+
+def test_max_per_host(api: TestClient) -> None:
+    _cloud(api, {"a": 8, "b": 8})
+    r = api.post("/v1/gangs", json=_gang(["x1", "x2", "x3", "x4"], gpus=2, layout={"max_per_host": 2}))
+    assert r.status_code == 201, r.text
+    assert sorted(a["host"] for a in r.json()["allocations"]) == ["a", "a", "b", "b"]
+    r = api.post("/v1/gangs", json=_gang([f"y{i}" for i in range(5)], gpus=1, layout={"max_per_host": 2}))
+    assert r.status_code == 409
+    assert "2 per host" in r.json()["error"]["message"]
+
+
+def test_bad_gangs_are_400_and_held_instances_conflict(api: TestClient) -> None:
+    _cloud(api, {"a": 8})
+    assert api.post("/v1/gangs", json=_gang(["vm-1", "vm-1"])).status_code == 400
+    assert api.post("/v1/gangs", json=_gang([])).status_code == 400
+    r = api.post("/v1/gangs", json={**_gang(["vm-1"]), "consumer": "vm-9"})
+    assert r.status_code == 400 and "instances" in r.json()["error"]["message"]
+    assert api.post("/v1/gangs", json=_gang(["vm-1"], layout={"max_per_host": 0})).status_code == 400
+    assert api.post("/v1/gangs", json=_gang(["vm-1"], layout={"same": "no such"})).status_code == 400
+    held = api.post("/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:GPU": "1"}})
+    assert held.status_code == 201
+    r = api.post("/v1/gangs", json=_gang(["vm-1", "vm-2"], gpus=1))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "consumer_conflict"
+    assert api.get("/v1/allocations/vm-1").status_code == 404
+
+
+def test_the_gang_counts_against_the_quota_once(api: TestClient) -> None:
+    _cloud(api, {"a": 8, "b": 8})
+    assert api.put("/v1/quotas/p/GPU", json={"limit": 10}).status_code == 204
+    r = api.post("/v1/gangs", json=_gang(["q1", "q2", "q3"], project="p"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded"
+    assert "12 for the gang, 10 left" in r.json()["error"]["message"]
+    assert api.post("/v1/gangs", json=_gang(["q1", "q2"], project="p")).status_code == 201
+    assert api.post("/v1/gangs", json=_gang(["q3"], project="p")).status_code == 403
+
+
+def test_a_member_sees_counts_not_hosts_and_releases_only_its_own(
+    secure_api: TestClient, store: Store
+) -> None:
+    admin = store.create_token(schemas.TokenCreate(role=Role.ADMIN), "t").token
+    member = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project="p"), "t").token
+    other = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project="q"), "t").token
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    as_p, as_q = {"Authorization": f"Bearer {member}"}, {"Authorization": f"Bearer {other}"}
+    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=as_admin).status_code == 201
+    for name in ("a", "b"):
+        devices = [_gpu(i) for i in range(8)]
+        r = secure_api.put(
+            f"/v1/hosts/{name}/inventory", json={"generation": 1, "devices": devices}, headers=as_admin
+        )
+        assert r.status_code == 200
+    refused = secure_api.post("/v1/gangs", json=_gang([f"m{i}" for i in range(5)]), headers=as_p)
+    assert refused.status_code == 409
+    text = refused.text
+    assert "4 of 5 instances fit" in text and '"a:' not in text and "closest: " not in text
+    explained = secure_api.post("/v1/gangs/explain", json=_gang(["m1", "m2"]), headers=as_p).json()
+    assert explained["fits"] and "per_host" not in explained and "instances" not in explained
+    made = secure_api.post("/v1/gangs", json=_gang(["m1", "m2"], gang="job-1"), headers=as_p)
+    assert made.status_code == 201 and made.json()["gang"] == "job-1"
+    assert {a["project"] for a in made.json()["allocations"]} == {"p"}
+    assert secure_api.delete("/v1/gangs/job-1", headers=as_q).status_code == 404
+    assert secure_api.delete("/v1/gangs/job-1", headers=as_p).status_code == 204
+
+
+def test_a_gang_id_names_one_gang(api: TestClient) -> None:
+    _cloud(api, {"a": 8, "b": 8})
+    assert api.post("/v1/gangs", json=_gang(["k1", "k2"], gang="job-1")).status_code == 201
+    again = api.post("/v1/gangs", json=_gang(["k3"], gang="job-1"))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "consumer_conflict"
+    assert "job-1" in again.json()["error"]["message"]
+    assert api.get("/v1/allocations/k3").status_code == 404  # rolled back

@@ -1,0 +1,234 @@
+"""Moves (live or cold migration) through the API: start, commit, abort, expiry, refusals,
+tenants; on SQLite and PostgreSQL, the audit clean after each outcome."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from devassign import schemas
+from devassign.domain import Role
+from devassign.store import Store
+from tests.conftest import Clock, vf
+
+
+def _world(api: TestClient, *, target_devices: int = 2) -> dict[str, Any]:
+    """Type NIC_VF_1G, hosts src (2 VFs) and dst, and vm-1 holding both VFs on src, set up."""
+    assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}).status_code == 201
+    for host, n in (("src", 2), ("dst", target_devices)):
+        devices = [vf(f"0000:3b:02.{i}", numa_node=0) for i in range(n)]
+        r = api.put(f"/v1/hosts/{host}/inventory", json={"generation": 1, "devices": devices})
+        assert r.status_code == 200 and not r.json()["refused"], r.text
+    r = api.post(
+        "/v1/claims",
+        json={
+            "consumer": "vm-1",
+            "hosts": ["src"],
+            "requests": [
+                {"name": "a", "type": "NIC_VF_1G", "params": {}},
+                {"name": "b", "type": "NIC_VF_1G"},
+            ],
+            "constraints": [{"match": "numa_node"}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    _set_up(api, "src", r.json()["devices"])
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _set_up(api: TestClient, host: str, devices: list[dict[str, Any]]) -> None:
+    results = [{"device_id": d["id"], "action": "setup", "ok": True} for d in devices]
+    r = api.post(f"/v1/hosts/{host}/work", json={"results": results})
+    assert r.status_code == 200 and all(o["applied"] for o in r.json()), r.text
+
+
+def _states(api: TestClient, host: str) -> list[str]:
+    return sorted(d["state"] for d in api.get("/v1/devices", params={"host": host}).json())
+
+
+def _audit_clean(api: TestClient) -> None:
+    store: Store = api.app.state.store  # type: ignore[attr-defined]
+    assert store.audit(down_for=timedelta(hours=1)).findings == []
+
+
+def test_commit_moves_the_allocation_and_cleans_the_source(api: TestClient) -> None:
+    source = _world(api)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})
+    assert r.status_code == 201, r.text
+    move = r.json()
+    assert (move["consumer"], move["source_host"], move["target_host"], move["state"]) == (
+        "vm-1",
+        "src",
+        "dst",
+        "pending",
+    )
+    # Each source device is paired with a target device of the same named request.
+    by_source = {d["id"]: d for d in source["devices"]}
+    assert sorted(p["request"] for p in move["device_map"]) == ["a", "b"]
+    for pair in move["device_map"]:
+        assert by_source[pair["source_id"]]["request"] == pair["request"]
+        assert pair["target_address"].startswith("0000:3b:02.")
+        assert move["addresses"][pair["source_address"]] == pair["target_address"]
+    # The source stays held; the target is held too; the listing shows one allocation.
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    assert _states(api, "src") == ["assigned", "assigned"]
+    assert _states(api, "dst") == ["reserved", "reserved"]
+    assert [a["consumer"] for a in api.get("/v1/allocations").json()] == ["vm-1"]
+    assert api.get("/v1/allocations/vm-1/moves").json()[0]["state"] == "pending"
+    _audit_clean(api)
+
+    r = api.post("/v1/allocations/vm-1/moves/commit")
+    assert r.status_code == 200 and r.json()["state"] == "committed", r.text
+    alloc = api.get("/v1/allocations/vm-1").json()
+    assert alloc["host"] == "dst"
+    assert {d["id"] for d in alloc["devices"]} == {p["target_id"] for p in move["device_map"]}
+    assert {d["request"] for d in alloc["devices"]} == {"a", "b"}
+    assert _states(api, "src") == ["cleaning", "cleaning"]
+    assert _states(api, "dst") == ["reserved", "reserved"]
+    # Twice is harmless; abort after commit is refused.
+    again = api.post("/v1/allocations/vm-1/moves/commit")
+    assert again.status_code == 200 and again.json()["state"] == "committed"
+    late = api.post("/v1/allocations/vm-1/moves/abort")
+    assert late.status_code == 409 and late.json()["error"]["code"] == "invalid_state"
+    actions = [e["action"] for e in api.get("/v1/events", params={"consumer": "vm-1"}).json()]
+    assert {"move_started", "move_committed", "allocation_moved"} <= set(actions)
+    _audit_clean(api)
+    # The consumer is an ordinary consumer on its new host: it can be released.
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    assert _states(api, "dst") == ["cleaning", "cleaning"]
+    _audit_clean(api)
+
+
+def test_abort_releases_the_target_and_the_source_stays(api: TestClient) -> None:
+    _world(api)
+    assert api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).status_code == 201
+    r = api.post("/v1/allocations/vm-1/moves/abort")
+    assert r.status_code == 200 and r.json()["state"] == "aborted" and r.json()["reason"] == "aborted"
+    assert _states(api, "dst") == ["cleaning", "cleaning"]
+    assert _states(api, "src") == ["assigned", "assigned"]
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    assert api.post("/v1/allocations/vm-1/moves/abort").json()["state"] == "aborted"  # twice
+    late = api.post("/v1/allocations/vm-1/moves/commit")
+    assert late.status_code == 409 and late.json()["error"]["code"] == "invalid_state"
+    _audit_clean(api)
+
+
+def test_an_unconfirmed_target_expires_and_the_move_is_aborted(api: TestClient, clock: Clock) -> None:
+    _world(api)
+    assert api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).status_code == 201
+    clock.advance(301)
+    for host in ("src", "dst"):
+        api.post(f"/v1/hosts/{host}/heartbeat")
+    store: Store = api.app.state.store  # type: ignore[attr-defined]
+    assert len(store.sweep()) == 1  # the move's target, not vm-1 (assigned)
+    move = api.get("/v1/allocations/vm-1/moves").json()[0]
+    assert (move["state"], move["reason"]) == ("aborted", "expired")
+    assert _states(api, "dst") == ["cleaning", "cleaning"]
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    r = api.post("/v1/allocations/vm-1/moves/commit")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state"
+    _audit_clean(api)
+
+
+def test_a_target_that_cannot_hold_the_request_says_why(api: TestClient) -> None:
+    _world(api, target_devices=1)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert err["code"] == "no_valid_host" and err["message"].startswith("dst cannot hold vm-1's request")
+    assert "1 free" in err["message"] or "too few" in err["message"], err["message"]
+    assert err["explanation"]["hosts"][0]["host"] == "dst"
+    assert err["explanation"]["hosts"][0]["fits"] is False
+    assert _states(api, "dst") == ["available"]
+    assert api.get("/v1/allocations/vm-1/moves").json() == []
+    _audit_clean(api)
+
+
+def test_refusals_pending_same_host_unknown_released(api: TestClient) -> None:
+    _world(api, target_devices=4)
+    same = api.post("/v1/allocations/vm-1/moves", json={"host": "src"})
+    assert same.status_code == 400 and same.json()["error"]["code"] == "invalid_request"
+    nowhere = api.post("/v1/allocations/vm-1/moves", json={"host": "no-such-host"})
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "host_not_found"
+    unknown = api.post("/v1/allocations/never-was/moves", json={"host": "dst"})
+    assert unknown.status_code == 404
+    first = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"})
+    assert first.status_code == 201
+    replay = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"})
+    assert replay.status_code == 200 and replay.json()["device_map"] == first.json()["device_map"]
+    second = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})
+    assert second.status_code == 409 and second.json()["error"]["code"] == "move_pending"
+    assert _states(api, "dst").count("reserved") == 2  # the replay and the refusal held nothing
+    no_move = api.post("/v1/allocations/never-was/moves/commit")
+    assert no_move.status_code == 404
+    internal = api.post(f"/v1/allocations/{'_move:x'}/moves/commit")
+    assert internal.status_code == 400
+    # Releasing a moving consumer ends its move: the target is released too.
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    move = api.get("/v1/allocations/vm-1/moves").json()[0]
+    assert (move["state"], move["reason"]) == ("aborted", "source_released")
+    assert "reserved" not in _states(api, "dst")
+    released = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})
+    assert released.status_code == 409 and released.json()["error"]["code"] == "invalid_state"
+    _audit_clean(api)
+
+
+def test_another_projects_consumer_is_not_found(secure_api: TestClient, store: Store) -> None:
+    def token(role: Role, **scope: str) -> dict[str, str]:
+        secret = store.create_token(schemas.TokenCreate(role=role, **scope), "test").token
+        return {"Authorization": f"Bearer {secret}"}
+
+    admin, p, q, agent = (
+        token(Role.ADMIN),
+        token(Role.MEMBER, project="p"),
+        token(Role.MEMBER, project="q"),
+        token(Role.AGENT, host="dst"),
+    )
+    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    for host in ("src", "dst"):
+        body = {"generation": 1, "devices": [vf("0000:3b:02.1")]}
+        assert secure_api.put(f"/v1/hosts/{host}/inventory", json=body, headers=admin).status_code == 200
+    claim = {
+        "consumer": "vm-p",
+        "project": "p",
+        "hosts": ["src"],
+        "extra_specs": {"hardware_resource:NIC_VF_1G": "1"},
+    }
+    assert secure_api.post("/v1/claims", json=claim, headers=admin).status_code == 201
+    for path in ("", "/commit", "/abort"):
+        r = secure_api.post(f"/v1/allocations/vm-p/moves{path}", json={"host": "dst"}, headers=q)
+        assert r.status_code == 404, (path, r.text)
+    assert secure_api.get("/v1/allocations/vm-p/moves", headers=q).status_code == 404
+    assert (
+        secure_api.post("/v1/allocations/vm-p/moves", json={"host": "dst"}, headers=agent).status_code == 403
+    )
+    r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": "dst"}, headers=p)
+    assert r.status_code == 201, r.text
+    assert secure_api.get("/v1/allocations", headers=p).json()[0]["consumer"] == "vm-p"
+    assert len(secure_api.get("/v1/allocations", headers=p).json()) == 1
+    assert secure_api.post("/v1/allocations/vm-p/moves/commit", headers=p).json()["target_host"] == "dst"
+    assert secure_api.get("/v1/allocations/vm-p", headers=p).json()["host"] == "dst"
+
+
+def test_a_failed_setup_on_the_target_aborts_the_move(api: TestClient) -> None:
+    _world(api)
+    move = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).json()
+    failed = [
+        {"device_id": p["target_id"], "action": "setup", "ok": False, "error": "no vfio"}
+        for p in move["device_map"]
+    ]
+    assert api.post("/v1/hosts/dst/work", json={"results": failed[:1]}).status_code == 200
+    got = api.get("/v1/allocations/vm-1/moves").json()[0]
+    assert (got["state"], got["reason"]) == ("aborted", "setup_failed")
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    _audit_clean(api)
+
+
+def test_clients_cannot_use_the_move_prefix(api: TestClient) -> None:
+    _world(api)
+    r = api.post(
+        "/v1/claims", json={"consumer": "_move:abc", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
