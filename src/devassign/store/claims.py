@@ -147,8 +147,8 @@ _TAKE = (
     devices.update()
     .where(
         devices.c.id.in_(sa.bindparam("ids", expanding=True)),
-        _UNINDEXED_HOST == sa.bindparam("on_host"),
-        _UNINDEXED_STATE == DeviceState.AVAILABLE.value,
+        sa.bindparam("on_host") == _UNINDEXED_HOST,
+        sa.literal(DeviceState.AVAILABLE.value) == _UNINDEXED_STATE,
         devices.c.healthy.is_(True),
         devices.c.taint.is_(None),
     )
