@@ -42,15 +42,17 @@ from bench.common import (
     Http,
     claim_body,
     concurrent,
+    cpu_seconds,
     fresh_db,
     load_inprocess,
     loadavg,
     over_allocation,
+    pids,
     reset_cleaning,
     server,
+    server_pids,
     summary,
 )
-from bench.cpu import cpu_seconds, pids, server_pids
 
 
 def lost_races(directory: Path) -> dict[str, float]:

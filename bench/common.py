@@ -278,9 +278,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes so far, from ``/proc`` (vanished ones count 0)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def pids(*pgrep: str) -> list[int]:
+    """The processes ``pgrep`` finds with these arguments."""
+    out = subprocess.run(["pgrep", *pgrep], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def server_pids(port: int) -> list[int]:
+    """A server's process and its children (``--workers``), by the port it was started on."""
+    found = pids("-f", "--", f"--port {port}")
+    return found + [child for pid in found for child in pids("-P", str(pid))]
+
+
 @contextlib.contextmanager
-def server(url: str, log: Path, extra: Sequence[str] = ()) -> Iterator[int]:
-    """A ``devassign server --no-auth`` process on a free loopback port; yields the port."""
+def server_process(
+    url: str, log: Path, extra: Sequence[str] = (), start_within: float = 60
+) -> Iterator[tuple[int, int]]:
+    """A ``devassign server --no-auth`` process on a free loopback port; yields (port, pid)."""
     port = free_port()
     args = [
         sys.executable,
@@ -301,28 +328,34 @@ def server(url: str, log: Path, extra: Sequence[str] = ()) -> Iterator[int]:
         *extra,
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log, "w")  # noqa: SIM115
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if Http(port).call("GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not start within 60 s")
-        yield port
-    finally:
-        proc.terminate()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
+            deadline = time.monotonic() + start_within
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
+                try:
+                    if Http(port).call("GET", "/healthz")[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                raise RuntimeError(f"server did not start within {start_within:g} s")
+            yield port, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def server(url: str, log: Path, extra: Sequence[str] = ()) -> Iterator[int]:
+    """:func:`server_process`, yielding the port only."""
+    with server_process(url, log, extra) as (port, _):
+        yield port
 
 
 class Http:

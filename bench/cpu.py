@@ -33,31 +33,19 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import WORK, Http, claim_body, fresh_db, load_inprocess, loadavg, server, summary
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (vanished ones count 0)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def pids(*pgrep: str) -> list[int]:
-    out = subprocess.run(["pgrep", *pgrep], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
-
-
-def server_pids(port: int) -> list[int]:
-    """The server's process and its children (``--workers``)."""
-    found = pids("-f", "--", f"--port {port}")
-    return found + [child for pid in found for child in pids("-P", str(pid))]
+from bench.common import (
+    WORK,
+    Http,
+    claim_body,
+    cpu_seconds,
+    fresh_db,
+    load_inprocess,
+    loadavg,
+    pids,
+    server,
+    server_pids,
+    summary,
+)
 
 
 def measure(port: int, rounds: int, pg_db: str | None) -> dict[str, Any]:

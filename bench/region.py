@@ -24,16 +24,13 @@ database is dropped at the end unless ``--keep``; the results go to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -41,17 +38,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from bench.common import (
-    LONG,
     PG_ADMIN,
     TYPES,
     WORK,
     Http,
     analyze,
-    free_port,
+    cpu_seconds,
     fresh_db,
     host_devices,
     host_name,
     machine,
+    server_process,
     summary,
 )
 
@@ -63,61 +60,11 @@ TEMPLATE = host_name(0)
 # ---------------------------------------------------------------- the server process
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-@contextlib.contextmanager
-def server(url: str, log: Path) -> Iterator[tuple[int, int]]:
-    """One ``devassign server --no-auth`` process (one worker); yields (port, pid)."""
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "devassign.cli.main",
-        "server",
-        "--db",
-        url,
-        "--no-auth",
-        "--port",
-        str(port),
-        "--reservation-ttl",
-        str(LONG),
-        "--down-after",
-        str(LONG),
-        "--log-level",
-        "warning",
-    ]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-                try:
-                    if Http(port).call("GET", "/healthz")[0] == 200:
-                        break
-                except OSError:
-                    time.sleep(0.2)
-            else:
-                raise RuntimeError("server did not start within 120 s")
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def raw_get(port: int, path: str) -> tuple[int, bytes, dict[str, str], float]:
@@ -153,10 +100,10 @@ def report_sample(port: int, n: int, threads: int, pid: int) -> dict[str, Any]:
         with lock:
             lat.append(dt)
 
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = cpu_seconds([pid]), time.perf_counter()
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(one, range(n)))
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds([pid]) - cpu0
     return {
         "hosts": n,
         "threads": threads,
@@ -291,14 +238,6 @@ def backends(url: str) -> list[int]:
     return found
 
 
-def _cpu_of(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
-
-
 def timed_gets(
     port: int,
     path: str,
@@ -310,7 +249,7 @@ def timed_gets(
     CPU each request cost the server process and its PostgreSQL backends (load-independent)."""
     check(*raw_get(port, path)[:3])
     pids = backends(cpu[1]) if cpu else []
-    server0, db0 = (cpu_seconds(cpu[0]), _cpu_of(pids)) if cpu else (0.0, 0.0)
+    server0, db0 = (cpu_seconds([cpu[0]]), cpu_seconds(pids)) if cpu else (0.0, 0.0)
     lat = []
     size = 0
     for _ in range(n):
@@ -320,8 +259,8 @@ def timed_gets(
         size = len(body)
     out = {**summary(lat), "bytes": size, "loadavg_1m": round(os.getloadavg()[0], 1)}
     if cpu:
-        out["server_cpu_ms"] = round((cpu_seconds(cpu[0]) - server0) / n * 1000, 1)
-        out["db_cpu_ms"] = round((_cpu_of(pids) - db0) / n * 1000, 1)
+        out["server_cpu_ms"] = round((cpu_seconds([cpu[0]]) - server0) / n * 1000, 1)
+        out["db_cpu_ms"] = round((cpu_seconds(pids) - db0) / n * 1000, 1)
     return out
 
 
@@ -416,12 +355,12 @@ def unchanged_reports(
             with lock:
                 lat.append(dt)
 
-    db0 = _cpu_of(backends(url))
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    db0 = cpu_seconds(backends(url))
+    cpu0, t0 = cpu_seconds([pid]), time.perf_counter()
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(worker, range(threads)))
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    db = _cpu_of(backends(url)) - db0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds([pid]) - cpu0
+    db = cpu_seconds(backends(url)) - db0
     per = cpu / len(lat)
     needed = hosts / 60 * per
     return {
@@ -467,7 +406,7 @@ def main() -> None:
     try:
         if not args.reuse:
             url = fresh_db("postgresql", DB)
-            with server(url, log) as (port, pid):
+            with server_process(url, log, start_within=120) as (port, pid):
                 results["api_load"] = report_sample(port, args.sample, args.threads, pid)
                 print("api load:", results["api_load"], flush=True)
             results["bulk"] = bulk_build(url, args.sample, args.hosts)
@@ -479,7 +418,7 @@ def main() -> None:
                 return
         results["tables"] = table_sizes(url)
         print("tables:", results["tables"], flush=True)
-        with server(url, log) as (port, pid):
+        with server_process(url, log, start_within=120) as (port, pid):
             results["rss_mib_idle"] = round(rss_mib(pid), 1)
             results["reads"] = reads(port, args.hosts, args.requests, args.slow_requests, (pid, url))
             results["claims"] = claims(port, args.claims)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,32 +36,17 @@ from bench.common import (
     Http,
     claim_body,
     concurrent,
+    cpu_seconds,
     fresh_db,
     load_inprocess,
     loadavg,
     over_allocation,
+    pids,
     reset_cleaning,
     server,
+    server_pids,
     summary,
 )
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (vanished ones count 0)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def _pids(*pgrep: str) -> list[int]:
-    out = subprocess.run(["pgrep", *pgrep], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
 
 
 def run(url: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -85,15 +69,14 @@ def run(url: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
 
         concurrent(one, args.clients, 3)  # every worker process warm
         release_all()
-        server_pids = _pids("-f", "--", f"--port {port}")
-        server_pids += [child for pid in server_pids for child in _pids("-P", str(pid))]  # --workers
-        pg_pids = _pids("-f", "postgres:")
+        served_by = server_pids(port)
+        pg_pids = pids("-f", "postgres:")
         me = [os.getpid()]
-        cpu0 = (_cpu_seconds(server_pids), _cpu_seconds(pg_pids), _cpu_seconds(me))
+        cpu0 = (cpu_seconds(served_by), cpu_seconds(pg_pids), cpu_seconds(me))
         t0 = time.perf_counter()
         seq = [one(i) for i in range(args.rounds)]
         wall = time.perf_counter() - t0
-        cpu1 = (_cpu_seconds(server_pids), _cpu_seconds(pg_pids), _cpu_seconds(me))
+        cpu1 = (cpu_seconds(served_by), cpu_seconds(pg_pids), cpu_seconds(me))
         ok = [t for status, t in seq if status == 201]
         out["seq"] = summary(ok) | {"failed": len(seq) - len(ok)}
         out["cpu_ms_per_claim"] = {

@@ -46,6 +46,34 @@ def need_nova_venv() -> Path:
     return NOVA_PYTHON
 
 
+def run_in_nova(checks: str) -> None:
+    """Run ``in_nova/<checks>`` with pytest in the Nova venv; every check must pass, none skip."""
+    python = need_nova_venv()
+    result = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:warnings",  # Nova's imports warn (eventlet); the main run's -W error is not for them
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            str(HERE / "in_nova" / checks),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+
+
 @pytest.fixture
 def devassign_api(tmp_path: Path) -> Iterator[TestClient]:
     """devassign in-process on SQLite, auth off, with type NIC_VF_1G and host compute-1 (4 VFs)."""
