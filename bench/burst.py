@@ -3,6 +3,7 @@ claims, devices given twice, throughput per CPU, and how often claims collide.
 
     python -m bench.burst                                     # 1,000 hosts, 64 clients, pack and spread
     python -m bench.burst --hosts 10000 --workers 2 --clients 64 --per-client 20 --policies pack
+    python -m bench.burst --rate 20 40 60                     # open loop: p99 below saturation
 
 One fresh PostgreSQL database of ``--hosts`` hosts x 16 devices (``bench.common.host_devices(i,
 "mixed")``, loaded in-process); for each policy a ``devassign server --workers W --policy P``
@@ -10,7 +11,10 @@ serves ``--clients`` threads making ``--per-client`` claims each (1 NIC_VF_1G + 
 connection per request). The hosts hold 4 such claims each, far more than a burst makes, so
 every refused claim is a failure while devices remain. Reported:
 
-- claims per second, median / p99 latency, HTTP results;
+- claims per second, median / p99 latency, HTTP results; with ``--rate R`` the clients send at
+  R claims/s in all (open loop, each claim at its due time, its latency counted from then), so
+  the tail can be read below the machine's saturation, where the closed loop (every client
+  sending again at once) always saturates it;
 - CPU seconds of the server's processes and of PostgreSQL's backends of this database (from
   /proc): claims per CPU-second, i.e. the throughput one fully used core would give;
 - the collision rate: the servers' ``devassign_claim_lost_races`` (attempts that lost a host to
@@ -74,15 +78,31 @@ def lost_races(directory: Path) -> dict[str, float]:
 def burst(url: str, db: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     prom = Path(tempfile.mkdtemp(prefix="devassign-prom-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom)  # inherited by the server's processes
-    out: dict[str, Any] = {"policy": policy, "workers": args.workers, "load_avg_start": loadavg()}
+    out: dict[str, Any] = {
+        "policy": policy,
+        "workers": args.workers,
+        "rate": args.rate,
+        "load_avg_start": loadavg(),
+    }
     extra = ["--workers", str(args.workers), "--policy", policy]
     try:
         with server(url, WORK / f"burst-{policy}.log", extra) as port:
             made: list[str] = []
 
-            def one(_: int) -> tuple[int, float]:
+            start = [0.0]  # when the measured burst starts (perf_counter)
+
+            def one(i: int) -> tuple[int, float]:
+                at = None
+                if args.rate and start[0]:
+                    # Open loop: claim i is due at its slot whatever came back before; its
+                    # latency counts from then (a late client's wait counts too).
+                    k, j = divmod(i, args.per_client)
+                    at = start[0] + (j * args.clients + k) / args.rate
+                    time.sleep(max(0.0, at - time.perf_counter()))
                 body = claim_body()
                 status, _, seconds = Http(port).call("POST", "/v1/claims", body)
+                if at is not None:
+                    seconds = time.perf_counter() - at
                 if status == 201:
                     made.append(body["consumer"])
                 return status, seconds
@@ -93,6 +113,7 @@ def burst(url: str, db: str, policy: str, args: argparse.Namespace) -> dict[str,
             procs = server_pids(port)
             pg = pids("-f", f"postgres: .* {db} ")
             cpu0 = (cpu_seconds(procs), cpu_seconds(pg))
+            start[0] = time.perf_counter()
             seconds, results = concurrent(one, args.clients, args.per_client)
             cpu1 = (cpu_seconds(procs), cpu_seconds(pg))
             lost = {k: v - warm_lost.get(k, 0) for k, v in lost_races(prom).items()}
@@ -135,14 +156,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-client", type=int, default=20)
     ap.add_argument("--policies", nargs="+", default=["pack", "spread"])
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="offered claims/s in all, evenly spaced over the clients (open loop; latency from each "
+        "claim's due time); 0: every client sends its next claim as soon as the last one answers",
+    )
     ap.add_argument("--json", default=str(WORK / "burst.json"))
     args = ap.parse_args(argv)
     db = f"bench_burst_{args.hosts}"
     url = fresh_db("postgresql", db)
     print(f"loaded {args.hosts} hosts in {load_inprocess(url, args.hosts, 'mixed'):.1f} s", flush=True)
     results = []
+    rates = args.rate
     for _ in range(args.repeat):
-        for policy in args.policies:
+        for policy, rate in [(p, r) for r in rates for p in args.policies]:
+            args.rate = rate
             r = burst(url, db, policy, args)
             results.append(r)
             print(json.dumps(r), flush=True)
@@ -151,16 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).write_text(json.dumps(results))
     print()
     print(
-        "| policy | hosts | workers | clients x claims | claims/s | median / p99 (ms) | failed | "
+        "| policy | hosts | workers | clients x claims | offered/s | claims/s | median / p99 (ms) | failed | "
         "devices twice | claims per CPU-second (server + PostgreSQL) | server CPU ms per claim | "
         "collision rate (busy / taken) | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         lost = r["lost_races"]
         print(
             f"| {r['policy']} | {args.hosts:,} | {r['workers']} | {r['clients']} x {args.per_client} | "
-            f"{r['claims_per_s']:.0f} | {r['latency']['median']:.0f} / {r['latency']['p99']:.0f} | "
+            f"{r['rate'] or 'closed'} | {r['claims_per_s']:.0f} | "
+            f"{r['latency']['median']:.0f} / {r['latency']['p99']:.0f} | "
             f"{r['failed']} | {r['double_allocated_devices']} | {r['claims_per_cpu_s']:.0f} | "
             f"{r['server_cpu_ms_per_claim']:.2f} | {r['collision_rate']:.2f} "
             f"({lost.get('busy', 0):.0f} / {lost.get('taken', 0):.0f}) | "

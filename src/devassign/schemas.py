@@ -538,6 +538,42 @@ class InventoryReport(Strict):
         return v
 
 
+MAX_REPORTS_PER_BATCH = 1_000
+
+
+class HostReport(Strict):
+    host: str = Field(max_length=253, description="The host the report is for (letters, digits, _ . -)")
+    report: InventoryReport
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not HOST_RE.fullmatch(v):
+            raise ValueError(f"{v[:253]!r} is not a host name: letters, digits, _ . - (up to 253)")
+        return v
+
+
+class ReportBatch(Strict):
+    """Many hosts' reports in one request (an admin's fleet load): each is applied as
+    ``PUT /v1/hosts/{host}/inventory`` would apply it, and answered on its own."""
+
+    reports: list[HostReport] = Field(min_length=1, max_length=MAX_REPORTS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ReportBatch:
+        names = [r.host for r in self.reports]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"each host once per batch; twice: {', '.join(twice[:5])}")
+        devices = sum(len(r.report.devices) for r in self.reports)
+        if devices > MAX_DEVICES_PER_REPORT:
+            raise ValueError(
+                f"{devices} devices in one batch; at most {MAX_DEVICES_PER_REPORT}: "
+                "send fewer hosts per batch"
+            )
+        return self
+
+
 class HostRename(Strict):
     new_name: str = Field(
         max_length=253,
@@ -877,6 +913,22 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class HostReportOutcome(BaseModel):
+    """One host's answer in a batch: ``status`` is what its own ``PUT`` would have answered,
+    with the ``result`` (2xx) or the ``error``."""
+
+    host: str
+    status: int
+    result: InventoryResult | None = None
+    error: ErrorDetail | None = None
+
+
+class ReportBatchResult(BaseModel):
+    applied: int
+    failed: int
+    results: list[HostReportOutcome]
 
 
 # ---------------------------------------------------------------- audit

@@ -45,6 +45,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/hosts/{host}"): "LLLDDDDOD",
     ("POST", "/v1/hosts/{host}/rename"): "LLLDDDDOD",
     ("PUT", "/v1/hosts/{host}/inventory"): "LLLDDODOD",
+    ("POST", "/v1/reports"): "LLLDDDDOD",
     ("POST", "/v1/hosts/{host}/heartbeat"): "LLLDDODOD",
     ("GET", "/v1/hosts/{host}/work"): "LLLDDODOD",
     ("POST", "/v1/hosts/{host}/work"): "LLLDDODOD",
@@ -120,6 +121,9 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/resource-types/{name}"): {"description": "changed"},
     ("POST", "/v1/hosts/{host}/rename"): {"new_name": "compute-z"},
     ("PUT", "/v1/hosts/{host}/inventory"): {"generation": 7, "devices": [vf("0000:3b:02.1")]},
+    ("POST", "/v1/reports"): {
+        "reports": [{"host": "compute-new", "report": {"generation": 1, "devices": []}}]
+    },
     ("POST", "/v1/hosts/{host}/work"): {"results": []},
     ("POST", "/v1/devices/{device_id}/clear"): {"reason": "checked"},
     ("POST", "/v1/devices/{device_id}/taints"): {"effect": "None", "reason": "access table"},

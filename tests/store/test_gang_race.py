@@ -107,3 +107,46 @@ def test_a_gang_racing_single_claims_gets_all_or_nothing(store: Store) -> None:
     first = next(iter(made))
     assert store.release_gang(first, None, "admin") == SIZE
     assert not set(made[first]) & {a.consumer for a in store.list_allocations()}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_one_gang_id_sent_at_once_by_many_is_placed_once_per_project(store: Store) -> None:
+    """Several gangs of one new id, with different instances, sent at the same moment: one
+    wins and the others get ``consumer_conflict``; another project's gang of the same id is
+    placed too (ids are per project), and each project releases only its own."""
+    store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
+    for h in range(8):
+        devs = [
+            schemas.ReportedDevice(address=f"0000:{i + 0x10:02x}:00.0", kind="pci", type="GPU")
+            for i in range(4)
+        ]
+        store.apply_report(f"same-{h}", schemas.InventoryReport(generation=1, devices=devs), "agent")
+    gangs = Gangs(Placer(store))
+    start = threading.Barrier(6)
+    outcome: dict[str, str] = {}
+
+    def send(k: int) -> None:
+        who = Principal(name=f"m{k}", role=Role.MEMBER, project="blue" if k < 5 else "red")
+        body = GangBody(
+            instances=[f"i{k}-{i}" for i in range(2)], extra_specs={"hardware_resource:GPU": "1"}, gang="job"
+        )
+        start.wait(DEADLINE)
+        try:
+            gangs.claim(body, who)
+            outcome[f"m{k}"] = "placed"
+        except errors.DevassignError as exc:
+            outcome[f"m{k}"] = exc.code
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcome[f"m{k}"] = repr(exc)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    blue = Counter(v for k, v in outcome.items() if k != "m5")
+    assert blue == Counter({"placed": 1, errors.CONSUMER_CONFLICT: 4}), outcome
+    assert outcome["m5"] == "placed"
+    assert store.release_gang("job", "red", "m5") == 2
+    live = {a.consumer: a.project for a in store.list_allocations()}
+    assert sorted(live.values()) == ["blue", "blue"]

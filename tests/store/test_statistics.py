@@ -20,9 +20,10 @@ def test_statistics_are_refreshed_after_a_load(store: Store) -> None:
     for i in range(120):
         report = schemas.InventoryReport(generation=1, devices=[vf("0000:3b:02.1")])  # type: ignore[list-item]
         store.apply_report(f"h{i}", report, "t")
-    # Backends publish their table counters about once a second: poll (bounded) for them.
+    # Backends publish their table counters at most once a second, and an idle one only after
+    # up to 10 s (PostgreSQL 15's pgstat idle interval): poll (bounded) for them.
     analyzed = False
-    for _ in range(50):
+    for _ in range(250):
         if store.refresh_statistics():
             analyzed = True
             break

@@ -22,6 +22,7 @@ from devassign.cli import audit as audit_cli
 from devassign.cli import claims as claims_cli
 from devassign.cli import gangs as gangs_cli
 from devassign.cli import inventory as inventory_cli
+from devassign.cli import load as load_cli
 from devassign.cli import moves as moves_cli
 from devassign.cli import openstack as openstack_cli
 from devassign.cli import taints as taints_cli
@@ -54,6 +55,7 @@ claims_cli.register(app, inventory_cli.register(app))
 gangs_cli.register(app)
 audit_cli.register(app)
 taints_cli.register(app)
+load_cli.register(app)
 moves_cli.register(app)
 openstack_cli.register(app)
 

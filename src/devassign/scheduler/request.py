@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
@@ -284,9 +285,21 @@ def parse_specs(specs: Iterable[str]) -> list[DeviceRequest]:
 
 def parse_extra_specs(extra_specs: Mapping[str, str | int], pointer: str = "") -> list[DeviceRequest]:
     """A flavor's extra specs: ``hardware_resource:TYPE`` keys count; other namespaces are
-    the flavor's business (``hw:cpu_policy``) and are left alone."""
+    the flavor's business (``hw:cpu_policy``) and are left alone.
+
+    A cloud sends the same few flavors again and again, so the result (immutable requests)
+    is remembered per flavor; a refused one raises again each time (nothing is remembered)."""
+    if len(extra_specs) > MAX_REMEMBERED_SPECS:
+        return list(_parse_extra_specs(tuple(extra_specs.items()), pointer))
+    return list(_remembered_specs(tuple(extra_specs.items()), pointer))
+
+
+MAX_REMEMBERED_SPECS = 32  # keys: a flavor with more is parsed every time
+
+
+def _parse_extra_specs(items: tuple[tuple[str, str | int], ...], pointer: str) -> tuple[DeviceRequest, ...]:
     out: list[DeviceRequest] = []
-    for key, value in extra_specs.items():
+    for key, value in items:
         where = f"{pointer}/{_escape(key)}"
         namespace, _, type_name = key.partition(":")
         if namespace != SPEC_PREFIX[:-1]:
@@ -313,7 +326,10 @@ def parse_extra_specs(extra_specs: Mapping[str, str | int], pointer: str = "") -
                 where,
             )
         out.append(DeviceRequest(type_name, (Alternative(type_name, int(text)),)))
-    return out
+    return tuple(out)
+
+
+_remembered_specs = lru_cache(maxsize=1024)(_parse_extra_specs)
 
 
 def request_from_specs(

@@ -64,6 +64,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("POST", "/v1/hosts/{host}/rename"): Need.ADMIN,
     ("PUT", "/v1/hosts/{host}/inventory"): Need.HOST,
     ("POST", "/v1/hosts/{host}/heartbeat"): Need.HOST,
+    ("POST", "/v1/reports"): Need.ADMIN,
     ("GET", "/v1/hosts/{host}/work"): Need.HOST,
     ("POST", "/v1/hosts/{host}/work"): Need.HOST,
     ("GET", "/v1/devices"): Need.OPERATOR,

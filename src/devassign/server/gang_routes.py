@@ -61,10 +61,12 @@ def explain_gang(request: Request, scope: Access, body: GangBody) -> dict[str, A
 
 
 @router.delete("/gangs/{gang}", status_code=204, tags=["allocations"])
-def release_gang(request: Request, scope: Access, gang: str) -> Response:
-    """Release every live allocation of the gang in one transaction (each goes to cleaning)."""
+def release_gang(request: Request, scope: Access, gang: str, project: str | None = None) -> Response:
+    """Release every live allocation of the gang in one transaction (each goes to cleaning).
+    Gang ids are per project: a member releases its own project's gang; an admin releases the
+    gang of ``?project=`` (of every project when not given)."""
     store: Store = request.app.state.store
-    project = scope.project if scope.project is not None else None
+    project = scope.project_filter(project)
     if len(gang) > 64:
         raise errors.DevassignError(errors.NOT_FOUND, f"no live allocations of gang {gang[:64]!r}...")
     store.release_gang(gang, project, scope.actor)

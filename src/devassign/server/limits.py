@@ -74,7 +74,7 @@ def json_members(data: bytes, *, at_most: int | None = None) -> int:
 
 
 # Routes whose bodies are large by nature (a host's whole inventory, a batch of work results).
-_BULK_ROUTE = re.compile(r"^/v1/hosts/[^/]+/(inventory|work)$")
+_BULK_ROUTE = re.compile(r"^/v1/(hosts/[^/]+/(inventory|work)|reports)$")
 # The sign-in form holds a token and a page to go back to.
 _FORM_ROUTES = ("/ui/login",)
 FORM_LIMIT = 8 * 1024

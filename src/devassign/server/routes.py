@@ -121,6 +121,14 @@ def report_inventory(
     return _store(request).apply_report(host, body, scope.actor)
 
 
+@router.post("/reports", response_model=schemas.ReportBatchResult, tags=["hosts"])
+def report_batch(request: Request, scope: Access, body: schemas.ReportBatch) -> schemas.ReportBatchResult:
+    """Many hosts' reports at once (loading a fleet): each is applied as its own ``PUT
+    /v1/hosts/{host}/inventory`` would be and answered on its own (``status``, ``result`` or
+    ``error``); hosts never seen before are registered together, in one transaction."""
+    return _store(request).apply_reports(body.reports, scope.actor)
+
+
 @router.post("/hosts/{host}/heartbeat", status_code=204, tags=["hosts"])
 def heartbeat(request: Request, scope: Access, host: str) -> Response:
     _store(request).heartbeat(host, scope.actor, request.headers.get(schemas.AGENT_INSTANCE_HEADER))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from devassign import schemas
+from devassign import errors, schemas
 from devassign.failpoints import failpoint
 from devassign.scheduler.view import Snapshot
 from devassign.store import (
@@ -29,6 +29,7 @@ from devassign.store import (
     inventory,
     moves,
     quotas,
+    report_batch,
     taints,
     tokens,
     work,
@@ -112,6 +113,28 @@ class Store:
                 c, host, report, now=self.clock(), actor=actor, takeover_after=self.agent_takeover_after
             )
         )
+
+    def apply_reports(self, batch: list[schemas.HostReport], actor: str) -> schemas.ReportBatchResult:
+        """Many hosts' reports: the new, plain hosts together in one transaction
+        (store/report_batch.py), every other one as its own ``apply_report``; one outcome each,
+        in the batch's order. One host's refusal is its own answer, not the batch's."""
+        items = [report_batch.HostReport(b.host, b.report) for b in batch]
+        together = self.db.retrying(
+            lambda c: report_batch.apply_new_hosts(c, items, now=self.clock(), actor=actor)
+        )
+        results: list[schemas.HostReportOutcome] = []
+        for b in batch:
+            done = together.get(b.host)
+            if done is None:
+                try:
+                    done = self.apply_report(b.host, b.report, actor)
+                except errors.DevassignError as exc:
+                    detail = schemas.ErrorDetail(code=exc.code, message=exc.message, **exc.extra)
+                    results.append(schemas.HostReportOutcome(host=b.host, status=exc.status, error=detail))
+                    continue
+            results.append(schemas.HostReportOutcome(host=b.host, status=200, result=done))
+        failed = sum(1 for r in results if r.error is not None)
+        return schemas.ReportBatchResult(applied=len(results) - failed, failed=failed, results=results)
 
     def heartbeat(self, host: str, actor: str, instance: str | None = None) -> None:
         """``instance``: the agent process's id (the ``X-Devassign-Agent-Instance`` header)."""

@@ -37,6 +37,9 @@ def claim_gang(
     device was taken meanwhile, a conflict if ``gang`` already names other live allocations.
     Returns the allocations in order and whether they were made now (False: every one is a
     replay of the same gang)."""
+    project = orders[0].project if orders else ""
+    if gang is not None:
+        _lock_gang_id(conn, project, gang)
     for name in sorted({o.host for o in orders}):
         if conn.execute(_LOCK_HOST, {"name": name}).scalar_one_or_none() is None:
             raise LostRace(f"host {name} was deleted meanwhile")
@@ -56,7 +59,9 @@ def claim_gang(
             f"({', '.join(old[:5])}{', ...' if len(old) > 5 else ''}); release the gang first",
         )
     if gang is not None:
-        held = conn.execute(sa.select(sa.func.count()).where(_of_gang(gang))).scalar_one()
+        held = conn.execute(
+            sa.select(sa.func.count()).where(_of_gang(gang), allocations.c.project == project)
+        ).scalar_one()
         if held > len(made):  # the id names another gang's live allocations too
             raise errors.DevassignError(
                 errors.CONSUMER_CONFLICT,
@@ -64,6 +69,21 @@ def claim_gang(
                 "instances; choose another id, or release that gang first",
             )
     return [a for a, _ in made], True
+
+
+def _lock_gang_id(conn: sa.Connection, project: str, gang: str) -> None:
+    """Serialise the gangs that name one id in one project until this transaction ends.
+
+    Without it two gangs of the same new id, on different hosts, would each count the id's
+    live allocations before the other committed and both succeed. PostgreSQL: a transaction
+    advisory lock on a hash of (project, id), taken before any host lock (single claims take
+    no such lock, so the lock order stays acyclic). SQLite: ``BEGIN IMMEDIATE`` already makes
+    every write transaction the only one."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 7))"),
+            {"k": f"gang\x1f{project}\x1f{gang}"},
+        )
 
 
 def live_of(

@@ -1,0 +1,186 @@
+"""Many hosts' first reports in one transaction: loading a whole region's inventory at once.
+
+An agent reports its own host, one transaction per report (``inventory.apply_report``). A
+fleet loader (an import from another inventory, a relay speaking for a rack, a test region)
+sends hundreds of hosts in one request instead. The hosts never seen before, whose reports
+hold only devices the catalog takes as they are (known types, a reset where the type asks for
+one, no partition pools), are written here with one statement per table for the whole batch;
+the rest are left to ``apply_report``, one by one. Either way the rows, the per-host counts and
+the events are those the single report would write: a new host has no taints, no allocations
+and no partitions, so its counts are its devices by type and state, with nothing carved.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from devassign import schemas
+from devassign.domain import DeviceState
+from devassign.store.events import record_many
+from devassign.store.inventory import digest, reset_refusal, stored_facts
+from devassign.store.schema import devices, hosts, inventory, resource_types
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """One host's report in a batch, as ``PUT /v1/hosts/{host}/inventory`` would take it."""
+
+    host: str
+    report: schemas.InventoryReport
+
+
+def apply_new_hosts(
+    conn: sa.Connection, batch: Sequence[HostReport], *, now: datetime, actor: str
+) -> dict[str, schemas.InventoryResult]:
+    """Register and fill, in this transaction, the batch's hosts that are new and plain; their
+    results by host name. The others are not touched (the caller applies them one by one)."""
+    names = [b.host for b in batch]
+    known = set(conn.execute(sa.select(hosts.c.name).where(hosts.c.name.in_(names))).scalars())
+    ids = [b.report.host_id for b in batch if b.report.host_id]
+    owned = (
+        set(conn.execute(sa.select(hosts.c.host_id).where(hosts.c.host_id.in_(ids))).scalars())
+        if ids
+        else set()
+    )
+    type_rows = {
+        r.name: r
+        for r in conn.execute(
+            sa.select(
+                resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
+            )
+        )
+    }
+    chosen: list[HostReport] = []
+    for b in batch:
+        if b.host in known or not _plain(b.report, type_rows):
+            continue
+        if b.report.host_id is not None:
+            if b.report.host_id in owned:
+                continue  # another host's id (or a second host of this batch with it): the slow path says why
+            owned.add(b.report.host_id)
+        known.add(b.host)  # a name twice in a batch: the second goes the slow way
+        chosen.append(b)
+    if not chosen:
+        return {}
+
+    conn.execute(
+        hosts.insert(),
+        [
+            {
+                "name": b.host,
+                "host_id": b.report.host_id,
+                "generation": b.report.generation,
+                "last_report_at": now,
+                "last_seen_at": now,
+                "marked_down": False,
+                "report_digest": digest(b.report),
+                "agent_instance": b.report.agent_instance,
+                "agent_seen_at": now if b.report.agent_instance is not None else None,
+                "created_at": now,
+            }
+            for b in chosen
+        ],
+    )
+    chosen_names = [b.host for b in chosen]
+    host_ids: dict[str, int] = {
+        r.name: r.id
+        for r in conn.execute(sa.select(hosts.c.name, hosts.c.id).where(hosts.c.name.in_(chosen_names)))
+    }
+    rows: list[dict[str, Any]] = []
+    counts: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for b in chosen:
+        host_id = host_ids[b.host]
+        events.append(
+            {
+                "at": now,
+                "actor": actor,
+                "host": b.host,
+                "action": "host_registered",
+                "message": f"host {b.host} registered",
+            }
+        )
+        total: Counter[int] = Counter()
+        free: Counter[int] = Counter()
+        for dev in b.report.devices:
+            type_id = type_rows[dev.type].id
+            state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
+            device_id = str(uuid.uuid4())
+            rows.append(
+                {
+                    **stored_facts(dev),
+                    "id": device_id,
+                    "host_id": host_id,
+                    "type_id": type_id,
+                    "state": state.value,
+                    "healthy": dev.healthy,
+                    "health_reason": None
+                    if dev.healthy
+                    else (dev.health_reason or "the agent reports it unhealthy"),
+                    "state_changed_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            total[type_id] += 1
+            free[type_id] += dev.healthy
+            events.append(
+                {
+                    "at": now,
+                    "actor": actor,
+                    "host": b.host,
+                    "action": "device_added",
+                    "device": dev.address,
+                    "type": dev.type,
+                    "device_id": device_id,
+                    "message": f"{b.host} {dev.address} ({dev.type}) added",
+                }
+            )
+        counts += [
+            {"host_id": host_id, "type_id": t, "total": n, "available": free[t], "carved": 0}
+            for t, n in total.items()
+        ]
+    if rows:
+        conn.execute(devices.insert(), rows)
+        conn.execute(inventory.insert(), counts)
+    record_many(conn, events)
+    return {b.host: _result(b, type_rows) for b in chosen}
+
+
+def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
+    """Whether every device is taken as reported: a known type, the reset its type needs, no
+    partition pool, each address once (anything else is refused or judged per device)."""
+    seen: set[str] = set()
+    for dev in report.devices:
+        row = type_rows.get(dev.type)
+        if row is None or dev.pool is not None or dev.address in seen or reset_refusal(dev, row) is not None:
+            return False
+        seen.add(dev.address)
+    return True
+
+
+def _result(b: HostReport, type_rows: dict[str, Any]) -> schemas.InventoryResult:
+    seen_types = {d.type for d in b.report.devices}
+    return schemas.InventoryResult(
+        host=b.host,
+        generation=b.report.generation,
+        accepted=len(b.report.devices),
+        added=[d.address for d in b.report.devices],
+        updated=[],
+        removed=[],
+        missing=[],
+        refused=[],
+        warnings=[],
+        checks={
+            t: schemas.HealthCheck(handler=r.handler, config=r.config or {})
+            for t, r in type_rows.items()
+            if t in seen_types
+        },
+    )
