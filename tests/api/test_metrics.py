@@ -247,6 +247,27 @@ def test_claims_and_refusals_are_counted_by_reason(api: TestClient) -> None:
     assert delta("devassign_http_requests_total", method="POST", route="/v1/claims", status="201") == 2
 
 
+def test_gangs_are_counted_with_their_instances_and_refusals(api: TestClient) -> None:
+    _fleet(api)
+    before = scrape(api)
+    gang = {"instances": ["g-1", "g-2"], "requests": [{"name": "nic", "type": "NIC_VF_1G"}], "gang": "job"}
+    gang["idempotency_key"] = "k-gang"
+    assert api.post("/v1/gangs", json=gang).status_code == 201
+    assert api.post("/v1/gangs", json=gang).status_code == 200  # a replay
+    big = {"instances": [f"b-{i}" for i in range(9)], "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+    assert api.post("/v1/gangs", json=big).status_code == 409  # 4 VFs are left
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("devassign_gangs_total", result="created") == 1
+    assert delta("devassign_gangs_total", result="replayed") == 1
+    assert delta("devassign_gang_instances_total") == 2
+    assert delta("devassign_gang_refusals_total", reason="no_valid_host") == 1
+    assert delta("devassign_gang_duration_seconds_count") == 3
+
+
 def test_setup_and_cleanup_durations_and_failures_per_handler(api: TestClient, clock: Clock) -> None:
     _fleet(api)
     held = _claim(api, "vm-1", 2)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from devassign import errors
+from devassign.server import metrics
 from devassign.server.access import Access
 from devassign.server.gangs import GangAllocations, GangBody, Gangs
 from devassign.server.placement import Placer
@@ -37,7 +38,13 @@ def _gangs(request: Request) -> Gangs:
 def claim_gang(request: Request, scope: Access, body: GangBody) -> Any:
     """Claim every instance of the body (one allocation each) or none: 201, 200 for a replay."""
     scope.check_targets(body.hosts)
-    found, created = _gangs(request).claim(body, scope.principal, operator=scope.operator)
+    started = metrics.claim_started()
+    try:
+        found, created = _gangs(request).claim(body, scope.principal, operator=scope.operator)
+    except errors.DevassignError as exc:
+        metrics.gang_refused(started, exc)
+        raise
+    metrics.gang_answered(started, created, len(found.allocations))
     return Response(
         found.model_dump_json(), status_code=201 if created else 200, media_type="application/json"
     )

@@ -49,6 +49,25 @@ CLAIM_SECONDS = Histogram(
     "Time to place and claim (or refuse) one request, in the server",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+GANGS = Counter(
+    "devassign_gangs",
+    "Gangs answered with every instance's allocation: created (201) or replayed (200)",
+    ["result"],
+)
+GANG_INSTANCES = Counter(
+    "devassign_gang_instances",
+    "Instances (allocations) made by gangs",
+)
+GANG_REFUSALS = Counter(
+    "devassign_gang_refusals",
+    "Gangs refused whole, by reason: the error code (no_valid_host, quota_exceeded, ...)",
+    ["reason"],
+)
+GANG_SECONDS = Histogram(
+    "devassign_gang_duration_seconds",
+    "Time to plan and claim (or refuse) one gang, all its instances, in the server",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 WORK_SECONDS = Histogram(
     "devassign_work_duration_seconds",
     "From a device's setup or cleanup becoming due (claimed, released) to its agent's result",
@@ -77,6 +96,18 @@ def claim_answered(started: float, created: bool) -> None:
 def claim_refused(started: float, exc: errors.DevassignError) -> None:
     REFUSALS.labels(exc.code).inc()
     CLAIM_SECONDS.observe(time.perf_counter() - started)
+
+
+def gang_answered(started: float, created: bool, instances: int) -> None:
+    GANGS.labels("created" if created else "replayed").inc()
+    if created:
+        GANG_INSTANCES.inc(instances)
+    GANG_SECONDS.observe(time.perf_counter() - started)
+
+
+def gang_refused(started: float, exc: errors.DevassignError) -> None:
+    GANG_REFUSALS.labels(exc.code).inc()
+    GANG_SECONDS.observe(time.perf_counter() - started)
 
 
 def work_pending(store: Store, host: str, results: Sequence[schemas.WorkResult]) -> dict[str, Any]:
