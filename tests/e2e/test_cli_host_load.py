@@ -35,6 +35,19 @@ def test_host_load_sends_batches_and_lists_what_was_refused(tmp_path: Path) -> N
         types = json.loads(cli("types", "-f", "json", env=env).stdout)
         assert [t["counts"]["available"] for t in types if t["name"] == "GPU"] == [100]
 
+        # The devices a page at a time: the hint names the next page, --all reads them all.
+        first = cli("devices", "--limit", "50", "-f", "json", env=env)
+        assert len(json.loads(first.stdout)) == 50
+        assert "more devices follow: `devassign devices --after rack7-012/0000:11:00.0`" in first.stderr
+        nxt = json.loads(
+            cli("devices", "--after", "rack7-012/0000:11:00.0", "--limit", "2", "-f", "json", env=env).stdout
+        )
+        assert [(d["host"], d["address"]) for d in nxt] == [
+            ("rack7-012", "0000:12:00.0"),
+            ("rack7-012", "0000:13:00.0"),
+        ]
+        assert len(json.loads(cli("devices", "--all", "-f", "json", env=env).stdout)) == 100
+
         # An older generation of one host is that host's refusal only; the exit status says so.
         stale = tmp_path / "stale.json"
         again = [

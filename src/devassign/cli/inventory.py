@@ -265,10 +265,40 @@ def register(app: typer.Typer) -> typer.Typer:
         host: Annotated[str | None, typer.Option(help="Only this host")] = None,
         type: Annotated[str | None, typer.Option("--type", help="Only this type")] = None,
         state: Annotated[str | None, typer.Option(help="Only this state")] = None,
+        limit: Annotated[
+            int,
+            typer.Option(min=1, max=DEVICES_PAGE_MAX, help="At most this many devices, by host and address"),
+        ] = DEVICES_PAGE,
+        after: Annotated[
+            str | None,
+            typer.Option(help="Devices after HOST/ADDRESS (the next page)", metavar="HOST/ADDRESS"),
+        ] = None,
+        every: Annotated[bool, typer.Option("--all", help="Every device, read a page at a time")] = False,
         fmt: FormatOpt = Format.table,
     ) -> None:
-        """Devices with their state, filterable by host, type and state."""
-        emit(client(ctx).get("/v1/devices", host=host, type=type, state=state), fmt, DEVICE_COLUMNS)
+        """Devices with their state, filterable by host, type and state: the first 1000 unless
+        --limit or --all."""
+        api = client(ctx)
+        filters = {"host": host, "type": type, "state": state}
+        if every:
+            out: list[dict[str, Any]] = []
+            while True:
+                page = api.get("/v1/devices", **filters, limit=DEVICES_PAGE_MAX, after=after)
+                out += page
+                if len(page) < DEVICES_PAGE_MAX:
+                    break
+                after = f"{page[-1]['host']}/{page[-1]['address']}"
+            emit(out, fmt, DEVICE_COLUMNS)
+            return
+        found = api.get("/v1/devices", **filters, limit=limit + 1, after=after)
+        emit(found[:limit], fmt, DEVICE_COLUMNS)
+        if len(found) > limit:
+            last = found[limit - 1]
+            typer.echo(
+                f"more devices follow: `devassign devices --after {last['host']}/{last['address']}` "
+                f"(with the same filters) for the next {limit}, or --all for every one",
+                err=True,
+            )
 
     @device_app.command("show")
     def device_show(
@@ -325,6 +355,8 @@ def register(app: typer.Typer) -> typer.Typer:
 
 
 HOSTS_PAGE = 1000
+DEVICES_PAGE = 1000
+DEVICES_PAGE_MAX = 10_000
 HOSTS_PAGE_MAX = 100_000
 
 

@@ -149,6 +149,7 @@ def _check_host_name(host: str) -> None:
 @router.get("/devices", response_model=list[schemas.Device], tags=["devices"])
 def list_devices(
     request: Request,
+    response: Response,
     scope: Access,
     host: str | None = None,
     type: str | None = None,
@@ -156,8 +157,26 @@ def list_devices(
     address: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT64)] = 0,
+    after: Annotated[
+        str | None,
+        Query(max_length=512, description="devices after HOST/ADDRESS (the order is host, address)"),
+    ] = None,
 ) -> list[schemas.Device]:
-    return views.list_devices(
+    """Devices by host name and address. A page ends where ``limit`` says; the next one is
+    ``after=HOST/ADDRESS`` of its last device (linked in ``Link: <...>; rel="next"`` while a page
+    is full), which costs the same on every page, where a large ``offset`` reads every device
+    before it."""
+    keyset = None
+    if after is not None:
+        after_host, sep, after_address = after.partition("/")
+        if not sep or not after_address:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                f"after={after[:80]!r}: give HOST/ADDRESS, the host name and the address of the last "
+                "device of the page before (e.g. compute-1/0000:3b:02.1)",
+            )
+        keyset = (after_host, after_address)
+    found = views.list_devices(
         _store(request),
         scope,
         host=host,
@@ -166,7 +185,15 @@ def list_devices(
         address=address,
         limit=limit,
         offset=offset,
+        after=keyset,
     )
+    if len(found) == limit:
+        last = found[-1]
+        following = request.url.remove_query_params("offset").include_query_params(
+            limit=limit, after=f"{last.host}/{last.address}"
+        )
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return found
 
 
 @router.get("/devices/{device_id}", response_model=schemas.Device, tags=["devices"])

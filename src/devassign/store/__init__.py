@@ -329,12 +329,20 @@ class Store:
         address: str | None = None,
         limit: int = 1000,
         offset: int = 0,
+        after: tuple[str, str] | None = None,
     ) -> list[schemas.Device]:
         return self.db.reading(
             lambda c: taints.with_taints(
                 c,
                 hosts.list_devices(
-                    c, host=host, type=type, state=state, address=address, limit=limit, offset=offset
+                    c,
+                    host=host,
+                    type=type,
+                    state=state,
+                    address=address,
+                    limit=limit,
+                    offset=offset,
+                    after=after,
                 ),
                 self.clock(),
             )

@@ -441,8 +441,14 @@ def list_devices(
     address: str | None = None,
     limit: int = 1000,
     offset: int = 0,
+    after: tuple[str, str] | None = None,
 ) -> list[schemas.Device]:
+    """Devices by (host name, address); ``after``: only those after that (host, address), the
+    keyset of the page before (an index walk from there, where ``offset`` skips rows)."""
     q = device_query().order_by(hosts.c.name, devices.c.address).limit(limit).offset(offset)
+    if after is not None:
+        h, a = after
+        q = q.where(sa.or_(hosts.c.name > h, sa.and_(hosts.c.name == h, devices.c.address > a)))
     if host:
         q = q.where(hosts.c.name == host)
     if type:
