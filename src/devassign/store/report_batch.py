@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import schemas
 from devassign.domain import DeviceState
@@ -70,8 +72,13 @@ def apply_new_hosts(
     if not chosen:
         return {}
 
-    conn.execute(
-        hosts.insert(),
+    # In name order (two batches lock the names they insert in one order: no deadlock), and a
+    # name or host id another transaction registered meanwhile is skipped rather than failing
+    # the batch: that host takes the one-report path, which gives its own answer.
+    chosen.sort(key=lambda b: b.host)
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(hosts)
+    made = conn.execute(
+        insert.on_conflict_do_nothing().returning(hosts.c.name, hosts.c.id),
         [
             {
                 "name": b.host,
@@ -87,12 +94,9 @@ def apply_new_hosts(
             }
             for b in chosen
         ],
-    )
-    chosen_names = [b.host for b in chosen]
-    host_ids: dict[str, int] = {
-        r.name: r.id
-        for r in conn.execute(sa.select(hosts.c.name, hosts.c.id).where(hosts.c.name.in_(chosen_names)))
-    }
+    ).all()
+    host_ids: dict[str, int] = {r.name: r.id for r in made}
+    chosen = [b for b in chosen if b.host in host_ids]
     rows: list[dict[str, Any]] = []
     counts: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
