@@ -176,3 +176,34 @@ def test_a_gang_id_names_one_gang(api: TestClient) -> None:
     assert again.status_code == 409 and again.json()["error"]["code"] == "consumer_conflict"
     assert "job-1" in again.json()["error"]["message"]
     assert api.get("/v1/allocations/k3").status_code == 404  # rolled back
+
+
+def test_gang_ids_are_per_project_and_an_admin_names_the_project_to_release(api: TestClient) -> None:
+    _cloud(api, {"a": 4, "b": 4})
+    for project in ("blue", "red"):
+        body = _gang([f"{project}-1", f"{project}-2"], gpus=1, gang="job", project=project)
+        assert api.post("/v1/gangs", json=body).status_code == 201
+    ambiguous = api.delete("/v1/gangs/job")
+    assert ambiguous.status_code == 400 and ambiguous.json()["error"]["code"] == "invalid_request"
+    assert (
+        "blue, red" in ambiguous.json()["error"]["message"]
+        and "project" in ambiguous.json()["error"]["message"]
+    )
+    assert len(api.get("/v1/allocations").json()) == 4  # nothing released
+    assert api.delete("/v1/gangs/job", params={"project": "blue"}).status_code == 204
+    assert sorted(a["consumer"] for a in api.get("/v1/allocations").json()) == ["red-1", "red-2"]
+    assert api.delete("/v1/gangs/job").status_code == 204  # one project's now: no need to say
+    assert api.get("/v1/allocations").json() == []
+
+
+def test_an_instance_of_a_gang_can_be_moved_and_stays_in_its_gang(api: TestClient) -> None:
+    _cloud(api, {"a": 2, "b": 2})
+    assert api.post("/v1/gangs", json=_gang(["vm-1"], gpus=1, gang="g", hosts=["a"])).status_code == 201
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "b"})
+    assert r.status_code == 201, r.text
+    assert api.post("/v1/allocations/vm-1/moves/commit", json={}).status_code in (200, 204)
+    moved = api.get("/v1/allocations/vm-1").json()
+    assert moved["host"] == "b"
+    assert api.delete("/v1/gangs/g").status_code == 204  # still the gang's: released with it
+    gone = api.get("/v1/allocations/vm-1").json()
+    assert (gone["state"], gone["host"]) == ("released", "b")

@@ -231,7 +231,12 @@ def register(app: typer.Typer) -> None:
         gang: Annotated[
             str, typer.Argument(metavar="GANG", help="The gang's id, as `gang claim` printed it")
         ],
+        project: Annotated[
+            str | None,
+            typer.Option(help="The gang's project (admins: gang ids are per project); members: their own"),
+        ] = None,
     ) -> None:
         """Release every allocation of the gang at once (their devices go to cleaning)."""
-        client(ctx).delete(f"/v1/gangs/{gang}")
+        api = client(ctx)
+        api.request("DELETE", f"/v1/gangs/{gang}", params={"project": project} if project else None)
         console.print(f"released gang {gang}", markup=False, highlight=False)

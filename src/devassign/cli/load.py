@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
+from devassign import schemas
 from devassign.cli.client import Client, CliError, ExitCode
 
-# The server's limits on one batch (POST /v1/reports).
+# The server's limits on one batch (POST /v1/reports), and a margin under its 16 MiB body.
 MAX_HOSTS = 1_000
 MAX_DEVICES = 20_000
+MAX_BYTES = 12 * 1024 * 1024
 
 
 def read_reports(path: str) -> list[dict[str, Any]]:
@@ -23,15 +26,19 @@ def read_reports(path: str) -> list[dict[str, Any]]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}", status=ExitCode.USAGE) from exc
+    stripped = text.lstrip()
     try:
-        stripped = text.lstrip()
-        items = json.loads(stripped) if stripped.startswith("[") else _lines(stripped)
+        items = json.loads(text) if stripped.startswith("[") else _lines(text)
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{path}: not JSON ({exc.msg}, line {exc.lineno}): give a JSON array of "
             '{"host": ..., "report": {...}} or one such object a line',
             status=ExitCode.USAGE,
         ) from exc
+    if not isinstance(items, list):
+        raise CliError(
+            f"{path}: give a JSON array of {{host, report}} items, or JSON Lines", status=ExitCode.USAGE
+        )
     for n, item in enumerate(items, 1):
         if not isinstance(item, dict) or not isinstance(item.get("host"), str) or "report" not in item:
             raise CliError(
@@ -41,20 +48,47 @@ def read_reports(path: str) -> list[dict[str, Any]]:
 
 
 def _lines(text: str) -> list[Any]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """JSON Lines; a bad line's error names its line in the file."""
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                exc.lineno = number  # the file's line, not the line's own "line 1"
+                raise
+    return out
+
+
+def invalid(item: dict[str, Any]) -> str | None:
+    """Why the server would refuse this item alone (its own PUT would be a 400), or None."""
+    try:
+        schemas.HostReport.model_validate(item)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return None
 
 
 def batches(items: list[dict[str, Any]], hosts: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive batches of at most ``hosts`` hosts and the server's device limit."""
+    """Consecutive batches of at most ``hosts`` hosts, the server's device limit and
+    :data:`MAX_BYTES`; a host already in the batch starts the next one (each host once)."""
     batch: list[dict[str, Any]] = []
-    devices = 0
+    names: set[str] = set()
+    devices = size = 0
     for item in items:
-        n = len(item["report"].get("devices") or []) if isinstance(item["report"], dict) else 0
-        if batch and (len(batch) >= hosts or devices + n > MAX_DEVICES):
+        n = len(item["report"].get("devices") or [])
+        b = len(json.dumps(item))
+        if batch and (
+            len(batch) >= hosts or devices + n > MAX_DEVICES or size + b > MAX_BYTES or item["host"] in names
+        ):
             yield batch
-            batch, devices = [], 0
+            batch, names, devices, size = [], set(), 0, 0
         batch.append(item)
+        names.add(item["host"])
         devices += n
+        size += b
     if batch:
         yield batch
 
@@ -80,8 +114,27 @@ def register(app: typer.Typer) -> None:
         root = ctx.find_root().obj or {}
         api = Client(root.get("url"), root.get("token"))
         applied = failed = 0
-        for part in batches(items, batch):
-            answer = api.post("/v1/reports", {"reports": part})
+        good = []
+        for item in items:
+            why = invalid(item)
+            if why is None:
+                good.append(item)
+            else:
+                failed += 1
+                typer.echo(f"{item['host']}: invalid report, not sent: {why}", err=True)
+        for part in batches(good, batch):
+            try:
+                answer = api.post("/v1/reports", {"reports": part})
+            except CliError as exc:
+                if exc.exit_status in (ExitCode.UNREACHABLE, ExitCode.DENIED):
+                    typer.echo(f"{applied} hosts applied, {failed} refused, of {len(items)} (stopped)")
+                    raise
+                failed += len(part)
+                typer.echo(
+                    f"a batch of {len(part)} hosts ({part[0]['host']} ...) was refused: {exc.message}",
+                    err=True,
+                )
+                continue
             applied += answer["applied"]
             failed += answer["failed"]
             for outcome in answer["results"]:

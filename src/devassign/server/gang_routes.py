@@ -70,8 +70,8 @@ def explain_gang(request: Request, scope: Access, body: GangBody) -> dict[str, A
 @router.delete("/gangs/{gang}", status_code=204, tags=["allocations"])
 def release_gang(request: Request, scope: Access, gang: str, project: str | None = None) -> Response:
     """Release every live allocation of the gang in one transaction (each goes to cleaning).
-    Gang ids are per project: a member releases its own project's gang; an admin releases the
-    gang of ``?project=`` (of every project when not given)."""
+    Gang ids are per project: a member releases its own project's gang; an admin names the
+    project with ``?project=`` when the id names live gangs of several (400 otherwise)."""
     store: Store = request.app.state.store
     project = scope.project_filter(project)
     if len(gang) > 64:

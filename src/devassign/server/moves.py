@@ -96,6 +96,10 @@ def start_move(request: Request, scope: Access, consumer: str, body: MoveStart) 
     return _json(move, 201 if created else 200)
 
 
+# Fields of an allocation's request document that are not the claim's: its gang.
+_NOT_A_CLAIM = frozenset({"gang", "gang_size"})
+
+
 def place_move(
     store: Store, placer: Placer, scope: Scope, consumer: str, host: str, key: str | None
 ) -> tuple[Move, bool]:
@@ -107,9 +111,12 @@ def place_move(
     if replay is not None:
         return replay, False
     doc, project, _ = store.move_source(consumer, host)
+    # A gang's instance keeps its gang (the commit copies the source's request document back);
+    # the claim that places the target is the instance's own request.
+    request = {k: v for k, v in doc.items() if k not in _NOT_A_CLAIM}
     try:
         claim = ClaimBody.model_validate(
-            {**doc, "consumer": consumer, "project": project, "hosts": [host], "idempotency_key": None}
+            {**request, "consumer": consumer, "project": project, "hosts": [host], "idempotency_key": None}
         )
     except ValidationError as exc:
         raise errors.DevassignError(

@@ -511,7 +511,12 @@ class Store:
 
     def release_gang(self, gang: str, project: str | None, actor: str) -> int:
         """Release every live allocation of a gang in one transaction; how many."""
-        return self.db.retrying(lambda c: gangs.release_gang(c, gang, project, now=self.clock(), actor=actor))
+        released = self.db.retrying(
+            lambda c: gangs.release_gang(c, gang, project, now=self.clock(), actor=actor)
+        )
+        for consumer in released:
+            self.settle_moves(consumer)  # as release(): a released consumer's pending move ends
+        return len(released)
 
     def release(self, consumer: str, actor: str, *, on_host: str | None = None) -> bool:
         released = self.db.retrying(

@@ -115,26 +115,43 @@ def _of_gang(gang: str) -> sa.ColumnElement[bool]:
     return sa.and_(allocations.c.request["gang"].as_string() == gang, allocations.c.released_at.is_(None))
 
 
-def gang_consumers(conn: sa.Connection, gang: str, project: str | None) -> list[tuple[str, str]]:
-    """(host, consumer) of each live allocation of ``gang`` (of ``project`` when given), by host."""
+def gang_consumers(conn: sa.Connection, gang: str, project: str | None) -> list[tuple[str, str, str]]:
+    """(host, consumer, project) of each live allocation of ``gang`` (of ``project`` when
+    given), by host."""
     q = (
-        sa.select(hosts.c.name, allocations.c.consumer)
+        sa.select(hosts.c.name, allocations.c.consumer, allocations.c.project)
         .join(hosts, hosts.c.id == allocations.c.host_id)
         .where(_of_gang(gang))
     )
     if project is not None:
         q = q.where(allocations.c.project == project)
-    return [(r.name, r.consumer) for r in conn.execute(q.order_by(hosts.c.name, allocations.c.consumer))]
+    return [
+        (r.name, r.consumer, r.project)
+        for r in conn.execute(q.order_by(hosts.c.name, allocations.c.consumer))
+    ]
 
 
-def release_gang(conn: sa.Connection, gang: str, project: str | None, *, now: datetime, actor: str) -> int:
-    """Release every live allocation of ``gang`` in this transaction; how many (404 if none).
-    The hosts are locked by name first, the order a gang's claim takes them in."""
+def release_gang(
+    conn: sa.Connection, gang: str, project: str | None, *, now: datetime, actor: str
+) -> list[str]:
+    """Release every live allocation of ``gang`` in this transaction; the consumers released
+    (404 if none). Gang ids are per project: without ``project`` (an admin) the id must name
+    one project's gang. The hosts are locked by name first, the order a gang's claim takes them
+    in; the gang is read again under the locks, so a member released and claimed again outside
+    the gang meanwhile is not released."""
     held = gang_consumers(conn, gang, project)
     if not held:
         raise errors.DevassignError(
             errors.NOT_FOUND, f"no live allocations of gang {gang!r}; `devassign allocations` lists them"
         )
-    for name in sorted({h for h, _ in held}):
+    projects = sorted({p for _, _, p in held})
+    if len(projects) > 1:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"gang id {gang!r} names live gangs of {len(projects)} projects ({', '.join(projects[:5])}); "
+            "name one: ?project= (`devassign gang release ID --project P`)",
+        )
+    for name in sorted({h for h, _, _ in held}):
         conn.execute(_LOCK_HOST, {"name": name})
-    return sum(1 for _, c in held if release(conn, c, now=now, actor=actor))
+    still = {c for _, c, _ in gang_consumers(conn, gang, projects[0])}
+    return [c for _, c, _ in held if c in still and release(conn, c, now=now, actor=actor)]

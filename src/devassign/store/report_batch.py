@@ -59,15 +59,16 @@ def apply_new_hosts(
             )
         )
     }
+    # A host id named by two reports of the batch goes to whichever comes first: such reports
+    # all take the one-report path, in the batch's order (this transaction runs before it).
+    named = Counter(b.report.host_id for b in batch if b.report.host_id)
     chosen: list[HostReport] = []
     for b in batch:
         if b.host in known or not _plain(b.report, type_rows):
             continue
-        if b.report.host_id is not None:
-            if b.report.host_id in owned:
-                continue  # another host's id (or a second host of this batch with it): the slow path says why
-            owned.add(b.report.host_id)
-        known.add(b.host)  # a name twice in a batch: the second goes the slow way
+        if b.report.host_id is not None and (b.report.host_id in owned or named[b.report.host_id] > 1):
+            continue  # another host's id: the one-report path says why
+        known.add(b.host)  # a name twice in a batch: the second goes the one-report path
         chosen.append(b)
     if not chosen:
         return {}
