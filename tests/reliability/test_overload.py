@@ -448,3 +448,39 @@ def _refused(url: str) -> bool:
     except httpx.HTTPError:
         return False
     return False
+
+
+def test_the_client_resends_a_batch_of_reports_and_it_is_applied_once(
+    busy_server: tuple[str, Database, uvicorn.Server],
+) -> None:
+    """A batch of reports is idempotent by its generations: the client sends it again through
+    503s, and each host is registered once."""
+    url, db, _ = busy_server
+    retries: list[Retry] = []
+    client = Client(url, retry_for=60, on_retry=retries.append)
+    client.get("/healthz")
+    held = db.engine.connect()
+    held.exec_driver_sql("SELECT 1")
+    device = {"address": "0000:3b:02.7", "kind": "sriov_vf", "type": NIC, "parent": "0000:3b:00.0"}
+    body = {
+        "reports": [
+            {"host": f"batch-{i}", "report": {"generation": 1, "devices": [device]}} for i in range(3)
+        ]
+    }
+    thread, out = _in_thread(lambda: client.post("/v1/reports", body))
+    try:
+        wait_for("the client to meet a 503", lambda: bool(retries))
+    finally:
+        held.rollback()
+        held.close()
+    thread.join(timeout=60)
+    assert out["result"]["applied"] == 3, out
+    events = client.get("/v1/events", limit=1000)
+    assert sorted(
+        e["host"] for e in events if e["action"] == "host_registered" and e["host"].startswith("batch-")
+    ) == [
+        "batch-0",
+        "batch-1",
+        "batch-2",
+    ]
+    client.close()

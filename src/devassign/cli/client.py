@@ -105,10 +105,16 @@ def retry_seconds() -> float:
     return value
 
 
-def may_resend(method: str, body: Any) -> bool:
-    """Whether a request may be sent again after a lost answer or a 503: safe methods, and
-    POSTs that carry an idempotency key (a claim: its replay answers the same allocation)."""
-    if method.upper() in SAFE_METHODS:
+# POSTs that are idempotent by their content: a batch of inventory reports sent again is the
+# same generations again, which change nothing.
+IDEMPOTENT_POSTS = frozenset({"/v1/reports"})
+
+
+def may_resend(method: str, body: Any, path: str = "") -> bool:
+    """Whether a request may be sent again after a lost answer or a 503: safe methods, POSTs
+    that carry an idempotency key (a claim: its replay answers the same allocation), and the
+    POSTs of :data:`IDEMPOTENT_POSTS`."""
+    if method.upper() in SAFE_METHODS or path in IDEMPOTENT_POSTS:
         return True
     return isinstance(body, dict) and bool(body.get("idempotency_key"))
 
@@ -151,7 +157,7 @@ class Client:
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send until an answer that is not a 503, retrying what :func:`may_resend` allows
         until ``retry_for`` seconds after the first try."""
-        resend = may_resend(method, kwargs.get("json"))
+        resend = may_resend(method, kwargs.get("json"), path)
         start = time.monotonic()
         attempt = 0
         while True:
