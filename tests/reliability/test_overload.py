@@ -352,6 +352,22 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, out
 
 
+def _sent_while_busy(db: Database, retries: list[Retry], send: Any) -> dict[str, Any]:
+    """``send()`` in a thread while a held connection keeps the server's one database
+    connection busy, until the client has met a 503; then the database is freed and the
+    thread's outcome (``result`` or ``error``) returned."""
+    held = db.engine.connect()
+    held.exec_driver_sql("SELECT 1")
+    thread, out = _in_thread(send)
+    try:
+        wait_for("the client to meet a 503", lambda: bool(retries))
+    finally:
+        held.rollback()
+        held.close()
+    thread.join(timeout=60)
+    return out
+
+
 def test_the_client_retries_a_read_through_503s_until_the_database_is_free(
     busy_server: tuple[str, Database, uvicorn.Server],
 ) -> None:
@@ -359,15 +375,7 @@ def test_the_client_retries_a_read_through_503s_until_the_database_is_free(
     retries: list[Retry] = []
     client = Client(url, retry_for=60, on_retry=retries.append)
     client.get("/healthz")  # the server has answered this client
-    held = db.engine.connect()
-    held.exec_driver_sql("SELECT 1")
-    thread, out = _in_thread(lambda: client.get("/v1/resource-types"))
-    try:
-        wait_for("the client to meet a 503", lambda: bool(retries))
-    finally:
-        held.rollback()
-        held.close()
-    thread.join(timeout=60)
+    out = _sent_while_busy(db, retries, lambda: client.get("/v1/resource-types"))
     assert [t["name"] for t in out["result"]] == [NIC], out
     assert all(r.status == 503 and r.retry_after and 1 <= int(r.retry_after) <= 3 for r in retries)
     assert all(1 <= r.wait <= 10 for r in retries)  # Retry-After honoured, capped
@@ -381,15 +389,7 @@ def test_the_client_retries_a_claim_with_its_key_and_it_is_applied_once(
     retries: list[Retry] = []
     client = Client(url, retry_for=60, on_retry=retries.append)
     client.get("/healthz")
-    held = db.engine.connect()
-    held.exec_driver_sql("SELECT 1")
-    thread, out = _in_thread(lambda: client.post("/v1/claims", _claim_body("vm-1", "key-1")))
-    try:
-        wait_for("the client to meet a 503", lambda: bool(retries))
-    finally:
-        held.rollback()
-        held.close()
-    thread.join(timeout=60)
+    out = _sent_while_busy(db, retries, lambda: client.post("/v1/claims", _claim_body("vm-1", "key-1")))
     assert out["result"]["consumer"] == "vm-1", out
     allocations = client.get("/v1/allocations")
     assert [a["consumer"] for a in allocations] == ["vm-1"] and len(allocations[0]["devices"]) == 1
@@ -459,21 +459,13 @@ def test_the_client_resends_a_batch_of_reports_and_it_is_applied_once(
     retries: list[Retry] = []
     client = Client(url, retry_for=60, on_retry=retries.append)
     client.get("/healthz")
-    held = db.engine.connect()
-    held.exec_driver_sql("SELECT 1")
     device = {"address": "0000:3b:02.7", "kind": "sriov_vf", "type": NIC, "parent": "0000:3b:00.0"}
     body = {
         "reports": [
             {"host": f"batch-{i}", "report": {"generation": 1, "devices": [device]}} for i in range(3)
         ]
     }
-    thread, out = _in_thread(lambda: client.post("/v1/reports", body))
-    try:
-        wait_for("the client to meet a 503", lambda: bool(retries))
-    finally:
-        held.rollback()
-        held.close()
-    thread.join(timeout=60)
+    out = _sent_while_busy(db, retries, lambda: client.post("/v1/reports", body))
     assert out["result"]["applied"] == 3, out
     events = client.get("/v1/events", limit=1000)
     assert sorted(

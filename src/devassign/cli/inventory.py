@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -281,21 +282,17 @@ def register(app: typer.Typer) -> typer.Typer:
         api = client(ctx)
         filters = {"host": host, "type": type, "state": state}
         if every:
-            out: list[dict[str, Any]] = []
-            while True:
-                page = api.get("/v1/devices", **filters, limit=DEVICES_PAGE_MAX, after=after)
-                out += page
-                if len(page) < DEVICES_PAGE_MAX:
-                    break
-                after = f"{page[-1]['host']}/{page[-1]['address']}"
-            emit(out, fmt, DEVICE_COLUMNS)
+            emit(
+                all_pages(api, "/v1/devices", DEVICES_PAGE_MAX, after, device_key, **filters),
+                fmt,
+                DEVICE_COLUMNS,
+            )
             return
         found = api.get("/v1/devices", **filters, limit=limit + 1, after=after)
         emit(found[:limit], fmt, DEVICE_COLUMNS)
         if len(found) > limit:
-            last = found[limit - 1]
             typer.echo(
-                f"more devices follow: `devassign devices --after {last['host']}/{last['address']}` "
+                f"more devices follow: `devassign devices --after {device_key(found[limit - 1])}` "
                 f"(with the same filters) for the next {limit}, or --all for every one",
                 err=True,
             )
@@ -360,15 +357,28 @@ DEVICES_PAGE_MAX = 10_000
 HOSTS_PAGE_MAX = 100_000
 
 
-def all_hosts(api: Client, after: str | None = None) -> list[dict[str, Any]]:
-    """Every host after ``after``, read ``HOSTS_PAGE_MAX`` at a time (keyset pages by name)."""
+def all_pages(
+    api: Client, path: str, page: int, after: str | None, key: Callable[[dict[str, Any]], str], **filters: Any
+) -> list[dict[str, Any]]:
+    """Every item of a keyset-paged listing after ``after``, read ``page`` at a time; ``key``
+    gives an item's ``after=`` for the next page."""
     out: list[dict[str, Any]] = []
     while True:
-        page = api.get("/v1/hosts", limit=HOSTS_PAGE_MAX, after=after)
-        out += page
-        if len(page) < HOSTS_PAGE_MAX:
+        found = api.get(path, **filters, limit=page, after=after)
+        out += found
+        if len(found) < page:
             return out
-        after = page[-1]["name"]
+        after = key(found[-1])
+
+
+def all_hosts(api: Client, after: str | None = None) -> list[dict[str, Any]]:
+    """Every host after ``after``, read ``HOSTS_PAGE_MAX`` at a time (keyset pages by name)."""
+    return all_pages(api, "/v1/hosts", HOSTS_PAGE_MAX, after, lambda h: str(h["name"]))
+
+
+def device_key(d: dict[str, Any]) -> str:
+    """A device's place in the devices listing: ``HOST/ADDRESS``, what ``after=`` takes."""
+    return f"{d['host']}/{d['address']}"
 
 
 def _params_option(text: str) -> Any:

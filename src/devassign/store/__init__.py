@@ -118,9 +118,8 @@ class Store:
         """Many hosts' reports: the new, plain hosts together in one transaction
         (store/report_batch.py), every other one as its own ``apply_report``; one outcome each,
         in the batch's order. One host's refusal is its own answer, not the batch's."""
-        items = [report_batch.HostReport(b.host, b.report) for b in batch]
         together = self.db.retrying(
-            lambda c: report_batch.apply_new_hosts(c, items, now=self.clock(), actor=actor)
+            lambda c: report_batch.apply_new_hosts(c, batch, now=self.clock(), actor=actor)
         )
         results: list[schemas.HostReportOutcome] = []
         for b in batch:

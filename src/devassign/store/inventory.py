@@ -306,14 +306,7 @@ def apply_report(
         )
 
     out = _Outcome()
-    type_rows = {
-        r.name: r
-        for r in conn.execute(
-            sa.select(
-                resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
-            )
-        )
-    }
+    type_rows = catalog_rows(conn)
     types = {name: r.id for name, r in type_rows.items()}
     type_names = {v: k for k, v in types.items()}
     existing = {r.address: r for r in conn.execute(sa.select(devices).where(devices.c.host_id == host.id))}
@@ -372,34 +365,9 @@ def apply_report(
         out.accepted += 1
         row = existing.get(dev.address)
         if row is None:
-            state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
-            inserts.append(
-                {
-                    **stored_facts(dev),
-                    "id": str(uuid.uuid4()),
-                    "host_id": host.id,
-                    "type_id": type_id,
-                    "state": state.value,
-                    "healthy": dev.healthy,
-                    "health_reason": None
-                    if dev.healthy
-                    else (dev.health_reason or "the agent reports it unhealthy"),
-                    "state_changed_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+            inserts.append(new_device(dev, host.id, type_id, now))
             out.added.append(dev.address)
-            out.events.append(
-                {
-                    **base_event,
-                    "action": "device_added",
-                    "device": dev.address,
-                    "type": dev.type,
-                    "device_id": inserts[-1]["id"],
-                    "message": f"{name} {dev.address} ({dev.type}) added",
-                }
-            )
+            out.events.append(added_event(base_event, name, dev, inserts[-1]["id"]))
             continue
         _update_existing(conn, row, dev, type_id, type_names, out, base_event, now)
 
@@ -430,12 +398,55 @@ def apply_report(
         missing=out.missing,
         refused=out.refused,
         warnings=out.warnings,
-        checks={
-            t: schemas.HealthCheck(handler=r.handler, config=r.config or {})
-            for t, r in type_rows.items()
-            if t in seen_types
-        },
+        checks=checks_for(type_rows, seen_types),
     )
+
+
+def catalog_rows(conn: sa.Connection) -> dict[str, Any]:
+    """Every type's id, handler and config, by name: what a report's devices are judged by."""
+    q = sa.select(
+        resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
+    )
+    return {r.name: r for r in conn.execute(q)}
+
+
+def checks_for(type_rows: dict[str, Any], seen_types: set[str]) -> dict[str, schemas.HealthCheck]:
+    """Per reported type, what the agent runs to check its free devices."""
+    return {
+        t: schemas.HealthCheck(handler=r.handler, config=r.config or {})
+        for t, r in type_rows.items()
+        if t in seen_types
+    }
+
+
+def new_device(dev: schemas.ReportedDevice, host_id: int, type_id: int, now: datetime) -> dict[str, Any]:
+    """The row of a device reported for the first time: available, or unhealthy as reported."""
+    state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
+    return {
+        **stored_facts(dev),
+        "id": str(uuid.uuid4()),
+        "host_id": host_id,
+        "type_id": type_id,
+        "state": state.value,
+        "healthy": dev.healthy,
+        "health_reason": None if dev.healthy else (dev.health_reason or "the agent reports it unhealthy"),
+        "state_changed_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def added_event(
+    base_event: dict[str, Any], host: str, dev: schemas.ReportedDevice, device_id: str
+) -> dict[str, Any]:
+    return {
+        **base_event,
+        "action": "device_added",
+        "device": dev.address,
+        "type": dev.type,
+        "device_id": device_id,
+        "message": f"{host} {dev.address} ({dev.type}) added",
+    }
 
 
 def health_checks(conn: sa.Connection, names: set[str]) -> dict[str, schemas.HealthCheck]:

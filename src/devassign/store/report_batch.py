@@ -12,10 +12,8 @@ and no partitions, so its counts are its devices by type and state, with nothing
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,22 +22,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import schemas
-from devassign.domain import DeviceState
 from devassign.store.events import record_many
-from devassign.store.inventory import digest, reset_refusal, stored_facts
-from devassign.store.schema import devices, hosts, inventory, resource_types
-
-
-@dataclass(frozen=True)
-class HostReport:
-    """One host's report in a batch, as ``PUT /v1/hosts/{host}/inventory`` would take it."""
-
-    host: str
-    report: schemas.InventoryReport
+from devassign.store.inventory import added_event, catalog_rows, checks_for, digest, new_device, reset_refusal
+from devassign.store.schema import devices, hosts, inventory
 
 
 def apply_new_hosts(
-    conn: sa.Connection, batch: Sequence[HostReport], *, now: datetime, actor: str
+    conn: sa.Connection, batch: Sequence[schemas.HostReport], *, now: datetime, actor: str
 ) -> dict[str, schemas.InventoryResult]:
     """Register and fill, in this transaction, the batch's hosts that are new and plain; their
     results by host name. The others are not touched (the caller applies them one by one)."""
@@ -51,18 +40,11 @@ def apply_new_hosts(
         if ids
         else set()
     )
-    type_rows = {
-        r.name: r
-        for r in conn.execute(
-            sa.select(
-                resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
-            )
-        )
-    }
+    type_rows = catalog_rows(conn)
     # A host id named by two reports of the batch goes to whichever comes first: such reports
     # all take the one-report path, in the batch's order (this transaction runs before it).
     named = Counter(b.report.host_id for b in batch if b.report.host_id)
-    chosen: list[HostReport] = []
+    chosen: list[schemas.HostReport] = []
     for b in batch:
         if b.host in known or not _plain(b.report, type_rows):
             continue
@@ -103,51 +85,16 @@ def apply_new_hosts(
     events: list[dict[str, Any]] = []
     for b in chosen:
         host_id = host_ids[b.host]
-        events.append(
-            {
-                "at": now,
-                "actor": actor,
-                "host": b.host,
-                "action": "host_registered",
-                "message": f"host {b.host} registered",
-            }
-        )
+        base_event = {"at": now, "actor": actor, "host": b.host}
+        events.append({**base_event, "action": "host_registered", "message": f"host {b.host} registered"})
         total: Counter[int] = Counter()
         free: Counter[int] = Counter()
         for dev in b.report.devices:
-            type_id = type_rows[dev.type].id
-            state = DeviceState.AVAILABLE if dev.healthy else DeviceState.UNHEALTHY
-            device_id = str(uuid.uuid4())
-            rows.append(
-                {
-                    **stored_facts(dev),
-                    "id": device_id,
-                    "host_id": host_id,
-                    "type_id": type_id,
-                    "state": state.value,
-                    "healthy": dev.healthy,
-                    "health_reason": None
-                    if dev.healthy
-                    else (dev.health_reason or "the agent reports it unhealthy"),
-                    "state_changed_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            total[type_id] += 1
-            free[type_id] += dev.healthy
-            events.append(
-                {
-                    "at": now,
-                    "actor": actor,
-                    "host": b.host,
-                    "action": "device_added",
-                    "device": dev.address,
-                    "type": dev.type,
-                    "device_id": device_id,
-                    "message": f"{b.host} {dev.address} ({dev.type}) added",
-                }
-            )
+            row = new_device(dev, host_id, type_rows[dev.type].id, now)
+            rows.append(row)
+            total[row["type_id"]] += 1
+            free[row["type_id"]] += dev.healthy
+            events.append(added_event(base_event, b.host, dev, row["id"]))
         counts += [
             {"host_id": host_id, "type_id": t, "total": n, "available": free[t], "carved": 0}
             for t, n in total.items()
@@ -171,8 +118,7 @@ def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
     return True
 
 
-def _result(b: HostReport, type_rows: dict[str, Any]) -> schemas.InventoryResult:
-    seen_types = {d.type for d in b.report.devices}
+def _result(b: schemas.HostReport, type_rows: dict[str, Any]) -> schemas.InventoryResult:
     return schemas.InventoryResult(
         host=b.host,
         generation=b.report.generation,
@@ -183,9 +129,5 @@ def _result(b: HostReport, type_rows: dict[str, Any]) -> schemas.InventoryResult
         missing=[],
         refused=[],
         warnings=[],
-        checks={
-            t: schemas.HealthCheck(handler=r.handler, config=r.config or {})
-            for t, r in type_rows.items()
-            if t in seen_types
-        },
+        checks=checks_for(type_rows, {d.type for d in b.report.devices}),
     )
