@@ -179,6 +179,22 @@ allocations = sa.Table(
     sa.Index("ix_allocations_expires", "expires_at"),
 )
 
+# A gang's id lives in its allocations' request documents; these partial indexes find a
+# gang's live allocations (store/gangs.py) without reading the project's released history.
+# The expression differs per database and must be written in queries exactly as here.
+GANG_OF = {
+    "postgresql": "(request ->> 'gang')",
+    "sqlite": "json_extract(request, '$.gang')",
+}
+for _dialect, _expr in GANG_OF.items():
+    sa.Index(
+        "ix_allocations_live_gang",
+        sa.text(_expr),
+        allocations.c.project,
+        sqlite_where=sa.text("released_at IS NULL"),
+        postgresql_where=sa.text("released_at IS NULL"),
+    ).ddl_if(dialect=_dialect)
+
 allocation_items = sa.Table(
     "allocation_items",
     metadata,
