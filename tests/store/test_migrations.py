@@ -120,7 +120,7 @@ def test_a_gangs_allocations_are_found_through_the_live_gang_index(db_url: str) 
     db = Database(db_url)
     db.upgrade()
     with db.engine.connect() as conn:
-        query = sa.select(sa.func.count()).where(_of_gang(conn, "g1"), allocations.c.project == "p")
+        query = sa.select(sa.func.count()).where(_of_gang("g1"), allocations.c.project == "p")
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.store.allocations import get_allocation
 from devassign.store.claims import ClaimOrder, LostRace, claim, consumer_in_use, release
-from devassign.store.schema import GANG_OF, allocations, hosts
+from devassign.store.schema import GangId, allocations, hosts
 
 _LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
 
@@ -60,7 +60,7 @@ def claim_gang(
         )
     if gang is not None:
         held = conn.execute(
-            sa.select(sa.func.count()).where(_of_gang(conn, gang), allocations.c.project == project)
+            sa.select(sa.func.count()).where(_of_gang(gang), allocations.c.project == project)
         ).scalar_one()
         if held > len(made):  # the id names another gang's live allocations too
             raise errors.DevassignError(
@@ -111,11 +111,9 @@ def live_of(
     return found
 
 
-def _of_gang(conn: sa.Connection, gang: str) -> sa.ColumnElement[bool]:
-    """The live allocations of ``gang``, written as ``ix_allocations_live_gang`` is built, so
-    that the index is used (a bound JSON path would not match it)."""
-    named = sa.literal_column(GANG_OF[conn.dialect.name], sa.String)
-    return sa.and_(named == gang, allocations.c.released_at.is_(None))
+def _of_gang(gang: str) -> sa.ColumnElement[bool]:
+    """The live allocations of ``gang``, as ``ix_allocations_live_gang`` holds them."""
+    return sa.and_(GangId() == gang, allocations.c.released_at.is_(None))
 
 
 def gang_consumers(conn: sa.Connection, gang: str, project: str | None) -> list[tuple[str, str, str]]:
@@ -124,7 +122,7 @@ def gang_consumers(conn: sa.Connection, gang: str, project: str | None) -> list[
     q = (
         sa.select(hosts.c.name, allocations.c.consumer, allocations.c.project)
         .join(hosts, hosts.c.id == allocations.c.host_id)
-        .where(_of_gang(conn, gang))
+        .where(_of_gang(gang))
     )
     if project is not None:
         q = q.where(allocations.c.project == project)

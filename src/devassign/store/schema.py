@@ -6,8 +6,11 @@ Migrations in ``store/migrations`` create exactly these tables; a test checks th
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
 
 metadata = sa.MetaData(
     naming_convention={
@@ -179,21 +182,36 @@ allocations = sa.Table(
     sa.Index("ix_allocations_expires", "expires_at"),
 )
 
-# A gang's id lives in its allocations' request documents; these partial indexes find a
-# gang's live allocations (store/gangs.py) without reading the project's released history.
-# The expression differs per database and must be written in queries exactly as here.
-GANG_OF = {
-    "postgresql": "(request ->> 'gang')",
-    "sqlite": "json_extract(request, '$.gang')",
-}
-for _dialect, _expr in GANG_OF.items():
-    sa.Index(
-        "ix_allocations_live_gang",
-        sa.text(_expr),
-        allocations.c.project,
-        sqlite_where=sa.text("released_at IS NULL"),
-        postgresql_where=sa.text("released_at IS NULL"),
-    ).ddl_if(dialect=_dialect)
+
+class GangId(sa.sql.expression.ColumnElement[str]):
+    """A gang's id, kept in its allocations' request documents (``request.gang``).
+
+    Written without a bound JSON path, so that the index below and the queries of
+    store/gangs.py spell it identically and the planner matches them."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(GangId, "postgresql")
+def _gang_id_pg(element: GangId, compiler: Any, **kw: Any) -> str:
+    return "(request ->> 'gang')"
+
+
+@compiles(GangId, "sqlite")
+def _gang_id_sqlite(element: GangId, compiler: Any, **kw: Any) -> str:
+    return "json_extract(request, '$.gang')"
+
+
+# A gang's live allocations by its id (store/gangs.py), without reading the project's
+# released history through ix_allocations_project.
+sa.Index(
+    "ix_allocations_live_gang",
+    GangId(),
+    allocations.c.project,
+    sqlite_where=sa.text("released_at IS NULL"),
+    postgresql_where=sa.text("released_at IS NULL"),
+)
 
 allocation_items = sa.Table(
     "allocation_items",
