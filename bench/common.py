@@ -305,11 +305,23 @@ def server_pids(port: int) -> list[int]:
 
 @contextlib.contextmanager
 def server_process(
-    url: str, log: Path, extra: Sequence[str] = (), start_within: float = 60
+    url: str,
+    log: Path,
+    extra: Sequence[str] = (),
+    start_within: float = 60,
+    src: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[int, int]]:
-    """A ``devassign server --no-auth`` process on a free loopback port; yields (port, pid)."""
+    """A ``devassign server --no-auth`` process on a free loopback port; yields (port, pid).
+
+    ``src``: run the package from this source folder (another checkout's ``src``) instead of
+    the installed one. ``prefix``: a command that runs the server (``valgrind ...``)."""
     port = free_port()
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     args = [
+        *prefix,
         sys.executable,
         "-m",
         "devassign.cli.main",
@@ -329,7 +341,7 @@ def server_process(
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + start_within
             while time.monotonic() < deadline:
@@ -352,9 +364,9 @@ def server_process(
 
 
 @contextlib.contextmanager
-def server(url: str, log: Path, extra: Sequence[str] = ()) -> Iterator[int]:
+def server(url: str, log: Path, extra: Sequence[str] = (), src: Path | None = None) -> Iterator[int]:
     """:func:`server_process`, yielding the port only."""
-    with server_process(url, log, extra) as (port, _):
+    with server_process(url, log, extra, src=src) as (port, _):
         yield port
 
 

@@ -13,11 +13,22 @@ minimum and the median are printed; the minimum is the least disturbed by other 
 PostgreSQL's own CPU per claim (its backends' ``/proc``) is printed too. ``--py-spy FILE``
 records the server with py-spy during one more measurement (``py-spy record -f raw``, folded
 stacks; ``--py-spy-bin`` names the binary) and prints the top frames.
+
+A change is judged against its parent with ``--against``: a second server runs the other
+checkout's code (on its own database, loaded the same way) and the two are measured in
+turns, A B A B ..., so both see the same machine. On a shared machine the CPU a claim costs
+drifts by 10-20 % from one minute to the next; only a comparison in one run is worth reading::
+
+    git worktree add /tmp/base HEAD~1
+    python -m bench.cpu --backends postgresql --against /tmp/base --repeat 5
+
+(Both checkouts must expect the same database schema revision.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -126,6 +137,33 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def ab(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """This checkout (A) against ``--against`` (B), measured in turns on one machine."""
+    other = Path(args.against).resolve() / "src"
+    ports, names = [], []
+    with contextlib.ExitStack() as stack:
+        for side, src in (("a", None), ("b", other)):
+            name = f"bench_cpu_{backend[:2]}_{args.hosts}_{side}"
+            url = fresh_db(backend, name)
+            load_inprocess(url, args.hosts, "mixed")
+            log = WORK / f"cpu-{backend}-{side}.log"
+            ports.append(stack.enter_context(server(url, log, args.server_args, src=src)))
+            names.append(name if backend == "postgresql" else None)
+        for port in ports:
+            for _ in range(args.warmup):
+                Http(port).call("POST", "/v1/claims", claim_body())
+        runs: dict[str, list[float]] = {"a": [], "b": []}
+        for _ in range(args.repeat):
+            for side, port, name in zip("ab", ports, names, strict=True):
+                r = measure(port, args.rounds, name)
+                runs[side].append(r["cpu_ms"]["server"])
+                cpu = r["cpu_ms"]
+                print(f"  {side}: server {cpu['server']:.2f} ms, PostgreSQL {cpu['postgresql']:.2f} ms")
+    a, b = statistics.median(runs["a"]), statistics.median(runs["b"])
+    print(f"{backend}: this checkout {a:.2f} ms, {args.against} {b:.2f} ms ({a / b:.3f}x; medians)")
+    return {"backend": backend, "a": runs["a"], "b": runs["b"], "ratio": a / b}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
@@ -137,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--py-spy-bin", default=shutil.which("py-spy") or "/tmp/pyspy-venv/bin/py-spy")
     ap.add_argument("--server-args", nargs="*", default=[], help="extra `devassign server` options")
     ap.add_argument("--json", default=str(WORK / "cpu.json"))
+    ap.add_argument("--against", help="another checkout (its folder): measure both, in turns")
     args = ap.parse_args(argv)
+    if args.against:
+        Path(args.json).write_text(json.dumps([ab(b, args) for b in args.backends]))
+        return
     results = [run(b, args) for b in args.backends]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results))

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
@@ -98,20 +97,11 @@ def consumer_in_use(consumer: str) -> errors.DevassignError:
 
 # The claim's statements, built once: a claim runs them thousands of times a minute, and
 # building a statement costs more Python than sending it (py-spy and cProfile, docs/benchmarks.md).
-def _on_conflict_do_nothing(
-    table: sa.Table, index: list[sa.Column[Any]], where: Any = None
-) -> dict[str, Any]:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for each dialect (both spell it the same)."""
-    return {
-        "postgresql": pg_insert(table).on_conflict_do_nothing(index_elements=index, index_where=where),
-        "sqlite": sqlite_insert(table).on_conflict_do_nothing(index_elements=index, index_where=where),
-    }
-
-
-_NEW_CONSUMER = {
-    d: stmt.returning(consumers.c.project)
-    for d, stmt in _on_conflict_do_nothing(consumers, [consumers.c.uuid]).items()
-}
+_NEW_CONSUMER = (
+    sqlite_insert(consumers)
+    .on_conflict_do_nothing(index_elements=[consumers.c.uuid])
+    .returning(consumers.c.project)
+)
 _CONSUMER_PROJECT = sa.select(consumers.c.project).where(consumers.c.uuid == sa.bindparam("uuid"))
 _LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
 # The same, skipping a host another claim (or report) holds: concurrent claims spread over the
@@ -122,15 +112,65 @@ _LOCK_HOST_IF_FREE = (
     .with_for_update(key_share=True, skip_locked=True)
 )
 # One live allocation per consumer (the partial unique index): a second claim of the same
-# consumer inserts nothing, and the claim answers the replay or the conflict.
-_NEW_ALLOCATION = {
-    d: stmt.returning(allocations.c.id)
-    for d, stmt in _on_conflict_do_nothing(
-        allocations, [allocations.c.consumer], allocations.c.released_at.is_(None)
-    ).items()
+# consumer inserts nothing, and the claim answers the replay or the conflict. (SQLite's; the
+# PostgreSQL claim does the same in :data:`_OPEN_PG`.)
+_NEW_ALLOCATION = (
+    sqlite_insert(allocations)
+    .on_conflict_do_nothing(
+        index_elements=[allocations.c.consumer], index_where=allocations.c.released_at.is_(None)
+    )
+    .returning(allocations.c.id)
+)
+
+
+def _open_pg_statement(lock: str) -> sa.TextClause:
+    """PostgreSQL: the host's lock, the consumer and the allocation row in one round trip.
+
+    The allocation is inserted only for a consumer this statement recorded or one its
+    snapshot knows in the same project (``known``: its project as the snapshot saw it). A
+    consumer recorded by a transaction that committed during the statement is in neither:
+    no allocation, ``known`` NULL, and the claim starts again."""
+    return sa.text(
+        f"""
+        WITH h AS (
+            SELECT id FROM hosts WHERE name = :name {lock}
+        ), c AS (
+            INSERT INTO consumers (uuid, project, created_at)
+            SELECT :consumer, :project, :created_at FROM h
+            ON CONFLICT (uuid) DO NOTHING
+            RETURNING uuid
+        ), known AS (
+            SELECT project FROM consumers WHERE uuid = :consumer
+        ), a AS (
+            INSERT INTO allocations
+                (consumer, project, host_id, state, idempotency_key, request, created_at, expires_at)
+            SELECT :consumer, :project, h.id, :state, :idempotency_key, CAST(:request AS jsonb),
+                :created_at, :expires_at
+            FROM h
+            WHERE EXISTS (SELECT 1 FROM c) OR (SELECT project FROM known) = :project
+            ON CONFLICT (consumer) WHERE released_at IS NULL DO NOTHING
+            RETURNING id
+        )
+        SELECT (SELECT id FROM h) AS host_id, (SELECT project FROM known) AS known,
+            (SELECT id FROM a) AS alloc_id
+        """
+    ).bindparams(
+        sa.bindparam("name", type_=sa.String),
+        sa.bindparam("consumer", type_=sa.String),
+        sa.bindparam("project", type_=sa.String),
+        sa.bindparam("state", type_=sa.String),
+        sa.bindparam("idempotency_key", type_=sa.String),
+        sa.bindparam("request", type_=sa.Text),
+        sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
+        sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
+    )
+
+
+# Keyed by ``ClaimOrder.wait``: wait for the host's lock, or skip a host another holds.
+_OPEN_PG = {
+    True: _open_pg_statement("FOR NO KEY UPDATE"),
+    False: _open_pg_statement("FOR NO KEY UPDATE SKIP LOCKED"),
 }
-# Whether a device is the pool of some device on its host (a GPU its vGPUs are carved from):
-# returned by the take, so a claim of plain devices reads no pool at all.
 # Whether a taken device is the pool of some device on its host (a GPU its vGPUs are carved
 # from): returned by the take itself, so a claim of plain devices reads no pool at all. Text,
 # since SQLite's RETURNING would lose the correlation of a built subquery.
@@ -312,43 +352,11 @@ def _prelude(
     conn: sa.Connection, order: ClaimOrder, *, now: datetime, ttl: timedelta, up_since: datetime | None
 ) -> _Taking | schemas.Allocation:
     """Everything before the devices are taken; an allocation when this is a replay."""
-    dialect = conn.dialect.name
-    # Find and lock the host in one statement, first: the lock order of lock_host (host first),
-    # and a busy host costs one statement.
-    lock = _LOCK_HOST if order.wait else _LOCK_HOST_IF_FREE
-    host_id = conn.execute(lock, {"name": order.host}).scalar_one_or_none()
-    if host_id is None:
-        if not order.wait:
-            raise HostBusy(f"host {order.host} is locked by another transaction (or was deleted)")
-        raise LostRace(f"host {order.host} was deleted meanwhile")
+    opened = (_open_pg if conn.dialect.name == "postgresql" else _open_sqlite)(conn, order, now, ttl)
+    if isinstance(opened, schemas.Allocation):
+        return opened
+    host_id, alloc_id = opened
     consumer, project = order.consumer, order.project
-    if (
-        conn.execute(
-            _NEW_CONSUMER[dialect], {"uuid": consumer, "project": project, "created_at": now}
-        ).first()
-        is None
-    ):
-        known = conn.execute(_CONSUMER_PROJECT, {"uuid": consumer}).scalar_one()
-        if known != project:
-            raise consumer_in_use(consumer)
-    alloc_id = conn.execute(
-        _NEW_ALLOCATION[dialect],
-        {
-            "consumer": consumer,
-            "project": project,
-            "host_id": host_id,
-            "state": AllocationState.RESERVED.value,
-            "idempotency_key": order.key,
-            "request": order.request_doc,
-            "created_at": now,
-            "expires_at": now + ttl,
-        },
-    ).scalar_one_or_none()
-    if alloc_id is None:
-        replay = existing_claim(conn, consumer, order.key, project)
-        if replay is None:  # released between the two statements: start again
-            raise ConcurrentChange(f"the live allocation of {consumer} was released meanwhile")
-        return replay
     chosen = order.chosen
     if order.refit is not None:
         views = load_snapshot(conn, [host_id], up_since=up_since or now).hosts
@@ -366,6 +374,75 @@ def _prelude(
         enforce_quota(conn, project, ids)
     message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {order.host}"
     return _Taking(order, host_id, alloc_id, request_of, now, message, {"project": project, "devices": ids})
+
+
+def _host_not_locked(order: ClaimOrder) -> LostRace:
+    if not order.wait:
+        return HostBusy(f"host {order.host} is locked by another transaction (or was deleted)")
+    return LostRace(f"host {order.host} was deleted meanwhile")
+
+
+def _no_new_allocation(conn: sa.Connection, order: ClaimOrder) -> schemas.Allocation:
+    """The consumer already holds a live allocation: the replay of this claim, or a conflict."""
+    replay = existing_claim(conn, order.consumer, order.key, order.project)
+    if replay is None:  # released between the two statements: start again
+        raise ConcurrentChange(f"the live allocation of {order.consumer} was released meanwhile")
+    return replay
+
+
+def _allocation_row(order: ClaimOrder, host_id: int | None, now: datetime, ttl: timedelta) -> dict[str, Any]:
+    return {
+        "consumer": order.consumer,
+        "project": order.project,
+        "host_id": host_id,
+        "state": AllocationState.RESERVED.value,
+        "idempotency_key": order.key,
+        "request": order.request_doc,
+        "created_at": now,
+        "expires_at": now + ttl,
+    }
+
+
+def _open_sqlite(
+    conn: sa.Connection, order: ClaimOrder, now: datetime, ttl: timedelta
+) -> tuple[int, int] | schemas.Allocation:
+    """Lock the host (first: the lock order of lock_host), record the consumer and insert the
+    allocation row: (host id, allocation id), or the live allocation this claim replays."""
+    lock = _LOCK_HOST if order.wait else _LOCK_HOST_IF_FREE
+    host_id = conn.execute(lock, {"name": order.host}).scalar_one_or_none()
+    if host_id is None:
+        raise _host_not_locked(order)
+    consumer, project = order.consumer, order.project
+    new = {"uuid": consumer, "project": project, "created_at": now}
+    if conn.execute(_NEW_CONSUMER, new).first() is None:
+        known = conn.execute(_CONSUMER_PROJECT, {"uuid": consumer}).scalar_one()
+        if known != project:
+            raise consumer_in_use(consumer)
+    row = _allocation_row(order, host_id, now, ttl)
+    alloc_id = conn.execute(_NEW_ALLOCATION, row).scalar_one_or_none()
+    if alloc_id is None:
+        return _no_new_allocation(conn, order)
+    return host_id, alloc_id
+
+
+def _open_pg(
+    conn: sa.Connection, order: ClaimOrder, now: datetime, ttl: timedelta
+) -> tuple[int, int] | schemas.Allocation:
+    """What :func:`_open_sqlite` does, in one statement (:data:`_OPEN_PG`)."""
+    row = _allocation_row(order, None, now, ttl)
+    row["name"], row["request"] = order.host, json.dumps(order.request_doc)
+    found = conn.execute(_OPEN_PG[order.wait], row).one()
+    if found.host_id is None:
+        raise _host_not_locked(order)
+    if found.alloc_id is not None:
+        return found.host_id, found.alloc_id
+    if found.known is None:
+        # Another transaction inserted the consumer after this statement's snapshot: its
+        # project is not known here. A fresh transaction sees it.
+        raise ConcurrentChange(f"consumer {order.consumer} was recorded meanwhile")
+    if found.known != order.project:
+        raise consumer_in_use(order.consumer)
+    return _no_new_allocation(conn, order)
 
 
 def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:

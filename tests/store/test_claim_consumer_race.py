@@ -1,0 +1,59 @@
+"""A consumer id recorded by another project while a claim is being made (PostgreSQL).
+
+The claim records its consumer and inserts its allocation in one statement. When another
+transaction records the same consumer id for another project and commits while that statement
+waits on it, the statement's snapshot knows neither project: the claim must start again and
+answer the conflict, never hold an allocation under the other project's consumer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from devassign import errors, schemas
+from devassign.domain import Role
+from devassign.scheduler import ClaimBody
+from devassign.server.placement import Placer
+from devassign.store import Principal, Store
+from devassign.store.schema import allocations, consumers, devices
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_consumer_recorded_meanwhile_by_another_project_is_a_conflict(store: Store) -> None:
+    store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
+    devs = [schemas.ReportedDevice(address="0000:10:00.0", kind="pci", type="GPU")]
+    store.apply_report("h1", schemas.InventoryReport(generation=1, devices=devs), "agent")
+    placer = Placer(store)
+    other = store.db.engine.connect()
+    other.begin()
+    other.execute(consumers.insert().values(uuid="vm-1", project="theirs", created_at=datetime.now(UTC)))
+    answers: list[BaseException | object] = []
+
+    def claim() -> None:
+        body = ClaimBody(consumer="vm-1", project="mine", extra_specs={"hardware_resource:GPU": "1"})
+        try:
+            answers.append(placer.claim(body, Principal(name="admin", role=Role.ADMIN)))
+        except BaseException as exc:
+            answers.append(exc)
+
+    t = threading.Thread(target=claim)
+    t.start()
+    time.sleep(1.0)  # the claim's statement now waits on the uncommitted consumer row
+    assert not answers, "the claim should wait for the other transaction"
+    other.commit()
+    other.close()
+    t.join(timeout=60)
+    assert len(answers) == 1
+    exc = answers[0]
+    assert isinstance(exc, errors.DevassignError), exc
+    assert exc.code == errors.CONSUMER_CONFLICT
+    assert "theirs" not in exc.message  # the other project is not named
+    with store.db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(allocations)).scalar_one() == 0
+        states = conn.execute(sa.select(devices.c.state)).scalars().all()
+    assert states == ["available"]
