@@ -207,3 +207,22 @@ def test_an_instance_of_a_gang_can_be_moved_and_stays_in_its_gang(api: TestClien
     assert api.delete("/v1/gangs/g").status_code == 204  # still the gang's: released with it
     gone = api.get("/v1/allocations/vm-1").json()
     assert (gone["state"], gone["host"]) == ("released", "b")
+
+
+def test_a_same_rack_gang_reads_wider_when_the_first_hosts_read_share_no_rack(api: TestClient) -> None:
+    """A gang reads 4 candidate hosts per instance first (here the 8 of one claim's read, each
+    in a rack of its own); the only rack with two free hosts lies beyond, in the wider read."""
+    lone = {f"a{i}": 8 for i in range(8)}
+    _cloud(
+        api,
+        {**lone, "z1": 8, "z2": 8},
+        **{name: {"rack": f"r{name}"} for name in lone},
+        z1={"rack": "rz"},
+        z2={"rack": "rz"},
+    )
+    body = _gang(["j1", "j2"], gpus=8, layout={"same": "rack"})
+    explained = api.post("/v1/gangs/explain", json=body).json()
+    assert explained["fits"] and explained["same"] == {"attribute": "rack", "value": "rz"}
+    r = api.post("/v1/gangs", json=body)
+    assert r.status_code == 201, r.text
+    assert sorted(a["host"] for a in r.json()["allocations"]) == ["z1", "z2"]

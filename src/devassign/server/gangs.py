@@ -222,9 +222,9 @@ class Gangs:
             )
 
     def _plan(self, p: _Prepared, n: int) -> tuple[GangPlan, Snapshot]:
-        """Plan on the candidates; once more on the widest read when a full read fell short."""
-        read = hosts_to_read(n, p.layout, self.placer.config.candidate_limit)
-        while True:
+        """Plan on the candidates, reading more hosts each time a full read fell short."""
+        reads = hosts_to_read(n, p.layout, self.placer.config.candidate_limit)
+        for read in reads:
             snapshot = self.placer._snapshot(p.request, read)
             with _budgeted():
                 found = plan(
@@ -236,9 +236,9 @@ class Gangs:
                     quota=p.quota,
                     rng=self.rng,
                 )
-            if found.fits or len(snapshot.hosts) < read or read >= MAX_HOSTS_READ:
-                return found, snapshot
-            read = MAX_HOSTS_READ
+            if found.fits or len(snapshot.hosts) < read:
+                break
+        return found, snapshot
 
     def _orders(self, p: _Prepared, body: GangBody, found: GangPlan, caller: Principal) -> list[ClaimOrder]:
         names = {i: t for t, i in p.type_ids.items()}
@@ -289,8 +289,10 @@ def _message(found: GangPlan, funnel: dict[str, int]) -> str:
     return found.message.replace(found.explanation.summary(), f"no host fits: {before}")
 
 
-def hosts_to_read(n: int, layout: Layout, candidate_limit: int) -> int:
-    """Candidate hosts a gang of ``n`` reads first: 4 per instance (16 with ``same``, whose
-    instances must find one rack), at least one claim's read, at most ``MAX_HOSTS_READ``."""
-    per = 16 if layout.same else 4
-    return min(MAX_HOSTS_READ, max(candidate_limit, per * n))
+def hosts_to_read(n: int, layout: Layout, candidate_limit: int) -> list[int]:
+    """Candidate hosts a gang of ``n`` reads, in turn until one read fits it: 4 per instance
+    (at least one claim's read), then with ``same`` 16 per instance (its instances must find
+    one rack among the hosts read), then ``MAX_HOSTS_READ``. Most gangs fit in the first read;
+    reading 16 per instance at once made every ``same`` gang read four times as many hosts."""
+    ladder = [max(candidate_limit, 4 * n)] + ([16 * n] if layout.same else []) + [MAX_HOSTS_READ]
+    return sorted({min(MAX_HOSTS_READ, r) for r in ladder})
