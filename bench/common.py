@@ -83,11 +83,16 @@ def host_devices(i: int, layout: str) -> list[dict[str, Any]]:
     ``compare``: 8 NIC_VF_1G VFs of one PF + 4 VGPU slots of one GPU.
     ``mixed``: the same 12 plus 2 GPU_A100 and 2 FPGA (16 devices), spread over 2
     NUMA nodes (VFs on node 0, the vGPU GPU on node 1, one GPU and one FPGA on each).
+    ``pools``: ``mixed`` with the vGPU slots partitions of their GPU (a 16 GB framebuffer,
+    4 GB a slot, one vGPU type at a time), so each claim checks and counts a pool.
     """
     pf = "0000:3b:00.0"
     vgpu_parent = "0000:af:00.0"
     devs = [_vf(i, pf, 0, f) for f in range(8)] + [_vgpu(vgpu_parent, 1, k) for k in range(4)]
-    if layout == "mixed":
+    if layout == "pools":
+        share = {"pool_counters": {"framebuffer_mb": 16384}, "consumes": {"framebuffer_mb": 4096}}
+        devs = devs[:8] + [{**d, **share, "mode": "4Q"} for d in devs[8:]]
+    if layout in ("mixed", "pools"):
         devs += [
             _pci("0000:18:00.0", "GPU_A100", 0, 10, "10de", "20b0"),
             _pci("0000:86:00.0", "GPU_A100", 1, 11, "10de", "20b0"),

@@ -117,7 +117,7 @@ def record(port: int, rounds: int, out: Path, binary: str) -> None:
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench_cpu_{backend[:2]}_{args.hosts}"
     url = fresh_db(backend, name)
-    loaded = load_inprocess(url, args.hosts, "mixed")
+    loaded = load_inprocess(url, args.hosts, args.layout)
     print(f"{backend}: loaded {args.hosts} hosts in {loaded:.1f} s", flush=True)
     out: dict[str, Any] = {"backend": backend, "hosts": args.hosts, "runs": []}
     with server(url, WORK / f"cpu-{backend}.log", args.server_args) as port:
@@ -145,7 +145,7 @@ def ab(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         for side, src in (("a", None), ("b", other)):
             name = f"bench_cpu_{backend[:2]}_{args.hosts}_{side}"
             url = fresh_db(backend, name)
-            load_inprocess(url, args.hosts, "mixed")
+            load_inprocess(url, args.hosts, args.layout)
             log = WORK / f"cpu-{backend}-{side}.log"
             ports.append(stack.enter_context(server(url, log, args.server_args, src=src)))
             names.append(name if backend == "postgresql" else None)
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     ap.add_argument("--hosts", type=int, default=1000)
+    ap.add_argument("--layout", default="mixed", choices=("mixed", "pools"), help="bench.common.host_devices")
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=30)

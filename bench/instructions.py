@@ -40,7 +40,7 @@ def count(backend: str, args: argparse.Namespace, side: str, src: Path | None) -
     """Instructions per claim of one server (this checkout's, or ``src``'s)."""
     name = f"bench_ins_{backend[:2]}_{args.hosts}_{side}"
     url = fresh_db(backend, name)
-    load_inprocess(url, args.hosts, "mixed")
+    load_inprocess(url, args.hosts, args.layout)
     out = WORK / f"callgrind-{backend}-{side}.out"
     for old in out.parent.glob(out.name + "*"):
         old.unlink()
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     ap.add_argument("--hosts", type=int, default=1000)
+    ap.add_argument("--layout", default="mixed", choices=("mixed", "pools"), help="bench.common.host_devices")
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--against", help="another checkout (its folder): count its server too")

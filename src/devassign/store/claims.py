@@ -29,7 +29,7 @@ from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record
-from devassign.store.inventory import SHARE_COLUMNS, lock_host, recount
+from devassign.store.inventory import lock_host, partitions, recarve, recount
 from devassign.store.quotas import enforce_quota
 from devassign.store.schema import (
     allocation_items,
@@ -466,8 +466,7 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
     _check_taken(conn, t, taken)
     if taken[0].held_relatives:
         raise LostRace(f"a parent or child of the chosen devices on {o.host} is in use")
-    if _check_pools(conn, t.host_id, taken):
-        recount(conn, t.host_id)  # a mode taken changes what the pool's other partitions count
+    _check_pools(conn, t.host_id, taken)
     return taken
 
 
@@ -489,8 +488,7 @@ def _take_sqlite(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
     for r in taken:
         per_type[r.type_id] += 1
     conn.execute(_TAKE_COUNTS, [{"on_host": t.host_id, "t": k, "n": n} for k, n in per_type.items()])
-    if _check_pools(conn, t.host_id, taken):
-        recount(conn, t.host_id)  # a mode taken changes what the pool's other partitions count
+    _check_pools(conn, t.host_id, taken)
     record(
         conn,
         at=t.now,
@@ -599,26 +597,22 @@ def _record_consumption(conn: sa.Connection, extra: Mapping[str, Mapping[str, in
     )
 
 
-_POOL_MEMBERS = sa.select(*SHARE_COLUMNS).where(
-    devices.c.host_id == sa.bindparam("host_id"), devices.c.pool.in_(sa.bindparam("pools", expanding=True))
-)
-
-
-def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> bool:
+def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None:
     """The partitions just taken, with those already held, within their pools' counters and
     in one mode per pool, and no pool taken whole while a partition of it is held
-    (scheduler/shares.py); ``True`` when the claim touched a pool, so the host's counts are
-    recounted (a mode taken changes what the pool's other partitions count).
+    (scheduler/shares.py); then what the host's pools can no longer give is counted again
+    (a mode taken changes what the pool's other partitions count: ``recarve``).
     Under the host's lock (every claim on the host waits for this one), so what is read here
     cannot change before the commit."""
     # The pools of the partitions taken, and the taken devices that are pools themselves;
     # a claim of plain devices (neither) stops here without a statement.
-    pools = sorted({r.pool for r in rows if r.pool} | {r.address for r in rows if r.is_pool})
+    pools = {r.pool for r in rows if r.pool} | {r.address for r in rows if r.is_pool}
     if not pools:
-        return False
-    members = conn.execute(_POOL_MEMBERS, {"host_id": host_id, "pools": pools}).all()
+        return
+    parts = partitions(conn, host_id)
+    members = [m for m in parts if m.pool in pools]
     if not members:
-        return False
+        return
     taken = {r.address for r in rows}
     state = Pools.of(members, (m for m in members if m.state in _HOLDING))
     for address in taken & set(state.capacity):
@@ -626,7 +620,7 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> bool
     why = overdrawn(state)
     if why is not None:
         raise LostRace(why)
-    return True
+    recarve(conn, host_id, parts)
 
 
 # ---------------------------------------------------------------- release and expiry
