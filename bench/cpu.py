@@ -53,6 +53,7 @@ from bench.common import (
     load_inprocess,
     loadavg,
     pids,
+    reference_loop_ns,
     server,
     server_pids,
     summary,
@@ -78,7 +79,13 @@ def measure(port: int, rounds: int, pg_db: str | None) -> dict[str, Any]:
     after = (cpu_seconds(mine), cpu_seconds(pg_pids), cpu_seconds(me))
     names = ("server", "postgresql", "client")
     cpu = {k: (b - a) / rounds * 1000 for k, a, b in zip(names, before, after, strict=True)}
-    return {"cpu_ms": cpu, "latency": summary(lat), "failed": failed, "load": loadavg()}
+    return {
+        "cpu_ms": cpu,
+        "latency": summary(lat),
+        "failed": failed,
+        "load": loadavg(),
+        "reference_loop_ns": round(reference_loop_ns(), 1),
+    }
 
 
 def folded_top(path: Path, n: int = 25) -> list[tuple[str, float]]:
@@ -187,15 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         "| backend | hosts | server CPU ms per claim (min / median of runs) | PostgreSQL CPU ms | "
-        "median latency (ms) | load avg |"
+        "median latency (ms) | load avg | reference loop (ns) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         pg = f"{r['pg_ms_median']:.2f}" if r["backend"] == "postgresql" else "-"
         print(
             f"| {r['backend']} | {r['hosts']:,} | {r['server_ms_min']:.2f} / "
             f"{r['server_ms_median']:.2f} | {pg} | "
-            f"{r['latency_median']:.1f} | {r['runs'][0]['load']} → {r['runs'][-1]['load']} |"
+            f"{r['latency_median']:.1f} | {r['runs'][0]['load']} → {r['runs'][-1]['load']} | "
+            f"{min(x['reference_loop_ns'] for x in r['runs'])} |"
         )
 
 
