@@ -20,7 +20,7 @@ from devassign.domain import Role
 from devassign.scheduler import ClaimBody
 from devassign.server.placement import Placer
 from devassign.store import Principal, Store
-from devassign.store.schema import allocations, consumers, devices
+from devassign.store.schema import allocations, consumers, devices, hosts
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -57,3 +57,49 @@ def test_a_consumer_recorded_meanwhile_by_another_project_is_a_conflict(store: S
         assert conn.execute(sa.select(sa.func.count()).select_from(allocations)).scalar_one() == 0
         states = conn.execute(sa.select(devices.c.state)).scalars().all()
     assert states == ["available"]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_replay_committed_while_its_resend_waits_answers_the_replay(store: Store) -> None:
+    """The first claim of vm-1 holds the host and commits its allocation while a resend of the
+    same claim (same project, same key) waits for the host: the resend answers that
+    allocation (a replay), not a conflict with "another project"."""
+    store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
+    devs = [schemas.ReportedDevice(address="0000:10:00.0", kind="pci", type="GPU")]
+    store.apply_report("h1", schemas.InventoryReport(generation=1, devices=devs), "agent")
+    placer = Placer(store)
+    body = ClaimBody(
+        consumer="vm-1", project="mine", idempotency_key="k", extra_specs={"hardware_resource:GPU": "1"}
+    )
+    first = store.db.engine.connect()
+    first.begin()
+    host_id = first.execute(
+        sa.select(hosts.c.id).where(hosts.c.name == "h1").with_for_update(key_share=True)
+    ).scalar_one()
+    answers: list[BaseException | object] = []
+
+    def resend() -> None:
+        try:
+            answers.append(placer.claim(body, Principal(name="admin", role=Role.ADMIN)))
+        except BaseException as exc:
+            answers.append(exc)
+
+    t = threading.Thread(target=resend)
+    t.start()
+    time.sleep(1.0)  # the resend waits for the host (or, on its second try, skips it)
+    now = datetime.now(UTC)
+    first.execute(consumers.insert().values(uuid="vm-1", project="mine", created_at=now))
+    first.execute(
+        allocations.insert().values(
+            consumer="vm-1", project="mine", host_id=host_id, state="reserved", idempotency_key="k",
+            request={}, created_at=now,
+        )
+    )  # fmt: skip
+    first.commit()
+    first.close()
+    t.join(timeout=60)
+    assert len(answers) == 1
+    answer = answers[0]
+    assert isinstance(answer, tuple), answer
+    allocation, created = answer
+    assert created is False and allocation.consumer == "vm-1" and allocation.host == "h1"

@@ -294,5 +294,10 @@ def hosts_to_read(n: int, layout: Layout, candidate_limit: int) -> list[int]:
     (at least one claim's read), then with ``same`` 16 per instance (its instances must find
     one rack among the hosts read), then ``MAX_HOSTS_READ``. Most gangs fit in the first read;
     reading 16 per instance at once made every ``same`` gang read four times as many hosts."""
-    ladder = [max(candidate_limit, 4 * n)] + ([16 * n] if layout.same else []) + [MAX_HOSTS_READ]
-    return sorted({min(MAX_HOSTS_READ, r) for r in ladder})
+    reads = [min(MAX_HOSTS_READ, max(candidate_limit, 4 * n))]
+    for wider in [16 * n] if layout.same else []:
+        if reads[-1] < wider < MAX_HOSTS_READ:
+            reads.append(wider)
+    if reads[-1] < MAX_HOSTS_READ:
+        reads.append(MAX_HOSTS_READ)
+    return reads
