@@ -175,11 +175,25 @@ _PRESENT = devices.c.state != DeviceState.REMOVED.value
 _HOST_ID, _HOST_NAME, _UP, _RANK, _LAP = range(_N_DEVICE, _N_DEVICE + 5)
 
 
-@functools.cache
+# Each shape's statement is built once and shared by every thread. SQLAlchemy's constructs are
+# not safe to build from several threads at once: two claims of a new shape at the same moment
+# (a burst's first) failed to compile ("Can't determine which FROM clause to join from"), one
+# in thousands under load. So they are built, and looked up, under one lock.
+_BUILDING = threading.Lock()
+
+
 def _candidate_devices(
     n_needs: int, any_of: bool, by_name: bool, rotate: str, spread: bool
 ) -> sa.Select[Any]:
     """Every present device of the candidate hosts, with each host's rank: one round trip."""
+    with _BUILDING:
+        return _build_candidate_devices(n_needs, any_of, by_name, rotate, spread)
+
+
+@functools.cache
+def _build_candidate_devices(
+    n_needs: int, any_of: bool, by_name: bool, rotate: str, spread: bool
+) -> sa.Select[Any]:
     c = _candidates(n_needs, any_of, by_name, spread, rotate)
     lap = c.c.lap if "lap" in c.c else sa.literal(0, sa.Integer).label("lap")
     return (
