@@ -23,19 +23,18 @@ from devassign.store import Principal, Store
 from devassign.store.schema import allocations, consumers, devices, hosts
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_a_consumer_recorded_meanwhile_by_another_project_is_a_conflict(store: Store) -> None:
+def _one_gpu_host(store: Store) -> Placer:
     store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
     devs = [schemas.ReportedDevice(address="0000:10:00.0", kind="pci", type="GPU")]
     store.apply_report("h1", schemas.InventoryReport(generation=1, devices=devs), "agent")
-    placer = Placer(store)
-    other = store.db.engine.connect()
-    other.begin()
-    other.execute(consumers.insert().values(uuid="vm-1", project="theirs", created_at=datetime.now(UTC)))
-    answers: list[BaseException | object] = []
+    return Placer(store)
+
+
+def _claim_in_a_thread(placer: Placer, body: ClaimBody) -> tuple[threading.Thread, list[object]]:
+    """The claim, started in a thread; its answer (or exception) lands in the list."""
+    answers: list[object] = []
 
     def claim() -> None:
-        body = ClaimBody(consumer="vm-1", project="mine", extra_specs={"hardware_resource:GPU": "1"})
         try:
             answers.append(placer.claim(body, Principal(name="admin", role=Role.ADMIN)))
         except BaseException as exc:
@@ -43,6 +42,17 @@ def test_a_consumer_recorded_meanwhile_by_another_project_is_a_conflict(store: S
 
     t = threading.Thread(target=claim)
     t.start()
+    return t, answers
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_consumer_recorded_meanwhile_by_another_project_is_a_conflict(store: Store) -> None:
+    placer = _one_gpu_host(store)
+    other = store.db.engine.connect()
+    other.begin()
+    other.execute(consumers.insert().values(uuid="vm-1", project="theirs", created_at=datetime.now(UTC)))
+    body = ClaimBody(consumer="vm-1", project="mine", extra_specs={"hardware_resource:GPU": "1"})
+    t, answers = _claim_in_a_thread(placer, body)
     time.sleep(1.0)  # the claim's statement now waits on the uncommitted consumer row
     assert not answers, "the claim should wait for the other transaction"
     other.commit()
@@ -64,10 +74,7 @@ def test_a_replay_committed_while_its_resend_waits_answers_the_replay(store: Sto
     """The first claim of vm-1 holds the host and commits its allocation while a resend of the
     same claim (same project, same key) waits for the host: the resend answers that
     allocation (a replay), not a conflict with "another project"."""
-    store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
-    devs = [schemas.ReportedDevice(address="0000:10:00.0", kind="pci", type="GPU")]
-    store.apply_report("h1", schemas.InventoryReport(generation=1, devices=devs), "agent")
-    placer = Placer(store)
+    placer = _one_gpu_host(store)
     body = ClaimBody(
         consumer="vm-1", project="mine", idempotency_key="k", extra_specs={"hardware_resource:GPU": "1"}
     )
@@ -76,16 +83,7 @@ def test_a_replay_committed_while_its_resend_waits_answers_the_replay(store: Sto
     host_id = first.execute(
         sa.select(hosts.c.id).where(hosts.c.name == "h1").with_for_update(key_share=True)
     ).scalar_one()
-    answers: list[BaseException | object] = []
-
-    def resend() -> None:
-        try:
-            answers.append(placer.claim(body, Principal(name="admin", role=Role.ADMIN)))
-        except BaseException as exc:
-            answers.append(exc)
-
-    t = threading.Thread(target=resend)
-    t.start()
+    t, answers = _claim_in_a_thread(placer, body)
     time.sleep(1.0)  # the resend waits for the host (or, on its second try, skips it)
     now = datetime.now(UTC)
     first.execute(consumers.insert().values(uuid="vm-1", project="mine", created_at=now))
