@@ -327,6 +327,9 @@ class Database:
             try:
                 before = MigrationContext.configure(conn).get_current_revision()
                 self._check_known(before)
+                # Alembic opens a transaction per migration on a connection outside one (a
+                # migration that builds an index CONCURRENTLY commits what came before it).
+                conn.commit()
                 command.upgrade(self._alembic_config(conn), "head")
                 conn.commit()
                 after = MigrationContext.configure(conn).get_current_revision()

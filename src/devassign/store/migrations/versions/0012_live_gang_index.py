@@ -6,6 +6,11 @@ allocations through ``ix_allocations_project``, released ones included, so they 
 project's history grew. This partial index holds live allocations only, keyed by the id as
 the queries write it (``schema.GANG_OF``).
 
+On PostgreSQL the index is built ``CONCURRENTLY``, outside the migration's transaction:
+servers still running go on claiming while it reads the table (a plain ``CREATE INDEX``
+would hold off every write to ``allocations`` until it is done). A build that was cut short
+leaves an invalid index behind; it is dropped and built again here.
+
 Revision ID: 0012
 Revises: 0011
 """
@@ -20,6 +25,7 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
+_NAME = "ix_allocations_live_gang"
 _GANG_OF = {
     "postgresql": "(request ->> 'gang')",
     "sqlite": "json_extract(request, '$.gang')",
@@ -27,15 +33,35 @@ _GANG_OF = {
 
 
 def upgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    op.create_index(
-        "ix_allocations_live_gang",
-        "allocations",
-        [sa.text(_GANG_OF[dialect]), "project"],
-        sqlite_where=sa.text("released_at IS NULL"),
-        postgresql_where=sa.text("released_at IS NULL"),
-    )
+    bind = op.get_bind()
+    dialect = bind.dialect.name
+    if dialect != "postgresql":
+        op.create_index(
+            _NAME,
+            "allocations",
+            [sa.text(_GANG_OF[dialect]), "project"],
+            sqlite_where=sa.text("released_at IS NULL"),
+        )
+        return
+    with op.get_context().autocommit_block():
+        invalid = bind.execute(
+            sa.text(
+                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = :n AND NOT i.indisvalid"
+            ),
+            {"n": _NAME},
+        ).first()
+        if invalid is not None:
+            op.drop_index(_NAME, table_name="allocations", postgresql_concurrently=True)
+        op.create_index(
+            _NAME,
+            "allocations",
+            [sa.text(_GANG_OF[dialect]), "project"],
+            postgresql_where=sa.text("released_at IS NULL"),
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_allocations_live_gang", table_name="allocations")
+    op.drop_index(_NAME, table_name="allocations")
