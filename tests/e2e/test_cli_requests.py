@@ -79,6 +79,26 @@ def test_explain_exits_1_when_nothing_fits_and_shows_the_policy(cloud: dict[str,
     assert ok["fits"] is True and set(ok["placements"][0]["scores"]) == {"spread", "numa", "fragmentation"}
 
 
+def test_capacity_counts_the_cloud_a_page_at_a_time(cloud: dict[str, str], tmp_path: Path) -> None:
+    """With no host named, the CLI walks the candidate hosts a page at a time and adds the
+    pages up: one host a page gives the answer of one page of a thousand."""
+    url = cloud["DEVASSIGN_URL"]
+    for i, n in enumerate((2, 4, 1)):
+        _report(url, f"more-{i}", [vf(f"0000:3b:02.{k}") for k in range(n)])
+    spec = ("--spec", "hardware_resource:NIC_VF_1G=1", "-f", "json")
+    whole = json.loads(cli("capacity", *spec, env=cloud).stdout)
+    assert whole["total"] == 10 and len(whole["per_host"]) == 4 and "next" not in whole
+    assert json.loads(cli("capacity", *spec, "--page-size", "1", env=cloud).stdout) == whole
+    request = tmp_path / "two.json"
+    request.write_text(json.dumps({"requests": [{"name": "nic", "type": "NIC_VF_1G", "count": 2}]}))
+    paged = json.loads(
+        cli("capacity", "--request", str(request), "--page-size", "3", "-f", "json", env=cloud).stdout
+    )
+    assert paged["per_host"] == {"compute-1": 1, "more-0": 1, "more-1": 2} and paged["total"] == 4
+    table = cli("capacity", "--spec", "hardware_resource:NIC_VF_1G=1", "--page-size", "2", env=cloud).stdout
+    assert "total: 10 instances" in table and "more-2" in table
+
+
 def test_capacity_takes_the_claims_request_file(cloud: dict[str, str], tmp_path: Path) -> None:
     request = tmp_path / "pair.json"
     request.write_text(

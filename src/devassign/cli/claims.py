@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,25 @@ HostOpt = Annotated[
 def plural(n: int, noun: str) -> str:
     """``1 device``, ``2 devices``, ``0 instances``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _pages(fetch: Callable[[str | None], dict[str, Any]]) -> dict[str, Any]:
+    """A capacity walk, page after page (``fetch(cursor)``), added up into one answer: a
+    region larger than one call may read is counted whole. The pages are read one after the
+    other, so claims and releases between them are counted as each page found them."""
+    merged: dict[str, Any] = {"total": 0, "truncated": False}
+    after: str | None = None
+    while True:
+        page = fetch(after)
+        merged["total"] += int(page["total"])
+        merged["truncated"] = merged["truncated"] or bool(page.get("truncated"))
+        if "per_host" in page:  # operators only
+            merged.setdefault("per_host", {}).update(page["per_host"])
+        if page.get("tainted"):  # of the whole cloud, on every page
+            merged["tainted"] = page["tainted"]
+        after = page.get("next")
+        if not after:
+            return merged
 
 
 def build_body(
@@ -228,6 +248,15 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         spec: SpecOpt = None,
         request: RequestOpt = None,
         host: HostOpt = None,
+        page_size: Annotated[
+            int,
+            typer.Option(
+                "--page-size",
+                min=1,
+                max=1000,
+                help="Hosts counted per call when none is named: the cloud is counted a page at a time",
+            ),
+        ] = 1000,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """How many more instances of this request the cloud can hold now (the request as for
@@ -235,12 +264,25 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         c = client(ctx)
         if request is None:
             build_body(spec, None, host)  # says what is missing
-            found = c.get("/v1/capacity", spec=spec, host=host)
+            if host:
+                found = c.get("/v1/capacity", spec=spec, host=host)
+            else:
+                found = _pages(lambda after: c.get("/v1/capacity", spec=spec, limit=page_size, after=after))
         else:
             body = build_body(spec, request, host)
             for unused in ("consumer", "project", "idempotency_key"):
                 body.pop(unused, None)  # a claim's file may carry them; capacity counts, claims nothing
-            found = c.post("/v1/capacity", body)
+            if body.get("hosts"):
+                found = c.post("/v1/capacity", body)
+            else:
+                found = _pages(
+                    lambda after: c.request(
+                        "POST",
+                        "/v1/capacity",
+                        params={"limit": page_size, **({"after": after} if after else {})},
+                        json=body,
+                    )
+                )
         if fmt is Format.json:
             emit(found, fmt)
             return

@@ -13,7 +13,7 @@ from devassign.failpoints import failpoint
 from devassign.scheduler import ClaimBody
 from devassign.server import metrics, views
 from devassign.server.access import Access
-from devassign.server.placement import Placer
+from devassign.server.placement import CapacityPage, Placer
 from devassign.store import Store
 
 router = APIRouter(prefix="/v1")
@@ -63,12 +63,18 @@ def explain(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
     return views.explain(_placer(request), scope, body)
 
 
+_LIMIT = "Count a page of at most this many candidate hosts (with after=: the next page)"
+_AFTER = "The cursor of the page to count: the answer's next"
+
+
 @router.get("/capacity", tags=["claims"])
 def capacity(
     request: Request,
     scope: Access,
     spec: Annotated[list[str], Query(description="hardware_resource:TYPE=N, repeatable")],
     host: Annotated[list[str] | None, Query(description="Only these hosts")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description=_LIMIT)] = None,
+    after: Annotated[str | None, Query(max_length=20, description=_AFTER)] = None,
 ) -> dict[str, Any]:
     """How many more instances of the request the cloud can hold now, per host and in total."""
     from devassign.scheduler import RequestError, parse_specs
@@ -85,14 +91,34 @@ def capacity(
         problem = exc.errors()[0]
         where = ".".join(str(p) for p in problem["loc"]) or "query"
         raise errors.DevassignError(errors.INVALID_REQUEST, f"{where}: {problem['msg']}") from exc
-    return views.capacity(_placer(request), scope, body)
+    return views.capacity(_placer(request), scope, body, _page(limit, after))
 
 
 @router.post("/capacity", tags=["claims"])
-def capacity_of_request(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
+def capacity_of_request(
+    request: Request,
+    scope: Access,
+    body: ClaimBody,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description=_LIMIT)] = None,
+    after: Annotated[str | None, Query(max_length=20, description=_AFTER)] = None,
+) -> dict[str, Any]:
     """How many more instances of the request the cloud can hold now: the claim's body (its
     requests, selectors, constraints and hosts; consumer, project and params are not used)."""
-    return views.capacity(_placer(request), scope, body)
+    return views.capacity(_placer(request), scope, body, _page(limit, after))
+
+
+def _page(limit: int | None, after: str | None) -> CapacityPage | None:
+    """A capacity walk's page from the query, or None (every candidate host at once)."""
+    if limit is None and after is None:
+        return None
+    if limit is None:
+        raise errors.DevassignError(errors.INVALID_REQUEST, "after= pages through hosts: give limit= too")
+    if after is not None and not (after.isascii() and after.isdigit()):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"after: {after!r} is not a cursor: give the next of the answer before"
+        )
+    # Host ids are 32-bit: a larger cursor is past every host (and would overflow the query).
+    return CapacityPage(after=min(int(after or 0), 2**31 - 1), limit=limit)
 
 
 @router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])

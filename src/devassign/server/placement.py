@@ -65,6 +65,15 @@ def _lost(exc: LostRace) -> None:
     LOST_RACES.labels("busy" if isinstance(exc, HostBusy) else "taken").inc()
 
 
+@dataclass(frozen=True, slots=True)
+class CapacityPage:
+    """One page of a capacity walk: up to ``limit`` candidate hosts after the cursor ``after``
+    (0: from the first)."""
+
+    after: int
+    limit: int
+
+
 @dataclass(frozen=True)
 class PlacementConfig:
     policy: Policy = field(default_factory=Policy)
@@ -419,11 +428,12 @@ class Placer:
                     f"{cfg.max_devices:,} per call; name fewer hosts ({_HOSTS[verb]}) and add up the answers",
                 )
             return self.store.snapshot_of(list(request.hosts))
+        paging = " or page through them (limit=, then after= the answer's next)" if verb == "capacity" else ""
         too_many = errors.DevassignError(
             errors.INVALID_REQUEST,
             f"{verb} reads at most {cfg.max_hosts:,} hosts and {cfg.max_devices:,} devices per call, "
             f"and more hosts than fit in that are candidates; name the hosts ({_HOSTS[verb]}; up to "
-            "1,000 a call) and add up the answers",
+            f"1,000 a call){paging} and add up the answers",
         )
         # The candidate read's own filter (enough of every needed type, host up), counted on
         # the kept counts before a device is read: 10,000 hosts read only to refuse cost seconds.
@@ -477,9 +487,25 @@ class Placer:
         body_out["policy"] = policy_body(self.config.policy)
         return body_out
 
-    def capacity(self, body: ClaimBody) -> dict[str, Any]:
+    def capacity(self, body: ClaimBody, page: CapacityPage | None = None) -> dict[str, Any]:
+        """How many more instances fit: on the hosts named, on every candidate host (at most
+        ``max_hosts``), or on one ``page`` of the candidate hosts (``next`` is the cursor of
+        the page after it, None after the last)."""
         request = parse(body)
-        snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")
+        cursor: int | None = None
+        if page is None:
+            snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")
+        elif request.hosts:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                "capacity counts either the hosts named or a page of the candidate hosts: leave out "
+                "the hosts, or limit and after",
+            )
+        else:
+            needs, any_of = self._type_ids(request)
+            snapshot, cursor = self.store.candidate_page(
+                needs, any_of=any_of, after=page.after, limit=page.limit, max_devices=self.config.max_devices
+            )
         with _budgeted():
             found = capacity(request, snapshot)
         answer: dict[str, Any] = {
@@ -493,6 +519,8 @@ class Placer:
         )
         if any(tainted.values()):
             answer["tainted"] = tainted
+        if page is not None:
+            answer["next"] = None if cursor is None else str(cursor)
         return answer
 
 

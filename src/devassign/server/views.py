@@ -14,7 +14,7 @@ from devassign import errors, schemas
 from devassign.scheduler import ClaimBody
 from devassign.scheduler.reasons import TAINTED, funnel_sentence, without_setter
 from devassign.server.access import Scope
-from devassign.server.placement import Placer
+from devassign.server.placement import CapacityPage, Placer
 from devassign.store import Store
 
 
@@ -136,10 +136,12 @@ def explain(placer: Placer, scope: Scope, body: ClaimBody) -> dict[str, Any]:
     return found if scope.operator else redact_explanation(found)
 
 
-def capacity(placer: Placer, scope: Scope, body: ClaimBody) -> dict[str, Any]:
+def capacity(
+    placer: Placer, scope: Scope, body: ClaimBody, page: CapacityPage | None = None
+) -> dict[str, Any]:
     """How many more fit; the split per host is for operators."""
     scope.check_targets(body.hosts)
-    found = placer.capacity(body)
+    found = placer.capacity(body, page)
     if not scope.operator:
         found.pop("per_host", None)
     return found

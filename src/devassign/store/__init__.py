@@ -403,6 +403,23 @@ class Store:
             )
         )
 
+    def candidate_page(
+        self, needs: dict[int, int], *, any_of: list[int], after: int, limit: int, max_devices: int
+    ) -> tuple[Snapshot, int | None]:
+        """A page of candidate hosts by id, read whole, and the next page's cursor
+        (:func:`candidates.candidate_page`)."""
+        return self.db.reading(
+            lambda c: candidates.candidate_page(
+                c,
+                needs,
+                any_of=any_of,
+                up_since=self.up_since(),
+                after=after,
+                limit=limit,
+                max_devices=max_devices,
+            )
+        )
+
     def prepare_claim(
         self,
         *,

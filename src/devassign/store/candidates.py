@@ -292,6 +292,61 @@ def candidate_snapshot(
     return _views(rows, order)
 
 
+def candidate_page(
+    conn: sa.Connection,
+    needs: Mapping[int, int],
+    *,
+    any_of: Sequence[int] = (),
+    up_since: datetime,
+    after: int,
+    limit: int,
+    max_devices: int,
+) -> tuple[Snapshot, int | None]:
+    """The next ``limit`` candidate hosts by id after the host id ``after``, read whole: the
+    hosts the candidate read would find (up, enough of every needed type by the kept counts),
+    in a stable order, so that a caller can walk a region a page at a time.
+
+    Walks ``inventory``'s primary key (host, type) from ``after``: a page costs its own hosts,
+    not the region's. Cut short where the page's devices would pass ``max_devices``. Returns the
+    hosts and the cursor of the next page (the last host's id), None after the last page.
+    """
+    i = _INV
+    if needs:
+        (t0, n0), *rest = sorted(needs.items())
+        q = sa.select(i.c.host_id).where(i.c.type_id == t0, i.c.available >= n0)
+        for k, (t, n) in enumerate(rest):
+            j = inventory.alias(f"j{k}")
+            q = q.where(sa.exists().where(j.c.host_id == i.c.host_id, j.c.type_id == t, j.c.available >= n))
+    elif any_of:
+        q = sa.select(i.c.host_id).where(i.c.type_id.in_(list(any_of)), i.c.available >= 1).distinct()
+    else:
+        q = sa.select(hosts.c.id)
+    key = hosts.c.id
+    if needs or any_of:
+        # Both sides bounded by the cursor: the join's scan of hosts starts there too.
+        q = q.join(hosts, hosts.c.id == i.c.host_id).where(i.c.host_id > after)
+        key = i.c.host_id
+    q = q.where(hosts.c.id > after, hosts.c.last_seen_at >= up_since).order_by(key).limit(limit)
+    ids = [r[0] for r in conn.execute(q)]
+    sizes = dict(
+        conn.execute(
+            sa.select(inventory.c.host_id, sa.func.sum(inventory.c.total))
+            .where(inventory.c.host_id.in_(ids))
+            .group_by(inventory.c.host_id)
+        ).all()
+    ) if ids else {}  # fmt: skip
+    page: list[int] = []
+    devices_read = 0
+    for host_id in ids:
+        n = int(sizes.get(host_id) or 0)
+        if page and devices_read + n > max_devices:
+            break
+        page.append(host_id)
+        devices_read += n
+    more = len(page) < len(ids) or len(ids) == limit
+    return load_snapshot(conn, page, up_since=up_since), (page[-1] if more and page else None)
+
+
 def host_ids_by_name(conn: sa.Connection, names: Sequence[str]) -> list[int]:
     rows = conn.execute(sa.select(hosts.c.id).where(hosts.c.name.in_(list(names))))
     return [r.id for r in rows]
