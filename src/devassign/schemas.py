@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
+import regex
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -156,6 +157,19 @@ KNOWN_PARAMS: dict[str, dict[str, Any]] = {
 }
 ParamKind = Literal["string", "integer", "boolean", "mac"]
 ParamValue = StrictStr | StrictInt | StrictBool
+# A declared pattern runs on members' values: a pattern such as ``(a+)+`` backtracks for an
+# exponential time on a value like ``aaaa...b``, holding the GIL, so the whole server, while it
+# does. ``regex`` stops a match after this long; the value is then refused.
+PATTERN_TIMEOUT = 0.05
+
+
+def _fullmatch(pattern: str, value: str) -> bool:
+    try:
+        return regex.fullmatch(pattern, value, timeout=PATTERN_TIMEOUT) is not None
+    except TimeoutError:
+        return False
+
+
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _LIMITS = (("max_length", "string"), ("pattern", "string"), ("min", "integer"), ("max", "integer"))
 
@@ -195,6 +209,10 @@ class ParamSpec(Strict):
             try:
                 re.compile(self.pattern)
             except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+            try:
+                regex.compile(self.pattern)
+            except regex.error as exc:
                 raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
@@ -239,11 +257,11 @@ class ParamSpec(Strict):
             ok = type(value) is bool
         elif self.type == "mac":
             value = value.lower() if isinstance(value, str) else value
-            ok = isinstance(value, str) and bool(_MAC_RE.match(value))
+            ok = isinstance(value, str) and bool(_MAC_RE.fullmatch(value))  # no trailing newline
             ok = ok and value != "00:00:00:00:00:00" and not int(value[:2], 16) & 1
         else:
             ok = isinstance(value, str) and len(value) <= (self.max_length or STRING_PARAM_LENGTH)
-            ok = ok and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
+            ok = ok and (self.pattern is None or _fullmatch(self.pattern, value))
         return value, None if ok else self.expected()
 
     def permitted(self, project: str | None) -> list[Any] | None:
@@ -639,6 +657,9 @@ class Taint(BaseModel):
     expires_at: datetime | None = None
 
 
+MAX_TAINT_EXPIRY = timedelta(days=3650)
+
+
 class TaintCreate(Strict):
     """``expires_at`` (an absolute time) or ``expires_in`` (seconds, or an ISO 8601 duration
     such as ``PT2H``), not both; neither: until untainted. ``parent`` only on a host's taints:
@@ -663,6 +684,8 @@ class TaintCreate(Strict):
             raise ValueError("give expires_at or expires_in, not both")
         if self.expires_in is not None and self.expires_in <= timedelta(0):
             raise ValueError("expires_in must be positive")
+        if self.expires_in is not None and self.expires_in > MAX_TAINT_EXPIRY:
+            raise ValueError("expires_in: at most 3650 days; leave it out for a taint until untainted")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at needs a time zone (e.g. 2026-12-04T18:00:00Z)")
         return self

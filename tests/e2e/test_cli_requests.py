@@ -221,3 +221,21 @@ def test_every_worker_process_ranks_by_the_same_policy() -> None:
         placement_with(mode="random")
     with pytest.raises(ValueError, match="0 or more"):
         placement_with(numa_weight=float("nan"))
+
+
+def test_an_empty_consumer_or_too_many_instances_fail_instead_of_pretending(cloud: dict[str, str]) -> None:
+    """``release --consumer ''`` reached ``DELETE /v1/allocations/``, which redirects: the CLI
+    said "released" and exited 0; a gang of 10^11 instances was built in memory first."""
+    empty = cli("release", "--consumer", "", env=cloud, check=False)
+    assert empty.returncode != 0 and "released" not in empty.stdout, empty.stdout
+    huge = cli(
+        "gang",
+        "claim",
+        "--spec",
+        "hardware_resource:NIC_VF_1G=1",
+        "--instances",
+        "99999999999",
+        env=cloud,
+        check=False,
+    )
+    assert huge.returncode == 2 and "1000" in huge.stderr, huge.stderr

@@ -235,7 +235,9 @@ class Client:
             body = response.json()
         except ValueError:
             body = None
-        if response.is_error:
+        # A redirect is an error too: devassign's API never redirects a request that reached the
+        # right route (an empty id, as in DELETE /v1/allocations/, is redirected, then refused).
+        if response.is_error or response.is_redirect:
             err = (body or {}).get("error") if isinstance(body, dict) else None
             status = exit_status_of(err.get("code") if err else None, response.status_code)
             tries = response.extensions.get("devassign_tries", "")

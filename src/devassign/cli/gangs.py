@@ -23,6 +23,7 @@ CountOpt = Annotated[
         "--instances",
         metavar="N",
         min=1,
+        max=1000,
         help="N instances named PREFIX0, PREFIX1, ... (see --prefix), instead of --instance",
     ),
 ]

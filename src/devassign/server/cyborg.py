@@ -132,7 +132,7 @@ def parse_groups(groups: Any, type_names: list[str]) -> list[tuple[str, int]]:
                 raise _bad(
                     f"groups/{i}: {key!r} is not resources:CUSTOM_<TYPE>, trait:<TRAIT> or accel:<NAME>"
                 )
-            if not value.isdigit() or not 1 <= int(value) <= MAX_PER_GROUP:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PER_GROUP:
                 raise _bad(f"groups/{i}: {key}={value!r}: a count of 1 to {MAX_PER_GROUP}, in digits")
             found.append((type_for(m.group(2), type_names, where=f"groups/{i}"), int(value)))
         if len(found) != 1:

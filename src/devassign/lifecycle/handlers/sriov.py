@@ -72,7 +72,7 @@ def wanted_mac(device: LifecycleDevice) -> str | None:
     if given is None:
         return None
     mac = str(given).lower()
-    if not MAC_RE.match(mac) or mac == ZERO_MAC or int(mac[:2], 16) & 1:
+    if not MAC_RE.fullmatch(mac) or mac == ZERO_MAC or int(mac[:2], 16) & 1:
         raise HandlerError(f"{given!r} is not a unicast MAC address")
     return mac
 
