@@ -69,3 +69,27 @@ def test_a_mac_param_with_a_trailing_newline_is_400(api: TestClient) -> None:
     assert r.status_code == 400, r.text
     body["requests"][0]["params"]["mac"] = "52:54:00:12:34:56"
     assert api.post("/v1/claims", json=body).status_code == 201
+
+
+def test_a_device_profile_with_unstorable_text_is_400_and_the_listing_keeps_working(api: TestClient) -> None:
+    """Cyborg's routes take raw JSON: a lone surrogate in a trait key was stored on SQLite, and
+    every profile listing answered 500 after it; NUL characters were stored too."""
+    _type(api, "GPU_A100")
+    bodies = [
+        '{"name":"p3","groups":[{"resources:CUSTOM_GPU_A100":"1","trait:\\ud800":"required"}]}',
+        '{"name":"p4","description":"a\\u0000b","groups":[{"resources:CUSTOM_GPU_A100":"1"}]}',
+        '{"name":"p5","groups":[{"resources:CUSTOM_GPU_A100":"1","trait:X\\u0000":"required"}]}',
+    ]
+    for raw in bodies:
+        r = api.post(
+            "/accelerator/v2/device_profiles", content=raw, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 400, (raw, r.text)
+    listing = api.get("/accelerator/v2/device_profiles")
+    assert listing.status_code == 200 and listing.json()["device_profiles"] == []
+    r = api.post(
+        "/accelerator/v2/accelerator_requests",
+        content='{"device_profile_name":"p\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text

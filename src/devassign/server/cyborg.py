@@ -88,6 +88,16 @@ def _bad(message: str) -> errors.DevassignError:
     return errors.DevassignError(errors.INVALID_REQUEST, message)
 
 
+def _storable(body: Any) -> Any:
+    """``body`` if every text in it can be stored and read back (no NUL, no lone surrogate,
+    finite numbers); these routes take Cyborg's raw JSON, which no model has checked. On
+    SQLite a lone surrogate in a trait key was stored, and every profile listing failed after."""
+    problem = schemas.value_problem(body)
+    if problem:
+        raise _bad(problem)
+    return body
+
+
 # ---------------------------------------------------------------- version discovery
 
 
@@ -163,6 +173,7 @@ def type_for(resource_class: str, type_names: list[str], *, where: str) -> str:
 
 def _profile_fields(body: Any) -> tuple[str, str, list[dict[str, str]]]:
     # openstacksdk sends a list of one profile (as Cyborg's API takes); a plain object too.
+    body = _storable(body)
     if isinstance(body, list):
         if len(body) != 1:
             raise _bad("create one device profile per call: a list of exactly one, or the profile itself")
@@ -218,6 +229,7 @@ def create_arqs(request: Request, scope: Access, body: Annotated[Any, Body()]) -
     store: Store = request.app.state.store
     cy = _cyborg(request.app)
     try:
+        body = _storable(body)
         if not isinstance(body, dict) or not isinstance(body.get("device_profile_name"), str):
             raise _bad('the body names a device profile: {"device_profile_name": NAME}')
         name = body["device_profile_name"]
@@ -267,7 +279,7 @@ def patch_arqs(request: Request, scope: Access, body: Annotated[Any, Body()]) ->
     ``{ARQ_UUID: [JSON patch], ...}``. A bind claims the instance's devices on that host now
     (a refusal is the 4xx); Nova hears of the end of it through its external event."""
     try:
-        binds, unbinds = _parse_patch(body)
+        binds, unbinds = _parse_patch(_storable(body))
         cy = _cyborg(request.app)
         known = cy.arqs([*binds, *unbinds])
         missing = sorted((set(binds) | set(unbinds)) - set(known))
