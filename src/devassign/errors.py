@@ -37,6 +37,7 @@ HOST_EXISTS = "host_exists"
 AGENT_CONFLICT = "agent_conflict"
 NO_VALID_HOST = "no_valid_host"
 CONSUMER_CONFLICT = "consumer_conflict"
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 INVALID_STATE = "invalid_state"
 MOVE_PENDING = "move_pending"
 DATABASE_BUSY = "database_busy"
@@ -70,6 +71,7 @@ STATUS: dict[str, int] = {
     AGENT_CONFLICT: 409,
     NO_VALID_HOST: 409,
     CONSUMER_CONFLICT: 409,
+    IDEMPOTENCY_KEY_REUSED: 409,
     INVALID_STATE: 409,
     MOVE_PENDING: 409,
     DATABASE_BUSY: 503,

@@ -90,7 +90,7 @@ def test_a_replay_committed_while_its_resend_waits_answers_the_replay(store: Sto
     first.execute(
         allocations.insert().values(
             consumer="vm-1", project="mine", host_id=host_id, state="reserved", idempotency_key="k",
-            request={}, created_at=now,
+            request=body.model_dump(mode="json", exclude_none=True), created_at=now,
         )
     )  # fmt: skip
     first.commit()

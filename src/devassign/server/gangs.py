@@ -112,7 +112,12 @@ class Gangs:
         """All instances claimed (created True), a replay of the same gang (False), or an error
         (for a caller who is not an ``operator``: without host names)."""
         p = self._prepare(body, caller)
-        replays = self.store.gang_replays(list(body.instances), body.idempotency_key, p.project)
+        replays = self.store.gang_replays(
+            list(body.instances),
+            body.idempotency_key,
+            p.project,
+            dict(zip(body.instances, p.docs, strict=True)),
+        )
         if len(replays) == len(body.instances):
             order = {c: i for i, c in enumerate(body.instances)}
             replays.sort(key=lambda a: order[a.consumer])

@@ -268,7 +268,7 @@ class Placer:
             return outcome
         # A replay of a claim that was made (and now holds the capacity and the quota it
         # needs) answers that allocation, not the refusal.
-        replay = self.store.existing_claim(request.consumer, request.idempotency_key, project)
+        replay = self.store.existing_claim(request.consumer, request.idempotency_key, project, doc)
         if replay is not None:
             return replay, False
         raise outcome

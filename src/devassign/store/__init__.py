@@ -469,10 +469,13 @@ class Store:
             self._scarcity = candidates.hosts_with_free(c)
         return self._scarcity
 
-    def existing_claim(self, consumer: str, key: str | None, project: str) -> schemas.Allocation | None:
-        """The consumer's live allocation if this claim (of ``project``) replays it; a conflict
-        if it holds another, or belongs to another project."""
-        return self.db.reading(lambda c: claims.existing_claim(c, consumer, key, project))
+    def existing_claim(
+        self, consumer: str, key: str | None, project: str, doc: dict[str, Any] | None = None
+    ) -> schemas.Allocation | None:
+        """The consumer's live allocation if this claim (of ``project``, stored as ``doc``)
+        replays it; a conflict if it holds another, belongs to another project, or was made
+        by another request with the same key."""
+        return self.db.reading(lambda c: claims.existing_claim(c, consumer, key, project, doc))
 
     def snapshot_of(self, names: list[str]) -> Snapshot:
         """Named hosts whatever their state (for explain)."""
@@ -521,9 +524,15 @@ class Store:
             )
         )
 
-    def gang_replays(self, consumers: list[str], key: str | None, project: str) -> list[schemas.Allocation]:
+    def gang_replays(
+        self,
+        consumers: list[str],
+        key: str | None,
+        project: str,
+        docs: dict[str, dict[str, Any]] | None = None,
+    ) -> list[schemas.Allocation]:
         """The instances' live allocations made by this gang's claim (a conflict for any other)."""
-        return self.db.reading(lambda c: gangs.live_of(c, consumers, key, project))
+        return self.db.reading(lambda c: gangs.live_of(c, consumers, key, project, docs))
 
     def release_gang(self, gang: str, project: str | None, actor: str) -> int:
         """Release every live allocation of a gang in one transaction; how many."""

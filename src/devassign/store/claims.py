@@ -60,16 +60,18 @@ Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
 
 
 def existing_claim(
-    conn: sa.Connection, consumer: str, key: str | None, project: str
+    conn: sa.Connection, consumer: str, key: str | None, project: str, doc: Mapping[str, Any] | None = None
 ) -> schemas.Allocation | None:
     """The consumer's live allocation if this is a replay of the claim that made it.
 
     A consumer holds at most one live allocation: a second claim with another (or no)
     idempotency key is a conflict, not a second allocation. Only a claim for the project
     that holds it can be its replay: another project's claim learns nothing but the conflict.
+    The same key with another request (``doc``, the claim as stored) is a client's bug, not
+    a retry: answering the old allocation would hide it, so it is refused.
     """
     row = conn.execute(
-        sa.select(allocations.c.idempotency_key, allocations.c.project).where(
+        sa.select(allocations.c.idempotency_key, allocations.c.project, allocations.c.request).where(
             allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
         )
     ).first()
@@ -78,12 +80,27 @@ def existing_claim(
     if row.project != project:
         raise consumer_in_use(consumer)
     if key is not None and row.idempotency_key == key:
+        check_same_request(consumer, key, row.request, doc)
         return get_allocation(conn, consumer)
     raise errors.DevassignError(
         errors.CONSUMER_CONFLICT,
         f"consumer {consumer!r} already holds an allocation; release it first, or resend "
         "the same claim with its idempotency_key",
     )
+
+
+def check_same_request(consumer: str, key: str, stored: Any, doc: Mapping[str, Any] | None) -> None:
+    """Refuse a replay whose request differs from the one its idempotency key made."""
+    if doc is None or stored is None:
+        return
+    if isinstance(stored, str):  # a JSON column read back as text
+        stored = json.loads(stored)
+    if stored != doc:
+        raise errors.DevassignError(
+            errors.IDEMPOTENCY_KEY_REUSED,
+            f"idempotency_key {key!r} made the allocation of {consumer!r} for another request; "
+            "resend that same request to get its allocation, or use a new key for a new request",
+        )
 
 
 def consumer_in_use(consumer: str) -> errors.DevassignError:
@@ -384,7 +401,7 @@ def _host_not_locked(order: ClaimOrder) -> LostRace:
 
 def _no_new_allocation(conn: sa.Connection, order: ClaimOrder) -> schemas.Allocation:
     """The consumer already holds a live allocation: the replay of this claim, or a conflict."""
-    replay = existing_claim(conn, order.consumer, order.key, order.project)
+    replay = existing_claim(conn, order.consumer, order.key, order.project, order.request_doc)
     if replay is None:  # released between the two statements: start again
         raise ConcurrentChange(f"the live allocation of {order.consumer} was released meanwhile")
     return replay

@@ -11,14 +11,15 @@ a table of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.store.allocations import get_allocation
-from devassign.store.claims import ClaimOrder, LostRace, claim, consumer_in_use, release
+from devassign.store.claims import ClaimOrder, LostRace, check_same_request, claim, consumer_in_use, release
 from devassign.store.schema import GangId, allocations, hosts
 
 _LOCK_HOST = sa.select(hosts.c.id).where(hosts.c.name == sa.bindparam("name")).with_for_update(key_share=True)
@@ -87,17 +88,25 @@ def _lock_gang_id(conn: sa.Connection, project: str, gang: str) -> None:
 
 
 def live_of(
-    conn: sa.Connection, consumers: Sequence[str], key: str | None, project: str
+    conn: sa.Connection,
+    consumers: Sequence[str],
+    key: str | None,
+    project: str,
+    docs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[schemas.Allocation]:
     """The instances' live allocations that replay this gang (same project and idempotency
-    key); a conflict if any instance holds another allocation, or belongs to another project."""
+    key); a conflict if any instance holds another allocation, or belongs to another project,
+    or if its stored request is not the one in ``docs`` (by consumer) for the same key."""
     found: list[schemas.Allocation] = []
     for i in range(0, len(consumers), 500):
         chunk = list(consumers[i : i + 500])
         for r in conn.execute(
-            sa.select(allocations.c.consumer, allocations.c.idempotency_key, allocations.c.project).where(
-                allocations.c.consumer.in_(chunk), allocations.c.released_at.is_(None)
-            )
+            sa.select(
+                allocations.c.consumer,
+                allocations.c.idempotency_key,
+                allocations.c.project,
+                allocations.c.request,
+            ).where(allocations.c.consumer.in_(chunk), allocations.c.released_at.is_(None))
         ):
             if r.project != project:
                 raise consumer_in_use(r.consumer)
@@ -107,6 +116,7 @@ def live_of(
                     f"consumer {r.consumer!r} already holds an allocation; release it first, or resend "
                     "the same gang with its idempotency_key",
                 )
+            check_same_request(r.consumer, key, r.request, (docs or {}).get(r.consumer))
             found.append(get_allocation(conn, r.consumer))
     return found
 
