@@ -212,6 +212,40 @@ def test_another_projects_consumer_is_not_found(secure_api: TestClient, store: S
     assert secure_api.get("/v1/allocations/vm-p", headers=p).json()["host"] == "dst"
 
 
+def test_a_member_cannot_tell_unknown_hosts_from_full_ones(secure_api: TestClient, store: Store) -> None:
+    """Members do not see host names: a move to a host that does not exist is answered as a
+    move to a known host without room (the same redacted 409), never a 404 naming it."""
+    admin = {
+        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
+    }
+    member = schemas.TokenCreate(role=Role.MEMBER, project="p")
+    p = {"Authorization": f"Bearer {store.create_token(member, 'test').token}"}
+    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    for host, n in (("src", 1), ("empty", 0), ("full", 1)):
+        body = {"generation": 1, "devices": [vf(f"0000:3b:02.{i}") for i in range(n)]}
+        assert secure_api.put(f"/v1/hosts/{host}/inventory", json=body, headers=admin).status_code == 200
+    spec = {"extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    for consumer, project, host in (("vm-q", "q", "full"), ("vm-p", "p", "src")):
+        body = {"consumer": consumer, "project": project, "hosts": [host], **spec}
+        assert secure_api.post("/v1/claims", json=body, headers=admin).status_code == 201
+    answers = {}
+    for host in ("empty", "full", "no-such-host"):
+        r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": host}, headers=p)
+        assert r.status_code == 409, (host, r.text)
+        answers[host] = r.json()
+        assert host not in r.text
+    assert answers["no-such-host"] == answers["empty"] == answers["full"]
+    assert answers["empty"]["error"]["code"] == "no_valid_host"
+    # An operator is told plainly.
+    r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": "no-such-host"}, headers=admin)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "host_not_found"
+    assert secure_api.get("/v1/allocations/vm-p/moves", headers=p).json() == []
+    # Nor do listings take a host filter from a member, whichever listing it is.
+    for path in ("/v1/allocations?host=src", "/v1/events?host=src", "/v1/allocations?host=no-such-host"):
+        r = secure_api.get(path, headers=p)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (path, r.text)
+
+
 def test_a_failed_setup_on_the_target_aborts_the_move(api: TestClient) -> None:
     _world(api)
     move = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).json()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from devassign import errors, schemas
 from devassign.domain import HOST_RE
-from devassign.scheduler import ClaimBody
+from devassign.scheduler import ClaimBody, HostView, Snapshot
 from devassign.server import views
 from devassign.server.access import Access, Scope
 from devassign.server.placement import Placer
@@ -110,7 +110,7 @@ def place_move(
     replay = store.move_replay(consumer, key, host)
     if replay is not None:
         return replay, False
-    doc, project, _ = store.move_source(consumer, host)
+    doc, project, _, known = store.move_source(consumer, host)
     # A gang's instance keeps its gang (the commit copies the source's request document back);
     # the claim that places the target is the instance's own request.
     request = {k: v for k, v in doc.items() if k not in _NOT_A_CLAIM}
@@ -125,6 +125,16 @@ def place_move(
             "release and claim it again",
         ) from None
     claim = claim.model_copy(update={"consumer": new_target_consumer()})
+    if not known:
+        if scope.operator:
+            raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r} to move to")
+        # A member gets what a known host without room answers (redacted by the route), so
+        # moves cannot tell it which host names exist.
+        empty = Snapshot((HostView(host, ()),))
+        explained = placer.explain(claim, scope.principal, snapshot=empty)
+        raise errors.DevassignError(
+            errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request", explanation=explained
+        )
     placing = _MoveClaims(store, consumer, key)
     try:
         Placer(placing, placer.config).claim(claim, scope.principal)

@@ -454,9 +454,14 @@ class Placer:
             raise too_many
         return snapshot
 
-    def explain(self, body: ClaimBody, caller: Principal) -> dict[str, Any]:
+    def explain(
+        self, body: ClaimBody, caller: Principal, *, snapshot: Snapshot | None = None
+    ) -> dict[str, Any]:
+        """Would it fit, where, and why not (on ``snapshot`` when given, else on the hosts the
+        request names or the candidate hosts)."""
         request = parse(body)
-        snapshot = self._bounded_snapshot(request, want=self.config.explain_limit, verb="explain")
+        if snapshot is None:
+            snapshot = self._bounded_snapshot(request, want=self.config.explain_limit, verb="explain")
         if has_params(body):
             types = [a.type for r in request.requests for a in r.alternatives]
             _checked_doc(body, self.store.type_params(types), _project(request, caller))

@@ -79,7 +79,7 @@ def list_allocations(
 ) -> list[schemas.Allocation]:
     return store.list_allocations(
         consumer=consumer,
-        host=scope.host_filter(host) if scope.host else host,
+        host=scope.host_filter(host),
         project=scope.project_filter(project),
         include_released=include_released,
         limit=limit,

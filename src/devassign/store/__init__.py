@@ -551,8 +551,9 @@ class Store:
         return released
 
     # ------------------------------------------------------------ moves (store/moves.py)
-    def move_source(self, consumer: str, target: str) -> tuple[dict[str, Any], str, str]:
-        """(request document, project, host) of the live allocation a move would move."""
+    def move_source(self, consumer: str, target: str) -> tuple[dict[str, Any], str, str, bool]:
+        """(request document, project, host, whether ``target`` is known) of the live
+        allocation a move would move."""
         self.settle_moves(consumer)
         return self.db.reading(lambda c: moves.source_for_move(c, consumer, target))
 

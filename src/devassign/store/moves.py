@@ -187,9 +187,11 @@ def replay_of(conn: sa.Connection, consumer: str, key: str | None, host: str) ->
     return _model(row)
 
 
-def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[dict[str, Any], str, str]:
-    """(the stored request document, its project, its host) of the allocation to move; the
-    refusals a move start answers before anything is claimed."""
+def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[dict[str, Any], str, str, bool]:
+    """(the stored request document, its project, its host, whether ``target`` is a known
+    host) of the allocation to move; the refusals a move start answers before anything is
+    claimed. An unknown target is the caller's to answer: members must not learn from it
+    which host names exist."""
     row = conn.execute(
         sa.select(allocations.c.request, allocations.c.project, hosts.c.name)
         .join(hosts, hosts.c.id == allocations.c.host_id)
@@ -204,10 +206,9 @@ def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[di
             errors.INVALID_REQUEST,
             f"consumer {consumer!r} is already on {target}; name another host to move to",
         )
-    if conn.execute(sa.select(hosts.c.id).where(hosts.c.name == target)).first() is None:
-        raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {target!r} to move to")
     _refuse_pending(conn, consumer)
-    return dict(row.request), str(row.project), str(row.name)
+    known = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == target)).first() is not None
+    return dict(row.request), str(row.project), str(row.name), known
 
 
 def _refuse_pending(conn: sa.Connection, consumer: str) -> None:
