@@ -110,6 +110,28 @@ def test_server_unreachable_exits_3() -> None:
     assert "cannot reach the devassign server" in one_line_error(result)
 
 
+@pytest.mark.parametrize(
+    ("url", "token", "says"),
+    [
+        ("http://[::1", None, "is not a URL"),
+        ("ftp://127.0.0.1:9", None, "give http://HOST:PORT"),
+        ("localhost:8470", None, "give http://HOST:PORT"),
+        ("http://127.0.0.1:9", "ab\ncd", "DEVASSIGN_TOKEN holds spaces, newlines"),
+        ("http://127.0.0.1:9", "tok én", "DEVASSIGN_TOKEN holds spaces, newlines"),
+    ],
+)
+def test_a_malformed_url_or_token_is_a_usage_error_at_once(url: str, token: str | None, says: str) -> None:
+    """Not a traceback, and not half a minute of retries of a request that cannot be sent."""
+    env = {
+        "DEVASSIGN_URL": url,
+        **({"DEVASSIGN_TOKEN": token} if token else {}),
+        "DEVASSIGN_RETRY_SECONDS": "30",
+    }
+    result = cli("types", env=env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert says in one_line_error(result)
+
+
 def _agent_config(tmp_path: Path, name: str, *, host: str, server: str, token: str) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(

@@ -128,6 +128,35 @@ def _retry_after(response: httpx.Response) -> float | None:
     return value if 0 <= value < float("inf") else None
 
 
+def checked_url(url: str) -> str:
+    """The server's URL, or a usage error now: a malformed URL would otherwise surface as a
+    traceback, and an unsupported scheme as a transport error retried for half a minute."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise CliError(
+            f"--url / DEVASSIGN_URL {url[:200]!r} is not a URL: {exc}", status=ExitCode.USAGE
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise CliError(
+            f"--url / DEVASSIGN_URL {url[:200]!r}: give http://HOST:PORT or https://HOST:PORT",
+            status=ExitCode.USAGE,
+        )
+    return url
+
+
+def checked_token(token: str) -> str:
+    """A token as a header can carry it (printable ASCII, no spaces): a pasted newline is a
+    usage error, not a request that fails for a minute."""
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise CliError(
+            "--token / DEVASSIGN_TOKEN holds spaces, newlines or non-ASCII characters: "
+            "give the token exactly as `devassign token create` printed it",
+            status=ExitCode.USAGE,
+        )
+    return token
+
+
 class Client:
     def __init__(
         self,
@@ -139,9 +168,9 @@ class Client:
         retry_for: float | None = None,
         on_retry: Callable[[Retry], None] | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("DEVASSIGN_URL") or DEFAULT_URL).rstrip("/")
+        self.url = checked_url((url or os.environ.get("DEVASSIGN_URL") or DEFAULT_URL).rstrip("/"))
         token = token or os.environ.get("DEVASSIGN_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {checked_token(token)}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
         self.retry_for = retry_seconds() if retry_for is None else retry_for
         self.on_retry = on_retry
@@ -179,6 +208,8 @@ class Client:
                         status=ExitCode.UNREACHABLE,
                     ) from exc
                 continue
+            except httpx.UnsupportedProtocol as exc:
+                raise CliError(f"request to {self.url}{path} failed: {exc}", status=ExitCode.USAGE) from exc
             except httpx.TransportError as exc:
                 wait = self._backoff(attempt)
                 if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
