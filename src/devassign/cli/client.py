@@ -208,8 +208,6 @@ class Client:
                         status=ExitCode.UNREACHABLE,
                     ) from exc
                 continue
-            except httpx.UnsupportedProtocol as exc:
-                raise CliError(f"request to {self.url}{path} failed: {exc}", status=ExitCode.USAGE) from exc
             except httpx.TransportError as exc:
                 wait = self._backoff(attempt)
                 if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):

@@ -90,12 +90,9 @@ def existing_claim(
 
 
 def check_same_request(consumer: str, key: str, stored: Any, doc: Mapping[str, Any] | None) -> None:
-    """Refuse a replay whose request differs from the one its idempotency key made."""
-    if doc is None or stored is None:
-        return
-    if isinstance(stored, str):  # a JSON column read back as text
-        stored = json.loads(stored)
-    if stored != doc:
+    """Refuse a replay whose request differs from the one its idempotency key made (``stored``:
+    the allocation's request column, read back as a dict)."""
+    if doc is not None and stored != doc:
         raise errors.DevassignError(
             errors.IDEMPOTENCY_KEY_REUSED,
             f"idempotency_key {key!r} made the allocation of {consumer!r} for another request; "
