@@ -201,7 +201,9 @@ def test_an_instance_of_a_gang_can_be_moved_and_stays_in_its_gang(api: TestClien
     assert api.post("/v1/gangs", json=_gang(["vm-1"], gpus=1, gang="g", hosts=["a"])).status_code == 201
     r = api.post("/v1/allocations/vm-1/moves", json={"host": "b"})
     assert r.status_code == 201, r.text
-    assert api.post("/v1/allocations/vm-1/moves/commit", json={}).status_code in (200, 204)
+    results = [{"device_id": p["target_id"], "action": "setup", "ok": True} for p in r.json()["device_map"]]
+    assert api.post("/v1/hosts/b/work", json={"results": results}).status_code == 200
+    assert api.post("/v1/allocations/vm-1/moves/commit", json={}).status_code == 200
     moved = api.get("/v1/allocations/vm-1").json()
     assert moved["host"] == "b"
     assert api.delete("/v1/gangs/g").status_code == 204  # still the gang's: released with it

@@ -79,6 +79,20 @@ def test_commit_moves_the_allocation_and_cleans_the_source(api: TestClient) -> N
     assert api.get("/v1/allocations/vm-1/moves").json()[0]["state"] == "pending"
     _audit_clean(api)
 
+    # The target devices are not set up yet: commit is refused and nothing changes.
+    early = api.post("/v1/allocations/vm-1/moves/commit")
+    assert early.status_code == 409 and early.json()["error"]["code"] == "invalid_state", early.text
+    assert "2 reserved" in early.json()["error"]["message"]
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    assert _states(api, "src") == ["assigned", "assigned"]
+    assert api.get("/v1/allocations/vm-1/moves").json()[0]["state"] == "pending"
+    # Half set up is still not set up.
+    targets = [{"id": p["target_id"]} for p in move["device_map"]]
+    _set_up(api, "dst", targets[:1])
+    half = api.post("/v1/allocations/vm-1/moves/commit")
+    assert half.status_code == 409 and "1 reserved" in half.json()["error"]["message"], half.text
+    _set_up(api, "dst", targets[1:])
+
     r = api.post("/v1/allocations/vm-1/moves/commit")
     assert r.status_code == 200 and r.json()["state"] == "committed", r.text
     alloc = api.get("/v1/allocations/vm-1").json()
@@ -86,7 +100,7 @@ def test_commit_moves_the_allocation_and_cleans_the_source(api: TestClient) -> N
     assert {d["id"] for d in alloc["devices"]} == {p["target_id"] for p in move["device_map"]}
     assert {d["request"] for d in alloc["devices"]} == {"a", "b"}
     assert _states(api, "src") == ["cleaning", "cleaning"]
-    assert _states(api, "dst") == ["reserved", "reserved"]
+    assert _states(api, "dst") == ["assigned", "assigned"]
     # Twice is harmless; abort after commit is refused.
     again = api.post("/v1/allocations/vm-1/moves/commit")
     assert again.status_code == 200 and again.json()["state"] == "committed"
@@ -208,6 +222,8 @@ def test_another_projects_consumer_is_not_found(secure_api: TestClient, store: S
     assert r.status_code == 201, r.text
     assert secure_api.get("/v1/allocations", headers=p).json()[0]["consumer"] == "vm-p"
     assert len(secure_api.get("/v1/allocations", headers=p).json()) == 1
+    results = [{"device_id": m["target_id"], "action": "setup", "ok": True} for m in r.json()["device_map"]]
+    assert secure_api.post("/v1/hosts/dst/work", json={"results": results}, headers=agent).status_code == 200
     assert secure_api.post("/v1/allocations/vm-p/moves/commit", headers=p).json()["target_host"] == "dst"
     assert secure_api.get("/v1/allocations/vm-p", headers=p).json()["host"] == "dst"
 

@@ -40,6 +40,11 @@ def test_move_start_show_commit_abort_through_the_cli(db_url: str, tmp_path: Pat
         assert shown["state"] == "pending" and len(shown["device_map"]) == 1
         again = cli("move", "start", "vm-1", "--to", "dst", env=env, check=False)
         assert again.returncode != 0 and "already moving to dst" in again.stderr
+        early = cli("move", "commit", "vm-1", env=env, check=False)
+        assert early.returncode == 1 and "not all set up yet (1 reserved)" in early.stderr, early
+        # The agent on dst sets the target device up; then the commit goes through.
+        setup = [{"device_id": p["target_id"], "action": "setup", "ok": True} for p in shown["device_map"]]
+        assert httpx.post(f"{url}/v1/hosts/dst/work", json={"results": setup}).status_code == 200
         committed = cli("move", "commit", "vm-1", env=env)
         assert "committed" in committed.stdout
         listed = json.loads(cli("allocations", "-f", "json", env=env).stdout)

@@ -18,6 +18,7 @@ from devassign.server.access import Scope
 from devassign.server.moves import place_move
 from devassign.server.placement import Placer
 from devassign.store import Database, Principal, Store
+from devassign.store.moves import Move
 from tests.conftest import vf
 from tests.e2e.contention import violations
 
@@ -33,6 +34,13 @@ def _report(store: Store, host: str, n: int) -> None:
 def _claim(placer: Placer, consumer: str, host: str, count: int = 1) -> None:
     body = ClaimBody(consumer=consumer, hosts=[host], extra_specs={"hardware_resource:NIC_VF_1G": str(count)})
     placer.claim(body, ADMIN)
+
+
+def _set_up(store: Store, move: Move) -> None:
+    """What the target host's agent does before a move can be committed."""
+    results = [schemas.WorkResult(device_id=p.target_id, action="setup", ok=True) for p in move.device_map]
+    outcomes = store.apply_work_results(move.target_host, results, "agent")
+    assert all(o.applied for o in outcomes), outcomes
 
 
 def _run(threads: list[threading.Thread]) -> None:
@@ -70,7 +78,7 @@ def test_claims_racing_moves_for_the_target_never_share_a_device(db_url: str) ->
             try:
                 barrier.wait()
                 try:
-                    place_move(store, placer, Scope(ADMIN), consumer, "dst", None)
+                    move, _ = place_move(store, placer, Scope(ADMIN), consumer, "dst", None)
                 except errors.DevassignError as exc:
                     assert exc.code in (errors.NO_VALID_HOST, errors.DATABASE_BUSY), exc.message
                     count("move_refused")
@@ -79,6 +87,7 @@ def test_claims_racing_moves_for_the_target_never_share_a_device(db_url: str) ->
                 if k % 2:
                     store.abort_move(consumer, "admin")
                 else:
+                    _set_up(store, move)
                     store.commit_move(consumer, "admin")
             except BaseException as exc:
                 failures.append(exc)
@@ -135,7 +144,7 @@ def test_moves_in_opposite_directions_commit_at_once(db_url: str) -> None:
         for consumer, here, _ in pairs:
             _claim(placer, consumer, here)
         for consumer, _, there in pairs:
-            place_move(store, placer, Scope(ADMIN), consumer, there, None)
+            _set_up(store, place_move(store, placer, Scope(ADMIN), consumer, there, None)[0])
         failures: list[BaseException] = []
         barrier = threading.Barrier(len(pairs))
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from devassign import errors, schemas
-from devassign.domain import AllocationState
+from devassign.domain import AllocationState, DeviceState
 from devassign.store.claims import ClaimOrder, LostRace, release
 from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
@@ -384,6 +384,7 @@ def commit(conn: sa.Connection, consumer: str, *, now: datetime, actor: str) -> 
             errors.INVALID_STATE,
             f"the allocation of {consumer} was released during its move; nothing to commit",
         )
+    _refuse_unready_target(conn, row)
     release(conn, consumer, now=now, actor=actor, why="moved")
     conn.execute(
         allocations.update()
@@ -403,6 +404,27 @@ def commit(conn: sa.Connection, consumer: str, *, now: datetime, actor: str) -> 
         detail={"source_host": row.source_name, "target": row.target_consumer},
     )
     return _model(latest(conn, consumer)), True
+
+
+def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
+    """Commit releases the source at once, so the target must already work: every target device
+    set up (assigned). Committing onto reserved devices would leave the consumer holding devices
+    whose setup may still fail or lapse, with its old devices already in cleaning."""
+    waiting = conn.execute(
+        sa.select(devices.c.state, sa.func.count())
+        .where(
+            devices.c.allocation_id == row.target_allocation_id, devices.c.state != DeviceState.ASSIGNED.value
+        )
+        .group_by(devices.c.state)
+        .order_by(devices.c.state)
+    ).all()
+    if waiting:
+        states = ", ".join(f"{n} {state}" for state, n in waiting)
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"the devices held on {row.target_name} for {row.consumer} are not all set up yet ({states}); "
+            "commit once the agent there has set them up, or abort the move",
+        )
 
 
 def abort(
