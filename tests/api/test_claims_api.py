@@ -163,6 +163,20 @@ def test_first_available_falls_back(api: TestClient) -> None:
     assert {d["type"] for d in r.json()["devices"]} == {"GPU_T4"} and len(r.json()["devices"]) == 4
 
 
+def test_a_type_named_only_as_an_alternative_of_a_live_claim_is_not_deleted(api: TestClient) -> None:
+    """vm-1 got T4s; its request still names A100 first, and a move places that request again,
+    so A100 (no devices at all) cannot be deleted until vm-1 is released."""
+    test_first_available_falls_back(api)
+    _setup(api, "GPU_A100_80G")  # a name that contains the other: not named by vm-1
+    r = api.delete("/v1/resource-types/GPU_A100")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "type_in_use", r.text
+    assert "vm-1" in r.json()["error"]["message"] and r.json()["error"]["allocations"] == 1
+    assert api.get("/v1/resource-types/GPU_A100").status_code == 200
+    assert api.delete("/v1/resource-types/GPU_A100_80G").status_code == 204
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    assert api.delete("/v1/resource-types/GPU_A100").status_code == 204
+
+
 def test_selector_picks_devices(api: TestClient) -> None:
     _setup(api, "GPU")
     small = {"address": "0000:af:00.0", "kind": "pci", "type": "GPU", "attributes": {"memory_mib": 16384}}

@@ -10,8 +10,10 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
+from devassign.scheduler.errors import RequestError
+from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
-from devassign.store.schema import devices, hosts, inventory, quotas, resource_types, taints
+from devassign.store.schema import allocations, devices, hosts, inventory, quotas, resource_types, taints
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,33 @@ def update_type(
     return get_type(conn, name, up_since=up_since)
 
 
+def _live_requests_naming(conn: sa.Connection, name: str) -> list[str]:
+    """Consumers whose live allocation's stored request names type ``name`` (say, as a
+    ``first_available`` alternative it did not get). A move places that request again, so the
+    type must outlive it. The text match narrows the read; the parse decides."""
+    pattern = "%" + name.replace("\\", "\\\\").replace("_", "\\_") + "%"
+    rows = conn.execute(
+        sa.select(allocations.c.consumer, allocations.c.request)
+        .where(
+            allocations.c.released_at.is_(None),
+            sa.cast(allocations.c.request, sa.Text).like(pattern, escape="\\"),
+        )
+        .order_by(allocations.c.consumer)
+    ).all()
+    return [r.consumer for r in rows if _may_name(r.request, name)]
+
+
+def _may_name(doc: Any, name: str) -> bool:
+    """Whether a stored request may be placed on type ``name``; unparsable: yes (refuse the
+    delete rather than strand the consumer)."""
+    claim = {k: v for k, v in (doc or {}).items() if k not in ("gang", "gang_size")}
+    try:
+        request = parse_claim(claim)
+    except RequestError:
+        return True
+    return any(a.type == name for r in request.requests for a in r.alternatives)
+
+
 def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
     row = _row(conn, name)
     used = conn.execute(
@@ -258,6 +287,15 @@ def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
             errors.TYPE_IN_USE,
             f"resource type {name!r} has {used} devices; remove them from the agents' configuration first",
             devices=used,
+        )
+    naming = _live_requests_naming(conn, name)
+    if naming:
+        raise errors.DevassignError(
+            errors.TYPE_IN_USE,
+            f"resource type {name!r} is named by the request of {len(naming)} live allocation(s) "
+            f"({', '.join(naming[:3])}{', ...' if len(naming) > 3 else ''}), as an alternative "
+            "they may be moved onto; release them first",
+            allocations=len(naming),
         )
     conn.execute(inventory.delete().where(inventory.c.type_id == row.id))
     conn.execute(quotas.delete().where(quotas.c.type_id == row.id))
