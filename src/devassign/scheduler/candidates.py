@@ -29,7 +29,8 @@ class AltCandidates:
 
 
 class Candidates:
-    """A per-call cache; never shared between calls (the snapshot changes)."""
+    """A per-call cache (the snapshot changes between calls); what depends on one host's view
+    alone is also kept on the view itself (``HostView.memo``)."""
 
     __slots__ = ("_alts",)
 
@@ -40,7 +41,15 @@ class Candidates:
         key = (host.name, alt)
         found = self._alts.get(key)
         if found is None:
-            found = self._alts[key] = self._compute(host, alt)
+            if alt.selector is None:
+                # A pure function of the view and the type: kept on the view (bounded by the
+                # types it holds), which the store hands to the next claims while it is unchanged.
+                found = host.memo.get(alt.type)
+                if found is None:
+                    found = host.memo[alt.type] = self._compute(host, alt)
+            else:
+                found = self._compute(host, alt)
+            self._alts[key] = found
         return found
 
     def _compute(self, host: HostView, alt: Alternative) -> AltCandidates:

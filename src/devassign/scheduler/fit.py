@@ -122,6 +122,21 @@ class _Unit:
     classes: list[list[_Class]] = field(default_factory=list)  # per alternative
 
 
+# A class of interchangeable devices as kept on a host's view: the (unit, alternative) pairs it
+# serves, its devices by address, then _Class's numa, parent, group, values, own and damage.
+_Shape = tuple[
+    tuple[tuple[int, int], ...],
+    tuple[DeviceView, ...],
+    int | None,
+    str | None,
+    int | None,
+    dict[int, Any],
+    str | None,
+    int,
+]
+_MEMO_MAX = 32
+
+
 class _Search:
     def __init__(
         self,
@@ -155,7 +170,36 @@ class _Search:
         self._build_classes(cands)
 
     def _build_classes(self, cands: Candidates) -> None:
+        for unit in self.units:
+            unit.classes = [[] for _ in unit.alternatives]
+        for where, devices, numa, parent, group, values, own, damage in self._class_shapes(cands):
+            cls = _Class(list(devices), numa, parent, group, values, own, damage=damage)
+            if self.rng is not None:
+                self.rng.shuffle(cls.devices)
+            for ui, ai in where:
+                unit = self.units[ui]
+                # A device lacking a constrained attribute can satisfy neither match nor distinct.
+                if all(cls.values[ci] is not None for ci in unit.constraints):
+                    unit.classes[ai].append(cls)
+
+    def _class_shapes(self, cands: Candidates) -> list[_Shape]:
+        """The host's usable devices grouped into classes of interchangeable ones, each with
+        the (unit, alternative) pairs it may serve. A pure function of the host's view and the
+        request's shape (types, not counts), so it is kept on the view for requests without
+        selectors (their results are per request); at most ``_MEMO_MAX`` shapes a view."""
         host = self.host
+        key: tuple[Any, ...] | None = None
+        if len(host.memo) < _MEMO_MAX and all(
+            alt.selector is None for unit in self.units for alt in unit.alternatives
+        ):
+            key = (
+                "classes",
+                tuple(tuple((alt.type, alt.extra) for alt in unit.alternatives) for unit in self.units),
+                tuple(c.attribute for c in self.constraints),
+            )
+            found: list[_Shape] | None = host.memo.get(key)
+            if found is not None:
+                return found
         candidacy: dict[str, list[tuple[int, int]]] = {}
         devices: dict[str, DeviceView] = {}
         for ui, unit in enumerate(self.units):
@@ -163,30 +207,28 @@ class _Search:
                 for d in cands.of(host, alt).usable:
                     candidacy.setdefault(d.id, []).append((ui, ai))
                     devices[d.id] = d
-        classes: dict[tuple[Any, ...], _Class] = {}
+        classes: dict[tuple[Any, ...], list[DeviceView]] = {}
+        first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for dev_id, where in candidacy.items():
             d = devices[dev_id]
             group = d.iommu_group if len(host.group_of(d)) > 1 else None
             own = d.address if (d.address in host.parents or d.address in self.pools.capacity) else None
             values = {ci: attribute_value(d, c.attribute) for ci, c in enumerate(self.constraints)}
             share = (d.pool, d.mode, tuple(sorted((d.consumes or {}).items())))
-            key = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()), share)
-            cls = classes.get(key)
-            if cls is None:
+            ck = (tuple(where), d.numa_node, d.parent, group, own, tuple(values.values()), share)
+            members = classes.get(ck)
+            if members is None:
+                members = classes[ck] = []
                 damage = self.pools.damage(d, self._pool_free(d.pool)) if d.consumes else 0
-                cls = classes[key] = _Class([], d.numa_node, d.parent, group, values, own, damage=damage)
-            cls.devices.append(d)
-        for unit in self.units:
-            unit.classes = [[] for _ in unit.alternatives]
-        for key, cls in classes.items():
-            cls.devices.sort(key=lambda d: d.address)
-            if self.rng is not None:
-                self.rng.shuffle(cls.devices)
-            for ui, ai in key[0]:
-                unit = self.units[ui]
-                # A device lacking a constrained attribute can satisfy neither match nor distinct.
-                if all(cls.values[ci] is not None for ci in unit.constraints):
-                    unit.classes[ai].append(cls)
+                first[ck] = (d.numa_node, d.parent, group, values, own, damage)
+            members.append(d)
+        shapes: list[_Shape] = [
+            (ck[0], tuple(sorted(members, key=lambda d: d.address)), *first[ck])
+            for ck, members in classes.items()
+        ]
+        if key is not None:
+            host.memo[key] = shapes
+        return shapes
 
     def _pool_free(self, pool: str | None) -> list[DeviceView]:
         """The free partitions of ``pool`` on this host, whatever type: what a choice may cost."""

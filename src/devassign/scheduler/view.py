@@ -134,6 +134,9 @@ class HostView:
     parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # IOMMU group -> its assignable members (no mdev slots or USB devices).
     group_members: Mapping[int, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
+    # What the scheduler derives from this view alone (scheduler/candidates.py), kept with it:
+    # the store reuses a view while its rows are unchanged, so later claims find it computed.
+    memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_address = {d.address: d for d in self.devices}
@@ -178,6 +181,7 @@ class HostView:
         s(self, "used_parents", frozenset(used_parents))
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
+        s(self, "memo", {})
 
     def free_count(self) -> int:
         """How many devices of any type could be handed out now."""

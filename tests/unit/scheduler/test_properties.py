@@ -130,3 +130,14 @@ def test_no_fit_without_constraints_means_a_type_is_short(host: HostView, reques
     )
     if result.chosen is None and not pf_and_vf:
         assert any(need[t] > usable[t] for t in need)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hosts(), st.lists(requests(), min_size=2, max_size=6))
+def test_a_reused_view_answers_as_a_fresh_one(host: HostView, asked: list[Request]) -> None:
+    """The store hands the same view to claim after claim while its host is unchanged, and
+    the scheduler keeps what it derives from the view on it: each answer must be the one a
+    fresh view of the same devices gives, whatever was asked of it before."""
+    for request in asked:
+        fresh = HostView(host.name, host.devices, host.up)
+        assert fit(host, request) == fit(fresh, request)
