@@ -173,6 +173,17 @@ def test_a_type_named_only_as_an_alternative_of_a_live_claim_is_not_deleted(api:
     assert "vm-1" in r.json()["error"]["message"] and r.json()["error"]["allocations"] == 1
     assert api.get("/v1/resource-types/GPU_A100").status_code == 200
     assert api.delete("/v1/resource-types/GPU_A100_80G").status_code == 204
+    # Only the request's shape counts: a type named like its consumer, project or host is not
+    # named by it, nor is anything by the internal consumer of a pending move.
+    for name in ("vm", "c1", "default"):
+        _setup(api, name)
+    _report(api, "c2", [{"address": f"0000:b{i}:00.0", "kind": "pci", "type": "GPU_T4"} for i in range(4)])
+    assert api.post("/v1/allocations/vm-1/moves", json={"host": "c2"}).status_code == 201
+    for name in ("vm", "c1", "default"):
+        r = api.delete(f"/v1/resource-types/{name}")
+        assert r.status_code == 204, (name, r.text)
+    held = api.delete("/v1/resource-types/GPU_A100")
+    assert held.status_code == 409 and "_move:" not in held.text and "1 live allocation" in held.text
     assert api.delete("/v1/allocations/vm-1").status_code == 204
     assert api.delete("/v1/resource-types/GPU_A100").status_code == 204
 

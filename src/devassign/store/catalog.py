@@ -13,6 +13,7 @@ from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
 from devassign.scheduler.errors import RequestError
 from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
+from devassign.store.moves import MOVE_PREFIX
 from devassign.store.schema import allocations, devices, hosts, inventory, quotas, resource_types, taints
 
 log = logging.getLogger(__name__)
@@ -263,13 +264,20 @@ def _live_requests_naming(conn: sa.Connection, name: str) -> list[str]:
         )
         .order_by(allocations.c.consumer)
     ).all()
-    return [r.consumer for r in rows if _may_name(r.request, name)]
+    # A pending move's target allocation (an internal consumer) repeats its source's request,
+    # and the source is live while the move is: the source names the type for both.
+    return [r.consumer for r in rows if not r.consumer.startswith(MOVE_PREFIX) and _may_name(r.request, name)]
+
+
+# What in a stored request says which devices it may get: the rest (consumer, project, hosts,
+# idempotency key, gang) does not, and is not parsed.
+_REQUEST_SHAPE = ("requests", "extra_specs", "constraints")
 
 
 def _may_name(doc: Any, name: str) -> bool:
     """Whether a stored request may be placed on type ``name``; unparsable: yes (refuse the
     delete rather than strand the consumer)."""
-    claim = {k: v for k, v in (doc or {}).items() if k not in ("gang", "gang_size")}
+    claim = {k: v for k, v in (doc or {}).items() if k in _REQUEST_SHAPE}
     try:
         request = parse_claim(claim)
     except RequestError:
