@@ -282,3 +282,35 @@ def test_clients_cannot_use_the_move_prefix(api: TestClient) -> None:
         "/v1/claims", json={"consumer": "_move:abc", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_hosts_a_move_touched_can_be_deleted_once_free(api: TestClient) -> None:
+    """A finished move names both hosts' allocations: deleting either host afterwards (its
+    devices clean and free) is a 204, not a database error; the move's story stays in events."""
+    source = _world(api)
+    move = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).json()
+    _set_up(api, "dst", [{"id": p["target_id"]} for p in move["device_map"]])
+    assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
+    cleaned = [{"device_id": d["id"], "action": "cleanup", "ok": True} for d in source["devices"]]
+    assert api.post("/v1/hosts/src/work", json={"results": cleaned}).status_code == 200
+    assert _states(api, "src") == ["available", "available"]
+    r = api.delete("/v1/hosts/src")
+    assert r.status_code == 204, r.text
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "dst"
+    actions = [e["action"] for e in api.get("/v1/events", params={"consumer": "vm-1"}).json()]
+    assert "move_committed" in actions
+    # An aborted move's target host, once its devices are clean, goes too.
+    assert (
+        api.put(
+            "/v1/hosts/spare/inventory",
+            json={"generation": 1, "devices": [vf(f"0000:3b:02.{i}", numa_node=0) for i in range(2)]},
+        ).status_code
+        == 200
+    )
+    back = api.post("/v1/allocations/vm-1/moves", json={"host": "spare"}).json()
+    assert api.post("/v1/allocations/vm-1/moves/abort").status_code == 200
+    undone = [{"device_id": p["target_id"], "action": "cleanup", "ok": True} for p in back["device_map"]]
+    assert api.post("/v1/hosts/spare/work", json={"results": undone}).status_code == 200
+    assert api.delete("/v1/hosts/spare").status_code == 204
+    assert api.get("/v1/allocations/vm-1/moves").json() == []
+    _audit_clean(api)

@@ -24,6 +24,7 @@ from devassign.store.schema import (
     devices,
     hosts,
     inventory,
+    moves,
     resource_types,
     taints,
 )
@@ -343,6 +344,19 @@ def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
         raise errors.DevassignError(errors.INVALID_STATE, f"host {name!r} has live allocations")
     dev_ids = sa.select(devices.c.id).where(devices.c.host_id == r.id)
     conn.execute(allocation_items.delete().where(allocation_items.c.device_id.in_(dev_ids)))
+    # Finished moves from or to this host name its (released) allocations; a pending one would
+    # hold a live allocation here, refused above. Their story stays in the event log.
+    here = sa.select(allocations.c.id).where(allocations.c.host_id == r.id)
+    conn.execute(
+        moves.delete().where(
+            sa.or_(
+                moves.c.source_host_id == r.id,
+                moves.c.target_host_id == r.id,
+                moves.c.source_allocation_id.in_(here),
+                moves.c.target_allocation_id.in_(here),
+            )
+        )
+    )
     conn.execute(allocations.delete().where(allocations.c.host_id == r.id))
     conn.execute(devices.delete().where(devices.c.host_id == r.id))
     conn.execute(inventory.delete().where(inventory.c.host_id == r.id))
