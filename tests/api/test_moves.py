@@ -3,6 +3,7 @@ tenants; on SQLite and PostgreSQL, the audit clean after each outcome."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -313,4 +314,71 @@ def test_hosts_a_move_touched_can_be_deleted_once_free(api: TestClient) -> None:
     assert api.post("/v1/hosts/spare/work", json={"results": undone}).status_code == 200
     assert api.delete("/v1/hosts/spare").status_code == 204
     assert api.get("/v1/allocations/vm-1/moves").json() == []
+    _audit_clean(api)
+
+
+def _gpus(api: TestClient, host: str, kind: str, n: int) -> None:
+    devices = [{"address": f"0000:a{i}:00.0", "kind": "pci", "type": kind} for i in range(n)]
+    r = api.put(f"/v1/hosts/{host}/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200 and not r.json()["refused"], r.text
+
+
+def _gpu_claim(api: TestClient) -> None:
+    """vm-1 of project p1 asked for 2 A100s or else 2 T4s, and got T4s on c1 (set up)."""
+    for t in ("GPU_A100", "GPU_T4"):
+        assert api.post("/v1/resource-types", json={"name": t}).status_code == 201
+    _gpus(api, "c1", "GPU_T4", 2)
+    _gpus(api, "c2", "GPU_A100", 2)
+    _gpus(api, "c3", "GPU_T4", 2)
+    request = {
+        "name": "g",
+        "type": "GPU_A100",
+        "count": 2,
+        "first_available": [{"type": "GPU_T4", "count": 2}],
+    }
+    body = {"consumer": "vm-1", "project": "p1", "hosts": ["c1"], "requests": [request]}
+    r = api.post("/v1/claims", json=body)
+    assert r.status_code == 201 and {d["type"] for d in r.json()["devices"]} == {"GPU_T4"}, r.text
+    _set_up(api, "c1", r.json()["devices"])
+
+
+def test_a_move_onto_another_type_keeps_to_the_quota(api: TestClient) -> None:
+    """A move gives back the source's devices, so it is free of quota within the types it
+    holds, but may not take a type the project's quota forbids."""
+    _gpu_claim(api)
+    assert api.put("/v1/quotas/p1/GPU_A100", json={"limit": 0}).status_code == 204
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "c2"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    assert _states(api, "c2") == ["available", "available"]
+    assert api.get("/v1/allocations/vm-1/moves").json() == []
+    # Its own type, even with that type's limit lowered below what it holds: allowed.
+    assert api.put("/v1/quotas/p1/GPU_T4", json={"limit": 1}).status_code == 204
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "c3"})
+    assert r.status_code == 201, r.text
+    assert api.post("/v1/allocations/vm-1/moves/abort").status_code == 200
+    # Within the limit once the T4s are given back: allowed.
+    assert api.put("/v1/quotas/p1/GPU_A100", json={"limit": 2}).status_code == 204
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "c2"})
+    assert r.status_code == 201, r.text
+    _audit_clean(api)
+
+
+def test_the_move_quota_is_checked_in_the_start_transaction(api: TestClient, monkeypatch: Any) -> None:
+    """Should the scheduler not see the quota (set in the instant between its read and the
+    claim), the start's own check refuses the move and rolls its devices back."""
+    from devassign.server import moves as move_routes
+    from devassign.store import Store as BaseStore
+
+    _gpu_claim(api)
+    assert api.put("/v1/quotas/p1/GPU_A100", json={"limit": 1}).status_code == 204
+
+    def blind(self: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(BaseStore.prepare_claim(self, **kwargs), limits={}, usage={})
+
+    monkeypatch.setattr(move_routes._MoveClaims, "prepare_claim", blind)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "c2"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    assert "GPU_A100: limit 1, 2 in use once moved" in r.json()["error"]["message"]
+    assert _states(api, "c2") == ["available", "available"]
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "c1"
     _audit_clean(api)

@@ -9,6 +9,8 @@ host with the ordinary placer and claim, holding the target devices while the so
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -40,17 +42,24 @@ class MoveStart(BaseModel):
 
 class _MoveClaims(Store):
     """The store as the placer sees it for one move: its claim records the move in the same
-    transaction, and no quota applies (the consumer holds as many devices after the move)."""
+    transaction. The quota counts the consumer's own devices as given back: once committed it
+    holds the target's instead of the source's (``quotas.enforce_move_quota``, in the start)."""
 
-    def __init__(self, base: Store, consumer: str, key: str | None) -> None:
+    def __init__(self, base: Store, consumer: str, key: str | None, held: Mapping[str, int]) -> None:
         self.__dict__.update(vars(base))  # the same database, clock and settings
         self.consumer = consumer
         self.key = key
+        self.held = held  # the source's devices per type
         self.move: Move | None = None
 
     def prepare_claim(self, **kwargs: Any) -> ClaimContext:
+        """The scheduler sees the quota the move will be checked against: of a type the source
+        holds, it may take as many as the source has (even over a lowered limit), or more
+        within the limit once the source's are given back."""
         ctx = super().prepare_claim(**kwargs)
-        return dataclasses.replace(ctx, limits={}, usage={})
+        usage = {t: n - self.held.get(t, 0) for t, n in ctx.usage.items()}
+        limits = {t: max(n, ctx.usage.get(t, 0)) for t, n in ctx.limits.items()}
+        return dataclasses.replace(ctx, limits=limits, usage=usage)
 
     def claim(self, order: ClaimOrder) -> tuple[schemas.Allocation, bool]:
         allocation, self.move = self.start_move(
@@ -135,7 +144,8 @@ def place_move(
         raise errors.DevassignError(
             errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request", explanation=explained
         )
-    placing = _MoveClaims(store, consumer, key)
+    held = Counter(d.type for d in store.get_allocation(consumer, project).devices)
+    placing = _MoveClaims(store, consumer, key, held)
     try:
         Placer(placing, placer.config).claim(claim, scope.principal)
     except MoveReplay as replayed:

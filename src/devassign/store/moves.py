@@ -32,6 +32,7 @@ from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host
+from devassign.store.quotas import enforce_move_quota
 from devassign.store.schema import (
     allocation_items,
     allocations,
@@ -308,6 +309,7 @@ def start(
             allocations.c.consumer == order.consumer, allocations.c.released_at.is_(None)
         )
     ).scalar_one()
+    enforce_move_quota(conn, source.project, source.id, target_alloc)
     pairs = device_map(_items(conn, source.id), _items(conn, target_alloc))
     conn.execute(
         moves.insert().values(

@@ -84,6 +84,59 @@ def usage_of(conn: sa.Connection, project: str, type_names: Iterable[str]) -> di
     }
 
 
+def held_by_type(conn: sa.Connection, allocation_id: int) -> dict[str, int]:
+    """Devices an allocation holds (its live items, group mates included), per type name."""
+    rows = conn.execute(
+        sa.select(resource_types.c.name, sa.func.count().label("n"))
+        .select_from(
+            allocation_items.join(devices, devices.c.id == allocation_items.c.device_id).join(
+                resource_types, resource_types.c.id == devices.c.type_id
+            )
+        )
+        .where(allocation_items.c.allocation_id == allocation_id, allocation_items.c.released_at.is_(None))
+        .group_by(resource_types.c.name)
+    )
+    return {r.name: r.n for r in rows}
+
+
+def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target_id: int) -> None:
+    """A move's quota check, inside its start, after the target devices are taken.
+
+    Once committed the move gives back the source's devices, so only the types of which the
+    target holds more than the source are checked, on the project's use as it will be after
+    the commit (a move within the same types is never refused, even for a project whose limit
+    was lowered below its use since: it holds no more than before)."""
+    source = held_by_type(conn, source_id)
+    target = held_by_type(conn, target_id)
+    more = sorted(t for t, n in target.items() if n > source.get(t, 0))
+    if not more:
+        return
+    locked = conn.execute(
+        sa.select(quotas.c.type_id)
+        .join(resource_types, resource_types.c.id == quotas.c.type_id)
+        .where(quotas.c.project == project, resource_types.c.name.in_(more))
+        .with_for_update(of=quotas)
+    ).all()
+    if not locked:
+        return
+    limits, usage = quota_for(conn, project, more)  # usage counts source and target: both live
+    after = {t: usage.get(t, 0) - source.get(t, 0) for t in more}
+    over = [
+        f"{t}: limit {limits[t]}, {after[t]} in use once moved "
+        f"({source.get(t, 0)} held now, {target[t]} on the target)"
+        for t in more
+        if t in limits and after[t] > limits[t]
+    ]
+    if over:
+        raise errors.DevassignError(
+            errors.QUOTA_EXCEEDED,
+            f"project {project} would be over quota after this move: " + "; ".join(over),
+            project=project,
+            limits=limits,
+            usage=after,
+        )
+
+
 def set_quota(
     conn: sa.Connection, project: str, type_name: str, limit: int | None, *, now: datetime, actor: str
 ) -> None:
