@@ -382,3 +382,29 @@ def test_the_move_quota_is_checked_in_the_start_transaction(api: TestClient, mon
     assert _states(api, "c2") == ["available", "available"]
     assert api.get("/v1/allocations/vm-1").json()["host"] == "c1"
     _audit_clean(api)
+
+
+def test_a_late_resend_of_an_old_move_is_not_taken_for_it(api: TestClient) -> None:
+    """The same key resent after the consumer was released and claimed again must not answer
+    the old committed move, as if the new allocation had moved."""
+    source = _world(api)
+    move = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"}).json()
+    _set_up(api, "dst", [{"id": p["target_id"]} for p in move["device_map"]])
+    assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
+    again = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"})
+    assert again.status_code == 200 and again.json()["state"] == "committed", again.text
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    for host, ids in (
+        ("src", [d["id"] for d in source["devices"]]),
+        ("dst", [p["target_id"] for p in move["device_map"]]),
+    ):
+        cleaned = [{"device_id": i, "action": "cleanup", "ok": True} for i in ids]
+        assert api.post(f"/v1/hosts/{host}/work", json={"results": cleaned}).status_code == 200
+    spec = {"consumer": "vm-1", "hosts": ["src"], "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    assert api.post("/v1/claims", json=spec).status_code == 201
+    late = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"})
+    assert late.status_code == 409 and late.json()["error"]["code"] == "idempotency_key_reused", late.text
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    fresh = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k2"})
+    assert fresh.status_code == 201, fresh.text
+    _audit_clean(api)

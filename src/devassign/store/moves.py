@@ -185,6 +185,21 @@ def replay_of(conn: sa.Connection, consumer: str, key: str | None, host: str) ->
             f"idempotency_key {key!r} was used for the move of {consumer} to {row.target_name}, "
             f"not {host}; use a new key for a new move",
         )
+    # The same move only while it still concerns the consumer's allocation: the one it moves
+    # (pending, aborted) or the one it made (committed). A consumer released and claimed again
+    # since is not moved by that old move.
+    live = conn.execute(
+        sa.select(allocations.c.id).where(
+            allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
+        )
+    ).scalar_one_or_none()
+    ours = row.target_allocation_id if row.state == COMMITTED else row.source_allocation_id
+    if live is None or live != ours:
+        raise errors.DevassignError(
+            errors.IDEMPOTENCY_KEY_REUSED,
+            f"idempotency_key {key!r} was used for an earlier move of {consumer} to {row.target_name} "
+            f"({row.state}), which does not concern its allocation now; use a new key for a new move",
+        )
     return _model(row)
 
 
