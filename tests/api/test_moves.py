@@ -408,3 +408,36 @@ def test_a_late_resend_of_an_old_move_is_not_taken_for_it(api: TestClient) -> No
     fresh = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k2"})
     assert fresh.status_code == 201, fresh.text
     _audit_clean(api)
+
+
+def test_a_drained_target_tells_the_moving_consumer_and_cannot_be_committed(api: TestClient) -> None:
+    """Draining the host a move goes to asks the consumer being moved (not the move's internal
+    holder) to abort, and a commit onto drained devices is refused; abort still works."""
+    _world(api)
+    move = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).json()
+    _set_up(api, "dst", [{"id": p["target_id"]} for p in move["device_map"]])
+    r = api.post("/v1/hosts/dst/taints", json={"effect": "Drain", "reason": "PSU swap"})
+    assert r.status_code == 201, r.text
+    drains = [e for e in api.get("/v1/events").json() if e["action"] == "drain_requested"]
+    assert [e["consumer"] for e in drains] == ["vm-1"], drains
+    assert "abort its move to dst" in drains[0]["message"]
+    refused = api.post("/v1/allocations/vm-1/moves/commit")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "invalid_state", refused.text
+    assert "being drained" in refused.json()["error"]["message"]
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
+    assert api.post("/v1/allocations/vm-1/moves/abort").json()["state"] == "aborted"
+    # A NoSchedule taint only keeps new claims off: a commit onto it goes through.
+    assert api.delete("/v1/hosts/dst/taints").status_code == 200
+    api.post(
+        "/v1/hosts/dst/work",
+        json={
+            "results": [
+                {"device_id": p["target_id"], "action": "cleanup", "ok": True} for p in move["device_map"]
+            ]
+        },
+    )
+    again = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).json()
+    _set_up(api, "dst", [{"id": p["target_id"]} for p in again["device_map"]])
+    assert api.post("/v1/hosts/dst/taints", json={"effect": "NoSchedule", "reason": "r"}).status_code == 201
+    assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
+    _audit_clean(api)

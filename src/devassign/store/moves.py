@@ -426,7 +426,8 @@ def commit(conn: sa.Connection, consumer: str, *, now: datetime, actor: str) -> 
 def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
     """Commit releases the source at once, so the target must already work: every target device
     set up (assigned). Committing onto reserved devices would leave the consumer holding devices
-    whose setup may still fail or lapse, with its old devices already in cleaning."""
+    whose setup may still fail or lapse, with its old devices already in cleaning; committing
+    onto drained ones would land it where the operator is emptying the host."""
     waiting = conn.execute(
         sa.select(devices.c.state, sa.func.count())
         .where(
@@ -435,6 +436,17 @@ def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
         .group_by(devices.c.state)
         .order_by(devices.c.state)
     ).all()
+    drained = conn.execute(
+        sa.select(devices.c.taint).where(
+            devices.c.allocation_id == row.target_allocation_id, devices.c.taint.startswith("Drain ")
+        )
+    ).first()
+    if drained is not None:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"the devices held on {row.target_name} for {row.consumer} are being drained "
+            f"({drained.taint}); abort the move and move elsewhere",
+        )
     if waiting:
         states = ", ".join(f"{n} {state}" for state, n in waiting)
         raise errors.DevassignError(

@@ -19,6 +19,7 @@ from devassign import errors, schemas
 from devassign.domain import DeviceState
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
+from devassign.store.moves import is_internal, target_consumers
 from devassign.store.schema import allocations, devices, hosts, taints
 from devassign.store.taint_marks import applies, live, mark_tainted
 
@@ -156,7 +157,21 @@ def _request_drain(conn: sa.Connection, taint: Any, host: str, *, now: datetime,
     for d in held:
         if applies(taint, d.id, d.address, d.parent):
             per_consumer.setdefault(d.consumer, []).append(d)
-    for consumer, ds in per_consumer.items():
+    # A pending move's target devices are held by its internal consumer: the consumer being
+    # moved is the one to tell (and its move can no longer be committed: moves.commit).
+    moving = target_consumers(conn, [c for c in per_consumer if is_internal(c)])
+    for holder, ds in per_consumer.items():
+        consumer = moving.get(holder, holder)
+        if holder in moving:
+            message = (
+                f"{consumer} is asked to abort its move to {host}: {len(ds)} of the devices held "
+                f"for it there are drained ({taint.reason}); the move cannot be committed now"
+            )
+        else:
+            message = (
+                f"{consumer} is asked to move off {host}: {len(ds)} of its devices are drained "
+                f"({taint.reason}); they stay its own until it releases them"
+            )
         record(
             conn,
             at=now,
@@ -166,8 +181,7 @@ def _request_drain(conn: sa.Connection, taint: Any, host: str, *, now: datetime,
             consumer=consumer,
             device_id=ds[0].id if len(ds) == 1 else None,
             device=ds[0].address if len(ds) == 1 else None,
-            message=f"{consumer} is asked to move off {host}: {len(ds)} of its devices are drained "
-            f"({taint.reason}); they stay its own until it releases them",
+            message=message,
             detail={"taint": taint.id, "reason": taint.reason, "devices": [d.id for d in ds]},
         )
 
