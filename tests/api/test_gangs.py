@@ -211,6 +211,47 @@ def test_an_instance_of_a_gang_can_be_moved_and_stays_in_its_gang(api: TestClien
     assert (gone["state"], gone["host"]) == ("released", "b")
 
 
+def _move(api: TestClient, consumer: str, host: str) -> Any:
+    """Start a move; when it started, set its target up (as the host's agent would)."""
+    r = api.post(f"/v1/allocations/{consumer}/moves", json={"host": host})
+    if r.status_code == 201:
+        results = [
+            {"device_id": p["target_id"], "action": "setup", "ok": True} for p in r.json()["device_map"]
+        ]
+        assert api.post(f"/v1/hosts/{host}/work", json={"results": results}).status_code == 200
+    return r
+
+
+def test_a_moved_instance_keeps_to_its_gangs_layout(api: TestClient) -> None:
+    """distinct_hosts and same: a move of an instance may not put two instances on one host
+    (counting another instance's pending move there) nor leave the gang's rack."""
+    racks = {"a": {"rack": "r1"}, "b": {"rack": "r1"}, "c": {"rack": "r1"}, "d": {"rack": "r2"}}
+    _cloud(api, {"a": 2, "b": 2, "c": 2, "d": 2}, **racks)
+    layout = {"distinct_hosts": True, "same": "rack"}
+    body = _gang(["vm-1", "vm-2"], gpus=1, gang="g", hosts=["a", "b"], layout=layout)
+    assert api.post("/v1/gangs", json=body).status_code == 201, body
+    on = {a["consumer"]: a["host"] for a in api.get("/v1/allocations").json()}
+    other = {"vm-1": on["vm-2"], "vm-2": on["vm-1"]}
+    crowded = _move(api, "vm-1", other["vm-1"])
+    assert crowded.status_code == 409 and crowded.json()["error"]["code"] == "no_valid_host", crowded.text
+    assert "at most 1 instance a host" in crowded.json()["error"]["message"]
+    away = _move(api, "vm-1", "d")
+    assert away.status_code == 409 and "rack=r1, and d has rack=r2" in away.json()["error"]["message"], (
+        away.text
+    )
+    # c: another host of r1, free of instances: fine; but then vm-2 cannot follow it there.
+    assert _move(api, "vm-1", "c").status_code == 201
+    follow = _move(api, "vm-2", "c")
+    assert follow.status_code == 409 and "moving there" in follow.json()["error"]["message"], follow.text
+    assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
+    assert api.get("/v1/allocations/vm-1").json()["host"] == "c"
+    # Without a layout, an instance of a gang moves where its request fits.
+    assert api.delete("/v1/gangs/g").status_code == 204
+    free = _gang(["vm-3", "vm-4"], gpus=1, gang="h", hosts=["d"])
+    assert api.post("/v1/gangs", json=free).status_code == 201
+    assert _move(api, "vm-3", "a").status_code == 201
+
+
 def test_a_same_rack_gang_reads_wider_when_the_first_hosts_read_share_no_rack(api: TestClient) -> None:
     """A gang reads 4 candidate hosts per instance first (here the 8 of one claim's read, each
     in a rack of its own); the only rack with two free hosts lies beyond, in the wider read."""

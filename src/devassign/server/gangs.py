@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt
@@ -195,11 +195,14 @@ class Gangs:
             if body.idempotency_key
             else str(uuid.uuid4())
         )
+        layout = body.layout.layout()
+        # The layout is kept with each instance: a move of one instance keeps to it (store/moves.py).
+        kept = {"gang_layout": asdict(layout)} if layout != Layout() else {}
         docs = [
-            {**doc, "consumer": c, "gang": gang, "gang_size": len(body.instances)} for c in body.instances
+            {**doc, "consumer": c, "gang": gang, "gang_size": len(body.instances), **kept}
+            for c in body.instances
         ]
         quota = self.placer._quota(request, project)
-        layout = body.layout.layout()
         self._check_quota(request, quota, len(body.instances), project)
         return _Prepared(request, project, gang, layout, docs, ids, quota)
 

@@ -105,8 +105,9 @@ def start_move(request: Request, scope: Access, consumer: str, body: MoveStart) 
     return _json(move, 201 if created else 200)
 
 
-# Fields of an allocation's request document that are not the claim's: its gang.
-_NOT_A_CLAIM = frozenset({"gang", "gang_size"})
+# Fields of an allocation's request document that are not the claim's: its gang (whose
+# layout the move's start checks: store/moves.py).
+_NOT_A_CLAIM = frozenset({"gang", "gang_size", "gang_layout"})
 
 
 def place_move(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +27,8 @@ from pydantic import BaseModel
 
 from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState
+from devassign.scheduler.gang import host_value
+from devassign.store.candidates import load_snapshot
 from devassign.store.claims import ClaimOrder, LostRace, release
 from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
@@ -34,6 +36,7 @@ from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host
 from devassign.store.quotas import enforce_move_quota
 from devassign.store.schema import (
+    GangId,
     allocation_items,
     allocations,
     devices,
@@ -316,6 +319,7 @@ def start(
         if replay is not None:
             raise MoveReplay(replay)
     _refuse_pending(conn, consumer)
+    _keep_gang_layout(conn, source, target_id, order.host, consumer)
     allocation, created = claim_devices(conn, order, now=now, ttl=ttl, up_since=up_since)
     if not created:  # a fresh internal consumer is never a replay
         raise ConcurrentChange(f"the move target {order.consumer} exists already")
@@ -355,6 +359,69 @@ def start(
     )
     row = latest(conn, consumer)
     return allocation, _model(row)
+
+
+def _keep_gang_layout(conn: sa.Connection, source: Any, target_id: int, target: str, consumer: str) -> None:
+    """A gang's instance moves only where the gang's layout still holds: at most
+    ``max_per_host`` instances a host (counting the other instances' pending moves there), and
+    the host's value of ``same`` the one the other instances' hosts share. In the start's
+    transaction, after both hosts are locked: two instances moving to one host at once are
+    counted one after the other."""
+    doc = source.request or {}
+    layout, gang = doc.get("gang_layout"), doc.get("gang")
+    if not layout or not gang:
+        return
+    others = conn.execute(
+        sa.select(allocations.c.consumer, allocations.c.host_id).where(
+            GangId() == gang,
+            allocations.c.released_at.is_(None),
+            allocations.c.project == source.project,
+            allocations.c.id != source.id,
+        )
+    ).all()
+    if not others:
+        return
+    where: dict[str, set[int]] = {o.consumer: {o.host_id} for o in others}
+    for m in conn.execute(
+        sa.select(moves.c.consumer, moves.c.target_host_id).where(
+            moves.c.consumer.in_(list(where)), moves.c.state == PENDING
+        )
+    ):
+        where[m.consumer].add(m.target_host_id)
+    cap = layout.get("max_per_host")
+    there = sum(1 for hosts_of in where.values() if target_id in hosts_of)
+    if cap is not None and there + 1 > cap:
+        raise errors.DevassignError(
+            errors.NO_VALID_HOST,
+            f"{target} cannot hold {consumer}: its gang {gang} allows at most {cap} instance"
+            f"{'' if cap == 1 else 's'} a host, and {there} of its other instances "
+            f"{'is' if there == 1 else 'are'} there or moving there",
+        )
+    same = layout.get("same")
+    if same is None:
+        return
+    attribute = str(same).removeprefix("attributes.")
+    staying = sorted({o.host_id for o in others})
+    # Only the devices' attributes are read: whether a host is up does not matter here.
+    ids = sorted({target_id, *staying})
+    by_name = {v.name: v for v in load_snapshot(conn, ids, up_since=datetime.min.replace(tzinfo=UTC)).hosts}
+    names = conn.execute(sa.select(hosts.c.id, hosts.c.name).where(hosts.c.id.in_(ids))).all()
+    by_id = {r.id: by_name[r.name] for r in names if r.name in by_name}
+    shared: dict[str, Any] = {}
+    for h in staying:
+        if h in by_id:
+            known, value = host_value(by_id[h], attribute)
+            if known:
+                shared[repr(value)] = value
+    known, value = host_value(by_id[target_id], attribute) if target_id in by_id else (False, [])
+    if shared and (not known or repr(value) not in shared):
+        gang_has = " or ".join(f"{attribute}={v}" for v in shared.values())
+        has = f"{attribute}={value}" if known else f"no one {attribute}"
+        raise errors.DevassignError(
+            errors.NO_VALID_HOST,
+            f"{target} cannot hold {consumer}: the other instances of its gang {gang} have "
+            f"{gang_has}, and {target} has {has}",
+        )
 
 
 def _pending_locked(conn: sa.Connection, consumer: str) -> Any:
