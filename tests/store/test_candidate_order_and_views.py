@@ -77,3 +77,19 @@ def test_unchanged_hosts_are_reused_and_a_claimed_host_is_read_afresh(store: Sto
     assert after["h00"] is not before["h00"]
     assert after["h00"].by_id[device.id].state == "reserved"
     assert before["h00"].by_id[device.id].state == "available"
+    # The claimed host's other devices are the same views: only the changed row is rebuilt.
+    for d in before["h00"].devices[1:]:
+        assert after["h00"].by_id[d.id] is d
+
+
+def test_the_device_views_kept_are_bounded() -> None:
+    """Hosts and device views are both kept within the cache's bound, oldest out first."""
+    from devassign.store.candidates import _N_DEVICE, ViewCache
+
+    cache = ViewCache(max_devices=40)
+    blank = (None,) * (_N_DEVICE - 1)  # the facts, attributes, state, ...: none needed here
+    for h in range(20):
+        rows = tuple((f"d{h * 4 + k}", *blank) for k in range(4))
+        assert [d.id for d in cache.get(f"h{h}", True, rows).devices] == [r[0] for r in rows]
+    assert len(cache._by_row) == 40 and cache._devices == 40
+    assert ("d0", *blank) not in cache._by_row and ("d79", *blank) in cache._by_row

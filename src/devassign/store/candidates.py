@@ -423,6 +423,9 @@ class ViewCache:
         self._views: OrderedDict[tuple[Any, ...], HostView] = OrderedDict()
         self._devices = 0
         self._lock = threading.Lock()
+        # Device views by their row, for a host that changed: a claim changes two of its
+        # sixteen rows, and the other fourteen views are reused (bounded like the hosts').
+        self._by_row: OrderedDict[tuple[Any, ...], DeviceView] = OrderedDict()
 
     def get(self, name: str, up: bool, rows: tuple[tuple[Any, ...], ...]) -> HostView:
         key = (name, up, rows)
@@ -431,9 +434,9 @@ class ViewCache:
             if view is not None:
                 self._views.move_to_end(key)
                 return view
-        view = HostView(name, tuple(_device(r) for r in rows), up)
         if len(rows) * 10 > self.max_devices:
-            return view
+            return HostView(name, tuple(_device(r) for r in rows), up)
+        view = HostView(name, tuple(self._device(r) for r in rows), up)
         with self._lock:
             if key not in self._views:
                 self._views[key] = view
@@ -442,6 +445,19 @@ class ViewCache:
                 _, old = self._views.popitem(last=False)
                 self._devices -= len(old.devices)
         return view
+
+    def _device(self, row: tuple[Any, ...]) -> DeviceView:
+        with self._lock:
+            found = self._by_row.get(row)
+            if found is not None:
+                self._by_row.move_to_end(row)
+                return found
+        found = _device(row)
+        with self._lock:
+            self._by_row[row] = found
+            while len(self._by_row) > self.max_devices:
+                self._by_row.popitem(last=False)
+        return found
 
 
 VIEWS = ViewCache()
