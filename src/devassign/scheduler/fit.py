@@ -134,7 +134,12 @@ _Shape = tuple[
     str | None,
     int,
 ]
-_MEMO_MAX = 32
+# How many request shapes one view keeps, and which: the few small ones a cloud's flavors ask
+# for, not any shape a client can write (a view stays cached for many claims, so a large shape
+# kept on it would be memory a client could grow; a diagnosis's relaxed shapes are not kept).
+_MEMO_MAX = 8
+_MEMO_ALTERNATIVES = 8  # alternatives in all the request's units
+_MEMO_CONSTRAINTS = 4
 
 
 class _Search:
@@ -147,9 +152,12 @@ class _Search:
         quota_left: Mapping[str, int] | None,
         budget: int,
         rng: random.Random | None = None,
+        *,
+        keep: bool = True,
     ) -> None:
         self.host = host
         self.rng = rng
+        self.keep = keep  # whether its class shapes may be kept on the view (not a diagnosis's)
         self.constraints = constraints
         self.budget = budget
         self.steps = 0
@@ -186,26 +194,33 @@ class _Search:
         """The host's usable devices grouped into classes of interchangeable ones, each with
         the (unit, alternative) pairs it may serve. A pure function of the host's view and the
         request's shape (types, not counts), so it is kept on the view for requests without
-        selectors (their results are per request); at most ``_MEMO_MAX`` shapes a view."""
+        selectors (their results are per request); small shapes only, at most ``_MEMO_MAX`` a view."""
         host = self.host
+        kept: dict[tuple[Any, ...], list[_Shape]] = host.memo.setdefault("shapes", {})
         key: tuple[Any, ...] | None = None
-        if len(host.memo) < _MEMO_MAX and all(
-            alt.selector is None for unit in self.units for alt in unit.alternatives
+        alternatives = [alt for unit in self.units for alt in unit.alternatives]
+        if (
+            self.keep
+            and len(kept) < _MEMO_MAX
+            and len(alternatives) <= _MEMO_ALTERNATIVES
+            and len(self.constraints) <= _MEMO_CONSTRAINTS
+            and all(alt.selector is None for alt in alternatives)
         ):
             key = (
                 "classes",
                 tuple(tuple((alt.type, alt.extra) for alt in unit.alternatives) for unit in self.units),
                 tuple(c.attribute for c in self.constraints),
             )
-            found: list[_Shape] | None = host.memo.get(key)
+            found = kept.get(key)
             if found is not None:
                 return found
         candidacy: dict[str, list[tuple[int, int]]] = {}
         devices: dict[str, DeviceView] = {}
         for ui, unit in enumerate(self.units):
             for ai, alt in enumerate(unit.alternatives):
+                pair = (ui, ai)  # one tuple shared by every device it applies to
                 for d in cands.of(host, alt).usable:
-                    candidacy.setdefault(d.id, []).append((ui, ai))
+                    candidacy.setdefault(d.id, []).append(pair)
                     devices[d.id] = d
         classes: dict[tuple[Any, ...], list[DeviceView]] = {}
         first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -227,7 +242,7 @@ class _Search:
             for ck, members in classes.items()
         ]
         if key is not None:
-            host.memo[key] = shapes
+            kept[key] = shapes
         return shapes
 
     def _pool_free(self, pool: str | None) -> list[DeviceView]:
@@ -500,7 +515,7 @@ def _solves(
     constraints: tuple[Constraint, ...],
 ) -> bool | None:
     """Whether a relaxed version fits; ``None`` when even that ran out of steps."""
-    search = _Search(host, request, cands, constraints, None, DIAGNOSIS_BUDGET)
+    search = _Search(host, request, cands, constraints, None, DIAGNOSIS_BUDGET, keep=False)
     try:
         return search.run()
     except BudgetExhausted:

@@ -141,3 +141,35 @@ def test_a_reused_view_answers_as_a_fresh_one(host: HostView, asked: list[Reques
     for request in asked:
         fresh = HostView(host.name, host.devices, host.up)
         assert fit(host, request) == fit(fresh, request)
+
+
+def test_a_view_keeps_few_small_request_shapes() -> None:
+    """What the fit keeps on a cached view is bounded: large request shapes (many alternatives
+    or constraints, which a client could vary endlessly) and a refusal's diagnosis are not kept,
+    and at most a handful of shapes are."""
+    from devassign.scheduler.fit import _MEMO_ALTERNATIVES, _MEMO_MAX
+    from tests.unit.scheduler.helpers import vfs
+
+    view = HostView("h", tuple(vfs(16, numa=0)))
+
+    def shapes() -> int:
+        return len(view.memo.get("shapes", {}))
+
+    others = [{"type": "NIC_VF_1G", "count": k} for k in range(2, _MEMO_ALTERNATIVES + 2)]
+    wide = {"name": "r", "type": "NIC_VF_1G", "first_available": others}
+    assert fit(view, req(wide)).chosen is not None
+    assert shapes() == 0
+    apart = [{"name": n, "type": "NIC_VF_1G"} for n in ("a", "b")]
+    rules = [{"requests": ["a", "b"], "distinct": "numa_node"}, {"requests": ["a", "b"], "match": "parent"}]
+    one_numa = req(*apart, constraints=rules)
+    assert fit(view, one_numa).chosen is None  # every VF is on NUMA node 0
+    assert shapes() == 1  # the shape itself, not the diagnosis's relaxed ones
+    for n in range(1, 2 * _MEMO_MAX):
+        fit(
+            view,
+            req(
+                *({"name": f"r{i}", "type": "NIC_VF_1G"} for i in range(n % _MEMO_ALTERNATIVES + 1)),
+                constraints=[{"requests": ["r0"], "match": f"attributes.k{n}"}],
+            ),
+        )
+    assert shapes() == _MEMO_MAX
