@@ -233,12 +233,11 @@ def test_a_moved_instance_keeps_to_its_gangs_layout(api: TestClient) -> None:
     on = {a["consumer"]: a["host"] for a in api.get("/v1/allocations").json()}
     other = {"vm-1": on["vm-2"], "vm-2": on["vm-1"]}
     crowded = _move(api, "vm-1", other["vm-1"])
-    assert crowded.status_code == 409 and crowded.json()["error"]["code"] == "no_valid_host", crowded.text
+    assert crowded.status_code == 409 and crowded.json()["error"]["code"] == "gang_layout", crowded.text
     assert "at most 1 instance a host" in crowded.json()["error"]["message"]
     away = _move(api, "vm-1", "d")
-    assert away.status_code == 409 and "rack=r1, and d has rack=r2" in away.json()["error"]["message"], (
-        away.text
-    )
+    assert away.status_code == 409 and away.json()["error"]["code"] == "gang_layout", away.text
+    assert "share rack=r1, and that host has rack=r2" in away.json()["error"]["message"]
     # c: another host of r1, free of instances: fine; but then vm-2 cannot follow it there.
     assert _move(api, "vm-1", "c").status_code == 201
     follow = _move(api, "vm-2", "c")
@@ -269,3 +268,26 @@ def test_a_same_rack_gang_reads_wider_when_the_first_hosts_read_share_no_rack(ap
     r = api.post("/v1/gangs", json=body)
     assert r.status_code == 201, r.text
     assert sorted(a["host"] for a in r.json()["allocations"]) == ["z1", "z2"]
+
+
+def test_a_gang_made_before_layouts_were_kept_replays(api: TestClient) -> None:
+    """Its instances' documents lack gang_layout: resending the same gang still answers 200."""
+    import sqlalchemy as sa
+
+    from devassign.store.schema import allocations
+
+    _cloud(api, {"a": 2, "b": 2})
+    body = _gang(["vm-1", "vm-2"], gpus=1, idempotency_key="k", layout={"distinct_hosts": True})
+    assert api.post("/v1/gangs", json=body).status_code == 201
+    store = api.app.state.store  # type: ignore[attr-defined]
+    with store.db.write() as c:
+        for r in c.execute(sa.select(allocations.c.id, allocations.c.request)).all():
+            old = {k: v for k, v in r.request.items() if k != "gang_layout"}
+            assert old != r.request
+            c.execute(allocations.update().where(allocations.c.id == r.id).values(request=old))
+    assert api.post("/v1/gangs", json=body).status_code == 200
+    changed = {**body, "layout": {"max_per_host": 2}}
+    assert (
+        api.post("/v1/gangs", json={**changed, "extra_specs": {"hardware_resource:GPU": "2"}}).status_code
+        == 409
+    )

@@ -391,11 +391,12 @@ def _keep_gang_layout(conn: sa.Connection, source: Any, target_id: int, target: 
     cap = layout.get("max_per_host")
     there = sum(1 for hosts_of in where.values() if target_id in hosts_of)
     if cap is not None and there + 1 > cap:
+        # Names no host: a member reads it too (it named the target itself).
         raise errors.DevassignError(
-            errors.NO_VALID_HOST,
-            f"{target} cannot hold {consumer}: its gang {gang} allows at most {cap} instance"
-            f"{'' if cap == 1 else 's'} a host, and {there} of its other instances "
-            f"{'is' if there == 1 else 'are'} there or moving there",
+            errors.GANG_LAYOUT,
+            f"moving {consumer} there would break its gang's layout: gang {gang} allows at most "
+            f"{cap} instance{'' if cap == 1 else 's'} a host, and {there} of its other instances "
+            f"{'is' if there == 1 else 'are'} on that host or moving there",
         )
     same = layout.get("same")
     if same is None:
@@ -418,9 +419,9 @@ def _keep_gang_layout(conn: sa.Connection, source: Any, target_id: int, target: 
         gang_has = " or ".join(f"{attribute}={v}" for v in shared.values())
         has = f"{attribute}={value}" if known else f"no one {attribute}"
         raise errors.DevassignError(
-            errors.NO_VALID_HOST,
-            f"{target} cannot hold {consumer}: the other instances of its gang {gang} have "
-            f"{gang_has}, and {target} has {has}",
+            errors.GANG_LAYOUT,
+            f"moving {consumer} there would break its gang's layout: the other instances of gang "
+            f"{gang} share {gang_has}, and that host has {has}",
         )
 
 
