@@ -13,7 +13,7 @@ from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
 from devassign.scheduler.errors import RequestError
 from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
-from devassign.store.moves import MOVE_PREFIX
+from devassign.store.moves import is_internal
 from devassign.store.schema import allocations, devices, hosts, inventory, quotas, resource_types, taints
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def _live_requests_naming(conn: sa.Connection, name: str) -> list[str]:
     ).all()
     # A pending move's target allocation (an internal consumer) repeats its source's request,
     # and the source is live while the move is: the source names the type for both.
-    return [r.consumer for r in rows if not r.consumer.startswith(MOVE_PREFIX) and _may_name(r.request, name)]
+    return [r.consumer for r in rows if not is_internal(r.consumer) and _may_name(r.request, name)]
 
 
 # What in a stored request says which devices it may get: the rest (consumer, project, hosts,

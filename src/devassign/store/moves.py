@@ -45,6 +45,7 @@ from devassign.store.schema import (
     moves,
     resource_types,
 )
+from devassign.store.taint_marks import marked
 
 # The consumer id of a move's target allocation: never a valid client consumer id.
 MOVE_PREFIX = "_move:"
@@ -404,17 +405,17 @@ def _keep_gang_layout(conn: sa.Connection, source: Any, target_id: int, target: 
     attribute = str(same).removeprefix("attributes.")
     staying = sorted({o.host_id for o in others})
     # Only the devices' attributes are read: whether a host is up does not matter here.
+    # Every one of these hosts exists (they hold live allocations, or are locked): one view each,
+    # in this order.
     ids = sorted({target_id, *staying})
-    by_name = {v.name: v for v in load_snapshot(conn, ids, up_since=datetime.min.replace(tzinfo=UTC)).hosts}
-    names = conn.execute(sa.select(hosts.c.id, hosts.c.name).where(hosts.c.id.in_(ids))).all()
-    by_id = {r.id: by_name[r.name] for r in names if r.name in by_name}
+    views = load_snapshot(conn, ids, up_since=datetime.min.replace(tzinfo=UTC)).hosts
+    by_id = dict(zip(ids, views, strict=True))
     shared: dict[str, Any] = {}
     for h in staying:
-        if h in by_id:
-            known, value = host_value(by_id[h], attribute)
-            if known:
-                shared[repr(value)] = value
-    known, value = host_value(by_id[target_id], attribute) if target_id in by_id else (False, [])
+        known, value = host_value(by_id[h], attribute)
+        if known:
+            shared[repr(value)] = value
+    known, value = host_value(by_id[target_id], attribute)
     if shared and (not known or repr(value) not in shared):
         gang_has = " or ".join(f"{attribute}={v}" for v in shared.values())
         has = f"{attribute}={value}" if known else f"no one {attribute}"
@@ -496,17 +497,9 @@ def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
     set up (assigned). Committing onto reserved devices would leave the consumer holding devices
     whose setup may still fail or lapse, with its old devices already in cleaning; committing
     onto drained ones would land it where the operator is emptying the host."""
-    waiting = conn.execute(
-        sa.select(devices.c.state, sa.func.count())
-        .where(
-            devices.c.allocation_id == row.target_allocation_id, devices.c.state != DeviceState.ASSIGNED.value
-        )
-        .group_by(devices.c.state)
-        .order_by(devices.c.state)
-    ).all()
     drained = conn.execute(
         sa.select(devices.c.taint).where(
-            devices.c.allocation_id == row.target_allocation_id, devices.c.taint.startswith("Drain ")
+            devices.c.allocation_id == row.target_allocation_id, devices.c.taint.startswith(marked("Drain"))
         )
     ).first()
     if drained is not None:
@@ -515,6 +508,14 @@ def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
             f"the devices held on {row.target_name} for {row.consumer} are being drained "
             f"({drained.taint}); abort the move and move elsewhere",
         )
+    waiting = conn.execute(
+        sa.select(devices.c.state, sa.func.count())
+        .where(
+            devices.c.allocation_id == row.target_allocation_id, devices.c.state != DeviceState.ASSIGNED.value
+        )
+        .group_by(devices.c.state)
+        .order_by(devices.c.state)
+    ).all()
     if waiting:
         states = ", ".join(f"{n} {state}" for state, n in waiting)
         raise errors.DevassignError(

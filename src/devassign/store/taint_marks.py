@@ -25,7 +25,12 @@ def live(now: datetime) -> Any:
 
 def phrase(effect: str, reason: str, set_by: str) -> str:
     """``NoSchedule (maintenance: PSU swap, by admin)``."""
-    return f"{effect} ({reason}, by {set_by})"
+    return f"{marked(effect)}{reason}, by {set_by})"
+
+
+def marked(effect: str) -> str:
+    """How ``devices.taint`` begins for a device whose strongest taint has ``effect``."""
+    return f"{effect} ("
 
 
 def applies(taint: Any, device_id: str, address: str, parent: str | None) -> bool:
