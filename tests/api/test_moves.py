@@ -441,3 +441,44 @@ def test_a_drained_target_tells_the_moving_consumer_and_cannot_be_committed(api:
     assert api.post("/v1/hosts/dst/taints", json={"effect": "NoSchedule", "reason": "r"}).status_code == 201
     assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
     _audit_clean(api)
+
+
+def test_a_pending_move_counts_both_sets_for_the_projects_other_claims(api: TestClient) -> None:
+    """The move itself is free of quota within its types, but while it is pending the project
+    holds both sets: a claim of another consumer sees both, until the move ends."""
+    _world(api, target_devices=4)
+    project = api.get("/v1/allocations/vm-1").json()["project"]
+    r = api.put(f"/v1/quotas/{project}/NIC_VF_1G", json={"limit": 3})
+    assert r.status_code == 204, r.text
+    assert api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).status_code == 201
+    used = {q["type"]: q["used"] for q in api.get("/v1/quotas", params={"project": project}).json()}
+    assert used == {"NIC_VF_1G": 4}
+    vm2 = {"consumer": "vm-2", "project": project, "requests": [{"name": "a", "type": "NIC_VF_1G"}]}
+    r = api.post("/v1/claims", json=vm2)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded", r.text
+    assert api.post("/v1/allocations/vm-1/moves/abort").status_code == 200
+    r = api.post("/v1/claims", json=vm2)
+    assert r.status_code == 201, r.text
+    _audit_clean(api)
+
+
+def test_a_move_pending_past_the_threshold_is_an_audit_finding(api: TestClient, clock: Clock) -> None:
+    """A set-up target never lapses; the audit names a move left pending, and never aborts it
+    (its guest may already run on the target devices)."""
+    _world(api)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})
+    assert r.status_code == 201, r.text
+    _set_up(api, "dst", [{"id": p["target_id"]} for p in r.json()["device_map"]])
+    clock.advance(1800)
+    assert api.get("/v1/audit", params={"down_for": 3600}).json()["findings"] == []
+    clock.advance(1801)
+    found = api.post("/v1/audit/fix", params={"down_for": 3600}).json()["findings"]
+    findings = [f for f in found if f["check"] != "held_on_down_host"]  # no agent heartbeats here
+    assert [(f["check"], f["consumer"], f["host"], f["repaired"]) for f in findings] == [
+        ("move_stale", "vm-1", "dst", False)
+    ], findings
+    assert "from src to dst" in findings[0]["message"]
+    assert api.get("/v1/allocations/vm-1/moves").json()[0]["state"] == "pending"
+    assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
+    found = api.get("/v1/audit", params={"down_for": 3600}).json()["findings"]
+    assert [f for f in found if f["check"] == "move_stale"] == []

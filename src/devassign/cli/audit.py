@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         down_for: Annotated[
-            int, typer.Option(help="Seconds a host must have been silent before what it holds counts")
+            int, typer.Option(help="Seconds a host must have been silent (a move pending) before it counts")
         ] = 3600,
         fmt: FormatOpt = Format.table,
     ) -> None:

@@ -22,7 +22,7 @@ DownFor = Annotated[
     Query(
         ge=0,
         le=365 * 24 * 3600,
-        description="Seconds a host must have been silent before devices held or waiting there count",
+        description="Seconds a host must have been silent (or a move pending) before it counts",
     ),
 ]
 

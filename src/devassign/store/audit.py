@@ -22,7 +22,15 @@ from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.inventory import SCHEDULABLE, SHARE_COLUMNS, recount
-from devassign.store.schema import allocation_items, allocations, devices, hosts, inventory, resource_types
+from devassign.store.schema import (
+    allocation_items,
+    allocations,
+    devices,
+    hosts,
+    inventory,
+    moves,
+    resource_types,
+)
 
 # What each finding means and whether ``fix`` repairs it.
 CHECKS: dict[str, tuple[str, bool]] = {
@@ -44,6 +52,11 @@ CHECKS: dict[str, tuple[str, bool]] = {
     "reservation_overdue": ("an unconfirmed reservation is past its expiry and was not given up", True),
     "held_on_down_host": ("devices are held on a host that has been down longer than the threshold", False),
     "stranded_work": ("setup or cleanup waits on a host that has been down longer than the threshold", False),
+    "move_stale": (
+        "a move has been pending longer than the threshold: commit or abort it (its consumer holds "
+        "two sets of devices until then)",
+        False,
+    ),
     "pool_overdrawn": (
         "the partitions held from one device give more than its counters, run two modes, or it is "
         "held whole too",
@@ -88,6 +101,7 @@ def run(conn: sa.Connection, *, now: datetime, down_for: timedelta) -> list[Find
         found += check(conn)
     found += _overdue(conn, now - OVERDUE_GRACE)
     found += _down_hosts(conn, now - down_for)
+    found += _stale_moves(conn, now - down_for)
     return found
 
 
@@ -403,3 +417,33 @@ def _down_hosts(conn: sa.Connection, silent_since: datetime) -> list[Finding]:
                 )
             )
     return found
+
+
+def _stale_moves(conn: sa.Connection, started_before: datetime) -> list[Finding]:
+    """Moves pending since before ``started_before``: a migration that neither committed nor
+    aborted (its orchestrator died in between, or forgot). Not repaired here: aborting a move
+    whose guest already runs on the target would clean devices in use; a person decides."""
+    source, target = hosts.alias("source"), hosts.alias("target")
+    q = (
+        sa.select(
+            moves.c.consumer,
+            moves.c.created_at,
+            source.c.name.label("source"),
+            target.c.name.label("target"),
+        )
+        .join(source, source.c.id == moves.c.source_host_id)
+        .join(target, target.c.id == moves.c.target_host_id)
+        .where(moves.c.finished_at.is_(None), moves.c.created_at < started_before)
+        .order_by(moves.c.created_at)
+    )
+    return [
+        Finding(
+            "move_stale",
+            f"{r.consumer} has been moving from {r.source} to {r.target} since "
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}: commit or abort the move",
+            host=r.target,
+            consumer=r.consumer,
+            detail={"source_host": r.source},
+        )
+        for r in conn.execute(_limited(q))
+    ]
