@@ -27,7 +27,7 @@ from devassign.scheduler.shares import Pools, overdrawn
 from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
-from devassign.store.db import ConcurrentChange
+from devassign.store.db import ConcurrentChange, driver_rows
 from devassign.store.events import record
 from devassign.store.inventory import lock_host, partitions, recarve, recount
 from devassign.store.quotas import enforce_quota
@@ -137,47 +137,38 @@ _NEW_ALLOCATION = (
 )
 
 
-def _open_pg_statement(lock: str) -> sa.TextClause:
+def _open_pg_statement(lock: str) -> str:
     """PostgreSQL: the host's lock, the consumer and the allocation row in one round trip.
 
     The allocation is inserted only for a consumer this statement recorded or one its
     snapshot knows in the same project (``known``: its project as the snapshot saw it). A
     consumer recorded by a transaction that committed during the statement is in neither:
-    no allocation, ``known`` NULL, and the claim starts again."""
-    return sa.text(
-        f"""
+    no allocation, ``known`` NULL, and the claim starts again. (psycopg's parameters, each
+    cast: see :func:`~devassign.store.db.driver_rows`.)"""
+    return f"""
         WITH h AS (
-            SELECT id FROM hosts WHERE name = :name {lock}
+            SELECT id FROM hosts WHERE name = %(name)s::varchar {lock}
         ), c AS (
             INSERT INTO consumers (uuid, project, created_at)
-            SELECT :consumer, :project, :created_at FROM h
+            SELECT %(consumer)s::varchar, %(project)s::varchar, %(created_at)s::timestamptz FROM h
             ON CONFLICT (uuid) DO NOTHING
             RETURNING uuid
         ), known AS (
-            SELECT project FROM consumers WHERE uuid = :consumer
+            SELECT project FROM consumers WHERE uuid = %(consumer)s::varchar
         ), a AS (
             INSERT INTO allocations
                 (consumer, project, host_id, state, idempotency_key, request, created_at, expires_at)
-            SELECT :consumer, :project, h.id, :state, :idempotency_key, CAST(:request AS jsonb),
-                :created_at, :expires_at
+            SELECT %(consumer)s::varchar, %(project)s::varchar, h.id, %(state)s::varchar,
+                %(idempotency_key)s::varchar, %(request)s::jsonb, %(created_at)s::timestamptz,
+                %(expires_at)s::timestamptz
             FROM h
-            WHERE EXISTS (SELECT 1 FROM c) OR (SELECT project FROM known) = :project
+            WHERE EXISTS (SELECT 1 FROM c) OR (SELECT project FROM known) = %(project)s::varchar
             ON CONFLICT (consumer) WHERE released_at IS NULL DO NOTHING
             RETURNING id
         )
         SELECT (SELECT id FROM h) AS host_id, (SELECT project FROM known) AS known,
             (SELECT id FROM a) AS alloc_id
         """
-    ).bindparams(
-        sa.bindparam("name", type_=sa.String),
-        sa.bindparam("consumer", type_=sa.String),
-        sa.bindparam("project", type_=sa.String),
-        sa.bindparam("state", type_=sa.String),
-        sa.bindparam("idempotency_key", type_=sa.String),
-        sa.bindparam("request", type_=sa.Text),
-        sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
-        sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)),
-    )
 
 
 # Keyed by ``ClaimOrder.wait``: wait for the host's lock, or skip a host another holds.
@@ -246,52 +237,40 @@ _NEW_ITEM = allocation_items.insert()
 # PostgreSQL: the same as _TAKE, _NEW_ITEM, _TAKE_COUNTS and the event, as one statement of
 # data-modifying CTEs (one round trip instead of four). The row count is checked as for _TAKE;
 # a lost race rolls the whole transaction back, items, counts and event included.
-_TAKE_ALL_PG = sa.text(
-    f"""
+_TAKE_ALL_PG = f"""
     WITH taken AS (
         UPDATE devices
-        SET state = '{DeviceState.RESERVED.value}', allocation_id = :alloc,
-            state_changed_at = :now, updated_at = :now
-        WHERE id = ANY(CAST(:ids AS varchar[])) AND host_id = :host_id
+        SET state = '{DeviceState.RESERVED.value}', allocation_id = %(alloc)s::bigint,
+            state_changed_at = %(now)s::timestamptz, updated_at = %(now)s::timestamptz
+        WHERE id = ANY(%(ids)s::varchar[]) AND host_id = %(host_id)s::int
           AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
         RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool
     ), items AS (
         INSERT INTO allocation_items (allocation_id, device_id, request_name)
-        SELECT :alloc, t.id, r.name
+        SELECT %(alloc)s::bigint, t.id, r.name
         FROM taken AS t
-        JOIN unnest(CAST(:ids AS varchar[]), CAST(:names AS varchar[])) AS r(id, name) ON r.id = t.id
+        JOIN unnest(%(ids)s::varchar[], %(names)s::varchar[]) AS r(id, name) ON r.id = t.id
     ), counts AS (
         UPDATE inventory SET available = inventory.available - c.n
         FROM (SELECT type_id, count(*) AS n FROM taken GROUP BY type_id) AS c
-        WHERE inventory.host_id = :host_id AND inventory.type_id = c.type_id
+        WHERE inventory.host_id = %(host_id)s::int AND inventory.type_id = c.type_id
     ), event AS (
         INSERT INTO events (at, actor, action, host, consumer, message, detail)
-        VALUES (:now, :actor, 'allocation_created', :host, :consumer, :message, CAST(:detail AS jsonb))
+        VALUES (%(now)s::timestamptz, %(actor)s::varchar, 'allocation_created', %(host)s::varchar,
+            %(consumer)s::varchar, %(message)s::text, %(detail)s::jsonb)
     )
     SELECT id, address, kind, type_id, parent, pool, is_pool,
         -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
         -- child of the taken devices. Under the host's lock every claim on this host waits
         -- for this one, so the states read here cannot change before the commit.
         (SELECT count(*) FROM devices AS d
-         WHERE d.host_id = :host_id AND NOT (d.id = ANY(CAST(:ids AS varchar[])))
+         WHERE d.host_id = %(host_id)s::int AND NOT (d.id = ANY(%(ids)s::varchar[]))
            AND d.state IN ({", ".join(repr(x) for x in _HOLDING)})
            AND (d.address IN (SELECT parent FROM taken) OR d.parent IN (SELECT address FROM taken)
                 OR d.address IN (SELECT pool FROM taken) OR d.pool IN (SELECT address FROM taken))
         ) AS held_relatives
     FROM taken
-    """
-).bindparams(
-    # Typed, so that psycopg's parameters carry PostgreSQL's types: an untyped Python int went
-    # as numeric, and `inventory.host_id = numeric` cannot use the index (3 ms at 10,000 hosts).
-    sa.bindparam("host_id", type_=sa.Integer),
-    sa.bindparam("alloc", type_=sa.BigInteger),
-    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("actor", type_=sa.String),
-    sa.bindparam("host", type_=sa.String),
-    sa.bindparam("consumer", type_=sa.String),
-    sa.bindparam("message", type_=sa.Text),
-    sa.bindparam("detail", type_=sa.Text),
-)
+"""
 _TAKE_COUNTS = (
     inventory.update()
     .where(inventory.c.host_id == sa.bindparam("on_host"), inventory.c.type_id == sa.bindparam("t"))
@@ -445,7 +424,7 @@ def _open_pg(
     """What :func:`_open_sqlite` does, in one statement (:data:`_OPEN_PG`)."""
     row = _allocation_row(order, None, now, ttl)
     row["name"], row["request"] = order.host, json.dumps(order.request_doc)
-    found = conn.execute(_OPEN_PG[order.wait], row).one()
+    found = driver_rows(conn, _OPEN_PG[order.wait], row)[0]
     if found.host_id is None:
         raise _host_not_locked(order)
     if found.alloc_id is not None:
@@ -462,7 +441,8 @@ def _open_pg(
 def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
     """PostgreSQL: the devices, the allocation items, the counts and the event in one statement."""
     o = t.order
-    taken = conn.execute(
+    taken = driver_rows(
+        conn,
         _TAKE_ALL_PG,
         {
             "ids": t.ids,
@@ -476,7 +456,7 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
             "message": t.message,
             "detail": json.dumps(t.detail),
         },
-    ).all()
+    )
     _check_taken(conn, t, taken)
     if taken[0].held_relatives:
         raise LostRace(f"a parent or child of the chosen devices on {o.host} is in use")
