@@ -21,11 +21,13 @@ def test_rows_and_errors_are_those_of_sqlalchemy(pg_url: str) -> None:
         assert not bad.value.connection_invalidated and busy_error(bad.value) is None
         # A connection the database dropped is invalidated, as SQLAlchemy does for its own
         # statements: a retry gets a fresh one, and the error is a 503, not a 500.
-        with pytest.raises(sa.exc.DBAPIError) as lost, db.write() as conn:
+        with db.engine.connect() as conn:
             pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             with db.engine.connect() as other:
                 other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-            driver_rows(conn, "SELECT 1 AS one", {})
+            with pytest.raises(sa.exc.DBAPIError) as lost:
+                driver_rows(conn, "SELECT 1 AS one", {})
+            assert conn.invalidated
         assert lost.value.connection_invalidated
         assert busy_error(lost.value) is not None
         assert db.retrying(lambda c: driver_rows(c, "SELECT 1 AS one", {})[0].one) == 1
