@@ -301,6 +301,6 @@ def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[st
         if name.isdigit():
             groups[int(name)] = set(sysfs.listdir(f"kernel/iommu_groups/{name}/devices"))
     for dev in devices:
-        if dev.iommu_group is not None:
+        if dev.iommu_group is not None and dev.kind is not DeviceKind.VGPU:  # functions only
             groups.setdefault(dev.iommu_group, set()).add(dev.address)
     return {n: sorted(members) for n, members in sorted(groups.items())}

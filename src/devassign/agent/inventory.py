@@ -15,7 +15,7 @@ from typing import Any
 
 from devassign.agent.config import AgentConfig, DeviceRule
 from devassign.agent.discovery import scan_pci
-from devassign.agent.model import FLAG_DUPLICATE, FLAG_IOMMU_SHARED, FoundDevice
+from devassign.agent.model import FLAG_DUPLICATE, FLAG_IOMMU_SHARED, FLAG_NOT_ENDPOINT, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.usb import scan_usb
 from devassign.domain import DeviceKind
@@ -69,6 +69,9 @@ def apply_rules(devices: list[FoundDevice], rules: tuple[DeviceRule, ...]) -> No
     for dev in devices:
         for rule in rules:
             if rule.matches(dev):
+                if dev.is_bridge:
+                    dev.flag(FLAG_NOT_ENDPOINT)
+                    log.warning("%s: a bridge (class %s) is not offered", dev.address, dev.class_code)
                 dev.type = rule.type
                 dev.attributes.update(rule.attributes)
                 dev.allow_shared_iommu_group = rule.allow_shared_iommu_group
@@ -95,36 +98,75 @@ def _share_bandwidth(vf: FoundDevice, pf: FoundDevice | None, bandwidth: int | s
     vf.pool_counters = {"bandwidth_mbps": int(bandwidth)}
 
 
+# Peers listed in a device's ``iommu_group_peers``: a switch without ACS can put a thousand
+# functions in one group, and every member listing every other made the report quadratic.
+MAX_LISTED_PEERS = 32
+
+
 def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) -> None:
-    """Flag typed devices whose IOMMU group holds endpoints that nobody may assign.
+    """Flag offered devices whose IOMMU group holds an endpoint that is not offered too.
 
     VFIO takes a group whole and devices in one group can reach each other without the
-    IOMMU, so handing out one member while another stays with the host is unsafe. Bridges
-    do not count; a member we could not read counts as an endpoint (the safe side).
+    IOMMU, so handing out one member while another stays with the host is unsafe: a mate
+    that no rule types, and as well one that a rule types but something else keeps from
+    being offered (a PF whose VFs are enabled, a GPU with mdev instances running). Flagging
+    one member can block its mates, so this runs until nothing changes. Bridges do not
+    count; a member we could not read counts as an endpoint (the safe side). A vGPU of a
+    VF (vGPU 17+) is the VF passed through whole: the VF's group is checked for it.
     """
     by_addr = {d.address: d for d in devices}
     for dev in devices:
-        if dev.iommu_group is None:
+        vehicle = _vehicle(dev, by_addr)
+        if vehicle is None:
             continue
-        peers = [a for a in groups.get(dev.iommu_group, []) if a != dev.address]
+        members = groups.get(vehicle.iommu_group, []) if vehicle.iommu_group is not None else []
+        peers = [a for a in members if a != vehicle.address]
         if peers:
-            dev.attributes["iommu_group_peers"] = peers
-        if dev.type is None or dev.allow_shared_iommu_group:
-            continue
-        blockers = []
-        for addr in peers:
-            peer = by_addr.get(addr)
-            if peer is not None and (peer.is_bridge or peer.type is not None):
+            dev.attributes["iommu_group_size"] = len(members)
+            dev.attributes["iommu_group_peers"] = peers[:MAX_LISTED_PEERS]
+    changed = True
+    while changed:
+        changed = False
+        for dev in devices:
+            vehicle = _vehicle(dev, by_addr)
+            if vehicle is None or vehicle.iommu_group is None or not dev.offered:
                 continue
-            blockers.append(addr)
-        if blockers:
-            dev.flag(FLAG_IOMMU_SHARED)
-            log.warning(
-                "%s: not offered, IOMMU group %s also holds unassignable %s",
-                dev.address,
-                dev.iommu_group,
-                ", ".join(blockers),
-            )
+            if dev.allow_shared_iommu_group:
+                continue
+            blockers = [
+                a
+                for a in groups.get(vehicle.iommu_group, [])
+                if a != vehicle.address and not _harmless(by_addr.get(a))
+            ]
+            if blockers:
+                dev.flag(FLAG_IOMMU_SHARED)
+                changed = True
+                more = f" and {len(blockers) - 8} more" if len(blockers) > 8 else ""
+                shown = ", ".join(blockers[:8]) + more
+                log.warning(
+                    "%s: not offered, IOMMU group %s also holds %s, which stays with the host",
+                    dev.address,
+                    vehicle.iommu_group,
+                    shown,
+                )
+
+
+def _vehicle(dev: FoundDevice, by_addr: dict[str, FoundDevice]) -> FoundDevice | None:
+    """The PCI function a guest gets for ``dev``: itself, or for a vGPU its VF; ``None`` for
+    what no group concerns (mdev slots and MIG instances stay behind the host's driver, USB)."""
+    if dev.kind is DeviceKind.VGPU:
+        return by_addr.get(dev.parent or "")
+    if dev.kind in (DeviceKind.MDEV_TYPE, DeviceKind.MIG, DeviceKind.USB, DeviceKind.STATIC):
+        return None
+    return dev
+
+
+def _harmless(peer: FoundDevice | None) -> bool:
+    """A group mate that does not keep the group from a guest: a bridge, or a device that is
+    offered itself (the server hands a group out whole). An unknown member is not."""
+    if peer is None:
+        return False
+    return not peer.keeps_group or peer.offered
 
 
 def _flag_duplicates(devices: list[FoundDevice]) -> None:

@@ -18,9 +18,14 @@ FLAG_VFS_ENABLED = "vfs_enabled"  # a PF whose VFs are enabled: the VFs are the 
 FLAG_MDEV_IN_USE = "mdev_in_use"  # a GPU carved into mdev instances cannot be given whole
 FLAG_IOMMU_SHARED = "iommu_group_not_isolated"  # its group holds endpoints nobody may assign
 FLAG_DUPLICATE = "duplicate_address"  # two devices claimed the same identity
-BLOCKING_FLAGS = frozenset({FLAG_VFS_ENABLED, FLAG_MDEV_IN_USE, FLAG_IOMMU_SHARED, FLAG_DUPLICATE})
+FLAG_NOT_ENDPOINT = "not_an_endpoint"  # a bridge: it routes, it is no guest's device
+BLOCKING_FLAGS = frozenset(
+    {FLAG_VFS_ENABLED, FLAG_MDEV_IN_USE, FLAG_IOMMU_SHARED, FLAG_DUPLICATE, FLAG_NOT_ENDPOINT}
+)
 
-PCI_BRIDGE_CLASS = "0604"
+# Host, PCI-PCI, CardBus and semi-transparent PCI-PCI bridges (PCI class codes 06xx).
+HOST_BRIDGE_CLASS = "0600"
+BRIDGE_CLASSES = (HOST_BRIDGE_CLASS, "0604", "0607", "0609")
 
 
 @dataclass
@@ -54,7 +59,18 @@ class FoundDevice:
 
     @property
     def is_bridge(self) -> bool:
-        return (self.class_code or "").startswith(PCI_BRIDGE_CLASS)
+        """A bridge of any kind: never offered (vfio-pci refuses a bridge's header, and a host
+        bridge is the machine's own)."""
+        return (self.class_code or "").startswith(BRIDGE_CLASSES)
+
+    @property
+    def keeps_group(self) -> bool:
+        """False for a group mate that does not keep its IOMMU group from a guest: a PCI-PCI
+        bridge (pcieport manages no DMA, and VFIO accepts it), or a host bridge that no driver
+        holds (AMD's dummy host bridges share a group with the GPU behind them)."""
+        if not self.is_bridge:
+            return True
+        return (self.class_code or "").startswith(HOST_BRIDGE_CLASS) and self.driver is not None
 
     @property
     def offered(self) -> bool:

@@ -108,6 +108,7 @@ def add_vgpus(
                         vendor_id=vf.vendor_id,
                         product_id=vf.product_id,
                         numa_node=vf.numa_node,
+                        iommu_group=vf.iommu_group,  # the VF is what the guest gets
                         parent=vf.address,
                         attributes={
                             "vgpu_type_id": tid,
