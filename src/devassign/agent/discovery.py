@@ -16,7 +16,7 @@ from typing import Any
 from devassign.agent.gpus import add_mig_placements, memory_mb
 from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
-from devassign.agent.vgpu import add_vgpus
+from devassign.agent.vgpu import add_vgpus, is_mig_backed
 from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address, nvidia_vgpu
 from devassign.hostio import Sysfs
 
@@ -28,6 +28,9 @@ _VF_DEVICE_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,4})$")
 _CLASS_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{6})$")
 _CPULIST_RE = re.compile(r"^[0-9,\-]*$")
 _MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Slots offered per mdev type at most: a driver that claims more (an odd or hostile value) would
+# otherwise make one host's report larger than the server takes.
+MAX_MDEV_SLOTS = 1024
 
 
 @dataclass
@@ -204,7 +207,8 @@ def _vgpu_pool(sysfs: Sysfs, parent: FoundDevice, base: str, rel: str) -> tuple[
         found = nvidia_vgpu(sysfs.read(f"{base}/{type_id}/description"))
         if found is None:
             return None
-        sizes.append(found[0] * found[1])
+        if not is_mig_backed(sysfs.read(f"{base}/{type_id}/name") or ""):
+            sizes.append(found[0] * found[1])
     if not sizes:
         return None
     pf = sysfs.link_name(f"{rel}/physfn")
@@ -228,13 +232,17 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
         if not _MDEV_TYPE_RE.match(type_id):
             log.warning("%s: odd type name, skipped", where)
             continue
-        available = to_int(sysfs.read(f"{base}/{type_id}/available_instances"), "count", where)
-        if available is None:
-            log.warning("%s: available_instances unreadable, skipped", where)
-            continue
+        # Instances first: whatever else about the type is odd, the parent is in use.
         in_use = len(sysfs.listdir(f"{base}/{type_id}/devices"))
         if in_use:
             parent.flag(FLAG_MDEV_IN_USE)
+        available = to_int(sysfs.read(f"{base}/{type_id}/available_instances"), "count", where)
+        if available is None or available < 0:
+            log.warning("%s: available_instances unreadable, skipped", where)
+            continue
+        if vgpu is not None and is_mig_backed(sysfs.read(f"{base}/{type_id}/name") or ""):
+            log.warning("%s: a MIG-backed vGPU type, not offered (it needs a MIG GPU instance)", where)
+            continue
         total = available + in_use
         share: dict[str, object] = {}
         if vgpu is not None:
@@ -254,6 +262,9 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
                 attrs[key] = text
         if "name" in parent.attributes:
             attrs["parent_name"] = parent.attributes["name"]
+        if total > MAX_MDEV_SLOTS:
+            log.warning("%s: %d instances, only the first %d offered", where, total, MAX_MDEV_SLOTS)
+            total = MAX_MDEV_SLOTS
         for i in range(total):
             slots.append(
                 FoundDevice(

@@ -51,7 +51,7 @@ class AgentState:
     # devices whose health failed and has not passed enough checks in a row since (so a
     # restart does not make a failing device healthy after a single pass).
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # GPU address -> {vGPU type id: name}: every vGPU 17+ type seen on that GPU (agent/vgpu.py).
+    # GPU address@VF ids -> {vGPU type id: name}: every vGPU 17+ type seen on that GPU (agent/vgpu.py).
     vgpu_types: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The host name this state belongs to (files of older versions have none: the first
     # agent that uses such a file records its own).

@@ -36,6 +36,12 @@ _SIZE_RE = re.compile(r"-(\d{1,4})([A-Z]{1,2})$")
 _MIG_BACKED_RE = re.compile(r"-\d+-\d+[A-Z]{1,2}$")
 
 
+def is_mig_backed(name: str) -> bool:
+    """Whether a vGPU type (``NVIDIA H100-1-10C``, mdev ``GRID A100D-1-10C``) runs in a MIG GPU
+    instance: a partition of MIG slices, not of time."""
+    return _MIG_BACKED_RE.search(name.strip()) is not None
+
+
 def creatable(text: str | None) -> dict[int, str]:
     """``{type id: name}`` from a ``creatable_vgpu_types`` file (a header line is skipped)."""
     out: dict[int, str] = {}
@@ -60,10 +66,10 @@ def add_vgpus(
 ) -> None:
     """Append a device per VF and vGPU type of every vGPU 17+ GPU in ``devices``.
 
-    ``seen``: GPU address -> {type id: name} of every type seen on it so far, updated here (the
-    agent keeps it in its state file): a GPU that runs one type lists no other, and the types
-    it offers when empty must not come and go with what runs. ``gpu_memory_mb``: the GPU's
-    framebuffer by PF address, where the built-in table knows it.
+    ``seen``: ``GPU address@VF vendor:device`` -> {type id: name} of every type seen on it so
+    far, updated here (the agent keeps it in its state file): a GPU that runs one type lists
+    no other, and the types it offers when empty must not come and go with what runs.
+    ``gpu_memory_mb``: the GPU's framebuffer by PF address, where the built-in table knows it.
     """
     per_pf: dict[str, list[tuple[FoundDevice, dict[int, str], int]]] = defaultdict(list)
     for dev in devices:
@@ -76,8 +82,13 @@ def add_vgpus(
         current = sysfs.read(f"{base}/{CURRENT}") or "0"
         per_pf[dev.parent].append((dev, creatable(listed), int(current) if current.isdecimal() else 0))
     for pf, vfs in per_pf.items():
+        # Remembered per GPU model too: a card swapped for another in the same slot must not
+        # be offered the old card's types (nor sized by them).
+        key = f"{pf}@{vfs[0][0].vendor_id}:{vfs[0][0].product_id}"
+        for old in [k for k in seen if k == pf or (k.startswith(pf + "@") and k != key)]:
+            del seen[old]
         types: dict[int, str] = {}
-        types.update((int(t), str(n)) for t, n in seen.get(pf, {}).items() if str(t).isdecimal())
+        types.update((int(t), str(n)) for t, n in seen.get(key, {}).items() if str(t).isdecimal())
         for _, offered, _running in vfs:
             types.update(offered)
         for _, _, running in vfs:
@@ -85,7 +96,7 @@ def add_vgpus(
                 types[running] = f"vGPU type {running}"  # running, listed by no VF now
         sizes = {}
         for tid, name in sorted(types.items()):
-            if _MIG_BACKED_RE.search(name):
+            if is_mig_backed(name):
                 log.warning("%s: vGPU type %d (%s) is MIG-backed: not offered", pf, tid, name)
                 continue
             size = framebuffer_mb(name)
@@ -97,7 +108,7 @@ def add_vgpus(
             sizes[tid] = size
         if not sizes:
             continue
-        seen[pf] = {str(t): n for t, n in sorted(types.items()) if not n.startswith("vGPU type ")}
+        seen[key] = {str(t): n for t, n in sorted(types.items()) if not n.startswith("vGPU type ")}
         total = (gpu_memory_mb or {}).get(pf) or max(sizes.values())
         for vf, _, running in vfs:
             for tid, size in sorted(sizes.items()):

@@ -118,7 +118,8 @@ def test_vgpu17_types_are_remembered_while_the_gpu_runs_one(tmp_path: Path) -> N
                                       {"type": "V141", "match": {"vgpu_type": "*-141C"}}]  # fmt: skip
     seen: dict[str, dict[str, object]] = {}
     first = _reported(h, rules, seen)
-    assert len(first) == 4 and seen == {PF: {"1425": "NVIDIA H200X-35C", "1428": "NVIDIA H200X-141C"}}
+    key = f"{PF}@10de:{first[f'{vfs[0]}/vgpu/1425'].product_id}"  # the GPU's slot and model
+    assert len(first) == 4 and seen == {key: {"1425": "NVIDIA H200X-35C", "1428": "NVIDIA H200X-141C"}}
     d = first[f"{vfs[0]}/vgpu/1425"]
     assert (d.pool, d.pool_counters, d.consumes, d.mode) == (
         PF, {"framebuffer_mb": 141 * 1024}, {"framebuffer_mb": 35 * 1024}, "NVIDIA H200X-35C",
@@ -128,6 +129,22 @@ def test_vgpu17_types_are_remembered_while_the_gpu_runs_one(tmp_path: Path) -> N
         h.write(f"{h.dev(vf)}/nvidia/creatable_vgpu_types", "1425 : NVIDIA H200X-35C\n")
     assert set(_reported(h, rules, seen)) == set(first)
     assert len(_reported(h, rules, {})) == 2  # without the memory: only what is listed now
+
+
+def test_remembered_vgpu_types_are_forgotten_when_the_card_is_swapped(tmp_path: Path) -> None:
+    """An H100 replaced by an L40S in the same slot: the L40S must not be offered the H100's
+    types, nor be sized as an 80 GB card."""
+    seen: dict[str, dict[str, object]] = {}
+    rules: list[dict[str, object]] = [{"type": "V", "match": {"kind": "vgpu"}}]
+    h100 = host(tmp_path / "h100")
+    h100.vgpu_gpu(PF, "2331", vfs=1, types={1180: ("NVIDIA H100-80C", 1), 1175: ("NVIDIA H100-20C", 4)})
+    assert {d.mode for d in _reported(h100, rules, seen).values()} == {"NVIDIA H100-80C", "NVIDIA H100-20C"}
+    l40s = host(tmp_path / "l40s")
+    l40s.vgpu_gpu(PF, "26b9", vfs=1, types={1155: ("NVIDIA L40S-48Q", 1), 1153: ("NVIDIA L40S-24Q", 2)})
+    devs = _reported(l40s, rules, seen).values()
+    assert {d.mode for d in devs} == {"NVIDIA L40S-48Q", "NVIDIA L40S-24Q"}
+    assert {d.pool_counters["framebuffer_mb"] for d in devs} == {48 * 1024}
+    assert [k for k in seen if k.startswith(PF)] == [f"{PF}@10de:{next(iter(devs)).product_id}"]
 
 
 def test_sriov_vgpu_slots_on_vfs_draw_from_their_pf(tmp_path: Path) -> None:
