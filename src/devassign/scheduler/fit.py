@@ -59,10 +59,20 @@ class BudgetExhausted(Exception):
 
 
 def attribute_value(device: DeviceView, attribute: str) -> Any:
-    """The value a constraint compares; ``None`` when the device lacks it."""
+    """The value a constraint compares; ``None`` when the device lacks it. A list or an object
+    (``reset_methods``, or whatever an agent reports) compares whole, as a hashable value: the
+    search keys its classes of devices by these values."""
     if attribute.startswith("attributes."):
-        return device.attributes.get(attribute[len("attributes.") :])
-    return getattr(device, attribute, None)
+        return _frozen(device.attributes.get(attribute[len("attributes.") :]))
+    return _frozen(getattr(device, attribute, None))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    return value
 
 
 def fit(
