@@ -238,20 +238,23 @@ def test_a_member_cannot_tell_unknown_hosts_from_full_ones(secure_api: TestClien
     member = schemas.TokenCreate(role=Role.MEMBER, project="p")
     p = {"Authorization": f"Bearer {store.create_token(member, 'test').token}"}
     assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
-    for host, n in (("src", 1), ("empty", 0), ("full", 1)):
+    for host, n in (("src", 1), ("empty", 0), ("full", 1), ("maint-host", 2)):
         body = {"generation": 1, "devices": [vf(f"0000:3b:02.{i}") for i in range(n)]}
         assert secure_api.put(f"/v1/hosts/{host}/inventory", json=body, headers=admin).status_code == 200
+    taint = {"effect": "NoSchedule", "reason": "rma-ticket-4711"}
+    assert secure_api.post("/v1/hosts/maint-host/taints", json=taint, headers=admin).status_code == 201
     spec = {"extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
     for consumer, project, host in (("vm-q", "q", "full"), ("vm-p", "p", "src")):
         body = {"consumer": consumer, "project": project, "hosts": [host], **spec}
         assert secure_api.post("/v1/claims", json=body, headers=admin).status_code == 201
     answers = {}
-    for host in ("empty", "full", "no-such-host"):
+    for host in ("empty", "full", "maint-host", "no-such-host"):
         r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": host}, headers=p)
         assert r.status_code == 409, (host, r.text)
         answers[host] = r.json()
-        assert host not in r.text
-    assert answers["no-such-host"] == answers["empty"] == answers["full"]
+        assert host not in r.text and "rma-ticket" not in r.text
+    # Full, tainted or made up: one answer, which says nothing of the host.
+    assert answers["no-such-host"] == answers["empty"] == answers["full"] == answers["maint-host"]
     assert answers["empty"]["error"]["code"] == "no_valid_host"
     # An operator is told plainly.
     r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": "no-such-host"}, headers=admin)

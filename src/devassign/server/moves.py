@@ -138,13 +138,7 @@ def place_move(
     if not known:
         if scope.operator:
             raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r} to move to")
-        # A member gets what a known host without room answers (redacted by the route), so
-        # moves cannot tell it which host names exist.
-        empty = Snapshot((HostView(host, ()),))
-        explained = placer.explain(claim, scope.principal, snapshot=empty)
-        raise errors.DevassignError(
-            errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request", explanation=explained
-        )
+        raise _refused_to_member(placer, claim, scope, consumer, host)
     held = Counter(d.type for d in store.get_allocation(consumer, project).devices)
     placing = _MoveClaims(store, consumer, key, held)
     try:
@@ -153,10 +147,28 @@ def place_move(
         return replayed.move, False
     except errors.DevassignError as exc:
         if exc.code == errors.NO_VALID_HOST:
+            if not scope.operator:
+                raise _refused_to_member(placer, claim, scope, consumer, host) from None
             raise _why_not(placer, claim, scope, consumer, host, exc) from None
         raise
     assert placing.move is not None
     return placing.move, True
+
+
+def _refused_to_member(
+    placer: Placer, claim: ClaimBody, scope: Scope, consumer: str, host: str
+) -> errors.DevassignError:
+    """A member's refused move, the same whatever the host: made up, down, tainted or full.
+
+    Why a host does not fit (down, its taints and their reasons, what it has free) is the
+    operators' to know; a member told it could also tell real host names from made-up ones.
+    So the answer is the explanation of a host with no devices, which says what the request
+    needs and nothing of the host."""
+    empty = Snapshot((HostView(host, ()),))
+    explained = placer.explain(claim, scope.principal, snapshot=empty)
+    return errors.DevassignError(
+        errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request", explanation=explained
+    )
 
 
 def _why_not(
