@@ -227,6 +227,15 @@ def test_another_projects_consumer_is_not_found(secure_api: TestClient, store: S
     assert secure_api.post("/v1/hosts/dst/work", json={"results": results}, headers=agent).status_code == 200
     assert secure_api.post("/v1/allocations/vm-p/moves/commit", headers=p).json()["target_host"] == "dst"
     assert secure_api.get("/v1/allocations/vm-p", headers=p).json()["host"] == "dst"
+    # The target's agent sees the move's events on its host, but nothing of the source host:
+    # neither its name nor its device ids and addresses.
+    source_ids = {m["source_id"] for m in r.json()["device_map"]}
+    seen = secure_api.get("/v1/events", headers=agent).json()
+    moving = [e for e in seen if e["action"].startswith("move_")]
+    assert {e["action"] for e in moving} == {"move_started", "move_committed"}, seen
+    text = str(seen)
+    assert "src" not in text and not any(i in text for i in source_ids) and "0000:3b:02.1" not in str(moving)
+    assert "from src" in str(secure_api.get("/v1/events", headers=admin).json())
 
 
 def test_a_member_cannot_tell_unknown_hosts_from_full_ones(secure_api: TestClient, store: Store) -> None:

@@ -119,7 +119,24 @@ def list_events(
     }
     if scope.project is not None:
         filters["consumers_of_project"] = scope.project
-    return store.list_events(**filters)
+    found = store.list_events(**filters)
+    return found if scope.host is None else [_for_agent(e) for e in found]
+
+
+# Events recorded on one host that name another: a move's (on its target) names its source
+# host and the source's device ids and addresses.
+_NAMES_ANOTHER_HOST = frozenset({"move_started", "move_committed", "move_aborted"})
+
+
+def _for_agent(event: schemas.Event) -> schemas.Event:
+    """An agent sees its own host's devices only: a move's event without its source."""
+    if event.action not in _NAMES_ANOTHER_HOST:
+        return event
+    kept = {k: v for k, v in event.detail.items() if k in ("target", "reason")}
+    what = event.action.removeprefix("move_")
+    return event.model_copy(
+        update={"message": f"{event.consumer}: a move onto this host {what}", "detail": kept}
+    )
 
 
 def list_quotas(store: Store, scope: Scope, project: str | None) -> list[dict[str, Any]]:
