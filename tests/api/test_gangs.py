@@ -291,3 +291,27 @@ def test_a_gang_made_before_layouts_were_kept_replays(api: TestClient) -> None:
         api.post("/v1/gangs", json={**changed, "extra_specs": {"hardware_resource:GPU": "2"}}).status_code
         == 409
     )
+
+
+def test_a_gangs_later_instances_fall_back_within_the_quota(api: TestClient) -> None:
+    """first_available under a quota: the first instance takes the preferred type up to its
+    limit, the next ones the alternative, as separate claims would (on hosts with both)."""
+    assert api.post("/v1/resource-types", json={"name": "GPU"}).status_code == 201
+    assert api.post("/v1/resource-types", json={"name": "VGPU"}).status_code == 201
+    for name in ("a", "b"):
+        devices = [_gpu(0), _gpu(1), {**_gpu(5), "type": "VGPU"}]
+        r = api.put(f"/v1/hosts/{name}/inventory", json={"generation": 1, "devices": devices})
+        assert r.status_code == 200, r.text
+    for t in ("GPU", "VGPU"):
+        assert api.put(f"/v1/quotas/p/{t}", json={"limit": 1}).status_code == 204
+    request = {"name": "acc", "type": "GPU", "first_available": [{"type": "VGPU"}]}
+    body = {"instances": ["g1", "g2"], "project": "p", "requests": [request]}
+    r = api.post("/v1/gangs/explain", json=body)
+    assert r.status_code == 200 and r.json()["fits"], r.text
+    r = api.post("/v1/gangs", json=body)
+    assert r.status_code == 201, r.text
+    types = sorted(d["type"] for a in r.json()["allocations"] for d in a["devices"])
+    assert types == ["GPU", "VGPU"]
+    # A third instance is over both limits.
+    r = api.post("/v1/gangs", json={**body, "instances": ["g3"]})
+    assert r.status_code in (403, 409) and "over_quota" in r.text, r.text

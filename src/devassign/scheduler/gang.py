@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -191,8 +191,18 @@ def _fill(
     after: dict[str, Reason] = {}
     steps = [0]
     out: list[Placement] = []
+
+    def quota_now() -> Quota | None:
+        """The project's quota with the gang's instances so far counted as used: a later
+        instance then takes an alternative that still has room (``first_available``)."""
+        if quota is None:
+            return None
+        used = Counter(quota.usage)
+        used.update(taken)
+        return Quota(quota.limits, dict(used))
+
     streams = {
-        p.host: _instances(request, snapshot.by_name[p.host], p, policy, cap, after, steps, rng)
+        p.host: _instances(request, snapshot.by_name[p.host], p, policy, cap, after, steps, rng, quota_now)
         for p in ranked
     }
 
@@ -241,23 +251,32 @@ def _instances(
     after: dict[str, Reason],
     steps: list[int],
     rng: random.Random | None,
+    quota_now: Callable[[], Quota | None],
 ) -> Iterator[Placement]:
     """The instances one host takes in turn: each scheduled on the host with the earlier
-    instances' devices held; why it takes no more goes into ``after``."""
-    yield first
-    held = list(first.device_ids())
-    for k in range(1, cap):
-        view = host.with_held(held)
-        decision = schedule(request, Snapshot((view,)), policy, rng=rng)
+    instances' devices held and within the quota the gang has left (``first``, the plan's
+    first look at the host, while that still fits it); why it takes no more goes into
+    ``after``."""
+    quota = quota_now()
+    if quota is None or _within(quota, _types_of(host, first)):
+        yield first
+        held = list(first.device_ids())
+        start = 1
+    else:
+        held, start = [], 0
+    for k in range(start, cap):
+        view = host.with_held(held) if held else host
+        decision = schedule(request, Snapshot((view,)), policy, quota=quota_now(), rng=rng)
         steps[0] += decision.steps
         if not decision.fits:
             why = next((v.reason for v in decision.explanation.closest if v.reason), None)
             after[host.name] = why or Reason(ReasonCode.NOT_ENOUGH_FREE, "has no room for another instance")
-            after[host.name] = Reason(
-                after[host.name].code,
-                f"holds {k} of the gang's instances; another: {after[host.name].message}",
-                after[host.name].shortfall,
-            )
+            if k:
+                after[host.name] = Reason(
+                    after[host.name].code,
+                    f"holds {k} of the gang's instances; another: {after[host.name].message}",
+                    after[host.name].shortfall,
+                )
             return
         p = decision.placements[0]
         held.extend(p.device_ids())
@@ -266,6 +285,11 @@ def _instances(
         ReasonCode.CONSTRAINT_UNSATISFIED,
         f"holds {cap} of the gang's instances, the most one host may ({cap} per host)",
     )
+
+
+def _within(quota: Quota, want: Mapping[str, int]) -> bool:
+    left = quota.left()
+    return all(n <= left[t] for t, n in want.items() if t in left)
 
 
 def _types_of(host: HostView, p: Placement) -> Counter[str]:
