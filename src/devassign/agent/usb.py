@@ -1,8 +1,11 @@
 """USB discovery from ``bus/usb/devices`` (Documentation/ABI/stable/sysfs-bus-usb).
 
-Only whole devices are assignable: interfaces (``1-1:1.0``) and root hubs (``usb1``)
-are skipped. A device is known by its serial where it has one, else by where it is
-plugged in (:func:`devassign.domain.usb_address`).
+Only whole devices are assignable: interfaces (``1-1:1.0``), root hubs (``usb1``) and
+other hubs (device class 09) are skipped. A hub is no guest's device (QEMU's usb-host does not
+pass one through), and taking it from the host would disconnect every device behind it, other
+tenants' included: the devices behind it are offered each on their own, with ``usb_hub``.
+A device is known by its serial where it has one, else by where it is plugged in
+(:func:`devassign.domain.usb_address`).
 """
 
 from __future__ import annotations
@@ -18,18 +21,29 @@ from devassign.hostio import Sysfs
 log = logging.getLogger(__name__)
 
 _BUSID_RE = re.compile(r"^\d+-\d+(\.\d+)*$")
+HUB_CLASS = "09"
 
 
 def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
     """Every USB device (not interface, not root hub) the host shows."""
     found: list[FoundDevice] = []
-    for busid in sysfs.listdir("bus/usb/devices"):
-        if not _BUSID_RE.match(busid):
-            continue  # root hubs (usbN) and interfaces (1-1:1.0)
+    busids = [b for b in sysfs.listdir("bus/usb/devices") if _BUSID_RE.match(b)]  # not usbN, 1-1:1.0
+    hubs = {b for b in busids if _is_hub(sysfs, b)}
+    for busid in busids:
+        if busid in hubs:
+            log.info("usb %s: a hub, not offered (the devices behind it are)", busid)
+            continue
         dev = _read_usb(sysfs, busid)
         if dev is not None:
+            upstream = busid.rpartition(".")[0]
+            if upstream in hubs:
+                dev.attributes["usb_hub"] = upstream
             found.append(dev)
     return found
+
+
+def _is_hub(sysfs: Sysfs, busid: str) -> bool:
+    return (sysfs.read(f"bus/usb/devices/{busid}/bDeviceClass") or "").strip().lower() == HUB_CLASS
 
 
 def _read_usb(sysfs: Sysfs, busid: str) -> FoundDevice | None:
