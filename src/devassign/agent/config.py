@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ import platformdirs
 from devassign.agent.model import FoundDevice
 from devassign.domain import HOST_RE, NAME_RE, DeviceKind, address_error
 from devassign.lifecycle.policy import LifecyclePolicy, path_problem
+from devassign.schemas import MAX_ATTRIBUTES, MAX_DEVICES_PER_REPORT, MAX_INT64, value_problem
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
 MATCH_KEYS = (
@@ -64,6 +66,10 @@ _HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX4_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{4}$")
 _CLASS_PREFIX_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{1,6}$")
 _STATIC_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,150}$")
+
+
+# Attributes one rule or declaration may add: discovery adds up to some twenty of its own.
+MAX_CONFIG_ATTRIBUTES = 32
 
 
 class ConfigError(ValueError):
@@ -282,6 +288,12 @@ def parse_config(
         pci_ids = base / Path(raw["pci_ids"]).expanduser()
     rules = tuple(_rule(r, i, fail) for i, r in enumerate(_tables(raw, "device", fail), 1))
     resources = tuple(_resource(r, i, fail) for i, r in enumerate(_tables(raw, "resource", fail), 1))
+    declared = sum(res.count for res in resources)
+    if declared > MAX_DEVICES_PER_REPORT:
+        raise fail(
+            f"[[resource]] counts add up to {declared} units, more than the {MAX_DEVICES_PER_REPORT} "
+            "one host may report"
+        )
     addresses: set[str] = set()
     for res in resources:
         for unit in res.units():
@@ -356,15 +368,36 @@ def _type_name(table: dict[str, Any], where: str, fail: Any) -> str:
 
 
 def _attributes(table: dict[str, Any], where: str, fail: Any) -> dict[str, Any]:
+    """A rule's or declaration's attributes: JSON's plain values, checked at load (a TOML date
+    or a NaN failed later, when a report was sent, and the device was left out)."""
     attrs = table.get("attributes", {})
     if not isinstance(attrs, dict):
         raise fail(f"{where}: attributes must be a table")
+    if len(attrs) > MAX_CONFIG_ATTRIBUTES:
+        raise fail(
+            f"{where}: at most {MAX_CONFIG_ATTRIBUTES} attributes (discovery adds its own, and a "
+            f"device may carry {MAX_ATTRIBUTES} in all)"
+        )
     for key, value in attrs.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
             raise fail(f"{where}: attribute name {key!r} must be an identifier")
-        if isinstance(value, dict):
-            raise fail(f"{where}: attribute {key!r} must be a plain value or a list")
+        items = value if isinstance(value, list) else [value]
+        if not all(_plain(v) for v in items):
+            raise fail(
+                f"{where}: attribute {key!r} must be text, a whole number, true/false, a finite "
+                f"number or a list of those, not {value!r}"
+            )
     return dict(attrs)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -MAX_INT64 <= value <= MAX_INT64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and value_problem(value) is None
 
 
 def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:

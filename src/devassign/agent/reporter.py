@@ -33,7 +33,13 @@ import httpx
 
 from devassign.agent.config import AgentConfig
 from devassign.agent.state import StateFile
-from devassign.schemas import AGENT_INSTANCE_HEADER, InventoryReport, InventoryResult, ReportedDevice
+from devassign.schemas import (
+    AGENT_INSTANCE_HEADER,
+    MAX_DEVICES_PER_REPORT,
+    InventoryReport,
+    InventoryResult,
+    ReportedDevice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +218,12 @@ class Reporter:
     def report(self) -> InventoryResult:
         """Discover and send the full inventory; recovers from a stale generation."""
         devices = self.inventory()
+        if len(devices) > MAX_DEVICES_PER_REPORT:
+            # Cut short, the report would tell the server the others were removed.
+            raise ReportRefused(
+                f"this host offers {len(devices)} devices, more than the {MAX_DEVICES_PER_REPORT} one "
+                "report may hold: narrow the [[device]] rules or the [[resource]] counts"
+            )
         for _ in range(5):
             generation = self.state.next_generation()
             body = InventoryReport(

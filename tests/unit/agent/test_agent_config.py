@@ -90,7 +90,7 @@ def test_host_defaults_to_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             '[[device]]\ntype = "X"\nmatch = { kind = "pci" }\nattributes = { a = { b = 1 } }',
-            "attribute 'a' must be a plain value",
+            "attribute 'a' must be text",
         ),
         (
             '[[device]]\ntype = "X"\nmatch = { vendor_id = "10de" }\nmatch_vfs = "yes"',
