@@ -7,6 +7,7 @@ the rule named, never applied loosely.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import hashlib
 import math
@@ -382,10 +383,11 @@ def _attributes(table: dict[str, Any], where: str, fail: Any) -> dict[str, Any]:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
             raise fail(f"{where}: attribute name {key!r} must be an identifier")
         items = value if isinstance(value, list) else [value]
-        if not all(_plain(v) for v in items):
+        wrong = [v for v in items if not _plain(v)]
+        if wrong:
             raise fail(
                 f"{where}: attribute {key!r} must be text, a whole number, true/false, a finite "
-                f"number or a list of those, not {value!r}"
+                f"number or a list of those, not {_shown(wrong[0])}"
             )
     return dict(attrs)
 
@@ -398,6 +400,21 @@ def _plain(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, str) and value_problem(value) is None
+
+
+def _shown(value: Any) -> str:
+    """A refused value in the file's terms (``repr`` would say ``datetime.date(2027, 1, 1)``)."""
+    if isinstance(value, datetime.date | datetime.time):  # a datetime is a date too
+        return f"the TOML date or time {value.isoformat()}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list inside a list"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value} (past 64 bits)"
+    if isinstance(value, str):
+        return "text with a NUL or a lone surrogate character"
+    return repr(value)
 
 
 def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:

@@ -1,9 +1,10 @@
 """USB discovery from ``bus/usb/devices`` (Documentation/ABI/stable/sysfs-bus-usb).
 
 Only whole devices are assignable: interfaces (``1-1:1.0``), root hubs (``usb1``) and
-other hubs (device class 09) are skipped. A hub is no guest's device (QEMU's usb-host does not
-pass one through), and taking it from the host would disconnect every device behind it, other
-tenants' included: the devices behind it are offered each on their own, with ``usb_hub``.
+other hubs (device class 09, or a device with one behind it) are skipped. A hub is no guest's
+device (QEMU's usb-host does not pass one through), and taking it from the host would
+disconnect every device behind it, other tenants' included: the devices behind it are offered
+each on their own, with ``usb_hub``.
 A device is known by its serial where it has one, else by where it is plugged in
 (:func:`devassign.domain.usb_address`).
 """
@@ -25,10 +26,11 @@ HUB_CLASS = "09"
 
 
 def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
-    """Every USB device (not interface, not root hub) the host shows."""
+    """Every USB device (not interface, not hub) the host shows."""
     found: list[FoundDevice] = []
     busids = [b for b in sysfs.listdir("bus/usb/devices") if _BUSID_RE.match(b)]  # not usbN, 1-1:1.0
-    hubs = {b for b in busids if _is_hub(sysfs, b)}
+    # A device with one behind it (1-3 of 1-3.4) is a hub even where its class is unreadable.
+    hubs = {b for b in busids if _is_hub(sysfs, b)} | {b.rpartition(".")[0] for b in busids if "." in b}
     for busid in busids:
         if busid in hubs:
             log.info("usb %s: a hub, not offered (the devices behind it are)", busid)

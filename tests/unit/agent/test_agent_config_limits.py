@@ -9,11 +9,18 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from devassign.agent import cli
 from devassign.agent.config import MAX_CONFIG_ATTRIBUTES, ConfigError, parse_config
+from devassign.agent.inventory import build_inventory
 from devassign.agent.reporter import Reporter, ReportRefused
-from devassign.schemas import MAX_DEVICES_PER_REPORT, ReportedDevice
+from devassign.hostio import Sysfs
+from devassign.schemas import MAX_ATTRIBUTES, MAX_DEVICES_PER_REPORT, ReportedDevice
+from tests.fixtures.sysfs import host
 from tests.unit.agent.test_agent_reporter import DEVICE, FakeServer, FakeTime
+
+runner = CliRunner()
 
 
 def _resource(**table: Any) -> dict[str, Any]:
@@ -67,4 +74,54 @@ def test_a_host_with_more_devices_than_a_report_holds_is_refused_not_cut(tmp_pat
     )
     with pytest.raises(ReportRefused, match="more than the 20000 one report may hold"):
         reporter.report()
+    assert server.reports() == []
+
+
+def test_a_rule_at_its_cap_keeps_the_richest_devices_within_the_servers_limit(tmp_path: Path) -> None:
+    """The cap leaves room for what discovery adds: a device it cannot report is dropped."""
+    h = host(tmp_path)
+    h.sriov_pf("0000:5e:00.0", "8086", "1572", vfs=2, vf_device="154c", ifname="ens1", iommu_group=7)
+    h.pci("0000:5e:00.3", "8086", "1572", subsystem_vendor="8086", subsystem_device="0001", iommu_group=7)
+    attrs = {f"a{i}": i for i in range(MAX_CONFIG_ATTRIBUTES)}
+    rule = {"type": "ANY", "match": {"vendor_id": "8086"}, "match_vfs": True, "attributes": attrs}
+    inv = build_inventory(Sysfs(h.root), parse_config({"host": "h1", "device": [rule]}), pci_ids=None)
+    assert inv.devices and all(d.type == "ANY" for d in inv.devices)
+    for dev in inv.devices:
+        assert len(dev.attributes) <= MAX_ATTRIBUTES, dev.address
+        dev.to_reported()
+
+
+def test_cli_discover_names_a_toml_date_instead_of_a_traceback(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n[[resource]]\ntype = "LICENSE"\nattributes = { expires = 2027-01-01 }\n')
+    res = runner.invoke(cli.app, ["discover", "--config", str(conf), "-f", "json"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.output
+    assert "[[resource]] #1 (type LICENSE): attribute 'expires'" in res.stderr
+    assert "the TOML date or time 2027-01-01" in res.stderr
+
+
+def test_cli_run_once_past_one_report_exits_1_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declared units within the limit and a discovered device past it: refused, not cut."""
+    h = host(tmp_path)
+    h.pci("0000:3b:00.0", "10de", "1eb8", iommu_group=1)
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'host = "h1"\nstate_file = "{tmp_path / "st.json"}"\n'
+        '[[device]]\ntype = "GPU"\nmatch = { vendor_id = "10de" }\n'
+        '[[resource]]\ntype = "A"\ncount = 10000\n[[resource]]\ntype = "B"\ncount = 10000\n'
+    )
+    server = FakeServer()
+    original = cli.Agent.__init__
+
+    def patched(self: cli.Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
+        client = httpx.Client(transport=httpx.MockTransport(server))
+        original(self, config, root, ops, client, sleep=lambda s: None, **kw)
+
+    monkeypatch.setattr(cli.Agent, "__init__", patched)
+    res = runner.invoke(cli.app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
+    assert res.exit_code == 1, res.output
+    assert "20001 devices, more than the 20000" in res.stderr and "Traceback" not in res.output
     assert server.reports() == []

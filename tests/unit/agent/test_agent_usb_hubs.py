@@ -24,3 +24,14 @@ def test_hubs_are_skipped_and_the_devices_behind_them_name_theirs(tmp_path: Path
     assert found["1-2.1"].attributes["usb_hub"] == "1-2"
     assert found["1-3.4"].attributes["usb_hub"] == "1-3"
     assert "usb_hub" not in found["1-4"].attributes
+
+
+def test_a_device_with_one_behind_it_is_a_hub_whatever_its_class_says(tmp_path: Path) -> None:
+    """A captured tree may lack bDeviceClass; the port path 1-3.1.2 still says 1-3.1 is a hub."""
+    h = host(tmp_path)
+    h.usb("1-3", "0424", "2514")
+    h.usb("1-3.1", "0424", "2514")
+    h.usb("1-3.1.2", "096e", "0608", serial="t1")
+    found = {d.attributes["bus_path"]: d for d in scan_usb(Sysfs(h.root))}
+    assert sorted(found) == ["1-3.1.2"]
+    assert found["1-3.1.2"].attributes["usb_hub"] == "1-3.1"
