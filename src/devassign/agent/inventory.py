@@ -115,29 +115,25 @@ def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) ->
     VF (vGPU 17+) is the VF passed through whole: the VF's group is checked for it.
     """
     by_addr = {d.address: d for d in devices}
+    # Each device with the function a guest gets for it, and that function's group mates.
+    checked: list[tuple[FoundDevice, FoundDevice, list[str]]] = []
     for dev in devices:
         vehicle = _vehicle(dev, by_addr)
-        if vehicle is None:
+        if vehicle is None or vehicle.iommu_group is None:
             continue
-        members = groups.get(vehicle.iommu_group, []) if vehicle.iommu_group is not None else []
+        members = groups.get(vehicle.iommu_group, [])
         peers = [a for a in members if a != vehicle.address]
+        checked.append((dev, vehicle, peers))
         if peers:
             dev.attributes["iommu_group_size"] = len(members)
             dev.attributes["iommu_group_peers"] = peers[:MAX_LISTED_PEERS]
     changed = True
     while changed:
         changed = False
-        for dev in devices:
-            vehicle = _vehicle(dev, by_addr)
-            if vehicle is None or vehicle.iommu_group is None or not dev.offered:
+        for dev, vehicle, peers in checked:
+            if not dev.offered or dev.allow_shared_iommu_group:
                 continue
-            if dev.allow_shared_iommu_group:
-                continue
-            blockers = [
-                a
-                for a in groups.get(vehicle.iommu_group, [])
-                if a != vehicle.address and not _harmless(by_addr.get(a))
-            ]
+            blockers = [a for a in peers if not _harmless(by_addr.get(a))]
             if blockers:
                 dev.flag(FLAG_IOMMU_SHARED)
                 changed = True

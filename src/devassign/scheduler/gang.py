@@ -209,7 +209,8 @@ def _fill(
     def take(p: Placement) -> bool:
         """Count the instance against the quota left; False (and stop) when it would exceed it."""
         want = _types_of(snapshot.by_name[p.host], p)
-        over = [t for t, n in want.items() if t in left and taken[t] + n > left[t]]
+        now = quota_now()
+        over = _over(now, want) if now is not None else []
         if over:
             after[p.host] = Reason(
                 ReasonCode.OVER_QUOTA,
@@ -258,7 +259,7 @@ def _instances(
     first look at the host, while that still fits it); why it takes no more goes into
     ``after``."""
     quota = quota_now()
-    if quota is None or _within(quota, _types_of(host, first)):
+    if quota is None or not _over(quota, _types_of(host, first)):
         yield first
         held = list(first.device_ids())
         start = 1
@@ -287,9 +288,10 @@ def _instances(
     )
 
 
-def _within(quota: Quota, want: Mapping[str, int]) -> bool:
+def _over(quota: Quota, want: Mapping[str, int]) -> list[str]:
+    """The limited types of which ``want`` is more than ``quota`` has left."""
     left = quota.left()
-    return all(n <= left[t] for t, n in want.items() if t in left)
+    return [t for t, n in want.items() if t in left and n > left[t]]
 
 
 def _types_of(host: HostView, p: Placement) -> Counter[str]:

@@ -393,17 +393,21 @@ def _postgresql_connect_args(url: str, statement_timeout: float, lock_timeout: f
 def _postgresql_setup(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "handle_error")
     def _on_error(context: sa.engine.ExceptionContext) -> None:
-        # What :func:`_lost` says of a standby, for the statements SQLAlchemy runs.
-        if isinstance(context.original_exception, psycopg.errors.ReadOnlySqlTransaction):
+        if _standby(context.original_exception):
             context.is_disconnect = True
 
 
+def _standby(exc: BaseException) -> bool:
+    """A standby (the old primary after a failover, or a host libpq picked without
+    target_session_attrs=read-write) refuses writes on a healthy connection: count it as a
+    lost one, so the pool is dropped and fresh connections go to the primary."""
+    return isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+
+
 def _lost(conn: sa.Connection, exc: psycopg.Error, cursor: Any) -> bool:
-    """Whether ``exc`` means the connection is no good any more. A standby (the old primary
-    after a failover, or a host libpq picked without target_session_attrs=read-write) refuses
-    writes on a healthy connection: count it as a lost one, so the pool is dropped and fresh
-    connections go to the primary."""
-    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+    """Whether ``exc`` means the connection is no good any more (as SQLAlchemy judges its own
+    statements' errors, with :func:`_standby`)."""
+    if _standby(exc):
         return True
     return bool(conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor))  # type: ignore[arg-type]
 
