@@ -93,3 +93,50 @@ def test_the_device_views_kept_are_bounded() -> None:
         assert [d.id for d in cache.get(f"h{h}", True, rows).devices] == [r[0] for r in rows]
     assert len(cache._by_row) == 40 and cache._devices == 40
     assert ("d0", *blank) not in cache._by_row and ("d79", *blank) in cache._by_row
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_the_driver_read_and_sqlalchemys_find_the_same_hosts_and_devices(
+    store: Store, spread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the candidate read runs on psycopg with its text rendered once per set of
+    type ids and counts: each shape (one need, two needs, any of several types) must read what
+    SQLAlchemy's execution of the same statement reads."""
+    from devassign.store import candidates
+
+    store.create_type(schemas.ResourceTypeCreate(name="NIC_VF_1G"), "t")
+    store.create_type(schemas.ResourceTypeCreate(name="NIC_VF_10G"), "t")
+    for i in range(12):
+        devs = [vf(f"0000:3b:02.{k}") for k in range(1 + i % 4)]
+        devs += [vf(f"0000:5e:02.{k}", type="NIC_VF_10G") for k in range(i % 3)]
+        store.apply_report(f"h{i:02}", schemas.InventoryReport(generation=1, devices=devs), "t")
+    ids = store.type_ids(["NIC_VF_1G", "NIC_VF_10G"])
+    one, ten = ids["NIC_VF_1G"], ids["NIC_VF_10G"]
+    shapes: list[tuple[dict[int, int], list[int], int]] = [
+        ({one: 1}, [], 4),
+        ({one: 3}, [], 8),
+        ({one: 2, ten: 1}, [], 8),
+        ({}, [one, ten], 5),
+        ({one: 1}, [], 40),  # past the rotated reads: the index's order
+    ]
+
+    def read(needs: dict[int, int], any_of: list[int], limit: int) -> list[tuple[str, tuple[str, ...]]]:
+        snap = store.candidates(needs, any_of=any_of, names=[], spread=spread, limit=limit)
+        return sorted((h.name, tuple(sorted(d.id for d in h.devices))) for h in snap.hosts)
+
+    monkeypatch.setattr(candidates.random, "random", lambda: 0.5)  # the same rotation
+    driver = [read(*s) for s in shapes]
+    real = candidates.driver_rows
+    used = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        used.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(candidates, "driver_rows", spy)
+    assert [read(*s) for s in shapes] == driver
+    assert len(used) == (len(shapes) if store.db.engine.dialect.name == "postgresql" else 0)
+    monkeypatch.setattr(candidates, "driver_rows", lambda *a, **k: pytest.fail("driver used"))
+    monkeypatch.setattr(store.db.engine.dialect, "name", "not-postgresql")
+    assert [read(*s) for s in shapes] == driver
+    assert all(driver)

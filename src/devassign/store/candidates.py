@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from devassign.domain import DeviceState
 from devassign.scheduler.view import DeviceView, HostView, JsonAttributes, Snapshot
 from devassign.schemas import DEVICE_FACTS
+from devassign.store.db import driver_rows
 from devassign.store.quotas import type_ids
 from devassign.store.schema import devices, hosts, inventory, resource_types
 
@@ -282,7 +283,14 @@ def candidate_snapshot(
     best rank's (:func:`_rotated`; for a burst of claims).
     """
     shape, params = _candidate_params(needs, any_of, up_since, names, limit, scarcity, rotate_all)
-    rows = conn.execute(_candidate_devices(*shape, spread), params).all()
+    rows: Sequence[Any]
+    if conn.dialect.name == "postgresql" and not names:
+        sql, constant = _pg_text(conn.dialect, shape, spread, _literals(params))
+        fixed = dict(constant)
+        fixed.update((k, params[k]) for k in _PER_CLAIM if k in params)
+        rows = driver_rows(conn, sql, fixed, named=False)
+    else:
+        rows = conn.execute(_candidate_devices(*shape, spread), params).all()
     # Best first: by rank, then by the lap of a rotated scan, then in the index's order.
     if spread:
         key = {r[_HOST_ID]: (r[_RANK], -r[_LAP], r[_HOST_ID]) for r in rows}
@@ -290,6 +298,39 @@ def candidate_snapshot(
         key = {r[_HOST_ID]: (r[_RANK], r[_LAP], r[_HOST_ID]) for r in rows}
     order = sorted(key, key=key.__getitem__, reverse=spread)
     return _views(rows, order)
+
+
+# The candidate read's parameters that change from one claim to the next; the others (type
+# ids, counts, limits) are written into its text.
+_PER_CLAIM = ("up_since", "rotation")
+
+
+def _literals(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(params.items()) if k not in _PER_CLAIM
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_text(
+    dialect: sa.Dialect,
+    shape: tuple[int, bool, bool, str],
+    spread: bool,
+    literals: tuple[tuple[str, Any], ...],
+) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL: the candidate read's SQL text for one shape and one set of type ids, counts
+    and limits, rendered once, with the parameters that do not change from claim to claim.
+
+    Run on the driver (``db.driver_rows``): SQLAlchemy's execution renders the literals and
+    builds a result object for the 128 rows on every claim. Only claims naming no host come
+    here (host names would make a text per set of names); bounded, least recently used first.
+    """
+    values: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in literals}
+    with _BUILDING:
+        compiled = _build_candidate_devices(*shape, spread).compile(dialect=dialect)
+        state = compiled.construct_expanded_state({**values, **dict.fromkeys(_PER_CLAIM)})
+    fixed = {k: v for k, v in state.parameters.items() if k not in _PER_CLAIM}
+    return state.statement, fixed
 
 
 def candidate_page(

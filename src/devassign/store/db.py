@@ -412,9 +412,10 @@ def _lost(conn: sa.Connection, exc: psycopg.Error, cursor: Any) -> bool:
     return bool(conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor))  # type: ignore[arg-type]
 
 
-def driver_rows(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+def driver_rows(conn: sa.Connection, sql: str, params: dict[str, Any], *, named: bool = True) -> list[Any]:
     """Run ``sql`` (psycopg's ``%(name)s`` parameters) on the PostgreSQL connection under
-    ``conn``, in its transaction; its rows as named tuples.
+    ``conn``, in its transaction; its rows as named tuples (plain tuples with ``named=False``,
+    for a caller that reads many rows by position).
 
     For the claim's few fixed statements, run thousands of times a minute: SQLAlchemy's
     execution and result objects cost some 80 µs a statement on top of psycopg's 40
@@ -424,13 +425,16 @@ def driver_rows(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[A
     """
     raw = conn.connection.dbapi_connection
     assert isinstance(raw, psycopg.Connection)
-    cursor = raw.cursor(row_factory=psycopg.rows.namedtuple_row)
+    cursor = raw.cursor(row_factory=psycopg.rows.namedtuple_row if named else psycopg.rows.tuple_row)
     try:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchall() if cursor.description is not None else []
     except psycopg.Error as exc:
         lost = _lost(conn, exc, cursor)
         if lost:
+            # As SQLAlchemy does for its own statements: every pooled connection older than
+            # this one is discarded too (a restarted database dropped them all), then this one.
+            conn.engine.pool._invalidate(conn.connection, exc)
             conn.invalidate(exc)
         raise sa.exc.DBAPIError.instance(
             sql, params, exc, psycopg.Error, connection_invalidated=lost, dialect=conn.dialect

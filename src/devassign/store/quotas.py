@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors
+from devassign.store.db import driver_rows
 from devassign.store.events import record
 from devassign.store.schema import allocation_items, allocations, devices, quotas, resource_types
 
@@ -34,6 +35,13 @@ _TYPES_AND_LIMITS = (
     )
     .where(resource_types.c.name.in_(sa.bindparam("names", expanding=True)))
 )
+# The same on PostgreSQL, run on the driver (every claim runs it; see db.driver_rows).
+_TYPES_AND_LIMITS_PG = """
+    SELECT t.name, t.id, t.params, q."limit"
+    FROM resource_types AS t
+    LEFT JOIN quotas AS q ON q.type_id = t.id AND q.project = %(project)s::varchar
+    WHERE t.name = ANY(%(names)s::varchar[])
+"""
 
 
 def types_and_limits(
@@ -43,7 +51,12 @@ def types_and_limits(
     type's declared params (as stored) go into ``params`` when it is given."""
     ids: dict[str, int] = {}
     limits: dict[str, int] = {}
-    for r in conn.execute(_TYPES_AND_LIMITS, {"project": project, "names": sorted(set(type_names))}):
+    values = {"project": project, "names": sorted(set(type_names))}
+    if conn.dialect.name == "postgresql":
+        rows: Iterable[Any] = driver_rows(conn, _TYPES_AND_LIMITS_PG, values)
+    else:
+        rows = conn.execute(_TYPES_AND_LIMITS, values)
+    for r in rows:
         ids[r.name] = r.id
         if params is not None:
             params[r.name] = r.params
