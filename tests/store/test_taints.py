@@ -285,3 +285,98 @@ def test_deleting_a_host_forgets_its_taints(fleet: Store) -> None:
     fleet.add_taint(_body(), "admin", device_id=_id(fleet, "c1", PF))
     fleet.delete_host("c1", "admin")
     assert fleet.list_taints() == []
+
+
+GPU = "0000:3b:00.0"
+
+
+def _gpu_host(store: Store) -> None:
+    """A GPU whose VFs carry its vGPU slots two ways: a vGPU 17+ slot (parent its VF, pool
+    the GPU) and an mdev slot on a VF of an SR-IOV GPU (parent the VF, the VF's parent the
+    GPU), beside an untouched GPU."""
+    for name in ("GPU_H200", "GPU_VF", "VGPU_70C", "VGPU_MDEV"):
+        store.create_type(schemas.ResourceTypeCreate(name=name), "admin")
+    slot = {"kind": "vgpu", "pool_counters": {"framebuffer_mb": 143360}}
+    _report(
+        store,
+        "g1",
+        [
+            {"address": GPU, "kind": "pci", "type": "GPU_H200", "vendor_id": "10de", "product_id": "2335"},
+            {"address": "0000:5e:00.0", "kind": "pci", "type": "GPU_H200"},
+            {"address": "0000:3b:00.4", "kind": "sriov_vf", "type": "GPU_VF", "parent": GPU},
+            {
+                **slot,
+                "address": "0000:3b:00.4/vgpu/1429",
+                "type": "VGPU_70C",
+                "parent": "0000:3b:00.4",
+                "pool": GPU,
+                "consumes": {"framebuffer_mb": 71680},
+                "mode": "NVIDIA H200X-70C",
+            },
+            {
+                "kind": "mdev_type",
+                "address": "0000:3b:00.5/nvidia-700/0",
+                "type": "VGPU_MDEV",
+                "parent": "0000:3b:00.5",
+            },
+            {"address": "0000:3b:00.5", "kind": "sriov_vf", "type": "GPU_VF", "parent": GPU},
+        ],
+    )
+
+
+def test_a_gpu_taint_covers_the_slots_carved_on_its_vfs(store: Store) -> None:
+    _gpu_host(store)
+    made = store.add_taint(_body("NoSchedule", "GPU firmware", parent=GPU), "admin", host="g1")
+    shown = {d.address: [t.id for t in d.taints] for d in store.list_devices(host="g1")}
+    assert shown == {
+        GPU: [made.id],
+        "0000:5e:00.0": [],
+        "0000:3b:00.4": [made.id],
+        "0000:3b:00.5": [made.id],
+        "0000:3b:00.4/vgpu/1429": [made.id],
+        "0000:3b:00.5/nvidia-700/0": [made.id],
+    }
+    for type_name in ("VGPU_70C", "VGPU_MDEV", "GPU_VF"):
+        assert _available(store, "g1", type_name) == 0
+        with pytest.raises(errors.DevassignError) as refused:
+            _claim(store, f"vm-{type_name}", **{type_name: 1})
+        assert refused.value.code == errors.NO_VALID_HOST
+    assert [d.address for d in _claim(store, "vm-gpu", GPU_H200=1).devices] == ["0000:5e:00.0"]
+    _audit_clean(store)
+    store.remove_taints("admin", host="g1", parent=GPU)
+    assert _available(store, "g1", "VGPU_70C") == 1 and _available(store, "g1", "VGPU_MDEV") == 1
+
+
+def test_draining_a_gpu_asks_the_holders_of_its_vgpu_slots_to_move(store: Store) -> None:
+    _gpu_host(store)
+    _claim(store, "vm-1", VGPU_70C=1)
+    _claim(store, "vm-2", VGPU_MDEV=1)
+    store.add_taint(_body("Drain", "GPU swap"), "admin", host="g1", device_id=_id(store, "g1", GPU))
+    assert not [e for e in store.list_events(limit=100) if e.action == "drain_requested"]  # device only
+    store.add_taint(_body("Drain", "GPU swap", parent=GPU), "admin", host="g1")
+    asked = sorted(e.consumer or "" for e in store.list_events(limit=100) if e.action == "drain_requested")
+    assert asked == ["vm-1", "vm-2"]
+
+
+def test_a_pool_with_no_device_under_it_by_parent_can_be_tainted(store: Store) -> None:
+    """A GPU that only vGPU 17+ slots name, as their pool (its VFs not reported), is a parent
+    an operator can taint."""
+    for name in ("VGPU_70C",):
+        store.create_type(schemas.ResourceTypeCreate(name=name), "admin")
+    _report(
+        store,
+        "g2",
+        [
+            {
+                "kind": "vgpu",
+                "address": "0000:3b:00.4/vgpu/1429",
+                "type": "VGPU_70C",
+                "parent": "0000:3b:00.4",
+                "pool": GPU,
+                "pool_counters": {"framebuffer_mb": 143360},
+                "consumes": {"framebuffer_mb": 71680},
+            }
+        ],
+    )
+    store.add_taint(_body(parent=GPU), "admin", host="g2")
+    assert _available(store, "g2", "VGPU_70C") == 0

@@ -33,13 +33,37 @@ def marked(effect: str) -> str:
     return f"{effect} ("
 
 
-def applies(taint: Any, device_id: str, address: str, parent: str | None) -> bool:
-    """Whether ``taint`` (a row of ``taints``) covers the device."""
+def applies(taint: Any, device_id: str, address: str, above: frozenset[str]) -> bool:
+    """Whether ``taint`` (a row of ``taints``) covers the device; ``above``: the addresses of
+    the devices it is part of (:func:`lineage`)."""
     if taint.device_id is not None:
         return bool(taint.device_id == device_id)
     if taint.parent is not None:
-        return bool(taint.parent == address or (parent is not None and taint.parent == parent))
+        return bool(taint.parent == address or taint.parent in above)
     return True  # the whole host
+
+
+def lineage(rows: Iterable[Any]) -> dict[str, frozenset[str]]:
+    """Per device address (rows of one host's devices with ``address``, ``parent``, ``pool``),
+    every device it is part of: its parent and its pool, theirs, and so on.
+
+    A taint on a GPU must reach a vGPU slot carved on one of its VFs (parent the VF, pool the
+    GPU) and an mdev on a VF of an SR-IOV GPU (parent the VF, whose parent is the GPU), not only
+    the devices that name the GPU directly. An address no device has (a PF no rule types)
+    still counts as a parent.
+    """
+    up = {r.address: tuple(a for a in (r.parent, r.pool) if a) for r in rows}
+    out: dict[str, frozenset[str]] = {}
+    for address, direct in up.items():
+        seen: set[str] = set()
+        todo = list(direct)
+        while todo:
+            a = todo.pop()
+            if a not in seen and a != address:
+                seen.add(a)
+                todo.extend(up.get(a, ()))
+        out[address] = frozenset(seen)
+    return out
 
 
 def strongest(rows: Iterable[Any]) -> Any | None:
@@ -65,13 +89,14 @@ def mark_tainted(conn: sa.Connection, host_id: int, now: datetime) -> list[str]:
     """
     found = conn.execute(sa.select(taints).where(taints.c.host_id == host_id, live(now))).all()
     rows = conn.execute(
-        sa.select(devices.c.id, devices.c.address, devices.c.parent, devices.c.taint).where(
+        sa.select(devices.c.id, devices.c.address, devices.c.parent, devices.c.pool, devices.c.taint).where(
             devices.c.host_id == host_id
         )
     ).all()
+    above = lineage(rows)
     changed: dict[str | None, list[str]] = {}
     for d in rows:
-        best = strongest(t for t in found if applies(t, d.id, d.address, d.parent))
+        best = strongest(t for t in found if applies(t, d.id, d.address, above[d.address]))
         mark = None if best is None else phrase(best.effect, best.reason, best.set_by)
         if mark != d.taint:
             changed.setdefault(mark, []).append(d.id)

@@ -21,7 +21,7 @@ from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.moves import is_internal, target_consumers
 from devassign.store.schema import allocations, devices, hosts, taints
-from devassign.store.taint_marks import applies, live, mark_tainted
+from devassign.store.taint_marks import applies, lineage, live, mark_tainted
 
 # A holder of one of these is asked to move when its device is drained.
 _HELD = (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value, DeviceState.MISSING.value)
@@ -95,7 +95,11 @@ def add_taint(
         known = conn.execute(
             sa.select(devices.c.id).where(
                 devices.c.host_id == h.id,
-                sa.or_(devices.c.address == body.parent, devices.c.parent == body.parent),
+                sa.or_(
+                    devices.c.address == body.parent,
+                    devices.c.parent == body.parent,
+                    devices.c.pool == body.parent,
+                ),
             )
         ).first()
         if known is None:
@@ -153,9 +157,16 @@ def _request_drain(conn: sa.Connection, taint: Any, host: str, *, now: datetime,
         )
         .order_by(allocations.c.consumer, devices.c.address)
     ).all()
+    above = lineage(
+        conn.execute(
+            sa.select(devices.c.address, devices.c.parent, devices.c.pool).where(
+                devices.c.host_id == taint.host_id
+            )
+        )
+    )
     per_consumer: dict[str, list[Any]] = {}
     for d in held:
-        if applies(taint, d.id, d.address, d.parent):
+        if applies(taint, d.id, d.address, above.get(d.address, frozenset())):
             per_consumer.setdefault(d.consumer, []).append(d)
     # A pending move's target devices are held by its internal consumer: the consumer being
     # moved is the one to tell (and its move can no longer be committed: moves.commit).
@@ -326,13 +337,25 @@ def of_hosts(conn: sa.Connection, names: Sequence[str], now: datetime) -> dict[s
 
 
 def with_taints(conn: sa.Connection, found: list[schemas.Device], now: datetime) -> list[schemas.Device]:
-    """The devices with the active taints that cover each (its own, its parent's, its host's)."""
+    """The devices with the active taints that cover each (its own, those of a device it is
+    part of, its host's)."""
     by_host = of_hosts(conn, [d.host for d in found], now)
     if not by_host:
         return found
+    parented = sorted(h for h, ts in by_host.items() if any(t.parent is not None for t in ts))
+    above: dict[str, dict[str, frozenset[str]]] = {}
+    if parented:
+        rows = conn.execute(
+            sa.select(hosts.c.name, devices.c.address, devices.c.parent, devices.c.pool)
+            .join(hosts, hosts.c.id == devices.c.host_id)
+            .where(hosts.c.name.in_(parented))
+        ).all()
+        for name in parented:
+            above[name] = lineage(r for r in rows if r.name == name)
     out = []
     for d in found:
-        covering = [t for t in by_host.get(d.host, []) if _covers(t, d.id, d.address, d.parent)]
+        up = above.get(d.host, {}).get(d.address, frozenset())
+        covering = [t for t in by_host.get(d.host, []) if applies(t, d.id, d.address, up)]
         out.append(d.model_copy(update={"taints": covering}) if covering else d)
     return out
 
@@ -341,14 +364,6 @@ def hosts_with_taints(conn: sa.Connection, found: list[schemas.Host], now: datet
     """The hosts with all their active taints."""
     by_host = of_hosts(conn, [h.name for h in found], now)
     return [h.model_copy(update={"taints": by_host[h.name]}) if h.name in by_host else h for h in found]
-
-
-def _covers(t: schemas.Taint, device_id: str, address: str, parent: str | None) -> bool:
-    if t.device_id is not None:
-        return t.device_id == device_id
-    if t.parent is not None:
-        return t.parent in (address, parent)
-    return True
 
 
 def tainted_counts(conn: sa.Connection, up_since: datetime | None) -> dict[int, int]:
