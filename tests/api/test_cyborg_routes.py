@@ -256,6 +256,9 @@ def test_bind_refusals_change_nothing(cloud: TestClient) -> None:
             "all operations",
         ),
         ([], "a JSON patch"),
+        ([{"path": "/hostname", "op": ["add"], "value": "compute-1"}], "both strings"),
+        ([{"path": "/hostname", "op": {"a": 1}, "value": "compute-1"}], "both strings"),
+        ([{"path": ["/hostname"], "op": "add", "value": "compute-1"}], "both strings"),
     ],
 )
 def test_bad_patches_are_400(cloud: TestClient, patch: Any, says: str) -> None:
@@ -494,3 +497,47 @@ def test_keystone_tokens_nova_sends_are_validated(secure_api: TestClient) -> Non
     keystone.up = False
     r = secure_api.get(arqs, headers={"X-Auth-Token": "ks-new"})
     assert r.status_code == 401 and "cannot validate the Keystone token now" in r.json()["error"]["message"]
+
+
+def test_arqs_of_two_profiles_bound_together_get_devices_of_their_own_types(api: TestClient) -> None:
+    """Nova binds a flavor's ARQs and a port's in one PATCH; both profiles number their groups
+    from 0, and each ARQ must get a device of its own profile's type."""
+    for name in ("NIC_VF_1G", "NIC_VF_10G"):
+        assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
+    devices = [vf(f"0000:3b:02.{i}") for i in range(2)]
+    devices += [vf(f"0000:5e:02.{i}", type="NIC_VF_10G") for i in range(2)]
+    r = api.put("/v1/hosts/compute-1/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200, r.text
+    for name, rc in (("slow", "CUSTOM_NIC_VF_1G"), ("fast", "CUSTOM_NIC_VF_10G")):
+        r = api.post(f"{A}/device_profiles", json=[{"name": name, "groups": [{f"resources:{rc}": "1"}]}])
+        assert r.status_code == 201, r.text
+    slow, fast = make_arqs(api, "slow"), make_arqs(api, "fast")
+    instance = str(uuid.uuid4())
+    assert bind(api, slow + fast, instance).status_code == 202
+    held = live(api, instance)
+    assert held is not None
+    type_of = {d["address"]: d["type"] for d in held["devices"]}
+    assert sorted(type_of.values()) == ["NIC_VF_10G", "NIC_VF_1G"]
+    arqs = {a["uuid"]: a for a in api.get(f"{A}/accelerator_requests").json()["arqs"]}
+    for uid, want in ((slow[0], "NIC_VF_1G"), (fast[0], "NIC_VF_10G")):
+        info = arqs[uid]["attach_handle_info"]
+        address = f"{info['domain']}:{info['bus']}:{info['device']}.{info['function']}"
+        assert type_of[address] == want, (uid, address)
+
+
+@pytest.mark.parametrize("header", ["X-Auth-Token", "X-Service-Token"])
+def test_a_keystone_token_that_is_not_ascii_is_refused_with_401(secure_api: TestClient, header: str) -> None:
+    from devassign.openstack.keystone import KeystoneAuth
+
+    keystone = Keystone()
+    secure_api.app.state.keystone = KeystoneAuth(  # type: ignore[attr-defined]
+        "http://keystone.test/v3", transport=httpx.MockTransport(keystone)
+    )
+    headers: dict[str, bytes] = {"X-Auth-Token": b"ks-user"} if header == "X-Service-Token" else {}
+    headers[header] = b"tok\xe9n"
+    for path in (f"{A}/accelerator_requests", f"{A}/device_profiles"):
+        r = secure_api.get(path, headers=headers)  # type: ignore[arg-type]
+        # Alone it is no token (401); beside a user's token it is no service token (the user's
+        # own rights: a member reads profiles, may not list ARQs).
+        want = 401 if header == "X-Auth-Token" else 200 if path.endswith("profiles") else 403
+        assert r.status_code == want, (path, r.status_code, r.text)

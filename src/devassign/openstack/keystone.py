@@ -66,7 +66,8 @@ class KeystoneAuth:
 
     def validate(self, secret: str) -> dict[str, Any] | None:
         """Keystone's ``token`` object of a valid token, or None."""
-        if len(secret) > 4096:
+        # Keystone's tokens are ASCII; another (a header read as latin-1) cannot be sent on.
+        if len(secret) > 4096 or not secret.isascii():
             return None
         key = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
         now = time.monotonic()

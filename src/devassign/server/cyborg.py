@@ -342,7 +342,9 @@ def _parse_patch(body: Any) -> tuple[dict[str, dict[str, str | None]], list[str]
     for arq, patch in body.items():
         if not isinstance(patch, list) or not patch or not all(isinstance(p, dict) for p in patch):
             raise _bad(f"{arq}: a JSON patch, a list of operations")
-        ops = {p.get("op") for p in patch}
+        if not all(isinstance(p.get("op"), str) and isinstance(p.get("path"), str) for p in patch):
+            raise _bad(f"{arq}: each operation has an op and a path, both strings")
+        ops = {p["op"] for p in patch}
         paths = [p.get("path") for p in patch]
         wrong = [p for p in paths if p not in [f"/{f}" for f in _BIND_FIELDS]]
         if wrong:
@@ -447,12 +449,16 @@ def _claim_and_record(
     binds: dict[str, dict[str, str | None]],
     known: dict[str, dict[str, Any]],
 ) -> None:
-    groups: dict[int, list[str]] = defaultdict(list)
+    # One named request per profile, group and type: Nova binds a flavor's ARQs and a port's
+    # in one PATCH, and every profile numbers its groups from 0.
+    by_key: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     for a in sorted(arqs):
-        groups[known[a]["device_profile_group_id"]].append(a)
+        arq = known[a]
+        by_key[(arq["device_profile_name"], arq["device_profile_group_id"], arq["type_name"])].append(a)
+    groups = {f"group{k}": members for k, (_, members) in enumerate(sorted(by_key.items()))}
     requests = [
-        {"name": f"group{g}", "type": known[members[0]]["type_name"], "count": len(members)}
-        for g, members in sorted(groups.items())
+        {"name": name, "type": known[members[0]]["type_name"], "count": len(members)}
+        for name, members in groups.items()
     ]
     body = ClaimBody.model_validate(
         {
@@ -472,8 +478,8 @@ def _claim_and_record(
         for d, _, facts in store.allocation_devices(instance):  # in address order
             by_request[request_of.get(d.id)].append((d, facts))
         bindings = []
-        for g, members in groups.items():
-            devices = by_request[f"group{g}"]
+        for name, members in groups.items():
+            devices = by_request[name]
             for a, (d, facts) in zip(members, devices, strict=True):
                 kind, info, uid = attach_handle(d, facts)
                 rp = binds[a].get("device_rp_uuid")
