@@ -160,6 +160,15 @@ def server(
             "ones stay free)",
         ),
     ] = 0.5,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FORWARDED_ALLOW_IPS",
+            help="Addresses of the TLS proxy in front (comma-separated, or *) whose "
+            "X-Forwarded-Proto and X-Forwarded-For are believed, so the dashboard's cookie is "
+            "marked Secure behind it (default: 127.0.0.1 only)",
+        ),
+    ] = None,
     metrics_per_host: Annotated[
         bool,
         typer.Option(
@@ -224,7 +233,14 @@ def server(
             bold=True,
         )
     if workers == 1:
-        uvicorn.run(application, host=bind, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(
+            application,
+            host=bind,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
         return
     # Several processes: each builds its own app from the same settings (the schema is migrated).
     os.environ[SETTINGS_ENV] = settings_to_env(replace(settings, migrate=False))
@@ -236,6 +252,7 @@ def server(
         port=port,
         log_level=log_level,
         access_log=False,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
