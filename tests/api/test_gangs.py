@@ -315,3 +315,32 @@ def test_a_gangs_later_instances_fall_back_within_the_quota(api: TestClient) -> 
     # A third instance is over both limits.
     r = api.post("/v1/gangs", json={**body, "instances": ["g3"]})
     assert r.status_code in (403, 409) and "over_quota" in r.text, r.text
+
+
+def test_a_members_move_refused_for_the_gangs_layout_says_nothing_of_the_host(
+    secure_api: TestClient, store: Store
+) -> None:
+    """A host's rack is the operators' to know: a member's move of a gang instance to a real
+    host of another rack is answered as a move to a made-up host is."""
+    admin = store.create_token(schemas.TokenCreate(role=Role.ADMIN), "t").token
+    member = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project="p"), "t").token
+    as_admin, as_p = {"Authorization": f"Bearer {admin}"}, {"Authorization": f"Bearer {member}"}
+    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=as_admin).status_code == 201
+    for name, rack in (("a", "r1"), ("b", "r1"), ("secret-host", "rack-42")):
+        devices = [_gpu(i, rack=rack) for i in range(2)]
+        r = secure_api.put(
+            f"/v1/hosts/{name}/inventory", json={"generation": 1, "devices": devices}, headers=as_admin
+        )
+        assert r.status_code == 200
+    layout = {"distinct_hosts": True, "same": "rack"}
+    body = _gang(["vm-1", "vm-2"], gpus=1, gang="g", hosts=["a", "b"], layout=layout, project="p")
+    assert secure_api.post("/v1/gangs", json=body, headers=as_admin).status_code == 201
+    answers = []
+    for host in ("secret-host", "no-such-host"):
+        r = secure_api.post("/v1/allocations/vm-1/moves", json={"host": host}, headers=as_p)
+        assert r.status_code == 409, r.text
+        assert "rack-42" not in r.text and host not in r.text, r.text
+        answers.append(r.json())
+    assert answers[0] == answers[1] and answers[0]["error"]["code"] == "no_valid_host"
+    told = secure_api.post("/v1/allocations/vm-1/moves", json={"host": "secret-host"}, headers=as_admin)
+    assert told.status_code == 409 and told.json()["error"]["code"] == "gang_layout", told.text

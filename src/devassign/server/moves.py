@@ -146,7 +146,9 @@ def place_move(
     except MoveReplay as replayed:
         return replayed.move, False
     except errors.DevassignError as exc:
-        if exc.code == errors.NO_VALID_HOST:
+        # A gang's layout is checked on a real host only, and says what that host has (its
+        # rack): to a member it is one more host that cannot hold the request.
+        if exc.code == errors.NO_VALID_HOST or (exc.code == errors.GANG_LAYOUT and not scope.operator):
             if not scope.operator:
                 raise _refused_to_member(placer, claim, scope, consumer, host) from None
             raise _why_not(placer, claim, scope, consumer, host, exc) from None
