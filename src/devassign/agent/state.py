@@ -47,6 +47,9 @@ class AgentState:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Device id -> ``{"handler": name, "config": {...}}`` of its last setup, until a cleanup
+    # succeeds: the cleanup runs that handler, whatever the type's handler is by then.
+    set_up_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Device address -> ``{"reason": why it failed, "passes": checks passed since}``: the
     # devices whose health failed and has not passed enough checks in a row since (so a
     # restart does not make a failing device healthy after a single pass).
@@ -58,7 +61,7 @@ class AgentState:
     host: str | None = None
 
 
-_MAPS = ("journal", "facts", "assigned", "host_drivers", "health", "vgpu_types")
+_MAPS = ("journal", "facts", "assigned", "host_drivers", "set_up_by", "health", "vgpu_types")
 
 
 class StateFile:

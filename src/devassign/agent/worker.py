@@ -47,6 +47,7 @@ a monotonic clock; the agent sends no timestamps.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -72,6 +73,7 @@ from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
 from devassign.schemas import (
+    DEVICE_FACTS,
     HealthCheck,
     InventoryResult,
     ReportedDevice,
@@ -376,6 +378,7 @@ class Agent:
             items = WorkList.model_validate(payload(resp, self.config.server)).items
         except ValueError as exc:  # a 2xx that is not a work list: not our server, try later
             raise ServerUnavailable(f"{self.config.server}: unexpected answer to GET work: {exc}") from exc
+        items = [i for i in items if self._answerable(i)]
         # Cleanups first: they free what a setup in the same IOMMU group may need.
         items.sort(key=lambda i: (i.action != "cleanup", i.device.address))
         failed: set[str] = set()
@@ -388,6 +391,29 @@ class Agent:
             if item.action == "setup" and not result.ok and consumer is not None:
                 failed.add(consumer)
         return done
+
+    def _answerable(self, item: WorkItem) -> bool:
+        """Whether a result for ``item`` could be posted (an id and consumer the server's
+        results take, text that is UTF-8): one that could not is never started nor
+        journaled, or it would stop every later post, and every restart, of this agent."""
+        problem = None
+        if len(item.device.id) > 36:
+            problem = "a device id longer than 36 characters"
+        elif item.device.consumer is not None and len(item.device.consumer) > 255:
+            problem = "a consumer longer than 255 characters"
+        else:
+            try:
+                json.dumps(item.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+            except (UnicodeEncodeError, ValueError):
+                problem = "text that is not UTF-8"
+        if problem:
+            log.error(
+                "ignored a %s work item for %r: it has %s (not from a devassign server?)",
+                item.action,
+                item.device.address[:80],
+                problem,
+            )
+        return problem is None
 
     def recover(self, done: list[WorkDone] | None = None) -> list[WorkDone]:
         """After a (re)start: post journaled results, re-run interrupted actions."""
@@ -434,12 +460,16 @@ class Agent:
         and starts from what the host shows now.
         """
         st = self.state.state
+        item = self._own_device(item)
         dev_id = item.device.id
         if item.action == "setup":
             if item.device.driver not in (None, VFIO):
                 st.host_drivers[dev_id] = {"driver": item.device.driver}
+            handler = handler_name_for(item.device.kind, item.handler)
+            st.set_up_by[dev_id] = {"handler": handler, "config": item.config}
             return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
+        item = self._as_set_up(item)
         if item.cleared:
             st.facts.pop(dev_id, None)
             st.host_drivers.pop(dev_id, None)
@@ -452,6 +482,34 @@ class Agent:
         if isinstance(before, str):
             update["device"] = item.device.model_copy(update={"driver": before})
         return item.model_copy(update=update)
+
+    def _own_device(self, item: WorkItem) -> WorkItem:
+        """The item with the device's facts as this agent discovered them, never the server's
+        copy: the handlers choose what to act on from them (a MIG slot's GPU, a vGPU's VF and
+        type id, the driver to give back), and a server that lies must not choose another
+        device of the host. A device this agent does not have is left as sent (refused)."""
+        mine = self._discovered().get(item.device.address)
+        if mine is None or mine.kind is not item.device.kind:
+            return item
+        own = {f: getattr(mine, f) for f in DEVICE_FACTS if f not in ("address", "kind")}
+        own["attributes"] = dict(mine.attributes)
+        return item.model_copy(update={"device": item.device.model_copy(update=own)})
+
+    def _as_set_up(self, item: WorkItem) -> WorkItem:
+        """A cleanup runs the handler (and its config) that set the device up: a type's
+        handler changed while its device was held (or a server naming ``noop``) would leave
+        the device as its holder had it and call it clean."""
+        setup = self.state.state.set_up_by.get(item.device.id)
+        if not setup or setup.get("handler") == handler_name_for(item.device.kind, item.handler):
+            return item
+        log.warning(
+            "cleaning %s with %s, the handler that set it up, not %s",
+            item.device.address,
+            setup["handler"],
+            handler_name_for(item.device.kind, item.handler),
+        )
+        config = dict(setup.get("config") or {})
+        return item.model_copy(update={"handler": setup["handler"], "config": config})
 
     def _load(self, name: str) -> Handler:
         """Handlers by name, looked up once: entry-point discovery reads package metadata."""
@@ -513,6 +571,9 @@ class Agent:
         if not result.ok:
             log.warning("%s of %s failed: %s", item.action, item.device.address, result.error)
         posted = self._post([dev_id], replayed=replayed)
+        if not posted:  # dropped: no result of it can be posted
+            address = item.device.address
+            return WorkDone(dev_id, address, item.action, False, "not postable", replayed=replayed)
         return posted[0]
 
     def _check_cleaned(self, item: WorkItem) -> None:
@@ -530,8 +591,19 @@ class Agent:
     def _post(self, ids: list[str], *, replayed: bool) -> list[WorkDone]:
         """Post the journaled results of ``ids``; drop each entry once the server answered."""
         st = self.state.state
+        ids = list(ids)
+        results = []
+        for i in list(ids):
+            try:
+                results.append(self._result(i, st.journal[i]))
+            except ValueError as exc:  # a result the server cannot take: never postable
+                log.error("dropped the journaled result for %r: it cannot be posted (%s)", i[:80], exc)
+                st.journal.pop(i, None)
+                ids.remove(i)
+        if not ids:
+            self.state.save()
+            return []
         entries = [st.journal[i] for i in ids]
-        results = [self._result(i, e) for i, e in zip(ids, entries, strict=True)]
         for e in entries:
             self._crash("post", e["action"])
         body = {"results": [r.model_dump(mode="json") for r in results]}
@@ -560,6 +632,7 @@ class Agent:
                 st.assigned[dev_id] = entry["item"]
             if res.action == "cleanup" and res.ok:
                 st.facts.pop(dev_id, None)
+                st.set_up_by.pop(dev_id, None)
             if not outcome.applied:
                 log.info("%s result for %s ignored: %s", res.action, item.device.address, outcome.note)
             out.append(

@@ -20,6 +20,9 @@ from devassign.lifecycle.base import TypeConfig
 BUILTIN_HANDLERS = ("pci", "sriov_vf", "mdev", "usb", "noop", "nvidia_vgpu", "mig")
 COMMAND_HANDLER = "command"
 COMMAND_ACTIONS = ("setup", "cleanup", "health")
+# Built-in handlers whose type config may name the program they run: (key, default). Another
+# program than the default must be on the host's [lifecycle] commands list, as command's are.
+PROGRAM_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {"mig": (("nvidia_smi", "nvidia-smi"),)}
 
 
 def path_problem(path: object) -> str | None:
@@ -75,6 +78,16 @@ class LifecyclePolicy:
                 f"handler {handler!r} is not allowed on host {host}: add it to [lifecycle] handlers "
                 f"in {source} to let this agent run it"
             )
+        for key, default in PROGRAM_SETTINGS.get(handler, ()):
+            program = config.get(key, default)
+            if program != default and not (
+                isinstance(program, str) and command_allowed(program, self.commands)
+            ):
+                return (
+                    f"type config {key}={program!r} names a program other than {default!r}, and it is "
+                    f"not allowed on host {host}: add it to [lifecycle] commands in {source} to let "
+                    "this agent run it"
+                )
         if handler != COMMAND_HANDLER:
             return None
         for action, program in command_programs(config):

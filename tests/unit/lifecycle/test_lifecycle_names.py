@@ -150,3 +150,15 @@ def test_policy_names_the_setting_and_the_host() -> None:
     assert "[lifecycle] commands in agent.toml" in refusal
     assert policy.refusal("command", {"setup": ["/opt/fpga/load"]}, host="c1", source="a") is None
     assert policy.refusal("pci", {}, host="c1", source="a") is not None
+
+
+def test_a_mig_type_may_name_its_nvidia_smi_only_as_the_host_allows() -> None:
+    policy = LifecyclePolicy()
+    assert policy.refusal("mig", {}, host="c1", source="a") is None
+    assert policy.refusal("mig", {"nvidia_smi": "nvidia-smi"}, host="c1", source="a") is None
+    for program in ("/tmp/evil", "evil", "/usr/bin/nvidia-smi", ["/tmp/x"], 3):
+        refusal = policy.refusal("mig", {"nvidia_smi": program}, host="c1", source="agent.toml")
+        assert refusal and "[lifecycle] commands in agent.toml" in refusal, program
+    allowed = LifecyclePolicy(commands=("/usr/bin/nvidia-smi",))
+    assert allowed.refusal("mig", {"nvidia_smi": "/usr/bin/nvidia-smi"}, host="c1", source="a") is None
+    assert allowed.refusal("mig", {"nvidia_smi": "/tmp/evil"}, host="c1", source="a") is not None

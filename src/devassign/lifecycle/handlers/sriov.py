@@ -10,7 +10,7 @@ inherits nothing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from devassign.hostio import Sysfs
@@ -184,7 +184,7 @@ class SriovVfHandler:
             return HealthResult(False, down)
         want = wanted_config(device, config)
         if want.mac == ZERO_MAC:
-            want = VfConfig(have.mac, want.vlan, want.spoofchk, want.trust, want.link_state)
+            want = replace(want, mac=have.mac)  # any MAC; the rest as asked, rates too
         if have != want:
             return HealthResult(False, f"VF {where.vf_index} of {where.pf_ifname} is {have}")
         return HealthResult(True)
