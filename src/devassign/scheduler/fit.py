@@ -94,6 +94,8 @@ def fit(
     search = _Search(host, request, cands, request.constraints, quota_left, budget, rng)
     try:
         found = search.run()
+        if found and any(ai for ai, _ in search.picks):
+            search = _earliest(search, host, request, cands, quota_left, budget, rng)
     except BudgetExhausted:
         reason = Reason(
             ReasonCode.SEARCH_BUDGET_EXHAUSTED,
@@ -105,6 +107,50 @@ def fit(
         return FitResult(host.name, search.result(), None, search.steps)
     reason = _diagnose(host, request, cands, quota_left)
     return FitResult(host.name, None, reason, search.steps)
+
+
+def _earliest(
+    found: _Search,
+    host: HostView,
+    request: Request,
+    cands: Candidates,
+    quota_left: Mapping[str, int] | None,
+    budget: int,
+    rng: random.Random | None,
+) -> _Search:
+    """The fit whose alternatives come earliest, request by request: a request gets its own
+    type wherever some choice of the other requests' devices lets it, not only where the
+    search's first choice of them did. ``found`` used a later alternative somewhere; each
+    earlier one is tried with the requests before it kept to theirs. Within the budget left:
+    past it, ``found`` stands."""
+    best, spent = found, found.steps
+    fixed: dict[int, int] = {}
+    for ui in range(len(found.units)):
+        chosen = best.picks[ui][0]
+        for ai in range(chosen):
+            if budget - spent <= 0:
+                return best
+            trial = _Search(
+                host,
+                request,
+                cands,
+                request.constraints,
+                quota_left,
+                budget - spent,
+                rng,
+                only={**fixed, ui: ai},
+            )
+            try:
+                fits = trial.run()
+            except BudgetExhausted:
+                return best
+            finally:
+                spent += trial.steps
+            if fits:
+                best, chosen = trial, ai
+                break
+        fixed[ui] = chosen
+    return best
 
 
 # ---------------------------------------------------------------- the search
@@ -164,8 +210,10 @@ class _Search:
         rng: random.Random | None = None,
         *,
         keep: bool = True,
+        only: Mapping[int, int] | None = None,
     ) -> None:
         self.host = host
+        self.only = only or {}  # unit -> the one alternative it may use (_earliest)
         self.rng = rng
         self.keep = keep  # whether its class shapes may be kept on the view (not a diagnosis's)
         self.constraints = constraints
@@ -274,6 +322,8 @@ class _Search:
         unit = self.units[ui]
         k = len(unit.members)
         for ai, alt in enumerate(unit.alternatives):
+            if self.only.get(ui, ai) != ai:
+                continue
             need = alt.count * k
             if self.quota is not None and self.quota.get(alt.type, need) < need:
                 continue
@@ -348,9 +398,18 @@ class _Search:
                 return None
             if self.held_parent[d.address]:
                 return None
+        # Group mates come along and count against their own type's quota, as the claim counts
+        # them: a host whose mates would pass it does not fit (another may).
+        quota = self.quota
+        charged = Counter(m.type for m in mates if quota is not None and m.type in quota)
+        if quota is not None and any(quota[kind] < n for kind, n in charged.items()):
+            return None
         extra = dict(unit.alternatives[self.picks[-1][0]].extra)
         if self.pools and not self._draw(new, mates, extra):
             return None
+        if quota is not None:
+            for kind, n in charged.items():
+                quota[kind] -= n
         for ci in unit.constraints:
             v = c.values[ci]
             if self.constraints[ci].mode == "match":
@@ -374,6 +433,10 @@ class _Search:
             if not self.group_refs[c.group]:
                 mates = _mates(self.host, c.group, new)
         extra = dict(unit.alternatives[self.picks[-1][0]].extra)
+        if self.quota is not None:
+            for m in mates:
+                if m.type in self.quota:
+                    self.quota[m.type] += 1
         for d in (*new, *mates):
             self._hold(d, -1)
             if self.pools:

@@ -259,14 +259,16 @@ def _instances(
     first look at the host, while that still fits it); why it takes no more goes into
     ``after``."""
     quota = quota_now()
+    extra: dict[str, dict[str, int]] = {}
     if quota is None or not _over(quota, _types_of(host, first)):
         yield first
         held = list(first.device_ids())
+        extra.update(_params_taking(request, first))
         start = 1
     else:
         held, start = [], 0
     for k in range(start, cap):
-        view = host.with_held(held) if held else host
+        view = host.with_held(held, extra) if held else host
         decision = schedule(request, Snapshot((view,)), policy, quota=quota_now(), rng=rng)
         steps[0] += decision.steps
         if not decision.fits:
@@ -281,11 +283,26 @@ def _instances(
             return
         p = decision.placements[0]
         held.extend(p.device_ids())
+        extra.update(_params_taking(request, p))
         yield p
     after[host.name] = Reason(
         ReasonCode.CONSTRAINT_UNSATISFIED,
         f"holds {cap} of the gang's instances, the most one host may ({cap} per host)",
     )
+
+
+def _params_taking(request: Request, p: Placement) -> dict[str, dict[str, int]]:
+    """Per chosen device, what its request's params take of its pool beyond its own
+    ``consumes`` (a VF's guaranteed rate of its PF): held by the next instance's view too, or
+    the plan puts more instances on a PF than it carries and every claim of it fails."""
+    by_name = {r.name: r for r in request.requests}
+    out: dict[str, dict[str, int]] = {}
+    for c in p.chosen:
+        r = by_name.get(c.name)
+        taking = dict(r.alternatives[c.alternative].extra) if r is not None else {}
+        if taking:
+            out.update((i, taking) for i in c.device_ids)
+    return out
 
 
 def _over(quota: Quota, want: Mapping[str, int]) -> list[str]:

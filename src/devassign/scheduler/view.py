@@ -193,10 +193,24 @@ class HostView:
             return (device,)
         return self.group_members.get(device.iommu_group, (device,))
 
-    def with_held(self, device_ids: Iterable[str]) -> HostView:
-        """This host as it would be once ``device_ids`` are reserved (for capacity counts)."""
+    def with_held(
+        self, device_ids: Iterable[str], extra: Mapping[str, Mapping[str, int]] | None = None
+    ) -> HostView:
+        """This host as it would be once ``device_ids`` are reserved (for capacity counts and
+        a gang's next instance), each taking of its pool what a claim would record: its own
+        ``consumes`` plus ``extra[device id]`` (what its request's params take, a VF's rate)."""
         ids = set(device_ids)
-        devices = tuple(replace(d, state=DeviceState.RESERVED) if d.id in ids else d for d in self.devices)
+        more = extra or {}
+
+        def held(d: DeviceView) -> DeviceView:
+            if d.id not in more:
+                return replace(d, state=DeviceState.RESERVED)
+            taking = dict(d.consumes or {})
+            for k, amount in more[d.id].items():
+                taking[k] = taking.get(k, 0) + amount
+            return replace(d, state=DeviceState.RESERVED, consumed=taking)
+
+        devices = tuple(held(d) if d.id in ids else d for d in self.devices)
         return HostView(self.name, devices, self.up)
 
 
