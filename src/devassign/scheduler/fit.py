@@ -400,14 +400,14 @@ class _Search:
                 return None
         # Group mates come along and count against their own type's quota, as the claim counts
         # them: a host whose mates would pass it does not fit (another may).
-        quota = self.quota
-        charged = Counter(m.type for m in mates if quota is not None and m.type in quota)
-        if quota is not None and any(quota[kind] < n for kind, n in charged.items()):
+        quota = self.quota if mates else None
+        charged = Counter(m.type for m in mates if m.type in quota) if quota is not None else None
+        if quota is not None and charged and any(quota[kind] < n for kind, n in charged.items()):
             return None
         extra = dict(unit.alternatives[self.picks[-1][0]].extra)
         if self.pools and not self._draw(new, mates, extra):
             return None
-        if quota is not None:
+        if quota is not None and charged:
             for kind, n in charged.items():
                 quota[kind] -= n
         for ci in unit.constraints:
