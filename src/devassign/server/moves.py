@@ -45,10 +45,13 @@ class _MoveClaims(Store):
     transaction. The quota counts the consumer's own devices as given back: once committed it
     holds the target's instead of the source's (``quotas.enforce_move_quota``, in the start)."""
 
-    def __init__(self, base: Store, consumer: str, key: str | None, held: Mapping[str, int]) -> None:
+    def __init__(
+        self, base: Store, consumer: str, key: str | None, held: Mapping[str, int], source_id: int
+    ) -> None:
         self.__dict__.update(vars(base))  # the same database, clock and settings
         self.consumer = consumer
         self.key = key
+        self.source_id = source_id  # the allocation whose request placed the move
         self.held = held  # the source's devices per type
         self.move: Move | None = None
 
@@ -63,7 +66,7 @@ class _MoveClaims(Store):
 
     def claim(self, order: ClaimOrder) -> tuple[schemas.Allocation, bool]:
         allocation, self.move = self.start_move(
-            dataclasses.replace(order, check_quota=False), self.consumer, self.key
+            dataclasses.replace(order, check_quota=False), self.consumer, self.key, self.source_id
         )
         return allocation, True
 
@@ -120,7 +123,7 @@ def place_move(
     replay = store.move_replay(consumer, key, host)
     if replay is not None:
         return replay, False
-    doc, project, _, known = store.move_source(consumer, host)
+    doc, project, source_id, known = store.move_source(consumer, host)
     # A gang's instance keeps its gang (the commit copies the source's request document back);
     # the claim that places the target is the instance's own request.
     request = {k: v for k, v in doc.items() if k not in _NOT_A_CLAIM}
@@ -140,7 +143,7 @@ def place_move(
             raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r} to move to")
         raise _refused_to_member(placer, claim, scope, consumer, host)
     held = Counter(d.type for d in store.get_allocation(consumer, project).devices)
-    placing = _MoveClaims(store, consumer, key, held)
+    placing = _MoveClaims(store, consumer, key, held, source_id)
     try:
         Placer(placing, placer.config).claim(claim, scope.principal)
     except MoveReplay as replayed:

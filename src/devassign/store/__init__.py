@@ -551,8 +551,8 @@ class Store:
         return released
 
     # ------------------------------------------------------------ moves (store/moves.py)
-    def move_source(self, consumer: str, target: str) -> tuple[dict[str, Any], str, str, bool]:
-        """(request document, project, host, whether ``target`` is known) of the live
+    def move_source(self, consumer: str, target: str) -> tuple[dict[str, Any], str, int, bool]:
+        """(request document, project, allocation id, whether ``target`` is known) of the live
         allocation a move would move."""
         self.settle_moves(consumer)
         return self.db.reading(lambda c: moves.source_for_move(c, consumer, target))
@@ -561,7 +561,7 @@ class Store:
         return self.db.reading(lambda c: moves.replay_of(c, consumer, key, host))
 
     def start_move(
-        self, order: claims.ClaimOrder, consumer: str, key: str | None
+        self, order: claims.ClaimOrder, consumer: str, key: str | None, source_id: int | None = None
     ) -> tuple[schemas.Allocation, moves.Move]:
         """Claim a move's target devices and record the move in one transaction (raises
         ``claims.LostRace`` like :meth:`claim`, ``moves.MoveReplay`` for a repeated start)."""
@@ -574,6 +574,7 @@ class Store:
                 now=self.clock(),
                 ttl=self.reservation_ttl,
                 up_since=self.up_since(),
+                source_id=source_id,
             )
         )
 

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import IN_USE_STATES, DeviceState
+from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.shares import Pools, copy_pools
 from devassign.scheduler.view import HOLDING_STATES
@@ -565,6 +565,10 @@ def _update_existing(
         return
     values["updated_at"] = now
     conn.execute(devices.update().where(devices.c.id == row.id).values(**values))
+    if state is DeviceState.MISSING and new_state is DeviceState.ASSIGNED:
+        # Back set up: its allocation may have waited only for this device to be confirmed
+        # (a setup result for the others came while it was missing).
+        confirm_if_set_up(conn, row.allocation_id)
     out.updated.append(dev.address)
     consumer = _consumer_of(conn, row.allocation_id)
     changed = sorted(k for k in values if k not in ("updated_at", "state_changed_at", "prior_state"))
@@ -632,6 +636,23 @@ def health_event(
         "message": f"{base['host']} {address}{held} is {word}: {reason}",
         "detail": {"reason": reason},
     }
+
+
+def confirm_if_set_up(conn: sa.Connection, allocation_id: int | None) -> None:
+    """An allocation whose devices are all set up is confirmed: it no longer expires."""
+    if allocation_id is None:
+        return
+    pending = conn.execute(
+        sa.select(sa.func.count()).where(
+            devices.c.allocation_id == allocation_id, devices.c.state != DeviceState.ASSIGNED.value
+        )
+    ).scalar_one()
+    if pending == 0:
+        conn.execute(
+            allocations.update()
+            .where(allocations.c.id == allocation_id, allocations.c.state == AllocationState.RESERVED.value)
+            .values(state=AllocationState.ASSIGNED.value, expires_at=None)
+        )
 
 
 def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy: bool) -> DeviceState:

@@ -177,11 +177,13 @@ def _live_source(conn: sa.Connection, consumer: str, *, lock: bool = False) -> A
 
 
 def replay_of(conn: sa.Connection, consumer: str, key: str | None, host: str) -> Move | None:
-    """The move this start repeats (the consumer's newest move has the same key), or None."""
+    """The move this start repeats (the consumer's newest move with the same key, whichever
+    moves came after it), or None."""
     if key is None:
         return None
-    row = latest(conn, consumer)
-    if row is None or row.idempotency_key != key:
+    q = _move_query().where(moves.c.consumer == consumer, moves.c.idempotency_key == key)
+    row = conn.execute(q.order_by(moves.c.id.desc()).limit(1)).first()
+    if row is None:
         return None
     if row.target_name != host:
         raise errors.DevassignError(
@@ -207,13 +209,13 @@ def replay_of(conn: sa.Connection, consumer: str, key: str | None, host: str) ->
     return _model(row)
 
 
-def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[dict[str, Any], str, str, bool]:
-    """(the stored request document, its project, its host, whether ``target`` is a known
-    host) of the allocation to move; the refusals a move start answers before anything is
-    claimed. An unknown target is the caller's to answer: members must not learn from it
-    which host names exist."""
+def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[dict[str, Any], str, int, bool]:
+    """(the stored request document, its project, the allocation's id, whether ``target`` is a
+    known host) of the allocation to move; the refusals a move start answers before anything
+    is claimed. An unknown target is the caller's to answer: members must not learn from it
+    which host names exist. The start moves that allocation only (``start``'s ``source_id``)."""
     row = conn.execute(
-        sa.select(allocations.c.request, allocations.c.project, hosts.c.name)
+        sa.select(allocations.c.id, allocations.c.request, allocations.c.project, hosts.c.name)
         .join(hosts, hosts.c.id == allocations.c.host_id)
         .where(allocations.c.consumer == consumer, allocations.c.released_at.is_(None))
     ).first()
@@ -228,7 +230,7 @@ def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[di
         )
     _refuse_pending(conn, consumer)
     known = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == target)).first() is not None
-    return dict(row.request), str(row.project), str(row.name), known
+    return dict(row.request), str(row.project), int(row.id), known
 
 
 def _refuse_pending(conn: sa.Connection, consumer: str) -> None:
@@ -299,10 +301,15 @@ def start(
     now: datetime,
     ttl: timedelta,
     up_since: datetime,
+    source_id: int | None = None,
 ) -> tuple[schemas.Allocation, Move]:
     """Claim the target devices (``order``, for the move's internal consumer on the target
     host) and record the move, in this one transaction; raises ``LostRace`` like a
-    claim, :class:`MoveReplay` for a start already made."""
+    claim, :class:`MoveReplay` for a start already made.
+
+    ``source_id``: the allocation the move was placed for (its request chose the target's
+    devices); released and claimed again since, the consumer's allocation is another, and
+    this start is refused."""
     source = _live_source(conn, consumer)
     target_id = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == order.host)).scalar_one_or_none()
     if source is None:
@@ -315,6 +322,16 @@ def start(
     seen, source = source.id, _live_source(conn, consumer, lock=True)
     if source is None or source.id != seen:
         raise ConcurrentChange(f"the allocation of {consumer} was released meanwhile")
+    if source_id is not None and source.id != source_id:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"the allocation of {consumer} was released and claimed again while its move was "
+            "placed; start the move again",
+        )
+    if source.host_id == target_id:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"consumer {consumer!r} is already on {order.host}; name another host"
+        )
     if key is not None:
         replay = replay_of(conn, consumer, key, order.host)
         if replay is not None:
@@ -475,7 +492,14 @@ def commit(conn: sa.Connection, consumer: str, *, now: datetime, actor: str) -> 
     conn.execute(
         allocations.update()
         .where(allocations.c.id == row.target_allocation_id, allocations.c.released_at.is_(None))
-        .values(consumer=consumer, request=source.request, idempotency_key=source.idempotency_key)
+        # Every target device is set up (_refuse_unready_target): confirmed, it never expires.
+        .values(
+            consumer=consumer,
+            request=source.request,
+            idempotency_key=source.idempotency_key,
+            state=AllocationState.ASSIGNED.value,
+            expires_at=None,
+        )
     )
     conn.execute(moves.update().where(moves.c.id == row.id).values(state=COMMITTED, finished_at=now))
     record(

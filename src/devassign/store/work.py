@@ -24,12 +24,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import AllocationState, DeviceState, cut_too_deep
+from devassign.domain import DeviceState, cut_too_deep
 from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
-from devassign.store.inventory import health_event, lock_host, recount
+from devassign.store.inventory import confirm_if_set_up, health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
 
 # Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
@@ -205,7 +205,7 @@ def _apply_one(
             record(
                 conn, action="device_assigned", message=f"{host} {row.address} set up for {consumer}", **ev
             )
-            _maybe_confirm(conn, row.allocation_id, now)
+            confirm_if_set_up(conn, row.allocation_id)
             return outcome(True, DeviceState.ASSIGNED, "assigned")
         record(
             conn,
@@ -289,23 +289,6 @@ def _apply_one(
         # The next report is applied in full, not skipped as unchanged: it carries the health.
         conn.execute(hosts.update().where(hosts.c.id == hid).values(report_digest=None))
     return outcome(True, new, "cleaned" if healthy else f"cleaned, but unhealthy: {res.health_reason}")
-
-
-def _maybe_confirm(conn: sa.Connection, allocation_id: int | None, now: datetime) -> None:
-    """An allocation whose devices are all set up is confirmed: it no longer expires."""
-    if allocation_id is None:
-        return
-    pending = conn.execute(
-        sa.select(sa.func.count()).where(
-            devices.c.allocation_id == allocation_id, devices.c.state != DeviceState.ASSIGNED.value
-        )
-    ).scalar_one()
-    if pending == 0:
-        conn.execute(
-            allocations.update()
-            .where(allocations.c.id == allocation_id, allocations.c.state == AllocationState.RESERVED.value)
-            .values(state=AllocationState.ASSIGNED.value, expires_at=None)
-        )
 
 
 def clear_device(
