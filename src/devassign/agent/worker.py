@@ -500,14 +500,11 @@ class Agent:
         handler changed while its device was held (or a server naming ``noop``) would leave
         the device as its holder had it and call it clean."""
         setup = self.state.state.set_up_by.get(item.device.id)
-        if not setup or setup.get("handler") == handler_name_for(item.device.kind, item.handler):
+        now = handler_name_for(item.device.kind, item.handler)
+        if not setup or setup.get("handler") == now:
             return item
-        log.warning(
-            "cleaning %s with %s, the handler that set it up, not %s",
-            item.device.address,
-            setup["handler"],
-            handler_name_for(item.device.kind, item.handler),
-        )
+        address, then = item.device.address, setup["handler"]
+        log.warning("cleaning %s with %s, the handler that set it up, not %s", address, then, now)
         config = dict(setup.get("config") or {})
         return item.model_copy(update={"handler": setup["handler"], "config": config})
 
@@ -591,15 +588,15 @@ class Agent:
     def _post(self, ids: list[str], *, replayed: bool) -> list[WorkDone]:
         """Post the journaled results of ``ids``; drop each entry once the server answered."""
         st = self.state.state
-        ids = list(ids)
-        results = []
-        for i in list(ids):
+        postable, results = [], []
+        for i in ids:
             try:
                 results.append(self._result(i, st.journal[i]))
+                postable.append(i)
             except ValueError as exc:  # a result the server cannot take: never postable
                 log.error("dropped the journaled result for %r: it cannot be posted (%s)", i[:80], exc)
                 st.journal.pop(i, None)
-                ids.remove(i)
+        ids = postable
         if not ids:
             self.state.save()
             return []

@@ -398,18 +398,12 @@ class _Search:
                 return None
             if self.held_parent[d.address]:
                 return None
-        # Group mates come along and count against their own type's quota, as the claim counts
-        # them: a host whose mates would pass it does not fit (another may).
-        quota = self.quota if mates else None
-        charged = Counter(m.type for m in mates if m.type in quota) if quota is not None else None
-        if quota is not None and charged and any(quota[kind] < n for kind, n in charged.items()):
+        if not self._charge(mates, 1):
             return None
         extra = dict(unit.alternatives[self.picks[-1][0]].extra)
         if self.pools and not self._draw(new, mates, extra):
+            self._charge(mates, -1)
             return None
-        if quota is not None and charged:
-            for kind, n in charged.items():
-                quota[kind] -= n
         for ci in unit.constraints:
             v = c.values[ci]
             if self.constraints[ci].mode == "match":
@@ -433,10 +427,7 @@ class _Search:
             if not self.group_refs[c.group]:
                 mates = _mates(self.host, c.group, new)
         extra = dict(unit.alternatives[self.picks[-1][0]].extra)
-        if self.quota is not None:
-            for m in mates:
-                if m.type in self.quota:
-                    self.quota[m.type] += 1
+        self._charge(mates, -1)
         for d in (*new, *mates):
             self._hold(d, -1)
             if self.pools:
@@ -446,6 +437,20 @@ class _Search:
                 self.bound_n[ci] -= t
             else:
                 self.seen[ci][c.values[ci]] -= t
+
+    def _charge(self, mates: list[DeviceView], n: int) -> bool:
+        """Count IOMMU group mates against their own type's quota (``n=1``), as the claim
+        counts them, or give them back (``n=-1``). False, charging nothing, when one would
+        pass the quota: that host does not fit (another may)."""
+        quota = self.quota
+        if quota is None or not mates:
+            return True
+        kinds = [m.type for m in mates if m.type in quota]
+        if n > 0 and any(quota[k] < kinds.count(k) for k in set(kinds)):
+            return False
+        for k in kinds:
+            quota[k] -= n
+        return True
 
     def _draw(self, new: list[DeviceView], mates: list[DeviceView], extra: dict[str, int]) -> bool:
         """Take the chosen devices (with what the request's params take, ``extra``) and their

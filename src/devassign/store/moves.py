@@ -224,13 +224,16 @@ def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[di
             errors.INVALID_STATE, f"consumer {consumer!r} holds no live allocation: there is nothing to move"
         )
     if row.name == target:
-        raise errors.DevassignError(
-            errors.INVALID_REQUEST,
-            f"consumer {consumer!r} is already on {target}; name another host to move to",
-        )
+        raise _already_on(consumer, target)
     _refuse_pending(conn, consumer)
     known = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == target)).first() is not None
     return dict(row.request), str(row.project), int(row.id), known
+
+
+def _already_on(consumer: str, host: str) -> errors.DevassignError:
+    return errors.DevassignError(
+        errors.INVALID_REQUEST, f"consumer {consumer!r} is already on {host}; name another host to move to"
+    )
 
 
 def _refuse_pending(conn: sa.Connection, consumer: str) -> None:
@@ -329,9 +332,7 @@ def start(
             "placed; start the move again",
         )
     if source.host_id == target_id:
-        raise errors.DevassignError(
-            errors.INVALID_REQUEST, f"consumer {consumer!r} is already on {order.host}; name another host"
-        )
+        raise _already_on(consumer, order.host)
     if key is not None:
         replay = replay_of(conn, consumer, key, order.host)
         if replay is not None:

@@ -350,8 +350,10 @@ def with_taints(conn: sa.Connection, found: list[schemas.Device], now: datetime)
             .join(hosts, hosts.c.id == devices.c.host_id)
             .where(hosts.c.name.in_(parented))
         ).all()
-        for name in parented:
-            above[name] = lineage(r for r in rows if r.name == name)
+        per_host: dict[str, list[Any]] = {}
+        for r in rows:
+            per_host.setdefault(r.name, []).append(r)
+        above = {name: lineage(rs) for name, rs in per_host.items()}
     out = []
     for d in found:
         up = above.get(d.host, {}).get(d.address, frozenset())

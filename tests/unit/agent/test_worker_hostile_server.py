@@ -62,19 +62,19 @@ def _mig_world(tmp_path: Path) -> tuple[Any, FakeNvidiaSmi, HostOps, list[dict[s
     return h, smi, ops, rules
 
 
+def _mig_slot(agent: Agent, *, parent: str, **fields: Any) -> LyingDevice:
+    """The agent's own MIG slot as the server sends it, naming ``parent`` as its GPU."""
+    slot = f"{GPU}/mig/3g.40gb@4"
+    attributes = agent._discovered()[slot].attributes
+    over = {"type": "M3", "parent": parent, "attributes": attributes}
+    return LyingDevice("m", slot, kind="mig", driver="", over=over, **fields)
+
+
 def test_a_type_config_cannot_make_the_mig_handler_start_another_program(tmp_path: Path) -> None:
     h, smi, ops, rules = _mig_world(tmp_path)
     server = FakeServer({})
     agent = _agent(tmp_path, h.root, rules, ops, server)
-    slot = f"{GPU}/mig/3g.40gb@4"
-    server.devices["m"] = LyingDevice(
-        "m",
-        slot,
-        kind="mig",
-        driver="",
-        config={"nvidia_smi": "/tmp/evil"},
-        over={"type": "M3", "parent": GPU, "attributes": agent._discovered()[slot].attributes},
-    )
+    server.devices["m"] = _mig_slot(agent, parent=GPU, config={"nvidia_smi": "/tmp/evil"})
     server.claim("m")
     (done,) = agent.work()
     assert not done.ok and "[lifecycle] commands" in (done.error or ""), done
@@ -88,15 +88,7 @@ def test_a_mig_cleanup_acts_on_the_gpu_the_agent_found_not_the_one_the_server_na
     assert made.returncode == 0 and len(smi.instances(OTHER_GPU)) == 1  # the host's own
     server = FakeServer({})
     agent = _agent(tmp_path, h.root, rules, ops, server)
-    slot = f"{GPU}/mig/3g.40gb@4"
-    server.devices["m"] = LyingDevice(
-        "m",
-        slot,
-        kind="mig",
-        driver="",
-        state="cleaning",
-        over={"type": "M3", "parent": OTHER_GPU, "attributes": agent._discovered()[slot].attributes},
-    )
+    server.devices["m"] = _mig_slot(agent, parent=OTHER_GPU, state="cleaning")
     agent.work()
     assert len(smi.instances(OTHER_GPU)) == 1
 
