@@ -58,6 +58,17 @@ class Seen:
     acks: list[Ack] = field(default_factory=list)
     retries: list[tuple[float, int, Retry]] = field(default_factory=list)  # when, which client, what
     failures: list[str] = field(default_factory=list)
+    promoted: float | None = None  # when the standby was promoted
+
+    def done(self, client: int) -> bool:
+        """Whether a client has its claims after the promotion: it then claims no more, so the
+        inventory (512 VFs) outlasts the run however fast claims go."""
+        with self.lock:
+            if self.promoted is None:
+                return False
+            since = self.promoted
+            mine = sum(1 for a in self.acks if a.at >= since and a.consumer.startswith(f"c{client}-"))
+        return mine >= AFTER_PROMOTION
 
     def retried(self, client: int, retry: Retry) -> None:
         with self.lock:
@@ -111,6 +122,9 @@ def _claimer(index: int, url: str, token: str, seen: Seen, stop: threading.Event
         client.get("/healthz")
         i = 0
         while not stop.is_set():
+            if seen.done(index):
+                stop.wait(0.05)
+                continue
             consumer = f"c{index}-{i}"
             body = {
                 "consumer": consumer,
@@ -177,6 +191,8 @@ def run_failover(cluster: Cluster, tmp_path: Path, record: Callable[[str, object
             # detection time), so that the gap is there to see.
             wait_for("every client to meet a 503", lambda: len(seen.clients_retried(killed)) == CLIENTS)
             promoted = cluster.promote_standby()
+            with seen.lock:
+                seen.promoted = promoted
             # Each server answers again on its first request after the promotion.
             for server in servers:
                 wait_for(f"{server} to serve again", lambda server=server: _serves(server, token))
