@@ -25,6 +25,7 @@ from devassign.store.schema import metadata
 
 PG_ADMIN_URL = os.environ.get("DEVASSIGN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("DEVASSIGN_REQUIRE_PG") == "1"
+LONG = os.environ.get("DEVASSIGN_LONG") == "1"
 
 
 def _pg_reachable() -> str | None:
@@ -66,12 +67,16 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``pg`` every test that needs PostgreSQL: one that asks for ``pg_url`` (or a module's
     ``pg_database``), or runs with the ``postgresql`` value of a parameter (``db_url``'s own,
-    an ``indirect`` override of it, a module's ``backend``), so ``-m "not pg"`` runs without it."""
+    an ``indirect`` override of it, a module's ``backend``), so ``-m "not pg"`` runs without it.
+    Tests marked ``long`` (longer variants of tests that run anyway) skip unless DEVASSIGN_LONG=1,
+    which keeps CI within its time."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         fixtures = getattr(item, "fixturenames", ())
         if "postgresql" in params.values() or {"pg_url", "pg_database"} & set(fixtures):
             item.add_marker(pytest.mark.pg)
+        if item.get_closest_marker("long") and not LONG:
+            item.add_marker(pytest.mark.skip(reason="a long run: DEVASSIGN_LONG=1 runs it"))
 
 
 @pytest.fixture(scope="session")

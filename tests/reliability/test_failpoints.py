@@ -397,12 +397,14 @@ def test_kills_on_postgresql(group: str, tmp_path: Path, pg_cluster_url: str) ->
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_many_kills_on_sqlite(group: str, tmp_path: Path) -> None:
     run_kills(f"sqlite:///{tmp_path / 'rel.db'}", 1, group, 3, tmp_path, f"sqlite {group} x3")
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.pg
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_many_kills_on_postgresql(group: str, tmp_path: Path, pg_cluster_url: str) -> None:
