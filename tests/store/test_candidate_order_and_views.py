@@ -8,7 +8,7 @@ import pytest
 
 from devassign import schemas
 from devassign.store import Store
-from devassign.store.claims import ClaimOrder
+from devassign.store.claims import ClaimOrder, Pick
 from tests.conftest import vf
 
 
@@ -64,7 +64,7 @@ def test_unchanged_hosts_are_reused_and_a_claimed_host_is_read_afresh(store: Sto
     store.claim(
         ClaimOrder(
             host="h00",
-            chosen=[("nic", (device.id,))],
+            chosen=[Pick("nic", (device.id,))],
             consumer="vm-1",
             project="p",
             key=None,

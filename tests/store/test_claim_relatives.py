@@ -10,7 +10,7 @@ import pytest
 
 from devassign import schemas
 from devassign.store import Store
-from devassign.store.claims import ClaimOrder, LostRace
+from devassign.store.claims import ClaimOrder, LostRace, Pick
 from tests.conftest import vf
 
 PF = {"address": "0000:3b:00.0", "kind": "sriov_pf", "type": "NIC_PF"}
@@ -29,7 +29,7 @@ def _claim(store: Store, consumer: str, device_id: str) -> schemas.Allocation:
     allocation, created = store.claim(
         ClaimOrder(
             host="c1",
-            chosen=[("r", (device_id,))],
+            chosen=[Pick("r", (device_id,))],
             consumer=consumer,
             project="p1",
             key=None,

@@ -11,7 +11,7 @@ import pytest
 from devassign import schemas
 from devassign.domain import mdev_address
 from devassign.store import Store
-from devassign.store.claims import ClaimOrder, LostRace
+from devassign.store.claims import ClaimOrder, LostRace, Pick
 
 GPU = "0000:3b:00.0"
 SLOTS = {"VGPU_1B": (1024, 16), "VGPU_4Q": (4096, 4), "VGPU_8Q": (8192, 2)}
@@ -45,7 +45,7 @@ def _claim(store: Store, consumer: str, ids: list[str]) -> None:
     store.claim(
         ClaimOrder(
             host="h1",
-            chosen=[("r", tuple(ids))],
+            chosen=[Pick("r", tuple(ids))],
             consumer=consumer,
             project="p",
             key=None,

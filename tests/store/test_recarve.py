@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import mdev_address
 from devassign.store import Store
-from devassign.store.claims import ClaimOrder, LostRace
+from devassign.store.claims import ClaimOrder, LostRace, Pick
 from devassign.store.inventory import recount
 from devassign.store.schema import devices, hosts, inventory
 
@@ -80,7 +80,7 @@ def test_the_counts_after_a_claim_of_partitions_are_a_recounts(store: Store, see
             break
         pick = rng.sample(free, min(len(free), rng.choice([1, 1, 2])))
         order = ClaimOrder(
-            host="h1", chosen=[("r", tuple(pick))], consumer=f"vm-{i}", project="p", key=None,
+            host="h1", chosen=[Pick("r", tuple(pick))], consumer=f"vm-{i}", project="p", key=None,
             request_doc={}, actor="admin",
         )  # fmt: skip
         try:

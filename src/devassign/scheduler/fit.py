@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devassign.scheduler.candidates import Candidates
@@ -637,6 +637,9 @@ def _diagnose(
                 f"needs {total} {type_name} (for {names} together), has {len(usable)} usable",
                 total - len(usable),
             )
+    taking = _params_reason(host, request, cands)
+    if taking is not None:
+        return taking
     wants = " and ".join(_describe(r) for r in request.requests)
     return Reason(
         ReasonCode.DEVICE_CONFLICT,
@@ -644,6 +647,38 @@ def _diagnose(
         "or would put a device and its own parent in one allocation",
         1,
     )
+
+
+def _params_reason(host: HostView, request: Request, cands: Candidates) -> Reason | None:
+    """When the request fits but for what its params take of the devices' pools (a VF's
+    guaranteed rate of its PF's bandwidth): ``needs 1 NIC_VF with 6000 bandwidth_mbps each,
+    0000:5e:00.0 has 4000 of 10000 bandwidth_mbps left``."""
+    if not any(a.extra for r in request.requests for a in r.alternatives):
+        return None
+    plain = replace(
+        request,
+        requests=tuple(
+            replace(r, alternatives=tuple(replace(a, extra=()) for a in r.alternatives))
+            for r in request.requests
+        ),
+    )
+    if not _solves(host, plain, cands, request.constraints):
+        return None
+    wants, left = [], {}
+    for r in request.requests:
+        if not r.first.extra:
+            continue
+        each = ", ".join(f"{amount} {k}" for k, amount in r.first.extra)
+        wants.append(f"{r.first.count} {r.first.type} with {each} each")
+        for d in cands.of(host, r.first).usable:
+            if d.pool is not None:
+                cap, used = host.pools.capacity.get(d.pool, {}), host.pools.used.get(d.pool, Counter())
+                for k, _ in r.first.extra:
+                    left[(d.pool, k)] = (
+                        f"{d.pool} has {max(cap.get(k, 0) - used[k], 0)} of {cap.get(k, 0)} {k} left"
+                    )
+    pools = "; ".join(left[key] for key in sorted(left)[:3]) + ("; ..." if len(left) > 3 else "")
+    return Reason(ReasonCode.NOT_ENOUGH_FREE, f"needs {' and '.join(wants)} of their pool: {pools}", 1)
 
 
 def constraint_reason(host: HostView, request: Request, cands: Candidates, c: Constraint) -> Reason:

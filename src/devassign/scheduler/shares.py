@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from devassign.domain import DeviceState
+
 # Request params that take a pool's counter while the device is held: a VF's guaranteed
 # transmit rate takes that much of its PF's bandwidth (a maximum rate caps, it reserves nothing).
 PARAM_COUNTERS: dict[str, str] = {"min_tx_rate_mbps": "bandwidth_mbps"}
@@ -71,12 +73,21 @@ class Pools:
     def of(cls, devices: Iterable[Any], holding: Iterable[Any]) -> Pools:
         """From every device of a host (``devices``) and those someone holds (``holding``)."""
         out = cls()
+        # Partitions of one pool name the counters they use (a GPU's framebuffer for its
+        # vGPUs, its slices for MIG): the pool has them all. The last report's partitions say
+        # what the pool has now; a missing one keeps the counters of an older report (a link
+        # since renegotiated at a lower rate) and counts only where no reported one names
+        # them. Reported partitions agree (a report must); were they not to, the least wins.
+        reported: dict[str, dict[str, int]] = {}
+        missing: dict[str, dict[str, int]] = {}
         for d in devices:
             if d.pool is not None:
-                # Partitions of one pool name the counters they use (a GPU's framebuffer for its
-                # vGPUs, its slices for MIG): the pool has them all.
-                merged = out.capacity.get(d.pool)
-                out.capacity[d.pool] = {**(merged or {}), **(d.pool_counters or {})}
+                into = missing if getattr(d, "state", None) == DeviceState.MISSING.value else reported
+                merged = into.setdefault(d.pool, {})
+                for k, v in (d.pool_counters or {}).items():
+                    merged[k] = min(merged.get(k, v), v)
+        for pool in (*reported, *missing):
+            out.capacity[pool] = {**missing.get(pool, {}), **reported.get(pool, {})}
         for d in holding:
             out.take(d, 1)
         return out
@@ -162,18 +173,30 @@ def copy_pools(pools: Pools) -> Pools:
     )
 
 
-def overdrawn(pools: Pools) -> str | None:
-    """Why the held devices of a host break a pool's rules (the claim's last check), or ``None``."""
+def overdrawn(pools: Pools, before: Pools | None = None) -> str | None:
+    """Why the held devices of a host break a pool's rules (the claim's last check), or ``None``.
+
+    With ``before`` (the pools without the devices just taken), only what those devices made
+    worse: a pool can already be over its counters when held partitions outlived a change of
+    their pool (a link renegotiated at a lower rate), and a claim that takes none of that
+    counter must not be refused for it (the fit, which asks what each device takes, lets it).
+    """
     for pool, used in sorted(pools.used.items()):
         cap = pools.capacity.get(pool, {})
+        had = before.used.get(pool, Counter()) if before is not None else None
         for k, amount in sorted(used.items()):
-            if amount > cap.get(k, 0):
+            if amount > cap.get(k, 0) and (had is None or amount > had[k]):
                 return f"{pool} would give {amount} {k}, it has {cap.get(k, 0)}"
     for pool, modes in sorted(pools.modes.items()):
-        active = sorted(m for m, n in modes.items() if n > 0)
-        if len(active) > 1:
-            return f"{pool} would run {' and '.join(active)}, it holds one mode at a time"
+        active = _active(modes)
+        if len(active) > 1 and (before is None or not active <= _active(before.modes.get(pool, Counter()))):
+            return f"{pool} would run {' and '.join(sorted(active))}, it holds one mode at a time"
     for pool in sorted(pools.capacity):
-        if pools.held[pool] and pools.carved(pool):
+        both = pools.held[pool] and pools.carved(pool)
+        if both and (before is None or not (before.held[pool] and before.carved(pool))):
             return f"{pool} would be held whole and in partitions"
     return None
+
+
+def _active(modes: Counter[str]) -> set[str]:
+    return {m for m, n in modes.items() if n > 0}

@@ -38,7 +38,7 @@ from devassign.server.placement import (
 )
 from devassign.server.views import redact_explanation
 from devassign.store import Principal
-from devassign.store.claims import ClaimOrder, LostRace
+from devassign.store.claims import ClaimOrder, LostRace, Pick
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class Gangs:
         return [
             ClaimOrder(
                 host=pl.host,
-                chosen=[(c.name, (*c.device_ids, *c.companion_ids)) for c in pl.chosen],
+                chosen=[Pick(c.name, c.device_ids, c.companion_ids) for c in pl.chosen],
                 consumer=consumer,
                 project=p.project,
                 key=body.idempotency_key,

@@ -48,7 +48,7 @@ from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_b
 from devassign.scheduler.params import has_params, request_doc
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store
-from devassign.store.claims import ClaimOrder, HostBusy, LostRace, Refit
+from devassign.store.claims import ClaimOrder, HostBusy, LostRace, Pick, Refit
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class Placer:
         Without ``refit`` it skips a host another transaction holds (``HostBusy``); with one it
         waits for the host's lock and chooses again on what it then sees.
         """
-        chosen = [(c.name, (*c.device_ids, *c.companion_ids)) for c in placement.chosen]
+        chosen = [Pick(c.name, c.device_ids, c.companion_ids) for c in placement.chosen]
         assert request.consumer is not None  # claim() refused a request without one
         order = ClaimOrder(
             host=placement.host,
@@ -396,7 +396,7 @@ class Placer:
                     del self._claiming[placement.host]
 
     def _refit(self, request: Request, quota: Quota | None) -> Refit:
-        def refit(view: HostView) -> list[tuple[str, tuple[str, ...]]] | None:
+        def refit(view: HostView) -> list[Pick] | None:
             # Called inside the claim's transaction, holding the host's row lock (and on
             # SQLite the write lock of the whole process): no selector runs here. A device
             # whose result is not known yet (new since the read) does not match this time.
@@ -404,7 +404,7 @@ class Placer:
                 decision = schedule(request, Snapshot((view,)), self.config.policy, quota=quota)
             if not decision.fits:
                 return None
-            return [(c.name, (*c.device_ids, *c.companion_ids)) for c in decision.placements[0].chosen]
+            return [Pick(c.name, c.device_ids, c.companion_ids) for c in decision.placements[0].chosen]
 
         return refit
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -52,8 +52,17 @@ class HostBusy(LostRace):
     """Another transaction holds the host's lock and the claim chose not to wait for it."""
 
 
+class Pick(NamedTuple):
+    """One named request's devices in a claim, and the IOMMU group mates that come along
+    (taken and quota-counted too, but they carry none of the request's params)."""
+
+    name: str
+    device_ids: Sequence[str]
+    mates: Sequence[str] = ()
+
+
 # Given the host as it is under its lock, the devices to claim (per named request), or None.
-Refit = Callable[[HostView], Sequence[tuple[str, Sequence[str]]] | None]
+Refit = Callable[[HostView], Sequence[Pick] | None]
 
 
 # ---------------------------------------------------------------- claim
@@ -282,18 +291,19 @@ _TAKE_COUNTS = (
 class ClaimOrder:
     """One claim attempt on one host, as the placer decided it.
 
-    ``chosen``: (request name, device ids with their IOMMU group mates) per named request.
+    ``chosen``: per named request, its devices and their IOMMU group mates (:class:`Pick`).
     ``check_quota=False`` when the project had no quota for these types when the claim read
     them: the claim is then ordered before any quota set since. ``wait=False``: raise
     :class:`HostBusy` at once if another transaction holds the host (PostgreSQL; SQLite has one
     writer anyway). ``refit``: choose again on the host's devices as they are under its lock,
     instead of trusting ``chosen`` from an older view (one more statement; used after a claim
     found the host busy or its devices taken). ``consumption``: per named request, what its
-    params take of its devices' pools beyond their own ``consumes`` (scheduler/shares.py).
+    params take of each of its devices' pools beyond their own ``consumes`` (scheduler/shares.py;
+    not of the group mates', which carry no traffic).
     """
 
     host: str
-    chosen: Sequence[tuple[str, Sequence[str]]]
+    chosen: Sequence[Pick]
     consumer: str
     project: str
     key: str | None
@@ -314,6 +324,7 @@ class _Taking:
     host_id: int
     alloc_id: int
     request_of: dict[str, str]  # device id -> request name
+    mates: frozenset[str]  # of those, the IOMMU group mates (no params of their request)
     now: datetime
     message: str
     detail: dict[str, Any]
@@ -359,14 +370,21 @@ def _prelude(
         chosen = fresh
     # One id once (a device could in principle be both chosen and a group mate).
     request_of: dict[str, str] = {}
-    for name, group in chosen:
-        for i in group:
-            request_of.setdefault(i, name)
+    for pick in chosen:
+        for i in pick.device_ids:
+            request_of.setdefault(i, pick.name)
+    chosen_ids = set(request_of)
+    for pick in chosen:
+        for i in pick.mates:
+            request_of.setdefault(i, pick.name)
+    mates = frozenset(request_of) - chosen_ids
     ids = list(request_of)
     if order.check_quota:
         enforce_quota(conn, project, ids)
     message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {order.host}"
-    return _Taking(order, host_id, alloc_id, request_of, now, message, {"project": project, "devices": ids})
+    return _Taking(
+        order, host_id, alloc_id, request_of, mates, now, message, {"project": project, "devices": ids}
+    )
 
 
 def _host_not_locked(order: ClaimOrder) -> LostRace:
@@ -504,7 +522,9 @@ def _check_taken(conn: sa.Connection, t: _Taking, taken: Sequence[Any]) -> None:
         )
     wanted = t.order.consumption
     if wanted:
-        _record_consumption(conn, {i: wanted[n] for i, n in t.request_of.items() if n in wanted})
+        _record_consumption(
+            conn, {i: wanted[n] for i, n in t.request_of.items() if n in wanted and i not in t.mates}
+        )
 
 
 def _answer(conn: sa.Connection, t: _Taking, taken: Sequence[Any], ttl: timedelta) -> schemas.Allocation:
@@ -594,7 +614,8 @@ def _record_consumption(conn: sa.Connection, extra: Mapping[str, Mapping[str, in
 def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None:
     """The partitions just taken, with those already held, within their pools' counters and
     in one mode per pool, and no pool taken whole while a partition of it is held
-    (scheduler/shares.py); then what the host's pools can no longer give is counted again
+    (scheduler/shares.py; as far as this claim changes them: :func:`overdrawn`); then what
+    the host's pools can no longer give is counted again
     (a mode taken changes what the pool's other partitions count: ``recarve``).
     Under the host's lock (every claim on the host waits for this one), so what is read here
     cannot change before the commit."""
@@ -608,10 +629,14 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None
     if not members:
         return
     taken = {r.address for r in rows}
-    state = Pools.of(members, (m for m in members if m.state in _HOLDING))
+    holding = [m for m in members if m.state in _HOLDING]
+    state = Pools.of(members, holding)
     for address in taken & set(state.capacity):
         state.held[address] += 1  # a pool taken whole (its own row is not a member)
-    why = overdrawn(state)
+    # Only what this claim makes worse: a pool can be over its counters already (held
+    # partitions that outlived a drop of their link's rate), which refuses no other claim.
+    before = Pools.of(members, (m for m in holding if m.address not in taken))
+    why = overdrawn(state, before)
     if why is not None:
         raise LostRace(why)
     recarve(conn, host_id, parts)
