@@ -62,8 +62,37 @@ def test_two_placements_set_up_and_torn_down(machine: Machine, smi: FakeNvidiaSm
     MigHandler().cleanup(held, {}, ops)
     assert placed(smi) == [(19, 1, (0,))]
     assert not MigHandler().health(held, {}, ops).ok
+    assert smi.mig_enabled(GPU)  # another instance is still there
     MigHandler().cleanup(slot("1g.10gb", 19, 1, facts=facts1), {}, ops)
     assert placed(smi) == []
+    # The last one gone, MIG is off again: the GPU goes out whole or for time-sliced vGPUs.
+    assert not smi.mig_enabled(GPU)
+    assert ["nvidia-smi", "-i", GPU, "-mig", "0"] in [c.argv for c in smi.calls]
+
+
+def test_mig_stays_on_where_the_gpu_refuses_to_switch_and_the_cleanup_still_succeeds(
+    machine: Machine, smi: FakeNvidiaSmi
+) -> None:
+    ops = ops_for(machine, smi)
+    facts = MigHandler().setup(slot("1g.10gb", 19, 0), {}, ops)
+    held = slot("1g.10gb", 19, 0, facts=facts)
+    # A process holds the GPU: destroying the instance works, switching the mode does not.
+    MigHandler().cleanup(held, {}, ops_for(machine, _RefusingModeSwitch(smi)))
+    assert placed(smi) == [] and smi.mig_enabled(GPU)
+    again = MigHandler().setup(slot("2g.20gb", 14, 2), {}, ops_for(machine, smi))  # MIG used as it is
+    assert again["mig_gi"] >= 1 and placed(smi) == [(14, 2, (0,))]
+
+
+class _RefusingModeSwitch:
+    """nvidia-smi whose mode switch fails as on a GPU some process holds."""
+
+    def __init__(self, smi: FakeNvidiaSmi) -> None:
+        self.smi = smi
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> RunResult:
+        if "-mig" in argv:
+            return RunResult(6, "", "Unable to disable MIG Mode: In use by another client", False)
+        return self.smi.run(argv, env=env, timeout=timeout)
 
 
 def test_setup_twice_does_nothing_the_second_time(machine: Machine, smi: FakeNvidiaSmi) -> None:

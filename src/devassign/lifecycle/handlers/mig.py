@@ -273,6 +273,19 @@ class MigHandler:
         done = smi.mig("-dgi", "-gi", gi)
         if done.returncode != 0 and NOT_FOUND not in _output(done):
             raise HandlerError(f"cannot destroy GPU instance {gi} ({where}): {_output(done)}")
+        self._mig_off_when_empty(smi)
+
+    def _mig_off_when_empty(self, smi: _Smi) -> None:
+        """After the GPU's last instance, MIG mode goes off again, so the GPU is given whole or
+        for time-sliced vGPUs (which need MIG off) as it was before. Best effort: the slot is
+        clean whatever happens here; where the tool refuses (processes hold the GPU) or the
+        switch waits for a reset, MIG stays on and the next MIG setup uses it as it is."""
+        try:
+            left = smi.listing()
+        except HandlerError:
+            return
+        if left.mig_on and not left.instances:
+            smi.run("-i", smi.parent, "-mig", "0")
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         where = slot(device)
