@@ -22,6 +22,7 @@ import cel
 
 from devassign.scheduler import budget as budgets
 from devassign.scheduler.celcost import CostLimit, Estimate, Unreadable, estimate
+from devassign.scheduler.celtokens import tokenize
 from devassign.scheduler.errors import RequestError, RequestErrorCode
 from devassign.scheduler.view import DeviceView
 
@@ -43,8 +44,6 @@ DEVICE_FIELDS: frozenset[str] = frozenset(
 )
 # Names a comprehension macro binds, e.g. the ``x`` in ``l.exists(x, x > 1)``.
 _BOUND_RE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
-_FIELD_RE = re.compile(r"\bdevice\s*\.\s*([A-Za-z_]\w*)")
-_STRING_RE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 # Every field with a value of its own type, so a type error on it is the expression's fault.
 _SAMPLE: dict[str, Any] = {
     "address": "0000:00:00.0",
@@ -158,11 +157,36 @@ def compile_selector(source: str, pointer: str = "", request: str = "") -> Selec
 
 
 def _fields_read(source: str) -> tuple[str, ...]:
-    """The device fields ``source`` reads; all of them if it uses ``device`` as a whole."""
-    text = _STRING_RE.sub("''", source)
-    if re.search(r"\bdevice\b(?!\s*\.)", text):
+    """The device fields ``source`` reads (its results are cached by their values); all of
+    them if it uses ``device`` as a whole."""
+    fields, whole = _device_fields(source)
+    if whole:
         return tuple(sorted(DEVICE_FIELDS))
-    return tuple(sorted(set(_FIELD_RE.findall(text)) & DEVICE_FIELDS))
+    return tuple(sorted(fields & DEVICE_FIELDS))
+
+
+def _device_fields(source: str) -> tuple[set[str], bool]:
+    """The names after ``device.`` in ``source``, and whether ``device`` appears otherwise
+    (``device["numa_node"]``, passed whole). Read from CEL's tokens, so nothing inside a
+    string of any kind (quoted, triple-quoted, raw) or a comment counts; where the tokens
+    cannot be read, the whole device."""
+    try:
+        toks = tokenize(source)
+    except Unreadable:
+        return set(), True
+    fields: set[str] = set()
+    whole = False
+    for i, t in enumerate(toks):
+        if t.kind != "ident" or t.text != "device":
+            continue
+        if i > 0 and toks[i - 1].kind == "op" and toks[i - 1].text == ".":
+            continue  # a field named device of something else
+        after = toks[i + 1 : i + 3]
+        if len(after) == 2 and after[0].text == "." and after[1].kind == "ident":
+            fields.add(after[1].text)
+        else:
+            whole = True
+    return fields, whole
 
 
 @functools.lru_cache(maxsize=1024)
@@ -207,8 +231,7 @@ def _checked(source: str) -> tuple[Any, str | None]:
             f"selector uses undeclared variable {unknown[0]!r}; the only variable is device, "
             "e.g. device.attributes.memory_mib >= 40960"
         )
-    fields = set(_FIELD_RE.findall(_STRING_RE.sub("''", source)))
-    bad = sorted(fields - DEVICE_FIELDS)
+    bad = sorted(_device_fields(source)[0] - DEVICE_FIELDS)
     if bad:
         return None, (
             f"selector uses device.{bad[0]}, which devices do not have; fields are "
