@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import platformdirs
 
 from devassign.agent.model import FoundDevice
@@ -262,7 +263,7 @@ def parse_config(
     if not isinstance(host, str) or not HOST_RE.fullmatch(host):
         raise fail(f"host {host!r} is not a host name (letters, digits, _ . -)")
     server = raw.get("server", DEFAULT_SERVER)
-    if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server):
+    if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server) or not _usable_url(server):
         raise fail(f"server {server!r} is not an http(s) URL")
     interval = _positive(raw.get("report_interval", 30), "report_interval", fail)
     heartbeat = _positive(raw.get("heartbeat_interval", max(1.0, interval / 3)), "heartbeat_interval", fail)
@@ -274,6 +275,14 @@ def parse_config(
     token = raw.get("token", os.environ.get("DEVASSIGN_TOKEN"))
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string")
+    if token is not None and (
+        not token.isascii() or not token.isprintable() or any(c.isspace() for c in token)
+    ):
+        # A header cannot carry it: every request would fail, and the agent retry for ever.
+        raise fail(
+            "token holds spaces, newlines or non-ASCII characters: "
+            "give it as `devassign token create` printed it"
+        )
     base = base_dir or Path.cwd()
     state_file = default_state_file(path, host)
     legacy: Path | None = state_dir() / LEGACY_STATE_NAME
@@ -348,10 +357,26 @@ def _unknown(table: dict[str, Any], known: tuple[str, ...], where: str, fail: An
             raise fail(f"{where}unknown key {key!r}; known keys: {', '.join(known)}")
 
 
+# The longest interval: a day (TOML has inf and nan, and a sleep of 1e300 s fails).
+MAX_INTERVAL = 86_400.0
+
+
 def _positive(value: Any, name: str, fail: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise fail(f"{name} must be a positive number of seconds, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_INTERVAL  # nan compares false both ways
+    ):
+        raise fail(f"{name} must be a positive number of seconds up to {MAX_INTERVAL:g}, not {value!r}")
     return float(value)
+
+
+def _usable_url(url: str) -> bool:
+    """Whether the HTTP client can send to ``url`` (``http://[::1`` passes the pattern above)."""
+    try:
+        return bool(httpx.URL(url).host)
+    except (httpx.InvalidURL, ValueError):
+        return False
 
 
 def _tables(raw: dict[str, Any], key: str, fail: Any) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ and clearing quarantined devices."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from devassign.cli.client import Client, CliError, ExitCode
+from devassign.cli.client import Client, CliError, ExitCode, parse_json
 from devassign.cli.inventory import ALLOCATION_COLUMNS, DEVICE_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 from devassign.scheduler.reasons import funnel_sentence
@@ -73,20 +72,30 @@ def build_body(
     body: dict[str, Any] = {}
     if request is not None:
         try:
-            body = json.loads(request.read_text())
+            body = parse_json(request.read_text())
         except OSError as exc:
             raise CliError(f"cannot read {request}: {exc.strerror}", status=ExitCode.USAGE) from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # not JSON, not UTF-8, or a number no request can carry
             raise CliError(f"{request} is not valid JSON: {exc}", status=ExitCode.USAGE) from exc
         if not isinstance(body, dict):
             raise CliError(f"{request} must hold a JSON object", status=ExitCode.USAGE)
     if spec:
-        extra = dict(body.get("extra_specs") or {})
+        from_file = body.get("extra_specs") or {}
+        if not isinstance(from_file, dict):
+            raise CliError(f"{request}: extra_specs must be a JSON object", status=ExitCode.USAGE)
+        extra = dict(from_file)
         for s in spec:
             key, sep, value = s.partition("=")
+            key = key.strip()
             if not sep:
                 raise CliError(f"--spec {s!r}: expected hardware_resource:TYPE=N", status=ExitCode.USAGE)
-            extra[key.strip()] = value.strip()
+            if key in extra:
+                # A dict would keep the last count alone: a claim of fewer devices than asked.
+                where = f"in {request} and on the command line" if key in from_file else "on the command line"
+                raise CliError(
+                    f"--spec {key} is given twice ({where}): give the total once", status=ExitCode.USAGE
+                )
+            extra[key] = value.strip()
         body["extra_specs"] = extra
     if not body:
         raise CliError(

@@ -11,6 +11,8 @@ that is not running far more often than a restart.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import time
@@ -31,6 +33,8 @@ MAX_RETRY_AFTER = 10.0
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 8.0
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# The header every answer of a devassign server carries (its version).
+VERSION_HEADER = "devassign-version"
 
 
 class ExitCode(IntEnum):
@@ -58,6 +62,23 @@ class CliError(Exception):
         self.code = code
         self.exit_status = int(status if status is not None else exit_status_of(code, None))
         self.body = body
+
+
+def parse_json(text: str) -> Any:
+    """JSON a user gave the CLI (a file, an option). NaN, Infinity and numbers past a float's
+    range are refused here: Python's decoder takes them, and no request could carry them."""
+    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
 
 
 def exit_status_of(code: str | None, http_status: int | None) -> ExitCode:
@@ -257,7 +278,15 @@ class Client:
         return f" (gave up after {tries} in {time.monotonic() - start:.1f} s)"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        route = path.split("?", 1)[0]
+        if route.endswith("/") or "//" in route:
+            # An empty name (an unset shell variable): the server would redirect, then refuse.
+            raise CliError(
+                f"a name in {method} {route} is empty: give it (an unset shell variable?)",
+                status=ExitCode.USAGE,
+            )
         response = self._send(method, path, **kwargs)
+        self._check_devassign(response)
         if response.status_code == 204:
             return None
         try:
@@ -277,6 +306,20 @@ class Client:
                 raise CliError(message, code=err.get("code"), status=status, body=body)
             raise CliError(f"HTTP {response.status_code} from {self.url}{path}{tries}", status=status)
         return body
+
+    def _check_devassign(self, response: httpx.Response) -> None:
+        """Every answer of a devassign server carries its version header: without it, this is
+        another server at a wrong URL (a proxy's sign-in page, another API), whose 200 must not
+        be read as an answer (a release "done" that never reached devassign). A 5xx without it
+        is a proxy's (the server behind it down), handled as any 5xx."""
+        if response.status_code >= 500 or VERSION_HEADER in response.headers:
+            return
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        raise CliError(
+            f"the server at {self.url} is not a devassign server (it answered {response.status_code}, "
+            f"{kind}, without the {VERSION_HEADER} header): check --url or DEVASSIGN_URL",
+            status=ExitCode.USAGE,
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError
+from devassign.cli.client import Client, CliError, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
 
@@ -393,6 +393,6 @@ def _params_option(text: str) -> Any:
 
 def _json_option(name: str, text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return parse_json(text)
+    except ValueError as exc:
         raise CliError(f"{name} is not valid JSON: {exc}", status=2) from exc

@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from devassign import schemas
-from devassign.cli.client import Client, CliError, ExitCode
+from devassign.cli.client import Client, CliError, ExitCode, parse_json
 
 # The server's limits on one batch (POST /v1/reports), and a margin under its 16 MiB body.
 MAX_HOSTS = 1_000
@@ -28,13 +28,15 @@ def read_reports(path: str) -> list[dict[str, Any]]:
         raise CliError(f"cannot read {path}: {exc.strerror}", status=ExitCode.USAGE) from exc
     stripped = text.lstrip()
     try:
-        items = json.loads(text) if stripped.startswith("[") else _lines(text)
+        items = parse_json(text) if stripped.startswith("[") else _lines(text)
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{path}: not JSON ({exc.msg}, line {exc.lineno}): give a JSON array of "
             '{"host": ..., "report": {...}} or one such object a line',
             status=ExitCode.USAGE,
         ) from exc
+    except ValueError as exc:  # NaN, Infinity, a number past a float's range
+        raise CliError(f"{path}: {exc}: write a finite number", status=ExitCode.USAGE) from exc
     if not isinstance(items, list):
         raise CliError(
             f"{path}: give a JSON array of {{host, report}} items, or JSON Lines", status=ExitCode.USAGE
@@ -53,7 +55,7 @@ def _lines(text: str) -> list[Any]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                out.append(parse_json(line))
             except json.JSONDecodeError as exc:
                 exc.lineno = number  # the file's line, not the line's own "line 1"
                 raise

@@ -47,8 +47,14 @@ LATENCY = Histogram(
 )
 
 
+# On every answer: the CLI's client tells devassign from another server at a wrong URL (a
+# proxy's sign-in page, another JSON API) by it, instead of reading their 200s as answers.
+VERSION_HEADER = (b"devassign-version", devassign.__version__.encode())
+
+
 class Metrics:
-    """Request counts and latencies per route for ``/metrics``.
+    """Request counts and latencies per route for ``/metrics``, and the version header on
+    every answer.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs
     every response through a stream and a task group, which cost a claim ~10 % (py-spy).
@@ -68,6 +74,7 @@ class Metrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), VERSION_HEADER]
             await send(message)
 
         try:
@@ -302,7 +309,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         return PlainTextResponse(fleet_metrics.exposition(app).decode(), media_type=CONTENT_TYPE_LATEST)
 
     check_table(app)
-    app.add_middleware(Metrics)
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,
@@ -311,6 +317,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         bulk_max_members=settings.max_bulk_members,
     )
     app.add_middleware(NoNulInUrl)
+    # Outermost (added last): it counts, and marks with the version header, every answer,
+    # the two refusals above included.
+    app.add_middleware(Metrics)
     return app
 
 
