@@ -842,6 +842,11 @@ class WorkItem(BaseModel):
     facts: dict[str, Any]
     companions: list[str]
     cleared: bool = False
+    ticket: str = Field(
+        default="",
+        description="Which round of work on the device this is; the result names it, and a result "
+        "of an earlier round (resent, or late after the device moved on) is ignored",
+    )
 
 
 # What a setup's facts may be: a few small values (a driver name, an mdev UUID), never a
@@ -889,6 +894,12 @@ class WorkResult(Strict):
         default=None,
         max_length=255,
         description="The consumer the work item named; a result for an older holder is ignored",
+    )
+    ticket: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The work item's ticket: a result of an earlier round of work on the device is "
+        "ignored. Without one (nor a consumer) the result applies to the device's current round",
     )
     healthy: StrictBool = Field(
         default=True,

@@ -401,6 +401,8 @@ class Agent:
             problem = "a device id longer than 36 characters"
         elif item.device.consumer is not None and len(item.device.consumer) > 255:
             problem = "a consumer longer than 255 characters"
+        elif len(item.ticket) > 64:
+            problem = "a ticket longer than 64 characters"
         else:
             try:
                 json.dumps(item.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
@@ -660,6 +662,7 @@ class Agent:
             error=str(entry["error"])[:4000] if entry.get("error") else None,
             facts=dict(entry.get("facts") or {}),
             consumer=device.get("consumer"),
+            ticket=(entry.get("item") or {}).get("ticket") or None,
             healthy=health.healthy,
             health_reason=health.reason[:1000] if health.reason else None,
             health_recovering=health.recovering,

@@ -36,6 +36,20 @@ from devassign.store.schema import allocation_items, allocations, devices, hosts
 CLEARED = "devassign:cleared"
 
 
+def _clears(facts: dict[str, Any] | None) -> int:
+    """How many times an operator cleared the device since its holding began (the marker)."""
+    marker = (facts or {}).get(CLEARED)
+    return marker if isinstance(marker, int) and not isinstance(marker, bool) else int(bool(marker))
+
+
+def ticket(allocation_id: int | None, facts: dict[str, Any] | None) -> str:
+    """Which round of work on a device a work item belongs to: the holding it sets up or
+    cleans after (a claim's allocation), and how many clears since. A result names the ticket
+    of its item; one of an earlier round (resent after its answer was lost, late after the
+    device was claimed again, cleared or cleaned) is ignored."""
+    return f"{allocation_id or 0}.{_clears(facts)}"
+
+
 def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
     """The facts an agent posted, without the server's own marker."""
     return {k: v for k, v in (facts or {}).items() if k != CLEARED}
@@ -103,6 +117,7 @@ def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
                 facts=_recorded(r.facts),
                 companions=mates,
                 cleared=bool((r.facts or {}).get(CLEARED)),
+                ticket=ticket(r.allocation_id, r.facts),
             )
         )
     return schemas.WorkList(host=host, items=items)
@@ -185,6 +200,12 @@ def _apply_one(
     def outcome(applied: bool, new: DeviceState | None, note: str) -> schemas.WorkOutcome:
         return schemas.WorkOutcome(device_id=row.id, applied=applied, state=new, note=note)
 
+    if res.ticket is not None and res.ticket != ticket(row.allocation_id, row.facts):
+        # An earlier round's: resent after its answer was lost, or late after the device was
+        # claimed again, released, cleared or cleaned since the agent fetched the item.
+        return outcome(
+            False, state, f"result of an earlier round of work on this device ({res.ticket}): ignored"
+        )
     if res.consumer is not None and res.consumer != consumer:
         # The device moved on to another holder since the agent fetched this work item.
         return outcome(
@@ -321,7 +342,7 @@ def clear_device(
         else DeviceState.CLEANING
     )
     dropped = _recorded(row.facts)
-    facts = {CLEARED: True} if new is DeviceState.CLEANING else None
+    facts = {CLEARED: _clears(row.facts) + 1} if new is DeviceState.CLEANING else None
     freed = {"consumed": None} if new is not DeviceState.CLEANING else {}
     _set_state(
         conn,

@@ -124,6 +124,7 @@ class FakeServer:
                     "facts": d.facts,
                     "companions": mates if d.consumer else [],
                     "cleared": d.cleared,
+                    "ticket": f"{d.id}.{d.state}",
                 }
             )
         return out
@@ -212,6 +213,7 @@ def test_setup_ok_is_posted_with_facts_and_the_vf_is_on_vfio(world: World) -> No
     assert [(d.action, d.ok, d.state) for d in done] == [("setup", True, "assigned")]
     (posted,) = world.server.posted
     assert posted["ok"] is True and posted["facts"]["original_driver"] == "iavf"
+    assert posted["ticket"] == f"{posted['device_id']}.reserved"  # the item's, echoed
     assert world.driver(world.vfs[0]) == "vfio-pci"
     assert world.netlink.vfs[("ens1f0", 0)].mac == "52:54:00:00:00:01"
     state = StateFile(world.config.state_file).state
