@@ -87,8 +87,6 @@ def test_agent_run_with_an_unusable_server_or_token_exits_2(
 ) -> None:
     h = host(tmp_path)
     conf = _write(tmp_path, f'host = "h1"\nserver = "{server or listening}"\ntoken = "{token}"')
-    result = cli(
-        "agent", "run", "--once", "-c", str(conf), "--sysfs-root", str(h.root), check=False
-    )
+    result = cli("agent", "run", "--once", "-c", str(conf), "--sysfs-root", str(h.root), check=False)
     assert "Traceback" not in result.stderr, result.stderr[-500:]
     assert result.returncode == 2, (result.returncode, result.stderr[-500:])
