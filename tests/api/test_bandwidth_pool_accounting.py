@@ -123,3 +123,39 @@ def test_a_claim_taking_no_bandwidth_on_a_pf_whose_link_dropped_is_explained_tru
         assert claim.status_code == 201, (explained, claim.text)
     else:
         assert "concurrent" not in claim.text, claim.text
+
+
+def test_a_held_partitions_share_of_its_pool_waits_until_it_is_free(api: TestClient) -> None:
+    """A report that changes what a held partition takes of its pool (consumes, mode, pool)
+    does not change it under its holder: the pool's other claims were counted against what it
+    was claimed with. The change waits, and the same report applies it once the device is free."""
+    _bw_type(api)
+    parts = [{**_vf(i, 10 + i), "consumes": {"bandwidth_mbps": 1000}, "mode": "a"} for i in range(2)]
+    _report(api, "h1", parts)
+    held = _vf_claim_at(api, "vm-1", 0, "0000:5e:10.0")
+    assert held.status_code == 201, held.text
+    grown = [{**p, "consumes": {"bandwidth_mbps": 9000}, "mode": "b"} for p in parts]
+    answer = _report(api, "h1", grown, generation=2)
+    assert any("waits until the device is free" in w for w in answer["warnings"]), answer
+    shown = {d["address"]: d for d in api.get("/v1/devices", params={"host": "h1"}).json()}
+    assert (shown["0000:5e:10.0"]["consumes"], shown["0000:5e:10.0"]["mode"]) == (
+        {"bandwidth_mbps": 1000},
+        "a",
+    )
+    assert (shown["0000:5e:10.1"]["consumes"], shown["0000:5e:10.1"]["mode"]) == (
+        {"bandwidth_mbps": 9000},
+        "b",
+    )
+    # Free again (released, cleaned): the same report, unchanged, now applies the change.
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    dev = held.json()["devices"][0]["id"]
+    cleaned = api.post(
+        "/v1/hosts/h1/work", json={"results": [{"device_id": dev, "action": "cleanup", "ok": True}]}
+    )
+    assert cleaned.json()[0]["state"] == "available", cleaned.text
+    _report(api, "h1", grown, generation=2)
+    shown = {d["address"]: d for d in api.get("/v1/devices", params={"host": "h1"}).json()}
+    assert (shown["0000:5e:10.0"]["consumes"], shown["0000:5e:10.0"]["mode"]) == (
+        {"bandwidth_mbps": 9000},
+        "b",
+    )

@@ -40,6 +40,8 @@ from devassign.store.taint_marks import mark_tainted
 SCHEDULABLE = sa.and_(devices.c.state == DeviceState.AVAILABLE.value, devices.c.taint.is_(None))
 # The facts a report may change (the address is the device's identity): one column each.
 _COMPARED = tuple(f for f in schemas.DEVICE_FACTS if f != "address")
+# A held partition's share of its pool (scheduler/shares.py): kept as claimed until it is free.
+_HELD_SHARE = ("pool", "consumes", "mode")
 # Stored as NULL when empty (attributes are always an object).
 _NULL_WHEN_EMPTY = frozenset({"pool_counters", "consumes"})
 
@@ -219,6 +221,7 @@ class _Outcome:
     refused: list[schemas.RefusedDevice] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    deferred: bool = False  # a change waits until its device is free: apply the report again then
 
 
 def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str) -> Any:
@@ -417,8 +420,9 @@ def apply_report(
     recount(conn, host.id)
     # A report with refused devices is applied in full again next time (no digest): its answer
     # keeps naming what is still refused, and a fix on the server side (a type created, a
-    # config changed) is picked up without the agent having to change anything.
-    kept = None if out.refused else new_digest
+    # config changed) is picked up without the agent having to change anything. So is one
+    # with a change that waits for its device to be free (applied by a later, same report).
+    kept = None if out.refused or out.deferred else new_digest
     conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=kept))
     after_commit(conn, "report.after_commit")
     return schemas.InventoryResult(
@@ -545,11 +549,23 @@ def _update_existing(
         if getattr(row, key) != facts[key]:
             values[key] = facts[key]
     state = DeviceState(row.state)
+    held = state in _HELD or state is DeviceState.MISSING
     if type_id != row.type_id:
-        if state in _HELD or state is DeviceState.MISSING:
+        if held:
             out.warnings.append(f"{dev.address}: type change to {dev.type} waits until the device is free")
+            out.deferred = True
         else:
             values["type_id"] = type_id
+    waiting = sorted(k for k in _HELD_SHARE if k in values) if held else []
+    if waiting:
+        # What a held partition takes of its pool is what it was claimed with: a report can
+        # not change it under its holder (the pool's other claims were counted against it).
+        for k in waiting:
+            del values[k]
+        out.warnings.append(
+            f"{dev.address}: a change of its {', '.join(waiting)} waits until the device is free"
+        )
+        out.deferred = True
     healthy = reported_health(dev, row.healthy)
     if healthy != row.healthy:
         values["healthy"] = healthy
