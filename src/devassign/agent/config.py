@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import platformdirs
 
 from devassign.agent.model import FoundDevice
+from devassign.cli.client import header_safe, usable_url
 from devassign.domain import HOST_RE, NAME_RE, DeviceKind, address_error
 from devassign.lifecycle.policy import LifecyclePolicy, path_problem
 from devassign.schemas import MAX_ATTRIBUTES, MAX_DEVICES_PER_REPORT, MAX_INT64, value_problem
@@ -263,7 +263,7 @@ def parse_config(
     if not isinstance(host, str) or not HOST_RE.fullmatch(host):
         raise fail(f"host {host!r} is not a host name (letters, digits, _ . -)")
     server = raw.get("server", DEFAULT_SERVER)
-    if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server) or not _usable_url(server):
+    if not isinstance(server, str) or not re.match(r"^https?://[^\s/]+", server) or not usable_url(server):
         raise fail(f"server {server!r} is not an http(s) URL")
     interval = _positive(raw.get("report_interval", 30), "report_interval", fail)
     heartbeat = _positive(raw.get("heartbeat_interval", max(1.0, interval / 3)), "heartbeat_interval", fail)
@@ -275,9 +275,7 @@ def parse_config(
     token = raw.get("token", os.environ.get("DEVASSIGN_TOKEN"))
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string")
-    if token is not None and (
-        not token.isascii() or not token.isprintable() or any(c.isspace() for c in token)
-    ):
+    if token is not None and not header_safe(token):
         # A header cannot carry it: every request would fail, and the agent retry for ever.
         raise fail(
             "token holds spaces, newlines or non-ASCII characters: "
@@ -369,14 +367,6 @@ def _positive(value: Any, name: str, fail: Any) -> float:
     ):
         raise fail(f"{name} must be a positive number of seconds up to {MAX_INTERVAL:g}, not {value!r}")
     return float(value)
-
-
-def _usable_url(url: str) -> bool:
-    """Whether the HTTP client can send to ``url`` (``http://[::1`` passes the pattern above)."""
-    try:
-        return bool(httpx.URL(url).host)
-    except (httpx.InvalidURL, ValueError):
-        return False
 
 
 def _tables(raw: dict[str, Any], key: str, fail: Any) -> list[dict[str, Any]]:

@@ -149,16 +149,31 @@ def _retry_after(response: httpx.Response) -> float | None:
     return value if 0 <= value < float("inf") else None
 
 
+def usable_url(url: str) -> bool:
+    """Whether the HTTP client can send to ``url``: http(s), with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def header_safe(token: str) -> bool:
+    """Whether a header can carry ``token``: printable ASCII without spaces (a pasted newline
+    or a non-ASCII character would fail every request)."""
+    return token.isascii() and token.isprintable() and not any(c.isspace() for c in token)
+
+
 def checked_url(url: str) -> str:
     """The server's URL, or a usage error now: a malformed URL would otherwise surface as a
     traceback, and an unsupported scheme as a transport error retried for half a minute."""
     try:
-        parsed = httpx.URL(url)
+        httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise CliError(
             f"--url / DEVASSIGN_URL {url[:200]!r} is not a URL: {exc}", status=ExitCode.USAGE
         ) from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if not usable_url(url):
         raise CliError(
             f"--url / DEVASSIGN_URL {url[:200]!r}: give http://HOST:PORT or https://HOST:PORT",
             status=ExitCode.USAGE,
@@ -169,7 +184,7 @@ def checked_url(url: str) -> str:
 def checked_token(token: str) -> str:
     """A token as a header can carry it (printable ASCII, no spaces): a pasted newline is a
     usage error, not a request that fails for a minute."""
-    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+    if not header_safe(token):
         raise CliError(
             "--token / DEVASSIGN_TOKEN holds spaces, newlines or non-ASCII characters: "
             "give the token exactly as `devassign token create` printed it",

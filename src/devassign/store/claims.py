@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
 from devassign.failpoints import failpoint
-from devassign.scheduler.shares import Pools, overdrawn
+from devassign.scheduler.shares import Pools, copy_pools, overdrawn
 from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
@@ -630,12 +630,15 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None
         return
     taken = {r.address for r in rows}
     holding = [m for m in members if m.state in _HOLDING]
-    state = Pools.of(members, holding)
+    # Only what this claim makes worse is refused: a pool can be over its counters already
+    # (held partitions that outlived a drop of their link's rate), which refuses no other claim.
+    before = Pools.of(members, (m for m in holding if m.address not in taken))
+    state = copy_pools(before)
+    for m in holding:
+        if m.address in taken:
+            state.take(m, 1)
     for address in taken & set(state.capacity):
         state.held[address] += 1  # a pool taken whole (its own row is not a member)
-    # Only what this claim makes worse: a pool can be over its counters already (held
-    # partitions that outlived a drop of their link's rate), which refuses no other claim.
-    before = Pools.of(members, (m for m in holding if m.address not in taken))
     why = overdrawn(state, before)
     if why is not None:
         raise LostRace(why)

@@ -116,7 +116,7 @@ def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
                 params=_params_for(r.request_doc, r.request_name, r.type_params),
                 facts=_recorded(r.facts),
                 companions=mates,
-                cleared=bool((r.facts or {}).get(CLEARED)),
+                cleared=_clears(r.facts) > 0,
                 ticket=ticket(r.allocation_id, r.facts),
             )
         )
