@@ -42,3 +42,15 @@ def test_a_type_option_with_a_non_finite_number_is_one_error_line(args: list[str
     assert "Traceback" not in result.stderr, result.stderr[-300:]
     assert result.returncode in (1, 2), (result.returncode, result.stderr[-300:])
     assert result.stderr.strip().startswith("error: "), result.stderr[-300:]
+
+
+def test_a_request_file_that_repeats_a_key_is_one_error_line(tmp_path: Path) -> None:
+    """``{"count": 1, "count": 8}`` would have been sent as 8 (the last wins): the file says
+    two things, so the CLI asks which, as the server would."""
+    path = tmp_path / "req.json"
+    path.write_text('{"requests": [{"name": "a", "type": "NIC_VF_1G", "count": 1, "count": 8}]}')
+    result = cli("claim", "--consumer", "vm-1", "--request", str(path), env=ENV, check=False)
+    assert "Traceback" not in result.stderr, result.stderr[-300:]
+    assert result.returncode in (1, 2), (result.returncode, result.stderr[-300:])
+    assert result.stderr.strip().startswith("error: "), result.stderr[-300:]
+    assert "'count' appears twice" in result.stderr, result.stderr[-300:]

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from devassign.schemas import one_per_key
+
 DEFAULT_URL = "http://127.0.0.1:8470"
 # Seconds after a request's first try during which it is retried (DEVASSIGN_RETRY_SECONDS; 0: never).
 RETRY_SECONDS = 30.0
@@ -65,9 +67,10 @@ class CliError(Exception):
 
 
 def parse_json(text: str) -> Any:
-    """JSON a user gave the CLI (a file, an option). NaN, Infinity and numbers past a float's
-    range are refused here: Python's decoder takes them, and no request could carry them."""
-    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    """JSON a user gave the CLI (a file, an option). NaN, Infinity, numbers past a float's
+    range and a key repeated in one object are refused here, as the server refuses them:
+    Python's decoder takes them, and the request sent would not be what the file says."""
+    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite, object_pairs_hook=one_per_key)
 
 
 def _not_a_number(name: str) -> Any:

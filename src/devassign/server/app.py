@@ -108,6 +108,12 @@ class NoNulInUrl:
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            # the decoder's own words ("Expecting value", a repeated key), not "JSON decode error"
+            pos = next((p for p in err.get("loc", ()) if isinstance(p, int)), -1)
+            at = f" at character {pos}" if pos >= 0 else ""
+            parts.append(f"body: not valid JSON{at}: {err.get('ctx', {}).get('error', 'invalid')}")
+            continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}")

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Query, Request
 
 from devassign import schemas
 from devassign.server.access import Access
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 DownFor = Annotated[
     int,

@@ -13,10 +13,11 @@ from devassign.failpoints import failpoint
 from devassign.scheduler import ClaimBody
 from devassign.server import metrics, views
 from devassign.server.access import Access
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import CapacityPage, Placer
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 
 def _placer(request: Request) -> Placer:

@@ -36,6 +36,7 @@ from devassign.lifecycle.handlers.mdev import mdev_uuid
 from devassign.openstack.nova_events import BoundEvent, NovaEvents, Outcome
 from devassign.scheduler import ClaimBody
 from devassign.server.access import Access
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import Placer
 from devassign.store import Store
 from devassign.store.cyborg import BIND_FAILED, BOUND, INITIAL, LIVE, Binding, CyborgStore, Event
@@ -67,7 +68,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
 
 
-router = APIRouter(prefix=PREFIX, lifespan=_lifespan)
+router = APIRouter(route_class=StrictJsonRoute, prefix=PREFIX, lifespan=_lifespan)
 
 
 def _cyborg(app: FastAPI) -> CyborgStore:

@@ -10,11 +10,12 @@ from devassign import errors
 from devassign.server import metrics
 from devassign.server.access import Access
 from devassign.server.gangs import GangAllocations, GangBody, Gangs
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import Placer
 from devassign.server.views import redact_explanation
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 
 def _gangs(request: Request) -> Gangs:

@@ -12,9 +12,10 @@ from devassign.lifecycle.base import LifecycleDevice
 from devassign.lifecycle.libvirt import LibvirtXMLError, devices_xml
 from devassign.server import metrics, views
 from devassign.server.access import Access
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 
 def _store(request: Request) -> Store:

@@ -21,12 +21,13 @@ from devassign.domain import HOST_RE
 from devassign.scheduler import ClaimBody, HostView, Snapshot
 from devassign.server import views
 from devassign.server.access import Access, Scope
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import Placer
 from devassign.store import ClaimContext, Store
 from devassign.store.claims import ClaimOrder
 from devassign.store.moves import Move, MoveReplay, is_internal, new_target_consumer
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 
 class MoveStart(BaseModel):

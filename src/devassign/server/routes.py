@@ -14,9 +14,10 @@ from devassign import errors, schemas
 from devassign.domain import HOST_RE, DeviceState
 from devassign.server import views
 from devassign.server.access import Access
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 TOTAL_HEADER = "X-Total-Count"  # a listing's full size, on each page
 
 

@@ -34,9 +34,10 @@ from starlette.concurrency import run_in_threadpool
 from devassign import errors, schemas
 from devassign.server import views
 from devassign.server.access import Access, LoginRequired, Scope, authorize
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 POLL_INTERVAL = 1.0  # seconds between two reads of the event log
 HEARTBEAT_INTERVAL = 15.0  # seconds of silence before a comment line is sent

@@ -14,9 +14,10 @@ from fastapi import APIRouter, Query, Request
 
 from devassign import errors, schemas
 from devassign.server.access import Access, Scope
+from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
-router = APIRouter(prefix="/v1", tags=["taints"])
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1", tags=["taints"])
 
 TaintId = Annotated[int | None, Query(ge=1, le=schemas.MAX_INT32, description="remove only this taint")]
 
