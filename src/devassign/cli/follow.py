@@ -86,6 +86,9 @@ def follow_events(
         write(event_line(event, fmt))
     # After the newest one printed; with none, from the start of what matches (nothing yet).
     last: int = recent[0]["id"] if recent else 0
+    # The stream's position as it last sent it (its `id:`: the last id and any gaps below it
+    # that a late transaction may fill): sent back as is on a reconnect.
+    position = str(last)
     backoff = 1.0
     while True:
         try:
@@ -93,7 +96,7 @@ def follow_events(
                 "GET",
                 "/v1/events/stream",
                 params={**filters, "after": last},
-                headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+                headers={"Accept": "text/event-stream", "Last-Event-ID": position},
                 timeout=httpx.Timeout(30.0, read=READ_TIMEOUT),
             ) as response:
                 if response.is_error:
@@ -107,7 +110,8 @@ def follow_events(
                     for event_id, data in server_sent_events(response.iter_lines()):
                         event = json.loads(data)
                         write(event_line(event, fmt))
-                        last = int(event_id) if event_id and event_id.isdecimal() else int(event["id"])
+                        last = max(last, int(event["id"]))
+                        position = event_id or str(last)
                     problem = "the server ended the stream"
         except httpx.TransportError as exc:
             problem = f"lost the connection to {client.url} ({type(exc).__name__})"

@@ -14,7 +14,9 @@ before each read), or, with ``?once=true``, once the events there are now have b
 
 Ids are given when an event is written but become visible when its transaction commits, so with
 concurrent writers an event can appear after one with a higher id. The stream keeps looking for
-such late events for :data:`LATE_COMMIT_WINDOW` seconds after it first saw a gap in the ids.
+such late events for :data:`LATE_COMMIT_WINDOW` seconds after it first saw a gap in the ids, and
+each event's SSE ``id`` is the stream's position with those gaps (:class:`Cursor`), so a client
+that reconnects (to any server process) still gets them.
 """
 
 from __future__ import annotations
@@ -49,53 +51,100 @@ RETRY_MS = 3000  # how long an EventSource waits before it reconnects
 _CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
 
 
+MAX_GAPS = 32  # gaps a stream's position carries (the oldest are dropped beyond)
+
+
 class Cursor:
-    """Where a stream is in the log: the highest id sent, and the gaps below it that a
-    transaction still in flight may fill."""
+    """Where a stream is in the log: the highest id sent, and the gaps below it (ranges of
+    ids not seen yet) that a transaction still in flight may fill.
 
-    def __init__(self, after: int) -> None:
+    The position travels with each event as its SSE id (:meth:`token`: ``151`` or
+    ``151~1-150@1764979200``), so a client that reconnects with ``Last-Event-ID`` resumes with
+    the gaps it had, on any server process: an event committed late, below the last id sent,
+    is sent after a reconnect too. A gap is given up :data:`LATE_COMMIT_WINDOW` seconds (by
+    the wall clock, which the servers share) after it was first seen.
+    """
+
+    def __init__(self, after: int, gaps: list[tuple[int, int, float]] | None = None) -> None:
         self.last = after
-        self.gaps: dict[int, float] = {}  # id -> when the gap was first seen (monotonic)
+        self.gaps: list[list[float]] = [[lo, hi, t] for lo, hi, t in gaps or ()]  # [lo, hi, first seen]
 
-    def read(self, fetch: Any) -> list[schemas.Event]:
-        """New events, oldest first: ``fetch(after, limit)`` is the scoped query."""
-        now = time.monotonic()
-        self.gaps = {i: t for i, t in self.gaps.items() if now - t < LATE_COMMIT_WINDOW}
-        after = min(self.gaps) - 1 if self.gaps else self.last
-        out: list[schemas.Event] = []
+    @classmethod
+    def parse(cls, token: str) -> Cursor:
+        """The position a :meth:`token` names; ``ValueError`` for anything else."""
+        last, _, rest = token.partition("~")
+        if not (last.isdecimal() and last.isascii()) or int(last) > schemas.MAX_INT64:
+            raise ValueError(token)
+        gaps = []
+        for part in rest.split(",") if rest else ():
+            span, _, seen = part.partition("@")
+            lo, _, hi = span.partition("-")
+            fields = (lo, hi, seen)
+            if not all(f.isdecimal() and f.isascii() and len(f) <= 19 for f in fields):
+                raise ValueError(token)
+            if not 0 < int(lo) <= int(hi) < int(last):
+                raise ValueError(token)
+            gaps.append((int(lo), int(hi), float(seen)))
+        if len(gaps) > MAX_GAPS:
+            raise ValueError(token)
+        return cls(int(last), sorted(gaps))
+
+    def token(self) -> str:
+        """This position as text (an SSE event id)."""
+        if not self.gaps:
+            return str(self.last)
+        return f"{self.last}~" + ",".join(f"{lo:.0f}-{hi:.0f}@{t:.0f}" for lo, hi, t in self.gaps)
+
+    def read(self, fetch: Any) -> list[tuple[schemas.Event, str]]:
+        """New events, oldest first, each with the position after it: ``fetch(after, limit)``
+        is the scoped query."""
+        now = time.time()
+        self.gaps = [g for g in self.gaps if now - g[2] < LATE_COMMIT_WINDOW]
+        after = int(self.gaps[0][0]) - 1 if self.gaps else self.last
+        out: list[tuple[schemas.Event, str]] = []
         while True:
             batch: list[schemas.Event] = fetch(after, BATCH)
             for event in batch:
-                if event.id in self.gaps:
-                    del self.gaps[event.id]
-                    out.append(event)
-                elif event.id > self.last:
+                if event.id > self.last:
                     # Ids in between are not (yet) visible: an uncommitted or rolled back
-                    # write, or an event outside this scope. Track a bounded number.
-                    for missing in range(max(self.last + 1, event.id - 100), event.id):
-                        self.gaps.setdefault(missing, now)
+                    # write, or an event outside this scope.
+                    if event.id > self.last + 1:
+                        self.gaps.append([self.last + 1, event.id - 1, now])
+                        del self.gaps[:-MAX_GAPS]
                     self.last = event.id
-                    out.append(event)
+                elif not self._fill(event.id):
+                    continue  # sent before
+                out.append((event, self.token()))
             if len(batch) < BATCH:
                 return out
             after = batch[-1].id
 
+    def _fill(self, event_id: int) -> bool:
+        """Take ``event_id`` out of the gap that holds it; whether one did."""
+        for k, (lo, hi, t) in enumerate(self.gaps):
+            if lo <= event_id <= hi:
+                parts = [[lo, event_id - 1, t]] if lo < event_id else []
+                parts += [[event_id + 1, hi, t]] if event_id < hi else []
+                self.gaps[k : k + 1] = parts
+                return True
+        return False
 
-def _format(event: schemas.Event) -> str:
-    return f"id: {event.id}\ndata: {event.model_dump_json()}\n\n"
+
+def _format(event: schemas.Event, position: str) -> str:
+    return f"id: {position}\ndata: {event.model_dump_json()}\n\n"
 
 
-def _position(last_event_id: str | None, after: int | None) -> int | None:
-    """Where to start: the ``Last-Event-ID`` header (a reconnect) over ``?after=``."""
+def _position(last_event_id: str | None, after: int | None) -> Cursor | None:
+    """Where to start: the ``Last-Event-ID`` header (a reconnect, with its gaps) over ``?after=``."""
     if last_event_id is not None and last_event_id.strip():
-        text = last_event_id.strip()
-        if not text.isdecimal() or not text.isascii() or int(text) > schemas.MAX_INT64:
+        try:
+            return Cursor.parse(last_event_id.strip())
+        except ValueError:
             raise errors.DevassignError(
                 errors.INVALID_REQUEST,
-                "Last-Event-ID must be an event id (a whole number) that this stream sent",
-            )
-        return int(text)
-    return after
+                "Last-Event-ID must be an event id that this stream sent (its `id:` line, as sent)",
+            ) from None
+    return Cursor(after) if after is not None else None
 
 
 @router.get(
@@ -159,9 +208,9 @@ async def respond(
     # broken stream; without a position the stream starts after the newest event.
     newest = await run_in_threadpool(fetch, None, 1)
     if start is None:
-        start = newest[0].id if newest else 0
+        start = Cursor(newest[0].id if newest else 0)
     return StreamingResponse(
-        _events(request, Cursor(start), fetch, once=once),
+        _events(request, start, fetch, once=once),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -180,7 +229,7 @@ async def _events(request: Request, cursor: Cursor, fetch: Any, *, once: bool) -
             return
         found = await run_in_threadpool(cursor.read, fetch)
         if found:
-            yield "".join(_format(e) for e in found)
+            yield "".join(_format(e, position) for e, position in found)
             quiet_since = time.monotonic()
         if once:
             return
