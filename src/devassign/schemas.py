@@ -538,6 +538,25 @@ AGENT_INSTANCE_HEADER = "X-Devassign-Agent-Instance"
 AGENT_INSTANCE_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 
 
+class Heartbeat(Strict):
+    """A heartbeat's optional body: who sends it. A process of another machine (another host
+    id) may not keep a host up or take its agent over by heartbeats."""
+
+    host_id: str | None = Field(
+        default=None, max_length=64, json_schema_extra={"pattern": HOST_ID_RE.pattern}
+    )
+    generation: StrictInt | None = Field(default=None, ge=0, le=MAX_INT64)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str | None) -> str | None:
+        if v is not None and not HOST_ID_RE.fullmatch(v):
+            raise ValueError(
+                "host_id is a letter or digit, then letters, digits, _ . : - (up to 64 characters)"
+            )
+        return v
+
+
 class InventoryReport(Strict):
     generation: StrictInt = Field(
         ge=0,
@@ -814,6 +833,16 @@ class TokenCreate(Strict):
             raise ValueError("a member token belongs to a project: give project")
         if self.role is Role.MONITOR and (self.host or self.project):
             raise ValueError("a monitor token only reads /metrics: leave out host and project")
+        # A scope the role ignores would be listed as if it limited the token: refused.
+        if self.role is Role.ADMIN and (self.host or self.project):
+            raise ValueError(
+                "an admin token is never limited to a host or a project: leave out host and project "
+                "(an agent token is --role agent --host H; a tenant's, --role member --project P)"
+            )
+        if self.role is Role.MEMBER and self.host:
+            raise ValueError("a member token belongs to a project, never a host: leave out host")
+        if self.role is Role.AGENT and self.project:
+            raise ValueError("an agent token is bound to a host, never a project: leave out project")
         if self.host is not None and not HOST_RE.fullmatch(self.host):
             raise ValueError("host names are letters, digits, _ . - (up to 253)")
         return self

@@ -272,9 +272,11 @@ def _safe_url(url: str | None) -> str:
 DB_URL_FORMS = "sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 
 
-def _check_db_url(url: str | None) -> str:
+def _check_db_url(url: str | None, *, create: bool = True) -> str:
     """The database URL to use (``--db``, ``DEVASSIGN_DB`` or the default SQLite file); one
-    that does not parse, or names a database devassign has no driver for, is a usage error."""
+    that does not parse, or names a database devassign has no driver for, is a usage error.
+    ``create=False`` (a command that only reads): a missing SQLite file is an error, not a new
+    empty database at a mistyped path."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -300,6 +302,10 @@ def _check_db_url(url: str | None) -> str:
             status=ExitCode.USAGE,
         ) from exc
     path = sqlite_file(url) if url.startswith("sqlite") else None
+    if path is not None and not create and not path.exists():
+        raise CliError(
+            f"no database at {path}: check --db (or DEVASSIGN_DB); `devassign db upgrade` creates one"
+        )
     if path is not None:
         try:
             create_private(path)  # what Database does first; here a failure is one line
@@ -363,7 +369,7 @@ def db_status(db: DbOpt = None) -> None:
     """Show the database's schema revision and the one this devassign needs."""
     from devassign.store import Database
 
-    url = _check_db_url(db)
+    url = _check_db_url(db, create=False)
     database = Database(url)
     try:
         with _database_errors(url):

@@ -26,7 +26,7 @@ def _store(request: Request) -> Store:
 @router.get("/hosts/{host}/work", response_model=schemas.WorkList, tags=["lifecycle"])
 def get_work(request: Request, scope: Access, host: str) -> schemas.WorkList:
     """Devices of this host to set up (reserved) or clean (cleaning)."""
-    return _store(request).work_for_host(host)
+    return _store(request).work_for_host(host, request.headers.get(schemas.AGENT_INSTANCE_HEADER))
 
 
 @router.post("/hosts/{host}/work", response_model=list[schemas.WorkOutcome], tags=["lifecycle"])
@@ -35,7 +35,8 @@ def post_results(
 ) -> list[schemas.WorkOutcome]:
     """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
     pending = metrics.work_pending(_store(request), host, body.results)
-    outcomes = _store(request).apply_work_results(host, body.results, scope.actor)
+    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
+    outcomes = _store(request).apply_work_results(host, body.results, scope.actor, instance)
     metrics.work_done(pending, body.results, outcomes)
     return outcomes
 

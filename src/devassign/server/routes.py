@@ -131,8 +131,10 @@ def report_batch(request: Request, scope: Access, body: schemas.ReportBatch) -> 
 
 
 @router.post("/hosts/{host}/heartbeat", status_code=204, tags=["hosts"])
-def heartbeat(request: Request, scope: Access, host: str) -> Response:
-    _store(request).heartbeat(host, scope.actor, request.headers.get(schemas.AGENT_INSTANCE_HEADER))
+def heartbeat(request: Request, scope: Access, host: str, body: schemas.Heartbeat | None = None) -> Response:
+    """The host is alive; ``host_id`` (optional) must be the host's own (409 ``host_id_mismatch``)."""
+    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
+    _store(request).heartbeat(host, scope.actor, instance, body.host_id if body is not None else None)
     return Response(status_code=204)
 
 

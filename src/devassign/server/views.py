@@ -119,6 +119,8 @@ def list_events(
     }
     if scope.project is not None:
         filters["consumers_of_project"] = scope.project
+    if scope.host is not None:
+        filters["registered_host"] = True
     found = store.list_events(**filters)
     return found if scope.host is None else [_for_agent(e) for e in found]
 

@@ -135,8 +135,11 @@ class Store:
         failed = sum(1 for r in results if r.error is not None)
         return schemas.ReportBatchResult(applied=len(results) - failed, failed=failed, results=results)
 
-    def heartbeat(self, host: str, actor: str, instance: str | None = None) -> None:
-        """``instance``: the agent process's id (the ``X-Devassign-Agent-Instance`` header)."""
+    def heartbeat(
+        self, host: str, actor: str, instance: str | None = None, host_id: str | None = None
+    ) -> None:
+        """``instance``: the agent process's id (the ``X-Devassign-Agent-Instance`` header);
+        ``host_id``: the machine's, when the agent sends it."""
         instance = hosts.checked_instance(instance)
         self._one_agent(
             lambda c: hosts.heartbeat(
@@ -145,6 +148,7 @@ class Store:
                 now=self.clock(),
                 actor=actor,
                 instance=instance,
+                host_id=host_id,
                 takeover_after=self.agent_takeover_after,
             )
         )
@@ -644,13 +648,19 @@ class Store:
         return run
 
     # ------------------------------------------------------------ lifecycle work
-    def work_for_host(self, host: str) -> schemas.WorkList:
-        return self.db.reading(lambda c: work.work_for_host(c, host))
+    def work_for_host(self, host: str, instance: str | None = None) -> schemas.WorkList:
+        """``instance``: the asking agent process (its header); another process than the one
+        whose report the server took is refused (``agent_conflict``)."""
+        instance = hosts.checked_instance(instance)
+        return self.db.reading(lambda c: work.work_for_host(c, host, instance))
 
     def apply_work_results(
-        self, host: str, results: list[schemas.WorkResult], actor: str
+        self, host: str, results: list[schemas.WorkResult], actor: str, instance: str | None = None
     ) -> list[schemas.WorkOutcome]:
-        return self.db.retrying(lambda c: work.apply_results(c, host, results, now=self.clock(), actor=actor))
+        instance = hosts.checked_instance(instance)
+        return self.db.retrying(
+            lambda c: work.apply_results(c, host, results, now=self.clock(), actor=actor, instance=instance)
+        )
 
     def clear_device(self, device_id: str, reason: str, actor: str) -> schemas.Device:
         return self.db.retrying(

@@ -76,13 +76,25 @@ def list_events(
     before: int | None = None,
     after: int | None = None,
     limit: int = 100,
+    registered_host: bool = False,
 ) -> list[schemas.Event]:
     """Newest first; with ``after`` (an event id), oldest first from the one after it (the
-    event stream's catch-up). ``device`` matches a device id or an address."""
+    event stream's catch-up). ``device`` matches a device id or an address.
+
+    ``registered_host``: only the events of ``host`` after the last deletion of a host of that
+    name (an agent's view): an earlier host of the same name is another machine, whose
+    tenants its agent must not read. By event id, not time: the servers' clocks may differ.
+    """
     order = events.c.id.asc() if after is not None else events.c.id.desc()
     q = sa.select(events).order_by(order).limit(limit)
     if host:
         q = q.where(events.c.host == host)
+        if registered_host:
+            marks = events.alias("deletions")
+            deleted = sa.select(sa.func.coalesce(sa.func.max(marks.c.id), 0)).where(
+                marks.c.host == host, marks.c.action == "host_deleted"
+            )
+            q = q.where(events.c.id > deleted.scalar_subquery())
     if device:
         q = q.where(sa.or_(events.c.device_id == device, events.c.device == device))
     if consumer:

@@ -22,6 +22,7 @@ from devassign.store.schema import (
     allocation_items,
     allocations,
     devices,
+    events,
     hosts,
     inventory,
     moves,
@@ -144,6 +145,7 @@ def heartbeat(
     now: datetime,
     actor: str,
     instance: str | None = None,
+    host_id: str | None = None,
     takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
 ) -> None:
     """One statement in the common case (the host is up, and the instance, if sent, is the
@@ -151,11 +153,15 @@ def heartbeat(
 
     ``instance`` is the agent process's id; a heartbeat from another process while the
     recorded one is live is refused (:class:`AgentConflict`), one after its silence takes over.
+    ``host_id``, when sent, must be the host's (``host_id_mismatch``): a machine refused as the
+    host may not keep it up, nor take its agent over by heartbeats. The recorded instance sent
+    a report the host id was checked on, so its heartbeats need no other check.
     """
     params = {"host_name": name, "now": now}
     if instance is not None:
         params["instance"] = instance
-    if conn.execute(_HEARTBEAT if instance is None else _HEARTBEAT_OF_AGENT, params).rowcount == 1:
+    fast = _HEARTBEAT_OF_AGENT if instance is not None else None if host_id is not None else _HEARTBEAT
+    if fast is not None and conn.execute(fast, params).rowcount == 1:
         return
     row = conn.execute(
         sa.select(
@@ -165,6 +171,12 @@ def heartbeat(
     if row is None:
         raise errors.DevassignError(
             errors.HOST_NOT_FOUND, f"host {name!r} has never reported: send a full inventory first"
+        )
+    if host_id is not None and row.host_id and row.host_id != host_id:
+        raise errors.DevassignError(
+            errors.HOST_ID_MISMATCH,
+            f"host {name!r} is registered with host id {row.host_id} but this agent says "
+            f"{host_id}: this machine is not {name!r} (its agent.toml and token copied from it?)",
         )
     values: dict[str, Any] = {"last_seen_at": now, "marked_down": False}
     update = hosts.update().where(hosts.c.id == row.id)
@@ -396,6 +408,9 @@ def rename_host(
     ).rowcount
     if moved != 1:
         raise ConcurrentChange(f"host {old} changed while being renamed")
+    # The machine's history goes with it: events are kept by host name, and a new machine
+    # registered under the old name must not read the tenants of this one.
+    conn.execute(events.update().where(events.c.host == old).values(host=new))
     record(
         conn,
         at=now,

@@ -55,11 +55,28 @@ def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (facts or {}).items() if k != CLEARED}
 
 
-def _host_id(conn: sa.Connection, host: str) -> int:
-    hid = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == host)).scalar_one_or_none()
-    if hid is None:
+def _host_id(conn: sa.Connection, host: str, instance: str | None) -> int:
+    """The host's id, for the agent process ``instance`` (its header) that asks.
+
+    Only the process whose report the server took may fetch or answer the host's work: a
+    machine refused as the host (another host id: one agent.toml copied to two machines), or a
+    second process while the first is live, would otherwise run the host's setups and
+    cleanups on its own devices and report the real host's devices clean. A restarted agent
+    reports first (its report takes the host over), then works.
+    """
+    row = conn.execute(sa.select(hosts.c.id, hosts.c.agent_instance).where(hosts.c.name == host)).first()
+    if row is None:
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
-    return int(hid)
+    if instance is not None and row.agent_instance is not None and row.agent_instance != instance:
+        raise errors.DevassignError(
+            errors.AGENT_CONFLICT,
+            f"agent instance {instance} is not the agent the server took for host {host!r} "
+            f"(instance {row.agent_instance} sent its last report): no work for it. A restarted "
+            "agent sends a full report first; a machine whose reports are refused (another "
+            "host id, another live agent) must not touch this host's devices",
+            retry_after=10,
+        )
+    return int(row.id)
 
 
 def _params_for(
@@ -75,8 +92,8 @@ def _params_for(
     return {}
 
 
-def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
-    hid = _host_id(conn, host)
+def work_for_host(conn: sa.Connection, host: str, instance: str | None = None) -> schemas.WorkList:
+    hid = _host_id(conn, host, instance)
     q = (
         device_query()
         .add_columns(
@@ -124,9 +141,15 @@ def work_for_host(conn: sa.Connection, host: str) -> schemas.WorkList:
 
 
 def apply_results(
-    conn: sa.Connection, host: str, results: list[schemas.WorkResult], *, now: datetime, actor: str
+    conn: sa.Connection,
+    host: str,
+    results: list[schemas.WorkResult],
+    *,
+    now: datetime,
+    actor: str,
+    instance: str | None = None,
 ) -> list[schemas.WorkOutcome]:
-    hid = _host_id(conn, host)
+    hid = _host_id(conn, host, instance)
     lock_host(conn, hid)
     out = []
     for res in results:

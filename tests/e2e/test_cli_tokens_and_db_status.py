@@ -1,0 +1,52 @@
+"""Operations commands of docs/operations.md run as an operator runs them: bad arguments are a
+usage error (exit 2, one line), read-only commands change nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.servers import cli
+
+pytestmark = pytest.mark.slow  # every test runs devassign as a process
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        ["--role", "admin", "--host", "compute-1"],
+        ["--role", "admin", "--project", "p1"],
+        ["--role", "member", "--project", "p1", "--host", "compute-1"],
+        ["--role", "agent", "--host", "compute-1", "--project", "p1"],
+    ],
+)
+def test_token_create_refuses_a_scope_its_role_ignores(tmp_path: Path, scope: list[str]) -> None:
+    """``devassign token create --role admin --host compute-1`` (an operator who meant an agent
+    token, or believes admins can be limited to a host) prints a secret at once: the token is a
+    full, unscoped admin, yet ``token list`` shows it with host compute-1 as if it were limited
+    to it. The same for a member given a host and an agent given a project. The monitor role
+    already refuses a host or project (exit 2); these should too, and nothing be written."""
+    db = tmp_path / "d.db"
+    result = cli("token", "create", *scope, "--db", f"sqlite:///{db}", check=False)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, f"a token was made for {scope}: {result.stdout.strip()}"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM tokens").fetchone() == (0,)
+
+
+def test_db_status_does_not_create_a_database_where_there_is_none(tmp_path: Path) -> None:
+    """``devassign db status --db sqlite:///PATH`` with a mistyped PATH (docs: "the schema's
+    revision ... and the one needed") creates the missing folders and an empty database file
+    there and answers ``current: empty`` with exit 0: the operator is told their database is
+    empty instead of that it does not exist, and a stray database is left behind (which a
+    server started with the same typo would then use). A read-only status should say the file
+    does not exist and leave the disk as it was."""
+    missing = tmp_path / "no-such-folder" / "devassign.db"
+    result = cli("db", "status", "--db", f"sqlite:///{missing}", check=False)
+    assert "Traceback" not in result.stderr
+    assert not missing.exists(), "db status created a database file"
+    assert not missing.parent.exists(), "db status created the folder"
+    assert result.returncode != 0
