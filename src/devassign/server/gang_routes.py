@@ -12,7 +12,6 @@ from devassign.server.access import Access
 from devassign.server.gangs import GangAllocations, GangBody, Gangs
 from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import Placer
-from devassign.server.views import redact_explanation
 from devassign.store import Store
 
 router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
@@ -55,17 +54,7 @@ def claim_gang(request: Request, scope: Access, body: GangBody) -> Any:
 def explain_gang(request: Request, scope: Access, body: GangBody) -> dict[str, Any]:
     """Would the gang fit now, on which hosts, and why not: nothing claimed."""
     scope.check_targets(body.hosts)
-    found = _gangs(request).explain(body, scope.principal)
-    if scope.operator:
-        return found
-    redacted = redact_explanation(found)
-    redacted.update(
-        wanted=found["wanted"],
-        placed=found["placed"],
-        message=found["message"],
-        hosts_used=len(found["per_host"]),
-    )
-    return redacted
+    return _gangs(request).explain(body, scope.principal, operator=scope.operator)
 
 
 @router.delete("/gangs/{gang}", status_code=204, tags=["allocations"])

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from devassign import errors, schemas
 from devassign.scheduler import ClaimBody, Quota, Request, Snapshot
-from devassign.scheduler.gang import MAX_INSTANCES, GangPlan, Layout, plan
+from devassign.scheduler.gang import MAX_INSTANCES, GangPlan, Layout, ordinal, plan
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.schemas import ConsumerId
 from devassign.server.placement import (
@@ -112,6 +112,8 @@ class Gangs:
         """All instances claimed (created True), a replay of the same gang (False), or an error
         (for a caller who is not an ``operator``: without host names)."""
         p = self._prepare(body, caller)
+        # A replay first, as for a single claim: the gang's own allocations count in the quota's
+        # usage by now, so checking the quota first would refuse the retry of a gang it holds.
         replays = self.store.gang_replays(
             list(body.instances),
             body.idempotency_key,
@@ -128,6 +130,7 @@ class Gangs:
                 f"{len(replays)} of the {len(body.instances)} instances already hold this gang's "
                 f"allocations; release the gang (DELETE /v1/gangs/{p.gang}) and claim it again",
             )
+        self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found: GangPlan | None = None
         for attempt in range(ATTEMPTS):
             found, _ = self._plan(p, len(body.instances))
@@ -146,9 +149,11 @@ class Gangs:
             f"gang {p.gang}: every plan lost a race with concurrent claims {ATTEMPTS} times; retry",
         )
 
-    def explain(self, body: GangBody, caller: Principal) -> dict[str, Any]:
-        """Would the gang fit now, where, and why not; nothing claimed."""
+    def explain(self, body: GangBody, caller: Principal, *, operator: bool = True) -> dict[str, Any]:
+        """Would the gang fit now, where, and why not; nothing claimed. For a caller who is not
+        an ``operator``: counts and reason codes only (no host, no attribute value)."""
         p = self._prepare(body, caller)
+        self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found, snapshot = self._plan(p, len(body.instances))
         out = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0]))
         out.update(
@@ -166,7 +171,16 @@ class Gangs:
         )
         if found.group is not None:
             out["same"] = {"attribute": p.layout.attribute, "value": found.group}
-        return out
+        if operator:
+            return out
+        redacted = redact_explanation(out)
+        redacted.update(
+            wanted=found.wanted,
+            placed=found.placed,
+            message=_public_message(found, p.layout, out["funnel"]),
+            hosts_used=len(out["per_host"]),
+        )
+        return redacted
 
     # ------------------------------------------------------------ steps
     def _prepare(self, body: GangBody, caller: Principal) -> _Prepared:
@@ -184,7 +198,7 @@ class Gangs:
             body.model_dump(exclude={"instances", "layout", "gang"}, exclude_none=True)
         )
         request = parse(one)
-        _check_params(one)
+        _check_params(one, instances=len(body.instances))
         project = _project(request, caller)
         types = sorted({a.type for r in request.requests for a in r.alternatives})
         ids = self.store.type_ids(types)
@@ -203,12 +217,12 @@ class Gangs:
             for c in body.instances
         ]
         quota = self.placer._quota(request, project)
-        self._check_quota(request, quota, len(body.instances), project)
         return _Prepared(request, project, gang, layout, docs, ids, quota)
 
     @staticmethod
     def _check_quota(request: Request, quota: Quota | None, n: int, project: str) -> None:
-        """The gang's total against the quota left, once: a 403 before any host is read."""
+        """The gang's total against the quota left, once: a 403 before any host is read (after
+        the look for a replay, whose allocations the usage already counts)."""
         if quota is None:
             return
         left = quota.left()
@@ -272,15 +286,20 @@ class Gangs:
 
     def _refusal(self, p: _Prepared, found: GangPlan, *, operator: bool) -> errors.DevassignError:
         body = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0]))
-        message = f"gang of {found.wanted}: {_message(found, body['funnel'])}"
         before = funnel_sentence(body["funnel"])
-        if before and found.explanation.considered:
-            message += f"; {before}"
-        if not operator:  # the hosts' sentences name hosts and addresses: counts and codes only
+        if not operator:
+            # The hosts' sentences name hosts and addresses, the plan's the attribute value the
+            # hosts share (a rack): counts and codes only.
+            message = f"gang of {found.wanted}: {_public_message(found, p.layout, body['funnel'])}"
+            if before and found.explanation.considered:
+                message += f"; {before}"
             redacted = redact_explanation(body)
             return errors.DevassignError(
                 errors.NO_VALID_HOST, message, explanation=redacted, wanted=found.wanted, placed=found.placed
             )
+        message = f"gang of {found.wanted}: {_message(found, body['funnel'])}"
+        if before and found.explanation.considered:
+            message += f"; {before}"
         closest = "; ".join(c["message"] for c in body["closest"])
         if closest:
             message += f"; closest: {closest}"
@@ -295,6 +314,25 @@ def _message(found: GangPlan, funnel: dict[str, int]) -> str:
     if found.explanation.considered or not before:
         return found.message
     return found.message.replace(found.explanation.summary(), f"no host fits: {before}")
+
+
+def _public_message(found: GangPlan, layout: Layout, funnel: dict[str, int]) -> str:
+    """The plan's sentence for a member: how many instances fit on how many hosts and the
+    reason codes, without the value of ``same`` the hosts share (a rack is the operators')."""
+    attribute = layout.attribute
+    if found.fits:
+        message = f"{found.wanted} of {found.wanted} instances fit on {len(found.per_host())} hosts"
+        return message + (f" with one {attribute}" if attribute is not None else "")
+    message = f"{found.placed} of {found.wanted} instances fit"
+    if attribute is not None and found.group is not None:
+        message += f" with the same {attribute}"
+    elif attribute is not None:
+        message += f" (no fitting host reports one {attribute})"
+    before = funnel_sentence(funnel)
+    why = found.explanation.summary()
+    if before and not found.explanation.considered:  # the pre-filter says why, as in _message
+        why = f"no host fits: {before}"
+    return f"{message}; the {ordinal(found.placed + 1)} fits on no host: {why}"
 
 
 def hosts_to_read(n: int, layout: Layout, candidate_limit: int) -> list[int]:

@@ -159,14 +159,24 @@ def _budgeted(*, remember: bool = False) -> Iterator[SelectorBudget]:
         raise errors.DevassignError(exc.code.value, exc.message) from exc
 
 
-def _check_params(body: ClaimBody) -> None:
-    """A MAC address belongs to one NIC: refuse one MAC for several devices."""
+def _check_params(body: ClaimBody, *, instances: int = 1) -> None:
+    """A MAC address belongs to one NIC: refuse one MAC for several devices, also for the
+    ``instances`` of a gang, each of which gets the body's requests (its params included)."""
     for i, r in enumerate(body.requests):
-        if "mac" in r.params and r.count > 1:
+        if "mac" not in r.params:
+            continue
+        if r.count > 1:
             raise errors.DevassignError(
                 errors.INVALID_REQUEST,
                 f"requests/{i} ({r.name}): a MAC address is for one device; ask for count 1 per NIC "
                 "that needs a MAC (one named request each)",
+            )
+        if instances > 1:
+            raise errors.DevassignError(
+                errors.INVALID_REQUEST,
+                f"requests/{i} ({r.name}): a MAC address is for one device, and a gang gives each of "
+                f"its {instances} instances the same params; claim the instances that need a MAC "
+                "one by one",
             )
 
 

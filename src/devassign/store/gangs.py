@@ -64,12 +64,33 @@ def claim_gang(
             sa.select(sa.func.count()).where(_of_gang(gang), allocations.c.project == project)
         ).scalar_one()
         if held > len(made):  # the id names another gang's live allocations too
+            key = orders[0].key
+            if key is not None and _key_of_gang(conn, gang, project, key, [a.consumer for a, _ in made]):
+                # The same id and key with other instances: the key's own gang (its id made from
+                # the key, or named again), sent with another body.
+                raise errors.DevassignError(
+                    errors.IDEMPOTENCY_KEY_REUSED,
+                    f"idempotency_key {key!r} was sent with gang {gang!r} of other instances; a key "
+                    "names one gang body: resend that body to retry it, or use another key",
+                )
             raise errors.DevassignError(
                 errors.CONSUMER_CONFLICT,
                 f"gang id {gang!r} already names {held - len(made)} live allocations of other "
                 "instances; choose another id, or release that gang first",
             )
     return [a for a, _ in made], True
+
+
+def _key_of_gang(conn: sa.Connection, gang: str, project: str, key: str, consumers: Sequence[str]) -> bool:
+    """Whether a live allocation of ``gang`` in ``project`` other than ``consumers`` was claimed
+    with ``key``."""
+    mine = set(consumers)
+    q = (
+        sa.select(allocations.c.consumer)
+        .where(_of_gang(gang), allocations.c.project == project, allocations.c.idempotency_key == key)
+        .limit(len(consumers) + 1)
+    )
+    return any(c not in mine for c in conn.execute(q).scalars())
 
 
 def _lock_gang_id(conn: sa.Connection, project: str, gang: str) -> None:
