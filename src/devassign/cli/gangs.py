@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any
 
@@ -46,6 +47,8 @@ SameOpt = Annotated[
 GangOpt = Annotated[
     str | None, typer.Option("--gang", metavar="ID", help="The gang's id (default: made from the key)")
 ]
+_GANG_IDS = uuid.UUID("3f0c9a7e-5b1d-4e62-8f4a-2d6b9c1e7a53")  # namespace of the CLI's ids made from keys
+
 ProjectOpt = Annotated[
     str | None, typer.Option(metavar="PROJECT", help="The instances' project (a member's token: its own)")
 ]
@@ -64,16 +67,17 @@ def gang_body(
     max_per_host: int | None,
     same: str | None,
     project: str | None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """The ``POST /v1/gangs`` body from the options (the server validates it)."""
-    body = build_body(spec, request, hosts, project=project, gang=gang)
+    body = build_body(spec, request, hosts, project=project, gang=gang, idempotency_key=idempotency_key)
     if instance and count:
         raise CliError(
             "give --instance CONSUMER (repeatable) or --instances N, not both", status=ExitCode.USAGE
         )
     if count:
         if not body.get("gang"):
-            body["gang"] = f"gang-{uuid.uuid4().hex[:12]}"
+            body["gang"] = gang_id(body.get("idempotency_key"), body.get("project"))
         start = prefix if prefix is not None else f"{body['gang']}-"
         body["instances"] = [f"{start}{i}" for i in range(count)]
     elif instance:
@@ -83,7 +87,16 @@ def gang_body(
             "say which instances: --instance CONSUMER (repeatable), --instances N, or instances in --request",
             status=ExitCode.USAGE,
         )
-    layout = dict(body.get("layout") or {})
+    layout = body.get("layout")
+    if layout is None:
+        layout = {}
+    elif not isinstance(layout, dict):
+        raise CliError(
+            f"{request}: layout must be a JSON object (distinct_hosts, max_per_host, same), "
+            f"not {json.dumps(layout)[:40]}",
+            status=ExitCode.USAGE,
+        )
+    layout = dict(layout)
     if distinct:
         layout["distinct_hosts"] = True
     if max_per_host is not None:
@@ -93,6 +106,16 @@ def gang_body(
     if layout:
         body["layout"] = layout
     return body
+
+
+def gang_id(key: Any, project: Any) -> str:
+    """The id of a gang of ``--instances N`` given no ``--gang`` (its instances are named after
+    it): made from the idempotency key (and ``--project``) when there is one, so a retry with
+    the same key names the same gang and instances; else random."""
+    if isinstance(key, str) and key:
+        seed = f"{project}\n{key}" if isinstance(project, str) else key
+        return f"gang-{uuid.uuid5(_GANG_IDS, seed).hex[:12]}"
+    return f"gang-{uuid.uuid4().hex[:12]}"
 
 
 def _details(exp: dict[str, Any]) -> None:
@@ -163,9 +186,8 @@ def register(app: typer.Typer) -> None:
             max_per_host=max_per_host,
             same=same,
             project=project,
+            idempotency_key=idempotency_key or None,
         )
-        if idempotency_key:
-            body["idempotency_key"] = idempotency_key
         body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
         try:
             found = client(ctx).post("/v1/gangs", body)
