@@ -122,6 +122,9 @@ def cut_too_deep(value: Any, *, limit: int = MAX_JSON_DEPTH, _depth: int = 1) ->
     return value
 
 
+# A UUID as OpenStack writes them (Nova's instances, Cyborg's ARQs, Placement's providers): 32
+# hex digits, dashes optional (oslo_utils.uuidutils.is_uuid_like takes the same, any case).
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 # A consumer (the instance the devices are for): UUIDs, Nova instance ids, ``ns:name``.
 CONSUMER_MAX = 64
 CONSUMER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

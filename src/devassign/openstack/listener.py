@@ -13,8 +13,13 @@ No release is lost: the listener's queue is durable and its own, a message is ac
 once devassign answered the release (404, nothing held, counts: a release is idempotent), and
 an unacknowledged message goes back to the queue when devassign or the broker is away. A
 message that is not a Nova notification is logged once, with the reason, and acknowledged:
-one bad message never blocks the queue. Message contexts carry users' tokens (``_context_*``
-keys): no part of a message is ever logged, only the event type and the instance.
+one bad message never blocks the queue. That includes a notification whose instance is not a
+UUID or whose host is not a host name (too long, control characters, lone surrogates), and a
+body nested too deep to parse. As a last line of defence, a message whose handling raises
+anything else is logged with its identity and rejected without requeue (dead-lettered where the
+queue has a dead-letter exchange): only "devassign could not answer" keeps a message. Message
+contexts carry users' tokens (``_context_*`` keys): no part of a message is ever logged, only
+the event type and the instance.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import kombu as _kombu
+
+from devassign.domain import UUID_RE
 
 # kombu's API is mostly untyped: its calls are checked by the tests against a real broker.
 kombu: Any = _kombu
@@ -39,6 +46,9 @@ LOG = logging.getLogger(__name__)
 
 RELEASE_EVENTS = frozenset({"instance.delete.end", "instance.create.error"})
 PRIORITIES = ("info", "error")
+EVENT_TYPE_MAX = 255  # Nova's are like instance.delete.end
+HOST_MAX = 255  # Nova's compute host (instances.host is a String(255))
+BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})  # after rabbit:// became amqp://
 
 
 class PoisonMessage(ValueError):
@@ -57,12 +67,35 @@ class Notification:
     host: str | None = None  # the instance's compute host, where the payload names one
 
 
+def _shown(value: str) -> str:
+    """A value from a message as a log line may show it: ASCII, at most 40 characters of it."""
+    return ascii(value[:40]) + (f"... ({len(value)} characters)" if len(value) > 40 else "")
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """What makes ``value`` unusable as a name (a host, an event type), or ``None``: longer than
+    ``limit``, or a character that is not printable or is a space (control and format
+    characters, lone surrogates, which cannot even be encoded)."""
+    if len(value) > limit:
+        return f"{len(value)} characters, at most {limit}"
+    bad = next((i for i, c in enumerate(value) if not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        return f"U+{ord(value[bad]):04X} at position {bad}, not a printable character"
+    return None
+
+
 def parse_notification(body: bytes | str) -> Notification:
-    """The event type and instance uuid of an oslo.messaging message (enveloped or not)."""
+    """The event type and instance uuid of an oslo.messaging message (enveloped or not).
+
+    What cannot be used is a :class:`PoisonMessage`: not JSON (or nested too deep for the
+    parser), a broken envelope, no event type, an instance that is not a UUID, a host that is
+    not a host name. A notification that names no instance has ``instance`` ``None``."""
     try:
         outer = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
         raise PoisonMessage(f"not JSON ({type(exc).__name__} at {getattr(exc, 'pos', '?')})") from None
+    except RecursionError:
+        raise PoisonMessage("JSON nested too deep to parse") from None
     if not isinstance(outer, dict):
         raise PoisonMessage(f"a JSON {type(outer).__name__}, not an object")
     message: Any = outer
@@ -76,11 +109,15 @@ def parse_notification(body: bytes | str) -> Notification:
             message = json.loads(inner)
         except ValueError:
             raise PoisonMessage("oslo.message is not valid JSON") from None
+        except RecursionError:
+            raise PoisonMessage("oslo.message is JSON nested too deep to parse") from None
         if not isinstance(message, dict):
             raise PoisonMessage("oslo.message is not a JSON object")
     event_type = message.get("event_type")
     if not isinstance(event_type, str) or not event_type:
         raise PoisonMessage("no event_type")
+    if problem := text_problem(event_type, EVENT_TYPE_MAX):
+        raise PoisonMessage(f"event_type {_shown(event_type)} is not an event type: {problem}")
     payload = message.get("payload")
     if not isinstance(payload, dict):
         raise PoisonMessage(f"{event_type} without a payload object")
@@ -88,12 +125,14 @@ def parse_notification(body: bytes | str) -> Notification:
     if not isinstance(data, dict):
         raise PoisonMessage(f"{event_type} with a payload whose nova_object.data is not an object")
     instance = data.get("uuid", data.get("instance_id"))
+    instance = instance if isinstance(instance, str) and instance else None
+    if instance is not None and not UUID_RE.fullmatch(instance):
+        raise PoisonMessage(f"{event_type} for instance {_shown(instance)}, which is not a UUID")
     host = data.get("host")
-    return Notification(
-        event_type,
-        instance if isinstance(instance, str) and instance else None,
-        host if isinstance(host, str) and host else None,
-    )
+    host = host if isinstance(host, str) and host else None
+    if host is not None and (problem := text_problem(host, HOST_MAX)):
+        raise PoisonMessage(f"{event_type} on host {_shown(host)}, which is not a host name: {problem}")
+    return Notification(event_type, instance, host)
 
 
 @dataclass(frozen=True)
@@ -123,6 +162,28 @@ def broker_url(url: str) -> str:
     if url.startswith("rabbit://"):
         return "amqp://" + url.removeprefix("rabbit://")
     return url
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why kombu cannot use Nova's ``transport_url`` ``url``, or ``None``. The reason never
+    quotes the URL (it holds the broker's password)."""
+    kombu_url = broker_url(url)
+    scheme, sep, _ = kombu_url.partition("://")
+    if not sep:
+        return "not a URL (rabbit://USER:PASS@HOST:5672/VHOST)"
+    if scheme.lower() not in BROKER_SCHEMES:
+        return f"scheme {_shown(scheme)} is not RabbitMQ's: give rabbit:// (or amqp://, amqps://)"
+    if len(url) > 4096 or not url.isprintable():
+        return "longer than 4096 characters, or holds a character that is not printable"
+    try:
+        urlsplit(kombu_url).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return "its HOST:PORT does not parse (the port is a number up to 65535; an IPv6 address in [ ])"
+    try:
+        kombu.Connection(kombu_url).release()  # parses, resolves the transport; connects to nothing
+    except Exception as exc:  # any: its message may quote the password, so only its type is shown
+        return f"kombu cannot use it ({type(exc).__name__})"
+    return None
 
 
 class Releaser:
@@ -159,6 +220,21 @@ class Releaser:
                 f"devassign at {self.url} answered HTTP {response.status_code} {code}".rstrip(),
             )
         return Outcome.ACK, f"devassign refused the release: HTTP {response.status_code} {code}".rstrip()
+
+
+def _identity(message: Any) -> str:
+    """Which message it was, from what the broker says of it (never its content)."""
+    info = getattr(message, "delivery_info", None) or {}
+    properties = getattr(message, "properties", None) or {}
+    parts = [
+        f"delivery tag {getattr(message, 'delivery_tag', '?')}",
+        f"routing key {_shown(str(info.get('routing_key', '?')))}",
+    ]
+    if properties.get("message_id"):
+        parts.append(f"message id {_shown(str(properties['message_id']))}")
+    if info.get("redelivered"):
+        parts.append("redelivered")
+    return ", ".join(parts)
 
 
 def _error_code(response: httpx.Response) -> str:
@@ -228,7 +304,19 @@ class NovaListener:
         return step / 2 + random.uniform(0, step / 2)
 
     def _on_message(self, message: Any) -> None:
-        if self.handle(message.body) is Outcome.ACK:
+        try:
+            outcome = self.handle(message.body)
+        except Exception:
+            # A bug, or a message nobody foresaw: retrying it would fail the same way and block
+            # every release behind it. Dead-lettered where the queue has a dead-letter exchange.
+            LOG.error(
+                "dropped a message whose handling failed (%s); rejected without requeue",
+                _identity(message),
+                exc_info=True,
+            )
+            message.reject(requeue=False)
+            return
+        if outcome is Outcome.ACK:
             message.ack()
             return
         self._sleep(self.backoff())

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from devassign import errors, schemas
-from devassign.domain import CONSUMER_RE, MDEV_ADDRESS_RE, PCI_ADDRESS_RE, DeviceKind
+from devassign.domain import CONSUMER_RE, MDEV_ADDRESS_RE, PCI_ADDRESS_RE, UUID_RE, DeviceKind
 from devassign.lifecycle.base import HandlerError, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import mdev_uuid
 from devassign.openstack.nova_events import BoundEvent, NovaEvents, Outcome
@@ -50,7 +50,6 @@ MAX_PER_GROUP = 64
 EVENT_MAX_AGE = timedelta(minutes=15)
 _RESOURCE_KEY = re.compile(r"^resources(\d*):(CUSTOM_[A-Z0-9_]+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 _BIND_FIELDS = ("hostname", "device_rp_uuid", "instance_uuid")
 
 
@@ -362,10 +361,10 @@ def _parse_patch(body: Any) -> tuple[dict[str, dict[str, str | None]], list[str]
             if not values.get(f):
                 raise _bad(f"{arq}: a bind adds /{f}")
         instance = str(values["instance_uuid"])
-        if not (_UUID.fullmatch(instance) and CONSUMER_RE.fullmatch(instance)):
+        if not (UUID_RE.fullmatch(instance) and CONSUMER_RE.fullmatch(instance)):
             raise _bad(f"{arq}: instance_uuid {instance[:64]!r} is not a UUID")
         rp = values.get("device_rp_uuid")
-        if rp is not None and not _UUID.fullmatch(rp):
+        if rp is not None and not UUID_RE.fullmatch(rp):
             raise _bad(f"{arq}: device_rp_uuid {rp[:64]!r} is not a UUID")
         binds[arq] = values
     return binds, unbinds
