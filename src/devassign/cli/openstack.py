@@ -12,7 +12,18 @@ from typing import Annotated
 
 import typer
 
-from devassign.cli.client import DEFAULT_URL
+from devassign.cli.client import DEFAULT_URL, CliError, ExitCode
+
+
+def _start_logging(level: str) -> None:
+    """Log to stderr at ``level`` (``--log-level``); a name logging does not know is a usage error."""
+    number = logging.getLevelName(level.strip().upper())
+    if not isinstance(number, int):
+        raise CliError(
+            f"--log-level {level[:40]!a}: give one of debug, info, warning, error", status=ExitCode.USAGE
+        )
+    logging.basicConfig(level=number, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per release or sync is ours
 
 
 def register(app: typer.Typer) -> None:
@@ -51,16 +62,26 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="devassign's host name is this + Nova's compute host + --host-suffix")
         ] = "",
         host_suffix: Annotated[str, typer.Option(help="See --host-prefix")] = "",
-        log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     ) -> None:
         """Release the devices of instances Nova deletes, or fails to build, from Nova's notifications."""
-        from devassign.openstack.listener import ListenerConfig, NovaListener
+        from devassign.openstack.listener import (
+            HOST_MAX,
+            ListenerConfig,
+            NovaListener,
+            broker_url_problem,
+            text_problem,
+        )
 
         root = ctx.find_root().obj or {}
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-        )
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per release is ours
+        if problem := broker_url_problem(transport_url):
+            raise CliError(
+                f"--transport-url / DEVASSIGN_NOVA_TRANSPORT_URL: {problem}", status=ExitCode.USAGE
+            )
+        for option, value in (("--host-prefix", host_prefix), ("--host-suffix", host_suffix)):
+            if problem := text_problem(value, HOST_MAX):
+                raise CliError(f"{option}: {problem}", status=ExitCode.USAGE)
+        _start_logging(log_level)
         config = ListenerConfig(
             broker_url=transport_url,
             exchange=exchange,
@@ -128,7 +149,7 @@ def register(app: typer.Typer) -> None:
         host_suffix: Annotated[
             str, typer.Option(help="devassign's host name is prefix + Nova's hypervisor hostname + this")
         ] = "",
-        log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     ) -> None:
         """Mirror devassign's devices into OpenStack Placement, as child providers of Nova's compute nodes."""
         import httpx
@@ -137,10 +158,7 @@ def register(app: typer.Typer) -> None:
         from devassign.openstack.placement_service import MirrorService
 
         root = ctx.find_root().obj or {}
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-        )
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _start_logging(log_level)
         if (placement_token is None) == (token_file is None):
             raise typer.BadParameter(
                 "give Placement's token: --placement-token or --token-file (one of them)"
