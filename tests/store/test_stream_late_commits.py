@@ -98,6 +98,6 @@ def test_a_position_that_no_stream_sent_is_refused(token: str) -> None:
 def test_a_position_round_trips() -> None:
     cursor = stream.Cursor(151, [(1, 40, 1764979200.0), (42, 150, 1764979201.0)])
     again = stream.Cursor.parse(cursor.token())
-    assert (again.last, again.gaps) == (151, [[1, 40, 1764979200.0], [42, 150, 1764979201.0]])
+    assert (again.last, again.gaps) == (151, [(1, 40, 1764979200.0), (42, 150, 1764979201.0)])
     assert cursor.token() == "151~1-40@1764979200,42-150@1764979201"
     assert stream.Cursor.parse("7").token() == "7"

@@ -11,6 +11,7 @@ that is not running far more often than a restart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -210,6 +211,9 @@ class Client:
         self.url = checked_url((url or os.environ.get("DEVASSIGN_URL") or DEFAULT_URL).rstrip("/"))
         token = token or os.environ.get("DEVASSIGN_TOKEN")
         headers = {"Authorization": f"Bearer {checked_token(token)}"} if token else {}
+        # Who is calling, as a digest of the token (never the token): names the CLI makes from
+        # a user's key (a gang's) differ between callers, as the server scopes keys per project.
+        self.caller = hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
         self.retry_for = retry_seconds() if retry_for is None else retry_for
         self.on_retry = on_retry

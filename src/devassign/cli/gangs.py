@@ -68,8 +68,10 @@ def gang_body(
     same: str | None,
     project: str | None,
     idempotency_key: str | None = None,
+    caller: str = "",
 ) -> dict[str, Any]:
-    """The ``POST /v1/gangs`` body from the options (the server validates it)."""
+    """The ``POST /v1/gangs`` body from the options (the server validates it); ``caller``:
+    :attr:`Client.caller`, for a gang id made from a key."""
     body = build_body(spec, request, hosts, project=project, gang=gang, idempotency_key=idempotency_key)
     if instance and count:
         raise CliError(
@@ -77,7 +79,7 @@ def gang_body(
         )
     if count:
         if not body.get("gang"):
-            body["gang"] = gang_id(body.get("idempotency_key"), body.get("project"))
+            body["gang"] = gang_id(body.get("idempotency_key"), body.get("project"), caller)
         start = prefix if prefix is not None else f"{body['gang']}-"
         body["instances"] = [f"{start}{i}" for i in range(count)]
     elif instance:
@@ -108,12 +110,14 @@ def gang_body(
     return body
 
 
-def gang_id(key: Any, project: Any) -> str:
+def gang_id(key: Any, project: Any, caller: str = "") -> str:
     """The id of a gang of ``--instances N`` given no ``--gang`` (its instances are named after
-    it): made from the idempotency key (and ``--project``) when there is one, so a retry with
-    the same key names the same gang and instances; else random."""
+    it): made from the idempotency key, ``--project`` and the caller (a digest of its token: a
+    member's token names its project) when there is a key, so a retry with the same key and
+    token names the same gang and instances, and two projects' same key never collide; else
+    random."""
     if isinstance(key, str) and key:
-        seed = f"{project}\n{key}" if isinstance(project, str) else key
+        seed = f"{project if isinstance(project, str) else ''}\n{caller}\n{key}"
         return f"gang-{uuid.uuid5(_GANG_IDS, seed).hex[:12]}"
     return f"gang-{uuid.uuid4().hex[:12]}"
 
@@ -174,6 +178,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Claim every instance (one allocation each) or none; prints the allocations, or how
         many fit and why the next does not (exit 1)."""
+        api = client(ctx)
         body = gang_body(
             spec,
             request,
@@ -187,10 +192,11 @@ def register(app: typer.Typer) -> None:
             same=same,
             project=project,
             idempotency_key=idempotency_key or None,
+            caller=api.caller,
         )
         body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
         try:
-            found = client(ctx).post("/v1/gangs", body)
+            found = api.post("/v1/gangs", body)
         except CliError as exc:
             raise _refused(exc, fmt) from exc
         if fmt is Format.json:

@@ -22,6 +22,8 @@ that reconnects (to any server process) still gets them.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import socket
 import time
 import weakref
@@ -51,7 +53,7 @@ RETRY_MS = 3000  # how long an EventSource waits before it reconnects
 _CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
 
 
-MAX_GAPS = 32  # gaps a stream's position carries (the oldest are dropped beyond)
+MAX_GAPS = 64  # gaps a position carries (the ones nearest its last id; a stream keeps all)
 
 
 class Cursor:
@@ -62,12 +64,13 @@ class Cursor:
     ``151~1-150@1764979200``), so a client that reconnects with ``Last-Event-ID`` resumes with
     the gaps it had, on any server process: an event committed late, below the last id sent,
     is sent after a reconnect too. A gap is given up :data:`LATE_COMMIT_WINDOW` seconds (by
-    the wall clock, which the servers share) after it was first seen.
+    the wall clock, which the servers share) after it was first seen, and as soon as its ids
+    turn out to be other scopes' events (``committed`` in :meth:`read`).
     """
 
     def __init__(self, after: int, gaps: list[tuple[int, int, float]] | None = None) -> None:
         self.last = after
-        self.gaps: list[list[float]] = [[lo, hi, t] for lo, hi, t in gaps or ()]  # [lo, hi, first seen]
+        self.gaps: list[tuple[int, int, float]] = sorted(gaps or ())  # (lo, hi, first seen)
 
     @classmethod
     def parse(cls, token: str) -> Cursor:
@@ -79,28 +82,38 @@ class Cursor:
         for part in rest.split(",") if rest else ():
             span, _, seen = part.partition("@")
             lo, _, hi = span.partition("-")
-            fields = (lo, hi, seen)
-            if not all(f.isdecimal() and f.isascii() and len(f) <= 19 for f in fields):
+            if not all(f.isdecimal() and f.isascii() and len(f) <= 19 for f in (lo, hi, seen)):
                 raise ValueError(token)
             if not 0 < int(lo) <= int(hi) < int(last):
                 raise ValueError(token)
-            gaps.append((int(lo), int(hi), float(seen)))
-        if len(gaps) > MAX_GAPS:
-            raise ValueError(token)
-        return cls(int(last), sorted(gaps))
+            # "first seen" is the client's word: never later than now (a time in the future
+            # would keep the gap, and its re-reads, for ever)
+            gaps.append((int(lo), int(hi), min(float(seen), time.time())))
+        gaps.sort()
+        if len(gaps) > MAX_GAPS or any(a[1] >= b[0] for a, b in itertools.pairwise(gaps)):
+            raise ValueError(token)  # overlapping gaps would send their events twice
+        return cls(int(last), gaps)
 
     def token(self) -> str:
-        """This position as text (an SSE event id)."""
+        """This position as text (an SSE event id), with its :data:`MAX_GAPS` newest gaps."""
         if not self.gaps:
             return str(self.last)
-        return f"{self.last}~" + ",".join(f"{lo:.0f}-{hi:.0f}@{t:.0f}" for lo, hi, t in self.gaps)
+        return f"{self.last}~" + ",".join(f"{lo}-{hi}@{int(t)}" for lo, hi, t in self.gaps[-MAX_GAPS:])
 
-    def read(self, fetch: Any) -> list[tuple[schemas.Event, str]]:
-        """New events, oldest first, each with the position after it: ``fetch(after, limit)``
-        is the scoped query."""
+    def read(self, fetch: Any, committed: Any = None) -> list[tuple[schemas.Event, str]]:
+        """New events, oldest first, each with the position after it.
+
+        ``fetch(after, limit)`` is the scoped query; ``committed(lo, hi)`` the ids that exist
+        from ``lo`` to ``hi``, in any scope: a member's events come between other projects',
+        whose ids are no gap to watch (only ids still in flight are).
+        """
         now = time.time()
         self.gaps = [g for g in self.gaps if now - g[2] < LATE_COMMIT_WINDOW]
-        after = int(self.gaps[0][0]) - 1 if self.gaps else self.last
+        # Asked before the scoped read: every id that exists now is visible to it, so one it
+        # does not return is another scope's. (Asked after, an event of this scope committed
+        # in between would be taken for another's and never sent.)
+        existing = committed(self.gaps[0][0], self.gaps[-1][1]) if committed and self.gaps else []
+        after = self.gaps[0][0] - 1 if self.gaps else self.last
         out: list[tuple[schemas.Event, str]] = []
         while True:
             batch: list[schemas.Event] = fetch(after, BATCH)
@@ -109,25 +122,34 @@ class Cursor:
                     # Ids in between are not (yet) visible: an uncommitted or rolled back
                     # write, or an event outside this scope.
                     if event.id > self.last + 1:
-                        self.gaps.append([self.last + 1, event.id - 1, now])
-                        del self.gaps[:-MAX_GAPS]
+                        self.gaps.append((self.last + 1, event.id - 1, now))
                     self.last = event.id
-                elif not self._fill(event.id):
+                elif not self._take({event.id}):
                     continue  # sent before
                 out.append((event, self.token()))
             if len(batch) < BATCH:
-                return out
+                break
             after = batch[-1].id
+        if existing and self._take(set(existing)) and out:
+            out[-1] = (out[-1][0], self.token())  # without the gaps found to be other scopes'
+        return out
 
-    def _fill(self, event_id: int) -> bool:
-        """Take ``event_id`` out of the gap that holds it; whether one did."""
-        for k, (lo, hi, t) in enumerate(self.gaps):
-            if lo <= event_id <= hi:
-                parts = [[lo, event_id - 1, t]] if lo < event_id else []
-                parts += [[event_id + 1, hi, t]] if event_id < hi else []
-                self.gaps[k : k + 1] = parts
-                return True
-        return False
+    def _take(self, ids: set[int]) -> bool:
+        """Take ``ids`` out of the gaps; whether any was in one."""
+        kept: list[tuple[int, int, float]] = []
+        found = False
+        ordered = sorted(ids)
+        for lo, hi, t in self.gaps:
+            start = lo
+            for i in ordered[bisect.bisect_left(ordered, lo) : bisect.bisect_right(ordered, hi)]:
+                found = True
+                if start < i:
+                    kept.append((start, i - 1, t))
+                start = i + 1
+            if start <= hi:
+                kept.append((start, hi, t))
+        self.gaps = kept
+        return found
 
 
 def _format(event: schemas.Event, position: str) -> str:
@@ -204,19 +226,25 @@ async def respond(
             store, scope, host=host, device=device, consumer=consumer, after=after_id, limit=limit
         )
 
+    def committed(lo: int, hi: int) -> list[int]:
+        # ids only, never sent: which gaps are other scopes' events rather than in flight
+        return store.event_ids_in(lo, hi)
+
     # Read once before answering: a filter outside the caller's scope is a 403 now, not a
     # broken stream; without a position the stream starts after the newest event.
     newest = await run_in_threadpool(fetch, None, 1)
     if start is None:
         start = Cursor(newest[0].id if newest else 0)
     return StreamingResponse(
-        _events(request, start, fetch, once=once),
+        _events(request, start, fetch, committed, once=once),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(request: Request, cursor: Cursor, fetch: Any, *, once: bool) -> AsyncIterator[str]:
+async def _events(
+    request: Request, cursor: Cursor, fetch: Any, committed: Any, *, once: bool
+) -> AsyncIterator[str]:
     app = request.app
     yield f"retry: {RETRY_MS}\n: events after {cursor.last}\n\n"
     quiet_since = time.monotonic()
@@ -227,7 +255,7 @@ async def _events(request: Request, cursor: Cursor, fetch: Any, *, once: bool) -
             await authorize(request)
         except (errors.DevassignError, LoginRequired):
             return
-        found = await run_in_threadpool(cursor.read, fetch)
+        found = await run_in_threadpool(cursor.read, fetch, committed)
         if found:
             yield "".join(_format(e, position) for e, position in found)
             quiet_since = time.monotonic()

@@ -369,6 +369,9 @@ class Store:
     def get_allocation(self, consumer: str, project: str | None = None) -> schemas.Allocation:
         return self.db.reading(lambda c: allocations.get_allocation(c, consumer, project=project))
 
+    def event_ids_in(self, lo: int, hi: int) -> list[int]:
+        return self.db.reading(lambda c: events.event_ids_in(c, lo, hi))
+
     def list_events(self, **filters: object) -> list[schemas.Event]:
         return self.db.reading(lambda c: events.list_events(c, **filters))  # type: ignore[arg-type]
 

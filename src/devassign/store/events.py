@@ -66,6 +66,13 @@ def record_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(_INSERT, rows)
 
 
+def event_ids_in(conn: sa.Connection, lo: int, hi: int) -> list[int]:
+    """The ids of the events that exist (are committed) from ``lo`` to ``hi``, in any scope:
+    the event stream tells gaps still in flight from other scopes' events (bounded read)."""
+    q = sa.select(events.c.id).where(events.c.id.between(lo, hi)).order_by(events.c.id).limit(100_000)
+    return list(conn.execute(q).scalars())
+
+
 def list_events(
     conn: sa.Connection,
     *,

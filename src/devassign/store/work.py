@@ -67,11 +67,14 @@ def _host_id(conn: sa.Connection, host: str, instance: str | None) -> int:
     row = conn.execute(sa.select(hosts.c.id, hosts.c.agent_instance).where(hosts.c.name == host)).first()
     if row is None:
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
-    if instance is not None and row.agent_instance is not None and row.agent_instance != instance:
+    # Also when none is on record (a host reported by `agent run --once` or by a batch, or just
+    # renamed): a process whose report the server never took is not the host's agent.
+    if instance is not None and row.agent_instance != instance:
+        taken = f"instance {row.agent_instance} sent its last report" if row.agent_instance else "none yet"
         raise errors.DevassignError(
             errors.AGENT_CONFLICT,
             f"agent instance {instance} is not the agent the server took for host {host!r} "
-            f"(instance {row.agent_instance} sent its last report): no work for it. A restarted "
+            f"({taken}): no work for it. A restarted "
             "agent sends a full report first; a machine whose reports are refused (another "
             "host id, another live agent) must not touch this host's devices",
             retry_after=10,
