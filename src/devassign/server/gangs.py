@@ -38,7 +38,7 @@ from devassign.server.placement import (
 )
 from devassign.server.views import redact_explanation
 from devassign.store import Principal
-from devassign.store.claims import ClaimOrder, LostRace, Pick
+from devassign.store.claims import ClaimOrder, LostRace, OverQuota, Pick
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,12 @@ class Gangs:
                 f"{len(replays)} of the {len(body.instances)} instances already hold this gang's "
                 f"allocations; release the gang (DELETE /v1/gangs/{p.gang}) and claim it again",
             )
-        self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found: GangPlan | None = None
+        over: OverQuota | None = None
         for attempt in range(ATTEMPTS):
+            # Before anything is read, and again with the quota read afresh after the quota
+            # refused a claim under its lock (another claim of the project committed since).
+            self._check_quota(p.request, p.quota, len(body.instances), p.project)
             found, _ = self._plan(p, len(body.instances))
             if not found.fits:
                 raise self._refusal(p, found, operator=operator)
@@ -140,10 +143,16 @@ class Gangs:
             try:
                 made, created = self.store.claim_gang(orders, p.gang)
                 return GangAllocations(gang=p.gang, allocations=made), created
+            except OverQuota as exc:
+                log.debug("gang %s over quota under its lock (attempt %d): %s", p.gang, attempt + 1, exc)
+                over, p.quota = exc, self.placer._quota(p.project)
             except LostRace as exc:
                 log.debug("gang %s lost a race (attempt %d): %s", p.gang, attempt + 1, exc)
+                over = None
                 time.sleep(self.rng.uniform(0, 0.005 * (attempt + 1)))
         assert found is not None
+        if over is not None:
+            raise over.error
         raise errors.DevassignError(
             errors.NO_VALID_HOST,
             f"gang {p.gang}: every plan lost a race with concurrent claims {ATTEMPTS} times; retry",
@@ -216,7 +225,7 @@ class Gangs:
             {**doc, "consumer": c, "gang": gang, "gang_size": len(body.instances), **kept}
             for c in body.instances
         ]
-        quota = self.placer._quota(request, project)
+        quota = self.placer._quota(project)
         return _Prepared(request, project, gang, layout, docs, ids, quota)
 
     @staticmethod
@@ -231,7 +240,8 @@ class Gangs:
             if len(r.alternatives) == 1:
                 total[r.first.type] += r.first.count * n
         over = [
-            f"{t}: {n_} for the gang, {left[t]} left"
+            f"{t}: {n_} for the gang, {left[t]} left "
+            f"(limit {quota.limits[t]}, in use {quota.usage.get(t, 0)})"
             for t, n_ in sorted(total.items())
             if t in left and n_ > left[t]
         ]
@@ -239,8 +249,10 @@ class Gangs:
             raise errors.DevassignError(
                 errors.QUOTA_EXCEEDED,
                 f"project {project} is over quota for this gang of {n}: {'; '.join(over)}",
+                project=project,
                 limits=dict(quota.limits),
                 usage=dict(quota.usage),
+                requested={t: k for t, k in total.items() if t in left},
             )
 
     def _plan(self, p: _Prepared, n: int) -> tuple[GangPlan, Snapshot]:
@@ -275,9 +287,9 @@ class Gangs:
                 request_doc=doc,
                 actor=caller.name,
                 type_names=names,
-                # The project's quota is checked under its lock for each instance in turn: the
-                # earlier instances of the same transaction count, so the gang counts once.
-                check_quota=p.quota is not None or any(c.companion_ids for c in pl.chosen),
+                # The store checks the project's quota under its lock for each instance in turn
+                # (whenever it has a limit for the devices' types by then): the earlier
+                # instances of the same transaction count, so the gang counts once.
                 wait=True,
                 consumption=consumption,
             )

@@ -48,7 +48,8 @@ from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_b
 from devassign.scheduler.params import has_params, request_doc
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store
-from devassign.store.claims import ClaimOrder, HostBusy, LostRace, Pick, Refit
+from devassign.store.claims import ClaimOrder, HostBusy, LostRace, OverQuota, Pick, Refit
+from devassign.store.quotas import over_quota
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,23 @@ LOST_RACES = prometheus_client.Counter(
 
 def _lost(exc: LostRace) -> None:
     LOST_RACES.labels("busy" if isinstance(exc, HostBusy) else "taken").inc()
+
+
+def first_choices(request: Request, n: int = 1) -> dict[str, int]:
+    """Devices per type that the request's first choices ask for (``n`` instances of it)."""
+    first: dict[str, int] = defaultdict(int)
+    for r in request.requests:
+        first[r.first.type] += r.first.count * n
+    return dict(first)
+
+
+def quota_refusal(
+    request: Request, project: str, quota: Quota, *, n: int = 1, whose: str = "this claim"
+) -> errors.DevassignError:
+    """The ``403 quota_exceeded`` of a plan that no host fits within the quota: ``requested``
+    is what the request's first choices add to each limited type."""
+    asked = {t: k for t, k in first_choices(request, n).items() if t in quota.limits}
+    return over_quota(project, quota.limits, quota.usage, asked, whose=whose)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +238,9 @@ class Placer:
             limit=limit,
         )
 
-    def _quota(self, request: Request, project: str) -> Quota | None:
-        types = [a.type for r in request.requests for a in r.alternatives]
-        limits, usage = self.store.quota(project, types)
+    def _quota(self, project: str) -> Quota | None:
+        """The project's quota as it is now: every limit (group mates count as their own type)."""
+        limits, usage = self.store.quota(project)
         return Quota(limits, usage) if limits else None
 
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
@@ -294,11 +312,16 @@ class Placer:
         *,
         burst: bool = False,
     ) -> tuple[schemas.Allocation, bool] | errors.DevassignError:
-        """Schedule and claim, reading afresh after lost races: the allocation, or the refusal."""
+        """Schedule and claim, reading afresh after lost races: the allocation, or the refusal.
+
+        A claim that the quota refused under its lock (:class:`OverQuota`: another claim of the
+        project committed since the read, or a refit took other devices) is planned again at
+        once with the quota read afresh: another alternative may fit it, else the fresh plan
+        is the 403."""
         assert request.consumer is not None
-        refit = self._refit(request, quota)
         decision: Decision | None = None
         refusal: errors.DevassignError | None = None
+        over: OverQuota | None = None  # the last attempt's, when the quota refused it
         for attempt in range(self.config.attempts):
             snapshot = ctx.snapshot if attempt == 0 and ctx.snapshot is not None else None
             if snapshot is None:
@@ -311,12 +334,7 @@ class Placer:
                     and "over_quota" in decision.explanation.removed
                     and len(decision.explanation.removed) == 1
                 ):
-                    refusal = errors.DevassignError(
-                        errors.QUOTA_EXCEEDED,
-                        f"project {project} is over quota: limits {quota.limits}, in use {dict(quota.usage)}",
-                        limits=dict(quota.limits),
-                        usage=dict(quota.usage),
-                    )
+                    refusal = quota_refusal(request, project, quota)
                 else:
                     refusal = self._no_valid_host(request, decision, "no host can hold this request")
                 break
@@ -324,40 +342,81 @@ class Placer:
             # any fitting host.
             wide = attempt > 0 or burst
             subset = len(decision.placements) if wide else self.config.policy.subset_size
-            # Each ranked host is tried at most twice. First as the snapshot saw it, skipping a
-            # host another claim holds; then, for the hosts that were busy or lost, under the
-            # host's lock with a fresh look at its devices (a refit), in rank order. Concurrent
-            # claims so spread over the hosts, and a host that still fits is not given up.
-            again = []
-            order = claim_order(decision.placements, subset, self.rng)
-            if burst:  # hosts another claim of this process is on now: last (stable sort)
-                with self._in_flight_lock:
-                    order = tuple(sorted(order, key=lambda p: p.host in self._claiming))
-            for placement in order:
-                try:
-                    return self._claim_on(placement, request, project, doc, caller, ctx)
-                except LostRace as exc:
-                    _lost(exc)
-                    log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
-                    again.append(placement)
-            for placement in again:
-                # The refit runs under the host's lock and evaluates no selector: give it the
-                # results for every device of the host now, while no lock is held.
-                _know_selectors(request, snapshot.by_name.get(placement.host))
-                try:
-                    return self._claim_on(placement, request, project, doc, caller, ctx, refit=refit)
-                except LostRace as exc:
-                    _lost(exc)
-                    log.debug("refit of %s on %s failed: %s", request.consumer, placement.host, exc)
+            try:
+                return self._claim_ranked(
+                    decision, subset, snapshot, request, project, doc, caller, ctx, quota, burst=burst
+                )
+            except OverQuota as exc:
+                over = exc
+                quota = self._quota(project)
+                continue
+            except LostRace:
+                over = None
             # Every ranked host was lost: back off a little before reading afresh.
             time.sleep(self.rng.uniform(0, 0.002 * (attempt + 1)))
         else:
             assert decision is not None
-            refusal = self._no_valid_host(
-                request, decision, "every fitting host was taken by concurrent claims"
+            refusal = (
+                over.error
+                if over is not None
+                else self._no_valid_host(
+                    request, decision, "every fitting host was taken by concurrent claims"
+                )
             )
         assert refusal is not None
         return refusal
+
+    def _claim_ranked(
+        self,
+        decision: Decision,
+        subset: int,
+        snapshot: Snapshot,
+        request: Request,
+        project: str,
+        doc: dict[str, Any],
+        caller: Principal,
+        ctx: ClaimContext,
+        quota: Quota | None,
+        *,
+        burst: bool,
+    ) -> tuple[schemas.Allocation, bool]:
+        """Claim on one of the decision's hosts; raises ``LostRace`` when every one was lost,
+        :class:`OverQuota` at once when the quota refused the devices taken on one.
+
+        Each ranked host is tried at most twice. First as the snapshot saw it, skipping a host
+        another claim holds; then, for the hosts that were busy or lost, under the host's lock
+        with a fresh look at its devices (a refit), in rank order. Concurrent claims so spread
+        over the hosts, and a host that still fits is not given up.
+        """
+        again = []
+        order = claim_order(decision.placements, subset, self.rng)
+        if burst:  # hosts another claim of this process is on now: last (stable sort)
+            with self._in_flight_lock:
+                order = tuple(sorted(order, key=lambda p: p.host in self._claiming))
+        for placement in order:
+            try:
+                return self._claim_on(placement, request, project, doc, caller, ctx)
+            except OverQuota:
+                raise
+            except LostRace as exc:
+                _lost(exc)
+                log.debug("claim of %s on %s lost a race: %s", request.consumer, placement.host, exc)
+                again.append(placement)
+        refit = self._refit(request, quota)
+        lost: LostRace | None = None
+        for placement in again:
+            # The refit runs under the host's lock and evaluates no selector: give it the
+            # results for every device of the host now, while no lock is held.
+            _know_selectors(request, snapshot.by_name.get(placement.host))
+            try:
+                return self._claim_on(placement, request, project, doc, caller, ctx, refit=refit)
+            except OverQuota:
+                raise
+            except LostRace as exc:
+                _lost(exc)
+                log.debug("refit of %s on %s failed: %s", request.consumer, placement.host, exc)
+                lost = exc
+        raise lost or LostRace("every ranked host was lost")
 
     def _claim_on(
         self,
@@ -386,9 +445,8 @@ class Placer:
             request_doc=doc,
             actor=caller.name,
             type_names={i: t for t, i in ctx.type_ids.items()},
-            # IOMMU group mates count against their own type's quota, which the claim's read
-            # did not look at: check under the lock whenever there are any.
-            check_quota=bool(ctx.limits) or any(c.companion_ids for c in placement.chosen),
+            # The store checks the quota for the devices it takes (a refit's, group mates
+            # included) whenever the project has a limit for one of their types by then.
             wait=refit is not None,
             refit=refit,
             # What each named request's params take of its devices' pools (a VF's guaranteed
@@ -475,9 +533,7 @@ class Placer:
         if has_params(body):
             types = [a.type for r in request.requests for a in r.alternatives]
             _checked_doc(body, self.store.type_params(types), _project(request, caller))
-        quota = (
-            self._quota(request, _project(request, caller)) if (request.project or caller.project) else None
-        )
+        quota = self._quota(_project(request, caller)) if (request.project or caller.project) else None
         with _budgeted():
             decision = (
                 explain(request, snapshot, self.config.policy)

@@ -442,7 +442,9 @@ class Store:
         rotate_all: bool = False,
     ) -> ClaimContext:
         """Everything a claim reads before it writes: the type ids, the project's quota and
-        the first candidates, in two statements (three with a quota).
+        the first candidates, in two statements (three with a quota). The quota is every limit
+        of the project, not only of ``types``: the IOMMU group mates a claim takes along count
+        against their own type's limit, and the scheduler sees them.
 
         A replay of an earlier claim is not looked for here: the claim's own transaction finds
         it (the live-consumer index), and so does :meth:`existing_claim` before a claim that
@@ -495,8 +497,9 @@ class Store:
     def funnel(self, needs: dict[str, int]) -> dict[str, int]:
         return self.db.reading(lambda c: candidates.funnel(c, needs, up_since=self.up_since()))
 
-    def quota(self, project: str, types: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-        return self.db.reading(lambda c: quotas.quota_for(c, project, types))
+    def quota(self, project: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(limits, usage) of every type ``project`` has a limit for."""
+        return self.db.reading(lambda c: quotas.project_quota(c, project))
 
     def set_quota(self, project: str, type_name: str, limit: int | None, actor: str) -> None:
         self.db.retrying(

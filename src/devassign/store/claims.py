@@ -30,7 +30,7 @@ from devassign.store.candidates import load_snapshot
 from devassign.store.db import ConcurrentChange, driver_rows
 from devassign.store.events import record
 from devassign.store.inventory import lock_host, partitions, recarve, recount
-from devassign.store.quotas import enforce_quota
+from devassign.store.quotas import quota_gate, quota_refusal
 from devassign.store.schema import (
     allocation_items,
     allocations,
@@ -50,6 +50,17 @@ class LostRace(Exception):
 
 class HostBusy(LostRace):
     """Another transaction holds the host's lock and the claim chose not to wait for it."""
+
+
+class OverQuota(LostRace):
+    """The devices taken put the project over a limit, counted under the quota's lock: the
+    usage the claim was planned with is stale (another claim of the project committed since,
+    or the claim took other devices than planned). Plan again on a fresh read of the quota;
+    ``error`` is the ``403 quota_exceeded`` to answer when no plan is left."""
+
+    def __init__(self, error: errors.DevassignError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Pick(NamedTuple):
@@ -153,9 +164,15 @@ def _open_pg_statement(lock: str) -> str:
     snapshot knows in the same project (``known``: its project as the snapshot saw it). A
     consumer recorded by a transaction that committed during the statement is in neither:
     no allocation, ``known`` NULL, and the claim starts again. (psycopg's parameters, each
-    cast: see :func:`~devassign.store.db.driver_rows`.)"""
+    cast: see :func:`~devassign.store.db.driver_rows`.)
+
+    It also takes the project's quota gate shared (``quotas.lock_quota_gate``): a quota set
+    waits for this claim, or this claim for the set, and the take's look for a limit then
+    sees every limit set before."""
     return f"""
-        WITH h AS (
+        WITH gate AS (
+            SELECT pg_advisory_xact_lock_shared(hashtextextended(%(gate)s::text, 7))
+        ), h AS (
             SELECT id FROM hosts WHERE name = %(name)s::varchar {lock}
         ), c AS (
             INSERT INTO consumers (uuid, project, created_at)
@@ -176,7 +193,7 @@ def _open_pg_statement(lock: str) -> str:
             RETURNING id
         )
         SELECT (SELECT id FROM h) AS host_id, (SELECT project FROM known) AS known,
-            (SELECT id FROM a) AS alloc_id
+            (SELECT id FROM a) AS alloc_id, (SELECT count(*) FROM gate) AS gated
         """
 
 
@@ -253,7 +270,9 @@ _TAKE_ALL_PG = f"""
             state_changed_at = %(now)s::timestamptz, updated_at = %(now)s::timestamptz
         WHERE id = ANY(%(ids)s::varchar[]) AND host_id = %(host_id)s::int
           AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
-        RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool
+        RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool,
+            EXISTS (SELECT 1 FROM quotas AS q
+                    WHERE q.project = %(project)s::varchar AND q.type_id = devices.type_id) AS limited
     ), items AS (
         INSERT INTO allocation_items (allocation_id, device_id, request_name)
         SELECT %(alloc)s::bigint, t.id, r.name
@@ -268,7 +287,7 @@ _TAKE_ALL_PG = f"""
         VALUES (%(now)s::timestamptz, %(actor)s::varchar, 'allocation_created', %(host)s::varchar,
             %(consumer)s::varchar, %(message)s::text, %(detail)s::jsonb)
     )
-    SELECT id, address, kind, type_id, parent, pool, is_pool,
+    SELECT id, address, kind, type_id, parent, pool, is_pool, limited,
         -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
         -- child of the taken devices. Under the host's lock every claim on this host waits
         -- for this one, so the states read here cannot change before the commit.
@@ -292,8 +311,11 @@ class ClaimOrder:
     """One claim attempt on one host, as the placer decided it.
 
     ``chosen``: per named request, its devices and their IOMMU group mates (:class:`Pick`).
-    ``check_quota=False`` when the project had no quota for these types when the claim read
-    them: the claim is then ordered before any quota set since. ``wait=False``: raise
+    ``check_quota``: check the project's quota for the devices the claim takes (after a refit,
+    the ones it chose then; group mates as their own type), under the quota's lock whenever
+    the project has a limit for one of their types *now*, in this transaction (it raises
+    :class:`OverQuota`); False only for a caller that checks its own way (a move's start).
+    ``wait=False``: raise
     :class:`HostBusy` at once if another transaction holds the host (PostgreSQL; SQLite has one
     writer anyway). ``refit``: choose again on the host's devices as they are under its lock,
     instead of trusting ``chosen`` from an older view (one more statement; used after a claim
@@ -341,15 +363,35 @@ def claim(
 
     Returns the allocation and whether this call made it (False: a replay of the same claim,
     committed earlier or meanwhile). The prelude (the host's lock, the consumer, the
-    allocation row, the refit, the quota) is shared; the devices are then taken by
-    :func:`_take_pg` (one statement of data-modifying CTEs) or :func:`_take_sqlite`.
+    allocation row, the refit) is shared; the devices are then taken by :func:`_take_pg` (one
+    statement of data-modifying CTEs) or :func:`_take_sqlite`, and the quota checked for them.
     """
     prepared = _prelude(conn, order, now=now, ttl=ttl, up_since=up_since)
     if isinstance(prepared, schemas.Allocation):
         return prepared, False
     take = _take_pg if conn.dialect.name == "postgresql" else _take_sqlite
     taken = take(conn, prepared)
+    if order.check_quota:
+        _check_quota(conn, order.project, taken)
     return _answer(conn, prepared, taken, ttl), True
+
+
+def _check_quota(conn: sa.Connection, project: str, taken: Sequence[Any]) -> None:
+    """Raise :class:`OverQuota` when the devices just taken put the project over a limit.
+
+    Looked for after the take, in this transaction, on the devices taken: after a refit they
+    are not the ones the claim planned, and a limit may have been set since the claim's read.
+    On PostgreSQL the take said whether the project has a limit for any of their types (no
+    statement more for a project without); on SQLite (one writer) the check's first statement
+    is that look."""
+    if conn.dialect.name == "postgresql" and not any(r.limited for r in taken):
+        return
+    per_type: dict[int, int] = defaultdict(int)
+    for r in taken:
+        per_type[r.type_id] += 1
+    refusal = quota_refusal(conn, project, per_type)
+    if refusal is not None:
+        raise OverQuota(refusal)
 
 
 def _prelude(
@@ -379,8 +421,6 @@ def _prelude(
             request_of.setdefault(i, pick.name)
     mates = frozenset(request_of) - chosen_ids
     ids = list(request_of)
-    if order.check_quota:
-        enforce_quota(conn, project, ids)
     message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {order.host}"
     return _Taking(
         order, host_id, alloc_id, request_of, mates, now, message, {"project": project, "devices": ids}
@@ -442,6 +482,7 @@ def _open_pg(
     """What :func:`_open_sqlite` does, in one statement (:data:`_OPEN_PG`)."""
     row = _allocation_row(order, None, now, ttl)
     row["name"], row["request"] = order.host, json.dumps(order.request_doc)
+    row["gate"] = quota_gate(order.project)
     found = driver_rows(conn, _OPEN_PG[order.wait], row)[0]
     if found.host_id is None:
         raise _host_not_locked(order)
@@ -471,6 +512,7 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
             "actor": o.actor,
             "host": o.host,
             "consumer": o.consumer,
+            "project": o.project,
             "message": t.message,
             "detail": json.dumps(t.detail),
         },

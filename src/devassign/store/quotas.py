@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,32 +22,41 @@ def type_ids(conn: sa.Connection, names: Iterable[str]) -> dict[str, int]:
     return {r.name: r.id for r in rows}
 
 
-# The type ids, declared params and the project's limits of a claim's types in one statement
-# (built once).
+# The type ids and declared params of a claim's types, and every limit of the project (the
+# IOMMU group mates a claim takes along count against their own type's limit, whatever the
+# request's types), in one statement (built once). Rows of types not asked for carry their
+# limit only; a project has a few quota rows, the catalog tens of types.
+_NAMES: sa.BindParameter[list[str]] = sa.bindparam("names", expanding=True)
 _TYPES_AND_LIMITS = (
-    sa.select(resource_types.c.name, resource_types.c.id, resource_types.c.params, quotas.c.limit)
+    sa.select(
+        resource_types.c.name,
+        resource_types.c.id,
+        resource_types.c.params,
+        quotas.c.limit,
+        resource_types.c.name.in_(_NAMES).label("asked"),
+    )
     .select_from(
         resource_types.outerjoin(
             quotas,
             sa.and_(quotas.c.type_id == resource_types.c.id, quotas.c.project == sa.bindparam("project")),
         )
     )
-    .where(resource_types.c.name.in_(sa.bindparam("names", expanding=True)))
+    .where(sa.or_(resource_types.c.name.in_(_NAMES), quotas.c.limit.is_not(None)))
 )
 # The same on PostgreSQL, run on the driver (every claim runs it; see db.driver_rows).
 _TYPES_AND_LIMITS_PG = """
-    SELECT t.name, t.id, t.params, q."limit"
+    SELECT t.name, t.id, t.params, q."limit", t.name = ANY(%(names)s::varchar[]) AS asked
     FROM resource_types AS t
     LEFT JOIN quotas AS q ON q.type_id = t.id AND q.project = %(project)s::varchar
-    WHERE t.name = ANY(%(names)s::varchar[])
+    WHERE t.name = ANY(%(names)s::varchar[]) OR q."limit" IS NOT NULL
 """
 
 
 def types_and_limits(
     conn: sa.Connection, project: str, type_names: Iterable[str], params: dict[str, Any] | None = None
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """(type ids, limits of ``project``) for the given type names, in one round trip; each
-    type's declared params (as stored) go into ``params`` when it is given."""
+    """(type ids of the given type names, every limit of ``project``), in one round trip; each
+    given type's declared params (as stored) go into ``params`` when it is given."""
     ids: dict[str, int] = {}
     limits: dict[str, int] = {}
     values = {"project": project, "names": sorted(set(type_names))}
@@ -57,20 +65,81 @@ def types_and_limits(
     else:
         rows = conn.execute(_TYPES_AND_LIMITS, values)
     for r in rows:
-        ids[r.name] = r.id
-        if params is not None:
-            params[r.name] = r.params
+        if r.asked:
+            ids[r.name] = r.id
+            if params is not None:
+                params[r.name] = r.params
         if r.limit is not None:
             limits[r.name] = r.limit
     return ids, limits
+
+
+def project_quota(conn: sa.Connection, project: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(limits, usage) of ``project`` for every type it has a limit for."""
+    _, limits = types_and_limits(conn, project, [])
+    return limits, usage_of(conn, project, limits)
 
 
 def quota_for(
     conn: sa.Connection, project: str, type_names: Iterable[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """(limits, usage) of ``project`` for the given types; usage counts live holdings."""
-    _, limits = types_and_limits(conn, project, type_names)
+    wanted = set(type_names)
+    _, limits = types_and_limits(conn, project, [])
+    limits = {t: n for t, n in limits.items() if t in wanted}
     return limits, usage_of(conn, project, limits)
+
+
+def over_quota(
+    project: str,
+    limits: Mapping[str, int],
+    usage: Mapping[str, int],
+    requested: Mapping[str, int],
+    *,
+    whose: str = "this claim",
+) -> errors.DevassignError:
+    """The ``403 quota_exceeded``: its message names the types the request passes (else every
+    limited type it asks for, else every limit: group mates or a mix of alternatives passed
+    them), e.g. ``GPU: limit 4, in use 3, this claim 2``."""
+    over = [t for t in sorted(requested) if t in limits and usage.get(t, 0) + requested[t] > limits[t]]
+    shown = over or [t for t in sorted(requested) if t in limits] or sorted(limits)
+    lines = [
+        f"{t}: limit {limits[t]}, in use {usage.get(t, 0)}"
+        + (f", {whose} {requested[t]}" if t in requested else "")
+        for t in shown
+    ]
+    message = f"project {project} is over quota: " + "; ".join(lines)
+    if not over:
+        message += " (no choice of alternatives, with the IOMMU group mates that come along, fits the limits)"
+    return errors.DevassignError(
+        errors.QUOTA_EXCEEDED,
+        message,
+        project=project,
+        limits=dict(limits),
+        usage=dict(usage),
+        requested=dict(requested),
+    )
+
+
+def lock_quota_gate(conn: sa.Connection, project: str) -> None:
+    """PostgreSQL: hold the project's quota gate exclusively until this transaction ends.
+
+    Every claim holds the gate shared from its first statement on (``claims._OPEN_PG``); a quota
+    set holds it exclusively, so it waits for the project's claims in flight, and a claim that
+    starts meanwhile waits for the set to commit. At READ COMMITTED each of a claim's later
+    statements reads what committed before it: the claim's look for a quota of the types it
+    takes (after it took them) sees every limit set before it could go on, and a limit set
+    later is set after the claim committed. SQLite: ``BEGIN IMMEDIATE`` already makes every
+    writer the only one."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 7))"), {"k": quota_gate(project)}
+        )
+
+
+def quota_gate(project: str) -> str:
+    """The key of the project's quota gate (:func:`lock_quota_gate`)."""
+    return f"quota\x1f{project}"
 
 
 def usage_of(conn: sa.Connection, project: str, type_names: Iterable[str]) -> dict[str, int]:
@@ -147,6 +216,7 @@ def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target
             project=project,
             limits=limits,
             usage=after,
+            requested={t: target[t] for t in more},
         )
 
 
@@ -156,6 +226,8 @@ def set_quota(
     tid = type_ids(conn, [type_name]).get(type_name)
     if tid is None:
         raise errors.DevassignError(errors.TYPE_NOT_FOUND, f"no resource type {type_name!r}")
+    # After the project's claims in flight, before any that starts now (lock_quota_gate).
+    lock_quota_gate(conn, project)
     row = (quotas.c.project == project) & (quotas.c.type_id == tid)
     if limit is None:
         conn.execute(quotas.delete().where(row))
@@ -188,39 +260,37 @@ def list_quotas(conn: sa.Connection, project: str | None = None) -> list[dict[st
     return out
 
 
-def enforce_quota(conn: sa.Connection, project: str, ids: Sequence[str]) -> None:
-    """The quota check that counts: inside the claim, with the project's quota rows locked."""
-    # One statement in the common case (no quota for these types): lock the project's quota
-    # rows of the chosen devices' types, if any.
-    locked = conn.execute(
-        sa.select(quotas.c.type_id)
-        .where(
-            quotas.c.project == project,
-            quotas.c.type_id.in_(sa.select(devices.c.type_id).where(devices.c.id.in_(list(ids)))),
-        )
-        .with_for_update()
-    ).all()
-    if not locked:
-        return
-    wanted: dict[str, int] = defaultdict(int)
-    for r in conn.execute(
-        sa.select(resource_types.c.name)
-        .join(devices, devices.c.type_id == resource_types.c.id)
-        .where(devices.c.id.in_(list(ids)))
-    ):
-        wanted[r.name] += 1
-    limits, usage = quota_for(conn, project, wanted)
-    over = [
-        f"{t}: limit {limits[t]}, {usage.get(t, 0)} in use, {n} requested"
-        for t, n in sorted(wanted.items())
-        if t in limits and usage.get(t, 0) + n > limits[t]
-    ]
-    if over:
-        raise errors.DevassignError(
-            errors.QUOTA_EXCEEDED,
-            f"project {project} is over quota: " + "; ".join(over),
-            project=project,
-            limits=limits,
-            usage=usage,
-            requested=dict(wanted),
-        )
+# The project's limits of some types, their rows locked (in one order: two claims that lock
+# the same rows never deadlock).
+_LOCK_LIMITS = (
+    sa.select(quotas.c.type_id, resource_types.c.name, quotas.c.limit)
+    .join(resource_types, resource_types.c.id == quotas.c.type_id)
+    .where(
+        quotas.c.project == sa.bindparam("project"), quotas.c.type_id.in_(sa.bindparam("ids", expanding=True))
+    )
+    .order_by(quotas.c.type_id)
+    .with_for_update(of=quotas)
+)
+
+
+def quota_refusal(
+    conn: sa.Connection, project: str, taken: Mapping[int, int]
+) -> errors.DevassignError | None:
+    """The quota check that counts, inside the claim after it took its devices (``taken``:
+    how many of each type id, IOMMU group mates included): the 403 to answer when the project
+    is now over a limit of those types, else None.
+
+    The project's rows of those types are locked first (one statement, and all there is when
+    it has none): two checked claims of the project take turns, and the second counts the
+    first's devices once committed. The usage counts this claim's devices too (taken in this
+    transaction)."""
+    rows = conn.execute(_LOCK_LIMITS, {"project": project, "ids": sorted(taken)}).all()
+    if not rows:
+        return None
+    limits = {r.name: r.limit for r in rows}
+    requested = {r.name: taken[r.type_id] for r in rows}
+    usage = usage_of(conn, project, limits)
+    if all(usage.get(t, 0) <= n for t, n in limits.items()):
+        return None
+    before = {t: usage.get(t, 0) - requested[t] for t in limits}
+    return over_quota(project, limits, before, requested)
