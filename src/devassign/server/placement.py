@@ -74,7 +74,7 @@ def first_choices(request: Request, n: int = 1) -> dict[str, int]:
     return dict(first)
 
 
-def quota_refusal(
+def plan_quota_refusal(
     request: Request, project: str, quota: Quota, *, n: int = 1, whose: str = "this claim"
 ) -> errors.DevassignError:
     """The ``403 quota_exceeded`` of a plan that no host fits within the quota: ``requested``
@@ -334,7 +334,7 @@ class Placer:
                     and "over_quota" in decision.explanation.removed
                     and len(decision.explanation.removed) == 1
                 ):
-                    refusal = quota_refusal(request, project, quota)
+                    refusal = plan_quota_refusal(request, project, quota)
                 else:
                     refusal = self._no_valid_host(request, decision, "no host can hold this request")
                 break
