@@ -30,3 +30,19 @@ def test_largest_quota_is_taken(api: TestClient) -> None:
     assert api.post("/v1/resource-types", json={"name": "GPU"}).status_code == 201
     assert api.put("/v1/quotas/" + "p" * 64 + "/GPU", json={"limit": 2**31 - 1}).status_code == 204
     assert [q["limit"] for q in api.get("/v1/quotas").json()] == [2**31 - 1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/quotas?project=" + "p" * 65,
+        "/v1/quotas?project=-p",
+        "/v1/allocations?project=a%20b",
+    ],
+)
+def test_a_filter_that_cannot_be_a_project_is_400_not_an_empty_list(api: TestClient, path: str) -> None:
+    """An empty list would read as "that project has none", when the name was mistyped."""
+    r = api.get(path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and "project" in err["message"], err["message"]

@@ -253,3 +253,15 @@ def test_a_poison_message_does_not_stop_later_releases(
         # leave nothing behind for the bus fixture's clean-up
         with bus.connection() as conn:
             conn.default_channel.queue_purge(bus.queue)
+
+
+@pytest.mark.parametrize("host", ["h" * 254, "compute 1", "-compute"])
+def test_a_nova_host_that_cannot_be_a_devassign_host_releases_nothing_and_asks_nothing(host: str) -> None:
+    """A Nova host name devassign cannot hold (longer than 253, a space, a leading dash) names
+    no devassign host: the conditional release has nothing to take there, so the message is
+    acknowledged without a call (never a release without ``?host=``, which could take the
+    retry's devices elsewhere)."""
+    listener, seen = _listener()
+    body = _wrapped("instance.create.error", {"uuid": str(uuid.uuid4()), "host": host})
+    assert listener.handle(body) is Outcome.ACK
+    assert seen == []

@@ -37,7 +37,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import kombu as _kombu
 
-from devassign.domain import UUID_RE
+from devassign.domain import HOST_RE, UUID_RE
 
 # kombu's API is mostly untyped: its calls are checked by the tests against a real broker.
 kombu: Any = _kombu
@@ -280,6 +280,14 @@ class NovaListener:
         host = None
         if notification.event_type == "instance.create.error" and notification.host:
             host = f"{self.config.host_prefix}{notification.host}{self.config.host_suffix}"
+            if not HOST_RE.fullmatch(host):  # no devassign host has that name: nothing of it there
+                LOG.info(
+                    "instance %s (%s): nothing to release on %s: not a devassign host name",
+                    notification.instance,
+                    notification.event_type,
+                    _shown(host),
+                )
+                return Outcome.ACK
         outcome, what = self.releaser.release(notification.instance, host)
         if outcome is Outcome.RETRY:
             if self._failures == 0:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Route
 
 from devassign import errors
-from devassign.domain import Role
+from devassign.domain import Role, check_project
 from devassign.store import Principal
 from devassign.store.tokens import SESSION_PREFIX
 
@@ -219,7 +219,10 @@ class Scope:
         return self.host
 
     def project_filter(self, asked: str | None) -> str | None:
-        """The project a listing is limited to: the member's own, whatever it asked for."""
+        """The project a listing is limited to: the member's own, whatever it asked for. A name
+        that cannot be a project is a 400, not an empty list that looks like "no such rows"."""
+        if asked is not None:
+            check_project(asked)
         if self.project is None:
             return asked
         if asked and asked != self.project:
