@@ -55,8 +55,10 @@ def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (facts or {}).items() if k != CLEARED}
 
 
-def _host_id(conn: sa.Connection, host: str, instance: str | None) -> int:
-    """The host's id, for the agent process ``instance`` (its header) that asks.
+def _host_id(conn: sa.Connection, host: str, instance: str | None, *, lock: bool = False) -> int:
+    """The host's id, for the agent process ``instance`` (its header) that asks; with ``lock``
+    the host row is locked by the same read (``lock_host``), so the instance checked is the one
+    on record when the results apply, not one a report replaced in between.
 
     Only the process whose report the server took may fetch or answer the host's work: a
     machine refused as the host (another host id: one agent.toml copied to two machines), or a
@@ -64,7 +66,10 @@ def _host_id(conn: sa.Connection, host: str, instance: str | None) -> int:
     cleanups on its own devices and report the real host's devices clean. A restarted agent
     reports first (its report takes the host over), then works.
     """
-    row = conn.execute(sa.select(hosts.c.id, hosts.c.agent_instance).where(hosts.c.name == host)).first()
+    q = sa.select(hosts.c.id, hosts.c.agent_instance).where(hosts.c.name == host)
+    if lock:
+        q = q.with_for_update(key_share=True)  # as lock_host
+    row = conn.execute(q).first()
     if row is None:
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
     # Also when none is on record (a host reported by `agent run --once` or by a batch, or just
@@ -152,8 +157,7 @@ def apply_results(
     actor: str,
     instance: str | None = None,
 ) -> list[schemas.WorkOutcome]:
-    hid = _host_id(conn, host, instance)
-    lock_host(conn, hid)
+    hid = _host_id(conn, host, instance, lock=True)
     out = []
     for res in results:
         row = conn.execute(
