@@ -140,3 +140,16 @@ def test_agent_discover_fits_80_columns(tmp_path: Path) -> None:
     words = set(result.stdout.split())
     assert {"0000:3b:10.0", "0000:5e:00.0/nvidia-230/0", "sriov_vf", "mdev_type", "iavf", "nvidia"} <= words
     assert {"address", "kind", "driver"} <= words, result.stdout
+
+
+def test_python_dash_m_devassign_is_the_devassign_command() -> None:
+    """Where the console script is not on PATH (a venv not activated, a unit naming the
+    interpreter), ``python -m devassign`` runs the same program."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "devassign", "types", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: devassign types" in done.stdout
