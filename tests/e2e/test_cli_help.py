@@ -149,7 +149,11 @@ def test_python_dash_m_devassign_is_the_devassign_command() -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "devassign", "types", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "devassign", "types", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "Usage: devassign types" in done.stdout

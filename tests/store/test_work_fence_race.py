@@ -24,7 +24,8 @@ OLD, NEW = "old-process-1", "new-process-2"
 def test_results_of_a_process_replaced_while_they_wait_for_the_host_are_refused(store: Store) -> None:
     store.create_type(schemas.ResourceTypeCreate(name="GPU"), "admin")
     dev = schemas.ReportedDevice(address="0000:10:00.0", kind="pci", type="GPU")
-    store.apply_report("h1", schemas.InventoryReport(generation=1, devices=[dev], agent_instance=OLD), "agent")
+    report = schemas.InventoryReport(generation=1, devices=[dev], agent_instance=OLD)
+    store.apply_report("h1", report, "agent")
     [device] = store.list_devices(host="h1")
     result = schemas.WorkResult(device_id=device.id, action="cleanup", ok=True)
 

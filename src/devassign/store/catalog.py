@@ -306,6 +306,17 @@ def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
             allocations=len(naming),
         )
     conn.execute(inventory.delete().where(inventory.c.type_id == row.id))
-    conn.execute(quotas.delete().where(quotas.c.type_id == row.id))
+    # A quota of a type that is gone limits nothing; the event says which went with it.
+    dropped = {
+        r.project: r.limit
+        for r in conn.execute(
+            quotas.delete().where(quotas.c.type_id == row.id).returning(quotas.c.project, quotas.c.limit)
+        )
+    }
     conn.execute(resource_types.delete().where(resource_types.c.id == row.id))
-    record(conn, at=now, actor=actor, action="type_deleted", type=name, message=f"type {name} deleted")
+    message = f"type {name} deleted"
+    if dropped:
+        shown = ", ".join(sorted(dropped)[:5]) + (", ..." if len(dropped) > 5 else "")
+        message += f", with its quotas for {len(dropped)} project(s): {shown}"
+    detail = {"quotas_removed": dict(sorted(dropped.items())[:100])} if dropped else None
+    record(conn, at=now, actor=actor, action="type_deleted", type=name, message=message, detail=detail)
