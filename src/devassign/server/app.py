@@ -294,20 +294,24 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     _install_error_handlers(app)
     _install_openapi(app)
     app.state.placer = Placer(store, settings.placement)
-    app.include_router(routes.router)
-    app.include_router(stream.router)
-    app.include_router(claims.router)
-    app.include_router(gang_routes.router)
-    app.include_router(dashboard.router)
-    app.include_router(lifecycle.router)
-    app.include_router(audit.router)
-    app.include_router(taints.router)
-    app.include_router(move_routes.router)
-    app.include_router(cyborg_routes.router)
 
+    # Starlette tries routes in order, so the calls made most (probes, claims, the agents'
+    # work, reports and heartbeats) come first; no two routes here match the same path and
+    # method, so the order changes nothing else.
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": devassign.__version__}
+
+    app.include_router(claims.router)
+    app.include_router(lifecycle.router)
+    app.include_router(routes.router)
+    app.include_router(move_routes.router)
+    app.include_router(gang_routes.router)
+    app.include_router(stream.router)
+    app.include_router(taints.router)
+    app.include_router(audit.router)
+    app.include_router(cyborg_routes.router)
+    app.include_router(dashboard.router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
