@@ -15,7 +15,8 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,11 @@ class DeviceRule:
                 value = dev.attributes.get(attribute)
                 if not isinstance(value, str) or not fnmatch.fnmatchcase(value, want):
                     return False
-            else:  # address, driver, parent: globs
+            else:  # address, driver, parent: globs (addresses whatever their case: a USB
+                # serial or an mdev type name may have capitals; the rule's glob is lowercased)
                 have = getattr(dev, key)
+                if have is not None and key != "driver":
+                    have = have.lower()
                 if have is None or not fnmatch.fnmatchcase(have, want):
                     return False
         return True
@@ -160,12 +164,13 @@ class ResourceDecl:
     information: str = ""
     id: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    first: int = 0  # the first unit's number: entries of one type without an id count on
 
     def units(self) -> list[FoundDevice]:
         """``static:<id>/<i>`` for each unit, so every unit has its own identity."""
         base = self.id or self.type
         out = []
-        for i in range(self.count):
+        for i in range(self.first, self.first + self.count):
             attrs = dict(self.attributes)
             if self.information:
                 attrs["information"] = self.information
@@ -295,7 +300,7 @@ def parse_config(
             raise fail("pci_ids must be a path")
         pci_ids = base / Path(raw["pci_ids"]).expanduser()
     rules = tuple(_rule(r, i, fail) for i, r in enumerate(_tables(raw, "device", fail), 1))
-    resources = tuple(_resource(r, i, fail) for i, r in enumerate(_tables(raw, "resource", fail), 1))
+    resources = _numbered(_resource(r, i, fail) for i, r in enumerate(_tables(raw, "resource", fail), 1))
     declared = sum(res.count for res in resources)
     if declared > MAX_DEVICES_PER_REPORT:
         raise fail(
@@ -484,6 +489,22 @@ def _match_value(key: str, value: str, where: str, fail: Any) -> str:
     if key in ("address", "parent"):
         return value.lower()
     return value
+
+
+def _numbered(resources: Iterable[ResourceDecl]) -> tuple[ResourceDecl, ...]:
+    """Entries of one type without an ``id`` number their units on from the one before (two
+    cards of a type with different ``information``: ``static:T/0``, ``static:T/1``), in the
+    file's order; an ``id`` keeps an entry's identities whatever the order."""
+    next_unit: dict[str, int] = {}
+    out = []
+    for res in resources:
+        if res.id is None:
+            first = next_unit.get(res.type, 0)
+            next_unit[res.type] = first + res.count
+            out.append(replace(res, first=first))
+        else:
+            out.append(res)
+    return tuple(out)
 
 
 def _resource(table: dict[str, Any], i: int, fail: Any) -> ResourceDecl:

@@ -107,7 +107,7 @@ def test_host_defaults_to_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[[resource]]\ntype = "T"\ncount = 0', "[[resource]] #1 (type T): count must be"),
         ('[[resource]]\ntype = "T"\ncount = true', "count must be"),
         ('[[resource]]\ntype = "T"\nid = "a b"', "id 'a b' must be"),
-        ('[[resource]]\ntype = "T"\n[[resource]]\ntype = "T"', "declared twice"),
+        ('[[resource]]\ntype = "T"\nid = "x"\n[[resource]]\ntype = "U"\nid = "x"', "declared twice"),
         ("device = 3", "device must be written as [[device]] tables"),
         ("host = ", "not valid TOML"),
     ],
