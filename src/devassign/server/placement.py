@@ -243,6 +243,18 @@ class Placer:
         limits, usage = self.store.quota(project)
         return Quota(limits, usage) if limits else None
 
+    def _named_verdicts(self, request: Request, decision: Decision, quota: Quota | None) -> Decision:
+        """A refused claim that names hosts says each one's own reason, as explain does: the
+        candidate read leaves out the named hosts that are down or short of free devices,
+        which would otherwise read as unknown. Only on the refusal, never on the way to a claim."""
+        if not request.hosts:
+            return decision
+        named = sorted(set(request.hosts))
+        if sum(n for _, n in self.store.host_sizes(names=named)) > self.config.max_devices:
+            return decision  # too large to read again for a sentence: the first answer stands
+        full = schedule(request, self.store.snapshot_of(named), self.config.policy, quota=quota)
+        return decision if full.fits else full  # freed since: the refusal read stands
+
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
         body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
         closest = "; ".join(c["message"] for c in body["closest"])
@@ -336,6 +348,7 @@ class Placer:
                 ):
                     refusal = plan_quota_refusal(request, project, quota)
                 else:
+                    decision = self._named_verdicts(request, decision, quota)
                     refusal = self._no_valid_host(request, decision, "no host can hold this request")
                 break
             # First attempt: one of the few best at random; after a lost race, or in a burst,
