@@ -221,7 +221,8 @@ def consumes(placement: MigPlacement) -> dict[str, int]:
 
 
 def add_mig_placements(devices: list[FoundDevice]) -> None:
-    """Append every MIG placement of every GPU in the table (not its VFs) as a device: a
+    """Append every MIG placement of every GPU in the table (not its VFs) as a device, and give
+    the GPU its ``memory_mib`` and ``gpu_model``: a
     partition of the GPU (scheduler/shares.py) that takes its memory slices and compute
     slices, in mode ``MIG`` (a GPU runs MIG instances, or vGPUs, or is held whole). Only those
     an agent rule types are reported (``kind = "mig"`` or ``mig_profile``)."""
@@ -231,6 +232,11 @@ def add_mig_placements(devices: list[FoundDevice]) -> None:
         model = lookup(gpu.vendor_id, gpu.product_id)
         if model is None:
             continue
+        # The whole GPU's size from the same table, so a selector such as
+        # ``device.attributes.memory_mib >= 40960`` works without a rule saying it (a rule's
+        # own ``attributes`` still win): nominal, GB x 1024, as the demo's A100s carry it.
+        gpu.attributes.setdefault("memory_mib", model.memory_gb * 1024)
+        gpu.attributes.setdefault("gpu_model", model.name)
         pool = counters(model)
         for p in placements(model):
             devices.append(
