@@ -21,7 +21,7 @@ from devassign.scheduler.candidates import Candidates
 from devassign.scheduler.reasons import Reason, ReasonCode, constraint_phrase, distribution
 from devassign.scheduler.request import Alternative, Constraint, DeviceRequest, Request
 from devassign.scheduler.shares import copy_pools
-from devassign.scheduler.view import DeviceView, HostView
+from devassign.scheduler.view import STANDARD_FIELDS, DeviceView, HostView
 
 DEFAULT_BUDGET = 10_000
 DIAGNOSIS_BUDGET = 2_000
@@ -63,7 +63,10 @@ def attribute_value(device: DeviceView, attribute: str) -> Any:
     (``reset_methods``, or whatever an agent reports) compares whole, as a hashable value: the
     search keys its classes of devices by these values."""
     if attribute.startswith("attributes."):
-        return _frozen(device.attributes.get(attribute[len("attributes.") :]))
+        name = attribute[len("attributes.") :]
+        if name in device.attributes or name not in STANDARD_FIELDS:
+            return _frozen(device.attributes.get(name))
+        attribute = name  # a standard field, as selectors read it (DeviceView.selector_attributes)
     return _frozen(getattr(device, attribute, None))
 
 

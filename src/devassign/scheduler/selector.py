@@ -24,7 +24,7 @@ from devassign.scheduler import budget as budgets
 from devassign.scheduler.celcost import CostLimit, Estimate, Unreadable, estimate
 from devassign.scheduler.celtokens import tokenize
 from devassign.scheduler.errors import RequestError, RequestErrorCode
-from devassign.scheduler.view import DeviceView
+from devassign.scheduler.view import STANDARD_FIELDS, DeviceView
 
 # A selector is one expression: 2 KiB holds a long list of models; more is data, not a rule.
 MAX_SELECTOR_LENGTH = 2048
@@ -162,7 +162,45 @@ def _fields_read(source: str) -> tuple[str, ...]:
     fields, whole = _device_fields(source)
     if whole:
         return tuple(sorted(DEVICE_FIELDS))
-    return tuple(sorted(fields & DEVICE_FIELDS))
+    read = fields & DEVICE_FIELDS
+    if "attributes" in read:
+        # device.attributes holds the standard fields too (DeviceView.selector_attributes):
+        # the ones it names, or all of them where the map is used whole (size(), exists()).
+        names, whole_map = _attribute_names(source)
+        read |= set(STANDARD_FIELDS) if whole_map else names & set(STANDARD_FIELDS)
+    return tuple(sorted(read))
+
+
+def _attribute_names(source: str) -> tuple[set[str], bool]:
+    """The names read as ``device.attributes.NAME`` or ``device.attributes["NAME"]``, and
+    whether the map is also used otherwise (a method, an index that is not a literal)."""
+    try:
+        toks = tokenize(source)
+    except Unreadable:
+        return set(), True
+    names: set[str] = set()
+    whole = False
+    for i, t in enumerate(toks):
+        if t.kind != "ident" or t.text != "attributes" or i < 2 or toks[i - 2].text != "device":
+            continue
+        nxt = toks[i + 1 : i + 4]
+        if len(nxt) >= 2 and nxt[0].text == "." and nxt[1].kind == "ident":
+            if len(nxt) == 3 and nxt[2].text == "(":
+                whole = True  # a method on the map
+            else:
+                names.add(nxt[1].text)
+        elif (
+            len(nxt) == 3
+            and nxt[0].text == "["
+            and nxt[1].kind == "str"
+            and nxt[2].text == "]"
+            and nxt[1].text[:1] in "\"'"
+            and nxt[1].text[:3] not in ('"""', "'''")
+        ):
+            names.add(nxt[1].text[1:-1])  # a plain quoted name (an escape in it: not a field's)
+        else:
+            whole = True
+    return names, whole
 
 
 def _device_fields(source: str) -> tuple[set[str], bool]:

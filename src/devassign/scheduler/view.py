@@ -59,6 +59,21 @@ class JsonAttributes(Mapping[str, Any]):
         return repr(self._decoded())
 
 
+# The fields every device has beside its free-form attributes; a selector reads them as
+# ``device.NAME`` and, where no attribute has the name, as ``device.attributes.NAME``.
+STANDARD_FIELDS = (
+    "address",
+    "kind",
+    "type",
+    "vendor_id",
+    "product_id",
+    "numa_node",
+    "iommu_group",
+    "driver",
+    "parent",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceView:
     """One device as the scheduler sees it: identity, topology, attributes and state."""
@@ -93,6 +108,17 @@ class DeviceView:
         """Whether someone holds it (or held it when it vanished)."""
         return self.state in HOLDING_STATES
 
+    def selector_attributes(self) -> dict[str, Any]:
+        """``device.attributes`` as a selector sees it: the reported attributes, and under the
+        same names the standard fields that have a value (``device.attributes.numa_node`` is
+        ``device.numa_node``), since users count those among a device's attributes. A reported
+        attribute of the same name wins."""
+        out = {name: getattr(self, name) for name in STANDARD_FIELDS}
+        out["kind"] = str(self.kind)
+        out = {k: v for k, v in out.items() if v is not None}
+        out.update(self.attributes)
+        return out
+
     def cel_value(self) -> dict[str, Any]:
         """The ``device`` variable a CEL selector sees (docs/requests.md, "Selectors")."""
         return {
@@ -105,7 +131,7 @@ class DeviceView:
             "iommu_group": self.iommu_group,
             "driver": self.driver,
             "parent": self.parent,
-            "attributes": dict(self.attributes),
+            "attributes": self.selector_attributes(),
         }
 
 

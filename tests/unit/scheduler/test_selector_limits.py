@@ -237,10 +237,13 @@ def distinct(n: int) -> list[DeviceView]:
 def test_the_request_budget_stops_a_request_between_evaluations() -> None:
     request = req(one("GPU", selector="device.address.startsWith('0000:1')"))
     cost = request.requests[0].first.selector.cost  # type: ignore[union-attr]
-    per_device = HANDOFF_UNITS + HANDOFF_UNITS_PER_VALUE * 10 + cost  # ten fields, no attributes
+    big = host("big", distinct(50))
+    # The fields and the attributes map as CEL gets them (the standard fields in it too).
+    values = measure(big.devices[0].cel_value())[1]
+    per_device = HANDOFF_UNITS + HANDOFF_UNITS_PER_VALUE * values + cost
     budget = SelectorBudget(units=per_device * 10)
     with selector_budget(budget), pytest.raises(RequestError) as caught:
-        schedule(request, Snapshot((host("big", distinct(50)),)))
+        schedule(request, Snapshot((big,)))
     assert budget.evaluations == 10
     assert caught.value.code is RequestErrorCode.INVALID_SELECTOR
     assert f"evaluation budget of {per_device * 10:,} units" in caught.value.message
