@@ -157,3 +157,21 @@ def test_python_dash_m_devassign_is_the_devassign_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Usage: devassign types" in done.stdout
+
+
+@pytest.mark.parametrize(("command", "port"), [("server", "99999"), ("server", "0"), ("demo", "70000")])
+def test_a_port_that_cannot_exist_is_a_usage_error(command: str, port: str) -> None:
+    """It was taken modulo 65536: the server said it listened on :99999 and listened on
+    :34463."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "devassign", command, "--port", port],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "--port" in done.stderr and "Traceback" not in done.stderr

@@ -26,6 +26,7 @@ def test_demo_runs_and_shows_usage(tmp_path: Path) -> None:
         assert expected in out, expected
     # Its server has stopped: no dashboard address to visit. Its folder is marked as the demo's.
     assert "dashboard:" not in out
+    assert "with the dashboard at http://127.0.0.1:" in out  # where --keep-running serves it
     assert (tmp_path / "demo" / ".devassign-demo").is_file()
     # The request that cannot be placed says why.
     assert "refused" in out and "too few free GPU_A100" in out

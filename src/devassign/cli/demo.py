@@ -326,8 +326,9 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
         emit(api.get("/v1/hosts"), Format.table, HOST_COLUMNS, title="hosts")
         if not keep_running:
             # The server stops with this function: no address to visit.
-            console.print(
-                "\n(run `devassign demo --keep-running` to keep the server and agents up, with the dashboard)"
+            print(  # plain: an address wrapped to the terminal's width could not be copied
+                "\n(run `devassign demo --keep-running` to keep the server and agents up, with the "
+                f"dashboard at {url}/ui/)"
             )
             return
         link = api.post(f"/v1/tokens/{admin_id}/login-link")["url"]

@@ -104,7 +104,7 @@ class PlacementPolicy(StrEnum):
 def server(
     db: DbOpt = None,
     bind: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 8470,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8470,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Everyone is admin: local development only")
     ] = False,
@@ -478,7 +478,7 @@ def _pydantic_message(exc: Any) -> str:
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Port for the demo server")] = 8470,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the demo server")] = 8470,
     hosts: Annotated[int, typer.Option(help="How many simulated hosts")] = 3,
     keep_running: Annotated[
         bool, typer.Option("--keep-running/--exit", help="Keep the server up afterwards")
