@@ -104,7 +104,7 @@ DEVICE_COLUMNS = [
     ("address", lambda d: d["address"]),
     ("type", lambda d: d["type"]),
     ("kind", lambda d: d["kind"]),
-    ("state", lambda d: d["state"] + ("" if d["healthy"] else " (unhealthy)")),
+    ("state", lambda d: d["state"] + ("" if d["healthy"] or d["state"] == "unhealthy" else " (unhealthy)")),
     ("numa", lambda d: d["numa_node"]),
     ("iommu", lambda d: d["iommu_group"]),
     ("parent", lambda d: d["parent"]),
