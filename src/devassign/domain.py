@@ -242,6 +242,13 @@ def address_error(kind: DeviceKind, address: str) -> str | None:
     return None
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits. ``str.isdigit()`` also takes ``²``,
+    which ``int()`` refuses, and ``isdecimal()`` takes other scripts' digits: a name read from
+    the host (``virtfn²``) must be neither a crash nor a number."""
+    return text.isascii() and text.isdigit()
+
+
 def mdev_address(parent: str, mdev_type: str, index: int) -> str:
     """The identity of slot ``index`` of ``mdev_type`` on the GPU at ``parent``."""
     return f"{parent}/{mdev_type}/{index}"
@@ -270,9 +277,9 @@ def nvidia_vgpu(description: str | None) -> tuple[int, int] | None:
     max_resolution=5120x2880, max_instance=4``), or ``None`` for any other description."""
     fields = dict(part.strip().partition("=")[::2] for part in (description or "").split(","))
     fb, most = _FRAMEBUFFER_RE.fullmatch(fields.get("framebuffer", "")), fields.get("max_instance", "")
-    if fb is None or not most.isdecimal() or int(most) <= 0:
+    if fb is None or not ascii_digits(most) or int(most) <= 0:
         return None
     return int(fb.group(1)) * (1024 if fb.group(2) == "G" else 1), int(most)
 
 
-_FRAMEBUFFER_RE = re.compile(r"(\d{1,9})([MG])")
+_FRAMEBUFFER_RE = re.compile(r"([0-9]{1,9})([MG])")

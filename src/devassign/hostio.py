@@ -1,7 +1,8 @@
-"""The one seam between devassign and the host's sysfs.
+"""The one seam between devassign and the host's sysfs (and the few ``/proc`` files it reads).
 
 Everything that reads or writes ``/sys`` goes through :class:`Sysfs`, which takes a root
 path: tests point it at generated trees under ``tmp_path`` and never at the real machine.
+:class:`HostFiles` reads the host's other files (``/proc``, ``/dev`` links) beside that tree.
 Reads never raise for a file that vanished or cannot be read (devices come and go while a
 scan runs: Nova bug 1972028); writes raise :class:`HostIOError` with the path.
 """
@@ -68,6 +69,15 @@ class Sysfs:
         target = self.readlink(rel)
         return os.path.basename(target.rstrip("/")) if target else None
 
+    def subfolders(self, rel: str) -> list[str]:
+        """Sorted sub-folders of a folder that are folders themselves, not links to one (a
+        walk down the device tree must not follow ``driver``, ``subsystem`` or ``physfn``)."""
+        try:
+            with os.scandir(self._p(rel)) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return []
+
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._p(rel))
 
@@ -82,3 +92,38 @@ class Sysfs:
                 f.write(value)
         except OSError as exc:
             raise HostIOError(exc.errno, f"cannot write {value!r} to {target}: {exc.strerror}") from exc
+
+
+class HostFiles:
+    """The host's files outside sysfs (``proc/mounts``, ``dev/disk/...`` links), read-only,
+    under ``root`` (``/`` on a host). Like :class:`Sysfs`, a missing or unreadable file is
+    ``None``, never an error: what cannot be read is unknown."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        self.root = Path(root)
+        self._root = os.fspath(root).rstrip("/")
+
+    @classmethod
+    def beside(cls, sysfs: Sysfs) -> HostFiles:
+        """The files of the machine whose sysfs tree ``sysfs`` is: ``/`` for ``/sys``, and
+        ``DIR`` for a tree at ``DIR/sys`` (a captured or generated host)."""
+        return cls(sysfs.root.parent)
+
+    def _p(self, rel: str) -> str:
+        return self._root + "/" + rel.lstrip("/")
+
+    def read(self, rel: str) -> str | None:
+        """A file's text; bytes that are not UTF-8 (a mount point may hold any) are replaced."""
+        try:
+            with open(self._p(rel), encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except (OSError, ValueError):
+            return None
+
+    def link_name(self, rel: str) -> str | None:
+        """The last part of a link's target (``dev/disk/by-uuid/X`` -> ``sda1``), or ``None``."""
+        try:
+            target = os.readlink(self._p(rel))
+        except (OSError, ValueError):
+            return None
+        return os.path.basename(target.rstrip("/")) or None

@@ -20,6 +20,7 @@ import typer
 
 from devassign.agent.config import AgentConfig, ConfigError, default_config, load_config
 from devassign.agent.inventory import Inventory, build_inventory
+from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice
 from devassign.agent.nova import import_nova
 from devassign.agent.reporter import ReportRefused, ServerUnavailable
 from devassign.agent.state import StateError, StateFile
@@ -190,10 +191,16 @@ def _table(inv: Inventory) -> tuple[list[str], list[list[str]]]:
         ("driver", lambda d: d.driver),
         ("parent", lambda d: d.parent),
         ("type", lambda d: d.type),
-        ("notes", lambda d: ", ".join(d.flags)),
+        ("notes", _notes),
     ]
     rows = [["" if (v := get(dev)) is None else str(v) for _, get in cols] for dev in inv.devices]
     return [name for name, _ in cols], rows
+
+
+def _notes(dev: FoundDevice) -> str:
+    """The device's flags, and for one the host uses, why (``host_in_use: sda1 is swap``)."""
+    shown = [f"{f}: {'; '.join(dev.host_use)}" if f == FLAG_HOST_IN_USE else f for f in dev.flags]
+    return ", ".join(shown)
 
 
 @app.command("import-nova")

@@ -47,7 +47,15 @@ _PARTITION_KEYS = {
     DeviceKind.VGPU: "vgpu_type",
     DeviceKind.MIG: "mig_profile",
 }
-RULE_KEYS = ("type", "match", "attributes", "allow_shared_iommu_group", "match_vfs", "pf_bandwidth_mbps")
+RULE_KEYS = (
+    "type",
+    "match",
+    "attributes",
+    "allow_shared_iommu_group",
+    "match_vfs",
+    "pf_bandwidth_mbps",
+    "allow_host_in_use",
+)
 RESOURCE_KEYS = ("type", "information", "count", "id", "attributes")
 TOP_KEYS = (
     "host",
@@ -92,6 +100,9 @@ class DeviceRule:
     # The VFs it takes share their PF's bandwidth (scheduler/shares.py): this many Mbit/s, or
     # "link" for the PF's link speed; a request's min_tx_rate_mbps takes from it.
     pf_bandwidth_mbps: int | str | None = None
+    # Offer what it matches even where the host uses it (its disk mounted, its link the default
+    # route: agent/hostuse.py); only for an operator who has checked what that pulls away.
+    allow_host_in_use: bool = False
 
     def takes_vfs(self, dev: FoundDevice) -> bool:
         """Whether this rule may take the VF ``dev`` at all (its match keys decide the rest).
@@ -468,7 +479,10 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
     wrong = isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or not 1 <= bandwidth <= 10_000_000
     if bandwidth is not None and bandwidth != "link" and wrong:
         raise fail(f'{where}: pf_bandwidth_mbps must be Mbit/s (1 to 10000000) or "link", not {bandwidth!r}')
-    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs, bandwidth)
+    host_in_use = table.get("allow_host_in_use", False)
+    if not isinstance(host_in_use, bool):
+        raise fail(f"{where}: allow_host_in_use must be true or false")
+    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs, bandwidth, host_in_use)
 
 
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:

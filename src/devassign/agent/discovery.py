@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from devassign.agent.gpus import add_mig_placements, memory_mb
-from devassign.agent.model import FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
+from devassign.agent.hostuse import HostUse, host_use_reasons, read_host_use
+from devassign.agent.model import FLAG_HOST_IN_USE, FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
 from devassign.agent.vgpu import add_vgpus, is_mig_backed
-from devassign.domain import PCI_ADDRESS_RE, DeviceKind, mdev_address, nvidia_vgpu
-from devassign.hostio import Sysfs
+from devassign.domain import PCI_ADDRESS_RE, DeviceKind, ascii_digits, mdev_address, nvidia_vgpu
+from devassign.hostio import HostFiles, Sysfs
+from devassign.schemas import value_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ _HEX_ID_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{4})$")
 _VF_DEVICE_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,4})$")
 _CLASS_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{6})$")
 _CPULIST_RE = re.compile(r"^[0-9,\-]*$")
+# What the kernel prints for a number: decimal (``-1`` for an unknown NUMA node) or ``0x`` hex.
+# int() alone also takes ``1_000``, blanks and non-ASCII digits (``\u0663``).
+_INT_RE = re.compile(r"^(?:-?[0-9]{1,19}|0x[0-9a-fA-F]{1,16})$")
 _MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Slots offered per mdev type at most: a driver that claims more (an odd or hostile value) would
 # otherwise make one host's report larger than the server takes.
@@ -64,21 +69,41 @@ def vf_device_id(raw: str | None, where: str) -> str | None:
 
 
 def to_int(raw: str | None, what: str, where: str) -> int | None:
+    """A number as the kernel prints it (ASCII decimal or ``0x`` hex); ``None``, with a
+    warning for anything else."""
     if raw is None:
         return None
-    try:
-        return int(raw, 0) if raw.startswith("0x") else int(raw)
-    except ValueError:
+    if not _INT_RE.fullmatch(raw):
         log.warning("%s: ignoring odd %s %r", where, what, raw)
         return None
+    return int(raw, 16) if raw.startswith("0x") else int(raw)
+
+
+def drop_odd_values(devices: list[FoundDevice]) -> None:
+    """Leave out, with a warning, each value no report can carry: names taken from the
+    filesystem (an interface renamed to ``b'\\xe9th0'``, a driver's folder) may hold bytes
+    that are no UTF-8 text (lone surrogates here), and a file may hold a NUL. The server
+    would refuse the whole device for one such attribute; only the attribute goes."""
+    for dev in devices:
+        for key in [k for k, v in dev.attributes.items() if value_problem(v, k) or value_problem(k)]:
+            log.warning("%s: ignoring odd %s %s", dev.address, key, ascii(dev.attributes.pop(key)))
+        for name in ("driver", "parent", "mode"):
+            value = getattr(dev, name)
+            if value is not None and value_problem(value):
+                log.warning("%s: ignoring odd %s %s", dev.address, name, ascii(value))
+                setattr(dev, name, None)
 
 
 def scan_pci(
-    sysfs: Sysfs, pci_ids: Path | None = DEFAULT_PCI_IDS, vgpu_seen: dict[str, dict[str, Any]] | None = None
+    sysfs: Sysfs,
+    pci_ids: Path | None = DEFAULT_PCI_IDS,
+    vgpu_seen: dict[str, dict[str, Any]] | None = None,
+    files: HostFiles | None = None,
 ) -> PciScan:
     """Every PCI function under ``bus/pci/devices``, with mdev slots, vGPUs and IOMMU groups.
 
-    ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date."""
+    ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date.
+    ``files``: the host's ``/proc`` (default: beside the sysfs root), for what the host uses."""
     scan = PciScan()
     if not sysfs.is_dir("bus/pci/devices"):
         # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
@@ -89,12 +114,13 @@ def scan_pci(
         )
         return scan
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
+    use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
     for addr in sysfs.listdir("bus/pci/devices"):
         if not PCI_ADDRESS_RE.fullmatch(addr):
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)
             continue
         try:
-            found = _read_function(sysfs, addr, pci_ids, physfn_of)
+            found = _read_function(sysfs, addr, pci_ids, physfn_of, use)
         except OSError as exc:  # the seam should absorb these; never let one device end a scan
             log.warning("%s: skipped, %s", addr, exc)
             continue
@@ -104,6 +130,7 @@ def scan_pci(
     add_vgpus(sysfs, scan.devices, {} if vgpu_seen is None else vgpu_seen, memory_mb(scan.devices))
     add_mig_placements(scan.devices)
     scan.iommu_groups = _iommu_groups(sysfs, scan.devices)
+    drop_odd_values(scan.devices)
     return scan
 
 
@@ -112,6 +139,7 @@ def _read_function(
     addr: str,
     pci_ids: Path | None,
     physfn_of: dict[str, tuple[str, int]],
+    use: HostUse,
 ) -> list[FoundDevice] | None:
     """One function and its mdev slots; ``None`` if it vanished while we looked."""
     base = f"bus/pci/devices/{addr}"
@@ -167,7 +195,7 @@ def _read_function(
         dev.parent = sysfs.link_name(f"{base}/physfn")
     totalvfs = to_int(read("sriov_totalvfs"), "sriov_totalvfs", addr)
     numvfs = to_int(read("sriov_numvfs"), "sriov_numvfs", addr)
-    virtfns = sorted(e for e in entries if e.startswith("virtfn") and e[6:].isdigit())
+    virtfns = sorted(e for e in entries if e.startswith("virtfn") and ascii_digits(e[6:]))
     for link in virtfns:
         vf = sysfs.link_name(f"{base}/{link}")
         if vf is not None:
@@ -191,6 +219,9 @@ def _read_function(
             speed = to_int(sysfs.read(f"{base}/net/{ifnames[0]}/speed"), "link speed", addr)
             if speed is not None and speed > 0:  # -1 while the link is down
                 attrs["link_speed_mbps"] = speed
+    dev.host_use = host_use_reasons(sysfs, base, entries, use)
+    if dev.host_use:
+        dev.flag(FLAG_HOST_IN_USE)
 
     out = [dev]
     if "mdev_supported_types" in entries:
@@ -229,13 +260,14 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
     vgpu = _vgpu_pool(sysfs, parent, base, base.rsplit("/", 1)[0])
     for type_id in sysfs.listdir(base):
         where = f"{parent.address} mdev type {type_id}"
-        if not _MDEV_TYPE_RE.match(type_id):
-            log.warning("%s: odd type name, skipped", where)
-            continue
-        # Instances first: whatever else about the type is odd, the parent is in use.
+        # Instances first: whatever else about the type is odd (its name too), the parent is
+        # in use and must not be offered whole.
         in_use = len(sysfs.listdir(f"{base}/{type_id}/devices"))
         if in_use:
             parent.flag(FLAG_MDEV_IN_USE)
+        if not _MDEV_TYPE_RE.fullmatch(type_id):
+            log.warning("%s mdev type %s: odd type name, skipped", parent.address, ascii(type_id))
+            continue
         available = to_int(sysfs.read(f"{base}/{type_id}/available_instances"), "count", where)
         if available is None or available < 0:
             log.warning("%s: available_instances unreadable, skipped", where)
@@ -309,7 +341,7 @@ def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[st
     """Members per group: the kernel's listing joined with what each device's link says."""
     groups: dict[int, set[str]] = {}
     for name in sysfs.listdir("kernel/iommu_groups"):
-        if name.isdigit():
+        if ascii_digits(name):
             groups[int(name)] = set(sysfs.listdir(f"kernel/iommu_groups/{name}/devices"))
     for dev in devices:
         if dev.iommu_group is not None and dev.kind is not DeviceKind.VGPU:  # functions only

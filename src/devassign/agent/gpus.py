@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devassign.agent.model import FoundDevice
-from devassign.domain import DeviceKind, mig_address
+from devassign.domain import DeviceKind, ascii_digits, mig_address
 
 NVIDIA_VENDOR_ID = "10de"
 COMPUTE_COUNTER = "mig_compute"
@@ -83,7 +83,7 @@ class GpuModel:
     def profile(self, key: int | str) -> MigProfile | None:
         """A profile by id (``9``, ``"9"``) or name (``"3g.40gb"``, ``"MIG 3g.40gb"``)."""
         text = str(key).strip()
-        if text.isdecimal():
+        if ascii_digits(text):
             return next((p for p in self.mig_profiles if p.profile_id == int(text)), None)
         name = text.removeprefix("MIG ").strip()
         return next((p for p in self.mig_profiles if p.name == name), None)

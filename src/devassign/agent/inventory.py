@@ -15,11 +15,17 @@ from typing import Any
 
 from devassign.agent.config import AgentConfig, DeviceRule
 from devassign.agent.discovery import scan_pci
-from devassign.agent.model import FLAG_DUPLICATE, FLAG_IOMMU_SHARED, FLAG_NOT_ENDPOINT, FoundDevice
+from devassign.agent.model import (
+    FLAG_DUPLICATE,
+    FLAG_HOST_IN_USE,
+    FLAG_IOMMU_SHARED,
+    FLAG_NOT_ENDPOINT,
+    FoundDevice,
+)
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.usb import scan_usb
 from devassign.domain import DeviceKind
-from devassign.hostio import Sysfs
+from devassign.hostio import HostFiles, Sysfs
 from devassign.schemas import ReportedDevice
 
 log = logging.getLogger(__name__)
@@ -51,20 +57,31 @@ def build_inventory(
     config: AgentConfig,
     pci_ids: Path | None = DEFAULT_PCI_IDS,
     vgpu_seen: dict[str, dict[str, Any]] | None = None,
+    *,
+    files: HostFiles | None = None,
+    warned: set[str] | None = None,
 ) -> Inventory:
-    """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py)."""
-    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen)
+    """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
+    ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``: see
+    :func:`apply_rules`)."""
+    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, files)
     devices = scan.devices + scan_usb(sysfs)
     _flag_duplicates(devices)
-    apply_rules(devices, config.devices)
+    apply_rules(devices, config.devices, warned)
     check_isolation(devices, scan.iommu_groups)
     for res in config.resources:
         devices.extend(res.units())
     return Inventory(devices, scan.iommu_groups)
 
 
-def apply_rules(devices: list[FoundDevice], rules: tuple[DeviceRule, ...]) -> None:
-    """Give each device the type of the first rule it matches, with the rule's attributes."""
+def apply_rules(
+    devices: list[FoundDevice], rules: tuple[DeviceRule, ...], warned: set[str] | None = None
+) -> None:
+    """Give each device the type of the first rule it matches, with the rule's attributes.
+
+    A device the host uses is not offered unless its rule says ``allow_host_in_use``; that is
+    logged once per device and reason for each ``warned`` set (an agent keeps one, so a
+    report every 30 s does not repeat it), every time without one."""
     by_address = {d.address: d for d in devices}
     for dev in devices:
         for rule in rules:
@@ -75,9 +92,27 @@ def apply_rules(devices: list[FoundDevice], rules: tuple[DeviceRule, ...]) -> No
                 dev.type = rule.type
                 dev.attributes.update(rule.attributes)
                 dev.allow_shared_iommu_group = rule.allow_shared_iommu_group
+                dev.allow_host_in_use = rule.allow_host_in_use
+                if FLAG_HOST_IN_USE in dev.flags and not rule.allow_host_in_use:
+                    _warn_host_use(dev, warned)
                 if rule.pf_bandwidth_mbps is not None:
                     _share_bandwidth(dev, by_address.get(dev.parent or ""), rule.pf_bandwidth_mbps)
                 break
+
+
+def _warn_host_use(dev: FoundDevice, warned: set[str] | None) -> None:
+    key = f"{dev.address} {dev.type}: {'; '.join(dev.host_use)}"
+    if warned is not None:
+        if key in warned:
+            return
+        warned.add(key)
+    log.warning(
+        "%s: matches the rule for type %s but is not offered: the host uses it (%s); "
+        "allow_host_in_use = true in the rule offers it anyway",
+        dev.address,
+        dev.type,
+        "; ".join(dev.host_use),
+    )
 
 
 def _share_bandwidth(vf: FoundDevice, pf: FoundDevice | None, bandwidth: int | str) -> None:

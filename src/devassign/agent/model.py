@@ -19,8 +19,18 @@ FLAG_MDEV_IN_USE = "mdev_in_use"  # a GPU carved into mdev instances cannot be g
 FLAG_IOMMU_SHARED = "iommu_group_not_isolated"  # its group holds endpoints nobody may assign
 FLAG_DUPLICATE = "duplicate_address"  # two devices claimed the same identity
 FLAG_NOT_ENDPOINT = "not_an_endpoint"  # a bridge: it routes, it is no guest's device
+# The host's own disk (held, mounted, swap) or network (default route, bridge or bond port)
+# sits on it: taking it would pull the host's storage or link (agent/hostuse.py).
+FLAG_HOST_IN_USE = "host_in_use"
 BLOCKING_FLAGS = frozenset(
-    {FLAG_VFS_ENABLED, FLAG_MDEV_IN_USE, FLAG_IOMMU_SHARED, FLAG_DUPLICATE, FLAG_NOT_ENDPOINT}
+    {
+        FLAG_VFS_ENABLED,
+        FLAG_MDEV_IN_USE,
+        FLAG_IOMMU_SHARED,
+        FLAG_DUPLICATE,
+        FLAG_NOT_ENDPOINT,
+        FLAG_HOST_IN_USE,
+    }
 )
 
 # Host, PCI-PCI, CardBus and semi-transparent PCI-PCI bridges (PCI class codes 06xx).
@@ -44,6 +54,9 @@ class FoundDevice:
     type: str | None = None
     flags: list[str] = field(default_factory=list)
     allow_shared_iommu_group: bool = False
+    # Why the host uses it (``nvme0n1p3 is held by dm-0``), and whether its rule offers it anyway.
+    host_use: list[str] = field(default_factory=list)
+    allow_host_in_use: bool = False
     # A partition (scheduler/shares.py): the device it is carved from, that pool's counters,
     # what it takes of them while held, and the mode it runs its pool in.
     pool: str | None = None
@@ -74,8 +87,12 @@ class FoundDevice:
 
     @property
     def offered(self) -> bool:
-        """Has a type and nothing that forbids handing it out."""
-        return self.type is not None and not BLOCKING_FLAGS.intersection(self.flags)
+        """Has a type and nothing that forbids handing it out (host use only where its rule
+        says ``allow_host_in_use``)."""
+        blocking = set(BLOCKING_FLAGS.intersection(self.flags))
+        if self.allow_host_in_use:
+            blocking.discard(FLAG_HOST_IN_USE)
+        return self.type is not None and not blocking
 
     def flag(self, name: str) -> None:
         if name not in self.flags:
@@ -89,13 +106,17 @@ class FoundDevice:
 
     def to_json(self) -> dict[str, Any]:
         """The ``agent discover -f json`` shape (docs/agent.md): its facts (the partition
-        fields only for a partition), its type, whether it is offered, its flags."""
+        fields only for a partition), its type, whether it is offered, its flags, and for one
+        the host uses, why (``host_use``)."""
         out = self.facts()
         out["kind"] = self.kind.value
         if self.pool is None:
             for name in ("pool", "pool_counters", "consumes", "mode"):
                 out.pop(name)
-        return {**out, "type": self.type, "offered": self.offered, "flags": list(self.flags)}
+        shown = {**out, "type": self.type, "offered": self.offered, "flags": list(self.flags)}
+        if self.host_use:
+            shown["host_use"] = list(self.host_use)
+        return shown
 
     def to_reported(self) -> ReportedDevice:
         """The wire form; only call for devices that are :attr:`offered`."""

@@ -14,21 +14,21 @@ from __future__ import annotations
 import logging
 import re
 
-from devassign.agent.discovery import hex_id
+from devassign.agent.discovery import drop_odd_values, hex_id
 from devassign.agent.model import FoundDevice
 from devassign.domain import DeviceKind, usb_address
 from devassign.hostio import Sysfs
 
 log = logging.getLogger(__name__)
 
-_BUSID_RE = re.compile(r"^\d+-\d+(\.\d+)*$")
+_BUSID_RE = re.compile(r"^[0-9]+-[0-9]+(\.[0-9]+)*$")  # ASCII digits: \d takes any script's
 HUB_CLASS = "09"
 
 
 def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
     """Every USB device (not interface, not hub) the host shows."""
     found: list[FoundDevice] = []
-    busids = [b for b in sysfs.listdir("bus/usb/devices") if _BUSID_RE.match(b)]  # not usbN, 1-1:1.0
+    busids = [b for b in sysfs.listdir("bus/usb/devices") if _BUSID_RE.fullmatch(b)]  # not usbN, 1-1:1.0
     # A device with one behind it (1-3 of 1-3.4) is a hub even where its class is unreadable.
     hubs = {b for b in busids if _is_hub(sysfs, b)} | {b.rpartition(".")[0] for b in busids if "." in b}
     for busid in busids:
@@ -41,6 +41,7 @@ def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
             if upstream in hubs:
                 dev.attributes["usb_hub"] = upstream
             found.append(dev)
+    drop_odd_values(found)
     return found
 
 

@@ -24,16 +24,17 @@ from collections import defaultdict
 from typing import Any
 
 from devassign.agent.model import FoundDevice
-from devassign.domain import DeviceKind, vgpu_address
+from devassign.domain import DeviceKind, ascii_digits, vgpu_address
 from devassign.hostio import Sysfs
 
 log = logging.getLogger(__name__)
 
 CREATABLE = "nvidia/creatable_vgpu_types"
 CURRENT = "nvidia/current_vgpu_type"
-_LINE_RE = re.compile(r"^\s*(\d{1,9})\s*:\s*(\S.{0,127}?)\s*$")
-_SIZE_RE = re.compile(r"-(\d{1,4})([A-Z]{1,2})$")
-_MIG_BACKED_RE = re.compile(r"-\d+-\d+[A-Z]{1,2}$")
+# [0-9], not \d: \d also takes other scripts' digits.
+_LINE_RE = re.compile(r"^\s*([0-9]{1,9})\s*:\s*(\S.{0,127}?)\s*$")
+_SIZE_RE = re.compile(r"-([0-9]{1,4})([A-Z]{1,2})$")
+_MIG_BACKED_RE = re.compile(r"-[0-9]+-[0-9]+[A-Z]{1,2}$")
 
 
 def is_mig_backed(name: str) -> bool:
@@ -80,7 +81,7 @@ def add_vgpus(
         if listed is None:
             continue
         current = sysfs.read(f"{base}/{CURRENT}") or "0"
-        per_pf[dev.parent].append((dev, creatable(listed), int(current) if current.isdecimal() else 0))
+        per_pf[dev.parent].append((dev, creatable(listed), int(current) if ascii_digits(current) else 0))
     for pf, vfs in per_pf.items():
         # Remembered per GPU model too: a card swapped for another in the same slot must not
         # be offered the old card's types (nor sized by them).
@@ -88,7 +89,7 @@ def add_vgpus(
         for old in [k for k in seen if k == pf or (k.startswith(pf + "@") and k != key)]:
             del seen[old]
         types: dict[int, str] = {}
-        types.update((int(t), str(n)) for t, n in seen.get(key, {}).items() if str(t).isdecimal())
+        types.update((int(t), str(n)) for t, n in seen.get(key, {}).items() if ascii_digits(str(t)))
         for _, offered, _running in vfs:
             types.update(offered)
         for _, _, running in vfs:

@@ -182,12 +182,15 @@ class Agent:
         self._next_report = 0.0
         self._next_heartbeat = 0.0
         self._failures = 0  # steps in a row that failed: the exponent of the backoff
+        self._host_use_warned: set[str] = set()  # devices the host uses, already logged
 
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
         seen = self.state.state.vgpu_types
         before = {pf: dict(types) for pf, types in seen.items()}
-        devices = build_inventory(self.ops.sysfs, self.config, self.pci_ids, seen).reported()
+        devices = build_inventory(
+            self.ops.sysfs, self.config, self.pci_ids, seen, warned=self._host_use_warned
+        ).reported()
         if seen != before:
             self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
         self._reported = {d.address: d for d in devices}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from devassign.domain import ascii_digits
 from devassign.hostio import HostIOError, Sysfs
 
 LinkState = Literal["auto", "enable", "disable"]
@@ -241,7 +242,7 @@ class ProcVfioUsers:
             return []
         found = []
         try:
-            pids = [p for p in os.listdir(self.proc) if p.isdecimal()]
+            pids = [p for p in os.listdir(self.proc) if ascii_digits(p)]
         except OSError:
             return []
         for pid in sorted(pids, key=int):

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from devassign.domain import nvidia_vgpu
+from devassign.domain import ascii_digits, nvidia_vgpu
 from devassign.hostio import HostIOError
 from devassign.lifecycle.host import ConfinedSysfs, inside_root
 
@@ -298,7 +298,7 @@ class SimulatedSysfs(ConfinedSysfs):
         vf_device = "0x" + (self._text(dev / "sriov_vf_device") or "0").zfill(4)
         groups = self.path("kernel/iommu_groups")
         pf_group = self._group(pf)
-        next_group = max((int(g) for g in os.listdir(groups) if g.isdigit()), default=-1) + 1
+        next_group = max((int(g) for g in os.listdir(groups) if ascii_digits(g)), default=-1) + 1
         attrs = {
             "vendor": vendor,
             "device": vf_device,

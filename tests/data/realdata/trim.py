@@ -5,7 +5,9 @@
 Kept, below the tree's ``sys`` folder: its first-level folders (empty), ``bus/pci`` and every
 entry of ``bus/pci/devices`` (links stay links); for each device folder those entries point at,
 its files and links (not its sub-folders) plus ``net/<ifname>/operstate``, ``iommu_group`` and
-``mdev_supported_types`` where they are folders; ``kernel/iommu_groups`` whole; USB devices
+``mdev_supported_types`` where they are folders, and each block device below it (a folder with
+``holders``, at any depth but not inside another PCI function: its files, ``holders`` and its
+partitions likewise); ``kernel/iommu_groups`` whole; USB devices
 under ``bus/usb/devices`` like PCI ones; the folders above anything kept. Everything else
 (``proc``, ``etc``, ``block``, ``class``, ``bus/pci/drivers``, power, MSI, storage and DRM
 sub-folders ...) is left out. Owners become root and the gzip header carries no time or name,
@@ -18,7 +20,10 @@ import argparse
 import gzip
 import io
 import posixpath
+import re
 import tarfile
+
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 def _norm(name: str) -> str:
@@ -34,6 +39,29 @@ def select(members: dict[str, tarfile.TarInfo], sys_root: str) -> set[str]:
 
     def add_tree(top: str) -> None:
         keep.update(n for n in members if n == top or n.startswith(top + "/"))
+
+    def add_block(folder: str) -> None:
+        keep.add(folder)
+        for child in children.get(folder, []):
+            if not members[child].isdir():
+                keep.add(child)
+            elif posixpath.basename(child) == "holders":
+                add_tree(child)
+
+    def add_blocks(folder: str, depth: int) -> None:
+        """Block devices below a device (what discovery's host-use check reads)."""
+        for child in children.get(folder, []):
+            base = posixpath.basename(child)
+            if not members[child].isdir() or _PCI_ADDRESS.match(base):
+                continue
+            if f"{child}/holders" in members:
+                add_block(child)
+                for part in children.get(child, []):
+                    name = posixpath.basename(part)
+                    if members[part].isdir() and name.startswith(base) and name != base:
+                        add_block(part)
+            elif depth < 12:
+                add_blocks(child, depth + 1)
 
     def add_device(entry: str) -> None:
         keep.add(entry)
@@ -56,6 +84,7 @@ def select(members: dict[str, tarfile.TarInfo], sys_root: str) -> set[str]:
                     keep.add(ifname)
                     if f"{ifname}/operstate" in members:
                         keep.add(f"{ifname}/operstate")
+        add_blocks(folder, 0)
 
     keep.update(n for n in children.get(sys_root, []) if members[n].isdir())
     for bus in ("pci", "usb"):

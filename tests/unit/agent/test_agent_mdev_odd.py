@@ -56,3 +56,22 @@ def test_a_huge_instance_count_is_capped(tmp_path: Path) -> None:
     h.mdev_parent("0000:00:02.0", "8086", "3e92", types={"t": {"available": 100_000}})
     slots = [d for d in scan_pci(Sysfs(h.root), pci_ids=None).devices if d.kind is DeviceKind.MDEV_TYPE]
     assert len(slots) == MAX_MDEV_SLOTS
+
+
+def test_a_running_mdev_under_an_odd_type_name_still_blocks_the_whole_gpu(tmp_path: Path) -> None:
+    """A type whose folder name discovery cannot offer (a blank in it) is skipped, but its running
+    instance still counts: the GPU was offered whole while a mediated device ran on it."""
+    h = host(tmp_path)
+    h.mdev_parent(
+        "0000:00:02.0",
+        "8086",
+        "3e92",
+        cls="030000",
+        driver="i915",
+        iommu_group=0,
+        types={"i915-GVTg V5 4": GVT},
+    )
+    config = parse_config({"device": [{"type": "IGPU", "match": {"product_id": "3e92"}}]})
+    inv = build_inventory(Sysfs(h.root), config, pci_ids=None)
+    gpu = {d.address: d for d in inv.devices}["0000:00:02.0"]
+    assert FLAG_MDEV_IN_USE in gpu.flags and inv.reported() == []

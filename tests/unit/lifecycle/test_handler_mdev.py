@@ -140,6 +140,16 @@ def test_no_slot_left_is_a_clear_error(machine: Machine) -> None:
         MdevHandler().setup(slot(), {}, machine.ops)
 
 
+def test_an_odd_count_of_free_instances_does_not_crash_the_setup(machine: Machine) -> None:
+    """``'²'.isdigit()`` is true but ``int('²')`` fails: the count is unknown, so the handler
+    asks the kernel (whose refusal, here injected, is a clear error rather than a ValueError)."""
+    gpu(machine)
+    machine.h.write(f"{TYPE_DIR}/available_instances", "\u00b2")
+    machine.sysfs.fail("*/create")
+    with pytest.raises(HandlerError, match="cannot create nvidia-230 mdev"):
+        MdevHandler().setup(slot(), {}, machine.ops)
+
+
 def test_a_failed_remove_fails_the_cleanup(machine: Machine) -> None:
     gpu(machine)
     uid = MdevHandler().setup(slot(), {}, machine.ops)["mdev_uuid"]

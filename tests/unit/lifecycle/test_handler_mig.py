@@ -10,7 +10,7 @@ import pytest
 
 from devassign.domain import DeviceKind
 from devassign.lifecycle.base import HandlerError, LifecycleDevice
-from devassign.lifecycle.handlers.mig import MigHandler
+from devassign.lifecycle.handlers.mig import GpuInstance, MigHandler, Slot
 from devassign.lifecycle.host import HostOps, RecordingNetlink, RecordingRunner, RunResult
 from devassign.lifecycle.registry import load_handler
 from devassign.testing.nvidia_smi import FakeNvidiaSmi
@@ -268,3 +268,15 @@ def test_a_slot_needs_an_id_or_a_plain_profile_name(
     with pytest.raises(HandlerError, match="attribute mig_profile"):
         MigHandler().setup(bad, {}, ops_for(machine, smi))
     assert smi.calls == []
+
+
+def test_a_gpu_instance_named_with_a_superscript_digit_is_refused_not_a_crash() -> None:
+    """``'²'.isdigit()`` is true but ``int('²')`` fails: a clear refusal, not a ValueError."""
+
+    class NoComputeInstance:
+        def compute_instance(self, gi: int) -> None:
+            return None
+
+    inst = GpuInstance(gpu=0, name="\u00b2g.20gb", profile_id=14, instance_id=1, start=4, size=2)
+    with pytest.raises(HandlerError, match="has no compute instance"):
+        MigHandler()._compute(NoComputeInstance(), inst, Slot(GPU, 14, "2g.20gb", 4))  # type: ignore[arg-type]

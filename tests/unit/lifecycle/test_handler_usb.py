@@ -34,6 +34,14 @@ def test_setup_authorizes_and_cleanup_deauthorizes(machine: Machine) -> None:
     assert not UsbHandler().health(token(), {}, machine.ops).ok
 
 
+def test_an_odd_device_number_is_left_out_of_the_facts(machine: Machine) -> None:
+    """``'²'.isdigit()`` is true but ``int('²')`` fails: the setup went down with it."""
+    path = machine.h.root / "bus/usb/devices/1-2"
+    plug(machine)
+    (path / "devnum").write_text("\u00b2\n")
+    assert UsbHandler().setup(token(), {}, machine.ops) == {"usb_bus_path": "1-2", "usb_bus": 1}
+
+
 def test_setup_twice_writes_once(machine: Machine) -> None:
     plug(machine)
     UsbHandler().setup(token(), {}, machine.ops)

@@ -96,6 +96,15 @@ def test_sriov_numvfs_creates_the_vfs_and_0_removes_them(tmp_path: Path) -> None
     assert sysfs.listdir("bus/pci/drivers/iavf") == [".simulated-ids"]
 
 
+def test_an_iommu_group_folder_with_a_non_ascii_digit_does_not_break_enabling_vfs(tmp_path: Path) -> None:
+    """``'²'.isdigit()`` is true but ``int('²')`` fails: the new VFs' groups are numbered past
+    the ASCII ones only."""
+    sysfs = sriov_host(tmp_path)
+    (tmp_path / "sys/kernel/iommu_groups/\u00b2").mkdir()
+    sysfs.write(f"bus/pci/devices/{PF}/sriov_numvfs", "1")
+    assert sysfs.link_name("bus/pci/devices/0000:5e:10.0/iommu_group") == "31"
+
+
 def test_sriov_numvfs_without_autoprobe_leaves_the_vfs_unbound(tmp_path: Path) -> None:
     sysfs = sriov_host(tmp_path, autoprobe=False)
     sysfs.write(f"bus/pci/devices/{PF}/sriov_numvfs", "1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from devassign.domain import MDEV_ADDRESS_RE
+from devassign.domain import MDEV_ADDRESS_RE, ascii_digits
 from devassign.hostio import Sysfs
 from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
@@ -87,7 +87,7 @@ class MdevHandler:
         if not ops.sysfs.is_dir(type_dir):
             raise HandlerError(f"{parent} offers no mdev type {mtype}")
         available = ops.sysfs.read(f"{type_dir}/available_instances")
-        if available is not None and available.isdigit() and int(available) == 0:
+        if available is not None and ascii_digits(available) and int(available) == 0:
             raise HandlerError(f"no {mtype} instance left on {parent}")
         write(ops.sysfs, f"{type_dir}/create", uid, f"cannot create {mtype} mdev on {parent}")
         if not ops.sysfs.exists(f"bus/mdev/devices/{uid}"):

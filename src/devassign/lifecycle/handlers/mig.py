@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from devassign.domain import ascii_digits
 from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
 from devassign.lifecycle.host import HostOps, RunResult
@@ -246,7 +247,11 @@ class MigHandler:
         found = smi.compute_instance(inst.instance_id)
         if found is not None:
             return found
-        slices = int(inst.name.split("g.", 1)[0]) if inst.name[:1].isdigit() and "g." in inst.name else 0
+        slices = (
+            int(inst.name.split("g.", 1)[0])
+            if ascii_digits(inst.name.split("g.", 1)[0]) and "g." in inst.name
+            else 0
+        )
         if slices not in FULL_CI_PROFILE:
             raise HandlerError(
                 f"{where}: GPU instance {inst.instance_id} ({inst.name}) has no compute instance"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devassign.domain import USB_ADDRESS_RE
+from devassign.domain import USB_ADDRESS_RE, ascii_digits
 from devassign.hostio import Sysfs
 from devassign.lifecycle import names
 from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
@@ -84,7 +84,7 @@ class UsbHandler:
         facts: Facts = {"usb_bus_path": path}
         for key, name in (("usb_bus", "busnum"), ("usb_device", "devnum")):
             value = ops.sysfs.read(f"{rel}/{name}")
-            if value and value.isdigit():
+            if value and ascii_digits(value):
                 facts[key] = int(value)
         return facts
 

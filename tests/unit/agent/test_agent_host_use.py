@@ -1,0 +1,259 @@
+"""A function the host itself uses (its disks, its swap, its network link) is never offered unless
+its rule says ``allow_host_in_use``: a captured NVMe holding a dm volume, and SYNTHETIC trees with
+a ``proc`` folder beside their ``sys`` for mounts, swap and routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from devassign.agent.cli import _table, app
+from devassign.agent.config import ConfigError, parse_config
+from devassign.agent.inventory import Inventory, build_inventory
+from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice
+from devassign.hostio import HostFiles, Sysfs
+from devassign.testing.sysfs import SyntheticHost, host
+
+NVME = "0000:01:00.0"
+NIC = "0000:3b:00.0"
+NVME_RULE = {"type": "NVME", "match": {"class": "0108"}}
+NIC_RULE = {"type": "NIC", "match": {"vendor_id": "8086", "product_id": "1572"}}
+# /proc/net/route: the header, then a default route (destination and mask 0, flags 0003: up, gateway).
+ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+V4_DEFAULT = "{}\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+V4_LAN = "{}\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n"
+V6_DEFAULT = (
+    "00000000000000000000000000000000 00 "
+    + "0" * 32
+    + " 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 {}\n"
+)
+# The unreachable default the kernel lists on lo (flags 0x200: reject).
+V6_LO_REJECT = (
+    "00000000000000000000000000000000 00 "
+    + "0" * 32
+    + " 00 "
+    + "0" * 32
+    + " ffffffff 00000001 00000000 00200200 lo\n"
+)
+Unpack = Callable[[str], Path]
+
+
+def inventory(root: Path, *rules: dict[str, Any], warned: set[str] | None = None) -> Inventory:
+    return build_inventory(
+        Sysfs(root), parse_config({"host": "h", "device": list(rules)}), None, warned=warned
+    )
+
+
+def by_address(inv: Inventory) -> dict[str, FoundDevice]:
+    return {d.address: d for d in inv.devices}
+
+
+def proc(tmp_path: Path, rel: str, text: str) -> None:
+    """A file of the host's /proc, beside the generated ``sys`` (``tmp_path/proc/...``)."""
+    path = tmp_path / "proc" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def nvme(h: SyntheticHost, partitions: int = 2) -> None:
+    """An NVMe controller with its disk nvme0n1 and partitions, as the kernel lays them out."""
+    h.pci(NVME, "144d", "a808", cls="010802", driver="nvme", iommu_group=11)
+    disk = f"{h.dev(NVME)}/nvme/nvme0/nvme0n1"
+    h.write(f"{disk}/dev", "259:0")
+    (h.root / disk / "holders").mkdir()
+    for i in range(1, partitions + 1):
+        h.write(f"{disk}/nvme0n1p{i}/dev", f"259:{i}")
+        (h.root / disk / f"nvme0n1p{i}" / "holders").mkdir()
+
+
+def nic(h: SyntheticHost, ifname: str = "eno1") -> None:
+    h.pci(NIC, "8086", "1572", driver="i40e", iommu_group=20)
+    h.netdev(NIC, ifname)
+
+
+def test_the_hosts_nvme_whose_partition_holds_a_dm_volume_is_not_offered(realdata: Unpack) -> None:
+    """Captured tree (prometheus/procfs): nvme0n1p3 of 01:00.0 holds dm-0, the host's LVM or
+    dm-crypt volume. A rule for every NVMe drive must not hand the host's disk to a tenant."""
+    root = realdata("procfs-nvme-in-use.tar.gz") / "sys"
+    dev = by_address(inventory(root, NVME_RULE))[NVME]
+    assert (dev.vendor_id, dev.product_id, dev.iommu_group, dev.driver) == ("c0a9", "540a", 11, "nvme")
+    assert dev.type == "NVME" and not dev.offered
+    assert FLAG_HOST_IN_USE in dev.flags and dev.host_use == ["nvme0n1p3 is held by dm-0"]
+    opted = by_address(inventory(root, {**NVME_RULE, "allow_host_in_use": True}))[NVME]
+    assert opted.offered and opted.host_use == ["nvme0n1p3 is held by dm-0"]
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "why"),
+    [
+        ("self/mounts", "/dev/nvme0n1p2 / ext4 rw,relatime 0 0\n", "nvme0n1p2 is mounted at /"),
+        ("mounts", "/dev/nvme0n1p1 /boot\\040efi vfat rw 0 0\n", "nvme0n1p1 is mounted at /boot efi"),
+        ("self/mounts", "/dev/nvme0n1 /srv xfs rw 0 0\n", "nvme0n1 is mounted at /srv"),
+        (
+            "swaps",
+            "Filename\tType\tSize\tUsed\tPriority\n/dev/nvme0n1p2 partition 8388604 0 -2\n",
+            "nvme0n1p2 is swap",
+        ),
+    ],
+)
+def test_a_mounted_or_swap_block_device_makes_its_controller_host_in_use(
+    tmp_path: Path, rel: str, text: str, why: str
+) -> None:
+    h = host(tmp_path)
+    nvme(h)
+    proc(tmp_path, rel, text)
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.host_use == [why] and not dev.offered
+
+
+def test_a_mount_named_by_a_dev_disk_link_is_followed(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nvme(h)
+    (tmp_path / "dev/disk/by-uuid").mkdir(parents=True)
+    os.symlink("../../nvme0n1p2", tmp_path / "dev/disk/by-uuid/0a1b")
+    proc(tmp_path, "self/mounts", "/dev/disk/by-uuid/0a1b /home ext4 rw 0 0\n")
+    assert by_address(inventory(h.root, NVME_RULE))[NVME].host_use == ["nvme0n1p2 is mounted at /home"]
+
+
+def test_a_disk_nothing_uses_is_offered_and_missing_proc_files_mean_unknown(tmp_path: Path) -> None:
+    """No /proc beside the tree (a captured tree, a wrong root): nothing is known to be in use;
+    mounts of other disks, tmpfs and device-mapper volumes say nothing about this one."""
+    h = host(tmp_path)
+    nvme(h)
+    assert by_address(inventory(h.root, NVME_RULE))[NVME].offered
+    proc(
+        tmp_path,
+        "self/mounts",
+        "tmpfs /run tmpfs rw 0 0\n/dev/sda1 / ext4 rw 0 0\n/dev/mapper/vg-root /x ext4 rw 0 0\n",
+    )
+    proc(tmp_path, "swaps", "Filename\tType\tSize\tUsed\tPriority\n/swapfile file 1024 0 -2\n")
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.offered and dev.flags == [] and dev.host_use == []
+
+
+@pytest.mark.parametrize(
+    ("route", "ipv6_route", "why"),
+    [
+        (V4_DEFAULT.format("eno1"), None, "eno1 carries the default route (IPv4)"),
+        (None, V6_LO_REJECT + V6_DEFAULT.format("eno1"), "eno1 carries the default route (IPv6)"),
+        (V4_DEFAULT.format("eno1"), V6_DEFAULT.format("eno1"), "eno1 carries the default route (IPv4, IPv6)"),
+    ],
+)
+def test_a_nic_carrying_the_default_route_is_not_offered(
+    tmp_path: Path, route: str | None, ipv6_route: str | None, why: str
+) -> None:
+    h = host(tmp_path)
+    nic(h)
+    if route is not None:
+        proc(tmp_path, "net/route", ROUTE_HEADER + route)
+    if ipv6_route is not None:
+        proc(tmp_path, "net/ipv6_route", ipv6_route)
+    dev = by_address(inventory(h.root, NIC_RULE))[NIC]
+    assert dev.host_use == [why] and not dev.offered
+
+
+def test_routes_to_a_lan_only_and_the_reject_route_on_lo_leave_a_nic_free(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nic(h)
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_LAN.format("eno1") + V4_DEFAULT.format("eno2"))
+    proc(tmp_path, "net/ipv6_route", V6_LO_REJECT)
+    assert by_address(inventory(h.root, NIC_RULE))[NIC].offered
+
+
+def test_a_bridge_or_bond_port_and_a_vlan_carrying_the_default_route_are_host_in_use(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nic(h)
+    h.link(f"{h.dev(NIC)}/net/eno1/master", "../../../../virtual/net/br0")
+    assert by_address(inventory(h.root, NIC_RULE))[NIC].host_use == ["eno1 is enslaved to br0"]
+    (h.root / h.dev(NIC) / "net/eno1/master").unlink()
+    h.link(f"{h.dev(NIC)}/net/eno1/upper_eno1.100", "../../../../virtual/net/eno1.100")
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("eno1.100"))
+    dev = by_address(inventory(h.root, NIC_RULE))[NIC]
+    assert dev.host_use == ["eno1 carries the default route (IPv4) through eno1.100"]
+
+
+def test_the_vfs_of_a_pf_carrying_the_default_route_are_still_offered(tmp_path: Path) -> None:
+    """Handing out a VF leaves the PF, and its link, with the host."""
+    h = host(tmp_path)
+    vfs = h.sriov_pf(NIC, "8086", "1572", vfs=2, vf_device="154c", ifname="eno1", vf_iommu_group_start=30)
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("eno1"))
+    inv = inventory(h.root, {"type": "VF", "match": {"product_id": "154c"}})
+    assert FLAG_HOST_IN_USE in by_address(inv)[NIC].flags
+    assert sorted(d.address for d in inv.reported()) == vfs
+
+
+def test_a_host_in_use_group_mate_keeps_the_group_from_a_guest(tmp_path: Path) -> None:
+    """VFIO takes an IOMMU group whole: a GPU sharing one with the host's boot disk stays."""
+    h = host(tmp_path)
+    nvme(h)
+    h.pci("0000:01:00.1", "10de", "1eb8", cls="030200", iommu_group=11)
+    proc(tmp_path, "self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    gpu_rule = {"type": "GPU", "match": {"vendor_id": "10de"}}
+    devs = by_address(inventory(h.root, NVME_RULE, gpu_rule))
+    assert not devs[NVME].offered and not devs["0000:01:00.1"].offered
+    assert "iommu_group_not_isolated" in devs["0000:01:00.1"].flags
+
+
+def test_allow_host_in_use_must_be_true_or_false() -> None:
+    with pytest.raises(ConfigError, match="allow_host_in_use must be true or false"):
+        parse_config({"device": [{**NVME_RULE, "allow_host_in_use": "yes"}]})
+    assert parse_config({"device": [{**NVME_RULE, "allow_host_in_use": True}]}).devices[0].allow_host_in_use
+
+
+def test_the_warning_is_logged_once_per_warned_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An agent reports every 30 s: it says once why the host's disk is not offered; a rule
+    that does not match the device says nothing."""
+    h = host(tmp_path)
+    nvme(h)
+    proc(tmp_path, "self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    warned: set[str] = set()
+    with caplog.at_level(logging.WARNING, logger="devassign.agent.inventory"):
+        for _ in range(3):
+            inventory(h.root, NVME_RULE, warned=warned)
+        inventory(h.root, NIC_RULE, warned=set())
+    lines = [r.getMessage() for r in caplog.records if "allow_host_in_use" in r.getMessage()]
+    assert lines == [
+        f"{NVME}: matches the rule for type NVME but is not offered: the host uses it "
+        "(nvme0n1p2 is mounted at /); allow_host_in_use = true in the rule offers it anyway"
+    ]
+
+
+def test_each_proc_file_is_read_once_per_scan(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    for i in range(4):
+        h.pci(f"0000:0{i}:00.0", "144d", "a808", cls="010802")
+    nic(h)
+    proc(tmp_path, "self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    reads: list[str] = []
+
+    class Counting(HostFiles):
+        def read(self, rel: str) -> str | None:
+            reads.append(rel)
+            return super().read(rel)
+
+    config = parse_config({"host": "h", "device": [NVME_RULE]})
+    build_inventory(Sysfs(h.root), config, None, files=Counting(tmp_path))
+    assert sorted(reads) == ["proc/net/ipv6_route", "proc/net/route", "proc/self/mounts", "proc/swaps"]
+
+
+def test_agent_discover_shows_the_flag_and_why(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nvme(h)
+    proc(tmp_path, "swaps", "Filename\tType\tSize\tUsed\tPriority\n/dev/nvme0n1p1 partition 8 0 -2\n")
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n[[device]]\ntype = "NVME"\nmatch = { class = "0108" }\n')
+    runner = CliRunner()
+    res = runner.invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    (dev,) = [d for d in json.loads(res.stdout) if d["address"] == NVME]
+    assert (dev["offered"], dev["flags"], dev["host_use"]) == (False, ["host_in_use"], ["nvme0n1p1 is swap"])
+    # The table's notes column (the printed table wraps it to the terminal's width).
+    headers, rows = _table(build_inventory(Sysfs(h.root), parse_config({"device": [NVME_RULE]}), None))
+    assert [row[headers.index("notes")] for row in rows] == ["host_in_use: nvme0n1p1 is swap"]
