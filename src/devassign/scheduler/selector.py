@@ -196,9 +196,10 @@ def _attribute_names(source: str) -> tuple[set[str], bool]:
             and nxt[2].text == "]"
             and nxt[1].text[:1] in "\"'"
             and nxt[1].text[:3] not in ('"""', "'''")
+            and "\\" not in nxt[1].text
         ):
-            names.add(nxt[1].text[1:-1])  # a plain quoted name (an escape in it: not a field's)
-        else:
+            names.add(nxt[1].text[1:-1])  # a plain quoted name
+        else:  # anything else, an escape included (CEL decodes "numa\x5fnode"): the whole map
             whole = True
     return names, whole
 
