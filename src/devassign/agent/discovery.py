@@ -99,11 +99,14 @@ def scan_pci(
     pci_ids: Path | None = DEFAULT_PCI_IDS,
     vgpu_seen: dict[str, dict[str, Any]] | None = None,
     files: HostFiles | None = None,
+    *,
+    use: HostUse | None = None,
 ) -> PciScan:
     """Every PCI function under ``bus/pci/devices``, with mdev slots, vGPUs and IOMMU groups.
 
     ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date.
-    ``files``: the host's ``/proc`` (default: beside the sysfs root), for what the host uses."""
+    ``files``: the host's ``/proc`` (default: beside the sysfs root), for what the host uses;
+    ``use``: what it uses, already read from there (the inventory reads it once for PCI and USB)."""
     scan = PciScan()
     if not sysfs.is_dir("bus/pci/devices"):
         # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
@@ -114,7 +117,8 @@ def scan_pci(
         )
         return scan
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
-    use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
+    if use is None:
+        use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
     for addr in sysfs.listdir("bus/pci/devices"):
         if not PCI_ADDRESS_RE.fullmatch(addr):
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)
@@ -219,7 +223,7 @@ def _read_function(
             speed = to_int(sysfs.read(f"{base}/net/{ifnames[0]}/speed"), "link speed", addr)
             if speed is not None and speed > 0:  # -1 while the link is down
                 attrs["link_speed_mbps"] = speed
-    dev.host_use = host_use_reasons(sysfs, base, entries, use)
+    dev.host_use = host_use_reasons(sysfs, base, use)
     if dev.host_use:
         dev.flag(FLAG_HOST_IN_USE)
 

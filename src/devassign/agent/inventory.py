@@ -15,6 +15,7 @@ from typing import Any
 
 from devassign.agent.config import AgentConfig, DeviceRule
 from devassign.agent.discovery import scan_pci
+from devassign.agent.hostuse import read_host_use
 from devassign.agent.model import (
     FLAG_DUPLICATE,
     FLAG_HOST_IN_USE,
@@ -64,8 +65,9 @@ def build_inventory(
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``: see
     :func:`apply_rules`)."""
-    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, files)
-    devices = scan.devices + scan_usb(sysfs)
+    use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
+    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use)
+    devices = scan.devices + scan_usb(sysfs, use)
     _flag_duplicates(devices)
     apply_rules(devices, config.devices, warned)
     check_isolation(devices, scan.iommu_groups)

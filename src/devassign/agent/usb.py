@@ -15,7 +15,8 @@ import logging
 import re
 
 from devassign.agent.discovery import drop_odd_values, hex_id
-from devassign.agent.model import FoundDevice
+from devassign.agent.hostuse import HostUse, host_use_reasons
+from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice
 from devassign.domain import DeviceKind, usb_address
 from devassign.hostio import Sysfs
 
@@ -25,8 +26,10 @@ _BUSID_RE = re.compile(r"^[0-9]+-[0-9]+(\.[0-9]+)*$")  # ASCII digits: \d takes 
 HUB_CLASS = "09"
 
 
-def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
-    """Every USB device (not interface, not hub) the host shows."""
+def scan_usb(sysfs: Sysfs, use: HostUse | None = None) -> list[FoundDevice]:
+    """Every USB device (not interface, not hub) the host shows; with ``use`` (what the host's
+    ``/proc`` says it uses), one whose disk or network link the host uses is flagged
+    ``host_in_use`` as a PCI function is (agent/hostuse.py)."""
     found: list[FoundDevice] = []
     busids = [b for b in sysfs.listdir("bus/usb/devices") if _BUSID_RE.fullmatch(b)]  # not usbN, 1-1:1.0
     # A device with one behind it (1-3 of 1-3.4) is a hub even where its class is unreadable.
@@ -37,6 +40,12 @@ def scan_usb(sysfs: Sysfs) -> list[FoundDevice]:
             continue
         dev = _read_usb(sysfs, busid)
         if dev is not None:
+            if use is not None:
+                # usb-storage or the NIC driver lets go of it when it goes to a guest, as
+                # nvme does of a PCI disk: the host's boot stick or backup disk stays.
+                dev.host_use = host_use_reasons(sysfs, f"bus/usb/devices/{busid}", use)
+                if dev.host_use:
+                    dev.flag(FLAG_HOST_IN_USE)
             upstream = busid.rpartition(".")[0]
             if upstream in hubs:
                 dev.attributes["usb_hub"] = upstream

@@ -4,6 +4,7 @@ a ``proc`` folder beside their ``sys`` for mounts, swap and routes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -225,12 +226,21 @@ def test_the_warning_is_logged_once_per_warned_set(tmp_path: Path, caplog: pytes
     ]
 
 
-def test_each_proc_file_is_read_once_per_scan(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("present", "read"),
+    [
+        ("self/mountinfo", ["proc/self/mountinfo"]),  # mountinfo: mounts is not read
+        ("self/mounts", ["proc/self/mountinfo", "proc/self/mounts"]),  # the fallback
+    ],
+)
+def test_each_proc_file_is_read_once_per_scan(tmp_path: Path, present: str, read: list[str]) -> None:
     h = host(tmp_path)
     for i in range(4):
         h.pci(f"0000:0{i}:00.0", "144d", "a808", cls="010802")
     nic(h)
-    proc(tmp_path, "self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    h.usb("1-2", "0781", "5581")
+    h.usb("1-3", "0bda", "8153")
+    proc(tmp_path, present, "/dev/nvme0n1p2 / ext4 rw 0 0\n")
     reads: list[str] = []
 
     class Counting(HostFiles):
@@ -240,7 +250,7 @@ def test_each_proc_file_is_read_once_per_scan(tmp_path: Path) -> None:
 
     config = parse_config({"host": "h", "device": [NVME_RULE]})
     build_inventory(Sysfs(h.root), config, None, files=Counting(tmp_path))
-    assert sorted(reads) == ["proc/net/ipv6_route", "proc/net/route", "proc/self/mounts", "proc/swaps"]
+    assert sorted(reads) == sorted([*read, "proc/net/ipv6_route", "proc/net/route", "proc/swaps"])
 
 
 def test_agent_discover_shows_the_flag_and_why(tmp_path: Path) -> None:
@@ -257,3 +267,191 @@ def test_agent_discover_shows_the_flag_and_why(tmp_path: Path) -> None:
     # The table's notes column (the printed table wraps it to the terminal's width).
     headers, rows = _table(build_inventory(Sysfs(h.root), parse_config({"device": [NVME_RULE]}), None))
     assert [row[headers.index("notes")] for row in rows] == ["host_in_use: nvme0n1p1 is swap"]
+
+
+# ---------------------------------------------------------------- mounts by device number
+def test_a_root_the_kernel_lists_as_dev_root_is_found_by_its_device_number(tmp_path: Path) -> None:
+    """A kernel that mounts the root itself (no initramfs: Ubuntu's cloud images, Raspberry Pi
+    OS) lists it as ``/dev/root``, a name with no node in /dev; mountinfo's MAJOR:MINOR
+    (259:2) is nvme0n1p2's ``dev``."""
+    h = host(tmp_path)
+    nvme(h)
+    proc(tmp_path, "self/mounts", "/dev/root / ext4 rw,relatime,discard 0 0\n")
+    proc(tmp_path, "self/mountinfo", "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/root rw,discard\n")
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.host_use == ["nvme0n1p2 is mounted at /"] and not dev.offered
+
+
+def test_mountinfo_sources_still_count_by_name_and_its_fields_are_unescaped(tmp_path: Path) -> None:
+    """btrfs shows an anonymous device number (0:NN) that no block device has: its source
+    names the disk. Optional fields before ``-`` vary in number; mount points are escaped."""
+    h = host(tmp_path)
+    nvme(h, partitions=3)
+    proc(
+        tmp_path,
+        "self/mountinfo",
+        "22 1 0:31 /@ / rw shared:1 - btrfs /dev/nvme0n1p1 rw\n"
+        "23 22 0:5 / /dev rw shared:2 master:7 - devtmpfs udev rw\n"
+        "24 22 259:3 / /mnt/my\\040disk rw - ext4 /dev/disk/by-label/x rw\n",
+    )
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.host_use == ["nvme0n1p1 is mounted at /", "nvme0n1p3 is mounted at /mnt/my disk"]
+
+
+def test_an_escaped_mount_source_is_unescaped_before_its_dev_disk_link_is_followed(tmp_path: Path) -> None:
+    """The kernel escapes a backslash in a mount's source as ``\\134``; udev names
+    /dev/disk/by-partlabel links with ``\\x20`` for a blank ("EFI System Partition")."""
+    h = host(tmp_path)
+    nvme(h)
+    links = tmp_path / "dev/disk/by-partlabel"
+    links.mkdir(parents=True)
+    os.symlink("../../nvme0n1p1", links / "EFI\\x20System\\x20Partition")
+    proc(
+        tmp_path,
+        "self/mounts",
+        "/dev/disk/by-partlabel/EFI\\134x20System\\134x20Partition /boot/efi vfat rw 0 0\n",
+    )
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.host_use == ["nvme0n1p1 is mounted at /boot/efi"] and not dev.offered
+
+
+# ---------------------------------------------------------------- NVMe multipath
+def multipath_nvme(h: SyntheticHost) -> None:
+    """Native NVMe multipath: below the controller only the hidden path device ``nvme0c0n1``;
+    the namespace the host uses, ``nvme0n1`` and its partitions, is under
+    ``virtual/nvme-subsystem`` (links as the kernel makes them)."""
+    h.pci(NVME, "144d", "a824", cls="010802", driver="nvme", iommu_group=11)
+    path_dev = f"{h.dev(NVME)}/nvme/nvme0/nvme0c0n1"
+    (h.root / path_dev / "holders").mkdir(parents=True)
+    (h.root / path_dev / "slaves").mkdir()
+    head = "devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1"
+    h.write(f"{head}/dev", "259:0")
+    (h.root / head / "holders").mkdir()
+    for i in (1, 2):
+        h.write(f"{head}/nvme0n1p{i}/dev", f"259:{i}")
+        (h.root / head / f"nvme0n1p{i}" / "holders").mkdir()
+    h.link(f"{head}/multipath/nvme0c0n1", f"../../../../../../{path_dev}")
+    h.link("devices/virtual/nvme-subsystem/nvme-subsys0/nvme0", f"../../../../{h.dev(NVME)}/nvme/nvme0")
+    h.link("block/nvme0n1", f"../{head}")
+    h.link("class/block/nvme0n1", f"../../{head}")
+    h.link("class/block/nvme0c0n1", f"../../{path_dev}")
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "why"),
+    [
+        ("self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n", "nvme0n1p2 is mounted at /"),
+        ("self/mountinfo", "22 1 259:2 / / rw - ext4 /dev/root rw\n", "nvme0n1p2 is mounted at /"),
+        ("swaps", "Filename Type Size Used Priority\n/dev/nvme0n1p1 partition 8 0 -2\n", "nvme0n1p1 is swap"),
+    ],
+)
+def test_a_multipath_nvme_namespace_the_host_uses_keeps_its_controller(
+    tmp_path: Path, rel: str, text: str, why: str
+) -> None:
+    h = host(tmp_path)
+    multipath_nvme(h)
+    proc(tmp_path, rel, text)
+    dev = by_address(inventory(h.root, NVME_RULE))[NVME]
+    assert dev.host_use == [why] and not dev.offered
+
+
+def test_a_multipath_nvme_namespace_held_by_a_volume_keeps_its_controller_and_an_unused_one_does_not(
+    tmp_path: Path,
+) -> None:
+    h = host(tmp_path)
+    multipath_nvme(h)
+    assert by_address(inventory(h.root, NVME_RULE))[NVME].offered
+    (h.root / "devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1/holders/md0").mkdir()
+    assert by_address(inventory(h.root, NVME_RULE))[NVME].host_use == ["nvme0n1 is held by md0"]
+
+
+# ---------------------------------------------------------------- stacked interfaces
+def vlan_on_bridge(h: SyntheticHost) -> None:
+    """eno1 -> eno1.100 (a VLAN) -> br0 (a bridge with the VLAN as its port): Proxmox's vmbr0
+    on a VLAN."""
+    nic(h)
+    h.link(f"{h.dev(NIC)}/net/eno1/upper_eno1.100", "../../../../virtual/net/eno1.100")
+    h.write("devices/virtual/net/eno1.100/operstate", "up")
+    nic_dir = h.dev(NIC).removeprefix("devices/")
+    h.link("devices/virtual/net/eno1.100/lower_eno1", f"../../../{nic_dir}/net/eno1")
+    h.link("devices/virtual/net/eno1.100/master", "../br0")
+    h.link("devices/virtual/net/eno1.100/upper_br0", "../br0")
+    h.write("devices/virtual/net/br0/operstate", "up")
+    h.link("devices/virtual/net/br0/lower_eno1.100", "../eno1.100")
+    h.link("class/net/eno1", f"../../{h.dev(NIC)}/net/eno1")
+    for name in ("eno1.100", "br0"):
+        h.link(f"class/net/{name}", f"../../devices/virtual/net/{name}")
+
+
+def test_a_nic_under_a_vlan_that_is_a_bridge_port_carrying_the_default_route_is_host_in_use(
+    tmp_path: Path,
+) -> None:
+    h = host(tmp_path)
+    vlan_on_bridge(h)
+    assert by_address(inventory(h.root, NIC_RULE))[NIC].offered  # no default route anywhere
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("br0"))
+    dev = by_address(inventory(h.root, NIC_RULE))[NIC]
+    assert dev.host_use == ["eno1 carries the default route (IPv4) through eno1.100 -> br0"]
+    assert not dev.offered
+
+
+def test_a_master_only_link_is_followed_and_a_loop_of_links_ends(tmp_path: Path) -> None:
+    """A bridge reached through ``master`` alone (no ``upper_`` link) counts; links that lead
+    back (br0 -> eno1.100) are not followed twice, so the walk ends."""
+    h = host(tmp_path)
+    vlan_on_bridge(h)
+    (h.root / "devices/virtual/net/eno1.100/upper_br0").unlink()
+    h.link("devices/virtual/net/br0/upper_eno1.100", "../eno1.100")
+    h.link("devices/virtual/net/br0/master", "../eno1.100")
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("br0"))
+    dev = by_address(inventory(h.root, NIC_RULE))[NIC]
+    assert dev.host_use == ["eno1 carries the default route (IPv4) through eno1.100 -> br0"]
+
+
+def test_interfaces_stacked_deeper_than_the_walk_goes_are_not_followed(tmp_path: Path) -> None:
+    """eno1 -> v0 -> v1 ... -> v9: six levels up are looked at, no more."""
+    h = host(tmp_path)
+    nic(h)
+    names = ["eno1"] + [f"v{i}" for i in range(10)]
+    h.link("class/net/eno1", f"../../{h.dev(NIC)}/net/eno1")
+    for lower, upper in itertools.pairwise(names):
+        folder = f"{h.dev(NIC)}/net/eno1" if lower == "eno1" else f"class/net/{lower}"
+        h.link(f"{folder}/upper_{upper}", "x")
+    for name in names[1:]:
+        (h.root / "class/net" / name).mkdir(parents=True, exist_ok=True)
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("v5"))
+    assert by_address(inventory(h.root, NIC_RULE))[NIC].host_use == [
+        "eno1 carries the default route (IPv4) through v0 -> v1 -> v2 -> v3 -> v4 -> v5"
+    ]
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("v6"))
+    assert by_address(inventory(h.root, NIC_RULE))[NIC].offered
+
+
+# ---------------------------------------------------------------- USB devices
+USB_RULE = {"type": "USB", "match": {"kind": "usb"}}
+
+
+def test_a_usb_disk_the_host_has_mounted_is_not_offered(tmp_path: Path) -> None:
+    """Passing a USB device through detaches usb-storage from the host as vfio-pci detaches
+    nvme: the host's boot stick or backup disk stays."""
+    h = host(tmp_path)
+    d = h.usb("1-2", "0781", "5581", serial="4C530001")
+    disk = d / "1-2:1.0" / "host4" / "target4:0:0" / "4:0:0:0" / "block" / "sdb"
+    (disk / "holders").mkdir(parents=True)
+    (disk / "dev").write_text("8:16\n")
+    (disk / "sdb1" / "holders").mkdir(parents=True)
+    (disk / "sdb1" / "dev").write_text("8:17\n")
+    (dev,) = [x for x in inventory(h.root, USB_RULE).devices if x.kind.value == "usb"]
+    assert dev.offered
+    proc(tmp_path, "self/mounts", "/dev/sdb1 / ext4 rw,relatime 0 0\n")
+    (dev,) = [x for x in inventory(h.root, USB_RULE).devices if x.kind.value == "usb"]
+    assert dev.type == "USB" and dev.host_use == ["sdb1 is mounted at /"] and not dev.offered
+
+
+def test_a_usb_nic_carrying_the_default_route_is_not_offered(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    d = h.usb("1-3", "0bda", "8153", serial="000001")
+    (d / "1-3:1.0" / "net" / "enx00e04c680001").mkdir(parents=True)
+    proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("enx00e04c680001"))
+    (dev,) = [x for x in inventory(h.root, USB_RULE).devices if x.kind.value == "usb"]
+    assert dev.host_use == ["enx00e04c680001 carries the default route (IPv4)"] and not dev.offered
