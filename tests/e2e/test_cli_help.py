@@ -159,7 +159,9 @@ def test_python_dash_m_devassign_is_the_devassign_command() -> None:
     assert "Usage: devassign types" in done.stdout
 
 
-@pytest.mark.parametrize(("command", "port"), [("server", "99999"), ("server", "0"), ("demo", "70000")])
+@pytest.mark.parametrize(
+    ("command", "port"), [("server", "99999"), ("server", "-1"), ("demo", "70000"), ("demo", "0")]
+)
 def test_a_port_that_cannot_exist_is_a_usage_error(command: str, port: str) -> None:
     """It was taken modulo 65536: the server said it listened on :99999 and listened on
     :34463."""

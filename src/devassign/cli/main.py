@@ -104,7 +104,7 @@ class PlacementPolicy(StrEnum):
 def server(
     db: DbOpt = None,
     bind: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8470,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port)")] = 8470,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Everyone is admin: local development only")
     ] = False,
