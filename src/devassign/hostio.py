@@ -113,9 +113,10 @@ class HostFiles:
         return self._root + "/" + rel.lstrip("/")
 
     def read(self, rel: str) -> str | None:
-        """A file's text; bytes that are not UTF-8 (a mount point may hold any) are replaced."""
+        """A file's text; bytes that are not UTF-8 (a mount point, an interface name) come as
+        surrogates, as ``os.listdir`` gives the same names from sysfs, so the two compare."""
         try:
-            with open(self._p(rel), encoding="utf-8", errors="replace") as f:
+            with open(self._p(rel), encoding="utf-8", errors="surrogateescape", newline="") as f:
                 return f.read()
         except (OSError, ValueError):
             return None

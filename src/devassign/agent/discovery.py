@@ -118,7 +118,7 @@ def scan_pci(
         return scan
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
     if use is None:
-        use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
+        use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
     for addr in sysfs.listdir("bus/pci/devices"):
         if not PCI_ADDRESS_RE.fullmatch(addr):
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)

@@ -69,10 +69,14 @@ class HostUse:
     swaps: frozenset[str] = frozenset()  # block devices used as swap
     routes: dict[str, str] = field(default_factory=dict)  # interface -> "IPv4", "IPv6", "IPv4, IPv6"
     mounted_numbers: dict[str, str] = field(default_factory=dict)  # "MAJOR:MINOR" -> first mount point
+    # Members of a mounted multi-device filesystem that mountinfo does not name: btrfs lists
+    # its devices under /sys/fs/btrfs/<fsid>/devices (a mounted filesystem's only), by name.
+    members: dict[str, str] = field(default_factory=dict)  # block device -> "btrfs <fsid>"
 
 
-def read_host_use(files: HostFiles) -> HostUse:
-    """Mounts, swap and default routes, each file read once."""
+def read_host_use(files: HostFiles, sysfs: Sysfs | None = None) -> HostUse:
+    """Mounts, swap and default routes, each file read once; with ``sysfs``, the members of
+    mounted btrfs filesystems too."""
     mounts: dict[str, str] = {}
     numbers: dict[str, str] = {}
     mountinfo = files.read("proc/self/mountinfo")
@@ -82,12 +86,12 @@ def read_host_use(files: HostFiles) -> HostUse:
                 numbers.setdefault(number, point)
             _add_mount(files, mounts, source, point)
     else:
-        for line in (files.read("proc/self/mounts") or files.read("proc/mounts") or "").splitlines():
-            parts = line.split()
+        for line in _lines(files.read("proc/self/mounts") or files.read("proc/mounts") or ""):
+            parts = line.split(" ")
             if len(parts) >= 2:
                 _add_mount(files, mounts, _unescape(parts[0]), _unescape(parts[1]))
     swaps = set()
-    for line in (files.read("proc/swaps") or "").splitlines()[1:]:  # a header line first
+    for line in _lines(files.read("proc/swaps") or "")[1:]:  # a header line first
         parts = line.split()
         name = _device_name(files, _unescape(parts[0])) if parts else None
         if name is not None:
@@ -98,15 +102,26 @@ def read_host_use(files: HostFiles) -> HostUse:
     for iface in _default_v6(files.read("proc/net/ipv6_route") or ""):
         if "IPv6" not in routes.setdefault(iface, []):
             routes[iface].append("IPv6")
-    return HostUse(mounts, frozenset(swaps), {i: ", ".join(f) for i, f in routes.items()}, numbers)
+    members: dict[str, str] = {}
+    if sysfs is not None:
+        for fsid in sysfs.listdir("fs/btrfs"):
+            for name in sysfs.listdir(f"fs/btrfs/{fsid}/devices"):
+                members.setdefault(name, f"btrfs {fsid}")
+    return HostUse(mounts, frozenset(swaps), {i: ", ".join(f) for i, f in routes.items()}, numbers, members)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a /proc file: split at newlines only, as the kernel writes them
+    (``splitlines`` also splits at U+2028, ``\\x1c``..., which a mount point may hold)."""
+    return text.split("\n")
 
 
 def _mountinfo(text: str) -> Iterator[tuple[str, str, str]]:
     """``(MAJOR:MINOR, source, mount point)`` of each ``/proc/self/mountinfo`` line: ``36 35
     98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`` (proc(5)); the optional fields
     before ``-`` vary in number."""
-    for line in text.splitlines():
-        f = line.split()
+    for line in _lines(text):
+        f = line.split(" ")  # the kernel's separator: a mount point may hold other blanks
         if len(f) < 7 or "-" not in f[6:]:
             continue
         rest = f[f.index("-", 6) + 1 :]
@@ -137,8 +152,8 @@ def _device_name(files: HostFiles, source: str) -> str | None:
 
 def _default_v4(text: str) -> Iterator[str]:
     """Interfaces of ``/proc/net/route`` lines with destination and mask 0, up."""
-    for line in text.splitlines()[1:]:
-        f = line.split()
+    for line in _lines(text)[1:]:
+        f = [x.strip(" ") for x in line.split("\t")]  # tab-separated, padded with blanks
         if len(f) >= 8 and f[1] == "00000000" and f[7] == "00000000" and _flags(f[3]) & _RTF_UP:
             yield f[0]
 
@@ -146,8 +161,8 @@ def _default_v4(text: str) -> Iterator[str]:
 def _default_v6(text: str) -> Iterator[str]:
     """Interfaces of ``/proc/net/ipv6_route`` lines for ``::/0`` that are up and no reject
     route (the kernel lists an unreachable default on ``lo``)."""
-    for line in text.splitlines():
-        f = line.split()
+    for line in _lines(text):
+        f = [x for x in line.split(" ") if x]  # blank-separated, the name right-aligned
         if len(f) >= 10 and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo":
             flags = _flags(f[8])
             if flags & _RTF_UP and not flags & _RTF_REJECT:
@@ -193,6 +208,8 @@ def _block_reasons(sysfs: Sysfs, rel: str, name: str, use: HostUse) -> list[str]
         point = use.mounted_numbers.get(sysfs.read(f"{rel}/dev") or "")
     if point is not None:
         out.append(f"{_shown(name)} is mounted at {_shown(point)}")
+    elif name in use.members:
+        out.append(f"{_shown(name)} is a device of the mounted {_shown(use.members[name])}")
     if name in use.swaps:
         out.append(f"{_shown(name)} is swap")
     return out

@@ -65,7 +65,7 @@ def build_inventory(
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``: see
     :func:`apply_rules`)."""
-    use = read_host_use(files if files is not None else HostFiles.beside(sysfs))
+    use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
     scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use)
     devices = scan.devices + scan_usb(sysfs, use)
     _flag_duplicates(devices)
