@@ -98,15 +98,14 @@ def scan_pci(
     sysfs: Sysfs,
     pci_ids: Path | None = DEFAULT_PCI_IDS,
     vgpu_seen: dict[str, dict[str, Any]] | None = None,
-    files: HostFiles | None = None,
     *,
     use: HostUse | None = None,
 ) -> PciScan:
     """Every PCI function under ``bus/pci/devices``, with mdev slots, vGPUs and IOMMU groups.
 
     ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date.
-    ``files``: the host's ``/proc`` (default: beside the sysfs root), for what the host uses;
-    ``use``: what it uses, already read from there (the inventory reads it once for PCI and USB)."""
+    ``use``: what the host uses (agent/hostuse.py; the inventory reads it once for PCI and USB),
+    by default read from the ``/proc`` beside the sysfs root."""
     scan = PciScan()
     if not sysfs.is_dir("bus/pci/devices"):
         # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
@@ -118,7 +117,7 @@ def scan_pci(
         return scan
     physfn_of: dict[str, tuple[str, int]] = {}  # VF -> (PF, index), from the PF's virtfn links
     if use is None:
-        use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
+        use = read_host_use(HostFiles.beside(sysfs), sysfs)
     for addr in sysfs.listdir("bus/pci/devices"):
         if not PCI_ADDRESS_RE.fullmatch(addr):
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)

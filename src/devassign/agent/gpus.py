@@ -72,6 +72,11 @@ class GpuModel:
     mig_profiles: tuple[MigProfile, ...]
 
     @property
+    def memory_mib(self) -> int:
+        """The framebuffer, nominal: the table's GB x 1024 (an A100 40GB: 40960)."""
+        return self.memory_gb * 1024
+
+    @property
     def memory_slices(self) -> int:
         """Memory slices of the whole GPU: what its largest profile spans (8; the A30 has 4)."""
         return max(p.memory_slices for p in self.mig_profiles)
@@ -235,7 +240,7 @@ def add_mig_placements(devices: list[FoundDevice]) -> None:
         # The whole GPU's size from the same table, so a selector such as
         # ``device.attributes.memory_mib >= 40960`` works without a rule saying it (a rule's
         # own ``attributes`` still win): nominal, GB x 1024, as the demo's A100s carry it.
-        gpu.attributes.setdefault("memory_mib", model.memory_gb * 1024)
+        gpu.attributes.setdefault("memory_mib", model.memory_mib)
         gpu.attributes.setdefault("gpu_model", model.name)
         pool = counters(model)
         for p in placements(model):
@@ -268,5 +273,5 @@ def memory_mb(devices: list[FoundDevice]) -> dict[str, int]:
     for d in devices:
         model = lookup(d.vendor_id or "", d.product_id or "") if d.kind is not DeviceKind.SRIOV_VF else None
         if model is not None:
-            out[d.address] = model.memory_gb * 1024
+            out[d.address] = model.memory_mib
     return out

@@ -92,8 +92,8 @@ def read_host_use(files: HostFiles, sysfs: Sysfs | None = None) -> HostUse:
                 _add_mount(files, mounts, _unescape(parts[0]), _unescape(parts[1]))
     swaps = set()
     for line in _lines(files.read("proc/swaps") or "")[1:]:  # a header line first
-        parts = line.split()
-        name = _device_name(files, _unescape(parts[0])) if parts else None
+        source = line.split(" ", 1)[0].split("\t", 1)[0]  # the path, its blanks escaped
+        name = _device_name(files, _unescape(source)) if source else None
         if name is not None:
             swaps.add(name)
     routes: dict[str, list[str]] = {}

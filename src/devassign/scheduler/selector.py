@@ -28,20 +28,7 @@ from devassign.scheduler.view import STANDARD_FIELDS, DeviceView
 
 # A selector is one expression: 2 KiB holds a long list of models; more is data, not a rule.
 MAX_SELECTOR_LENGTH = 2048
-DEVICE_FIELDS: frozenset[str] = frozenset(
-    {
-        "address",
-        "kind",
-        "type",
-        "vendor_id",
-        "product_id",
-        "numa_node",
-        "iommu_group",
-        "driver",
-        "parent",
-        "attributes",
-    }
-)
+DEVICE_FIELDS: frozenset[str] = frozenset((*STANDARD_FIELDS, "attributes"))
 # Names a comprehension macro binds, e.g. the ``x`` in ``l.exists(x, x > 1)``.
 _BOUND_RE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 # Every field with a value of its own type, so a type error on it is the expression's fault.

@@ -113,9 +113,8 @@ class DeviceView:
         same names the standard fields that have a value (``device.attributes.numa_node`` is
         ``device.numa_node``), since users count those among a device's attributes. A reported
         attribute of the same name wins."""
-        out = {name: getattr(self, name) for name in STANDARD_FIELDS}
+        out = {name: value for name in STANDARD_FIELDS if (value := getattr(self, name)) is not None}
         out["kind"] = str(self.kind)
-        out = {k: v for k, v in out.items() if v is not None}
         out.update(self.attributes)
         return out
 

@@ -249,10 +249,11 @@ class Placer:
         which would otherwise read as unknown. Only on the refusal, never on the way to a claim."""
         if not request.hosts:
             return decision
-        named = sorted(set(request.hosts))
-        if sum(n for _, n in self.store.host_sizes(names=named)) > self.config.max_devices:
+        try:  # the hosts named, read as explain reads them
+            snapshot = self._bounded_snapshot(request, want=self.config.explain_limit, verb="explain")
+        except errors.DevassignError:
             return decision  # too large to read again for a sentence: the first answer stands
-        full = schedule(request, self.store.snapshot_of(named), self.config.policy, quota=quota)
+        full = schedule(request, snapshot, self.config.policy, quota=quota)
         return decision if full.fits else full  # freed since: the refusal read stands
 
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
