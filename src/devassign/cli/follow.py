@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.text import Text
 
 from devassign.cli.client import Client, CliError, ExitCode, exit_status_of
-from devassign.cli.output import Column, Format, _cell, console, fit_table, when
+from devassign.cli.output import Column, Format, _cell, console, fit_table, printable, when
 
 # The server sends a comment every 15 s on a quiet stream; three missed ones mean a dead link.
 READ_TIMEOUT = 45.0
@@ -33,7 +33,8 @@ def event_line(event: dict[str, Any], fmt: Format) -> str:
     """One event as one line: its id, time, actor, action and message (or its JSON)."""
     if fmt is Format.json:
         return json.dumps(event, default=str)
-    return f"{event['id']}  {when(event['at'])}  {event['actor']}  {event['action']}  {event['message']}"
+    line = f"{event['id']}  {when(event['at'])}  {event['actor']}  {event['action']}  {event['message']}"
+    return printable(line, one_line=True)
 
 
 def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
@@ -142,7 +143,9 @@ def watch_table(
             if exc.exit_status != ExitCode.UNREACHABLE or last is None:
                 raise
             note = f"  ({exc.message}; showing the last answer)"
-        stamp = Text(f"every {interval:g} s, {datetime.now().strftime('%H:%M:%S')}{note}", style="dim")
+        stamp = Text(
+            printable(f"every {interval:g} s, {datetime.now().strftime('%H:%M:%S')}{note}"), style="dim"
+        )
         rows = [[_cell(get(row)) for _, get in columns] for row in last]
         table, _ = fit_table(headers, rows, width=console.width)
         return Group(stamp, table)

@@ -27,7 +27,7 @@ from devassign.cli import moves as moves_cli
 from devassign.cli import openstack as openstack_cli
 from devassign.cli import taints as taints_cli
 from devassign.cli.client import CliError, ExitCode, exit_status
-from devassign.cli.output import Format, emit, when
+from devassign.cli.output import Format, emit, printable, when
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 failed (the server said no: not found, cannot place, quota...); "
@@ -556,7 +556,8 @@ def run(args: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="devassign", standalone_mode=False)
     except CliError as exc:
-        typer.secho(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else ""), fg="red", err=True)
+        said = printable(exc.message)  # it may quote what an agent or a tenant wrote
+        typer.secho(f"error: {said}" + (f" [{exc.code}]" if exc.code else ""), fg="red", err=True)
         return exit_status(exc)
     except KeyboardInterrupt:
         return 130

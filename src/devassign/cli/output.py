@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
@@ -33,7 +34,34 @@ def _width_from_env() -> int | None:
         return 180
 
 
-console = Console(width=_width_from_env())
+# Characters a terminal acts on instead of showing: C0 controls but tab and newline (ESC
+# starts CSI and OSC sequences: colours, a cleared screen, an OSC 8 hyperlink hiding its URL),
+# DEL, C1 controls (0x9b is a CSI by itself), and the bidi controls that reorder what is read.
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE_RE = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_IN_A_LINE_RE = re.compile(f"[{_UNSAFE}\n\u2028\u2029]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with what a terminal would act on written out as escapes (``\\x1b``,
+    ``\\u202e``): names, reasons and messages come from agents and tenants, and are shown, never
+    obeyed. ``one_line``: newlines too, so a value never prints a line of its own."""
+
+    def shown(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return "\\n" if c == 10 else f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    return (_UNSAFE_IN_A_LINE_RE if one_line else _UNSAFE_RE).sub(shown, text)
+
+
+class _Console(Console):
+    """A console that shows the text it is given, every control character escaped."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text), **kwargs)
+
+
+console = _Console(width=_width_from_env())
 
 # Columns a narrow terminal leaves out first, the most dispensable first; after them, columns
 # go from the right (never the first one).
@@ -154,7 +182,7 @@ def fit_table(
         # Only a word wider than the column (one wider than a third of the screen) is folded.
         table.add_column(headers[i], width=w, overflow="fold")
     for row in rows:
-        table.add_row(*(Text(row[i]) for i in shown))
+        table.add_row(*(Text(printable(row[i])) for i in shown))
     return table, [headers[i] for i in range(len(headers)) if i not in shown]
 
 

@@ -12,7 +12,7 @@ import typer
 
 from devassign.cli.client import Client, CliError
 from devassign.cli.inventory import FormatOpt, HostNameArg, client
-from devassign.cli.output import Format, emit, when
+from devassign.cli.output import Format, emit, printable, when
 
 
 class Effect(StrEnum):
@@ -93,7 +93,8 @@ def _removed(found: list[dict[str, Any]], fmt: Format, what: str) -> None:
         typer.echo(f"{what} had no taint to remove")
         return
     for t in found:
-        typer.echo(f"removed taint {t['id']} ({t['effect']}: {t['reason']}) of {t['host']} {target(t)}")
+        line = f"removed taint {t['id']} ({t['effect']}: {t['reason']}) of {t['host']} {target(t)}"
+        typer.echo(printable(line, one_line=True))
 
 
 def register(app: typer.Typer) -> None:
