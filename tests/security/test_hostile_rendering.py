@@ -10,8 +10,10 @@ right-to-left override that reorders what is read.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -20,7 +22,7 @@ from devassign import schemas
 from devassign.cli import inventory as inventory_cli
 from devassign.cli import taints as taints_cli
 from devassign.cli.client import Client
-from devassign.cli.follow import event_line
+from devassign.cli.follow import event_line, follow_events
 from devassign.cli.main import app as cli_app
 from devassign.cli.output import Format
 from devassign.domain import Role
@@ -85,3 +87,52 @@ def test_a_followed_event_is_one_line_of_visible_text(secure_api: TestClient, st
     line = event_line(tainted, Format.table)
     assert "\n" not in line and [c for c in CONTROLS if c in line] == []
     assert line.endswith("\\n7  2026-01-01 12:00:00  admin  host_untainted  host h1 untainted")
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StreamOnce(httpx.BaseTransport):
+    """The in-process app, its event stream ending once it has sent what there is
+    (``?once=true``), so ``follow_events`` reads it as it reads a live one."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/events/stream":
+            request.url = request.url.copy_merge_params({"once": "true"})
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_events_follow_reads_an_event_whose_text_holds_a_unicode_line_separator(
+    secure_api: TestClient, store: Store, separator: str
+) -> None:
+    """The stream's JSON keeps U+2028, U+2029 and NEL (U+0085) as they are, and server-sent
+    events end lines only at CR and LF; ``httpx``'s ``iter_lines`` splits at these too, so the
+    follower read half an event's JSON and ended with a traceback: an agent that put one in a
+    taint's reason stopped every admin's ``devassign events --follow``."""
+    admin = _bearer(store, Role.ADMIN)
+    agent = _bearer(store, Role.AGENT, host="h1")
+    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    r = secure_api.put(
+        "/v1/hosts/h1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}, headers=agent
+    )
+    assert r.status_code == 200, r.text
+    reason = f"fan failed{separator}replaced"
+    r = secure_api.post("/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": reason}, headers=agent)
+    assert r.status_code == 201, r.text
+
+    token = admin["Authorization"].removeprefix("Bearer ")
+    client = Client("http://testserver", token, transport=_StreamOnce(secure_api._transport), retry_for=0)
+    printed: list[str] = []
+
+    def stop(seconds: float) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):  # the stream ended (once): every event was read, none broke it
+        follow_events(client, {}, history=0, fmt=Format.json, out=printed.append, sleep=stop)
+    tainted = [json.loads(line) for line in printed if "fan failed" in line]
+    assert [e["message"] for e in tainted] == [f"host h1 tainted NoSchedule: {reason}"]

@@ -10,9 +10,10 @@ not a terminal it prints the table again instead. Ctrl-C ends both with exit sta
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,28 @@ def event_line(event: dict[str, Any], fmt: Format) -> str:
         return json.dumps(event, default=str)
     line = f"{event['id']}  {when(event['at'])}  {event['actor']}  {event['action']}  {event['message']}"
     return printable(line, one_line=True)
+
+
+# Where a server-sent events line ends: CRLF, LF or CR, nowhere else.
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """The lines of a ``text/event-stream``, ended only where the format ends them (CRLF, LF,
+    CR). Not ``iter_lines()``: like ``str.splitlines`` it also ends a line at U+2028, U+2029,
+    NEL and other separators that an event's JSON keeps unescaped, inside an agent's text."""
+    pending = ""
+    for chunk in chunks:
+        pending += chunk
+        # A CR at the end may be the first half of a CRLF: it waits for the next chunk.
+        end = len(pending) - 1 if pending.endswith("\r") else len(pending)
+        start = 0
+        for m in _SSE_LINE_END.finditer(pending, 0, end):
+            yield pending[start : m.start()]
+            start = m.end()
+        pending = pending[start:]
+    if pending:
+        yield pending.removesuffix("\r")
 
 
 def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
@@ -108,7 +131,7 @@ def follow_events(
                     problem = error.message
                 else:
                     backoff = 1.0
-                    for event_id, data in server_sent_events(response.iter_lines()):
+                    for event_id, data in server_sent_events(sse_lines(response.iter_text())):
                         event = json.loads(data)
                         write(event_line(event, fmt))
                         last = max(last, int(event["id"]))
