@@ -11,6 +11,7 @@ right-to-left override that reorders what is read.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from devassign.cli.follow import event_line, follow_events
 from devassign.cli.main import app as cli_app
 from devassign.cli.output import Format
 from devassign.domain import Role
+from devassign.openstack.placement_service import EventFollower
 from devassign.store import Store
 from tests.conftest import vf
 
@@ -136,3 +138,38 @@ def test_events_follow_reads_an_event_whose_text_holds_a_unicode_line_separator(
         follow_events(client, {}, history=0, fmt=Format.json, out=printed.append, sleep=stop)
     tainted = [json.loads(line) for line in printed if "fan failed" in line]
     assert [e["message"] for e in tainted] == [f"host h1 tainted NoSchedule: {reason}"]
+
+
+def test_the_placement_mirror_notes_the_host_of_an_event_whose_text_holds_a_line_separator(
+    secure_api: TestClient, store: Store
+) -> None:
+    """The Placement mirror's stream reader split lines as ``events --follow`` did: the host of
+    an event with U+2028 in its text was dropped, and its providers waited for the next full
+    sync instead of being synced within a second."""
+    admin = _bearer(store, Role.ADMIN)
+    agent = _bearer(store, Role.AGENT, host="h1")
+    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    r = secure_api.put(
+        "/v1/hosts/h1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}, headers=agent
+    )
+    assert r.status_code == 200, r.text
+    r = secure_api.post(
+        "/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": "fan\u2028failed"}, headers=agent
+    )
+    assert r.status_code == 201, r.text
+    newest = secure_api.get("/v1/events", headers=admin).json()[0]["id"]
+    # The stream from just before the taint's event: that event alone.
+    body = secure_api.get(
+        "/v1/events/stream", params={"after": newest - 1, "once": "true"}, headers=admin
+    ).content
+    assert "\u2028".encode() in body
+
+    follower = EventFollower(httpx.Client(base_url="http://devassign"), threading.Event())
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        follower.stopped.set()  # one read of the stream, then the follower ends
+        return httpx.Response(200, content=body, headers={"Content-Type": "text/event-stream"})
+
+    follower.client = httpx.Client(base_url="http://devassign", transport=httpx.MockTransport(answer))
+    follower.run()
+    assert follower.take() == {"h1"}

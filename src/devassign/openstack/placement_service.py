@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
-from devassign.cli.follow import server_sent_events
+from devassign.cli.follow import server_sent_events, sse_lines
 from devassign.openstack.placement_mirror import MirrorError, PlacementMirror, SyncResult
 
 LOG = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class EventFollower:
                         raise MirrorError(f"HTTP {response.status_code} (an admin token?)")
                     LOG.info("following devassign's event stream%s", " again" if failing else "")
                     failing, backoff = False, 1.0
-                    for event_id, data in server_sent_events(response.iter_lines()):
+                    for event_id, data in server_sent_events(sse_lines(response.iter_text())):
                         self._note(event_id, data)
                         if self.stopped.is_set():
                             return
