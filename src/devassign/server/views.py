@@ -63,7 +63,8 @@ def list_devices(
 def get_device(store: Store, scope: Scope, device_id: str) -> schemas.Device:
     device = store.get_device(device_id)
     if not scope.sees_host(device.host):
-        raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device {device_id!r}")
+        # The store's words for an unknown id: another host's device is one that does not exist.
+        raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
     return device
 
 
@@ -90,9 +91,9 @@ def get_allocation(store: Store, scope: Scope, consumer: str) -> schemas.Allocat
     """A member's own project's allocation, an agent's own host's, or any for an admin."""
     allocation = store.get_allocation(consumer, scope.project)
     if not scope.sees_host(allocation.host):
-        raise errors.DevassignError(
-            errors.ALLOCATION_NOT_FOUND, f"no live allocation for consumer {consumer!r}"
-        )
+        # The store's words for a consumer that never held anything: an agent must not tell
+        # another host's consumers from made-up ids.
+        raise errors.DevassignError(errors.ALLOCATION_NOT_FOUND, f"consumer {consumer!r} holds no allocation")
     return allocation
 
 
