@@ -23,7 +23,7 @@ def _body(text: str, *names: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def test_an_agent_cannot_tell_another_hosts_allocation_or_device_from_a_made_up_one(world: World) -> None:
+def test_an_agent_cannot_tell_another_hosts_allocation_or_device_from_a_made_up_one(world: World) -> None:  # noqa: F811
     """docs/api.md: "naming something outside the scope by id answers 404, as if it did not
     exist". compute-b's agent asking for blue-vm (on compute-a) got "no live allocation for
     consumer 'blue-vm'", and for a consumer that never existed "consumer 'x' holds no

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from devassign import schemas
 from devassign.cli import inventory as inventory_cli
+from devassign.cli import output
 from devassign.cli import taints as taints_cli
 from devassign.cli.client import Client
 from devassign.cli.follow import event_line, follow_events
@@ -64,6 +65,9 @@ def _run_cli(api: TestClient, headers: dict[str, str], monkeypatch: pytest.Monke
     client = Client("http://testserver", token, transport=api._transport, retry_for=0)
     for module in (inventory_cli, taints_cli):
         monkeypatch.setattr(module, "client", lambda ctx, c=client: c)
+    # Wide enough that no cell wraps inside a word the test looks for, whatever width an
+    # earlier test in this process left.
+    monkeypatch.setattr(output.console, "width", 400)
     result = CliRunner().invoke(cli_app, list(argv))
     assert result.exit_code == 0, result.output
     return result.output
