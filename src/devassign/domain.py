@@ -6,6 +6,7 @@ server all speak the same words without importing one another.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from enum import StrEnum
@@ -283,3 +284,20 @@ def nvidia_vgpu(description: str | None) -> tuple[int, int] | None:
 
 
 _FRAMEBUFFER_RE = re.compile(r"([0-9]{1,9})([MG])")
+
+
+def one_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``json.loads``'s ``object_pairs_hook``).
+
+    Python's decoder keeps the last of a repeated key; other parsers keep the first or refuse,
+    so a body read one way by a proxy and another way here is refused instead (a
+    ``JSONDecodeError``, with no position: the decoder does not give the hook one).
+    """
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise json.JSONDecodeError(f"the key {key!r} appears twice in one object", "", -1)
+            seen.add(key)
+    return out

@@ -51,23 +51,6 @@ MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 
 
-def one_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different (``json.loads``'s ``object_pairs_hook``).
-
-    Python's decoder keeps the last of a repeated key; other parsers keep the first or refuse,
-    so a body read one way by a proxy and another way here is refused instead (a
-    ``JSONDecodeError``, with no position: the decoder does not give the hook one).
-    """
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise json.JSONDecodeError(f"the key {key!r} appears twice in one object", "", -1)
-            seen.add(key)
-    return out
-
-
 def value_problem(value: Any, where: str = "") -> str | None:
     """What makes ``value`` (decoded JSON) unstorable, or ``None``.
 

@@ -18,9 +18,11 @@ from hypothesis import given, settings
 
 from devassign import schemas
 from devassign.domain import Role
-from devassign.scheduler import ClaimBody, HostView, Request, Snapshot, capacity, fit
+from devassign.scheduler import ClaimBody, HostView, Request, Snapshot
 from devassign.scheduler import selector as selector_module
 from devassign.scheduler.budget import current
+from devassign.scheduler.capacity import capacity
+from devassign.scheduler.fit import fit
 from devassign.scheduler.view import HostView as View
 from devassign.server.placement import PlacementConfig, Placer
 from devassign.store import Store

@@ -14,23 +14,21 @@ import re
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from devassign.agent.config import AgentConfig, ConfigError, default_config, load_config
-from devassign.agent.inventory import Inventory, build_inventory
-from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice
-from devassign.agent.nova import import_nova
-from devassign.agent.reporter import ReportRefused, ServerUnavailable
-from devassign.agent.state import StateError, StateFile
-from devassign.agent.worker import Agent, WorkRefused
 from devassign.cli.client import ExitCode
 from devassign.cli.output import print_table
-from devassign.hostio import Sysfs
-from devassign.lifecycle.host import HostOps
-from devassign.lifecycle.simulated import SimulatedSysfs
-from devassign.testing.host import simulated_host
+
+if TYPE_CHECKING:
+    from devassign.agent.config import AgentConfig
+    from devassign.agent.inventory import Inventory
+    from devassign.agent.model import FoundDevice
+    from devassign.hostio import Sysfs
+
+# The agent's own modules (discovery, handlers, the configuration's models) are imported by
+# the commands that use them: every other ``devassign`` command starts without them.
 
 app = typer.Typer(
     help="The host agent: discover devices, report them to the server, keep them current.",
@@ -55,6 +53,8 @@ def _fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
 
 
 def _config(path: Path | None) -> AgentConfig:
+    from devassign.agent.config import ConfigError, default_config, load_config
+
     try:
         return load_config(path) if path is not None else default_config()
     except ConfigError as exc:
@@ -64,6 +64,8 @@ def _config(path: Path | None) -> AgentConfig:
 def _sysfs(root: Path, config: AgentConfig) -> Sysfs:
     """The sysfs tree at ``root``; a folder with neither PCI nor USB devices, and a
     configuration that declares none, is a wrong ``--sysfs-root``, not an empty host."""
+    from devassign.hostio import Sysfs
+
     if not root.is_dir():
         _fail(f"{root}: no such folder (expected a sysfs tree)")
     sysfs = Sysfs(root)
@@ -120,6 +122,13 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Discover, report, heartbeat, and set up / clean devices as the server asks."""
+    from devassign.agent.reporter import ReportRefused, ServerUnavailable
+    from devassign.agent.state import StateError, StateFile
+    from devassign.agent.worker import Agent, WorkRefused
+    from devassign.lifecycle.host import HostOps
+    from devassign.lifecycle.simulated import SimulatedSysfs
+    from devassign.testing.host import simulated_host
+
     _logging(verbose)
     cfg = _config(config)
     _sysfs(sysfs_root, cfg)
@@ -169,6 +178,8 @@ def discover(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Print every device this host has and what it would report, without a server."""
+    from devassign.agent.inventory import build_inventory
+
     _logging(verbose)
     cfg = _config(config)
     inv = build_inventory(_sysfs(sysfs_root, cfg), cfg)
@@ -199,6 +210,8 @@ def _table(inv: Inventory) -> tuple[list[str], list[list[str]]]:
 
 def _notes(dev: FoundDevice) -> str:
     """The device's flags, and for one the host uses, why (``host_in_use: sda1 is swap``)."""
+    from devassign.agent.model import FLAG_HOST_IN_USE
+
     shown = [f"{f}: {'; '.join(dev.host_use)}" if f == FLAG_HOST_IN_USE else f for f in dev.flags]
     return ", ".join(shown)
 
@@ -208,6 +221,9 @@ def import_nova_cmd(
     file: Annotated[Path, typer.Argument(help="nova.conf, or a JSON file of specs and aliases")],
 ) -> None:
     """Print Nova's PCI device_spec and alias settings as devassign device rules (TOML)."""
+    from devassign.agent.config import ConfigError
+    from devassign.agent.nova import import_nova
+
     try:
         typer.echo(import_nova(file), nl=False)
     except ConfigError as exc:

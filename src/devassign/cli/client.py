@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from devassign.schemas import one_per_key
+from devassign.domain import one_per_key
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 # Seconds after a request's first try during which it is retried (DEVASSIGN_RETRY_SECONDS; 0: never).

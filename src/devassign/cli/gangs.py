@@ -12,7 +12,7 @@ from devassign.cli.claims import HostOpt, RequestOpt, SpecOpt, build_body, plura
 from devassign.cli.client import CliError, ExitCode
 from devassign.cli.inventory import ALLOCATION_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
-from devassign.scheduler.gang import ordinal
+from devassign.scheduler.reasons import ordinal
 
 InstanceOpt = Annotated[
     list[str] | None,

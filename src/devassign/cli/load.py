@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from devassign import schemas
 from devassign.cli.client import Client, CliError, ExitCode, parse_json
 
 # The server's limits on one batch (POST /v1/reports), and a margin under its 16 MiB body.
@@ -64,6 +62,10 @@ def _lines(text: str) -> list[Any]:
 
 def invalid(item: dict[str, Any]) -> str | None:
     """Why the server would refuse this item alone (its own PUT would be a 400), or None."""
+    from pydantic import ValidationError  # the models load with the first item, not the CLI
+
+    from devassign import schemas
+
     try:
         schemas.HostReport.model_validate(item)
     except ValidationError as exc:

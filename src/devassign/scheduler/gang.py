@@ -27,7 +27,7 @@ from typing import Any
 
 from devassign.scheduler.pipeline import DEFAULT_POLICY, Explanation, HostVerdict, Placement, schedule
 from devassign.scheduler.quota import Quota
-from devassign.scheduler.reasons import STAGE, Reason, ReasonCode
+from devassign.scheduler.reasons import STAGE, Reason, ReasonCode, ordinal
 from devassign.scheduler.request import Request
 from devassign.scheduler.scorers import Policy
 from devassign.scheduler.view import HostView, Snapshot
@@ -82,12 +82,6 @@ def host_value(host: HostView, attribute: str) -> tuple[bool, Any]:
     if len(values) == 1:
         return True, next(iter(values.values()))
     return False, sorted(values)
-
-
-def ordinal(n: int) -> str:
-    """``1st``, ``2nd``, ``3rd``, ``11th``, ``64th``."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def plan(

@@ -145,3 +145,9 @@ def without_setter(sentence: str) -> str:
 _SETTER = re.compile(r", by [^()]*\)")
 # The taint clause that ends a host's sentence (filters append it after "; ").
 TAINTED = re.compile(r"; (\d+ \S+ devices? (?:is|are) tainted .*)$")
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``11th``, ``64th``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

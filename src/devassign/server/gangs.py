@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from devassign import errors, schemas
 from devassign.scheduler import ClaimBody, Quota, Request, Snapshot
-from devassign.scheduler.gang import MAX_INSTANCES, GangPlan, Layout, ordinal, plan
-from devassign.scheduler.reasons import funnel_sentence
+from devassign.scheduler.gang import MAX_INSTANCES, GangPlan, Layout, plan
+from devassign.scheduler.reasons import funnel_sentence, ordinal
 from devassign.schemas import ConsumerId
 from devassign.server.placement import (
     Placer,

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from devassign.schemas import one_per_key
+from devassign.domain import one_per_key
 
 
 class StrictJsonRequest(Request):

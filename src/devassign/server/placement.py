@@ -38,13 +38,13 @@ from devassign.scheduler import (
     Request,
     RequestError,
     Snapshot,
-    capacity,
     claim_order,
     explain,
     parse_claim,
     schedule,
 )
 from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_budget
+from devassign.scheduler.capacity import capacity
 from devassign.scheduler.params import has_params, request_doc
 from devassign.scheduler.reasons import funnel_sentence
 from devassign.store import ClaimContext, Principal, Store

@@ -15,6 +15,7 @@ from devassign.agent import cli
 from devassign.agent.config import MAX_CONFIG_ATTRIBUTES, ConfigError, parse_config
 from devassign.agent.inventory import build_inventory
 from devassign.agent.reporter import Reporter, ReportRefused
+from devassign.agent.worker import Agent
 from devassign.hostio import Sysfs
 from devassign.schemas import MAX_ATTRIBUTES, MAX_DEVICES_PER_REPORT, ReportedDevice
 from tests.fixtures.sysfs import host
@@ -114,13 +115,13 @@ def test_cli_run_once_past_one_report_exits_1_and_sends_nothing(
         '[[resource]]\ntype = "A"\ncount = 10000\n[[resource]]\ntype = "B"\ncount = 10000\n'
     )
     server = FakeServer()
-    original = cli.Agent.__init__
+    original = Agent.__init__
 
-    def patched(self: cli.Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
+    def patched(self: Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
         client = httpx.Client(transport=httpx.MockTransport(server))
         original(self, config, root, ops, client, sleep=lambda s: None, **kw)
 
-    monkeypatch.setattr(cli.Agent, "__init__", patched)
+    monkeypatch.setattr(Agent, "__init__", patched)
     res = runner.invoke(cli.app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
     assert res.exit_code == 1, res.output
     assert "20001 devices, more than the 20000" in res.stderr and "Traceback" not in res.output

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from devassign.agent import cli
 from devassign.agent.cli import app
 from devassign.agent.config import parse_config
 from devassign.agent.nova import import_nova
+from devassign.agent.worker import Agent
 from tests.fixtures.sysfs import host
 
 NOVA_CONF = """
@@ -113,12 +113,12 @@ def test_cli_run_once_against_unreachable_server(tmp_path: Path, monkeypatch: py
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    original = cli.Agent.__init__
+    original = Agent.__init__
 
-    def patched(self: cli.Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
+    def patched(self: Agent, config: Any, root: Any, ops: Any, *a: object, **kw: Any) -> None:
         client = httpx.Client(transport=httpx.MockTransport(refuse))
         original(self, config, root, ops, client, sleep=lambda s: None, **kw)
 
-    monkeypatch.setattr(cli.Agent, "__init__", patched)
+    monkeypatch.setattr(Agent, "__init__", patched)
     res = runner.invoke(app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
     assert res.exit_code == 3 and "connection refused" in res.stderr  # unreachable

@@ -3,7 +3,7 @@ devices lets it, not only where the search's first choice of them did."""
 
 from __future__ import annotations
 
-from devassign.scheduler import fit
+from devassign.scheduler.fit import fit
 from tests.unit.scheduler.helpers import device, host, req
 
 

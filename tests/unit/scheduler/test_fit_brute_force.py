@@ -17,9 +17,9 @@ import random
 
 import pytest
 
-from devassign.scheduler import DeviceView, HostView, fit
+from devassign.scheduler import DeviceView, HostView
 from devassign.scheduler.candidates import Candidates
-from devassign.scheduler.fit import attribute_value
+from devassign.scheduler.fit import attribute_value, fit
 from devassign.scheduler.shares import Pools, overdrawn
 from tests.unit.scheduler.helpers import req
 

@@ -8,12 +8,12 @@ from devassign.scheduler import (
     Policy,
     Quota,
     ReasonCode,
-    capacity,
     check_quota,
     claim_order,
     explain,
     schedule,
 )
+from devassign.scheduler.capacity import capacity
 from tests.unit.scheduler.helpers import gpus, host, one, req, snapshot, vfs
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devassign.scheduler import DeviceView, HostView, Request, fit
-from devassign.scheduler.fit import attribute_value
+from devassign.scheduler import DeviceView, HostView, Request
+from devassign.scheduler.fit import attribute_value, fit
 from tests.unit.scheduler.helpers import req
 
 pytestmark = pytest.mark.slow  # hypothesis, 500 examples in all

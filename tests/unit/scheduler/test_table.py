@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from devassign.scheduler import Policy, ReasonCode, Request, fit, schedule
+from devassign.scheduler import Policy, ReasonCode, Request, schedule
+from devassign.scheduler.fit import fit
 from tests.unit.scheduler.helpers import device, gpus, host, one, req, snapshot, vfs, vgpus
 
 PF_A = "0000:3b:00.0"
