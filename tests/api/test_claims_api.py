@@ -82,6 +82,26 @@ def test_not_enough_devices_anywhere_reports_the_funnel(api: TestClient) -> None
     assert r.json()["error"]["explanation"]["funnel"] == {"hosts": 1, "down": 0, "lacking_GPU_A100": 1}
 
 
+def test_the_funnel_of_a_request_that_names_hosts_counts_only_those(api: TestClient) -> None:
+    """A request naming its hosts can go nowhere else: its "before scheduling" counts left out
+    the other hosts, or ``explain --host c1`` said "c1 fits" and "1 up host with too few" (c2)."""
+    _setup(api, "NIC_VF_1G")
+    _report(api, "c1", [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    _report(api, "c2", [vf("0000:3b:02.1")])
+    two = {"extra_specs": {"hardware_resource:NIC_VF_1G": "2"}}
+    fits = api.post("/v1/explain", json={**two, "hosts": ["c1"]}).json()
+    assert fits["fits"] is True
+    assert fits["funnel"] == {"hosts": 1, "down": 0, "lacking_NIC_VF_1G": 0}
+    refused = _claim(api, "vm-1", hosts=["c2"], **two)
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["explanation"]["funnel"] == {"hosts": 1, "down": 0, "lacking_NIC_VF_1G": 1}
+    assert "1 up host with too few free NIC_VF_1G" in error["message"], error["message"]
+    # Without names, every host counts.
+    everywhere = api.post("/v1/explain", json=two).json()
+    assert everywhere["funnel"] == {"hosts": 2, "down": 0, "lacking_NIC_VF_1G": 1}
+
+
 def test_same_claim_twice_with_key_returns_the_same_allocation(api: TestClient) -> None:
     _setup(api, "NIC_VF_1G")
     _report(api, "c1", [vf("0000:3b:02.1"), vf("0000:3b:02.2")])

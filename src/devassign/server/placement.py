@@ -257,7 +257,7 @@ class Placer:
         return decision if full.fits else full  # freed since: the refusal read stands
 
     def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
-        body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
+        body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0], request.hosts))
         closest = "; ".join(c["message"] for c in body["closest"])
         before = funnel_sentence(body["funnel"])
         if before and not decision.explanation.considered:
@@ -554,7 +554,8 @@ class Placer:
                 if quota is None
                 else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
             )
-        body_out = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0]))
+        funnel = self.store.funnel(_needs(request)[0], request.hosts)
+        body_out = explanation_body(decision.explanation, funnel)
         body_out["fits"] = decision.fits
         body_out["placements"] = [
             {

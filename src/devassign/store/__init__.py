@@ -7,7 +7,7 @@ below it hold the queries, grouped by what they are about.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -494,8 +494,9 @@ class Store:
             )
         )
 
-    def funnel(self, needs: dict[str, int]) -> dict[str, int]:
-        return self.db.reading(lambda c: candidates.funnel(c, needs, up_since=self.up_since()))
+    def funnel(self, needs: dict[str, int], names: Sequence[str] = ()) -> dict[str, int]:
+        """Why hosts were left out before scheduling; of the ``names`` a request named only."""
+        return self.db.reading(lambda c: candidates.funnel(c, needs, up_since=self.up_since(), names=names))
 
     def quota(self, project: str) -> tuple[dict[str, int], dict[str, int]]:
         """(limits, usage) of every type ``project`` has a limit for."""

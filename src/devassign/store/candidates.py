@@ -525,12 +525,17 @@ def count_enough(conn: sa.Connection, needs: Mapping[int, int], *, up_since: dat
     return int(conn.execute(sa.select(sa.func.count()).select_from(enough)).scalar_one())
 
 
-def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime) -> dict[str, int]:
-    """For an explanation: hosts in all, down, and up but without enough of each needed type."""
-    total = conn.execute(sa.select(sa.func.count()).select_from(hosts)).scalar_one()
-    up = conn.execute(
-        sa.select(sa.func.count()).select_from(hosts).where(hosts.c.last_seen_at >= up_since)
-    ).scalar_one()
+def funnel(
+    conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime, names: Sequence[str] = ()
+) -> dict[str, int]:
+    """For an explanation: hosts in all, down, and up but without enough of each needed type.
+
+    ``names``: the hosts a request names, the only ones it could go to (so the only ones its
+    explanation counts); none: every host."""
+    named = hosts.c.name.in_(list(names)) if names else sa.true()
+    up_host = (hosts.c.last_seen_at >= up_since) & named
+    total = conn.execute(sa.select(sa.func.count()).select_from(hosts).where(named)).scalar_one()
+    up = conn.execute(sa.select(sa.func.count()).select_from(hosts).where(up_host)).scalar_one()
     out = {"hosts": total, "down": total - up}
     ids = type_ids(conn, needs)
     for name, n in needs.items():
@@ -541,11 +546,7 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
             else conn.execute(
                 sa.select(sa.func.count())
                 .select_from(inventory.join(hosts, hosts.c.id == inventory.c.host_id))
-                .where(
-                    inventory.c.type_id == tid,
-                    inventory.c.available >= n,
-                    hosts.c.last_seen_at >= up_since,
-                )
+                .where(inventory.c.type_id == tid, inventory.c.available >= n, up_host)
             ).scalar_one()
         )
         out[f"lacking_{name}"] = up - enough
@@ -553,7 +554,7 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
             continue
         # Of the lacking: enough but for their taints; enough but for failed health checks.
         free_tainted = (devices.c.state == DeviceState.AVAILABLE.value) & devices.c.taint.is_not(None)
-        tainted = _short_because(conn, tid, n, up_since, free_tainted)
+        tainted = _short_because(conn, tid, n, up_host, free_tainted)
         if tainted:
             out[f"tainted_{name}"] = tainted
         carved = conn.execute(
@@ -564,23 +565,28 @@ def funnel(conn: sa.Connection, needs: Mapping[str, int], *, up_since: datetime)
                 inventory.c.available < n,
                 inventory.c.carved > 0,
                 inventory.c.available + inventory.c.carved >= n,
-                hosts.c.last_seen_at >= up_since,
+                up_host,
             )
         ).scalar_one()
         if carved:
             out[f"partitioned_{name}"] = int(carved)
         sick = (devices.c.state == DeviceState.UNHEALTHY.value) & devices.c.taint.is_(None)
-        unhealthy = _short_because(conn, tid, n, up_since, sick)
+        unhealthy = _short_because(conn, tid, n, up_host, sick)
         if unhealthy:
             out[f"unhealthy_{name}"] = unhealthy
     return out
 
 
 def _short_because(
-    conn: sa.Connection, type_id: int, n: int, up_since: datetime, counted: sa.ColumnElement[bool]
+    conn: sa.Connection,
+    type_id: int,
+    n: int,
+    up_host: sa.ColumnElement[bool],
+    counted: sa.ColumnElement[bool],
 ) -> int:
-    """Up hosts with too few schedulable devices of the type that would have enough if the
-    devices ``counted`` selects were free too (those a taint keeps from claims; the unhealthy)."""
+    """Up hosts (``up_host``) with too few schedulable devices of the type that would have
+    enough if the devices ``counted`` selects were free too (those a taint keeps from claims;
+    the unhealthy)."""
     free = (
         sa.select(sa.func.count())
         .where(devices.c.host_id == inventory.c.host_id, devices.c.type_id == type_id, counted)
@@ -593,7 +599,7 @@ def _short_because(
             .where(
                 inventory.c.type_id == type_id,
                 inventory.c.available < n,
-                hosts.c.last_seen_at >= up_since,
+                up_host,
                 inventory.c.available + free >= n,
             )
         ).scalar_one()
