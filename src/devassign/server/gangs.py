@@ -32,6 +32,7 @@ from devassign.server.placement import (
     _needs,
     _project,
     _refuse_unknown,
+    counted_hosts,
     explanation_body,
     parse,
     policy_body,
@@ -164,7 +165,9 @@ class Gangs:
         p = self._prepare(body, caller)
         self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found, snapshot = self._plan(p, len(body.instances))
-        out = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0], p.request.hosts))
+        out = explanation_body(
+            found.explanation, self.store.funnel(_needs(p.request)[0], counted_hosts(p.request, operator))
+        )
         out.update(
             fits=found.fits,
             wanted=found.wanted,
@@ -297,7 +300,9 @@ class Gangs:
         ]
 
     def _refusal(self, p: _Prepared, found: GangPlan, *, operator: bool) -> errors.DevassignError:
-        body = explanation_body(found.explanation, self.store.funnel(_needs(p.request)[0], p.request.hosts))
+        body = explanation_body(
+            found.explanation, self.store.funnel(_needs(p.request)[0], counted_hosts(p.request, operator))
+        )
         before = funnel_sentence(body["funnel"])
         if not operator:
             # The hosts' sentences name hosts and addresses, the plan's the attribute value the

@@ -27,6 +27,7 @@ from typing import Any
 import prometheus_client
 
 from devassign import errors, schemas
+from devassign.domain import Role
 from devassign.scheduler import (
     ClaimBody,
     Decision,
@@ -177,6 +178,13 @@ def _budgeted(*, remember: bool = False) -> Iterator[SelectorBudget]:
         raise errors.DevassignError(exc.code.value, exc.message) from exc
 
 
+def counted_hosts(request: Request, operator: bool) -> tuple[str, ...]:
+    """The hosts an explanation's before-scheduling counts cover: those an operator's request
+    names (it can go nowhere else), else every host. A member's answer never depends on the
+    hosts named (a move's target): made up, down, tainted or full read the same to a member."""
+    return request.hosts if operator else ()
+
+
 def _check_params(body: ClaimBody, *, instances: int = 1) -> None:
     """A MAC address belongs to one NIC: refuse one MAC for several devices, also for the
     ``instances`` of a gang, each of which gets the body's requests (its params included)."""
@@ -256,8 +264,11 @@ class Placer:
         full = schedule(request, snapshot, self.config.policy, quota=quota)
         return decision if full.fits else full  # freed since: the refusal read stands
 
-    def _no_valid_host(self, request: Request, decision: Decision, why: str) -> errors.DevassignError:
-        body = explanation_body(decision.explanation, self.store.funnel(_needs(request)[0], request.hosts))
+    def _no_valid_host(
+        self, request: Request, decision: Decision, why: str, caller: Principal
+    ) -> errors.DevassignError:
+        funnel = self.store.funnel(_needs(request)[0], counted_hosts(request, caller.role is not Role.MEMBER))
+        body = explanation_body(decision.explanation, funnel)
         closest = "; ".join(c["message"] for c in body["closest"])
         before = funnel_sentence(body["funnel"])
         if before and not decision.explanation.considered:
@@ -350,7 +361,7 @@ class Placer:
                     refusal = plan_quota_refusal(request, project, quota)
                 else:
                     decision = self._named_verdicts(request, decision, quota)
-                    refusal = self._no_valid_host(request, decision, "no host can hold this request")
+                    refusal = self._no_valid_host(request, decision, "no host can hold this request", caller)
                 break
             # First attempt: one of the few best at random; after a lost race, or in a burst,
             # any fitting host.
@@ -374,7 +385,7 @@ class Placer:
                 over.error
                 if over is not None
                 else self._no_valid_host(
-                    request, decision, "every fitting host was taken by concurrent claims"
+                    request, decision, "every fitting host was taken by concurrent claims", caller
                 )
             )
         assert refusal is not None
@@ -554,7 +565,7 @@ class Placer:
                 if quota is None
                 else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
             )
-        funnel = self.store.funnel(_needs(request)[0], request.hosts)
+        funnel = self.store.funnel(_needs(request)[0], counted_hosts(request, caller.role is not Role.MEMBER))
         body_out = explanation_body(decision.explanation, funnel)
         body_out["fits"] = decision.fits
         body_out["placements"] = [
