@@ -50,3 +50,19 @@ def test_db_status_does_not_create_a_database_where_there_is_none(tmp_path: Path
     assert not missing.exists(), "db status created a database file"
     assert not missing.parent.exists(), "db status created the folder"
     assert result.returncode != 0
+
+
+def test_token_create_says_which_database_it_wrote_to(tmp_path: Path) -> None:
+    """With ``DEVASSIGN_URL`` pointing at a server on PostgreSQL, ``token create`` without
+    ``--db`` wrote the token to the local SQLite default and said nothing: the operator got a
+    token the server refuses. stdout stays the secret alone (scripts capture it); stderr names
+    the database and the way through the server."""
+    result = cli(
+        "token",
+        "create",
+        "--role",
+        "admin",
+        env={"DEVASSIGN_DATA_DIR": str(tmp_path), "DEVASSIGN_URL": "http://127.0.0.1:9"},
+    )
+    assert result.stdout.count("\n") == 1 and " " not in result.stdout.strip()
+    assert str(tmp_path / "devassign.db") in result.stderr and "--via-api" in result.stderr

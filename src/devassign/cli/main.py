@@ -424,6 +424,14 @@ def token_create(
     finally:
         database.dispose()
     typer.echo(made.token)
+    # Where it went, on stderr (stdout is the secret alone, for scripts): with DEVASSIGN_URL
+    # pointing at a server on another database, a token written here is one that server
+    # refuses.
+    typer.echo(
+        f"(stored in the database {_safe_url(url)}; a server on another database does not know it: "
+        "--via-api makes the token through the server)",
+        err=True,
+    )
 
 
 @token_app.command("list")
