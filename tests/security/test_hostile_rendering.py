@@ -44,20 +44,24 @@ def _bearer(store: Store, role: Role, **scope: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-def _hostile_agent(api: TestClient, store: Store) -> dict[str, str]:
-    """An admin makes a type; the agent of h1 reports an unhealthy device and taints its host,
-    both with the hostile text. Returns the admin's headers."""
+def _agent_taints_h1(api: TestClient, store: Store, reason: str, device: dict[str, Any]) -> dict[str, str]:
+    """An admin makes a type; the agent of h1 reports ``device`` and taints its host with
+    ``reason``. Returns the admin's headers."""
     admin = _bearer(store, Role.ADMIN)
     agent = _bearer(store, Role.AGENT, host="h1")
     assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
-    device = vf("0000:3b:02.1", healthy=False, health_reason="link down " + HOSTILE)
     r = api.put("/v1/hosts/h1/inventory", json={"generation": 1, "devices": [device]}, headers=agent)
     assert r.status_code == 200 and not r.json()["refused"], r.text
-    r = api.post(
-        "/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": HOSTILE + FAKE_EVENT}, headers=agent
-    )
+    r = api.post("/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": reason}, headers=agent)
     assert r.status_code == 201, r.text
     return admin
+
+
+def _hostile_agent(api: TestClient, store: Store) -> dict[str, str]:
+    """The agent of h1 reports an unhealthy device and taints its host, both with the hostile
+    text. Returns the admin's headers."""
+    device = vf("0000:3b:02.1", healthy=False, health_reason="link down " + HOSTILE)
+    return _agent_taints_h1(api, store, HOSTILE + FAKE_EVENT, device)
 
 
 def _run_cli(api: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch, *argv: str) -> str:
@@ -120,16 +124,8 @@ def test_events_follow_reads_an_event_whose_text_holds_a_unicode_line_separator(
     events end lines only at CR and LF; ``httpx``'s ``iter_lines`` splits at these too, so the
     follower read half an event's JSON and ended with a traceback: an agent that put one in a
     taint's reason stopped every admin's ``devassign events --follow``."""
-    admin = _bearer(store, Role.ADMIN)
-    agent = _bearer(store, Role.AGENT, host="h1")
-    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
-    r = secure_api.put(
-        "/v1/hosts/h1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}, headers=agent
-    )
-    assert r.status_code == 200, r.text
     reason = f"fan failed{separator}replaced"
-    r = secure_api.post("/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": reason}, headers=agent)
-    assert r.status_code == 201, r.text
+    admin = _agent_taints_h1(secure_api, store, reason, vf("0000:3b:02.1"))
 
     token = admin["Authorization"].removeprefix("Bearer ")
     client = Client("http://testserver", token, transport=_StreamOnce(secure_api._transport), retry_for=0)
@@ -150,17 +146,7 @@ def test_the_placement_mirror_notes_the_host_of_an_event_whose_text_holds_a_line
     """The Placement mirror's stream reader split lines as ``events --follow`` did: the host of
     an event with U+2028 in its text was dropped, and its providers waited for the next full
     sync instead of being synced within a second."""
-    admin = _bearer(store, Role.ADMIN)
-    agent = _bearer(store, Role.AGENT, host="h1")
-    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
-    r = secure_api.put(
-        "/v1/hosts/h1/inventory", json={"generation": 1, "devices": [vf("0000:3b:02.1")]}, headers=agent
-    )
-    assert r.status_code == 200, r.text
-    r = secure_api.post(
-        "/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": "fan\u2028failed"}, headers=agent
-    )
-    assert r.status_code == 201, r.text
+    admin = _agent_taints_h1(secure_api, store, "fan\u2028failed", vf("0000:3b:02.1"))
     newest = secure_api.get("/v1/events", headers=admin).json()[0]["id"]
     # The stream from just before the taint's event: that event alone.
     body = secure_api.get(
