@@ -29,10 +29,8 @@ from devassign.server.placement import (
     _budgeted,
     _check_params,
     _checked_doc,
-    _needs,
     _project,
     _refuse_unknown,
-    counted_hosts,
     explanation_body,
     parse,
     policy_body,
@@ -165,9 +163,7 @@ class Gangs:
         p = self._prepare(body, caller)
         self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found, snapshot = self._plan(p, len(body.instances))
-        out = explanation_body(
-            found.explanation, self.store.funnel(_needs(p.request)[0], counted_hosts(p.request, operator))
-        )
+        out = explanation_body(found.explanation, self.placer.funnel(p.request, operator=operator))
         out.update(
             fits=found.fits,
             wanted=found.wanted,
@@ -300,9 +296,7 @@ class Gangs:
         ]
 
     def _refusal(self, p: _Prepared, found: GangPlan, *, operator: bool) -> errors.DevassignError:
-        body = explanation_body(
-            found.explanation, self.store.funnel(_needs(p.request)[0], counted_hosts(p.request, operator))
-        )
+        body = explanation_body(found.explanation, self.placer.funnel(p.request, operator=operator))
         before = funnel_sentence(body["funnel"])
         if not operator:
             # The hosts' sentences name hosts and addresses, the plan's the attribute value the

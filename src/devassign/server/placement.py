@@ -178,13 +178,6 @@ def _budgeted(*, remember: bool = False) -> Iterator[SelectorBudget]:
         raise errors.DevassignError(exc.code.value, exc.message) from exc
 
 
-def counted_hosts(request: Request, operator: bool) -> tuple[str, ...]:
-    """The hosts an explanation's before-scheduling counts cover: those an operator's request
-    names (it can go nowhere else), else every host. A member's answer never depends on the
-    hosts named (a move's target): made up, down, tainted or full read the same to a member."""
-    return request.hosts if operator else ()
-
-
 def _check_params(body: ClaimBody, *, instances: int = 1) -> None:
     """A MAC address belongs to one NIC: refuse one MAC for several devices, also for the
     ``instances`` of a gang, each of which gets the body's requests (its params included)."""
@@ -251,6 +244,12 @@ class Placer:
         limits, usage = self.store.quota(project)
         return Quota(limits, usage) if limits else None
 
+    def funnel(self, request: Request, *, operator: bool) -> dict[str, int]:
+        """An explanation's before-scheduling counts: of the hosts an operator's request names
+        (it can go nowhere else), else of every host. A member's answer never depends on the
+        hosts named (a move's target): made up, down, tainted or full read the same to a member."""
+        return self.store.funnel(_needs(request)[0], request.hosts if operator else ())
+
     def _named_verdicts(self, request: Request, decision: Decision, quota: Quota | None) -> Decision:
         """A refused claim that names hosts says each one's own reason, as explain does: the
         candidate read leaves out the named hosts that are down or short of free devices,
@@ -267,8 +266,9 @@ class Placer:
     def _no_valid_host(
         self, request: Request, decision: Decision, why: str, caller: Principal
     ) -> errors.DevassignError:
-        funnel = self.store.funnel(_needs(request)[0], counted_hosts(request, caller.role is not Role.MEMBER))
-        body = explanation_body(decision.explanation, funnel)
+        body = explanation_body(
+            decision.explanation, self.funnel(request, operator=caller.role is not Role.MEMBER)
+        )
         closest = "; ".join(c["message"] for c in body["closest"])
         before = funnel_sentence(body["funnel"])
         if before and not decision.explanation.considered:
@@ -565,8 +565,9 @@ class Placer:
                 if quota is None
                 else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
             )
-        funnel = self.store.funnel(_needs(request)[0], counted_hosts(request, caller.role is not Role.MEMBER))
-        body_out = explanation_body(decision.explanation, funnel)
+        body_out = explanation_body(
+            decision.explanation, self.funnel(request, operator=caller.role is not Role.MEMBER)
+        )
         body_out["fits"] = decision.fits
         body_out["placements"] = [
             {
