@@ -412,6 +412,9 @@ def _lost(conn: sa.Connection, exc: psycopg.Error, cursor: Any) -> bool:
     return bool(conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor))  # type: ignore[arg-type]
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+
 def driver_rows(conn: sa.Connection, sql: str, params: dict[str, Any], *, named: bool = True) -> list[Any]:
     """Run ``sql`` (psycopg's ``%(name)s`` parameters) on the PostgreSQL connection under
     ``conn``, in its transaction; its rows as named tuples (plain tuples with ``named=False``,
@@ -428,7 +431,9 @@ def driver_rows(conn: sa.Connection, sql: str, params: dict[str, Any], *, named:
     cursor = raw.cursor(row_factory=psycopg.rows.namedtuple_row if named else psycopg.rows.tuple_row)
     try:
         cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall() if cursor.description is not None else []
+        # The result's status, not ``cursor.description``: that builds a Column per field.
+        result = cursor.pgresult
+        return cursor.fetchall() if result is not None and result.status == _TUPLES_OK else []
     except psycopg.Error as exc:
         lost = _lost(conn, exc, cursor)
         if lost:
