@@ -51,6 +51,20 @@ MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 
 
+def postable_text(text: str) -> str:
+    """``text`` as every report and result can carry it: a lone surrogate (a name the host's
+    filesystem gave as bytes that are no UTF-8, ``b'\\xe9th0'``) and a NUL written as escapes.
+    For free text an agent composes from what the host shows (errors, health reasons): a value
+    the server would refuse must not lose the whole report or result it is in."""
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def value_problem(value: Any, where: str = "") -> str | None:
     """What makes ``value`` (decoded JSON) unstorable, or ``None``.
 

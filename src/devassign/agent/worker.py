@@ -78,9 +78,9 @@ from devassign.schemas import (
     InventoryResult,
     ReportedDevice,
     WorkItem,
-    WorkList,
     WorkOutcome,
     WorkResult,
+    postable_text,
     work_facts_problem,
 )
 
@@ -377,11 +377,11 @@ class Agent:
             raise WorkRefused(
                 f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
             )
-        try:
-            items = WorkList.model_validate(payload(resp, self.config.server)).items
-        except ValueError as exc:  # a 2xx that is not a work list: not our server, try later
-            raise ServerUnavailable(f"{self.config.server}: unexpected answer to GET work: {exc}") from exc
-        items = [i for i in items if self._answerable(i)]
+        items = [i for i in self._read_items(payload(resp, self.config.server), done) if self._answerable(i)]
+        if any(i.action == "setup" for i in items):
+            # What the host uses now, not at the last report (up to report_interval ago): a NIC
+            # that took the default route since must not be handed to vfio-pci.
+            self._discovered(fresh=True)
         # Cleanups first: they free what a setup in the same IOMMU group may need.
         items.sort(key=lambda i: (i.action != "cleanup", i.device.address))
         failed: set[str] = set()
@@ -394,6 +394,34 @@ class Agent:
             if item.action == "setup" and not result.ok and consumer is not None:
                 failed.add(consumer)
         return done
+
+    def _read_items(self, body: Any, done: list[WorkDone]) -> list[WorkItem]:
+        """The work list's items, each read on its own: one this agent cannot read (a device
+        kind of a newer server, say) is answered as failed where it names a device, and
+        never stops the others (a cleanup of another device would wait for ever)."""
+        raw = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(raw, list) or not isinstance(body.get("host"), str):
+            # a 2xx that is not a work list: not our server, try later
+            raise ServerUnavailable(f"{self.config.server}: unexpected answer to GET work: not a work list")
+        items, unreadable = [], []
+        for n, entry in enumerate(raw):
+            try:
+                items.append(WorkItem.model_validate(entry))
+            except ValueError as exc:
+                problem = str(exc).splitlines()
+                why = "; ".join(problem[:3])[:600]
+                log.error("cannot read work item %d of the server's list: %s", n, why)
+                failed = _unreadable_result(entry, why)
+                if failed is not None:
+                    unreadable.append(failed)
+        if unreadable:
+            body = {"results": [r.model_dump(mode="json") for r in unreadable]}
+            resp = self.reporter.request("POST", "work", body)
+            if resp.status_code >= 400:
+                log.error("the server refused the failures of unreadable work items (%d)", resp.status_code)
+            for r in unreadable:
+                done.append(WorkDone(r.device_id, "(unreadable work item)", r.action, False, r.error))
+        return items
 
     def _answerable(self, item: WorkItem) -> bool:
         """Whether a result for ``item`` could be posted (an id and consumer the server's
@@ -438,16 +466,35 @@ class Agent:
             self._inventory()
         return self._reported or {}
 
-    def _refusal(self, item: WorkItem) -> str | None:
-        """Why this agent will not act on ``item``: a device it did not report, or a handler or
-        command its configuration does not allow; ``None`` when it may."""
+    def _refusal(self, item: WorkItem, *, prepared: bool = True) -> str | None:
+        """Why this agent will not act on ``item``: a device it did not report, a handler or
+        command its configuration does not allow, or (``prepared``: the item as it would run)
+        a cleanup naming what this agent made for another device; ``None`` when it may. A
+        cleanup not yet prepared is checked for its device only: it runs the handler that set
+        the device up, not the one it names."""
         address, host = item.device.address, self.config.host
         mine = self._discovered().get(address)
         if mine is None:
             return f"{address} is not a device this agent discovered and reported on host {host}"
         if mine.kind is not item.device.kind:
             return f"{address} is a {mine.kind.value} on host {host}, not a {item.device.kind.value}"
-        return self._policy_refusal(item)
+        if item.action == "cleanup" and not prepared:
+            return None
+        return self._foreign_facts(item) or self._policy_refusal(item)
+
+    def _foreign_facts(self, item: WorkItem) -> str | None:
+        """A cleanup whose facts (the server's copy, when this agent's journal has none) name
+        the mdev this agent made for another device: removing it would take another
+        consumer's vGPU away, whatever the slot."""
+        uid = item.facts.get("mdev_uuid") if item.action == "cleanup" else None
+        if uid is None:
+            return None
+        for other, facts in self.state.state.facts.items():
+            if other != item.device.id and facts.get("mdev_uuid") == uid:
+                return (
+                    f"mdev {uid} is the one this agent made for device {other}, not for {item.device.address}"
+                )
+        return None
 
     def _policy_refusal(self, item: WorkItem) -> str | None:
         name = handler_name_for(item.device.kind, item.handler)
@@ -470,8 +517,11 @@ class Agent:
         if item.action == "setup":
             if item.device.driver not in (None, VFIO):
                 st.host_drivers[dev_id] = {"driver": item.device.driver}
-            handler = handler_name_for(item.device.kind, item.handler)
-            st.set_up_by[dev_id] = {"handler": handler, "config": item.config}
+            # The handler that set a held device up cleans it, whatever a later setup of the
+            # same device names (a server that lost the assignment, or one that lies).
+            if dev_id not in st.set_up_by:
+                handler = handler_name_for(item.device.kind, item.handler)
+                st.set_up_by[dev_id] = {"handler": handler, "config": item.config}
             return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
         item = self._as_set_up(item)
@@ -535,7 +585,11 @@ class Agent:
         st = self.state.state
         dev_id = item.device.id
         if not journaled:
-            item = self._prepared(item)
+            # A device this agent does not have, or a setup's handler it does not allow, is
+            # refused as sent: nothing of the item goes into the agent's records of the device
+            # it may hold under the same id (which handler set it up, its host driver).
+            if self._refusal(item, prepared=False) is None:
+                item = self._prepared(item)
             st.journal[dev_id] = {
                 "action": item.action,
                 "phase": "started",
@@ -675,3 +729,21 @@ class Agent:
         if self.crash_at is not None and self.crash_at in (point, f"{point}:{action}"):
             log.warning("test hook %s=%s: dying at %s of a %s", CRASH_ENV, self.crash_at, point, action)
             self.on_crash()
+
+
+def _unreadable_result(entry: Any, why: str) -> WorkResult | None:
+    """The failure to post for a work item this agent cannot read, if it names a device."""
+    device = entry.get("device") if isinstance(entry, dict) else None
+    if not isinstance(device, dict):
+        return None
+    try:
+        return WorkResult(
+            device_id=device.get("id"),
+            action=entry.get("action"),
+            ok=False,
+            error=postable_text(f"the agent cannot read this work item: {why}"),
+            consumer=device.get("consumer"),
+            ticket=entry.get("ticket") or None,
+        )
+    except ValueError:
+        return None

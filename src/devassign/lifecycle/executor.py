@@ -15,6 +15,7 @@ from devassign.domain import DeviceState
 from devassign.lifecycle.base import Handler, HandlerError, LifecycleDevice, TypeConfig
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
+from devassign.schemas import postable_text
 
 Action = Literal["setup", "cleanup", "health"]
 
@@ -26,6 +27,11 @@ class ActionResult:
     ok: bool
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The error goes into a report or a result: names from the host may not be UTF-8.
+        if self.error is not None:
+            object.__setattr__(self, "error", postable_text(self.error))
 
 
 def run_action(
