@@ -40,6 +40,7 @@ CONSUMER_CONFLICT = "consumer_conflict"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 INVALID_STATE = "invalid_state"
 MOVE_PENDING = "move_pending"
+TOO_MANY_TAINTS = "too_many_taints"  # a host holds the most live taints it may
 GANG_LAYOUT = "gang_layout"  # a move of a gang's instance would break the gang's layout
 DATABASE_BUSY = "database_busy"
 INTERNAL = "internal_error"
@@ -75,6 +76,7 @@ STATUS: dict[str, int] = {
     IDEMPOTENCY_KEY_REUSED: 409,
     INVALID_STATE: 409,
     MOVE_PENDING: 409,
+    TOO_MANY_TAINTS: 409,
     GANG_LAYOUT: 409,
     DATABASE_BUSY: 503,
     INTERNAL: 500,

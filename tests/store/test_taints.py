@@ -380,3 +380,25 @@ def test_a_pool_with_no_device_under_it_by_parent_can_be_tainted(store: Store) -
     )
     store.add_taint(_body(parent=GPU), "admin", host="g2")
     assert _available(store, "g2", "VGPU_70C") == 0
+
+
+def test_a_host_holds_at_most_its_limit_of_live_taints(
+    fleet: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each live taint is listed with every device it covers and recomputed under the host's
+    lock: one more past the limit is a 409 that says what to do, and changes nothing."""
+    from devassign.store import taints as taints_module
+
+    monkeypatch.setattr(taints_module, "MAX_TAINTS_PER_HOST", 3)
+    vf0 = _id(fleet, "c1", "0000:3b:02.0")
+    fleet.add_taint(_body(reason="one"), "agent", host="c1")
+    fleet.add_taint(_body(reason="two"), "agent", device_id=vf0)
+    last = fleet.add_taint(_body(reason="three", expires_in=60, parent=PF), "agent", host="c1")
+    before = _rows(fleet)
+    with pytest.raises(errors.DevassignError) as refused:
+        fleet.add_taint(_body(reason="four"), "agent", host="c1")
+    assert refused.value.code == errors.TOO_MANY_TAINTS and refused.value.status == 409
+    assert "host c1 has 3 live taints" in refused.value.message and "untaint" in refused.value.message
+    assert _rows(fleet) == before
+    clock.advance(61)  # an expired taint no longer counts
+    assert fleet.add_taint(_body(reason="four"), "agent", host="c1").id > last.id

@@ -4,8 +4,11 @@ A gang is N consumers that each get their own allocation of the same request (64
 of 8 GPUs). ``plan`` assigns instances to the snapshot's hosts greedily: the hosts are ranked
 once by ``schedule`` (one instance each), then filled in policy order -- *pack* takes as many
 instances as a host holds before the next host, *spread* deals one instance per host per
-round. A host takes a second instance by scheduling again on the host as it would be with the
-first one's devices held (``HostView.with_held``), so instances never share a device.
+round. A host's later instances are chosen with the earlier ones' devices held, so instances
+never share a device: by one search kept from instance to instance (``fit.Instances``, work
+that grows with instances + devices), or, for requests with alternatives and hosts with pools,
+by scheduling again on a view of the host with them held (``HostView.with_held``), within
+:data:`MAX_VIEW_DEVICES`.
 
 Constraints between instances (``Layout``): at most K per host (``distinct_hosts`` is K = 1),
 and one value of a device attribute for all of them (``same="rack"``). Hosts carry no
@@ -25,11 +28,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from devassign.scheduler.fit import FitResult, Instances
 from devassign.scheduler.pipeline import DEFAULT_POLICY, Explanation, HostVerdict, Placement, schedule
 from devassign.scheduler.quota import Quota
 from devassign.scheduler.reasons import STAGE, Reason, ReasonCode, ordinal
 from devassign.scheduler.request import Request
-from devassign.scheduler.scorers import Policy
+from devassign.scheduler.scorers import Policy, scorers_for
 from devassign.scheduler.view import HostView, Snapshot
 
 MAX_INSTANCES = 1000  # instances per gang (the body's limit; docs/requests.md)
@@ -183,7 +187,7 @@ def _fill(
     left = dict(quota.left()) if quota is not None else {}
     taken: Counter[str] = Counter()
     after: dict[str, Reason] = {}
-    steps = [0]
+    steps = [0, 0]  # search steps, devices of the host views built (MAX_VIEW_DEVICES)
     out: list[Placement] = []
 
     def quota_now() -> Quota | None:
@@ -237,6 +241,13 @@ def _fill(
     return _Filled(out, after, steps[0])
 
 
+# Devices of the host views one plan may build for the instances it places after the first
+# on a host (each a view of the whole host): a bound on a plan's work, whatever the gang's size
+# and its hosts'. Instances of single-alternative requests on hosts without pools share one
+# search instead and build at most two views a host; this bounds the others.
+MAX_VIEW_DEVICES = 500_000
+
+
 def _instances(
     request: Request,
     host: HostView,
@@ -261,7 +272,42 @@ def _instances(
         start = 1
     else:
         held, start = [], 0
-    for k in range(start, cap):
+    if start >= cap:
+        return _full(after, host.name, cap)
+    shared = not host.pools and all(len(r.alternatives) == 1 for r in request.requests)
+    k = start
+    if shared:
+        # One search over the host with the first instance held, its holds kept from one
+        # instance to the next: no view of the whole host per instance.
+        instances = Instances(host.with_held(held, extra) if held else host, request, policy.budget, rng)
+        scorers = scorers_for(policy)
+        total_weight = sum(s.weight for s in scorers) or 1.0
+        while k < cap:
+            now = quota_now()
+            chosen, used = instances.next(now.left() if now is not None else None)
+            steps[0] += used
+            if chosen is None:
+                break  # why: below, from the host with every instance so far held
+            result = FitResult(host.name, chosen, None, used)
+            scores = {s.name: s.score(host, result) for s in scorers}
+            total = sum(s.weight * scores[s.name] for s in scorers) / total_weight
+            p = Placement(host.name, total, scores, chosen, used)
+            held.extend(p.device_ids())
+            extra.update(_params_taking(request, p))
+            k += 1
+            yield p
+        if k == cap:
+            return _full(after, host.name, cap)
+    while True:
+        if steps[1] + len(host.devices) > MAX_VIEW_DEVICES:
+            after[host.name] = Reason(
+                ReasonCode.SEARCH_BUDGET_EXHAUSTED,
+                f"the plan gave up after host views of {MAX_VIEW_DEVICES:,} devices in all "
+                "(too many instances on too large hosts; ask for fewer instances, or "
+                "max_per_host)",
+            )
+            return
+        steps[1] += len(host.devices)
         view = host.with_held(held, extra) if held else host
         decision = schedule(request, Snapshot((view,)), policy, quota=quota_now(), rng=rng)
         steps[0] += decision.steps
@@ -278,8 +324,14 @@ def _instances(
         p = decision.placements[0]
         held.extend(p.device_ids())
         extra.update(_params_taking(request, p))
+        k += 1
         yield p
-    after[host.name] = Reason(
+        if k == cap:
+            return _full(after, host.name, cap)
+
+
+def _full(after: dict[str, Reason], host: str, cap: int) -> None:
+    after[host] = Reason(
         ReasonCode.CONSTRAINT_UNSATISFIED,
         f"holds {cap} of the gang's instances, the most one host may ({cap} per host)",
     )

@@ -21,7 +21,11 @@ from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.moves import is_internal, target_consumers
 from devassign.store.schema import allocations, devices, hosts, taints
-from devassign.store.taint_marks import applies, lineage, live, mark_tainted
+from devassign.store.taint_marks import Covering, applies, lineage, live, mark_tainted
+
+# Live taints one host may have (its own, its parents' and its devices'): what an operator
+# or the host's agent sets, never thousands (each is listed with every device it covers).
+MAX_TAINTS_PER_HOST = 100
 
 # A holder of one of these is asked to move when its device is drained.
 _HELD = (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value, DeviceState.MISSING.value)
@@ -85,6 +89,16 @@ def add_taint(
     assert host is not None
     h = _host_row(conn, host)
     lock_host(conn, h.id)
+    held = conn.execute(
+        sa.select(sa.func.count()).select_from(taints).where(taints.c.host_id == h.id, live(now))
+    ).scalar_one()
+    if held >= MAX_TAINTS_PER_HOST:
+        raise errors.DevassignError(
+            errors.TOO_MANY_TAINTS,
+            f"host {host} has {held} live taints, the most one host may have: remove one "
+            "(devassign host untaint) or let one expire, or taint the host or a parent once "
+            "instead of many devices",
+        )
     if device_id is not None:
         address = conn.execute(
             sa.select(devices.c.address).where(devices.c.id == device_id, devices.c.host_id == h.id)
@@ -354,10 +368,11 @@ def with_taints(conn: sa.Connection, found: list[schemas.Device], now: datetime)
         for r in rows:
             per_host.setdefault(r.name, []).append(r)
         above = {name: lineage(rs) for name, rs in per_host.items()}
+    index = {name: Covering(ts) for name, ts in by_host.items()}
     out = []
     for d in found:
         up = above.get(d.host, {}).get(d.address, frozenset())
-        covering = [t for t in by_host.get(d.host, []) if applies(t, d.id, d.address, up)]
+        covering = index[d.host].of(d.id, d.address, up) if d.host in index else []
         out.append(d.model_copy(update={"taints": covering}) if covering else d)
     return out
 
