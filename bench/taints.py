@@ -54,7 +54,8 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.thread_time()
     store.add_taint(schemas.TaintCreate(effect="NoSchedule", reason="one more"), "agent", host="big")
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-    print(f"one more taint on a host of {args.devices:,} devices with {args.taints} taints: {wall:.3f} s, CPU {cpu:.3f} s")
+    where = f"a host of {args.devices:,} devices with {args.taints} taints"
+    print(f"one more taint on {where}: {wall:.3f} s, CPU {cpu:.3f} s")
 
 
 if __name__ == "__main__":
