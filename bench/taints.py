@@ -50,7 +50,7 @@ def main() -> None:
         if k % 3 == 1:
             body["parent"] = pfs[k % len(pfs)]
         target = {"device_id": ids[k % len(ids)]} if k % 3 == 2 else {"host": "big"}
-        store.add_taint(schemas.TaintCreate(**body), "agent", **target)  # type: ignore[arg-type]
+        store.add_taint(schemas.TaintCreate(**body), "agent", **target)
     t0, c0 = time.perf_counter(), time.thread_time()
     store.add_taint(schemas.TaintCreate(effect="NoSchedule", reason="one more"), "agent", host="big")
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
