@@ -113,3 +113,23 @@ def test_an_event_committed_between_the_two_reads_of_a_poll_is_sent() -> None:
 
     assert [e.id for e, _ in cursor.read(log.fetch, committed)] == [1]
     assert cursor.gaps == []
+
+
+def test_a_forged_wide_gap_reads_no_further_back_than_the_span_a_stream_watches() -> None:
+    """``Last-Event-ID: N~1-(N-1)@now``: a gap the width of the whole event log. Each poll
+    re-reads the scope from the first gap and asks which ids exist across the gaps, so one
+    header would make every poll read the whole table (up to the 100,000 ids a question
+    reads), once a second for the window, per connection. A stream watches at most
+    ``MAX_GAP_SPAN`` ids below its last one."""
+    last = 1_000_000
+    cursor = stream.Cursor.parse(f"{last}~1-{last - 1}@{int(time.time())}")
+    log = _Log({last})
+    asked: list[tuple[int, int]] = []
+
+    def committed(lo: int, hi: int) -> list[int]:
+        asked.append((lo, hi))
+        return []
+
+    cursor.read(log.fetch, committed)
+    assert asked and min(lo for lo, _ in asked) >= last - stream.MAX_GAP_SPAN, asked
+    assert min(a or 0 for a in log.reads) >= last - stream.MAX_GAP_SPAN - 1, log.reads

@@ -54,6 +54,10 @@ _CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
 
 
 MAX_GAPS = 64  # gaps a position carries (the ones nearest its last id; a stream keeps all)
+# Ids below a stream's last id that its gaps may reach back: a write commits late by seconds,
+# not by a hundred thousand events, and each poll re-reads its scope from the first gap and
+# asks which ids exist across it (a position is the client's word: ``N~1-N@now``).
+MAX_GAP_SPAN = 10_000
 
 
 class Cursor:
@@ -108,7 +112,10 @@ class Cursor:
         whose ids are no gap to watch (only ids still in flight are).
         """
         now = time.time()
-        self.gaps = [g for g in self.gaps if now - g[2] < LATE_COMMIT_WINDOW]
+        floor = self.last - MAX_GAP_SPAN
+        self.gaps = [
+            (max(lo, floor), hi, t) for lo, hi, t in self.gaps if now - t < LATE_COMMIT_WINDOW and hi >= floor
+        ]
         # Asked before the scoped read: every id that exists now is visible to it, so one it
         # does not return is another scope's. (Asked after, an event of this scope committed
         # in between would be taken for another's and never sent.)
