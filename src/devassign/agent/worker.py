@@ -584,20 +584,23 @@ class Agent:
     def _run(self, item: WorkItem, *, replayed: bool, journaled: bool = False) -> WorkDone:
         st = self.state.state
         dev_id = item.device.id
+        early = None
         if not journaled:
             # A device this agent does not have, or a setup's handler it does not allow, is
             # refused as sent: nothing of the item goes into the agent's records of the device
-            # it may hold under the same id (which handler set it up, its host driver).
-            if self._refusal(item, prepared=False) is None:
+            # it may hold under the same id (which handler set it up, its host driver), and no
+            # intent is journaled (a restart never runs the item as the server sent it).
+            early = self._refusal(item, prepared=False)
+            if early is None:
                 item = self._prepared(item)
-            st.journal[dev_id] = {
-                "action": item.action,
-                "phase": "started",
-                "item": item.model_dump(mode="json"),
-            }
-            self.state.save()
+                st.journal[dev_id] = {
+                    "action": item.action,
+                    "phase": "started",
+                    "item": item.model_dump(mode="json"),
+                }
+                self.state.save()
         self._crash("intent", item.action)
-        refusal = self._refusal(item)
+        refusal = early or self._refusal(item)
         if refusal:
             log.warning("refused the %s of %s: %s", item.action, item.device.address, refusal)
             result = ActionResult(False, f"refused by the agent: {refusal}", {"refused": True})

@@ -29,7 +29,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from devassign.scheduler.fit import FitResult, Instances
-from devassign.scheduler.pipeline import DEFAULT_POLICY, Explanation, HostVerdict, Placement, schedule
+from devassign.scheduler.pipeline import (
+    DEFAULT_POLICY,
+    Decision,
+    Explanation,
+    HostVerdict,
+    Placement,
+    schedule,
+)
 from devassign.scheduler.quota import Quota
 from devassign.scheduler.reasons import STAGE, Reason, ReasonCode, ordinal
 from devassign.scheduler.request import Request
@@ -123,8 +130,9 @@ def plan(
                 continue
             groups.setdefault(repr(value), (value, []))[1].append(p)
     best: tuple[_Filled, Any] | None = None
+    views = [0]  # devices of the host views built for further instances, all groups (MAX_VIEW_DEVICES)
     for value, ranked in groups.values():
-        filled = _fill(request, count, snapshot, ranked, ranking, layout, quota, rng)
+        filled = _fill(request, count, snapshot, ranked, ranking, layout, quota, rng, views)
         if len(filled.placements) == count:
             best = (filled, value)
             break
@@ -181,13 +189,15 @@ def _fill(
     layout: Layout,
     quota: Quota | None,
     rng: random.Random | None,
+    views: list[int],
 ) -> _Filled:
-    """Greedy: pack fills each host in rank order; spread deals one per host per round."""
+    """Greedy: pack fills each host in rank order; spread deals one per host per round.
+    ``views``: the plan's count of devices in host views built (shared by its groups)."""
     cap = min(layout.max_per_host or count, count)
     left = dict(quota.left()) if quota is not None else {}
     taken: Counter[str] = Counter()
     after: dict[str, Reason] = {}
-    steps = [0, 0]  # search steps, devices of the host views built (MAX_VIEW_DEVICES)
+    steps = [0]
     out: list[Placement] = []
 
     def quota_now() -> Quota | None:
@@ -200,7 +210,9 @@ def _fill(
         return Quota(quota.limits, dict(used))
 
     streams = {
-        p.host: _instances(request, snapshot.by_name[p.host], p, policy, cap, after, steps, rng, quota_now)
+        p.host: _instances(
+            request, snapshot.by_name[p.host], p, policy, cap, after, steps, views, rng, quota_now
+        )
         for p in ranked
     }
 
@@ -256,6 +268,7 @@ def _instances(
     cap: int,
     after: dict[str, Reason],
     steps: list[int],
+    views: list[int],
     rng: random.Random | None,
     quota_now: Callable[[], Quota | None],
 ) -> Iterator[Placement]:
@@ -274,9 +287,8 @@ def _instances(
         held, start = [], 0
     if start >= cap:
         return _full(after, host.name, cap)
-    shared = not host.pools and all(len(r.alternatives) == 1 for r in request.requests)
     k = start
-    if shared:
+    if not host.pools and all(len(r.alternatives) == 1 for r in request.requests):
         # One search over the host with the first instance held, its holds kept from one
         # instance to the next: no view of the whole host per instance.
         instances = Instances(host.with_held(held, extra) if held else host, request, policy.budget, rng)
@@ -287,7 +299,7 @@ def _instances(
             chosen, used = instances.next(now.left() if now is not None else None)
             steps[0] += used
             if chosen is None:
-                break  # why: below, from the host with every instance so far held
+                break
             result = FitResult(host.name, chosen, None, used)
             scores = {s.name: s.score(host, result) for s in scorers}
             total = sum(s.weight * scores[s.name] for s in scorers) / total_weight
@@ -298,29 +310,12 @@ def _instances(
             yield p
         if k == cap:
             return _full(after, host.name, cap)
-    while True:
-        if steps[1] + len(host.devices) > MAX_VIEW_DEVICES:
-            after[host.name] = Reason(
-                ReasonCode.SEARCH_BUDGET_EXHAUSTED,
-                f"the plan gave up after host views of {MAX_VIEW_DEVICES:,} devices in all "
-                "(too many instances on too large hosts; ask for fewer instances, or "
-                "max_per_host)",
-            )
-            return
-        steps[1] += len(host.devices)
-        view = host.with_held(held, extra) if held else host
-        decision = schedule(request, Snapshot((view,)), policy, quota=quota_now(), rng=rng)
-        steps[0] += decision.steps
+        # Why no more: one view of the host with every instance so far held (not charged to
+        # the plan's views: this host built no other).
+        decision = _next_on(request, host, held, extra, policy, quota_now, rng, steps)
         if not decision.fits:
-            why = next((v.reason for v in decision.explanation.closest if v.reason), None)
-            after[host.name] = why or Reason(ReasonCode.NOT_ENOUGH_FREE, "has no room for another instance")
-            if k:
-                after[host.name] = Reason(
-                    after[host.name].code,
-                    f"holds {k} of the gang's instances; another: {after[host.name].message}",
-                    after[host.name].shortfall,
-                )
-            return
+            return _refused(after, host.name, decision, k)
+        # (the search and a fresh look disagree: go on a view at a time)
         p = decision.placements[0]
         held.extend(p.device_ids())
         extra.update(_params_taking(request, p))
@@ -328,6 +323,52 @@ def _instances(
         yield p
         if k == cap:
             return _full(after, host.name, cap)
+    while True:
+        if views[0] + len(host.devices) > MAX_VIEW_DEVICES:
+            after[host.name] = Reason(
+                ReasonCode.SEARCH_BUDGET_EXHAUSTED,
+                f"the plan gave up after host views of {MAX_VIEW_DEVICES:,} devices in all "
+                "(too many instances on too large hosts; ask for fewer instances, or "
+                "max_per_host)",
+            )
+            return
+        views[0] += len(host.devices)
+        decision = _next_on(request, host, held, extra, policy, quota_now, rng, steps)
+        if not decision.fits:
+            return _refused(after, host.name, decision, k)
+        p = decision.placements[0]
+        held.extend(p.device_ids())
+        extra.update(_params_taking(request, p))
+        k += 1
+        yield p
+        if k == cap:
+            return _full(after, host.name, cap)
+
+
+def _next_on(
+    request: Request,
+    host: HostView,
+    held: list[str],
+    extra: dict[str, dict[str, int]],
+    policy: Policy,
+    quota_now: Callable[[], Quota | None],
+    rng: random.Random | None,
+    steps: list[int],
+) -> Decision:
+    """The next instance scheduled on a view of ``host`` with ``held`` reserved."""
+    view = host.with_held(held, extra) if held else host
+    decision = schedule(request, Snapshot((view,)), policy, quota=quota_now(), rng=rng)
+    steps[0] += decision.steps
+    return decision
+
+
+def _refused(after: dict[str, Reason], host: str, decision: Decision, k: int) -> None:
+    """Why ``host`` takes no instance more than the ``k`` it holds."""
+    why = next((v.reason for v in decision.explanation.closest if v.reason), None)
+    why = why or Reason(ReasonCode.NOT_ENOUGH_FREE, "has no room for another instance")
+    if k:
+        why = Reason(why.code, f"holds {k} of the gang's instances; another: {why.message}", why.shortfall)
+    after[host] = why
 
 
 def _full(after: dict[str, Reason], host: str, cap: int) -> None:

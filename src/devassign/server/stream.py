@@ -54,9 +54,9 @@ _CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
 
 
 MAX_GAPS = 64  # gaps a position carries (the ones nearest its last id; a stream keeps all)
-# Ids below a stream's last id that its gaps may reach back: a write commits late by seconds,
-# not by a hundred thousand events, and each poll re-reads its scope from the first gap and
-# asks which ids exist across it (a position is the client's word: ``N~1-N@now``).
+# Ids below its last one that a position sent back by a client may watch for late events:
+# each poll re-reads its scope from the first gap and asks which ids exist across the gaps,
+# and a position is the client's word (``N~1-N@now``). Gaps a stream finds itself are whole.
 MAX_GAP_SPAN = 10_000
 
 
@@ -96,6 +96,10 @@ class Cursor:
         gaps.sort()
         if len(gaps) > MAX_GAPS or any(a[1] >= b[0] for a, b in itertools.pairwise(gaps)):
             raise ValueError(token)  # overlapping gaps would send their events twice
+        # The client's word again: a gap over the whole log would make every poll re-read the
+        # scope from its start. A reconnect watches the ids just below its last one.
+        floor = int(last) - MAX_GAP_SPAN
+        gaps = [(max(lo, floor), hi, t) for lo, hi, t in gaps if hi >= floor]
         return cls(int(last), gaps)
 
     def token(self) -> str:
@@ -112,10 +116,7 @@ class Cursor:
         whose ids are no gap to watch (only ids still in flight are).
         """
         now = time.time()
-        floor = self.last - MAX_GAP_SPAN
-        self.gaps = [
-            (max(lo, floor), hi, t) for lo, hi, t in self.gaps if now - t < LATE_COMMIT_WINDOW and hi >= floor
-        ]
+        self.gaps = [g for g in self.gaps if now - g[2] < LATE_COMMIT_WINDOW]
         # Asked before the scoped read: every id that exists now is visible to it, so one it
         # does not return is another scope's. (Asked after, an event of this scope committed
         # in between would be taken for another's and never sent.)
