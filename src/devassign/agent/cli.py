@@ -142,6 +142,7 @@ def run(
     agent = Agent(cfg, sysfs_root, ops, state=state_file)
     try:
         logging.getLogger(__name__).info("host %s, state file %s", cfg.host, state_file.path)
+        state_file.lock()  # one agent process per state file
         _ = state_file.state  # a state file of another host is refused before anything is sent
         if not once:
             agent.run()

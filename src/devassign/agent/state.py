@@ -15,6 +15,7 @@ one host under two names, each report renaming the other).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class StateFile:
         self.host = host
         self.adopt = Path(adopt) if adopt is not None else None
         self._state: AgentState | None = None
+        self._lock: IO[str] | None = None
 
     @property
     def state(self) -> AgentState:
@@ -126,10 +128,54 @@ class StateFile:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise StateError(f"{self.path}: {key} must map device ids to objects")
             maps[key] = value
+        problem = _entry_problem(maps)
+        if problem:
+            raise StateError(
+                f"{self.path}: {problem}; fix or remove the file (removing it makes this machine a new host)"
+            )
         state = AgentState(host_id=host_id, generation=generation, host=recorded or self.host, **maps)
         if recorded is None and self.host is not None:
             self._write(state)  # from now on this file is this host's
         return state
+
+    def lock(self) -> None:
+        """Hold ``<state file>.lock`` while this object lives (``agent run`` takes it before
+        it reads the state): one agent process per state file. A second one (a second
+        ``agent run`` of one configuration, ``run --once`` beside the daemon) would replay
+        the live agent's journaled work from its own copy, as root, and overwrite what the
+        live agent journals since; the server cannot tell it from a restart. The kernel drops
+        the lock when the process ends, however it ends."""
+        if self._lock is not None:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held while this lives)
+        except OSError as exc:
+            raise StateError(f"{lock_path}: cannot open the agent state's lock ({exc})") from exc
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()[:20]
+            f.close()
+            raise StateError(
+                f"{self.path} is in use by another agent process{f' (pid {holder})' if holder else ''}: "
+                "run one agent per state file (stop the other, or give this configuration a "
+                "state_file of its own)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def close(self) -> None:
+        """Let the lock go (and the state read: a later use reads the file again)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self._state = None
 
     def _other_host(self, recorded: str) -> str:
         path = self.path.absolute()
@@ -232,3 +278,41 @@ class StateFile:
     def unposted(self) -> int:
         """Results journaled and not yet acknowledged by the server (posted after an outage)."""
         return sum(1 for e in self.state.journal.values() if e.get("phase") == "done")
+
+
+def _entry_problem(maps: dict[str, dict[str, dict[str, Any]]]) -> str | None:
+    """What makes an entry of the state's maps unusable, or ``None``: read once here, so a
+    damaged entry is one clear refusal at the start, not a crash deep in a later step."""
+    from pydantic import ValidationError
+
+    from devassign.schemas import WorkItem
+
+    def item_problem(where: str, item: Any) -> str | None:
+        try:
+            WorkItem.model_validate(item)
+        except ValidationError as exc:
+            return f"{where}: not a work item ({exc.errors()[0]['msg']})"
+        return None
+
+    for dev_id, entry in maps.get("journal", {}).items():
+        where = f"journal entry {dev_id!r}"
+        if entry.get("action") not in ("setup", "cleanup") or entry.get("phase") not in ("started", "done"):
+            return f"{where}: action must be setup or cleanup and phase started or done"
+        if entry["phase"] == "done" and not isinstance(entry.get("ok"), bool):
+            return f"{where}: a result needs ok (true or false)"
+        problem = item_problem(where, entry.get("item"))
+        if problem:
+            return problem
+    for dev_id, entry in maps.get("assigned", {}).items():
+        problem = item_problem(f"assigned entry {dev_id!r}", entry)
+        if problem:
+            return problem
+    for address, entry in maps.get("health", {}).items():
+        passes = entry.get("passes", 0)
+        if (
+            not isinstance(passes, int)
+            or isinstance(passes, bool)
+            or not isinstance(entry.get("reason", ""), str)
+        ):
+            return f"health entry {address!r}: passes must be a count and reason text"
+    return None

@@ -133,6 +133,28 @@ def test_agent_run_refuses_a_state_file_of_another_host(tmp_path: Path) -> None:
     assert json.loads(state.read_text())["host"] == "compute-1"
 
 
+def test_agent_run_refuses_a_state_file_another_agent_process_holds(tmp_path: Path) -> None:
+    """Two `agent run` of one configuration (or `run --once` beside the daemon): the second
+    would replay the first's journaled work from its own copy, as root. It stops at once,
+    with one line, and sends nothing."""
+    state = tmp_path / "state.json"
+    conf = _config(tmp_path / "agent.toml", "compute-1", f'state_file = "{state}"\n')
+    h = host(tmp_path)
+    h.pci("0000:3b:00.0", "10de", "1eb8")
+    live = StateFile(state)
+    live.lock()  # the daemon, running
+    _ = live.state
+    result = _agent(["--config", str(conf), "--sysfs-root", str(h.root)], {})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "in use by another agent process" in line
+    assert f"pid {os.getpid()}" in line
+    live.close()  # the daemon stopped: the next one starts (and fails only to reach the server)
+    again = _agent(["--config", str(conf), "--sysfs-root", str(h.root)], {})
+    assert "in use by another agent process" not in again.stderr
+
+
 @pytest.mark.slow
 def test_two_agents_on_one_machine_are_two_hosts(tmp_path: Path) -> None:
     """Two configuration files without state_file, run by one user: two hosts, each keeping

@@ -40,6 +40,7 @@ def _second_agent(w: World) -> Agent | None:
     the state file itself (what a lock on the file would do)."""
     try:
         state = StateFile(w.config.state_file, durable=False)
+        state.lock()  # as `agent run` does
         _ = state.state
     except StateError:
         return None
@@ -65,6 +66,7 @@ def test_a_second_agent_refused_by_the_server_runs_no_cleanup_from_the_shared_jo
     """
     world.server.claim("d0")
     live = world.make()
+    live.state.lock()  # the live `agent run` holds the state file
     live.work()
     world.server.release()
     second: list[Agent | None] = []
@@ -101,6 +103,7 @@ def test_a_second_agent_refused_by_the_server_does_not_erase_the_live_agents_int
     leave it alone.
     """
     live = world.make()
+    live.state.lock()  # the live `agent run` holds the state file
     live.step()
     other = _second_agent(world)
     if other is not None:
