@@ -33,9 +33,11 @@ import httpx
 
 from devassign.agent.config import AgentConfig
 from devassign.agent.state import StateFile
+from devassign.redact import shown_url
 from devassign.schemas import (
     AGENT_INSTANCE_HEADER,
     MAX_DEVICES_PER_REPORT,
+    MAX_INT64,
     InventoryReport,
     InventoryResult,
     ReportedDevice,
@@ -107,9 +109,21 @@ def retry_after(resp: httpx.Response) -> float | None:
         if math.isfinite(seconds):
             return max(0.0, seconds)
     body = _error(resp).get("retry_after")
-    if isinstance(body, int | float) and not isinstance(body, bool) and math.isfinite(body):
-        return max(0.0, float(body))
+    if isinstance(body, int | float) and not isinstance(body, bool):
+        try:
+            seconds = float(body)  # an int past a float's range: OverflowError
+        except OverflowError:
+            seconds = math.inf
+        return max(0.0, seconds) if not math.isnan(seconds) else None
     return None
+
+
+# The most of an answer the agent reads: work lists and report answers are a few MiB at most.
+MAX_ANSWER_BYTES = 64 << 20
+
+
+class TooLarge(Exception):
+    """An answer past :data:`MAX_ANSWER_BYTES`: read no further."""
 
 
 def payload(resp: httpx.Response, where: str) -> Any:
@@ -117,9 +131,9 @@ def payload(resp: httpx.Response, where: str) -> Any:
     server is away) is :class:`ServerUnavailable`, retried, never a crash."""
     try:
         return resp.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past what Python reads
         raise ServerUnavailable(
-            f"{where}: {resp.status_code} answer is not JSON: {resp.text[:120]!r}"
+            f"{where}: {resp.status_code} answer is not JSON it can read: {resp.text[:120]!r}"
         ) from exc
 
 
@@ -166,7 +180,7 @@ def _error(resp: httpx.Response) -> dict[str, Any]:
     """The ``{"error": {...}}`` body of a refusal, or an empty dict."""
     try:
         body = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     err = body.get("error") if isinstance(body, dict) else None
     return err if isinstance(err, dict) else {}
@@ -240,8 +254,14 @@ class Reporter:
                 raise self._conflict(err)
             if resp.status_code == 409 and err.get("code") == STALE_GENERATION:
                 current = err.get("current_generation")
-                if not isinstance(current, int):
-                    raise ReportRefused(f"stale generation without current_generation: {err}")
+                if not isinstance(current, int) or isinstance(current, bool) or not 0 <= current < MAX_INT64:
+                    # None, or one no report could go above: not an answer to trust (it would
+                    # be kept in the state file and stop every report after it)
+                    failure = ServerUnavailable(
+                        f"{self.where}: a stale_generation answer without a usable current_generation"
+                    )
+                    self.outage.failed(failure)
+                    raise failure
                 log.info("generation %d is stale, server has %d; resending", generation, current)
                 self.state.set_generation(current)
                 continue
@@ -255,11 +275,9 @@ class Reporter:
                     resp.status_code,
                 )
             try:
-                result = InventoryResult.model_validate(payload(resp, self.config.server))
+                result = InventoryResult.model_validate(payload(resp, self.where))
             except ValueError as exc:  # a 2xx that is not an inventory result: not our server
-                raise ServerUnavailable(
-                    f"{self.config.server}: unexpected answer to a report: {exc}"
-                ) from exc
+                raise ServerUnavailable(f"{self.where}: unexpected answer to a report: {exc}") from exc
             self._taken()
             self._log_result(result)
             return result
@@ -296,7 +314,13 @@ class Reporter:
         """The refusal as an exception: its full message the first time, then a short one
         (the worker's loop logs each), so the reason is logged once per conflict."""
         retry_after = err.get("retry_after")
-        wait = float(retry_after) if isinstance(retry_after, int | float) else 0.0
+        wait = 0.0
+        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+            try:
+                wait = float(retry_after)
+            except OverflowError:  # an int past a float's range: as long as the backoff allows
+                wait = math.inf
+            wait = 0.0 if math.isnan(wait) else max(0.0, wait)
         if self.conflict is None:
             self.conflict = (
                 f"refused as a second agent of host {self.config.host} ({AGENT_CONFLICT}, see above)"
@@ -318,20 +342,43 @@ class Reporter:
         """One request; connection errors, timeouts, 5xx and 429 raise :class:`ServerUnavailable`
         (with the server's ``Retry-After``); any other answer ends an outage and is returned."""
         try:
-            resp = self.client.request(method, url, json=body, headers=self._headers())
-        except httpx.TransportError as exc:
+            resp = self._exchange(method, url, body)
+        except (httpx.TransportError, httpx.DecodingError, TooLarge) as exc:
             what = str(exc) or "no answer"
-            failure = ServerUnavailable(f"{self.config.server}: {type(exc).__name__}: {what}")
+            failure = ServerUnavailable(f"{self.where}: {type(exc).__name__}: {what}")
             self.outage.failed(failure)
             raise failure from exc
         if resp.status_code >= 500 or resp.status_code == 429:
             failure = ServerUnavailable(
-                f"{self.config.server}: {resp.status_code} {resp.text[:200]}", retry_after(resp)
+                f"{self.where}: {resp.status_code} {resp.text[:200]}", retry_after(resp)
             )
             self.outage.failed(failure)
             raise failure
         self.outage.ended()
         return resp
+
+    def _exchange(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        """The request and its answer, read up to :data:`MAX_ANSWER_BYTES` (the agent is root on
+        a host whose memory is its tenants': a server that never stops sending must not fill it)."""
+        request = self.client.build_request(method, url, json=body, headers=self._headers())
+        resp = self.client.send(request, stream=True)
+        try:
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise TooLarge(f"an answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+                chunks.append(chunk)
+        finally:
+            resp.close()
+        return httpx.Response(
+            resp.status_code, headers=resp.headers, content=b"".join(chunks), request=request
+        )
+
+    @property
+    def where(self) -> str:
+        """The server's URL as messages and logs show it: no password, no query."""
+        return shown_url(self.config.server)
 
     def _log_result(self, result: InventoryResult) -> None:
         log.info(

@@ -377,7 +377,7 @@ class Agent:
             raise WorkRefused(
                 f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
             )
-        items = [i for i in self._read_items(payload(resp, self.config.server), done) if self._answerable(i)]
+        items = [i for i in self._read_items(payload(resp, self.reporter.where), done) if self._answerable(i)]
         if any(i.action == "setup" for i in items):
             # What the host uses now, not at the last report (up to report_interval ago): a NIC
             # that took the default route since must not be handed to vfio-pci.
@@ -402,7 +402,7 @@ class Agent:
         raw = body.get("items") if isinstance(body, dict) else None
         if not isinstance(raw, list) or not isinstance(body.get("host"), str):
             # a 2xx that is not a work list: not our server, try later
-            raise ServerUnavailable(f"{self.config.server}: unexpected answer to GET work: not a work list")
+            raise ServerUnavailable(f"{self.reporter.where}: unexpected answer to GET work: not a work list")
         items, unreadable = [], []
         for n, entry in enumerate(raw):
             try:
@@ -672,7 +672,7 @@ class Agent:
                 f"server refused the work results ({resp.status_code}): {resp.text[:200]}", resp.status_code
             )
         try:
-            outcomes = [WorkOutcome.model_validate(o) for o in payload(resp, self.config.server)]
+            outcomes = [WorkOutcome.model_validate(o) for o in payload(resp, self.reporter.where)]
         except (TypeError, ValueError) as exc:
             outcomes = []
             why = str(exc)
@@ -680,7 +680,7 @@ class Agent:
             why = f"{len(outcomes)} outcomes for {len(ids)} results"
         if len(outcomes) != len(ids) or any(o.device_id != i for o, i in zip(outcomes, ids, strict=False)):
             # Not an answer to these results: keep them journaled and post them again later.
-            raise ServerUnavailable(f"{self.config.server}: unexpected answer to the work results ({why})")
+            raise ServerUnavailable(f"{self.reporter.where}: unexpected answer to the work results ({why})")
         for e in entries:
             self._crash("posted", e["action"])
         out = []

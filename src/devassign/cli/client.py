@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from devassign.domain import one_per_key
+from devassign.redact import shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 # Seconds after a request's first try during which it is retried (DEVASSIGN_RETRY_SECONDS; 0: never).
@@ -214,7 +215,14 @@ class Client:
         # Who is calling, as a digest of the token (never the token): names the CLI makes from
         # a user's key (a gang's) differ between callers, as the server scopes keys per project.
         self.caller = hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.shown = shown_url(self.url)  # for messages: no password, no query
+        try:
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        except OSError as exc:  # ssl.SSLError too: the CA bundle (SSL_CERT_FILE) cannot be loaded
+            where = (
+                os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or "the system's CA bundle"
+            )
+            raise CliError(f"cannot load the TLS CA certificates from {where}: {exc}") from None
         self.retry_for = retry_seconds() if retry_for is None else retry_for
         self.on_retry = on_retry
         self._answered = False  # the server has answered this client at least once
@@ -237,16 +245,23 @@ class Client:
             try:
                 response = self.http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+                    raise CliError(
+                        f"the TLS certificate of {self.shown} did not verify ({exc}): a server "
+                        "whose certificate no trusted CA signed, or not the server meant; give its "
+                        "CA in SSL_CERT_FILE, never plain http://",
+                        status=ExitCode.UNREACHABLE,
+                    ) from exc
                 if not self._answered:  # never reached: most likely the wrong URL or no server
                     raise CliError(
-                        f"cannot reach the devassign server at {self.url}: is `devassign server` "
+                        f"cannot reach the devassign server at {self.shown}: is `devassign server` "
                         "running? (set --url or DEVASSIGN_URL)",
                         status=ExitCode.UNREACHABLE,
                     ) from exc
                 wait = self._backoff(attempt)
                 if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
                     raise CliError(
-                        f"cannot reach the devassign server at {self.url}"
+                        f"cannot reach the devassign server at {self.shown}"
                         f"{self._tries(start, attempt, resend)}: {exc}",
                         status=ExitCode.UNREACHABLE,
                     ) from exc
@@ -255,12 +270,12 @@ class Client:
                 wait = self._backoff(attempt)
                 if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
                     raise CliError(
-                        f"request to {self.url}{path} failed{self._tries(start, attempt, resend)}: {exc}",
+                        f"request to {self.shown}{path} failed{self._tries(start, attempt, resend)}: {exc}",
                         status=ExitCode.UNREACHABLE,
                     ) from exc
                 continue
             except httpx.HTTPError as exc:
-                raise CliError(f"request to {self.url}{path} failed: {exc}") from exc
+                raise CliError(f"request to {self.shown}{path} failed: {exc}") from exc
             self._answered = True
             if response.status_code != 503 or not resend:
                 return response
@@ -313,20 +328,27 @@ class Client:
             return None
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past what Python reads
             body = None
+            if not response.is_error and response.content:
+                raise CliError(
+                    f"the server at {self.shown} answered {method} {route} with a body that is "
+                    "not JSON this CLI can read: check --url or DEVASSIGN_URL"
+                ) from None
         # A redirect is an error too: devassign's API never redirects a request that reached the
         # right route (an empty id, as in DELETE /v1/allocations/, is redirected, then refused).
         if response.is_error or response.is_redirect:
-            err = (body or {}).get("error") if isinstance(body, dict) else None
+            err = body.get("error") if isinstance(body, dict) else None
+            if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+                err = None  # not devassign's error body: said by its status alone
             status = exit_status_of(err.get("code") if err else None, response.status_code)
             tries = response.extensions.get("devassign_tries", "")
             if err:
-                message = err.get("message", "error")
+                message = str(err.get("message", "error"))
                 if response.status_code == 503:
-                    message = f"the server at {self.url} cannot serve now: {message}{tries}"
+                    message = f"the server at {self.shown} cannot serve now: {message}{tries}"
                 raise CliError(message, code=err.get("code"), status=status, body=body)
-            raise CliError(f"HTTP {response.status_code} from {self.url}{path}{tries}", status=status)
+            raise CliError(f"HTTP {response.status_code} from {self.shown}{path}{tries}", status=status)
         return body
 
     def _check_devassign(self, response: httpx.Response) -> None:
@@ -338,7 +360,7 @@ class Client:
             return
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise CliError(
-            f"the server at {self.url} is not a devassign server (it answered {response.status_code}, "
+            f"the server at {self.shown} is not a devassign server (it answered {response.status_code}, "
             f"{kind}, without the {VERSION_HEADER} header): check --url or DEVASSIGN_URL",
             status=ExitCode.USAGE,
         )

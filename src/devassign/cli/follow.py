@@ -42,13 +42,25 @@ def event_line(event: dict[str, Any], fmt: Format) -> str:
 _SSE_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
+# The longest line a stream may send: an event is a few KiB; a line that never ends is a
+# broken or hostile server, not an event to wait for.
+MAX_LINE = 1 << 20
+
+
+class LineTooLong(ValueError):
+    """A stream line past :data:`MAX_LINE` characters: the stream is dropped."""
+
+
 def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
     """The lines of a ``text/event-stream``, ended only where the format ends them (CRLF, LF,
     CR). Not ``iter_lines()``: like ``str.splitlines`` it also ends a line at U+2028, U+2029,
-    NEL and other separators that an event's JSON keeps unescaped, inside an agent's text."""
+    NEL and other separators that an event's JSON keeps unescaped, inside an agent's text.
+    A line longer than :data:`MAX_LINE` raises :class:`LineTooLong`."""
     pending = ""
     for chunk in chunks:
         pending += chunk
+        if len(pending) > MAX_LINE and not _SSE_LINE_END.search(pending, len(pending) - len(chunk) - 1):
+            raise LineTooLong(f"a stream line longer than {MAX_LINE >> 20} MiB")
         # A CR at the end may be the first half of a CRLF: it waits for the next chunk.
         end = len(pending) - 1 if pending.endswith("\r") else len(pending)
         start = 0
@@ -84,10 +96,12 @@ def _refusal(response: httpx.Response) -> CliError:
     """The server's error answer as the CLI's other commands report it."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     err = body.get("error") if isinstance(body, dict) else None
-    status = exit_status_of(err.get("code") if isinstance(err, dict) else None, response.status_code)
+    if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+        err = None
+    status = exit_status_of(err.get("code") if err else None, response.status_code)
     if isinstance(err, dict):
         return CliError(str(err.get("message", "error")), code=err.get("code"), status=status, body=body)
     return CliError(f"HTTP {response.status_code} from {response.request.url}", status=status)
@@ -132,16 +146,30 @@ def follow_events(
                 else:
                     backoff = 1.0
                     for event_id, data in server_sent_events(sse_lines(response.iter_text())):
-                        event = json.loads(data)
+                        event = _event(client, data)
                         write(event_line(event, fmt))
-                        last = max(last, int(event["id"]))
+                        last = max(last, event["id"])
                         position = event_id or str(last)
                     problem = "the server ended the stream"
-        except httpx.TransportError as exc:
-            problem = f"lost the connection to {client.url} ({type(exc).__name__})"
+        except (httpx.HTTPError, LineTooLong) as exc:  # DecodingError too: a garbled body
+            problem = f"lost the connection to {client.shown} ({type(exc).__name__})"
         print(f"{problem}; connecting again in {backoff:.0f} s", file=sys.stderr, flush=True)
         sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _event(client: Client, data: str) -> dict[str, Any]:
+    """One event of the stream, or a :class:`CliError` for data that is not one (a server
+    that is not devassign's, or broken): said in one line, never a traceback."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), int) or isinstance(event["id"], bool):
+        raise CliError(
+            f"the server at {client.shown} sent an event this CLI cannot read: check --url or DEVASSIGN_URL"
+        )
+    return event
 
 
 def watch_table(

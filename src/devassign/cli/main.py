@@ -8,6 +8,7 @@ docs/cli.md lists the codes.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -582,7 +583,18 @@ def run(args: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "Abort":  # click's Abort: end of input at a prompt
             typer.echo("Aborted.", err=True)
             return ExitCode.ERROR
-        raise
+        if os.environ.get("DEVASSIGN_DEBUG"):
+            raise
+        # An answer the command could not read (a server that is not devassign's, or broken),
+        # or a bug: one line, as every other error; DEVASSIGN_DEBUG=1 shows the traceback.
+        said = printable(f"{type(exc).__name__}: {exc}")[:300]
+        typer.secho(
+            f"error: unexpected {said} (an answer this command cannot read, or a bug; "
+            "DEVASSIGN_DEBUG=1 shows where)",
+            fg="red",
+            err=True,
+        )
+        return ExitCode.ERROR
     # Outside standalone mode Typer returns the code of a ``typer.Exit(code)``, else what the
     # command returned (our commands return None).
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
-from devassign.cli.follow import server_sent_events, sse_lines
+from devassign.cli.follow import LineTooLong, server_sent_events, sse_lines
 from devassign.openstack.placement_mirror import MirrorError, PlacementMirror, SyncResult
 
 LOG = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class EventFollower:
                         self._note(event_id, data)
                         if self.stopped.is_set():
                             return
-            except (httpx.HTTPError, MirrorError) as exc:
+            except (httpx.HTTPError, MirrorError, LineTooLong) as exc:
                 if not failing:
                     LOG.warning("devassign's event stream: %s; the periodic sync goes on, reconnecting", exc)
                 failing = True
@@ -76,7 +76,7 @@ class EventFollower:
             self.last_id = event_id
         try:
             host = json.loads(data).get("host")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not an event it can read: skipped
             return
         if isinstance(host, str) and host:
             with self._lock:

@@ -352,7 +352,10 @@ def test_step_survives_an_unreachable_server(world: World) -> None:
 def test_state_file_keeps_the_journal_and_refuses_a_malformed_one(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     sf = StateFile(path)
-    sf.state.journal["d0"] = {"action": "setup", "phase": "started", "item": {}}
+    server = FakeServer({"d0": FakeDevice("d0", "0000:5e:02.0")})
+    server.claim("d0")
+    (item,) = server._items()
+    sf.state.journal["d0"] = {"action": "setup", "phase": "started", "item": item}
     sf.save()
     again = StateFile(path).state
     assert again.journal["d0"]["phase"] == "started" and again.host_id == sf.state.host_id
