@@ -330,7 +330,8 @@ class Client:
             body = response.json()
         except (ValueError, RecursionError):  # RecursionError: nested past what Python reads
             body = None
-            if not response.is_error and response.content:
+            json_said = "json" in response.headers.get("content-type", "").split(";")[0]
+            if json_said and not response.is_error and response.content:  # (XML is read as text)
                 raise CliError(
                     f"the server at {self.shown} answered {method} {route} with a body that is "
                     "not JSON this CLI can read: check --url or DEVASSIGN_URL"
