@@ -108,14 +108,19 @@ def retry_after(resp: httpx.Response) -> float | None:
                     seconds = (when - sent).total_seconds()
         if math.isfinite(seconds):
             return max(0.0, seconds)
-    body = _error(resp).get("retry_after")
-    if isinstance(body, int | float) and not isinstance(body, bool):
-        try:
-            seconds = float(body)  # an int past a float's range: OverflowError
-        except OverflowError:
-            seconds = math.inf
-        return max(0.0, seconds) if not math.isnan(seconds) else None
-    return None
+    return _seconds(_error(resp).get("retry_after"))
+
+
+def _seconds(value: Any) -> float | None:
+    """A JSON number of seconds to wait, never negative (an int past a float's range is
+    ``inf``: the caller caps it); ``None`` for anything else, NaN included."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    return None if math.isnan(seconds) else max(0.0, seconds)
 
 
 # The most of an answer the agent reads: work lists and report answers are a few MiB at most.
@@ -313,14 +318,7 @@ class Reporter:
     def _conflict(self, err: dict[str, Any]) -> AgentConflict:
         """The refusal as an exception: its full message the first time, then a short one
         (the worker's loop logs each), so the reason is logged once per conflict."""
-        retry_after = err.get("retry_after")
-        wait = 0.0
-        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-            try:
-                wait = float(retry_after)
-            except OverflowError:  # an int past a float's range: as long as the backoff allows
-                wait = math.inf
-            wait = 0.0 if math.isnan(wait) else max(0.0, wait)
+        wait = _seconds(err.get("retry_after")) or 0.0
         if self.conflict is None:
             self.conflict = (
                 f"refused as a second agent of host {self.config.host} ({AGENT_CONFLICT}, see above)"

@@ -286,8 +286,10 @@ def _instances(
     else:
         held, start = [], 0
     if start >= cap:
-        return _full(after, host.name, cap)
+        _full(after, host.name, cap)
+        return
     k = start
+    charge = True  # whether the next view counts against the plan's MAX_VIEW_DEVICES
     if not host.pools and all(len(r.alternatives) == 1 for r in request.requests):
         # One search over the host with the first instance held, its holds kept from one
         # instance to the next: no view of the whole host per instance.
@@ -309,40 +311,36 @@ def _instances(
             k += 1
             yield p
         if k == cap:
-            return _full(after, host.name, cap)
-        # Why no more: one view of the host with every instance so far held (not charged to
-        # the plan's views: this host built no other).
-        decision = _next_on(request, host, held, extra, policy, quota_now, rng, steps)
-        if not decision.fits:
-            return _refused(after, host.name, decision, k)
-        # (the search and a fresh look disagree: go on a view at a time)
-        p = decision.placements[0]
-        held.extend(p.device_ids())
-        extra.update(_params_taking(request, p))
-        k += 1
-        yield p
-        if k == cap:
-            return _full(after, host.name, cap)
-    while True:
-        if views[0] + len(host.devices) > MAX_VIEW_DEVICES:
-            after[host.name] = Reason(
-                ReasonCode.SEARCH_BUDGET_EXHAUSTED,
-                f"the plan gave up after host views of {MAX_VIEW_DEVICES:,} devices in all "
-                "(too many instances on too large hosts; ask for fewer instances, or "
-                "max_per_host)",
-            )
+            _full(after, host.name, cap)
             return
-        views[0] += len(host.devices)
+        # Why no more comes from one view of the host with every instance so far held, not
+        # charged to the plan (this host built no other); were the search and that view to
+        # disagree, the instances go on a view at a time.
+        charge = False
+    while True:
+        if charge:
+            if views[0] + len(host.devices) > MAX_VIEW_DEVICES:
+                after[host.name] = Reason(
+                    ReasonCode.SEARCH_BUDGET_EXHAUSTED,
+                    f"the plan gave up after host views of {MAX_VIEW_DEVICES:,} devices in all "
+                    "(too many instances on too large hosts; ask for fewer instances, or "
+                    "max_per_host)",
+                )
+                return
+            views[0] += len(host.devices)
+        charge = True
         decision = _next_on(request, host, held, extra, policy, quota_now, rng, steps)
         if not decision.fits:
-            return _refused(after, host.name, decision, k)
+            _refused(after, host.name, decision, k)
+            return
         p = decision.placements[0]
         held.extend(p.device_ids())
         extra.update(_params_taking(request, p))
         k += 1
         yield p
         if k == cap:
-            return _full(after, host.name, cap)
+            _full(after, host.name, cap)
+            return
 
 
 def _next_on(

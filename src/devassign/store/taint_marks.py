@@ -102,23 +102,24 @@ class Covering:
 
     def of(self, device_id: str, address: str, above: frozenset[str]) -> list[Any]:
         """The taints that cover the device (as :func:`applies` says), in the rows' order."""
-        found = [*self.host, *self.by_device.get(device_id, ()), *self.by_parent.get(address, ())]
-        for a in above:
-            if a != address:
-                found.extend(self.by_parent.get(a, ()))
+        found = [*self.host, *self._named(device_id, address, above)]
         found.sort(key=lambda nt: nt[0])
         return [t for _, t in found]
 
     def strongest_of(self, device_id: str, address: str, above: frozenset[str]) -> Any | None:
         """:func:`strongest` of the taints that cover the device, without listing the host's."""
-        own = [*self.by_device.get(device_id, ()), *self.by_parent.get(address, ())]
-        for a in above:
-            if a != address:
-                own.extend(self.by_parent.get(a, ()))
-        best = strongest(t for _, t in own)
+        best = strongest(t for _, t in self._named(device_id, address, above))
         if best is None or self.host_best is None:
             return best or self.host_best
         return strongest((best, self.host_best))
+
+    def _named(self, device_id: str, address: str, above: frozenset[str]) -> list[tuple[int, Any]]:
+        """The taints on the device itself and on a device it is part of (not the host's)."""
+        found = [*self.by_device.get(device_id, ()), *self.by_parent.get(address, ())]
+        for a in above:
+            if a != address:
+                found.extend(self.by_parent.get(a, ()))
+        return found
 
 
 def mark_tainted(conn: sa.Connection, host_id: int, now: datetime) -> list[str]:
