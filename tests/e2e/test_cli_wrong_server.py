@@ -5,8 +5,6 @@ version header, its own early refusals included."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,33 +13,12 @@ from fastapi.testclient import TestClient
 import devassign
 from devassign.cli.client import VERSION_HEADER
 from tests.e2e.servers import cli
+from tests.security.test_client_side_review import _http_server
 
 
 def _server(body: bytes, content_type: str) -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            if length:
-                self.rfile.read(length)
-            self.send_response(200)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _http_server(lambda: (200, {"content-type": content_type}, body)) as url:
+        yield url
 
 
 @pytest.fixture

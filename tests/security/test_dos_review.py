@@ -16,6 +16,7 @@ from devassign import schemas
 from devassign.domain import Role
 from devassign.store import Store, taint_marks
 from tests.conftest import vf
+from tests.unit.scheduler.helpers import count_view_devices
 
 ONLY_SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -90,7 +91,6 @@ def test_member_gang_explain_work_is_not_instances_times_devices(
     instances over a host of 20,000 devices ran 118 s holding the GIL in a worker thread (and
     ``POST /v1/gangs`` plans the same way, up to 10 times after lost races). Either such a gang
     is refused up front (a 4xx naming a budget) or planning costs about instances + devices."""
-    from devassign.scheduler import view as view_module
 
     admin = _bearer(store, Role.ADMIN)
     agent = _bearer(store, Role.AGENT, host="h1")
@@ -102,15 +102,7 @@ def test_member_gang_explain_work_is_not_instances_times_devices(
     )
     assert r.status_code == 200 and r.json()["accepted"] == devices, r.text[:300]
 
-    seen = 0
-    original = view_module.HostView.__post_init__
-
-    def counted(self: Any) -> None:
-        nonlocal seen
-        seen += len(self.devices)
-        original(self)
-
-    monkeypatch.setattr(view_module.HostView, "__post_init__", counted)
+    seen_so_far = count_view_devices(monkeypatch)
     body = {
         "instances": [f"job-{i}" for i in range(instances)],
         "requests": [{"name": "nic", "type": "NIC_VF_1G", "count": 1}],
@@ -119,7 +111,7 @@ def test_member_gang_explain_work_is_not_instances_times_devices(
     if 400 <= r.status_code < 500:
         return  # refused as too costly: fixed that way
     assert r.status_code == 200, r.text
-    assert seen <= 10 * (instances + devices), (
+    assert seen_so_far() <= 10 * (instances + devices), (
         f"one gang explain of {instances} instances over a host of {devices} devices built "
-        f"host views of {seen} devices in all"
+        f"host views of {seen_so_far()} devices in all"
     )

@@ -5,33 +5,16 @@ Each test fails on the code it was written against and names the defect in its d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import pytest
 
 from devassign.scheduler import gang as gang_module
-from devassign.scheduler import view as view_module
 from devassign.scheduler.gang import Layout, plan
 from devassign.server import stream
+from tests.api.test_stream_positions import _Log
 from tests.unit.agent.test_agent_worker import SimulatedCrash, World, world  # noqa: F401
-from tests.unit.scheduler.helpers import host, one, req, snapshot, vfs
+from tests.unit.scheduler.helpers import count_view_devices, host, one, req, snapshot, vfs
 
 # ----------------------------------------------------------------- event stream (4d77bbc)
-
-
-@dataclass(frozen=True)
-class _Ev:
-    id: int
-
-
-class _Log:
-    def __init__(self, visible: set[int]) -> None:
-        self.visible = set(visible)
-
-    def fetch(self, after: int | None, limit: int) -> list[_Ev]:
-        start = after or 0
-        return [_Ev(i) for i in sorted(i for i in self.visible if i > start)][:limit]
 
 
 def test_a_large_transaction_committed_late_is_streamed_whole() -> None:
@@ -88,18 +71,11 @@ def test_the_view_budget_bounds_a_whole_plan_not_each_same_value_group(
     budget = 50 * 100
     monkeypatch.setattr(gang_module, "MAX_VIEW_DEVICES", budget)
     snap = snapshot(*(host(f"h{r}", vfs(100, rack=f"r{r}")) for r in range(6)))
-    built = 0
-    original = view_module.HostView.__post_init__
-
-    def counted(self: Any) -> None:
-        nonlocal built
-        built += len(self.devices)
-        original(self)
-
-    monkeypatch.setattr(view_module.HostView, "__post_init__", counted)
+    built_so_far = count_view_devices(monkeypatch)
     request = req({"name": "nic", "type": "NIC_VF_1G", "count": 1, "first_available": [{"type": "OTHER"}]})
     found = plan(request, 1000, snap, layout=Layout(same="rack"))
     assert not found.fits
+    built = built_so_far()
     assert built <= budget + 2 * 100, f"{built:,} devices of host views for a plan bounded at {budget:,}"
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import pytest
 
 from devassign.scheduler import DeviceView, HostView, Snapshot
 from devassign.scheduler.request import Request, parse_claim
@@ -135,3 +137,17 @@ def req(*requests: dict[str, Any], **body: Any) -> Request:
 
 def one(type: str, count: int = 1, name: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"name": name or type.lower(), "type": type, "count": count, **extra}
+
+
+def count_view_devices(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the devices of every host view built from now on (what a plan's views cost);
+    the returned function says how many so far."""
+    seen = [0]
+    original = HostView.__post_init__
+
+    def counted(self: HostView) -> None:
+        seen[0] += len(self.devices)
+        original(self)
+
+    monkeypatch.setattr(HostView, "__post_init__", counted)
+    return lambda: seen[0]

@@ -4,17 +4,14 @@ cost that grows with instances + devices, not their product."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 
 from devassign.scheduler import HostView, Request
 from devassign.scheduler import gang as gang_module
-from devassign.scheduler import view as view_module
 from devassign.scheduler.fit import Instances
 from devassign.scheduler.gang import plan
-from tests.unit.scheduler.helpers import host, one, req, snapshot, vfs
+from tests.unit.scheduler.helpers import count_view_devices, host, one, req, snapshot, vfs
 from tests.unit.scheduler.test_properties import hosts, requests
 
 pytestmark = pytest.mark.slow  # hypothesis
@@ -41,18 +38,11 @@ def test_the_shared_search_plans_as_a_view_per_instance_does(host: HostView, req
 
 def test_a_large_gang_on_a_large_host_builds_few_host_views(monkeypatch: pytest.MonkeyPatch) -> None:
     big = host("big", vfs(2000))
-    seen = 0
-    original = view_module.HostView.__post_init__
-
-    def counted(self: Any) -> None:
-        nonlocal seen
-        seen += len(self.devices)
-        original(self)
-
-    monkeypatch.setattr(view_module.HostView, "__post_init__", counted)
+    seen_so_far = count_view_devices(monkeypatch)
     found = plan(req(one("NIC_VF_1G", 1, name="nic")), 1000, snapshot(big))
     assert found.fits and found.placed == 1000
-    assert seen <= 4 * 2000, seen  # the snapshot's view, the held one: not one per instance
+    # the snapshot's view and the held one: not one per instance
+    assert seen_so_far() <= 4 * 2000, seen_so_far()
 
 
 def test_a_plan_that_must_build_a_view_per_instance_stops_at_its_budget(
