@@ -68,6 +68,20 @@ def test_agent_taints_on_its_own_host_cost_no_more_than_taints_plus_devices(
         return original(*args)
 
     monkeypatch.setattr(taint_marks, "applies", counted)
+    # The marks no longer ask ``applies``: count the taints every device's strongest is chosen
+    # from too, so a loop over the host's taints per device fails here as well.
+    chosen_from = taint_marks.strongest
+
+    def counted_strongest(rows: Any) -> Any:
+        def each() -> Any:
+            nonlocal calls
+            for t in rows:
+                calls += 1
+                yield t
+
+        return chosen_from(each())
+
+    monkeypatch.setattr(taint_marks, "strongest", counted_strongest)
     r = secure_api.post(
         "/v1/hosts/h1/taints", json={"effect": "NoSchedule", "reason": "one more"}, headers=agent
     )
