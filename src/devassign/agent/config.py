@@ -104,14 +104,15 @@ class DeviceRule:
     # route: agent/hostuse.py); only for an operator who has checked what that pulls away.
     allow_host_in_use: bool = False
 
-    def takes_vfs(self, dev: FoundDevice) -> bool:
+    def takes_vfs(self, dev: FoundDevice, host_driver: str | None = None) -> bool:
         """Whether this rule may take the VF ``dev`` at all (its match keys decide the rest).
 
         Some VFs carry their PF's vendor and device id (NVIDIA's, QEMU's NVMe), so a rule
         written for whole devices must not also hand out their VFs. A rule takes VFs when it
         says ``match_vfs = true``, names ``kind`` or ``parent``, names one function by an
-        ``address`` without a glob, or names a ``product_id`` that is the VF's own and not
-        its PF's (Intel's 154c VFs of a 1572 PF).
+        ``address`` without a glob, or names a ``product_id`` or a ``driver`` (no glob) that
+        is the VF's own and not its PF's (Intel's 154c VFs of a 1572 PF; iavf VFs of an i40e
+        PF). ``host_driver``: see :meth:`matches`.
         """
         if self.match_vfs is not None:
             return self.match_vfs
@@ -120,12 +121,21 @@ class DeviceRule:
             return True
         if "address" in m and not any(c in m["address"] for c in "*?["):
             return True
+        driver = m.get("driver")
+        if driver is not None and not any(c in driver for c in "*?["):
+            have = host_driver if host_driver is not None else dev.driver
+            if have == driver and dev.pf_driver is not None and dev.pf_driver != driver:
+                return True
         pf_product = dev.attributes.get("pf_product_id")
         want = m.get("product_id")
         return want not in (None, "*") and pf_product is not None and pf_product != dev.product_id
 
-    def matches(self, dev: FoundDevice) -> bool:
+    def matches(self, dev: FoundDevice, host_driver: str | None = None) -> bool:
         """True when every key of the rule holds for ``dev``.
+
+        ``driver`` is the device's host driver: ``host_driver`` where the agent holds the
+        device on vfio-pci for a consumer (the driver it had before its setup), else the one
+        it is bound to. A device a rule took by its driver stays that rule's while assigned.
 
         mdev slots, vGPUs and MIG placements carry their GPU's ids, so only a rule that names
         their kind (or ``mdev_type``, ``vgpu_type``, ``mig_profile``) takes them: a rule for
@@ -138,7 +148,7 @@ class DeviceRule:
         named = _PARTITION_KEYS.get(dev.kind)
         if named is not None and named not in m and "kind" not in m:
             return False
-        if dev.kind is DeviceKind.SRIOV_VF and not self.takes_vfs(dev):
+        if dev.kind is DeviceKind.SRIOV_VF and not self.takes_vfs(dev, host_driver):
             return False
         for key, want in m.items():
             if key in ("vendor_id", "product_id"):
@@ -158,7 +168,7 @@ class DeviceRule:
                     return False
             else:  # address, driver, parent: globs (addresses whatever their case: a USB
                 # serial or an mdev type name may have capitals; the rule's glob is lowercased)
-                have = getattr(dev, key)
+                have = host_driver if key == "driver" and host_driver is not None else getattr(dev, key)
                 if have is not None and key != "driver":
                     have = have.lower()
                 if have is None or not fnmatch.fnmatchcase(have, want):

@@ -338,6 +338,7 @@ def _link_sriov(devices: list[FoundDevice], physfn_of: dict[str, tuple[str, int]
         if pf.product_id is not None:
             # Some VFs carry their PF's device id (NVIDIA's, QEMU's NVMe): rules need to know.
             dev.attributes["pf_product_id"] = pf.product_id
+        dev.pf_driver = pf.driver
 
 
 def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,16 @@ def build_inventory(
     *,
     files: HostFiles | None = None,
     warned: set[str] | None = None,
+    held_drivers: Mapping[str, str] | None = None,
 ) -> Inventory:
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
-    ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``: see
-    :func:`apply_rules`)."""
+    ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``,
+    ``held_drivers``: see :func:`apply_rules`)."""
     use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
     scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use)
     devices = scan.devices + scan_usb(sysfs, use)
     _flag_duplicates(devices)
-    apply_rules(devices, config.devices, warned)
+    apply_rules(devices, config.devices, warned, held_drivers)
     check_isolation(devices, scan.iommu_groups)
     for res in config.resources:
         devices.extend(res.units())
@@ -77,17 +79,26 @@ def build_inventory(
 
 
 def apply_rules(
-    devices: list[FoundDevice], rules: tuple[DeviceRule, ...], warned: set[str] | None = None
+    devices: list[FoundDevice],
+    rules: tuple[DeviceRule, ...],
+    warned: set[str] | None = None,
+    held_drivers: Mapping[str, str] | None = None,
 ) -> None:
     """Give each device the type of the first rule it matches, with the rule's attributes.
+
+    ``held_drivers``: address -> the host driver of each device the agent holds for a
+    consumer (set up on vfio-pci, until its cleanup is posted), which ``driver`` rules match:
+    else a device taken by its driver left the inventory once assigned, and its cleanup
+    was refused as a device the agent did not report.
 
     A device the host uses is not offered unless its rule says ``allow_host_in_use``; that is
     logged once per device and reason for each ``warned`` set (an agent keeps one, so a
     report every 30 s does not repeat it), every time without one."""
     by_address = {d.address: d for d in devices}
+    held = held_drivers or {}
     for dev in devices:
         for rule in rules:
-            if rule.matches(dev):
+            if rule.matches(dev, held.get(dev.address)):
                 if dev.is_bridge:
                     dev.flag(FLAG_NOT_ENDPOINT)
                     log.warning("%s: a bridge (class %s) is not offered", dev.address, dev.class_code)

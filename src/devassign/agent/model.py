@@ -51,6 +51,9 @@ class FoundDevice:
     driver: str | None = None
     parent: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    # A VF's PF's driver: a rule naming a driver that is the VF's own (iavf of an i40e or
+    # ice PF) takes VFs (DeviceRule.takes_vfs).
+    pf_driver: str | None = None
     type: str | None = None
     flags: list[str] = field(default_factory=list)
     allow_shared_iommu_group: bool = False

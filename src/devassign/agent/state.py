@@ -38,9 +38,10 @@ class AgentState:
     ``facts``: device id -> what its last setup learned, kept until its cleanup is posted or
     an operator clears the device (the only facts a handler gets: never a request's params);
     ``assigned``: device id -> the work item of a device set up and assigned (health checks);
-    ``host_drivers``: device id -> ``{"driver": name}``, the host driver the server knew before
-    the last setup (a failed setup returns no facts, and reports made after it show the
-    device unbound or on vfio-pci); ``health``: see agent/health.py."""
+    ``host_drivers``: device id -> ``{"driver": name, "address": its address}``, the host
+    driver the server knew before the last setup, until a cleanup is posted ok (a failed
+    setup returns no facts, and reports made after it show the device unbound or on
+    vfio-pci; ``driver`` rules match it meanwhile); ``health``: see agent/health.py."""
 
     host_id: str
     generation: int = 0

@@ -189,7 +189,12 @@ class Agent:
         seen = self.state.state.vgpu_types
         before = {pf: dict(types) for pf, types in seen.items()}
         devices = build_inventory(
-            self.ops.sysfs, self.config, self.pci_ids, seen, warned=self._host_use_warned
+            self.ops.sysfs,
+            self.config,
+            self.pci_ids,
+            seen,
+            warned=self._host_use_warned,
+            held_drivers=self._held_drivers(),
         ).reported()
         if seen != before:
             self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
@@ -200,6 +205,20 @@ class Agent:
             update = {"healthy": False, "health_reason": v.reason, "health_recovering": v.recovering}
             out.append(d if v.healthy else d.model_copy(update=update))
         return out
+
+    def _held_drivers(self) -> dict[str, str]:
+        """Address -> the host driver each device had before this agent's setup of it, from
+        the setup until its cleanup is posted ok: ``driver`` rules match that, not vfio-pci
+        (files of older versions name no address: the held or in-flight item's)."""
+        st = self.state.state
+        held: dict[str, str] = {}
+        for dev_id, saved in st.host_drivers.items():
+            driver = saved.get("driver")
+            entry = st.assigned.get(dev_id) or (st.journal.get(dev_id) or {}).get("item") or {}
+            address = saved.get("address") or (entry.get("device") or {}).get("address")
+            if isinstance(driver, str) and isinstance(address, str):
+                held[address] = driver
+        return held
 
     @property
     def unhealthy(self) -> dict[str, str]:
@@ -516,7 +535,7 @@ class Agent:
         dev_id = item.device.id
         if item.action == "setup":
             if item.device.driver not in (None, VFIO):
-                st.host_drivers[dev_id] = {"driver": item.device.driver}
+                st.host_drivers[dev_id] = {"driver": item.device.driver, "address": item.device.address}
             # The handler that set a held device up cleans it, whatever a later setup of the
             # same device names (a server that lost the assignment, or one that lies).
             if dev_id not in st.set_up_by:
@@ -692,6 +711,7 @@ class Agent:
             if res.action == "cleanup" and res.ok:
                 st.facts.pop(dev_id, None)
                 st.set_up_by.pop(dev_id, None)
+                st.host_drivers.pop(dev_id, None)  # back on it: rules see what it is bound to
             if not outcome.applied:
                 log.info("%s result for %s ignored: %s", res.action, item.device.address, outcome.note)
             out.append(

@@ -120,7 +120,7 @@ def test_a_second_agent_refused_by_the_server_does_not_erase_the_live_agents_int
     live.crash_at, live.on_crash = "handler:setup", handler_running
     live.work()
     assert journaled["journal"].get("d0", {}).get("phase") == "started", "the live agent's intent was erased"
-    assert journaled["host_drivers"].get("d0") == {"driver": "iavf"}
+    assert journaled["host_drivers"].get("d0", {}).get("driver") == "iavf"
 
 
 MALFORMED: dict[str, dict[str, Any]] = {

@@ -1,0 +1,79 @@
+"""A device a ``driver`` rule takes stays that rule's while the agent holds it on vfio-pci.
+
+Matched by its driver, a VF left the inventory once its setup bound it to vfio-pci: its
+allocation's device went missing from every report, and its cleanup was refused as a device
+the agent did not report, so every release quarantined it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx
+
+from devassign.agent.config import DeviceRule
+from devassign.agent.state import StateFile
+from devassign.agent.worker import Agent
+from devassign.lifecycle.host import HostOps
+from tests.unit.agent.test_agent_worker import PF, World, world  # noqa: F401
+
+RULE = DeviceRule("NIC_VF", {"driver": "iavf"}, match_vfs=True)
+
+
+def _agent(world: World, rule: DeviceRule = RULE) -> Agent:  # noqa: F811
+    config = replace(world.config, devices=(rule,))
+    client = httpx.Client(transport=httpx.MockTransport(world.server.handle))
+    state = StateFile(config.state_file, durable=False)
+    return Agent(config, world.h.root, HostOps.simulated(world.h.root), client, state=state, pci_ids=None)
+
+
+def _reported(agent: Agent) -> dict[str, str | None]:
+    return {d.address: d.driver for d in agent._inventory()}
+
+
+def test_an_assigned_vf_stays_reported_and_its_cleanup_runs(world: World) -> None:  # noqa: F811
+    agent = _agent(world)
+    assert set(_reported(agent)) == set(world.vfs)
+    world.server.claim("d0")
+    assert [(d.action, d.ok) for d in agent.work()] == [("setup", True)]
+    assert world.driver(world.vfs[0]) == "vfio-pci"
+    # still offered under its rule, and the report says where it is bound now
+    assert _reported(agent) == {world.vfs[0]: "vfio-pci", world.vfs[1]: "iavf"}
+    world.server.release()
+    done = agent.work()
+    assert [(d.action, d.ok, d.state) for d in done] == [("cleanup", True, "available")]
+    assert world.driver(world.vfs[0]) == "iavf"
+    assert agent.state.state.host_drivers == {}
+
+
+def test_a_device_given_back_and_then_bound_by_hand_is_no_longer_the_rules(world: World) -> None:  # noqa: F811
+    agent = _agent(world)
+    world.server.claim("d0")
+    agent.work()
+    world.server.release()
+    agent.work()
+    world.h.bind(world.vfs[0], "vfio-pci")  # the operator's own use, after the cleanup
+    assert set(_reported(agent)) == {world.vfs[1]}
+
+
+def test_a_state_file_of_an_older_agent_names_no_address(world: World) -> None:  # noqa: F811
+    agent = _agent(world)
+    world.server.claim("d0")
+    agent.work()
+    st = agent.state.state
+    for saved in st.host_drivers.values():
+        saved.pop("address")
+    assert set(_reported(agent)) == set(world.vfs)  # the held item's address
+
+
+def test_a_driver_that_only_vfs_have_takes_the_vfs_without_match_vfs(world: World) -> None:  # noqa: F811
+    """``driver = "iavf"`` can only mean VFs (their PF runs i40e): it takes them, also while
+    assigned; a driver their PF has too, or a glob, still needs ``match_vfs``."""
+    world.h.bind(PF, "i40e")
+    agent = _agent(world, DeviceRule("NIC_VF", {"driver": "iavf"}))
+    assert set(_reported(agent)) == set(world.vfs)
+    world.server.claim("d0")
+    agent.work()
+    assert set(_reported(agent)) == set(world.vfs)
+    for match in ({"driver": "i40e"}, {"driver": "iav*"}):
+        assert _reported(_agent(world, DeviceRule("NIC_VF", match))) == {}
