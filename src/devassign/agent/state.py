@@ -238,6 +238,19 @@ class StateFile:
         self._write(self.state)
 
     def _write(self, state: AgentState) -> None:
+        """Write ``state`` whole, or raise :class:`StateError`: an agent that cannot journal
+        must stop (it would run handlers it could not replay after a crash), saying why."""
+        try:
+            self._write_file(state)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise StateError(
+                f"{self.path}: cannot write the agent state ({why}); the agent stops rather than "
+                "act on devices without its journal: give it a writable state_file (free space, "
+                "permissions) and start it again"
+            ) from exc
+
+    def _write_file(self, state: AgentState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc: dict[str, Any] = {"host_id": state.host_id, "generation": state.generation}
         if state.host is not None:

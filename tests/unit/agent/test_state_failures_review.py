@@ -158,3 +158,30 @@ def test_a_malformed_entry_is_a_state_error_not_a_crash_on_every_start(world: Wo
         agent.step()
     except StateError as exc:
         assert str(world.config.state_file) in str(exc)
+
+
+def test_a_state_file_that_cannot_be_written_stops_the_agent_with_one_clear_error(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk (or a read-only folder) under the state file: the agent must not act on a
+    device it cannot journal, and says why instead of an unexpected OSError."""
+    import errno
+
+    import devassign.agent.state as state_module
+
+    agent = world.make()
+    agent.report()
+    world.server.claim("d0")
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module.os, "replace", full)
+    with pytest.raises(StateError) as stopped:
+        agent.work()
+    message = str(stopped.value)
+    assert "cannot write the agent state (No space left on device)" in message
+    assert str(world.config.state_file) in message
+    assert world.driver(world.vfs[0]) == "iavf"  # the setup never ran unjournaled
+    assert not [p for p in world.config.state_file.parent.iterdir() if p.name.startswith(".agent-state.")]
