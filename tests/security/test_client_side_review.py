@@ -459,6 +459,38 @@ def test_the_agent_does_not_read_an_endless_answer_into_memory(world: World) -> 
     assert not overran, f"the agent read a {taken // MiB} MiB answer and wanted more"
 
 
+def test_the_agent_does_not_wait_for_ever_on_an_answer_that_trickles(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server (or a man in the middle) that sends its answer a byte at a time, each within
+    the client's read timeout, held the agent for ever: no heartbeat, no health check, no
+    cleanup. Past a deadline on the body the answer is an outage. The clock here stands in for
+    the slow bytes: each chunk comes a minute after the one before."""
+    import devassign.agent.reporter as reporter_module
+
+    now = [0.0]
+    monkeypatch.setattr(reporter_module.time, "monotonic", lambda: now[0])
+    sent = 0
+
+    def trickle() -> Iterator[bytes]:
+        nonlocal sent
+        while sent < 1000:
+            now[0] += 60.0
+            sent += 1
+            yield b" "
+        raise httpx.ReadError("the test stops the trickle here")
+
+    _intercept(
+        world,
+        "GET work",
+        lambda request: httpx.Response(200, headers={"content-type": "application/json"}, content=trickle()),
+    )
+    out = world.make().step()
+    assert sent < 10, f"the agent read {sent} bytes over {sent} minutes"
+    assert any("still coming after 120 s" in e for e in out.errors), out.errors
+
+
 def test_the_agent_does_not_log_a_password_from_its_server_url(
     world: World,  # noqa: F811
     caplog: pytest.LogCaptureFixture,

@@ -127,8 +127,15 @@ def _seconds(value: Any) -> float | None:
 MAX_ANSWER_BYTES = 64 << 20
 
 
+# The longest the agent reads one answer's body (after its headers came): each read has the
+# client's timeout, but a server sending a byte just within it would hold the agent, its
+# heartbeats and its cleanups, for ever. 64 MiB at 1 MiB/s fits.
+MAX_ANSWER_SECONDS = 120.0
+
+
 class TooLarge(Exception):
-    """An answer past :data:`MAX_ANSWER_BYTES`: read no further."""
+    """An answer past :data:`MAX_ANSWER_BYTES`, or read for longer than
+    :data:`MAX_ANSWER_SECONDS`: read no further."""
 
 
 def payload(resp: httpx.Response, where: str) -> Any:
@@ -356,16 +363,20 @@ class Reporter:
         return resp
 
     def _exchange(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
-        """The request and its answer, read up to :data:`MAX_ANSWER_BYTES` (the agent is root on
-        a host whose memory is its tenants': a server that never stops sending must not fill it)."""
+        """The request and its answer, read up to :data:`MAX_ANSWER_BYTES` and
+        :data:`MAX_ANSWER_SECONDS` (the agent is root on a host whose memory is its tenants': a
+        server that never stops sending must not fill it, nor hold it by sending slowly)."""
         request = self.client.build_request(method, url, json=body, headers=self._headers())
         resp = self.client.send(request, stream=True)
+        deadline = time.monotonic() + MAX_ANSWER_SECONDS
         try:
             chunks, size = [], 0
             for chunk in resp.iter_bytes():
                 size += len(chunk)
                 if size > MAX_ANSWER_BYTES:
                     raise TooLarge(f"an answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+                if time.monotonic() > deadline:
+                    raise TooLarge(f"an answer still coming after {MAX_ANSWER_SECONDS:.0f} s")
                 chunks.append(chunk)
         finally:
             resp.close()
