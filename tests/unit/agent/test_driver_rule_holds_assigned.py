@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx
+import pytest
 
 from devassign.agent.config import DeviceRule
 from devassign.agent.state import StateFile
@@ -77,3 +78,33 @@ def test_a_driver_that_only_vfs_have_takes_the_vfs_without_match_vfs(world: Worl
     assert set(_reported(agent)) == set(world.vfs)
     for match in ({"driver": "i40e"}, {"driver": "iav*"}):
         assert _reported(_agent(world, DeviceRule("NIC_VF", match))) == {}
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        {"product_id": "154c"},
+        {"vendor_id": "8086", "kind": "sriov_vf"},
+        {"class": "02", "match_vfs": True},
+        {"address": "0000:5e:1*", "match_vfs": True},
+        {"parent": "0000:5e:00.0"},
+        {"driver": "iav*", "match_vfs": True},
+        {"driver": "iavf"},
+    ],
+)
+def test_every_kind_of_rule_keeps_its_vf_through_a_setup_and_a_cleanup(
+    world: World,  # noqa: F811
+    match: dict[str, object],
+) -> None:
+    world.h.bind(PF, "i40e")
+    keys = {k: str(v) for k, v in match.items() if k != "match_vfs"}
+    agent = _agent(world, DeviceRule("NIC_VF", keys, match_vfs=match.get("match_vfs")))  # type: ignore[arg-type]
+    agent.report()
+    assert set(_reported(agent)) == set(world.vfs)
+    world.server.claim("d0")
+    assert [(d.action, d.ok) for d in agent.work()] == [("setup", True)]
+    agent.report()
+    assert set(_reported(agent)) == set(world.vfs)
+    world.server.release()
+    assert [(d.action, d.ok, d.state) for d in agent.work()] == [("cleanup", True, "available")]
+    assert set(_reported(agent)) == set(world.vfs)
