@@ -180,10 +180,19 @@ def discover(
 ) -> None:
     """Print every device this host has and what it would report, without a server."""
     from devassign.agent.inventory import build_inventory
+    from devassign.agent.state import held_drivers, peek
 
     _logging(verbose)
     cfg = _config(config)
-    inv = build_inventory(_sysfs(sysfs_root, cfg), cfg)
+    # What the agent knows (read only, beside a running agent): the host driver of a device it
+    # holds on vfio-pci, which its rule matches, and the vGPU types seen on a busy GPU.
+    state = peek(cfg.state_file)
+    inv = build_inventory(
+        _sysfs(sysfs_root, cfg),
+        cfg,
+        vgpu_seen=dict(state.vgpu_types) if state else None,
+        held_drivers=held_drivers(state) if state else None,
+    )
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
         return

@@ -63,6 +63,34 @@ class AgentState:
     host: str | None = None
 
 
+def held_drivers(state: AgentState) -> dict[str, str]:
+    """Address -> the host driver each device had before this agent's setup of it, from the
+    setup until its cleanup is posted ok: ``driver`` rules match that, not vfio-pci (files of
+    older versions name no address: the held or in-flight item's)."""
+    held: dict[str, str] = {}
+    for dev_id, saved in state.host_drivers.items():
+        driver = saved.get("driver")
+        entry = state.assigned.get(dev_id) or (state.journal.get(dev_id) or {}).get("item") or {}
+        address = saved.get("address") or (entry.get("device") or {}).get("address")
+        if isinstance(driver, str) and isinstance(address, str):
+            held[address] = driver
+    return held
+
+
+def peek(path: Path) -> AgentState | None:
+    """The state file as it is, read only (``agent discover`` beside a running agent), or
+    ``None`` where there is none or it cannot be read: never created, adopted or locked."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        maps = {k: raw.get(k, {}) for k in _MAPS}
+        for m in maps.values():
+            if not isinstance(m, dict) or not all(isinstance(v, dict) for v in m.values()):
+                return None
+        return AgentState(host_id=str(raw.get("host_id", "")), **maps)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 _MAPS = ("journal", "facts", "assigned", "host_drivers", "set_up_by", "health", "vgpu_types")
 
 

@@ -65,7 +65,7 @@ from devassign.agent.health import HEALTHY, HealthRecord
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
-from devassign.agent.state import StateFile
+from devassign.agent.state import StateFile, held_drivers
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, run_action
@@ -194,7 +194,7 @@ class Agent:
             self.pci_ids,
             seen,
             warned=self._host_use_warned,
-            held_drivers=self._held_drivers(),
+            held_drivers=held_drivers(self.state.state),
         ).reported()
         if seen != before:
             self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
@@ -205,20 +205,6 @@ class Agent:
             update = {"healthy": False, "health_reason": v.reason, "health_recovering": v.recovering}
             out.append(d if v.healthy else d.model_copy(update=update))
         return out
-
-    def _held_drivers(self) -> dict[str, str]:
-        """Address -> the host driver each device had before this agent's setup of it, from
-        the setup until its cleanup is posted ok: ``driver`` rules match that, not vfio-pci
-        (files of older versions name no address: the held or in-flight item's)."""
-        st = self.state.state
-        held: dict[str, str] = {}
-        for dev_id, saved in st.host_drivers.items():
-            driver = saved.get("driver")
-            entry = st.assigned.get(dev_id) or (st.journal.get(dev_id) or {}).get("item") or {}
-            address = saved.get("address") or (entry.get("device") or {}).get("address")
-            if isinstance(driver, str) and isinstance(address, str):
-                held[address] = driver
-        return held
 
     @property
     def unhealthy(self) -> dict[str, str]:

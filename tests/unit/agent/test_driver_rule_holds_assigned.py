@@ -108,3 +108,30 @@ def test_every_kind_of_rule_keeps_its_vf_through_a_setup_and_a_cleanup(
     world.server.release()
     assert [(d.action, d.ok, d.state) for d in agent.work()] == [("cleanup", True, "available")]
     assert set(_reported(agent)) == set(world.vfs)
+
+
+def test_agent_discover_beside_the_agent_shows_a_held_device_as_its_rules(world: World) -> None:  # noqa: F811
+    """``agent discover`` reads the running agent's state file (without taking or changing it):
+    a VF the agent holds on vfio-pci shows the type its driver rule gives it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from devassign.agent.cli import app
+
+    agent = _agent(world)
+    world.server.claim("d0")
+    agent.work()
+    before = world.config.state_file.read_bytes()
+    conf = world.config.state_file.parent / "agent.toml"
+    conf.write_text(
+        f'host = "w1"\nstate_file = "{world.config.state_file}"\n'
+        '[[device]]\ntype = "NIC_VF"\nmatch = { driver = "iavf" }\nmatch_vfs = true\n'
+    )
+    args = ["discover", "-c", str(conf), "--sysfs-root", str(world.h.root), "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    types = {d["address"]: (d["type"], d["driver"]) for d in shown if d["address"] in world.vfs}
+    assert types == {world.vfs[0]: ("NIC_VF", "vfio-pci"), world.vfs[1]: ("NIC_VF", "iavf")}
+    assert world.config.state_file.read_bytes() == before
