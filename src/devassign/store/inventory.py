@@ -408,6 +408,7 @@ def apply_report(
         _update_existing(conn, row, dev, type_id, type_names, out, base_event, now)
 
     if inserts:
+        _clean_first(existing, seen, inserts, out, type_names)
         conn.execute(devices.insert(), inserts)
     for address, row in existing.items():
         if address not in seen:
@@ -437,6 +438,41 @@ def apply_report(
         warnings=out.warnings,
         checks=checks_for(type_rows, seen_types),
     )
+
+
+def _clean_first(
+    existing: dict[str, Any],
+    seen: set[str],
+    inserts: list[dict[str, Any]],
+    out: _Outcome,
+    type_names: dict[int, str],
+) -> None:
+    """New devices of a type whose held devices on this host are gone are cleaned before anyone
+    gets them: the same hardware under a new address (a bus renumbered by a firmware update, a
+    card moved to another slot) still carries what its holder left on it, and a device first
+    seen is otherwise taken as clean."""
+    gone: dict[int, list[str]] = {}
+    for address, row in existing.items():
+        state = DeviceState(row.state)
+        if address not in seen and (state in _HELD or state is DeviceState.MISSING):
+            gone.setdefault(row.type_id, []).append(address)
+    if not gone:
+        return
+    added = {e["device_id"]: e for e in out.events if e["action"] == "device_added"}
+    for row in inserts:
+        held = gone.get(row["type_id"])
+        if held is None:
+            continue
+        row["state"] = DeviceState.CLEANING.value
+        why = (
+            f"cleaned before use: {len(held)} {type_names.get(row['type_id'])} device(s) held on this "
+            f"host are gone ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), and this "
+            "may be one of them under a new address"
+        )
+        event = added[row["id"]]
+        event["message"] += f", {why}"
+        event["detail"] = {"cleaning_first": True, "gone": sorted(held)}
+        out.warnings.append(f"{row['address']}: {why}")
 
 
 def catalog_rows(conn: sa.Connection) -> dict[str, Any]:
