@@ -332,14 +332,16 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Let a quarantined device go (back through cleaning, or available for one-time-use
-        types), or vouch for one whose health check failed (available now; a check that still
-        fails marks it again)."""
+        types), vouch for one whose health check failed (available now; a check that still
+        fails marks it again), or retire a missing one that is not coming back (removed; cleaned
+        first if it does)."""
         c = client(ctx)
         found = c.get("/v1/devices", address=address, host=host)
         if not found:
             raise CliError(f"no device {address!r}" + (f" on {host}" if host else ""))
         if len(found) > 1:
-            found = [d for d in found if d["state"] == "quarantined" or not d["healthy"]] or found
+            clearable = ("quarantined", "missing")
+            found = [d for d in found if d["state"] in clearable or not d["healthy"]] or found
         if len(found) > 1:
             hosts = ", ".join(d["host"] for d in found)
             raise CliError(

@@ -43,7 +43,8 @@ def post_results(
 
 @router.post("/devices/{device_id}/clear", response_model=schemas.Device, tags=["lifecycle"])
 def clear(request: Request, scope: Access, device_id: str, body: schemas.DeviceClear) -> schemas.Device:
-    """Let a quarantined device go: back through cleaning, or available for one-time-use types."""
+    """Let a quarantined device go (back through cleaning, or available for one-time-use types),
+    vouch for an unhealthy one, or retire a missing one that is not held (removed)."""
     return _store(request).clear_device(device_id, body.reason, scope.actor)
 
 

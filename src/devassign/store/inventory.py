@@ -710,6 +710,8 @@ def confirm_if_set_up(conn: sa.Connection, allocation_id: int | None) -> None:
 def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy: bool) -> DeviceState:
     """The state a reported device should be in, given the one it had."""
     if state is DeviceState.REMOVED:
+        if row.prior_state == DeviceState.CLEANING.value:
+            return DeviceState.CLEANING  # retired while missing (``device clear``): never cleaned
         return DeviceState.AVAILABLE if healthy else DeviceState.UNHEALTHY
     if state is DeviceState.MISSING:
         prior = DeviceState(row.prior_state or DeviceState.CLEANING.value)

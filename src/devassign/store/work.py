@@ -357,6 +357,8 @@ def clear_device(
         raise errors.DevassignError(errors.DEVICE_NOT_FOUND, f"no device with id {device_id!r}")
     lock_host(conn, host_id)
     row = conn.execute(sa.select(devices).where(devices.c.id == device_id)).one()
+    if row.state == DeviceState.MISSING.value:
+        return _retire_missing(conn, row, reason, now=now, actor=actor)
     if row.state != DeviceState.QUARANTINED.value and not row.healthy:
         return _clear_health(conn, row, reason, now=now, actor=actor)
     if row.state != DeviceState.QUARANTINED.value:
@@ -398,6 +400,57 @@ def clear_device(
     )
     recount(conn, row.host_id)
     r = conn.execute(device_query().where(devices.c.id == device_id)).one()
+    return device_model(r)
+
+
+def _retire_missing(
+    conn: sa.Connection, row: Any, reason: str, *, now: datetime, actor: str
+) -> schemas.Device:
+    """An operator says a device that vanished while held is not coming back (VFs taken away
+    with ``sriov_numvfs``, a dead card pulled, a bus renumbered): ``removed``, so its host's
+    counts no longer hold it and the host can be deleted. It was never cleaned, so if it does
+    come back it is cleaned first (``prior_state``). A device a live allocation still names is
+    refused: its consumer is released (or moved) first, and learns the device is gone."""
+    host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
+    holder = None
+    if row.allocation_id is not None:
+        holder = conn.execute(
+            sa.select(allocations.c.consumer).where(
+                allocations.c.id == row.allocation_id, allocations.c.released_at.is_(None)
+            )
+        ).scalar_one_or_none()
+    if holder is not None:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"device {row.address} on {host} is missing but still held by consumer {holder!r}: "
+            f"release it first (`devassign release --consumer {holder}`), then clear the device",
+        )
+    conn.execute(
+        devices.update()
+        .where(devices.c.id == row.id)
+        .values(
+            state=DeviceState.REMOVED.value,
+            prior_state=DeviceState.CLEANING.value,
+            allocation_id=None,
+            consumed=None,
+            state_changed_at=now,
+            updated_at=now,
+        )
+    )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="device_cleared",
+        host=host,
+        device=row.address,
+        device_id=row.id,
+        message=f"{host} {row.address} cleared by {actor} -> removed (it was missing; "
+        "cleaned first if it comes back)" + (f": {reason}" if reason else ""),
+        detail={"reason": reason, "was": DeviceState.MISSING.value},
+    )
+    recount(conn, row.host_id)
+    r = conn.execute(device_query().where(devices.c.id == row.id)).one()
     return device_model(r)
 
 
