@@ -252,8 +252,12 @@ def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: d
             raise errors.DevassignError(
                 errors.HOST_ID_MISMATCH,
                 f"host {name!r} is registered with host id {by_name.host_id} but this agent "
-                f"says {host_id}: restore the agent's state file, or if the machine was "
-                f"reinstalled, delete the host (`devassign host delete {name}`) and report again",
+                f"says {host_id}: restore the agent's state file; if it was lost (the agent or "
+                "the machine reinstalled), stop the agent, write "
+                f'{{"host_id": "{by_name.host_id}", "host": "{name}"}} as its state file and '
+                "start it again (it then cleans and sets up what the server asks, from the "
+                "server's records); only a host whose devices are all free can instead be "
+                f"deleted (`devassign host delete {name}`) and reported again",
             )
     if by_name is not None:
         if host_id and not by_name.host_id:
