@@ -352,6 +352,7 @@ def apply_report(
     existing = {r.address: r for r in conn.execute(sa.select(devices).where(devices.c.host_id == host.id))}
     seen: set[str] = set()
     inserts: list[dict[str, Any]] = []
+    replaced: dict[str, str] = {}  # address -> why the device there is not the one held
     base_event = {"at": now, "actor": actor, "host": name}
 
     # Partitions of one pool must agree on every counter they both name: the first one decides.
@@ -409,6 +410,12 @@ def apply_report(
             out.added.append(dev.address)
             out.events.append(added_event(base_event, name, dev, inserts[-1]["id"]))
             continue
+        swapped = _another_device(conn, row, dev)
+        if swapped is not None:
+            out.warnings.append(f"{dev.address}: {swapped}")
+            replaced[dev.address] = swapped
+            seen.discard(dev.address)  # the holder's device is gone: missing, never handed back
+            continue
         _update_existing(conn, row, dev, type_id, type_names, out, base_event, now)
 
     if inserts:
@@ -416,7 +423,7 @@ def apply_report(
         conn.execute(devices.insert(), inserts)
     for address, row in existing.items():
         if address not in seen:
-            _vanished(conn, row, out, base_event, type_names, now)
+            _vanished(conn, row, out, base_event, type_names, now, why=replaced.get(address))
 
     seen_types = {d.type for d in report.devices}
     failpoint("report.mid_transaction")
@@ -738,6 +745,34 @@ def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy:
     return state
 
 
+_IDENTITY = ("kind", "vendor_id", "product_id")
+
+
+def _another_device(conn: sa.Connection, row: Any, dev: schemas.ReportedDevice) -> str | None:
+    """Why the device reported at a held device's address is another one (a card of another
+    model in the slot, buses renumbered onto another device), or ``None``. Its holder's
+    device is gone: the row stays missing for the live allocation, its facts as they were,
+    and the new one is cleaned before use once the holder released it (``_returning_state``)."""
+    state = DeviceState(row.state)
+    if state is DeviceState.MISSING:
+        if row.prior_state not in (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value):
+            return None
+        if _consumer_of(conn, row.allocation_id, live=True) is None:
+            return None
+    elif state not in (DeviceState.RESERVED, DeviceState.ASSIGNED):
+        return None
+    was = {k: getattr(row, k) for k in _IDENTITY}
+    is_ = {"kind": dev.kind.value, "vendor_id": dev.vendor_id, "product_id": dev.product_id}
+    changed = [k for k in _IDENTITY if None not in (was[k], is_[k]) and was[k] != is_[k]]
+    if not changed:
+        return None
+    what = ", ".join(f"{k} {was[k]} -> {is_[k]}" for k in changed)
+    return (
+        f"another device is at this address now ({what}): the one its holder has is gone and "
+        "stays missing until released; this one is then cleaned before use"
+    )
+
+
 def _vanished(
     conn: sa.Connection,
     row: Any,
@@ -745,7 +780,10 @@ def _vanished(
     base_event: dict[str, Any],
     type_names: dict[int, str],
     now: datetime,
+    *,
+    why: str | None = None,
 ) -> None:
+    """A device not in the report (``why``: reported, but another device than the one held)."""
     state = DeviceState(row.state)
     if state in (DeviceState.MISSING, DeviceState.REMOVED):
         return
@@ -769,15 +807,18 @@ def _vanished(
             "device_id": row.id,
             "type": type_names.get(row.type_id),
             "consumer": consumer,
-            "message": f"{base_event['host']} {row.address} no longer reported "
-            f"({state.value} -> {new.value})",
+            "message": f"{base_event['host']} {row.address} "
+            + (why if why else "no longer reported")
+            + f" ({state.value} -> {new.value})",
         }
     )
 
 
-def _consumer_of(conn: sa.Connection, allocation_id: int | None) -> str | None:
+def _consumer_of(conn: sa.Connection, allocation_id: int | None, *, live: bool = False) -> str | None:
+    """The consumer of the allocation (``live``: only while it is not released)."""
     if allocation_id is None:
         return None
-    return conn.execute(
-        sa.select(allocations.c.consumer).where(allocations.c.id == allocation_id)
-    ).scalar_one_or_none()
+    q = sa.select(allocations.c.consumer).where(allocations.c.id == allocation_id)
+    if live:
+        q = q.where(allocations.c.released_at.is_(None))
+    return conn.execute(q).scalar_one_or_none()
