@@ -180,7 +180,7 @@ def discover(
 ) -> None:
     """Print every device this host has and what it would report, without a server."""
     from devassign.agent.inventory import build_inventory
-    from devassign.agent.state import held_drivers, peek
+    from devassign.agent.state import held_drivers, held_types, peek
 
     _logging(verbose)
     cfg = _config(config)
@@ -192,6 +192,7 @@ def discover(
         cfg,
         vgpu_seen=dict(state.vgpu_types) if state else None,
         held_drivers=held_drivers(state) if state else None,
+        held_types=held_types(state) if state else None,
     )
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))

@@ -63,15 +63,16 @@ def build_inventory(
     files: HostFiles | None = None,
     warned: set[str] | None = None,
     held_drivers: Mapping[str, str] | None = None,
+    held_types: Mapping[str, str] | None = None,
 ) -> Inventory:
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``,
-    ``held_drivers``: see :func:`apply_rules`)."""
+    ``held_drivers``, ``held_types``: see :func:`apply_rules`)."""
     use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
     scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use)
     devices = scan.devices + scan_usb(sysfs, use)
     _flag_duplicates(devices)
-    apply_rules(devices, config.devices, warned, held_drivers)
+    apply_rules(devices, config.devices, warned, held_drivers, held_types)
     check_isolation(devices, scan.iommu_groups)
     for res in config.resources:
         devices.extend(res.units())
@@ -83,8 +84,14 @@ def apply_rules(
     rules: tuple[DeviceRule, ...],
     warned: set[str] | None = None,
     held_drivers: Mapping[str, str] | None = None,
+    held_types: Mapping[str, str] | None = None,
 ) -> None:
     """Give each device the type of the first rule it matches, with the rule's attributes.
+
+    ``held_types``: address -> type of each device the agent holds for a consumer; one that no
+    rule takes any more (its rule removed or edited meanwhile) keeps that type until its
+    cleanup is posted, so its holder is not told it is missing and it is cleaned before the
+    server retires it.
 
     ``held_drivers``: address -> the host driver of each device the agent holds for a
     consumer (set up on vfio-pci, until its cleanup is posted), which ``driver`` rules match:
@@ -111,6 +118,19 @@ def apply_rules(
                 if rule.pf_bandwidth_mbps is not None:
                     _share_bandwidth(dev, by_address.get(dev.parent or ""), rule.pf_bandwidth_mbps)
                 break
+        else:
+            kept = (held_types or {}).get(dev.address)
+            if kept is not None:
+                dev.type = kept
+                if warned is None or f"{dev.address}:kept" not in warned:
+                    log.warning(
+                        "%s: no rule takes it any more; reported as %s until its holder is done "
+                        "and it is cleaned",
+                        dev.address,
+                        kept,
+                    )
+                    if warned is not None:
+                        warned.add(f"{dev.address}:kept")
 
 
 def _warn_host_use(dev: FoundDevice, warned: set[str] | None) -> None:

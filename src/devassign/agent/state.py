@@ -77,6 +77,20 @@ def held_drivers(state: AgentState) -> dict[str, str]:
     return held
 
 
+def held_types(state: AgentState) -> dict[str, str]:
+    """Address -> type of each device this agent holds for a consumer or has an action in
+    flight on: such a device stays reported under its type when no rule takes it any more (a
+    rule removed or edited while it was assigned), so its holder keeps it and its cleanup runs;
+    once cleaned it is no longer reported, and the server retires it."""
+    held: dict[str, str] = {}
+    for entry in (*state.assigned.values(), *((e.get("item") or {}) for e in state.journal.values())):
+        device = entry.get("device") or {}
+        address, type_name = device.get("address"), device.get("type")
+        if isinstance(address, str) and isinstance(type_name, str):
+            held[address] = type_name
+    return held
+
+
 def peek(path: Path) -> AgentState | None:
     """The state file as it is, read only (``agent discover`` beside a running agent), or
     ``None`` where there is none or it cannot be read: never created, adopted or locked."""

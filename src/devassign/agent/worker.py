@@ -65,7 +65,7 @@ from devassign.agent.health import HEALTHY, HealthRecord
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
-from devassign.agent.state import StateFile, held_drivers
+from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, run_action
@@ -195,6 +195,7 @@ class Agent:
             seen,
             warned=self._host_use_warned,
             held_drivers=held_drivers(self.state.state),
+            held_types=held_types(self.state.state),
         ).reported()
         if seen != before:
             self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU

@@ -71,13 +71,13 @@ def test_a_driver_that_only_vfs_have_takes_the_vfs_without_match_vfs(world: Worl
     """``driver = "iavf"`` can only mean VFs (their PF runs i40e): it takes them, also while
     assigned; a driver their PF has too, or a glob, still needs ``match_vfs``."""
     world.h.bind(PF, "i40e")
+    for match in ({"driver": "i40e"}, {"driver": "iav*"}):
+        assert _reported(_agent(world, DeviceRule("NIC_VF", match))) == {}
     agent = _agent(world, DeviceRule("NIC_VF", {"driver": "iavf"}))
     assert set(_reported(agent)) == set(world.vfs)
     world.server.claim("d0")
     agent.work()
     assert set(_reported(agent)) == set(world.vfs)
-    for match in ({"driver": "i40e"}, {"driver": "iav*"}):
-        assert _reported(_agent(world, DeviceRule("NIC_VF", match))) == {}
 
 
 @pytest.mark.parametrize(
