@@ -67,14 +67,18 @@ class HealthRecord:
         back from vfio-pci, a consumer's mdev gone) rather than the hardware's. ``cleaned``:
         the check right after a cleanup; when it passes, such a failure is over at once (the
         cleanup put the device back in the state the check verifies), while a failure seen on
-        the free device keeps its hysteresis.
+        the free device, or one that came back after passing checks (a flap), keeps its
+        hysteresis.
         """
         entry = self._map.get(address)
         if not ok:
             why = reason or "health check failed"
             changed = entry is None or entry.get("reason") != why or bool(entry.get("passes"))
             was_held = bool(entry.get("held")) if entry is not None else held
-            self._map[address] = {"reason": why, "passes": 0, "held": was_held and held}
+            # A failure after checks that passed again is a flap: failing hardware, not an
+            # assignment undone behind the agent's back, so a cleanup does not end it.
+            flapped = entry is not None and bool(entry.get("passes"))
+            self._map[address] = {"reason": why, "passes": 0, "held": was_held and held and not flapped}
             if changed:
                 log.warning("%s is unhealthy: %s", address, why)
             return changed
