@@ -298,9 +298,17 @@ class MigHandler:
             state = _Smi(config, ops, where.parent).listing()
         except HandlerError as exc:
             return HealthResult(False, str(exc))
-        if device.consumer is None:
-            return HealthResult(True)
         here = state.at(where)
+        if device.consumer is None:
+            if here is not None:
+                # Nobody holds this slot, yet its placement has an instance (made by hand for
+                # the host): a setup would adopt it for a tenant, a cleanup destroy it.
+                return HealthResult(
+                    False,
+                    f"GPU instance {here.instance_id} is at {where}, which nobody holds "
+                    "(made by hand?): destroy it, or leave it and the slot stays out of service",
+                )
+            return HealthResult(True)
         if here is None:
             return HealthResult(False, f"no GPU instance at the assigned placement: {where}")
         recorded = device.facts.get("mig_gi")
