@@ -69,4 +69,12 @@ class NvidiaVgpuHandler:
                 return HealthResult(False, str(exc))
             if now != tid:
                 return HealthResult(False, f"VF {vf} runs vGPU type {now}, not the assigned {tid}")
+        elif (ops.sysfs.read(f"{pci_dir(vf)}/{CURRENT}") or "").strip() == str(tid):
+            # Nobody holds it, yet the VF runs its type (set by hand for a guest devassign
+            # does not manage): a setup would adopt that VF for a tenant, a cleanup clear it.
+            return HealthResult(
+                False,
+                f"VF {vf} runs vGPU type {tid}, which nobody holds (set by hand?): write 0 to its "
+                f"{CURRENT} once its guest is gone, or the device stays out of service",
+            )
         return HealthResult(True)
