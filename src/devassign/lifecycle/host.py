@@ -8,8 +8,10 @@ the agent runs as root, and a name checked wrongly somewhere must still not esca
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -284,28 +286,52 @@ class Runner(Protocol):
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult: ...
 
 
+# How long a command killed at its timeout gets to be reaped and its output read.
+KILL_GRACE = 5.0
+
+
 class SubprocessRunner:
-    """:class:`Runner` over ``subprocess.run``; ``env`` is added to the agent's environment."""
+    """:class:`Runner` over ``subprocess``; ``env`` is added to the agent's environment.
+
+    Each command runs in a session of its own; at its timeout the whole process group is
+    killed, so a helper it started does not go on changing the device after the agent has
+    called the action failed (and perhaps run it again). One that cannot be reaped within
+    :data:`KILL_GRACE` (stuck in the kernel) is left behind, and the result says so."""
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
         try:
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 list(argv),
                 env={**os.environ, **env},
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
                 text=True,
                 errors="replace",
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired as exc:
-            err = exc.stderr
-            text = err.decode(errors="replace") if isinstance(err, bytes) else (err or "")
-            return RunResult(returncode=-9, stderr=text, timed_out=True)
         except OSError as exc:
             return RunResult(returncode=127, stderr=f"cannot run {argv[0]!r}: {exc.strerror}")
-        return RunResult(done.returncode, done.stdout, done.stderr)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            try:
+                out, err = proc.communicate(timeout=KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                proc.poll()  # reaped if only its pipes are held (by a process of another session)
+                note = f"\n(killed, but still not gone after {KILL_GRACE:g} s: stuck in the kernel?)"
+                return RunResult(returncode=-9, stderr=note, timed_out=True)
+            return RunResult(returncode=-9, stdout=out or "", stderr=err or "", timed_out=True)
+        return RunResult(proc.returncode, out or "", err or "")
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 @dataclass
