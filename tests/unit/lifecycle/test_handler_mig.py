@@ -207,7 +207,8 @@ def test_the_binary_and_timeout_come_from_the_type_config(machine: Machine) -> N
     runner = RecordingRunner(respond=lambda argv: RunResult(0, "No GPU instances found: Not Found\n"))
     config = {"nvidia_smi": "/opt/nvidia/bin/nvidia-smi", "timeout": 5}
     MigHandler().cleanup(slot("1g.10gb", 19, 0), config, ops_for(machine, runner))
-    assert [(c.argv[0], c.timeout) for c in runner.calls] == [("/opt/nvidia/bin/nvidia-smi", 5.0)]
+    # -lgi, then -mig 0 (no instance left on the GPU): each with the configured binary and timeout
+    assert {(c.argv[0], c.timeout) for c in runner.calls} == {("/opt/nvidia/bin/nvidia-smi", 5.0)}
     runner.respond = lambda argv: RunResult(-9, timed_out=True)
     with pytest.raises(HandlerError, match="timed out after 5 s"):
         MigHandler().setup(slot("1g.10gb", 19, 0), config, ops_for(machine, runner))

@@ -270,6 +270,10 @@ class MigHandler:
         state = smi.listing()
         here = state.at(where)
         if here is None:
+            # Destroyed already (by hand, or a reboot took every instance): the GPU may have
+            # none left, and then it goes out of MIG mode as after any last instance.
+            if state.mig_on and not state.instances:
+                smi.run("-i", smi.parent, "-mig", "0")
             return
         gi = str(here.instance_id)
         done = smi.mig("-dci", "-gi", gi)
