@@ -2,7 +2,8 @@
 
 Setup writes the vGPU type id to the VF's ``nvidia/current_vgpu_type``; the VF is then the
 guest's PCI device (``managed='no'`` in the libvirt XML: it stays on NVIDIA's driver). Cleanup
-writes ``0`` (no type), refused while a guest still holds the VF through VFIO. Both are
+writes ``0`` (no type), refused while a guest still holds the VF through VFIO, and leaves a
+type it never set (another one, given by hand, that made the setup fail). Both are
 idempotent: a setup finding its type already set (an agent killed after the write) adopts it,
 a cleanup of a VF without a type does nothing.
 """
@@ -45,10 +46,15 @@ class NvidiaVgpuHandler:
         return {"vgpu_type_id": tid}
 
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
-        vf, _ = _vf_and_type(device)
+        vf, tid = _vf_and_type(device)
         if not ops.sysfs.is_dir(pci_dir(vf)):
             raise HandlerError(f"VF {vf} is not present")
-        if _current(ops, vf) == 0:
+        now = _current(ops, vf)
+        if now == 0:
+            return
+        if now != tid and device.facts.get("vgpu_type_id") is None:
+            # No setup of this device set a type (it failed on the VF running another one,
+            # given by hand): that type is not this device's to clear.
             return
         refuse_if_held(ops.sysfs, ops.vfio_users, vf)
         write(ops.sysfs, f"{pci_dir(vf)}/{CURRENT}", "0", f"clear the vGPU type of VF {vf}")
