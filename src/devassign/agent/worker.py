@@ -67,7 +67,7 @@ from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
-from devassign.lifecycle.base import Handler, LifecycleDevice
+from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
@@ -238,7 +238,10 @@ class Agent:
                 continue
             checked = self._check_free(dev, check)
             if checked is not None:
-                changed |= self.health.observe(address, checked.ok, checked.error)
+                # What an assignment left on it (a setup whose result came after its release)
+                # ends with its cleanup, like a failure seen while it was held.
+                leftover = bool(checked.details.get(LEFTOVER))
+                changed |= self.health.observe(address, checked.ok, checked.error, held=leftover)
         self.health.keep_only(discovered)
         self.health.save()
         if changed:

@@ -37,6 +37,11 @@ class HealthResult:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+# A free device's health ``details`` key: the failure is what an assignment left on it (a
+# MIG instance, a vGPU type), which its cleanup removes, so a cleanup that passes ends it.
+LEFTOVER = "leftover"
+
+
 @dataclass(frozen=True)
 class LifecycleDevice:
     """One device as a handler sees it.

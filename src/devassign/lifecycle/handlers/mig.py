@@ -19,7 +19,14 @@ from typing import Any
 
 from devassign.domain import ascii_digits
 from devassign.lifecycle import names
-from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
+from devassign.lifecycle.base import (
+    LEFTOVER,
+    Facts,
+    HandlerError,
+    HealthResult,
+    LifecycleDevice,
+    TypeConfig,
+)
 from devassign.lifecycle.host import HostOps, RunResult
 
 DEFAULT_BINARY = "nvidia-smi"
@@ -311,6 +318,7 @@ class MigHandler:
                     False,
                     f"GPU instance {here.instance_id} is at {where}, which nobody holds "
                     "(made by hand?): destroy it, or leave it and the slot stays out of service",
+                    details={LEFTOVER: True},
                 )
             return HealthResult(True)
         if here is None:

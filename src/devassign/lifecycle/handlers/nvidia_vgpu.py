@@ -10,7 +10,14 @@ a cleanup of a VF without a type does nothing.
 
 from __future__ import annotations
 
-from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
+from devassign.lifecycle.base import (
+    LEFTOVER,
+    Facts,
+    HandlerError,
+    HealthResult,
+    LifecycleDevice,
+    TypeConfig,
+)
 from devassign.lifecycle.handlers.common import config_space_problem, pci_dir, write
 from devassign.lifecycle.handlers.pci import refuse_if_held
 from devassign.lifecycle.host import HostOps
@@ -82,5 +89,6 @@ class NvidiaVgpuHandler:
                 False,
                 f"VF {vf} runs vGPU type {tid}, which nobody holds (set by hand?): write 0 to its "
                 f"{CURRENT} once its guest is gone, or the device stays out of service",
+                details={LEFTOVER: True},
             )
         return HealthResult(True)
