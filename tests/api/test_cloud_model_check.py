@@ -11,8 +11,8 @@ questions, releases (by the owner, an admin, another project), the agents' work 
 untaints (a device, a parent, a host drained), quotas set and unset, reports that remove
 devices (held ones too) and bring them back or mark them unhealthy (some through the batch
 route), catalog changes (a type's one-time-use flag, its declared params), host renames and
-deletions, member and agent token revocation, and time passing (heartbeats, the sweeper, reservations expiring, hosts going
-down).
+deletions, member and agent token revocation, and time passing (heartbeats, the sweeper,
+reservations expiring, hosts going down).
 
 After every step: no answer is a 5xx and every 4xx carries the stable error body; the
 database's holdings are consistent (``violations``) and the audit finds nothing; every live
@@ -25,7 +25,8 @@ project's allocations, events and quotas, and its refusals and explanations name
 address or device id; an agent sees only its own host; the dashboard and the metrics render.
 
 ``DEVASSIGN_MODEL_STEPS`` (steps per seed, 100 unless set) and ``DEVASSIGN_MODEL_SEEDS`` (a
-count of seeds, or a comma-separated list: ``3`` runs seeds 0, 1, 2; the default is one seed)
+count of seeds, or a comma-separated list: ``3`` runs seeds 0, 1, 2 and ``7,`` seed 7; the
+default is seed 0)
 make a longer run, e.g. ``DEVASSIGN_MODEL_STEPS=2000 DEVASSIGN_MODEL_SEEDS=20 pytest
 tests/api/test_cloud_model_check.py``. A failure names its seed and step.
 """
