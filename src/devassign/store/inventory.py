@@ -433,8 +433,9 @@ def apply_report(
     # A report with refused devices is applied in full again next time (no digest): its answer
     # keeps naming what is still refused, and a fix on the server side (a type created, a
     # config changed) is picked up without the agent having to change anything. So is one
-    # with a change that waits for its device to be free (applied by a later, same report).
-    kept = None if out.refused or out.deferred else new_digest
+    # with a change that waits for its device to be free (applied by a later, same report), and
+    # one with another device at a held device's address (cleaned once its holder is released).
+    kept = None if out.refused or out.deferred or replaced else new_digest
     conn.execute(hosts.update().where(hosts.c.id == host.id).values(report_digest=kept))
     after_commit(conn, "report.after_commit")
     return schemas.InventoryResult(
