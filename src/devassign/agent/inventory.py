@@ -25,6 +25,7 @@ from devassign.agent.model import (
     FoundDevice,
 )
 from devassign.agent.pciids import DEFAULT_PCI_IDS
+from devassign.agent.state import HeldType
 from devassign.agent.usb import scan_usb
 from devassign.domain import DeviceKind
 from devassign.hostio import HostFiles, Sysfs
@@ -63,7 +64,7 @@ def build_inventory(
     files: HostFiles | None = None,
     warned: set[str] | None = None,
     held_drivers: Mapping[str, str] | None = None,
-    held_types: Mapping[str, str] | None = None,
+    held_types: Mapping[str, HeldType] | None = None,
 ) -> Inventory:
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``,
@@ -84,14 +85,14 @@ def apply_rules(
     rules: tuple[DeviceRule, ...],
     warned: set[str] | None = None,
     held_drivers: Mapping[str, str] | None = None,
-    held_types: Mapping[str, str] | None = None,
+    held_types: Mapping[str, HeldType] | None = None,
 ) -> None:
     """Give each device the type of the first rule it matches, with the rule's attributes.
 
     ``held_types``: address -> type of each device the agent holds for a consumer; one that no
     rule takes any more (its rule removed or edited meanwhile) keeps that type until its
     cleanup is posted, so its holder is not told it is missing and it is cleaned before the
-    server retires it.
+    server retires it; another device at its address (another model in the slot) does not.
 
     ``held_drivers``: address -> the host driver of each device the agent holds for a
     consumer (set up on vfio-pci, until its cleanup is posted), which ``driver`` rules match:
@@ -119,9 +120,9 @@ def apply_rules(
                     _share_bandwidth(dev, by_address.get(dev.parent or ""), rule.pf_bandwidth_mbps)
                 break
         else:
-            kept = (held_types or {}).get(dev.address)
-            if kept is not None:
-                dev.type = kept
+            held_type = (held_types or {}).get(dev.address)
+            if held_type is not None and held_type.is_device(dev.kind.value, dev.vendor_id, dev.product_id):
+                kept = dev.type = held_type.type
                 if warned is None or f"{dev.address}:kept" not in warned:
                     log.warning(
                         "%s: no rule takes it any more; reported as %s until its holder is done "

@@ -77,17 +77,36 @@ def held_drivers(state: AgentState) -> dict[str, str]:
     return held
 
 
-def held_types(state: AgentState) -> dict[str, str]:
+@dataclass(frozen=True)
+class HeldType:
+    """The type of a device this agent holds, and what that device is (kind, vendor and
+    product id as the agent found it): another device at its address is not the one held."""
+
+    type: str
+    kind: str | None = None
+    vendor_id: str | None = None
+    product_id: str | None = None
+
+    def is_device(self, kind: str, vendor_id: str | None, product_id: str | None) -> bool:
+        """Whether a device found at the held address is the held one (ids not known on
+        either side are not held against it)."""
+        pairs = ((self.kind, kind), (self.vendor_id, vendor_id), (self.product_id, product_id))
+        return all(a is None or b is None or a == b for a, b in pairs)
+
+
+def held_types(state: AgentState) -> dict[str, HeldType]:
     """Address -> type of each device this agent holds for a consumer or has an action in
     flight on: such a device stays reported under its type when no rule takes it any more (a
     rule removed or edited while it was assigned), so its holder keeps it and its cleanup runs;
     once cleaned it is no longer reported, and the server retires it."""
-    held: dict[str, str] = {}
+    held: dict[str, HeldType] = {}
     for entry in (*state.assigned.values(), *((e.get("item") or {}) for e in state.journal.values())):
         device = entry.get("device") or {}
         address, type_name = device.get("address"), device.get("type")
         if isinstance(address, str) and isinstance(type_name, str):
-            held[address] = type_name
+            ids = [device.get(k) for k in ("kind", "vendor_id", "product_id")]
+            kind, vendor, product = (v if isinstance(v, str) else None for v in ids)
+            held[address] = HeldType(type_name, kind, vendor, product)
     return held
 
 
