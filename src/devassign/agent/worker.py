@@ -535,9 +535,11 @@ class Agent:
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
         item = self._as_set_up(item)
         if item.cleared:
+            # Looked at before its pre-setup driver is forgotten: a device a ``driver`` rule
+            # takes, still on vfio-pci, is that rule's only through it (else refused below).
+            now = self._discovered(fresh=True).get(item.device.address)
             st.facts.pop(dev_id, None)
             st.host_drivers.pop(dev_id, None)
-            now = self._discovered(fresh=True).get(item.device.address)
             device = item.device.model_copy(update={"driver": now.driver if now else None})
             return item.model_copy(update={"facts": {}, "device": device})
         own = st.facts.get(dev_id)
