@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
+from devassign.domain import IN_USE_STATES, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.shares import Pools, copy_pools
 from devassign.scheduler.view import HOLDING_STATES
@@ -466,14 +467,15 @@ def _clean_first(
     gone: dict[int, list[str]] = {}
     for address, row in existing.items():
         state = DeviceState(row.state)
-        if address not in seen and (state in _HELD or state is DeviceState.MISSING):
+        was_held = state in _HELD or state is DeviceState.MISSING
+        if address not in seen and was_held and not _known_by_serial(row.kind, address):
             gone.setdefault(row.type_id, []).append(address)
     if not gone:
         return
     added = {e["device_id"]: e for e in out.events if e["action"] == "device_added"}
     for row in inserts:
         held = gone.get(row["type_id"])
-        if held is None:
+        if held is None or _known_by_serial(row["kind"], row["address"]):
             continue
         row["state"] = DeviceState.CLEANING.value
         why = (
@@ -485,6 +487,16 @@ def _clean_first(
         event["message"] += f", {why}"
         event["detail"] = {"cleaning_first": True, "gone": sorted(held)}
         out.warnings.append(f"{row['address']}: {why}")
+
+
+_USB_BY_SERIAL = re.compile(r"usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}")
+
+
+def _known_by_serial(kind: str, address: str) -> bool:
+    """A USB device whose address is its serial (``usb_address``): the same in any port, so
+    never another one's hardware under a new address (one without a serial is known by its
+    port, and may be)."""
+    return kind == DeviceKind.USB.value and _USB_BY_SERIAL.fullmatch(address) is not None
 
 
 def catalog_rows(conn: sa.Connection) -> dict[str, Any]:
