@@ -33,6 +33,8 @@ from devassign.schemas import ReportedDevice
 
 log = logging.getLogger(__name__)
 
+VFIO_DRIVER = "vfio-pci"  # what a setup binds a held PCI function to
+
 
 @dataclass
 class Inventory:
@@ -106,7 +108,10 @@ def apply_rules(
     held = held_drivers or {}
     for dev in devices:
         for rule in rules:
-            if rule.matches(dev, held.get(dev.address)):
+            # The driver before its setup stands in only for the one its setup gives it (or
+            # none, half-way): another driver there is another device, or the operator's.
+            host_driver = held.get(dev.address) if dev.driver in (None, VFIO_DRIVER) else None
+            if rule.matches(dev, host_driver):
                 if dev.is_bridge:
                     dev.flag(FLAG_NOT_ENDPOINT)
                     log.warning("%s: a bridge (class %s) is not offered", dev.address, dev.class_code)

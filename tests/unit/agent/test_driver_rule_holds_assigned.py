@@ -135,3 +135,20 @@ def test_agent_discover_beside_the_agent_shows_a_held_device_as_its_rules(world:
     types = {d["address"]: (d["type"], d["driver"]) for d in shown if d["address"] in world.vfs}
     assert types == {world.vfs[0]: ("NIC_VF", "vfio-pci"), world.vfs[1]: ("NIC_VF", "iavf")}
     assert world.config.state_file.read_bytes() == before
+
+
+def test_the_saved_driver_stands_in_only_while_the_device_is_on_vfio_or_unbound() -> None:
+    """Found on another driver than vfio-pci (an operator's rebind, another card at the
+    address), the device is matched on that driver, not on the one saved before its setup."""
+    from devassign.agent.inventory import apply_rules
+    from devassign.agent.model import FoundDevice
+    from devassign.domain import DeviceKind
+
+    address = "0000:5e:10.0"
+    typed: dict[str | None, str | None] = {}
+    for driver in ("vfio-pci", None, "ixgbevf"):
+        dev = FoundDevice(address, DeviceKind.SRIOV_VF, "8086", "154c", driver=driver, parent=PF)
+        dev.pf_driver = "i40e"
+        apply_rules([dev], (RULE,), held_drivers={address: "iavf"})
+        typed[driver] = dev.type
+    assert typed == {"vfio-pci": "NIC_VF", None: "NIC_VF", "ixgbevf": None}
