@@ -296,7 +296,8 @@ class SubprocessRunner:
     Each command runs in a session of its own; at its timeout the whole process group is
     killed, so a helper it started does not go on changing the device after the agent has
     called the action failed (and perhaps run it again). One that cannot be reaped within
-    :data:`KILL_GRACE` (stuck in the kernel) is left behind, and the result says so."""
+    :data:`KILL_GRACE` (stuck in the kernel, or started in a session of its own by ``setsid``,
+    which the group kill does not reach) is left behind, and the result says so."""
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
         try:
@@ -323,7 +324,10 @@ class SubprocessRunner:
                     if pipe is not None:
                         pipe.close()
                 proc.poll()  # reaped if only its pipes are held (by a process of another session)
-                note = f"\n(killed, but still not gone after {KILL_GRACE:g} s: stuck in the kernel?)"
+                note = (
+                    f"\n(killed, but its output still open after {KILL_GRACE:g} s: a process it "
+                    "started in another session (setsid), or one stuck in the kernel)"
+                )
                 return RunResult(returncode=-9, stderr=note, timed_out=True)
             return RunResult(returncode=-9, stdout=out or "", stderr=err or "", timed_out=True)
         return RunResult(proc.returncode, out or "", err or "")
