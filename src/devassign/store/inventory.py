@@ -646,7 +646,7 @@ def _update_existing(
         # (a setup result for the others came while it was missing).
         confirm_if_set_up(conn, row.allocation_id)
     out.updated.append(dev.address)
-    consumer = _consumer_of(conn, row.allocation_id)
+    consumer = consumer_of(conn, row.allocation_id)
     changed = sorted(k for k in values if k not in ("updated_at", "state_changed_at", "prior_state"))
     msg = f"{base_event['host']} {dev.address} updated: {', '.join(changed)}"
     if new_state is not state:
@@ -770,7 +770,7 @@ def _another_device(conn: sa.Connection, row: Any, dev: schemas.ReportedDevice) 
     if state is DeviceState.MISSING:
         if row.prior_state not in (DeviceState.RESERVED.value, DeviceState.ASSIGNED.value):
             return None
-        if _consumer_of(conn, row.allocation_id, live=True) is None:
+        if consumer_of(conn, row.allocation_id, live=True) is None:
             return None
     elif state not in (DeviceState.RESERVED, DeviceState.ASSIGNED):
         return None
@@ -811,7 +811,7 @@ def _vanished(
         .where(devices.c.id == row.id)
         .values(state=new.value, prior_state=prior, state_changed_at=now, updated_at=now)
     )
-    consumer = _consumer_of(conn, row.allocation_id)
+    consumer = consumer_of(conn, row.allocation_id)
     out.events.append(
         {
             **base_event,
@@ -827,7 +827,7 @@ def _vanished(
     )
 
 
-def _consumer_of(conn: sa.Connection, allocation_id: int | None, *, live: bool = False) -> str | None:
+def consumer_of(conn: sa.Connection, allocation_id: int | None, *, live: bool = False) -> str | None:
     """The consumer of the allocation (``live``: only while it is not released)."""
     if allocation_id is None:
         return None

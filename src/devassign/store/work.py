@@ -29,7 +29,7 @@ from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
-from devassign.store.inventory import confirm_if_set_up, health_event, lock_host, recount
+from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
 
 # Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
@@ -412,13 +412,7 @@ def _retire_missing(
     come back it is cleaned first (``prior_state``). A device a live allocation still names is
     refused: its consumer is released (or moved) first, and learns the device is gone."""
     host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
-    holder = None
-    if row.allocation_id is not None:
-        holder = conn.execute(
-            sa.select(allocations.c.consumer).where(
-                allocations.c.id == row.allocation_id, allocations.c.released_at.is_(None)
-            )
-        ).scalar_one_or_none()
+    holder = consumer_of(conn, row.allocation_id, live=True)
     if holder is not None:
         raise errors.DevassignError(
             errors.INVALID_STATE,
