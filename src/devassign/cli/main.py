@@ -170,6 +170,15 @@ def server(
             "marked Secure behind it (default: 127.0.0.1 only)",
         ),
     ] = None,
+    keep_alive: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds an idle client connection stays open; keep it above the idle timeout of "
+            "a proxy or load balancer in front (and of clients' pools), or a request sent as the "
+            "server closes the connection fails",
+        ),
+    ] = 75,
     metrics_per_host: Annotated[
         bool,
         typer.Option(
@@ -241,6 +250,7 @@ def server(
             log_level=log_level,
             access_log=False,
             forwarded_allow_ips=forwarded_allow_ips,
+            timeout_keep_alive=keep_alive,
         )
         return
     # Several processes: each builds its own app from the same settings (the schema is migrated).
@@ -254,6 +264,7 @@ def server(
         log_level=log_level,
         access_log=False,
         forwarded_allow_ips=forwarded_allow_ips,
+        timeout_keep_alive=keep_alive,
     )
 
 
