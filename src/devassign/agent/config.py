@@ -72,7 +72,7 @@ TOP_KEYS = (
     "resource",
     "lifecycle",
 )
-LIFECYCLE_KEYS = ("handlers", "commands")
+LIFECYCLE_KEYS = ("handlers", "commands", "action_timeout")
 _HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX4_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{4}$")
 _CLASS_PREFIX_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{1,6}$")
@@ -372,7 +372,10 @@ def _lifecycle(table: Any, fail: Any) -> LifecyclePolicy:
         problem = path_problem(path)
         if problem:
             raise fail(f"[lifecycle]: commands: {problem}")
-    return LifecyclePolicy(frozenset(handlers), tuple(commands))
+    timeout = table.get("action_timeout", default.action_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= 86400:
+        raise fail(f"[lifecycle]: action_timeout={timeout!r}: expected seconds, from 1 to 86400")
+    return LifecyclePolicy(frozenset(handlers), tuple(commands), float(timeout))
 
 
 def _unknown(table: dict[str, Any], known: tuple[str, ...], where: str, fail: Any) -> None:

@@ -68,7 +68,7 @@ from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUn
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
-from devassign.lifecycle.executor import Action, ActionResult, run_action
+from devassign.lifecycle.executor import Action, ActionResult, Watchdog, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
@@ -176,6 +176,7 @@ class Agent:
         self._checks: dict[str, HealthCheck] = {}  # type -> how its free devices are checked
         self._next_health = 0.0
         self._handlers: dict[str, Handler] = {}
+        self.watchdog = Watchdog(config.lifecycle.action_timeout)
         self._reported: dict[str, ReportedDevice] | None = None  # address -> last discovered
         self._recovered = False
         self._need_report = True
@@ -266,7 +267,7 @@ class Agent:
             product_id=dev.product_id,
             attributes=dict(dev.attributes),
         )
-        return run_action("health", device, check.config, check.handler, self.ops, loader=self._load)
+        return self._bounded("health", device, check.config, check.handler)
 
     def _learn(self, result: InventoryResult) -> None:
         """The report's answer names how each reported type is checked; a type not known
@@ -585,7 +586,18 @@ class Agent:
         refusal = self._policy_refusal(item)
         if refusal:
             return ActionResult(False, f"refused by the agent: {refusal}", {"refused": True})
-        return run_action(action, self._device(item), item.config, item.handler, self.ops, loader=self._load)
+        return self._bounded(action, self._device(item), item.config, item.handler)
+
+    def _bounded(
+        self, action: Action, device: LifecycleDevice, config: dict[str, Any], handler: str | None
+    ) -> ActionResult:
+        """The handler's action under the watchdog: one stuck in the kernel fails after
+        ``[lifecycle] action_timeout`` and holds neither the agent nor its other devices."""
+        return self.watchdog.run(
+            device.address,
+            action,
+            lambda: run_action(action, device, config, handler, self.ops, loader=self._load),
+        )
 
     def _device(self, item: WorkItem) -> LifecycleDevice:
         return LifecycleDevice.from_schema(
@@ -650,7 +662,7 @@ class Agent:
         """The health check right after a cleanup: its verdict goes with the cleanup's result,
         so a device that fails it is unhealthy on the server, never available."""
         device = replace(self._device(item), consumer=None)
-        result = run_action("health", device, item.config, item.handler, self.ops, loader=self._load)
+        result = self._bounded("health", device, item.config, item.handler)
         if not result.details.get("refused"):
             self.health.observe(device.address, result.ok, result.error, cleaned=True)
 

@@ -7,6 +7,8 @@ quarantined), not a crash of the agent; so every error, expected or not, becomes
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,6 +68,70 @@ def run_action(
             f"{name} {action} of {device.address} failed unexpectedly: {type(exc).__name__}: {exc}",
             {**base, "unexpected": True},
         )
+
+
+@dataclass
+class _Running:
+    action: str
+    since: float
+    thread: threading.Thread
+
+
+class Watchdog:
+    """Bounds each handler action in time, so one device never holds the agent.
+
+    A Python handler's sysfs write (an unbind, a reset) can block in the kernel for as long as
+    the kernel likes, and nothing can interrupt it. So each action runs in a thread of its own;
+    one that has not returned after ``timeout`` seconds fails (a setup's device then goes to
+    cleaning, a cleanup's is quarantined: never handed out), and the agent goes on with the
+    other devices. The thread is left to finish: until it returns, every further action on that
+    device fails at once without touching it, since two actions on one device would race.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self._running: dict[str, _Running] = {}
+
+    def stuck(self) -> dict[str, str]:
+        """Devices whose action has not returned: address -> the action."""
+        self._forget_returned()
+        return {address: r.action for address, r in self._running.items()}
+
+    def run(self, address: str, action: Action, call: Callable[[], ActionResult]) -> ActionResult:
+        """``call()`` (which never raises: :func:`run_action`), or a failure once it runs too long."""
+        self._forget_returned()
+        earlier = self._running.get(address)
+        if earlier is not None:
+            return ActionResult(
+                False,
+                f"{action} of {address} not run: its {earlier.action} started "
+                f"{self.clock() - earlier.since:.0f} s ago has not returned (blocked in the kernel?); "
+                "the device is left alone until it does",
+                {"stuck": True},
+            )
+        box: list[ActionResult] = []
+
+        def target() -> None:
+            box.append(call())
+
+        thread = threading.Thread(target=target, name=f"devassign {action} {address}", daemon=True)
+        since = self.clock()
+        thread.start()
+        thread.join(self.timeout)
+        if not thread.is_alive():
+            return box[0] if box else ActionResult(False, f"{action} of {address} ended without a result")
+        self._running[address] = _Running(action, since, thread)
+        return ActionResult(
+            False,
+            f"{action} of {address} did not return within {self.timeout:g} s (blocked in the kernel?); "
+            "it is left running, and the device alone until it returns",
+            {"stuck": True},
+        )
+
+    def _forget_returned(self) -> None:
+        for address in [a for a, r in self._running.items() if not r.thread.is_alive()]:
+            del self._running[address]
 
 
 def state_after(action: Action, result: ActionResult) -> DeviceState | None:

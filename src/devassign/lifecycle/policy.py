@@ -66,10 +66,12 @@ def command_programs(config: TypeConfig) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LifecyclePolicy:
-    """``[lifecycle]`` of agent.toml: ``handlers`` this agent runs, ``commands`` it may start."""
+    """``[lifecycle]`` of agent.toml: ``handlers`` this agent runs, ``commands`` it may start,
+    and the seconds one handler action may run (``action_timeout``)."""
 
     handlers: frozenset[str] = frozenset(BUILTIN_HANDLERS)
     commands: tuple[str, ...] = ()
+    action_timeout: float = 300.0
 
     def refusal(self, handler: str, config: TypeConfig, *, host: str, source: str) -> str | None:
         """Why a work item for ``handler`` with this type ``config`` must not run, or ``None``."""
