@@ -170,6 +170,15 @@ def server(
             "marked Secure behind it (default: 127.0.0.1 only)",
         ),
     ] = None,
+    event_retention_days: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=36500,
+            help="Days the event log keeps an event; older ones are deleted, oldest first (0: keep "
+            "every event for ever)",
+        ),
+    ] = 90,
     keep_alive: Annotated[
         int,
         typer.Option(
@@ -216,6 +225,7 @@ def server(
         migrate=not no_migrate,
         down_after=timedelta(seconds=down_after),
         reservation_ttl=timedelta(seconds=reservation_ttl),
+        event_retention=timedelta(days=event_retention_days) if event_retention_days else None,
         agent_takeover_after=timedelta(seconds=agent_takeover_after),
         pool_size=db_pool_size,
         max_overflow=db_max_overflow,

@@ -262,6 +262,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             down_after=settings.down_after,
             reservation_ttl=settings.reservation_ttl,
             agent_takeover_after=settings.agent_takeover_after,
+            event_retention=settings.event_retention,
         )
 
     @contextlib.asynccontextmanager

@@ -26,6 +26,8 @@ class Settings:
     # A second agent process for one host is refused until the first was silent this long.
     agent_takeover_after: timedelta = timedelta(seconds=30)
     sweep_interval: float = 5.0
+    # Events older than this are deleted by the sweeper (None: the log is kept for ever).
+    event_retention: timedelta | None = timedelta(days=90)
     # Inventory reports and work results may be large; every other body is small.
     max_body_bytes: int = 16 * 1024 * 1024
     max_small_body_bytes: int = 1024 * 1024
@@ -83,6 +85,9 @@ def settings_to_env(settings: Settings) -> str:
             "down_after": settings.down_after.total_seconds(),
             "reservation_ttl": settings.reservation_ttl.total_seconds(),
             "agent_takeover_after": settings.agent_takeover_after.total_seconds(),
+            "event_retention": (
+                None if settings.event_retention is None else settings.event_retention.total_seconds()
+            ),
             "pool_size": settings.pool_size,
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
@@ -151,6 +156,9 @@ def settings_from_env(text: str) -> Settings:
         down_after=timedelta(seconds=raw["down_after"]),
         reservation_ttl=timedelta(seconds=raw["reservation_ttl"]),
         agent_takeover_after=timedelta(seconds=raw.get("agent_takeover_after", 30)),
+        event_retention=(
+            None if raw.get("event_retention") is None else timedelta(seconds=raw["event_retention"])
+        ),
         pool_size=raw["pool_size"],
         max_overflow=raw.get("max_overflow"),
         pool_timeout=raw.get("pool_timeout", POOL_TIMEOUT),

@@ -7,6 +7,7 @@ below it hold the queries, grouped by what they are about.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,12 @@ class ClaimContext:
     snapshot: Snapshot | None = None
 
 
+# The event log's retention: looked at every minute, at most 20 x 5,000 events a look.
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 5_000
+PRUNE_BATCHES = 20
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -68,8 +75,12 @@ class Store:
         reservation_ttl: timedelta = timedelta(seconds=300),
         clock: Callable[[], datetime] = utcnow,
         agent_takeover_after: timedelta = hosts.AGENT_TAKEOVER_AFTER,
+        event_retention: timedelta | None = None,
     ) -> None:
         self.db = db
+        # Events older than this are deleted by the sweeper (None: kept for ever).
+        self.event_retention = event_retention
+        self._next_prune = 0.0
         self.down_after = down_after
         self.reservation_ttl = reservation_ttl
         # A second agent process with a host's id is refused until the one last heard from
@@ -174,9 +185,27 @@ class Store:
         expired = self.expire_reservations()
         self.settle_moves()
         self.expire_taints()
+        if self.event_retention is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            self.prune_events()
         self.refresh_statistics()
         self.refresh_scarcity()
         return expired
+
+    def prune_events(self, *, batches: int = PRUNE_BATCHES) -> int:
+        """Delete the events older than the retention, oldest first, in transactions of
+        :data:`PRUNE_BATCH` rows (a claim waits on none of them for long); how many went. At most
+        ``batches`` of them a call: a backlog goes over the next sweeps."""
+        if self.event_retention is None:
+            return 0
+        before = self.clock() - self.event_retention
+        gone = 0
+        for _ in range(batches):
+            n = self.db.retrying(lambda c: events.prune(c, before=before, batch=PRUNE_BATCH))
+            gone += n
+            if n < PRUNE_BATCH:
+                break
+        return gone
 
     def refresh_scarcity(self) -> dict[int, int]:
         self._scarcity = self.db.reading(candidates.hosts_with_free)

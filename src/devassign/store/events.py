@@ -1,6 +1,7 @@
-"""The append-only event log: who did what to which device, and when.
+"""The event log: who did what to which device, and when.
 
-Rows are only ever inserted; nothing in devassign updates or deletes an event.
+Rows are only inserted, except by the retention sweep (:func:`prune`), which deletes the
+oldest ones.
 """
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ def record_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
             for key in ("host", "device", "device_id", "consumer", "type"):
                 row.setdefault(key, None)
         conn.execute(_INSERT, rows)
+
+
+def prune(conn: sa.Connection, *, before: datetime, batch: int) -> int:
+    """Delete up to ``batch`` of the oldest events recorded before ``before``; how many went.
+
+    Always a prefix of the log by id, never a hole in it: an agent reads its host's events from
+    the last deletion of a host of its name, which is itself an event, so an older machine's
+    events go no later than that mark. The prefix stops at the first event recorded at or after
+    ``before`` (a server whose clock ran ahead wrote it; it only delays the rest), and never
+    takes the newest event, so SQLite never gives its id out again.
+    """
+    newest = conn.execute(sa.select(sa.func.max(events.c.id))).scalar()
+    if newest is None:
+        return 0
+    oldest = conn.execute(
+        sa.select(events.c.id, events.c.at).where(events.c.id < newest).order_by(events.c.id).limit(batch)
+    ).all()
+    last = None
+    for event_id, at in oldest:
+        if aware(at) >= before:  # type: ignore[operator]
+            break
+        last = event_id
+    if last is None:
+        return 0
+    return conn.execute(events.delete().where(events.c.id <= last)).rowcount
 
 
 def event_ids_in(conn: sa.Connection, lo: int, hi: int) -> list[int]:
