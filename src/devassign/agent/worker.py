@@ -66,8 +66,8 @@ from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
 from devassign.agent.state import StateFile, held_drivers, held_types
-from devassign.domain import DeviceState
-from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
+from devassign.domain import DeviceKind, DeviceState
+from devassign.lifecycle.base import LEFTOVER, MIG_HELD, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
@@ -223,7 +223,9 @@ class Agent:
             return self.unhealthy
         self._next_health = now + self.config.health_interval
         st = self.state.state
-        busy = {str(((e.get("item") or {}).get("device") or {}).get("address")) for e in st.journal.values()}
+        in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
+        busy = {str(d.get("address")) for d in in_flight}
+        mig_held = _mig_placements([*in_flight, *((e.get("device") or {}) for e in st.assigned.values())])
         changed = False
         for dev_id, entry in list(st.assigned.items()):
             item = WorkItem.model_validate(entry)
@@ -237,7 +239,7 @@ class Agent:
             check = self._checks.get(dev.type)
             if address in busy or check is None:
                 continue
-            checked = self._check_free(dev, check)
+            checked = self._check_free(dev, check, mig_held.get(dev.parent or "", []))
             if checked is not None:
                 # What an assignment left on it (a setup whose result came after its release)
                 # ends with its cleanup, like a failure seen while it was held.
@@ -249,9 +251,13 @@ class Agent:
             self._need_report = True
         return self.unhealthy
 
-    def _check_free(self, dev: ReportedDevice, check: HealthCheck) -> ActionResult | None:
+    def _check_free(
+        self, dev: ReportedDevice, check: HealthCheck, mig_held: list[list[int]] | None = None
+    ) -> ActionResult | None:
         """The health of a device nobody holds; ``None`` when this agent may not run its
-        type's handler (its ``[lifecycle]`` policy): not checked, not called unhealthy."""
+        type's handler (its ``[lifecycle]`` policy): not checked, not called unhealthy. A MIG
+        slot is told the placements this agent holds on its GPU, so that an instance there
+        that is none of them (made by hand) keeps the slots it overlaps out of service."""
         name = handler_name_for(dev.kind, check.handler)
         if self.config.lifecycle.refusal(
             name, check.config, host=self.config.host, source=self.config.source
@@ -266,6 +272,7 @@ class Agent:
             vendor_id=dev.vendor_id,
             product_id=dev.product_id,
             attributes=dict(dev.attributes),
+            facts={MIG_HELD: list(mig_held or [])} if dev.kind is DeviceKind.MIG else {},
         )
         return self._bounded("health", device, check.config, check.handler)
 
@@ -774,3 +781,18 @@ def _unreadable_result(entry: Any, why: str) -> WorkResult | None:
         )
     except ValueError:
         return None
+
+
+def _mig_placements(devices: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
+    """Parent GPU -> ``[start, memory slices]`` of each MIG slot among ``devices`` (the ones
+    this agent holds or has an action in flight for, as journaled)."""
+    out: dict[str, list[list[int]]] = {}
+    for d in devices:
+        attrs = d.get("attributes") or {}
+        start, slices = attrs.get("mig_start"), attrs.get("mig_slices")
+        if d.get("kind") != DeviceKind.MIG.value:
+            continue
+        if not isinstance(start, int) or not isinstance(slices, list):
+            continue
+        out.setdefault(str(d.get("parent") or ""), []).append([start, len(slices)])
+    return out

@@ -40,6 +40,9 @@ class HealthResult:
 # A free device's health ``details`` key: the failure is what an assignment left on it (a
 # MIG instance, a vGPU type), which its cleanup removes, so a cleanup that passes ends it.
 LEFTOVER = "leftover"
+# For a free MIG slot's health check, the agent gives the placements of the slots it holds (or
+# has an action in flight for) on the same GPU: ``[start, memory slices]`` pairs.
+MIG_HELD = "mig_held"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from devassign.domain import ascii_digits
 from devassign.lifecycle import names
 from devassign.lifecycle.base import (
     LEFTOVER,
+    MIG_HELD,
     Facts,
     HandlerError,
     HealthResult,
@@ -212,6 +213,22 @@ class _Smi:
         return min(found) if found else None
 
 
+def _unheld_overlap(device: LifecycleDevice, where: Slot, instances: list[GpuInstance]) -> GpuInstance | None:
+    """An instance on the GPU that takes some of this free slot's memory slices and is no held
+    slot's: one made by hand at a placement devassign does not offer, or at another free
+    slot's. The slot cannot be created while it is there, so it must not be claimed."""
+    raw = device.facts.get(MIG_HELD) or []
+    held = {(int(p[0]), int(p[1])) for p in raw if isinstance(p, list | tuple) and len(p) == 2}
+    mine = device.attributes.get("mig_slices")
+    slices = {int(i) for i in mine} if isinstance(mine, list) else {where.start}
+    for inst in instances:
+        if (inst.start, inst.size) in held or where.matches(inst):
+            continue
+        if slices & set(range(inst.start, inst.start + inst.size)):
+            return inst
+    return None
+
+
 class MigHandler:
     """``mig`` slots. Config: ``nvidia_smi`` (the command, default ``nvidia-smi``), ``timeout`` (s)."""
 
@@ -319,6 +336,14 @@ class MigHandler:
                     f"GPU instance {here.instance_id} is at {where}, which nobody holds "
                     "(made by hand?): destroy it, or leave it and the slot stays out of service",
                     details={LEFTOVER: True},
+                )
+            other = _unheld_overlap(device, where, state.instances)
+            if other is not None:
+                return HealthResult(
+                    False,
+                    f"GPU instance {other.instance_id} ({other.name} at {other.start}:{other.size}) on "
+                    f"{where.parent} takes memory slices of {where}, and no slot this agent holds is "
+                    "it (made by hand?): destroy it, or the slots it overlaps stay out of service",
                 )
             return HealthResult(True)
         if here is None:
