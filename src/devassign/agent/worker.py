@@ -53,6 +53,7 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,8 +68,9 @@ from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceKind, DeviceState
-from devassign.lifecycle.base import LEFTOVER, MIG_HELD, Handler, LifecycleDevice
+from devassign.lifecycle.base import LEFTOVER, MDEV_HELD, MIG_HELD, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, run_action
+from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
@@ -225,7 +227,9 @@ class Agent:
         st = self.state.state
         in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
         busy = {str(d.get("address")) for d in in_flight}
-        mig_held = _mig_placements([*in_flight, *((e.get("device") or {}) for e in st.assigned.values())])
+        held_devices = [*in_flight, *((e.get("device") or {}) for e in st.assigned.values())]
+        mig_held = _mig_placements(held_devices)
+        mdev_held = _mdev_slots(held_devices, st.facts)
         changed = False
         for dev_id, entry in list(st.assigned.items()):
             item = WorkItem.model_validate(entry)
@@ -239,7 +243,13 @@ class Agent:
             check = self._checks.get(dev.type)
             if address in busy or check is None:
                 continue
-            checked = self._check_free(dev, check, mig_held.get(dev.parent or "", []))
+            if dev.kind is DeviceKind.MIG:
+                held: dict[str, Any] = {MIG_HELD: mig_held.get(dev.parent or "", [])}
+            elif dev.kind is DeviceKind.MDEV_TYPE:
+                held = {MDEV_HELD: mdev_held}
+            else:
+                held = {}
+            checked = self._check_free(dev, check, held)
             if checked is not None:
                 # What an assignment left on it (a setup whose result came after its release)
                 # ends with its cleanup, like a failure seen while it was held.
@@ -252,12 +262,13 @@ class Agent:
         return self.unhealthy
 
     def _check_free(
-        self, dev: ReportedDevice, check: HealthCheck, mig_held: list[list[int]] | None = None
+        self, dev: ReportedDevice, check: HealthCheck, held: dict[str, Any] | None = None
     ) -> ActionResult | None:
         """The health of a device nobody holds; ``None`` when this agent may not run its
         type's handler (its ``[lifecycle]`` policy): not checked, not called unhealthy. A MIG
-        slot is told the placements this agent holds on its GPU, so that an instance there
-        that is none of them (made by hand) keeps the slots it overlaps out of service."""
+        or mdev slot is told (``held``, as facts) the partitions this agent holds beside it, so
+        that one there that is none of them (made by hand) keeps the slots it takes out of
+        service."""
         name = handler_name_for(dev.kind, check.handler)
         if self.config.lifecycle.refusal(
             name, check.config, host=self.config.host, source=self.config.source
@@ -272,7 +283,7 @@ class Agent:
             vendor_id=dev.vendor_id,
             product_id=dev.product_id,
             attributes=dict(dev.attributes),
-            facts={MIG_HELD: list(mig_held or [])} if dev.kind is DeviceKind.MIG else {},
+            facts=dict(held or {}),
         )
         return self._bounded("health", device, check.config, check.handler)
 
@@ -796,3 +807,21 @@ def _mig_placements(devices: list[dict[str, Any]]) -> dict[str, list[list[int]]]
             continue
         out.setdefault(str(d.get("parent") or ""), []).append([start, len(slices)])
     return out
+
+
+def _mdev_slots(devices: list[dict[str, Any]], facts: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """The mdev slots among ``devices`` (held, or with an action in flight) and the UUIDs
+    their mdevs have: recorded by their setup, or derived from their consumer (a setup that
+    made the mdev but died before journaling it)."""
+    uuids, slots = [], []
+    for d in devices:
+        if d.get("kind") != DeviceKind.MDEV_TYPE.value:
+            continue
+        address = str(d.get("address"))
+        slots.append(address)
+        recorded = (facts.get(str(d.get("id"))) or {}).get("mdev_uuid")
+        if isinstance(recorded, str):
+            uuids.append(recorded)
+        if d.get("consumer"):
+            uuids.append(str(uuid.uuid5(MDEV_NAMESPACE, f"{d['consumer']}/{address}")))
+    return {"uuids": uuids, "slots": slots}

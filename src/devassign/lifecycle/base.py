@@ -43,6 +43,9 @@ LEFTOVER = "leftover"
 # For a free MIG slot's health check, the agent gives the placements of the slots it holds (or
 # has an action in flight for) on the same GPU: ``[start, memory slices]`` pairs.
 MIG_HELD = "mig_held"
+# Likewise for a free mdev slot: the mdevs this agent holds (or has an action in flight for)
+# on the same parent, ``{"uuids": [...], "slots": [slot addresses]}``.
+MDEV_HELD = "mdev_held"
 
 
 @dataclass(frozen=True)

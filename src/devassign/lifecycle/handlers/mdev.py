@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 from devassign.domain import MDEV_ADDRESS_RE, ascii_digits
 from devassign.hostio import Sysfs
 from devassign.lifecycle import names
-from devassign.lifecycle.base import Facts, HandlerError, HealthResult, LifecycleDevice, TypeConfig
+from devassign.lifecycle.base import (
+    MDEV_HELD,
+    Facts,
+    HandlerError,
+    HealthResult,
+    LifecycleDevice,
+    TypeConfig,
+)
 from devassign.lifecycle.handlers.common import config_space_problem, pci_dir, write
 from devassign.lifecycle.host import HostOps
 
@@ -117,4 +125,50 @@ class MdevHandler:
         uid = mdev_uuid(device)
         if device.consumer is not None and uid and not ops.sysfs.exists(f"bus/mdev/devices/{uid}"):
             return HealthResult(False, f"the assigned mdev {uid} is gone")
+        if device.consumer is None:
+            taken = _taken_by_others(device, ops.sysfs, parent, mtype)
+            if taken:
+                return HealthResult(False, taken)
         return HealthResult(True)
+
+
+def _taken_by_others(device: LifecycleDevice, sysfs: Sysfs, parent: str, mtype: str) -> str | None:
+    """Why this free slot cannot be created now because of mdevs this agent does not hold on
+    its parent (made by hand), or ``None``.
+
+    The parent says how many more of the type it can create (``available_instances``: on an
+    NVIDIA time-sliced GPU 0 for every type but the one running). Without such mdevs the
+    scheduler's own counts agree with it; with them, the free slots of the type beyond what is
+    available cannot be created, so they are kept out of service, the highest indices first.
+    """
+    held: Any = device.facts.get(MDEV_HELD) or {}
+    uuids = {str(u) for u in held.get("uuids", [])} if isinstance(held, dict) else set()
+    slots = {str(a) for a in held.get("slots", [])} if isinstance(held, dict) else set()
+    types = f"{pci_dir(parent)}/mdev_supported_types"
+    others = sorted(
+        (uid, t)
+        for t in sysfs.listdir(types)
+        for uid in sysfs.listdir(f"{types}/{t}/devices")
+        if uid not in uuids
+    )
+    if not others:
+        return None
+    text = sysfs.read(f"{types}/{mtype}/available_instances")
+    if text is None or not ascii_digits(text.strip()):
+        return None
+    _, _, index = parse_slot(device.address)
+    held_below = 0
+    for address in slots:
+        try:
+            p, t, i = parse_slot(address)
+        except HandlerError:
+            continue
+        held_below += p == parent and t == mtype and i < index
+    if index - held_below < int(text.strip()):
+        return None
+    uid, t = others[0]
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    return (
+        f"mdev {uid} ({t}){more} on {parent} is none of this agent's (made by hand?), and {parent} "
+        f"can create only {int(text.strip())} more {mtype}: destroy it, or this slot stays out of service"
+    )
