@@ -53,7 +53,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,14 +62,14 @@ import httpx
 
 from devassign.agent.config import AgentConfig
 from devassign.agent.health import HEALTHY, HealthRecord
+from devassign.agent.held import HeldPartitions
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
 from devassign.agent.state import StateFile, held_drivers, held_types
-from devassign.domain import DeviceKind, DeviceState
-from devassign.lifecycle.base import LEFTOVER, MDEV_HELD, MIG_HELD, Handler, LifecycleDevice
+from devassign.domain import DeviceState
+from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, run_action
-from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
@@ -227,9 +226,8 @@ class Agent:
         st = self.state.state
         in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
         busy = {str(d.get("address")) for d in in_flight}
-        held_devices = [*in_flight, *((e.get("device") or {}) for e in st.assigned.values())]
-        mig_held = _mig_placements(held_devices)
-        mdev_held = _mdev_slots(held_devices, st.facts)
+        held = [*in_flight, *((e.get("device") or {}) for e in st.assigned.values())]
+        partitions = HeldPartitions.of(held, st.facts)
         changed = False
         for dev_id, entry in list(st.assigned.items()):
             item = WorkItem.model_validate(entry)
@@ -243,13 +241,7 @@ class Agent:
             check = self._checks.get(dev.type)
             if address in busy or check is None:
                 continue
-            if dev.kind is DeviceKind.MIG:
-                held: dict[str, Any] = {MIG_HELD: mig_held.get(dev.parent or "", [])}
-            elif dev.kind is DeviceKind.MDEV_TYPE:
-                held = {MDEV_HELD: mdev_held}
-            else:
-                held = {}
-            checked = self._check_free(dev, check, held)
+            checked = self._check_free(dev, check, partitions.facts_for(dev))
             if checked is not None:
                 # What an assignment left on it (a setup whose result came after its release)
                 # ends with its cleanup, like a failure seen while it was held.
@@ -792,36 +784,3 @@ def _unreadable_result(entry: Any, why: str) -> WorkResult | None:
         )
     except ValueError:
         return None
-
-
-def _mig_placements(devices: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
-    """Parent GPU -> ``[start, memory slices]`` of each MIG slot among ``devices`` (the ones
-    this agent holds or has an action in flight for, as journaled)."""
-    out: dict[str, list[list[int]]] = {}
-    for d in devices:
-        attrs = d.get("attributes") or {}
-        start, slices = attrs.get("mig_start"), attrs.get("mig_slices")
-        if d.get("kind") != DeviceKind.MIG.value:
-            continue
-        if not isinstance(start, int) or not isinstance(slices, list):
-            continue
-        out.setdefault(str(d.get("parent") or ""), []).append([start, len(slices)])
-    return out
-
-
-def _mdev_slots(devices: list[dict[str, Any]], facts: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """The mdev slots among ``devices`` (held, or with an action in flight) and the UUIDs
-    their mdevs have: recorded by their setup, or derived from their consumer (a setup that
-    made the mdev but died before journaling it)."""
-    uuids, slots = [], []
-    for d in devices:
-        if d.get("kind") != DeviceKind.MDEV_TYPE.value:
-            continue
-        address = str(d.get("address"))
-        slots.append(address)
-        recorded = (facts.get(str(d.get("id"))) or {}).get("mdev_uuid")
-        if isinstance(recorded, str):
-            uuids.append(recorded)
-        if d.get("consumer"):
-            uuids.append(str(uuid.uuid5(MDEV_NAMESPACE, f"{d['consumer']}/{address}")))
-    return {"uuids": uuids, "slots": slots}

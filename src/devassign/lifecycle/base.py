@@ -46,6 +46,9 @@ MIG_HELD = "mig_held"
 # Likewise for a free mdev slot: the mdevs this agent holds (or has an action in flight for)
 # on the same parent, ``{"uuids": [...], "slots": [slot addresses]}``.
 MDEV_HELD = "mdev_held"
+# And for a free vGPU (17+) slot: the VFs whose vGPU this agent holds (or has an action in
+# flight for) anywhere on the host.
+VGPU_HELD = "vgpu_held"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from devassign.lifecycle.base import (
     LEFTOVER,
+    VGPU_HELD,
     Facts,
     HandlerError,
     HealthResult,
@@ -91,4 +92,46 @@ class NvidiaVgpuHandler:
                 f"{CURRENT} once its guest is gone, or the device stays out of service",
                 details={LEFTOVER: True},
             )
+        else:
+            taken = _taken_by_others(device, ops, vf, tid)
+            if taken:
+                return HealthResult(False, taken)
         return HealthResult(True)
+
+
+def _taken_by_others(device: LifecycleDevice, ops: HostOps, vf: str, tid: int) -> str | None:
+    """Why this free slot cannot be set up now because of vGPU types this agent did not set
+    (given by hand), or ``None``: its VF runs another type, or a VF of its GPU runs one and
+    the VF no longer lists this type as creatable (the GPU's framebuffer, or its one type at a
+    time). Types the agent set itself are the scheduler's to count, never a failure here."""
+    raw = device.facts.get(VGPU_HELD) or []
+    held = {str(v) for v in raw} if isinstance(raw, list) else set()
+    if vf in held:
+        return None
+    text = ops.sysfs.read(f"{pci_dir(vf)}/{CURRENT}")
+    now = int(text) if text is not None and text.isdecimal() else 0
+    if now:
+        return (
+            f"VF {vf} runs vGPU type {now}, which none of this agent's devices set (set by hand?): "
+            f"write 0 to its {CURRENT} once its guest is gone, or this slot stays out of service"
+        )
+    pf = ops.sysfs.link_name(f"{pci_dir(vf)}/physfn")
+    if pf is None:
+        return None
+    others = []
+    for name in ops.sysfs.listdir(pci_dir(pf)):
+        sibling = ops.sysfs.link_name(f"{pci_dir(pf)}/{name}") if name.startswith("virtfn") else None
+        if sibling is None or sibling == vf or sibling in held:
+            continue
+        runs = ops.sysfs.read(f"{pci_dir(sibling)}/{CURRENT}")
+        if runs is not None and runs.isdecimal() and int(runs):
+            others.append(f"VF {sibling} runs vGPU type {int(runs)}")
+    if not others:
+        return None
+    creatable = ops.sysfs.read(f"{pci_dir(vf)}/nvidia/creatable_vgpu_types") or ""
+    if any(line.split(":")[0].strip() == str(tid) for line in creatable.splitlines() if ":" in line):
+        return None
+    return (
+        f"{'; '.join(others[:3])}, which none of this agent's devices set (set by hand?), and VF {vf} "
+        f"cannot take vGPU type {tid} beside it: clear it, or this slot stays out of service"
+    )

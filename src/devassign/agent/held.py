@@ -1,0 +1,58 @@
+"""The GPU partitions an agent holds, as its free slots' health checks need them.
+
+A MIG instance, an mdev or a vGPU type on a GPU is either one of this agent's (set up for a
+tenant, or with an action in flight) or was made by hand beside them. Only the agent's
+journal tells the two apart, so each free slot's check gets the held ones as facts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from devassign.domain import DeviceKind
+from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, VGPU_HELD
+from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
+from devassign.schemas import ReportedDevice
+
+
+@dataclass(frozen=True)
+class HeldPartitions:
+    """The GPU partitions this agent holds (or has an action in flight for), as a free slot's
+    health check needs them (as facts) to tell an instance, mdev or vGPU type of its own from
+    one made by hand beside it."""
+
+    mig: dict[str, list[list[int]]]  # parent GPU -> [start, memory slices] of each slot
+    mdev: dict[str, list[str]]  # {"uuids": [...], "slots": [addresses]}
+    vgpu_vfs: list[str]
+
+    @classmethod
+    def of(cls, devices: list[dict[str, Any]], facts: dict[str, dict[str, Any]]) -> HeldPartitions:
+        mig: dict[str, list[list[int]]] = {}
+        uuids, slots, vfs = [], [], set()
+        for d in devices:
+            kind, address, attrs = d.get("kind"), str(d.get("address")), d.get("attributes") or {}
+            if kind == DeviceKind.MIG.value:
+                start, memory = attrs.get("mig_start"), attrs.get("mig_slices")
+                if isinstance(start, int) and isinstance(memory, list):
+                    mig.setdefault(str(d.get("parent") or ""), []).append([start, len(memory)])
+            elif kind == DeviceKind.MDEV_TYPE.value:
+                slots.append(address)
+                recorded = (facts.get(str(d.get("id"))) or {}).get("mdev_uuid")
+                if isinstance(recorded, str):
+                    uuids.append(recorded)
+                if d.get("consumer"):  # a setup that made the mdev but died before journaling it
+                    uuids.append(str(uuid.uuid5(MDEV_NAMESPACE, f"{d['consumer']}/{address}")))
+            elif kind == DeviceKind.VGPU.value:
+                vfs.add(str(d.get("parent")))
+        return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs))
+
+    def facts_for(self, dev: ReportedDevice) -> dict[str, Any]:
+        if dev.kind is DeviceKind.MIG:
+            return {MIG_HELD: self.mig.get(dev.parent or "", [])}
+        if dev.kind is DeviceKind.MDEV_TYPE:
+            return {MDEV_HELD: self.mdev}
+        if dev.kind is DeviceKind.VGPU:
+            return {VGPU_HELD: self.vgpu_vfs}
+        return {}
