@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devassign.server.app import create_app
 from devassign.server.settings import Settings
 from devassign.store import Store
+from tests.api.test_partitions import T4_TYPES, t4
 from tests.conftest import Clock, make_client, vf
 
 
@@ -36,6 +37,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 STATES = (
     "available",
     "tainted",
+    "partitioned",
     "down",
     "reserved",
     "assigned",
@@ -124,12 +126,13 @@ def assert_agrees_with_api(api: TestClient, samples: Samples, *, per_host: bool)
         elif state == "available" and any(t["effect"] in ("NoSchedule", "Drain") for t in d["taints"]):
             state = "tainted"
         counted[(d["host"], d["type"], state)] += 1
-    got = {
-        (dict(labels)["host"], dict(labels)["type"], dict(labels)["state"]): v
-        for labels, v in series(samples, "devassign_host_devices").items()
-        if v
-    }
-    assert got == dict(counted)
+    # Devices do not say which free ones their pool cannot give: per host, ``partitioned`` is
+    # compared within the free ones of up hosts.
+    got: Counter[tuple[str, str, str]] = Counter()
+    for labels, v in series(samples, "devassign_host_devices").items():
+        host, type_name, state = dict(labels)["host"], dict(labels)["type"], dict(labels)["state"]
+        got[(host, type_name, "available" if state == "partitioned" else state)] += int(v)
+    assert +got == +counted
     assert {dict(labels)["host"] for labels in series(samples, "devassign_host_last_seen_age_seconds")} == {
         h["name"] for h in hosts
     }
@@ -190,6 +193,38 @@ def test_tainted_devices_are_counted_apart(store: Store, clock: Clock) -> None:
         assert value(samples, "devassign_devices", type=device["type"], state="tainted") == 1
         assert value(samples, "devassign_devices", type=device["type"], state="available") == 5
         assert_agrees_with_api(api, samples, per_host=True)
+
+
+def test_partitions_their_pool_cannot_give_are_not_counted_available(store: Store, clock: Clock) -> None:
+    """A T4 held whole leaves none of its vGPU slots free to claim; one 4Q slot held leaves
+    three 4Q and nothing else: the scrape says ``partitioned`` for the rest, as ``types`` does."""
+    with per_host_client(store) as api:
+        for name in ("GPU_T4", *T4_TYPES):
+            assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
+        _report(api, "gpu-1", 1, t4("0000:3b:00.0"))
+        _report(api, "gpu-2", 1, t4("0000:3b:00.0"))
+        for consumer, host, spec in (("vm-whole", "gpu-1", "GPU_T4"), ("vm-4q", "gpu-2", "VGPU_T4_4Q")):
+            body = {"consumer": consumer, "hosts": [host], "extra_specs": {f"hardware_resource:{spec}": "1"}}
+            r = api.post("/v1/claims", json=body)
+            assert r.status_code == 201, r.text
+        samples = scrape(api)
+        # Of 16 1B slots a host, none can be had: the GPUs run whole and in 4Q mode.
+        assert value(samples, "devassign_devices", type="VGPU_T4_1B", state="available") == 0
+        assert value(samples, "devassign_devices", type="VGPU_T4_1B", state="partitioned") == 32
+        assert value(samples, "devassign_devices", type="VGPU_T4_4Q", state="available") == 3
+        assert value(samples, "devassign_devices", type="GPU_T4", state="partitioned") == 1
+        per_host = series(samples, "devassign_host_devices")
+        assert per_host[frozenset({("host", "gpu-1"), ("type", "VGPU_T4_4Q"), ("state", "partitioned")})] == 4
+        assert per_host[frozenset({("host", "gpu-2"), ("type", "VGPU_T4_4Q"), ("state", "available")})] == 3
+        assert_agrees_with_api(api, samples, per_host=True)
+        # A down host's free slots are ``down``, whatever their pool could give.
+        clock.advance(120)
+        assert api.post("/v1/hosts/gpu-2/heartbeat").status_code == 204
+        later = scrape(api)
+        gpu_1 = {dict(k)["state"]: v for k, v in series(later, "devassign_host_devices").items()
+                 if dict(k)["host"] == "gpu-1" and dict(k)["type"] == "VGPU_T4_1B" and v}  # fmt: skip
+        assert gpu_1 == {"down": 16}
+        assert_agrees_with_api(api, later, per_host=True)
 
 
 def test_per_host_series_only_with_the_option(store: Store, clock: Clock) -> None:

@@ -23,16 +23,19 @@ from devassign.store.schema import (
     allocations,
     devices,
     hosts,
+    inventory,
     quotas,
     resource_types,
 )
 
 # The states of ``schemas.StateCounts`` a scrape reports, in its order: ``down`` is a free
 # device of a down host, ``tainted`` a free device of an up host that a NoSchedule or Drain
-# taint keeps from new claims; removed devices are not inventory.
+# taint keeps from new claims, ``partitioned`` a free untainted one of an up host that its pool
+# cannot give now (the host's kept ``inventory.carved``); removed devices are not inventory.
 DEVICE_STATES = (
     "available",
     "tainted",
+    "partitioned",
     "down",
     "reserved",
     "assigned",
@@ -64,7 +67,7 @@ class Fleet:
 
 
 def fleet(conn: sa.Connection, *, now: datetime, up_since: datetime, per_host: bool) -> Fleet:
-    """Everything a scrape reports, in five statements (six with ``per_host``)."""
+    """Everything a scrape reports, in six statements (seven with ``per_host``)."""
     names = conn.execute(sa.select(resource_types.c.name).order_by(resource_types.c.name)).scalars()
     out = Fleet(types=list(names))
     _device_counts(conn, out, up_since=up_since, per_host=per_host)
@@ -108,6 +111,23 @@ def _device_counts(conn: sa.Connection, out: Fleet, *, up_since: datetime, per_h
                 type_name = where[0]
             key = (type_name, name)
             out.devices[key] = out.devices.get(key, 0) + count
+    # Free devices of up hosts that their pool cannot give now (another mode runs, too little
+    # left, held whole) are not ``available``: the kept per-host counts say how many, as they do
+    # for ``GET /v1/resource-types``.
+    carved = (
+        sa.select(hosts.c.name, resource_types.c.name, inventory.c.carved)
+        .select_from(
+            inventory.join(hosts, hosts.c.id == inventory.c.host_id).join(
+                resource_types, resource_types.c.id == inventory.c.type_id
+            )
+        )
+        .where(inventory.c.carved > 0, up)
+    )
+    for host, type_name, n in conn.execute(carved):
+        for key, change in (((type_name, "available"), -n), ((type_name, "partitioned"), n)):
+            out.devices[key] = out.devices.get(key, 0) + change
+            if per_host:
+                out.host_devices[(host, *key)] = out.host_devices.get((host, *key), 0) + change
 
 
 def _hosts(conn: sa.Connection, out: Fleet, *, now: datetime, up_since: datetime, per_host: bool) -> None:
