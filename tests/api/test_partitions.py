@@ -101,10 +101,7 @@ def test_a_time_sliced_gpu_runs_one_vgpu_type_and_never_overcommits(api: TestCli
     refused = _claim(api, "vm-2", "hardware_resource:VGPU_T4_1B=1")
     assert refused.status_code == 409
     message = refused.json()["error"]["message"]
-    assert (
-        "1 up host with too few free VGPU_T4_1B (1 of them only because the devices these are carved "
-        "from run another mode or have too little left)" in message
-    ), message
+    assert f"1 up host with too few free VGPU_T4_1B (1 of them {HELD_BACK})" in message, message
     # Asked of that host, the sentence names the GPU and its mode.
     on_host = api.post("/v1/explain", json={"extra_specs": _specs("hardware_resource:VGPU_T4_1B=1"),
                                             "hosts": ["h1"]}).json()  # fmt: skip
@@ -133,6 +130,34 @@ def test_the_whole_gpu_and_its_partitions_exclude_each_other(api: TestClient) ->
     assert _claim(api, "vm-1", "hardware_resource:VGPU_T4_1B=1").status_code == 409
     # One request for the GPU and a slot of it together cannot be placed either.
     assert api.delete("/v1/allocations/vm-whole").status_code in (200, 204)
+
+
+HELD_BACK = (
+    "only because of what is held of their GPU or PF: it runs another mode, has too little left, "
+    "or is held whole or in part"
+)
+
+
+def test_a_refusal_says_the_gpu_is_held_whole_or_in_part_not_that_it_runs_another_mode(
+    api: TestClient,
+) -> None:
+    """The GPU held whole keeps its slots back; a slot held keeps the GPU back. Neither is a
+    device "carved from" a GPU that "runs another mode": the sentence says what is held."""
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    _report(api, "h2", t4())
+    for consumer, host, spec in (("vm-whole", "h1", "GPU_T4"), ("vm-1b", "h2", "VGPU_T4_1B")):
+        body = {"consumer": consumer, "hosts": [host], "extra_specs": _specs(f"hardware_resource:{spec}=1")}
+        assert api.post("/v1/claims", json=body).status_code == 201
+    whole = _claim(api, "vm-2", "hardware_resource:GPU_T4=1")
+    assert whole.status_code == 409
+    # h1's GPU is held; h2's is free but one of its slots is held.
+    assert f"2 up hosts with too few free GPU_T4 (1 of them {HELD_BACK})" in whole.json()["error"]["message"]
+    slot = _claim(api, "vm-3", "hardware_resource:VGPU_T4_16Q=1")
+    assert slot.status_code == 409
+    message = slot.json()["error"]["message"]
+    assert f"2 up hosts with too few free VGPU_T4_16Q (2 of them {HELD_BACK})" in message, message
+    assert "carved from run another mode" not in message
 
 
 def test_two_8q_and_a_4q_do_not_fit_one_t4(api: TestClient) -> None:

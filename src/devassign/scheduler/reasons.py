@@ -117,9 +117,11 @@ def funnel_sentence(funnel: Mapping[str, Any]) -> str:
                 held.append(f"{tainted} of them only because devices are tainted")
             carved = int(funnel.get(f"partitioned_{type_name}") or 0)
             if carved:
+                # A slot of a GPU that runs another mode or is held whole, or a GPU one of
+                # whose slots is held: what is held of the GPU (or PF) they share.
                 held.append(
-                    f"{carved} of them only because the devices these are carved from run another "
-                    "mode or have too little left"
+                    f"{carved} of them only because of what is held of their GPU or PF: it runs "
+                    "another mode, has too little left, or is held whole or in part"
                 )
             unhealthy = int(funnel.get(f"unhealthy_{type_name}") or 0)
             if unhealthy:
