@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from devassign import schemas
 from devassign.domain import Role
 from devassign.store import Store
-from tests.conftest import vf
+from tests.conftest import Clock, vf
 
 
 def _type(api: TestClient, name: str, description: str = "", **headers: str) -> None:
@@ -184,6 +184,30 @@ def test_explain_says_why_a_request_cannot_be_placed_and_claims_nothing(api: Tes
     fits = _text(api.get("/ui/explain", params={"specs": "hardware_resource:GPU_A100=1"}).text)
     assert "It fits" in fits and "GPU_A100" in fits
     assert [a["consumer"] for a in api.get("/v1/allocations").json()] == ["vm-1"]
+
+
+def test_explain_counts_each_host_the_pre_filter_left_out_once(api: TestClient, clock: Clock) -> None:
+    """One host down and two whose only VF is tainted: three hosts, said as the CLI and a refused
+    claim say it, not as the funnel's keys added up (down 1, lacking 2, tainted 2)."""
+    _type(api, "NIC_VF_1G")
+    for host in ("c1", "c2", "c3"):
+        _report(api, host, [vf("0000:3b:02.1")])
+    clock.advance(120)
+    for host in ("c2", "c3"):
+        assert api.post(f"/v1/hosts/{host}/heartbeat").status_code == 204
+        device = api.get("/v1/devices", params={"host": host}).json()[0]
+        taint = {"effect": "NoSchedule", "reason": "link flaps"}
+        assert api.post(f"/v1/devices/{device['id']}/taints", json=taint).status_code == 201
+    sentence = (
+        "1 host down, 2 up hosts with too few free NIC_VF_1G (2 of them only because devices are tainted)"
+    )
+    refused = api.post(
+        "/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    )
+    assert refused.status_code == 409 and sentence in refused.json()["error"]["message"]
+    text = _text(api.get("/ui/explain", params={"specs": "hardware_resource:NIC_VF_1G=1"}).text)
+    assert f"before scheduling: {sentence}" in text, text
+    assert "tainted_NIC_VF_1G removed" not in text
 
 
 def test_explain_form_reports_bad_input(api: TestClient) -> None:

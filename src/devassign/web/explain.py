@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from devassign.scheduler import ClaimBody, RequestError, parse_specs
+from devassign.scheduler.reasons import funnel_sentence
 from devassign.web.layout import badge, error_box
 from devassign.web.markup import Html, join, link, table, tag
 
@@ -59,8 +60,10 @@ def form(specs: str, hosts: str, *, operator: bool = True) -> Html:
 
 
 def _lacking(funnel: Mapping[str, int]) -> str:
-    """The SQL pre-filter's removals (down, lacking_T), which explain "0 hosts considered"."""
-    return ", ".join(f"{k} removed {v}" for k, v in funnel.items() if k != "hosts" and v)
+    """The SQL pre-filter's removals, which explain "0 hosts considered", in the words of the
+    CLI and of a refused claim: the funnel's ``tainted_T``, ``partitioned_T`` and
+    ``unhealthy_T`` are some of its ``lacking_T`` hosts, not more of them."""
+    return funnel_sentence(funnel)
 
 
 def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, str] | None = None) -> Html:
