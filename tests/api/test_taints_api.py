@@ -240,6 +240,29 @@ def test_capacity_leaves_tainted_devices_out_and_counts_them(
     assert found == {"total": 2, "truncated": False, "tainted": {"NIC_VF_1G": 2}}
 
 
+def test_capacity_of_named_hosts_counts_their_tainted_devices_not_the_clouds(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    """``capacity --host compute-b`` says what a taint keeps out of compute-b's count: none of
+    compute-a's tainted devices, which were never in it."""
+    r = secure_api.post(
+        "/v1/hosts/compute-a/taints", json={"effect": "NoSchedule", "reason": "r"}, headers=world["admin"]
+    )
+    assert r.status_code == 201
+    spec = {"spec": "hardware_resource:NIC_VF_1G=1"}
+    on_b = secure_api.get("/v1/capacity", params={**spec, "host": "compute-b"}, headers=world["admin"])
+    assert on_b.json() == {"total": 2, "per_host": {"compute-b": 2}, "truncated": False}
+    on_a = secure_api.get("/v1/capacity", params={**spec, "host": "compute-a"}, headers=world["admin"])
+    assert on_a.json() == {
+        "total": 0,
+        "per_host": {"compute-a": 0},
+        "truncated": False,
+        "tainted": {"NIC_VF_1G": 2},
+    }
+    body = {"extra_specs": {"hardware_resource:NIC_VF_1G": "1"}, "hosts": ["compute-b"]}
+    assert "tainted" not in secure_api.post("/v1/capacity", json=body, headers=world["admin"]).json()
+
+
 def test_the_redacted_explanation_keeps_the_taint_not_who_set_it() -> None:
     from devassign.server.views import redact_explanation
 

@@ -611,9 +611,10 @@ class Placer:
             "per_host": dict(sorted(found.per_host.items())),
             "truncated": found.truncated,
         }
-        # Free devices of up hosts that a taint keeps out of the count above, per type (when any).
+        # Free devices of up hosts (of the hosts named, when some are) that a taint keeps out of
+        # the count above, per type (when any).
         tainted = self.store.tainted_counts(
-            sorted({a.type for r in request.requests for a in r.alternatives})
+            sorted({a.type for r in request.requests for a in r.alternatives}), request.hosts
         )
         if any(tainted.values()):
             answer["tainted"] = tainted

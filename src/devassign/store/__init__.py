@@ -281,11 +281,12 @@ class Store:
             lambda c: taints.list_taints(c, now=self.clock(), host=host, device_id=device_id)
         )
 
-    def tainted_counts(self, names: list[str]) -> dict[str, int]:
-        """Per named type: free devices of up hosts that a NoSchedule or Drain taint holds back."""
+    def tainted_counts(self, names: list[str], hosts: Sequence[str] = ()) -> dict[str, int]:
+        """Per named type: free devices of up hosts (of ``hosts``, when given) that a NoSchedule
+        or Drain taint holds back."""
 
         def read(c: sa.Connection) -> dict[str, int]:
-            counts = taints.tainted_counts(c, self.up_since())
+            counts = taints.tainted_counts(c, self.up_since(), hosts)
             return {name: counts.get(i, 0) for name, i in sorted(quotas.type_ids(c, names).items())}
 
         return self.db.reading(read)

@@ -383,12 +383,17 @@ def hosts_with_taints(conn: sa.Connection, found: list[schemas.Host], now: datet
     return [h.model_copy(update={"taints": by_host[h.name]}) if h.name in by_host else h for h in found]
 
 
-def tainted_counts(conn: sa.Connection, up_since: datetime | None) -> dict[int, int]:
-    """Per type id: free devices (of hosts that are up) that a taint keeps from new claims.
+def tainted_counts(
+    conn: sa.Connection, up_since: datetime | None, names: Sequence[str] = ()
+) -> dict[int, int]:
+    """Per type id: free devices (of hosts that are up; of the hosts ``names``, when given)
+    that a taint keeps from new claims.
 
     Only hosts with a row in ``taints`` can have tainted devices (taint_marks.py): the read
     starts from them, not from every free device of the region (1.6 M at 100,000 hosts)."""
     up = sa.true() if up_since is None else hosts.c.last_seen_at >= up_since
+    if names:
+        up = sa.and_(up, hosts.c.name.in_(sorted(set(names))))
     q = (
         sa.select(devices.c.type_id, sa.func.count())
         .select_from(devices.join(hosts, hosts.c.id == devices.c.host_id))
