@@ -33,7 +33,7 @@ from devassign import schemas
 from devassign.agent.config import parse_config
 from devassign.agent.worker import Agent
 from devassign.cli.client import Client, CliError, ExitCode
-from devassign.cli.inventory import ALLOCATION_COLUMNS, HOST_COLUMNS, TYPE_COLUMNS
+from devassign.cli.inventory import ALLOCATION_COLUMNS, HOST_COLUMNS, type_columns
 from devassign.cli.output import Format, console, emit
 from devassign.domain import Role
 from devassign.lifecycle.host import HostOps
@@ -260,7 +260,8 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
             result = agent.run_once().report
             added = len(result.added) if result else 0
             console.print(f"  {agent.config.host}: {added} devices reported", highlight=False)
-        emit(api.get("/v1/resource-types"), Format.table, TYPE_COLUMNS, title="resource types")
+        found = api.get("/v1/resource-types")
+        emit(found, Format.table, type_columns(found), title="resource types")
 
         _step("claims")
         requests: list[tuple[str, str, dict[str, Any]]] = [
@@ -322,7 +323,8 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
         _agents_pass(agents)
 
         _step("usage")
-        emit(api.get("/v1/resource-types"), Format.table, TYPE_COLUMNS, title="resource types")
+        found = api.get("/v1/resource-types")
+        emit(found, Format.table, type_columns(found), title="resource types")
         emit(api.get("/v1/hosts"), Format.table, HOST_COLUMNS, title="hosts")
         if not keep_running:
             # The server stops with this function: no address to visit.

@@ -36,6 +36,11 @@ def _counts(key: str) -> Any:
     return lambda t: t["counts"][key]
 
 
+def _count_or_zero(key: str) -> Any:
+    """A count an older server may not send (0 then)."""
+    return lambda t: t["counts"].get(key, 0)
+
+
 TYPE_COLUMNS = [
     ("name", lambda t: t["name"]),
     ("description", lambda t: t["description"]),
@@ -45,21 +50,32 @@ TYPE_COLUMNS = [
     ("reserved", _counts("reserved")),
     ("assigned", _counts("assigned")),
     ("cleaning", _counts("cleaning")),
-    ("unhealthy", lambda t: t["counts"]["unhealthy"] + t["counts"]["quarantined"] + t["counts"]["missing"]),
+    ("unhealthy", _counts("unhealthy")),
 ]
+# States shown only when some type has devices in them (``type_columns``): free devices that a
+# taint or their pool holds back (after ``available``), and devices out of service other than
+# the unhealthy (at the end).
+_HELD_BACK = ("tainted", "partitioned")
+_OUT_OF_SERVICE = ("quarantined", "missing")
 
 
-def type_columns(types: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+def type_columns(types: list[dict[str, Any]], *, every: bool = False) -> list[tuple[str, Any]]:
     """The types table's columns: ``tainted`` (free devices a taint holds back) and
     ``partitioned`` (free devices their GPU or PF cannot give now: another mode runs on it, or
-    too little is left), neither in ``available``, only when some type has any, so the usual
-    table fits 80 columns."""
-    extra = [
-        (name, _counts(name))
-        for name in ("tainted", "partitioned")
-        if any(t["counts"].get(name) for t in types)
-    ]
-    return [*TYPE_COLUMNS[:4], *extra, *TYPE_COLUMNS[4:]]
+    too little is left), neither in ``available``, and ``quarantined`` and ``missing``, only
+    when some type has any (``every``: always, for a table refreshed in place, whose devices
+    may enter those states later), so the usual table fits 80 columns. Each column counts the
+    one state it names, as ``devassign devices --state`` and ``/metrics`` do: they add up to
+    the total."""
+
+    def shown(names: tuple[str, ...]) -> list[tuple[str, Any]]:
+        return [
+            (name, _count_or_zero(name))
+            for name in names
+            if every or any(t["counts"].get(name) for t in types)
+        ]
+
+    return [*TYPE_COLUMNS[:4], *shown(_HELD_BACK), *TYPE_COLUMNS[4:], *shown(_OUT_OF_SERVICE)]
 
 
 def describe_param(spec: dict[str, Any]) -> str:
@@ -89,7 +105,10 @@ TYPE_SHOW_COLUMNS = [
             "\n".join(f"{n}: {describe_param(s)}" for n, s in (t.get("params") or {}).items()) or "none"
         ),
     ),
-    *TYPE_COLUMNS[2:],
+    *TYPE_COLUMNS[2:4],
+    *((name, _count_or_zero(name)) for name in _HELD_BACK),
+    *TYPE_COLUMNS[4:],
+    *((name, _count_or_zero(name)) for name in _OUT_OF_SERVICE),
 ]
 HOST_COLUMNS = [
     ("name", lambda h: h["name"]),
@@ -155,7 +174,10 @@ def register(app: typer.Typer) -> typer.Typer:
         if watch:
             with contextlib.suppress(KeyboardInterrupt):
                 watch_table(
-                    lambda: api.get("/v1/resource-types"), type_columns(found), interval=interval, fmt=fmt
+                    lambda: api.get("/v1/resource-types"),
+                    type_columns(found, every=True),
+                    interval=interval,
+                    fmt=fmt,
                 )
             return
         emit(found, fmt, type_columns(found))
