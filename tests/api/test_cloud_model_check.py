@@ -22,7 +22,9 @@ completion, and only an ``available`` device becomes ``reserved``; the types' co
 capacity answers equal a recount from the devices; each quota's use equals the project's live
 holdings; no claim takes a tainted device or one on a down host; a member sees exactly its own
 project's allocations, events and quotas, and its refusals and explanations name no host,
-address or device id; an agent sees only its own host; the dashboard and the metrics render.
+address or device id; an agent sees only its own host; the dashboard renders, and the
+metrics' fleet gauges (devices per type and state, hosts up and down, quota use) say what
+the API says.
 
 ``DEVASSIGN_MODEL_STEPS`` (steps per seed, 100 unless set) and ``DEVASSIGN_MODEL_SEEDS`` (a
 count of seeds, or a comma-separated list: ``3`` runs seeds 0, 1, 2 and ``7,`` seed 7; the
@@ -45,6 +47,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from devassign import errors, schemas
 from devassign.agent import gpus
@@ -1059,8 +1062,9 @@ class CloudWalk:
                     self.fail(f"agent of {m.name} reads event {e}")
 
     def check_pages(self) -> None:
-        """The dashboard and the metrics render whatever state the walk left."""
-        self.call(self.admin, "GET", "/metrics", expect=(200,))
+        """The dashboard and the metrics render whatever state the walk left, and the metrics'
+        fleet gauges say what the API says."""
+        self.check_metrics(self.call(self.admin, "GET", "/metrics", expect=(200,)).text)
         for who in (self.admin, self.members[PROJECTS[0]], self.machines[0].agent):
             self.api.cookies.clear()
             self.api.cookies.set("devassign_token", who["Authorization"].removeprefix("Bearer "))
@@ -1069,6 +1073,32 @@ class CloudWalk:
                 if r.status_code >= 500 or r.status_code not in (200, 403):
                     self.fail(f"{page} answered {r.status_code}: {r.text[:1000]}")
             self.api.cookies.clear()
+
+    def check_metrics(self, text: str) -> None:
+        samples = {
+            (x.name, frozenset(x.labels.items())): x.value
+            for family in text_string_to_metric_families(text)
+            for x in family.samples
+        }
+
+        def gauge(name: str, **labels: str) -> float:
+            return samples.get((name, frozenset(labels.items())), 0.0)
+
+        states = ("available", "tainted", "partitioned", "down", "reserved", "assigned", "cleaning")
+        states += ("quarantined", "unhealthy", "missing")
+        for t in self.call(self.admin, "GET", "/v1/resource-types", expect=(200,)).json():
+            got = {s: gauge("devassign_devices", type=t["name"], state=s) for s in states}
+            if got != {s: t["counts"][s] for s in states}:
+                self.fail(f"{t['name']}: /metrics says {got}, the types count {t['counts']}")
+        hosts = self.call(self.admin, "GET", "/v1/hosts", expect=(200,)).json()
+        for status in ("up", "down"):
+            n = sum(h["status"] == status for h in hosts)
+            if gauge("devassign_hosts", state=status) != n:
+                self.fail(f"/metrics says {gauge('devassign_hosts', state=status)} hosts {status}, not {n}")
+        for q in self.call(self.admin, "GET", "/v1/quotas", expect=(200,)).json():
+            labels = {"project": q["project"], "type": q["type"]}
+            if gauge("devassign_quota_used_devices", **labels) != q["used"]:
+                self.fail(f"/metrics says {gauge('devassign_quota_used_devices', **labels)} used of {q}")
 
 
 def _schedulable_taint(d: dict[str, Any]) -> bool:
