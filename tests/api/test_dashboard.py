@@ -346,6 +346,23 @@ def test_the_overview_numbers_carry_their_names(api: TestClient) -> None:
             assert int(shown[key]) == t["counts"][key], (t["name"], key)
 
 
+def test_the_overview_counts_the_free_devices_of_down_hosts(api: TestClient, clock: Clock) -> None:
+    """A host gone silent: its free devices are ``down``, in a column and a part of the bar of
+    their own, so the row adds up to the total as ``devassign types`` and /metrics do."""
+    _cloud(api)
+    clock.advance(120)
+    assert api.post("/v1/hosts/compute-1/heartbeat").status_code == 204
+    page = api.get("/ui/").text
+    for t in api.get("/v1/resource-types").json():
+        assert t["counts"]["down"] > 0, t
+        row = re.search(rf'<tr data-type="{t["name"]}">(.*?)</tr>', page, re.S)
+        assert row, t["name"]
+        shown = {k: int(v) for k, v in re.findall(r'<span data-count="(\w+)">(\d+)</span>', row.group(1))}
+        assert shown.get("down") == t["counts"]["down"], (t["name"], shown)
+        assert sum(n for k, n in shown.items() if k != "total") == shown["total"], (t["name"], shown)
+        assert f'title="{t["counts"]["down"]} down"' in row.group(1), row.group(1)
+
+
 def test_the_script_is_served_by_the_package_and_builds_no_markup_from_data(api: TestClient) -> None:
     r = api.get("/ui/static/live.js")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")

@@ -79,7 +79,7 @@ header .live { font-size:12px; padding:0 7px; border-radius:10px; }
 header .live.on { background:var(--available); color:#fff; }
 header .live.off { background:var(--reserved); color:#1d2330; }
 .bar .tainted, .t-NoSchedule, .t-Drain { background:var(--tainted); }
-.bar .partitioned { background:var(--partitioned); }
+.bar .partitioned { background:var(--partitioned); } .bar .down { background:var(--other); }
 .t-None { background:var(--other); }
 .numa { display:flex; flex-wrap:wrap; gap:12px; margin-bottom:10px; }
 .numa > h3 { flex-basis:100%; font-size:13px; margin:4px 0 0; color:var(--muted); font-weight:600; }
@@ -208,6 +208,7 @@ def count_bar(counts: schemas.StateCounts) -> Html:
         ("cleaning", counts.cleaning),
         ("tainted", counts.tainted),
         ("partitioned", counts.partitioned),
+        ("down", counts.down),
         ("bad", out_of_service(counts)),
     ]
     spans = [
@@ -226,6 +227,7 @@ def legend() -> Html:
         ("cleaning", "cleaning"),
         ("tainted", "free but tainted"),
         ("partitioned", "free, but its GPU or PF cannot give it now"),
+        ("down", "free, on a host that is down"),
         ("bad", "unhealthy / quarantined / missing"),
     ]
     return tag(
@@ -239,7 +241,7 @@ def legend() -> Html:
 
 
 def _var(cls: str) -> str:
-    return "bad" if cls == "bad" else cls
+    return {"down": "other"}.get(cls, cls)
 
 
 def out_of_service(counts: schemas.StateCounts) -> int:

@@ -45,6 +45,7 @@ COUNTS = (
     "out_of_service",
     "tainted",
     "partitioned",
+    "down",
 )
 
 
