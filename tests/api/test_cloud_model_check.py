@@ -22,9 +22,9 @@ completion, and only an ``available`` device becomes ``reserved``; the types' co
 capacity answers equal a recount from the devices; each quota's use equals the project's live
 holdings; no claim takes a tainted device or one on a down host; a member sees exactly its own
 project's allocations, events and quotas, and its refusals and explanations name no host,
-address or device id; an agent sees only its own host; the dashboard renders, and the
-metrics' fleet gauges (devices per type and state, hosts up and down, quota use) say what
-the API says.
+address or device id; an agent sees only its own host; the dashboard renders, its
+overview's numbers per type are the API's and add up to the total, and the metrics' fleet
+gauges (devices per type and state, hosts up and down, quota use) say what the API says.
 
 ``DEVASSIGN_MODEL_STEPS`` (steps per seed, 100 unless set) and ``DEVASSIGN_MODEL_SEEDS`` (a
 count of seeds, or a comma-separated list: ``3`` runs seeds 0, 1, 2 and ``7,`` seed 7; the
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -1072,7 +1073,24 @@ class CloudWalk:
                 r = self.api.get(page)
                 if r.status_code >= 500 or r.status_code not in (200, 403):
                     self.fail(f"{page} answered {r.status_code}: {r.text[:1000]}")
+                if page == "/ui/" and r.status_code == 200:
+                    self.check_overview(r.text)
             self.api.cookies.clear()
+
+    def check_overview(self, page: str) -> None:
+        """The overview's numbers per type are the API's, and add up to the total."""
+        for t in self.call(self.admin, "GET", "/v1/resource-types", expect=(200,)).json():
+            row = re.search(rf'<tr data-type="{t["name"]}">(.*?)</tr>', page, re.S)
+            if row is None:
+                self.fail(f"the overview has no row for {t['name']}")
+                return
+            shown = {k: int(v) for k, v in re.findall(r'<span data-count="(\w+)">(\d+)</span>', row.group(1))}
+            c = t["counts"]
+            expected = {k: c[k] for k in shown if k != "out_of_service"}
+            if {k: v for k, v in shown.items() if k != "out_of_service"} != expected or sum(
+                n for k, n in shown.items() if k != "total"
+            ) != c["total"]:
+                self.fail(f"{t['name']}: the overview shows {shown}, the types count {c}")
 
     def check_metrics(self, text: str) -> None:
         samples = {
