@@ -202,12 +202,15 @@ def server(
     otherwise; the schema is migrated on start."""
     import logging
     import os
+    import shutil
+    import tempfile
     from dataclasses import replace
     from datetime import timedelta
 
     import uvicorn
 
     from devassign.server.app import create_app
+    from devassign.server.metrics import MULTIPROC_DIR_ENV
     from devassign.server.settings import SETTINGS_ENV, Settings, placement_with, settings_to_env
     from devassign.store import SchemaError
 
@@ -265,17 +268,27 @@ def server(
         return
     # Several processes: each builds its own app from the same settings (the schema is migrated).
     os.environ[SETTINGS_ENV] = settings_to_env(replace(settings, migrate=False))
-    uvicorn.run(
-        "devassign.server.app:app_from_env",
-        factory=True,
-        workers=workers,
-        host=bind,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        forwarded_allow_ips=forwarded_allow_ips,
-        timeout_keep_alive=keep_alive,
-    )
+    # A scrape of this port reaches one worker: each answers the counters of all of them, kept
+    # in files of a folder made for this run (docs/metrics.md), unless one is given.
+    made = None
+    if not os.environ.get(MULTIPROC_DIR_ENV):
+        made = tempfile.mkdtemp(prefix="devassign-metrics-")
+        os.environ[MULTIPROC_DIR_ENV] = made
+    try:
+        uvicorn.run(
+            "devassign.server.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=bind,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            forwarded_allow_ips=forwarded_allow_ips,
+            timeout_keep_alive=keep_alive,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _safe_url(url: str | None) -> str:

@@ -9,7 +9,9 @@ Two kinds of numbers:
 - **Counters and histograms of this process** (claims, refusals by reason, claim latency,
   setup and cleanup durations and failures by handler), incremented where claims and agents'
   results are handled (one-line calls in ``server/claims.py`` and ``server/lifecycle.py``).
-  Like the HTTP metrics they count what this process served: sum them over processes.
+  Like the HTTP metrics they count what this server served: sum them over replicas (the
+  worker processes of one ``devassign server --workers N`` answer them together, through
+  prometheus_client's multiprocess mode: :data:`MULTIPROC_DIR_ENV`).
 
 Host names appear only with ``devassign server --metrics-per-host`` (one series per host and
 type and state: mind the cardinality of a large cloud).
@@ -18,12 +20,14 @@ type and state: mind the cardinality of a large cloud).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 
@@ -265,12 +269,22 @@ class _ProcessMetrics(Collector):
         return REGISTRY.collect()
 
 
+# Set by ``devassign server --workers N`` for its workers (prometheus_client's multiprocess
+# mode): each worker keeps its counters and histograms in files there, and every scrape, which
+# reaches one worker, answers them summed over the workers.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def exposition(app: Starlette) -> bytes:
-    """The text of ``GET /metrics`` for ``app``: its fleet's gauges and this process's metrics."""
+    """The text of ``GET /metrics`` for ``app``: its fleet's gauges and this process's metrics
+    (of all the server's worker processes, under ``--workers N``)."""
     registry: CollectorRegistry | None = getattr(app.state, "metrics_registry", None)
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ProcessMetrics())
+        if os.environ.get(MULTIPROC_DIR_ENV):
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry.register(_ProcessMetrics())
         registry.register(FleetCollector(app.state.store, per_host=app.state.settings.metrics_per_host))
         app.state.metrics_registry = registry
     out: bytes = generate_latest(registry)
