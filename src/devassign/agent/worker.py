@@ -69,7 +69,7 @@ from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUn
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
-from devassign.lifecycle.executor import Action, ActionResult, Watchdog, run_action
+from devassign.lifecycle.executor import Action, ActionResult, Watchdog, own_time_bound, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
@@ -602,11 +602,13 @@ class Agent:
         self, action: Action, device: LifecycleDevice, config: dict[str, Any], handler: str | None
     ) -> ActionResult:
         """The handler's action under the watchdog: one stuck in the kernel fails after
-        ``[lifecycle] action_timeout`` and holds neither the agent nor its other devices."""
+        ``[lifecycle] action_timeout`` and holds neither the agent nor its other devices. A
+        ``command`` or ``mig`` action gets the time its type's own ``timeout`` gives it, if longer."""
         return self.watchdog.run(
             device.address,
             action,
             lambda: run_action(action, device, config, handler, self.ops, loader=self._load),
+            at_least=own_time_bound(handler_name_for(device.kind, handler), config),
         )
 
     def _device(self, item: WorkItem) -> LifecycleDevice:

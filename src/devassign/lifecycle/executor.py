@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import Handler, HandlerError, LifecycleDevice, TypeConfig
-from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.handlers import command, mig
+from devassign.lifecycle.host import KILL_GRACE, HostOps
 from devassign.lifecycle.registry import handler_name_for, load_handler
 from devassign.schemas import postable_text
 
@@ -98,8 +99,12 @@ class Watchdog:
         self._forget_returned()
         return {address: r.action for address, r in self._running.items()}
 
-    def run(self, address: str, action: Action, call: Callable[[], ActionResult]) -> ActionResult:
-        """``call()`` (which never raises: :func:`run_action`), or a failure once it runs too long."""
+    def run(
+        self, address: str, action: Action, call: Callable[[], ActionResult], *, at_least: float | None = None
+    ) -> ActionResult:
+        """``call()`` (which never raises: :func:`run_action`), or a failure once it runs too long:
+        after ``timeout`` seconds, or ``at_least`` where that is longer (:func:`own_time_bound`)."""
+        limit = self.timeout if at_least is None else max(self.timeout, at_least)
         self._forget_returned()
         earlier = self._running.get(address)
         if earlier is not None:
@@ -118,13 +123,13 @@ class Watchdog:
         thread = threading.Thread(target=target, name=f"devassign {action} {address}", daemon=True)
         since = self.clock()
         thread.start()
-        thread.join(self.timeout)
+        thread.join(limit)
         if not thread.is_alive():
             return box[0] if box else ActionResult(False, f"{action} of {address} ended without a result")
         self._running[address] = _Running(action, since, thread)
         return ActionResult(
             False,
-            f"{action} of {address} did not return within {self.timeout:g} s (blocked in the kernel?); "
+            f"{action} of {address} did not return within {limit:g} s (blocked in the kernel?); "
             "it is left running, and the device alone until it returns",
             {"stuck": True},
         )
@@ -132,6 +137,26 @@ class Watchdog:
     def _forget_returned(self) -> None:
         for address in [a for a, r in self._running.items() if not r.thread.is_alive()]:
             del self._running[address]
+
+
+def own_time_bound(handler: str, config: TypeConfig) -> float | None:
+    """The most seconds one action of ``handler`` takes by itself, for a handler that bounds
+    its own work (``None`` for the others): ``command`` runs one program, ``mig`` at most
+    :data:`~devassign.lifecycle.handlers.mig.RUNS_PER_ACTION` nvidia-smi runs, each killed at
+    the type's ``timeout`` and reaped within :data:`~devassign.lifecycle.host.KILL_GRACE`. The
+    watchdog waits that long at least: cutting such an action short leaves its program running
+    on the device, and fails a device that nothing holds in the kernel."""
+    if handler == "command":
+        runs, default = 1, command.DEFAULT_TIMEOUT
+    elif handler == "mig":
+        runs, default = mig.RUNS_PER_ACTION, mig.DEFAULT_TIMEOUT
+    else:
+        return None
+    timeout = config.get("timeout", default)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        return None  # the handler refuses it at once
+    # and one grace more: a run killed at its timeout returns a moment after its grace
+    return min(runs * (float(timeout) + KILL_GRACE) + KILL_GRACE, threading.TIMEOUT_MAX)
 
 
 def state_after(action: Action, result: ActionResult) -> DeviceState | None:

@@ -32,6 +32,9 @@ from devassign.lifecycle.host import HostOps, RunResult
 
 DEFAULT_BINARY = "nvidia-smi"
 DEFAULT_TIMEOUT = 60.0
+# The most nvidia-smi runs one action makes: a setup that switches MIG mode on (list, -mig 1,
+# list), creates the instance (-cgi, list) and then its compute instance (-lci, -cci, -lci).
+RUNS_PER_ACTION = 8
 OUTPUT_TAIL = 2000
 # What nvidia-smi says instead of a table; none of them is a failure of the GPU.
 MIG_OFF = "No MIG-enabled devices found"
