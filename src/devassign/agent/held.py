@@ -1,8 +1,9 @@
 """The GPU partitions an agent holds, as its free slots' health checks need them.
 
 A MIG instance, an mdev or a vGPU type on a GPU is either one of this agent's (set up for a
-tenant, or with an action in flight) or was made by hand beside them. Only the agent's
-journal tells the two apart, so each free slot's check gets the held ones as facts.
+tenant, with an action in flight, or set up and not cleaned yet: a slot released during its
+setup, a cleanup that failed) or was made by hand beside them. Only the agent's journal tells
+the two apart, so each free slot's check gets the held ones as facts.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from devassign.schemas import ReportedDevice
 
 @dataclass(frozen=True)
 class HeldPartitions:
-    """The GPU partitions this agent holds (or has an action in flight for), as a free slot's
-    health check needs them (as facts) to tell an instance, mdev or vGPU type of its own from
-    one made by hand beside it."""
+    """The GPU partitions this agent holds (or has an action in flight for, or set up and has
+    not cleaned yet), as a free slot's health check needs them (as facts) to tell an instance,
+    mdev or vGPU type of its own from one made by hand beside it."""
 
     mig: dict[str, list[list[int]]]  # parent GPU -> [start, memory slices] of each slot
     mdev: dict[str, list[str]]  # {"uuids": [...], "slots": [addresses]}

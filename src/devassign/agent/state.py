@@ -49,8 +49,9 @@ class AgentState:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Device id -> ``{"handler": name, "config": {...}}`` of its last setup, until a cleanup
-    # succeeds: the cleanup runs that handler, whatever the type's handler is by then.
+    # Device id -> ``{"handler": name, "config": {...}, "device": {...}}`` of its last setup,
+    # until a cleanup succeeds: the cleanup runs that handler, whatever the type's handler is
+    # by then (``device``: the device as set up; files of older versions have none).
     set_up_by: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Device address -> ``{"reason": why it failed, "passes": checks passed since}``: the
     # devices whose health failed and has not passed enough checks in a row since (so a

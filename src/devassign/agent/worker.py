@@ -226,7 +226,11 @@ class Agent:
         st = self.state.state
         in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
         busy = {str(d.get("address")) for d in in_flight}
-        held = [*in_flight, *((e.get("device") or {}) for e in st.assigned.values())]
+        # Set up and not cleaned yet counts too: a partition a released slot's setup made, or a
+        # failed cleanup left, is this agent's own (kept from claims while the slot is cleaning
+        # or quarantined), not one made by hand.
+        mine = [*st.assigned.values(), *st.set_up_by.values()]
+        held = [*in_flight, *((e.get("device") or {}) for e in mine)]
         partitions = HeldPartitions.of(held, st.facts)
         changed = False
         for dev_id, entry in list(st.assigned.items()):
@@ -541,7 +545,10 @@ class Agent:
             # same device names (a server that lost the assignment, or one that lies).
             if dev_id not in st.set_up_by:
                 handler = handler_name_for(item.device.kind, item.handler)
-                st.set_up_by[dev_id] = {"handler": handler, "config": item.config}
+                # The device as set up: what it made (a MIG instance, an mdev) is this agent's
+                # until the cleanup passes, even where the server no longer holds it (health).
+                as_set_up = item.device.model_dump(mode="json")
+                st.set_up_by[dev_id] = {"handler": handler, "config": item.config, "device": as_set_up}
             return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
         item = self._as_set_up(item)

@@ -41,13 +41,14 @@ class HealthResult:
 # MIG instance, a vGPU type), which its cleanup removes, so a cleanup that passes ends it.
 LEFTOVER = "leftover"
 # For a free MIG slot's health check, the agent gives the placements of the slots it holds (or
-# has an action in flight for) on the same GPU: ``[start, memory slices]`` pairs.
+# has an action in flight for, or set up and has not cleaned yet) on the same GPU:
+# ``[start, memory slices]`` pairs.
 MIG_HELD = "mig_held"
-# Likewise for a free mdev slot: the mdevs this agent holds (or has an action in flight for)
-# on the same parent, ``{"uuids": [...], "slots": [slot addresses]}``.
+# Likewise for a free mdev slot: the mdevs this agent holds (or has an action in flight for,
+# or set up and has not cleaned yet) on the same parent, ``{"uuids": [...], "slots": [...]}``.
 MDEV_HELD = "mdev_held"
 # And for a free vGPU (17+) slot: the VFs whose vGPU this agent holds (or has an action in
-# flight for) anywhere on the host.
+# flight for, or set up and has not cleaned yet) anywhere on the host.
 VGPU_HELD = "vgpu_held"
 
 

@@ -218,8 +218,9 @@ class _Smi:
 
 def _unheld_overlap(device: LifecycleDevice, where: Slot, instances: list[GpuInstance]) -> GpuInstance | None:
     """An instance on the GPU that takes some of this free slot's memory slices and is no held
-    slot's: one made by hand at a placement devassign does not offer, or at another free
-    slot's. The slot cannot be created while it is there, so it must not be claimed."""
+    slot's (:data:`MIG_HELD`: held, in flight, or set up and not cleaned yet): one made by hand
+    at a placement devassign does not offer, or at another free slot's. The slot cannot be
+    created while it is there, so it must not be claimed."""
     raw = device.facts.get(MIG_HELD) or []
     held = {(int(p[0]), int(p[1])) for p in raw if isinstance(p, list | tuple) and len(p) == 2}
     mine = device.attributes.get("mig_slices")
@@ -345,7 +346,7 @@ class MigHandler:
                 return HealthResult(
                     False,
                     f"GPU instance {other.instance_id} ({other.name} at {other.start}:{other.size}) on "
-                    f"{where.parent} takes memory slices of {where}, and no slot this agent holds is "
+                    f"{where.parent} takes memory slices of {where}, and no slot this agent set up is "
                     "it (made by hand?): destroy it, or the slots it overlaps stay out of service",
                 )
             return HealthResult(True)
