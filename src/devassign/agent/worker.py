@@ -30,7 +30,9 @@ The agent is the last line of defence for the root-run handlers, whatever the se
 - the facts a handler gets are its own journal's (the server's copy, which this agent posted,
   only when the journal has none), never a request's params;
 - a cleanup after an operator's ``device clear`` forgets the journal's facts for the device
-  and works from what the host shows now.
+  and works from what the host shows now;
+- a device it holds set up for a consumer is set up for no other one until a cleanup has run
+  (a server whose database was restored from an older backup has lost that holding).
 
 For tests, ``DEVASSIGN_AGENT_CRASH_AT=POINT[:ACTION]`` makes the agent SIGKILL itself at
 ``intent`` (after journaling it), ``handler`` (after the handler, before journaling the
@@ -504,7 +506,30 @@ class Agent:
             return f"{address} is a {mine.kind.value} on host {host}, not a {item.device.kind.value}"
         if item.action == "cleanup" and not prepared:
             return None
-        return self._foreign_facts(item) or self._policy_refusal(item)
+        return self._held_for_another(item) or self._foreign_facts(item) or self._policy_refusal(item)
+
+    def _held_for_another(self, item: WorkItem) -> str | None:
+        """A setup of a device this agent holds set up for another holding (another consumer,
+        or the device under another id), which no cleanup has undone since: the server does not
+        know that holding (its database restored from an older backup, or this agent's state
+        file restored from one), and running the setup would hand the device to the new
+        consumer as the old one has it (a VF on its VLAN, a GPU instance with its memory)."""
+        if item.action != "setup":
+            return None
+        address = item.device.address
+        for dev_id, entry in self.state.state.assigned.items():
+            held = entry.get("device") or {}
+            if held.get("address") != address:
+                continue
+            if dev_id == item.device.id and held.get("consumer") == item.device.consumer:
+                continue  # the same holding's setup, sent again
+            return (
+                f"{address} is still set up for consumer {held.get('consumer')!r} on host "
+                f"{self.config.host} (no cleanup since), not for {item.device.consumer!r}: the server "
+                "has no record of that holding (its database, or this agent's state file, restored "
+                "from an older backup?); the device is cleaned before anyone gets it"
+            )
+        return None
 
     def _foreign_facts(self, item: WorkItem) -> str | None:
         """A cleanup whose facts (the server's copy, when this agent's journal has none) name
@@ -550,6 +575,7 @@ class Agent:
                 as_set_up = item.device.model_dump(mode="json")
                 st.set_up_by[dev_id] = {"handler": handler, "config": item.config, "device": as_set_up}
             return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
+        self._take_over_holding(item)
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
         item = self._as_set_up(item)
         if item.cleared:
@@ -566,6 +592,21 @@ class Agent:
         if isinstance(before, str):
             update["device"] = item.device.model_copy(update={"driver": before})
         return item.model_copy(update=update)
+
+    def _take_over_holding(self, item: WorkItem) -> None:
+        """A cleanup of a device this agent holds set up under another id (the server's
+        database restored from a backup older than the device's row: the host or the device
+        registered again, under new ids) undoes that holding: its records (facts, host driver,
+        the handler that set it up) move to the id the cleanup names."""
+        st, dev_id = self.state.state, item.device.id
+        for other, entry in list(st.assigned.items()):
+            if other == dev_id or (entry.get("device") or {}).get("address") != item.device.address:
+                continue
+            log.warning("%s: cleaning what this agent set up under device id %s", item.device.address, other)
+            st.assigned.pop(other)
+            for records in (st.facts, st.host_drivers, st.set_up_by):
+                if other in records:
+                    records.setdefault(dev_id, records.pop(other))
 
     def _own_device(self, item: WorkItem) -> WorkItem:
         """The item with the device's facts as this agent discovered them, never the server's
