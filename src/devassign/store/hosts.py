@@ -193,14 +193,44 @@ def heartbeat(
         record(conn, at=now, actor=actor, action="host_up", host=name, message=f"host {name} is up")
 
 
+# How far ahead of the sweeping server's clock a recorded time may be before it is taken for
+# one written before that clock stepped back. Replicas' clocks kept by NTP differ by far less;
+# a smaller step delays a silent host's down, or a takeover, by that step at most.
+CLOCK_TOLERANCE = timedelta(seconds=30)
+
+
 def mark_down(conn: sa.Connection, *, now: datetime, down_after: timedelta) -> list[str]:
-    """Record hosts whose reports stopped (by the server's clock) as down; returns their names."""
-    cutoff = now - down_after
+    """Record hosts whose reports stopped (by the server's clock) as down; returns their names.
+
+    A time of hearing from a host (or its agent process) later than ``now`` by more than
+    :data:`CLOCK_TOLERANCE` was written before the server's clock stepped back (or by a replica
+    whose clock is ahead): it says nothing of how long the host has been silent, and left as it
+    is it would keep a dead host up, and its restarted agent refused, until the clock caught up
+    with it (hours, after a step of hours). It is counted from now instead."""
+    cutoff, later = now - down_after, now + CLOCK_TOLERANCE
+    ahead = sa.or_(hosts.c.last_seen_at > later, hosts.c.agent_seen_at > later)
+    silent = sa.and_(hosts.c.marked_down.is_(False), hosts.c.last_seen_at < cutoff)
     rows = conn.execute(
-        sa.select(hosts.c.id, hosts.c.name).where(
-            hosts.c.marked_down.is_(False), hosts.c.last_seen_at < cutoff
-        )
+        sa.select(hosts.c.id, hosts.c.name, silent.label("silent")).where(sa.or_(silent, ahead))
     ).all()
+    if any(not r.silent for r in rows):
+        conn.execute(
+            hosts.update()
+            .where(
+                hosts.c.id.in_(
+                    sa.select(hosts.c.id)
+                    .where(ahead)
+                    .order_by(hosts.c.name)
+                    .with_for_update(key_share=True)  # locked as lock_host does, in the same order
+                    .scalar_subquery()
+                )
+            )
+            .values(
+                last_seen_at=sa.case((hosts.c.last_seen_at > now, now), else_=hosts.c.last_seen_at),
+                agent_seen_at=sa.case((hosts.c.agent_seen_at > now, now), else_=hosts.c.agent_seen_at),
+            )
+        )
+    rows = [r for r in rows if r.silent]
     down = []
     for r in rows:
         # Conditional, so replicas sweeping at once record each host going down once.
