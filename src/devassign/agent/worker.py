@@ -16,7 +16,10 @@ kubernetes #115902): for every item the agent
 
 On start it re-posts results that were journaled but not posted, and re-runs actions that
 were started but never finished (handlers are idempotent) from the journaled item: that copy
-still names the driver the device had before the interrupted setup moved it. No new work runs
+still names the driver the device had before the interrupted setup moved it. It does so only
+while the server still has that round of work (the item's ticket): a state file restored from
+an older backup holds actions of rounds long finished, on devices set up for others since.
+No new work runs
 while an older result is unposted, so results reach the server in the order they happened.
 A ``cleanup ok`` is posted only from a result journaled after ``run_action`` returned ok: an
 interrupted cleanup is run again, never assumed done.
@@ -475,16 +478,60 @@ class Agent:
         return problem is None
 
     def recover(self, done: list[WorkDone] | None = None) -> list[WorkDone]:
-        """After a (re)start: post journaled results, re-run interrupted actions."""
+        """After a (re)start: post journaled results, re-run interrupted actions of the rounds
+        of work the server still has."""
         done = [] if done is None else done
         done.extend(self._post_journaled(replayed=True))
-        for entry in list(self.state.state.journal.values()):
-            if entry.get("phase") == "started":
-                item = WorkItem.model_validate(entry["item"])
-                log.info("re-running the interrupted %s of %s", item.action, item.device.address)
-                done.append(self._run(item, replayed=True, journaled=True))
+        st = self.state.state
+        started = [
+            WorkItem.model_validate(e["item"]) for e in st.journal.values() if e.get("phase") == "started"
+        ]
+        current = self._current_rounds() if started else set()
+        for item in started:
+            if item.ticket and (item.device.id, item.ticket, item.device.consumer) not in current:
+                # The server finished that round long ago: this state file is older than its
+                # records (restored from a backup). Run now, the action would act on a device
+                # that has moved on (set up for another consumer since, with its guest on it).
+                log.warning(
+                    "not re-running the interrupted %s of %s: the server has no work on it in that "
+                    "round (%s) any more (a state file restored from an older backup?)",
+                    item.action,
+                    item.device.address,
+                    item.ticket,
+                )
+                st.journal.pop(item.device.id, None)
+                self.state.save()
+                continue
+            log.info("re-running the interrupted %s of %s", item.action, item.device.address)
+            done.append(self._run(item, replayed=True, journaled=True))
         self._recovered = True
         return done
+
+    def _current_rounds(self) -> set[tuple[str, str, str | None]]:
+        """(device id, ticket, consumer) of each item of the server's work list for this host
+        now (the consumer too: a database restored from a backup gives allocation ids again)."""
+        resp = self.reporter.request("GET", "work")
+        if resp.status_code >= 400:
+            raise WorkRefused(
+                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
+            )
+        body = payload(resp, self.reporter.where)
+        raw = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(raw, list):
+            raise ServerUnavailable(f"{self.reporter.where}: unexpected answer to GET work: not a work list")
+        rounds: set[tuple[str, str, str | None]] = set()
+        for entry in raw:
+            device = entry.get("device") if isinstance(entry, dict) else None
+            if isinstance(device, dict) and isinstance(device.get("id"), str):
+                consumer = device.get("consumer")
+                rounds.add(
+                    (
+                        device["id"],
+                        str(entry.get("ticket") or ""),
+                        consumer if isinstance(consumer, str) else None,
+                    )
+                )
+        return rounds
 
     def _discovered(self, *, fresh: bool = False) -> dict[str, ReportedDevice]:
         """What this agent last discovered and reports (discovered now if never, or ``fresh``)."""
