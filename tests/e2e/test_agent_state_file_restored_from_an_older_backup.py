@@ -85,3 +85,35 @@ def test_an_interrupted_setup_of_the_current_round_still_runs_again(world: World
     done = w.step(agent).work
     assert [(d.action, d.ok, d.replayed) for d in done] == [("setup", True, True)]
     assert device(api)["state"] == "assigned" and w.vf_settings()["vlan"] == 100
+
+
+def test_a_holding_released_since_the_backup_costs_one_refused_setup(world: World) -> None:
+    """The backup has the VF set up for tenant-x, which has released it since: the agent cannot
+    tell that from a server that lost tenant-x, so the next tenant's setup is refused once, the
+    VF is cleaned again, and the claim after that gets it. Nothing stays stuck: checked as held
+    for tenant-x (on vfio-pci, tenant-x's VLAN) the free VF failed every check, so it stayed
+    unhealthy for good and no claim, hence no cleanup, ever came."""
+    w = world
+    api = w.server(w.tmp / "live.db")
+    assert api.post("/v1/resource-types", json=NIC_TYPE).status_code == 201
+    agent = w.agent(api)
+    w.step(agent)
+    claim(api, "tenant-x", vlan=100)
+    w.step(agent)
+    state = w.tmp / "state.json"
+    shutil.copy(state, w.tmp / "state-backup.json")
+    assert api.delete("/v1/allocations/tenant-x").status_code == 204
+    assert [(d.action, d.ok) for d in w.step(agent).work] == [("cleanup", True)]
+
+    shutil.copy(w.tmp / "state-backup.json", state)
+    agent = w.agent(api)
+    w.step(agent)
+    claim(api, "tenant-y", vlan=200)
+    (refused,) = w.step(agent).work
+    assert (refused.action, refused.ok) == ("setup", False) and "tenant-x" in (refused.error or "")
+    assert [(d.action, d.ok) for d in w.step(agent).work] == [("cleanup", True)]
+    assert device(api)["state"] == "available" and not agent.state.state.assigned
+    assert api.delete("/v1/allocations/tenant-y").status_code in (204, 404)
+    claim(api, "tenant-y", vlan=200)
+    assert [(d.action, d.ok) for d in w.step(agent).work] == [("setup", True)]
+    assert device(api)["state"] == "assigned" and w.vf_settings()["vlan"] == 200

@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -321,6 +322,21 @@ class Reporter:
         if self.conflict is not None:
             raise NotTaken(f"no lifecycle work while {self.conflict}")
         return self._send(method, self._url(suffix), body)
+
+    def device_at(self, address: str) -> dict[str, Any] | None:
+        """The server's record of this host's device at ``address`` (``GET /v1/devices``), or
+        ``None`` where it has none; :class:`ServerUnavailable` when it cannot say."""
+        if self.conflict is not None:
+            raise NotTaken(f"no device lookups while {self.conflict}")
+        query = urllib.parse.urlencode({"host": self.config.host, "address": address})
+        resp = self._send("GET", f"{self.config.server}/v1/devices?{query}", None)
+        found = payload(resp, self.where) if resp.status_code < 400 else None
+        if not isinstance(found, list):
+            raise ServerUnavailable(
+                f"{self.where}: cannot read the server's device at {address} ({resp.status_code})"
+            )
+        mine = [d for d in found if isinstance(d, dict) and d.get("address") == address]
+        return mine[0] if mine else None
 
     def _conflict(self, err: dict[str, Any]) -> AgentConflict:
         """The refusal as an exception: its full message the first time, then a short one

@@ -92,6 +92,8 @@ from devassign.schemas import (
 
 log = logging.getLogger(__name__)
 
+# The server's states of a device nobody holds.
+SERVER_FREE = frozenset({DeviceState.AVAILABLE.value, DeviceState.UNHEALTHY.value, DeviceState.REMOVED.value})
 CRASH_ENV = "DEVASSIGN_AGENT_CRASH_AT"
 CRASH_POINTS = ("intent", "handler", "result", "post", "posted")
 WorkAction = Literal["setup", "cleanup"]
@@ -244,6 +246,11 @@ class Agent:
             if dev_id in st.journal:
                 continue  # in flight: its action decides, not a health check half-way through
             result = self._action("health", item)
+            free = False if result.ok else self._free_on_server(item, partitions)
+            if isinstance(free, ActionResult):
+                changed |= self.health.observe(item.device.address, free.ok, free.error)
+            if free is not False:
+                continue
             changed |= self.health.observe(item.device.address, result.ok, result.error, held=True)
         discovered = self._discovered()
         for address, dev in discovered.items():
@@ -261,6 +268,34 @@ class Agent:
         if changed:
             self._need_report = True
         return self.unhealthy
+
+    def _free_on_server(self, item: WorkItem, partitions: HeldPartitions) -> ActionResult | bool:
+        """The device's health as a free device, where a held one fails its check as held but
+        the server has it free (no holding at all, or another device at that address): this
+        agent's record of the holding is one the server does not have (a state file restored
+        from an older backup, whose holding was cleaned since; or a server's database restored
+        from one). Checked as held, it would fail for ever and keep the device ``unhealthy``,
+        with no cleanup ever coming to end the record; checked as free, it can be claimed, and
+        the setup refused while the record lasts (:meth:`_held_for_another`) brings the
+        cleanup that ends it. ``False``: the server holds it too, or cannot say; ``True``: free
+        on the server, but not to be checked now (its type's check is not known yet)."""
+        try:
+            row = self.reporter.device_at(item.device.address)
+        except ServerUnavailable:
+            return False
+        if row is not None and row.get("id") == item.device.id and row.get("state") not in SERVER_FREE:
+            return False
+        dev = self._discovered().get(item.device.address)
+        check = self._checks.get(dev.type) if dev is not None else None
+        if dev is None or check is None:
+            return dev is not None
+        log.warning(
+            "%s fails its check as held for %s, a holding the server does not have: checked as a free device",
+            item.device.address,
+            item.device.consumer,
+        )
+        checked = self._check_free(dev, check, partitions.facts_for(dev))
+        return True if checked is None else checked  # None: its handler is not allowed here
 
     def _check_free(
         self, dev: ReportedDevice, check: HealthCheck, held: dict[str, Any] | None = None
