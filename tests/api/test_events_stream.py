@@ -285,3 +285,31 @@ def test_a_revoked_token_ends_its_stream(
             _claim(client, who["admin"], "vm-p-after", "p", "compute-b")
             assert reader.ended.wait(DEADLINE), "the stream outlived its token"
             assert not any(e["consumer"] == "vm-p-after" for e in reader.events())
+
+
+def test_a_position_past_the_end_of_the_log_follows_the_log_as_it_is(
+    secure_api: TestClient, who: dict[str, dict[str, str]]
+) -> None:
+    """The database restored from an older backup: its event ids start again below the ones a
+    client saw. A client resuming from its position is moved to the end of the log as it is
+    (the stream sends it that position) and gets the events written from then on, not nothing
+    until the ids pass its old position."""
+    _world(secure_api, who)
+    everything = _catch_up(secure_api, who["admin"], after="0")
+    top = everything[-1]["id"]
+    seen = top + 50  # the client saw 50 events the restored log does not have
+    r = secure_api.get(
+        "/v1/events/stream", params={"once": "true"}, headers={**who["admin"], "Last-Event-ID": str(seen)}
+    )
+    assert r.status_code == 200 and parse(r.text) == []
+    (position,) = [line.removeprefix("id: ") for line in r.text.splitlines() if line.startswith("id:")]
+    assert position == str(top)
+    _claim(secure_api, who["admin"], "vm-after-restore", "p", "compute-a")
+    resumed = _catch_up(secure_api, {**who["admin"], "Last-Event-ID": position})
+    assert resumed and any(e["consumer"] == "vm-after-restore" for e in resumed)
+    # A position at the end of the log is kept as it was: no position line.
+    newest = str(resumed[-1]["id"])
+    r = secure_api.get(
+        "/v1/events/stream", params={"once": "true"}, headers={**who["admin"], "Last-Event-ID": newest}
+    )
+    assert r.status_code == 200 and not [line for line in r.text.splitlines() if line.startswith("id:")]

@@ -241,20 +241,30 @@ async def respond(
     # Read once before answering: a filter outside the caller's scope is a 403 now, not a
     # broken stream; without a position the stream starts after the newest event.
     newest = await run_in_threadpool(fetch, None, 1)
+    moved = False
     if start is None:
         start = Cursor(newest[0].id if newest else 0)
+    else:
+        top = await run_in_threadpool(store.newest_event_id)
+        if start.last > top:
+            # A position past the end of the log: the database was restored from a backup
+            # older than the events the client saw, and gives their ids again. From the end of
+            # the log as it is (sent as the client's position), or the client would miss every
+            # event until the ids passed its position.
+            start, moved = Cursor(top), True
     return StreamingResponse(
-        _events(request, start, fetch, committed, once=once),
+        _events(request, start, fetch, committed, once=once, moved=moved),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _events(
-    request: Request, cursor: Cursor, fetch: Any, committed: Any, *, once: bool
+    request: Request, cursor: Cursor, fetch: Any, committed: Any, *, once: bool, moved: bool = False
 ) -> AsyncIterator[str]:
     app = request.app
-    yield f"retry: {RETRY_MS}\n: events after {cursor.last}\n\n"
+    position = f"id: {cursor.token()}\n" if moved else ""  # an EventSource takes it as its own
+    yield f"retry: {RETRY_MS}\n{position}: events after {cursor.last}\n\n"
     quiet_since = time.monotonic()
     while True:
         # A token revoked while its stream is open stops it, as it stops every other call

@@ -402,6 +402,9 @@ class Store:
     def event_ids_in(self, lo: int, hi: int) -> list[int]:
         return self.db.reading(lambda c: events.event_ids_in(c, lo, hi))
 
+    def newest_event_id(self) -> int:
+        return self.db.reading(events.newest_event_id)
+
     def list_events(self, **filters: object) -> list[schemas.Event]:
         return self.db.reading(lambda c: events.list_events(c, **filters))  # type: ignore[arg-type]
 

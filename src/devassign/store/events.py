@@ -99,6 +99,11 @@ def event_ids_in(conn: sa.Connection, lo: int, hi: int) -> list[int]:
     return list(conn.execute(q).scalars())
 
 
+def newest_event_id(conn: sa.Connection) -> int:
+    """The highest event id in the log, in any scope (0 when it is empty)."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())
+
+
 def list_events(
     conn: sa.Connection,
     *,
