@@ -453,11 +453,23 @@ class Agent:
             consumer = item.device.consumer
             if item.action == "setup" and consumer is not None and consumer in failed:
                 continue  # the server released the allocation; its devices come back as cleanups
+            self._heartbeat_if_due()
             result = self._run(item, replayed=False)
             done.append(result)
             if item.action == "setup" and not result.ok and consumer is not None:
                 failed.add(consumer)
         return done
+
+    def _heartbeat_if_due(self) -> None:
+        """A heartbeat between two items of a work pass, when one is due: a pass of slow
+        handlers (MIG instances, commands: up to a minute each) takes minutes, and without it
+        the server marked the host down while its agent was busy with the host's own work."""
+        now = self.clock()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.config.heartbeat_interval
+        if not self.reporter.heartbeat():
+            self._need_report = True
 
     def _read_items(self, body: Any, done: list[WorkDone]) -> list[WorkItem]:
         """The work list's items, each read on its own: one this agent cannot read (a device
