@@ -184,7 +184,7 @@ class Agent:
         self._checks: dict[str, HealthCheck] = {}  # type -> how its free devices are checked
         self._next_health = 0.0
         self._handlers: dict[str, Handler] = {}
-        self.watchdog = Watchdog(config.lifecycle.action_timeout)
+        self.watchdog = Watchdog(config.lifecycle.action_timeout, tick=self._heartbeat_while_busy)
         self._reported: dict[str, ReportedDevice] | None = None  # address -> last discovered
         self._recovered = False
         self._need_report = True
@@ -459,6 +459,15 @@ class Agent:
             if item.action == "setup" and not result.ok and consumer is not None:
                 failed.add(consumer)
         return done
+
+    def _heartbeat_while_busy(self) -> None:
+        """The watchdog's tick while one handler action runs (a ``command`` or ``mig`` setup may
+        take minutes): a heartbeat when one is due; a server that does not answer is the
+        action's business no more than before, so it is only logged."""
+        try:
+            self._heartbeat_if_due()
+        except Exception as exc:  # never fail the action for a heartbeat
+            log.debug("heartbeat during a handler action failed: %s", exc)
 
     def _heartbeat_if_due(self) -> None:
         """A heartbeat between two items of a work pass, when one is due: a pass of slow

@@ -89,9 +89,19 @@ class Watchdog:
     device fails at once without touching it, since two actions on one device would race.
     """
 
-    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        tick: Callable[[], None] | None = None,
+        tick_every: float = 5.0,
+    ) -> None:
         self.timeout = timeout
         self.clock = clock
+        # Called every ``tick_every`` seconds while an action runs (the agent's heartbeat, so a
+        # long action does not get its host marked down); it must not raise.
+        self.tick = tick
+        self.tick_every = tick_every
         self._running: dict[str, _Running] = {}
 
     def stuck(self) -> dict[str, str]:
@@ -123,7 +133,11 @@ class Watchdog:
         thread = threading.Thread(target=target, name=f"devassign {action} {address}", daemon=True)
         since = self.clock()
         thread.start()
-        thread.join(limit)
+        deadline = time.monotonic() + limit
+        while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            thread.join(min(left, self.tick_every))
+            if thread.is_alive() and self.tick is not None:
+                self.tick()
         if not thread.is_alive():
             return box[0] if box else ActionResult(False, f"{action} of {address} ended without a result")
         self._running[address] = _Running(action, since, thread)

@@ -71,7 +71,7 @@ class LifecyclePolicy:
 
     handlers: frozenset[str] = frozenset(BUILTIN_HANDLERS)
     commands: tuple[str, ...] = ()
-    action_timeout: float = 300.0
+    action_timeout: float = 120.0
 
     def refusal(self, handler: str, config: TypeConfig, *, host: str, source: str) -> str | None:
         """Why a work item for ``handler`` with this type ``config`` must not run, or ``None``."""

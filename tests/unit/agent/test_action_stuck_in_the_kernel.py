@@ -9,6 +9,7 @@ work goes on, and the stuck device is left alone until its action returns.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -130,4 +131,30 @@ def test_action_timeout_is_checked(value: Any) -> None:
 def test_action_timeout_is_read() -> None:
     config = parse_config({"host": "h", "lifecycle": {"action_timeout": 45}}, source="agent.toml")
     assert config.lifecycle.action_timeout == 45
-    assert parse_config({"host": "h"}, source="agent.toml").lifecycle.action_timeout == 300
+    assert parse_config({"host": "h"}, source="agent.toml").lifecycle.action_timeout == 120
+
+
+def test_the_watchdog_ticks_while_an_action_runs() -> None:
+    ticks: list[float] = []
+    gate = threading.Event()
+    dog = Watchdog(5, tick=lambda: ticks.append(1), tick_every=0.02)
+
+    def slow() -> ActionResult:
+        gate.wait(0.3)
+        return ActionResult(True)
+
+    assert dog.run("a", "setup", slow).ok
+    assert len(ticks) >= 2
+
+
+def test_the_agent_heartbeats_while_a_long_action_runs(world: World) -> None:  # noqa: F811
+    blocking = Blocking(load_handler("sriov_vf"), "setup", world.vfs[0])
+    agent = _agent(world, blocking)
+    agent.watchdog.tick_every = 0.05
+    world.server.claim("d0")
+    beats = world.server.heartbeats
+    agent._next_heartbeat = time.monotonic() + 0.2  # due during the action, not before it
+    threading.Timer(0.5, blocking.gate.set).start()
+    (done,) = agent.work()
+    assert done.ok and done.state == "assigned"  # under its timeout (1 s): it finished
+    assert world.server.heartbeats > beats
