@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devassign.domain import DeviceKind
-from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, VGPU_HELD
+from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, VGPU_HELD, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
 from devassign.schemas import ReportedDevice
 
@@ -49,7 +49,7 @@ class HeldPartitions:
                 vfs.add(str(d.get("parent")))
         return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs))
 
-    def facts_for(self, dev: ReportedDevice) -> dict[str, Any]:
+    def facts_for(self, dev: ReportedDevice | LifecycleDevice) -> dict[str, Any]:
         if dev.kind is DeviceKind.MIG:
             return {MIG_HELD: self.mig.get(dev.parent or "", [])}
         if dev.kind is DeviceKind.MDEV_TYPE:

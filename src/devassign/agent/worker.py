@@ -233,12 +233,7 @@ class Agent:
         st = self.state.state
         in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
         busy = {str(d.get("address")) for d in in_flight}
-        # Set up and not cleaned yet counts too: a partition a released slot's setup made, or a
-        # failed cleanup left, is this agent's own (kept from claims while the slot is cleaning
-        # or quarantined), not one made by hand.
-        mine = [*st.assigned.values(), *st.set_up_by.values()]
-        held = [*in_flight, *((e.get("device") or {}) for e in mine)]
-        partitions = HeldPartitions.of(held, st.facts)
+        partitions = self._held_partitions()
         changed = False
         for dev_id, entry in list(st.assigned.items()):
             item = WorkItem.model_validate(entry)
@@ -821,10 +816,23 @@ class Agent:
             return WorkDone(dev_id, address, item.action, False, "not postable", replayed=replayed)
         return posted[0]
 
+    def _held_partitions(self) -> HeldPartitions:
+        """The GPU partitions this agent holds: assigned, with an action in flight, or set up
+        and not cleaned yet (a partition a released slot's setup made, or a failed cleanup
+        left, is this agent's own, kept from claims while its slot is cleaning or quarantined,
+        not one made by hand)."""
+        st = self.state.state
+        in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
+        mine = [*st.assigned.values(), *st.set_up_by.values()]
+        return HeldPartitions.of([*in_flight, *((e.get("device") or {}) for e in mine)], st.facts)
+
     def _check_cleaned(self, item: WorkItem) -> None:
         """The health check right after a cleanup: its verdict goes with the cleanup's result,
-        so a device that fails it is unhealthy on the server, never available."""
-        device = replace(self._device(item), consumer=None)
+        so a device that fails it is unhealthy on the server, never available. A slot is told
+        the partitions this agent holds beside it, as in :meth:`check_health`."""
+        device = self._device(item)
+        held = self._held_partitions().facts_for(device)
+        device = replace(device, consumer=None, facts={**device.facts, **held})
         result = self._bounded("health", device, item.config, item.handler)
         if not result.details.get("refused"):
             self.health.observe(device.address, result.ok, result.error, cleaned=True)
