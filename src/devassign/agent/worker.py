@@ -675,6 +675,13 @@ class Agent:
             return item.model_copy(update={"facts": dict(st.facts.get(dev_id, {}))})
         self._take_over_holding(item)
         st.assigned.pop(dev_id, None)  # released: no more health checks as assigned
+        own = st.facts.get(dev_id)
+        setup = st.set_up_by.get(dev_id)
+        if setup and own and item.facts and item.facts != own:
+            # The server's copy of the setup's facts is another setup's than this agent's
+            # record (a state file restored from a backup older than the holding): the consumer
+            # that record names is not the one this holding was set up for (:meth:`_device`).
+            setup.pop("device", None)
         item = self._as_set_up(item)
         if item.cleared:
             # Looked at before its pre-setup driver is forgotten: a device a ``driver`` rule
@@ -758,9 +765,18 @@ class Agent:
         )
 
     def _device(self, item: WorkItem) -> LifecycleDevice:
-        return LifecycleDevice.from_schema(
+        """The device as a handler gets it. A cleanup's names the consumer its setup ran for
+        (what it made is named after that one: an mdev's UUID), where the item names another:
+        a move's target is set up for the move's own consumer and cleaned as the moved one's,
+        and a holding the server lost is cleaned as the release of a refused claim."""
+        device = LifecycleDevice.from_schema(
             item.device, params=item.params, facts=item.facts, companions=frozenset(item.companions)
         )
+        setup = self.state.state.set_up_by.get(item.device.id) or {}
+        holder = (setup.get("device") or {}).get("consumer")
+        if item.action == "cleanup" and isinstance(holder, str) and holder != device.consumer:
+            device = replace(device, consumer=holder)
+        return device
 
     def _run(self, item: WorkItem, *, replayed: bool, journaled: bool = False) -> WorkDone:
         st = self.state.state
