@@ -72,6 +72,10 @@ def test_a_moved_consumers_mdev_is_removed_by_its_cleanup(tmp_path: Path, api: T
     assert len(_mdevs(two)) == 1
     assert api.post("/v1/allocations/vm-30/moves/commit").status_code == 200
     assert [(w.action, w.ok) for w in _step(one, clock).work] == [("cleanup", True)]
+    # The guest's XML names the mdev the target's agent made (for the move's own consumer).
+    xml = api.get("/v1/allocations/vm-30/libvirt")
+    assert xml.status_code == 200, xml.text
+    assert _mdevs(two)[0] in xml.text
 
     assert api.delete("/v1/allocations/vm-30").status_code == 204
     done = _step(two, clock).work

@@ -30,7 +30,7 @@ from devassign.store.claims import release
 from devassign.store.events import record
 from devassign.store.hosts import device_model, device_query
 from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
-from devassign.store.schema import allocation_items, allocations, devices, hosts, resource_types
+from devassign.store.schema import allocation_items, allocations, devices, hosts, moves, resource_types
 
 # Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
 CLEARED = "devassign:cleared"
@@ -487,7 +487,11 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
 def allocation_devices(
     conn: sa.Connection, consumer: str
 ) -> list[tuple[schemas.Device, dict[str, Any], dict[str, Any]]]:
-    """The consumer's live devices with their setup params and facts (for the libvirt XML)."""
+    """The consumer's live devices with their setup params and facts (for the libvirt XML).
+
+    Each device names the consumer it was set up for: the allocation of a committed move was
+    set up for the move's own consumer, and what the setup made is named after that one (an
+    mdev's UUID), not after the consumer that holds it now."""
     alloc = conn.execute(
         sa.select(allocations.c.id, allocations.c.request).where(
             allocations.c.consumer == consumer, allocations.c.released_at.is_(None)
@@ -504,7 +508,13 @@ def allocation_devices(
         .where(allocation_items.c.allocation_id == alloc.id)
         .order_by(devices.c.address)
     )
-    return [
-        (device_model(r), _params_for(alloc.request, r.request_name, r.type_params), _recorded(r.facts))
-        for r in conn.execute(q)
-    ]
+    set_up_for = conn.execute(
+        sa.select(moves.c.target_consumer).where(moves.c.target_allocation_id == alloc.id).limit(1)
+    ).scalar()
+    out = []
+    for r in conn.execute(q):
+        device = device_model(r)
+        if set_up_for is not None:
+            device = device.model_copy(update={"consumer": set_up_for})
+        out.append((device, _params_for(alloc.request, r.request_name, r.type_params), _recorded(r.facts)))
+    return out
