@@ -463,6 +463,7 @@ class Agent:
             self._heartbeat_if_due()
         except Exception as exc:  # never fail the action for a heartbeat
             log.debug("heartbeat during a handler action failed: %s", exc)
+            self._need_report = True  # as after any outage: a full report next
 
     def _heartbeat_if_due(self) -> None:
         """A heartbeat between two items of a work pass, when one is due: a pass of slow
