@@ -15,7 +15,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from devassign.agent.worker import Agent
 from tests.e2e.test_database_restored_from_an_older_backup import NIC_TYPE, World, claim, device
 
 
@@ -33,17 +35,29 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield World(tmp_path, stack)
 
 
-def test_an_interrupted_setup_of_an_old_round_is_not_run_again(world: World) -> None:
-    w = world
+def _started(w: World) -> tuple[TestClient, Agent]:
+    """A live server with the NIC type, and the host's agent after its first step."""
     api = w.server(w.tmp / "live.db")
     assert api.post("/v1/resource-types", json=NIC_TYPE).status_code == 201
     agent = w.agent(api)
     w.step(agent)
+    return api, agent
+
+
+def _crashed_in_tenant_x_setup(w: World) -> TestClient:
+    """As :func:`_started`, then tenant-x's claim, whose setup the agent dies in (journaled)."""
+    api, agent = _started(w)
     claim(api, "tenant-x", vlan=100)
     agent.crash_at, agent.on_crash = "intent:setup", _crash
     w.agent_clock.now += 2
     with pytest.raises(Crash):
         agent.step()
+    return api
+
+
+def test_an_interrupted_setup_of_an_old_round_is_not_run_again(world: World) -> None:
+    w = world
+    api = _crashed_in_tenant_x_setup(w)
     state = w.tmp / "state.json"
     (entry,) = json.loads(state.read_text())["journal"].values()
     assert (entry["action"], entry["phase"]) == ("setup", "started")
@@ -72,15 +86,7 @@ def test_an_interrupted_setup_of_an_old_round_is_not_run_again(world: World) -> 
 def test_an_interrupted_setup_of_the_current_round_still_runs_again(world: World) -> None:
     """The ordinary crash: the server still has the setup to do, so the journaled one runs."""
     w = world
-    api = w.server(w.tmp / "live.db")
-    assert api.post("/v1/resource-types", json=NIC_TYPE).status_code == 201
-    agent = w.agent(api)
-    w.step(agent)
-    claim(api, "tenant-x", vlan=100)
-    agent.crash_at, agent.on_crash = "intent:setup", _crash
-    w.agent_clock.now += 2
-    with pytest.raises(Crash):
-        agent.step()
+    api = _crashed_in_tenant_x_setup(w)
     agent = w.agent(api)
     done = w.step(agent).work
     assert [(d.action, d.ok, d.replayed) for d in done] == [("setup", True, True)]
@@ -94,10 +100,7 @@ def test_a_holding_released_since_the_backup_costs_one_refused_setup(world: Worl
     for tenant-x (on vfio-pci, tenant-x's VLAN) the free VF failed every check, so it stayed
     unhealthy for good and no claim, hence no cleanup, ever came."""
     w = world
-    api = w.server(w.tmp / "live.db")
-    assert api.post("/v1/resource-types", json=NIC_TYPE).status_code == 201
-    agent = w.agent(api)
-    w.step(agent)
+    api, agent = _started(w)
     claim(api, "tenant-x", vlan=100)
     w.step(agent)
     state = w.tmp / "state.json"

@@ -27,9 +27,8 @@ from tests.fixtures.sysfs import host
 GPU = "0000:3b:00.0"
 
 
-def test_a_slot_released_during_its_setup_leaves_the_slots_it_overlaps_healthy(
-    tmp_path: Path, api: TestClient
-) -> None:
+def _a100_with_a_1g_claimed(tmp_path: Path, api: TestClient) -> tuple[Agent, Clock, FakeNvidiaSmi, Any]:
+    """An A100 whose 1g and 7g slots an agent reports, and a claim of a 1g slot (not set up yet)."""
     h = host(tmp_path / "sys", vfio=True)
     h.pci(GPU, "10de", "20b2", cls="030200", numa=0, iommu_group=12, driver="nvidia")
     smi = FakeNvidiaSmi(tmp_path / "smi.json", {GPU: "20b2"})
@@ -57,6 +56,13 @@ def test_a_slot_released_during_its_setup_leaves_the_slots_it_overlaps_healthy(
         "/v1/claims", json={"consumer": "job-1", "extra_specs": {"hardware_resource:MIG_1G": "1"}}
     )
     assert made.status_code == 201, made.text
+    return agent, clock, smi, made
+
+
+def test_a_slot_released_during_its_setup_leaves_the_slots_it_overlaps_healthy(
+    tmp_path: Path, api: TestClient
+) -> None:
+    agent, clock, smi, _ = _a100_with_a_1g_claimed(tmp_path, api)
 
     real = Agent._action
 
@@ -91,33 +97,7 @@ def test_a_slot_whose_cleanup_failed_leaves_the_slots_it_overlaps_healthy(
     """A cleanup that cannot destroy the instance (processes still on the GPU) quarantines the
     slot; its instance is still the agent's own, so the slots it overlaps stay healthy (the
     quarantined slot keeps them from claims), and all are available once it is cleaned."""
-    h = host(tmp_path / "sys", vfio=True)
-    h.pci(GPU, "10de", "20b2", cls="030200", numa=0, iommu_group=12, driver="nvidia")
-    smi = FakeNvidiaSmi(tmp_path / "smi.json", {GPU: "20b2"})
-    for name in ("MIG_1G", "MIG_7G"):
-        assert api.post("/v1/resource-types", json={"name": name, "description": name}).status_code == 201
-    rules: list[dict[str, Any]] = [
-        {"type": "MIG_1G", "match": {"mig_profile": "1g.10gb"}},
-        {"type": "MIG_7G", "match": {"mig_profile": "7g.80gb"}},
-    ]
-    config = parse_config(
-        {
-            "host": "a100-1",
-            "device": rules,
-            "state_file": str(tmp_path / "state.json"),
-            "health_interval": 60,
-            "health_passes": 3,
-        }
-    )
-    clock = Clock()
-    agent = in_process_agent(
-        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
-    )
-    assert not agent.step().errors
-    made = api.post(
-        "/v1/claims", json={"consumer": "job-1", "extra_specs": {"hardware_resource:MIG_1G": "1"}}
-    )
-    assert made.status_code == 201, made.text
+    agent, clock, smi, made = _a100_with_a_1g_claimed(tmp_path, api)
     slot = made.json()["devices"][0]
     clock.now += 2
     assert [w.ok for w in agent.step().work] == [True]

@@ -26,13 +26,10 @@ from typing import Any
 from devassign.agent.model import FoundDevice
 from devassign.domain import DeviceKind, ascii_digits, vgpu_address
 from devassign.hostio import Sysfs
+from devassign.lifecycle.handlers.nvidia_vgpu import CREATABLE, CURRENT, creatable
 
 log = logging.getLogger(__name__)
 
-CREATABLE = "nvidia/creatable_vgpu_types"
-CURRENT = "nvidia/current_vgpu_type"
-# [0-9], not \d: \d also takes other scripts' digits.
-_LINE_RE = re.compile(r"^\s*([0-9]{1,9})\s*:\s*(\S.{0,127}?)\s*$")
 _SIZE_RE = re.compile(r"-([0-9]{1,4})([A-Z]{1,2})$")
 _MIG_BACKED_RE = re.compile(r"-[0-9]+-[0-9]+[A-Z]{1,2}$")
 
@@ -41,16 +38,6 @@ def is_mig_backed(name: str) -> bool:
     """Whether a vGPU type (``NVIDIA H100-1-10C``, mdev ``GRID A100D-1-10C``) runs in a MIG GPU
     instance: a partition of MIG slices, not of time."""
     return _MIG_BACKED_RE.search(name.strip()) is not None
-
-
-def creatable(text: str | None) -> dict[int, str]:
-    """``{type id: name}`` from a ``creatable_vgpu_types`` file (a header line is skipped)."""
-    out: dict[int, str] = {}
-    for line in (text or "").splitlines():
-        m = _LINE_RE.match(line)
-        if m:
-            out[int(m.group(1))] = m.group(2)
-    return out
 
 
 def framebuffer_mb(name: str) -> int | None:

@@ -231,8 +231,7 @@ class Agent:
             return self.unhealthy
         self._next_health = now + self.config.health_interval
         st = self.state.state
-        in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
-        busy = {str(d.get("address")) for d in in_flight}
+        busy = {str(d.get("address")) for d in self._in_flight()}
         partitions = self._held_partitions()
         changed = False
         for dev_id, entry in list(st.assigned.items()):
@@ -351,11 +350,8 @@ class Agent:
         self._next_heartbeat = min(self._next_heartbeat, now + self.config.heartbeat_interval)
         self._next_report = min(self._next_report, now + 1.1 * self.config.report_interval)
         try:
-            if not self._need_report and now >= self._next_heartbeat and now < self._next_report:
-                out.heartbeat = True
-                self._next_heartbeat = now + self.config.heartbeat_interval
-                if not self.reporter.heartbeat():
-                    self._need_report = True
+            if not self._need_report and now < self._next_report:
+                out.heartbeat = self._heartbeat_if_due()
             if self._need_report or now >= self._next_report:
                 out.report = self.report()
             self.check_health()
@@ -431,12 +427,7 @@ class Agent:
             self.recover(done)
         else:
             done.extend(self._post_journaled(replayed=False))
-        resp = self.reporter.request("GET", "work")
-        if resp.status_code >= 400:
-            raise WorkRefused(
-                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
-            )
-        items = [i for i in self._read_items(payload(resp, self.reporter.where), done) if self._answerable(i)]
+        items = [i for i in self._read_items(self._work_list(), done) if self._answerable(i)]
         if any(i.action == "setup" for i in items):
             # What the host uses now, not at the last report (up to report_interval ago): a NIC
             # that took the default route since must not be handed to vfio-pci.
@@ -465,16 +456,27 @@ class Agent:
             log.debug("heartbeat during a handler action failed: %s", exc)
             self._need_report = True  # as after any outage: a full report next
 
-    def _heartbeat_if_due(self) -> None:
-        """A heartbeat between two items of a work pass, when one is due: a pass of slow
-        handlers (MIG instances, commands: up to a minute each) takes minutes, and without it
-        the server marked the host down while its agent was busy with the host's own work."""
+    def _heartbeat_if_due(self) -> bool:
+        """A heartbeat when one is due (whether one was sent): at a step, and also between two
+        items of a work pass and while one handler runs, since a pass of slow handlers (MIG
+        instances, commands: up to a minute each) takes minutes, and without them the server
+        marked the host down while its agent was busy with the host's own work."""
         now = self.clock()
         if now < self._next_heartbeat:
-            return
+            return False
         self._next_heartbeat = now + self.config.heartbeat_interval
         if not self.reporter.heartbeat():
             self._need_report = True
+        return True
+
+    def _work_list(self) -> Any:
+        """The server's work list for this host (``GET work``), as it sent it."""
+        resp = self.reporter.request("GET", "work")
+        if resp.status_code >= 400:
+            raise WorkRefused(
+                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
+            )
+        return payload(resp, self.reporter.where)
 
     def _read_items(self, body: Any, done: list[WorkDone]) -> list[WorkItem]:
         """The work list's items, each read on its own: one this agent cannot read (a device
@@ -562,12 +564,7 @@ class Agent:
     def _current_rounds(self) -> set[tuple[str, str, str | None]]:
         """(device id, ticket, consumer) of each item of the server's work list for this host
         now (the consumer too: a database restored from a backup gives allocation ids again)."""
-        resp = self.reporter.request("GET", "work")
-        if resp.status_code >= 400:
-            raise WorkRefused(
-                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
-            )
-        body = payload(resp, self.reporter.where)
+        body = self._work_list()
         raw = body.get("items") if isinstance(body, dict) else None
         if not isinstance(raw, list):
             raise ServerUnavailable(f"{self.reporter.where}: unexpected answer to GET work: not a work list")
@@ -839,9 +836,12 @@ class Agent:
         left, is this agent's own, kept from claims while its slot is cleaning or quarantined,
         not one made by hand)."""
         st = self.state.state
-        in_flight = [(e.get("item") or {}).get("device") or {} for e in st.journal.values()]
         mine = [*st.assigned.values(), *st.set_up_by.values()]
-        return HeldPartitions.of([*in_flight, *((e.get("device") or {}) for e in mine)], st.facts)
+        return HeldPartitions.of([*self._in_flight(), *((e.get("device") or {}) for e in mine)], st.facts)
+
+    def _in_flight(self) -> list[dict[str, Any]]:
+        """The devices of the journal's actions (started or done, not yet posted), as sent."""
+        return [(e.get("item") or {}).get("device") or {} for e in self.state.state.journal.values()]
 
     def _check_cleaned(self, item: WorkItem) -> None:
         """The health check right after a cleanup: its verdict goes with the cleanup's result,

@@ -255,16 +255,17 @@ def server(
             err=True,
             bold=True,
         )
+    # The same HTTP serving for one process and for several.
+    serving: dict[str, Any] = {
+        "host": bind,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "forwarded_allow_ips": forwarded_allow_ips,
+        "timeout_keep_alive": keep_alive,
+    }
     if workers == 1:
-        uvicorn.run(
-            application,
-            host=bind,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            forwarded_allow_ips=forwarded_allow_ips,
-            timeout_keep_alive=keep_alive,
-        )
+        uvicorn.run(application, **serving)
         return
     # Several processes: each builds its own app from the same settings (the schema is migrated).
     os.environ[SETTINGS_ENV] = settings_to_env(replace(settings, migrate=False))
@@ -275,17 +276,7 @@ def server(
         made = tempfile.mkdtemp(prefix="devassign-metrics-")
         os.environ[MULTIPROC_DIR_ENV] = made
     try:
-        uvicorn.run(
-            "devassign.server.app:app_from_env",
-            factory=True,
-            workers=workers,
-            host=bind,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            forwarded_allow_ips=forwarded_allow_ips,
-            timeout_keep_alive=keep_alive,
-        )
+        uvicorn.run("devassign.server.app:app_from_env", factory=True, workers=workers, **serving)
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)

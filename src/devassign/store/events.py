@@ -76,9 +76,7 @@ def prune(conn: sa.Connection, *, before: datetime, batch: int) -> int:
     ``before`` (a server whose clock ran ahead wrote it; it only delays the rest), and never
     takes the newest event, so SQLite never gives its id out again.
     """
-    newest = conn.execute(sa.select(sa.func.max(events.c.id))).scalar()
-    if newest is None:
-        return 0
+    newest = newest_event_id(conn)
     oldest = conn.execute(
         sa.select(events.c.id, events.c.at).where(events.c.id < newest).order_by(events.c.id).limit(batch)
     ).all()

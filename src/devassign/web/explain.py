@@ -59,13 +59,6 @@ def form(specs: str, hosts: str, *, operator: bool = True) -> Html:
     )
 
 
-def _lacking(funnel: Mapping[str, int]) -> str:
-    """The SQL pre-filter's removals, which explain "0 hosts considered", in the words of the
-    CLI and of a refused claim: the funnel's ``tainted_T``, ``partitioned_T`` and
-    ``unhealthy_T`` are some of its ``lacking_T`` hosts, not more of them."""
-    return funnel_sentence(funnel)
-
-
 def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, str] | None = None) -> Html:
     """The placer's explanation: verdict, per-filter counts, each host's reason, the best placements.
 
@@ -75,8 +68,11 @@ def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, 
     fits = bool(found.get("fits"))
     funnel_counts: dict[str, int] = dict(found.get("funnel") or {})
     sentence = ("It fits: " if fits else "It does not fit: ") + str(found.get("summary", ""))
-    if not fits and _lacking(funnel_counts):
-        sentence += f"; before scheduling: {_lacking(funnel_counts)}"
+    # The SQL pre-filter's removals, which explain "0 hosts considered", in the words of the
+    # CLI and of a refused claim (its tainted_T and partitioned_T hosts are some of lacking_T).
+    before = "" if fits else funnel_sentence(funnel_counts)
+    if before:
+        sentence += f"; before scheduling: {before}"
     verdict = tag("div", sentence, class_="ok" if fits else "error")
     removed = table(
         ("filter", "hosts removed"),

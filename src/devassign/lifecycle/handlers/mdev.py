@@ -154,8 +154,9 @@ def _taken_by_others(device: LifecycleDevice, sysfs: Sysfs, parent: str, mtype: 
     if not others:
         return None
     text = sysfs.read(f"{types}/{mtype}/available_instances")
-    if text is None or not ascii_digits(text.strip()):
+    if text is None or not ascii_digits(text):
         return None
+    available = int(text)
     _, _, index = parse_slot(device.address)
     held_below = 0
     for address in slots:
@@ -164,11 +165,11 @@ def _taken_by_others(device: LifecycleDevice, sysfs: Sysfs, parent: str, mtype: 
         except HandlerError:
             continue
         held_below += p == parent and t == mtype and i < index
-    if index - held_below < int(text.strip()):
+    if index - held_below < available:
         return None
     uid, t = others[0]
     more = f" and {len(others) - 1} more" if len(others) > 1 else ""
     return (
         f"mdev {uid} ({t}){more} on {parent} is none of this agent's (made by hand?), and {parent} "
-        f"can create only {int(text.strip())} more {mtype}: destroy it, or this slot stays out of service"
+        f"can create only {available} more {mtype}: destroy it, or this slot stays out of service"
     )

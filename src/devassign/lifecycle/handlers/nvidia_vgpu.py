@@ -10,6 +10,8 @@ a cleanup of a VF without a type does nothing.
 
 from __future__ import annotations
 
+import re
+
 from devassign.lifecycle.base import (
     LEFTOVER,
     VGPU_HELD,
@@ -24,6 +26,20 @@ from devassign.lifecycle.handlers.pci import refuse_if_held
 from devassign.lifecycle.host import HostOps
 
 CURRENT = "nvidia/current_vgpu_type"
+CREATABLE = "nvidia/creatable_vgpu_types"
+# [0-9], not \d: \d also takes other scripts' digits.
+_LINE_RE = re.compile(r"^\s*([0-9]{1,9})\s*:\s*(\S.{0,127}?)\s*$")
+
+
+def creatable(text: str | None) -> dict[int, str]:
+    """``{type id: name}`` from a VF's ``creatable_vgpu_types`` (a header line is skipped): the
+    types it can take now (discovery reads it, and a free slot's health check)."""
+    out: dict[int, str] = {}
+    for line in (text or "").splitlines():
+        m = _LINE_RE.match(line)
+        if m:
+            out[int(m.group(1))] = m.group(2)
+    return out
 
 
 def _vf_and_type(device: LifecycleDevice) -> tuple[str, int]:
@@ -128,8 +144,7 @@ def _taken_by_others(device: LifecycleDevice, ops: HostOps, vf: str, tid: int) -
             others.append(f"VF {sibling} runs vGPU type {int(runs)}")
     if not others:
         return None
-    creatable = ops.sysfs.read(f"{pci_dir(vf)}/nvidia/creatable_vgpu_types") or ""
-    if any(line.split(":")[0].strip() == str(tid) for line in creatable.splitlines() if ":" in line):
+    if tid in creatable(ops.sysfs.read(f"{pci_dir(vf)}/{CREATABLE}")):
         return None
     return (
         f"{'; '.join(others[:3])}, which none of this agent's devices set (set by hand?), and VF {vf} "
