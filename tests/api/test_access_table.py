@@ -70,6 +70,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/allocations/{consumer}/libvirt"): "LLLOHOHOD",
     ("POST", "/v1/allocations/{consumer}/moves"): "LLLOHDDOD",
     ("GET", "/v1/allocations/{consumer}/moves"): "LLLOHDDOD",
+    ("GET", "/v1/allocations/{consumer}/moves/libvirt"): "LLLOHDDOD",
     ("POST", "/v1/allocations/{consumer}/moves/commit"): "LLLOHDDOD",
     ("POST", "/v1/allocations/{consumer}/moves/abort"): "LLLOHDDOD",
     ("GET", "/v1/events"): "LLLOOOOOD",
@@ -276,6 +277,11 @@ def test_route_answers_each_caller_as_the_table_says(
 ) -> None:
     world = _build(secure_api, store)
     method, path = key
+    if key == ("GET", "/v1/allocations/{consumer}/moves/libvirt"):
+        # the XML of a pending move's target: start one
+        admin = {"Authorization": f"Bearer {world.secrets['admin']}"}
+        r = world.client.post("/v1/allocations/cons-p/moves", json={"host": "compute-b"}, headers=admin)
+        assert r.status_code == 201, r.text
     got = "".join(_outcome(method, *_call(world, method, path, c)) for c in CALLERS)
     want = EXPECTED[key]
     # A write allowed to several callers may find the first one's change (e.g. a release done

@@ -40,6 +40,12 @@ def test_move_start_show_commit_abort_through_the_cli(db_url: str, tmp_path: Pat
         assert shown["state"] == "pending" and len(shown["device_map"]) == 1
         again = cli("move", "start", "vm-1", "--to", "dst", env=env, check=False)
         assert again.returncode != 0 and "already moving to dst" in again.stderr
+        # The destination's XML names the target device's address, not the source's.
+        target = shown["device_map"][0]
+        xml = cli("move", "xml", "vm-1", env=env).stdout
+        slot, function = target["target_address"].rsplit(":", 1)[1].split(".")
+        assert f'slot="0x{slot}" function="0x{function}"' in xml, xml
+        assert "<hostdev" in xml or "<interface" in xml
         early = cli("move", "commit", "vm-1", env=env, check=False)
         assert early.returncode == 1 and "not all set up yet (1 reserved)" in early.stderr, early
         # The agent on dst sets the target device up; then the commit goes through.
@@ -56,5 +62,8 @@ def test_move_start_show_commit_abort_through_the_cli(db_url: str, tmp_path: Pat
         cli("move", "start", "vm-2", "--to", "dst", env=env)
         aborted = cli("move", "abort", "vm-2", env=env)
         assert "aborted" in aborted.stdout
+        none_pending = cli("move", "xml", "vm-2", env=env, check=False)
+        assert none_pending.returncode == 1 and "no pending move" in none_pending.stderr, none_pending
+        assert "Traceback" not in none_pending.stderr
         never = cli("move", "show", "vm-3", env=env, check=False)
         assert never.returncode != 0 and "Traceback" not in never.stderr

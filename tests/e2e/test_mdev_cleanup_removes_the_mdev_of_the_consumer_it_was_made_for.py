@@ -70,7 +70,17 @@ def test_a_moved_consumers_mdev_is_removed_by_its_cleanup(tmp_path: Path, api: T
     assert api.post("/v1/allocations/vm-30/moves", json={"host": "c2"}).status_code == 201
     assert [w.ok for w in _step(two, clock).work] == [True]  # set up for the move's target
     assert len(_mdevs(two)) == 1
+    # Before the commit, the destination's XML names the mdev the target's agent made; the
+    # guest's own XML still names the source's.
+    target_xml = api.get("/v1/allocations/vm-30/moves/libvirt")
+    assert target_xml.status_code == 200, target_xml.text
+    assert _mdevs(two)[0] in target_xml.text
+    source_xml = api.get("/v1/allocations/vm-30/libvirt").text
+    assert _mdevs(one)[0] in source_xml and _mdevs(two)[0] not in source_xml
     assert api.post("/v1/allocations/vm-30/moves/commit").status_code == 200
+    after = api.get("/v1/allocations/vm-30/moves/libvirt")
+    assert (after.status_code, after.json()["error"]["code"]) == (409, "invalid_state")
+    assert "no pending move" in after.json()["error"]["message"]
     assert [(w.action, w.ok) for w in _step(one, clock).work] == [("cleanup", True)]
     # The guest's XML names the mdev the target's agent made (for the move's own consumer).
     xml = api.get("/v1/allocations/vm-30/libvirt")

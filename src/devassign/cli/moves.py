@@ -1,4 +1,4 @@
-"""Client commands for moves (live or cold migration): start, commit, abort, show
+"""Client commands for moves (live or cold migration): start, commit, abort, show, xml
 (docs/requests.md, "Moving an allocation (migration)")."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.claims import print_explanation, summary
+from devassign.cli.claims import print_explanation, summary, text_of
 from devassign.cli.client import CliError
 from devassign.cli.inventory import FormatOpt, client
 from devassign.cli.output import Format, console, emit, when
@@ -40,7 +40,7 @@ def _say(move: dict[str, Any], fmt: Format) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``move start/commit/abort/show``."""
+    """Add ``move start/commit/abort/show/xml``."""
     move_app = typer.Typer(
         help="Move a consumer's devices to another host (live or cold migration): start holds "
         "devices there, commit switches to them, abort gives them up.",
@@ -95,3 +95,10 @@ def register(app: typer.Typer) -> None:
         if not found:
             raise CliError(f"{consumer} has never moved: `devassign move start {consumer} --to HOST`")
         _say(found[0], fmt)
+
+    @move_app.command("xml")
+    def xml(ctx: typer.Context, consumer: ConsumerArg) -> None:
+        """The libvirt <hostdev> / <interface type='hostdev'> elements of the devices CONSUMER's
+        pending move holds on its target: the destination's domain XML, before the commit."""
+        text = text_of(client(ctx), f"/v1/allocations/{consumer}/moves/libvirt")
+        typer.echo(text, nl=not text.endswith("\n"))

@@ -90,6 +90,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/v1/allocations/{consumer}/libvirt"): Need.ANY,
     ("POST", "/v1/allocations/{consumer}/moves"): Need.TENANT,
     ("GET", "/v1/allocations/{consumer}/moves"): Need.TENANT,
+    ("GET", "/v1/allocations/{consumer}/moves/libvirt"): Need.TENANT,
     ("POST", "/v1/allocations/{consumer}/moves/commit"): Need.TENANT,
     ("POST", "/v1/allocations/{consumer}/moves/abort"): Need.TENANT,
     ("GET", "/v1/events"): Need.ANY,

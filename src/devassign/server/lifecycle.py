@@ -58,10 +58,14 @@ def libvirt_xml(request: Request, scope: Access, consumer: str) -> Response:
     """The ``<hostdev>`` / ``<interface type='hostdev'>`` elements for the consumer's devices."""
     store = _store(request)
     views.get_allocation(store, scope, consumer)
-    devices = [
-        LifecycleDevice.from_schema(d, params=params, facts=facts)
-        for d, params, facts in store.allocation_devices(consumer)
-    ]
+    return xml_response(consumer, store.allocation_devices(consumer))
+
+
+def xml_response(
+    consumer: str, rows: list[tuple[schemas.Device, dict[str, object], dict[str, object]]]
+) -> Response:
+    """The libvirt XML of devices as the store gives them (each with its params and facts)."""
+    devices = [LifecycleDevice.from_schema(d, params=params, facts=facts) for d, params, facts in rows]
     try:
         xml = devices_xml(devices)
     except LibvirtXMLError as exc:

@@ -22,6 +22,7 @@ from devassign.scheduler import ClaimBody, HostView, Snapshot
 from devassign.server import views
 from devassign.server.access import Access, Scope
 from devassign.server.jsonbody import StrictJsonRoute
+from devassign.server.lifecycle import xml_response
 from devassign.server.placement import Placer
 from devassign.store import ClaimContext, Store
 from devassign.store.claims import ClaimOrder
@@ -199,6 +200,20 @@ def list_moves(request: Request, scope: Access, consumer: str) -> Any:
     store = _store(request, consumer)
     views.get_allocation(store, scope, consumer)
     return [m.model_dump(mode="json") for m in store.list_moves(consumer)]
+
+
+@router.get(
+    "/allocations/{consumer}/moves/libvirt",
+    tags=["allocations"],
+    response_class=Response,
+    responses={200: {"content": {"application/xml": {}}}},
+)
+def move_libvirt_xml(request: Request, scope: Access, consumer: str) -> Response:
+    """The ``<hostdev>`` / ``<interface type='hostdev'>`` elements of the devices the consumer's
+    pending move holds on its target host: the destination's domain XML, before the commit."""
+    store = _store(request, consumer)
+    views.get_allocation(store, scope, consumer)
+    return xml_response(consumer, store.move_target_devices(consumer))
 
 
 @router.post("/allocations/{consumer}/moves/commit", response_model=Move, tags=["allocations"])

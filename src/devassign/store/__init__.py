@@ -712,6 +712,11 @@ class Store:
     ) -> list[tuple[schemas.Device, dict[str, object], dict[str, object]]]:
         return self.db.reading(lambda c: work.allocation_devices(c, consumer))
 
+    def move_target_devices(
+        self, consumer: str
+    ) -> list[tuple[schemas.Device, dict[str, object], dict[str, object]]]:
+        return self.db.reading(lambda c: work.move_target_devices(c, consumer))
+
     # ------------------------------------------------------------ tokens
     def create_token(self, body: schemas.TokenCreate, actor: str) -> schemas.TokenCreated:
         return self.db.retrying(lambda c: tokens.create_token(c, body, now=self.clock(), actor=actor))

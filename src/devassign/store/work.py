@@ -501,6 +501,46 @@ def allocation_devices(
         raise errors.DevassignError(
             errors.ALLOCATION_NOT_FOUND, f"consumer {consumer!r} holds no live allocation"
         )
+    set_up_for = conn.execute(
+        sa.select(moves.c.target_consumer).where(moves.c.target_allocation_id == alloc.id).limit(1)
+    ).scalar()
+    return _devices_of(conn, alloc, set_up_for)
+
+
+def move_target_devices(
+    conn: sa.Connection, consumer: str
+) -> list[tuple[schemas.Device, dict[str, Any], dict[str, Any]]]:
+    """The devices the consumer's pending move holds on its target host, as
+    :func:`allocation_devices` gives a consumer's own: what the destination's domain XML needs
+    before the move is committed (a vGPU's mdev there is named after the move's own consumer,
+    which no address map tells)."""
+    move = conn.execute(
+        sa.select(moves.c.target_allocation_id, moves.c.target_consumer).where(
+            moves.c.consumer == consumer, moves.c.finished_at.is_(None)
+        )
+    ).first()
+    alloc = (
+        conn.execute(
+            sa.select(allocations.c.id, allocations.c.request).where(
+                allocations.c.id == move.target_allocation_id, allocations.c.released_at.is_(None)
+            )
+        ).first()
+        if move is not None
+        else None
+    )
+    if move is None or alloc is None:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"{consumer} has no pending move (`devassign move show {consumer}`); start one with "
+            f"`devassign move start {consumer} --to HOST`; once a move is committed, the "
+            "consumer's own XML describes the devices it moved to",
+        )
+    return _devices_of(conn, alloc, move.target_consumer)
+
+
+def _devices_of(
+    conn: sa.Connection, alloc: Any, set_up_for: str | None
+) -> list[tuple[schemas.Device, dict[str, Any], dict[str, Any]]]:
     q = (
         device_query()
         .add_columns(allocation_items.c.request_name, resource_types.c.params.label("type_params"))
@@ -508,9 +548,6 @@ def allocation_devices(
         .where(allocation_items.c.allocation_id == alloc.id)
         .order_by(devices.c.address)
     )
-    set_up_for = conn.execute(
-        sa.select(moves.c.target_consumer).where(moves.c.target_allocation_id == alloc.id).limit(1)
-    ).scalar()
     out = []
     for r in conn.execute(q):
         device = device_model(r)
