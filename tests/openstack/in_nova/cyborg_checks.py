@@ -257,3 +257,73 @@ def test_an_unknown_device_profile_is_nova_s_device_profile_error(ctx: Any) -> N
         cyborg.get_device_profile_request_groups(ctx, "no-such-profile")
     with pytest.raises(exception.AcceleratorRequestOpFailed):
         cyborg.get_client(ctx).create_arqs("no-such-profile")
+
+
+class _Spec:
+    """What the conductor reads of a RequestSpec here: the request groups' providers."""
+
+    def __init__(self, mapping: dict[str, list[str]]) -> None:
+        self.mapping = mapping
+
+    def get_request_group_mapping(self) -> dict[str, list[str]]:
+        return self.mapping
+
+
+def test_evacuation_and_unshelve_move_the_devices_with_nova_s_own_calls(
+    ctx: Any, devassign: tuple[str, str]
+) -> None:
+    """An evacuation (the source host is dead) and an unshelve onto another host: Nova's
+    conductor deletes the instance's ARQs and creates and binds new ones on the destination
+    (``rebuild_instance`` with ``evacuate``; ``unshelve_instance``), its compute deletes them on
+    shelve offload. devassign releases the devices on the old host (cleaned when its agent
+    is back) and claims them on the new one."""
+    url, token = devassign
+    admin = {"Authorization": f"Bearer {token}"}
+    devices = [vf(f"0000:5e:02.{i}") for i in range(2)]
+    r = httpx.put(
+        f"{url}/v1/hosts/compute-2/inventory", json={"generation": 1, "devices": devices}, headers=admin
+    )
+    assert r.status_code == 200 and not r.json()["refused"], r.text
+    client = cyborg.get_client(ctx)
+    conductor = conductor_manager.ComputeTaskManager.__new__(conductor_manager.ComputeTaskManager)
+    instance = instance_of(str(uuid.uuid4()))
+    spec = _Spec({"device_profile_0": [RP]})
+
+    # boot on compute-1 (the conductor's own create-and-bind), set up by compute-1's agent
+    first = conductor._create_and_bind_arq_for_instance(ctx, instance, "compute-1", spec)
+    assert len(first) == 2
+    agent_sets_up(devassign, instance.uuid)
+    before = allocation(devassign, instance.uuid)
+    assert before is not None and before["host"] == "compute-1"
+
+    # compute-1 dies; evacuate to compute-2: delete the instance's ARQs, create and bind anew
+    client.delete_arqs_for_instance(instance.uuid)
+    second = conductor._create_and_bind_arq_for_instance(ctx, instance, "compute-2", spec)
+    assert len(second) == 2 and not set(first) & set(second)
+    after = allocation(devassign, instance.uuid)
+    assert after is not None and after["host"] == "compute-2", after
+    assert sorted(d["address"] for d in after["devices"]) == ["0000:5e:02.0", "0000:5e:02.1"]
+    # the old host's devices wait for its agent to clean them; none is handed out meanwhile
+    r = httpx.get(f"{url}/v1/devices", params={"host": "compute-1"}, headers=admin)
+    old = {d["id"]: d["state"] for d in r.json()}
+    assert {old[d["id"]] for d in before["devices"]} == {"cleaning"}
+    agent_sets_up(devassign, instance.uuid)
+    bound = eventually("bound", lambda: client.get_arqs_for_instance(instance.uuid, only_resolved=True))
+    assert sorted(a["uuid"] for a in bound) == sorted(second)
+    assert {a["hostname"] for a in bound} == {"compute-2"}
+
+    # shelve offload (the compute deletes the ARQs); compute-2's agent cleans the devices;
+    # unshelve onto compute-2 again
+    client.delete_arqs_for_instance(instance.uuid)
+    assert allocation(devassign, instance.uuid) is None
+    r = httpx.get(f"{url}/v1/devices", params={"host": "compute-2"}, headers=admin)
+    cleaned = [{"device_id": d["id"], "action": "cleanup", "ok": True} for d in r.json()]
+    assert {d["state"] for d in r.json()} == {"cleaning"}
+    r = httpx.post(f"{url}/v1/hosts/compute-2/work", json={"results": cleaned}, headers=admin)
+    assert r.status_code == 200, r.text
+    third = conductor._create_and_bind_arq_for_instance(ctx, instance, "compute-2", spec)
+    assert len(third) == 2
+    again = allocation(devassign, instance.uuid)
+    assert again is not None and again["host"] == "compute-2"
+    compute_utils.delete_arqs_if_needed(ctx, instance)
+    assert allocation(devassign, instance.uuid) is None
