@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from devassign.cli.client import Client, CliError, ExitCode, parse_json
+from devassign.cli.client import Client, CliError, ExitCode, api_path, parse_json
 from devassign.cli.inventory import ALLOCATION_COLUMNS, DEVICE_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 from devassign.scheduler.reasons import funnel_sentence
@@ -248,7 +248,7 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         ],
     ) -> None:
         """Release all of a consumer's devices (they are cleaned before anyone else gets them)."""
-        client(ctx).delete(f"/v1/allocations/{consumer}")
+        client(ctx).delete(api_path("/v1/allocations/{}", consumer))
         typer.echo(f"released {consumer}: its devices go to cleaning")
 
     @app.command()
@@ -315,7 +315,7 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         ],
     ) -> None:
         """The libvirt <hostdev> / <interface type='hostdev'> elements for a consumer's devices."""
-        xml = text_of(client(ctx), f"/v1/allocations/{consumer}/libvirt")
+        xml = text_of(client(ctx), api_path("/v1/allocations/{}/libvirt", consumer))
         typer.echo(xml, nl=not xml.endswith("\n"))
 
     @device_app.command("clear")
@@ -348,7 +348,9 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
                 f"{address} is on several hosts ({hosts}): say which with --host",
                 status=ExitCode.USAGE,
             )
-        emit(c.post(f"/v1/devices/{found[0]['id']}/clear", {"reason": reason}), fmt, DEVICE_COLUMNS)
+        emit(
+            c.post(api_path("/v1/devices/{}/clear", found[0]["id"]), {"reason": reason}), fmt, DEVICE_COLUMNS
+        )
 
     @quota_app.command("set")
     def quota_set(
@@ -361,7 +363,7 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Limit how many devices of a type a project may hold (admin)."""
-        client(ctx).put(f"/v1/quotas/{project}/{type_name}", {"limit": limit})
+        client(ctx).put(api_path("/v1/quotas/{}/{}", project, type_name), {"limit": limit})
         typer.echo(f"quota of {project} for {type_name}: {limit if limit is not None else 'unlimited'}")
 
     @quota_app.command("list")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -66,6 +67,23 @@ class CliError(Exception):
         self.code = code
         self.exit_status = int(status if status is not None else exit_status_of(code, None))
         self.body = body
+
+
+def api_path(template: str, *names: object) -> str:
+    """``template`` (``"/v1/allocations/{}/moves"``) with each name escaped as one path
+    segment: a name holding ``?``, ``#`` or nothing but dots names itself (an id the server
+    refuses or does not know), never another route; one holding ``/`` is refused here (no
+    devassign name has one; ``../hosts/x`` released nothing and deleted a host)."""
+
+    def one(name: object) -> str:
+        if "/" in str(name):
+            raise CliError(
+                f"{str(name)!r} is not a name devassign gives: no name holds '/'", status=ExitCode.USAGE
+            )
+        text = quote(str(name), safe="")
+        return text.replace(".", "%2E") if set(text) == {"."} else text
+
+    return template.format(*(one(n) for n in names))
 
 
 def parse_json(text: str) -> Any:

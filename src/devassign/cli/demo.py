@@ -32,7 +32,7 @@ import uvicorn
 from devassign import schemas
 from devassign.agent.config import parse_config
 from devassign.agent.worker import Agent
-from devassign.cli.client import Client, CliError, ExitCode
+from devassign.cli.client import Client, CliError, ExitCode, api_path
 from devassign.cli.inventory import ALLOCATION_COLUMNS, HOST_COLUMNS, type_columns
 from devassign.cli.output import Format, console, emit
 from devassign.domain import Role
@@ -333,7 +333,7 @@ def _show(app: Any, store: Any, base: Path, *, port: int, n_hosts: int, keep_run
                 f"dashboard at {url}/ui/)"
             )
             return
-        link = api.post(f"/v1/tokens/{admin_id}/login-link")["url"]
+        link = api.post(api_path("/v1/tokens/{}/login-link", admin_id))["url"]
         # Plain prints: a link or a token wrapped to the terminal's width could not be copied.
         print(
             "\nThe demo keeps running until Ctrl-C.\n"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.claims import HostOpt, RequestOpt, SpecOpt, build_body, plural, print_explanation, summary
-from devassign.cli.client import CliError, ExitCode
+from devassign.cli.client import CliError, ExitCode, api_path
 from devassign.cli.inventory import ALLOCATION_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 from devassign.scheduler.reasons import ordinal
@@ -267,5 +267,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Release every allocation of the gang at once (their devices go to cleaning)."""
         api = client(ctx)
-        api.request("DELETE", f"/v1/gangs/{gang}", params={"project": project} if project else None)
+        api.request(
+            "DELETE", api_path("/v1/gangs/{}", gang), params={"project": project} if project else None
+        )
         console.print(f"released gang {gang}", markup=False, highlight=False)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError, parse_json
+from devassign.cli.client import Client, CliError, api_path, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
 
@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> typer.Typer:
     def type_show(ctx: typer.Context, name: TypeNameArg, fmt: FormatOpt = Format.table) -> None:
         """One type: its description, handler, the request params it accepts, and how many of
         its devices are in each state."""
-        emit(client(ctx).get(f"/v1/resource-types/{name}"), fmt, TYPE_SHOW_COLUMNS)
+        emit(client(ctx).get(api_path("/v1/resource-types/{}", name)), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("update")
     def type_update(
@@ -230,12 +230,12 @@ def register(app: typer.Typer) -> typer.Typer:
             body["config"] = _json_option("--config", config)
         if params is not None:
             body["params"] = _params_option(params)
-        emit(client(ctx).patch(f"/v1/resource-types/{name}", body), fmt, TYPE_SHOW_COLUMNS)
+        emit(client(ctx).patch(api_path("/v1/resource-types/{}", name), body), fmt, TYPE_SHOW_COLUMNS)
 
     @type_app.command("delete")
     def type_delete(ctx: typer.Context, name: TypeNameArg) -> None:
         """Delete a type that no device uses."""
-        client(ctx).delete(f"/v1/resource-types/{name}")
+        client(ctx).delete(api_path("/v1/resource-types/{}", name))
         typer.echo(f"deleted {name}")
 
     @app.command()
@@ -265,18 +265,18 @@ def register(app: typer.Typer) -> typer.Typer:
     @host_app.command("show")
     def host_show(ctx: typer.Context, name: HostNameArg, fmt: FormatOpt = Format.table) -> None:
         """One host: up or down, its device count, its last report and when it was last heard from."""
-        emit(client(ctx).get(f"/v1/hosts/{name}"), fmt, HOST_COLUMNS)
+        emit(client(ctx).get(api_path("/v1/hosts/{}", name)), fmt, HOST_COLUMNS)
 
     @host_app.command("delete")
     def host_delete(ctx: typer.Context, name: HostNameArg) -> None:
         """Forget a host whose devices are all free."""
-        client(ctx).delete(f"/v1/hosts/{name}")
+        client(ctx).delete(api_path("/v1/hosts/{}", name))
         typer.echo(f"deleted {name}")
 
     @host_app.command("rename")
     def host_rename(ctx: typer.Context, old: str, new: str) -> None:
         """The same machine under a new name (admin); its agent then needs a token for NEW."""
-        client(ctx).post(f"/v1/hosts/{old}/rename", {"new_name": new})
+        client(ctx).post(api_path("/v1/hosts/{}/rename", old), {"new_name": new})
         typer.echo(
             f"renamed {old} to {new}; its agent needs a token for {new} "
             f'(`devassign token create --role agent --host {new}`) and host = "{new}" in agent.toml'
@@ -326,7 +326,7 @@ def register(app: typer.Typer) -> typer.Typer:
         fmt: FormatOpt = Format.json,
     ) -> None:
         """One device, with everything known about it (JSON unless -f table)."""
-        emit(client(ctx).get(f"/v1/devices/{device_id}"), fmt, DEVICE_COLUMNS)
+        emit(client(ctx).get(api_path("/v1/devices/{}", device_id)), fmt, DEVICE_COLUMNS)
 
     @app.command()
     def allocations(

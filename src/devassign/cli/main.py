@@ -27,7 +27,7 @@ from devassign.cli import load as load_cli
 from devassign.cli import moves as moves_cli
 from devassign.cli import openstack as openstack_cli
 from devassign.cli import taints as taints_cli
-from devassign.cli.client import CliError, ExitCode, exit_status
+from devassign.cli.client import CliError, ExitCode, api_path, exit_status
 from devassign.cli.output import Format, emit, printable, when
 
 EXIT_CODES_HELP = (
@@ -485,7 +485,7 @@ def token_revoke(
     ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="From `token list`")]
 ) -> None:
     """Revoke a token: its secret stops working (other server replicas within 10 s)."""
-    gone = inventory_cli.client(ctx).delete(f"/v1/tokens/{token_id}")
+    gone = inventory_cli.client(ctx).delete(api_path("/v1/tokens/{}", token_id))
     typer.echo(f"revoked token {gone['id']} ({gone['name']})")
 
 
@@ -498,7 +498,7 @@ def token_login_link(
 
     The link works once, within 10 minutes; the dashboard session it starts lasts 12 hours.
     """
-    made = inventory_cli.client(ctx).post(f"/v1/tokens/{token_id}/login-link")
+    made = inventory_cli.client(ctx).post(api_path("/v1/tokens/{}/login-link", token_id))
     typer.echo(made["url"])
     typer.echo(f"(works once, until {when(made['expires_at'])} UTC)", err=True)
 

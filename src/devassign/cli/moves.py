@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.claims import print_explanation, summary, text_of
-from devassign.cli.client import CliError
+from devassign.cli.client import CliError, api_path
 from devassign.cli.inventory import FormatOpt, client
 from devassign.cli.output import Format, console, emit, when
 
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         device takes the place of which, or why HOST cannot hold them (exit 1)."""
         body = {"host": to, "idempotency_key": idempotency_key or f"cli-{uuid.uuid4()}"}
         try:
-            move = client(ctx).post(f"/v1/allocations/{consumer}/moves", body)
+            move = client(ctx).post(api_path("/v1/allocations/{}/moves", consumer), body)
         except CliError as exc:
             err = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
             exp = err.get("explanation")
@@ -81,17 +81,17 @@ def register(app: typer.Typer) -> None:
     @move_app.command("commit")
     def commit(ctx: typer.Context, consumer: ConsumerArg, fmt: FormatOpt = Format.table) -> None:
         """Switch CONSUMER to the devices its move holds; those it leaves go to cleaning."""
-        _say(client(ctx).post(f"/v1/allocations/{consumer}/moves/commit"), fmt)
+        _say(client(ctx).post(api_path("/v1/allocations/{}/moves/commit", consumer)), fmt)
 
     @move_app.command("abort")
     def abort(ctx: typer.Context, consumer: ConsumerArg, fmt: FormatOpt = Format.table) -> None:
         """Give up the devices CONSUMER's move holds (they go to cleaning); it stays where it is."""
-        _say(client(ctx).post(f"/v1/allocations/{consumer}/moves/abort"), fmt)
+        _say(client(ctx).post(api_path("/v1/allocations/{}/moves/abort", consumer)), fmt)
 
     @move_app.command("show")
     def show(ctx: typer.Context, consumer: ConsumerArg, fmt: FormatOpt = Format.table) -> None:
         """CONSUMER's newest move (pending, committed or aborted); exit 1 when it never moved."""
-        found = client(ctx).get(f"/v1/allocations/{consumer}/moves")
+        found = client(ctx).get(api_path("/v1/allocations/{}/moves", consumer))
         if not found:
             raise CliError(f"{consumer} has never moved: `devassign move start {consumer} --to HOST`")
         _say(found[0], fmt)
@@ -100,5 +100,5 @@ def register(app: typer.Typer) -> None:
     def xml(ctx: typer.Context, consumer: ConsumerArg) -> None:
         """The libvirt <hostdev> / <interface type='hostdev'> elements of the devices CONSUMER's
         pending move holds on its target: the destination's domain XML, before the commit."""
-        text = text_of(client(ctx), f"/v1/allocations/{consumer}/moves/libvirt")
+        text = text_of(client(ctx), api_path("/v1/allocations/{}/moves/libvirt", consumer))
         typer.echo(text, nl=not text.endswith("\n"))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError
+from devassign.cli.client import Client, CliError, api_path
 from devassign.cli.inventory import FormatOpt, HostNameArg, client
 from devassign.cli.output import Format, emit, printable, when
 
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Taint one device (admin, or its host's agent)."""
         body = taint_body(effect.value, reason, expires_in, until)
-        emit(client(ctx).post(f"/v1/devices/{device_id}/taints", body), fmt, TAINT_COLUMNS)
+        emit(client(ctx).post(api_path("/v1/devices/{}/taints", device_id), body), fmt, TAINT_COLUMNS)
 
     @device_app.command("untaint")
     def device_untaint(
@@ -139,10 +139,12 @@ def register(app: typer.Typer) -> None:
         """Remove a device's own taints (or one); its host's and parent's stay."""
         api = client(ctx)
         if taint is not None:
-            found = api.request("DELETE", f"/v1/devices/{device_id}/taints", params={"taint": taint})
+            found = api.request(
+                "DELETE", api_path("/v1/devices/{}/taints", device_id), params={"taint": taint}
+            )
         else:
             own = [t for t in api.get("/v1/taints", device=device_id) if t.get("device_id") == device_id]
-            found = _remove_each(api, f"/v1/devices/{device_id}/taints", own)
+            found = _remove_each(api, api_path("/v1/devices/{}/taints", device_id), own)
         _removed(found, fmt, f"device {device_id}")
 
     @host_app.command("taint")
@@ -161,7 +163,7 @@ def register(app: typer.Typer) -> None:
         """Taint a whole host, or one parent (a PF, a GPU) with everything under it."""
         extra = {"parent": parent} if parent else {}
         body = taint_body(effect.value, reason, expires_in, until, **extra)
-        emit(client(ctx).post(f"/v1/hosts/{name}/taints", body), fmt, TAINT_COLUMNS)
+        emit(client(ctx).post(api_path("/v1/hosts/{}/taints", name), body), fmt, TAINT_COLUMNS)
 
     @host_app.command("untaint")
     def host_untaint(
@@ -175,12 +177,12 @@ def register(app: typer.Typer) -> None:
         api = client(ctx)
         if taint is not None:
             params = {"taint": taint, **({"parent": parent} if parent else {})}
-            found = api.request("DELETE", f"/v1/hosts/{name}/taints", params=params)
+            found = api.request("DELETE", api_path("/v1/hosts/{}/taints", name), params=params)
         else:
             listed = [
                 t for t in api.get("/v1/taints", host=name) if parent is None or t.get("parent") == parent
             ]
-            found = _remove_each(api, f"/v1/hosts/{name}/taints", listed)
+            found = _remove_each(api, api_path("/v1/hosts/{}/taints", name), listed)
         _removed(found, fmt, f"host {name}")
 
     @host_app.command("drain")
@@ -195,7 +197,7 @@ def register(app: typer.Typer) -> None:
         """No new claims on the host, and every consumer holding its devices is asked to move
         (event drain_requested); nothing is taken away."""
         body = taint_body("Drain", reason, expires_in, until)
-        emit(client(ctx).post(f"/v1/hosts/{name}/taints", body), fmt, TAINT_COLUMNS)
+        emit(client(ctx).post(api_path("/v1/hosts/{}/taints", name), body), fmt, TAINT_COLUMNS)
 
     @host_app.command("undrain")
     def host_undrain(ctx: typer.Context, name: HostNameArg, fmt: FormatOpt = Format.table) -> None:
@@ -206,7 +208,7 @@ def register(app: typer.Typer) -> None:
             for t in api.get("/v1/taints", host=name)
             if t["effect"] == "Drain" and not t.get("device_id") and not t.get("parent")
         ]
-        _removed(_remove_each(api, f"/v1/hosts/{name}/taints", mine), fmt, f"host {name}")
+        _removed(_remove_each(api, api_path("/v1/hosts/{}/taints", name), mine), fmt, f"host {name}")
 
 
 def _remove_each(api: Client, path: str, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:

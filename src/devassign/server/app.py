@@ -149,12 +149,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
             exc.status_code, errors.INVALID_REQUEST
         )
         status = exc.status_code if exc.status_code in (404, 405) else 400
-        return JSONResponse(errors.DevassignError(code, str(exc.detail)).body(), status_code=status)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            # No route has this path (a name with an escaped "/" in it reaches none either).
+            path = request.url.path
+            shown = path if len(path) <= 200 else path[:200] + "..."
+            message = f"no such route: {request.method} {shown} (the routes are listed at /docs)"
+        return JSONResponse(errors.DevassignError(code, message).body(), status_code=status)
 
     @app.exception_handler(DataError)
     async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
