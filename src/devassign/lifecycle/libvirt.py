@@ -8,10 +8,11 @@ checked against libvirt's own RelaxNG schema in the tests.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from lxml import etree
 
-from devassign.domain import PCI_ADDRESS_RE, DeviceKind
+from devassign.domain import PCI_ADDRESS_RE, DeviceKind, ascii_digits
 from devassign.lifecycle.base import HandlerError, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import mdev_uuid
 from devassign.lifecycle.handlers.sriov import wanted_mac, wanted_vlan
@@ -58,9 +59,19 @@ def mdev_hostdev(uuid: str) -> etree._Element:
     return hostdev
 
 
+def _usb_numbers(device: LifecycleDevice) -> tuple[Any, Any]:
+    """The bus and device numbers where the device is plugged in now (its host's last report),
+    else where its setup found it: a token plugged in again while held has new numbers, and its
+    old ones may be another device's by now."""
+    now = [device.attributes.get(k) for k in ("busnum", "devnum")]
+    if all(isinstance(v, str) and ascii_digits(v) and len(v) <= 3 for v in now):
+        return int(str(now[0])), int(str(now[1]))
+    return device.facts.get("usb_bus"), device.facts.get("usb_device")
+
+
 def usb_hostdev(device: LifecycleDevice) -> etree._Element:
     ident = usb_identity(device)
-    bus, dev = device.known("usb_bus"), device.known("usb_device")
+    bus, dev = _usb_numbers(device)
     for name, value in (("usb_bus", bus), ("usb_device", dev)):
         bad = isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1000
         if value is not None and bad:

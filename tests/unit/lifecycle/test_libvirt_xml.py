@@ -116,6 +116,30 @@ def test_usb_by_ids_and_address() -> None:
     assert el.xpath("source/address/@device") == ["5"]
 
 
+def test_usb_where_it_is_plugged_in_now() -> None:
+    """A token plugged in again while held has new bus and device numbers (its host reports
+    them); the numbers its setup recorded may be another device's by now."""
+    replugged = device(
+        "usb:0529:0620:ABC123",
+        DeviceKind.USB,
+        facts={"usb_bus": 1, "usb_device": 5},
+        attributes={"busnum": "2", "devnum": "9", "bus_path": "2-1"},
+    )
+    el = device_element(replugged)
+    assert el is not None
+    assert (el.xpath("source/address/@bus"), el.xpath("source/address/@device")) == (["2"], ["9"])
+    # numbers a report did not give (or not as numbers): the setup's
+    odd = device(
+        "usb:0529:0620:ABC123",
+        DeviceKind.USB,
+        facts={"usb_bus": 1, "usb_device": 5},
+        attributes={"busnum": "2", "devnum": "x"},
+    )
+    el = device_element(odd)
+    assert el is not None
+    assert (el.xpath("source/address/@bus"), el.xpath("source/address/@device")) == (["1"], ["5"])
+
+
 def test_declared_resources_have_no_element() -> None:
     assert device_elements([device("fpga-0", DeviceKind.STATIC)]) == []
 
