@@ -226,7 +226,6 @@ def test_selector_picks_devices(api: TestClient) -> None:
             "invalid_selector",
         ),
         ({"extra_specs": {"hardware_resource:GPU": "zero"}}, "invalid_spec"),
-        ({"requests": [{"name": "g", "type": "NOPE"}]}, "invalid_request"),
         ({"requests": []}, "no_requests"),
     ],
 )
@@ -235,6 +234,23 @@ def test_bad_requests_are_400(api: TestClient, body: dict[str, Any], code: str) 
     r = api.post("/v1/claims", json={"consumer": "vm-1", **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requests": [{"name": "g", "type": "NOPE"}]},
+        {"extra_specs": {"hardware_resource:NOPE": "1"}},
+        {"requests": [{"name": "g", "type": "GPU", "first_available": [{"type": "NOPE"}]}]},
+    ],
+)
+def test_a_type_not_in_the_catalog_is_404_type_not_found(api: TestClient, body: dict[str, Any]) -> None:
+    _setup(api, "GPU")
+    for path in ("/v1/claims", "/v1/explain"):
+        r = api.post(path, json={"consumer": "vm-1", **body})
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "type_not_found"
+        assert "unknown resource type NOPE" in r.json()["error"]["message"]
 
 
 def test_capacity_counts_instances(api: TestClient) -> None:

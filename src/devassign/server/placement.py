@@ -649,7 +649,7 @@ def _refuse_unknown(types: list[str], known: dict[str, int]) -> None:
     unknown = sorted(set(types) - set(known))
     if unknown:
         raise errors.DevassignError(
-            errors.INVALID_REQUEST,
+            errors.TYPE_NOT_FOUND,
             f"unknown resource type {', '.join(unknown)}: `devassign types` lists the catalog",
         )
 
