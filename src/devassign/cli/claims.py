@@ -337,6 +337,15 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         first if it does)."""
         c = client(ctx)
         found = c.get("/v1/devices", address=address, host=host)
+        if not found and "/" not in address:
+            # not an address: maybe the device's id (as `device show` takes)
+            try:
+                by_id = c.get(api_path("/v1/devices/{}", address))
+            except CliError as exc:
+                if exc.code not in ("device_not_found", "not_found"):
+                    raise
+            else:
+                found = [by_id] if host is None or by_id.get("host") == host else []
         if not found:
             raise CliError(f"no device {address!r}" + (f" on {host}" if host else ""))
         if len(found) > 1:
