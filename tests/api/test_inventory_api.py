@@ -60,8 +60,17 @@ def test_unknown_type_is_refused_per_device_and_the_rest_taken(api: TestClient) 
     # once the type exists the same report takes the device.
     again = _report(api, "compute-1", 2, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")]).json()
     assert [x["address"] for x in again["refused"]] == ["0000:3b:02.2"]
+    # ... but the event log says it once, not at every report
+    for generation in (3, 4):
+        _report(api, "compute-1", generation, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")])
+    logged = api.get("/v1/events", params={"host": "compute-1"}).json()
+    assert sum(e["action"] == "device_refused" for e in logged) == 1
+    # another reason is said again
+    _report(api, "compute-1", 5, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE2")])
+    logged = api.get("/v1/events", params={"host": "compute-1"}).json()
+    assert sum(e["action"] == "device_refused" for e in logged) == 2
     _type(api, "NOPE")
-    taken = _report(api, "compute-1", 3, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")]).json()
+    taken = _report(api, "compute-1", 6, [vf("0000:3b:02.1"), vf("0000:3b:02.2", type="NOPE")]).json()
     assert taken["added"] == ["0000:3b:02.2"] and taken["refused"] == []
 
 

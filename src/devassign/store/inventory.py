@@ -31,6 +31,7 @@ from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
 from devassign.store.schema import (
     allocations,
     devices,
+    events,
     hosts,
     inventory,
     resource_types,
@@ -428,7 +429,7 @@ def apply_report(
 
     seen_types = {d.type for d in report.devices}
     failpoint("report.mid_transaction")
-    record_many(conn, out.events)
+    record_many(conn, _unrepeated(conn, name, out.events))
     mark_tainted(conn, host.id, now)
     recount(conn, host.id)
     # A report with refused devices is applied in full again next time (no digest): its answer
@@ -451,6 +452,24 @@ def apply_report(
         warnings=out.warnings,
         checks=checks_for(type_rows, seen_types),
     )
+
+
+def _unrepeated(conn: sa.Connection, host: str, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's events without the refusals its host was last told of in the same words: a
+    report with a refused device is applied in full each time (so a fix is picked up), and a
+    device of an unknown type would otherwise add an event to the log every report, for ever."""
+    refused = {e["device"]: e["message"] for e in new if e["action"] == "device_refused"}
+    said: set[str] = set()
+    for address, message in refused.items():
+        last = conn.execute(
+            sa.select(events.c.message)
+            .where(events.c.host == host, events.c.device == address, events.c.action == "device_refused")
+            .order_by(events.c.id.desc())
+            .limit(1)
+        ).scalar()
+        if last == message:
+            said.add(address)
+    return [e for e in new if e["action"] != "device_refused" or e["device"] not in said]
 
 
 def _clean_first(
