@@ -284,3 +284,18 @@ def test_device_vanishing_while_reserved_is_missing_and_cleaned_after_release(ap
     assert _states(api)[f"c1/{held}"] == "missing"
     _report(api, "c1", [vf("0000:3b:02.1"), vf("0000:3b:02.2")], generation=3)
     assert _states(api)[f"c1/{held}"] == "cleaning"
+
+
+def test_a_claim_naming_only_unknown_hosts_says_so(api: TestClient) -> None:
+    """Not "0 hosts considered", nor (in the CLI) "no host has reported yet": the hosts named."""
+    from devassign.cli.claims import summary
+
+    _setup(api, "GPU")
+    r = api.post(
+        "/v1/claims",
+        json={"consumer": "vm-1", "hosts": ["nohost"], "requests": [{"name": "g", "type": "GPU"}]},
+    )
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["message"].endswith("no host fits: nohost: is not a known host, or has no devices")
+    assert summary(error["explanation"]) == "no host fits: nohost: is not a known host, or has no devices"

@@ -118,6 +118,9 @@ def summary(exp: dict[str, Any]) -> str:
     before = funnel_sentence(funnel)
     if before:
         return f"no host fits: {before}"
+    asked = "; ".join(str(h.get("message")) for h in exp.get("hosts") or [] if not h.get("fits"))
+    if asked:
+        return f"no host fits: {asked}"  # the hosts named (unknown ones, ones without devices)
     if funnel and not funnel.get("hosts"):
         return "no host fits: no host has reported to the server yet"
     return str(exp.get("summary", ""))

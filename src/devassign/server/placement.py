@@ -271,8 +271,11 @@ class Placer:
         )
         closest = "; ".join(c["message"] for c in body["closest"])
         before = funnel_sentence(body["funnel"])
+        asked = "; ".join(h["message"] for h in body["hosts"] if not h["fits"])
         if before and not decision.explanation.considered:
             message = f"{why}: no host fits: {before}"  # not "0 hosts considered": this is why
+        elif asked and not decision.explanation.considered:
+            message = f"{why}: no host fits: {asked}"  # the hosts named: unknown, no devices
         else:
             message = f"{why}: {decision.explanation.summary()}" + (f"; {before}" if before else "")
         if closest:
