@@ -299,3 +299,14 @@ def test_a_claim_naming_only_unknown_hosts_says_so(api: TestClient) -> None:
     error = r.json()["error"]
     assert error["message"].endswith("no host fits: nohost: is not a known host, or has no devices")
     assert summary(error["explanation"]) == "no host fits: nohost: is not a known host, or has no devices"
+
+
+def test_an_unknown_field_is_named_by_a_json_pointer(api: TestClient) -> None:
+    for body, pointer in (
+        ({"consumer": "a", "requets": []}, "/requets"),
+        ({"consumer": "a", "requests": [{"name": "x", "type": "GPU", "cont": 1}]}, "/requests/0/cont"),
+    ):
+        r = api.post("/v1/claims", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_request"
+        assert r.json()["error"]["pointer"] == pointer

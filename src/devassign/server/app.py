@@ -121,6 +121,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _validation_pointer(exc: RequestValidationError) -> str | None:
+    """The JSON pointer of the first field of the body that is wrong (``/requests/0/cont``),
+    or None when the first error is not in the body (a query, the JSON itself)."""
+    first = next(iter(exc.errors()), None)
+    loc = list(first.get("loc", ())) if first else []
+    if not loc or loc[0] != "body" or first is None or first.get("type") == "json_invalid":
+        return None
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc[1:])
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     def busy(request: Request, err: errors.DevassignError) -> JSONResponse:
         # 503: the database is overloaded, unreachable or failing over; nothing was changed
@@ -145,7 +155,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = errors.DevassignError(errors.INVALID_REQUEST, _validation_message(exc))
+        pointer = _validation_pointer(exc)
+        extra = {"pointer": pointer} if pointer is not None else {}
+        err = errors.DevassignError(errors.INVALID_REQUEST, _validation_message(exc), **extra)
         return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(HTTPException)
