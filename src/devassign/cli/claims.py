@@ -89,6 +89,12 @@ def build_body(
             key = key.strip()
             if not sep:
                 raise CliError(f"--spec {s!r}: expected hardware_resource:TYPE=N", status=ExitCode.USAGE)
+            if not key.startswith("hardware_resource:"):
+                # A flavor's other specs (hw:...) are the server's to ignore; here, where each
+                # --spec is meant as a request, another namespace is a typo that asks for nothing.
+                raise CliError(
+                    f"--spec {s!r}: only hardware_resource:TYPE=N asks for devices", status=ExitCode.USAGE
+                )
             if key in extra:
                 # A dict would keep the last count alone: a claim of fewer devices than asked.
                 where = f"in {request} and on the command line" if key in from_file else "on the command line"
