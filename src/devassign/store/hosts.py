@@ -399,11 +399,37 @@ def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
             )
         )
     )
+    # Devices retired while they still owed a cleanup (missing when released, then cleared):
+    # their rows go, so the event keeps their addresses, and a host registered again under
+    # this name cleans them first if they come back (inventory.owed_cleanups).
+    owed = sorted(
+        conn.execute(
+            sa.select(devices.c.address).where(
+                devices.c.host_id == r.id,
+                devices.c.state == DeviceState.REMOVED.value,
+                devices.c.prior_state == DeviceState.CLEANING.value,
+            )
+        ).scalars()
+    )
     conn.execute(allocations.delete().where(allocations.c.host_id == r.id))
     conn.execute(devices.delete().where(devices.c.host_id == r.id))
     conn.execute(inventory.delete().where(inventory.c.host_id == r.id))
     conn.execute(hosts.delete().where(hosts.c.id == r.id))
-    record(conn, at=now, actor=actor, action="host_deleted", host=name, message=f"host {name} deleted")
+    message = f"host {name} deleted"
+    if owed:
+        message += (
+            f"; {len(owed)} device(s) retired before their cleanup are cleaned first if they come "
+            f"back under this name: {', '.join(owed[:4])}{', ...' if len(owed) > 4 else ''}"
+        )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="host_deleted",
+        host=name,
+        message=message,
+        detail={"uncleaned": owed} if owed else None,
+    )
 
 
 def rename_host(

@@ -422,6 +422,7 @@ def apply_report(
 
     if inserts:
         _clean_first(existing, seen, inserts, out, type_names)
+        _clean_owed(conn, name, inserts, out)
         conn.execute(devices.insert(), inserts)
     for address, row in existing.items():
         if address not in seen:
@@ -505,6 +506,45 @@ def _clean_first(
         event = added[row["id"]]
         event["message"] += f", {why}"
         event["detail"] = {"cleaning_first": True, "gone": sorted(held)}
+        out.warnings.append(f"{row['address']}: {why}")
+
+
+def owed_cleanups(conn: sa.Connection, names: Sequence[str]) -> dict[str, set[str]]:
+    """Per host name, the addresses of devices that owed a cleanup when a host of that name
+    was last deleted (``hosts.delete_host``): retired while missing, never cleaned; names that
+    owe none are left out. Known while that event is kept (``--event-retention-days``)."""
+    newest: dict[str, Any] = {}
+    q = sa.select(events.c.host, events.c.detail).where(
+        events.c.action == "host_deleted", events.c.host.in_(list(names))
+    )
+    for r in conn.execute(q.order_by(events.c.id)):
+        newest[r.host] = r.detail
+    out: dict[str, set[str]] = {}
+    for host, detail in newest.items():
+        owed = detail.get("uncleaned") if isinstance(detail, dict) else None
+        if isinstance(owed, list) and owed:
+            out[host] = {a for a in owed if isinstance(a, str)}
+    return out
+
+
+def _clean_owed(conn: sa.Connection, name: str, inserts: list[dict[str, Any]], out: _Outcome) -> None:
+    """New devices at the addresses of devices this host name's deletion left uncleaned are
+    cleaned before anyone gets them: the same hardware, back after the host was registered again."""
+    owed = owed_cleanups(conn, [name]).get(name)
+    if not owed:
+        return
+    added = {e["device_id"]: e for e in out.events if e["action"] == "device_added"}
+    for row in inserts:
+        if row["address"] not in owed or row["state"] == DeviceState.CLEANING.value:
+            continue
+        row["state"] = DeviceState.CLEANING.value
+        why = (
+            "cleaned before use: a device at this address was retired before its cleanup when "
+            f"host {name} was deleted"
+        )
+        event = added[row["id"]]
+        event["message"] += f", {why}"
+        event["detail"] = {**(event.get("detail") or {}), "cleaning_first": True}
         out.warnings.append(f"{row['address']}: {why}")
 
 

@@ -23,7 +23,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import schemas
 from devassign.store.events import record_many
-from devassign.store.inventory import added_event, catalog_rows, checks_for, digest, new_device, reset_refusal
+from devassign.store.inventory import (
+    added_event,
+    catalog_rows,
+    checks_for,
+    digest,
+    new_device,
+    owed_cleanups,
+    reset_refusal,
+)
 from devassign.store.schema import devices, hosts, inventory
 
 
@@ -41,12 +49,15 @@ def apply_new_hosts(
         else set()
     )
     type_rows = catalog_rows(conn)
+    # A name whose last deletion left devices uncleaned takes the one-report path, which
+    # cleans them first if they are back (inventory.owed_cleanups).
+    owing = owed_cleanups(conn, [b.host for b in batch if b.host not in known])
     # A host id named by two reports of the batch goes to whichever comes first: such reports
     # all take the one-report path, in the batch's order (this transaction runs before it).
     named = Counter(b.report.host_id for b in batch if b.report.host_id)
     chosen: list[schemas.HostReport] = []
     for b in batch:
-        if b.host in known or not _plain(b.report, type_rows):
+        if b.host in known or b.host in owing or not _plain(b.report, type_rows):
             continue
         if b.report.host_id is not None and (b.report.host_id in owned or named[b.report.host_id] > 1):
             continue  # another host's id: the one-report path says why
