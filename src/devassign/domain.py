@@ -98,6 +98,8 @@ HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
 # accepted can be read and released by URL and shown as it is. The lengths are the database
 # columns'. Listed in docs/limits.md.
 
+# The extra-spec namespace whose keys ask for devices (``hardware_resource:TYPE=N``).
+SPEC_PREFIX = "hardware_resource:"
 # Arrays and objects nested in any request body (server/limits.py), and in what is read back.
 MAX_JSON_DEPTH = 32
 # What stands for a value nested too deeply when it is read back (cut_too_deep).

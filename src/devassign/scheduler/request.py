@@ -24,6 +24,7 @@ from devassign.domain import (
     NAME_RE,
     PROJECT_MAX,
     PROJECT_RE,
+    SPEC_PREFIX,
     consumer_problem,
     project_problem,
 )
@@ -32,7 +33,6 @@ from devassign.scheduler.selector import Selector, compile_selector
 from devassign.scheduler.shares import param_consumption
 from devassign.schemas import ConsumerId, ProjectName, Strict
 
-SPEC_PREFIX = "hardware_resource:"
 MAX_COUNT = 256
 MAX_REQUESTS = 32
 # A flavor's extra specs, as Nova bounds them (its flavor_extra_specs columns are 255 wide).

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
-from devassign.domain import IN_USE_STATES, AllocationState, DeviceState
+from devassign.domain import IN_USE_STATES, SPEC_PREFIX, AllocationState, DeviceState
 from devassign.failpoints import failpoint
 from devassign.scheduler.shares import Pools, copy_pools, overdrawn
 from devassign.scheduler.view import HostView
@@ -112,12 +112,30 @@ def existing_claim(
 def check_same_request(consumer: str, key: str, stored: Any, doc: Mapping[str, Any] | None) -> None:
     """Refuse a replay whose request differs from the one its idempotency key made (``stored``:
     the allocation's request column, read back as a dict)."""
-    if doc is not None and stored != doc:
+    if doc is not None and _replay_form(stored) != _replay_form(doc):
         raise errors.DevassignError(
             errors.IDEMPOTENCY_KEY_REUSED,
             f"idempotency_key {key!r} made the allocation of {consumer!r} for another request; "
             "resend that same request to get its allocation, or use a new key for a new request",
         )
+
+
+def _replay_form(doc: Any) -> Any:
+    """A claim as a retry must repeat it: what it asks for, not how it was written. The
+    project is left out (a replay is only looked for in the allocation's own project, so a
+    member's retry may name it or not); extra specs keep their device specs only (a flavor's
+    other keys are not requests), each count as a number (``2`` and ``"2"`` ask the same)."""
+    if not isinstance(doc, Mapping):
+        return doc
+    out = {k: v for k, v in doc.items() if k != "project"}
+    specs = out.get("extra_specs")
+    if isinstance(specs, Mapping):
+        out["extra_specs"] = {
+            k: (int(v) if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit() else v)
+            for k, v in specs.items()
+            if isinstance(k, str) and k.startswith(SPEC_PREFIX)
+        }
+    return out
 
 
 def consumer_in_use(consumer: str) -> errors.DevassignError:
