@@ -310,3 +310,14 @@ def test_an_unknown_field_is_named_by_a_json_pointer(api: TestClient) -> None:
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "invalid_request"
         assert r.json()["error"]["pointer"] == pointer
+
+
+def test_a_type_asked_for_by_a_request_and_an_extra_spec_is_refused(api: TestClient) -> None:
+    """Both would be claimed (two devices where one was meant, usually): give the total once."""
+    _setup(api, "GPU")
+    body = {"extra_specs": {"hardware_resource:GPU": "1"}, "requests": [{"name": "x", "type": "GPU"}]}
+    for path in ("/v1/claims", "/v1/explain"):
+        r = api.post(path, json={"consumer": "vm-1", **body})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_spec"
+        assert r.json()["error"]["pointer"] == "/extra_specs/hardware_resource:GPU"

@@ -95,6 +95,17 @@ def build_body(
                 raise CliError(
                     f"--spec {s!r}: only hardware_resource:TYPE=N asks for devices", status=ExitCode.USAGE
                 )
+            named = [
+                r.get("name")
+                for r in body.get("requests") or []
+                if isinstance(r, dict) and f"hardware_resource:{r.get('type')}" == key
+            ]
+            if named:
+                raise CliError(
+                    f"--spec {key} asks for a type request {named[0]!r} of {request} asks for too: "
+                    "give the total in one place",
+                    status=ExitCode.USAGE,
+                )
             if key in extra:
                 # A dict would keep the last count alone: a claim of fewer devices than asked.
                 where = f"in {request} and on the command line" if key in from_file else "on the command line"

@@ -222,7 +222,17 @@ def parse_claim(body: Mapping[str, Any] | ClaimBody) -> Request:
         except ValidationError as exc:
             raise _from_validation(exc) from None
     requests = [_request(r, f"/requests/{i}") for i, r in enumerate(body.requests)]
-    requests += parse_extra_specs(body.extra_specs, pointer="/extra_specs")
+    from_specs = parse_extra_specs(body.extra_specs, pointer="/extra_specs")
+    named = {r.alternatives[0].type: r.name for r in requests}
+    for r in from_specs:
+        if r.name in named:
+            raise RequestError(
+                RequestErrorCode.INVALID_SPEC,
+                f"{SPEC_PREFIX}{r.name} asks for a type request {named[r.name]!r} asks for too; "
+                "give the total in one place",
+                f"/extra_specs/{_escape(SPEC_PREFIX + r.name)}",
+            )
+    requests += from_specs
     if not requests:
         raise RequestError(
             RequestErrorCode.NO_REQUESTS,
