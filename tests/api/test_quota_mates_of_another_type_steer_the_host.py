@@ -42,3 +42,25 @@ def test_a_host_whose_mates_of_another_type_pass_the_quota_does_not_fit(api: Tes
             "/v1/hosts/h2/work", json={"results": [{"device_id": dev, "action": "cleanup", "ok": True}]}
         )
         assert ok.status_code == 200, ok.text
+
+
+def test_a_refusal_by_the_mates_alone_says_what_they_would_add(api: TestClient) -> None:
+    """Only h1 (its GPU with an NVMe drive in one IOMMU group) and NVME at limit 0: the 403's
+    ``requested`` names the drive the claim would take along, not nothing."""
+    _setup(api, "GPU", "NVME")
+    _report(
+        api,
+        "h1",
+        [
+            {"address": "0000:af:00.0", "kind": "pci", "type": "GPU", "iommu_group": 7},
+            {"address": "0000:af:00.1", "kind": "pci", "type": "NVME", "iommu_group": 7},
+        ],
+    )
+    assert api.put("/v1/quotas/p1/NVME", json={"limit": 0}).status_code == 204
+    r = _claim(api, "vm-1", project="p1", extra_specs={"hardware_resource:GPU": "1"})
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["code"] == "quota_exceeded"
+    assert error["requested"] == {"NVME": 1}
+    assert "NVME: limit 0, in use 0, this claim 1" in error["message"]
+    assert "IOMMU group mates" in error["message"]

@@ -263,6 +263,28 @@ class Placer:
         full = schedule(request, snapshot, self.config.policy, quota=quota)
         return decision if full.fits else full  # freed since: the refusal read stands
 
+    def _quota_refusal(
+        self, request: Request, project: str, quota: Quota, snapshot: Snapshot
+    ) -> errors.DevassignError:
+        """The ``403`` of a claim the quota alone refuses. Where its own types are within the
+        limits, the IOMMU group mates that come along passed them: ``requested`` is then what
+        the best placement without the quota would add to each limited type, mates included."""
+        refusal = plan_quota_refusal(request, project, quota)
+        if any(quota.usage.get(t, 0) + n > quota.limits[t] for t, n in refusal.extra["requested"].items()):
+            return refusal
+        unbounded = schedule(request, snapshot, self.config.policy)
+        if not unbounded.fits:
+            return refusal
+        best = unbounded.placements[0]
+        host = snapshot.by_name[best.host]
+        adds = Counter(host.by_id[i].type for i in best.device_ids() if i in host.by_id)
+        asked = {t: n for t, n in adds.items() if t in quota.limits}
+        if not asked:
+            return refusal
+        found = over_quota(project, quota.limits, quota.usage, asked)
+        note = " (the IOMMU group mates that come with the devices count against the quota too)"
+        return errors.DevassignError(found.code, found.message + note, **found.extra)
+
     def _no_valid_host(
         self, request: Request, decision: Decision, why: str, caller: Principal
     ) -> errors.DevassignError:
@@ -361,7 +383,7 @@ class Placer:
                     and "over_quota" in decision.explanation.removed
                     and len(decision.explanation.removed) == 1
                 ):
-                    refusal = plan_quota_refusal(request, project, quota)
+                    refusal = self._quota_refusal(request, project, quota, snapshot)
                 else:
                     decision = self._named_verdicts(request, decision, quota)
                     refusal = self._no_valid_host(request, decision, "no host can hold this request", caller)

@@ -110,7 +110,7 @@ def over_quota(
     ]
     message = f"project {project} is over quota: " + "; ".join(lines)
     if not over:
-        message += " (no choice of alternatives, with the IOMMU group mates that come along, fits the limits)"
+        message += " (no choice of devices, with the IOMMU group mates that come along, fits the limits)"
     return errors.DevassignError(
         errors.QUOTA_EXCEEDED,
         message,
