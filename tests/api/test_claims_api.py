@@ -321,3 +321,14 @@ def test_a_type_asked_for_by_a_request_and_an_extra_spec_is_refused(api: TestCli
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "invalid_spec"
         assert r.json()["error"]["pointer"] == "/extra_specs/hardware_resource:GPU"
+
+
+def test_a_value_of_the_wrong_kind_is_named_once_at_its_place(api: TestClient) -> None:
+    """Not ``.../str`` and ``.../int`` (the validator's branches), which are no place in the body."""
+    r = api.post("/v1/claims", json={"consumer": "a", "extra_specs": {"hardware_resource:GPU": True}})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["pointer"] == "/extra_specs/hardware_resource:GPU"
+    assert error["message"] == (
+        "extra_specs.hardware_resource:GPU: Input should be a valid string or a valid integer"
+    )

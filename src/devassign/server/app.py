@@ -106,19 +106,48 @@ class NoNulInUrl:
 
 
 def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
+    parts: dict[str, list[str]] = {}  # place -> what is wrong there (a union's branches, together)
+    for err in exc.errors():
         if err.get("type") == "json_invalid":
             # the decoder's own words ("Expecting value", a repeated key), not "JSON decode error"
             pos = next((p for p in err.get("loc", ()) if isinstance(p, int)), -1)
             at = f" at character {pos}" if pos >= 0 else ""
-            parts.append(f"body: not valid JSON{at}: {err.get('ctx', {}).get('error', 'invalid')}")
+            parts.setdefault("body", []).append(
+                f"not valid JSON{at}: {err.get('ctx', {}).get('error', 'invalid')}"
+            )
             continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        loc = list(err.get("loc", ()))
+        place = _in_body(exc.body, loc[1:]) if loc[:1] == ["body"] else [p for p in loc if p != "body"]
+        where = ".".join(str(p) for p in place) or "body"
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
-    more = len(exc.errors()) - 5
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+        said = parts.setdefault(where, [])
+        if said and msg.startswith("Input should be ") and said[-1].startswith("Input should be "):
+            said[-1] += " or " + msg.removeprefix("Input should be ")  # a string or an integer
+        elif msg not in said:
+            said.append(msg)
+    shown = [f"{where}: {'; '.join(msgs)}" for where, msgs in list(parts.items())[:5]]
+    more = len(parts) - 5
+    return "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _in_body(body: Any, loc: list[Any]) -> list[Any]:
+    """``loc`` as far as it goes down ``body``: the validator adds the branch of a union it
+    tried (``extra_specs.KEY.str``), which is no place in the body; a field that is missing or
+    not allowed is kept (the place it names)."""
+    here, out = body, []
+    for p in loc:
+        inside = (isinstance(here, dict) and p in here) or (
+            isinstance(here, list) and isinstance(p, int) and 0 <= p < len(here)
+        )
+        if inside:
+            here = here[p]
+        elif isinstance(here, dict) and isinstance(p, str):
+            out.append(p)
+            break
+        else:
+            break
+        out.append(p)
+    return out
 
 
 def _validation_pointer(exc: RequestValidationError) -> str | None:
@@ -128,7 +157,7 @@ def _validation_pointer(exc: RequestValidationError) -> str | None:
     loc = list(first.get("loc", ())) if first else []
     if not loc or loc[0] != "body" or first is None or first.get("type") == "json_invalid":
         return None
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc[1:])
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in _in_body(exc.body, loc[1:]))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
