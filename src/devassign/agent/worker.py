@@ -724,15 +724,19 @@ class Agent:
         return item.model_copy(update={"device": item.device.model_copy(update=own)})
 
     def _as_set_up(self, item: WorkItem) -> WorkItem:
-        """A cleanup runs the handler (and its config) that set the device up: a type's
-        handler changed while its device was held (or a server naming ``noop``) would leave
-        the device as its holder had it and call it clean."""
+        """A cleanup runs the handler and the config that set the device up: a type's handler
+        or config changed while its device was held (a cleanup command dropped or replaced,
+        or a server naming ``noop``) would leave the device as its holder had it and call it
+        clean. (A record from before configs were kept names the handler only.)"""
         setup = self.state.state.set_up_by.get(item.device.id)
+        if not setup:
+            return item
         now = handler_name_for(item.device.kind, item.handler)
-        if not setup or setup.get("handler") == now:
+        same_config = "config" not in setup or dict(setup.get("config") or {}) == dict(item.config or {})
+        if setup.get("handler") == now and same_config:
             return item
         address, then = item.device.address, setup["handler"]
-        log.warning("cleaning %s with %s, the handler that set it up, not %s", address, then, now)
+        log.warning("cleaning %s with %s and the config that set it up, not %s as now", address, then, now)
         config = dict(setup.get("config") or {})
         return item.model_copy(update={"handler": setup["handler"], "config": config})
 

@@ -208,3 +208,28 @@ def test_facts_too_big_to_post_fail_the_setup_but_stay_in_the_journal(
     assert not done.ok and "facts cannot be posted: facts: at most 4096 bytes" in (done.error or "")
     assert world.server.posted[0]["facts"] == {}
     assert json.dumps(StateFile(world.config.state_file).state.facts["d0"]).count("x") >= 5000
+
+
+def test_a_cleanup_runs_the_config_that_set_the_device_up(world: World) -> None:  # noqa: F811
+    """The type's config changed while its device was held (its cleanup command dropped, or
+    replaced by another allowed one): the device is cleaned as it was set up, not called clean
+    without its cleanup."""
+    policy = LifecyclePolicy(frozenset({"command"}), ("/opt/fpga/*",))
+    world.server.devices["f"] = FakeDevice(
+        "f", "static:FPGA/0", kind="static", driver="", handler="command",
+        config={"setup": ["/opt/fpga/load"], "cleanup": ["/opt/fpga/wipe"]},
+    )  # fmt: skip
+    world.server.claim("f")
+    agent, runner = _agent(world, resources=(ResourceDecl("FPGA"),), lifecycle=policy)
+    assert [d.ok for d in agent.work()] == [True]
+    for config in (
+        {"setup": ["/opt/fpga/load"]},
+        {"setup": ["/opt/fpga/load"], "cleanup": ["/opt/fpga/other"]},
+    ):
+        world.server.devices["f"].config = config  # the type updated while held
+        world.server.release()
+        assert [d.ok for d in agent.work()] == [True]
+        assert runner.calls[-1].argv == ["/opt/fpga/wipe"], [c.argv for c in runner.calls]
+        world.server.claim("f")
+        world.server.devices["f"].config = {"setup": ["/opt/fpga/load"], "cleanup": ["/opt/fpga/wipe"]}
+        assert [d.ok for d in agent.work()] == [True]
