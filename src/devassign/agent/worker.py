@@ -188,6 +188,7 @@ class Agent:
         self._reported: dict[str, ReportedDevice] | None = None  # address -> last discovered
         self._recovered = False
         self._need_report = True
+        self._report_after_work = False  # a device cleaned is reported otherwise now (work())
         self._next_report = 0.0
         self._next_heartbeat = 0.0
         self._failures = 0  # steps in a row that failed: the exponent of the backoff
@@ -444,6 +445,16 @@ class Agent:
             done.append(result)
             if item.action == "setup" and not result.ok and consumer is not None:
                 failed.add(consumer)
+        if self._report_after_work:
+            # A device cleaned that is no longer what the last report said (its rule removed or
+            # its type changed while it was held): the server hears it now, not a report
+            # interval later, during which it would offer it as it was.
+            self._report_after_work = False
+            self._need_report = True
+            try:
+                self.report()
+            except ReportRefused as exc:
+                log.warning("report after a cleanup refused: %s", exc)
         return done
 
     def _heartbeat_while_busy(self) -> None:
@@ -600,6 +611,12 @@ class Agent:
             return f"{address} is not a device this agent discovered and reported on host {host}"
         if mine.kind is not item.device.kind:
             return f"{address} is a {mine.kind.value} on host {host}, not a {item.device.kind.value}"
+        if item.action == "setup" and mine.type != item.device.type:
+            # Its rule changed while it was held, and the server has not heard it yet.
+            return (
+                f"{address} is a {mine.type} on host {host} now, not a {item.device.type} (its "
+                "rule changed); the next report tells the server"
+            )
         if item.action == "cleanup" and not prepared:
             return None
         return self._held_for_another(item) or self._foreign_facts(item) or self._policy_refusal(item)
@@ -899,8 +916,11 @@ class Agent:
         for e in entries:
             self._crash("posted", e["action"])
         out = []
+        cleaned: dict[str, str] = {}  # address -> its type on the server
         for dev_id, entry, res, outcome in zip(ids, entries, results, outcomes, strict=True):
             item = WorkItem.model_validate(entry["item"])
+            if res.action == "cleanup" and res.ok and outcome.applied:
+                cleaned[item.device.address] = item.device.type
             st.journal.pop(dev_id, None)
             if res.action == "setup" and res.ok and outcome.state is DeviceState.ASSIGNED:
                 st.assigned[dev_id] = entry["item"]
@@ -924,7 +944,17 @@ class Agent:
                 )
             )
         self.state.save()
+        if cleaned:
+            self._leaves_as_reported(cleaned)
         return out
+
+    def _leaves_as_reported(self, cleaned: dict[str, str]) -> None:
+        """Whether a device just cleaned is, now that it is free, another type here than the
+        server's, or none (a rule that took it removed or changed while it was held: the server
+        kept its type while it was held): then a report follows the work."""
+        now = self._discovered(fresh=True)
+        if any((now[a].type if a in now else None) != t for a, t in cleaned.items()):
+            self._report_after_work = True
 
     def _result(self, dev_id: str, entry: dict[str, Any]) -> WorkResult:
         device = (entry.get("item") or {}).get("device") or {}

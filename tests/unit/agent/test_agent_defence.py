@@ -118,7 +118,7 @@ def test_a_device_of_another_kind_is_refused(world: World) -> None:  # noqa: F81
 
 def _fpga(w: World, argv: list[str]) -> None:
     w.server.devices["f"] = FakeDevice(
-        "f", "static:FPGA/0", kind="static", driver="", handler="command", config={"setup": argv}
+        "f", "static:FPGA/0", kind="static", driver="", handler="command", type="FPGA", config={"setup": argv}
     )
     w.server.claim("f")
 
@@ -152,7 +152,7 @@ def test_only_allowed_commands_run(world: World) -> None:  # noqa: F811
 def test_a_health_check_outside_the_allow_list_is_not_run(world: World) -> None:  # noqa: F811
     policy = LifecyclePolicy(frozenset({"command"}), ("/opt/fpga/*",))
     world.server.devices["f"] = FakeDevice(
-        "f", "static:FPGA/0", kind="static", driver="", handler="command",
+        "f", "static:FPGA/0", kind="static", driver="", handler="command", type="FPGA",
         config={"setup": ["/opt/fpga/load"], "health": ["/opt/fpga/check"]},
     )  # fmt: skip
     world.server.claim("f")
@@ -216,7 +216,7 @@ def test_a_cleanup_runs_the_config_that_set_the_device_up(world: World) -> None:
     without its cleanup."""
     policy = LifecyclePolicy(frozenset({"command"}), ("/opt/fpga/*",))
     world.server.devices["f"] = FakeDevice(
-        "f", "static:FPGA/0", kind="static", driver="", handler="command",
+        "f", "static:FPGA/0", kind="static", driver="", handler="command", type="FPGA",
         config={"setup": ["/opt/fpga/load"], "cleanup": ["/opt/fpga/wipe"]},
     )  # fmt: skip
     world.server.claim("f")
@@ -233,3 +233,15 @@ def test_a_cleanup_runs_the_config_that_set_the_device_up(world: World) -> None:
         world.server.claim("f")
         world.server.devices["f"].config = {"setup": ["/opt/fpga/load"], "cleanup": ["/opt/fpga/wipe"]}
         assert [d.ok for d in agent.work()] == [True]
+
+
+def test_a_setup_under_a_type_the_device_no_longer_has_here_is_refused(world: World) -> None:  # noqa: F811
+    """The server still names the type the device had before its rule changed (it hears the
+    change at the next report): the tenant must not get the new type's device."""
+    world.server.devices["d0"].type = "NIC_VF_OLD"
+    world.server.claim("d0")
+    (done,) = world.make().work()
+    assert not done.ok and "is a NIC_VF on host w1 now, not a NIC_VF_OLD (its rule changed)" in (
+        done.error or ""
+    )
+    assert world.sysfs.writes == []

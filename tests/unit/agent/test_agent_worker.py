@@ -48,6 +48,7 @@ class FakeDevice:
     handler: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     cleared: bool = False
+    type: str = "NIC_VF"
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -55,7 +56,7 @@ class FakeDevice:
             "host": HOST,
             "address": self.address,
             "kind": self.kind,
-            "type": "NIC_VF",
+            "type": self.type,
             "state": self.state,
             "healthy": self.healthy,
             "vendor_id": "8086",
