@@ -161,3 +161,48 @@ def test_the_migrated_expression_indexes_are_the_schemas(db_url: str) -> None:
             assert migrated == declared
         conn.rollback()
     db.dispose()
+
+
+def test_taint_ids_are_never_given_twice_after_the_migration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """0013: a removed taint's id is not the next taint's (SQLite reused the largest), and the
+    taints that were there keep their rows."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.connect() as conn:
+        command.upgrade(db._alembic_config(conn), "0012")
+        conn.commit()
+        conn.execute(
+            sa.text(
+                "INSERT INTO hosts (id, name, generation, last_report_at, last_seen_at, marked_down, "
+                "created_at) VALUES (1, 'h1', 1, :t, :t, 0, :t)"
+            ),
+            {"t": now},
+        )
+        for taint_id in (1, 2):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO taints (id, host_id, effect, reason, set_by, created_at) "
+                    "VALUES (:i, 1, 'NoSchedule', 'r', 'admin#1', :t)"
+                ),
+                {"i": taint_id, "t": now},
+            )
+        conn.commit()
+    db.upgrade()
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(sa.text("SELECT id FROM taints ORDER BY id"))] == [1, 2]
+        conn.execute(sa.text("DELETE FROM taints WHERE id = 2"))
+        made = conn.execute(
+            sa.text(
+                "INSERT INTO taints (host_id, effect, reason, set_by, created_at) "
+                "VALUES (1, 'None', 'r', 'admin#1', :t) RETURNING id"
+            ),
+            {"t": now},
+        ).scalar_one()
+        conn.commit()
+    db.dispose()
+    assert made == 3

@@ -147,6 +147,9 @@ taints = sa.Table(
     sa.Column("expires_at", Stamp),
     sa.Index("ix_taints_host", "host_id"),
     sa.Index("ix_taints_expires", "expires_at"),
+    # Removed by id: on SQLite an id is never given twice (else the newest taint's, once
+    # removed, went to the next one, and a stale id removed another taint).
+    sqlite_autoincrement=True,
 )
 
 consumers = sa.Table(
