@@ -332,3 +332,13 @@ def test_a_value_of_the_wrong_kind_is_named_once_at_its_place(api: TestClient) -
     assert error["message"] == (
         "extra_specs.hardware_resource:GPU: Input should be a valid string or a valid integer"
     )
+
+
+def test_a_device_spec_key_with_a_leading_space_is_a_misspelling_not_another_namespace(
+    api: TestClient,
+) -> None:
+    _setup(api, "GPU")
+    body = {"consumer": "vm-1", "extra_specs": {"hardware_resource:GPU": "1", " hardware_resource:GPU": "1"}}
+    r = api.post("/v1/claims", json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_spec", r.text
+    assert "misspelt" in r.json()["error"]["message"]

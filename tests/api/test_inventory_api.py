@@ -259,6 +259,6 @@ def test_health_reasons_recovering_reports_and_an_operators_clear(api: TestClien
     # A healthy, available device has nothing to clear: 409 with the stable code, nothing changes.
     again = api.post(f"/v1/devices/{d['id']}/clear", json={})
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
-    assert "only quarantined or unhealthy" in again.json()["error"]["message"]
+    assert "only quarantined, unhealthy or missing" in again.json()["error"]["message"]
     too_long = _report(api, "h1", 8, [vf(a, healthy=False, health_reason="x" * 1001)])
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_request"

@@ -86,6 +86,6 @@ def test_claim_explain_capacity_release_through_the_cli(db_url: str, tmp_path: P
         unknown = cli("release", "--consumer", "nobody", env=env, check=False)
         assert unknown.returncode == 1 and "[allocation_not_found]" in unknown.stderr
         nothing = cli("device", "clear", "0000:3b:02.1", env=env, check=False)
-        assert nothing.returncode == 1 and "only quarantined or unhealthy devices" in nothing.stderr
+        assert nothing.returncode == 1 and "only quarantined, unhealthy or missing devices" in nothing.stderr
         usage = cli("claim", "--consumer", "vm-3", env=env, check=False)
         assert usage.returncode == 2 and "--spec" in usage.stderr

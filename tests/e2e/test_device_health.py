@@ -167,7 +167,7 @@ def test_a_pf_link_down_takes_its_free_vfs_out_and_an_operator_clear_stands_unti
 
     # Clearing a healthy device is refused and changes nothing.
     again = cli("device", "clear", vfs[1], "--host", HOST, env=env, check=False)
-    assert again.returncode != 0 and "only quarantined or unhealthy" in again.stderr
+    assert again.returncode != 0 and "only quarantined, unhealthy or missing" in again.stderr
     assert "Traceback" not in again.stderr
 
 

@@ -71,7 +71,7 @@ class Explanation:
         head = (
             f"{self.feasible} of {self.considered} hosts fit"
             if self.feasible
-            else f"no host fits: {self.considered} hosts considered"
+            else f"no host fits: {self.considered} {'host' if self.considered == 1 else 'hosts'} considered"
         )
         removed = ", ".join(f"{code}: {n}" for code, n in self.removed.items())
         return f"{head}; {removed}" if removed else head

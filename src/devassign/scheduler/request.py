@@ -313,7 +313,7 @@ def _parse_extra_specs(items: tuple[tuple[str, str | int], ...], pointer: str) -
         where = f"{pointer}/{_escape(key)}"
         namespace, _, type_name = key.partition(":")
         if namespace != SPEC_PREFIX[:-1]:
-            if namespace.lower().startswith("hardware"):
+            if namespace.strip().lower().startswith("hardware"):  # " hardware_resource:" too
                 raise RequestError(
                     RequestErrorCode.INVALID_SPEC,
                     f"{key!r} looks like a device spec but is misspelt; write hardware_resource:TYPE",

@@ -325,7 +325,8 @@ def apply_report(
         raise errors.DevassignError(
             errors.STALE_GENERATION,
             f"report generation {report.generation} is older than the last one taken "
-            f"({current.generation}); send generation {current.generation + 1} or higher",
+            f"({current.generation}); send generation {current.generation} or higher (that same "
+            "report again changes nothing)",
             current_generation=current.generation,
         )
     if host.marked_down:

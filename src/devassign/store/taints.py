@@ -194,7 +194,8 @@ def _request_drain(conn: sa.Connection, taint: Any, host: str, *, now: datetime,
             )
         else:
             message = (
-                f"{consumer} is asked to move off {host}: {len(ds)} of its devices are drained "
+                f"{consumer} is asked to move off {host}: {len(ds)} of its devices "
+                f"{'is' if len(ds) == 1 else 'are'} drained "
                 f"({taint.reason}); they stay its own until it releases them"
             )
         record(

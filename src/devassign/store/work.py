@@ -365,7 +365,7 @@ def clear_device(
         raise errors.DevassignError(
             errors.INVALID_STATE,
             f"device {row.address} is {row.state} and healthy; "
-            "only quarantined or unhealthy devices are cleared",
+            "only quarantined, unhealthy or missing devices are cleared",
         )
     one_time = (row.quarantine_reason or "").startswith("one_time_use")
     new = (

@@ -102,7 +102,8 @@ def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, 
         verdict,
         tag(
             "p",
-            f"{found.get('considered', 0)} hosts considered, {found.get('feasible', 0)} fit",
+            f"{found.get('considered', 0)} {'host' if found.get('considered') == 1 else 'hosts'} "
+            f"considered, {found.get('feasible', 0)} fit",
             class_="muted",
         ),
         tag(
