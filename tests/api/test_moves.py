@@ -435,7 +435,7 @@ def test_a_drained_target_tells_the_moving_consumer_and_cannot_be_committed(api:
     assert "abort its move to dst" in drains[0]["message"]
     refused = api.post("/v1/allocations/vm-1/moves/commit")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "invalid_state", refused.text
-    assert "being drained" in refused.json()["error"]["message"]
+    assert "being drained (Drain (PSU swap))" in refused.json()["error"]["message"]  # not who set it
     assert api.get("/v1/allocations/vm-1").json()["host"] == "src"
     assert api.post("/v1/allocations/vm-1/moves/abort").json()["state"] == "aborted"
     # A NoSchedule taint only keeps new claims off: a commit onto it goes through.

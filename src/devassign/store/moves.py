@@ -45,7 +45,7 @@ from devassign.store.schema import (
     moves,
     resource_types,
 )
-from devassign.store.taint_marks import marked
+from devassign.store.taint_marks import marked, without_setter
 
 # The consumer id of a move's target allocation: never a valid client consumer id.
 MOVE_PREFIX = "_move:"
@@ -531,7 +531,7 @@ def _refuse_unready_target(conn: sa.Connection, row: Any) -> None:
         raise errors.DevassignError(
             errors.INVALID_STATE,
             f"the devices held on {row.target_name} for {row.consumer} are being drained "
-            f"({drained.taint}); abort the move and move elsewhere",
+            f"({without_setter(drained.taint)}); abort the move and move elsewhere",
         )
     waiting = conn.execute(
         sa.select(devices.c.state, sa.func.count())

@@ -28,6 +28,13 @@ def phrase(effect: str, reason: str, set_by: str) -> str:
     return f"{marked(effect)}{reason}, by {set_by})"
 
 
+def without_setter(text: str) -> str:
+    """A taint's phrase without who set it (``NoSchedule (maintenance: PSU swap)``): what a
+    member may read of it."""
+    head, sep, who = text.rpartition(", by ")
+    return f"{head})" if sep and who.endswith(")") and " " not in who else text
+
+
 def marked(effect: str) -> str:
     """How ``devices.taint`` begins for a device whose strongest taint has ``effect``."""
     return f"{effect} ("
