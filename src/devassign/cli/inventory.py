@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError, api_path, parse_json
+from devassign.cli.client import Client, CliError, ExitCode, api_path, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
+from devassign.domain import DeviceState
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
 TypeNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The type's name, e.g. GPU_A100")]
@@ -301,6 +302,9 @@ def register(app: typer.Typer) -> typer.Typer:
     ) -> None:
         """Devices with their state, filterable by host, type and state: the first 1000 unless
         --limit or --all."""
+        states = [s.value for s in DeviceState]
+        if state is not None and state not in states:
+            raise CliError(f"--state {state!r}: one of {', '.join(states)}", status=ExitCode.USAGE)
         api = client(ctx)
         filters = {"host": host, "type": type, "state": state}
         if every:
