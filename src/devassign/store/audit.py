@@ -399,12 +399,13 @@ def _down_hosts(conn: sa.Connection, silent_since: datetime) -> list[Finding]:
     )
     found = []
     for r in conn.execute(_limited(q)):
-        since = f"since {r.last_seen_at:%Y-%m-%d %H:%M:%S}" if r.last_seen_at else "never seen"
+        since = f"not heard from since {r.last_seen_at:%Y-%m-%d %H:%M:%S}" if r.last_seen_at else "never seen"
         if r.held:
             found.append(
                 Finding(
                     "held_on_down_host",
-                    f"{r.name} is down ({since}) with {r.held} assigned device(s)",
+                    f"{r.name} is silent ({since}, longer than the audit's --down-for) with "
+                    f"{r.held} assigned device(s)",
                     host=r.name,
                 )
             )
@@ -412,7 +413,8 @@ def _down_hosts(conn: sa.Connection, silent_since: datetime) -> list[Finding]:
             found.append(
                 Finding(
                     "stranded_work",
-                    f"{r.name} is down ({since}) with {r.work} device(s) waiting for setup or cleanup",
+                    f"{r.name} is silent ({since}, longer than the audit's --down-for) with "
+                    f"{r.work} device(s) waiting for setup or cleanup",
                     host=r.name,
                 )
             )
