@@ -59,6 +59,9 @@ def test_a_member_is_not_told_the_rack_of_the_hosts(secure_api: TestClient, stor
     )
     assert refused.status_code == 409, refused.text
     assert "rack-42" not in refused.text, refused.text
+    # ... and says why in the codes a member reads (the reasons agree with the counts)
+    why = refused.json()["error"]["explanation"]
+    assert why["removed"] and why["reasons"] == why["removed"], why
 
 
 def test_a_gang_of_one_instance_may_set_a_mac(api: TestClient) -> None:

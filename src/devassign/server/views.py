@@ -190,7 +190,8 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         "removed": found.get("removed", {}),
         "funnel": found.get("funnel", {}),
         "policy": found.get("policy", {}),
-        "reasons": reasons,
+        # Where no host was asked about one by one (a gang's plan), the counts the plan kept.
+        "reasons": reasons or dict(found.get("removed") or {}),
         "closest": [{"reason": c.get("reason")} for c in found.get("closest", [])],
         "tainted": sorted(tainted),
     }
