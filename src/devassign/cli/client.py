@@ -78,7 +78,9 @@ def api_path(template: str, *names: object) -> str:
     def one(name: object) -> str:
         if "/" in str(name):
             raise CliError(
-                f"{str(name)!r} is not a name devassign gives: no name holds '/'", status=ExitCode.USAGE
+                f"{str(name)!r} holds '/', which no consumer, gang, host, type or device id does; "
+                "no name holds '/' (a device is named by its id here: `devassign devices` lists them)",
+                status=ExitCode.USAGE,
             )
         text = quote(str(name), safe="")
         return text.replace(".", "%2E") if set(text) == {"."} else text
