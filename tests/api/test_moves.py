@@ -147,6 +147,30 @@ def test_an_unconfirmed_target_expires_and_the_move_is_aborted(api: TestClient, 
     _audit_clean(api)
 
 
+def test_a_move_whose_source_expires_with_its_target_does_not_say_the_consumer_stays(
+    api: TestClient, clock: Clock
+) -> None:
+    _world(api)
+    assert api.post("/v1/allocations/vm-1/moves", json={"host": "dst"}).status_code == 201
+    store: Store = api.app.state.store  # type: ignore[attr-defined]
+    with store.db.write() as conn:  # vm-1's setup never confirmed: it expires with the target
+        conn.exec_driver_sql("UPDATE devices SET state = 'reserved' WHERE state = 'assigned'")
+        conn.exec_driver_sql(
+            "UPDATE allocations SET state = 'reserved', expires_at = (SELECT max(expires_at) "
+            "FROM allocations WHERE consumer <> 'vm-1') WHERE consumer = 'vm-1'"
+        )
+    clock.advance(301)
+    for host in ("src", "dst"):
+        api.post(f"/v1/hosts/{host}/heartbeat")
+    assert len(store.sweep()) == 2  # vm-1 and the move's target
+    assert api.get("/v1/allocations/vm-1").json()["state"] == "released"
+    events = api.get("/v1/events", params={"consumer": "vm-1"}).json()
+    aborted = [e for e in events if e["action"] == "move_aborted"]
+    assert len(aborted) == 1, aborted
+    assert "stays" not in aborted[0]["message"] and "released too" in aborted[0]["message"], aborted[0]
+    _audit_clean(api)
+
+
 def test_a_target_that_cannot_hold_the_request_says_why(api: TestClient) -> None:
     _world(api, target_devices=1)
     r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst"})

@@ -584,8 +584,23 @@ def _finish_aborted(conn: sa.Connection, row: Any, *, now: datetime, actor: str,
         host=row.target_name,
         consumer=row.consumer,
         message=f"the move of {row.consumer} to {row.target_name} was aborted ({reason}); "
-        f"it stays on {row.source_name}",
+        + (
+            f"it stays on {row.source_name}"
+            if _live(conn, row.source_allocation_id)
+            else f"its allocation on {row.source_name} was released too"
+        ),
         detail={"source_host": row.source_name, "target": row.target_consumer, "reason": reason},
+    )
+
+
+def _live(conn: sa.Connection, allocation_id: int) -> bool:
+    return (
+        conn.execute(
+            sa.select(allocations.c.id).where(
+                allocations.c.id == allocation_id, allocations.c.released_at.is_(None)
+            )
+        ).first()
+        is not None
     )
 
 
@@ -627,14 +642,9 @@ def settle(conn: sa.Connection, consumer: str, *, now: datetime, actor: str = "s
     row = latest(conn, consumer, lock=True)
     if row is None or row.state != PENDING:
         return False
-    source_live = conn.execute(
-        sa.select(allocations.c.id).where(
-            allocations.c.id == row.source_allocation_id, allocations.c.released_at.is_(None)
-        )
-    ).first()
     if row.target_released_at is not None:
         reason = _why_released(conn, row.target_consumer)
-    elif source_live is None:
+    elif not _live(conn, row.source_allocation_id):
         reason = "source_released"
     else:
         return False
