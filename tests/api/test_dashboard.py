@@ -199,7 +199,8 @@ def test_explain_counts_each_host_the_pre_filter_left_out_once(api: TestClient, 
         taint = {"effect": "NoSchedule", "reason": "link flaps"}
         assert api.post(f"/v1/devices/{device['id']}/taints", json=taint).status_code == 201
     sentence = (
-        "1 host down, 2 up hosts with too few free NIC_VF_1G (2 of them only because devices are tainted)"
+        "1 host down, 2 up hosts with too few free NIC_VF_1G (2 of them only because 2 NIC_VF_1G devices "
+        "are tainted NoSchedule (link flaps, by no-auth))"
     )
     refused = api.post(
         "/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}

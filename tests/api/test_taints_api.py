@@ -219,9 +219,10 @@ def test_the_funnel_says_hosts_lack_only_because_of_taints(
     refused = secure_api.post("/v1/claims", json=body, headers=world["member"])
     assert refused.status_code == 409
     message = refused.json()["error"]["message"]
-    assert "2 up hosts with too few free NIC_VF_1G (2 of them only because devices are tainted)" in message, (
-        message
-    )
+    assert (
+        "2 up hosts with too few free NIC_VF_1G (2 of them only because 4 NIC_VF_1G devices are tainted "
+        "Drain (r))" in message
+    ), message
 
 
 def test_capacity_leaves_tainted_devices_out_and_counts_them(
@@ -280,3 +281,45 @@ def test_the_redacted_explanation_keeps_the_taint_not_who_set_it() -> None:
     redacted = redact_explanation(found)
     assert redacted["tainted"] == ["2 NIC_VF_1G devices are tainted NoSchedule (maintenance: PSU swap)"]
     assert "compute-a" not in str(redacted)
+
+
+def test_hosts_held_back_before_scheduling_say_what_their_taints_are(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    """Every host lacks free devices only because of taints, so none reaches the scheduler to
+    say which: the refusal and the explanation name the taints (a member's without who set
+    them), and a member's message does not read "0 hosts considered"."""
+    for host, agent in (("compute-a", "agent_a"), ("compute-b", "agent_b")):
+        r = secure_api.post(
+            f"/v1/hosts/{host}/taints",
+            json={"effect": "NoSchedule", "reason": "psu swap"},
+            headers=world[agent],
+        )
+        assert r.status_code == 201, r.text
+    body = {"consumer": "vm-1", "project": "p", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+    refused = secure_api.post("/v1/claims", json=body, headers=world["member"])
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert "0 hosts considered" not in error["message"], error["message"]
+    assert (
+        "(2 of them only because 4 NIC_VF_1G devices are tainted NoSchedule (psu swap))" in error["message"]
+    )
+    assert error["explanation"]["tainted"] == ["4 NIC_VF_1G devices are tainted NoSchedule (psu swap)"]
+    assert "compute-" not in refused.text and "agent" not in refused.text
+    explained = secure_api.post("/v1/explain", json=body, headers=world["member"]).json()
+    assert explained["tainted"] == ["4 NIC_VF_1G devices are tainted NoSchedule (psu swap)"]
+    admin = secure_api.post("/v1/explain", json=body, headers=world["admin"]).json()
+    assert len(admin["taints"]) == 1 and admin["taints"][0].count("(psu swap, by agent:compute-") == 2, admin
+    operator = secure_api.post("/v1/claims", json=body, headers=world["admin"]).json()["error"]["message"]
+    assert "only because 2 NIC_VF_1G devices are tainted NoSchedule (psu swap, by agent:compute-" in operator
+
+
+def test_a_type_not_held_back_by_taints_names_none() -> None:
+    from devassign.scheduler.reasons import funnel_sentence
+
+    funnel = {"hosts": 3, "down": 0, "lacking_GPU": 3, "tainted_GPU": 1, "lacking_VF": 2}
+    taints = ["2 GPU devices are tainted Drain (rack move)", "1 VF device is tainted NoSchedule (x)"]
+    assert funnel_sentence(funnel, taints) == (
+        "3 up hosts with too few free GPU (1 of them only because 2 GPU devices are tainted Drain "
+        "(rack move)), 2 up hosts with too few free VF"
+    )

@@ -132,7 +132,7 @@ def summary(exp: dict[str, Any]) -> str:
     funnel = exp.get("funnel") or {}
     if exp.get("fits") or exp.get("considered") or exp.get("feasible"):
         return str(exp.get("summary", ""))
-    before = funnel_sentence(funnel)
+    before = funnel_sentence(funnel, exp.get("taints") or ())
     if before:
         return f"no host fits: {before}"
     asked = "; ".join(str(h.get("message")) for h in exp.get("hosts") or [] if not h.get("fits"))
@@ -154,7 +154,7 @@ def print_explanation(exp: dict[str, Any]) -> None:
     console.print(summary(exp), style="bold", markup=False, highlight=False)
     funnel = exp.get("funnel") or {}
     if funnel and (exp.get("considered") or exp.get("feasible")):
-        before = funnel_sentence(funnel)
+        before = funnel_sentence(funnel, exp.get("taints") or ())
         if before:
             console.print(f"before scheduling: {before}", markup=False, highlight=False)
     for code, n in (exp.get("removed") or {}).items():

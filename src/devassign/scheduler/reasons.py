@@ -100,9 +100,10 @@ def join_or(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
-def funnel_sentence(funnel: Mapping[str, Any]) -> str:
+def funnel_sentence(funnel: Mapping[str, Any], taints: Sequence[str] = ()) -> str:
     """``2 hosts down, 3 up hosts with too few free GPU_A100``: the hosts the inventory
-    pre-filter removed before scheduling, and why (for the server's refusals and the CLI)."""
+    pre-filter removed before scheduling, and why (for the server's refusals and the CLI).
+    ``taints``: phrases of :func:`tainted_phrase`, which say what the taints are."""
     parts = []
     down = int(funnel.get("down") or 0)
     if down:
@@ -114,7 +115,8 @@ def funnel_sentence(funnel: Mapping[str, Any]) -> str:
             tainted = int(funnel.get(f"tainted_{type_name}") or 0)
             held = []
             if tainted:
-                held.append(f"{tainted} of them only because devices are tainted")
+                which = [t for t in taints if (m := _TAINTED_TYPE.match(t)) and m[1] == type_name]
+                held.append(f"{tainted} of them only because {join_and(which) or 'devices are tainted'}")
             carved = int(funnel.get(f"partitioned_{type_name}") or 0)
             if carved:
                 # A slot of a GPU that runs another mode or is held whole, or a GPU one of
@@ -145,6 +147,7 @@ def without_setter(sentence: str) -> str:
 
 
 _SETTER = re.compile(r", by [^()]*\)")
+_TAINTED_TYPE = re.compile(r"\d+ (\S+) devices? (?:is|are) tainted ")
 # The taint clause that ends a host's sentence (filters append it after "; ").
 TAINTED = re.compile(r"; (\d+ \S+ devices? (?:is|are) tainted .*)$")
 

@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -163,12 +164,12 @@ class Gangs:
         p = self._prepare(body, caller)
         self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found, snapshot = self._plan(p, len(body.instances))
-        out = explanation_body(found.explanation, self.placer.funnel(p.request, operator=operator))
+        out = explanation_body(found.explanation, *self.placer.funnel(p.request, operator=operator))
         out.update(
             fits=found.fits,
             wanted=found.wanted,
             placed=found.placed,
-            message=_message(found, out["funnel"]),
+            message=_message(found, out["funnel"], out["taints"]),
             hosts_read=len(snapshot.hosts),
             per_host=found.per_host(),
             instances=[
@@ -185,7 +186,7 @@ class Gangs:
         redacted.update(
             wanted=found.wanted,
             placed=found.placed,
-            message=_public_message(found, p.layout, out["funnel"]),
+            message=_public_message(found, p.layout, out["funnel"], out["taints"]),
             hosts_used=len(out["per_host"]),
         )
         return redacted
@@ -296,19 +297,20 @@ class Gangs:
         ]
 
     def _refusal(self, p: _Prepared, found: GangPlan, *, operator: bool) -> errors.DevassignError:
-        body = explanation_body(found.explanation, self.placer.funnel(p.request, operator=operator))
-        before = funnel_sentence(body["funnel"])
+        body = explanation_body(found.explanation, *self.placer.funnel(p.request, operator=operator))
+        before = funnel_sentence(body["funnel"], body["taints"])
         if not operator:
             # The hosts' sentences name hosts and addresses, the plan's the attribute value the
             # hosts share (a rack): counts and codes only.
-            message = f"gang of {found.wanted}: {_public_message(found, p.layout, body['funnel'])}"
+            public = _public_message(found, p.layout, body["funnel"], body["taints"])
+            message = f"gang of {found.wanted}: {public}"
             if before and found.explanation.considered:
                 message += f"; {before}"
             redacted = redact_explanation(body)
             return errors.DevassignError(
                 errors.NO_VALID_HOST, message, explanation=redacted, wanted=found.wanted, placed=found.placed
             )
-        message = f"gang of {found.wanted}: {_message(found, body['funnel'])}"
+        message = f"gang of {found.wanted}: {_message(found, body['funnel'], body['taints'])}"
         if before and found.explanation.considered:
             message += f"; {before}"
         closest = "; ".join(c["message"] for c in body["closest"])
@@ -319,15 +321,15 @@ class Gangs:
         )
 
 
-def _message(found: GangPlan, funnel: dict[str, int]) -> str:
+def _message(found: GangPlan, funnel: dict[str, int], taints: Sequence[str]) -> str:
     """The plan's sentence; when no host reached the scheduler, the pre-filter says why."""
-    before = funnel_sentence(funnel)
+    before = funnel_sentence(funnel, taints)
     if found.explanation.considered or not before:
         return found.message
     return found.message.replace(found.explanation.summary(), f"no host fits: {before}")
 
 
-def _public_message(found: GangPlan, layout: Layout, funnel: dict[str, int]) -> str:
+def _public_message(found: GangPlan, layout: Layout, funnel: dict[str, int], taints: Sequence[str]) -> str:
     """The plan's sentence for a member: how many instances fit on how many hosts and the
     reason codes, without the value of ``same`` the hosts share (a rack is the operators')."""
     attribute = layout.attribute
@@ -339,7 +341,7 @@ def _public_message(found: GangPlan, layout: Layout, funnel: dict[str, int]) -> 
         message += f" with the same {attribute}"
     elif attribute is not None:
         message += f" (no fitting host reports one {attribute})"
-    before = funnel_sentence(funnel)
+    before = funnel_sentence(funnel, taints)
     why = found.explanation.summary()
     if before and not found.explanation.considered:  # the pre-filter says why, as in _message
         why = f"no host fits: {before}"

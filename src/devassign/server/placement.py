@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ from devassign.scheduler import (
 from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_budget
 from devassign.scheduler.capacity import capacity
 from devassign.scheduler.params import has_params, request_doc
-from devassign.scheduler.reasons import funnel_sentence
+from devassign.scheduler.reasons import funnel_sentence, tainted_phrase, without_setter
 from devassign.store import ClaimContext, Principal, Store
 from devassign.store.claims import ClaimOrder, HostBusy, LostRace, OverQuota, Pick, Refit
 from devassign.store.quotas import over_quota
@@ -128,13 +128,16 @@ def _needs(request: Request) -> tuple[dict[str, int], list[str]]:
     return dict(needs), any_of
 
 
-def explanation_body(exp: Explanation, funnel: dict[str, int] | None) -> dict[str, Any]:
+def explanation_body(
+    exp: Explanation, funnel: dict[str, int] | None, taints: Sequence[str] = ()
+) -> dict[str, Any]:
     return {
         "summary": exp.summary(),
         "considered": exp.considered,
         "feasible": exp.feasible,
         "removed": dict(exp.removed),
         "funnel": funnel or {},
+        "taints": list(taints),
         "hosts": [
             {
                 "host": v.host,
@@ -244,11 +247,24 @@ class Placer:
         limits, usage = self.store.quota(project)
         return Quota(limits, usage) if limits else None
 
-    def funnel(self, request: Request, *, operator: bool) -> dict[str, int]:
+    def funnel(self, request: Request, *, operator: bool) -> tuple[dict[str, int], list[str]]:
         """An explanation's before-scheduling counts: of the hosts an operator's request names
         (it can go nowhere else), else of every host. A member's answer never depends on the
-        hosts named (a move's target): made up, down, tainted or full read the same to a member."""
-        return self.store.funnel(_needs(request)[0], request.hosts if operator else ())
+        hosts named (a move's target): made up, down, tainted or full read the same to a member.
+        With them, what the taints are that alone make hosts lack devices (for a member
+        without who set them: a name may be a host's agent's)."""
+        names = request.hosts if operator else ()
+        found = self.store.funnel(_needs(request)[0], names)
+        held = [k.removeprefix("tainted_") for k in found if k.startswith("tainted_")]
+        if not held:
+            return found, []
+        phrases = []
+        for type_name, pairs in self.store.taint_texts(held, names).items():
+            counts: Counter[str] = Counter()
+            for text, n in pairs:
+                counts[text if operator else without_setter(text)] += n
+            phrases.append(tainted_phrase(type_name, counts.most_common()))
+        return found, phrases
 
     def _named_verdicts(self, request: Request, decision: Decision, quota: Quota | None) -> Decision:
         """A refused claim that names hosts says each one's own reason, as explain does: the
@@ -289,10 +305,10 @@ class Placer:
         self, request: Request, decision: Decision, why: str, caller: Principal
     ) -> errors.DevassignError:
         body = explanation_body(
-            decision.explanation, self.funnel(request, operator=caller.role is not Role.MEMBER)
+            decision.explanation, *self.funnel(request, operator=caller.role is not Role.MEMBER)
         )
         closest = "; ".join(c["message"] for c in body["closest"])
-        before = funnel_sentence(body["funnel"])
+        before = funnel_sentence(body["funnel"], body["taints"])
         asked = "; ".join(h["message"] for h in body["hosts"] if not h["fits"])
         if before and not decision.explanation.considered:
             message = f"{why}: no host fits: {before}"  # not "0 hosts considered": this is why
@@ -591,7 +607,7 @@ class Placer:
                 else schedule(request, snapshot, self.config.policy, quota=quota, explain_all=True)
             )
         body_out = explanation_body(
-            decision.explanation, self.funnel(request, operator=caller.role is not Role.MEMBER)
+            decision.explanation, *self.funnel(request, operator=caller.role is not Role.MEMBER)
         )
         body_out["fits"] = decision.fits
         body_out["placements"] = [

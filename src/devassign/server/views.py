@@ -182,6 +182,8 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         clause = TAINTED.search(h.get("message") or "")
         if clause:
             tainted.add(without_setter(clause.group(1)))
+    # Where no host reached the scheduler, what the taints that held every one back are.
+    tainted.update(without_setter(t) for t in found.get("taints", []))
     return {
         "summary": found.get("summary", ""),
         "fits": found.get("fits", False),
@@ -189,6 +191,7 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         "feasible": found.get("feasible", 0),
         "removed": found.get("removed", {}),
         "funnel": found.get("funnel", {}),
+        "taints": [without_setter(t) for t in found.get("taints", [])],
         "policy": found.get("policy", {}),
         # Where no host was asked about one by one (a gang's plan), the counts the plan kept.
         "reasons": reasons or dict(found.get("removed") or {}),
@@ -202,9 +205,11 @@ def public_refusal(scope: Scope, exc: errors.DevassignError) -> errors.Devassign
     if scope.operator or exc.code != errors.NO_VALID_HOST:
         return exc
     explanation = redact_explanation(exc.extra.get("explanation") or {})
-    message = f"no host can hold this request now: {explanation['summary']}"
-    before = funnel_sentence(explanation["funnel"])
-    if before:
-        message += f"; {before}"
+    before = funnel_sentence(explanation["funnel"], explanation["taints"])
+    if before and not explanation["considered"]:  # as an operator's: not "0 hosts considered"
+        message = f"no host can hold this request now: no host fits: {before}"
+    else:
+        message = f"no host can hold this request now: {explanation['summary']}"
+        message += f"; {before}" if before else ""
     extra = {k: v for k, v in exc.extra.items() if k != "explanation"}
     return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=explanation, **extra)

@@ -291,6 +291,17 @@ class Store:
 
         return self.db.reading(read)
 
+    def taint_texts(self, names: list[str], hosts: Sequence[str] = ()) -> dict[str, list[tuple[str, int]]]:
+        """Per named type: the taints holding back free devices of up hosts (of ``hosts``, when
+        given), each with its count, most first."""
+
+        def read(c: sa.Connection) -> dict[str, list[tuple[str, int]]]:
+            ids = quotas.type_ids(c, names)
+            found = taints.taint_texts(c, sorted(ids.values()), self.up_since(), hosts)
+            return {name: found[i] for name, i in sorted(ids.items()) if i in found}
+
+        return self.db.reading(read)
+
     def device_host(self, device_id: str) -> str:
         return self.db.reading(lambda c: taints.device_host(c, device_id))
 

@@ -407,3 +407,37 @@ def tainted_counts(
         .group_by(devices.c.type_id)
     )
     return {t: int(n) for t, n in conn.execute(q)}
+
+
+def taint_texts(
+    conn: sa.Connection, type_ids: Sequence[int], up_since: datetime | None, names: Sequence[str] = ()
+) -> dict[int, list[tuple[str, int]]]:
+    """Per type id: the taints that keep free devices of up hosts (of ``names``, when given)
+    from new claims, each with how many devices it holds back, most first: why a refusal's
+    hosts lack devices only because of taints, when no host reached the scheduler to say so."""
+    up = sa.true() if up_since is None else hosts.c.last_seen_at >= up_since
+    if names:
+        up = sa.and_(up, hosts.c.name.in_(sorted(set(names))))
+    n = sa.func.count().label("n")
+    q = (
+        sa.select(devices.c.type_id, devices.c.taint, n)
+        .select_from(devices.join(hosts, hosts.c.id == devices.c.host_id))
+        .where(
+            devices.c.host_id.in_(sa.select(taints.c.host_id)),
+            devices.c.type_id.in_(list(type_ids)),
+            devices.c.state == DeviceState.AVAILABLE.value,
+            devices.c.taint.is_not(None),
+            up,
+        )
+        .group_by(devices.c.type_id, devices.c.taint)
+        .order_by(n.desc(), devices.c.taint)
+    )
+    out: dict[int, list[tuple[str, int]]] = {}
+    for type_id, text, count in conn.execute(q):
+        found = out.setdefault(type_id, [])
+        if len(found) < MAX_TAINT_TEXTS:
+            found.append((str(text), int(count)))
+    return out
+
+
+MAX_TAINT_TEXTS = 3  # per type: a refusal names the few taints that hold back most

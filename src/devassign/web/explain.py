@@ -70,7 +70,7 @@ def result(found: Mapping[str, Any], *, operator: bool, addresses: Mapping[str, 
     sentence = ("It fits: " if fits else "It does not fit: ") + str(found.get("summary", ""))
     # The SQL pre-filter's removals, which explain "0 hosts considered", in the words of the
     # CLI and of a refused claim (its tainted_T and partitioned_T hosts are some of lacking_T).
-    before = "" if fits else funnel_sentence(funnel_counts)
+    before = "" if fits else funnel_sentence(funnel_counts, found.get("taints") or ())
     if before:
         sentence += f"; before scheduling: {before}"
     verdict = tag("div", sentence, class_="ok" if fits else "error")
