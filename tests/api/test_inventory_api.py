@@ -262,3 +262,36 @@ def test_health_reasons_recovering_reports_and_an_operators_clear(api: TestClien
     assert "only quarantined, unhealthy or missing" in again.json()["error"]["message"]
     too_long = _report(api, "h1", 8, [vf(a, healthy=False, health_reason="x" * 1001)])
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_refused_device_takes_its_iommu_group_mates_with_it(api: TestClient) -> None:
+    """A GPU whose audio function the server refuses (no type yet; no reset) could be claimed
+    but never set up without it: it is refused too, and taken once its mate is."""
+    _type(api, "GPU_RTX")
+    gpu = {"address": "0000:e1:00.0", "kind": "pci", "type": "GPU_RTX", "iommu_group": 70}
+    audio = {"address": "0000:e1:00.1", "kind": "pci", "type": "GPU_RTX_AUDIO", "iommu_group": 70}
+    other = {"address": "0000:e2:00.0", "kind": "pci", "type": "GPU_RTX", "iommu_group": 71}
+    body = _report(api, "h1", 1, [gpu, audio, other]).json()
+    refused = {x["address"]: x for x in body["refused"]}
+    assert (refused["0000:e1:00.1"]["code"], refused["0000:e1:00.0"]["code"]) == (
+        "unknown_type",
+        "iommu_group_mate_refused",
+    ), refused
+    assert "0000:e1:00.1" in refused["0000:e1:00.0"]["reason"], refused
+    assert body["added"] == ["0000:e2:00.0"]
+    claimed = api.post(
+        "/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:GPU_RTX": "2"}}
+    )
+    assert claimed.status_code == 409, claimed.text  # one GPU_RTX can be offered, not two
+    _type(api, "GPU_RTX_AUDIO")
+    again = _report(api, "h1", 2, [gpu, audio, other]).json()
+    assert again["refused"] == [] and sorted(again["added"]) == ["0000:e1:00.0", "0000:e1:00.1"]
+    # The same for a mate without reset, once the GPU was in the inventory: it is removed.
+    mute = {**audio, "attributes": {"resettable": False}}
+    third = _report(api, "h1", 3, [gpu, mute, other]).json()
+    assert {x["address"]: x["code"] for x in third["refused"]} == {
+        "0000:e1:00.1": "no_reset",
+        "0000:e1:00.0": "iommu_group_mate_refused",
+    }
+    states = {d["address"]: d["state"] for d in api.get("/v1/devices", params={"host": "h1"}).json()}
+    assert states == {"0000:e1:00.0": "removed", "0000:e1:00.1": "removed", "0000:e2:00.0": "available"}

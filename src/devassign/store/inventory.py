@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
+from devassign.scheduler.reasons import join_and
 from devassign.scheduler.shares import Pools, copy_pools
-from devassign.scheduler.view import HOLDING_STATES
+from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
 from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
@@ -365,6 +366,7 @@ def apply_report(
             known = pool_counters.setdefault(dev.pool, {})
             for k, v in dev.pool_counters.items():
                 known.setdefault(k, v)
+    refusals = _refusals(report.devices, type_rows, pool_counters)
     for dev in report.devices:
         if dev.address in seen:
             out.refused.append(
@@ -373,12 +375,10 @@ def apply_report(
             continue
         seen.add(dev.address)
         type_id = types.get(dev.type)
-        if type_id is None:
-            reason = (
-                f"unknown resource type {dev.type!r}: create it with "
-                f"`devassign type create {dev.type}` or fix the agent's [[device]] rule"
-            )
-            out.refused.append(schemas.RefusedDevice(address=dev.address, code="unknown_type", reason=reason))
+        refused = refusals.get(dev.address)
+        if refused is not None or type_id is None:
+            code, reason = refused or ("unknown_type", "")
+            out.refused.append(schemas.RefusedDevice(address=dev.address, code=code, reason=reason))
             out.events.append(
                 {
                     **base_event,
@@ -388,23 +388,8 @@ def apply_report(
                     "message": f"{name} {dev.address}: {reason}",
                 }
             )
-            continue
-        refusal = reset_refusal(dev, type_rows[dev.type]) or pool_refusal(dev, pool_counters)
-        if refusal is not None:
-            code = (
-                "no_reset" if refusal.startswith(dev.address + " supports no reset") else "inconsistent_pool"
-            )
-            out.refused.append(schemas.RefusedDevice(address=dev.address, code=code, reason=refusal))
-            out.events.append(
-                {
-                    **base_event,
-                    "action": "device_refused",
-                    "device": dev.address,
-                    "type": dev.type,
-                    "message": f"{name} {dev.address}: {refusal}",
-                }
-            )
-            seen.discard(dev.address)  # as if not reported: removed if free, missing if held
+            if type_id is not None:
+                seen.discard(dev.address)  # as if not reported: removed if free, missing if held
             continue
         out.accepted += 1
         row = existing.get(dev.address)
@@ -454,6 +439,48 @@ def apply_report(
         warnings=out.warnings,
         checks=checks_for(type_rows, seen_types),
     )
+
+
+def _refusals(
+    reported: Sequence[schemas.ReportedDevice],
+    type_rows: dict[str, Any],
+    pool_counters: dict[str, dict[str, int]],
+) -> dict[str, tuple[str, str]]:
+    """Per refused address: (code, reason). A device whose IOMMU group holds a refused device
+    is refused too: the group goes to a guest whole or not at all, so without its mate it
+    could be claimed but never set up (the claim would fail at the agent, again and again)."""
+    out: dict[str, tuple[str, str]] = {}
+    for dev in reported:
+        row = type_rows.get(dev.type)
+        if row is None:
+            reason = (
+                f"unknown resource type {dev.type!r}: create it with "
+                f"`devassign type create {dev.type}` or fix the agent's [[device]] rule"
+            )
+            out.setdefault(dev.address, ("unknown_type", reason))
+            continue
+        refusal = reset_refusal(dev, row) or pool_refusal(dev, pool_counters)
+        if refusal is not None:
+            no_reset = refusal.startswith(dev.address + " supports no reset")
+            out.setdefault(dev.address, ("no_reset" if no_reset else "inconsistent_pool", refusal))
+    groups: dict[int, list[schemas.ReportedDevice]] = {}
+    for dev in reported:
+        if dev.iommu_group is not None and dev.kind not in UNGROUPED_KINDS:
+            groups.setdefault(dev.iommu_group, []).append(dev)
+    for group, members in sorted(groups.items()):
+        bad = sorted({d.address for d in members if d.address in out})
+        if not bad:
+            continue
+        for dev in members:
+            if dev.address not in out:
+                reason = (
+                    f"its IOMMU group {group} holds {join_and(bad)}, which the server refused "
+                    f"({', '.join(sorted({out[a][0] for a in bad}))}): the group is assigned whole, "
+                    "so it cannot be assigned without "
+                    + ("it" if len(bad) == 1 else "them")
+                )
+                out[dev.address] = ("iommu_group_mate_refused", reason)
+    return out
 
 
 def _unrepeated(conn: sa.Connection, host: str, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
