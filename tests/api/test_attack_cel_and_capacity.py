@@ -25,7 +25,7 @@ from devassign.scheduler.capacity import capacity
 from devassign.scheduler.fit import fit
 from devassign.scheduler.view import HostView as View
 from devassign.server.placement import PlacementConfig, Placer
-from devassign.store import Store
+from devassign.store import Principal, Store
 from devassign.store.claims import ClaimOrder, LostRace
 from tests.conftest import vf
 from tests.unit.scheduler.test_properties import hosts, requests
@@ -174,7 +174,8 @@ def test_capacity_with_a_selector_evaluates_per_class(
             ]
         }
     )
-    assert placer.capacity(body) == {"total": 200, "per_host": {"huge": 200}, "truncated": False}
+    admin = Principal(name="admin", role=Role.ADMIN)
+    assert placer.capacity(body, admin) == {"total": 200, "per_host": {"huge": 200}, "truncated": False}
     assert evaluations[0] == len(TAGS)
 
 

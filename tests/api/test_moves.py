@@ -518,3 +518,35 @@ def test_a_move_pending_past_the_threshold_is_an_audit_finding(api: TestClient, 
     assert api.post("/v1/allocations/vm-1/moves/commit").status_code == 200
     found = api.get("/v1/audit", params={"down_for": 3600}).json()["findings"]
     assert [f for f in found if f["check"] == "move_stale"] == []
+
+
+def test_a_members_move_over_quota_reads_as_any_other_refused_host(
+    secure_api: TestClient, store: Store
+) -> None:
+    """Only a real host with room for an alternative over the project's quota answered 403
+    quota_exceeded; a made-up one 409: a member could list the real hosts and what is free."""
+    admin = {
+        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
+    }
+    member = schemas.TokenCreate(role=Role.MEMBER, project="p")
+    p = {"Authorization": f"Bearer {store.create_token(member, 'test').token}"}
+    for name in ("NIC_VF_1G", "GPU_A100"):
+        assert secure_api.post("/v1/resource-types", json={"name": name}, headers=admin).status_code == 201
+    gpu = {"address": "0000:01:00.0", "kind": "pci", "type": "GPU_A100"}
+    for host, devices in (("src", [vf("0000:3b:02.0")]), ("gpuonly", [gpu])):
+        body = {"generation": 1, "devices": devices}
+        assert secure_api.put(f"/v1/hosts/{host}/inventory", json=body, headers=admin).status_code == 200
+    assert secure_api.put("/v1/quotas/p/GPU_A100", json={"limit": 0}, headers=admin).status_code == 204
+    request = {"name": "n", "type": "NIC_VF_1G", "first_available": [{"type": "GPU_A100"}]}
+    claimed = secure_api.post("/v1/claims", json={"consumer": "vm-p", "requests": [request]}, headers=p)
+    assert claimed.status_code == 201, claimed.text
+    answers = {}
+    for host in ("gpuonly", "no-such-host"):
+        r = secure_api.post("/v1/allocations/vm-p/moves", json={"host": host}, headers=p)
+        assert r.status_code == 409, (host, r.text)
+        answers[host] = r.json()
+        assert host not in r.text
+    assert answers["gpuonly"] == answers["no-such-host"]
+    operator = secure_api.post("/v1/allocations/vm-p/moves", json={"host": "gpuonly"}, headers=admin)
+    assert operator.status_code == 403 and operator.json()["error"]["code"] == "quota_exceeded", operator.text
+    assert "IOMMU group mates" not in operator.text  # an alternative is over the quota, not mates

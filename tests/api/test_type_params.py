@@ -311,3 +311,27 @@ def run(url: str) -> None:
     vlan = store.get_type("VF").params["vlan"]
     assert (vlan.type, vlan.min, vlan.max, vlan.allowed) == ("integer", 0, 4094, None)
     db.dispose()
+
+
+def test_explain_and_capacity_refuse_the_params_the_claim_refuses(
+    secure_api: TestClient, store: Store
+) -> None:
+    """Explain said "fits" and capacity counted requests whose params the claim refuses (one
+    MAC for two devices, an undeclared param, a fact name, a value the project may not use)."""
+    who = _cloud(secure_api, store)
+    bad = [
+        {"name": "nic", "type": "NIC_VF_1G", "count": 2, "params": {"mac": "52:54:00:12:34:57"}},
+        {"name": "nic", "type": "NIC_VF_1G", "params": {"undeclared": "x"}},
+        {"name": "nic", "type": "NIC_VF_1G", "params": {"mdev_uuid": "abc"}},
+        {"name": "nic", "type": "NIC_VF_1G", "params": {"vlan": 200}},  # not demo's to use
+    ]
+    for request in bad:
+        body = {"consumer": "vm-1", "requests": [request]}
+        claim = secure_api.post("/v1/claims", json=body, headers=who["demo"])
+        assert claim.status_code == 400, (request, claim.text)
+        for path in ("/v1/explain", "/v1/capacity"):
+            r = secure_api.post(path, json=body, headers=who["demo"])
+            assert r.status_code == 400, (path, request, r.text)
+            assert r.json()["error"]["code"] == claim.json()["error"]["code"], (path, request, r.text)
+    fine = {"requests": [{"name": "nic", "type": "NIC_VF_1G", "params": {"vlan": 100}}]}
+    assert secure_api.post("/v1/capacity", json=fine, headers=who["demo"]).json()["total"] == 2

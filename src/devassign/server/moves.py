@@ -153,7 +153,10 @@ def place_move(
     except errors.DevassignError as exc:
         # A gang's layout is checked on a real host only, and says what that host has (its
         # rack): to a member it is one more host that cannot hold the request.
-        if exc.code == errors.NO_VALID_HOST or (exc.code == errors.GANG_LAYOUT and not scope.operator):
+        # So is a quota the target's choice alone passes (a first_available alternative only a
+        # real host with room would take): a made-up host never gets that far.
+        hidden = (errors.GANG_LAYOUT, errors.QUOTA_EXCEEDED)
+        if exc.code == errors.NO_VALID_HOST or (exc.code in hidden and not scope.operator):
             if not scope.operator:
                 raise _refused_to_member(placer, claim, scope, consumer, host) from None
             raise _why_not(placer, claim, scope, consumer, host, exc) from None
@@ -173,6 +176,7 @@ def _refused_to_member(
     needs and nothing of the host."""
     empty = Snapshot((HostView(host, ()),))
     explained = placer.explain(claim, scope.principal, snapshot=empty)
+    explained["taints"] = []  # the cloud's taints: nothing a move to one host needs to know
     return errors.DevassignError(
         errors.NO_VALID_HOST, f"{host} cannot hold {consumer}'s request", explanation=explained
     )

@@ -298,6 +298,9 @@ class Placer:
         if not asked:
             return refusal
         found = over_quota(project, quota.limits, quota.usage, asked)
+        mates = {host.by_id[i].type for c in best.chosen for i in c.companion_ids if i in host.by_id}
+        if not mates & set(asked):  # an alternative over the quota, not the mates of one
+            return found
         note = " (the IOMMU group mates that come with the devices count against the quota too)"
         return errors.DevassignError(found.code, found.message + note, **found.extra)
 
@@ -594,6 +597,7 @@ class Placer:
         """Would it fit, where, and why not (on ``snapshot`` when given, else on the hosts the
         request names or the candidate hosts)."""
         request = parse(body)
+        _check_params(body)  # what the claim refuses, explain does not call a fit
         if snapshot is None:
             snapshot = self._bounded_snapshot(request, want=self.config.explain_limit, verb="explain")
         if has_params(body):
@@ -626,11 +630,18 @@ class Placer:
         body_out["policy"] = policy_body(self.config.policy)
         return body_out
 
-    def capacity(self, body: ClaimBody, page: CapacityPage | None = None) -> dict[str, Any]:
+    def capacity(
+        self, body: ClaimBody, caller: Principal, page: CapacityPage | None = None
+    ) -> dict[str, Any]:
         """How many more instances fit: on the hosts named, on every candidate host (at most
         ``max_hosts``), or on one ``page`` of the candidate hosts (``next`` is the cursor of
-        the page after it, None after the last)."""
+        the page after it, None after the last). Params are checked as the claim checks them:
+        a request the claim refuses is not counted as fitting."""
         request = parse(body)
+        _check_params(body)
+        if has_params(body):
+            types = [a.type for r in request.requests for a in r.alternatives]
+            _checked_doc(body, self.store.type_params(types), _project(request, caller))
         cursor: int | None = None
         if page is None:
             snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")

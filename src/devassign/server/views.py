@@ -161,7 +161,7 @@ def capacity(
 ) -> dict[str, Any]:
     """How many more fit; the split per host is for operators."""
     scope.check_targets(body.hosts)
-    found = placer.capacity(body, page)
+    found = placer.capacity(body, scope.principal, page)
     if not scope.operator:
         found.pop("per_host", None)
     return found

@@ -363,7 +363,7 @@ class _Taking:
     order: ClaimOrder
     host_id: int
     alloc_id: int
-    request_of: dict[str, str]  # device id -> request name
+    request_of: dict[str, str | None]  # device id -> request name (None: an IOMMU group mate)
     mates: frozenset[str]  # of those, the IOMMU group mates (no params of their request)
     now: datetime
     message: str
@@ -429,14 +429,15 @@ def _prelude(
             raise LostRace(f"host {order.host} no longer fits the request")
         chosen = fresh
     # One id once (a device could in principle be both chosen and a group mate).
-    request_of: dict[str, str] = {}
+    # A group mate belongs to no request: none of a request's params (a MAC, a VLAN) is its.
+    request_of: dict[str, str | None] = {}
     for pick in chosen:
         for i in pick.device_ids:
             request_of.setdefault(i, pick.name)
     chosen_ids = set(request_of)
     for pick in chosen:
         for i in pick.mates:
-            request_of.setdefault(i, pick.name)
+            request_of.setdefault(i, None)
     mates = frozenset(request_of) - chosen_ids
     ids = list(request_of)
     message = f"{consumer} reserved {len(ids)} device{'' if len(ids) == 1 else 's'} on {order.host}"
@@ -583,7 +584,7 @@ def _check_taken(conn: sa.Connection, t: _Taking, taken: Sequence[Any]) -> None:
     wanted = t.order.consumption
     if wanted:
         _record_consumption(
-            conn, {i: wanted[n] for i, n in t.request_of.items() if n in wanted and i not in t.mates}
+            conn, {i: wanted[n] for i, n in t.request_of.items() if n is not None and n in wanted}
         )
 
 
