@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from devassign.agent.inventory import Inventory
     from devassign.agent.model import FoundDevice
     from devassign.hostio import Sysfs
+    from devassign.lifecycle.host import HostOps
 
 # The agent's own modules (discovery, handlers, the configuration's models) are imported by
 # the commands that use them: every other ``devassign`` command starts without them.
@@ -144,6 +145,7 @@ def run(
         logging.getLogger(__name__).info("host %s, state file %s", cfg.host, state_file.path)
         state_file.lock()  # one agent process per state file
         _ = state_file.state  # a state file of another host is refused before anything is sent
+        _end_leftovers(ops, state_file.path)
         if not once:
             agent.run()
             return
@@ -169,6 +171,21 @@ def run(
         state = done.state.value if done.state is not None else "not posted"
         again = " (after a restart)" if done.replayed else ""
         typer.echo(f"{done.action} {done.address}{again}: {what} -> {state}")
+
+
+def _end_leftovers(ops: HostOps, state_path: Path) -> None:
+    """Kill the handler commands an agent process of this state file left running when it was
+    killed (lifecycle/ledger.py), before this one does any work; then write its own down."""
+    from devassign.lifecycle.host import SubprocessRunner
+    from devassign.lifecycle.ledger import CommandLedger
+
+    if not isinstance(ops.runner, SubprocessRunner):
+        return
+    ops.runner.ledger = CommandLedger(state_path.with_name(state_path.name + ".commands"))
+    for what in ops.runner.ledger.reap():
+        logging.getLogger(__name__).warning(
+            "killed %s: a handler command an earlier agent process left running", what
+        )
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 from devassign.domain import ascii_digits
 from devassign.hostio import HostIOError, Sysfs
+from devassign.lifecycle.ledger import CommandLedger
 
 LinkState = Literal["auto", "enable", "disable"]
 # IFLA_VF_LINK_STATE_* from linux/if_link.h.
@@ -297,7 +298,12 @@ class SubprocessRunner:
     killed, so a helper it started does not go on changing the device after the agent has
     called the action failed (and perhaps run it again). One that cannot be reaped within
     :data:`KILL_GRACE` (stuck in the kernel, or started in a session of its own by ``setsid``,
-    which the group kill does not reach) is left behind, and the result says so."""
+    which the group kill does not reach) is left behind, and the result says so. With a
+    ``ledger``, each command is written down while it runs, so that an agent process started
+    after this one was killed ends the commands it left running (lifecycle/ledger.py)."""
+
+    def __init__(self, ledger: CommandLedger | None = None) -> None:
+        self.ledger = ledger
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
         try:
@@ -313,6 +319,15 @@ class SubprocessRunner:
             )
         except OSError as exc:
             return RunResult(returncode=127, stderr=f"cannot run {argv[0]!r}: {exc.strerror}")
+        entry = self.ledger.enter(proc.pid, argv) if self.ledger is not None else None
+        try:
+            return self._wait(proc, timeout)
+        finally:
+            if self.ledger is not None:
+                self.ledger.leave(entry)
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen[str], timeout: float) -> RunResult:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
