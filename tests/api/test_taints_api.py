@@ -323,3 +323,28 @@ def test_a_type_not_held_back_by_taints_names_none() -> None:
         "3 up hosts with too few free GPU (1 of them only because 2 GPU devices are tainted Drain "
         "(rack move)), 2 up hosts with too few free VF"
     )
+
+
+def test_an_agent_lifts_its_hosts_agent_taints_not_an_admins(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    """An admin's taint (a host under investigation) stayed only until the host's own agent
+    token removed "all" of the host's taints: new claims landed there again."""
+    admin, agent = world["admin"], world["agent_a"]
+    mine = _device(secure_api, admin, "compute-a")
+    held = {"effect": "NoSchedule", "reason": "host under investigation"}
+    by_admin = secure_api.post("/v1/hosts/compute-a/taints", json=held, headers=admin).json()
+    on_device = secure_api.post(f"/v1/devices/{mine}/taints", json=held, headers=admin).json()
+    flapping = {"effect": "NoSchedule", "reason": "link flapping"}
+    by_agent = secure_api.post(f"/v1/devices/{mine}/taints", json=flapping, headers=agent).json()
+    for path in ("/v1/hosts/compute-a/taints", f"/v1/devices/{mine}/taints"):
+        r = secure_api.delete(path, params={"taint": by_admin["id"]}, headers=agent)
+        assert r.status_code in (403, 404), (path, r.text)
+    r = secure_api.delete(f"/v1/devices/{mine}/taints", params={"taint": on_device["id"]}, headers=agent)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+    assert "admin removes it" in r.json()["error"]["message"]
+    lifted = secure_api.delete("/v1/hosts/compute-a/taints", headers=agent)
+    assert lifted.status_code == 200 and [t["id"] for t in lifted.json()] == [by_agent["id"]], lifted.text
+    left = sorted(t["id"] for t in secure_api.get("/v1/taints", headers=admin).json())
+    assert left == sorted([by_admin["id"], on_device["id"]])
+    assert len(secure_api.delete("/v1/hosts/compute-a/taints", headers=admin).json()) == 2

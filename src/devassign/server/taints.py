@@ -2,7 +2,8 @@
 and hosts out of service").
 
 Admins taint anything; a host's agent taints its own host's devices (another host's device is
-answered as if it did not exist, 404, and nothing changes). Who may call each route is in
+answered as if it did not exist, 404, and nothing changes) and lifts only the taints its
+host's agents set (an operator's decision stays until an admin lifts it). Who may call each route is in
 ``server/access.py``.
 """
 
@@ -55,7 +56,7 @@ def untaint_device(
     """Remove the device's own taints (or the one ``taint``); answers those removed."""
     store = _store(request)
     _own_device(store, scope, device_id)
-    return store.remove_taints(scope.actor, device_id=device_id, taint_id=taint)
+    return store.remove_taints(scope.actor, device_id=device_id, taint_id=taint, agent=scope.host is not None)
 
 
 @router.post("/hosts/{host}/taints", response_model=schemas.Taint, status_code=201)
@@ -74,4 +75,6 @@ def untaint_host(
 ) -> list[schemas.Taint]:
     """Remove the host's taints: all of them (its devices' and parents' too), those of one
     ``parent``, or the one ``taint``; answers those removed."""
-    return _store(request).remove_taints(scope.actor, host=host, parent=parent, taint_id=taint)
+    return _store(request).remove_taints(
+        scope.actor, host=host, parent=parent, taint_id=taint, agent=scope.host is not None
+    )

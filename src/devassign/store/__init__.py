@@ -263,6 +263,7 @@ class Store:
         device_id: str | None = None,
         parent: str | None = None,
         taint_id: int | None = None,
+        agent: bool = False,
     ) -> list[schemas.Taint]:
         return self.db.retrying(
             lambda c: taints.remove_taints(
@@ -273,6 +274,7 @@ class Store:
                 taint_id=taint_id,
                 now=self.clock(),
                 actor=actor,
+                agent=agent,
             )
         )
 

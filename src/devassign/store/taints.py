@@ -20,7 +20,7 @@ from devassign.domain import DeviceState
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.moves import is_internal, target_consumers
-from devassign.store.schema import allocations, devices, hosts, taints
+from devassign.store.schema import allocations, devices, hosts, taints, tokens
 from devassign.store.taint_marks import Covering, applies, lineage, live, mark_tainted
 
 # Live taints one host may have (its own, its parents' and its devices'): what an operator
@@ -222,12 +222,15 @@ def remove_taints(
     now: datetime,
     actor: str,
     action: str = "device_untainted",
+    agent: bool = False,
 ) -> list[schemas.Taint]:
     """Remove one taint (``taint_id``) of the target, or all of them; the removed ones.
 
     The target is a device (its own taints), a host's parent, or a host (every taint of the
     host, its devices' and parents' included, unless ``taint_id`` names one). Removing nothing
     is not an error for "all" (a second untaint is harmless); an unknown ``taint_id`` is 404.
+    A host's ``agent`` removes only the taints its host's agents set: an operator's taint (a
+    host under investigation) is the operator's to lift (403 for that one; "all" leaves it).
     """
     if device_id is not None:
         host = device_host(conn, device_id)
@@ -245,6 +248,8 @@ def remove_taints(
     if taint_id is not None and not rows:
         where = f"device {device_id}" if device_id else f"host {host}"
         raise errors.DevassignError(errors.NOT_FOUND, f"{where} has no taint {taint_id}")
+    if agent:
+        rows = _set_by_agents(conn, host, rows, taint_id)
     if not rows:
         return []
     conn.execute(taints.delete().where(taints.c.id.in_([r.id for r in rows])))
@@ -267,6 +272,19 @@ def remove_taints(
             detail={"taint": t.id, "effect": t.effect, "reason": t.reason},
         )
     return removed
+
+
+def _set_by_agents(conn: sa.Connection, host: str, rows: Sequence[Any], taint_id: int | None) -> list[Any]:
+    """Of ``rows``, the taints set by an agent token of ``host`` (revoked ones too); one named by
+    ``taint_id`` that an operator set is refused."""
+    mine = sa.select(tokens.c.name).where(tokens.c.role == "agent", tokens.c.host == host)
+    agents = set(conn.execute(mine).scalars())
+    if taint_id is not None and rows and rows[0].set_by not in agents:
+        raise errors.DevassignError(
+            errors.FORBIDDEN,
+            f"taint {taint_id} was set by {rows[0].set_by}, not by this host's agent: an admin removes it",
+        )
+    return [r for r in rows if r.set_by in agents]
 
 
 def expired_hosts(conn: sa.Connection, now: datetime) -> list[str]:
