@@ -316,6 +316,18 @@ def test_the_cli_does_not_print_a_password_from_the_url(
     assert "s3cret-pw" not in err, err
 
 
+def test_a_url_with_a_user_and_password_is_refused_not_sent_in_place_of_the_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """httpx sends a URL's USER:PASSWORD as Basic auth instead of the token: the server then
+    said "send a token" to a user who had set one. Refused before any request, password hidden."""
+    url = f"http://alice:s3cret-pw@127.0.0.1:{_closed_port()}"
+    code, err = _cli(monkeypatch, capsys, "--url", url, "--token", "t0ken", "types")
+    assert code == 2, err
+    assert "user name or password" in err and "DEVASSIGN_TOKEN" in err, err
+    assert "s3cret-pw" not in err and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------------------- the agent
 
 

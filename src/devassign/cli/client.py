@@ -203,6 +203,14 @@ def checked_url(url: str) -> str:
             f"--url / DEVASSIGN_URL {url[:200]!r}: give http://HOST:PORT or https://HOST:PORT",
             status=ExitCode.USAGE,
         )
+    if httpx.URL(url).userinfo:
+        # httpx would send them as Basic auth in place of the token, which the server refuses.
+        raise CliError(
+            f"--url / DEVASSIGN_URL {shown_url(url)!r} holds a user name or password (USER:PASSWORD@); "
+            "the server takes a token: give the URL without them and the token in --token or "
+            "DEVASSIGN_TOKEN",
+            status=ExitCode.USAGE,
+        )
     return url
 
 
