@@ -18,7 +18,7 @@ from devassign.lifecycle.host import HostOps, RecordingRunner
 from devassign.store import Store
 from devassign.testing.host import simulated_host
 from devassign.testing.sysfs import host
-from tests.conftest import vf
+from tests.conftest import Clock, vf
 
 HOST = "gpu-1"
 GPU = "0000:3b:00.0"
@@ -193,3 +193,32 @@ def test_a_host_name_reused_after_a_delete_does_not_show_the_old_hosts_events(
         "/v1/events", params={"limit": 1000, "consumer": "old-vm"}, headers=admin
     ).json()
     assert everything, "the admin keeps the deleted host's history"
+
+
+def test_an_agent_token_without_the_instance_header_gets_no_work_while_the_agent_is_live(
+    secure_api: TestClient, store: Store, clock: Clock
+) -> None:
+    """The fence was opt-in: a process holding the host's agent token that left the header
+    out was served the host's setups (their params) and could post their results while the
+    agent the server took was live. Once that agent is silent (it stopped; ``agent run --once``
+    sends no header), such a call is served again; an admin's call always is."""
+    admin = _token(store, Role.ADMIN)
+    agent = _token(store, Role.AGENT, host="h1")
+    assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
+    body = {
+        "generation": 1,
+        "host_id": "m-1",
+        "agent_instance": "live-process",
+        "devices": [vf("0000:3b:02.1")],
+    }
+    assert secure_api.put("/v1/hosts/h1/inventory", json=body, headers=agent).status_code == 200
+    for method, extra in (("GET", {}), ("POST", {"json": {"results": []}})):
+        r = secure_api.request(method, "/v1/hosts/h1/work", headers=agent, **extra)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "agent_conflict", (method, r.text)
+        mine = secure_api.request(
+            method, "/v1/hosts/h1/work", headers={**agent, INSTANCE: "live-process"}, **extra
+        )
+        assert mine.status_code == 200, mine.text
+        assert secure_api.request(method, "/v1/hosts/h1/work", headers=admin, **extra).status_code == 200
+    clock.advance(31)  # the live process fell silent: a one-shot run may work
+    assert secure_api.get("/v1/hosts/h1/work", headers=agent).status_code == 200

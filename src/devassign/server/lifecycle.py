@@ -26,7 +26,8 @@ def _store(request: Request) -> Store:
 @router.get("/hosts/{host}/work", response_model=schemas.WorkList, tags=["lifecycle"])
 def get_work(request: Request, scope: Access, host: str) -> schemas.WorkList:
     """Devices of this host to set up (reserved) or clean (cleaning)."""
-    return _store(request).work_for_host(host, request.headers.get(schemas.AGENT_INSTANCE_HEADER))
+    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
+    return _store(request).work_for_host(host, instance, agent=scope.host is not None)
 
 
 @router.post("/hosts/{host}/work", response_model=list[schemas.WorkOutcome], tags=["lifecycle"])
@@ -36,7 +37,9 @@ def post_results(
     """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
     pending = metrics.work_pending(_store(request), host, body.results)
     instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
-    outcomes = _store(request).apply_work_results(host, body.results, scope.actor, instance)
+    outcomes = _store(request).apply_work_results(
+        host, body.results, scope.actor, instance, agent=scope.host is not None
+    )
     metrics.work_done(pending, body.results, outcomes)
     return outcomes
 

@@ -701,19 +701,38 @@ class Store:
         return run
 
     # ------------------------------------------------------------ lifecycle work
-    def work_for_host(self, host: str, instance: str | None = None) -> schemas.WorkList:
+    def work_for_host(
+        self, host: str, instance: str | None = None, *, agent: bool = False
+    ) -> schemas.WorkList:
         """``instance``: the asking agent process (its header); another process than the one
-        whose report the server took is refused (``agent_conflict``)."""
+        whose report the server took is refused (``agent_conflict``), and so is an ``agent``
+        token's call without the header while that process is live."""
         instance = hosts.checked_instance(instance)
-        return self.db.reading(lambda c: work.work_for_host(c, host, instance))
+        fence = self._fence(instance, agent)
+        return self.db.reading(lambda c: work.work_for_host(c, host, instance, fence=fence))
 
     def apply_work_results(
-        self, host: str, results: list[schemas.WorkResult], actor: str, instance: str | None = None
+        self,
+        host: str,
+        results: list[schemas.WorkResult],
+        actor: str,
+        instance: str | None = None,
+        *,
+        agent: bool = False,
     ) -> list[schemas.WorkOutcome]:
         instance = hosts.checked_instance(instance)
+        fence = self._fence(instance, agent)
         return self.db.retrying(
-            lambda c: work.apply_results(c, host, results, now=self.clock(), actor=actor, instance=instance)
+            lambda c: work.apply_results(
+                c, host, results, now=self.clock(), actor=actor, instance=instance, fence=fence
+            )
         )
+
+    def _fence(self, instance: str | None, agent: bool) -> datetime | None:
+        """For an agent's call without its instance header: since when the recorded agent
+        process must have been silent for the call to be served (``agent run --once`` after
+        the daemon stopped); a live one holds the host."""
+        return self.clock() - self.agent_takeover_after if agent and instance is None else None
 
     def clear_device(self, device_id: str, reason: str, actor: str) -> schemas.Device:
         return self.db.retrying(

@@ -27,7 +27,7 @@ from devassign import errors, schemas
 from devassign.domain import DeviceState, cut_too_deep
 from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
-from devassign.store.events import record
+from devassign.store.events import aware, record
 from devassign.store.hosts import device_model, device_query
 from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, moves, resource_types
@@ -55,7 +55,9 @@ def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (facts or {}).items() if k != CLEARED}
 
 
-def _host_id(conn: sa.Connection, host: str, instance: str | None, *, lock: bool = False) -> int:
+def _host_id(
+    conn: sa.Connection, host: str, instance: str | None, *, lock: bool = False, fence: datetime | None = None
+) -> int:
     """The host's id, for the agent process ``instance`` (its header) that asks; with ``lock``
     the host row is locked by the same read (``lock_host``), so the instance checked is the one
     on record when the results apply, not one a report replaced in between.
@@ -64,9 +66,10 @@ def _host_id(conn: sa.Connection, host: str, instance: str | None, *, lock: bool
     machine refused as the host (another host id: one agent.toml copied to two machines), or a
     second process while the first is live, would otherwise run the host's setups and
     cleanups on its own devices and report the real host's devices clean. A restarted agent
-    reports first (its report takes the host over), then works.
+    reports first (its report takes the host over), then works. A call without the header
+    (``fence``: an agent token's) is refused while the recorded process was seen after ``fence``.
     """
-    q = sa.select(hosts.c.id, hosts.c.agent_instance).where(hosts.c.name == host)
+    q = sa.select(hosts.c.id, hosts.c.agent_instance, hosts.c.agent_seen_at).where(hosts.c.name == host)
     if lock:
         q = q.with_for_update(key_share=True)  # as lock_host
     row = conn.execute(q).first()
@@ -74,6 +77,15 @@ def _host_id(conn: sa.Connection, host: str, instance: str | None, *, lock: bool
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
     # Also when none is on record (a host reported by `agent run --once` or by a batch, or just
     # renamed): a process whose report the server never took is not the host's agent.
+    seen = aware(row.agent_seen_at)
+    if instance is None and fence is not None and row.agent_instance and seen is not None and seen > fence:
+        raise errors.DevassignError(
+            errors.AGENT_CONFLICT,
+            f"agent instance {row.agent_instance} holds host {host!r} and was seen moments ago: a "
+            f"call without the {schemas.AGENT_INSTANCE_HEADER} header of the agent process whose "
+            "report the server took gets no work while that process is live",
+            retry_after=10,
+        )
     if instance is not None and row.agent_instance != instance:
         taken = f"instance {row.agent_instance} sent its last report" if row.agent_instance else "none yet"
         raise errors.DevassignError(
@@ -100,8 +112,10 @@ def _params_for(
     return {}
 
 
-def work_for_host(conn: sa.Connection, host: str, instance: str | None = None) -> schemas.WorkList:
-    hid = _host_id(conn, host, instance)
+def work_for_host(
+    conn: sa.Connection, host: str, instance: str | None = None, *, fence: datetime | None = None
+) -> schemas.WorkList:
+    hid = _host_id(conn, host, instance, fence=fence)
     q = (
         device_query()
         .add_columns(
@@ -156,8 +170,9 @@ def apply_results(
     now: datetime,
     actor: str,
     instance: str | None = None,
+    fence: datetime | None = None,
 ) -> list[schemas.WorkOutcome]:
-    hid = _host_id(conn, host, instance, lock=True)
+    hid = _host_id(conn, host, instance, lock=True, fence=fence)
     out = []
     for res in results:
         row = conn.execute(
