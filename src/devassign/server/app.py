@@ -243,8 +243,12 @@ async def _sweeper(app: FastAPI) -> None:
         await asyncio.sleep(app.state.settings.sweep_interval)
         try:
             await run_in_threadpool(store.sweep)
-        except Exception:  # the sweeper must outlive a database hiccup
-            log.exception("sweep failed; will retry")
+        except Exception as exc:  # the sweeper must outlive a database hiccup
+            busy_now = busy_error(exc)
+            if busy_now is None:
+                log.exception("sweep failed; will retry")
+            else:  # expected while the database is locked, failing over or restarting
+                log.warning("sweep skipped: %s; will retry", busy_now.message)
 
 
 _ERROR_RESPONSES = {
