@@ -165,7 +165,8 @@ def test_an_admin_renames_a_host_and_its_agent_follows(secure_api: TestClient, s
     assert r.status_code == 200, r.text
     assert r.json()["added"] == [] and r.json()["removed"] == []
     assert secure_api.get("/v1/allocations/cons-p", headers=agent_z).json()["host"] == "compute-z"
-    assert secure_api.get("/v1/hosts/compute-z/work", headers=agent_z).status_code == 200
+    mine = {**agent_z, schemas.AGENT_INSTANCE_HEADER: I2}  # as the agent sends its calls
+    assert secure_api.get("/v1/hosts/compute-z/work", headers=mine).status_code == 200
 
 
 def test_rename_refusals(secure_api: TestClient, store: Store) -> None:

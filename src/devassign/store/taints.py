@@ -275,14 +275,20 @@ def remove_taints(
 
 
 def _set_by_agents(conn: sa.Connection, host: str, rows: Sequence[Any], taint_id: int | None) -> list[Any]:
-    """Of ``rows``, the taints set by an agent token of ``host`` (revoked ones too); one named by
-    ``taint_id`` that an operator set is refused."""
-    mine = sa.select(tokens.c.name).where(tokens.c.role == "agent", tokens.c.host == host)
-    agents = set(conn.execute(mine).scalars())
+    """Of ``rows``, the taints an agent token set (one of this host's: an agent taints its own
+    host only, under whatever name the host had then); one named by ``taint_id`` that an
+    operator set is refused."""
+    setters = sorted({r.set_by for r in rows})
+    agents = set(
+        conn.execute(
+            sa.select(tokens.c.name).where(tokens.c.role == "agent", tokens.c.name.in_(setters))
+        ).scalars()
+    )
     if taint_id is not None and rows and rows[0].set_by not in agents:
         raise errors.DevassignError(
             errors.FORBIDDEN,
-            f"taint {taint_id} was set by {rows[0].set_by}, not by this host's agent: an admin removes it",
+            f"taint {taint_id} of host {host} was set by {rows[0].set_by}, not by an agent: "
+            "an admin removes it",
         )
     return [r for r in rows if r.set_by in agents]
 
