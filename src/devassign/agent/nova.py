@@ -88,9 +88,36 @@ def _type_name(raw: str) -> str:
     return name[:64] or "PCI_DEVICE"
 
 
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _nova_glob(addr: str) -> str | None:
+    """A glob address as Nova reads it (``PciAddressGlobSpec``): fields left out or empty are
+    ``*`` (``:0a:00.`` is ``*:0a:00.*``), others hex numbers padded to their width; None when
+    Nova would refuse it."""
+    dbs, _, func = addr.strip().partition(".")
+    fields = dbs.split(":") if dbs else []
+    if len(fields) > 3:
+        return None
+    fields = ["*"] * (3 - len(fields)) + fields + [func]
+    out = []
+    for raw, (width, top) in zip(fields, ((4, 0xFFFF), (2, 0xFF), (2, 0x1F), (1, 0x7)), strict=True):
+        text = raw.strip() or "*"
+        if text == "*":
+            out.append(text)
+            continue
+        if not _HEX.fullmatch(text) or int(text, 16) > top:
+            return None
+        out.append(f"{int(text, 16):0{width}x}")
+    return f"{out[0]}:{out[1]}:{out[2]}.{out[3]}"
+
+
 def _address_glob(addr: Any, notes: list[str]) -> str | None:
     if isinstance(addr, str):
-        return addr.lower()
+        glob = _nova_glob(addr)
+        if glob is None:
+            notes.append(f"address {addr!r} is not a PCI address Nova accepts: not converted, review it")
+        return glob
     if isinstance(addr, dict):
         parts = {k: str(addr.get(k, "*")) for k in ("domain", "bus", "slot", "function")}
         if any(re.search(r"[\\^$()\[\]+?|{}]", p) for p in parts.values()):
@@ -100,8 +127,102 @@ def _address_glob(addr: Any, notes: list[str]) -> str | None:
     return None
 
 
+_SINGLE_ADDRESS = re.compile(r"([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
+
+
+def single_address(addr: Any) -> str | None:
+    """The one PCI function a spec's ``address`` names (``dddd:bb:ss.f``), or None for a glob,
+    a partial address or a regular expression.
+
+    Nova matches a VF by its PF's address only for such a spec (``WhitelistPciAddress``: a
+    single address that is a PF on the host); a glob is matched against each function's own
+    address, VFs included.
+    """
+    if isinstance(addr, str):
+        m = _SINGLE_ADDRESS.fullmatch(addr.strip())
+        if m is None:
+            return None
+        fields = list(m.groups())
+    elif isinstance(addr, dict):
+        # Nova matches each field as a regular expression from its start: only full-width hex
+        # fields name exactly one function
+        fields = [str(addr.get(k, "")).strip() for k in ("domain", "bus", "slot", "function")]
+        if [len(f) for f in fields] != [4, 2, 2, 1] or not all(_HEX.fullmatch(f) for f in fields):
+            return None
+    else:
+        return None
+    domain, bus, slot, function = (int(f, 16) for f in fields)
+    if domain > 0xFFFF or bus > 0xFF or slot > 0x1F or function > 0x7:
+        return None
+    return f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
+
+
+def _ids_fit(alias: dict[str, Any], match: dict[str, str]) -> bool:
+    """Whether the alias's vendor/product ids do not contradict the ones ``match`` names."""
+    for key in ("vendor_id", "product_id"):
+        have = str(alias.get(key, "")).lower()
+        if have and key in match and have != match[key]:
+            return False
+    return True
+
+
+def _vf_rules(
+    spec: dict[str, Any], pf: str, aliases: list[dict[str, Any]], attrs: dict[str, Any], notes: list[str]
+) -> list[dict[str, Any]]:
+    """Rules for the VFs of the PF at ``pf``, which Nova's spec takes when ``pf`` is a PF.
+
+    Each alias that may name a VF (``type-VF`` or no device type) and whose ids fit the spec's
+    gives one rule with its ids; none: one rule for any VF of the PF.
+    """
+    match: dict[str, str] = {"parent": pf}
+    for key in ("vendor_id", "product_id"):
+        if key in spec and spec[key] != "*":
+            match[key] = str(spec[key]).lower()
+    named: list[tuple[str, dict[str, str]]] = []
+    if isinstance(spec.get("resource_class"), str):
+        named = [(_type_name(spec["resource_class"]), dict(match))]
+    else:
+        for alias in aliases:
+            if "name" not in alias or alias.get("device_type", "type-VF") != "type-VF":
+                continue
+            if not _ids_fit(alias, match):
+                continue
+            m = dict(match)
+            for key in ("vendor_id", "product_id"):
+                if alias.get(key) not in (None, "", "*"):
+                    m[key] = str(alias[key]).lower()
+            named.append((_type_name(str(alias["name"])), m))
+    if not named:
+        if "vendor_id" in match and "product_id" in match:
+            name = f"PCI_{match['vendor_id']}_{match['product_id']}".upper()
+        else:
+            name = _type_name("PCI_VF_" + pf).upper()
+            notes.append(
+                f"address {pf}: no alias names its VFs, so rule {name} takes any VF of it; "
+                "rename the type, or add its vendor_id/product_id"
+            )
+        named = [(name, dict(match))]
+    rules = []
+    for name, m in named:
+        rule: dict[str, Any] = {"type": name, "match": {**m, "kind": "sriov_vf"}}
+        if attrs:
+            rule["attributes"] = attrs
+        rules.append(rule)
+    types = ", ".join(dict.fromkeys(r["type"] for r in rules))
+    notes.append(
+        f"address {pf}: if it is an SR-IOV PF, Nova takes its VFs (rule {types}) and the PF "
+        "itself while none of its VFs is in use; devassign never offers a PF whose VFs are "
+        "enabled, so the PF's own rule takes it only while its VFs are disabled"
+    )
+    return rules
+
+
 def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """TOML text with one ``[[device]]`` per (spec, alias) pair, and notes for what did not fit."""
+    """TOML text with one ``[[device]]`` per (spec, alias) pair, and notes for what did not fit.
+
+    A spec that names one function by its address also gets rules for that function's VFs
+    (matched by ``parent``), as Nova matches the VFs of a PF named so.
+    """
     notes: list[str] = []
     rules: list[dict[str, Any]] = []
     for spec in specs:
@@ -109,12 +230,24 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
         for key in ("vendor_id", "product_id"):
             if key in spec and spec[key] != "*":
                 match[key] = str(spec[key]).lower()
+        pf: str | None = None
         if "address" in spec:
-            glob = _address_glob(spec["address"], notes)
+            pf = single_address(spec["address"])
+            glob = pf or _address_glob(spec["address"], notes)
             if glob and glob != "*:*:*.*":
                 match["address"] = glob
+                if pf is None:
+                    notes.append(
+                        f"address {spec['address']!r} is a glob: Nova takes the VFs of a PF by the "
+                        "PF's address only when a spec names one function, so the rule takes the "
+                        "functions whose own address fits it (VFs included), as Nova does; to take "
+                        f"the VFs of the PFs it names, add a rule with match.parent = {glob!r}"
+                    )
         if "devname" in spec:
-            notes.append(f"devname {spec['devname']!r} has no devassign match key; use address")
+            notes.append(
+                f"devname {spec['devname']!r} has no devassign match key; use address (and, "
+                "for the VFs of a PF, a rule with match.parent = the PF's address)"
+            )
         if not match:
             notes.append(f"spec {spec} matches every device: skipped")
             continue
@@ -133,6 +266,8 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
         if not names:
             vendor, product = match.get("vendor_id", "ANY"), match.get("product_id", "ANY")
             names = [(f"PCI_{vendor}_{product}".upper(), None)]
+            if "ANY" in (vendor, product):
+                notes.append(f"spec {spec}: no ids, and no alias names it: type {names[0][0]}, rename it")
         for name, kind in names:
             rule: dict[str, Any] = {"type": name, "match": dict(match)}
             if kind:
@@ -142,6 +277,8 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
             if attrs:
                 rule["attributes"] = attrs
             rules.append(rule)
+        if pf is not None:
+            rules.extend(_vf_rules(spec, pf, aliases, attrs, notes))
     text = tomli_w.dumps({"device": rules}) if rules else ""
     parse_config({"device": rules}, source="converted Nova configuration")  # stays loadable
     return text, notes

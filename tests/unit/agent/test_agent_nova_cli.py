@@ -43,8 +43,13 @@ def test_import_nova_conf(tmp_path: Path) -> None:
     }
     # Nova's spec without a device type takes a VF as well as a PF: so does the rule.
     assert rules[1] == {"type": "PCI_ANY_ANY", "match": {"address": "0000:3b:00.0"}, "match_vfs": True}
-    assert rules[2]["type"] == "a100" and rules[2]["match"]["kind"] == "pci"
-    assert len(rules) == 3
+    # ... and, as Nova does when 0000:3b:00.0 is a PF, its VFs, under the alias naming VFs
+    assert rules[2] == {
+        "type": "nic_vf",
+        "match": {"parent": "0000:3b:00.0", "vendor_id": "8086", "product_id": "154c", "kind": "sriov_vf"},
+    }
+    assert rules[3]["type"] == "a100" and rules[3]["match"]["kind"] == "pci"
+    assert len(rules) == 4
     assert "regular expression" in text  # the regex address is reported, not guessed
     parse_config(tomllib.loads(text))  # what it prints is a valid agent config
 
@@ -59,6 +64,102 @@ def test_import_nova_json(tmp_path: Path) -> None:
 
 
 runner = CliRunner()
+
+PF_ALIAS = '{"vendor_id": "8086", "product_id": "1889", "device_type": "type-VF", "name": "vf"}'
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        '"0000:5e:00.0"',
+        '"0:5E:0.0"',  # Nova pads the fields
+        '{"domain": "0000", "bus": "5e", "slot": "00", "function": "0"}',
+    ],
+)
+def test_import_nova_pf_address_takes_its_vfs(tmp_path: Path, address: str) -> None:
+    """A spec naming a PF by its one address takes that PF's VFs in Nova (the spec's address is
+    matched against a VF's parent): the VFs are offered under the alias that names their ids,
+    with the spec's physical_network."""
+    nova = tmp_path / "nova.conf"
+    nova.write_text(
+        f'[pci]\ndevice_spec = {{"address": {address}, "physical_network": "physnet3"}}\nalias = {PF_ALIAS}\n'
+    )
+    text = import_nova(nova)
+    rules = tomllib.loads(text)["device"]
+    assert {
+        "type": "vf",
+        "match": {"parent": "0000:5e:00.0", "vendor_id": "8086", "product_id": "1889", "kind": "sriov_vf"},
+        "attributes": {"physical_network": "physnet3"},
+    } in rules
+    assert "# NOTE: address 0000:5e:00.0: if it is an SR-IOV PF" in text  # the PF itself: said
+
+    h = host(tmp_path / "h")
+    h.pci("0000:3b:00.0", "10de", "20b5", cls="030200", iommu_group=10, driver="nvidia")
+    vfs = h.sriov_pf(
+        "0000:5e:00.0", "8086", "159b", vfs=4, vf_device="1889", iommu_group=20, vf_iommu_group_start=30
+    )
+    h.sriov_pf(
+        "0000:5f:00.0", "8086", "159b", vfs=2, vf_device="1889", iommu_group=21, vf_iommu_group_start=40
+    )  # another PF's VFs: not in the spec
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n' + text)
+    res = runner.invoke(app, ["discover", "--config", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    offered = {d["address"]: d for d in json.loads(res.stdout) if d["offered"]}
+    assert sorted(offered) == vfs
+    assert {d["type"] for d in offered.values()} == {"vf"}
+    assert all(d["attributes"]["physical_network"] == "physnet3" for d in offered.values())
+
+
+def test_import_nova_pf_address_without_an_alias_for_its_vfs(tmp_path: Path) -> None:
+    nova = tmp_path / "nova.conf"
+    nova.write_text('[pci]\ndevice_spec = {"address": "0000:5e:00.0", "physical_network": "physnet3"}\n')
+    text = import_nova(nova)
+    rules = tomllib.loads(text)["device"]
+    assert rules[1] == {
+        "type": "PCI_VF_0000_5E_00_0",
+        "match": {"parent": "0000:5e:00.0", "kind": "sriov_vf"},
+        "attributes": {"physical_network": "physnet3"},
+    }
+    assert "no alias names its VFs" in text and "type PCI_ANY_ANY, rename it" in text
+
+    # a PF whose VFs are disabled is offered by the rule on its own address
+    h = host(tmp_path / "h")
+    h.sriov_pf("0000:5e:00.0", "8086", "159b", vfs=0, iommu_group=20)
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n' + text)
+    res = runner.invoke(app, ["discover", "--config", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    assert [(d["address"], d["type"]) for d in json.loads(res.stdout) if d["offered"]] == [
+        ("0000:5e:00.0", "PCI_ANY_ANY")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "glob"), [('"0000:5e:00.*"', "0000:5e:00.*"), ('":5e:00."', "*:5e:00.*")]
+)
+def test_import_nova_glob_address_matches_own_addresses_and_says_so(
+    tmp_path: Path, address: str, glob: str
+) -> None:
+    """Nova matches a VF by its PF's address only for a spec naming one function: a glob is
+    matched against each function's own address (nova.pci.devspec.WhitelistPciAddress)."""
+    nova = tmp_path / "nova.conf"
+    nova.write_text(f'[pci]\ndevice_spec = {{"address": {address}}}\nalias = {PF_ALIAS}\n')
+    text = import_nova(nova)
+    assert tomllib.loads(text)["device"] == [
+        {"type": "PCI_ANY_ANY", "match": {"address": glob}, "match_vfs": True}
+    ]
+    assert f"add a rule with match.parent = '{glob}'" in text
+
+
+def test_import_nova_address_nova_refuses_is_a_note(tmp_path: Path) -> None:
+    nova = tmp_path / "nova.conf"
+    nova.write_text('[pci]\ndevice_spec = {"address": "0000:5e:00.9", "vendor_id": "8086"}\n')
+    text = import_nova(nova)
+    assert "not a PCI address Nova accepts" in text
+    assert tomllib.loads(text)["device"] == [
+        {"type": "PCI_8086_ANY", "match": {"vendor_id": "8086"}, "match_vfs": True}
+    ]
 
 
 def test_cli_discover_json(tmp_path: Path) -> None:
