@@ -196,6 +196,7 @@ def discover(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Print every device this host has and what it would report, without a server."""
+    from devassign.agent.held import HeldPartitions
     from devassign.agent.inventory import build_inventory
     from devassign.agent.state import held_drivers, held_types, peek
 
@@ -210,6 +211,7 @@ def discover(
         vgpu_seen=dict(state.vgpu_types) if state else None,
         held_drivers=held_drivers(state) if state else None,
         held_types=held_types(state) if state else None,
+        own_mdevs=HeldPartitions.of_state(state).mdev_uuids if state else (),
     )
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,14 @@ def scan_pci(
     vgpu_seen: dict[str, dict[str, Any]] | None = None,
     *,
     use: HostUse | None = None,
+    own_mdevs: Collection[str] = (),
 ) -> PciScan:
     """Every PCI function under ``bus/pci/devices``, with mdev slots, vGPUs and IOMMU groups.
 
     ``vgpu_seen``: the vGPU 17+ types seen on each GPU so far (agent/vgpu.py), kept up to date.
     ``use``: what the host uses (agent/hostuse.py; the inventory reads it once for PCI and USB),
-    by default read from the ``/proc`` beside the sysfs root."""
+    by default read from the ``/proc`` beside the sysfs root. ``own_mdevs``: the UUIDs of the
+    mdevs the agent made for its own holdings (:func:`_mdev_slots`)."""
     scan = PciScan()
     if not sysfs.is_dir("bus/pci/devices"):
         # A host without PCI is rare; a wrong --sysfs-root (or a container without /sys) is not.
@@ -123,7 +126,7 @@ def scan_pci(
             log.warning("bus/pci/devices: ignoring odd entry %r", addr)
             continue
         try:
-            found = _read_function(sysfs, addr, pci_ids, physfn_of, use)
+            found = _read_function(sysfs, addr, pci_ids, physfn_of, use, own_mdevs)
         except OSError as exc:  # the seam should absorb these; never let one device end a scan
             log.warning("%s: skipped, %s", addr, exc)
             continue
@@ -143,6 +146,7 @@ def _read_function(
     pci_ids: Path | None,
     physfn_of: dict[str, tuple[str, int]],
     use: HostUse,
+    own_mdevs: Collection[str] = (),
 ) -> list[FoundDevice] | None:
     """One function and its mdev slots; ``None`` if it vanished while we looked."""
     base = f"bus/pci/devices/{addr}"
@@ -228,7 +232,7 @@ def _read_function(
 
     out = [dev]
     if "mdev_supported_types" in entries:
-        out.extend(_mdev_slots(sysfs, dev, f"{base}/mdev_supported_types"))
+        out.extend(_mdev_slots(sysfs, dev, f"{base}/mdev_supported_types", own_mdevs))
     return out
 
 
@@ -249,8 +253,16 @@ def _vgpu_pool(sysfs: Sysfs, parent: FoundDevice, base: str, rel: str) -> tuple[
     return (pf if pf and PCI_ADDRESS_RE.match(pf) else parent.address), max(sizes)
 
 
-def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevice]:
+def _mdev_slots(
+    sysfs: Sysfs, parent: FoundDevice, base: str, own_mdevs: Collection[str] = ()
+) -> list[FoundDevice]:
     """Each mdev type as N slots: free instances plus those already created (vfio-mediated-device.rst).
+
+    A GPU with instances is flagged ``mdev_in_use`` (never offered whole), except where each
+    of them is one the agent made for a slot it holds (``own_mdevs``) and the slots are
+    partitions of the GPU itself: the server then knows the GPU is carved (the held slot's
+    pool and parent) and counts it ``partitioned``; were it left out of the report, it would
+    be ``removed`` for as long as the slot is used.
 
     The NVIDIA vGPU manager's types are partitions of their GPU (scheduler/shares.py): a
     time-sliced GPU runs one type at a time, and its driver shows 0 ``available_instances``
@@ -261,12 +273,14 @@ def _mdev_slots(sysfs: Sysfs, parent: FoundDevice, base: str) -> list[FoundDevic
     """
     slots: list[FoundDevice] = []
     vgpu = _vgpu_pool(sysfs, parent, base, base.rsplit("/", 1)[0])
+    own = frozenset(own_mdevs) if vgpu is not None and vgpu[0] == parent.address else frozenset()
     for type_id in sysfs.listdir(base):
         where = f"{parent.address} mdev type {type_id}"
         # Instances first: whatever else about the type is odd (its name too), the parent is
-        # in use and must not be offered whole.
-        in_use = len(sysfs.listdir(f"{base}/{type_id}/devices"))
-        if in_use:
+        # in use and must not be offered whole (unless the agent holds them: above).
+        instances = sysfs.listdir(f"{base}/{type_id}/devices")
+        in_use = len(instances)
+        if any(uid not in own for uid in instances):
             parent.flag(FLAG_MDEV_IN_USE)
         if not _MDEV_TYPE_RE.fullmatch(type_id):
             log.warning("%s mdev type %s: odd type name, skipped", parent.address, ascii(type_id))

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from devassign.agent.state import AgentState
 from devassign.domain import DeviceKind
 from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, VGPU_HELD, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
@@ -48,6 +49,21 @@ class HeldPartitions:
             elif kind == DeviceKind.VGPU.value:
                 vfs.add(str(d.get("parent")))
         return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs))
+
+    @classmethod
+    def of_state(cls, state: AgentState) -> HeldPartitions:
+        """What the agent's state says it holds: assigned, with an action in flight (its
+        journal), or set up and not cleaned yet (a partition a released slot's setup made, or
+        a failed cleanup left, is this agent's own, kept from claims while its slot is
+        cleaning or quarantined, not one made by hand)."""
+        in_flight = [(e.get("item") or {}).get("device") or {} for e in state.journal.values()]
+        mine = [*state.assigned.values(), *state.set_up_by.values()]
+        return cls.of([*in_flight, *((e.get("device") or {}) for e in mine)], state.facts)
+
+    @property
+    def mdev_uuids(self) -> frozenset[str]:
+        """The mdevs this agent made (or is making) for the slots it holds."""
+        return frozenset(self.mdev.get("uuids", []))
 
     def facts_for(self, dev: ReportedDevice | LifecycleDevice) -> dict[str, Any]:
         if dev.kind is DeviceKind.MIG:

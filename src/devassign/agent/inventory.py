@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,15 @@ def build_inventory(
     warned: set[str] | None = None,
     held_drivers: Mapping[str, str] | None = None,
     held_types: Mapping[str, HeldType] | None = None,
+    own_mdevs: Collection[str] = (),
 ) -> Inventory:
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``,
-    ``held_drivers``, ``held_types``: see :func:`apply_rules`)."""
+    ``held_drivers``, ``held_types``: see :func:`apply_rules`; ``own_mdevs``: the UUIDs of
+    the mdevs the agent made for the slots it holds, which leave their GPU reported, see
+    :func:`~devassign.agent.discovery.scan_pci`)."""
     use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
-    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use)
+    scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use, own_mdevs=own_mdevs)
     devices = scan.devices + scan_usb(sysfs, use)
     _flag_duplicates(devices)
     apply_rules(devices, config.devices, warned, held_drivers, held_types)

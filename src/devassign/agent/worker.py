@@ -206,6 +206,7 @@ class Agent:
             warned=self._host_use_warned,
             held_drivers=held_drivers(self.state.state),
             held_types=held_types(self.state.state),
+            own_mdevs=self._held_partitions().mdev_uuids,
         ).reported()
         if seen != before:
             self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
@@ -856,9 +857,7 @@ class Agent:
         and not cleaned yet (a partition a released slot's setup made, or a failed cleanup
         left, is this agent's own, kept from claims while its slot is cleaning or quarantined,
         not one made by hand)."""
-        st = self.state.state
-        mine = [*st.assigned.values(), *st.set_up_by.values()]
-        return HeldPartitions.of([*self._in_flight(), *((e.get("device") or {}) for e in mine)], st.facts)
+        return HeldPartitions.of_state(self.state.state)
 
     def _in_flight(self) -> list[dict[str, Any]]:
         """The devices of the journal's actions (started or done, not yet posted), as sent."""

@@ -267,3 +267,17 @@ def test_cleanup_while_a_guest_holds_the_group_fails_before_writing(machine: Mac
     machine.sysfs.release_group(12)
     PciHandler().cleanup(dev, {}, machine.ops)
     assert machine.driver(GPU) == "nvidia"
+
+
+def test_a_gpu_running_an_mdev_is_not_assigned_whole(machine: Machine) -> None:
+    """The server never hands out a GPU whole beside a held vGPU slot, and the agent keeps one
+    with an mdev made by hand out of its report; this is the last line where neither knew."""
+    machine.h.mdev_parent(
+        GPU, types={"nvidia-230": {"name": "GRID T4-4Q", "available": 3, "instances": 1}}, iommu_group=12
+    )
+    machine.mark(GPU, "nvidia", "flr bus")
+    with pytest.raises(
+        HandlerError, match=r"runs mdev 00000000-0000-0000-0000-000000000001 \(a vGPU in use\)"
+    ):
+        PciHandler().setup(device(GPU, DeviceKind.PCI, driver="nvidia"), {}, machine.ops)
+    assert machine.driver(GPU) == "nvidia" and machine.writes_to("/unbind") == []

@@ -37,6 +37,7 @@ from devassign.lifecycle.handlers.common import (
 from devassign.lifecycle.host import HostOps, VfioUsers
 
 VFIO = "vfio-pci"
+
 # What the kernel shows in driver_override when none is set.
 NO_OVERRIDE = ("", "(null)")
 RESET_CHOICES = ("required", "bus", "none-ok")
@@ -54,6 +55,12 @@ class ResetCapability:
 
     resettable: bool
     methods: tuple[str, ...]
+
+
+def mdev_instances(sysfs: Sysfs, address: str) -> list[str]:
+    """The UUIDs of the mdevs (vGPUs) made on the function at ``address``."""
+    types = f"{pci_dir(address)}/mdev_supported_types"
+    return sorted(uid for t in sysfs.listdir(types) for uid in sysfs.listdir(f"{types}/{t}/devices"))
 
 
 def reset_capability(device: str | HasAddress, sysfs: Sysfs) -> ResetCapability:
@@ -237,6 +244,14 @@ class PciHandler:
         refusal = reset_refusal(device, config, ops.sysfs)
         if refusal:
             raise HandlerError(refusal)
+        carved = mdev_instances(ops.sysfs, device.address)
+        if carved:
+            # The server never hands out a GPU whole beside a held slot; this holds where it
+            # did not know (an mdev made by hand since the last report).
+            more = f" and {len(carved) - 1} more" if len(carved) > 1 else ""
+            raise HandlerError(
+                f"{device.address} runs mdev {carved[0]}{more} (a vGPU in use): it cannot be assigned whole"
+            )
         was_on = bind_vfio(ops.sysfs, device.address)
         problems = group_problems(ops.sysfs, device.address, device.companions)
         if problems:
