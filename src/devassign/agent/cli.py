@@ -212,6 +212,7 @@ def discover(
         held_drivers=held_drivers(state) if state else None,
         held_types=held_types(state) if state else None,
         own_mdevs=HeldPartitions.of_state(state).mdev_uuids if state else (),
+        usb_names={k: dict(v) for k, v in state.usb_names.items()} if state else None,
     )
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))

@@ -8,7 +8,6 @@ rules (first match wins), refuses what cannot be isolated, and adds the declared
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from devassign.agent.model import (
 )
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.state import HeldType
-from devassign.agent.usb import scan_usb
+from devassign.agent.usb import name_usb, scan_usb
 from devassign.domain import DeviceKind
 from devassign.hostio import HostFiles, Sysfs
 from devassign.schemas import ReportedDevice
@@ -68,15 +67,18 @@ def build_inventory(
     held_drivers: Mapping[str, str] | None = None,
     held_types: Mapping[str, HeldType] | None = None,
     own_mdevs: Collection[str] = (),
+    usb_names: dict[str, dict[str, Any]] | None = None,
 ) -> Inventory:
     """Discover, match, check isolation, add static units (``vgpu_seen``: see agent/vgpu.py;
     ``files``: the host's ``/proc``, default beside the sysfs root; ``warned``,
     ``held_drivers``, ``held_types``: see :func:`apply_rules`; ``own_mdevs``: the UUIDs of
     the mdevs the agent made for the slots it holds, which leave their GPU reported, see
-    :func:`~devassign.agent.discovery.scan_pci`)."""
+    :func:`~devassign.agent.discovery.scan_pci`; ``usb_names``: the USB names given before,
+    kept up to date: see :func:`~devassign.agent.usb.name_usb`)."""
     use = read_host_use(files if files is not None else HostFiles.beside(sysfs), sysfs)
     scan = scan_pci(sysfs, config.pci_ids or pci_ids, vgpu_seen, use=use, own_mdevs=own_mdevs)
     devices = scan.devices + scan_usb(sysfs, use)
+    name_usb(devices, {} if usb_names is None else usb_names, held_types or {}, warned)
     _flag_duplicates(devices)
     apply_rules(devices, config.devices, warned, held_drivers, held_types)
     check_isolation(devices, scan.iommu_groups)
@@ -243,16 +245,7 @@ def _harmless(peer: FoundDevice | None) -> bool:
 
 
 def _flag_duplicates(devices: list[FoundDevice]) -> None:
-    """Two devices with one identity: USB ones fall back to their bus path, others are flagged.
-
-    Cheap USB tokens often share a serial; where they are plugged in still tells them apart.
-    """
-    counts = Counter(d.address for d in devices)
-    for dev in devices:
-        bus_path = dev.attributes.get("bus_path")
-        if counts[dev.address] > 1 and dev.kind is DeviceKind.USB and isinstance(bus_path, str):
-            log.warning("%s: identity shared by several devices, using usb:%s", dev.address, bus_path)
-            dev.address = f"usb:{bus_path}"
+    """Two devices with one identity are flagged (USB ones were named apart by ``name_usb``)."""
     seen: dict[str, FoundDevice] = {}
     for dev in devices:
         first = seen.setdefault(dev.address, dev)

@@ -59,6 +59,9 @@ class AgentState:
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     # GPU address@VF ids -> {vGPU type id: name}: every vGPU 17+ type seen on that GPU (agent/vgpu.py).
     vgpu_types: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # USB bus path -> {address, vendor_id, product_id, serial}: the name each USB device was
+    # given, kept while it stays at its port (agent/usb.py), so a restart does not rename it.
+    usb_names: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The host name this state belongs to (files of older versions have none: the first
     # agent that uses such a file records its own).
     host: str | None = None
@@ -125,7 +128,7 @@ def peek(path: Path) -> AgentState | None:
         return None
 
 
-_MAPS = ("journal", "facts", "assigned", "host_drivers", "set_up_by", "health", "vgpu_types")
+_MAPS = ("journal", "facts", "assigned", "host_drivers", "set_up_by", "health", "vgpu_types", "usb_names")
 
 
 class StateFile:

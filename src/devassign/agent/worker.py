@@ -196,8 +196,9 @@ class Agent:
 
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
-        seen = self.state.state.vgpu_types
+        seen, usb = self.state.state.vgpu_types, self.state.state.usb_names
         before = {pf: dict(types) for pf, types in seen.items()}
+        usb_before = {path: dict(entry) for path, entry in usb.items()}
         devices = build_inventory(
             self.ops.sysfs,
             self.config,
@@ -207,9 +208,11 @@ class Agent:
             held_drivers=held_drivers(self.state.state),
             held_types=held_types(self.state.state),
             own_mdevs=self._held_partitions().mdev_uuids,
+            usb_names=usb,
         ).reported()
-        if seen != before:
-            self.state.save()  # vGPU types seen on a GPU: known after a restart on a busy GPU
+        if seen != before or usb != usb_before:
+            # vGPU types seen on a GPU, USB names given: known after a restart
+            self.state.save()
         self._reported = {d.address: d for d in devices}
         out = []
         for d in devices:
