@@ -185,6 +185,10 @@ def _read_function(
     if "iommu_group" in entries:
         # A link on real hosts; an empty folder in some captured trees (NFD): no group then.
         dev.iommu_group = to_int(sysfs.link_name(f"{base}/iommu_group"), "iommu_group", addr)
+    if dev.iommu_group is None:
+        # The IOMMU is off (or the tree does not say): VFIO cannot pass it through, and the
+        # server refuses it for the types whose handler would (store/inventory.py).
+        attrs["no_iommu_group"] = True
     # The server refuses a function the kernel cannot reset (a tenant's state could reach the
     # next one) unless its type accepts that; ``reset_method`` lists how (flr, pm, bus ...).
     # The kernel shows ``reset`` and ``reset_method`` together, but ``reset`` is write-only and

@@ -230,6 +230,9 @@ class Reporter:
         # is logged once); no lifecycle work is asked for or posted until it is taken again.
         self.conflict: str | None = None
         self.outage = Outage(clock)
+        # (address, code, reason) of each device the last answer refused: logged when it starts,
+        # not again at every report while it lasts.
+        self._refused: set[tuple[str, str, str]] = set()
 
     # ------------------------------------------------------------------ one exchange
     def _url(self, suffix: str) -> str:
@@ -414,8 +417,10 @@ class Reporter:
             len(result.removed),
             len(result.missing),
         )
-        for refused in result.refused:
-            log.warning("device %s refused (%s): %s", refused.address, refused.code, refused.reason)
+        now = {(r.address, r.code, r.reason) for r in result.refused}
+        for address, code, reason in sorted(now - self._refused):
+            log.warning("device %s refused (%s): %s", address, code, reason)
+        self._refused = now
         for warning in result.warnings:
             log.warning("server: %s", warning)
 

@@ -459,10 +459,15 @@ def _refusals(
             )
             out.setdefault(dev.address, ("unknown_type", reason))
             continue
-        refusal = reset_refusal(dev, row) or pool_refusal(dev, pool_counters)
+        refusal = reset_refusal(dev, row) or iommu_refusal(dev, row) or pool_refusal(dev, pool_counters)
         if refusal is not None:
-            no_reset = refusal.startswith(dev.address + " supports no reset")
-            out.setdefault(dev.address, ("no_reset" if no_reset else "inconsistent_pool", refusal))
+            if refusal.startswith(dev.address + " supports no reset"):
+                code = "no_reset"
+            elif refusal.startswith(dev.address + " has no IOMMU group"):
+                code = "no_iommu_group"
+            else:
+                code = "inconsistent_pool"
+            out.setdefault(dev.address, (code, refusal))
     groups: dict[int, list[schemas.ReportedDevice]] = {}
     for dev in reported:
         if dev.iommu_group is not None and dev.kind not in UNGROUPED_KINDS:
@@ -661,6 +666,22 @@ def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
     return (
         f"{dev.address} supports no reset, so a tenant's state could reach the next one; "
         f'set "reset": "none-ok" in type {dev.type}\'s config to accept it'
+    )
+
+
+def iommu_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
+    """Why a PCI function without an IOMMU group (the IOMMU is off) is refused for a type whose
+    handler passes it through with VFIO (the built-in ``pci`` and ``sriov_vf``): that setup can
+    never succeed, so every claim of it would be accepted and then fail. The agent says so with
+    ``attributes.no_iommu_group``; a type with another handler (a command, noop) takes it."""
+    if dev.kind.value not in _PCI_KINDS or dev.attributes.get("no_iommu_group") is not True:
+        return None
+    if type_row.handler not in (None, "pci", "sriov_vf"):
+        return None
+    return (
+        f"{dev.address} has no IOMMU group, so VFIO cannot pass it through (type {dev.type}'s "
+        f"handler needs that): the IOMMU is off; turn on VT-d or AMD-Vi in the firmware and boot "
+        "the host with intel_iommu=on or amd_iommu=on"
     )
 
 

@@ -28,6 +28,7 @@ from devassign.store.inventory import (
     catalog_rows,
     checks_for,
     digest,
+    iommu_refusal,
     new_device,
     owed_cleanups,
     reset_refusal,
@@ -123,7 +124,9 @@ def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
     seen: set[str] = set()
     for dev in report.devices:
         row = type_rows.get(dev.type)
-        if row is None or dev.pool is not None or dev.address in seen or reset_refusal(dev, row) is not None:
+        if row is None or dev.pool is not None or dev.address in seen:
+            return False
+        if reset_refusal(dev, row) is not None or iommu_refusal(dev, row) is not None:
             return False
         seen.add(dev.address)
     return True

@@ -215,6 +215,17 @@ def test_iommu_group_as_empty_folder_means_no_group(tmp_path: Path) -> None:
     (h.root / h.dev("0000:01:00.0") / "iommu_group").mkdir()
     (dev,) = scan_pci(Sysfs(h.root), pci_ids=None).devices
     assert dev.iommu_group is None
+    assert dev.attributes["no_iommu_group"] is True
+
+
+def test_a_function_without_an_iommu_group_says_so(tmp_path: Path) -> None:
+    """The server refuses such a function for a type whose handler needs VFIO (the IOMMU is off)."""
+    h = host(tmp_path)
+    h.pci("0000:3b:00.0", "10de", "20b5", cls="030200")
+    h.pci("0000:3c:00.0", "10de", "20b5", cls="030200", iommu_group=7)
+    devs = by_address(scan_pci(Sysfs(h.root), pci_ids=None).devices)
+    assert devs["0000:3b:00.0"].attributes["no_iommu_group"] is True
+    assert "no_iommu_group" not in devs["0000:3c:00.0"].attributes
 
 
 def test_iommu_group_members(tmp_path: Path) -> None:

@@ -209,3 +209,13 @@ def test_refused_devices_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFix
     make(tmp_path, server).run(once=True)
     assert "0000:5e:10.0 refused (unknown_type)" in caplog.text
     assert "1 device refused" in caplog.text
+
+
+def test_a_refusal_is_logged_once_while_it_lasts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    why = {"address": "0000:3b:00.0", "code": "no_iommu_group", "reason": "the IOMMU is off"}
+    answers = [result("compute-1", n, refused=[why]) for n in (1, 2)] + [result("compute-1", 3)]
+    answers.append(result("compute-1", 4, refused=[why]))
+    reporter = make(tmp_path, FakeServer([httpx.Response(200, json=a) for a in answers]))
+    for _ in answers:
+        reporter.report()
+    assert caplog.text.count("0000:3b:00.0 refused (no_iommu_group)") == 2  # reports 1 and 4

@@ -136,8 +136,13 @@ def test_bridges_and_driverless_peers_do_not_block_the_group(machine: Machine) -
 
 def test_no_iommu_group_is_refused(machine: Machine) -> None:
     machine.pci(GPU, driver="nvidia", group=None)
-    with pytest.raises(HandlerError, match="no IOMMU group"):
+    with pytest.raises(HandlerError, match="no IOMMU group") as err:
         PciHandler().setup(device(GPU, DeviceKind.PCI), {}, machine.ops)
+    # Said plainly, not as a group mate "which this consumer does not hold", and before the
+    # function is taken from its driver.
+    assert "does not hold" not in str(err.value)
+    assert "intel_iommu=on" in str(err.value)
+    assert machine.driver(GPU) == "nvidia"
 
 
 def test_a_function_without_reset_is_refused_unless_allowed(machine: Machine) -> None:
