@@ -135,6 +135,7 @@ def scan_pci(
     _link_sriov(scan.devices, physfn_of)
     add_vgpus(sysfs, scan.devices, {} if vgpu_seen is None else vgpu_seen, memory_mb(scan.devices))
     add_mig_placements(scan.devices)
+    _single_node_is_node_0(sysfs, scan.devices)
     scan.iommu_groups = _iommu_groups(sysfs, scan.devices)
     drop_odd_values(scan.devices)
     return scan
@@ -357,6 +358,25 @@ def _link_sriov(devices: list[FoundDevice], physfn_of: dict[str, tuple[str, int]
             # Some VFs carry their PF's device id (NVIDIA's, QEMU's NVMe): rules need to know.
             dev.attributes["pf_product_id"] = pf.product_id
         dev.pf_driver = pf.driver
+
+
+_NODE_RE = re.compile(r"^node[0-9]+$")
+
+
+def _single_node_is_node_0(sysfs: Sysfs, devices: list[FoundDevice]) -> None:
+    """On a host with one NUMA node (or none: ``devices/system/node`` lists at most one
+    ``nodeN``, and no device names a node but 0), a device whose node the kernel does not know
+    (``numa_node`` -1, as single-socket hosts and most VMs say) is on node 0: every device is,
+    so a "same NUMA node" constraint holds there. On a host with more nodes it stays unknown."""
+    nodes = {n for n in sysfs.listdir("devices/system/node") if _NODE_RE.fullmatch(n)}
+    nodes |= {f"node{d.numa_node}" for d in devices if d.numa_node is not None}
+    if nodes:
+        nodes.add("node0")  # a device on node 1 in a tree without devices/system: two nodes
+    if len(nodes) > 1:
+        return
+    for dev in devices:
+        if dev.numa_node is None:
+            dev.numa_node = 0
 
 
 def _iommu_groups(sysfs: Sysfs, devices: list[FoundDevice]) -> dict[int, list[str]]:
