@@ -7,6 +7,7 @@ vanished is skipped, an unreadable or odd attribute is left out, each with a war
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Collection
@@ -78,6 +79,27 @@ def to_int(raw: str | None, what: str, where: str) -> int | None:
         log.warning("%s: ignoring odd %s %r", where, what, raw)
         return None
     return int(raw, 16) if raw.startswith("0x") else int(raw)
+
+
+# A PCI root complex's folder: ``pci`` + domain (4 hex digits, 5 behind Intel VMD) + ``:`` + bus.
+_ROOT_COMPLEX_RE = re.compile(r"^pci[0-9a-fA-F]{4,5}:[0-9a-fA-F]{2}$")
+
+
+def pcie_root(sysfs: Sysfs, addr: str) -> str | None:
+    """The PCI root complex a function sits under (``pci0000:3a``, as Kubernetes DRA's
+    ``pcieRoot``): the first folder below ``devices`` of the path ``bus/pci/devices/ADDR``
+    links to (``../../../devices/pci0000:3a/0000:3a:00.0/0000:3b:00.0``). Devices under one
+    root complex (a GPU and a NIC behind one socket's root ports or one switch) can talk
+    peer to peer without crossing the socket interconnect. ``None`` where the entry is no link
+    (some captured trees copy folders) or its target names no root complex."""
+    target = sysfs.readlink(f"bus/pci/devices/{addr}")
+    if target is None:
+        return None
+    parts = target.split("/")
+    for before, part in itertools.pairwise(parts):
+        if before == "devices" and _ROOT_COMPLEX_RE.fullmatch(part):
+            return part.lower()
+    return None
 
 
 def drop_odd_values(devices: list[FoundDevice]) -> None:
@@ -198,6 +220,9 @@ def _read_function(
     attrs["resettable"] = "reset" in entries or bool(methods)
     if methods is not None:
         attrs["reset_methods"] = methods
+    root = pcie_root(sysfs, addr)
+    if root is not None:
+        attrs["pcie_root"] = root
     human = pci_name(dev.vendor_id, dev.product_id, pci_ids)
     if human:
         attrs["name"] = human

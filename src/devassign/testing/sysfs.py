@@ -81,6 +81,8 @@ class SyntheticHost:
 
     root: Path
     usb_buses: set[int] = field(default_factory=set)
+    # PCI address -> its root complex (``pci0000:3a``) where it is not ``pci0000:00``.
+    pcie_roots: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
     def write(self, rel: str, value: str) -> None:
@@ -98,8 +100,10 @@ class SyntheticHost:
         os.symlink(target, path)
 
     def dev(self, addr: str) -> str:
-        """The real folder of PCI device ``addr``, relative to the root."""
-        return f"{PCI_ROOT}/{addr}"
+        """The real folder of PCI device ``addr``, relative to the root: under its root
+        complex's folder (``devices/pci0000:00`` unless built with another ``pcie_root``)."""
+        root = self.pcie_roots.get(addr)
+        return f"devices/{root}/{addr}" if root else f"{PCI_ROOT}/{addr}"
 
     def set(self, addr: str, attr: str, value: str) -> None:
         """Change one attribute of PCI device ``addr`` (e.g. ``numa_node``)."""
@@ -121,12 +125,19 @@ class SyntheticHost:
         local_cpulist: str | None = "0-7",
         reset: str | None = "flr",
         extra: dict[str, str] | None = None,
+        pcie_root: str | None = None,
     ) -> Path:
         """One PCI function; ``numa=None`` leaves the file out, ``-1`` is the kernel's unknown.
 
         ``reset`` is the ``reset_method`` text (``"flr bus"``); ``None`` leaves out the
-        ``reset`` file, as on a function the kernel cannot reset.
+        ``reset`` file, as on a function the kernel cannot reset. ``pcie_root``: the root
+        complex it sits under (``pci0000:3a``; default ``pci0000:00``): its folder is
+        ``devices/<pcie_root>/<addr>``, one level down as every function here (the root ports
+        and switches between are not modelled), so ``bus/pci/devices/<addr>`` resolves as the
+        kernel's does to a path that names its root complex.
         """
+        if pcie_root is not None and pcie_root != PCI_ROOT.rpartition("/")[2]:
+            self.pcie_roots[addr] = pcie_root
         d = self.dev(addr)
         self.write(f"{d}/vendor", _hex(vendor))
         self.write(f"{d}/device", _hex(device))
@@ -225,16 +236,17 @@ class SyntheticHost:
         driver: str | None = "ice",
         cls: str = "020000",
         reset: str | None = "flr",
+        pcie_root: str | None = None,
     ) -> list[str]:
         """A PF with ``vfs`` VFs enabled; returns the VF addresses.
 
         Each VF gets ``physfn`` and the PF ``virtfn<i>``, as pci-iov-howto.rst describes;
-        with ``vf_iommu_group_start`` VF ``i`` sits alone in group ``start + i`` (ACS).
+        with ``vf_iommu_group_start`` VF ``i`` sits alone in group ``start + i`` (ACS). The
+        VFs sit under the PF's root complex (``pcie_root``, see :meth:`pci`).
         """
         vf_device = vf_device or device
-        self.pci(
-            addr, vendor, device, cls=cls, numa=numa, iommu_group=iommu_group, driver=driver, reset=reset
-        )
+        common: dict[str, Any] = {"cls": cls, "numa": numa, "reset": reset, "pcie_root": pcie_root}
+        self.pci(addr, vendor, device, iommu_group=iommu_group, driver=driver, **common)
         d = self.dev(addr)
         self.write(f"{d}/sriov_totalvfs", str(total_vfs if total_vfs is not None else max(vfs, 8)))
         self.write(f"{d}/sriov_numvfs", str(vfs))
@@ -251,9 +263,7 @@ class SyntheticHost:
         out = vf_addresses(addr, vfs, vf_bus)
         for i, vf in enumerate(out):
             group = None if vf_iommu_group_start is None else vf_iommu_group_start + i
-            self.pci(
-                vf, vendor, vf_device, cls=cls, numa=numa, iommu_group=group, driver=vf_driver, reset=reset
-            )
+            self.pci(vf, vendor, vf_device, iommu_group=group, driver=vf_driver, **common)
             (self.root / self.dev(vf) / "remove").unlink()  # the kernel gives VFs none
             self.config_space(vf, vendor, vf_device, vf=True)
             self.link(f"{self.dev(vf)}/physfn", f"../{addr}")
@@ -376,7 +386,7 @@ class SyntheticHost:
         self.bind(addr, None)
         for group in (self.root / "kernel/iommu_groups").glob(f"*/devices/{addr}"):
             group.unlink()
-        for virtfn in (self.root / PCI_ROOT).glob("*/virtfn*"):
+        for virtfn in (self.root / "devices").glob("pci*/*/virtfn*"):
             if os.path.basename(os.readlink(virtfn)) == addr:
                 virtfn.unlink()
         link = self.root / "bus/pci/devices" / addr
