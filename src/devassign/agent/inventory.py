@@ -81,7 +81,7 @@ def build_inventory(
     name_usb(devices, {} if usb_names is None else usb_names, held_types or {}, warned)
     _flag_duplicates(devices)
     apply_rules(devices, config.devices, warned, held_drivers, held_types)
-    check_isolation(devices, scan.iommu_groups)
+    check_isolation(devices, scan.iommu_groups, warned)
     for res in config.resources:
         devices.extend(res.units())
     return Inventory(devices, scan.iommu_groups)
@@ -182,7 +182,9 @@ def _share_bandwidth(vf: FoundDevice, pf: FoundDevice | None, bandwidth: int | s
 MAX_LISTED_PEERS = 32
 
 
-def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) -> None:
+def check_isolation(
+    devices: list[FoundDevice], groups: dict[int, list[str]], warned: set[str] | None = None
+) -> None:
     """Flag offered devices whose IOMMU group holds an endpoint that is not offered too.
 
     VFIO takes a group whole and devices in one group can reach each other without the
@@ -192,6 +194,9 @@ def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) ->
     one member can block its mates, so this runs until nothing changes. Bridges do not
     count; a member we could not read counts as an endpoint (the safe side). A vGPU of a
     VF (vGPU 17+) is the VF passed through whole: the VF's group is checked for it.
+
+    Each flagged device is logged with every mate that is not offered (as things stand once
+    nothing changes), once per device and reason for each ``warned`` set.
     """
     by_addr = {d.address: d for d in devices}
     # Each device with the function a guest gets for it, and that function's group mates.
@@ -206,24 +211,49 @@ def check_isolation(devices: list[FoundDevice], groups: dict[int, list[str]]) ->
         if peers:
             dev.attributes["iommu_group_size"] = len(members)
             dev.attributes["iommu_group_peers"] = peers[:MAX_LISTED_PEERS]
+    flagged: list[tuple[FoundDevice, FoundDevice, list[str]]] = []
     changed = True
     while changed:
         changed = False
         for dev, vehicle, peers in checked:
             if not dev.offered or dev.allow_shared_iommu_group:
                 continue
-            blockers = [a for a in peers if not _harmless(by_addr.get(a))]
-            if blockers:
+            if any(not _harmless(by_addr.get(a)) for a in peers):
                 dev.flag(FLAG_IOMMU_SHARED)
+                flagged.append((dev, vehicle, peers))
                 changed = True
-                more = f" and {len(blockers) - 8} more" if len(blockers) > 8 else ""
-                shown = ", ".join(blockers[:8]) + more
-                log.warning(
-                    "%s: not offered, IOMMU group %s also holds %s, which stays with the host",
-                    dev.address,
-                    vehicle.iommu_group,
-                    shown,
-                )
+    for dev, vehicle, peers in flagged:
+        blockers = [_why_blocking(a, by_addr.get(a)) for a in peers if not _harmless(by_addr.get(a))]
+        more = f" and {len(blockers) - 8} more" if len(blockers) > 8 else ""
+        shown = _and(blockers[:8]) if not more else ", ".join(blockers[:8]) + more
+        message = f"IOMMU group {vehicle.iommu_group} also holds {shown}"
+        key = f"{dev.address}: {message}"
+        if warned is not None:
+            if key in warned:
+                continue
+            warned.add(key)
+        log.warning(
+            "%s: not offered (%s): %s; VFIO gives a guest the whole group, so every member must "
+            "be offered for any to be",
+            dev.address,
+            FLAG_IOMMU_SHARED,
+            message,
+        )
+
+
+def _why_blocking(address: str, peer: FoundDevice | None) -> str:
+    """A group mate that keeps the group from a guest, and why: ``0000:5e:00.0 (no rule takes
+    it)``, ``0000:5e:10.2 (not offered: iommu_group_not_isolated)``."""
+    if peer is None:
+        return f"{address} (not read)"
+    if peer.type is None:
+        return f"{address} (no rule takes it)"
+    return f"{address} (not offered: {', '.join(peer.flags) or 'unknown'})"
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _vehicle(dev: FoundDevice, by_addr: dict[str, FoundDevice]) -> FoundDevice | None:
