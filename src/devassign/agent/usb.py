@@ -107,7 +107,14 @@ def name_usb(
     usb.sort(key=lambda d: str(d.attributes["bus_path"]))
     serial_names = {id(d): _serial_name(d) for d in usb}
     sharing = Counter(n for n in serial_names.values() if n is not None)
-    taken: set[str] = set()
+    present = {str(d.attributes["bus_path"]) for d in usb}
+    # A held device away (pulled out) keeps its name for its return: no newcomer takes it.
+    away = {
+        bus_path: entry
+        for bus_path, entry in names.items()
+        if bus_path not in present and entry.get("address") in held
+    }
+    taken: set[str] = {str(entry["address"]) for entry in away.values()}
     newcomers: list[FoundDevice] = []
     for dev in usb:
         bus_path = str(dev.attributes["bus_path"])
@@ -128,12 +135,6 @@ def name_usb(
             if serial_name is not None:
                 _warn_shared(serial_name, bus_path, warned)
         taken.add(dev.address)
-    present = {str(d.attributes["bus_path"]) for d in usb}
-    away = {
-        bus_path: entry
-        for bus_path, entry in names.items()
-        if bus_path not in present and entry.get("address") in held and entry.get("address") not in taken
-    }
     names.clear()
     names.update(away)
     for dev in usb:

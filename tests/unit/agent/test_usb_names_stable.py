@@ -119,3 +119,18 @@ def test_the_shared_serial_is_logged_once_per_device(
             memory.clear()  # newcomers each time: the warning is still not repeated
     shared = [r.getMessage() for r in caplog.records if "identity shared" in r.getMessage()]
     assert len(shared) == 2, shared
+
+
+def test_a_held_tokens_serial_name_is_not_given_to_a_twin_while_it_is_away(tmp_path: Path) -> None:
+    """A held token named by its serial, pulled out; a twin with the same serial plugged in
+    elsewhere meanwhile took the held name: the server took the twin for the held token."""
+    h = host(tmp_path)
+    token(h, "1-4")
+    memory: dict[str, dict[str, Any]] = {}
+    held = {SERIAL_NAME: HeldType("FEITIAN", "usb", "096e", "0006")}
+    assert names(h, memory, held_types=held) == {"1-4": SERIAL_NAME}
+    h.remove("1-4")
+    token(h, "1-7")
+    assert names(h, memory, held_types=held) == {"1-7": "usb:1-7"}
+    token(h, "1-4")  # the held one back at its port: its name again
+    assert names(h, memory, held_types=held) == {"1-4": SERIAL_NAME, "1-7": "usb:1-7"}
