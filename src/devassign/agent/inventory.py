@@ -22,6 +22,7 @@ from devassign.agent.model import (
     FLAG_IOMMU_SHARED,
     FLAG_NOT_ENDPOINT,
     FoundDevice,
+    first_time,
 )
 from devassign.agent.pciids import DEFAULT_PCI_IDS
 from devassign.agent.state import HeldType
@@ -145,11 +146,8 @@ def apply_rules(
 
 
 def _warn_host_use(dev: FoundDevice, warned: set[str] | None) -> None:
-    key = f"{dev.address} {dev.type}: {'; '.join(dev.host_use)}"
-    if warned is not None:
-        if key in warned:
-            return
-        warned.add(key)
+    if not first_time(warned, f"{dev.address} {dev.type}: {'; '.join(dev.host_use)}"):
+        return
     log.warning(
         "%s: matches the rule for type %s but is not offered: the host uses it (%s); "
         "allow_host_in_use = true in the rule offers it anyway",
@@ -227,11 +225,8 @@ def check_isolation(
         more = f" and {len(blockers) - 8} more" if len(blockers) > 8 else ""
         shown = _and(blockers[:8]) if not more else ", ".join(blockers[:8]) + more
         message = f"IOMMU group {vehicle.iommu_group} also holds {shown}"
-        key = f"{dev.address}: {message}"
-        if warned is not None:
-            if key in warned:
-                continue
-            warned.add(key)
+        if not first_time(warned, f"{dev.address}: {message}"):
+            continue
         log.warning(
             "%s: not offered (%s): %s; VFIO gives a guest the whole group, so every member must "
             "be offered for any to be",

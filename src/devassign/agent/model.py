@@ -126,3 +126,15 @@ class FoundDevice:
         if self.type is None:
             raise ValueError(f"{self.address} has no type and is not reported")
         return ReportedDevice(type=self.type, **self.facts())
+
+
+def first_time(warned: set[str] | None, key: str) -> bool:
+    """Whether a warning keyed ``key`` is new to ``warned`` (and mark it said): the agent
+    rescans every report, so a lasting condition is logged once, not at every scan. No set:
+    always (a one-shot command)."""
+    if warned is None:
+        return True
+    if key in warned:
+        return False
+    warned.add(key)
+    return True

@@ -20,7 +20,7 @@ from typing import Any
 
 from devassign.agent.discovery import drop_odd_values, hex_id
 from devassign.agent.hostuse import HostUse, host_use_reasons
-from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice
+from devassign.agent.model import FLAG_HOST_IN_USE, FoundDevice, first_time
 from devassign.domain import DeviceKind, usb_address
 from devassign.hostio import Sysfs
 
@@ -164,11 +164,8 @@ def _same(before: dict[str, Any], dev: FoundDevice) -> bool:
 
 
 def _warn_shared(serial_name: str, bus_path: str, warned: set[str] | None) -> None:
-    key = f"usb {bus_path}: shares {serial_name}"
-    if warned is not None:
-        if key in warned:
-            return
-        warned.add(key)
+    if not first_time(warned, f"usb {bus_path}: shares {serial_name}"):
+        return
     log.warning(
         "%s: identity shared by several devices (or held by another), so the one at %s is usb:%s",
         serial_name,

@@ -229,8 +229,8 @@ def remove_taints(
     The target is a device (its own taints), a host's parent, or a host (every taint of the
     host, its devices' and parents' included, unless ``taint_id`` names one). Removing nothing
     is not an error for "all" (a second untaint is harmless); an unknown ``taint_id`` is 404.
-    A host's ``agent`` removes only the taints its host's agents set: an operator's taint (a
-    host under investigation) is the operator's to lift (403 for that one; "all" leaves it).
+    A host's ``agent`` removes only the taints an agent set: an operator's taint (a host under
+    investigation) is the operator's to lift (403 for that one; "all" leaves it).
     """
     if device_id is not None:
         host = device_host(conn, device_id)
