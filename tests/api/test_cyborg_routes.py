@@ -326,10 +326,37 @@ def test_a_device_nova_cannot_attach_is_refused_and_released(api: TestClient) ->
     )
     profile = {"name": "key", "groups": [{"resources:CUSTOM_TOKEN_KEY": "1"}]}
     assert api.post(f"{A}/device_profiles", json=profile).status_code == 201
+    assert api.patch("/v1/resource-types/TOKEN_KEY", json={"config": {"one_time_use": True}}).status_code == 200
     instance = str(uuid.uuid4())
     r = bind(api, make_arqs(api, "key"), instance)
-    assert r.status_code == 409 and "PCI address or as mdevs" in r.json()["error"]["message"], r.text
+    assert r.status_code == 409 and "Nova can attach" in r.json()["error"]["message"], r.text
     assert live(api, instance) is None
+    # Never claimed, so never cleaned: a one-time-use token is not used up by a refused bind.
+    (token,) = api.get("/v1/devices", params={"host": "compute-1"}).json()
+    assert token["state"] == "available", token
+    kinds = {e["action"] for e in api.get("/v1/events").json()}
+    assert not kinds & {"allocation_created", "allocation_released", "device_quarantined"}, kinds
+
+
+def test_a_type_of_pci_and_usb_devices_binds_only_the_pci_ones(api: TestClient) -> None:
+    assert api.post("/v1/resource-types", json={"name": "CRYPTO"}).status_code == 201
+    tokens = [
+        {"address": f"usb:1-{i}", "kind": "usb", "type": "CRYPTO", "vendor_id": "1050", "product_id": "0407"}
+        for i in range(3)
+    ]
+    devices = [*tokens, *(vf(f"0000:3b:02.{i}", "CRYPTO") for i in range(3))]
+    r = api.put("/v1/hosts/compute-1/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200, r.text
+    profile = {"name": "crypto", "groups": [{"resources:CUSTOM_CRYPTO": "1"}]}
+    assert api.post(f"{A}/device_profiles", json=profile).status_code == 201
+    held = []
+    for _ in range(3):
+        instance = str(uuid.uuid4())
+        assert bind(api, make_arqs(api, "crypto"), instance).status_code == 202
+        held += [d["address"] for d in api.get(f"/v1/allocations/{instance}").json()["devices"]]
+    assert sorted(held) == [f"0000:3b:02.{i}" for i in range(3)]
+    r = bind(api, make_arqs(api, "crypto"), str(uuid.uuid4()))  # three USB tokens left, no VF
+    assert r.status_code == 409 and "Nova can attach" in r.json()["error"]["message"], r.text
 
 
 def test_mdev_handle_names_its_parent_type_and_the_uuid_the_agent_creates(api: TestClient) -> None:

@@ -456,8 +456,15 @@ def _claim_and_record(
         arq = known[a]
         by_key[(arq["device_profile_name"], arq["device_profile_group_id"], arq["type_name"])].append(a)
     groups = {f"group{k}": members for k, (_, members) in enumerate(sorted(by_key.items()))}
+    # Only devices Nova can attach are candidates: a USB token or a static device of the same
+    # type is never claimed (and so never cleaned, or used up if one-time) only to be refused.
     requests = [
-        {"name": name, "type": known[members[0]]["type_name"], "count": len(members)}
+        {
+            "name": name,
+            "type": known[members[0]]["type_name"],
+            "count": len(members),
+            "selector": NOVA_ATTACHABLE,
+        }
         for name, members in groups.items()
     ]
     body = ClaimBody.model_validate(
@@ -471,7 +478,17 @@ def _claim_and_record(
     )
     placer: Placer = app.state.placer
     store: Store = app.state.store
-    placer.claim(body, scope.principal)
+    try:
+        placer.claim(body, scope.principal)
+    except errors.DevassignError as exc:
+        if exc.code != errors.NO_VALID_HOST:
+            raise
+        raise errors.DevassignError(
+            exc.code,
+            f"{exc.message} (only devices Nova can attach count: {NOVA_ATTACHES}; a type's USB, "
+            "static or MIG devices are never bound through this API)",
+            **exc.extra,
+        ) from exc
     try:
         request_of = {d.id: d.request for d in store.get_allocation(instance).devices}
         by_request: dict[str | None, list[Any]] = defaultdict(list)
@@ -497,6 +514,12 @@ def _claim_and_record(
     log.info(
         "cyborg API: claimed %d devices on %s for instance %s (ARQs %s)", len(arqs), host, instance, arqs
     )
+
+
+# The kinds ``attach_handle`` gives Nova a handle for, as a selector over ``device.kind``.
+_ATTACHABLE = (DeviceKind.PCI, DeviceKind.SRIOV_PF, DeviceKind.SRIOV_VF, DeviceKind.VGPU, DeviceKind.MDEV_TYPE)
+NOVA_ATTACHABLE = f"device.kind in [{', '.join(repr(k.value) for k in _ATTACHABLE)}]"
+NOVA_ATTACHES = "PCI functions and VFs by their PCI address, vGPUs and mdev slots as mdevs"
 
 
 def attach_handle(device: schemas.Device, facts: dict[str, Any]) -> tuple[str, dict[str, str], str | None]:
