@@ -326,7 +326,8 @@ def test_a_device_nova_cannot_attach_is_refused_and_released(api: TestClient) ->
     )
     profile = {"name": "key", "groups": [{"resources:CUSTOM_TOKEN_KEY": "1"}]}
     assert api.post(f"{A}/device_profiles", json=profile).status_code == 201
-    assert api.patch("/v1/resource-types/TOKEN_KEY", json={"config": {"one_time_use": True}}).status_code == 200
+    once = {"config": {"one_time_use": True}}
+    assert api.patch("/v1/resource-types/TOKEN_KEY", json=once).status_code == 200
     instance = str(uuid.uuid4())
     r = bind(api, make_arqs(api, "key"), instance)
     assert r.status_code == 409 and "Nova can attach" in r.json()["error"]["message"], r.text

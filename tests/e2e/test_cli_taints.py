@@ -128,3 +128,30 @@ def test_device_taint_untaint_and_usage_errors(db_url: str, tmp_path: Path) -> N
         removed = cli("device", "untaint", device, "--taint", str(made["id"]), env=env)
         assert f"removed taint {made['id']}" in removed.stdout
         assert cli("explain", "--spec", "hardware_resource:NIC_VF_1G=1", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_agents_untaint_lifts_the_agents_taints_and_leaves_the_admins(db_url: str, tmp_path: Path) -> None:
+    admin = cli("token", "create", "--role", "admin", "--db", db_url).stdout.strip()
+    agent = cli("token", "create", "--role", "agent", "--host", "compute-1", "--db", db_url).stdout.strip()
+    with running_server(db_url, log=tmp_path / "server.log") as url:
+        env = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": admin}
+        as_agent = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": agent}
+        cli("type", "create", "NIC_VF_1G", env=env)
+        report = {"generation": 1, "devices": [vf("0000:3b:02.1")]}
+        r = httpx.put(
+            f"{url}/v1/hosts/compute-1/inventory", json=report, headers={"Authorization": f"Bearer {agent}"}
+        )
+        assert r.status_code == 200, r.text
+        (device,) = json.loads(cli("devices", "--host", "compute-1", "-f", "json", env=env).stdout)
+        for who, reason in ((env, "admin says"), (as_agent, "agent says")):
+            cli("device", "taint", device["id"], "--effect", "NoSchedule", "--reason", reason, env=who)
+            cli("host", "taint", "compute-1", "--effect", "NoSchedule", "--reason", reason, env=who)
+
+        for command in (("device", "untaint", device["id"]), ("host", "untaint", "compute-1")):
+            out = cli(*command, env=as_agent, check=False)
+            assert out.returncode == 0, out.stderr
+            assert "agent says" in out.stdout and "admin says" not in out.stdout, out.stdout
+            assert "not removed" in out.stderr and "an admin removes it" in out.stderr, out.stderr
+        left = json.loads(cli("taints", "-f", "json", env=env).stdout)
+        assert sorted(t["reason"] for t in left) == ["admin says", "admin says"], left

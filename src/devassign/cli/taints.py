@@ -214,12 +214,17 @@ def register(app: typer.Typer) -> None:
 def _remove_each(api: Client, path: str, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Remove the taints just listed, each by its id: a retried request (the CLI retries after a
     lost answer) then never removes a taint someone added in between, as "remove all" would.
-    One already gone (removed by an earlier try, or by someone else) is skipped."""
+    One already gone (removed by an earlier try, or by someone else) is skipped; one the caller
+    may not lift (an agent's token and an admin's taint) stays, said on stderr, as the API's
+    "remove all" leaves it."""
     out: list[dict[str, Any]] = []
     for t in listed:
         try:
             out.extend(api.request("DELETE", path, params={"taint": t["id"]}))
         except CliError as exc:
-            if exc.code != "not_found":
+            if exc.code == "forbidden":
+                note = f"not removed: {exc.message}"
+                typer.echo(printable(note, one_line=True), err=True)
+            elif exc.code != "not_found":
                 raise
     return out
