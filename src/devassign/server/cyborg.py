@@ -518,7 +518,11 @@ def _claim_and_record(
 
 # The kinds ``attach_handle`` gives Nova a handle for, as a selector over ``device.kind``.
 _ATTACHABLE = (
-    DeviceKind.PCI, DeviceKind.SRIOV_PF, DeviceKind.SRIOV_VF, DeviceKind.VGPU, DeviceKind.MDEV_TYPE
+    DeviceKind.PCI,
+    DeviceKind.SRIOV_PF,
+    DeviceKind.SRIOV_VF,
+    DeviceKind.VGPU,
+    DeviceKind.MDEV_TYPE,
 )
 NOVA_ATTACHABLE = f"device.kind in [{', '.join(repr(k.value) for k in _ATTACHABLE)}]"
 NOVA_ATTACHES = "PCI functions and VFs by their PCI address, vGPUs and mdev slots as mdevs"
