@@ -425,6 +425,13 @@ class Reporter:
             log.warning("server: %s", warning)
 
     # ------------------------------------------------------------------ the loop
+    def takeover_delay(self, retry_after: float) -> float:
+        """When to try again after a refusal as a second agent: the moment the server said it
+        would take this process (so a restart reports as soon as the old process's silence
+        allows, not after an exponential backoff), plus up to a second of jitter; never less
+        than a second (no busy loop), never more than ``max_backoff``."""
+        return min(self.max_backoff, max(1.0, retry_after) + self.rng.uniform(0.0, 1.0))
+
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """The wait before try ``failures + 1``: exponential with full jitter, uniform in
         [0, min(``max_backoff``, 2^(failures-1))] seconds (agents that lost the server together
@@ -484,7 +491,7 @@ class Reporter:
                     delay = self.backoff(failures)
                     if isinstance(exc, AgentConflict):
                         need_report = True
-                        delay = max(delay, exc.retry_after)
+                        delay = self.takeover_delay(exc.retry_after)
                     log.warning("%s; retrying in %.1f s", exc, delay)
                 self.sleep(delay)
                 continue

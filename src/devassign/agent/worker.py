@@ -70,7 +70,14 @@ from devassign.agent.health import HEALTHY, HealthRecord
 from devassign.agent.held import HeldPartitions
 from devassign.agent.inventory import build_inventory
 from devassign.agent.pciids import DEFAULT_PCI_IDS
-from devassign.agent.reporter import NotTaken, Reporter, ReportRefused, ServerUnavailable, payload
+from devassign.agent.reporter import (
+    AgentConflict,
+    NotTaken,
+    Reporter,
+    ReportRefused,
+    ServerUnavailable,
+    payload,
+)
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
 from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
@@ -138,6 +145,9 @@ class StepResult:
     # The "server unreachable" errors of this step (their messages are in ``errors`` too; a
     # refusal of this process as a second agent is not one): retried with backoff.
     unreachable: list[ServerUnavailable] = field(default_factory=list)
+    # Refused as a second agent of the host: the seconds until the server would let this
+    # process take over (its ``retry_after``), the time of the next try.
+    takeover_in: float | None = None
 
 
 def _sigkill() -> None:
@@ -367,6 +377,8 @@ class Agent:
             self._unreachable(out, exc)
         except ReportRefused as exc:
             out.errors.append(str(exc))
+            if isinstance(exc, AgentConflict):
+                out.takeover_in = exc.retry_after
         try:
             self.work(out.work)
         except ServerUnavailable as exc:
@@ -411,6 +423,10 @@ class Agent:
                 self._failures += 1
                 asked = [e.retry_after for e in result.unreachable if e.retry_after is not None]
                 delay = self.reporter.backoff(self._failures, max(asked, default=None))
+                if result.takeover_in is not None and not result.unreachable:
+                    # A restart waits for the old process's silence, not for a backoff grown
+                    # while waiting: the next try is when the server would take this one.
+                    delay = self.reporter.takeover_delay(result.takeover_in)
                 quiet = {str(e) for e in result.unreachable if e.logged}  # once per outage (Outage)
                 for err in result.errors:
                     if err not in quiet:
