@@ -49,3 +49,33 @@ def test_two_projects_using_the_same_key_with_instances_n_do_not_collide(
         outputs.append(json.loads(result.output))
     red, blue = ({a["consumer"] for a in o["allocations"]} for o in outputs)
     assert not red & blue
+
+
+def test_two_projects_gangs_of_one_id_name_different_instances(
+    secure_api: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gang ids are per project, consumer ids cloud-wide: ``--gang docs-job --instances 2`` run
+    by two projects (and again by the first after it released its gang) must not be refused
+    because the other project holds (or once held) consumers of the same names."""
+    admin = {
+        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
+    }
+    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=admin).status_code == 201
+    devices = [_gpu(i) for i in range(8)]
+    r = secure_api.put("/v1/hosts/a/inventory", json={"generation": 1, "devices": devices}, headers=admin)
+    assert r.status_code == 200, r.text
+    runner = CliRunner()
+    claim = ["gang", "claim", "--spec", "hardware_resource:GPU=1", "--instances", "2", "--gang", "docs-job"]
+    names: dict[str, set[str]] = {}
+    for project in ("red", "blue", "red"):
+        token = store.create_token(schemas.TokenCreate(role=Role.MEMBER, project=project), "test").token
+        client = Client("http://testserver", token, transport=secure_api._transport, retry_for=0)
+        monkeypatch.setattr(gangs_cli, "client", lambda ctx, c=client: c)
+        result = runner.invoke(cli_app, [*claim, "-f", "json"])
+        assert result.exit_code == 0, f"project {project}: {result.output}"
+        made = {a["consumer"] for a in json.loads(result.output)["allocations"]}
+        assert all(n.startswith("docs-job-") for n in made), made
+        names.setdefault(project, made)
+        result = runner.invoke(cli_app, ["gang", "release", "docs-job"])
+        assert result.exit_code == 0, result.output
+    assert not names["red"] & names["blue"]

@@ -42,7 +42,9 @@ def test_gang_claim_refusal_explain_and_release(tmp_path: Path) -> None:
         made = cli("gang", "claim", *spec, "--instances", "2", "--gang", "job-1", env=env)
         assert "gang job-1: 2 instances on 2 hosts" in made.stdout
         held = json.loads(cli("allocations", "-f", "json", env=env).stdout)
-        assert sorted(a["consumer"] for a in held) == ["job-1-0", "job-1-1"]
+        names = sorted(a["consumer"] for a in held)
+        assert len(names) == 2 and names[0][:-1] == names[1][:-1] and names[0].startswith("job-1-"), names
+        assert [n[-2:] for n in names] == ["-0", "-1"], names
 
         cli("gang", "release", "job-1", env=env)
         assert json.loads(cli("allocations", "-f", "json", env=env).stdout) == []

@@ -30,7 +30,11 @@ CountOpt = Annotated[
 ]
 PrefixOpt = Annotated[
     str | None,
-    typer.Option(metavar="PREFIX", help="Names of --instances N (default: the gang's id and a dash)"),
+    typer.Option(
+        metavar="PREFIX",
+        help="Names of --instances N (default: the gang's id, a dash and, when --gang is given, "
+        "a digest of the project and token, so two projects' gangs of one id never collide)",
+    ),
 ]
 DistinctOpt = Annotated[bool, typer.Option("--distinct-hosts", help="At most one instance per host")]
 MaxPerHostOpt = Annotated[
@@ -78,9 +82,12 @@ def gang_body(
             "give --instance CONSUMER (repeatable) or --instances N, not both", status=ExitCode.USAGE
         )
     if count:
+        start = prefix
         if not body.get("gang"):
             body["gang"] = gang_id(body.get("idempotency_key"), body.get("project"), caller)
-        start = prefix if prefix is not None else f"{body['gang']}-"
+        elif start is None:
+            start = instance_prefix(body["gang"], body.get("project"), caller)
+        start = f"{body['gang']}-" if start is None else start
         body["instances"] = [f"{start}{i}" for i in range(count)]
     elif instance:
         body["instances"] = list(instance)
@@ -120,6 +127,15 @@ def gang_id(key: Any, project: Any, caller: str = "") -> str:
         seed = f"{project if isinstance(project, str) else ''}\n{caller}\n{key}"
         return f"gang-{uuid.uuid5(_GANG_IDS, seed).hex[:12]}"
     return f"gang-{uuid.uuid4().hex[:12]}"
+
+
+def instance_prefix(gang: str, project: Any, caller: str = "") -> str:
+    """The names of ``--instances N`` of a gang whose id was given (``--gang ID``): the id, then
+    a digest of the project and the caller, so two projects' gangs of one id (ids are per
+    project) never name the same consumers (consumer ids are cloud-wide), and the same command
+    with the same token names the same instances (a retry)."""
+    seed = f"{project if isinstance(project, str) else ''}\n{caller}\n{gang}"
+    return f"{gang}-{uuid.uuid5(_GANG_IDS, seed).hex[:8]}-"
 
 
 def _details(exp: dict[str, Any]) -> None:
