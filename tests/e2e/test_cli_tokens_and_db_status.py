@@ -49,7 +49,7 @@ def test_db_status_does_not_create_a_database_where_there_is_none(tmp_path: Path
     assert "Traceback" not in result.stderr
     assert not missing.exists(), "db status created a database file"
     assert not missing.parent.exists(), "db status created the folder"
-    assert result.returncode != 0
+    assert result.returncode == 3, result.stderr  # docs/cli.md: a database that does not exist
 
 
 def test_token_create_says_which_database_it_wrote_to(tmp_path: Path) -> None:

@@ -329,8 +329,9 @@ def _check_db_url(url: str | None, *, create: bool = True) -> str:
         ) from exc
     path = sqlite_file(url) if url.startswith("sqlite") else None
     if path is not None and not create and not path.exists():
-        raise CliError(
-            f"no database at {path}: check --db (or DEVASSIGN_DB); `devassign db upgrade` creates one"
+        raise CliError(  # exit 3, as a PostgreSQL database that does not exist
+            f"no database at {path}: check --db (or DEVASSIGN_DB); `devassign db upgrade` creates one",
+            status=ExitCode.UNREACHABLE,
         )
     if path is not None:
         try:
