@@ -18,6 +18,8 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from devassign.domain import one_per_key
+from devassign.errors import UNSUPPORTED_MEDIA_TYPE, DevassignError
+from devassign.server.limits import is_json
 
 
 class StrictJsonRequest(Request):
@@ -37,6 +39,22 @@ class StrictJsonRoute(APIRoute):
         inner = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
-            return await inner(StrictJsonRequest(request.scope, request.receive))
+            scope = request.scope
+            if "content-type" not in request.headers:
+                # A body without a type is JSON (as the body limits read it), whatever the
+                # framework's version would make of it.
+                scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+            strict = StrictJsonRequest(scope, request.receive)
+            if not is_json(scope) and await strict.body():
+                media = request.headers.get("content-type", "")
+                # The framework would not decode it and answer "Input should be a valid
+                # dictionary", which hides the fix (curl -d sends a form's content type).
+                raise DevassignError(
+                    UNSUPPORTED_MEDIA_TYPE,
+                    f"the body is sent as {media.split(';')[0].strip()[:60]!a}: send it as JSON "
+                    "with the header Content-Type: application/json",
+                )
+            return await inner(strict)
 
         return handler
+

@@ -80,7 +80,7 @@ _FORM_ROUTES = ("/ui/login",)
 FORM_LIMIT = 8 * 1024
 
 
-def _is_json(scope: Scope) -> bool:
+def is_json(scope: Scope) -> bool:
     """FastAPI decodes a body as JSON when its type is ``application/json``, ``*+json``, or
     missing."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
@@ -149,7 +149,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and _is_json(scope):
+        if body and is_json(scope):
             depth = json_depth(body, at_most=self.max_depth)
             if depth > self.max_depth:
                 await self._refuse(
