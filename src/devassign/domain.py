@@ -102,6 +102,7 @@ HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
 SPEC_PREFIX = "hardware_resource:"
 # Arrays and objects nested in any request body (server/limits.py), and in what is read back.
 MAX_JSON_DEPTH = 32
+EVENTS_PAGE_MAX = 10_000  # the most events one GET /v1/events answers (and `devassign events --limit`)
 # What stands for a value nested too deeply when it is read back (cut_too_deep).
 TOO_DEEP = f"<nested deeper than {MAX_JSON_DEPTH} levels: cut off; set this value again>"
 

@@ -51,6 +51,8 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         (["nope"], "No such command 'nope'"),
         (["agent", "run"], "Missing option '--config'"),
         (["db", "status", "--bogus"], "No such option: --bogus"),
+        (["events", "--limit", "10001"], "'--limit'"),  # the server's most, checked before asking
+        (["devices", "--limit", "0"], "'--limit'"),
     ],
 )
 def test_usage_errors_are_the_usage_and_one_line(args: list[str], says: str) -> None:

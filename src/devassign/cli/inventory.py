@@ -13,7 +13,7 @@ import typer
 from devassign.cli.client import Client, CliError, ExitCode, api_path, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
-from devassign.domain import DeviceState
+from devassign.domain import EVENTS_PAGE_MAX, DeviceState
 
 FormatOpt = Annotated[Format, typer.Option("-f", "--format", help="table or json")]
 TypeNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The type's name, e.g. GPU_A100")]
@@ -353,7 +353,10 @@ def register(app: typer.Typer) -> typer.Typer:
         device: Annotated[str | None, typer.Option(help="Only this device's (its id or address)")] = None,
         consumer: Annotated[str | None, typer.Option(help="Only this consumer's")] = None,
         limit: Annotated[
-            int, typer.Option(help="At most this many (with --follow: the last ones first)")
+            int,
+            typer.Option(
+                min=1, max=EVENTS_PAGE_MAX, help="At most this many (with --follow: the last ones first)"
+            ),
         ] = 50,
         follow: Annotated[
             bool,

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from devassign import errors, schemas
-from devassign.domain import HOST_RE, DeviceState
+from devassign.domain import EVENTS_PAGE_MAX, HOST_RE, DeviceState
 from devassign.server import views
 from devassign.server.access import Access
 from devassign.server.jsonbody import StrictJsonRoute
@@ -241,7 +241,7 @@ def list_events(
     device: str | None = None,
     consumer: str | None = None,
     before: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT64)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=EVENTS_PAGE_MAX)] = 100,
 ) -> list[schemas.Event]:
     """Newest first; ``before`` (an event id) pages back."""
     return views.list_events(
