@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from devassign.agent.config import AgentConfig
     from devassign.agent.inventory import Inventory
     from devassign.agent.model import FoundDevice
+    from devassign.agent.state import StateFile
+    from devassign.agent.worker import Agent
     from devassign.hostio import Sysfs
     from devassign.lifecycle.host import HostOps
 
@@ -144,7 +146,7 @@ def run(
     try:
         logging.getLogger(__name__).info("host %s, state file %s", cfg.host, state_file.path)
         state_file.lock()  # one agent process per state file
-        _ = state_file.state  # a state file of another host is refused before anything is sent
+        _load_state(state_file, agent)  # another host's is refused before anything is sent
         _end_leftovers(ops, state_file.path)
         if not once:
             agent.run()
@@ -259,3 +261,30 @@ def import_nova_cmd(
         typer.echo(import_nova(file), nl=False)
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _load_state(state_file: StateFile, agent: Agent) -> None:
+    """Read the state file; one that records another host name is taken only where the server
+    says the host of this name has the file's host id (an admin renamed the host), so a
+    renamed machine's agent needs its new name and token, not an edit of the state file."""
+    from devassign.agent.reporter import ServerUnavailable
+    from devassign.agent.state import OtherHost, StateError
+
+    try:
+        _ = state_file.state
+    except OtherHost as exc:
+        try:
+            record = agent.reporter.host_record()
+        except ServerUnavailable as down:
+            why = f"the server, which could confirm a rename, did not answer: {down}"
+            raise StateError(f"{exc} ({why})") from exc
+        if record is None or record.get("host_id") != exc.host_id:
+            raise
+        state_file.follow_rename(exc.recorded)
+        logging.getLogger(__name__).warning(
+            "host %s was renamed %s on the server (same host id %s): %s now records the new name",
+            exc.recorded,
+            agent.config.host,
+            exc.host_id,
+            state_file.path,
+        )

@@ -326,6 +326,17 @@ class Reporter:
             raise NotTaken(f"no lifecycle work while {self.conflict}")
         return self._send(method, self._url(suffix), body)
 
+    def host_record(self) -> dict[str, Any] | None:
+        """The server's record of this agent's host (``GET /v1/hosts/{host}``), or ``None``
+        when it has none this token may read; :class:`ServerUnavailable` (not logged as an
+        outage: the caller says it) when the server does not answer."""
+        try:
+            resp = self._exchange("GET", f"{self.config.server}/v1/hosts/{self.config.host}", None)
+        except (httpx.TransportError, httpx.DecodingError, TooLarge) as exc:
+            raise ServerUnavailable(f"{self.where}: {type(exc).__name__}: {exc or 'no answer'}") from exc
+        found = payload(resp, self.where) if resp.status_code == 200 else None
+        return found if isinstance(found, dict) else None
+
     def device_at(self, address: str) -> dict[str, Any] | None:
         """The server's record of this host's device at ``address`` (``GET /v1/devices``), or
         ``None`` where it has none; :class:`ServerUnavailable` when it cannot say."""

@@ -32,6 +32,17 @@ class StateError(RuntimeError):
     """The state file exists but cannot be used; replacing it would create a second host."""
 
 
+class OtherHost(StateError):
+    """The state file records another host name than the configuration: a second agent given
+    this machine's file, or a machine renamed (``devassign host rename``), which the server
+    can confirm (:meth:`StateFile.follow_rename`)."""
+
+    def __init__(self, message: str, recorded: str, host_id: str) -> None:
+        super().__init__(message)
+        self.recorded = recorded  # the name in the file
+        self.host_id = host_id  # the file's host id, which a rename keeps
+
+
 @dataclass
 class AgentState:
     """``journal``: device id -> the action in flight or its unposted result (see worker.py);
@@ -158,6 +169,7 @@ class StateFile:
         self.adopt = Path(adopt) if adopt is not None else None
         self._state: AgentState | None = None
         self._lock: IO[str] | None = None
+        self._renamed_from: str | None = None  # see follow_rename
 
     @property
     def state(self) -> AgentState:
@@ -186,8 +198,9 @@ class StateFile:
         recorded = raw.get("host")
         if recorded is not None and not isinstance(recorded, str):
             raise StateError(f"{self.path}: host must be a host name")
-        if recorded is not None and self.host is not None and recorded != self.host:
-            raise StateError(self._other_host(recorded))
+        renamed = recorded is not None and recorded == self._renamed_from
+        if recorded is not None and self.host is not None and recorded != self.host and not renamed:
+            raise OtherHost(self._other_host(recorded), recorded, host_id)
         maps: dict[str, dict[str, dict[str, Any]]] = {}
         for key in _MAPS:
             value = raw.get(key, {})
@@ -199,8 +212,9 @@ class StateFile:
             raise StateError(
                 f"{self.path}: {problem}; fix or remove the file (removing it makes this machine a new host)"
             )
-        state = AgentState(host_id=host_id, generation=generation, host=recorded or self.host, **maps)
-        if recorded is None and self.host is not None:
+        host = self.host if renamed else recorded or self.host
+        state = AgentState(host_id=host_id, generation=generation, host=host, **maps)
+        if (recorded is None or renamed) and self.host is not None:
             self._write(state)  # from now on this file is this host's
         return state
 
@@ -243,6 +257,16 @@ class StateFile:
             self._lock = None
         self._state = None
 
+    def follow_rename(self, recorded: str) -> AgentState:
+        """Take the file of host ``recorded`` as this host's: the server said the host of the
+        configuration's name has the file's host id (an admin renamed it), so the file keeps
+        its journal and ids and records the new name from now on."""
+        self._renamed_from, self._state = recorded, None
+        try:
+            return self.state
+        finally:
+            self._renamed_from = None
+
     def _other_host(self, recorded: str) -> str:
         path = self.path.absolute()
         return (
@@ -250,7 +274,8 @@ class StateFile:
             f"says host = {self.host!r}; one state file is one host. If this is another agent "
             "on the same machine, give it a state file of its own (state_file in its agent.toml, "
             "or leave state_file out: each configuration file then gets its own). If the machine "
-            f"was renamed: an admin runs `devassign host rename {recorded} {self.host}`, then set "
+            f"was renamed: an admin runs `devassign host rename {recorded} {self.host}` (the "
+            "agent then finds the new name on the server and updates this file), or set "
             f'"host" to "{self.host}" in {path} and start the agent again'
         )
 

@@ -179,3 +179,58 @@ def test_two_agents_on_one_machine_are_two_hosts(tmp_path: Path) -> None:
     files = sorted((tmp_path / "xdg-state" / "devassign").glob("agent-state-*.json"))
     assert len(files) == 2
     assert {json.loads(f.read_text())["host"] for f in files} == {"compute-1", "compute-2"}
+
+
+@pytest.mark.slow
+def test_a_renamed_hosts_agent_takes_its_state_file_when_the_server_confirms_the_rename(
+    tmp_path: Path,
+) -> None:
+    """The documented rename (``devassign host rename``, then the new name and its token in
+    agent.toml) starts the agent: the server's record of the new name has the state file's
+    host id, so the agent updates the file. A name whose host has another id stays refused."""
+    from tests.e2e.servers import cli
+
+    db = f"sqlite:///{tmp_path / 'rename.db'}"
+    admin = cli("token", "create", "--role", "admin", "--db", db).stdout.strip()
+    state = tmp_path / "state.json"
+    h = host(tmp_path)
+    h.pci("0000:3b:00.0", "10de", "1eb8")
+    with running_server(db, log=tmp_path / "server.log") as url:
+        env = {"DEVASSIGN_URL": url, "DEVASSIGN_TOKEN": admin}
+        tokens = {
+            name: cli("token", "create", "--role", "agent", "--host", name, "--db", db).stdout.strip()
+            for name in ("compute-1", "compute-1b", "compute-9")
+        }
+
+        def agent(name: str) -> subprocess.CompletedProcess[str]:
+            conf = _config(tmp_path / f"{name}.toml", name, f'state_file = "{state}"\n')
+            conf.write_text(
+                conf.read_text().replace("http://127.0.0.1:9", url) + f'token = "{tokens[name]}"\n'
+            )
+            return _agent(["--config", str(conf), "--sysfs-root", str(h.root)], {})
+
+        assert agent("compute-1").returncode == 0
+        host_id = json.loads(state.read_text())["host_id"]
+        cli("host", "rename", "compute-1", "compute-1b", env=env)
+        other = StateFile(tmp_path / "other-state.json", host="compute-9")
+        _ = other.state  # compute-9 is another machine, with a host id of its own
+        other_conf = _config(tmp_path / "c9.toml", "compute-9", f'state_file = "{other.path}"\n')
+        other_conf.write_text(
+            other_conf.read_text().replace("http://127.0.0.1:9", url) + f'token = "{tokens["compute-9"]}"\n'
+        )
+        assert _agent(["--config", str(other_conf), "--sysfs-root", str(h.root)], {}).returncode == 0
+
+        refused = agent("compute-9")  # this machine's state file under another machine's name
+        assert refused.returncode == 1 and "is the state file of host 'compute-1'" in refused.stderr
+        assert json.loads(state.read_text())["host"] == "compute-1"
+
+        renamed = agent("compute-1b")
+        assert renamed.returncode == 0, renamed.stderr
+        assert "renamed" in renamed.stderr
+        assert json.loads(state.read_text()) | {} and json.loads(state.read_text())["host"] == "compute-1b"
+        assert json.loads(state.read_text())["host_id"] == host_id
+        hosts = {
+            x["name"]: x["host_id"]
+            for x in httpx.get(f"{url}/v1/hosts", headers={"Authorization": f"Bearer {admin}"}).json()
+        }
+        assert hosts["compute-1b"] == host_id and "compute-1" not in hosts
