@@ -27,7 +27,7 @@ import itertools
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -48,6 +48,11 @@ HEARTBEAT_INTERVAL = 15.0  # seconds of silence before a comment line is sent
 LATE_COMMIT_WINDOW = 30.0  # seconds a gap in the ids is looked at again
 BATCH = 500  # events per read
 RETRY_MS = 3000  # how long an EventSource waits before it reconnects
+# Open streams a server process keeps, per token and in all: each reads the database every
+# POLL_INTERVAL, so one member's token opening streams by the thousand must not take the
+# database and the thread pool from everyone (a dashboard tab or `events --follow` is one).
+MAX_STREAMS_PER_CALLER = 16
+MAX_STREAMS = 512
 
 # Applications whose server is shutting down: their streams end at their next poll.
 _CLOSING: weakref.WeakSet[Starlette] = weakref.WeakSet()
@@ -241,6 +246,7 @@ async def respond(
     # Read once before answering: a filter outside the caller's scope is a 403 now, not a
     # broken stream; without a position the stream starts after the newest event.
     newest = await run_in_threadpool(fetch, None, 1)
+    release = _take_slot(request.app, scope.actor)
     moved = False
     if start is None:
         start = Cursor(newest[0].id if newest else 0)
@@ -253,10 +259,51 @@ async def respond(
             # event until the ids passed its position.
             start, moved = Cursor(top), True
     return StreamingResponse(
-        _events(request, start, fetch, committed, once=once, moved=moved),
+        _held(_events(request, start, fetch, committed, once=once, moved=moved), release),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _take_slot(app: Starlette, actor: str) -> Callable[[], None]:
+    """Count a stream of ``actor`` open in this process, or refuse it (429) over the limits;
+    returns what gives the slot back (once)."""
+    open_: dict[str, int] | None = getattr(app.state, "open_streams", None)
+    if open_ is None:
+        open_ = app.state.open_streams = {}
+    if sum(open_.values()) >= MAX_STREAMS:
+        raise errors.DevassignError(
+            errors.TOO_MANY_STREAMS,
+            f"this server process has {MAX_STREAMS} event streams open: try again later, or "
+            "read GET /v1/events with before= instead",
+        )
+    if open_.get(actor, 0) >= MAX_STREAMS_PER_CALLER:
+        raise errors.DevassignError(
+            errors.TOO_MANY_STREAMS,
+            f"this token has {MAX_STREAMS_PER_CALLER} event streams open on this server: close "
+            "one (a dashboard tab, an `events --follow`) first",
+        )
+    open_[actor] = open_.get(actor, 0) + 1
+    given = False
+
+    def release() -> None:
+        nonlocal given
+        if not given:
+            given = True
+            open_[actor] -= 1
+            if not open_[actor]:
+                del open_[actor]
+
+    return release
+
+
+async def _held(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    """``events``, giving the stream's slot back however it ends."""
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        release()
 
 
 async def _events(
