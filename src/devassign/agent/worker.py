@@ -58,7 +58,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -80,7 +80,7 @@ from devassign.agent.reporter import (
 )
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceState
-from devassign.lifecycle.base import LEFTOVER, Handler, LifecycleDevice
+from devassign.lifecycle.base import LEFTOVER, PARENT_IN_USE, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, own_time_bound, run_action
 from devassign.lifecycle.handlers.pci import VFIO
 from devassign.lifecycle.host import HostOps
@@ -262,16 +262,20 @@ class Agent:
                 continue
             changed |= self.health.observe(item.device.address, result.ok, result.error, held=True)
         discovered = self._discovered()
+        checks: dict[str, ActionResult] = {}
         for address, dev in discovered.items():
             check = self._checks.get(dev.type)
             if address in busy or check is None:
                 continue
             checked = self._check_free(dev, check, partitions.facts_for(dev))
             if checked is not None:
-                # What an assignment left on it (a setup whose result came after its release)
-                # ends with its cleanup, like a failure seen while it was held.
-                leftover = bool(checked.details.get(LEFTOVER))
-                changed |= self.health.observe(address, checked.ok, checked.error, held=leftover)
+                checks[address] = checked
+        checks.update(_parents_in_use(discovered, checks, busy))
+        for address, checked in checks.items():
+            # What an assignment left on it (a setup whose result came after its release)
+            # ends with its cleanup, like a failure seen while it was held.
+            leftover = bool(checked.details.get(LEFTOVER))
+            changed |= self.health.observe(address, checked.ok, checked.error, held=leftover)
         self.health.keep_only(discovered)
         self.health.save()
         if changed:
@@ -1014,3 +1018,26 @@ def _unreadable_result(entry: Any, why: str) -> WorkResult | None:
         )
     except ValueError:
         return None
+
+
+def _parents_in_use(
+    discovered: Mapping[str, ReportedDevice], checks: Mapping[str, ActionResult], busy: Collection[str]
+) -> dict[str, ActionResult]:
+    """The failed checks of the free parents (a GPU; the GPU above a VF) of partitions whose
+    check found something the agent did not make running on them (a MIG instance or a vGPU
+    type made by hand, :data:`PARENT_IN_USE`): the whole GPU must not be handed out, and set up
+    for a tenant, under the host's partition, however its own check went."""
+    out: dict[str, ActionResult] = {}
+    for address, checked in checks.items():
+        if checked.ok or not checked.details.get(PARENT_IN_USE):
+            continue
+        parent = discovered[address].parent
+        for _ in range(2):  # the slot's parent, and its parent (a VF's GPU)
+            dev = discovered.get(parent) if parent else None
+            if dev is None or parent is None:
+                break
+            if parent not in busy and dev.type is not None and parent not in out:
+                why = f"{address} cannot be used: {checked.error}"
+                out[parent] = ActionResult(False, f"a partition of it is in use outside devassign ({why})")
+            parent = dev.parent
+    return out

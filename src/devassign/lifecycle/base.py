@@ -40,6 +40,10 @@ class HealthResult:
 # A free device's health ``details`` key: the failure is what an assignment left on it (a
 # MIG instance, a vGPU type), which its cleanup removes, so a cleanup that passes ends it.
 LEFTOVER = "leftover"
+# A free partition's health ``details`` key: something the agent did not make (a MIG instance,
+# a vGPU type set by hand) runs on its parent, so the parent (a GPU, and the GPU above a VF)
+# must not be handed out whole either while it is there.
+PARENT_IN_USE = "parent_in_use"
 # For a free MIG slot's health check, the agent gives the placements of the slots it holds (or
 # has an action in flight for, or set up and has not cleaned yet) on the same GPU:
 # ``[start, memory slices]`` pairs.

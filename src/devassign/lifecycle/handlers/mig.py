@@ -22,6 +22,7 @@ from devassign.lifecycle import names
 from devassign.lifecycle.base import (
     LEFTOVER,
     MIG_HELD,
+    PARENT_IN_USE,
     Facts,
     HandlerError,
     HealthResult,
@@ -339,7 +340,7 @@ class MigHandler:
                     False,
                     f"GPU instance {here.instance_id} is at {where}, which nobody holds "
                     "(made by hand?): destroy it, or leave it and the slot stays out of service",
-                    details={LEFTOVER: True},
+                    details={LEFTOVER: True, PARENT_IN_USE: True},
                 )
             other = _unheld_overlap(device, where, state.instances)
             if other is not None:
@@ -348,6 +349,7 @@ class MigHandler:
                     f"GPU instance {other.instance_id} ({other.name} at {other.start}:{other.size}) on "
                     f"{where.parent} takes memory slices of {where}, and no slot this agent set up is "
                     "it (made by hand?): destroy it, or the slots it overlaps stay out of service",
+                    details={PARENT_IN_USE: True},
                 )
             return HealthResult(True)
         if here is None:

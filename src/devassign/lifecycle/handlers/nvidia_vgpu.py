@@ -14,6 +14,7 @@ import re
 
 from devassign.lifecycle.base import (
     LEFTOVER,
+    PARENT_IN_USE,
     VGPU_HELD,
     Facts,
     HandlerError,
@@ -106,7 +107,7 @@ class NvidiaVgpuHandler:
                 False,
                 f"VF {vf} runs vGPU type {tid}, which nobody holds (set by hand?): write 0 to its "
                 f"{CURRENT} once its guest is gone, or the device stays out of service",
-                details={LEFTOVER: True},
+                details={LEFTOVER: True, PARENT_IN_USE: True},
             )
         else:
             taken = _taken_by_others(device, ops, vf, tid)
