@@ -168,6 +168,7 @@ def running(bus: Bus, devassign_api: TestClient) -> Iterator[tuple[NovaListener,
         devassign_url="http://testserver",
         backoff_first=0.05,
         backoff_max=0.2,
+        host_suffix="-1",  # Nova's samples come from host "compute": devassign's compute-1
     )
     listener = NovaListener(config, releaser=Releaser(config, transport=switch))
     thread = threading.Thread(target=listener.run, name="nova-listener", daemon=True)
@@ -412,3 +413,36 @@ def test_a_failed_build_releases_only_on_its_own_host(devassign_api: TestClient)
     assert elsewhere.status_code == 409 and elsewhere.json()["error"]["code"] == "invalid_state"
     assert "compute-1, not compute-2" in elsewhere.json()["error"]["message"]
     assert holds(devassign_api, again)
+
+
+def test_a_failed_build_whose_payload_names_no_host_releases_only_on_its_sender(
+    devassign_api: TestClient,
+) -> None:
+    """Nova unsets the instance's host before it sends ``instance.create.error`` (its own
+    sample has ``"host": null``): the host where the build failed is the sender's
+    (``publisher_id`` ``nova-compute:HOST``). A late notification of the failure on compute-9
+    must not release what the retry holds on compute-1; one that names no host at all releases
+    nothing."""
+    listener = NovaListener(
+        ListenerConfig(),
+        releaser=Releaser(
+            ListenerConfig(devassign_url="http://testserver"), transport=transport_of(devassign_api)
+        ),
+    )
+
+    def failed(uid: str, publisher: str | None) -> bytes:
+        message = json.loads(json.loads(envelope("instance-create-error", uid))["oslo.message"])
+        assert message["payload"]["nova_object.data"]["host"] is None  # as Nova sends it
+        if publisher is None:
+            del message["publisher_id"]
+        else:
+            message["publisher_id"] = publisher
+        return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)}).encode()
+
+    uid = str(uuid.uuid4())
+    claim(devassign_api, uid)  # the retry, on compute-1
+    for publisher in ("nova-compute:compute-9", None, "nova-conductor:compute-1", "nova-compute:"):
+        assert listener.handle(failed(uid, publisher)) is Outcome.ACK
+        assert holds(devassign_api, uid), publisher
+    assert listener.handle(failed(uid, "nova-compute:compute-1")) is Outcome.ACK
+    assert not holds(devassign_api, uid)

@@ -5,9 +5,10 @@ Nova announces what happens to instances as versioned notifications on its messa
 oslo.messaging envelope ``{"oslo.version": "2.0", "oslo.message": "<JSON text>"}``. On
 ``instance.delete.end``, and on ``instance.create.error`` (a build that failed after devassign
 claimed), the listener releases the instance's allocation (``DELETE /v1/allocations/{uuid}``),
-so devices are cleaned and handed out again without waiting for an operator. A failed build
-names its compute host, and Nova may retry it on another host under the same uuid: that
-release is conditional (``?host=``), so it never takes the retry's devices.
+so devices are cleaned and handed out again without waiting for an operator. Nova may retry a
+failed build on another host under the same uuid: that release is conditional (``?host=`` the
+compute service that sent it, as its payload names none), so it never takes the retry's
+devices.
 
 No release is lost: the listener's queue is durable and its own, a message is acknowledged only
 once devassign answered the release (404, nothing held, counts: a release is idempotent), and
@@ -65,6 +66,9 @@ class Notification:
     event_type: str
     instance: str | None
     host: str | None = None  # the instance's compute host, where the payload names one
+    # The compute service that sent it (``publisher_id`` ``nova-compute:HOST``): a failed
+    # build's payload names no host (Nova unsets it before it notifies), its sender does.
+    sender: str | None = None
 
 
 def _shown(value: str) -> str:
@@ -132,7 +136,16 @@ def parse_notification(body: bytes | str) -> Notification:
     host = host if isinstance(host, str) and host else None
     if host is not None and (problem := text_problem(host, HOST_MAX)):
         raise PoisonMessage(f"{event_type} on host {_shown(host)}, which is not a host name: {problem}")
-    return Notification(event_type, instance, host)
+    return Notification(event_type, instance, host, _sender(message.get("publisher_id")))
+
+
+def _sender(publisher: Any) -> str | None:
+    """The host of a ``nova-compute:HOST`` publisher, or ``None`` (another service, or not a
+    host name: then no host is known, which never makes a release wider)."""
+    if not isinstance(publisher, str) or not publisher.startswith("nova-compute:"):
+        return None
+    host = publisher[len("nova-compute:") :]
+    return host if host and text_problem(host, HOST_MAX) is None else None
 
 
 @dataclass(frozen=True)
@@ -209,7 +222,7 @@ class Releaser:
             return Outcome.RETRY, f"devassign at {self.url} did not answer: {type(exc).__name__}: {exc}"
         code = _error_code(response)
         if response.is_success:
-            return Outcome.ACK, "released"
+            return Outcome.ACK, "released (or released before: a redelivery)"
         if response.status_code == 404:
             return Outcome.ACK, f"nothing to release ({code or 'not found'})"
         if host and response.status_code == 409 and code == "invalid_state":
@@ -278,8 +291,20 @@ class NovaListener:
             LOG.warning("dropped %s: it names no instance uuid", notification.event_type)
             return Outcome.ACK
         host = None
-        if notification.event_type == "instance.create.error" and notification.host:
-            host = f"{self.config.host_prefix}{notification.host}{self.config.host_suffix}"
+        if notification.event_type == "instance.create.error":
+            # Only on the host where the build failed: Nova may have retried it elsewhere
+            # under the same uuid. The payload's host, else its sender's (Nova unsets the
+            # instance's host before it sends this); neither: nothing is released (the
+            # instance's delete releases it wherever it is).
+            failed_on = notification.host or notification.sender
+            if failed_on is None:
+                LOG.info(
+                    "instance %s (%s): nothing released: the notification names no compute host",
+                    notification.instance,
+                    notification.event_type,
+                )
+                return Outcome.ACK
+            host = f"{self.config.host_prefix}{failed_on}{self.config.host_suffix}"
             if not HOST_RE.fullmatch(host):  # no devassign host has that name: nothing of it there
                 LOG.info(
                     "instance %s (%s): nothing to release on %s: not a devassign host name",
