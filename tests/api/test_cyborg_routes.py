@@ -569,3 +569,51 @@ def test_a_keystone_token_that_is_not_ascii_is_refused_with_401(secure_api: Test
         # own rights: a member reads profiles, may not list ARQs).
         want = 401 if header == "X-Auth-Token" else 200 if path.endswith("profiles") else 403
         assert r.status_code == want, (path, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("when", ["before the claim", "after the claim"])
+def test_a_delete_of_the_instances_arqs_while_its_bind_runs_leaves_nothing_held(
+    cloud: TestClient, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """Nova deletes an instance's ARQs (``DELETE ?instance=``) while the PATCH binding them is
+    still running (a delete during build). The delete answers 204; whichever way the two
+    interleave, the instance must hold no device afterwards and its ARQs stay deleted (once, the
+    bind's claim was made after the delete found nothing to release, and the devices stayed
+    held for a deleted instance, Nova told they were Bound)."""
+    arqs, instance = make_arqs(cloud), str(uuid.uuid4())
+    app: Any = cloud.app
+    placer = app.state.placer
+    real = placer.claim
+
+    def delete_now() -> None:
+        cyborg._cyborg(app).unbind(instance, None, actor="nova", delete=True)  # the route's work
+
+    def racing(body: Any, caller: Any) -> Any:
+        if when == "before the claim":
+            delete_now()
+        out = real(body, caller)
+        if when == "after the claim":
+            delete_now()
+        return out
+
+    monkeypatch.setattr(placer, "claim", racing)
+    r = bind(cloud, arqs, instance)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state", r.text
+    assert "create and bind new ones" in r.json()["error"]["message"]
+    assert live(cloud, instance) is None
+    assert of(cloud, instance) == []
+    held = [d for d in cloud.get("/v1/devices").json() if d["state"] in ("reserved", "assigned")]
+    assert held == []
+
+
+def test_two_binds_of_the_same_arqs_to_two_hosts_say_so(cloud: TestClient) -> None:
+    devices = [vf(f"0000:5e:02.{i}") for i in range(4)]
+    r = cloud.put("/v1/hosts/compute-2/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200, r.text
+    arqs, instance = make_arqs(cloud), str(uuid.uuid4())
+    assert bind(cloud, arqs, instance, host="compute-1").status_code == 202
+    second = bind(cloud, arqs, instance, host="compute-2")
+    assert second.status_code == 409, second.text
+    assert second.json()["error"]["code"] == "invalid_state"
+    assert "resend" not in second.json()["error"]["message"]
+    assert live(cloud, instance)["host"] == "compute-1"  # type: ignore[index]

@@ -478,9 +478,23 @@ def _claim_and_record(
     )
     placer: Placer = app.state.placer
     store: Store = app.state.store
+    cy = _cyborg(app)
+    taken = cy.mark_binding(instance, arqs)
+    if taken:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"ARQs {', '.join(taken)} are being bound to another instance: delete them and create new ones",
+        )
     try:
         placer.claim(body, scope.principal)
     except errors.DevassignError as exc:
+        cy.unmark_binding(instance, arqs)
+        if exc.code == errors.IDEMPOTENCY_KEY_REUSED:
+            raise errors.DevassignError(
+                errors.INVALID_STATE,
+                f"ARQs {', '.join(sorted(arqs))} are being bound for instance {instance} on another "
+                "host: wait for that bind, or unbind them first",
+            ) from exc
         if exc.code != errors.NO_VALID_HOST:
             raise
         raise errors.DevassignError(
@@ -501,13 +515,23 @@ def _claim_and_record(
                 kind, info, uid = attach_handle(d, facts)
                 rp = binds[a].get("device_rp_uuid")
                 bindings.append(Binding(a, host, rp, instance, d.id, kind, info, uid))
-        lost = _cyborg(app).start_binding(bindings)
+        lost = cy.start_binding(bindings)
         if lost:
             raise errors.DevassignError(
-                errors.INVALID_STATE, f"ARQs {', '.join(lost)} changed while binding: bind them again"
+                errors.INVALID_STATE,
+                f"ARQs {', '.join(lost)} changed while binding (deleted or unbound): create and bind "
+                "new ones",
             )
     except (errors.DevassignError, ValueError) as exc:
-        store.release(instance, scope.actor)
+        cy.unmark_binding(instance, arqs)
+        with contextlib.suppress(errors.DevassignError):  # released already by a delete
+            store.release(instance, scope.actor)
+        if isinstance(exc, errors.DevassignError) and exc.code == errors.ALLOCATION_NOT_FOUND:
+            raise errors.DevassignError(  # a delete of the instance's ARQs released the claim
+                errors.INVALID_STATE,
+                f"ARQs {', '.join(sorted(arqs))} changed while binding (deleted or unbound): create "
+                "and bind new ones",
+            ) from exc
         if isinstance(exc, errors.DevassignError):
             raise
         raise errors.DevassignError(errors.INVALID_STATE, f"cannot bind: {exc}") from exc

@@ -212,6 +212,36 @@ class CyborgStore:
         )
         return self.db.reading(lambda c: [r.uuid for r in c.execute(q)])
 
+    def mark_binding(self, instance: str, arqs: list[str]) -> list[str]:
+        """Name ``instance`` on those of ``arqs`` still ``Initial`` before their devices are
+        claimed, so a delete of the instance's ARQs while the bind runs finds them (and the
+        bind then finds them gone, and undoes its claim). Returns the ARQs another instance's
+        bind has named: none is marked then."""
+
+        def go(c: sa.Connection) -> list[str]:
+            free = sa.or_(cyborg_arqs.c.instance_uuid.is_(None), cyborg_arqs.c.instance_uuid == instance)
+            initial = sa.and_(cyborg_arqs.c.uuid.in_(arqs), cyborg_arqs.c.state == INITIAL)
+            taken = [r.uuid for r in c.execute(sa.select(cyborg_arqs.c.uuid).where(initial, sa.not_(free)))]
+            if not taken:
+                c.execute(cyborg_arqs.update().where(initial, free).values(instance_uuid=instance))
+            return sorted(taken)
+
+        return self.db.retrying(go)
+
+    def unmark_binding(self, instance: str, arqs: list[str]) -> None:
+        """Undo :meth:`mark_binding` for a bind that did not happen (its claim refused)."""
+        self.db.retrying(
+            lambda c: c.execute(
+                cyborg_arqs.update()
+                .where(
+                    cyborg_arqs.c.uuid.in_(arqs),
+                    cyborg_arqs.c.state == INITIAL,
+                    cyborg_arqs.c.instance_uuid == instance,
+                )
+                .values(instance_uuid=None)
+            )
+        )
+
     def start_binding(self, bindings: list[Binding]) -> list[str]:
         """Record bindings whose devices were claimed; the ARQs (of ``bindings``) that were no
         longer ``Initial`` and not already bound this way: none recorded then (the caller
@@ -265,7 +295,9 @@ class CyborgStore:
         def go(c: sa.Connection) -> bool:
             released = False
             mine = cyborg_arqs.c.instance_uuid == instance
-            holds = c.execute(sa.select(cyborg_arqs.c.id).where(mine, cyborg_arqs.c.state.in_(LIVE)).limit(1))
+            # Bound ARQs, or ones a bind in flight has named (mark_binding): its claim may
+            # be made already, and is released here.
+            holds = c.execute(sa.select(cyborg_arqs.c.id).where(mine).limit(1))
             try:
                 if holds.first() is None:
                     raise errors.DevassignError(errors.ALLOCATION_NOT_FOUND, "no live ARQ")
