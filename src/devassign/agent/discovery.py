@@ -304,7 +304,13 @@ def _mdev_slots(
     slots: list[FoundDevice] = []
     vgpu = _vgpu_pool(sysfs, parent, base, base.rsplit("/", 1)[0])
     own = frozenset(own_mdevs) if vgpu is not None and vgpu[0] == parent.address else frozenset()
-    for type_id in sysfs.listdir(base):
+    type_ids = sysfs.listdir(base)
+    # Another vendor's types of one parent draw on what it has (Intel GVT-g: the aperture and
+    # fences; each type's available_instances is what is left now, for that type alone), in
+    # proportions the kernel does not show: one type at a time, as a mode of the parent, so
+    # two types' full counts are never promised together.
+    one_mode = vgpu is None and len([t for t in type_ids if _MDEV_TYPE_RE.fullmatch(t)]) > 1
+    for type_id in type_ids:
         where = f"{parent.address} mdev type {type_id}"
         # Instances first: whatever else about the type is odd (its name too), the parent is
         # in use and must not be offered whole (unless the agent holds them: above).
@@ -323,7 +329,7 @@ def _mdev_slots(
             log.warning("%s: a MIG-backed vGPU type, not offered (it needs a MIG GPU instance)", where)
             continue
         total = available + in_use
-        share: dict[str, object] = {}
+        share: dict[str, object] = {"pool": parent.address, "mode": type_id} if one_mode else {}
         if vgpu is not None:
             pool, framebuffer = vgpu
             fb, most = nvidia_vgpu(sysfs.read(f"{base}/{type_id}/description")) or (0, 0)
