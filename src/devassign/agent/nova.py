@@ -183,7 +183,11 @@ def _vf_rules(
         named = [(_type_name(spec["resource_class"]), dict(match))]
     else:
         for alias in aliases:
-            if "name" not in alias or alias.get("device_type", "type-VF") != "type-VF":
+            if (
+                "name" not in alias
+                or alias.get("resource_class")
+                or alias.get("device_type", "type-VF") != "type-VF"
+            ):
                 continue
             if not _ids_fit(alias, match):
                 continue
@@ -256,10 +260,13 @@ def convert(specs: list[dict[str, Any]], aliases: list[dict[str, Any]]) -> tuple
         if isinstance(spec.get("resource_class"), str):
             names = [(_type_name(spec["resource_class"]), None)]
         else:
+            # An alias naming a resource_class (PCI in Placement) names the specs of that class
+            # only, never this one (which has none), whatever ids it leaves out.
             names = [
                 (_type_name(str(a["name"])), _DEVICE_TYPES.get(str(a.get("device_type", ""))))
                 for a in aliases
                 if "name" in a
+                and not a.get("resource_class")
                 and str(a.get("vendor_id", "")).lower() in ("", match.get("vendor_id", ""))
                 and str(a.get("product_id", "")).lower() in ("", match.get("product_id", ""))
             ]

@@ -223,3 +223,26 @@ def test_cli_run_once_against_unreachable_server(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(Agent, "__init__", patched)
     res = runner.invoke(app, ["run", "--config", str(conf), "--sysfs-root", str(h.root), "--once"])
     assert res.exit_code == 3 and "connection refused" in res.stderr  # unreachable
+
+
+def test_import_nova_an_alias_of_a_resource_class_names_only_its_specs(tmp_path: Path) -> None:
+    """With PCI in Placement, Nova takes an alias that names only a ``resource_class``: it
+    means the specs of that class. It must not become the type of every other spec (it has no
+    ids, so it contradicts none of them)."""
+    path = tmp_path / "nova.conf"
+    path.write_text(
+        """
+[pci]
+device_spec = {"vendor_id": "8086", "product_id": "154c", "physical_network": "physnet1"}
+device_spec = {"vendor_id": "15b3", "product_id": "101e", "remote_managed": "true"}
+device_spec = {"address": "0000:3b:00.0"}
+device_spec = {"vendor_id": "10de", "product_id": "2330", "resource_class": "CUSTOM_H100"}
+alias = [{"name": "h100", "resource_class": "CUSTOM_H100"}]
+"""
+    )
+    rules = tomllib.loads(import_nova(path))["device"]
+    by_ids = {(r["match"].get("vendor_id"), r["match"].get("product_id")): r["type"] for r in rules}
+    assert by_ids[("10de", "2330")] == "H100"
+    assert by_ids[("8086", "154c")] == "PCI_8086_154C"
+    assert by_ids[("15b3", "101e")] == "PCI_15B3_101E"
+    assert "h100" not in {r["type"] for r in rules}
