@@ -267,11 +267,27 @@ def add_mig_placements(devices: list[FoundDevice]) -> None:
             )
 
 
+# GPUs without MIG that run vGPU 17+ (a vGPU type per VF): their framebuffer in GB (pci.ids
+# names, NVIDIA's data sheets). A GPU that runs one vGPU type lists only that type on its VFs,
+# so an agent that first sees it then cannot tell its size from the types; with it here, the
+# pool is the whole card from the start.
+VGPU_ONLY_GB: dict[tuple[str, str], int] = {
+    (NVIDIA_VENDOR_ID, "26b5"): 48,  # AD102GL [L40]
+    (NVIDIA_VENDOR_ID, "26b9"): 48,  # AD102GL [L40S]
+    (NVIDIA_VENDOR_ID, "27b8"): 24,  # AD104GL [L4]
+}
+
+
 def memory_mb(devices: list[FoundDevice]) -> dict[str, int]:
-    """The framebuffer of every GPU in the table among ``devices``, by address."""
+    """The framebuffer of every GPU in the tables among ``devices``, by address."""
     out = {}
     for d in devices:
-        model = lookup(d.vendor_id or "", d.product_id or "") if d.kind is not DeviceKind.SRIOV_VF else None
+        if d.kind is DeviceKind.SRIOV_VF:
+            continue
+        vendor, product = (d.vendor_id or "").lower(), (d.product_id or "").lower()
+        model = lookup(vendor, product)
         if model is not None:
             out[d.address] = model.memory_mib
+        elif (vendor, product) in VGPU_ONLY_GB:
+            out[d.address] = VGPU_ONLY_GB[(vendor, product)] * 1024
     return out

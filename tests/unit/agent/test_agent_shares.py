@@ -147,6 +147,22 @@ def test_remembered_vgpu_types_are_forgotten_when_the_card_is_swapped(tmp_path: 
     assert [k for k in seen if k.startswith(PF)] == [f"{PF}@10de:{next(iter(devs)).product_id}"]
 
 
+@pytest.mark.parametrize(("product", "gb"), [("26b9", 48), ("26b5", 48), ("27b8", 24)])
+def test_a_vgpu17_gpu_first_seen_running_one_type_is_sized_as_the_whole_card(
+    tmp_path: Path, product: str, gb: int
+) -> None:
+    """An L40S (or L40, L4: no MIG, so not in the MIG table) whose agent first starts while a
+    vGPU made by hand runs: its VFs list only that type, and the GPU was sized by it (one 8Q:
+    an 8 GB card, refusing the five more 8Q it runs). Its framebuffer comes from the table."""
+    h = host(tmp_path)
+    vfs = h.vgpu_gpu(PF, product, vfs=4, types={903: ("NVIDIA L40S-8Q", 6), 900: ("NVIDIA L40S-48Q", 1)})
+    h.write(f"{h.dev(vfs[0])}/nvidia/current_vgpu_type", "903")
+    for vf in vfs:
+        h.write(f"{h.dev(vf)}/nvidia/creatable_vgpu_types", "" if vf == vfs[0] else "903 : NVIDIA L40S-8Q\n")
+    found = _reported(h, [{"type": "V8Q", "match": {"vgpu_type": "*-8Q"}}], {})
+    assert found and {d.pool_counters["framebuffer_mb"] for d in found.values()} == {gb * 1024}
+
+
 def test_sriov_vgpu_slots_on_vfs_draw_from_their_pf(tmp_path: Path) -> None:
     """A100 on vGPU 13-16: the mdev types sit on each VF, one instance per VF, and the GPU (the
     PF) is the pool whose framebuffer they share and whose mode they set."""
