@@ -131,10 +131,21 @@ SHARE_COLUMNS = (
     devices.c.consumed,
     devices.c.mode,
 )
-_PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.type_id, devices.c.taint).where(
+# The parents of partitions that are not pools themselves (a VF whose vGPU slots draw on its
+# GPU): free while a slot under it is held, yet no claim can get them.
+_PARENTS_OF_PARTITIONS = sa.select(_MEMBERS.c.parent).where(
+    _MEMBERS.c.host_id == sa.bindparam("host_id"),
+    _MEMBERS.c.pool.is_not(None),
+    _MEMBERS.c.parent.is_not(None),
+)
+_PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, devices.c.taint).where(
     devices.c.host_id == sa.bindparam("host_id"),
     devices.c.state != DeviceState.REMOVED.value,
-    sa.or_(devices.c.pool.is_not(None), devices.c.address.in_(_POOLS_OF_HOST)),
+    sa.or_(
+        devices.c.pool.is_not(None),
+        devices.c.address.in_(_POOLS_OF_HOST),
+        devices.c.address.in_(_PARENTS_OF_PARTITIONS),
+    ),
 )
 
 
@@ -190,7 +201,12 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
     """:func:`_carved_out` of the rows :func:`partitions` read."""
     if not rows:
         return {}
-    pools = Pools.of(rows, (r for r in rows if r.state in _HOLDING_STATES))
+    holding = [r for r in rows if r.state in _HOLDING_STATES]
+    pools = Pools.of(rows, holding)
+    # As the scheduler's view has it: a free device whose parent is held, or under which (or
+    # from whose pool) something is held, is no claim's.
+    held_at = {r.address for r in holding}
+    used = {r.parent for r in holding if r.parent} | {r.pool for r in holding if r.pool}
     out: dict[int, int] = {}
     # Per pool and type: the free devices that fit alone, of which fewer may fit together
     # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two): counted by taking them one by one.
@@ -198,7 +214,7 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
     for r in rows:
         if r.state != DeviceState.AVAILABLE.value or r.taint is not None:
             continue
-        if pools.refusal(r) is not None:
+        if r.address in used or r.parent in held_at or pools.refusal(r) is not None:
             out[r.type_id] = out.get(r.type_id, 0) + 1
         else:
             fitting.setdefault((r.pool, r.type_id), []).append(r)
