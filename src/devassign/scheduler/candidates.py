@@ -26,6 +26,8 @@ class AltCandidates:
     tainted: tuple[tuple[str, int], ...] = ()
     # Available, but their pool cannot give them now: (why, how many) (scheduler/shares.py).
     partitioned: tuple[tuple[str, int], ...] = ()
+    # Of ``blocked``: (the phrase naming the parent or child in use, how many).
+    blocked_why: tuple[tuple[str, int], ...] = ()
 
 
 class Candidates:
@@ -71,6 +73,7 @@ class Candidates:
             busy_groups=tuple(sorted(busy)),
             tainted=tuple(sorted(host.tainted_by_type.get(alt.type, {}).items())),
             partitioned=tuple(sorted(host.partitioned_by_type.get(alt.type, {}).items())),
+            blocked_why=tuple(sorted(host.blocked_why_by_type.get(alt.type, {}).items())),
         )
 
     def _match(self, alt: Alternative, device: DeviceView) -> bool:

@@ -14,6 +14,9 @@ from devassign.scheduler.reasons import Reason, ReasonCode, join_and, join_or, t
 from devassign.scheduler.request import DeviceRequest, Request
 from devassign.scheduler.view import HostView
 
+# Devices in use named in one refusal's sentence; the rest are counted without a name.
+MAX_BLOCKED_PHRASES = 3
+
 
 class Filter(Protocol):
     name: str
@@ -118,7 +121,13 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
         if stage == "free":
             text = f"needs {wants}, has {c.free} free"
             if c.blocked:
-                text += f" ({c.blocked} more held back: a parent or child device is in use)"
+                # Which device is in use, for the first few (a host of eight GPUs names three).
+                shown = c.blocked_why[:MAX_BLOCKED_PHRASES]
+                for why, n in shown:
+                    text += f" ({n} more held back: {why})"
+                rest = c.blocked - sum(n for _, n in shown)
+                if rest:
+                    text += f" ({rest} more held back: a parent or child device is in use)"
             for why, n in c.partitioned:
                 text += f" ({n} more held back: {why})"
             if c.tainted:

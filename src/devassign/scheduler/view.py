@@ -147,6 +147,8 @@ class HostView:
     free_ids: frozenset[str] = field(init=False, repr=False, compare=False)
     # Free in state, but a parent or child device is held: counted apart for explanations.
     blocked_by_type: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    # The same, per type, per phrase naming the device that is in use, how many.
+    blocked_why_by_type: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
     # Free in state, but tainted (NoSchedule, Drain): per type, per taint phrase, how many.
     tainted_by_type: Mapping[str, Mapping[str, int]] = field(init=False, repr=False, compare=False)
     # Free in state, but its pool cannot give it now: per type, per reason, how many.
@@ -176,6 +178,7 @@ class HostView:
                 groups.setdefault(d.iommu_group, []).append(d)
         free: dict[str, list[DeviceView]] = {}
         blocked: dict[str, int] = {}
+        blocked_why: dict[str, dict[str, int]] = {}
         tainted: dict[str, dict[str, int]] = {}
         for d in self.devices:
             if d.state != DeviceState.AVAILABLE or not d.healthy:
@@ -187,6 +190,13 @@ class HostView:
             parent = by_address.get(d.parent) if d.parent else None
             if (parent is not None and parent.holding) or d.address in used_parents:
                 blocked[d.type] = blocked.get(d.type, 0) + 1
+                held = (
+                    f"{parent.address} is in use whole"
+                    if parent is not None and parent.holding
+                    else f"a device carved from {d.address} is in use"
+                )
+                per = blocked_why.setdefault(d.type, {})
+                per[held] = per.get(held, 0) + 1
                 continue
             why = pools.refusal(d) if pools else None
             if why is not None:
@@ -200,6 +210,7 @@ class HostView:
         s(self, "free_by_type", {t: tuple(v) for t, v in free.items()})
         s(self, "free_ids", frozenset(d.id for v in free.values() for d in v))
         s(self, "blocked_by_type", blocked)
+        s(self, "blocked_why_by_type", blocked_why)
         s(self, "tainted_by_type", tainted)
         s(self, "partitioned_by_type", partitioned)
         s(self, "pools", pools)

@@ -174,7 +174,9 @@ CASES = [
         host("c1", vfs(2, pf=PF_A, with_pf=True, used=1)),
         req(one("NIC_VF_1G_PF", name="pf")),
         reason=ReasonCode.NOT_ENOUGH_FREE,
-        message="needs 1 NIC_VF_1G_PF, has 0 free (1 more held back: a parent or child device is in use)",
+        message=(
+            "needs 1 NIC_VF_1G_PF, has 0 free (1 more held back: a device carved from 0000:3b:00.0 is in use)"
+        ),
     ),
     Case(
         "vf_not_free_while_its_pf_is_used",
@@ -185,6 +187,7 @@ CASES = [
         ),
         req(one("NIC_VF_1G", name="nic")),
         reason=ReasonCode.NOT_ENOUGH_FREE,
+        message="needs 1 NIC_VF_1G, has 0 free (2 more held back: 0000:3b:00.0 is in use whole)",
     ),
     Case(
         "pf_and_its_vf_never_in_one_allocation",
