@@ -59,6 +59,30 @@ class Shared(Protocol):
     def pool_counters(self) -> Mapping[str, int] | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Relatives:
+    """Which free devices a held relative keeps from every claim: one whose parent is held
+    whole, or one something is carved from (a held child, a held partition of its pool). The
+    one rule of the scheduler's view and of the counts (store/inventory.py)."""
+
+    held: frozenset[str]  # addresses of the held devices
+    used: frozenset[str]  # the parents and pools of the held devices
+
+    @classmethod
+    def of(cls, holding: Iterable[Any]) -> Relatives:
+        held = list(holding)
+        used = {d.parent for d in held if d.parent} | {d.pool for d in held if d.pool}
+        return cls(frozenset(d.address for d in held), frozenset(used))
+
+    def holding_back(self, d: Any) -> str | None:
+        """Why the free device ``d`` is no claim's because of a relative, or ``None``."""
+        if d.parent and d.parent in self.held:
+            return f"{d.parent} is in use whole"
+        if d.address in self.used:
+            return f"a device carved from {d.address} is in use"
+        return None
+
+
 @dataclass
 class Pools:
     """The pools of one host: their capacity, what their held partitions take, the modes in use,

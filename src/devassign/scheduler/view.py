@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devassign.domain import IN_USE_STATES, DeviceKind, DeviceState
-from devassign.scheduler.shares import Pools
+from devassign.scheduler.shares import Pools, Relatives
 
 # A device in one of these states belongs to someone (or was lost while it did), so its parent
 # or children cannot be handed out either: a PF whose VF is assigned is not free, nor the reverse.
@@ -167,9 +167,9 @@ class HostView:
 
     def __post_init__(self) -> None:
         by_address = {d.address: d for d in self.devices}
-        used_parents = {d.parent for d in self.devices if d.parent and d.holding}
-        used_parents |= {d.pool for d in self.devices if d.pool and d.holding}
-        pools = Pools.of(self.devices, (d for d in self.devices if d.holding))
+        holding = [d for d in self.devices if d.holding]
+        relatives = Relatives.of(holding)
+        pools = Pools.of(self.devices, holding)
         partitioned: dict[str, dict[str, int]] = {}
         parents = {d.parent for d in self.devices if d.parent}
         groups: dict[int, list[DeviceView]] = {}
@@ -187,14 +187,9 @@ class HostView:
                 per = tainted.setdefault(d.type, {})
                 per[d.taint] = per.get(d.taint, 0) + 1
                 continue
-            parent = by_address.get(d.parent) if d.parent else None
-            if (parent is not None and parent.holding) or d.address in used_parents:
+            held = relatives.holding_back(d)
+            if held is not None:
                 blocked[d.type] = blocked.get(d.type, 0) + 1
-                held = (
-                    f"{parent.address} is in use whole"
-                    if parent is not None and parent.holding
-                    else f"a device carved from {d.address} is in use"
-                )
                 per = blocked_why.setdefault(d.type, {})
                 per[held] = per.get(held, 0) + 1
                 continue
@@ -214,7 +209,7 @@ class HostView:
         s(self, "tainted_by_type", tainted)
         s(self, "partitioned_by_type", partitioned)
         s(self, "pools", pools)
-        s(self, "used_parents", frozenset(used_parents))
+        s(self, "used_parents", relatives.used)
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
         s(self, "memo", {})

@@ -24,7 +24,7 @@ from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.reasons import join_and
-from devassign.scheduler.shares import Pools, copy_pools
+from devassign.scheduler.shares import Pools, Relatives, copy_pools
 from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
@@ -203,10 +203,7 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
         return {}
     holding = [r for r in rows if r.state in _HOLDING_STATES]
     pools = Pools.of(rows, holding)
-    # As the scheduler's view has it: a free device whose parent is held, or under which (or
-    # from whose pool) something is held, is no claim's.
-    held_at = {r.address for r in holding}
-    used = {r.parent for r in holding if r.parent} | {r.pool for r in holding if r.pool}
+    relatives = Relatives.of(holding)  # as the scheduler's view has it
     out: dict[int, int] = {}
     # Per pool and type: the free devices that fit alone, of which fewer may fit together
     # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two): counted by taking them one by one.
@@ -214,7 +211,7 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
     for r in rows:
         if r.state != DeviceState.AVAILABLE.value or r.taint is not None:
             continue
-        if r.address in used or r.parent in held_at or pools.refusal(r) is not None:
+        if relatives.holding_back(r) is not None or pools.refusal(r) is not None:
             out[r.type_id] = out.get(r.type_id, 0) + 1
         else:
             fitting.setdefault((r.pool, r.type_id), []).append(r)
