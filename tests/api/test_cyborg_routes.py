@@ -617,3 +617,36 @@ def test_two_binds_of_the_same_arqs_to_two_hosts_say_so(cloud: TestClient) -> No
     assert second.json()["error"]["code"] == "invalid_state"
     assert "resend" not in second.json()["error"]["message"]
     assert live(cloud, instance)["host"] == "compute-1"  # type: ignore[index]
+
+
+def test_a_bind_to_another_host_while_the_first_runs_says_so(
+    cloud: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two conductors bind one instance's ARQs to two hosts at once: the second arrives while
+    the first has claimed but not yet recorded its binding. Its claim is refused (one
+    allocation per instance, its key made from the ARQs); the answer says what happened, not
+    "resend that same request" (Nova sends no idempotency key)."""
+    devices = [vf(f"0000:5e:02.{i}") for i in range(4)]
+    r = cloud.put("/v1/hosts/compute-2/inventory", json={"generation": 1, "devices": devices})
+    assert r.status_code == 200, r.text
+    arqs, instance = make_arqs(cloud), str(uuid.uuid4())
+    placer: Any = cloud.app.state.placer  # type: ignore[attr-defined]
+    real = placer.claim
+    answers: list[Any] = []
+
+    def first_then_second(body: Any, caller: Any) -> Any:
+        out = real(body, caller)
+        if not answers:  # the first bind has claimed on compute-1: the second comes now
+            answers.append(None)
+            answers[0] = bind(cloud, arqs, instance, host="compute-2")
+        return out
+
+    monkeypatch.setattr(placer, "claim", first_then_second)
+    assert bind(cloud, arqs, instance, host="compute-1").status_code == 202
+    second = answers[0]
+    assert second.status_code == 409, second.text
+    error = second.json()["error"]
+    assert error["code"] == "invalid_state" and "on another host" in error["message"], error
+    assert "resend" not in error["message"]
+    assert live(cloud, instance)["host"] == "compute-1"  # type: ignore[index]
+    assert [a["state"] for a in of(cloud, instance)] == ["BindStarted", "BindStarted"]

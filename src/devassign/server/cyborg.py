@@ -517,26 +517,26 @@ def _claim_and_record(
                 bindings.append(Binding(a, host, rp, instance, d.id, kind, info, uid))
         lost = cy.start_binding(bindings)
         if lost:
-            raise errors.DevassignError(
-                errors.INVALID_STATE,
-                f"ARQs {', '.join(lost)} changed while binding (deleted or unbound): create and bind "
-                "new ones",
-            )
+            raise _changed_while_binding(lost)
     except (errors.DevassignError, ValueError) as exc:
         cy.unmark_binding(instance, arqs)
         with contextlib.suppress(errors.DevassignError):  # released already by a delete
             store.release(instance, scope.actor)
         if isinstance(exc, errors.DevassignError) and exc.code == errors.ALLOCATION_NOT_FOUND:
-            raise errors.DevassignError(  # a delete of the instance's ARQs released the claim
-                errors.INVALID_STATE,
-                f"ARQs {', '.join(sorted(arqs))} changed while binding (deleted or unbound): create "
-                "and bind new ones",
-            ) from exc
+            raise _changed_while_binding(arqs) from exc  # a delete of its ARQs released the claim
         if isinstance(exc, errors.DevassignError):
             raise
         raise errors.DevassignError(errors.INVALID_STATE, f"cannot bind: {exc}") from exc
     log.info(
         "cyborg API: claimed %d devices on %s for instance %s (ARQs %s)", len(arqs), host, instance, arqs
+    )
+
+
+def _changed_while_binding(arqs: list[str]) -> errors.DevassignError:
+    return errors.DevassignError(
+        errors.INVALID_STATE,
+        f"ARQs {', '.join(sorted(arqs))} changed while binding (deleted or unbound): create and bind "
+        "new ones",
     )
 
 
