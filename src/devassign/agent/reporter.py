@@ -499,10 +499,11 @@ class Reporter:
                     else:  # an answer that made no sense, not a failed request
                         log.warning("%s; retrying in %.1f s", exc, delay)
                 else:
-                    delay = self.backoff(failures)
                     if isinstance(exc, AgentConflict):
                         need_report = True
                         delay = self.takeover_delay(exc.retry_after)
+                    else:
+                        delay = self.backoff(failures)
                     log.warning("%s; retrying in %.1f s", exc, delay)
                 self.sleep(delay)
                 continue

@@ -426,11 +426,12 @@ class Agent:
             if result.errors:
                 self._failures += 1
                 asked = [e.retry_after for e in result.unreachable if e.retry_after is not None]
-                delay = self.reporter.backoff(self._failures, max(asked, default=None))
                 if result.takeover_in is not None and not result.unreachable:
                     # A restart waits for the old process's silence, not for a backoff grown
                     # while waiting: the next try is when the server would take this one.
                     delay = self.reporter.takeover_delay(result.takeover_in)
+                else:
+                    delay = self.reporter.backoff(self._failures, max(asked, default=None))
                 quiet = {str(e) for e in result.unreachable if e.logged}  # once per outage (Outage)
                 for err in result.errors:
                     if err not in quiet:
@@ -1034,7 +1035,7 @@ def _parents_in_use(
         parent = discovered[address].parent
         for _ in range(2):  # the slot's parent, and its parent (a VF's GPU)
             dev = discovered.get(parent) if parent else None
-            if dev is None or parent is None:
+            if parent is None or dev is None:
                 break
             if parent not in busy and dev.type is not None and parent not in out:
                 why = f"{address} cannot be used: {checked.error}"

@@ -83,11 +83,11 @@ def gang_body(
         )
     if count:
         start = prefix
-        if not body.get("gang"):
+        if not body.get("gang"):  # an id made from the key is per caller already
             body["gang"] = gang_id(body.get("idempotency_key"), body.get("project"), caller)
+            start = f"{body['gang']}-" if start is None else start
         elif start is None:
             start = instance_prefix(body["gang"], body.get("project"), caller)
-        start = f"{body['gang']}-" if start is None else start
         body["instances"] = [f"{start}{i}" for i in range(count)]
     elif instance:
         body["instances"] = list(instance)
