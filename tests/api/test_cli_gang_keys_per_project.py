@@ -17,6 +17,17 @@ from devassign.store import Store
 from tests.api.test_gangs import _gpu
 
 
+def _eight_gpus(secure_api: TestClient, store: Store) -> None:
+    """Type GPU and host ``a`` with eight of them, made by an admin."""
+    admin = {
+        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
+    }
+    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=admin).status_code == 201
+    devices = [_gpu(i) for i in range(8)]
+    r = secure_api.put("/v1/hosts/a/inventory", json={"generation": 1, "devices": devices}, headers=admin)
+    assert r.status_code == 200, r.text
+
+
 def test_two_projects_using_the_same_key_with_instances_n_do_not_collide(
     secure_api: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -27,13 +38,7 @@ def test_two_projects_using_the_same_key_with_instances_n_do_not_collide(
     project's job with that key is refused (409, the consumers are in use) although it shares
     nothing with it. Keys are scoped per project on the server; the names the CLI makes from
     them must be too (or not guessable from the key)."""
-    admin = {
-        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
-    }
-    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=admin).status_code == 201
-    devices = [_gpu(i) for i in range(8)]
-    r = secure_api.put("/v1/hosts/a/inventory", json={"generation": 1, "devices": devices}, headers=admin)
-    assert r.status_code == 200, r.text
+    _eight_gpus(secure_api, store)
     runner = CliRunner()
     argv = [
         "gang", "claim", "--spec", "hardware_resource:GPU=1", "--instances", "2",
@@ -57,13 +62,7 @@ def test_two_projects_gangs_of_one_id_name_different_instances(
     """Gang ids are per project, consumer ids cloud-wide: ``--gang docs-job --instances 2`` run
     by two projects (and again by the first after it released its gang) must not be refused
     because the other project holds (or once held) consumers of the same names."""
-    admin = {
-        "Authorization": f"Bearer {store.create_token(schemas.TokenCreate(role=Role.ADMIN), 'test').token}"
-    }
-    assert secure_api.post("/v1/resource-types", json={"name": "GPU"}, headers=admin).status_code == 201
-    devices = [_gpu(i) for i in range(8)]
-    r = secure_api.put("/v1/hosts/a/inventory", json={"generation": 1, "devices": devices}, headers=admin)
-    assert r.status_code == 200, r.text
+    _eight_gpus(secure_api, store)
     runner = CliRunner()
     claim = ["gang", "claim", "--spec", "hardware_resource:GPU=1", "--instances", "2", "--gang", "docs-job"]
     names: dict[str, set[str]] = {}

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import httpx
+from fastapi.testclient import TestClient
 
-from devassign.agent.config import AgentConfig
+from devassign.agent.config import AgentConfig, parse_config
 from devassign.agent.state import StateFile
 from devassign.agent.worker import Agent
-from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.host import HostOps, RecordingNetlink
+from devassign.lifecycle.simulated import SimulatedSysfs
 from devassign.testing.host import simulated_host
+from devassign.testing.nvidia_smi import FakeNvidiaSmi
+from tests.fixtures.sysfs import host
 
 
 class Clock:
@@ -47,3 +52,25 @@ def in_process_agent(
         rng=random.Random(seed),
         pci_ids=None,
     )
+
+
+A100 = "0000:3b:00.0"
+
+
+def a100_host(
+    tmp_path: Path, api: TestClient, rules: list[dict[str, Any]], clock: Clock
+) -> tuple[Agent, FakeNvidiaSmi]:
+    """Host ``a100-1`` with one A100 80GB at :data:`A100` on a fake ``nvidia-smi``, the types
+    the ``rules`` name created, and its in-process agent (health checks every 60 s)."""
+    h = host(tmp_path / "sys", vfio=True)
+    h.pci(A100, "10de", "20b2", cls="030200", numa=0, iommu_group=12, driver="nvidia")
+    smi = FakeNvidiaSmi(tmp_path / "smi.json", {A100: "20b2"})
+    for name in dict.fromkeys(str(r["type"]) for r in rules):
+        assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
+    config = parse_config(
+        {"host": "a100-1", "device": rules, "state_file": str(tmp_path / "state.json"), "health_interval": 60}
+    )
+    agent = in_process_agent(
+        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
+    )
+    return agent, smi

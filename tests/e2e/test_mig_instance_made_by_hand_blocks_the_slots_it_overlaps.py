@@ -11,14 +11,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from devassign.agent.config import parse_config
-from devassign.lifecycle.host import HostOps, RecordingNetlink
-from devassign.lifecycle.simulated import SimulatedSysfs
-from devassign.testing.nvidia_smi import FakeNvidiaSmi
-from tests.e2e.agents import Clock, in_process_agent
-from tests.fixtures.sysfs import host
-
-GPU = "0000:3b:00.0"
+from tests.e2e.agents import A100 as GPU
+from tests.e2e.agents import Clock, a100_host
 
 
 def _slots(api: TestClient) -> dict[str, dict[str, Any]]:
@@ -32,22 +26,12 @@ def _slices(slot: dict[str, Any]) -> set[int]:
 def test_an_instance_made_by_hand_keeps_the_free_slots_it_overlaps_out_of_service(
     tmp_path: Path, api: TestClient
 ) -> None:
-    h = host(tmp_path / "sys", vfio=True)
-    h.pci(GPU, "10de", "20b2", cls="030200", numa=0, iommu_group=12, driver="nvidia")
-    smi = FakeNvidiaSmi(tmp_path / "smi.json", {GPU: "20b2"})
-    for name in ("MIG_1G", "MIG_3G"):
-        assert api.post("/v1/resource-types", json={"name": name, "description": name}).status_code == 201
     rules: list[dict[str, Any]] = [
         {"type": "MIG_1G", "match": {"mig_profile": "1g.10gb"}},
         {"type": "MIG_3G", "match": {"mig_profile": "3g.40gb"}},
     ]
-    config = parse_config(
-        {"host": "a100-1", "device": rules, "state_file": str(tmp_path / "state.json"), "health_interval": 60}
-    )
     clock = Clock()
-    agent = in_process_agent(
-        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
-    )
+    agent, smi = a100_host(tmp_path, api, rules, clock)
     assert not agent.step().errors
 
     # A tenant holds a 1g slot: its instance is devassign's own.

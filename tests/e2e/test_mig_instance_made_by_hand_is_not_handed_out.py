@@ -10,32 +10,18 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from devassign.agent.config import parse_config
-from devassign.lifecycle.host import HostOps, RecordingNetlink
-from devassign.lifecycle.simulated import SimulatedSysfs
-from devassign.testing.nvidia_smi import FakeNvidiaSmi
-from tests.e2e.agents import Clock, in_process_agent
-from tests.fixtures.sysfs import host
+from tests.e2e.agents import A100 as GPU
+from tests.e2e.agents import Clock, a100_host
 
-GPU = "0000:3b:00.0"
 SLOT = f"{GPU}/mig/1g.10gb@6"
 
 
 def test_a_free_slot_holding_an_instance_made_by_hand_is_not_handed_out(
     tmp_path: Path, api: TestClient
 ) -> None:
-    h = host(tmp_path / "sys", vfio=True)
-    h.pci(GPU, "10de", "20b2", cls="030200", numa=0, iommu_group=12, driver="nvidia")
-    smi = FakeNvidiaSmi(tmp_path / "smi.json", {GPU: "20b2"})
-    assert api.post("/v1/resource-types", json={"name": "MIG_1G", "description": "1g"}).status_code == 201
     rules: list[dict[str, Any]] = [{"type": "MIG_1G", "match": {"mig_profile": "1g.10gb"}}]
-    config = parse_config(
-        {"host": "a100-1", "device": rules, "state_file": str(tmp_path / "state.json"), "health_interval": 60}
-    )
     clock = Clock()
-    agent = in_process_agent(
-        config, h.root, api, clock, ops=HostOps(SimulatedSysfs(h.root), RecordingNetlink(), smi)
-    )
+    agent, smi = a100_host(tmp_path, api, rules, clock)
     assert not agent.step().errors
 
     # The operator, by hand, for a process on the host: the 1g.10gb at slice 6.
