@@ -67,4 +67,5 @@ def test_a_vf_is_refused_while_its_pf_is_held(with_types: Store) -> None:
     with pytest.raises(LostRace):
         _claim(store, "vm-b", ids["0000:3b:02.0"])
     free = next(t for t in store.list_types() if t.name == "NIC_VF_1G")
-    assert free.counts.available == 1  # the count was not touched by the refused claim
+    # Kept from claims by its PF, and not touched by the refused claim.
+    assert (free.counts.available, free.counts.partitioned) == (0, 1)

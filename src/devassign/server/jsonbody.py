@@ -57,4 +57,3 @@ class StrictJsonRoute(APIRoute):
             return await inner(strict)
 
         return handler
-

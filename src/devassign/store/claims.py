@@ -227,6 +227,13 @@ _IS_POOL_SQL = (
     "EXISTS (SELECT 1 FROM devices AS m WHERE m.host_id = devices.host_id AND m.pool = devices.address)"
 )
 _IS_POOL: sa.Label[bool] = sa.literal_column(_IS_POOL_SQL, sa.Boolean).label("is_pool")
+# Whether a taken device's parent or a child of it is a device on its host (a PF and its VFs):
+# held, it keeps them from claims, which the counts then show.
+_KIN_SQL = (
+    "EXISTS (SELECT 1 FROM devices AS k WHERE k.host_id = devices.host_id"
+    " AND (k.parent = devices.address OR k.address = devices.parent))"
+)
+_KIN: sa.Label[bool] = sa.literal_column(_KIN_SQL, sa.Boolean).label("has_kin")
 # SQLite's (the only user of this statement): without statistics, its planner took the state
 # index for more than one id and scanned every free device of the cloud (78 ms at 80,000);
 # the unary ``+`` keeps it off the host and state indexes, so it looks the ids up by key.
@@ -255,6 +262,7 @@ _TAKE = (
         devices.c.parent,
         devices.c.pool,
         _IS_POOL,
+        _KIN,
     )
 )
 # A PF and its VFs (a GPU and its vGPU slots) exclude each other: the claimed devices' parents
@@ -288,7 +296,7 @@ _TAKE_ALL_PG = f"""
             state_changed_at = %(now)s::timestamptz, updated_at = %(now)s::timestamptz
         WHERE id = ANY(%(ids)s::varchar[]) AND host_id = %(host_id)s::int
           AND state = '{DeviceState.AVAILABLE.value}' AND healthy AND taint IS NULL
-        RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool,
+        RETURNING id, address, kind, type_id, parent, pool, {_IS_POOL_SQL} AS is_pool, {_KIN_SQL} AS has_kin,
             EXISTS (SELECT 1 FROM quotas AS q
                     WHERE q.project = %(project)s::varchar AND q.type_id = devices.type_id) AS limited
     ), items AS (
@@ -305,7 +313,7 @@ _TAKE_ALL_PG = f"""
         VALUES (%(now)s::timestamptz, %(actor)s::varchar, 'allocation_created', %(host)s::varchar,
             %(consumer)s::varchar, %(message)s::text, %(detail)s::jsonb)
     )
-    SELECT id, address, kind, type_id, parent, pool, is_pool, limited,
+    SELECT id, address, kind, type_id, parent, pool, is_pool, has_kin, limited,
         -- A PF and its VFs (a GPU and its vGPU slots) exclude each other: any held parent or
         -- child of the taken devices. Under the host's lock every claim on this host waits
         -- for this one, so the states read here cannot change before the commit.
@@ -681,13 +689,17 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None
     Under the host's lock (every claim on the host waits for this one), so what is read here
     cannot change before the commit."""
     # The pools of the partitions taken, and the taken devices that are pools themselves;
-    # a claim of plain devices (neither) stops here without a statement.
+    # a claim of devices with neither pools nor a parent or child on the host stops here
+    # without a statement. A parent or child taken keeps its relatives from claims: recarved.
     pools = {r.pool for r in rows if r.pool} | {r.address for r in rows if r.is_pool}
-    if not pools:
+    kin = any(r.has_kin for r in rows)
+    if not pools and not kin:
         return
     parts = partitions(conn, host_id)
     members = [m for m in parts if m.pool in pools]
     if not members:
+        if kin:
+            recarve(conn, host_id, parts)
         return
     taken = {r.address for r in rows}
     holding = [m for m in members if m.state in _HOLDING]

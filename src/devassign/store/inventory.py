@@ -138,6 +138,17 @@ _PARENTS_OF_PARTITIONS = sa.select(_MEMBERS.c.parent).where(
     _MEMBERS.c.pool.is_not(None),
     _MEMBERS.c.parent.is_not(None),
 )
+# A held device and its parent or children exclude each other (a PF held whole keeps its VFs
+# from claims, a held VF its PF): the held devices with a parent or children, their parents
+# and their children.
+_IS_HELD = _MEMBERS.c.state.in_(_HOLDING_STATES)
+_PARENTS_OF_HOST = sa.select(_MEMBERS.c.parent).where(
+    _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.parent.is_not(None)
+)
+_PARENTS_OF_HELD = sa.select(_MEMBERS.c.parent).where(
+    _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.parent.is_not(None), _IS_HELD
+)
+_HELD_OF_HOST = sa.select(_MEMBERS.c.address).where(_MEMBERS.c.host_id == sa.bindparam("host_id"), _IS_HELD)
 _PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, devices.c.taint).where(
     devices.c.host_id == sa.bindparam("host_id"),
     devices.c.state != DeviceState.REMOVED.value,
@@ -145,6 +156,12 @@ _PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, dev
         devices.c.pool.is_not(None),
         devices.c.address.in_(_POOLS_OF_HOST),
         devices.c.address.in_(_PARENTS_OF_PARTITIONS),
+        sa.and_(
+            devices.c.state.in_(_HOLDING_STATES),
+            sa.or_(devices.c.parent.is_not(None), devices.c.address.in_(_PARENTS_OF_HOST)),
+        ),
+        devices.c.address.in_(_PARENTS_OF_HELD),
+        devices.c.parent.in_(_HELD_OF_HOST),
     ),
 )
 
@@ -163,14 +180,16 @@ def carved_counts(conn: sa.Connection, up_since: datetime | None) -> dict[int, i
 
 def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
     """Per type, the schedulable devices their pools cannot give now (another mode runs, too
-    little left, the pool held whole): not ``available`` in the counts, as the scheduler's view
-    does not offer them (scheduler/shares.py). Empty, at one cheap query, for a host without
-    partitions."""
+    little left, the pool held whole) or a held parent or child keeps from claims: not
+    ``available`` in the counts, as the scheduler's view does not offer them
+    (scheduler/shares.py). Empty, at one cheap query, for a host without partitions and
+    without held relatives."""
     return carved_of(partitions(conn, host_id))
 
 
 def partitions(conn: sa.Connection, host_id: int) -> Sequence[Any]:
-    """The host's partitions and their pools, as they are now (:data:`SHARE_COLUMNS`, type, taint)."""
+    """The host's partitions and their pools, and its held devices with their parents and
+    children, as they are now (:data:`SHARE_COLUMNS`, type, taint)."""
     return conn.execute(_PARTITIONS, {"host_id": host_id}).all()
 
 
@@ -494,8 +513,7 @@ def _refusals(
                 reason = (
                     f"its IOMMU group {group} holds {join_and(bad)}, which the server refused "
                     f"({', '.join(sorted({out[a][0] for a in bad}))}): the group is assigned whole, "
-                    "so it cannot be assigned without "
-                    + ("it" if len(bad) == 1 else "them")
+                    "so it cannot be assigned without " + ("it" if len(bad) == 1 else "them")
                 )
                 out[dev.address] = ("iommu_group_mate_refused", reason)
     return out
