@@ -10,7 +10,12 @@ scan runs: Nova bug 1972028); writes raise :class:`HostIOError` with the path.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+# The ``phys_port_name`` of a switchdev representor (a VF's or SF's port on the PF's
+# embedded switch: mlx5 ``pf0vf3``, ``c1pf0vf3`` on a SmartNIC's host, ice ``pf0vfr3``).
+_REPRESENTOR_RE = re.compile(r"(c\d+)?pf\d+(vf|vfr|sf)\d+")
 
 
 class HostIOError(OSError):
@@ -77,6 +82,15 @@ class Sysfs:
                 return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
         except OSError:
             return []
+
+    def netdev(self, rel: str) -> str | None:
+        """The network interface of the PCI function at ``rel`` (``bus/pci/devices/<addr>``).
+        A PF in switchdev mode lists its VFs' representors beside its uplink under ``net/``;
+        they carry no VF settings and no link of the PF's own, so they are never the answer."""
+        for name in self.listdir(f"{rel}/net"):
+            if not _REPRESENTOR_RE.fullmatch(self.read(f"{rel}/net/{name}/phys_port_name") or ""):
+                return name
+        return None
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._p(rel))

@@ -247,13 +247,13 @@ def _read_function(
         if (numvfs or 0) > 0 or virtfns:
             dev.flag(FLAG_VFS_ENABLED)
     if "net" in entries:
-        ifnames = sysfs.listdir(f"{base}/net")
-        if ifnames:
-            attrs["netdev"] = ifnames[0]
-            state = sysfs.read(f"{base}/net/{ifnames[0]}/operstate")
+        ifname = sysfs.netdev(base)
+        if ifname:
+            attrs["netdev"] = ifname
+            state = sysfs.read(f"{base}/net/{ifname}/operstate")
             if state is not None:
                 attrs["operstate"] = state
-            speed = to_int(sysfs.read(f"{base}/net/{ifnames[0]}/speed"), "link speed", addr)
+            speed = to_int(sysfs.read(f"{base}/net/{ifname}/speed"), "link speed", addr)
             if speed is not None and speed > 0:  # -1 while the link is down
                 attrs["link_speed_mbps"] = speed
     dev.host_use = host_use_reasons(sysfs, base, use)

@@ -103,6 +103,26 @@ def test_sriov_pf_and_vfs(tmp_path: Path) -> None:
     assert idle.attributes["operstate"] == "down"
 
 
+def test_a_switchdev_pf_is_known_by_its_uplink_not_its_representors(tmp_path: Path) -> None:
+    """A ConnectX in switchdev mode: the PF's ``net/`` has the uplink (``phys_port_name``
+    p0) and one representor per VF (pf0vfN), whose names may sort first. The PF's netdev,
+    its link and speed, and its VFs' ``pf_netdev`` are the uplink's."""
+    h = host(tmp_path)
+    pf = "0000:af:00.0"
+    vfs = h.sriov_pf(pf, "15b3", "101d", vfs=2, vf_device="101e", driver="mlx5_core")
+    h.netdev(pf, "p3p1")
+    h.write(f"{h.dev(pf)}/net/p3p1/phys_port_name", "p0")
+    h.write(f"{h.dev(pf)}/net/p3p1/speed", "100000")
+    for i in range(2):
+        h.netdev(pf, f"eth{4 + i}", operstate="down")
+        h.write(f"{h.dev(pf)}/net/eth{4 + i}/phys_port_name", f"pf0vf{i}")
+        h.write(f"{h.dev(pf)}/net/eth{4 + i}/speed", "-1")
+    devs = by_address(scan_pci(Sysfs(h.root), pci_ids=None).devices)
+    attrs = devs[pf].attributes
+    assert (attrs["netdev"], attrs["operstate"], attrs["link_speed_mbps"]) == ("p3p1", "up", 100000)
+    assert [devs[vf].attributes["pf_netdev"] for vf in vfs] == ["p3p1", "p3p1"]
+
+
 def test_vf_found_from_virtfn_link_alone(tmp_path: Path) -> None:
     """Some trees keep only one direction of the SR-IOV links; either is enough."""
     h = host(tmp_path)

@@ -162,3 +162,61 @@ def test_transmit_rates_are_set_from_the_request_and_cleared_at_cleanup(machine:
     SriovVfHandler().cleanup(held, {}, machine.ops)
     have = machine.netlink.vfs[("ens1f0", 1)]
     assert (have.min_tx_rate, have.max_tx_rate) == (0, 0)
+
+
+def _qat(machine: Machine) -> list[str]:
+    """An Intel QAT C62x (class 0b4000, a crypto coprocessor) with VFs: no network interface."""
+    vfs = machine.h.sriov_pf(
+        PF,
+        "8086",
+        "37c8",
+        vfs=2,
+        vf_device="37c9",
+        cls="0b4000",
+        driver="c6xx",
+        vf_driver="c6xxvf",
+        vf_iommu_group_start=40,
+    )
+    for vf in vfs:
+        machine.mark(vf, "c6xxvf")
+    return vfs
+
+
+def test_a_vf_that_is_no_network_function_is_set_up_and_cleaned_as_a_pci_function(machine: Machine) -> None:
+    """A QAT or NVMe VF has no MAC or VLAN: its setup and cleanup are the pci handler's, never
+    a failure for want of a network interface on its PF (which would quarantine it)."""
+    vfs = _qat(machine)
+    dev = device(vfs[1], DeviceKind.SRIOV_VF, driver="c6xxvf", parent=PF)
+    facts = SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.driver(vfs[1]) == "vfio-pci"
+    assert facts == {"original_driver": "c6xxvf"}
+    assert SriovVfHandler().health(dev, {}, machine.ops).ok
+    SriovVfHandler().cleanup(dev, {}, machine.ops)
+    assert machine.driver(vfs[1]) == "c6xxvf"
+    assert machine.writes_to(f"{vfs[1]}/reset") == ["1"]
+    assert machine.netlink.calls == []
+
+
+def test_a_vf_that_is_no_network_function_refuses_network_settings(machine: Machine) -> None:
+    vfs = _qat(machine)
+    dev = device(vfs[0], DeviceKind.SRIOV_VF, driver="c6xxvf", parent=PF, params={"mac": MAC, "vlan": 5})
+    with pytest.raises(HandlerError, match="not a network function: it has no mac, vlan to set"):
+        SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.driver(vfs[0]) == "c6xxvf"
+    SriovVfHandler().cleanup(dev, {}, machine.ops)  # nothing was changed: nothing fails
+    assert machine.netlink.calls == []
+
+
+def test_a_switchdev_pf_sets_its_vfs_through_its_uplink_not_a_representor(machine: Machine) -> None:
+    """In switchdev mode the PF's ``net/`` lists its VFs' representors (``phys_port_name``
+    pf0vfN) beside the uplink (p0): VF settings go through the uplink, whatever the names."""
+    vfs = nic(machine)
+    machine.h.netdev(PF, "p3p1")
+    machine.h.write(f"{machine.h.dev(PF)}/net/p3p1/phys_port_name", "p0")
+    for i in range(4):
+        machine.h.netdev(PF, f"eth{4 + i}")
+        machine.h.write(f"{machine.h.dev(PF)}/net/eth{4 + i}/phys_port_name", f"pf0vf{i}")
+    machine.h.write(f"{machine.h.dev(PF)}/net/ens1f0/phys_port_name", "pf0vf9")  # renamed representor
+    assert locate_vf(machine.sysfs, vfs[2]).pf_ifname == "p3p1"
+    SriovVfHandler().setup(vf_device(vfs[2], params={"mac": MAC}), {}, machine.ops)
+    assert [c[1] for c in machine.netlink.calls] == ["p3p1"]

@@ -48,10 +48,10 @@ def locate_vf(sysfs: Sysfs, address: str) -> VfLocation:
     if pf is None:
         raise HandlerError(f"{address} is not an SR-IOV VF (no physfn link)")
     names.pci_address(pf, f"the PF of {address}")
-    ifnames = sysfs.listdir(f"{rel}/physfn/net")
-    if not ifnames:
+    uplink = sysfs.netdev(f"{rel}/physfn")
+    if not uplink:
         raise HandlerError(f"the PF {pf} of {address} has no network interface")
-    ifname = names.ifname(ifnames[0], f"the interface of PF {pf}")
+    ifname = names.ifname(uplink, f"the interface of PF {pf}")
     for name in sysfs.listdir(f"{rel}/physfn"):
         index = name.removeprefix("virtfn")
         if not (name.startswith("virtfn") and index.isdecimal()):
@@ -59,6 +59,18 @@ def locate_vf(sysfs: Sysfs, address: str) -> VfLocation:
         if sysfs.link_name(f"{rel}/physfn/{name}") == address:
             return VfLocation(pf, ifname, int(index))
     raise HandlerError(f"the PF {pf} lists no virtfn link to {address}")
+
+
+def network_vf(sysfs: Sysfs, address: str) -> bool:
+    """Whether the VF is a network function (PCI class 02): only those have a MAC, a VLAN and
+    rates in their PF's driver. A crypto (QAT), NVMe or accelerator VF is a plain PCI
+    function, whose PF has no network interface to set them through. Unknown class: network."""
+    cls = (sysfs.read(f"{pci_dir(address)}/class") or "").lower()
+    return not re.fullmatch(r"0x[0-9a-f]{6}", cls) or cls.startswith("0x02")
+
+
+# What a request can ask of a network VF's settings.
+NETWORK_PARAMS = ("mac", "vlan", "min_tx_rate_mbps", "max_tx_rate_mbps", *POLICY_PARAMS)
 
 
 def _wanted(device: LifecycleDevice, key: str, default: Any = None) -> Any:
@@ -114,11 +126,19 @@ def _rate(device: LifecycleDevice, key: str) -> int:
 class SriovVfHandler:
     """``sriov_vf`` devices. Config: ``spoofchk`` (default true), ``trust`` (default false),
     ``link_state`` (auto | enable | disable), and the ``pci`` handler's keys. Params: ``mac``,
-    ``vlan``, and those three where the type declares them."""
+    ``vlan``, and those three where the type declares them. A VF that is not a network
+    function (QAT, NVMe) is handled as the ``pci`` handler does, and refuses those params."""
 
     pci = PciHandler()
 
     def setup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> Facts:
+        if not network_vf(ops.sysfs, device.address):
+            asked = sorted(k for k in NETWORK_PARAMS if device.requested(k) is not None)
+            if asked:
+                raise HandlerError(
+                    f"{device.address} is not a network function: it has no {', '.join(asked)} to set"
+                )
+            return self.pci.setup(device, config, ops)
         where = locate_vf(ops.sysfs, device.address)
         want = wanted_config(device, config)
         try:
@@ -140,6 +160,9 @@ class SriovVfHandler:
         return {**facts, "pf_ifname": where.pf_ifname, "vf_index": where.vf_index}
 
     def cleanup(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> None:
+        if not network_vf(ops.sysfs, device.address):
+            self.pci.cleanup(device, config, ops)
+            return
         where = locate_vf(ops.sysfs, device.address)
         refuse_if_held(ops.sysfs, ops.vfio_users, device.address)  # before its MAC is taken
         try:
@@ -166,13 +189,13 @@ class SriovVfHandler:
         if not ops.sysfs.is_dir(rel):
             return HealthResult(False, f"VF {device.address} is not present")
         pci = self.pci.health(device, config, ops)
-        if not pci.ok:
+        if not pci.ok or not network_vf(ops.sysfs, device.address):
             return pci
         check_link = config_choice(config, "pf_link", "check", ("check", "ignore")) == "check"
         if device.consumer is None:
             pf = ops.sysfs.link_name(f"{rel}/physfn")
-            ifnames = ops.sysfs.listdir(f"{rel}/physfn/net") if pf else []
-            down = pf_link_problem(ops.sysfs, pf, ifnames[0]) if (check_link and pf and ifnames) else None
+            uplink = ops.sysfs.netdev(f"{rel}/physfn") if pf else None
+            down = pf_link_problem(ops.sysfs, pf, uplink) if (check_link and pf and uplink) else None
             return HealthResult(False, down) if down else pci
         try:
             where = locate_vf(ops.sysfs, device.address)
