@@ -28,6 +28,7 @@ from devassign.cli.main import main
 from devassign.domain import Role
 from devassign.schemas import ReportedDevice
 from devassign.store import Store
+from devassign.store.hosts import instance_tag
 from tests.conftest import Clock, vf
 
 A_ID = "3f1c9e0a-host-a"
@@ -278,8 +279,12 @@ def test_two_live_agents_with_one_host_id_are_refused(
 
     conflicts = _events(secure_api, admin, "agent_conflict")
     assert len(conflicts) == 7  # each refusal, report or heartbeat
-    assert all(e["host"] == "compute-a" and I2 in e["message"] for e in conflicts)
-    assert conflicts[0]["detail"] == {"instance": I2, "live_instance": I1, "host_id": A_ID}
+    assert all(e["host"] == "compute-a" and instance_tag(I2) in e["message"] for e in conflicts)
+    assert conflicts[0]["detail"] == {
+        "instance": instance_tag(I2),
+        "live_instance": instance_tag(I1),
+        "host_id": A_ID,
+    }
     # A report without an instance (an older agent, an admin) is neither checked nor recorded.
     assert _report(secure_api, "compute-a", admin, 4, host_id=A_ID).status_code == 200
     r = _report(secure_api, "compute-a", agent, 5, host_id=A_ID, agent_instance=I2)
@@ -302,7 +307,7 @@ def test_a_silent_agent_is_taken_over(secure_api: TestClient, store: Store, cloc
     store.heartbeat("compute-a", "agent", instance=I2)
     # Now the old process is the one refused, should it come back.
     r = _report(secure_api, "compute-a", agent, 4, host_id=A_ID, agent_instance=I1)
-    assert r.status_code == 409 and I2 in r.json()["error"]["message"]
+    assert r.status_code == 409 and instance_tag(I2) in r.json()["error"]["message"]
     with pytest.raises(errors.DevassignError):
         store.heartbeat("compute-a", "agent", instance=I1)
     # A heartbeat may take over too, after the same silence.
@@ -418,3 +423,51 @@ def test_an_agent_quoting_another_hosts_id_says_which_state_file(
         clone.report()
     assert f"this agent's state file: {tmp_path / 'state.json'}" in str(refused.value)
     assert secure_api.get("/v1/hosts/evil", headers=who["admin"]).status_code == 404
+
+
+def test_a_refused_machine_never_learns_the_live_agents_instance(
+    secure_api: TestClient, store: Store, clock: Clock
+) -> None:
+    """The live agent's instance id fences the host's work: a second machine holding a copy of
+    the agent token, refused as the host, must not read it in any answer or event, so it can
+    neither fetch nor answer the host's work; and naming an instance never skips the heartbeat's
+    host id check."""
+    who = _cloud(secure_api, store)
+    agent = who["agent_a"]
+    assert _report(secure_api, "compute-a", agent, 2, host_id=A_ID, agent_instance=I1).status_code == 200
+    clock.advance(2)
+    answers = [
+        _report(secure_api, "compute-a", agent, 3, host_id=A_ID, agent_instance=I2),
+        secure_api.get("/v1/hosts/compute-a/work", headers={**agent, schemas.AGENT_INSTANCE_HEADER: I2}),
+        secure_api.post(
+            "/v1/hosts/compute-a/work",
+            headers={**agent, schemas.AGENT_INSTANCE_HEADER: I2},
+            json={"results": []},
+        ),
+        secure_api.get("/v1/hosts/compute-a/work", headers=agent),
+        secure_api.post(
+            "/v1/hosts/compute-a/heartbeat", headers={**agent, schemas.AGENT_INSTANCE_HEADER: I2}, json={}
+        ),
+    ]
+    assert [a.status_code for a in answers] == [409] * 5, [a.text for a in answers]
+    events = secure_api.get("/v1/events", params={"limit": 1000}, headers=agent)
+    assert events.status_code == 200
+    for text in [
+        *(a.text for a in answers),
+        events.text,
+        secure_api.get("/v1/hosts/compute-a", headers=agent).text,
+    ]:
+        assert I1 not in text
+    # Naming the live instance does not make another machine's host id pass.
+    beat = secure_api.post(
+        "/v1/hosts/compute-a/heartbeat",
+        headers={**agent, schemas.AGENT_INSTANCE_HEADER: I1},
+        json={"host_id": "9999-other-machine"},
+    )
+    assert beat.status_code == 409 and beat.json()["error"]["code"] == errors.HOST_ID_MISMATCH, beat.text
+    beat = secure_api.post(
+        "/v1/hosts/compute-a/heartbeat",
+        headers={**agent, schemas.AGENT_INSTANCE_HEADER: I1},
+        json={"host_id": A_ID},
+    )
+    assert beat.status_code == 204, beat.text

@@ -5,6 +5,7 @@ Reading lives here; applying agents' reports lives in ``inventory.py``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -67,6 +68,13 @@ def may_act(instance: str, cutoff: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+def instance_tag(instance: str) -> str:
+    """What answers and events show of an agent process's id: a fingerprint that tells two
+    processes apart, never the id itself, which fences the host's work (store/work.py) and so
+    must not reach a machine that was refused as the host."""
+    return "#" + hashlib.sha256(instance.encode()).hexdigest()[:8]
+
+
 class AgentConflict(errors.DevassignError):
     """Another agent process with this host's id was heard less than the takeover time ago.
 
@@ -84,8 +92,9 @@ class AgentConflict(errors.DevassignError):
         which = f"with host id {row.host_id} " if row.host_id else ""
         super().__init__(
             errors.AGENT_CONFLICT,
-            f"another agent {which}is live for host {name!r}: agent instance {row.agent_instance} "
-            f"was heard {age:.0f} s ago, and this agent is instance {instance}. If this agent was "
+            f"another agent {which}is live for host {name!r}: agent instance "
+            f"{instance_tag(row.agent_instance)} was heard {age:.0f} s ago, and this agent is instance "
+            f"{instance_tag(instance)}. If this agent was "
             f"just restarted, it takes over once the old process has been silent for {limit} "
             f"(retry in {wait} s). Otherwise two machines run with this host's state file or its "
             "agent.toml and token (a cloned machine image?): stop the agent on the machine that is "
@@ -97,10 +106,14 @@ class AgentConflict(errors.DevassignError):
             "actor": actor,
             "action": "agent_conflict",
             "host": name,
-            "message": f"host {name}: agent instance {instance} refused, instance "
-            f"{row.agent_instance} was heard {age:.0f} s ago (a restarted agent takes over after "
-            f"{limit} of silence; otherwise two machines share this host's state file or token)",
-            "detail": {"instance": instance, "live_instance": row.agent_instance, "host_id": row.host_id},
+            "message": f"host {name}: agent instance {instance_tag(instance)} refused, instance "
+            f"{instance_tag(row.agent_instance)} was heard {age:.0f} s ago (a restarted agent takes over "
+            f"after {limit} of silence; otherwise two machines share this host's state file or token)",
+            "detail": {
+                "instance": instance_tag(instance),
+                "live_instance": instance_tag(row.agent_instance),
+                "host_id": row.host_id,
+            },
         }
 
     def record(self, conn: sa.Connection) -> None:
@@ -136,6 +149,9 @@ _HEARTBEAT_OF_AGENT = (
     )
     .values(last_seen_at=sa.bindparam("now"), agent_seen_at=sa.bindparam("now"))
 )
+_HEARTBEAT_OF_AGENT_WITH_ID = _HEARTBEAT_OF_AGENT.where(
+    sa.or_(hosts.c.host_id.is_(None), hosts.c.host_id == sa.bindparam("machine_id"))
+)
 
 
 def heartbeat(
@@ -154,13 +170,18 @@ def heartbeat(
     ``instance`` is the agent process's id; a heartbeat from another process while the
     recorded one is live is refused (:class:`AgentConflict`), one after its silence takes over.
     ``host_id``, when sent, must be the host's (``host_id_mismatch``): a machine refused as the
-    host may not keep it up, nor take its agent over by heartbeats. The recorded instance sent
-    a report the host id was checked on, so its heartbeats need no other check.
+    host may not keep it up, nor take its agent over by heartbeats, whatever instance it names.
     """
-    params = {"host_name": name, "now": now}
+    params: dict[str, Any] = {"host_name": name, "now": now}
     if instance is not None:
         params["instance"] = instance
-    fast = _HEARTBEAT_OF_AGENT if instance is not None else None if host_id is not None else _HEARTBEAT
+    if host_id is not None:
+        params["machine_id"] = host_id
+    fast: sa.Update | None
+    if instance is not None:
+        fast = _HEARTBEAT_OF_AGENT if host_id is None else _HEARTBEAT_OF_AGENT_WITH_ID
+    else:
+        fast = None if host_id is not None else _HEARTBEAT
     if fast is not None and conn.execute(fast, params).rowcount == 1:
         return
     row = conn.execute(

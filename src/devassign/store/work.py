@@ -28,7 +28,7 @@ from devassign.domain import DeviceState, cut_too_deep
 from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import aware, record
-from devassign.store.hosts import device_model, device_query
+from devassign.store.hosts import device_model, device_query, instance_tag
 from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, moves, resource_types
 
@@ -81,16 +81,16 @@ def _host_id(
     if instance is None and fence is not None and row.agent_instance and seen is not None and seen > fence:
         raise errors.DevassignError(
             errors.AGENT_CONFLICT,
-            f"agent instance {row.agent_instance} holds host {host!r} and was seen moments ago: a "
-            f"call without the {schemas.AGENT_INSTANCE_HEADER} header of the agent process whose "
-            "report the server took gets no work while that process is live",
+            f"agent instance {instance_tag(row.agent_instance)} holds host {host!r} and was seen "
+            f"moments ago: a call without the {schemas.AGENT_INSTANCE_HEADER} header of the agent "
+            "process whose report the server took gets no work while that process is live",
             retry_after=10,
         )
     if instance is not None and row.agent_instance != instance:
-        taken = f"instance {row.agent_instance} sent its last report" if row.agent_instance else "none yet"
+        taken = "another instance sent its last report" if row.agent_instance else "none yet"
         raise errors.DevassignError(
             errors.AGENT_CONFLICT,
-            f"agent instance {instance} is not the agent the server took for host {host!r} "
+            f"agent instance {instance_tag(instance)} is not the agent the server took for host {host!r} "
             f"({taken}): no work for it. A restarted "
             "agent sends a full report first; a machine whose reports are refused (another "
             "host id, another live agent) must not touch this host's devices",
