@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 import regex
@@ -721,6 +721,9 @@ class TaintCreate(Strict):
             raise ValueError("expires_in: at most 3650 days; leave it out for a taint until untainted")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at needs a time zone (e.g. 2026-12-04T18:00:00Z)")
+        if self.expires_at is not None:
+            # The same instant in UTC: the store keeps times without their offset.
+            self.expires_at = self.expires_at.astimezone(UTC)
         return self
 
 

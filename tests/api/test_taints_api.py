@@ -3,6 +3,7 @@ stable error body and nothing changed."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -348,3 +349,28 @@ def test_an_agent_lifts_its_hosts_agent_taints_not_an_admins(
     left = sorted(t["id"] for t in secure_api.get("/v1/taints", headers=admin).json())
     assert left == sorted([by_admin["id"], on_device["id"]])
     assert len(secure_api.delete("/v1/hosts/compute-a/taints", headers=admin).json()) == 2
+
+
+@pytest.mark.parametrize("offset", ["-05:00", "+05:30", "+14:00"])
+def test_an_expiry_with_an_offset_is_the_same_instant(
+    secure_api: TestClient, world: dict[str, Any], offset: str
+) -> None:
+    """An operator west of UTC writes the local time with its offset: the taint lasts until
+    that instant, not until the same wall-clock time in UTC (which may be past already)."""
+    from datetime import datetime, timedelta, timezone
+
+    admin = world["admin"]
+    device = _device(secure_api, admin, "compute-a")
+    now = datetime.now(UTC)
+    sign = -1 if offset[0] == "-" else 1
+    hours, minutes = (int(x) for x in offset[1:].split(":"))
+    zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    wanted = (now + timedelta(hours=2)).replace(microsecond=0)
+    body = {"effect": "NoSchedule", "reason": "local time", "expires_at": wanted.astimezone(zone).isoformat()}
+    made = secure_api.post(f"/v1/devices/{device}/taints", json=body, headers=admin)
+    assert made.status_code == 201, made.text
+    assert datetime.fromisoformat(made.json()["expires_at"]) == wanted
+    listed = secure_api.get("/v1/taints", params={"device_id": device}, headers=admin).json()
+    assert [datetime.fromisoformat(t["expires_at"]) for t in listed] == [wanted]
+    counts = {t["name"]: t["counts"] for t in secure_api.get("/v1/resource-types", headers=admin).json()}
+    assert counts["NIC_VF_1G"]["tainted"] == 1
