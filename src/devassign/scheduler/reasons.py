@@ -141,13 +141,22 @@ def tainted_phrase(type_name: str, tainted: Iterable[tuple[str, int]]) -> str:
     )
 
 
-def without_setter(sentence: str) -> str:
-    """Taint phrases without who set them (``, by NAME)``: a name may be a host's agent's)."""
-    return _SETTER.sub(")", sentence)
+def effects_only(sentence: str) -> str:
+    """Taint phrases with their effects alone: ``2 NIC_VF_1G devices are tainted NoSchedule``.
+    What a member reads of taints: their reasons are free text an operator or a host's agent
+    wrote (host names, racks, tickets), for operators only. Counts of one type and effect
+    are added up, so a phrase cannot say "tainted NoSchedule" twice."""
+    counts: dict[tuple[str, str], int] = {}
+    for n, type_name, effect in _TAINT_EFFECT.findall(sentence):
+        counts[(type_name, effect)] = counts.get((type_name, effect), 0) + int(n)
+    return join_and(
+        f"{n} {type_name} {'device is' if n == 1 else 'devices are'} tainted {effect}"
+        for (type_name, effect), n in counts.items()
+    )
 
 
-_SETTER = re.compile(r", by [^()]*\)")
 _TAINTED_TYPE = re.compile(r"\d+ (\S+) devices? (?:is|are) tainted ")
+_TAINT_EFFECT = re.compile(r"(\d+) (\S+) devices? (?:is|are) tainted (NoSchedule|Drain|None)\b")
 # The taint clause that ends a host's sentence (filters append it after "; ").
 TAINTED = re.compile(r"; (\d+ \S+ devices? (?:is|are) tainted .*)$")
 

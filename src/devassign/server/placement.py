@@ -47,7 +47,7 @@ from devassign.scheduler import (
 from devassign.scheduler.budget import SelectorBudget, no_evaluation, selector_budget
 from devassign.scheduler.capacity import capacity
 from devassign.scheduler.params import has_params, request_doc
-from devassign.scheduler.reasons import funnel_sentence, tainted_phrase, without_setter
+from devassign.scheduler.reasons import effects_only, funnel_sentence, tainted_phrase
 from devassign.store import ClaimContext, Principal, Store
 from devassign.store.claims import ClaimOrder, HostBusy, LostRace, OverQuota, Pick, Refit
 from devassign.store.quotas import over_quota
@@ -252,7 +252,7 @@ class Placer:
         (it can go nowhere else), else of every host. A member's answer never depends on the
         hosts named (a move's target): made up, down, tainted or full read the same to a member.
         With them, what the taints are that alone make hosts lack devices (for a member
-        without who set them: a name may be a host's agent's)."""
+        their effects alone: who set them and why is for operators)."""
         names = request.hosts if operator else ()
         found = self.store.funnel(_needs(request)[0], names)
         held = [k.removeprefix("tainted_") for k in found if k.startswith("tainted_")]
@@ -262,8 +262,9 @@ class Placer:
         for type_name, pairs in self.store.taint_texts(held, names).items():
             counts: Counter[str] = Counter()
             for text, n in pairs:
-                counts[text if operator else without_setter(text)] += n
-            phrases.append(tainted_phrase(type_name, counts.most_common()))
+                counts[text] += n
+            phrase = tainted_phrase(type_name, counts.most_common())
+            phrases.append(phrase if operator else effects_only(phrase))
         return found, phrases
 
     def _named_verdicts(self, request: Request, decision: Decision, quota: Quota | None) -> Decision:

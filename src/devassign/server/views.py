@@ -12,7 +12,7 @@ from typing import Any
 
 from devassign import errors, schemas
 from devassign.scheduler import ClaimBody
-from devassign.scheduler.reasons import TAINTED, funnel_sentence, without_setter
+from devassign.scheduler.reasons import TAINTED, effects_only, funnel_sentence
 from devassign.server.access import Scope
 from devassign.server.placement import CapacityPage, Placer
 from devassign.store import Store
@@ -178,12 +178,13 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
     for h in found.get("hosts", []):
         if h.get("reason"):
             reasons[h["reason"]] = reasons.get(h["reason"], 0) + 1
-        # What a taint says (its effect and reason) names no host or device: members read it.
+        # A taint's effect names no host or device: members read it; its reason is free text
+        # (an operator's or a host agent's: host names, racks, tickets), for operators only.
         clause = TAINTED.search(h.get("message") or "")
         if clause:
-            tainted.add(without_setter(clause.group(1)))
+            tainted.add(effects_only(clause.group(1)))
     # Where no host reached the scheduler, what the taints that held every one back are.
-    tainted.update(without_setter(t) for t in found.get("taints", []))
+    tainted.update(effects_only(t) for t in found.get("taints", []))
     return {
         "summary": found.get("summary", ""),
         "fits": found.get("fits", False),
@@ -191,7 +192,7 @@ def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:
         "feasible": found.get("feasible", 0),
         "removed": found.get("removed", {}),
         "funnel": found.get("funnel", {}),
-        "taints": [without_setter(t) for t in found.get("taints", [])],
+        "taints": [effects_only(t) for t in found.get("taints", [])],
         "policy": found.get("policy", {}),
         # Where no host was asked about one by one (a gang's plan), the counts the plan kept.
         "reasons": reasons or dict(found.get("removed") or {}),
