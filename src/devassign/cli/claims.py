@@ -216,6 +216,16 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         try:
             allocation = client(ctx).post("/v1/claims", body)
         except CliError as exc:
+            if exc.exit_status == ExitCode.UNREACHABLE:
+                # The claim may have been made before the answer was lost: the same key
+                # gets its allocation, never a second one.
+                raise CliError(
+                    f"{exc.message}; the claim may have been made: run the command again with "
+                    f"--idempotency-key {body['idempotency_key']} to get its answer",
+                    code=exc.code,
+                    status=exc.exit_status,
+                    body=exc.body,
+                ) from exc
             exp = (exc.body or {}).get("error", {}).get("explanation") if isinstance(exc.body, dict) else None
             if exp and fmt is Format.table:
                 console.print("[red]cannot place this request[/red]")

@@ -253,7 +253,10 @@ class Client:
             raise CliError(f"cannot load the TLS CA certificates from {where}: {exc}") from None
         self.retry_for = retry_seconds() if retry_for is None else retry_for
         self.on_retry = on_retry
-        self._answered = False  # the server has answered this client at least once
+        # The server answered this client, or took a connection it then dropped: it was
+        # reached, so a failure to connect now is a server going away (a restart), not a
+        # wrong URL, and what may be resent is.
+        self._reached = False
 
     def close(self) -> None:
         self.http.close()
@@ -280,7 +283,7 @@ class Client:
                         "CA in SSL_CERT_FILE, never plain http://",
                         status=ExitCode.UNREACHABLE,
                     ) from exc
-                if not self._answered:  # never reached: most likely the wrong URL or no server
+                if not self._reached:  # never reached: most likely the wrong URL or no server
                     raise CliError(
                         f"cannot reach the devassign server at {self.shown}: is `devassign server` "
                         "running? (set --url or DEVASSIGN_URL)",
@@ -295,6 +298,7 @@ class Client:
                     ) from exc
                 continue
             except httpx.TransportError as exc:
+                self._reached = True  # connected, then dropped: the request may have been done
                 wait = self._backoff(attempt)
                 if not resend or not self._wait(start, attempt, method, path, None, None, str(exc), wait):
                     raise CliError(
@@ -304,7 +308,7 @@ class Client:
                 continue
             except httpx.HTTPError as exc:
                 raise CliError(f"request to {self.shown}{path} failed: {exc}") from exc
-            self._answered = True
+            self._reached = True
             if response.status_code != 503 or not resend:
                 return response
             after = _retry_after(response)
