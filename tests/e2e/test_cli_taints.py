@@ -55,6 +55,19 @@ def test_drain_and_undrain_a_host(db_url: str, tmp_path: Path) -> None:
         again = cli("host", "undrain", "compute-1", env=env)
         assert again.returncode == 0 and "no taint" in again.stdout
 
+        # A mistyped name is an error, never "no taint to remove" while the real one stays drained.
+        cli("host", "drain", "compute-1", "--reason", "rack move", env=env)
+        for args in (
+            ("host", "undrain", "compute-l"),
+            ("host", "untaint", "compute-l"),
+            ("host", "untaint", "compute-1", "--parent", "0000:99:00.0"),
+            ("device", "untaint", "no-such-device"),
+        ):
+            typo = cli(*args, env=env, check=False)
+            assert typo.returncode == 1, (args, typo.stdout, typo.stderr)
+            assert "no taint" not in typo.stdout and "Traceback" not in typo.stderr
+        assert [t["effect"] for t in json.loads(cli("taints", "-f", "json", env=env).stdout)] == ["Drain"]
+
 
 def test_device_taint_untaint_and_usage_errors(db_url: str, tmp_path: Path) -> None:
     admin = cli("token", "create", "--role", "admin", "--db", db_url).stdout.strip()

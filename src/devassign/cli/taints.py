@@ -143,7 +143,9 @@ def register(app: typer.Typer) -> None:
                 "DELETE", api_path("/v1/devices/{}/taints", device_id), params={"taint": taint}
             )
         else:
-            own = [t for t in api.get("/v1/taints", device=device_id) if t.get("device_id") == device_id]
+            own = [t for t in api.get("/v1/taints", device_id=device_id) if t.get("device_id") == device_id]
+            if not own:
+                api.get(api_path("/v1/devices/{}", device_id))  # a mistyped id is an error, not "none"
             found = _remove_each(api, api_path("/v1/devices/{}/taints", device_id), own)
         _removed(found, fmt, f"device {device_id}")
 
@@ -182,6 +184,8 @@ def register(app: typer.Typer) -> None:
             listed = [
                 t for t in api.get("/v1/taints", host=name) if parent is None or t.get("parent") == parent
             ]
+            if not listed:
+                _must_exist(api, name, parent)
             found = _remove_each(api, api_path("/v1/hosts/{}/taints", name), listed)
         _removed(found, fmt, f"host {name}")
 
@@ -208,7 +212,17 @@ def register(app: typer.Typer) -> None:
             for t in api.get("/v1/taints", host=name)
             if t["effect"] == "Drain" and not t.get("device_id") and not t.get("parent")
         ]
+        if not mine:
+            _must_exist(api, name)
         _removed(_remove_each(api, api_path("/v1/hosts/{}/taints", name), mine), fmt, f"host {name}")
+
+
+def _must_exist(api: Client, host: str, parent: str | None = None) -> None:
+    """Fail (not found, exit 1) when the host, or the parent device on it, does not exist: a
+    mistyped name must not read as "had no taint to remove" while the real one stays drained."""
+    api.get(api_path("/v1/hosts/{}", host))
+    if parent is not None and not api.get("/v1/devices", host=host, address=parent):
+        raise CliError(f"host {host} has no device {parent}", code="not_found")
 
 
 def _remove_each(api: Client, path: str, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
