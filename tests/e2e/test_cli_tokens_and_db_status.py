@@ -66,3 +66,25 @@ def test_token_create_says_which_database_it_wrote_to(tmp_path: Path) -> None:
     )
     assert result.stdout.count("\n") == 1 and " " not in result.stdout.strip()
     assert str(tmp_path / "devassign.db") in result.stderr and "--via-api" in result.stderr
+
+
+def test_token_create_with_an_admin_token_and_no_database_goes_through_the_server(tmp_path: Path) -> None:
+    """An operator with the admin's ``DEVASSIGN_TOKEN`` and ``DEVASSIGN_URL`` set (a server
+    on another machine's database) makes an agent token as the docs show it: the token must
+    be the server's, not one written to a local file the server never reads."""
+    from tests.e2e.servers import running_server
+
+    server_db = f"sqlite:///{tmp_path / 'server.db'}"
+    admin = cli("token", "create", "--role", "admin", "--db", server_db).stdout.strip()
+    with running_server(server_db, log=tmp_path / "server.log") as url:
+        env = {
+            "DEVASSIGN_DATA_DIR": str(tmp_path / "operator"),
+            "DEVASSIGN_URL": url,
+            "DEVASSIGN_TOKEN": admin,
+        }
+        made = cli("token", "create", "--role", "agent", "--host", "compute-4b", env=env)
+        secret = made.stdout.strip()
+        assert secret and " " not in secret
+        works = cli("hosts", env={**env, "DEVASSIGN_TOKEN": secret}, check=False)
+        assert works.returncode == 0, works.stderr
+    assert not (tmp_path / "operator" / "devassign.db").exists()

@@ -129,9 +129,11 @@ class Demo:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[Demo, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVASSIGN_")}
-    # A plain `token create` writes to the default database: keep it in this test's folder.
+    # The default database (`devassign server`'s without --db, which `db status` reads; a
+    # `token create` with no token to ask the server with writes to it): in this test's folder.
     env["DEVASSIGN_DATA_DIR"] = str(tmp_path / "data")
     env["COLUMNS"] = "200"
+    subprocess.run([*DEVASSIGN, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
     running = Demo(tmp_path / "demo", env)
     try:
         found = running.wait_for(

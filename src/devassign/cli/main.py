@@ -422,8 +422,9 @@ def token_create(
 ) -> None:
     """Create a token and print it (it is shown only once).
 
-    Written straight to the database of --db (so the first admin token can be made: run it
-    where the server's database is), or through the server with --via-api.
+    Through the server when a token to ask it with is given (DEVASSIGN_TOKEN or --token, an
+    admin's) and no database is (--db, DEVASSIGN_DB), or with --via-api; else written straight
+    to the database (so the first admin token can be made: run it where the server's database is).
     """
     from pydantic import ValidationError
 
@@ -433,7 +434,8 @@ def token_create(
         body = schemas.TokenCreate(role=role, host=host, project=project, name=name)
     except ValidationError as exc:
         raise CliError(_pydantic_message(exc), status=2) from exc
-    if via_api:
+    root = ctx.find_root().obj or {}
+    if via_api or (db is None and (root.get("token") or os.environ.get("DEVASSIGN_TOKEN"))):
         client = inventory_cli.client(ctx)
         created = client.post("/v1/tokens", body.model_dump(mode="json"))
         typer.echo(created["token"])
@@ -456,7 +458,7 @@ def token_create(
     # refuses.
     typer.echo(
         f"(stored in the database {_safe_url(url)}; a server on another database does not know it: "
-        "--via-api makes the token through the server)",
+        "--via-api, or DEVASSIGN_TOKEN without --db, makes the token through the server)",
         err=True,
     )
 
