@@ -83,7 +83,7 @@ from devassign.domain import DeviceState
 from devassign.lifecycle.base import LEFTOVER, PARENT_IN_USE, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, own_time_bound, run_action
 from devassign.lifecycle.handlers.pci import VFIO
-from devassign.lifecycle.host import HostOps
+from devassign.lifecycle.host import HostOps, VfioSnapshot
 from devassign.lifecycle.registry import handler_name_for, load_handler
 from devassign.schemas import (
     DEVICE_FACTS,
@@ -263,11 +263,13 @@ class Agent:
             changed |= self.health.observe(item.device.address, result.ok, result.error, held=True)
         discovered = self._discovered()
         checks: dict[str, ActionResult] = {}
+        # Who holds which VFIO node, read once for every free device of this pass.
+        ops = replace(self.ops, vfio=VfioSnapshot(self.ops.vfio_users))
         for address, dev in discovered.items():
             check = self._checks.get(dev.type)
             if address in busy or check is None:
                 continue
-            checked = self._check_free(dev, check, partitions.facts_for(dev))
+            checked = self._check_free(dev, check, partitions.facts_for(dev), ops)
             if checked is not None:
                 checks[address] = checked
         checks.update(_parents_in_use(discovered, checks, busy))
@@ -311,7 +313,11 @@ class Agent:
         return True if checked is None else checked  # None: its handler is not allowed here
 
     def _check_free(
-        self, dev: ReportedDevice, check: HealthCheck, held: dict[str, Any] | None = None
+        self,
+        dev: ReportedDevice,
+        check: HealthCheck,
+        held: dict[str, Any] | None = None,
+        ops: HostOps | None = None,
     ) -> ActionResult | None:
         """The health of a device nobody holds; ``None`` when this agent may not run its
         type's handler (its ``[lifecycle]`` policy): not checked, not called unhealthy. A MIG
@@ -334,7 +340,7 @@ class Agent:
             attributes=dict(dev.attributes),
             facts=dict(held or {}),
         )
-        return self._bounded("health", device, check.config, check.handler)
+        return self._bounded("health", device, check.config, check.handler, ops)
 
     def _learn(self, result: InventoryResult) -> None:
         """The report's answer names how each reported type is checked; a type not known
@@ -796,7 +802,12 @@ class Agent:
         return self._bounded(action, self._device(item), item.config, item.handler)
 
     def _bounded(
-        self, action: Action, device: LifecycleDevice, config: dict[str, Any], handler: str | None
+        self,
+        action: Action,
+        device: LifecycleDevice,
+        config: dict[str, Any],
+        handler: str | None,
+        ops: HostOps | None = None,
     ) -> ActionResult:
         """The handler's action under the watchdog: one stuck in the kernel fails after
         ``[lifecycle] action_timeout`` and holds neither the agent nor its other devices. A
@@ -804,7 +815,7 @@ class Agent:
         return self.watchdog.run(
             device.address,
             action,
-            lambda: run_action(action, device, config, handler, self.ops, loader=self._load),
+            lambda: run_action(action, device, config, handler, ops or self.ops, loader=self._load),
             at_least=own_time_bound(handler_name_for(device.kind, handler), config),
         )
 

@@ -13,7 +13,7 @@ import errno
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -243,25 +243,60 @@ class ProcVfioUsers:
         wanted = set(nodes)
         if not wanted:
             return []
-        found = []
+        found: list[str] = []
+        for holder, _node in self._scan(wanted.__contains__):
+            if holder not in found:
+                found.append(holder)
+        return found
+
+    def open_nodes(self) -> dict[str, list[str]]:
+        """Every VFIO node some process has open, with who: one pass over ``/proc``."""
+        out: dict[str, list[str]] = {}
+        for holder, node in self._scan(lambda target: target.startswith("/dev/vfio/")):
+            out.setdefault(node, []).append(holder)
+        return out
+
+    def _scan(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+        """``(pid N (command), node)`` for each distinct open file of each process that is wanted."""
         try:
             pids = [p for p in os.listdir(self.proc) if ascii_digits(p)]
         except OSError:
-            return []
+            return
         for pid in sorted(pids, key=int):
             fds = f"{self.proc}/{pid}/fd"
             try:
                 entries = os.listdir(fds)
             except OSError:
                 continue
+            seen: set[str] = set()
             for fd in entries:
                 try:
-                    target = os.readlink(f"{fds}/{fd}")
+                    target = os.readlink(f"{fds}/{fd}").removesuffix(" (deleted)")
                 except OSError:
                     continue
-                if target.removesuffix(" (deleted)") in wanted:
-                    found.append(f"pid {pid} ({_command(self.proc, pid)})")
-                    break
+                if target not in seen and wanted(target):
+                    seen.add(target)
+                    yield f"pid {pid} ({_command(self.proc, pid)})", target
+
+
+class VfioSnapshot:
+    """A :class:`VfioUsers` that asks once: who holds which VFIO node, as one scan found it,
+    for a pass of health checks over many free devices (a scan per device would read every
+    process's open files again for each). Never for a cleanup, which must ask the host now."""
+
+    def __init__(self, live: VfioUsers) -> None:
+        self.live = live
+        self._open: dict[str, list[str]] | None = None
+
+    def holders(self, nodes: Sequence[str]) -> list[str]:
+        scan = getattr(self.live, "open_nodes", None)
+        if scan is None:
+            return self.live.holders(nodes)
+        if self._open is None:
+            self._open = scan()
+        found: list[str] = []
+        for node in nodes:
+            found += [h for h in self._open.get(node, []) if h not in found]
         return found
 
 

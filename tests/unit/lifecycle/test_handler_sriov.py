@@ -220,3 +220,21 @@ def test_a_switchdev_pf_sets_its_vfs_through_its_uplink_not_a_representor(machin
     assert locate_vf(machine.sysfs, vfs[2]).pf_ifname == "p3p1"
     SriovVfHandler().setup(vf_device(vfs[2], params={"mac": MAC}), {}, machine.ops)
     assert [c[1] for c in machine.netlink.calls] == ["p3p1"]
+
+
+def test_a_free_vf_a_guest_started_by_hand_holds_is_unhealthy_and_never_set_up(machine: Machine) -> None:
+    """A VF on vfio-pci that a guest devassign never started has open (a host adopted with
+    running VMs, a DPDK application): not free. Its free health check says so (it is not
+    offered), and a setup refuses before its MAC or VLAN is touched."""
+    vfs = nic(machine)
+    dev = vf_device(vfs[1], params={"mac": MAC, "vlan": 42})
+    SriovVfHandler().setup(vf_device(vfs[1]), {}, machine.ops)  # on vfio-pci, as an operator binds it
+    machine.netlink.calls.clear()
+    machine.sysfs.hold_group(41, "pid 777 (qemu-system-x86_64)", devices=[vfs[1]])
+    free = SriovVfHandler().health(vf_device(vfs[1], consumer=None), {}, machine.ops)
+    assert not free.ok and "pid 777" in (free.reason or "") and "did not give it" in (free.reason or "")
+    with pytest.raises(HandlerError, match="open through VFIO by pid 777"):
+        SriovVfHandler().setup(dev, {}, machine.ops)
+    assert machine.netlink.calls == []
+    machine.sysfs.release_group(41)
+    assert SriovVfHandler().health(vf_device(vfs[1], consumer=None), {}, machine.ops).ok

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devassign.hostio import HostIOError
-from devassign.lifecycle.host import HostOps, NoVfioUsers, ProcVfioUsers
+from devassign.lifecycle.host import HostOps, NoVfioUsers, ProcVfioUsers, VfioSnapshot
 from devassign.lifecycle.simulated import SimulatedSysfs
 from devassign.testing.sysfs import host
 
@@ -208,6 +208,21 @@ def test_proc_vfio_users_reads_open_files_of_processes(tmp_path: Path) -> None:
     assert users.holders(["/dev/vfio/13", "/dev/vfio/devices/vfio3"]) == ["pid 44 (qemu-kvm)"]
     assert users.holders([]) == []
     assert ProcVfioUsers(str(tmp_path / "none")).holders(["/dev/vfio/12"]) == []
+    # One scan for a pass of health checks: the same answers from what it found.
+    assert users.open_nodes() == {
+        "/dev/vfio/12": ["pid 42 (qemu-system-x86)"],
+        "/dev/vfio/vfio": ["pid 43 (sshd)"],
+        "/dev/vfio/devices/vfio3": ["pid 44 (qemu-kvm)"],
+    }
+    snapshot = VfioSnapshot(users)
+    assert snapshot.holders(["/dev/vfio/12", "/dev/vfio/devices/vfio3"]) == [
+        "pid 42 (qemu-system-x86)",
+        "pid 44 (qemu-kvm)",
+    ]
+    (proc / "45" / "fd").mkdir(parents=True)
+    os.symlink("/dev/vfio/13", proc / "45" / "fd" / "0")
+    assert snapshot.holders(["/dev/vfio/13"]) == []  # what the one scan saw
+    assert users.holders(["/dev/vfio/13"]) == ["pid 45 (?)"]  # a cleanup asks the host now
 
 
 def test_only_this_machines_sys_is_asked_about_vfio_users(tmp_path: Path) -> None:

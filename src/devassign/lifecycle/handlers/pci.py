@@ -143,6 +143,21 @@ def vfio_nodes(sysfs: Sysfs, address: str) -> list[str]:
     return nodes
 
 
+def held_elsewhere(ops: HostOps, address: str) -> str | None:
+    """Why a function nobody was given is not free: already on vfio-pci and open through VFIO
+    by a process (a guest started by hand, a DPDK application), or ``None``. Offered or set up,
+    it would be a second guest's, whose settings the setup would change under it."""
+    if pci_driver(ops.sysfs, address) != VFIO:
+        return None
+    holders = ops.vfio_users.holders(vfio_nodes(ops.sysfs, address))
+    if not holders:
+        return None
+    return (
+        f"{address} is open through VFIO by {', '.join(holders)}, which devassign did not give it "
+        "to: it is not offered until that process lets go of it"
+    )
+
+
 def refuse_if_held(sysfs: Sysfs, users: VfioUsers, address: str) -> None:
     """Fail while a guest holds the function through VFIO: giving it back to the host then
     would block in the kernel (a device open) or take it from under a guest (a group held)."""
@@ -262,6 +277,9 @@ class PciHandler:
             )
         if not ops.sysfs.exists(f"{pci_dir(device.address)}/iommu_group"):  # before anything is written
             raise HandlerError(f"{device.address} cannot be assigned: {NO_IOMMU_GROUP}")
+        elsewhere = held_elsewhere(ops, device.address)  # a guest devassign never started: hands off
+        if elsewhere:
+            raise HandlerError(elsewhere)
         was_on = bind_vfio(ops.sysfs, device.address)
         problems = group_problems(ops.sysfs, device.address, device.companions)
         if problems:
@@ -287,7 +305,7 @@ class PciHandler:
         if dead:
             return HealthResult(False, dead)
         if device.consumer is None:
-            refusal = reset_refusal(device, config, ops.sysfs)
+            refusal = reset_refusal(device, config, ops.sysfs) or held_elsewhere(ops, device.address)
             return HealthResult(refusal is None, refusal)
         driver = pci_driver(ops.sysfs, device.address)
         if driver != VFIO:

@@ -25,7 +25,7 @@ from devassign.lifecycle.base import (
     config_choice,
 )
 from devassign.lifecycle.handlers.common import pci_dir, pf_link_problem, require_present
-from devassign.lifecycle.handlers.pci import PciHandler, refuse_if_held
+from devassign.lifecycle.handlers.pci import PciHandler, held_elsewhere, refuse_if_held
 from devassign.lifecycle.host import ZERO_MAC, HostOps, LinkState, VfConfig
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -141,6 +141,9 @@ class SriovVfHandler:
             return self.pci.setup(device, config, ops)
         where = locate_vf(ops.sysfs, device.address)
         want = wanted_config(device, config)
+        elsewhere = held_elsewhere(ops, device.address)  # before its settings are touched
+        if elsewhere:
+            raise HandlerError(elsewhere)
         try:
             ops.netlink.set_vf(
                 where.pf_ifname,
