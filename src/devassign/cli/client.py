@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from devassign.domain import one_per_key
+from devassign.domain import MAX_JSON_DEPTH, one_per_key
 from devassign.redact import shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -91,8 +91,14 @@ def api_path(template: str, *names: object) -> str:
 def parse_json(text: str) -> Any:
     """JSON a user gave the CLI (a file, an option). NaN, Infinity, numbers past a float's
     range and a key repeated in one object are refused here, as the server refuses them:
-    Python's decoder takes them, and the request sent would not be what the file says."""
-    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite, object_pairs_hook=one_per_key)
+    Python's decoder takes them, and the request sent would not be what the file says.
+    Nesting past the decoder's depth is a :class:`ValueError` too, as the other faults are."""
+    try:
+        return json.loads(
+            text, parse_constant=_not_a_number, parse_float=_finite, object_pairs_hook=one_per_key
+        )
+    except RecursionError:
+        raise ValueError(f"nested too deeply (the server takes at most {MAX_JSON_DEPTH} levels)") from None
 
 
 def _not_a_number(name: str) -> Any:
