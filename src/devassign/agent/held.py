@@ -9,6 +9,7 @@ the two apart, so each free slot's check gets the held ones as facts.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,14 +52,16 @@ class HeldPartitions:
         return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs))
 
     @classmethod
-    def of_state(cls, state: AgentState) -> HeldPartitions:
+    def of_state(cls, state: AgentState, server_held: Iterable[dict[str, Any]] = ()) -> HeldPartitions:
         """What the agent's state says it holds: assigned, with an action in flight (its
         journal), or set up and not cleaned yet (a partition a released slot's setup made, or
         a failed cleanup left, is this agent's own, kept from claims while its slot is
-        cleaning or quarantined, not one made by hand)."""
+        cleaning or quarantined, not one made by hand); and ``server_held``, the devices the
+        server says are held on this host (its records, where the state file was lost)."""
         in_flight = [(e.get("item") or {}).get("device") or {} for e in state.journal.values()]
         mine = [*state.assigned.values(), *state.set_up_by.values()]
-        return cls.of([*in_flight, *((e.get("device") or {}) for e in mine)], state.facts)
+        devices = [*in_flight, *((e.get("device") or {}) for e in mine), *server_held]
+        return cls.of(devices, state.facts)
 
     @property
     def mdev_uuids(self) -> frozenset[str]:

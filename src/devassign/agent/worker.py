@@ -79,7 +79,7 @@ from devassign.agent.reporter import (
     payload,
 )
 from devassign.agent.state import StateFile, held_drivers, held_types
-from devassign.domain import DeviceState
+from devassign.domain import DeviceKind, DeviceState
 from devassign.lifecycle.base import LEFTOVER, PARENT_IN_USE, Handler, LifecycleDevice
 from devassign.lifecycle.executor import Action, ActionResult, Watchdog, own_time_bound, run_action
 from devassign.lifecycle.handlers.pci import VFIO
@@ -96,6 +96,10 @@ from devassign.schemas import (
     postable_text,
     work_facts_problem,
 )
+
+# The kinds a free device's check may fail for a partition "made by hand" that its holder's
+# setup made (agent/held.py).
+PARTITION_KINDS = frozenset({DeviceKind.MIG, DeviceKind.MDEV_TYPE, DeviceKind.VGPU})
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +207,11 @@ class Agent:
         self._next_heartbeat = 0.0
         self._failures = 0  # steps in a row that failed: the exponent of the backoff
         self._host_use_warned: set[str] = set()  # devices the host uses, already logged
+        # The devices the server says are held here, read when a free partition's check
+        # failed for a partition none of the state's (a state file lost or restored): then
+        # the partitions made for their holders are this agent's, not ones made by hand.
+        self._server_held: list[dict[str, Any]] = []
+        self._server_held_at: float | None = None
 
     # ------------------------------------------------------------------ reports and health
     def _inventory(self) -> list[ReportedDevice]:
@@ -272,6 +281,14 @@ class Agent:
             checked = self._check_free(dev, check, partitions.facts_for(dev), ops)
             if checked is not None:
                 checks[address] = checked
+        failed = [a for a, c in checks.items() if not c.ok and discovered[a].kind in PARTITION_KINDS]
+        if failed and self._learn_server_held():
+            partitions = self._held_partitions()
+            for address in failed:
+                dev = discovered[address]
+                checked = self._check_free(dev, self._checks[dev.type], partitions.facts_for(dev), ops)
+                if checked is not None:
+                    checks[address] = checked
         checks.update(_parents_in_use(discovered, checks, busy))
         for address, checked in checks.items():
             # What an assignment left on it (a setup whose result came after its release)
@@ -892,7 +909,22 @@ class Agent:
         and not cleaned yet (a partition a released slot's setup made, or a failed cleanup
         left, is this agent's own, kept from claims while its slot is cleaning or quarantined,
         not one made by hand)."""
-        return HeldPartitions.of_state(self.state.state)
+        return HeldPartitions.of_state(self.state.state, self._server_held)
+
+    def _learn_server_held(self) -> bool:
+        """Read which devices the server says are held on this host (at most once a health
+        interval); whether that changed what the agent knew."""
+        now = self.clock()
+        if self._server_held_at is not None and now < self._server_held_at + self.config.health_interval:
+            return False
+        self._server_held_at = now
+        try:
+            held = self.reporter.held_devices()
+        except ServerUnavailable:
+            return False
+        changed = held != self._server_held
+        self._server_held = held
+        return changed
 
     def _in_flight(self) -> list[dict[str, Any]]:
         """The devices of the journal's actions (started or done, not yet posted), as sent."""
