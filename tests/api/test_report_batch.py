@@ -207,3 +207,27 @@ def test_only_an_admin_sends_a_batch(store: Store) -> None:
         r = api.post("/v1/reports", json=body, headers={"Authorization": f"Bearer {secret}"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert store.list_hosts() == []
+
+
+def test_a_loaded_report_of_a_host_whose_agent_is_live_is_that_hosts_refusal(
+    api: TestClient, clock: Clock
+) -> None:
+    """``host load`` of a file naming a host whose agent reports right now would replace that
+    agent's inventory (every device removed until its next report): refused for that host
+    alone, until the agent has been silent for the takeover time."""
+    _catalog(api)
+    live = {"generation": 5, "agent_instance": "a1b2c3d4e5", "devices": [_gpu(0), _gpu(1)]}
+    assert api.put("/v1/hosts/live-1/inventory", json=live).status_code == 200
+    batch = [
+        {"host": "live-1", "report": {"generation": 99, "devices": []}},
+        {"host": "new-1", "report": {"generation": 1, "devices": [_gpu(0)]}},
+    ]
+    got = api.post("/v1/reports", json={"reports": batch}).json()
+    assert (got["applied"], got["failed"]) == (1, 1), got
+    refusal = got["results"][0]["error"]
+    assert refusal["code"] == "agent_conflict" and "live agent" in refusal["message"], refusal
+    shown = {d["address"]: d["state"] for d in api.get("/v1/devices", params={"host": "live-1"}).json()}
+    assert set(shown.values()) == {"available"} and api.get("/v1/hosts/live-1").json()["generation"] == 5
+    clock.advance(31)  # the agent silent past the takeover time: the file is the host's word now
+    again = api.post("/v1/reports", json={"reports": batch[:1]}).json()
+    assert again["applied"] == 1, again

@@ -118,10 +118,19 @@ class Store:
         self.db.retrying(lambda c: catalog.delete_type(c, name, now=self.clock(), actor=actor))
 
     # ------------------------------------------------------------ hosts and devices
-    def apply_report(self, host: str, report: schemas.InventoryReport, actor: str) -> schemas.InventoryResult:
+    def apply_report(
+        self, host: str, report: schemas.InventoryReport, actor: str, *, loaded: bool = False
+    ) -> schemas.InventoryResult:
+        """``loaded``: a report from a file (``host load``), refused for a host whose agent is live."""
         return self._one_agent(
             lambda c: inventory.apply_report(
-                c, host, report, now=self.clock(), actor=actor, takeover_after=self.agent_takeover_after
+                c,
+                host,
+                report,
+                now=self.clock(),
+                actor=actor,
+                takeover_after=self.agent_takeover_after,
+                loaded=loaded,
             )
         )
 
@@ -137,7 +146,7 @@ class Store:
             done = together.get(b.host)
             if done is None:
                 try:
-                    done = self.apply_report(b.host, b.report, actor)
+                    done = self.apply_report(b.host, b.report, actor, loaded=True)
                 except errors.DevassignError as exc:
                     detail = schemas.ErrorDetail(code=exc.code, message=exc.message, **exc.extra)
                     results.append(schemas.HostReportOutcome(host=b.host, status=exc.status, error=detail))

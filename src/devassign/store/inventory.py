@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from devassign.scheduler.reasons import join_and
 from devassign.scheduler.shares import Pools, Relatives, copy_pools
 from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
-from devassign.store.events import record, record_many
+from devassign.store.events import aware, record, record_many
 from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
 from devassign.store.schema import (
     allocations,
@@ -320,9 +321,12 @@ def apply_report(
     now: datetime,
     actor: str,
     takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
+    loaded: bool = False,
 ) -> schemas.InventoryResult:
     host = _host_for_report(conn, name, report.host_id, now, actor)
     instance = report.agent_instance
+    if loaded and instance is None:
+        _refuse_over_a_live_agent(host, name, now, takeover_after)
     values: dict[str, Any] = {
         "generation": report.generation,
         "last_report_at": now,
@@ -470,6 +474,24 @@ def apply_report(
         refused=out.refused,
         warnings=out.warnings,
         checks=checks_for(type_rows, seen_types),
+    )
+
+
+def _refuse_over_a_live_agent(host: Any, name: str, now: datetime, takeover_after: timedelta) -> None:
+    """A loaded report (``host load``) for a host whose agent was heard within the takeover
+    time would replace what that agent reports (its devices ``removed`` until its next report,
+    its generation overtaken): refused, that host's answer alone."""
+    seen = aware(host.agent_seen_at)
+    if host.agent_instance is None or seen is None or seen <= now - takeover_after:
+        return
+    age = max(0.0, (now - seen).total_seconds())
+    wait = max(1, math.ceil(takeover_after.total_seconds() - age))
+    raise errors.DevassignError(
+        errors.AGENT_CONFLICT,
+        f"host {name!r} has a live agent (heard {age:.0f} s ago): a loaded report would replace "
+        "what it reports; leave this host out of the file, or stop its agent and load it once "
+        f"the agent has been silent for {takeover_after.total_seconds():.0f} s",
+        retry_after=wait,
     )
 
 
