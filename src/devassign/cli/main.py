@@ -345,13 +345,21 @@ def _check_db_url(url: str | None, *, create: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def _database_errors(url: str) -> Iterator[None]:
-    """A database that cannot be reached or used becomes one line naming it (no password)."""
+def _database_errors(url: str, interrupted: str | None = None) -> Iterator[None]:
+    """A database that cannot be reached or used becomes one line naming it (no password).
+    ``interrupted``: what to say when the database stopped a statement of a connection that
+    worked (cancelled, the server shutting down): not "cannot connect"."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
+        state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        if interrupted and isinstance(state, str) and not state.startswith("08"):  # 08: connection
+            raise CliError(
+                f"the database {_safe_url(url)} stopped it: {_driver_reason(exc)}; {interrupted}",
+                status=ExitCode.UNREACHABLE,
+            ) from exc
         raise CliError(
             f"cannot connect to the database {_safe_url(url)}: {_driver_reason(exc)}; check the URL "
             "(--db or DEVASSIGN_DB), that the database server runs and that the database exists",
@@ -380,7 +388,7 @@ def db_upgrade(db: DbOpt = None) -> None:
     url = _check_db_url(db)
     database = Database(url)
     try:
-        with _database_errors(url):
+        with _database_errors(url, "the upgrade was cut short: run `devassign db upgrade` again"):
             before, after = database.upgrade()
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
