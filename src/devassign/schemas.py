@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from devassign.attribute_schema import schema_problem
 from devassign.domain import (
     HEX4_RE,
     HOST_RE,
@@ -357,6 +358,14 @@ class ResourceTypeCreate(Strict):
         description="The request params this type accepts, by name, e.g. {'vlan': {'type': 'integer', "
         "'min': 1, 'max': 4094}}; a request with any other param is refused",
     )
+
+    @field_validator("attribute_schema")
+    @classmethod
+    def _attribute_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if v is None else schema_problem(v)
+        if problem is not None:
+            raise ValueError(f"not a JSON Schema its devices' attributes can be checked against: {problem}")
+        return v
 
     @field_validator("name")
     @classmethod

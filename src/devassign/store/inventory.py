@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
+from devassign.attribute_schema import attributes_problem
 from devassign.domain import IN_USE_STATES, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.reasons import join_and
@@ -513,6 +514,10 @@ def _refusals(
             )
             out.setdefault(dev.address, ("unknown_type", reason))
             continue
+        unfit = schema_refusal(dev, row)
+        if unfit is not None:
+            out.setdefault(dev.address, ("attributes_invalid", unfit))
+            continue
         refusal = reset_refusal(dev, row) or iommu_refusal(dev, row) or pool_refusal(dev, pool_counters)
         if refusal is not None:
             if refusal.startswith(dev.address + " supports no reset"):
@@ -647,7 +652,11 @@ def _known_by_serial(kind: str, address: str) -> bool:
 def catalog_rows(conn: sa.Connection) -> dict[str, Any]:
     """Every type's id, handler and config, by name: what a report's devices are judged by."""
     q = sa.select(
-        resource_types.c.id, resource_types.c.name, resource_types.c.handler, resource_types.c.config
+        resource_types.c.id,
+        resource_types.c.name,
+        resource_types.c.handler,
+        resource_types.c.config,
+        resource_types.c.attribute_schema,
     )
     return {r.name: r for r in conn.execute(q)}
 
@@ -702,6 +711,17 @@ def health_checks(conn: sa.Connection, names: set[str]) -> dict[str, schemas.Hea
 
 
 _PCI_KINDS = frozenset({"pci", "sriov_pf", "sriov_vf"})
+
+
+def schema_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:
+    """Why a device's attributes do not meet its type's attribute schema, or ``None``."""
+    schema = type_row.attribute_schema
+    if not isinstance(schema, dict):
+        return None
+    problem = attributes_problem(schema, dict(dev.attributes))
+    if problem is None:
+        return None
+    return f"{dev.address}: its attributes do not meet type {dev.type}'s attribute schema: {problem}"
 
 
 def reset_refusal(dev: schemas.ReportedDevice, type_row: Any) -> str | None:

@@ -32,6 +32,7 @@ from devassign.store.inventory import (
     new_device,
     owed_cleanups,
     reset_refusal,
+    schema_refusal,
 )
 from devassign.store.schema import devices, hosts, inventory
 
@@ -126,7 +127,7 @@ def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
         row = type_rows.get(dev.type)
         if row is None or dev.pool is not None or dev.address in seen:
             return False
-        if reset_refusal(dev, row) is not None or iommu_refusal(dev, row) is not None:
+        if reset_refusal(dev, row) or iommu_refusal(dev, row) or schema_refusal(dev, row):
             return False
         seen.add(dev.address)
     return True
