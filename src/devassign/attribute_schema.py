@@ -14,8 +14,6 @@ import json
 from functools import lru_cache
 from typing import Any
 
-import jsonschema_rs
-
 # A refusal's message at most this long: a schema error can quote a large value.
 _MESSAGE_MAX = 300
 
@@ -26,6 +24,8 @@ def _no_remote(uri: str) -> Any:
 
 @lru_cache(maxsize=256)
 def _validator(text: str) -> Any:
+    import jsonschema_rs  # only where a type has a schema: its import costs every command 30-80 ms
+
     return jsonschema_rs.validator_for(json.loads(text), retriever=_no_remote)
 
 
@@ -40,6 +40,8 @@ def _short(text: str) -> str:
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
     """Why ``schema`` is not a usable JSON Schema, or ``None``."""
+    import jsonschema_rs
+
     try:
         jsonschema_rs.meta.validate(schema)
         _validator(_key(schema))
@@ -52,6 +54,8 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
 
 def attributes_problem(schema: dict[str, Any], attributes: dict[str, Any]) -> str | None:
     """How ``attributes`` fail ``schema`` (its first error, where), or ``None`` when they meet it."""
+    import jsonschema_rs
+
     try:
         errors = _validator(_key(schema)).iter_errors(attributes)
         first = next(iter(errors), None)
