@@ -9,10 +9,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from devassign.agent.config import parse_config
-from devassign.agent.inventory import build_inventory
-from devassign.hostio import Sysfs
-from tests.fixtures.sysfs import host
+from tests.api.test_vf_under_a_held_vgpu_is_not_counted_available import h200_host
 
 PF = "0000:3b:00.0"
 
@@ -82,19 +79,7 @@ def test_a_held_vf_takes_its_pf_out_of_the_counts(api: TestClient) -> None:
 def test_a_vf_held_whole_takes_the_vgpu_slot_on_it_out_of_the_counts(tmp_path: Path, api: TestClient) -> None:
     """An H200 on vGPU 17+: each VF carries one slot of each vGPU type (its parent the VF,
     its pool the GPU). A VF given whole leaves its slots to nobody."""
-    h = host(tmp_path / "sys", vfio=True)
-    types = {1428: ("NVIDIA H200X-141C", 1), 1427: ("NVIDIA H200X-70C", 2), 1426: ("NVIDIA H200X-35C", 4)}
-    h.vgpu_gpu(PF, "2335", vfs=4, iommu_group=10, vf_iommu_group_start=20, types=types)
-    rules = [
-        {"type": "VGPU_35C", "match": {"vgpu_type": "NVIDIA H200X-35C"}},
-        {"type": "NV_VF", "match": {"kind": "sriov_vf", "vendor_id": "10de"}},
-    ]
-    config = parse_config({"host": "h", "device": rules})
-    reported = build_inventory(Sysfs(h.root), config, None, {}).reported()
-    for name in ("VGPU_35C", "NV_VF"):
-        assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
-    body = {"generation": 1, "devices": [d.model_dump(mode="json") for d in reported]}
-    assert api.put("/v1/hosts/h1/inventory", json=body).status_code == 200
+    h200_host(tmp_path, api, "VGPU_35C")
     assert _counts(api)["VGPU_35C"]["available"] == _capacity(api, "VGPU_35C") == 4
 
     _claim(api, "vm-1", "NV_VF")

@@ -18,20 +18,26 @@ def _counts(api: TestClient) -> dict[str, dict[str, int]]:
     return {t["name"]: t["counts"] for t in api.get("/v1/resource-types").json()}
 
 
-def test_a_vf_whose_vgpu_is_held_is_not_available(tmp_path: Path, api: TestClient) -> None:
+def h200_host(tmp_path: Path, api: TestClient, vgpu_type: str) -> None:
+    """Host h1: an H200 on vGPU 17+ with 4 VFs, reported by the agent's discovery with two
+    types: ``vgpu_type`` (``VGPU_70C`` or ``VGPU_35C``, its slots) and ``NV_VF`` (the VFs whole)."""
     h = host(tmp_path / "sys", vfio=True)
     types = {1428: ("NVIDIA H200X-141C", 1), 1427: ("NVIDIA H200X-70C", 2), 1426: ("NVIDIA H200X-35C", 4)}
     h.vgpu_gpu("0000:3b:00.0", "2335", vfs=4, iommu_group=10, vf_iommu_group_start=20, types=types)
     rules = [
-        {"type": "VGPU_70C", "match": {"vgpu_type": "NVIDIA H200X-70C"}},
+        {"type": vgpu_type, "match": {"vgpu_type": f"NVIDIA H200X-{vgpu_type.removeprefix('VGPU_')}"}},
         {"type": "NV_VF", "match": {"kind": "sriov_vf", "vendor_id": "10de"}},
     ]
     config = parse_config({"host": "h", "device": rules})
     reported = build_inventory(Sysfs(h.root), config, None, {}).reported()
-    for name in ("VGPU_70C", "NV_VF"):
+    for name in (vgpu_type, "NV_VF"):
         assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
     body = {"generation": 1, "devices": [d.model_dump(mode="json") for d in reported]}
     assert api.put("/v1/hosts/h1/inventory", json=body).status_code == 200
+
+
+def test_a_vf_whose_vgpu_is_held_is_not_available(tmp_path: Path, api: TestClient) -> None:
+    h200_host(tmp_path, api, "VGPU_70C")
     assert _counts(api)["NV_VF"]["available"] == 4
 
     spec = {"hardware_resource:VGPU_70C": "2"}

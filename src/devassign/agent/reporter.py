@@ -340,30 +340,25 @@ class Reporter:
     def device_at(self, address: str) -> dict[str, Any] | None:
         """The server's record of this host's device at ``address`` (``GET /v1/devices``), or
         ``None`` where it has none; :class:`ServerUnavailable` when it cannot say."""
-        if self.conflict is not None:
-            raise NotTaken(f"no device lookups while {self.conflict}")
-        query = urllib.parse.urlencode({"host": self.config.host, "address": address})
-        resp = self._send("GET", f"{self.config.server}/v1/devices?{query}", None)
-        found = payload(resp, self.where) if resp.status_code < 400 else None
-        if not isinstance(found, list):
-            raise ServerUnavailable(
-                f"{self.where}: cannot read the server's device at {address} ({resp.status_code})"
-            )
-        mine = [d for d in found if isinstance(d, dict) and d.get("address") == address]
+        mine = [d for d in self._devices(address=address) if d.get("address") == address]
         return mine[0] if mine else None
 
     def held_devices(self) -> list[dict[str, Any]]:
         """The server's records of this host's devices that someone holds (a consumer named):
         what a state file that was lost, or restored from an older backup, no longer tells
         the agent. :class:`ServerUnavailable` when it cannot say."""
+        return [d for d in self._devices(limit=100_000) if d.get("consumer")]
+
+    def _devices(self, **query: object) -> list[dict[str, Any]]:
+        """``GET /v1/devices`` of this host, filtered by ``query``."""
         if self.conflict is not None:
             raise NotTaken(f"no device lookups while {self.conflict}")
-        query = urllib.parse.urlencode({"host": self.config.host, "limit": 100_000})
-        resp = self._send("GET", f"{self.config.server}/v1/devices?{query}", None)
+        text = urllib.parse.urlencode({"host": self.config.host, **query})
+        resp = self._send("GET", f"{self.config.server}/v1/devices?{text}", None)
         found = payload(resp, self.where) if resp.status_code < 400 else None
         if not isinstance(found, list):
             raise ServerUnavailable(f"{self.where}: cannot read the server's devices ({resp.status_code})")
-        return [d for d in found if isinstance(d, dict) and d.get("consumer")]
+        return [d for d in found if isinstance(d, dict)]
 
     def _conflict(self, err: dict[str, Any]) -> AgentConflict:
         """The refusal as an exception: its full message the first time, then a short one

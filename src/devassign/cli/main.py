@@ -443,7 +443,7 @@ def token_create(
     except ValidationError as exc:
         raise CliError(_pydantic_message(exc), status=2) from exc
     root = ctx.find_root().obj or {}
-    if via_api or (db is None and (root.get("token") or os.environ.get("DEVASSIGN_TOKEN"))):
+    if via_api or (db is None and root.get("token")):  # --token or DEVASSIGN_TOKEN
         client = inventory_cli.client(ctx)
         created = client.post("/v1/tokens", body.model_dump(mode="json"))
         typer.echo(created["token"])

@@ -75,6 +75,16 @@ def instance_tag(instance: str) -> str:
     return "#" + hashlib.sha256(instance.encode()).hexdigest()[:8]
 
 
+def agent_live(row: Any, now: datetime, takeover_after: timedelta) -> tuple[float, int] | None:
+    """How long ago the host's recorded agent was heard and how long until it may be taken
+    over (seconds), or ``None`` when none is recorded or it has been silent for ``takeover_after``."""
+    seen = aware(row.agent_seen_at)
+    if row.agent_instance is None or seen is None or seen <= now - takeover_after:
+        return None
+    age = max(0.0, (now - seen).total_seconds())
+    return age, max(1, math.ceil(takeover_after.total_seconds() - age))
+
+
 class AgentConflict(errors.DevassignError):
     """Another agent process with this host's id was heard less than the takeover time ago.
 
@@ -85,9 +95,7 @@ class AgentConflict(errors.DevassignError):
     def __init__(
         self, row: Any, name: str, instance: str, *, now: datetime, takeover_after: timedelta, actor: str
     ) -> None:
-        seen = aware(row.agent_seen_at) or now
-        age = max(0.0, (now - seen).total_seconds())
-        wait = max(1, math.ceil(takeover_after.total_seconds() - age))
+        age, wait = agent_live(row, now, takeover_after) or (0.0, 1)
         limit = f"{takeover_after.total_seconds():.0f} s"
         which = f"with host id {row.host_id} " if row.host_id else ""
         super().__init__(
@@ -126,8 +134,7 @@ def agent_conflict(
     """The refusal of ``instance`` on a host row (``agent_instance``, ``agent_seen_at``,
     ``host_id``), or ``None`` when it may report: no agent recorded, the same one, or the
     recorded one silent for ``takeover_after``."""
-    seen = aware(row.agent_seen_at)
-    if row.agent_instance in (None, instance) or seen is None or seen <= now - takeover_after:
+    if row.agent_instance == instance or agent_live(row, now, takeover_after) is None:
         return None
     return AgentConflict(row, name, instance, now=now, takeover_after=takeover_after, actor=actor)
 

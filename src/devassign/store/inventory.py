@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -29,8 +28,8 @@ from devassign.scheduler.reasons import join_and
 from devassign.scheduler.shares import Pools, Relatives, copy_pools
 from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
-from devassign.store.events import aware, record, record_many
-from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, may_act
+from devassign.store.events import record, record_many
+from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, agent_live, may_act
 from devassign.store.schema import (
     allocations,
     devices,
@@ -482,11 +481,10 @@ def _refuse_over_a_live_agent(host: Any, name: str, now: datetime, takeover_afte
     """A loaded report (``host load``) for a host whose agent was heard within the takeover
     time would replace what that agent reports (its devices ``removed`` until its next report,
     its generation overtaken): refused, that host's answer alone."""
-    seen = aware(host.agent_seen_at)
-    if host.agent_instance is None or seen is None or seen <= now - takeover_after:
+    live = agent_live(host, now, takeover_after)
+    if live is None:
         return
-    age = max(0.0, (now - seen).total_seconds())
-    wait = max(1, math.ceil(takeover_after.total_seconds() - age))
+    age, wait = live
     raise errors.DevassignError(
         errors.AGENT_CONFLICT,
         f"host {name!r} has a live agent (heard {age:.0f} s ago): a loaded report would replace "
