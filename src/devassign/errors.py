@@ -44,6 +44,7 @@ TOO_MANY_TAINTS = "too_many_taints"  # a host holds the most live taints it may
 GANG_LAYOUT = "gang_layout"  # a move of a gang's instance would break the gang's layout
 DATABASE_BUSY = "database_busy"
 TOO_MANY_STREAMS = "too_many_streams"  # open event streams of one token, or of one server process
+TOKEN_NAME_TAKEN = "token_name_taken"  # a token's chosen name is another token's (it is their events' actor)
 INTERNAL = "internal_error"
 
 STATUS: dict[str, int] = {
@@ -79,6 +80,7 @@ STATUS: dict[str, int] = {
     MOVE_PENDING: 409,
     TOO_MANY_TAINTS: 409,
     GANG_LAYOUT: 409,
+    TOKEN_NAME_TAKEN: 409,
     DATABASE_BUSY: 503,
     TOO_MANY_STREAMS: 429,
     INTERNAL: 500,

@@ -401,7 +401,8 @@ def test_a_move_onto_another_type_keeps_to_the_quota(api: TestClient) -> None:
 
 def test_the_move_quota_is_checked_in_the_start_transaction(api: TestClient, monkeypatch: Any) -> None:
     """Should the scheduler not see the quota (set in the instant between its read and the
-    claim), the start's own check refuses the move and rolls its devices back."""
+    claim), the start's own check refuses the move and rolls its devices back; planned again on
+    the quota as it is, no alternative fits it."""
     from devassign.server import moves as move_routes
     from devassign.store import Store as BaseStore
 
@@ -414,9 +415,42 @@ def test_the_move_quota_is_checked_in_the_start_transaction(api: TestClient, mon
     monkeypatch.setattr(move_routes._MoveClaims, "prepare_claim", blind)
     r = api.post("/v1/allocations/vm-1/moves", json={"host": "c2"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded", r.text
-    assert "GPU_A100: limit 1, 2 in use once moved" in r.json()["error"]["message"]
+    assert "GPU_A100: limit 1" in r.json()["error"]["message"], r.text
     assert _states(api, "c2") == ["available", "available"]
     assert api.get("/v1/allocations/vm-1").json()["host"] == "c1"
+    _audit_clean(api)
+
+
+def test_a_move_that_lost_the_quota_to_another_claim_takes_its_alternative(
+    api: TestClient, monkeypatch: Any
+) -> None:
+    """The quota the move was planned with was taken by a concurrent claim before its start's
+    own check: it is planned again on the quota as it is now, and takes the request's other
+    alternative on the same host (not refused as if the host were full)."""
+    from devassign.server import moves as move_routes
+    from devassign.store import Store as BaseStore
+
+    _gpu_claim(api)
+    r = api.put("/v1/hosts/c4/inventory", json={"generation": 1, "devices": [
+        {"address": f"0000:a{i}:00.0", "kind": "pci", "type": t}
+        for i, t in enumerate(("GPU_A100", "GPU_A100", "GPU_T4", "GPU_T4"))
+    ]})  # fmt: skip
+    assert r.status_code == 200 and not r.json()["refused"], r.text
+    assert api.put("/v1/quotas/p1/GPU_A100", json={"limit": 0}).status_code == 204
+    planned = []
+
+    def stale_once(self: Any, **kwargs: Any) -> Any:
+        ctx = BaseStore.prepare_claim(self, **kwargs)
+        planned.append(ctx)
+        return dataclasses.replace(ctx, limits={}, usage={}) if len(planned) == 1 else ctx
+
+    monkeypatch.setattr(move_routes._MoveClaims, "prepare_claim", stale_once)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "c4"})
+    assert r.status_code == 201, r.text
+    assert {p["target_address"] for p in r.json()["device_map"]} == {"0000:a2:00.0", "0000:a3:00.0"}
+    assert sorted(d["state"] for d in api.get("/v1/devices", params={"host": "c4"}).json()) == [
+        "available", "available", "reserved", "reserved"
+    ]  # fmt: skip
     _audit_clean(api)
 
 

@@ -206,3 +206,48 @@ def test_taint_ids_are_never_given_twice_after_the_migration(tmp_path) -> None: 
         conn.commit()
     db.dispose()
     assert made == 3
+
+
+def test_taints_set_by_an_agent_are_known_after_the_migration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """0014: a taint is an agent's where its setter's name is an agent token's and no other
+    token's; an ambiguous name stays the operators'."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.connect() as conn:
+        command.upgrade(db._alembic_config(conn), "0013")
+        conn.commit()
+        conn.execute(
+            sa.text(
+                "INSERT INTO hosts (id, name, generation, last_report_at, last_seen_at, marked_down, "
+                "created_at) VALUES (1, 'h1', 1, :t, :t, 0, :t)"
+            ),
+            {"t": now},
+        )
+        for i, (name, role) in enumerate(
+            (("admin#1", "admin"), ("agent:h1#2", "agent"), ("boss", "admin"), ("boss", "agent")), start=1
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tokens (id, name, secret_hash, role, created_at) VALUES (:i, :n, :h, :r, :t)"
+                ),
+                {"i": i, "n": name, "h": f"{i:064d}", "r": role, "t": now},
+            )
+        for taint_id, set_by in ((1, "admin#1"), (2, "agent:h1#2"), (3, "boss"), (4, "gone")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO taints (id, host_id, effect, reason, set_by, created_at) "
+                    "VALUES (:i, 1, 'NoSchedule', 'r', :s, :t)"
+                ),
+                {"i": taint_id, "s": set_by, "t": now},
+            )
+        conn.commit()
+    db.upgrade()
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, by_agent FROM taints ORDER BY id")).all()
+    db.dispose()
+    assert [(i, bool(b)) for i, b in rows] == [(1, False), (2, True), (3, False), (4, False)]

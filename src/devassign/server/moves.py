@@ -58,13 +58,22 @@ class _MoveClaims(Store):
         self.move: Move | None = None
 
     def prepare_claim(self, **kwargs: Any) -> ClaimContext:
-        """The scheduler sees the quota the move will be checked against: of a type the source
-        holds, it may take as many as the source has (even over a lowered limit), or more
-        within the limit once the source's are given back."""
+        """The scheduler sees the quota the move will be checked against (:meth:`quota`)."""
         ctx = super().prepare_claim(**kwargs)
-        usage = {t: n - self.held.get(t, 0) for t, n in ctx.usage.items()}
-        limits = {t: max(n, ctx.usage.get(t, 0)) for t, n in ctx.limits.items()}
+        limits, usage = self._as_moved(ctx.limits, ctx.usage)
         return dataclasses.replace(ctx, limits=limits, usage=usage)
+
+    def quota(self, project: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Read afresh when the move's start lost the quota to a concurrent claim: as moved."""
+        return self._as_moved(*super().quota(project))
+
+    def _as_moved(
+        self, limits: Mapping[str, int], usage: Mapping[str, int]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Of a type the source holds, the move may take as many as the source has (even over a
+        lowered limit), or more within the limit once the source's are given back."""
+        moved = {t: n - self.held.get(t, 0) for t, n in usage.items()}
+        return {t: max(n, usage.get(t, 0)) for t, n in limits.items()}, moved
 
     def claim(self, order: ClaimOrder) -> tuple[schemas.Allocation, bool]:
         allocation, self.move = self.start_move(

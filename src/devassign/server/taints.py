@@ -46,7 +46,7 @@ def list_taints(
 def taint_device(request: Request, scope: Access, device_id: str, body: schemas.TaintCreate) -> schemas.Taint:
     store = _store(request)
     _own_device(store, scope, device_id)
-    return store.add_taint(body, scope.actor, device_id=device_id)
+    return store.add_taint(body, scope.actor, device_id=device_id, by_agent=scope.host is not None)
 
 
 @router.delete("/devices/{device_id}/taints", response_model=list[schemas.Taint])
@@ -62,7 +62,7 @@ def untaint_device(
 @router.post("/hosts/{host}/taints", response_model=schemas.Taint, status_code=201)
 def taint_host(request: Request, scope: Access, host: str, body: schemas.TaintCreate) -> schemas.Taint:
     """The whole host, or with ``parent`` that parent device and every device under it."""
-    return _store(request).add_taint(body, scope.actor, host=host)
+    return _store(request).add_taint(body, scope.actor, host=host, by_agent=scope.host is not None)
 
 
 @router.delete("/hosts/{host}/taints", response_model=list[schemas.Taint])

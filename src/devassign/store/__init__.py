@@ -257,11 +257,14 @@ class Store:
         *,
         host: str | None = None,
         device_id: str | None = None,
+        by_agent: bool = False,
     ) -> schemas.Taint:
         """Taint a device, or a host (``body.parent``: a parent and its children) in one
         transaction with the devices' marks, the host's counts and the events."""
         return self.db.retrying(
-            lambda c: taints.add_taint(c, body, host=host, device_id=device_id, now=self.clock(), actor=actor)
+            lambda c: taints.add_taint(
+                c, body, host=host, device_id=device_id, now=self.clock(), actor=actor, by_agent=by_agent
+            )
         )
 
     def remove_taints(

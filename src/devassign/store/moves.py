@@ -29,7 +29,7 @@ from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState
 from devassign.scheduler.gang import host_value
 from devassign.store.candidates import load_snapshot
-from devassign.store.claims import ClaimOrder, LostRace, release
+from devassign.store.claims import ClaimOrder, LostRace, OverQuota, release
 from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
@@ -347,7 +347,9 @@ def start(
             allocations.c.consumer == order.consumer, allocations.c.released_at.is_(None)
         )
     ).scalar_one()
-    enforce_move_quota(conn, source.project, source.id, target_alloc)
+    refused = enforce_move_quota(conn, source.project, source.id, target_alloc)
+    if refused is not None:  # planned on a use that another claim changed: plan again
+        raise OverQuota(refused)
     pairs = device_map(_items(conn, source.id), _items(conn, target_alloc))
     conn.execute(
         moves.insert().values(

@@ -181,8 +181,11 @@ def held_by_type(conn: sa.Connection, allocation_id: int) -> dict[str, int]:
     return {r.name: r.n for r in rows}
 
 
-def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target_id: int) -> None:
-    """A move's quota check, inside its start, after the target devices are taken.
+def enforce_move_quota(
+    conn: sa.Connection, project: str, source_id: int, target_id: int
+) -> errors.DevassignError | None:
+    """A move's quota check, inside its start, after the target devices are taken: the
+    ``403 quota_exceeded`` it would be, or None.
 
     Once committed the move gives back the source's devices, so only the types of which the
     target holds more than the source are checked, on the project's use as it will be after
@@ -192,7 +195,7 @@ def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target
     target = held_by_type(conn, target_id)
     more = sorted(t for t, n in target.items() if n > source.get(t, 0))
     if not more:
-        return
+        return None
     locked = conn.execute(
         sa.select(quotas.c.type_id)
         .join(resource_types, resource_types.c.id == quotas.c.type_id)
@@ -200,7 +203,7 @@ def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target
         .with_for_update(of=quotas)
     ).all()
     if not locked:
-        return
+        return None
     limits, usage = quota_for(conn, project, more)  # usage counts source and target: both live
     after = {t: usage.get(t, 0) - source.get(t, 0) for t in more}
     over = [
@@ -209,15 +212,16 @@ def enforce_move_quota(conn: sa.Connection, project: str, source_id: int, target
         for t in more
         if t in limits and after[t] > limits[t]
     ]
-    if over:
-        raise errors.DevassignError(
-            errors.QUOTA_EXCEEDED,
-            f"project {project} would be over quota after this move: " + "; ".join(over),
-            project=project,
-            limits=limits,
-            usage=after,
-            requested={t: target[t] for t in more},
-        )
+    if not over:
+        return None
+    return errors.DevassignError(
+        errors.QUOTA_EXCEEDED,
+        f"project {project} would be over quota after this move: " + "; ".join(over),
+        project=project,
+        limits=limits,
+        usage=after,
+        requested={t: target[t] for t in more},
+    )
 
 
 def set_quota(

@@ -143,6 +143,9 @@ taints = sa.Table(
     sa.Column("effect", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("set_by", sa.String(160), nullable=False),
+    # Set by a host's agent (which may lift it again), not an admin: recorded, never told
+    # from ``set_by``, a token name an admin chooses.
+    sa.Column("by_agent", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("expires_at", Stamp),
     sa.Index("ix_taints_host", "host_id"),

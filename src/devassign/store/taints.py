@@ -20,7 +20,7 @@ from devassign.domain import DeviceState
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.moves import is_internal, target_consumers
-from devassign.store.schema import allocations, devices, hosts, taints, tokens
+from devassign.store.schema import allocations, devices, hosts, taints
 from devassign.store.taint_marks import Covering, applies, lineage, live, mark_tainted
 
 # Live taints one host may have (its own, its parents' and its devices'): what an operator
@@ -77,8 +77,10 @@ def add_taint(
     device_id: str | None = None,
     now: datetime,
     actor: str,
+    by_agent: bool = False,
 ) -> schemas.Taint:
-    """Taint one device (``device_id``), or a host's parent (``body.parent``) or whole host."""
+    """Taint one device (``device_id``), or a host's parent (``body.parent``) or whole host.
+    ``by_agent``: the host's agent sets it (and so may lift it again)."""
     address = None
     if device_id is not None:
         if body.parent is not None:
@@ -130,6 +132,7 @@ def add_taint(
             effect=body.effect,
             reason=body.reason,
             set_by=actor,
+            by_agent=by_agent,
             created_at=now,
             expires_at=expires_at,
         )
@@ -249,7 +252,7 @@ def remove_taints(
         where = f"device {device_id}" if device_id else f"host {host}"
         raise errors.DevassignError(errors.NOT_FOUND, f"{where} has no taint {taint_id}")
     if agent:
-        rows = _set_by_agents(conn, host, rows, taint_id)
+        rows = _set_by_agents(host, rows, taint_id)
     if not rows:
         return []
     conn.execute(taints.delete().where(taints.c.id.in_([r.id for r in rows])))
@@ -274,23 +277,17 @@ def remove_taints(
     return removed
 
 
-def _set_by_agents(conn: sa.Connection, host: str, rows: Sequence[Any], taint_id: int | None) -> list[Any]:
-    """Of ``rows``, the taints an agent token set (one of this host's: an agent taints its own
-    host only, under whatever name the host had then); one named by ``taint_id`` that an
-    operator set is refused."""
-    setters = sorted({r.set_by for r in rows})
-    agents = set(
-        conn.execute(
-            sa.select(tokens.c.name).where(tokens.c.role == "agent", tokens.c.name.in_(setters))
-        ).scalars()
-    )
-    if taint_id is not None and rows and rows[0].set_by not in agents:
+def _set_by_agents(host: str, rows: Sequence[Any], taint_id: int | None) -> list[Any]:
+    """Of ``rows``, the taints an agent set (this host's: an agent taints its own host only);
+    one named by ``taint_id`` that an operator set is refused. Told from what was recorded when
+    the taint was set, never from its setter's name (a label an admin chooses)."""
+    if taint_id is not None and rows and not rows[0].by_agent:
         raise errors.DevassignError(
             errors.FORBIDDEN,
             f"taint {taint_id} of host {host} was set by {rows[0].set_by}, not by an agent: "
             "an admin removes it",
         )
-    return [r for r in rows if r.set_by in agents]
+    return [r for r in rows if r.by_agent]
 
 
 def expired_hosts(conn: sa.Connection, now: datetime) -> list[str]:

@@ -9,6 +9,7 @@ tokens; it ends at its expiry, at sign-out, or when its token is revoked.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +49,8 @@ def hash_secret(secret: str) -> str:
 def create_token(
     conn: sa.Connection, body: schemas.TokenCreate, *, now: datetime, actor: str
 ) -> schemas.TokenCreated:
+    if body.name is not None:
+        _check_chosen_name(conn, body.name)
     secret = PREFIX + secrets.token_urlsafe(32)
     token_id = conn.execute(
         tokens.insert()
@@ -77,6 +80,29 @@ def create_token(
     return schemas.TokenCreated(
         token=secret, id=token_id, name=name, role=body.role, host=body.host, project=body.project
     )
+
+
+# The form of the names made for tokens created without one (:func:`default_name`).
+_MADE_NAME = re.compile("({})(:.*)?#[0-9]+".format("|".join(r.value for r in Role)))
+
+
+def _check_chosen_name(conn: sa.Connection, name: str) -> None:
+    """A chosen name is one token's only: it is the actor of the token's events, and naming a
+    second token like an admin's (or like the name made for another, ``admin#1``) would put
+    that admin's name on its actions. Revoked tokens keep theirs (their events name them)."""
+    if _MADE_NAME.fullmatch(name):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            f"name: {name!r} has the form of the names made for tokens created without one "
+            "(role, scope, #id): choose another, or leave name out to get one made",
+        )
+    taken = conn.execute(sa.select(tokens.c.id).where(tokens.c.name == name).limit(1)).scalar_one_or_none()
+    if taken is not None:
+        raise errors.DevassignError(
+            errors.TOKEN_NAME_TAKEN,
+            f"name: token {taken} is already named {name!r} (names are the actors of events, one "
+            "token's each, revoked ones included): choose another",
+        )
 
 
 def default_name(role: Role, scope: str | None, token_id: int) -> str:
