@@ -3,6 +3,7 @@ stable error body and nothing changed."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from typing import Any
 
@@ -423,3 +424,28 @@ def test_a_chosen_token_name_is_one_tokens_only(secure_api: TestClient, world: d
     assert r.status_code == 409, r.text
     r = secure_api.post("/v1/tokens", json={"role": "admin", "name": "ci:deploy#2"}, headers=admin)
     assert r.status_code == 201, r.text
+
+
+def test_a_member_reads_that_its_devices_are_drained_not_why_nor_by_whom(
+    secure_api: TestClient, world: dict[str, Any]
+) -> None:
+    """The drain's request to move is the member's to read; the taint's reason and setter are
+    the operators' (free text: hosts, tickets, other customers), in events as in explanations."""
+    body = {
+        "consumer": "vm-p",
+        "project": "p",
+        "hosts": ["compute-a"],
+        "requests": [{"name": "n", "type": "NIC_VF_1G"}],
+    }
+    assert secure_api.post("/v1/claims", json=body, headers=world["admin"]).status_code == 201
+    taint = {"effect": "Drain", "reason": "SECRET-RMA-4411 acme"}
+    r = secure_api.post("/v1/hosts/compute-a/taints", json=taint, headers=world["agent_a"])
+    assert r.status_code == 201, r.text
+    seen = secure_api.get("/v1/events", headers=world["member"]).json()
+    (drain,) = [e for e in seen if e["action"] == "drain_requested"]
+    assert "SECRET" not in json.dumps(seen) and "compute-a#" not in json.dumps(seen), seen
+    assert drain["actor"] == "server" and "vm-p is asked to move off compute-a" in drain["message"], drain
+    assert drain["detail"]["devices"], drain
+    full = secure_api.get("/v1/events", headers=world["admin"]).json()
+    (drain,) = [e for e in full if e["action"] == "drain_requested"]
+    assert "SECRET-RMA-4411 acme" in drain["message"] and drain["detail"]["reason"] == taint["reason"]

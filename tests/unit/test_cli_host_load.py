@@ -57,3 +57,46 @@ def test_a_bad_json_line_is_named_by_its_line(tmp_path: Path) -> None:
     # The program's entry point prints a CliError as one line with its exit status.
     assert isinstance(res.exception, CliError) and res.exception.exit_status == 2
     assert "line 3" in res.exception.message
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_names_and_reasons_from_the_file_and_the_server_print_as_escapes(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A host name or a type from the file, and the server's refusal quoting them, reach the
+    terminal written out (``\\x1b``), never as sequences it would act on; a type that is not a
+    type name gets no command to paste into a shell."""
+
+    class Local(load.Client):
+        def __init__(self, *_: Any, **__: Any) -> None:
+            super().__init__("http://testserver", retry_for=0)
+            self.http = api  # type: ignore[assignment]
+
+    monkeypatch.setattr(load, "Client", Local)
+    esc = "\x1b"
+    odd_type = f"T{esc}[2J{esc}]0;pwned{esc}\\$(touch x)"
+    items = [
+        {
+            "host": "h4",
+            "report": {
+                "generation": 1,
+                "devices": [{"address": "0000:05:00.0", "kind": "pci", "type": odd_type}],
+            },
+        },
+        {"host": f"bad{esc}[31mRED", "report": {"generation": 1, "devices": []}},
+        {
+            "host": "h5",
+            "report": {
+                "generation": 1,
+                "devices": [{"address": "0000:06:00.0", "kind": "pci", "type": "GPU_X"}],
+            },
+        },
+    ]
+    fleet = tmp_path / "fleet.jsonl"
+    fleet.write_text("".join(json.dumps(i) + "\n" for i in items))
+    res = CliRunner().invoke(app, ["host", "load", str(fleet)])
+    assert res.exit_code == 1, res.output
+    assert esc not in res.output, repr(res.output)
+    assert "bad\\x1b[31mRED: invalid report" in res.output, res.output
+    assert "is not a type name" in res.output and "devassign type create T" not in res.output, res.output
+    assert "`devassign type create GPU_X`" in res.output, res.output

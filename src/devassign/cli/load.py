@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.client import Client, CliError, ExitCode, parse_json
+from devassign.cli.output import printable
 
 # The server's limits on one batch (POST /v1/reports), and a margin under its 16 MiB body.
 MAX_HOSTS = 1_000
@@ -125,7 +126,9 @@ def register(app: typer.Typer) -> None:
                 good.append(item)
             else:
                 failed += 1
-                typer.echo(f"{item['host']}: invalid report, not sent: {why}", err=True)
+                typer.echo(
+                    printable(f"{item['host']}: invalid report, not sent: {why}", one_line=True), err=True
+                )
         for part in batches(good, batch):
             try:
                 answer = api.post("/v1/reports", {"reports": part})
@@ -135,7 +138,10 @@ def register(app: typer.Typer) -> None:
                     raise
                 failed += len(part)
                 typer.echo(
-                    f"a batch of {len(part)} hosts ({part[0]['host']} ...) was refused: {exc.message}",
+                    printable(
+                        f"a batch of {len(part)} hosts ({part[0]['host']} ...) was refused: {exc.message}",
+                        one_line=True,
+                    ),
                     err=True,
                 )
                 continue
@@ -144,14 +150,15 @@ def register(app: typer.Typer) -> None:
             for outcome in answer["results"]:
                 if outcome["error"] is not None:
                     err = outcome["error"]
-                    typer.echo(f"{outcome['host']}: {err['code']}: {err['message']}", err=True)
+                    line = f"{outcome['host']}: {err['code']}: {err['message']}"
+                    typer.echo(printable(line, one_line=True), err=True)
                 elif outcome["result"]["refused"]:
                     refused = outcome["result"]["refused"]
-                    typer.echo(
+                    line = (
                         f"{outcome['host']}: {len(refused)} device(s) refused, first "
-                        f"{refused[0]['address']}: {refused[0]['reason']}",
-                        err=True,
+                        f"{refused[0]['address']}: {refused[0]['reason']}"
                     )
+                    typer.echo(printable(line, one_line=True), err=True)
         typer.echo(f"{applied} hosts applied, {failed} refused, of {len(items)}")
         if failed:
             raise typer.Exit(ExitCode.ERROR)

@@ -11,6 +11,7 @@ decided in one place. A route missing from the table stops the application from 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
@@ -247,6 +248,7 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
     """
     state = request.app.state
     if not state.settings.auth:
+        _check_local_name(request)
         return ANONYMOUS_ADMIN
     secret = ""
     if cookie:
@@ -303,6 +305,39 @@ async def _keystone_principal(request: Request, secret: str) -> Principal | None
 COOKIE = "devassign_token"
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_site(request: Request) -> bool:
+    """Sent by a browser from another site's page: the browser says so in ``Sec-Fetch-Site``,
+    or, for older browsers, in an ``Origin`` that is not this server's. Programs send neither."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin == "null"
+    return origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _check_local_name(request: Request) -> None:
+    """With auth off, answer only requests addressed to an IP address or a name of one label
+    (``localhost``, the machine's short name): a web page whose DNS name is made to point at
+    this machine (DNS rebinding, a name of the attacker's domain, so never of one label) would
+    otherwise read and change everything, as the admin every caller is."""
+    name = (request.url.hostname or "").rstrip(".").lower()
+    if "." not in name or name.endswith(".localhost"):
+        return
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        raise forbidden(
+            f"with authentication off this server answers only requests addressed to an IP "
+            f"address or a one-label name such as localhost, not to {name[:80]!r}: use the "
+            "address, or run the server with tokens (without --no-auth)"
+        ) from None
+
+
 async def authorize(request: Request) -> Scope:
     """The route's rule from :data:`POLICY`, applied before its handler; the caller's scope."""
     route = request.scope.get("route")
@@ -313,6 +348,13 @@ async def authorize(request: Request) -> Scope:
     is_page = path == "/" or path.startswith("/ui")
     if need is Need.PUBLIC:
         return Scope(NOBODY)
+    if request.method not in _SAFE_METHODS and not is_page and cross_site(request):
+        # A browser sends a POST from any page without asking first (no preflight for a body
+        # without a type); with auth off, or a token a page could hold, that page would act.
+        raise forbidden(
+            f"{request.method} {path} was sent by a browser from another site's page: call the API "
+            "from a program (curl, the CLI, a client library), not from a web page"
+        )
     principal = await _principal(request, cookie=is_page)
     request.state.viewer = principal
     if principal.role not in _ADMITS[need]:

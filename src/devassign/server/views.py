@@ -123,7 +123,20 @@ def list_events(
     if scope.host is not None:
         filters["registered_host"] = True
     found = store.list_events(**filters)
+    if scope.project is not None:
+        return [_for_member(e) for e in found]
     return found if scope.host is None else [_for_agent(e) for e in found]
+
+
+def _for_member(event: schemas.Event) -> schemas.Event:
+    """A member reads that its devices are drained, not why nor by whom: a taint's reason is
+    an operator's or an agent's free text (hosts, racks, tickets), as in explanations."""
+    if event.action != "drain_requested":
+        return event
+    reason = event.detail.get("reason")
+    message = event.message.replace(f" ({reason})", "") if isinstance(reason, str) else event.message
+    kept = {k: v for k, v in event.detail.items() if k == "devices"}
+    return event.model_copy(update={"actor": "server", "message": message, "detail": kept})
 
 
 # Events recorded on one host that name another: a move's (on its target) names its source

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.attribute_schema import attributes_problem
-from devassign.domain import IN_USE_STATES, AllocationState, DeviceKind, DeviceState
+from devassign.domain import IN_USE_STATES, NAME_RE, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.reasons import join_and
 from devassign.scheduler.shares import Pools, Relatives, copy_pools
@@ -506,9 +506,14 @@ def _refusals(
     for dev in reported:
         row = type_rows.get(dev.type)
         if row is None:
+            # The command is suggested only for a name a type may have: the rest is the
+            # agent's text, which an admin might paste into a shell.
             reason = (
                 f"unknown resource type {dev.type!r}: create it with "
                 f"`devassign type create {dev.type}` or fix the agent's [[device]] rule"
+                if NAME_RE.match(dev.type)
+                else f"unknown resource type {dev.type!r}, which is not a type name "
+                "(letters, digits and _, at most 64): fix the agent's [[device]] rule"
             )
             out.setdefault(dev.address, ("unknown_type", reason))
             continue

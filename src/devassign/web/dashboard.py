@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from devassign import errors, schemas
 from devassign.domain import DeviceState, Role
 from devassign.server import stream, views
-from devassign.server.access import Access, Scope
+from devassign.server.access import Access, Scope, cross_site
 from devassign.store import Principal, Store
 from devassign.web import explain as explain_page
 from devassign.web import pages
@@ -54,18 +54,6 @@ FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": CSP}
 # A fragment says it is one: live.js takes nothing else (a sign-in form after a redirect).
 FRAGMENT = {"Cache-Control": "no-store", "X-Devassign-Fragment": "1"}
 CROSS_SITE = "sign in from this dashboard's own page: a form posted from another site is refused"
-
-
-def cross_site(request: Request) -> bool:
-    """A form posted from another site (login CSRF): the browser says so in ``Sec-Fetch-Site``,
-    or, for older browsers, in an ``Origin`` that is not this server's."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return site not in ("same-origin", "none")
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin == "null"
-    return origin != f"{request.url.scheme}://{request.url.netloc}"
 
 
 OVERVIEW_EVENTS = 15
