@@ -47,3 +47,15 @@ def test_an_agent_cannot_tell_another_hosts_allocation_or_device_from_a_made_up_
     assert seen.status_code == never.status_code == 404
     assert _body(seen.text, blue_device) == _body(never.text, UNKNOWN_DEVICE)
     assert HOST_A not in seen.text
+
+
+def test_a_member_counts_capacity_for_its_own_project_only(world: World) -> None:  # noqa: F811
+    """Claims and explanations answer a member naming another project 403; capacity took the
+    name and ignored it (a 200), so a member could not tell what it may do there."""
+    body = {"project": "tenant-red", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]}
+    r = world.call("blue", "POST", "/v1/capacity", json=body)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+    assert "cannot claim for project 'tenant-red'" in r.json()["error"]["message"]
+    own = world.call("blue", "POST", "/v1/capacity", json={**body, "project": "tenant-blue"})
+    assert own.status_code == 200 and "per_host" not in own.json(), own.text
+    assert world.call("admin", "POST", "/v1/capacity", json=body).status_code == 200

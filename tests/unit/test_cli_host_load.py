@@ -100,3 +100,13 @@ def test_names_and_reasons_from_the_file_and_the_server_print_as_escapes(
     assert "bad\\x1b[31mRED: invalid report" in res.output, res.output
     assert "is not a type name" in res.output and "devassign type create T" not in res.output, res.output
     assert "`devassign type create GPU_X`" in res.output, res.output
+
+
+def test_a_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    """Not the "unexpected ... or a bug" line: the file is the user's to fix."""
+    from devassign.cli.main import run
+
+    fleet = tmp_path / "fleet.json"
+    fleet.write_bytes(b'[{"host": "h\xff"}]')
+    assert run(["host", "load", str(fleet)]) == 2
+    assert run(["type", "create", "T", "--params", f"@{fleet}"]) == 2

@@ -417,6 +417,10 @@ def _params_option(text: str) -> Any:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"--params {text}: cannot read the file: {exc.strerror}", status=2) from exc
+        except UnicodeDecodeError as exc:
+            raise CliError(
+                f"--params {text}: not UTF-8 text (byte {exc.start}): give JSON in UTF-8", status=2
+            ) from exc
     return _json_option("--params", text)
 
 

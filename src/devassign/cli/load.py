@@ -22,9 +22,13 @@ MAX_BYTES = 12 * 1024 * 1024
 def read_reports(path: str) -> list[dict[str, Any]]:
     """``{host, report}`` items from a JSON array or JSON Lines (one item a line); ``-``: stdin."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}", status=ExitCode.USAGE) from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{path}: not UTF-8 text (byte {exc.start}): give JSON in UTF-8", status=ExitCode.USAGE
+        ) from exc
     stripped = text.lstrip()
     try:
         items = parse_json(text) if stripped.startswith("[") else _lines(text)

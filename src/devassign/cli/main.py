@@ -450,6 +450,7 @@ def token_create(
         return
     from devassign.store import Database, SchemaError, Store
 
+    new_file = _new_sqlite_file(db or os.environ.get("DEVASSIGN_DB"))
     url = _check_db_url(db)
     database = Database(url)
     try:
@@ -461,6 +462,8 @@ def token_create(
     finally:
         database.dispose()
     typer.echo(made.token)
+    if new_file:  # a mistyped path makes a database that no server uses: say so
+        typer.echo(f"(no database was at {_safe_url(url)}: a new one was created for this token)", err=True)
     # Where it went, on stderr (stdout is the secret alone, for scripts): with DEVASSIGN_URL
     # pointing at a server on another database, a token written here is one that server
     # refuses.
@@ -514,11 +517,28 @@ def token_login_link(
     typer.echo(f"(works once, until {when(made['expires_at'])} UTC)", err=True)
 
 
+def _new_sqlite_file(url: str | None) -> bool:
+    """Whether ``url`` (given, not the default) names an SQLite file that does not exist yet."""
+    from sqlalchemy.exc import ArgumentError
+
+    from devassign.store.db import sqlite_file
+
+    if not url or not url.startswith("sqlite"):
+        return False
+    try:
+        path = sqlite_file(url)
+    except ArgumentError:
+        return False  # _check_db_url says what is wrong with it
+    return path is not None and not path.exists()
+
+
 def _pydantic_message(exc: Any) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    )
+    def said(e: Any) -> str:
+        where = ".".join(str(p) for p in e["loc"])  # none: a rule between options
+        what = e["msg"].removeprefix("Value error, ")
+        return f"{where}: {what}" if where else what
+
+    return "; ".join(said(e) for e in exc.errors())
 
 
 @app.command()

@@ -640,9 +640,10 @@ class Placer:
         a request the claim refuses is not counted as fitting."""
         request = parse(body)
         _check_params(body)
+        project = _project(request, caller)  # a member names its own project or none
         if has_params(body):
             types = [a.type for r in request.requests for a in r.alternatives]
-            _checked_doc(body, self.store.type_params(types), _project(request, caller))
+            _checked_doc(body, self.store.type_params(types), project)
         cursor: int | None = None
         if page is None:
             snapshot = self._bounded_snapshot(request, want=self.config.max_hosts + 1, verb="capacity")
