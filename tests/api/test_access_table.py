@@ -97,6 +97,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/ui/login"): "OOOOOOOOO",
     ("POST", "/ui/login"): "LLLOOOOOD",
     ("GET", "/ui/login/once"): "OOOOOOOOO",
+    ("POST", "/ui/login/once"): "OOOOOOOOO",
     ("POST", "/ui/logout"): "OOOOOOOOO",
     ("GET", "/ui/"): "LLLOOOOOD",
     ("GET", "/ui/hosts"): "LLLDDOOOD",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -40,7 +40,11 @@ def _open(client: TestClient, url: str) -> Any:
     """Open a link as a browser would, without a cookie of its own."""
     client.cookies.clear()
     parts = urlsplit(url)
-    return client.get(f"{parts.path}?{parts.query}", follow_redirects=False)
+    page = client.get(f"{parts.path}?{parts.query}", follow_redirects=False)
+    assert page.status_code == 200 and "devassign_token" not in page.cookies, page.text
+    code = parse_qs(parts.query)["code"][0]
+    assert f'value="{code}"' in page.text and 'action="/ui/login/once"' in page.text, page.text
+    return client.post("/ui/login/once", data={"code": code}, follow_redirects=False)
 
 
 def _page(client: TestClient, cookie: str, path: str = "/ui/") -> Any:
@@ -183,3 +187,29 @@ def test_without_auth_the_link_page_goes_to_the_dashboard(store: Store) -> None:
     with make_client(store, auth=False) as client:
         r = client.get("/ui/login/once?code=anything", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/"
+
+
+def test_opening_the_link_spends_nothing_and_only_this_sites_page_spends_it(
+    secure_api: TestClient, store: Store
+) -> None:
+    """A chat's or a mail scanner's preview fetches the link: that fetch must leave the code
+    for the person it was sent to; and a page of another site cannot spend it for them."""
+    admin = _token(store)
+    made = _link(secure_api, admin.token, admin.id)
+    parts = urlsplit(made["url"])
+    for _ in range(3):  # previews
+        secure_api.cookies.clear()
+        preview = secure_api.get(f"{parts.path}?{parts.query}", follow_redirects=False)
+        assert preview.status_code == 200 and "devassign_token" not in preview.cookies
+    code = parse_qs(parts.query)["code"][0]
+    secure_api.cookies.clear()
+    elsewhere = secure_api.post(
+        "/ui/login/once",
+        data={"code": code},
+        headers={"sec-fetch-site": "cross-site"},
+        follow_redirects=False,
+    )
+    assert elsewhere.status_code == 403 and "devassign_token" not in elsewhere.cookies
+    signed = _open(secure_api, made["url"])
+    assert signed.status_code == 200 and signed.cookies["devassign_token"].startswith(SESSION_PREFIX)
+    assert [e.action for e in store.list_events(limit=10)].count("login_link_used") == 1

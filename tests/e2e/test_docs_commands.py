@@ -164,13 +164,17 @@ def test_every_documented_command_runs_against_the_demo(demo: tuple[Demo, dict[s
     running, env = demo
     # The demo's one-click sign-in link: the dashboard, signed in as its admin, once.
     link = running.wait_for(re.compile(r"sign in:\s+(\S+/ui/login/once\?code=\S+)"), 5).group(1)
+    code = link.split("code=", 1)[1]
     with httpx.Client(timeout=30) as browser:
-        signed = browser.get(link)
+        page = browser.get(link)  # a page whose button posts the code: opening it spends nothing
+        assert page.status_code == 200 and "devassign_token" not in browser.cookies, page.text
+        signed = browser.post(link.split("?", 1)[0], data={"code": code})
         assert signed.status_code == 200 and "devassign_token" in browser.cookies, signed.text
         overview = browser.get(env["DEVASSIGN_URL"] + "/ui/", follow_redirects=False)
         assert overview.status_code == 200 and "demo-admin" in overview.text
     with httpx.Client(timeout=30) as another:
-        assert "this sign-in link is unknown, used or expired" in another.get(link).text
+        used = another.post(link.split("?", 1)[0], data={"code": code})
+        assert "this sign-in link is unknown, used or expired" in used.text
     assert not any(line.rstrip().endswith("catalog") for line in running.lines), running.output()
     commands, _ = documented_commands()
     program = _program()

@@ -122,6 +122,7 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/ui/login"): Need.PUBLIC,
     ("POST", "/ui/login"): Need.PUBLIC,
     ("GET", "/ui/login/once"): Need.PUBLIC,
+    ("POST", "/ui/login/once"): Need.PUBLIC,
     ("POST", "/ui/logout"): Need.PUBLIC,
     ("GET", "/ui/"): Need.ANY,
     ("GET", "/ui/hosts"): Need.OPERATOR,

@@ -476,16 +476,45 @@ LINK_REFUSED = (
 
 
 @router.get("/ui/login/once")
-def login_once(request: Request, code: str = "") -> Response:
-    """A one-time sign-in link: the code becomes a dashboard session of its token, once.
+def login_once_page(request: Request, code: str = "") -> Response:
+    """A one-time sign-in link: a page whose button spends the code (a POST).
 
-    The dashboard follows with a ``Refresh`` to ``/ui/`` rather than a redirect: a link opened
-    from another site would carry that site's context through a redirect, and the browser would
-    not send the SameSite=Strict cookie to the page it lands on.
+    Opening the link spends nothing: chat and mail services fetch a link to preview it, and a
+    link spent by its preview would leave its reader "used or expired" and the previewer with
+    a 12-hour session.
     """
     if not auth_on(request):
         return RedirectResponse("/ui/", status_code=303)
-    session = exchange_code(request, code) if code else None
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    if not code:
+        return HTMLResponse(bare_page("Sign in", login_form("/ui/", LINK_REFUSED)), headers=headers)
+    form = tag(
+        "form",
+        tag("input", type="hidden", name="code", value=code[:200]),
+        tag("button", "sign in", type="submit", class_="primary"),
+        method="post",
+        action="/ui/login/once",
+        class_="filters",
+    )
+    said = tag("p", "This one-time link signs this browser in to the dashboard.")
+    body = join([tag("h1", "Sign in"), said, form])
+    return HTMLResponse(bare_page("Sign in", body), headers=headers)
+
+
+@router.post("/ui/login/once")
+async def login_once(request: Request) -> Response:
+    """The code of a one-time sign-in link becomes a dashboard session of its token, once.
+
+    The dashboard follows with a ``Refresh`` to ``/ui/`` rather than a redirect, so that the
+    page it lands on is reached from this site (the SameSite=Strict cookie is sent to it).
+    """
+    if not auth_on(request):
+        return RedirectResponse("/ui/", status_code=303)
+    if cross_site(request):
+        return HTMLResponse(bare_page("Sign in", login_form("/ui/", CROSS_SITE)), status_code=403)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    code = (form.get("code") or [""])[0]
+    session = await run_in_threadpool(exchange_code, request, code) if code else None
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     if session is None:
         return HTMLResponse(bare_page("Sign in", login_form("/ui/", LINK_REFUSED)), headers=headers)
