@@ -33,7 +33,6 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): "LLLDDDDOO",
     ("GET", "/openapi.json"): "OOOOOOOOO",
     ("GET", "/docs"): "OOOOOOOOO",
-    ("GET", "/docs/oauth2-redirect"): "OOOOOOOOO",
     ("GET", "/redoc"): "OOOOOOOOO",
     ("GET", "/v1/resource-types"): "LLLOOOOOD",
     ("POST", "/v1/resource-types"): "LLLDDDDOD",

@@ -50,7 +50,6 @@ POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/metrics"): Need.MONITOR,
     ("GET", "/openapi.json"): Need.PUBLIC,
     ("GET", "/docs"): Need.PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): Need.PUBLIC,
     ("GET", "/redoc"): Need.PUBLIC,
     # the catalog
     ("GET", "/v1/resource-types"): Need.ANY,

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import devassign
 from devassign import errors, schemas
-from devassign.server import audit, claims, gang_routes, lifecycle, routes, stream, taints
+from devassign.server import apidocs, audit, claims, gang_routes, lifecycle, routes, stream, taints
 from devassign.server import cyborg as cyborg_routes
 from devassign.server import metrics as fleet_metrics
 from devassign.server import moves as move_routes
@@ -339,6 +339,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         lifespan=lifespan,
         # Every route, API and dashboard, passes the access table first (server/access.py).
         dependencies=[Depends(authorize)],
+        # Served by server/apidocs.py, with pinned and checked scripts.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -364,6 +367,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(audit.router)
     app.include_router(cyborg_routes.router)
     app.include_router(dashboard.router)
+    app.include_router(apidocs.router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> PlainTextResponse:
