@@ -503,6 +503,8 @@ class DeviceFacts(Strict):
             self.pool = self.parent
         if self.pool == self.address:
             raise ValueError("a device cannot be its own pool")
+        if self.parent == self.address:
+            raise ValueError("a device cannot be its own parent")
         for k, amount in self.consumes.items():
             if amount > self.pool_counters.get(k, 0):
                 have = self.pool_counters.get(k, 0)

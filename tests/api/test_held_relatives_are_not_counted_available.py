@@ -87,3 +87,61 @@ def test_a_vf_held_whole_takes_the_vgpu_slot_on_it_out_of_the_counts(tmp_path: P
     assert counts["available"] == _capacity(api, "VGPU_35C") == 3, counts
     assert counts["partitioned"] == 1
     assert _audited(api) == []
+
+
+VF = "0000:3b:02.0"
+SLOT = f"{VF}/vgpu/1"
+
+
+def _three_levels(api: TestClient) -> None:
+    """A PF, its VF, and a vGPU slot carved on the VF whose pool is the VF (the default)."""
+    for name in ("G_PF", "G_VF", "G_SLOT"):
+        assert api.post("/v1/resource-types", json={"name": name}).status_code == 201
+    devices = [
+        {"address": PF, "kind": "sriov_pf", "type": "G_PF", "iommu_group": 1},
+        {"address": VF, "kind": "sriov_vf", "type": "G_VF", "parent": PF, "iommu_group": 2},
+        {"address": SLOT, "kind": "mdev_type", "type": "G_SLOT", "parent": VF},
+    ]
+    answer = api.put("/v1/hosts/c1/inventory", json={"generation": 1, "devices": devices})
+    assert answer.status_code == 200 and not answer.json()["refused"], answer.text
+
+
+def _refused(api: TestClient, consumer: str, *type_names: str) -> None:
+    requests = [{"name": f"r{i}", "type": t} for i, t in enumerate(type_names)]
+    answer = api.post("/v1/claims", json={"consumer": consumer, "requests": requests})
+    assert answer.status_code == 409, answer.text
+
+
+def test_a_pf_held_whole_keeps_the_vgpu_slot_on_its_vf_from_claims(api: TestClient) -> None:
+    """However deep: a slot on a VF of a PF held whole is no claim's, and is not counted."""
+    _three_levels(api)
+    assert _claim(api, "vm-1", "G_PF") == [PF]
+    counts = _counts(api)
+    assert (counts["G_SLOT"]["available"], counts["G_VF"]["available"]) == (0, 0), counts
+    assert _capacity(api, "G_SLOT") == 0
+    _refused(api, "vm-2", "G_SLOT")
+    assert _audited(api) == []
+
+
+def test_a_held_vgpu_slot_keeps_the_pf_of_its_vf_from_claims(api: TestClient) -> None:
+    _three_levels(api)
+    assert _claim(api, "vm-1", "G_SLOT") == [SLOT]
+    counts = _counts(api)
+    assert (counts["G_PF"]["available"], counts["G_PF"]["partitioned"]) == (0, 1), counts
+    assert _capacity(api, "G_PF") == 0
+    _refused(api, "vm-2", "G_PF")
+    assert _audited(api) == []
+
+
+def test_one_claim_never_holds_a_pf_and_a_slot_on_its_vf(api: TestClient) -> None:
+    _three_levels(api)
+    _refused(api, "vm-1", "G_PF", "G_SLOT")
+    assert {d["state"] for d in api.get("/v1/devices").json()} == {"available"}
+
+
+def test_a_device_that_names_itself_as_parent_is_refused(api: TestClient) -> None:
+    """It could never be claimed (its parent always in the same claim): a 400, as for a pool."""
+    assert api.post("/v1/resource-types", json={"name": "NIC_VF"}).status_code == 201
+    device = {"address": VF, "kind": "sriov_vf", "type": "NIC_VF", "parent": VF}
+    answer = api.put("/v1/hosts/c1/inventory", json={"generation": 1, "devices": [device]})
+    assert answer.status_code == 400 and "its own parent" in answer.text, answer.text

@@ -69,3 +69,45 @@ def test_a_vf_is_refused_while_its_pf_is_held(with_types: Store) -> None:
     free = next(t for t in store.list_types() if t.name == "NIC_VF_1G")
     # Kept from claims by its PF, and not touched by the refused claim.
     assert (free.counts.available, free.counts.partitioned) == (0, 1)
+
+
+def test_the_claim_refuses_a_pf_while_a_slot_on_its_vf_is_held_and_the_reverse(store: Store) -> None:
+    """However deep: a PF, its VF and a vGPU slot on the VF (its pool the VF). The claim under
+    the host's lock refuses the PF while the slot is held, and the slot while the PF is."""
+    for name in ("G_PF", "G_VF", "G_SLOT"):
+        store.create_type(schemas.ResourceTypeCreate(name=name), "test")
+    pf, vf_, slot = "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.0/vgpu/1"
+    ids = _report(
+        store,
+        1,
+        [
+            {"address": pf, "kind": "sriov_pf", "type": "G_PF"},
+            {"address": vf_, "kind": "sriov_vf", "type": "G_VF", "parent": pf},
+            {"address": slot, "kind": "mdev_type", "type": "G_SLOT", "parent": vf_},
+        ],
+    )
+    _claim(store, "vm-a", ids[slot])
+    with pytest.raises(LostRace, match="is in use"):
+        _claim(store, "vm-b", ids[pf])
+    store.release("vm-a", "test")
+    states = {d.address: d.state for d in store.list_devices(host="c1")}
+    assert states[pf] == "available" and states[slot] == "cleaning", states
+
+
+def test_the_claim_refuses_a_slot_on_a_vf_of_a_held_pf(store: Store) -> None:
+    for name in ("G_PF", "G_VF", "G_SLOT"):
+        store.create_type(schemas.ResourceTypeCreate(name=name), "test")
+    pf, vf_, slot = "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.0/vgpu/1"
+    ids = _report(
+        store,
+        1,
+        [
+            {"address": pf, "kind": "sriov_pf", "type": "G_PF"},
+            {"address": vf_, "kind": "sriov_vf", "type": "G_VF", "parent": pf},
+            {"address": slot, "kind": "mdev_type", "type": "G_SLOT", "parent": vf_},
+        ],
+    )
+    _claim(store, "vm-a", ids[pf])
+    with pytest.raises(LostRace, match="is in use"):
+        _claim(store, "vm-b", ids[slot])
+    assert {d.address: d.state for d in store.list_devices(host="c1")}[slot] == "available"

@@ -394,8 +394,9 @@ class _Search:
             mates = _mates(self.host, c.group, new)
         batch = (*new, *mates)
         here = {d.address for d in batch}
+        lineage = self.host.lineage
         for d in batch:
-            if d.parent and (self.held_addr[d.parent] or d.parent in here):
+            if d.parent and any(self.held_addr[a] or a in here for a in lineage[d.address]):
                 return None
             if d.pool and (self.held_addr[d.pool] or d.pool in here):
                 return None
@@ -468,10 +469,13 @@ class _Search:
         return True
 
     def _hold(self, d: DeviceView, n: int) -> None:
+        """Count ``d`` as held (``n=-1``: no longer), and every device above it as one that a
+        held device is carved from (its parent, the parent's parent, its pool)."""
         self.held_addr[d.address] += n
-        if d.parent:
-            self.held_parent[d.parent] += n
-        if d.pool and d.pool != d.parent:
+        above = self.host.lineage.get(d.address, ())
+        for a in above:
+            self.held_parent[a] += n
+        if d.pool and d.pool not in above:
             self.held_parent[d.pool] += n
         if d.numa_node is not None:
             self.numas[d.numa_node] += n
@@ -490,10 +494,12 @@ class _Search:
                     groups.add(c.group)
                     held.update((m.id, m) for m in self.host.group_members[c.group])
         addresses = {d.address for d in held.values()}
-        parents = {d.parent for d in held.values() if d.parent} | {d.pool for d in held.values() if d.pool}
+        lineage = self.host.lineage
+        parents = {a for d in held.values() for a in lineage.get(d.address, ())}
+        parents |= {d.pool for d in held.values() if d.pool}
         self.used_parents = self.used_parents | parents
-        # A class is out once its group is partly held, its parent is held, or its one device
-        # is the parent of a held device: what HostView leaves out of the free devices.
+        # A class is out once its group is partly held, a device above it is held, or its one
+        # device is above a held device: what HostView leaves out of the free devices.
         for unit in self.units:
             for ai, classes in enumerate(unit.classes):
                 unit.classes[ai] = [
@@ -501,7 +507,7 @@ class _Search:
                     for c in classes
                     if c.taken < len(c.devices)
                     and c.group not in groups
-                    and c.parent not in addresses
+                    and not (c.parent and addresses.intersection((c.parent, *lineage.get(c.parent, ()))))
                     and c.own not in parents
                 ]
         self.picks = []

@@ -59,25 +59,60 @@ class Shared(Protocol):
     def pool_counters(self) -> Mapping[str, int] | None: ...
 
 
+# The deepest chain of parents followed (a PF, its VF, a vGPU slot on the VF: two): a longer
+# one, or a loop in what a report said, is cut there.
+_MAX_DEPTH = 8
+
+
+def ancestors(address: str, parent_of: Mapping[str, str]) -> tuple[str, ...]:
+    """The parent of ``address``, its parent's parent, and so on (nearest first), as the host's
+    devices name them (``parent_of``: address -> parent); a loop ends the chain."""
+    out: list[str] = []
+    at = parent_of.get(address)
+    while at is not None and at != address and at not in out and len(out) < _MAX_DEPTH:
+        out.append(at)
+        at = parent_of.get(at)
+    return tuple(out)
+
+
+def parent_map(devices: Iterable[Any]) -> dict[str, str]:
+    """address -> parent of the devices that name one: what :func:`ancestors` walks."""
+    return {d.address: d.parent for d in devices if d.parent}
+
+
 @dataclass(frozen=True, slots=True)
 class Relatives:
-    """Which free devices a held relative keeps from every claim: one whose parent is held
-    whole, or one something is carved from (a held child, a held partition of its pool). The
-    one rule of the scheduler's view and of the counts (store/inventory.py)."""
+    """Which free devices a held relative keeps from every claim: one with an ancestor held
+    whole (a VF of a held PF, a vGPU slot on such a VF), or one something is carved from,
+    however deep (the PF and the VF of a held slot; a held partition's pool). The one rule of
+    the scheduler's view and of the counts (store/inventory.py)."""
 
     held: frozenset[str]  # addresses of the held devices
-    used: frozenset[str]  # the parents and pools of the held devices
+    used: frozenset[str]  # the ancestors and pools of the held devices
+    parent_of: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, holding: Iterable[Any]) -> Relatives:
+    def of(cls, holding: Iterable[Any], parent_of: Mapping[str, str] | None = None) -> Relatives:
+        """From the held devices and the host's parent links (``parent_map`` of every device on
+        the host; without them, only a held device's own parent and pool are known)."""
         held = list(holding)
-        used = {d.parent for d in held if d.parent} | {d.pool for d in held if d.pool}
-        return cls(frozenset(d.address for d in held), frozenset(used))
+        links = parent_of if parent_of is not None else parent_map(held)
+        used: set[str] = set()
+        for d in held:
+            used.update(ancestors(d.address, links))
+            if d.parent:
+                used.add(d.parent)
+            if d.pool:
+                used.add(d.pool)
+                used.update(ancestors(d.pool, links))
+        return cls(frozenset(d.address for d in held), frozenset(used), links)
 
     def holding_back(self, d: Any) -> str | None:
         """Why the free device ``d`` is no claim's because of a relative, or ``None``."""
-        if d.parent and d.parent in self.held:
-            return f"{d.parent} is in use whole"
+        if d.parent:
+            for above in (d.parent, *ancestors(d.parent, self.parent_of)):
+                if above in self.held:
+                    return f"{above} is in use whole"
         if d.address in self.used:
             return f"a device carved from {d.address} is in use"
         return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from devassign.domain import IN_USE_STATES, DeviceKind, DeviceState
-from devassign.scheduler.shares import Pools, Relatives
+from devassign.scheduler.shares import Pools, Relatives, ancestors, parent_map
 
 # A device in one of these states belongs to someone (or was lost while it did), so its parent
 # or children cannot be handed out either: a PF whose VF is assigned is not free, nor the reverse.
@@ -161,6 +161,8 @@ class HostView:
     parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # IOMMU group -> its assignable members (no mdev slots or USB devices).
     group_members: Mapping[int, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
+    # Address -> its parent, the parent's parent, ... (nearest first), for devices with a parent.
+    lineage: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
     # What the scheduler derives from this view alone (scheduler/candidates.py), kept with it:
     # the store reuses a view while its rows are unchanged, so later claims find it computed.
     memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
@@ -168,7 +170,8 @@ class HostView:
     def __post_init__(self) -> None:
         by_address = {d.address: d for d in self.devices}
         holding = [d for d in self.devices if d.holding]
-        relatives = Relatives.of(holding)
+        links = parent_map(self.devices)
+        relatives = Relatives.of(holding, links)
         pools = Pools.of(self.devices, holding)
         partitioned: dict[str, dict[str, int]] = {}
         parents = {d.parent for d in self.devices if d.parent}
@@ -212,6 +215,7 @@ class HostView:
         s(self, "used_parents", relatives.used)
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
+        s(self, "lineage", {a: ancestors(a, links) for a in links})
         s(self, "memo", {})
 
     def free_count(self) -> int:

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from devassign import errors, schemas
 from devassign.domain import IN_USE_STATES, SPEC_PREFIX, AllocationState, DeviceState
 from devassign.failpoints import failpoint
-from devassign.scheduler.shares import Pools, copy_pools, overdrawn
+from devassign.scheduler.shares import Pools, ancestors, copy_pools, overdrawn, parent_map
 from devassign.scheduler.view import HostView
 from devassign.store.allocations import get_allocation
 from devassign.store.candidates import load_snapshot
@@ -659,6 +659,24 @@ def _check_relatives(conn: sa.Connection, host_id: int, ids: Sequence[str], rows
             raise LostRace(f"child device {r.address} is in use")
 
 
+def _check_lineage(parts: Sequence[Any], rows: Sequence[Any]) -> None:
+    """No device taken while one above or below it, however deep, is held (a PF and a vGPU
+    slot on one of its VFs), nor two such devices in one claim: the check above looks one
+    level only. ``parts`` (:func:`partitions`, read after the take under the host's lock) hold
+    every device with a parent or children, so their chains are whole."""
+    links = parent_map(parts)
+    taken = {r.address for r in rows}
+    held = {p.address for p in parts if p.state in _HOLDING and p.address not in taken}
+    for address in taken:
+        for above in ancestors(address, links):
+            if above in held or above in taken:
+                raise LostRace(f"parent device {above} is in use")
+    for address in held:
+        for above in ancestors(address, links):
+            if above in taken:
+                raise LostRace(f"child device {address} is in use")
+
+
 def _record_consumption(conn: sa.Connection, extra: Mapping[str, Mapping[str, int]]) -> None:
     """Each taken device's ``consumed``: its own consumes plus what its request's params take."""
     if not extra:
@@ -696,6 +714,8 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None
     if not pools and not kin:
         return
     parts = partitions(conn, host_id)
+    if kin:
+        _check_lineage(parts, rows)
     members = [m for m in parts if m.pool in pools]
     if not members:
         if kin:

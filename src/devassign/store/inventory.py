@@ -25,7 +25,7 @@ from devassign.attribute_schema import attributes_problem
 from devassign.domain import IN_USE_STATES, NAME_RE, AllocationState, DeviceKind, DeviceState
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.reasons import join_and
-from devassign.scheduler.shares import Pools, Relatives, copy_pools
+from devassign.scheduler.shares import Pools, Relatives, copy_pools, parent_map
 from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
@@ -139,17 +139,12 @@ _PARENTS_OF_PARTITIONS = sa.select(_MEMBERS.c.parent).where(
     _MEMBERS.c.pool.is_not(None),
     _MEMBERS.c.parent.is_not(None),
 )
-# A held device and its parent or children exclude each other (a PF held whole keeps its VFs
-# from claims, a held VF its PF): the held devices with a parent or children, their parents
-# and their children.
-_IS_HELD = _MEMBERS.c.state.in_(_HOLDING_STATES)
+# A held device and the devices above and below it exclude each other, however deep (a PF
+# held whole keeps its VFs and their vGPU slots from claims, a held slot its VF and PF): every
+# device with a parent or children, so that their chains are whole.
 _PARENTS_OF_HOST = sa.select(_MEMBERS.c.parent).where(
     _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.parent.is_not(None)
 )
-_PARENTS_OF_HELD = sa.select(_MEMBERS.c.parent).where(
-    _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.parent.is_not(None), _IS_HELD
-)
-_HELD_OF_HOST = sa.select(_MEMBERS.c.address).where(_MEMBERS.c.host_id == sa.bindparam("host_id"), _IS_HELD)
 _PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, devices.c.taint).where(
     devices.c.host_id == sa.bindparam("host_id"),
     devices.c.state != DeviceState.REMOVED.value,
@@ -157,12 +152,8 @@ _PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, dev
         devices.c.pool.is_not(None),
         devices.c.address.in_(_POOLS_OF_HOST),
         devices.c.address.in_(_PARENTS_OF_PARTITIONS),
-        sa.and_(
-            devices.c.state.in_(_HOLDING_STATES),
-            sa.or_(devices.c.parent.is_not(None), devices.c.address.in_(_PARENTS_OF_HOST)),
-        ),
-        devices.c.address.in_(_PARENTS_OF_HELD),
-        devices.c.parent.in_(_HELD_OF_HOST),
+        devices.c.parent.is_not(None),
+        devices.c.address.in_(_PARENTS_OF_HOST),
     ),
 )
 
@@ -189,8 +180,8 @@ def _carved_out(conn: sa.Connection, host_id: int) -> dict[int, int]:
 
 
 def partitions(conn: sa.Connection, host_id: int) -> Sequence[Any]:
-    """The host's partitions and their pools, and its held devices with their parents and
-    children, as they are now (:data:`SHARE_COLUMNS`, type, taint)."""
+    """The host's partitions and their pools, and every device with a parent or children, as
+    they are now (:data:`SHARE_COLUMNS`, parent, type, taint)."""
     return conn.execute(_PARTITIONS, {"host_id": host_id}).all()
 
 
@@ -223,7 +214,7 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
         return {}
     holding = [r for r in rows if r.state in _HOLDING_STATES]
     pools = Pools.of(rows, holding)
-    relatives = Relatives.of(holding)  # as the scheduler's view has it
+    relatives = Relatives.of(holding, parent_map(rows))  # as the scheduler's view has it
     out: dict[int, int] = {}
     # Per pool and type: the free devices that fit alone, of which fewer may fit together
     # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two): counted by taking them one by one.
