@@ -54,6 +54,8 @@ def test_unknown_type_is_refused_per_device_and_the_rest_taken(api: TestClient) 
     assert body["added"] == ["0000:3b:02.1"]
     assert [(x["address"], x["code"]) for x in body["refused"]] == [("0000:3b:02.2", "unknown_type")]
     assert "devassign type create NOPE" in body["refused"][0]["reason"]
+    # and a warning in the answer, which is where an agent's log looks
+    assert [w for w in body["warnings"] if w.startswith("0000:3b:02.2 refused: unknown resource type")], body
     refused = api.get("/v1/events", params={"host": "compute-1"}).json()
     assert any(e["action"] == "device_refused" and e["device"] == "0000:3b:02.2" for e in refused)
     # The same report again still says what is refused (it is not skipped as unchanged), and

@@ -183,7 +183,7 @@ def test_bad_batches_are_refused_whole_with_what_to_fix(api: TestClient) -> None
                     "host": f"h{i}",
                     "report": {
                         "generation": 1,
-                        "devices": [vf(f"0000:3b:{j // 8:02x}.{j % 8}") for j in range(250)],
+                        "devices": [vf(f"0000:3b:{j // 8 + 1:02x}.{j % 8}") for j in range(250)],
                     },
                 }
                 for i in range(81)

@@ -199,6 +199,15 @@ def _error(resp: httpx.Response) -> dict[str, Any]:
     return err if isinstance(err, dict) else {}
 
 
+def refusal(resp: httpx.Response) -> str:
+    """A refusal as one line: its status, code and message (not its JSON, cut mid-word)."""
+    err = _error(resp)
+    message = err.get("message")
+    if not isinstance(message, str):
+        return f"{resp.status_code}: {resp.text[:200]}"
+    return f"{resp.status_code} {err.get('code', '')}: {message[:500]}"
+
+
 class Reporter:
     """Sends this host's inventory to the server and keeps it fresh."""
 

@@ -77,6 +77,7 @@ from devassign.agent.reporter import (
     ReportRefused,
     ServerUnavailable,
     payload,
+    refusal,
 )
 from devassign.agent.state import StateFile, held_drivers, held_types
 from devassign.domain import DeviceKind, DeviceState
@@ -532,9 +533,7 @@ class Agent:
         """The server's work list for this host (``GET work``), as it sent it."""
         resp = self.reporter.request("GET", "work")
         if resp.status_code >= 400:
-            raise WorkRefused(
-                f"server refused the work request ({resp.status_code}): {resp.text[:200]}", resp.status_code
-            )
+            raise WorkRefused(f"server refused the work request ({refusal(resp)})", resp.status_code)
         return payload(resp, self.reporter.where)
 
     def _read_items(self, body: Any, done: list[WorkDone]) -> list[WorkItem]:
@@ -966,9 +965,7 @@ class Agent:
         body = {"results": [r.model_dump(mode="json") for r in results]}
         resp = self.reporter.request("POST", "work", body)
         if resp.status_code >= 400:
-            raise WorkRefused(
-                f"server refused the work results ({resp.status_code}): {resp.text[:200]}", resp.status_code
-            )
+            raise WorkRefused(f"server refused the work results ({refusal(resp)})", resp.status_code)
         try:
             outcomes = [WorkOutcome.model_validate(o) for o in payload(resp, self.reporter.where)]
         except (TypeError, ValueError) as exc:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
+from devassign.handler_config import config_problem
 from devassign.scheduler.errors import RequestError
 from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
@@ -194,6 +195,7 @@ def create_type(
     exists = conn.execute(sa.select(resource_types.c.id).where(resource_types.c.name == body.name)).first()
     if exists:
         raise errors.DevassignError(errors.TYPE_EXISTS, f"resource type {body.name!r} exists")
+    _check_config(body.handler, body.config)
     conn.execute(
         resource_types.insert().values(
             name=body.name,
@@ -219,6 +221,12 @@ def create_type(
     return get_type(conn, body.name)
 
 
+def _check_config(handler: str | None, config: dict[str, Any]) -> None:
+    problem = config_problem(handler, config)
+    if problem is not None:
+        raise errors.DevassignError(errors.INVALID_REQUEST, f"{problem}; docs/lifecycle.md lists them")
+
+
 def update_type(
     conn: sa.Connection,
     name: str,
@@ -233,6 +241,7 @@ def update_type(
     if body.description is not None:
         values["description"] = body.description
     if body.config is not None:
+        _check_config(row.handler, body.config)
         values["config"] = body.config
     if body.params is not None:
         values["params"] = _stored(body.params)

@@ -406,6 +406,8 @@ def apply_report(
         if refused is not None or type_id is None:
             code, reason = refused or ("unknown_type", "")
             out.refused.append(schemas.RefusedDevice(address=dev.address, code=code, reason=reason))
+            if code == "unknown_type":  # the catalog lacks it: what the operator most needs told
+                out.warnings.append(f"{dev.address} refused: {reason}")
             out.events.append(
                 {
                     **base_event,

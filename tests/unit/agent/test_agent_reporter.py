@@ -219,3 +219,16 @@ def test_a_refusal_is_logged_once_while_it_lasts(tmp_path: Path, caplog: pytest.
     for _ in answers:
         reporter.report()
     assert caplog.text.count("0000:3b:00.0 refused (no_iommu_group)") == 2  # reports 1 and 4
+
+
+def test_a_refusal_reads_as_one_line_with_its_code_and_whole_message() -> None:
+    """The work pass of ``agent run --once`` beside a live agent: the server's 409 said as its
+    code and message, not its JSON cut at 200 characters."""
+    import httpx
+
+    from devassign.agent.reporter import refusal
+
+    message = "agent instance #31fc1d0d holds host 'h3' and was seen moments ago: " + "x" * 300
+    resp = httpx.Response(409, json={"error": {"code": "agent_conflict", "message": message}})
+    assert refusal(resp) == f"409 agent_conflict: {message}"
+    assert refusal(httpx.Response(502, text="<html>bad gateway</html>")) == "502: <html>bad gateway</html>"
