@@ -70,7 +70,20 @@ def attribute_value(device: DeviceView, attribute: str) -> Any:
     return _frozen(getattr(device, attribute, None))
 
 
+@dataclass(frozen=True, order=True)
+class Flag:
+    """A true/false attribute value as a constraint compares it: apart from the numbers 1 and
+    0, which Python's own True and False equal (``x: true`` does not match ``x: 1``)."""
+
+    value: bool
+
+    def __str__(self) -> str:
+        return "true" if self.value else "false"
+
+
 def _frozen(value: Any) -> Any:
+    if isinstance(value, bool):
+        return Flag(value)
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):
