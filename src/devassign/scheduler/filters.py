@@ -140,7 +140,8 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
             plural = "s" if len(c.busy_groups) > 1 else ""
             text = (
                 f"needs {wants} with whole IOMMU groups free, has {len(c.usable)} "
-                f"(group{plural} {groups} partly in use)"
+                f"(group{plural} {groups} not wholly free: a member is held, tainted, unhealthy "
+                "or being cleaned)"
             )
         return Reason(code, text, shortfall)
     word = {"free": "free", "matching": "matching their selectors", "usable": "usable"}[stage]

@@ -125,7 +125,8 @@ CASES = [
         ),
         req(one("GPU_A100", name="gpu")),
         reason=ReasonCode.IOMMU_GROUP_BUSY,
-        message="needs 1 GPU_A100 with whole IOMMU groups free, has 0 (group 9 partly in use)",
+        message="needs 1 GPU_A100 with whole IOMMU groups free, has 0 "
+        "(group 9 not wholly free: a member is held, tainted, unhealthy or being cleaned)",
     ),
     Case(
         "first_available_takes_the_second",
