@@ -161,8 +161,11 @@ class HostView:
     parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # IOMMU group -> its assignable members (no mdev slots or USB devices).
     group_members: Mapping[int, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
-    # Address -> its parent, the parent's parent, ... (nearest first), for devices with a parent.
+    # Address -> its parent, the parent's parent, ... (nearest first), for devices with a parent,
+    # where some parent has a parent itself (``deep``: a vGPU slot on a VF); else empty, and a
+    # device's parent is all there is above it.
     lineage: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    deep: bool = field(init=False, repr=False, compare=False)
     # What the scheduler derives from this view alone (scheduler/candidates.py), kept with it:
     # the store reuses a view while its rows are unchanged, so later claims find it computed.
     memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
@@ -215,7 +218,9 @@ class HostView:
         s(self, "used_parents", relatives.used)
         s(self, "parents", frozenset(parents))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
-        s(self, "lineage", {a: ancestors(a, links) for a in links})
+        deep = any(p in links for p in links.values())
+        s(self, "deep", deep)
+        s(self, "lineage", {a: ancestors(a, links) for a in links} if deep else {})
         s(self, "memo", {})
 
     def free_count(self) -> int:
