@@ -71,43 +71,38 @@ def test_a_vf_is_refused_while_its_pf_is_held(with_types: Store) -> None:
     assert (free.counts.available, free.counts.partitioned) == (0, 1)
 
 
-def test_the_claim_refuses_a_pf_while_a_slot_on_its_vf_is_held_and_the_reverse(store: Store) -> None:
-    """However deep: a PF, its VF and a vGPU slot on the VF (its pool the VF). The claim under
-    the host's lock refuses the PF while the slot is held, and the slot while the PF is."""
+GPF, GVF, SLOT = "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.0/vgpu/1"
+
+
+def _three_levels(store: Store) -> dict[str, str]:
+    """A PF, its VF, and a vGPU slot on the VF (its pool the VF): device ids by address."""
     for name in ("G_PF", "G_VF", "G_SLOT"):
         store.create_type(schemas.ResourceTypeCreate(name=name), "test")
-    pf, vf_, slot = "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.0/vgpu/1"
-    ids = _report(
+    return _report(
         store,
         1,
         [
-            {"address": pf, "kind": "sriov_pf", "type": "G_PF"},
-            {"address": vf_, "kind": "sriov_vf", "type": "G_VF", "parent": pf},
-            {"address": slot, "kind": "mdev_type", "type": "G_SLOT", "parent": vf_},
+            {"address": GPF, "kind": "sriov_pf", "type": "G_PF"},
+            {"address": GVF, "kind": "sriov_vf", "type": "G_VF", "parent": GPF},
+            {"address": SLOT, "kind": "mdev_type", "type": "G_SLOT", "parent": GVF},
         ],
     )
-    _claim(store, "vm-a", ids[slot])
+
+
+def test_the_claim_refuses_a_pf_while_a_slot_on_its_vf_is_held(store: Store) -> None:
+    """However deep: the claim under the host's lock refuses the PF while the slot is held."""
+    ids = _three_levels(store)
+    _claim(store, "vm-a", ids[SLOT])
     with pytest.raises(LostRace, match="is in use"):
-        _claim(store, "vm-b", ids[pf])
+        _claim(store, "vm-b", ids[GPF])
     store.release("vm-a", "test")
     states = {d.address: d.state for d in store.list_devices(host="c1")}
-    assert states[pf] == "available" and states[slot] == "cleaning", states
+    assert states[GPF] == "available" and states[SLOT] == "cleaning", states
 
 
 def test_the_claim_refuses_a_slot_on_a_vf_of_a_held_pf(store: Store) -> None:
-    for name in ("G_PF", "G_VF", "G_SLOT"):
-        store.create_type(schemas.ResourceTypeCreate(name=name), "test")
-    pf, vf_, slot = "0000:3b:00.0", "0000:3b:02.0", "0000:3b:02.0/vgpu/1"
-    ids = _report(
-        store,
-        1,
-        [
-            {"address": pf, "kind": "sriov_pf", "type": "G_PF"},
-            {"address": vf_, "kind": "sriov_vf", "type": "G_VF", "parent": pf},
-            {"address": slot, "kind": "mdev_type", "type": "G_SLOT", "parent": vf_},
-        ],
-    )
-    _claim(store, "vm-a", ids[pf])
+    ids = _three_levels(store)
+    _claim(store, "vm-a", ids[GPF])
     with pytest.raises(LostRace, match="is in use"):
-        _claim(store, "vm-b", ids[slot])
-    assert {d.address: d.state for d in store.list_devices(host="c1")}[slot] == "available"
+        _claim(store, "vm-b", ids[SLOT])
+    assert {d.address: d.state for d in store.list_devices(host="c1")}[SLOT] == "available"

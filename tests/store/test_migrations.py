@@ -163,6 +163,19 @@ def test_the_migrated_expression_indexes_are_the_schemas(db_url: str) -> None:
     db.dispose()
 
 
+def _old_host(conn, now) -> None:  # type: ignore[no-untyped-def]
+    """Host 1, ``h1``, as a database of an older revision holds it (written past the store)."""
+    import sqlalchemy as sa
+
+    conn.execute(
+        sa.text(
+            "INSERT INTO hosts (id, name, generation, last_report_at, last_seen_at, marked_down, "
+            "created_at) VALUES (1, 'h1', 1, :t, :t, 0, :t)"
+        ),
+        {"t": now},
+    )
+
+
 def test_taint_ids_are_never_given_twice_after_the_migration(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """0013: a removed taint's id is not the next taint's (SQLite reused the largest), and the
     taints that were there keep their rows."""
@@ -176,13 +189,7 @@ def test_taint_ids_are_never_given_twice_after_the_migration(tmp_path) -> None: 
     with db.engine.connect() as conn:
         command.upgrade(db._alembic_config(conn), "0012")
         conn.commit()
-        conn.execute(
-            sa.text(
-                "INSERT INTO hosts (id, name, generation, last_report_at, last_seen_at, marked_down, "
-                "created_at) VALUES (1, 'h1', 1, :t, :t, 0, :t)"
-            ),
-            {"t": now},
-        )
+        _old_host(conn, now)
         for taint_id in (1, 2):
             conn.execute(
                 sa.text(
@@ -221,13 +228,7 @@ def test_taints_set_by_an_agent_are_known_after_the_migration(tmp_path) -> None:
     with db.engine.connect() as conn:
         command.upgrade(db._alembic_config(conn), "0013")
         conn.commit()
-        conn.execute(
-            sa.text(
-                "INSERT INTO hosts (id, name, generation, last_report_at, last_seen_at, marked_down, "
-                "created_at) VALUES (1, 'h1', 1, :t, :t, 0, :t)"
-            ),
-            {"t": now},
-        )
+        _old_host(conn, now)
         for i, (name, role) in enumerate(
             (("admin#1", "admin"), ("agent:h1#2", "agent"), ("boss", "admin"), ("boss", "agent")), start=1
         ):

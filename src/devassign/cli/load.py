@@ -102,6 +102,12 @@ def batches(items: list[dict[str, Any]], hosts: int) -> Iterator[list[dict[str, 
         yield batch
 
 
+def _say(line: str) -> None:
+    """One line on stderr: host names come from the file, reasons quote them (and an agent's
+    types), so what a terminal would act on is written out."""
+    typer.echo(printable(line, one_line=True), err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``host load`` to the ``host`` group."""
     groups = {g.name: g.typer_instance for g in app.registered_groups}
@@ -130,9 +136,7 @@ def register(app: typer.Typer) -> None:
                 good.append(item)
             else:
                 failed += 1
-                typer.echo(
-                    printable(f"{item['host']}: invalid report, not sent: {why}", one_line=True), err=True
-                )
+                _say(f"{item['host']}: invalid report, not sent: {why}")
         for part in batches(good, batch):
             try:
                 answer = api.post("/v1/reports", {"reports": part})
@@ -141,28 +145,20 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{applied} hosts applied, {failed} refused, of {len(items)} (stopped)")
                     raise
                 failed += len(part)
-                typer.echo(
-                    printable(
-                        f"a batch of {len(part)} hosts ({part[0]['host']} ...) was refused: {exc.message}",
-                        one_line=True,
-                    ),
-                    err=True,
-                )
+                _say(f"a batch of {len(part)} hosts ({part[0]['host']} ...) was refused: {exc.message}")
                 continue
             applied += answer["applied"]
             failed += answer["failed"]
             for outcome in answer["results"]:
                 if outcome["error"] is not None:
                     err = outcome["error"]
-                    line = f"{outcome['host']}: {err['code']}: {err['message']}"
-                    typer.echo(printable(line, one_line=True), err=True)
+                    _say(f"{outcome['host']}: {err['code']}: {err['message']}")
                 elif outcome["result"]["refused"]:
                     refused = outcome["result"]["refused"]
-                    line = (
+                    _say(
                         f"{outcome['host']}: {len(refused)} device(s) refused, first "
                         f"{refused[0]['address']}: {refused[0]['reason']}"
                     )
-                    typer.echo(printable(line, one_line=True), err=True)
         typer.echo(f"{applied} hosts applied, {failed} refused, of {len(items)}")
         if failed:
             raise typer.Exit(ExitCode.ERROR)

@@ -407,12 +407,12 @@ class _Search:
             mates = _mates(self.host, c.group, new)
         batch = (*new, *mates)
         here = {d.address for d in batch}
-        lineage = self.host.lineage if self.host.deep else None
+        lineage = self.host.lineage  # empty unless some parent has a parent: then one check
         for d in batch:
             if d.parent and (
-                (self.held_addr[d.parent] or d.parent in here)
-                if lineage is None
-                else any(self.held_addr[a] or a in here for a in lineage[d.address])
+                any(self.held_addr[a] or a in here for a in lineage[d.address])
+                if lineage
+                else (self.held_addr[d.parent] or d.parent in here)
             ):
                 return None
             if d.pool and (self.held_addr[d.pool] or d.pool in here):
@@ -489,17 +489,11 @@ class _Search:
         """Count ``d`` as held (``n=-1``: no longer), and every device above it as one that a
         held device is carved from (its parent, the parent's parent, its pool)."""
         self.held_addr[d.address] += n
-        if self.host.deep:
-            above = self.host.lineage.get(d.address, ())
-            for a in above:
-                self.held_parent[a] += n
-            if d.pool and d.pool not in above:
-                self.held_parent[d.pool] += n
-        else:
-            if d.parent:
-                self.held_parent[d.parent] += n
-            if d.pool and d.pool != d.parent:
-                self.held_parent[d.pool] += n
+        above = self.host.above(d)
+        for a in above:
+            self.held_parent[a] += n
+        if d.pool and d.pool not in above:
+            self.held_parent[d.pool] += n
         if d.numa_node is not None:
             self.numas[d.numa_node] += n
             if not self.numas[d.numa_node]:
@@ -517,8 +511,8 @@ class _Search:
                     groups.add(c.group)
                     held.update((m.id, m) for m in self.host.group_members[c.group])
         addresses = {d.address for d in held.values()}
-        lineage = self.host.lineage  # empty unless deep: a device's parent is all there is
-        parents = {a for d in held.values() for a in lineage.get(d.address, (d.parent,) if d.parent else ())}
+        lineage = self.host.lineage
+        parents = {a for d in held.values() for a in self.host.above(d)}
         parents |= {d.pool for d in held.values() if d.pool}
         self.used_parents = self.used_parents | parents
         # A class is out once its group is partly held, a device above it is held, or its one

@@ -89,23 +89,20 @@ class Relatives:
 
     held: frozenset[str]  # addresses of the held devices
     used: frozenset[str]  # the ancestors and pools of the held devices
-    parent_of: Mapping[str, str] = field(default_factory=dict)
+    parent_of: Mapping[str, str]  # every device's parent on the host (parent_map)
 
     @classmethod
-    def of(cls, holding: Iterable[Any], parent_of: Mapping[str, str] | None = None) -> Relatives:
+    def of(cls, holding: Iterable[Any], parent_of: Mapping[str, str]) -> Relatives:
         """From the held devices and the host's parent links (``parent_map`` of every device on
-        the host; without them, only a held device's own parent and pool are known)."""
+        the host)."""
         held = list(holding)
-        links = parent_of if parent_of is not None else parent_map(held)
         used: set[str] = set()
         for d in held:
-            used.update(ancestors(d.address, links))
-            if d.parent:
-                used.add(d.parent)
+            used.update(ancestors(d.address, parent_of))
             if d.pool:
                 used.add(d.pool)
-                used.update(ancestors(d.pool, links))
-        return cls(frozenset(d.address for d in held), frozenset(used), links)
+                used.update(ancestors(d.pool, parent_of))
+        return cls(frozenset(d.address for d in held), frozenset(used), parent_of)
 
     def holding_back(self, d: Any) -> str | None:
         """Why the free device ``d`` is no claim's because of a relative, or ``None``."""

@@ -161,11 +161,10 @@ class HostView:
     parents: frozenset[str] = field(init=False, repr=False, compare=False)
     # IOMMU group -> its assignable members (no mdev slots or USB devices).
     group_members: Mapping[int, tuple[DeviceView, ...]] = field(init=False, repr=False, compare=False)
-    # Address -> its parent, the parent's parent, ... (nearest first), for devices with a parent,
-    # where some parent has a parent itself (``deep``: a vGPU slot on a VF); else empty, and a
-    # device's parent is all there is above it.
+    # Address -> its parent, the parent's parent, ... (nearest first), where some parent has a
+    # parent itself (a vGPU slot on a VF); else empty, and a device's parent is all there is
+    # above it (:meth:`above`): most hosts, whose views are built at every claim.
     lineage: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
-    deep: bool = field(init=False, repr=False, compare=False)
     # What the scheduler derives from this view alone (scheduler/candidates.py), kept with it:
     # the store reuses a view while its rows are unchanged, so later claims find it computed.
     memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
@@ -177,7 +176,6 @@ class HostView:
         relatives = Relatives.of(holding, links)
         pools = Pools.of(self.devices, holding)
         partitioned: dict[str, dict[str, int]] = {}
-        parents = {d.parent for d in self.devices if d.parent}
         groups: dict[int, list[DeviceView]] = {}
         for d in self.devices:
             if d.iommu_group is not None and d.kind not in UNGROUPED_KINDS:
@@ -216,12 +214,15 @@ class HostView:
         s(self, "partitioned_by_type", partitioned)
         s(self, "pools", pools)
         s(self, "used_parents", relatives.used)
-        s(self, "parents", frozenset(parents))
+        s(self, "parents", frozenset(links.values()))
         s(self, "group_members", {g: tuple(v) for g, v in groups.items()})
         deep = any(p in links for p in links.values())
-        s(self, "deep", deep)
         s(self, "lineage", {a: ancestors(a, links) for a in links} if deep else {})
         s(self, "memo", {})
+
+    def above(self, d: DeviceView) -> tuple[str, ...]:
+        """The devices above ``d`` on this host, nearest first (its parent, the parent's, ...)."""
+        return self.lineage.get(d.address) or ((d.parent,) if d.parent else ())
 
     def free_count(self) -> int:
         """How many devices of any type could be handed out now."""

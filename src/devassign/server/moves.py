@@ -45,7 +45,7 @@ class MoveStart(BaseModel):
 class _MoveClaims(Store):
     """The store as the placer sees it for one move: its claim records the move in the same
     transaction. The quota counts the consumer's own devices as given back: once committed it
-    holds the target's instead of the source's (``quotas.enforce_move_quota``, in the start)."""
+    holds the target's instead of the source's (``quotas.move_quota_refusal``, in the start)."""
 
     def __init__(
         self, base: Store, consumer: str, key: str | None, held: Mapping[str, int], source_id: int

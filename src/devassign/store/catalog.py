@@ -10,7 +10,6 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.domain import MAX_JSON_DEPTH, DeviceState, cut_too_deep
-from devassign.handler_config import config_problem
 from devassign.scheduler.errors import RequestError
 from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
@@ -222,6 +221,8 @@ def create_type(
 
 
 def _check_config(handler: str | None, config: dict[str, Any]) -> None:
+    from devassign.lifecycle.type_config import config_problem  # the handlers' own: not at every import
+
     problem = config_problem(handler, config)
     if problem is not None:
         raise errors.DevassignError(errors.INVALID_REQUEST, f"{problem}; docs/lifecycle.md lists them")

@@ -34,7 +34,7 @@ from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host
-from devassign.store.quotas import enforce_move_quota
+from devassign.store.quotas import move_quota_refusal
 from devassign.store.schema import (
     GangId,
     allocation_items,
@@ -347,7 +347,7 @@ def start(
             allocations.c.consumer == order.consumer, allocations.c.released_at.is_(None)
         )
     ).scalar_one()
-    refused = enforce_move_quota(conn, source.project, source.id, target_alloc)
+    refused = move_quota_refusal(conn, source.project, source.id, target_alloc)
     if refused is not None:  # planned on a use that another claim changed: plan again
         raise OverQuota(refused)
     pairs = device_map(_items(conn, source.id), _items(conn, target_alloc))

@@ -181,7 +181,7 @@ def held_by_type(conn: sa.Connection, allocation_id: int) -> dict[str, int]:
     return {r.name: r.n for r in rows}
 
 
-def enforce_move_quota(
+def move_quota_refusal(
     conn: sa.Connection, project: str, source_id: int, target_id: int
 ) -> errors.DevassignError | None:
     """A move's quota check, inside its start, after the target devices are taken: the

@@ -1,5 +1,5 @@
-"""What a resource type's ``config`` may hold for the built-in handlers, checked when the type
-is created or changed.
+"""What a resource type's ``config`` may hold for the built-in handlers, checked by the server
+when the type is created or changed (the handlers check it again at each action).
 
 The agents read the config at every action and health check, and a value they cannot use
 fails it there: a misspelt ``reset`` took every device of the type out of service on every
@@ -10,12 +10,14 @@ keys every handler shares are checked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# Driver names as the agent takes them (lifecycle/names.py): no path can be made of one.
-_DRIVER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+from devassign.lifecycle import names
+from devassign.lifecycle.base import HandlerError
+from devassign.lifecycle.handlers.pci import RESET_CHOICES
+from devassign.lifecycle.handlers.sriov import LINK_STATES
+from devassign.lifecycle.registry import DEFAULT_FOR_KIND
 
 
 def _choice(*allowed: str) -> Callable[[Any], str | None]:
@@ -40,8 +42,11 @@ def _argv(v: Any) -> str | None:
 
 
 def _driver(v: Any) -> str | None:
-    ok = isinstance(v, str) and _DRIVER_RE.fullmatch(v) and v.strip(".")
-    return None if ok else "expected a driver name (1-64 letters, digits, _ . -)"
+    try:
+        names.driver_name(v)  # as the handler takes it
+    except HandlerError:
+        return "expected a driver name (1-64 letters, digits, _ . -; no /)"
+    return None
 
 
 def _program(v: Any) -> str | None:
@@ -50,14 +55,14 @@ def _program(v: Any) -> str | None:
 
 # Keys every handler's devices are subject to (the server's and the executor's own).
 SHARED: dict[str, Callable[[Any], str | None]] = {"one_time_use": _bool, "timeout": _seconds}
-_PCI = {"reset": _choice("required", "bus", "none-ok"), "host_driver": _driver}
+_PCI = {"reset": _choice(*RESET_CHOICES), "host_driver": _driver}
 BUILT_IN: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "pci": _PCI,
     "sriov_vf": {
         **_PCI,
         "spoofchk": _bool,
         "trust": _bool,
-        "link_state": _choice("auto", "enable", "disable"),
+        "link_state": _choice(*LINK_STATES),
         "pf_link": _choice("check", "ignore"),
     },
     "mdev": {},
@@ -68,7 +73,7 @@ BUILT_IN: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "command": {"setup": _argv, "cleanup": _argv, "health": _argv},
 }
 # A type without a handler gets the built-in one of each device's kind: any of these.
-_BY_KIND = ("pci", "sriov_vf", "mdev", "usb", "noop", "nvidia_vgpu", "mig")
+_BY_KIND = sorted(set(DEFAULT_FOR_KIND.values()))
 
 
 def config_problem(handler: str | None, config: Mapping[str, Any]) -> str | None:
