@@ -30,6 +30,7 @@ from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
 from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, agent_live, may_act
+from devassign.store.inherited_health import with_inherited_health
 from devassign.store.schema import (
     allocations,
     devices,
@@ -145,7 +146,28 @@ _PARENTS_OF_PARTITIONS = sa.select(_MEMBERS.c.parent).where(
 _PARENTS_OF_HOST = sa.select(_MEMBERS.c.parent).where(
     _MEMBERS.c.host_id == sa.bindparam("host_id"), _MEMBERS.c.parent.is_not(None)
 )
-_PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, devices.c.taint).where(
+# A claim takes a device's whole IOMMU group: one member not free (tainted, unhealthy, being
+# cleaned) keeps the others from claims. The groups of more than one assignable member.
+_UNGROUPED = sorted(UNGROUPED_KINDS)
+_SHARED_GROUPS = (
+    sa.select(_MEMBERS.c.iommu_group)
+    .where(
+        _MEMBERS.c.host_id == sa.bindparam("host_id"),
+        _MEMBERS.c.iommu_group.is_not(None),
+        _MEMBERS.c.state != DeviceState.REMOVED.value,
+        _MEMBERS.c.kind.not_in(_UNGROUPED),
+    )
+    .group_by(_MEMBERS.c.iommu_group)
+    .having(sa.func.count() > 1)
+)
+_PARTITIONS = sa.select(
+    *SHARE_COLUMNS,
+    devices.c.parent,
+    devices.c.type_id,
+    devices.c.taint,
+    devices.c.iommu_group,
+    devices.c.kind,
+).where(
     devices.c.host_id == sa.bindparam("host_id"),
     devices.c.state != DeviceState.REMOVED.value,
     sa.or_(
@@ -154,6 +176,7 @@ _PARTITIONS = sa.select(*SHARE_COLUMNS, devices.c.parent, devices.c.type_id, dev
         devices.c.address.in_(_PARENTS_OF_PARTITIONS),
         devices.c.parent.is_not(None),
         devices.c.address.in_(_PARENTS_OF_HOST),
+        sa.and_(devices.c.kind.not_in(_UNGROUPED), devices.c.iommu_group.in_(_SHARED_GROUPS)),
     ),
 )
 
@@ -219,13 +242,16 @@ def carved_of(rows: Sequence[Any]) -> dict[int, int]:
     # Per pool and type: the free devices that fit alone, of which fewer may fit together
     # (four VFs offer a 70 GB vGPU, a 141 GB GPU holds two): counted by taking them one by one.
     fitting: dict[tuple[str | None, int], list[Any]] = {}
+    free: list[Any] = []
     for r in rows:
         if r.state != DeviceState.AVAILABLE.value or r.taint is not None:
             continue
         if relatives.holding_back(r) is not None or pools.refusal(r) is not None:
             out[r.type_id] = out.get(r.type_id, 0) + 1
         else:
-            fitting.setdefault((r.pool, r.type_id), []).append(r)
+            free.append(r)
+    for r in _with_free_groups(rows, free, out):
+        fitting.setdefault((r.pool, r.type_id), []).append(r)
     for (_pool, type_id), free in fitting.items():
         together = copy_pools(pools)
         fit = 0
@@ -377,6 +403,7 @@ def apply_report(
         )
 
     out = _Outcome()
+    reported = with_inherited_health(report.devices)
     type_rows = catalog_rows(conn)
     types = {name: r.id for name, r in type_rows.items()}
     type_names = {v: k for k, v in types.items()}
@@ -388,13 +415,13 @@ def apply_report(
 
     # Partitions of one pool must agree on every counter they both name: the first one decides.
     pool_counters: dict[str, dict[str, int]] = {}
-    for dev in report.devices:
+    for dev in reported:
         if dev.pool is not None:
             known = pool_counters.setdefault(dev.pool, {})
             for k, v in dev.pool_counters.items():
                 known.setdefault(k, v)
-    refusals = _refusals(report.devices, type_rows, pool_counters)
-    for dev in report.devices:
+    refusals = _refusals(reported, type_rows, pool_counters)
+    for dev in reported:
         if dev.address in seen:
             out.refused.append(
                 schemas.RefusedDevice(address=dev.address, code="duplicate_address", reason="reported twice")
@@ -443,7 +470,7 @@ def apply_report(
         if address not in seen:
             _vanished(conn, row, out, base_event, type_names, now, why=replaced.get(address))
 
-    seen_types = {d.type for d in report.devices}
+    seen_types = {d.type for d in reported}
     failpoint("report.mid_transaction")
     record_many(conn, _unrepeated(conn, name, out.events))
     mark_tainted(conn, host.id, now)
@@ -768,6 +795,26 @@ def pool_refusal(dev: schemas.ReportedDevice, first: dict[str, dict[str, int]]) 
         f"{dev.address} says its pool {dev.pool} has {dev.pool_counters[k]} {k}, another device "
         f"of the same pool says {known[k]}: fix the agent's rules so they agree"
     )
+
+
+def _with_free_groups(rows: Sequence[Any], free: list[Any], out: dict[int, int]) -> list[Any]:
+    """Of ``free``, those whose IOMMU group has every assignable member free too; the others
+    are counted in ``out`` (per type), since a claim takes the whole group."""
+    free_addresses = {r.address for r in free}
+    busy = {
+        r.iommu_group
+        for r in rows
+        if r.iommu_group is not None and r.kind not in UNGROUPED_KINDS and r.address not in free_addresses
+    }
+    if not busy:
+        return free
+    kept = []
+    for r in free:
+        if r.iommu_group in busy and r.kind not in UNGROUPED_KINDS:
+            out[r.type_id] = out.get(r.type_id, 0) + 1
+        else:
+            kept.append(r)
+    return kept
 
 
 def _update_existing(

@@ -1,0 +1,66 @@
+"""A device carved from or hanging under an unhealthy device is unhealthy with it: a vGPU slot
+or MIG instance of a GPU whose health check fails, a VF of a PF whose check fails. The agent
+checks each device on its own; the server, which sees the whole report, carries the parent's
+verdict down, so no claim gets a slice of a broken GPU and every count says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.api.test_partitions import GPU, T4_TYPES, _available, _capacity, _claim, _report, _types, t4
+
+
+def _with_gpu(devices: list[dict[str, Any]], **health: Any) -> list[dict[str, Any]]:
+    return [{**d, **health} if d["address"] == GPU else d for d in devices]
+
+
+def _states(api: TestClient) -> dict[str, tuple[str, str | None]]:
+    return {d["address"]: (d["state"], d["health_reason"]) for d in api.get("/v1/devices").json()}
+
+
+def test_the_slots_of_a_failing_gpu_are_unhealthy_with_it_and_come_back_with_it(api: TestClient) -> None:
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    held = _claim(api, "vm-1", "hardware_resource:VGPU_T4_4Q=1")
+    assert held.status_code == 201, held.text
+    slot = held.json()["devices"][0]["address"]
+    failing = _with_gpu(t4(), healthy=False, health_reason="Xid 79: fallen off the bus")
+    _report(api, "h1", failing, generation=2)
+    states = _states(api)
+    assert states[GPU] == ("unhealthy", "Xid 79: fallen off the bus")
+    for address, (state, reason) in states.items():
+        if address not in (GPU, slot):
+            assert state == "unhealthy", address
+            assert reason == f"{GPU} above it is unhealthy: Xid 79: fallen off the bus"
+    assert _available(api) == {name: 0 for name in ["GPU_T4", *T4_TYPES]}
+    assert _capacity(api, "hardware_resource:VGPU_T4_1B=1") == 0
+    assert _claim(api, "vm-2", "hardware_resource:VGPU_T4_4Q=1").status_code == 409
+    # The holder of the slot hears of it.
+    told = api.get("/v1/events", params={"device": slot}).json()
+    assert any(e["action"] == "device_unhealthy" and GPU in e["message"] for e in told)
+
+    # The GPU's checks pass again, not yet enough of them: its slots stay out with it.
+    recovering = _with_gpu(t4(), healthy=False, health_reason="Xid 79", health_recovering=True)
+    _report(api, "h1", recovering, generation=3)
+    assert {s for a, (s, _) in _states(api).items() if a != slot} == {"unhealthy"}
+    # Healthy again: so are the slots, and they are handed out again.
+    _report(api, "h1", t4(), generation=4)
+    assert {s for a, (s, _) in _states(api).items() if a != slot} == {"available"}
+    assert _claim(api, "vm-2", "hardware_resource:VGPU_T4_4Q=1").status_code == 201
+
+
+def test_a_slot_below_a_vf_of_a_failing_pf_is_unhealthy_too(api: TestClient) -> None:
+    """However deep: a PF, its VF, a vGPU slot carved on the VF."""
+    _types(api, "PF", "VF", "SLOT")
+    pf = {"address": "0000:5e:00.0", "kind": "pci", "type": "PF"}
+    pf |= {"healthy": False, "health_reason": "link down"}
+    vf = {"address": "0000:5e:00.2", "kind": "pci", "type": "VF", "parent": pf["address"]}
+    slot = {"address": "0000:5e:00.2/x/0", "kind": "mdev_type", "type": "SLOT", "parent": vf["address"]}
+    other = {"address": "0000:5e:00.3", "kind": "pci", "type": "VF"}
+    _report(api, "h1", [pf, vf, slot, other])
+    states = _states(api)
+    assert states[vf["address"]] == ("unhealthy", f"{pf['address']} above it is unhealthy: link down")
+    assert states[slot["address"]] == ("unhealthy", f"{pf['address']} above it is unhealthy: link down")
+    assert states[other["address"]] == ("available", None)
