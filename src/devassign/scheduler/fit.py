@@ -242,6 +242,8 @@ class _Search:
         self.bound: list[Any] = [None] * len(constraints)
         self.bound_n = [0] * len(constraints)
         self.seen: list[Counter[Any]] = [Counter() for _ in constraints]
+        # The constraints that may leave too few devices for the requests still to place.
+        self.checked_ci = [ci for ci, c in enumerate(constraints) if c.mode in ("match", "distinct")]
         self.held_addr: Counter[str] = Counter()
         self.held_parent: Counter[str] = Counter()
         self.group_refs: Counter[int] = Counter()
@@ -385,12 +387,60 @@ class _Search:
             new = self._add(unit, c, t)
             if new is None:
                 continue
+            if self.checked_ci and self._hopeless(ui, need - t):
+                self._remove(unit, c, t)
+                continue
             self.picks[-1][1].append((c, new))
             if self._take(ui, unit, classes, i + 1, need - t, left - avail):
                 return True
             self.picks[-1][1].pop()
             self._remove(unit, c, t)
         return False
+
+    def _hopeless(self, ui: int, need: int) -> bool:
+        """Whether the constraints leave fewer devices than the requests still to place need:
+        six requests on one NUMA node that has five, or under six distinct PFs of five, fail
+        at once, not after every way of taking the first five is tried (which ran out of steps
+        with a few named requests). ``need``: what unit ``ui`` still needs. Counts what the
+        remaining requests could use at best, so it never refuses a choice that fits."""
+        for ci in self.checked_ci:
+            match = self.constraints[ci].mode == "match"
+            if match and not self.bound_n[ci]:
+                continue
+            wanted = 0
+            within: dict[int, _Class] = {}
+            for uj in range(ui, len(self.units)):
+                unit = self.units[uj]
+                if ci not in unit.constraints:
+                    continue
+                if uj == ui:
+                    wanted += need
+                    lists = [unit.classes[self.picks[-1][0]]]
+                else:
+                    allowed = [ai for ai in range(len(unit.alternatives)) if self.only.get(uj, ai) == ai]
+                    if not allowed:
+                        continue
+                    wanted += min(unit.alternatives[ai].count for ai in allowed) * len(unit.members)
+                    lists = [unit.classes[ai] for ai in allowed]
+                for classes in lists:
+                    for cl in classes:
+                        if cl.taken < len(cl.devices) and self._open(unit, cl):
+                            within[id(cl)] = cl
+            if not wanted:
+                continue
+            if match:
+                if wanted > sum(len(cl.devices) - cl.taken for cl in within.values()):
+                    return True
+            elif wanted > len({cl.values[ci] for cl in within.values() if not self.seen[ci][cl.values[ci]]}):
+                return True
+        return False
+
+    def _open(self, unit: _Unit, cl: _Class) -> bool:
+        """Whether ``cl`` has the values the unit's match constraints are bound to."""
+        for cj in unit.constraints:
+            if self.bound_n[cj] and self.constraints[cj].mode == "match" and cl.values[cj] != self.bound[cj]:
+                return False
+        return True
 
     def _add(self, unit: _Unit, c: _Class, t: int) -> list[DeviceView] | None:
         """Take ``t`` devices of ``c`` if the constraints and PF/VF exclusion allow it."""

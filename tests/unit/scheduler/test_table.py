@@ -226,6 +226,29 @@ CASES = [
         message="needs 1 GPU_A100, has 0 free",
     ),
     Case(
+        # Named requests (apart: their selectors differ) on one NUMA node, five free on each:
+        # answered at once, not after every way of taking five was tried (out of steps).
+        "match_short_of_one_named_request",
+        host("c1", vfs(5, numa=0), vfs(5, numa=1)),
+        req(
+            *[one("NIC_VF_1G", name=f"n{i}", selector=f"{i} >= 0") for i in range(6)],
+            constraints=[{"match": "numa_node"}, {"distinct": "address"}],
+        ),
+        reason=ReasonCode.CONSTRAINT_UNSATISFIED,
+        message="needs 6 NIC_VF_1G on one NUMA node, has 5 on node 0 and 5 on node 1",
+        max_steps=100,
+    ),
+    Case(
+        "distinct_short_of_one_named_request",
+        host("c1", *[vfs(4, numa=0, pf=f"0000:{0x30 + n:02x}:00.0") for n in range(5)]),
+        req(
+            *[one("NIC_VF_1G", name=f"n{i}", selector=f"{i} >= 0") for i in range(6)],
+            constraints=[{"distinct": "parent"}, {"match": "numa_node"}],
+        ),
+        reason=ReasonCode.CONSTRAINT_UNSATISFIED,
+        max_steps=100,
+    ),
+    Case(
         "budget_exhausted",
         host("c1", *[vfs(1, numa=n % 2, pf=f"0000:{0x20 + n:02x}:00.0") for n in range(12)]),
         req(
@@ -242,7 +265,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case(case: Case) -> None:
-    policy = Policy(budget=50) if case.reason is ReasonCode.SEARCH_BUDGET_EXHAUSTED else Policy()
+    policy = Policy(budget=10) if case.reason is ReasonCode.SEARCH_BUDGET_EXHAUSTED else Policy()
     decision = schedule(case.request, snapshot(case.host), policy, explain_all=True)
     result = fit(case.host, case.request, budget=policy.budget)
     verdict = decision.explanation.hosts[0]
