@@ -69,3 +69,22 @@ def test_a_host_deleted_with_nothing_owed_comes_back_as_it_reports(api: TestClie
     _ok(api.delete("/v1/hosts/hx"), 204)
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A), vf(B)]}))
     assert _states(api) == {A: "available", B: "available"}
+
+
+def test_a_new_device_beside_one_retired_uncleaned_is_cleaned_first(api: TestClient) -> None:
+    """The retired device may come back under another address (a card moved to another slot,
+    a bus renumbered): a new device of its type on its host is cleaned before anyone gets it,
+    as while it was missing."""
+    _ok(api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}), 201)
+    _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A), vf(B)]}))
+    claim = {"consumer": "vm1", "hosts": ["hx"], "requests": [{"name": "n", "type": "NIC_VF_1G"}]}
+    held = _ok(api.post("/v1/claims", json=claim), 201)["devices"][0]
+    _ok(api.post("/v1/hosts/hx/work", json={"results": [{"device_id": held["id"], "action": "setup", "ok": True}]}))
+    rest = [vf(a) for a in (A, B) if a != held["address"]]
+    _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 2, "devices": rest}))
+    _ok(api.delete("/v1/allocations/vm1"), 204)
+    _ok(api.post(f"/v1/devices/{held['id']}/clear", json={"reason": "pulled for RMA"}))
+    moved = "0000:3c:02.0"
+    answer = _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 3, "devices": [*rest, vf(moved)]}))
+    assert any(moved in w and "cleaned before use" in w for w in answer["warnings"]), answer
+    assert _states(api)[moved] == "cleaning"

@@ -597,11 +597,13 @@ def _clean_first(
     """New devices of a type whose held devices on this host are gone are cleaned before anyone
     gets them: the same hardware under a new address (a bus renumbered by a firmware update, a
     card moved to another slot) still carries what its holder left on it, and a device first
-    seen is otherwise taken as clean."""
+    seen is otherwise taken as clean. So does one an operator retired while it was missing
+    (``removed``, its cleanup still owed): it may be back under another address."""
     gone: dict[int, list[str]] = {}
     for address, row in existing.items():
         state = DeviceState(row.state)
-        was_held = state in _HELD or state is DeviceState.MISSING
+        retired = state is DeviceState.REMOVED and row.prior_state == DeviceState.CLEANING.value
+        was_held = state in _HELD or state is DeviceState.MISSING or retired
         if address not in seen and was_held and not _known_by_serial(row.kind, address):
             gone.setdefault(row.type_id, []).append(address)
     if not gone:
@@ -614,7 +616,7 @@ def _clean_first(
         row["state"] = DeviceState.CLEANING.value
         why = (
             f"cleaned before use: {len(held)} {type_names.get(row['type_id'])} device(s) held on this "
-            f"host are gone ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), and this "
+            f"host are gone uncleaned ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), and this "
             "may be one of them under a new address"
         )
         event = added[row["id"]]
