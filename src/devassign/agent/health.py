@@ -92,6 +92,14 @@ class HealthRecord:
         entry["passes"] = passes
         return passes == 1  # failing -> recovering
 
+    def failing_free(self, address: str) -> str | None:
+        """Why the device's last check failed, where it failed as a free device and has not
+        passed since; else ``None``. No setup runs on such a device."""
+        entry = self._map.get(address)
+        if entry is None or entry.get("passes") or entry.get("held"):
+            return None
+        return str(entry.get("reason") or "health check failed")
+
     def keep_only(self, addresses: Iterable[str]) -> None:
         """Forget devices the host no longer has (a device that comes back is checked anew)."""
         keep = set(addresses)

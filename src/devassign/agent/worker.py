@@ -664,6 +664,14 @@ class Agent:
                 f"{address} is a {mine.type} on host {host} now, not a {item.device.type} (its "
                 "rule changed); the next report tells the server"
             )
+        failing = self.health.failing_free(address) if item.action == "setup" else None
+        if failing is not None:
+            # Claimed before the server heard of the failure, or vouched for by an operator
+            # and failing again: not handed to anyone until a check passes.
+            return (
+                f"{address} failed its last health check on host {host} ({failing}); it is not "
+                "set up for anyone until a check passes"
+            )
         if item.action == "cleanup" and not prepared:
             return None
         return self._held_for_another(item) or self._foreign_facts(item) or self._policy_refusal(item)

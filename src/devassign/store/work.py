@@ -340,6 +340,8 @@ def _apply_one(
         facts=None,
         consumed=None,
         quarantine_reason=None,
+        # A cleanup its check finds unfinished: an operator's clear cleans it again (_clear_health).
+        prior_state=None if healthy else DeviceState.CLEANING.value,
         **health,
     )
     record(conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}", **ev)
@@ -465,10 +467,17 @@ def _retire_missing(
 
 def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, actor: str) -> schemas.Device:
     """An operator vouches for a device whose health check failed: healthy again now, without
-    waiting for the agent's passes in a row. A check that still fails marks it again (the next
+    waiting for the agent's passes in a row (cleaned again first where the check that failed
+    was the one after its cleanup). A check that still fails marks it again (the next
     report is applied in full, not skipped as unchanged)."""
     state = DeviceState(row.state)
     new = DeviceState.AVAILABLE if state is DeviceState.UNHEALTHY else state
+    again: dict[str, Any] = {}
+    if state is DeviceState.UNHEALTHY and row.prior_state == DeviceState.CLEANING.value:
+        # Its last cleanup ended with a failing check (a scrub that exited 0 and left data
+        # behind): vouching for the device does not finish that cleanup; it runs again.
+        new = DeviceState.CLEANING
+        again = {"facts": {CLEARED: _clears(row.facts) + 1}, "prior_state": None}
     conn.execute(
         devices.update()
         .where(devices.c.id == row.id)
@@ -478,6 +487,7 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
             state=new.value,
             updated_at=now,
             **({"state_changed_at": now} if new is not state else {}),
+            **again,
         )
     )
     host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()

@@ -386,3 +386,22 @@ def test_simulated_netlink_state_survives_a_restart(tmp_path: Path) -> None:
     first.netlink.set_vf("ens1f0", 1, mac="52:54:00:00:00:09", vlan=5)
     again = simulated_host(h.root).netlink.get_vf("ens1f0", 1)
     assert (again.mac, again.vlan, again.spoofchk) == ("52:54:00:00:00:09", 5, True)
+
+
+def test_no_setup_of_a_device_whose_last_check_failed_while_free(world: World) -> None:
+    """A claim that landed between the check's failure and the report saying so (or after an
+    operator vouched for the device and its check failed again) is refused, not set up: the
+    device goes back through its cleanup instead of to the new consumer."""
+    agent = world.make()
+    agent.health.observe(world.vfs[0], False, "scrub left data behind")
+    world.server.claim("d0")
+    done = agent.work()
+    assert [(d.action, d.ok) for d in done] == [("setup", False)]
+    assert "failed its last health check" in world.server.posted[-1]["error"]
+    assert world.driver(world.vfs[0]) == "iavf"  # never set up
+    assert world.server.devices["d0"].state == "cleaning"
+    # Checks pass again (not yet enough of them): the operator's word stands, it is set up.
+    agent.work()
+    agent.health.observe(world.vfs[0], True, None)
+    world.server.claim("d0")
+    assert [(d.action, d.ok) for d in agent.work()] == [("setup", True)]
