@@ -79,7 +79,8 @@ def test_a_new_device_beside_one_retired_uncleaned_is_cleaned_first(api: TestCli
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A), vf(B)]}))
     claim = {"consumer": "vm1", "hosts": ["hx"], "requests": [{"name": "n", "type": "NIC_VF_1G"}]}
     held = _ok(api.post("/v1/claims", json=claim), 201)["devices"][0]
-    _ok(api.post("/v1/hosts/hx/work", json={"results": [{"device_id": held["id"], "action": "setup", "ok": True}]}))
+    setup = {"device_id": held["id"], "action": "setup", "ok": True}
+    _ok(api.post("/v1/hosts/hx/work", json={"results": [setup]}))
     rest = [vf(a) for a in (A, B) if a != held["address"]]
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 2, "devices": rest}))
     _ok(api.delete("/v1/allocations/vm1"), 204)

@@ -616,8 +616,8 @@ def _clean_first(
         row["state"] = DeviceState.CLEANING.value
         why = (
             f"cleaned before use: {len(held)} {type_names.get(row['type_id'])} device(s) held on this "
-            f"host are gone uncleaned ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), and this "
-            "may be one of them under a new address"
+            f"host are gone uncleaned ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), "
+            "and this may be one of them under a new address"
         )
         event = added[row["id"]]
         event["message"] += f", {why}"
