@@ -904,6 +904,13 @@ class WorkItem(BaseModel):
         description="Which round of work on the device this is; the result names it, and a result "
         "of an earlier round (resent, or late after the device moved on) is ignored",
     )
+    type_changed: bool = Field(
+        default=False,
+        description="A cleanup of a device whose type (its handler, its config) was written after "
+        "the device was claimed: an agent without its own record of the handler and config that "
+        "set the device up refuses the cleanup (the device is quarantined), as the type's new "
+        "cleanup may not undo the old setup",
+    )
 
 
 # What a setup's facts may be: a few small values (a driver name, an mdev UUID), never a

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import vf
+from tests.conftest import Clock, vf
 
 A = "0000:3b:02.0"
 
@@ -50,3 +50,20 @@ def test_clearing_a_device_whose_check_after_cleanup_failed_cleans_it_again(api:
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 2, "devices": [{**vf(A), **dirty}]}))
     assert _device(api)["state"] == "unhealthy"
     assert _ok(api.post(f"/v1/devices/{dev['id']}/clear", json={}))["state"] == "available"
+
+
+def test_a_cleanup_says_whether_the_type_changed_since_the_claim(api: TestClient, clock: Clock) -> None:
+    """So that an agent without its record of the setup (a lost state file) does not clean
+    with a config other than the one that set the device up."""
+    config = {"setup": ["/usr/bin/true"], "cleanup": ["/usr/bin/true"]}
+    _ok(api.post("/v1/resource-types", json={"name": "TOKEN", "handler": "command", "config": config}), 201)
+    token = {"address": "usb:1050:0407:A1", "kind": "usb", "type": "TOKEN"}
+    _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [token]}))
+    claim = {"consumer": "vm1", "requests": [{"name": "t", "type": "TOKEN"}]}
+    dev = _ok(api.post("/v1/claims", json=claim), 201)["devices"][0]
+    _work(api, {"device_id": dev["id"], "action": "setup", "ok": True})
+    _ok(api.delete("/v1/allocations/vm1"), 204)
+    assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [False]
+    clock.advance(5)
+    _ok(api.patch("/v1/resource-types/TOKEN", json={"config": {"setup": ["/usr/bin/true"]}}))
+    assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [True]

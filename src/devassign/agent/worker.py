@@ -674,7 +674,27 @@ class Agent:
             )
         if item.action == "cleanup" and not prepared:
             return None
-        return self._held_for_another(item) or self._foreign_facts(item) or self._policy_refusal(item)
+        return (
+            self._unknown_setup(item)
+            or self._held_for_another(item)
+            or self._foreign_facts(item)
+            or self._policy_refusal(item)
+        )
+
+    def _unknown_setup(self, item: WorkItem) -> str | None:
+        """A cleanup of a device whose type changed since its claim, where this agent has no
+        record of the handler and config that set it up (its state file lost or restored from
+        an older backup): the type's new cleanup may not undo the old setup (a cleanup command
+        dropped), so the device is quarantined for an operator rather than called clean."""
+        if item.action != "cleanup" or not item.type_changed or item.cleared:
+            return None
+        if item.device.id in self.state.state.set_up_by:
+            return None
+        return (
+            f"type {item.device.type} changed while {item.device.address} was held, and this agent "
+            "has no record of the handler and config that set it up (its state file lost?): not "
+            "cleaned with the new ones; check the device, then `devassign device clear` it"
+        )
 
     def _held_for_another(self, item: WorkItem) -> str | None:
         """A setup of a device this agent holds set up for another holding (another consumer,

@@ -123,6 +123,8 @@ def work_for_host(
             resource_types.c.config.label("type_config"),
             resource_types.c.params.label("type_params"),
             allocations.c.request.label("request_doc"),
+            allocations.c.created_at.label("claimed_at"),
+            resource_types.c.updated_at.label("type_updated_at"),
             allocation_items.c.request_name,
         )
         .outerjoin(
@@ -157,6 +159,11 @@ def work_for_host(
                 companions=mates,
                 cleared=_clears(r.facts) > 0,
                 ticket=ticket(r.allocation_id, r.facts),
+                type_changed=(
+                    r.state == DeviceState.CLEANING.value
+                    and r.claimed_at is not None
+                    and r.type_updated_at > r.claimed_at
+                ),
             )
         )
     return schemas.WorkList(host=host, items=items)

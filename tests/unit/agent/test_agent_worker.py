@@ -49,6 +49,7 @@ class FakeDevice:
     config: dict[str, Any] = field(default_factory=dict)
     cleared: bool = False
     type: str = "NIC_VF"
+    type_changed: bool = False
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class FakeServer:
                     "companions": mates if d.consumer else [],
                     "cleared": d.cleared,
                     "ticket": f"{d.id}.{d.state}",
+                    "type_changed": d.type_changed and d.state == "cleaning",
                 }
             )
         return out
@@ -405,3 +407,26 @@ def test_no_setup_of_a_device_whose_last_check_failed_while_free(world: World) -
     agent.health.observe(world.vfs[0], True, None)
     world.server.claim("d0")
     assert [(d.action, d.ok) for d in agent.work()] == [("setup", True)]
+
+
+@pytest.mark.parametrize("state_kept", [True, False])
+def test_a_type_changed_while_held_is_not_trusted_without_a_record_of_the_setup(
+    world: World, state_kept: bool
+) -> None:
+    """The type's config changed while the device was held (its cleanup command dropped, say):
+    with its record of the setup the agent cleans with what set the device up; without one (a
+    lost state file) it refuses, and the device is quarantined rather than called clean."""
+    world.server.claim("d0")
+    assert [(d.action, d.ok) for d in world.make().work()] == [("setup", True)]
+    world.server.release()
+    world.server.devices["d0"].type_changed = True
+    if not state_kept:
+        world.config.state_file.unlink()
+    done = world.make().work()
+    if state_kept:
+        assert [(d.action, d.ok) for d in done] == [("cleanup", True)]
+        assert world.server.devices["d0"].state == "available"
+        return
+    assert [(d.action, d.ok) for d in done] == [("cleanup", False)]
+    assert "changed while" in world.server.posted[-1]["error"]
+    assert world.server.devices["d0"].state == "quarantined"
