@@ -127,8 +127,12 @@ def test_declared_params_pass_normalised_to_the_agent(secure_api: TestClient, st
     assert [w["params"] for w in work] == [{**params, "mac": "52:54:00:ab:cd:ef"}]
 
 
-def test_a_narrowed_declaration_reaches_allocations_made_before(secure_api: TestClient, store: Store) -> None:
-    """What the agent and the libvirt XML get is what the type declares now."""
+def test_a_declaration_written_later_leaves_held_devices_as_claimed(
+    secure_api: TestClient, store: Store
+) -> None:
+    """A declaration narrowed or dropped applies to later claims: a device claimed before keeps
+    the params it was claimed with (its VLAN dropped from its setup would put the guest on the
+    untagged network), and a new claim with the dropped param is refused."""
     who = _cloud(secure_api, store)
     params = {"mac": "52:54:00:ab:cd:ef", "vlan": 100, "label": "web-1"}
     assert (
@@ -138,7 +142,9 @@ def test_a_narrowed_declaration_reaches_allocations_made_before(secure_api: Test
     r = secure_api.patch("/v1/resource-types/NIC_VF_1G", json={"params": narrowed}, headers=who["admin"])
     assert r.status_code == 200, r.text
     work = secure_api.get("/v1/hosts/c1/work", headers=who["agent"]).json()["items"]
-    assert [w["params"] for w in work] == [{"mac": "52:54:00:ab:cd:ef"}]
+    assert [w["params"] for w in work] == [params]
+    later = secure_api.post("/v1/claims", json=_claim("vm-2", vlan=100), headers=who["demo"])
+    assert later.status_code == 400, later.text
 
 
 @pytest.mark.parametrize(

@@ -99,16 +99,14 @@ def _host_id(
     return int(row.id)
 
 
-def _params_for(
-    request_doc: dict[str, Any], request_name: str | None, declared: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The params the claim stored for this device's request, as far as its type declares them
-    now: an allocation made before params were declared (or before a declaration was narrowed)
-    hands no undeclared value, and never a fact name, to an agent or into the libvirt XML."""
+def _params_for(request_doc: dict[str, Any], request_name: str | None) -> dict[str, Any]:
+    """The params the claim stored for this device's request, as its type's declaration
+    checked them at the claim: a declaration written later applies to later claims, never to
+    a held device's next setup (a VF's VLAN dropped from its setup would put the guest on the
+    untagged network). Never a fact name, whatever an older row holds."""
     for r in request_doc.get("requests", []) if request_doc else []:
         if r.get("name") == request_name:
-            allowed = set(declared or {}) - schemas.FACT_NAMES
-            return {k: v for k, v in (r.get("params") or {}).items() if k in allowed}
+            return {k: v for k, v in (r.get("params") or {}).items() if k not in schemas.FACT_NAMES}
     return {}
 
 
@@ -121,7 +119,6 @@ def work_for_host(
         .add_columns(
             resource_types.c.handler,
             resource_types.c.config.label("type_config"),
-            resource_types.c.params.label("type_params"),
             allocations.c.request.label("request_doc"),
             allocations.c.created_at.label("claimed_at"),
             resource_types.c.updated_at.label("type_updated_at"),
@@ -154,7 +151,7 @@ def work_for_host(
                 device=device_model(r),
                 handler=r.handler,
                 config=cut_too_deep(r.type_config or {}),
-                params=_params_for(r.request_doc, r.request_name, r.type_params),
+                params=_params_for(r.request_doc, r.request_name),
                 facts=_recorded(r.facts),
                 companions=mates,
                 cleared=_clears(r.facts) > 0,
@@ -575,7 +572,7 @@ def _devices_of(
 ) -> list[tuple[schemas.Device, dict[str, Any], dict[str, Any]]]:
     q = (
         device_query()
-        .add_columns(allocation_items.c.request_name, resource_types.c.params.label("type_params"))
+        .add_columns(allocation_items.c.request_name)
         .join(allocation_items, allocation_items.c.device_id == devices.c.id)
         .where(allocation_items.c.allocation_id == alloc.id)
         .order_by(devices.c.address)
@@ -585,5 +582,5 @@ def _devices_of(
         device = device_model(r)
         if set_up_for is not None:
             device = device.model_copy(update={"consumer": set_up_for})
-        out.append((device, _params_for(alloc.request, r.request_name, r.type_params), _recorded(r.facts)))
+        out.append((device, _params_for(alloc.request, r.request_name), _recorded(r.facts)))
     return out
