@@ -722,6 +722,13 @@ class TaintCreate(Strict):
             raise ValueError("say why: the reason cannot be blank")
         return v.strip()
 
+    @field_validator("expires_in", mode="before")
+    @classmethod
+    def _not_a_flag(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # true would be one second: a Drain gone at once
+            raise ValueError("expires_in is seconds or an ISO 8601 duration (PT2H), not true or false")
+        return v
+
     @model_validator(mode="after")
     def _one_expiry(self) -> Self:
         if self.expires_at is not None and self.expires_in is not None:
@@ -734,7 +741,10 @@ class TaintCreate(Strict):
             raise ValueError("expires_at needs a time zone (e.g. 2026-12-04T18:00:00Z)")
         if self.expires_at is not None:
             # The same instant in UTC: the store keeps times without their offset.
-            self.expires_at = self.expires_at.astimezone(UTC)
+            try:
+                self.expires_at = self.expires_at.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("expires_at is out of range (years 1 to 9999 in UTC)") from None
         return self
 
 

@@ -93,3 +93,27 @@ def test_a_device_profile_with_unstorable_text_is_400_and_the_listing_keeps_work
         headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400, r.text
+
+
+def test_a_device_profile_keeps_what_its_caller_gave_or_refuses_it(api: TestClient) -> None:
+    """A description that is not text is a 400 (it was stored as ""), and a uuid given is the
+    profile's (it was replaced by a random one); a uuid that is none, or taken, is refused."""
+    _type(api, "GPU_A100")
+    groups = [{"resources:CUSTOM_GPU_A100": "1"}]
+    for description in (0, False, [], {}):
+        r = api.post(
+            "/accelerator/v2/device_profiles",
+            json={"name": "p1", "groups": groups, "description": description},
+        )
+        assert r.status_code == 400 and "description" in r.json()["error"]["message"], r.text
+    for uuid in ("not-a-uuid", 7, "3f2a9c4e-8b1d-4e6f-9a7c-2d5b8e1f0a36" * 2):
+        r = api.post("/accelerator/v2/device_profiles", json={"name": "p1", "groups": groups, "uuid": uuid})
+        assert r.status_code == 400 and "uuid" in r.json()["error"]["message"], r.text
+    mine = "3F2A9C4E-8B1D-4E6F-9A7C-2D5B8E1F0A36"
+    r = api.post("/accelerator/v2/device_profiles", json={"name": "p1", "groups": groups, "uuid": mine})
+    assert r.status_code == 201 and r.json()["uuid"] == mine.lower(), r.text
+    again = api.post("/accelerator/v2/device_profiles", json={"name": "p2", "groups": groups, "uuid": mine})
+    assert again.status_code == 409, again.text
+    assert [p["uuid"] for p in api.get("/accelerator/v2/device_profiles").json()["device_profiles"]] == [
+        mine.lower()
+    ]

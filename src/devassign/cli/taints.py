@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -81,7 +81,10 @@ def taint_body(
             raise CliError(
                 f"--until {until!r} is not an ISO 8601 time, e.g. 2026-12-04T18:00", status=2
             ) from exc
-        body["expires_at"] = (at if at.tzinfo else at.astimezone()).isoformat()
+        try:
+            body["expires_at"] = (at if at.tzinfo else at.astimezone()).astimezone(UTC).isoformat()
+        except (ValueError, OverflowError):
+            raise CliError(f"--until {until!r} is out of range (years 1 to 9999)", status=2) from None
     return body
 
 

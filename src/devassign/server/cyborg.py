@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import uuid as uuidlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -171,7 +172,7 @@ def type_for(resource_class: str, type_names: list[str], *, where: str) -> str:
     )
 
 
-def _profile_fields(body: Any) -> tuple[str, str, list[dict[str, str]]]:
+def _profile_fields(body: Any) -> tuple[str, str, list[dict[str, str]], str | None]:
     # openstacksdk sends a list of one profile (as Cyborg's API takes); a plain object too.
     body = _storable(body)
     if isinstance(body, list):
@@ -182,13 +183,23 @@ def _profile_fields(body: Any) -> tuple[str, str, list[dict[str, str]]]:
         raise _bad('the body is a device profile: {"name": ..., "groups": [...]}')
     unknown = sorted(set(body) - {"name", "groups", "description", "uuid"})
     if unknown:
-        raise _bad(f"unknown fields {', '.join(unknown)}: a device profile has name, groups, description")
-    name, description = body.get("name"), body.get("description") or ""
+        raise _bad(f"unknown fields {', '.join(unknown)}: a profile has name, groups, description, uuid")
+    name, description = body.get("name"), body.get("description")
+    if description is None:
+        description = ""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _bad("name: 1-255 letters, digits and _ . : -, starting with a letter or digit")
     if not isinstance(description, str) or len(description) > 1000:
         raise _bad("description: text of at most 1000 characters")
-    return name, description, body.get("groups")  # type: ignore[return-value]
+    uuid = body.get("uuid")
+    if uuid is not None:
+        try:
+            uuid = str(uuidlib.UUID(uuid)) if isinstance(uuid, str) and len(uuid) <= 36 else None
+        except ValueError:
+            uuid = None
+        if uuid is None:
+            raise _bad("uuid: a UUID such as 3f2a9c4e-8b1d-4e6f-9a7c-2d5b8e1f0a36, or leave it out")
+    return name, description, body.get("groups"), uuid  # type: ignore[return-value]
 
 
 @router.get("/device_profiles", tags=["cyborg"])
@@ -201,9 +212,9 @@ def list_profiles(request: Request, scope: Access, name: str | None = None) -> d
 def create_profile(request: Request, scope: Access, body: Annotated[Any, Body()]) -> dict[str, Any]:
     store: Store = request.app.state.store
     try:
-        name, description, groups = _profile_fields(body)
+        name, description, groups, uuid = _profile_fields(body)
         parse_groups(groups, store.type_names())
-        return _cyborg(request.app).create_profile(name, description, groups)
+        return _cyborg(request.app).create_profile(name, description, groups, uuid)
     except errors.DevassignError as exc:
         raise _refuse("device profile creation", exc) from None
 

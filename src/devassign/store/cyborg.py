@@ -113,7 +113,11 @@ class CyborgStore:
         self.db = store.db
 
     # ------------------------------------------------------------ device profiles
-    def create_profile(self, name: str, description: str, groups: list[dict[str, str]]) -> dict[str, Any]:
+    def create_profile(
+        self, name: str, description: str, groups: list[dict[str, str]], uuid: str | None = None
+    ) -> dict[str, Any]:
+        """A new profile, under the caller's ``uuid`` where it gives one (Cyborg takes it)."""
+
         def go(c: sa.Connection) -> dict[str, Any]:
             taken = c.execute(
                 sa.select(cyborg_device_profiles.c.id).where(cyborg_device_profiles.c.name == name)
@@ -123,8 +127,17 @@ class CyborgStore:
                     errors.INVALID_STATE,
                     f"device profile {name!r} exists; delete it first or choose another name",
                 )
+            if (
+                uuid is not None
+                and c.execute(
+                    sa.select(cyborg_device_profiles.c.id).where(cyborg_device_profiles.c.uuid == uuid)
+                ).first()
+            ):
+                raise errors.DevassignError(
+                    errors.INVALID_STATE, f"a device profile with uuid {uuid} exists; choose another uuid"
+                )
             row = {
-                "uuid": str(uuidlib.uuid4()),
+                "uuid": uuid or str(uuidlib.uuid4()),
                 "name": name,
                 "description": description,
                 "groups": groups,
