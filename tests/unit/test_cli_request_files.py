@@ -18,3 +18,18 @@ def test_a_request_file_nested_past_the_decoder_is_a_usage_error(tmp_path: Path)
         build_body(None, deep, None)
     assert bad.value.exit_status == ExitCode.USAGE
     assert str(deep) in bad.value.message and "nested too deeply" in bad.value.message
+
+
+@pytest.mark.parametrize("endless", [False, True])
+def test_a_request_file_larger_than_a_claim_is_refused_unread(tmp_path: Path, endless: bool) -> None:
+    """Past the 1 MiB a server takes: said at once, never read whole (``/dev/zero`` grew the
+    command's memory without end)."""
+    big = Path("/dev/zero") if endless else tmp_path / "big.json"
+    if not endless:
+        big.write_text('{"consumer": "vm", "x": "' + "a" * (1024 * 1024) + '"}')
+    with pytest.raises(CliError) as bad:
+        build_body(None, big, None)
+    assert bad.value.exit_status == ExitCode.USAGE and "larger than a claim" in bad.value.message
+    small = tmp_path / "small.json"
+    small.write_text('{"consumer": "vm", "extra_specs": {"hardware_resource:GPU": "1"}}')
+    assert build_body(None, small, None)["consumer"] == "vm"

@@ -64,6 +64,11 @@ def _pages(fetch: Callable[[str | None], dict[str, Any]]) -> dict[str, Any]:
             return merged
 
 
+# The server takes a claim's body up to 1 MiB: a file past that is refused before it is read
+# whole (``--request /dev/zero`` grew the CLI's memory without end).
+MAX_REQUEST_FILE = 1024 * 1024
+
+
 def build_body(
     spec: list[str] | None, request: Path | None, hosts: list[str] | None, **top: Any
 ) -> dict[str, Any]:
@@ -72,7 +77,13 @@ def build_body(
     body: dict[str, Any] = {}
     if request is not None:
         try:
-            body = parse_json(request.read_text())
+            with request.open("rb") as f:
+                raw = f.read(MAX_REQUEST_FILE + 1)
+            if len(raw) > MAX_REQUEST_FILE:
+                raise CliError(
+                    f"{request} is larger than a claim the server takes (1 MiB)", status=ExitCode.USAGE
+                )
+            body = parse_json(raw.decode("utf-8"))
         except OSError as exc:
             raise CliError(f"cannot read {request}: {exc.strerror}", status=ExitCode.USAGE) from exc
         except ValueError as exc:  # not JSON, not UTF-8, or a number no request can carry
