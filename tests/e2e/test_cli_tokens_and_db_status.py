@@ -88,3 +88,16 @@ def test_token_create_with_an_admin_token_and_no_database_goes_through_the_serve
         works = cli("hosts", env={**env, "DEVASSIGN_TOKEN": secret}, check=False)
         assert works.returncode == 0, works.stderr
     assert not (tmp_path / "operator" / "devassign.db").exists()
+
+
+def test_db_status_refuses_a_schema_a_newer_devassign_wrote(tmp_path: Path) -> None:
+    """As ``db upgrade`` and ``server`` do, with a non-zero exit: "needed: 0014" under a newer
+    revision read as if a downgrade were called for."""
+    path = tmp_path / "d.db"
+    cli("db", "upgrade", "--db", f"sqlite:///{path}")
+    ok = cli("db", "status", "--db", f"sqlite:///{path}")
+    assert ok.returncode == 0 and "needed:" in ok.stdout
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    newer = cli("db", "status", "--db", f"sqlite:///{path}", check=False)
+    assert newer.returncode == 1 and "newer version" in newer.stderr and "needed:" not in newer.stdout

@@ -401,8 +401,9 @@ def db_upgrade(db: DbOpt = None) -> None:
 
 @db_app.command("status")
 def db_status(db: DbOpt = None) -> None:
-    """Show the database's schema revision and the one this devassign needs."""
-    from devassign.store import Database
+    """Show the database's schema revision and the one this devassign needs (exit 1 for a
+    schema a newer devassign wrote)."""
+    from devassign.store import Database, SchemaError
 
     url = _check_db_url(db, create=False)
     database = Database(url)
@@ -411,6 +412,10 @@ def db_status(db: DbOpt = None) -> None:
             current = database.current_revision()
         typer.echo(f"database: {_safe_url(database.url)}")
         typer.echo(f"current:  {current or 'empty'}")
+        try:
+            database.check_known(current)
+        except SchemaError as exc:
+            raise CliError(str(exc)) from exc
         typer.echo(f"needed:   {database.head_revision()}")
     finally:
         database.dispose()

@@ -327,7 +327,7 @@ class Database:
                 conn.commit()
             try:
                 before = MigrationContext.configure(conn).get_current_revision()
-                self._check_known(before)
+                self.check_known(before)
                 # Alembic opens a transaction per migration on a connection outside one (a
                 # migration that builds an index CONCURRENTLY commits what came before it).
                 conn.commit()
@@ -344,7 +344,8 @@ class Database:
                     conn.commit()
         return before, after
 
-    def _check_known(self, revision: str | None) -> None:
+    def check_known(self, revision: str | None) -> None:
+        """Refuse a revision this code does not know: a newer version wrote the database."""
         script = ScriptDirectory.from_config(self._alembic_config())
         if revision is None:
             return
@@ -366,7 +367,7 @@ class Database:
                 log.info("database schema migrated from %s to %s", before, after)
             return
         current, head = self.current_revision(), self.head_revision()
-        self._check_known(current)
+        self.check_known(current)
         if current != head:
             raise SchemaError(
                 f"the database schema is at {current or 'nothing'} but this devassign needs "
