@@ -388,7 +388,25 @@ def _postgresql_connect_args(url: str, statement_timeout: float, lock_timeout: f
     args: dict[str, Any] = {"options": " ".join(options)}
     if "connect_timeout" not in query:
         args["connect_timeout"] = CONNECT_TIMEOUT
+    # A database host that drops off the network (not refusing: gone) would hold a request's
+    # connection for as long as the kernel's TCP retries last (some 15 minutes): the kernel
+    # gives up on unanswered probes and unacknowledged data after these, and the request is a
+    # 503. (A server process that is alive but stopped still acknowledges: not covered.)
+    for key, value in _TCP_GIVE_UP.items():
+        if key not in query:
+            args[key] = value
     return args
+
+
+# libpq's TCP settings: probe an idle connection after 10 s, every 5 s, 3 times; data unacknowledged
+# for 30 s (a statement's timeout beside it) closes the connection.
+_TCP_GIVE_UP = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 def _postgresql_setup(engine: sa.Engine) -> None:
