@@ -204,7 +204,8 @@ def test_a_command_outside_the_allow_list_is_refused_and_an_event_says_why(
     api: TestClient, tmp_path: Path, allowed: bool
 ) -> None:
     h = host(tmp_path)
-    body = {"name": "FPGA", "handler": "command", "config": {"setup": ["/bin/sh", "-c", "id > /tmp/pwned"]}}
+    config = {"setup": ["/bin/sh", "-c", "id > /tmp/pwned"], "cleanup": None}
+    body = {"name": "FPGA", "handler": "command", "config": config}
     assert api.post("/v1/resource-types", json=body).status_code == 201
     policy = LifecyclePolicy(frozenset({"command", "noop"}), ("/usr/local/libexec/devassign/*",))
     extra: dict[str, Any] = {"resources": (ResourceDecl("FPGA"),)}

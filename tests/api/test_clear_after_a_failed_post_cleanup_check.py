@@ -65,5 +65,5 @@ def test_a_cleanup_says_whether_the_type_changed_since_the_claim(api: TestClient
     _ok(api.delete("/v1/allocations/vm1"), 204)
     assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [False]
     clock.advance(5)
-    _ok(api.patch("/v1/resource-types/TOKEN", json={"config": {"setup": ["/usr/bin/true"]}}))
+    _ok(api.patch("/v1/resource-types/TOKEN", json={"config": {"setup": ["/usr/bin/true"], "cleanup": None}}))
     assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [True]

@@ -18,6 +18,9 @@ from fastapi.testclient import TestClient
         ("sriov_vf", {"host_driver": "../../x"}, "expected a driver name"),
         ("command", {"setup": "rm -rf /"}, "expected a list of strings"),
         ("command", {"timeout": 0}, "expected a positive number of seconds"),
+        # Left out, every release ran nothing and called the device clean.
+        ("command", {"setup": ["/bin/true"]}, 'a command type says its "cleanup"'),
+        ("command", {"setup": ["/bin/true"], "cleanup": []}, "expected a list of strings"),
         ("mig", {"nvidia_smi": ""}, "expected the program to run"),
         (None, {"one_time_use": "true"}, "one_time_use='true': expected true or false"),
     ],
@@ -29,11 +32,12 @@ def test_a_config_the_handler_cannot_use_is_a_400(
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
     assert said in r.json()["error"]["message"], r.text
     assert api.get("/v1/resource-types").json() == []
-    made = api.post("/v1/resource-types", json={"name": "T", "handler": handler})
+    first = {"cleanup": None} if handler == "command" else {}
+    made = api.post("/v1/resource-types", json={"name": "T", "handler": handler, "config": first})
     assert made.status_code == 201, made.text
     r = api.patch("/v1/resource-types/T", json={"config": config})
     assert r.status_code == 400 and said in r.json()["error"]["message"], r.text
-    assert api.get("/v1/resource-types/T").json()["config"] == {}
+    assert api.get("/v1/resource-types/T").json()["config"] == first
 
 
 def test_configs_the_handlers_take_are_kept(api: TestClient) -> None:
@@ -44,6 +48,7 @@ def test_configs_the_handlers_take_are_kept(api: TestClient) -> None:
             {"reset": "bus", "spoofchk": False, "trust": True, "link_state": "auto", "pf_link": "ignore"},
         ),
         ("command", {"setup": ["/bin/true"], "cleanup": ["/bin/true"], "timeout": 2.5}),
+        ("command", {"health": ["/bin/true"], "cleanup": None}),  # nothing outlives a holder
         ("mig", {"nvidia_smi": "/usr/bin/nvidia-smi", "timeout": 60}),
         ("vendor.fpga", {"bitstream": "/srv/clean.bit", "timeout": 30}),  # a third party's keys
     ]

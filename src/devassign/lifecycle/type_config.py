@@ -41,6 +41,10 @@ def _argv(v: Any) -> str | None:
     return None if ok else "expected a list of strings (an argv, never a shell string)"
 
 
+def _argv_or_none(v: Any) -> str | None:
+    return None if v is None else _argv(v)
+
+
 def _driver(v: Any) -> str | None:
     try:
         names.driver_name(v)  # as the handler takes it
@@ -70,7 +74,8 @@ BUILT_IN: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "noop": {},
     "nvidia_vgpu": {},
     "mig": {"nvidia_smi": _program},
-    "command": {"setup": _argv, "cleanup": _argv, "health": _argv},
+    # ``cleanup`` is said, never left out: null where nothing a holder does outlives it.
+    "command": {"setup": _argv, "cleanup": _argv_or_none, "health": _argv},
 }
 # A type without a handler gets the built-in one of each device's kind: any of these.
 _BY_KIND = sorted(set(DEFAULT_FOR_KIND.values()))
@@ -96,4 +101,11 @@ def config_problem(handler: str | None, config: Mapping[str, Any]) -> str | None
         why = check(value)
         if why is not None:
             return f"config: {key}={value!r:.80}: {why}"
+    if handler == "command" and "cleanup" not in config:
+        # Left out, every release was "cleaned" by running nothing: the next holder got the
+        # device as the last one left it.
+        return (
+            'config: a command type says its "cleanup": the argv that scrubs a device before its '
+            "next holder, or null where nothing a holder does outlives it"
+        )
     return None
