@@ -240,6 +240,7 @@ def server(
     )
     if workers < 1:
         raise CliError("--workers must be at least 1", status=2)
+    _check_listen(bind, port)
     if workers > 1 and settings.db_url and settings.db_url.startswith("sqlite"):
         raise CliError("--workers > 1 needs PostgreSQL: SQLite is for one server process", status=2)
     try:
@@ -280,6 +281,28 @@ def server(
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def _check_listen(bind: str, port: int) -> None:
+    """``--bind``/``--port`` this machine can listen on, said before anything starts (the
+    HTTP server's own error came after the database was opened, as a log line)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CliError(
+            f"--bind {bind}: not an address or name of this machine ({getattr(exc, 'strerror', exc)}); "
+            "e.g. 127.0.0.1, 0.0.0.0 or ::",
+            status=2,
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {bind} port {port}: {exc.strerror}", status=2) from None
 
 
 def _safe_url(url: str | None) -> str:
