@@ -449,3 +449,29 @@ def test_a_member_reads_that_its_devices_are_drained_not_why_nor_by_whom(
     full = secure_api.get("/v1/events", headers=world["admin"]).json()
     (drain,) = [e for e in full if e["action"] == "drain_requested"]
     assert "SECRET-RMA-4411 acme" in drain["message"] and drain["detail"]["reason"] == taint["reason"]
+
+
+@pytest.mark.parametrize("by_id", [True, False])
+def test_an_agent_lifts_its_own_taint_written_by_a_replica_of_an_older_version(
+    secure_api: TestClient, store: Store, world: dict[str, Any], by_id: bool
+) -> None:
+    """During a rolling upgrade a replica of the version before taints recorded their setter's
+    kind writes an agent's taint as an operator's: the agent that set it (its name, no other
+    token's but an agent's) may still lift it; another agent may not."""
+    from devassign.store.schema import taints
+
+    mine = _device(secure_api, world["admin"], "compute-a")
+    r = secure_api.post(
+        f"/v1/devices/{mine}/taints",
+        json={"effect": "NoSchedule", "reason": "flap"},
+        headers=world["agent_a"],
+    )
+    assert r.status_code == 201, r.text
+    taint = r.json()["id"]
+    with store.db.engine.begin() as conn:
+        conn.execute(taints.update().where(taints.c.id == taint).values(by_agent=False))
+    params = {"taint": taint} if by_id else {}
+    other = secure_api.delete("/v1/hosts/compute-a/taints", params=params, headers=world["agent_b"])
+    assert other.status_code == 403, other.text
+    lifted = secure_api.delete("/v1/hosts/compute-a/taints", params=params, headers=world["agent_a"])
+    assert lifted.status_code == 200 and [t["id"] for t in lifted.json()] == [taint], lifted.text

@@ -20,7 +20,7 @@ from devassign.domain import DeviceState
 from devassign.store.events import aware, record
 from devassign.store.inventory import lock_host, recount
 from devassign.store.moves import is_internal, target_consumers
-from devassign.store.schema import allocations, devices, hosts, taints
+from devassign.store.schema import allocations, devices, hosts, taints, tokens
 from devassign.store.taint_marks import Covering, applies, lineage, live, mark_tainted
 
 # Live taints one host may have (its own, its parents' and its devices'): what an operator
@@ -252,7 +252,7 @@ def remove_taints(
         where = f"device {device_id}" if device_id else f"host {host}"
         raise errors.DevassignError(errors.NOT_FOUND, f"{where} has no taint {taint_id}")
     if agent:
-        rows = _set_by_agents(host, rows, taint_id)
+        rows = _set_by_agents(conn, host, rows, taint_id, actor)
     if not rows:
         return []
     conn.execute(taints.delete().where(taints.c.id.in_([r.id for r in rows])))
@@ -277,17 +277,26 @@ def remove_taints(
     return removed
 
 
-def _set_by_agents(host: str, rows: Sequence[Any], taint_id: int | None) -> list[Any]:
+def _set_by_agents(
+    conn: sa.Connection, host: str, rows: Sequence[Any], taint_id: int | None, actor: str
+) -> list[Any]:
     """Of ``rows``, the taints an agent set (this host's: an agent taints its own host only);
     one named by ``taint_id`` that an operator set is refused. Told from what was recorded when
-    the taint was set, never from its setter's name (a label an admin chooses)."""
-    if taint_id is not None and rows and not rows[0].by_agent:
+    the taint was set, never from its setter's name (a label an admin chooses), except for a
+    taint this very agent set through a server that did not record it yet (a replica of an
+    older version during a rolling upgrade): its name, where no token but an agent's has it."""
+    own = {r.id for r in rows if not r.by_agent and r.set_by == actor}
+    if own and conn.execute(
+        sa.select(tokens.c.id).where(tokens.c.name == actor, tokens.c.role != "agent").limit(1)
+    ).first():
+        own = set()
+    if taint_id is not None and rows and not rows[0].by_agent and rows[0].id not in own:
         raise errors.DevassignError(
             errors.FORBIDDEN,
             f"taint {taint_id} of host {host} was set by {rows[0].set_by}, not by an agent: "
             "an admin removes it",
         )
-    return [r for r in rows if r.by_agent]
+    return [r for r in rows if r.by_agent or r.id in own]
 
 
 def expired_hosts(conn: sa.Connection, now: datetime) -> list[str]:
