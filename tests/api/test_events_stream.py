@@ -313,3 +313,33 @@ def test_a_position_past_the_end_of_the_log_follows_the_log_as_it_is(
         "/v1/events/stream", params={"once": "true"}, headers={**who["admin"], "Last-Event-ID": newest}
     )
     assert r.status_code == 200 and not [line for line in r.text.splitlines() if line.startswith("id:")]
+
+
+def test_a_database_that_cannot_serve_for_a_while_does_not_cut_the_stream(
+    store: Store, who: dict[str, dict[str, str]], fast_polls: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's reads while the database is down or failing over are skipped, and the
+    stream goes on from where it was once it answers: the response was cut mid-chunk, with
+    "Exception in ASGI application" in the log."""
+    from devassign import errors
+
+    real = stream.Cursor.read
+    down = threading.Event()
+
+    def read(self: stream.Cursor, fetch: Any, committed: Any = None) -> Any:
+        if down.is_set():
+            raise errors.DevassignError(errors.DATABASE_BUSY, "the database cannot be reached")
+        return real(self, fetch, committed)
+
+    monkeypatch.setattr(stream.Cursor, "read", read)
+    with serving(store) as (url, _), httpx.Client(base_url=url, timeout=DEADLINE) as client:
+        _world(client, who)
+        with client.stream("GET", "/v1/events/stream", headers=who["admin"]) as live:
+            reader = Reader(live)
+            reader.wait_for("first comment", lambda r: any(x.startswith(":") for x in r.lines))
+            down.set()
+            _claim(client, who["admin"], "vm-1", "p", "compute-a")
+            time.sleep(0.5)  # several polls fail
+            assert not reader.ended.is_set()
+            down.clear()
+            reader.wait_for("vm-1's claim", lambda r: any(e["consumer"] == "vm-1" for e in r.events()))

@@ -33,7 +33,7 @@ from devassign.server.limits import BodyLimit
 from devassign.server.placement import Placer
 from devassign.server.settings import Settings
 from devassign.store import Database, Store
-from devassign.store.db import busy_error
+from devassign.store.db import busy_error, busy_now
 from devassign.web import dashboard
 
 log = logging.getLogger("devassign.server")
@@ -244,11 +244,11 @@ async def _sweeper(app: FastAPI) -> None:
         try:
             await run_in_threadpool(store.sweep)
         except Exception as exc:  # the sweeper must outlive a database hiccup
-            busy_now = busy_error(exc)
-            if busy_now is None:
+            busy = busy_now(exc)
+            if busy is None:
                 log.exception("sweep failed; will retry")
             else:  # expected while the database is locked, failing over or restarting
-                log.warning("sweep skipped: %s; will retry", busy_now.message)
+                log.warning("sweep skipped: %s; will retry", busy.message)
 
 
 _ERROR_RESPONSES = {

@@ -41,6 +41,7 @@ from devassign.server.jsonbody import StrictJsonRoute
 from devassign.server.placement import Placer
 from devassign.store import Store
 from devassign.store.cyborg import BIND_FAILED, BOUND, INITIAL, LIVE, Binding, CyborgStore, Event
+from devassign.store.db import busy_now
 
 log = logging.getLogger(__name__)
 
@@ -675,5 +676,9 @@ async def _loop(app: FastAPI, interval: float) -> None:
         await asyncio.sleep(s.delay)
         try:
             await run_in_threadpool(s.step)
-        except Exception:  # the loop must outlive a database hiccup
-            log.exception("cyborg API: resolving ARQ bindings failed; will retry")
+        except Exception as exc:  # the loop must outlive a database hiccup
+            busy = busy_now(exc)
+            if busy is None:
+                log.exception("cyborg API: resolving ARQ bindings failed; will retry")
+            else:
+                log.warning("cyborg API: resolving ARQ bindings skipped: %s; will retry", busy.message)

@@ -35,6 +35,7 @@ from devassign import errors, schemas
 from devassign.lifecycle.registry import handler_name_for
 from devassign.store import Store
 from devassign.store import metrics as fleet_queries
+from devassign.store.db import busy_now
 
 log = logging.getLogger("devassign.server.metrics")
 
@@ -175,8 +176,12 @@ class FleetCollector(Collector):
                     c, now=store.clock(), up_since=store.up_since(), per_host=self.per_host
                 )
             )
-        except Exception:
-            log.exception("metrics: the fleet queries failed")
+        except Exception as exc:
+            busy = busy_now(exc)
+            if busy is None:
+                log.exception("metrics: the fleet queries failed")
+            else:
+                log.warning("metrics: the fleet queries skipped: %s", busy.message)
             up.add_metric([], 0)
             yield up
             return

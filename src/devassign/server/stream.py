@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import logging
 import socket
 import time
 import weakref
@@ -40,6 +41,9 @@ from devassign.server import views
 from devassign.server.access import Access, LoginRequired, Scope, authorize
 from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
+from devassign.store.db import busy_now
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
@@ -320,7 +324,16 @@ async def _events(
             await authorize(request)
         except (errors.DevassignError, LoginRequired):
             return
-        found = await run_in_threadpool(cursor.read, fetch, committed)
+        try:
+            found = await run_in_threadpool(cursor.read, fetch, committed)
+        except Exception as exc:
+            busy = busy_now(exc)
+            if busy is None:
+                raise
+            # The database cannot serve now: the stream stays open and reads again at the next
+            # poll from where it was (the response was started: an error would cut it).
+            log.warning("event stream: read skipped: %s", busy.message)
+            found = []
         if found:
             yield "".join(_format(e, position) for e, position in found)
             quiet_since = time.monotonic()

@@ -538,5 +538,14 @@ def busy_error(exc: BaseException) -> DevassignError | None:
     return None
 
 
+def busy_now(exc: BaseException) -> DevassignError | None:
+    """:func:`busy_error`, or ``exc`` itself where the store has already said so: what a
+    background task logs as one line while the database cannot serve (a traceback a second
+    through an outage was noise, not news)."""
+    if isinstance(exc, DevassignError):
+        return exc if exc.code == DATABASE_BUSY else None
+    return busy_error(exc)
+
+
 def _busy(reason: str, message: str) -> DevassignError:
     return DevassignError(DATABASE_BUSY, f"{message}; retry the request later", reason=reason)

@@ -286,9 +286,12 @@ def _set_by_agents(
     taint this very agent set through a server that did not record it yet (a replica of an
     older version during a rolling upgrade): its name, where no token but an agent's has it."""
     own = {r.id for r in rows if not r.by_agent and r.set_by == actor}
-    if own and conn.execute(
-        sa.select(tokens.c.id).where(tokens.c.name == actor, tokens.c.role != "agent").limit(1)
-    ).first():
+    if (
+        own
+        and conn.execute(
+            sa.select(tokens.c.id).where(tokens.c.name == actor, tokens.c.role != "agent").limit(1)
+        ).first()
+    ):
         own = set()
     if taint_id is not None and rows and not rows[0].by_agent and rows[0].id not in own:
         raise errors.DevassignError(
