@@ -64,3 +64,25 @@ def test_a_slot_below_a_vf_of_a_failing_pf_is_unhealthy_too(api: TestClient) -> 
     assert states[vf["address"]] == ("unhealthy", f"{pf['address']} above it is unhealthy: link down")
     assert states[slot["address"]] == ("unhealthy", f"{pf['address']} above it is unhealthy: link down")
     assert states[other["address"]] == ("available", None)
+
+
+def test_a_slot_cleaned_or_cleared_while_its_gpu_fails_stays_unhealthy(api: TestClient) -> None:
+    """Between two reports: a released slot whose own check passes after its cleanup is not
+    free while its GPU fails, and an operator cannot vouch for it alone."""
+    _types(api, "GPU_T4", *T4_TYPES)
+    _report(api, "h1", t4())
+    held = _claim(api, "vm-1", "hardware_resource:VGPU_T4_4Q=1").json()["devices"][0]
+    setup = {"device_id": held["id"], "action": "setup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [setup]}).status_code == 200
+    _report(api, "h1", _with_gpu(t4(), healthy=False, health_reason="Xid 79"), generation=2)
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    cleaned = {"device_id": held["id"], "action": "cleanup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [cleaned]}).status_code == 200
+    assert _states(api)[held["address"]] == ("unhealthy", f"{GPU} above it is unhealthy: Xid 79")
+    assert _claim(api, "vm-2", "hardware_resource:VGPU_T4_4Q=1").status_code == 409
+    refused = api.post(f"/v1/devices/{held['id']}/clear", json={"reason": "looks fine"})
+    assert refused.status_code == 409 and "clear that device first" in refused.json()["error"]["message"]
+    gpu = next(d for d in api.get("/v1/devices").json() if d["address"] == GPU)
+    assert api.post(f"/v1/devices/{gpu['id']}/clear", json={}).status_code == 200
+    assert api.post(f"/v1/devices/{held['id']}/clear", json={}).status_code == 200
+    assert _claim(api, "vm-2", "hardware_resource:VGPU_T4_4Q=1").status_code == 201

@@ -11,8 +11,12 @@ then all follow from one stored state. A device failing its own check keeps its 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
 
 from devassign.schemas import ReportedDevice
+from devassign.store.schema import devices
 
 
 def with_inherited_health(reported: Sequence[ReportedDevice]) -> list[ReportedDevice]:
@@ -55,3 +59,28 @@ def _unhealthy_above(dev: ReportedDevice, by_address: dict[str, ReportedDevice])
             recovering = recovering or up
         todo.extend(a for a in (up.parent, up.pool) if a is not None)
     return recovering
+
+
+_ABOVE = sa.select(
+    devices.c.address, devices.c.parent, devices.c.pool, devices.c.healthy, devices.c.health_reason
+).where(
+    devices.c.host_id == sa.bindparam("host_id"),
+    devices.c.address.in_(sa.bindparam("addresses", expanding=True)),
+)
+
+
+def stored_unhealthy_above(conn: sa.Connection, host_id: int, row: Any) -> str | None:
+    """Why a device above ``row`` (a devices row) is unhealthy as stored, in the words a report
+    gives (:func:`with_inherited_health`), or ``None``: a cleanup that ends between two reports,
+    or an operator's clear, must not make a slot of a failing GPU free."""
+    seen = {row.address}
+    todo = [a for a in (row.parent, row.pool) if a is not None]
+    while todo:
+        found = conn.execute(_ABOVE, {"host_id": host_id, "addresses": sorted(set(todo) - seen)}).all()
+        seen.update(todo)
+        todo = []
+        for up in sorted(found, key=lambda r: r.address):
+            if not up.healthy:
+                return f"{up.address} above it is unhealthy: {up.health_reason or 'its health check fails'}"
+            todo.extend(a for a in (up.parent, up.pool) if a is not None and a not in seen)
+    return None

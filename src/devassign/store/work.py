@@ -29,6 +29,7 @@ from devassign.failpoints import after_commit, failpoint
 from devassign.store.claims import release
 from devassign.store.events import aware, record
 from devassign.store.hosts import device_model, device_query, instance_tag
+from devassign.store.inherited_health import stored_unhealthy_above
 from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
 from devassign.store.schema import allocation_items, allocations, devices, hosts, moves, resource_types
 
@@ -329,8 +330,13 @@ def _apply_one(
     # The agent checks the device's health right after the cleanup: a device that fails it (a
     # GPU whose config space reads 0xFF after its reset) is unhealthy, never available.
     healthy = row.healthy if (res.health_recovering and not res.healthy) else res.healthy
+    # A slot of a GPU that fails its checks is unhealthy with it, whatever its own check says.
+    above = stored_unhealthy_above(conn, hid, row) if healthy else None
     health: dict[str, Any] = {}
-    if healthy != row.healthy:
+    if above is not None:
+        healthy = False
+        health = {"healthy": False, "health_reason": above}
+    elif healthy != row.healthy:
         why = res.health_reason or "the health check after its cleanup failed"
         health = {"healthy": healthy, "health_reason": None if healthy else why}
     new = DeviceState.AVAILABLE if healthy else DeviceState.UNHEALTHY
@@ -345,7 +351,7 @@ def _apply_one(
         consumed=None,
         quarantine_reason=None,
         # A cleanup its check finds unfinished: an operator's clear cleans it again (_clear_health).
-        prior_state=None if healthy else DeviceState.CLEANING.value,
+        prior_state=None if (healthy or above) else DeviceState.CLEANING.value,
         **health,
     )
     record(conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}", **ev)
@@ -474,6 +480,12 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
     waiting for the agent's passes in a row (cleaned again first where the check that failed
     was the one after its cleanup). A check that still fails marks it again (the next
     report is applied in full, not skipped as unchanged)."""
+    above = stored_unhealthy_above(conn, row.host_id, row)
+    if above is not None:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"device {row.address}: {above}; clear that device first (its own checks cannot vouch for it)",
+        )
     state = DeviceState(row.state)
     new = DeviceState.AVAILABLE if state is DeviceState.UNHEALTHY else state
     again: dict[str, Any] = {}
