@@ -916,7 +916,7 @@ class WorkItem(BaseModel):
     )
     type_changed: bool = Field(
         default=False,
-        description="A cleanup of a device whose type (its handler, its config) was written after "
+        description="A cleanup of a device that was set up and whose type's config changed after "
         "the device was claimed: an agent without its own record of the handler and config that "
         "set the device up refuses the cleanup (the device is quarantined), as the type's new "
         "cleanup may not undo the old setup",

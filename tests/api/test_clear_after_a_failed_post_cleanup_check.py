@@ -65,5 +65,16 @@ def test_a_cleanup_says_whether_the_type_changed_since_the_claim(api: TestClient
     _ok(api.delete("/v1/allocations/vm1"), 204)
     assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [False]
     clock.advance(5)
+    _ok(api.patch("/v1/resource-types/TOKEN", json={"description": "YubiKeys"}))  # not its config
+    _ok(api.patch("/v1/resource-types/TOKEN", json={"config": config}))  # the same config again
+    assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [False]
     _ok(api.patch("/v1/resource-types/TOKEN", json={"config": {"setup": ["/usr/bin/true"], "cleanup": None}}))
     assert [w["type_changed"] for w in _ok(api.get("/v1/hosts/hx/work"))["items"]] == [True]
+    # A device never set up (released before its setup ran) has no setup to undo.
+    _work(api, {"device_id": dev["id"], "action": "cleanup", "ok": True})
+    again = _ok(api.post("/v1/claims", json={**claim, "consumer": "vm2"}), 201)["devices"][0]
+    clock.advance(5)
+    _ok(api.patch("/v1/resource-types/TOKEN", json={"config": config}))
+    _ok(api.delete("/v1/allocations/vm2"), 204)
+    items = _ok(api.get("/v1/hosts/hx/work"))["items"]
+    assert [(w["device"]["id"], w["type_changed"]) for w in items] == [(again["id"], False)]

@@ -244,6 +244,8 @@ def update_type(
     if body.config is not None:
         _check_config(row.handler, body.config)
         values["config"] = body.config
+        if body.config != (row.config or {}):
+            values["config_changed_at"] = now
     if body.params is not None:
         values["params"] = _stored(body.params)
     conn.execute(resource_types.update().where(resource_types.c.id == row.id).values(**values))

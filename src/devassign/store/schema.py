@@ -41,6 +41,8 @@ resource_types = sa.Table(
     sa.Column("params", Json),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),
+    # When ``config`` last changed (NULL: never since it was made, or before this was kept).
+    sa.Column("config_changed_at", Stamp),
 )
 
 hosts = sa.Table(

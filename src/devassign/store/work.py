@@ -51,9 +51,14 @@ def ticket(allocation_id: int | None, facts: dict[str, Any] | None) -> str:
     return f"{allocation_id or 0}.{_clears(facts)}"
 
 
+# Kept in ``devices.facts`` once a setup result for the holding came: the device was set up
+# (or tried), so its cleanup must undo a setup (``type_changed``).
+SET_UP = "devassign:set_up"
+
+
 def _recorded(facts: dict[str, Any] | None) -> dict[str, Any]:
-    """The facts an agent posted, without the server's own marker."""
-    return {k: v for k, v in (facts or {}).items() if k != CLEARED}
+    """The facts an agent posted, without the server's own markers."""
+    return {k: v for k, v in (facts or {}).items() if not k.startswith("devassign:")}
 
 
 def _host_id(
@@ -122,7 +127,7 @@ def work_for_host(
             resource_types.c.config.label("type_config"),
             allocations.c.request.label("request_doc"),
             allocations.c.created_at.label("claimed_at"),
-            resource_types.c.updated_at.label("type_updated_at"),
+            resource_types.c.config_changed_at,
             allocation_items.c.request_name,
         )
         .outerjoin(
@@ -159,8 +164,10 @@ def work_for_host(
                 ticket=ticket(r.allocation_id, r.facts),
                 type_changed=(
                     r.state == DeviceState.CLEANING.value
+                    and bool((r.facts or {}).get(SET_UP))
                     and r.claimed_at is not None
-                    and r.type_updated_at > r.claimed_at
+                    and r.config_changed_at is not None
+                    and r.config_changed_at > r.claimed_at
                 ),
             )
         )
@@ -262,11 +269,12 @@ def _apply_one(
             False, state, f"result for {res.consumer}, but the device is now held by {consumer}: ignored"
         )
 
-    if res.facts and _facts_welcome(row, res, state, consumer):
+    if _facts_welcome(row, res, state, consumer):
         # Keep what the setup learned even if the device was released meanwhile: the cleanup needs it.
         merged = {**_recorded(row.facts), **res.facts}
-        if schemas.work_facts_problem(merged) is None:
-            conn.execute(devices.update().where(devices.c.id == row.id).values(facts=merged))
+        if schemas.work_facts_problem(merged) is not None:
+            merged = _recorded(row.facts)
+        conn.execute(devices.update().where(devices.c.id == row.id).values(facts={**merged, SET_UP: True}))
 
     if res.action == "setup":
         if state is not DeviceState.RESERVED:
