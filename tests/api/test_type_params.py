@@ -145,6 +145,16 @@ def test_a_declaration_written_later_leaves_held_devices_as_claimed(
     assert [w["params"] for w in work] == [params]
     later = secure_api.post("/v1/claims", json=_claim("vm-2", vlan=100), headers=who["demo"])
     assert later.status_code == 400, later.text
+    # A move of the held allocation (a host drained) takes its params along, as claimed.
+    agent2 = _token(store, Role.AGENT, host="c2")
+    r = secure_api.put(
+        "/v1/hosts/c2/inventory", json={"generation": 1, "devices": [vf("0000:5e:02.1")]}, headers=agent2
+    )
+    assert r.status_code == 200, r.text
+    moved = secure_api.post("/v1/allocations/vm-1/moves", json={"host": "c2"}, headers=who["demo"])
+    assert moved.status_code == 201, moved.text
+    there = secure_api.get("/v1/hosts/c2/work", headers=agent2).json()["items"]
+    assert [w["params"] for w in there] == [params]
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,7 @@ def place_move(
     held = Counter(d.type for d in store.get_allocation(consumer, project).devices)
     placing = _MoveClaims(store, consumer, key, held, source_id)
     try:
-        Placer(placing, placer.config).claim(claim, scope.principal)
+        Placer(placing, placer.config).claim(claim, scope.principal, stored=True)
     except MoveReplay as replayed:
         return replayed.move, False
     except errors.DevassignError as exc:

@@ -325,8 +325,13 @@ class Placer:
         return errors.DevassignError(errors.NO_VALID_HOST, message, explanation=body)
 
     # ------------------------------------------------------------ the verbs
-    def claim(self, body: ClaimBody, caller: Principal) -> tuple[schemas.Allocation, bool]:
-        """Place and claim; returns (allocation, created) -- created is False for a replay."""
+    def claim(
+        self, body: ClaimBody, caller: Principal, *, stored: bool = False
+    ) -> tuple[schemas.Allocation, bool]:
+        """Place and claim; returns (allocation, created) -- created is False for a replay.
+        ``stored``: the body is an allocation's stored request (a move), whose params were
+        checked when it was claimed and stay as they were (a declaration applies to later
+        claims)."""
         request = parse(body)
         _check_params(body)
         if not request.consumer:
@@ -357,7 +362,11 @@ class Placer:
             )
             _refuse_unknown(types, ctx.type_ids)
             quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
-            doc = _checked_doc(body, ctx.params, project)
+            doc = (
+                body.model_dump(mode="json", exclude_none=True)
+                if stored
+                else _checked_doc(body, ctx.params, project)
+            )
             # Remember every selector result: the refit under a lock may only look them up.
             with _budgeted(remember=True):
                 outcome = self._place(request, project, doc, caller, ctx, quota, burst=burst)
