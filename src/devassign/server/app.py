@@ -236,6 +236,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=500)
 
 
+# How far a replica's clock may be from the database's before it says so: well under the
+# seconds a host may stay silent before it is down (``--down-after``).
+CLOCK_SKEW_WARN = 5.0
+
+
+def _warn_of_clock_skew(store: Store, settings: Settings) -> float | None:
+    """Log a warning where this server's clock is off the database's (an NTP that stopped):
+    other replicas write the times this one judges hosts' liveness by."""
+    try:
+        skew = store.db.clock_skew()
+    except Exception as exc:  # the database may not answer yet: the routes say so
+        log.warning("could not compare this server's clock with the database's: %s", exc)
+        return None
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARN:
+        way = "ahead of" if skew > 0 else "behind"
+        log.warning(
+            "this server's clock is %.1f s %s the database's: hosts' liveness (--down-after %s s) is "
+            "judged against times other replicas wrote, so hosts may flap down and up; keep the "
+            "clocks in sync (NTP)",
+            abs(skew),
+            way,
+            int(settings.down_after.total_seconds()),
+        )
+    return skew
+
+
 async def _sweeper(app: FastAPI) -> None:
     """Mark silent hosts down and expire unconfirmed reservations, by the server's clock."""
     store: Store = app.state.store
@@ -323,6 +349,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                 "AUTHENTICATION IS OFF: anyone who can reach this server is an admin. "
                 "Use it for local development only."
             )
+        await run_in_threadpool(_warn_of_clock_skew, store, settings)
         if settings.sweep_interval > 0:
             await run_in_threadpool(store.refresh_statistics)
         task = asyncio.create_task(_sweeper(app)) if settings.sweep_interval > 0 else None

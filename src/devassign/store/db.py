@@ -311,6 +311,18 @@ class Database:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
 
+    def clock_skew(self) -> float | None:
+        """Seconds this process's clock is ahead of PostgreSQL's (negative: behind); ``None``
+        on SQLite, which has no clock of its own. Replicas judge hosts' liveness by their own
+        clocks against times other replicas wrote: one far off flaps every host."""
+        if self.is_sqlite:
+            return None
+        with self.engine.connect() as conn:
+            before = time.time()
+            theirs = float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
+            after = time.time()
+        return (before + after) / 2 - theirs
+
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
