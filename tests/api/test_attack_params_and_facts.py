@@ -26,6 +26,7 @@ from devassign.lifecycle.host import HostOps, RecordingRunner
 from devassign.lifecycle.policy import LifecyclePolicy
 from devassign.store import Store
 from devassign.store.schema import allocations, devices
+from devassign.store.work import SET_UP
 from devassign.testing.host import simulated_host
 from devassign.testing.sysfs import SyntheticHost, host
 
@@ -250,24 +251,26 @@ def test_the_server_keeps_facts_only_from_this_hosts_setup_and_small(api: TestCl
     # Too many, too big, or a key no agent posts (the server's own marker): refused whole.
     for facts in ({f"k{i}": 1 for i in range(33)}, {"blob": "x" * 5000}, {"devassign:cleared": True}):
         assert post("c1", action="setup", ok=True, facts=facts).status_code == 400
-    # The holder's setup result while the device is reserved: kept.
+    # The holder's setup result while the device is reserved: kept (and the server marks the
+    # device as set up: a cleanup must undo a setup).
     assert (
         post("c1", action="setup", ok=True, consumer="vm-1", facts={"original_driver": "iavf"}).status_code
         == 200
     )
-    assert _facts_of(api, dev) == {"original_driver": "iavf"}
+    assert _facts_of(api, dev) == {"original_driver": "iavf", SET_UP: True}
     # A late setup result, once the device is assigned, changes nothing.
     post("c1", action="setup", ok=True, consumer="vm-1", facts={"original_driver": ESCAPE})
-    assert _facts_of(api, dev) == {"original_driver": "iavf"}
+    assert _facts_of(api, dev) == {"original_driver": "iavf", SET_UP: True}
     assert api.delete("/v1/allocations/vm-1").status_code == 204
     # Released: only a setup result naming its holder may still add facts; a cleanup never.
     post("c1", action="setup", ok=True, facts={"original_driver": ESCAPE})  # no holder named
     post("c1", action="setup", ok=True, consumer="vm-9", facts={"original_driver": ESCAPE})
-    assert _facts_of(api, dev) == {"original_driver": "iavf"}
+    assert _facts_of(api, dev) == {"original_driver": "iavf", SET_UP: True}
     out = post(
         "c1", action="cleanup", ok=False, error="x", consumer="vm-1", facts={"original_driver": ESCAPE}
     )
-    assert out.json()[0]["state"] == "quarantined" and _facts_of(api, dev) == {"original_driver": "iavf"}
+    assert out.json()[0]["state"] == "quarantined"
+    assert _facts_of(api, dev) == {"original_driver": "iavf", SET_UP: True}
     assert api.post(f"/v1/devices/{dev}/clear", json={}).status_code == 200
     assert _facts_of(api, dev) == {"devassign:cleared": True}
     post("c1", action="setup", ok=True, consumer="vm-1", facts={"original_driver": ESCAPE})
