@@ -33,11 +33,16 @@ def with_inherited_health(reported: Sequence[ReportedDevice]) -> list[ReportedDe
         if source is None:
             out.append(dev)
             continue
-        why = f"{source.address} above it is unhealthy: {source.health_reason or 'its health check fails'}"
+        why = _above_reason(source.address, source.health_reason)
         recovering = source.health_recovering and (dev.healthy or dev.health_recovering)
         out.append(dev.model_copy(update={"healthy": False, "health_reason": why[:1000],
                                           "health_recovering": recovering}))  # fmt: skip
     return out
+
+
+def _above_reason(address: str, reason: str | None) -> str:
+    """A device's health reason when one above it fails: the same from a report and the store."""
+    return f"{address} above it is unhealthy: {reason or 'its health check fails'}"
 
 
 def _unhealthy_above(dev: ReportedDevice, by_address: dict[str, ReportedDevice]) -> ReportedDevice | None:
@@ -81,6 +86,6 @@ def stored_unhealthy_above(conn: sa.Connection, host_id: int, row: Any) -> str |
         todo = []
         for up in sorted(found, key=lambda r: r.address):
             if not up.healthy:
-                return f"{up.address} above it is unhealthy: {up.health_reason or 'its health check fails'}"
+                return _above_reason(up.address, up.health_reason)
             todo.extend(a for a in (up.parent, up.pool) if a is not None and a not in seen)
     return None
