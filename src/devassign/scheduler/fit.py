@@ -242,8 +242,6 @@ class _Search:
         self.bound: list[Any] = [None] * len(constraints)
         self.bound_n = [0] * len(constraints)
         self.seen: list[Counter[Any]] = [Counter() for _ in constraints]
-        # The constraints that may leave too few devices for the requests still to place.
-        self.checked_ci = [ci for ci, c in enumerate(constraints) if c.mode in ("match", "distinct")]
         self.held_addr: Counter[str] = Counter()
         self.held_parent: Counter[str] = Counter()
         self.group_refs: Counter[int] = Counter()
@@ -387,7 +385,7 @@ class _Search:
             new = self._add(unit, c, t)
             if new is None:
                 continue
-            if self.checked_ci and self._hopeless(ui, need - t):
+            if self.constraints and self._hopeless(ui, need - t):
                 self._remove(unit, c, t)
                 continue
             self.picks[-1][1].append((c, new))
@@ -403,8 +401,8 @@ class _Search:
         at once, not after every way of taking the first five is tried (which ran out of steps
         with a few named requests). ``need``: what unit ``ui`` still needs. Counts what the
         remaining requests could use at best, so it never refuses a choice that fits."""
-        for ci in self.checked_ci:
-            match = self.constraints[ci].mode == "match"
+        for ci, constraint in enumerate(self.constraints):
+            match = constraint.mode == "match"
             if match and not self.bound_n[ci]:
                 continue
             wanted = 0
