@@ -46,7 +46,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["claim"], "Missing option '--consumer'"),
+        (["release"], "Missing option '--consumer'"),
         (["devices", "--format", "xml"], "'xml' is not one of 'table', 'json'"),
         (["nope"], "No such command 'nope'"),
         (["agent", "run"], "Missing option '--config'"),

@@ -99,6 +99,27 @@ def test_capacity_counts_the_cloud_a_page_at_a_time(cloud: dict[str, str], tmp_p
     assert "total: 10 instances" in table and "more-2" in table
 
 
+def test_a_claim_takes_its_consumer_from_the_request_file(cloud: dict[str, str], tmp_path: Path) -> None:
+    """A request file that names its consumer needs no ``--consumer``; one that does not, and
+    no option, is a usage error that says what to add; the option wins over the file."""
+    request = tmp_path / "one.json"
+    request.write_text(
+        json.dumps({"consumer": "vm-file", "requests": [{"name": "nic", "type": "NIC_VF_1G"}]})
+    )
+    made = json.loads(cli("claim", "--request", str(request), "-f", "json", env=cloud).stdout)
+    assert made["consumer"] == "vm-file" and len(made["devices"]) == 1
+    both = json.loads(
+        cli("claim", "--consumer", "vm-opt", "--request", str(request), "-f", "json", env=cloud).stdout
+    )
+    assert both["consumer"] == "vm-opt"
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"requests": [{"name": "nic", "type": "NIC_VF_1G"}]}))
+    refused = cli("claim", "--request", str(bare), env=cloud, check=False)
+    assert refused.returncode == 2 and "--consumer" in refused.stderr and "Traceback" not in refused.stderr
+    nothing = cli("claim", env=cloud, check=False)
+    assert nothing.returncode == 2 and "--spec" in nothing.stderr
+
+
 def test_capacity_takes_the_claims_request_file(cloud: dict[str, str], tmp_path: Path) -> None:
     request = tmp_path / "pair.json"
     request.write_text(

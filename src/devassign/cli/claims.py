@@ -195,8 +195,13 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
     def claim(
         ctx: typer.Context,
         consumer: Annotated[
-            str, typer.Option(metavar="CONSUMER", help="The instance the devices are for (its UUID)")
-        ],
+            str | None,
+            typer.Option(
+                metavar="CONSUMER",
+                help="The instance the devices are for (its UUID); may be left out when the "
+                "--request file names its consumer",
+            ),
+        ] = None,
         spec: SpecOpt = None,
         request: RequestOpt = None,
         host: HostOpt = None,
@@ -223,6 +228,11 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
             project=project,
             idempotency_key=idempotency_key,
         )
+        if not body.get("consumer"):
+            raise CliError(
+                "say whose devices these are: --consumer UUID (or \"consumer\" in the --request file)",
+                status=ExitCode.USAGE,
+            )
         body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
         try:
             allocation = client(ctx).post("/v1/claims", body)
