@@ -230,7 +230,7 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         )
         if not body.get("consumer"):
             raise CliError(
-                "say whose devices these are: --consumer UUID (or \"consumer\" in the --request file)",
+                'say whose devices these are: --consumer UUID (or "consumer" in the --request file)',
                 status=ExitCode.USAGE,
             )
         body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")
