@@ -1,5 +1,5 @@
-"""Where a claim's time goes: SQL statements per claim, per-stage timings, a pyinstrument profile,
-and PostgreSQL's EXPLAIN ANALYZE of the candidate query.
+"""Where a claim's time goes: SQL statements per claim, a pyinstrument profile, and
+PostgreSQL's EXPLAIN ANALYZE of the candidate query (each stage's CPU: ``bench.claim_stages``).
 
     python -m bench.profile_claim --backend postgresql --hosts 1000 [--html out.html]
 
@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--html", help="write the pyinstrument profile here")
     ap.add_argument("--text", action="store_true", help="print the pyinstrument profile")
     ap.add_argument("--url", help="use this (already loaded) database")
-    ap.add_argument("--stages", action="store_true", help="also time each stage")
     args = ap.parse_args(argv)
 
     from devassign.domain import Role
@@ -58,9 +57,27 @@ def main(argv: list[str] | None = None) -> None:
 
     statements: Counter[str] = Counter()
 
-    @sa.event.listens_for(store.db.engine, "before_cursor_execute")
-    def _count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements[" ".join(statement.split())[:110]] += 1
+    def _note(statement: object) -> None:
+        text = statement.decode() if isinstance(statement, bytes) else str(statement)
+        statements[" ".join(text.split())[:110]] += 1
+
+    if store.db.is_sqlite:
+
+        @sa.event.listens_for(store.db.engine, "before_cursor_execute")
+        def _count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+            _note(statement)
+    else:
+        # The claim runs its fixed statements on psycopg's cursor (``store.db.driver_rows``),
+        # past SQLAlchemy's events: count at the driver, where SQLAlchemy's own arrive too.
+        import psycopg
+
+        executing = psycopg.Cursor.execute
+
+        def _counted(self, query, *a, **kw):  # type: ignore[no-untyped-def]
+            _note(query.as_string(self) if hasattr(query, "as_string") else query)
+            return executing(self, query, *a, **kw)
+
+        psycopg.Cursor.execute = _counted  # type: ignore[method-assign]
 
     def one() -> float:
         body = ClaimBody.model_validate(claim_body())
@@ -78,68 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     for stmt, n in statements.most_common(40):
         print(f"  {n / args.rounds:5.2f}  {stmt}")
 
-    if args.stages:
-        stage_timings(args, store, placer)
     if not store.db.is_sqlite:
         explain_candidates(store)
     if args.html or args.text:
         profile(args, one)
     store.db.dispose()
-
-
-def stage_timings(args, store, placer):  # type: ignore[no-untyped-def]
-    """Stage timings (each in its own transaction, as Placer does)."""
-    from devassign.scheduler import ClaimBody, claim_order, schedule
-    from devassign.server.placement import parse
-    from devassign.store.claims import ClaimOrder
-
-    stages: dict[str, list[float]] = {
-        k: [] for k in ("parse", "prepare (types, quota, candidates)", "schedule", "claim")
-    }
-    for _ in range(args.rounds):
-        body = ClaimBody.model_validate(claim_body())
-        t = time.perf_counter()
-        req = parse(body)
-        t1 = time.perf_counter()
-        t2 = t1
-        ctx = store.prepare_claim(
-            consumer=req.consumer,
-            key=None,
-            project="bench",
-            types=["NIC_VF_1G", "VGPU"],
-            needs={"NIC_VF_1G": 1, "VGPU": 1},
-            any_of=[],
-            names=[],
-            spread=False,
-            limit=placer.config.candidate_limit,
-        )
-        snap = ctx.snapshot
-        t3 = time.perf_counter()
-        dec = schedule(req, snap, placer.config.policy)
-        t4 = time.perf_counter()
-        p = claim_order(dec.placements, 3, placer.rng)[0]
-        store.claim(
-            ClaimOrder(
-                host=p.host,
-                chosen=[(c.name, (*c.device_ids, *c.companion_ids)) for c in p.chosen],
-                consumer=req.consumer,
-                project="bench",
-                key=None,
-                request_doc=body.model_dump(mode="json", exclude_none=True),
-                actor="bench",
-            )
-        )
-        t5 = time.perf_counter()
-        for k, a, b in (
-            ("parse", t, t1),
-            ("prepare (types, quota, candidates)", t2, t3),
-            ("schedule", t3, t4),
-            ("claim", t4, t5),
-        ):
-            stages[k].append(b - a)
-    for k, v in stages.items():
-        s = summary(v)
-        print(f"  stage {k:<44} median {s['median']:7.2f} ms  p90 {s['p90']:7.2f} ms")
 
 
 def explain_candidates(store):  # type: ignore[no-untyped-def]
