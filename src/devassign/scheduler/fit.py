@@ -330,7 +330,12 @@ class _Search:
         return found
 
     def run(self) -> bool:
-        return self._unit(0)
+        try:
+            return self._unit(0)
+        except RecursionError:
+            # One call per class taken from, per request: a search that deep (thousands of
+            # distinct devices) is one too large to finish, as one past its steps is.
+            raise BudgetExhausted from None
 
     def _unit(self, ui: int) -> bool:
         if ui == len(self.units):
@@ -367,33 +372,38 @@ class _Search:
         return (same_numa, used_parent, c.damage, 0 if left >= need else 1, left)
 
     def _take(self, ui: int, unit: _Unit, classes: list[_Class], i: int, need: int, left: int) -> bool:
+        """Take ``need`` devices for unit ``ui`` from ``classes[i:]``, most from each class
+        first. A class left out is a step of the loop, not a call: a host with a thousand
+        classes (devices that differ in a constrained attribute) went past Python's recursion
+        limit; the calls are one per class taken from, so as deep as the devices taken."""
         if need == 0:
             return self._unit(ui + 1)
-        if i == len(classes) or left < need:
-            return False
-        c = classes[i]
-        avail = len(c.devices) - c.taken
-        most = min(avail, need)
-        if any(self.constraints[ci].mode == "distinct" for ci in unit.constraints):
-            most = min(most, 1)
-        for t in range(most, -1, -1):
-            self.steps += 1
-            if self.steps > self.budget:
-                raise BudgetExhausted
-            if t == 0:
-                return self._take(ui, unit, classes, i + 1, need, left - avail)
-            new = self._add(unit, c, t)
-            if new is None:
-                continue
-            if self.constraints and self._hopeless(ui, need - t):
+        distinct = any(self.constraints[ci].mode == "distinct" for ci in unit.constraints)
+        while i < len(classes) and left >= need:
+            c = classes[i]
+            avail = len(c.devices) - c.taken
+            most = min(avail, need, 1) if distinct else min(avail, need)
+            for t in range(most, 0, -1):
+                self._step()
+                new = self._add(unit, c, t)
+                if new is None:
+                    continue
+                if self.constraints and self._hopeless(ui, need - t):
+                    self._remove(unit, c, t)
+                    continue
+                self.picks[-1][1].append((c, new))
+                if self._take(ui, unit, classes, i + 1, need - t, left - avail):
+                    return True
+                self.picks[-1][1].pop()
                 self._remove(unit, c, t)
-                continue
-            self.picks[-1][1].append((c, new))
-            if self._take(ui, unit, classes, i + 1, need - t, left - avail):
-                return True
-            self.picks[-1][1].pop()
-            self._remove(unit, c, t)
+            self._step()  # none of this class
+            i, left = i + 1, left - avail
         return False
+
+    def _step(self) -> None:
+        self.steps += 1
+        if self.steps > self.budget:
+            raise BudgetExhausted
 
     def _hopeless(self, ui: int, need: int) -> bool:
         """Whether the constraints leave fewer devices than the requests still to place need:
