@@ -86,3 +86,63 @@ def test_a_slot_cleaned_or_cleared_while_its_gpu_fails_stays_unhealthy(api: Test
     assert api.post(f"/v1/devices/{gpu['id']}/clear", json={}).status_code == 200
     assert api.post(f"/v1/devices/{held['id']}/clear", json={}).status_code == 200
     assert _claim(api, "vm-2", "hardware_resource:VGPU_T4_4Q=1").status_code == 201
+
+
+def test_a_long_chain_below_an_unhealthy_device_is_walked_once() -> None:
+    """A report of one long chain of devices (each the parent of the next) whose top fails was
+    walked up from every device in turn: quadratic, some ten seconds for 3,000 devices and
+    minutes for the 20,000 a report may hold, under SQLite's write lock for a hostile agent.
+    Every device of the chain inherits the top's failure, each link is read a bounded number
+    of times, and links that loop end the walk."""
+
+    from devassign.schemas import ReportedDevice
+    from devassign.store.inherited_health import with_inherited_health
+
+    reads = [0]
+
+    class Counted(ReportedDevice):
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("parent", "pool"):
+                reads[0] += 1
+            return super().__getattribute__(name)
+
+    def pci(i: int) -> str:
+        return f"0000:{0x80 + i // 256:02x}:{(i // 8) % 32:02x}.{i % 8}"
+
+    n = 1_000
+    chain = [
+        Counted(address=pci(i), kind="pci", type="GPU", parent=pci(i - 1) if i else None) for i in range(n)
+    ]
+    chain[0] = Counted(address=pci(0), kind="pci", type="GPU", healthy=False, health_reason="bad")
+    loop = [  # two devices each the other's parent, below nothing that fails
+        Counted(address="0000:f0:00.0", kind="pci", type="GPU", parent="0000:f0:00.1"),
+        Counted(address="0000:f0:00.1", kind="pci", type="GPU", parent="0000:f0:00.0"),
+    ]
+    out = with_inherited_health([*chain, *loop])
+    assert reads[0] <= 10 * (n + len(loop)), reads[0]  # the walk up from each: some n * n / 2
+    assert out[0].health_reason == "bad"
+    assert all(not d.healthy and d.health_reason == f"{pci(0)} above it is unhealthy: bad" for d in out[1:n])
+    assert all(d.healthy for d in out[n:])
+
+
+def test_a_cleanup_deep_below_a_failing_device_stays_unhealthy(api: TestClient) -> None:
+    """The stored walk up from a cleaned device, past the levels it reads one statement each."""
+    _types(api, "LINK", "SLOT")
+    top = "0000:5e:00.0"
+    links = [{"address": top, "kind": "pci", "type": "LINK"}]
+    for i in range(1, 10):
+        links.append(
+            {"address": f"0000:5e:{i:02x}.0", "kind": "pci", "type": "LINK", "parent": links[-1]["address"]}
+        )
+    bottom = links[-1]["address"]
+    slot = {"address": f"{bottom}/x-1/0", "kind": "mdev_type", "type": "SLOT", "parent": bottom}
+    _report(api, "h1", [*links, slot])
+    held = _claim(api, "vm-1", "hardware_resource:SLOT=1").json()["devices"][0]
+    setup = {"device_id": held["id"], "action": "setup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [setup]}).status_code == 200
+    failing = [{**links[0], "healthy": False, "health_reason": "link down"}, *links[1:], slot]
+    _report(api, "h1", failing, generation=2)
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    cleaned = {"device_id": held["id"], "action": "cleanup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [cleaned]}).status_code == 200
+    assert _states(api)[slot["address"]] == ("unhealthy", f"{top} above it is unhealthy: link down")
