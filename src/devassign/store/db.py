@@ -33,6 +33,7 @@ from alembic.util import CommandError
 from platformdirs import user_data_dir
 
 from devassign.errors import DATABASE_BUSY, DevassignError
+from devassign.store.pgconn import UNANSWERED, BoundedConnection, answer_limit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -217,7 +218,7 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine, sqlite_path, round(kwargs["connect_args"]["timeout"] * 1000))
         else:
-            _postgresql_setup(self.engine)
+            _postgresql_setup(self.engine, answer_limit(statement_timeout))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -330,9 +331,13 @@ class Database:
     def upgrade(self) -> tuple[str | None, str | None]:
         """Migrate to the newest schema; returns (before, after) revisions."""
         with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            bounded = raw.answer_within if isinstance(raw, BoundedConnection) else None
             if not self.is_sqlite:
                 # A migration (an index on a large table) and the wait for another replica's
                 # migration may take longer than a request's statement: no timeouts here.
+                if isinstance(raw, BoundedConnection):
+                    raw.answer_within = None
                 conn.execute(sa.text("SET statement_timeout = 0"))
                 conn.execute(sa.text("SET lock_timeout = 0"))
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
@@ -354,6 +359,8 @@ class Database:
                     conn.execute(sa.text("RESET statement_timeout"))
                     conn.execute(sa.text("RESET lock_timeout"))
                     conn.commit()
+                    if isinstance(raw, BoundedConnection):
+                        raw.answer_within = bounded
         return before, after
 
     def check_known(self, revision: str | None) -> None:
@@ -403,7 +410,8 @@ def _postgresql_connect_args(url: str, statement_timeout: float, lock_timeout: f
     # A database host that drops off the network (not refusing: gone) would hold a request's
     # connection for as long as the kernel's TCP retries last (some 15 minutes): the kernel
     # gives up on unanswered probes and unacknowledged data after these, and the request is a
-    # 503. (A server process that is alive but stopped still acknowledges: not covered.)
+    # 503. (A server process that is alive but stopped still acknowledges: ``pgconn`` bounds
+    # the wait for its answers instead.)
     for key, value in _TCP_GIVE_UP.items():
         if key not in query:
             args[key] = value
@@ -421,7 +429,13 @@ _TCP_GIVE_UP = {
 }
 
 
-def _postgresql_setup(engine: sa.Engine) -> None:
+def _postgresql_setup(engine: sa.Engine, answer_within: float | None) -> None:
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> BoundedConnection:
+        conn = BoundedConnection.connect(*cargs, **cparams)
+        conn.answer_within = answer_within
+        return conn
+
     @sa.event.listens_for(engine, "handle_error")
     def _on_error(context: sa.engine.ExceptionContext) -> None:
         if _standby(context.original_exception):
@@ -508,6 +522,7 @@ _BUSY_TEXTS: tuple[tuple[str, str, str], ...] = (
     ("starting up", "starting_up", "the database is starting up or recovering"),
     ("recovery mode", "starting_up", "the database is starting up or recovering"),
     ("shutting down", "shutting_down", "the database is shutting down"),
+    (UNANSWERED, "unanswered", "the database did not answer in time (stopped or wedged?)"),
 )
 
 
