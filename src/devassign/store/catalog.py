@@ -14,6 +14,7 @@ from devassign.scheduler.errors import RequestError
 from devassign.scheduler.request import parse_claim
 from devassign.store.events import aware, record
 from devassign.store.moves import is_internal
+from devassign.store.quotas import lock_type_gate
 from devassign.store.schema import allocations, devices, hosts, inventory, quotas, resource_types, taints
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ def _may_name(doc: Any, name: str) -> bool:
 
 def delete_type(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
     row = _row(conn, name)
+    lock_type_gate(conn, row.id)  # after the claims of this type in flight (quotas.TYPE_GATE)
     used = conn.execute(
         sa.select(sa.func.count()).select_from(devices).where(devices.c.type_id == row.id)
     ).scalar_one()

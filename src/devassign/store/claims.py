@@ -30,7 +30,7 @@ from devassign.store.candidates import load_snapshot
 from devassign.store.db import ConcurrentChange, driver_rows
 from devassign.store.events import record
 from devassign.store.inventory import lock_host, partitions, recarve, recount
-from devassign.store.quotas import quota_gate, quota_refusal
+from devassign.store.quotas import TYPE_GATE, quota_gate, quota_refusal
 from devassign.store.schema import (
     allocation_items,
     allocations,
@@ -186,10 +186,14 @@ def _open_pg_statement(lock: str) -> str:
 
     It also takes the project's quota gate shared (``quotas.lock_quota_gate``): a quota set
     waits for this claim, or this claim for the set, and the take's look for a limit then
-    sees every limit set before."""
+    sees every limit set before. And the gates of the request's types
+    (``quotas.lock_type_gate``): a type's deletion waits for this claim, and the take finds
+    the types still there."""
     return f"""
         WITH gate AS (
             SELECT pg_advisory_xact_lock_shared(hashtextextended(%(gate)s::text, 7))
+            UNION ALL
+            SELECT pg_advisory_xact_lock_shared({TYPE_GATE}, t) FROM unnest(%(types)s::int[]) AS t
         ), h AS (
             SELECT id FROM hosts WHERE name = %(name)s::varchar {lock}
         ), c AS (
@@ -322,7 +326,9 @@ _TAKE_ALL_PG = f"""
            AND d.state IN ({", ".join(repr(x) for x in _HOLDING)})
            AND (d.address IN (SELECT parent FROM taken) OR d.parent IN (SELECT address FROM taken)
                 OR d.address IN (SELECT pool FROM taken) OR d.pool IN (SELECT address FROM taken))
-        ) AS held_relatives
+        ) AS held_relatives,
+        -- The request's types, still in the catalog after their gates were taken shared.
+        (SELECT count(*) FROM resource_types WHERE id = ANY(%(types)s::int[])) AS types_left
     FROM taken
 """
 _TAKE_COUNTS = (
@@ -510,6 +516,7 @@ def _open_pg(
     row = _allocation_row(order, None, now, ttl)
     row["name"], row["request"] = order.host, json.dumps(order.request_doc)
     row["gate"] = quota_gate(order.project)
+    row["types"] = _type_ids(order)
     found = driver_rows(conn, _OPEN_PG[order.wait], row)[0]
     if found.host_id is None:
         raise _host_not_locked(order)
@@ -542,9 +549,12 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
             "project": o.project,
             "message": t.message,
             "detail": json.dumps(t.detail),
+            "types": _type_ids(o),
         },
     )
     _check_taken(conn, t, taken)
+    if taken[0].types_left != len(_type_ids(o)):
+        raise _type_deleted(o)
     if taken[0].held_relatives:
         raise LostRace(f"a parent or child of the chosen devices on {o.host} is in use")
     _check_pools(conn, t.host_id, taken)
@@ -554,6 +564,9 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
 def _take_sqlite(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
     """SQLite: what :data:`_TAKE_ALL_PG` does, statement by statement, under the one writer lock."""
     o = t.order
+    wanted = _type_ids(o)
+    if wanted and conn.execute(_TYPES_LEFT, {"ids": wanted}).scalar_one() != len(wanted):
+        raise _type_deleted(o)
     taken = conn.execute(
         _TAKE, {"ids": t.ids, "on_host": t.host_id, "new_allocation": t.alloc_id, "now": t.now}
     ).all()
@@ -581,6 +594,28 @@ def _take_sqlite(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
         detail=t.detail,
     )
     return taken
+
+
+_TYPES_LEFT = (
+    sa.select(sa.func.count())
+    .select_from(resource_types)
+    .where(resource_types.c.id.in_(sa.bindparam("ids", expanding=True)))
+)
+
+
+def _type_ids(order: ClaimOrder) -> list[int]:
+    """The ids of every type the order's request names (alternatives too), as the claim read
+    them from the catalog: each must still be there when the allocation naming it is written."""
+    return sorted(order.type_names or ())
+
+
+def _type_deleted(order: ClaimOrder) -> errors.DevassignError:
+    gone = ", ".join(sorted((order.type_names or {}).values()))
+    return errors.DevassignError(
+        errors.TYPE_NOT_FOUND,
+        f"a resource type of this request ({gone}) was deleted while it was being claimed; "
+        "`devassign types` lists the types there are",
+    )
 
 
 def _check_taken(conn: sa.Connection, t: _Taking, taken: Sequence[Any]) -> None:

@@ -137,6 +137,27 @@ def lock_quota_gate(conn: sa.Connection, project: str) -> None:
         )
 
 
+# The key space (the first of PostgreSQL's two-int advisory keys) of the types' gates: a claim
+# holds the gate of every type its request names shared, a type's deletion holds it exclusively.
+TYPE_GATE = 0x7479
+
+
+def lock_type_gate(conn: sa.Connection, type_id: int) -> None:
+    """PostgreSQL: hold the type's gate exclusively until this transaction ends, before the
+    deletion of the type looks for live allocations that name it.
+
+    A claim reads the catalog before its transaction and names the types of its request (its
+    ``first_available`` alternatives too) in the allocation it writes: a deletion that looked
+    in between found none and removed a type that a live allocation then named (its move
+    placed that request again on a type that was gone). Every claim holds the gates of its
+    types shared from its first statement on (``claims._OPEN_PG``) and, in a later statement,
+    finds its types still there or gives up: the deletion waits for the claims in flight and
+    sees their allocations, and a claim that starts meanwhile finds the type gone. SQLite:
+    one writer at a time, the claim looks in its own transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:g, :t)"), {"g": TYPE_GATE, "t": type_id})
+
+
 def quota_gate(project: str) -> str:
     """The key of the project's quota gate (:func:`lock_quota_gate`)."""
     return f"quota\x1f{project}"
