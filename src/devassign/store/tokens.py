@@ -96,6 +96,12 @@ def _check_chosen_name(conn: sa.Connection, name: str) -> None:
             f"name: {name!r} has the form of the names made for tokens created without one "
             "(role, scope, #id): choose another, or leave name out to get one made",
         )
+    if conn.dialect.name == "postgresql":
+        # Two creations of one name at once each found it free (READ COMMITTED, no unique index
+        # on names): the second waits for the first to commit, then finds its token.
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 7))"), {"k": f"token\x1f{name}"}
+        )
     taken = conn.execute(sa.select(tokens.c.id).where(tokens.c.name == name).limit(1)).scalar_one_or_none()
     if taken is not None:
         raise errors.DevassignError(
