@@ -164,6 +164,50 @@ class PyrouteNetlink:
         raise HostIOError(f"{pf_ifname} has no VF {vf_index}")
 
 
+class TreeNetlink:
+    """:class:`Netlink` for a sysfs root that is not this machine's sysfs (a captured or
+    generated tree): the PF's interface named in the tree is not an interface of this machine,
+    or worse is one by the same name, whose VFs the settings would change. Every call fails,
+    saying so; ``--simulate`` gives a tree a netlink of its own."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+
+    def _refused(self, pf_ifname: str) -> HostIOError:
+        return HostIOError(
+            f"the sysfs root {self.root} is not this machine's sysfs: VF settings for {pf_ifname} are "
+            "not sent to this machine's network interfaces (run with --simulate to try a tree)"
+        )
+
+    def set_vf(self, pf_ifname: str, vf_index: int, **_settings: Any) -> None:
+        raise self._refused(pf_ifname)
+
+    def get_vf(self, pf_ifname: str, vf_index: int) -> VfConfig:
+        raise self._refused(pf_ifname)
+
+
+def is_machine_sysfs(root: str | os.PathLike[str], mounts: str = "/proc/self/mounts") -> bool:
+    """Whether ``root`` is this machine's sysfs: ``/sys``, or a sysfs mounted elsewhere (an
+    agent in a container given the host's under another path), not a folder of files."""
+    real = os.path.realpath(root)
+    if real == "/sys":
+        return True
+    best, fstype = "", ""
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fields[2]
+    except OSError:
+        return False
+    return fstype == "sysfs"
+
+
 class RecordingNetlink:
     """A fake :class:`Netlink` that keeps each VF's config in memory and records every call."""
 
@@ -432,11 +476,13 @@ class HostOps:
 
     @classmethod
     def for_host(cls, sysfs_root: str | os.PathLike[str] = "/sys") -> HostOps:
-        """The real machine: sysfs at ``sysfs_root``, pyroute2 netlink, real subprocesses, and
-        VFIO's users from /proc when ``sysfs_root`` is this machine's /sys."""
+        """The real machine: sysfs at ``sysfs_root``, real subprocesses, pyroute2 netlink when
+        ``sysfs_root`` is a sysfs (a tree's PF names no interface of this machine), and VFIO's
+        users from /proc when it is this machine's /sys."""
         mine = os.path.realpath(sysfs_root) == "/sys"
         users: VfioUsers = ProcVfioUsers() if mine else NoVfioUsers()
-        return cls(ConfinedSysfs(sysfs_root), PyrouteNetlink(), SubprocessRunner(), users)
+        netlink: Netlink = PyrouteNetlink() if is_machine_sysfs(sysfs_root) else TreeNetlink(sysfs_root)
+        return cls(ConfinedSysfs(sysfs_root), netlink, SubprocessRunner(), users)
 
     @classmethod
     def simulated(

@@ -228,3 +228,25 @@ def test_proc_vfio_users_reads_open_files_of_processes(tmp_path: Path) -> None:
 def test_only_this_machines_sys_is_asked_about_vfio_users(tmp_path: Path) -> None:
     assert isinstance(HostOps.for_host(tmp_path).vfio_users, NoVfioUsers)
     assert isinstance(HostOps.for_host("/sys").vfio_users, ProcVfioUsers)
+
+
+def test_a_tree_that_is_not_this_machines_sysfs_sends_no_netlink(tmp_path: Path) -> None:
+    """An agent run on a captured tree without --simulate sent the VF settings of the tree's
+    PF (``net/eno1`` in the tree) to this machine's interface of that name."""
+    from devassign.lifecycle.host import PyrouteNetlink, TreeNetlink, is_machine_sysfs
+
+    ops = HostOps.for_host(tmp_path)
+    assert isinstance(ops.netlink, TreeNetlink)
+    with pytest.raises(HostIOError, match=r"not this machine's sysfs.*--simulate"):
+        ops.netlink.set_vf("lo", 0, mac="00:00:00:00:00:00")
+    with pytest.raises(HostIOError, match="not this machine's sysfs"):
+        ops.netlink.get_vf("lo", 0)
+    assert isinstance(HostOps.for_host("/sys").netlink, PyrouteNetlink)
+    # The host's sysfs mounted elsewhere (an agent in a container) is this machine's.
+    mounts = tmp_path / "mounts"
+    host_sys = tmp_path / "host" / "sys"
+    (host_sys / "bus").mkdir(parents=True)
+    mounts.write_text(f"overlay / overlay rw 0 0\nsysfs {host_sys} sysfs ro 0 0\ntmpfs /tmp tmpfs rw 0 0\n")
+    assert is_machine_sysfs(host_sys / "bus", str(mounts))
+    assert not is_machine_sysfs(tmp_path / "host", str(mounts))
+    assert not is_machine_sysfs(tmp_path, str(tmp_path / "no-such-file"))
