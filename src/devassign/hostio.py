@@ -120,8 +120,10 @@ class HostFiles:
     @classmethod
     def beside(cls, sysfs: Sysfs) -> HostFiles:
         """The files of the machine whose sysfs tree ``sysfs`` is: ``/`` for ``/sys``, and
-        ``DIR`` for a tree at ``DIR/sys`` (a captured or generated host)."""
-        return cls(sysfs.root.parent)
+        ``DIR`` for a tree at ``DIR/sys`` (a captured or generated host). Beside the tree, not
+        beside a link to it: through a link the host's mounts were not found, and a missing
+        file says nothing, so its boot disk was offered."""
+        return cls(os.path.dirname(os.path.realpath(sysfs.root)))
 
     def _p(self, rel: str) -> str:
         return self._root + "/" + rel.lstrip("/")

@@ -72,6 +72,9 @@ class HostUse:
     # Members of a mounted multi-device filesystem that mountinfo does not name: btrfs lists
     # its devices under /sys/fs/btrfs/<fsid>/devices (a mounted filesystem's only), by name.
     members: dict[str, str] = field(default_factory=dict)  # block device -> "btrfs <fsid>"
+    # The block devices sysfs lists (``block/``, ``class/block/``): a disk is known by its name
+    # there as well as by its ``holders`` folder, which a captured or filtered tree may lack.
+    disks: frozenset[str] = frozenset()
 
 
 def read_host_use(files: HostFiles, sysfs: Sysfs | None = None) -> HostUse:
@@ -103,11 +106,14 @@ def read_host_use(files: HostFiles, sysfs: Sysfs | None = None) -> HostUse:
         if "IPv6" not in routes.setdefault(iface, []):
             routes[iface].append("IPv6")
     members: dict[str, str] = {}
+    disks: set[str] = set()
     if sysfs is not None:
         for fsid in sysfs.listdir("fs/btrfs"):
             for name in sysfs.listdir(f"fs/btrfs/{fsid}/devices"):
                 members.setdefault(name, f"btrfs {fsid}")
-    return HostUse(mounts, frozenset(swaps), {i: ", ".join(f) for i, f in routes.items()}, numbers, members)
+        disks.update(sysfs.listdir("block"), sysfs.listdir("class/block"))
+    by_route = {i: ", ".join(f) for i, f in routes.items()}
+    return HostUse(mounts, frozenset(swaps), by_route, numbers, members, frozenset(disks))
 
 
 def _lines(text: str) -> list[str]:
@@ -188,7 +194,7 @@ def host_use_reasons(sysfs: Sysfs, base: str, use: HostUse) -> list[str]:
     held, mounted or swap, each network interface below it that carries a default route
     (itself or through the interfaces stacked on it) or has a master."""
     reasons: list[str] = []
-    for kind, rel, name in _below(sysfs, base, sysfs.subfolders(base), 0, set()):
+    for kind, rel, name in _below(sysfs, base, sysfs.subfolders(base), 0, set(), use.disks):
         if kind == "net":
             reasons.extend(_net_reasons(sysfs, rel, name, use))
         else:
@@ -256,13 +262,15 @@ def _uppers(sysfs: Sysfs, rel: str, entries: list[str]) -> list[str]:
 
 
 def _below(
-    sysfs: Sysfs, rel: str, subs: list[str], depth: int, heads: set[str]
+    sysfs: Sysfs, rel: str, subs: list[str], depth: int, heads: set[str], disks: frozenset[str]
 ) -> Iterator[tuple[str, str, str]]:
     """``(kind, path, kernel name)`` of each block device (kind ``block``) and network
     interface (``net``) in the folders ``subs`` of ``rel``. A block device is a folder with
-    ``holders`` (disks and partitions have one); below a disk only its partitions are looked
-    at. An interface is an entry of a ``net`` folder, not entered. Other PCI functions (below a
-    bridge) and folders that hold no storage are not entered, and each folder is read once.
+    ``holders`` (disks and partitions have one), one in a ``block`` folder (SCSI disks), or
+    one by a name of ``disks`` (a tree captured without ``holders``); below a disk only its
+    partitions are looked at. An interface is an entry of a ``net`` folder, not entered. Other
+    PCI functions (below a bridge) and folders that hold no storage are not entered, and each
+    folder is read once.
 
     A hidden NVMe multipath path device (``nvme0c1n1``) stands for its head (``nvme0n1``, under
     ``virtual/nvme-subsystem``): the disk the host sees, looked at through ``class/block``."""
@@ -274,7 +282,7 @@ def _below(
             continue
         path = f"{rel}/{sub}"
         inner = sysfs.subfolders(path)
-        if "holders" in inner:
+        if "holders" in inner or sub in disks or rel.endswith("/block"):
             yield from _disk(path, sub, inner)
             m = _NVME_PATH_RE.fullmatch(sub)
             if m is not None:
@@ -283,10 +291,10 @@ def _below(
                     heads.add(head)
                     head_rel = f"class/block/{head}"
                     head_inner = sysfs.subfolders(head_rel)
-                    if "holders" in head_inner:
+                    if "holders" in head_inner or head in disks:
                         yield from _disk(head_rel, head, head_inner)
         elif depth < _MAX_DEPTH:
-            yield from _below(sysfs, path, inner, depth + 1, heads)
+            yield from _below(sysfs, path, inner, depth + 1, heads, disks)
 
 
 def _disk(path: str, name: str, inner: list[str]) -> Iterator[tuple[str, str, str]]:

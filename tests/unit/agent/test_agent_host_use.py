@@ -455,3 +455,33 @@ def test_a_usb_nic_carrying_the_default_route_is_not_offered(tmp_path: Path) -> 
     proc(tmp_path, "net/route", ROUTE_HEADER + V4_DEFAULT.format("enx00e04c680001"))
     (dev,) = [x for x in inventory(h.root, USB_RULE).devices if x.kind.value == "usb"]
     assert dev.host_use == ["enx00e04c680001 carries the default route (IPv4)"] and not dev.offered
+
+
+def test_a_disk_captured_without_holders_is_still_seen(tmp_path: Path) -> None:
+    """Captured trees (ghw's) keep no ``holders`` folders: the laptop's NVMe holding /boot and
+    the server's RAID controller holding /boot were offered. A disk is known by its name in
+    ``block/`` and by its place in a ``block`` folder too."""
+    h = host(tmp_path)
+    h.pci(NVME, "144d", "a808", cls="010802", driver="nvme", iommu_group=11)
+    disk = f"{h.dev(NVME)}/nvme/nvme0/nvme0n1"
+    h.write(f"{disk}/dev", "259:0")
+    h.write(f"{disk}/nvme0n1p2/dev", "259:2")
+    (h.root / "block").mkdir(exist_ok=True)
+    os.symlink(h.root / disk, h.root / "block" / "nvme0n1")
+    raid = "0000:03:00.0"
+    h.pci(raid, "1000", "0060", cls="010400", driver="megaraid_sas", iommu_group=12)
+    h.write(f"{h.dev(raid)}/host2/target2:2:0/2:2:0:0/block/sda/sda2/dev", "8:2")
+    proc(tmp_path, "self/mounts", "/dev/nvme0n1p2 /boot ext4 rw 0 0\n/dev/sda2 /srv xfs rw 0 0\n")
+    found = by_address(inventory(h.root, NVME_RULE, {"type": "RAID", "match": {"class": "0104"}}))
+    assert found[NVME].host_use == ["nvme0n1p2 is mounted at /boot"] and not found[NVME].offered
+    assert found[raid].host_use == ["sda2 is mounted at /srv"] and not found[raid].offered
+
+
+def test_a_sysfs_root_given_through_a_link_finds_the_hosts_files_beside_the_tree(tmp_path: Path) -> None:
+    h = host(tmp_path / "machine")
+    nvme(h)
+    proc(tmp_path / "machine", "self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n")
+    link = tmp_path / "elsewhere" / "sysroot"
+    link.parent.mkdir()
+    os.symlink(h.root, link)
+    assert by_address(inventory(link, NVME_RULE))[NVME].host_use == ["nvme0n1p2 is mounted at /"]
