@@ -361,7 +361,11 @@ class ServerProcess:
         args += ["--agent-takeover-after", "1", "--log-level", "warning"]
         with open(self.logs / f"server-{self.starts}.log", "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self._answers, 60, "the server answers /healthz")
+        try:
+            wait_for(self._answers, 60, "the server answers /healthz")
+        except BaseException:
+            self.stop()  # a server that never answered is ours to end, not left running
+            raise
 
     def _answers(self) -> bool:
         assert self.proc is not None

@@ -217,10 +217,16 @@ def _cluster(url: str, n_servers: int, group: str, tmp_path: Path, seed: int, fi
     # hosts going down and reservations expiring (both conditional updates), so it hits its points.
     others = replace(options, sweep_interval=options.sweep_interval and options.sweep_interval * 10)
     servers = [Server(f"server{i}", url, tmp_path, others if i else options) for i in range(n_servers)]
-    for s in servers:
-        s.start(first if s is servers[0] and n_servers > 1 else None)
-    for s in servers[1:] if n_servers > 1 else servers:
-        assert s.wait_ready(), s.tail()
+    try:
+        for s in servers:
+            s.start(first if s is servers[0] and n_servers > 1 else None)
+        for s in servers[1:] if n_servers > 1 else servers:
+            assert s.wait_ready(), s.tail()
+    except BaseException:
+        for s in servers:  # a server that never answered is ours to end, not left running
+            s.stop()
+        db.dispose()
+        raise
     url0 = servers[-1].url
     for t in (GPU, SPARE):
         r = httpx.post(
