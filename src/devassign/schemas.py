@@ -796,7 +796,8 @@ class AllocatedDevice(BaseModel):
     address: str
     type: str
     kind: DeviceKind
-    state: DeviceState
+    # None in a released allocation once the device has left it (cleaned; maybe another's now)
+    state: DeviceState | None
     request: str | None = None
 
 

@@ -342,3 +342,26 @@ def test_a_device_spec_key_with_a_leading_space_is_a_misspelling_not_another_nam
     r = api.post("/v1/claims", json=body)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_spec", r.text
     assert "misspelt" in r.json()["error"]["message"]
+
+
+def test_a_released_allocation_does_not_show_its_devices_next_holder(api: TestClient) -> None:
+    """A former holder read its released allocation and saw the device's live state: reserved,
+    assigned, cleaning as another project claimed and released it (occupancy of a named
+    device on a named host). The state is the former holder's while the device is cleaned for
+    it, then null."""
+    _setup(api, "NIC_VF_1G")
+    _report(api, "c1", [vf("0000:3b:02.1")])
+    first = _claim(api, "vm-1")
+    assert first.status_code == 201, first.text
+    device = first.json()["devices"][0]["id"]
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    states = lambda: [d["state"] for d in api.get("/v1/allocations/vm-1").json()["devices"]]  # noqa: E731
+    assert states() == ["cleaning"]  # cleaned for vm-1: still its business
+    cleaned = {"device_id": device, "action": "cleanup", "ok": True}
+    assert api.post("/v1/hosts/c1/work", json={"results": [cleaned]}).status_code == 200
+    assert states() == [None]
+    assert _claim(api, "vm-2").status_code == 201
+    assert states() == [None]
+    listed = api.get("/v1/allocations", params={"consumer": "vm-1", "include_released": True}).json()
+    assert [d["state"] for a in listed for d in a["devices"]] == [None]
+    assert [d["state"] for d in api.get("/v1/allocations/vm-2").json()["devices"]] == ["reserved"]

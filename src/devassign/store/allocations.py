@@ -22,6 +22,7 @@ def _models(conn: sa.Connection, rows: list[Any]) -> list[schemas.Allocation]:
     if not rows:
         return []
     ids = [r.id for r in rows]
+    released = {r.id for r in rows if r.released_at is not None}
     items: dict[int, list[schemas.AllocatedDevice]] = defaultdict(list)
     q = (
         sa.select(
@@ -31,6 +32,7 @@ def _models(conn: sa.Connection, rows: list[Any]) -> list[schemas.Allocation]:
             devices.c.address,
             devices.c.kind,
             devices.c.state,
+            devices.c.allocation_id.label("held_by"),
             resource_types.c.name.label("type_name"),
         )
         .join(devices, devices.c.id == allocation_items.c.device_id)
@@ -39,13 +41,16 @@ def _models(conn: sa.Connection, rows: list[Any]) -> list[schemas.Allocation]:
         .order_by(devices.c.address)
     )
     for r in conn.execute(q):
+        # A released allocation's device is its business while it is cleaned for it; then
+        # the device's state is its next holder's, which the former one must not watch.
+        gone = r.allocation_id in released and r.held_by != r.allocation_id
         items[r.allocation_id].append(
             schemas.AllocatedDevice(
                 id=r.id,
                 address=r.address,
                 type=r.type_name,
                 kind=r.kind,
-                state=r.state,
+                state=None if gone else r.state,
                 request=r.request_name,
             )
         )

@@ -551,7 +551,12 @@ def badge_of(taint: schemas.Taint) -> Html:
 def allocations_table(allocations: Sequence[schemas.Allocation], *, operator: bool) -> Html:
     def devices(a: schemas.Allocation) -> Html:
         return join(
-            tag("div", tag("span", d.address, class_="mono"), f" {d.type} ", badge(d.state.value))
+            tag(
+                "div",
+                tag("span", d.address, class_="mono"),
+                f" {d.type} ",
+                badge(d.state.value) if d.state else "",
+            )
             for d in a.devices
         )
 
