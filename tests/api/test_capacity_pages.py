@@ -158,3 +158,18 @@ def test_a_cursor_past_every_host_is_an_empty_last_page(cloud: TestClient, who: 
     r = cloud.get("/v1/capacity", params={"spec": NIC, "limit": 5, "after": "9" * 20}, headers=who["admin"])
     assert r.status_code == 200, r.text
     assert r.json()["total"] == 0 and r.json()["per_host"] == {} and r.json()["next"] is None
+
+
+def test_a_members_pages_are_no_per_host_split(cloud: TestClient, who: Who) -> None:
+    """Pages of one host each told a member each host's capacity in turn (and the hosts' ids
+    by the cursors): a member's page counts at least a thousand hosts, here all of them."""
+    whole = cloud.get("/v1/capacity", params={"spec": NIC}, headers=who["admin"]).json()
+    pages, calls = _walk(cloud, who["member"], 1, spec=NIC)
+    assert calls == 1 and pages[0]["total"] == whole["total"] and pages[0]["next"] is None
+    r = cloud.post(
+        "/v1/capacity",
+        params={"limit": 1},
+        json={"extra_specs": {"hardware_resource:NIC_VF_1G": "2"}},
+        headers=who["member"],
+    )
+    assert r.status_code == 200 and r.json()["total"] == whole["total"] and r.json()["next"] is None

@@ -8,6 +8,7 @@ other tenants' allocations or other hosts' devices cannot be probed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from devassign import errors, schemas
@@ -169,11 +170,18 @@ def explain(placer: Placer, scope: Scope, body: ClaimBody) -> dict[str, Any]:
     return found if scope.operator else redact_explanation(found)
 
 
+# The fewest hosts a member's capacity page counts (the most a page may count).
+MEMBER_PAGE = 1000
+
+
 def capacity(
     placer: Placer, scope: Scope, body: ClaimBody, page: CapacityPage | None = None
 ) -> dict[str, Any]:
-    """How many more fit; the split per host is for operators."""
+    """How many more fit; the split per host is for operators. A member's page counts at least
+    :data:`MEMBER_PAGE` hosts: pages of one host each were the per-host split by another way."""
     scope.check_targets(body.hosts)
+    if page is not None and not scope.operator and page.limit < MEMBER_PAGE:
+        page = dataclasses.replace(page, limit=MEMBER_PAGE)
     found = placer.capacity(body, scope.principal, page)
     if not scope.operator:
         found.pop("per_host", None)
