@@ -584,3 +584,13 @@ def test_a_members_move_over_quota_reads_as_any_other_refused_host(
     operator = secure_api.post("/v1/allocations/vm-p/moves", json={"host": "gpuonly"}, headers=admin)
     assert operator.status_code == 403 and operator.json()["error"]["code"] == "quota_exceeded", operator.text
     assert "IOMMU group mates" not in operator.text  # an alternative is over the quota, not mates
+
+
+def test_a_move_key_with_a_nul_is_refused_as_a_claims_is(api: TestClient) -> None:
+    """SQLite stored it and answered it back, PostgreSQL refused it only as a value it cannot
+    store: the key is checked as a claim's is, naming the field."""
+    _world(api)
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "x\u0000y"})
+    assert r.status_code == 400, r.text
+    assert "idempotency_key" in r.json()["error"]["message"] and "NUL" in r.json()["error"]["message"]
+    assert api.get("/v1/allocations/vm-1/moves").json() == []

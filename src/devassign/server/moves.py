@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from devassign import errors, schemas
 from devassign.domain import HOST_RE
@@ -31,8 +31,9 @@ from devassign.store.moves import Move, MoveReplay, is_internal, new_target_cons
 router = APIRouter(route_class=StrictJsonRoute, prefix="/v1")
 
 
-class MoveStart(BaseModel):
-    model_config = {"extra": "forbid"}
+class MoveStart(schemas.Strict):
+    """A move's start; NUL and the like in the key refused as a claim's are (schemas.Strict)."""
+
     host: str = Field(min_length=1, max_length=253, description="The host to move to")
     idempotency_key: str | None = Field(
         default=None,
