@@ -297,3 +297,45 @@ def test_a_refused_device_takes_its_iommu_group_mates_with_it(api: TestClient) -
     }
     states = {d["address"]: d["state"] for d in api.get("/v1/devices", params={"host": "h1"}).json()}
     assert states == {"0000:e1:00.0": "removed", "0000:e1:00.1": "removed", "0000:e2:00.0": "available"}
+
+
+def test_a_type_change_waiting_for_a_held_device_is_applied_by_its_cleanup(api: TestClient) -> None:
+    """A held device the host now reports as another type kept its old type after its
+    cleanup, and was claimed as that type until the agent's next report."""
+    for name in ("TOK", "TOK2"):
+        _type(api, name)
+    token = {"address": "usb:0529:0620:12345", "kind": "usb", "type": "TOK"}
+    first = _report(api, "h1", 1, [token])
+    assert first.status_code == 200 and not first.json()["refused"], first.text
+    held = api.post("/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:TOK": "1"}})
+    assert held.status_code == 201, held.text
+    device = held.json()["devices"][0]["id"]
+    answer = _report(api, "h1", 2, [{**token, "type": "TOK2"}]).json()
+    assert any("type change to TOK2 waits" in w for w in answer["warnings"]), answer
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    cleaned = {"device_id": device, "action": "cleanup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [cleaned]}).status_code == 200
+    [now] = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert (now["type"], now["state"]) == ("TOK2", "available")
+    as_old = api.post("/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:TOK": "1"}})
+    assert as_old.status_code == 409, as_old.text
+    counts = {t["name"]: t["counts"]["available"] for t in api.get("/v1/resource-types").json()}
+    assert counts["TOK"] == 0 and counts["TOK2"] == 1
+    as_new = api.post("/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:TOK2": "1"}})
+    assert as_new.status_code == 201, as_new.text
+
+
+def test_a_type_change_reported_back_while_held_leaves_nothing_waiting(api: TestClient) -> None:
+    for name in ("TOK", "TOK2"):
+        _type(api, name)
+    token = {"address": "usb:0529:0620:12345", "kind": "usb", "type": "TOK"}
+    _report(api, "h1", 1, [token])
+    held = api.post("/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:TOK": "1"}})
+    device = held.json()["devices"][0]["id"]
+    _report(api, "h1", 2, [{**token, "type": "TOK2"}])
+    _report(api, "h1", 3, [token])  # the host reports its old type again
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    cleaned = {"device_id": device, "action": "cleanup", "ok": True}
+    assert api.post("/v1/hosts/h1/work", json={"results": [cleaned]}).status_code == 200
+    [now] = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert (now["type"], now["state"]) == ("TOK", "available")

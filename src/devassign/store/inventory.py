@@ -840,8 +840,11 @@ def _update_existing(
         if held:
             out.warnings.append(f"{dev.address}: type change to {dev.type} waits until the device is free")
             out.deferred = True
+            _pending_type(conn, row, type_id)
         else:
             values["type_id"] = type_id
+    elif held:
+        _pending_type(conn, row, None)  # reported as its type again: nothing waits
     waiting = sorted(k for k in _HELD_SHARE if k in values) if held else []
     if waiting:
         # What a held partition takes of its pool is what it was claimed with: a report can
@@ -955,6 +958,23 @@ def confirm_if_set_up(conn: sa.Connection, allocation_id: int | None) -> None:
             .where(allocations.c.id == allocation_id, allocations.c.state == AllocationState.RESERVED.value)
             .values(state=AllocationState.ASSIGNED.value, expires_at=None)
         )
+
+
+# Kept in ``devices.facts`` while a held device's reported type waits for it to be free: the
+# cleanup that frees it applies the type (store.work), so it is never offered as the type its
+# host no longer reports until the next report.
+PENDING_TYPE = "devassign:type"
+
+
+def _pending_type(conn: sa.Connection, row: Any, type_id: int | None) -> None:
+    facts = dict(row.facts or {})
+    if facts.get(PENDING_TYPE) == type_id:
+        return
+    if type_id is None:
+        facts.pop(PENDING_TYPE, None)
+    else:
+        facts[PENDING_TYPE] = type_id
+    conn.execute(devices.update().where(devices.c.id == row.id).values(facts=facts or None))
 
 
 def _returning_state(conn: sa.Connection, row: Any, state: DeviceState, healthy: bool) -> DeviceState:

@@ -30,7 +30,14 @@ from devassign.store.claims import release
 from devassign.store.events import aware, record
 from devassign.store.hosts import device_model, device_query, instance_tag
 from devassign.store.inherited_health import stored_unhealthy_above
-from devassign.store.inventory import confirm_if_set_up, consumer_of, health_event, lock_host, recount
+from devassign.store.inventory import (
+    PENDING_TYPE,
+    confirm_if_set_up,
+    consumer_of,
+    health_event,
+    lock_host,
+    recount,
+)
 from devassign.store.schema import allocation_items, allocations, devices, hosts, moves, resource_types
 
 # Kept in ``devices.facts`` from a clear until the device is clean; no posted fact has a ``:``.
@@ -348,6 +355,7 @@ def _apply_one(
         why = res.health_reason or "the health check after its cleanup failed"
         health = {"healthy": healthy, "health_reason": None if healthy else why}
     new = DeviceState.AVAILABLE if healthy else DeviceState.UNHEALTHY
+    retyped = _waiting_type(conn, row)
     _set_state(
         conn,
         row.id,
@@ -361,8 +369,12 @@ def _apply_one(
         # A cleanup its check finds unfinished: an operator's clear cleans it again (_clear_health).
         prior_state=None if (healthy or above) else DeviceState.CLEANING.value,
         **health,
+        **({"type_id": retyped[0]} if retyped else {}),
     )
-    record(conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}", **ev)
+    now_type = f"; its type is now {retyped[1]}, as its host reports it" if retyped else ""
+    record(
+        conn, action="device_cleaned", message=f"{host} {row.address} cleaned: {new.value}{now_type}", **ev
+    )
     if health:
         base = {"at": now, "actor": actor, "host": host}
         why = health["health_reason"] or "its check after the cleanup passes"
@@ -375,6 +387,16 @@ def _apply_one(
         # The next report is applied in full, not skipped as unchanged: it carries the health.
         conn.execute(hosts.update().where(hosts.c.id == hid).values(report_digest=None))
     return outcome(True, new, "cleaned" if healthy else f"cleaned, but unhealthy: {res.health_reason}")
+
+
+def _waiting_type(conn: sa.Connection, row: Any) -> tuple[int, str] | None:
+    """The type the host reported the device as while it was held (inventory.PENDING_TYPE),
+    applied as the cleanup frees it: (id, name), or None (none waits, or it was deleted)."""
+    waiting = (row.facts or {}).get(PENDING_TYPE)
+    if not isinstance(waiting, int) or isinstance(waiting, bool) or waiting == row.type_id:
+        return None
+    name = conn.execute(sa.select(resource_types.c.name).where(resource_types.c.id == waiting)).scalar()
+    return (waiting, name) if name is not None else None
 
 
 def clear_device(
