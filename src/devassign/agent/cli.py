@@ -216,6 +216,12 @@ def discover(
         own_mdevs=HeldPartitions.of_state(state).mdev_uuids if state else (),
         usb_names={k: dict(v) for k, v in state.usb_names.items()} if state else None,
     )
+    # A rule that types nothing is most often a typo (an address without its domain is read
+    # as any domain; a vendor that is not here): said, not left to a silent "0 offered".
+    typed = {d.type for d in inv.devices if d.type}
+    for rule_type in dict.fromkeys(r.type for r in cfg.devices):
+        if rule_type not in typed:
+            typer.echo(f"note: no device here matches the rules for type {rule_type}", err=True)
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
         return

@@ -75,7 +75,11 @@ TOP_KEYS = (
 LIFECYCLE_KEYS = ("handlers", "commands", "action_timeout")
 _HANDLER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX4_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{4}$")
-_CLASS_PREFIX_RE = re.compile(r"^(?:0x)?[0-9a-fA-F]{1,6}$")
+# Whole bytes of the class code: the class, with its subclass, with its programming interface.
+_CLASS_PREFIX_RE = re.compile(r"^(?:0x)?(?:[0-9a-fA-F]{2}){1,3}$")
+# A PCI address as lspci prints it, without the domain (``06:00.0``, ``3b:*``): Nova's
+# device_spec reads the domain as any, and so does a rule; as written it could match nothing.
+_NO_DOMAIN_RE = re.compile(r"^[^:/]{1,2}:[^:/]+$")
 _STATIC_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,150}$")
 
 
@@ -119,7 +123,8 @@ class DeviceRule:
         m = self.match
         if "kind" in m or "parent" in m:
             return True
-        if "address" in m and not any(c in m["address"] for c in "*?["):
+        # One function, in any domain (``*:05:10.1``, what ``05:10.1`` as lspci prints it reads as)
+        if "address" in m and not any(c in m["address"].removeprefix("*:") for c in "*?["):
             return True
         driver = m.get("driver")
         if driver is not None and not any(c in driver for c in "*?["):
@@ -507,14 +512,18 @@ def _match_value(key: str, value: str, where: str, fail: Any) -> str:
         return value.lower().removeprefix("0x")
     if key == "class":
         if not _CLASS_PREFIX_RE.match(value):
-            raise fail(f"{where}: match.class {value!r} must be up to 6 hex digits, e.g. 0200")
+            raise fail(
+                f"{where}: match.class {value!r} must be 2, 4 or 6 hex digits (class, subclass, "
+                "programming interface), e.g. 03 or 0302"
+            )
         return value.lower().removeprefix("0x")
     if key == "kind":
         kinds = [k.value for k in DeviceKind if k is not DeviceKind.STATIC]
         if value not in kinds:
             raise fail(f"{where}: match.kind {value!r} must be one of {', '.join(kinds)}")
     if key in ("address", "parent"):
-        return value.lower()
+        value = value.lower()
+        return f"*:{value}" if _NO_DOMAIN_RE.match(value) else value
     return value
 
 

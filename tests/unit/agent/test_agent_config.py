@@ -76,7 +76,8 @@ def test_host_defaults_to_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
         ('report_interval = "30"', "report_interval must be a positive number"),
         ('[[device]]\ntype = "X"\nmatch = { vendor = "8086" }', "#1 (type X): match: unknown key 'vendor'"),
         ('[[device]]\ntype = "X"\nmatch = { vendor_id = "80861" }', "match.vendor_id '80861' must be 4 hex"),
-        ('[[device]]\ntype = "X"\nmatch = { class = "net" }', "match.class 'net' must be up to 6 hex"),
+        ('[[device]]\ntype = "X"\nmatch = { class = "net" }', "match.class 'net' must be 2, 4 or 6 hex"),
+        ('[[device]]\ntype = "X"\nmatch = { class = "3" }', "match.class '3' must be 2, 4 or 6 hex"),
         ('[[device]]\ntype = "X"\nmatch = { kind = "gpu" }', "match.kind 'gpu' must be one of"),
         (
             '[[device]]\ntype = "X"\nmatch = { vendor_id = 8086 }',
@@ -141,3 +142,20 @@ def test_match_vfs_is_read_with_the_rule() -> None:
     assert (
         parse_config({"device": [{"type": "G", "match": {"vendor_id": "10de"}}]}).devices[0].match_vfs is None
     )
+
+
+def test_an_address_as_lspci_prints_it_reads_its_domain_as_any(tmp_path: Path) -> None:
+    """``06:00.0`` (no domain, as lspci and Nova's device_spec write it) matched nothing, and
+    nothing said so."""
+    from devassign.agent.inventory import build_inventory
+    from devassign.hostio import Sysfs
+    from devassign.testing.sysfs import host
+
+    h = host(tmp_path)
+    h.pci("0000:06:00.0", "10de", "15f8", cls="030200", driver="vfio-pci", iommu_group=6)
+    h.pci("0001:06:00.0", "10de", "15f8", cls="030200", driver="vfio-pci", iommu_group=7)
+    h.pci("0000:07:00.0", "10de", "15f8", cls="030200", driver="vfio-pci", iommu_group=8)
+    config = parse_config({"host": "h", "device": [{"type": "GPU_P100", "match": {"address": "06:00.0"}}]})
+    assert config.devices[0].match["address"] == "*:06:00.0"
+    found = build_inventory(Sysfs(h.root), config, None).devices
+    assert sorted(d.address for d in found if d.type == "GPU_P100") == ["0000:06:00.0", "0001:06:00.0"]

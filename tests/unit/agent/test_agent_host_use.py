@@ -485,3 +485,18 @@ def test_a_sysfs_root_given_through_a_link_finds_the_hosts_files_beside_the_tree
     link.parent.mkdir()
     os.symlink(h.root, link)
     assert by_address(inventory(link, NVME_RULE))[NVME].host_use == ["nvme0n1p2 is mounted at /"]
+
+
+def test_agent_discover_says_which_rules_type_nothing(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nvme(h)
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        'host = "h1"\n[[device]]\ntype = "NVME"\nmatch = { class = "0108" }\n'
+        '[[device]]\ntype = "GPU"\nmatch = { vendor_id = "10de" }\n'
+    )
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    assert "no device here matches the rules for type GPU" in res.stderr
+    assert "type NVME" not in res.stderr
+    assert [d["type"] for d in json.loads(res.stdout) if d["address"] == NVME] == ["NVME"]
