@@ -218,10 +218,22 @@ def discover(
     )
     # A rule that types nothing is most often a typo (an address without its domain is read
     # as any domain; a vendor that is not here): said, not left to a silent "0 offered".
-    typed = {d.type for d in inv.devices if d.type}
+    # And a type whose devices are of different PCI classes (a vendor-only rule took a GPU's
+    # HDMI audio function too: two "GPUs" for one card).
+    classes: dict[str, set[str]] = {}
+    for d in inv.devices:
+        if d.type and d.class_code:
+            classes.setdefault(d.type, set()).add(d.class_code[:2])
     for rule_type in dict.fromkeys(r.type for r in cfg.devices):
-        if rule_type not in typed:
+        if rule_type not in classes and not any(d.type == rule_type for d in inv.devices):
             typer.echo(f"note: no device here matches the rules for type {rule_type}", err=True)
+        elif len(classes.get(rule_type, ())) > 1:
+            mixed = ", ".join(sorted(classes[rule_type]))
+            typer.echo(
+                f"note: type {rule_type} takes devices of PCI classes {mixed}: a match.class in its "
+                "rule keeps one kind (a GPU's audio function goes with it as its IOMMU group mate)",
+                err=True,
+            )
     if fmt is Format.json:
         typer.echo(json.dumps([d.to_json() for d in inv.devices], indent=2))
         return

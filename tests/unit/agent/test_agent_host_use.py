@@ -500,3 +500,15 @@ def test_agent_discover_says_which_rules_type_nothing(tmp_path: Path) -> None:
     assert "no device here matches the rules for type GPU" in res.stderr
     assert "type NVME" not in res.stderr
     assert [d["type"] for d in json.loads(res.stdout) if d["address"] == NVME] == ["NVME"]
+
+
+def test_agent_discover_says_when_a_type_takes_devices_of_several_classes(tmp_path: Path) -> None:
+    """A vendor-only rule took an AMD GPU and its HDMI audio function as two GPUs."""
+    h = host(tmp_path)
+    h.pci("0000:0a:00.0", "1002", "6758", cls="030000", driver="vfio-pci", iommu_group=14)
+    h.pci("0000:0a:00.1", "1002", "aa90", cls="040300", driver="vfio-pci", iommu_group=14)
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n[[device]]\ntype = "GPU_AMD"\nmatch = { vendor_id = "1002" }\n')
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root)])
+    assert res.exit_code == 0, res.output
+    assert "type GPU_AMD takes devices of PCI classes 03, 04" in res.stderr
