@@ -339,3 +339,54 @@ def test_a_type_change_reported_back_while_held_leaves_nothing_waiting(api: Test
     assert api.post("/v1/hosts/h1/work", json={"results": [cleaned]}).status_code == 200
     [now] = api.get("/v1/devices", params={"host": "h1"}).json()
     assert (now["type"], now["state"]) == ("TOK", "available")
+
+
+# The type that waits for a held device survives what rewrites the device's facts.
+TOKEN = {"address": "usb:0529:0620:12345", "kind": "usb", "type": "TOK"}
+
+
+def _held_token(api: TestClient) -> str:
+    for name in ("TOK", "TOK2"):
+        _type(api, name)
+    assert not _report(api, "h1", 1, [TOKEN]).json()["refused"]
+    held = api.post("/v1/claims", json={"consumer": "vm-1", "extra_specs": {"hardware_resource:TOK": "1"}})
+    assert held.status_code == 201, held.text
+    return held.json()["devices"][0]["id"]
+
+
+def _work_result(api: TestClient, **result: object) -> None:
+    r = api.post("/v1/hosts/h1/work", json={"results": [result]})
+    assert r.status_code == 200 and r.json()[0]["applied"], r.text if r.status_code != 200 else r.json()
+
+
+def test_a_setup_result_after_the_type_change_keeps_the_waiting_type(api: TestClient) -> None:
+    device = _held_token(api)
+    _report(api, "h1", 2, [{**TOKEN, "type": "TOK2"}])  # reported as TOK2 while reserved
+    _work_result(api, device_id=device, action="setup", ok=True, facts={"bus": "1-2"})
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    _work_result(api, device_id=device, action="cleanup", ok=True)
+    [now] = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert (now["type"], now["state"]) == ("TOK2", "available")
+
+
+def test_a_clear_of_a_quarantined_device_keeps_the_waiting_type(api: TestClient) -> None:
+    device = _held_token(api)
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    _work_result(api, device_id=device, action="cleanup", ok=False, error="scrub failed")
+    _report(api, "h1", 2, [{**TOKEN, "type": "TOK2"}])  # reported as TOK2 while quarantined
+    r = api.post(f"/v1/devices/{device}/clear", json={"reason": "checked"})
+    assert r.status_code == 200, r.text
+    _work_result(api, device_id=device, action="cleanup", ok=True)
+    [now] = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert (now["type"], now["state"]) == ("TOK2", "available")
+
+
+def test_a_waiting_type_deleted_and_its_id_reused_is_not_applied(api: TestClient) -> None:
+    device = _held_token(api)  # TOK id 1, TOK2 id 2
+    _report(api, "h1", 2, [{**TOKEN, "type": "TOK2"}])  # marker: type id of TOK2
+    assert api.delete("/v1/resource-types/TOK2").status_code == 204  # nothing has that type yet
+    _type(api, "GPU_OTHER")  # SQLite reuses the highest rowid: the same id as TOK2 had
+    assert api.delete("/v1/allocations/vm-1").status_code == 204
+    _work_result(api, device_id=device, action="cleanup", ok=True)
+    [now] = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert (now["type"], now["state"]) == ("TOK", "available"), now

@@ -840,7 +840,7 @@ def _update_existing(
         if held:
             out.warnings.append(f"{dev.address}: type change to {dev.type} waits until the device is free")
             out.deferred = True
-            _pending_type(conn, row, type_id)
+            _pending_type(conn, row, dev.type)
         else:
             values["type_id"] = type_id
     elif held:
@@ -966,14 +966,16 @@ def confirm_if_set_up(conn: sa.Connection, allocation_id: int | None) -> None:
 PENDING_TYPE = "devassign:type"
 
 
-def _pending_type(conn: sa.Connection, row: Any, type_id: int | None) -> None:
+def _pending_type(conn: sa.Connection, row: Any, type_name: str | None) -> None:
+    """Note (or forget) the type, by name, that waits for the held device to be free: a name,
+    since an id of a type deleted meanwhile may be another type's by then (SQLite reuses it)."""
     facts = dict(row.facts or {})
-    if facts.get(PENDING_TYPE) == type_id:
+    if facts.get(PENDING_TYPE) == type_name:
         return
-    if type_id is None:
+    if type_name is None:
         facts.pop(PENDING_TYPE, None)
     else:
-        facts[PENDING_TYPE] = type_id
+        facts[PENDING_TYPE] = type_name
     conn.execute(devices.update().where(devices.c.id == row.id).values(facts=facts or None))
 
 

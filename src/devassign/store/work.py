@@ -281,7 +281,8 @@ def _apply_one(
         merged = {**_recorded(row.facts), **res.facts}
         if schemas.work_facts_problem(merged) is not None:
             merged = _recorded(row.facts)
-        conn.execute(devices.update().where(devices.c.id == row.id).values(facts={**merged, SET_UP: True}))
+        marked = {**merged, SET_UP: True, **_kept(row.facts)}
+        conn.execute(devices.update().where(devices.c.id == row.id).values(facts=marked))
 
     if res.action == "setup":
         if state is not DeviceState.RESERVED:
@@ -390,13 +391,19 @@ def _apply_one(
 
 
 def _waiting_type(conn: sa.Connection, row: Any) -> tuple[int, str] | None:
-    """The type the host reported the device as while it was held (inventory.PENDING_TYPE),
-    applied as the cleanup frees it: (id, name), or None (none waits, or it was deleted)."""
+    """The type the host reported the device as while it was held (inventory.PENDING_TYPE, by
+    name), applied as the device is freed: (id, name), or None (none waits, or it is gone)."""
     waiting = (row.facts or {}).get(PENDING_TYPE)
-    if not isinstance(waiting, int) or isinstance(waiting, bool) or waiting == row.type_id:
+    if not isinstance(waiting, str):
         return None
-    name = conn.execute(sa.select(resource_types.c.name).where(resource_types.c.id == waiting)).scalar()
-    return (waiting, name) if name is not None else None
+    found = conn.execute(sa.select(resource_types.c.id).where(resource_types.c.name == waiting)).scalar()
+    return (found, waiting) if found is not None and found != row.type_id else None
+
+
+def _kept(facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The markers a rewrite of a device's facts carries over (a setup result's facts, a
+    clear's fresh count): the type that waits for the device to be free."""
+    return {PENDING_TYPE: facts[PENDING_TYPE]} if facts and PENDING_TYPE in facts else {}
 
 
 def clear_device(
@@ -431,8 +438,10 @@ def clear_device(
         else DeviceState.CLEANING
     )
     dropped = _recorded(row.facts)
-    facts = {CLEARED: _clears(row.facts) + 1} if new is DeviceState.CLEANING else None
-    freed = {"consumed": None} if new is not DeviceState.CLEANING else {}
+    facts = {CLEARED: _clears(row.facts) + 1, **_kept(row.facts)} if new is DeviceState.CLEANING else None
+    freed: dict[str, Any] = {"consumed": None} if new is not DeviceState.CLEANING else {}
+    if new is not DeviceState.CLEANING and (retyped := _waiting_type(conn, row)):
+        freed["type_id"] = retyped[0]  # free now: the type its host reports it as
     _set_state(
         conn,
         row.id,
@@ -523,7 +532,7 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
         # Its last cleanup ended with a failing check (a scrub that exited 0 and left data
         # behind): vouching for the device does not finish that cleanup; it runs again.
         new = DeviceState.CLEANING
-        again = {"facts": {CLEARED: _clears(row.facts) + 1}, "prior_state": None}
+        again = {"facts": {CLEARED: _clears(row.facts) + 1, **_kept(row.facts)}, "prior_state": None}
     conn.execute(
         devices.update()
         .where(devices.c.id == row.id)
