@@ -118,6 +118,12 @@ def test_the_wait_that_gives_up_is_the_one_for_an_answer(cluster: Cluster) -> No
         assert unbounded.reading(lambda c: c.execute(sa.text("SELECT pg_sleep(3), 1")).all()) == [("", 1)]
     finally:
         unbounded.dispose()
+    # A timeout in the URL's options wins over the server's setting, for the database and the wait.
+    longer = Database(url + "?options=-c%20statement_timeout%3D20000", statement_timeout=TIMEOUT)
+    try:
+        assert longer.reading(lambda c: c.execute(sa.text("SELECT pg_sleep(3), 1")).all()) == [("", 1)]
+    finally:
+        longer.dispose()
 
 
 def test_the_server_answers_503_while_its_database_is_stopped(cluster: Cluster, tmp_path: Path) -> None:

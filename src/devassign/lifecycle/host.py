@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -186,6 +187,10 @@ class TreeNetlink:
         raise self._refused(pf_ifname)
 
 
+# The kernel writes a blank, tab, newline or backslash in a mount point as \040, \011, ...
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
 def is_machine_sysfs(root: str | os.PathLike[str], mounts: str = "/proc/self/mounts") -> bool:
     """Whether ``root`` is this machine's sysfs: ``/sys``, or a sysfs mounted elsewhere (an
     agent in a container given the host's under another path), not a folder of files."""
@@ -199,7 +204,7 @@ def is_machine_sysfs(root: str | os.PathLike[str], mounts: str = "/proc/self/mou
                 fields = line.split()
                 if len(fields) < 3:
                     continue
-                point = fields[1].replace("\\040", " ")
+                point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
                 inside = real == point or real.startswith(point.rstrip("/") + "/")
                 if inside and len(point) >= len(best):
                     best, fstype = point, fields[2]

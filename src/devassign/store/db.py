@@ -33,7 +33,7 @@ from alembic.util import CommandError
 from platformdirs import user_data_dir
 
 from devassign.errors import DATABASE_BUSY, DevassignError
-from devassign.store.pgconn import UNANSWERED, BoundedConnection, answer_limit
+from devassign.store.pgconn import UNANSWERED, BoundedConnection, answer_limit, effective_timeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,7 +218,9 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine, sqlite_path, round(kwargs["connect_args"]["timeout"] * 1000))
         else:
-            _postgresql_setup(self.engine, answer_limit(statement_timeout))
+            options = sa.engine.make_url(self.url).query.get("options")
+            given = " ".join([options] if isinstance(options, str) else list(options or ()))
+            _postgresql_setup(self.engine, answer_limit(effective_timeout(statement_timeout, given)))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -17,6 +17,7 @@ client learns the outcome as after any lost connection, by retrying with its ide
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -25,6 +26,22 @@ import psycopg.errors
 # What a database that ends a statement at its timeout may take beyond it to say so.
 ANSWER_GRACE = 5.0
 UNANSWERED = "the database did not answer"
+
+
+_URL_TIMEOUT_RE = re.compile(r"(?:-c\s*|--)statement_timeout\s*=\s*(\S+)")
+_VALUE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|min|h|d)?$")
+_UNIT = {None: 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def effective_timeout(statement_timeout: float, url_options: str | None) -> float:
+    """The statement timeout PostgreSQL applies: the URL's own ``options`` win over the
+    server's setting (they come last in the startup options). One the URL gives in a form not
+    read here counts as none (0), so no wait is bounded shorter than the database's own."""
+    found = _URL_TIMEOUT_RE.findall(url_options or "")
+    if not found:
+        return statement_timeout
+    m = _VALUE_RE.match(found[-1].strip("'\""))
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else 0.0
 
 
 def answer_limit(statement_timeout: float) -> float | None:

@@ -250,3 +250,9 @@ def test_a_tree_that_is_not_this_machines_sysfs_sends_no_netlink(tmp_path: Path)
     assert is_machine_sysfs(host_sys / "bus", str(mounts))
     assert not is_machine_sysfs(tmp_path / "host", str(mounts))
     assert not is_machine_sysfs(tmp_path, str(tmp_path / "no-such-file"))
+    # A mount point with a tab or a backslash, as the kernel escapes them.
+    odd = tmp_path / "host\tsys\\x"
+    odd.mkdir()
+    escaped = str(odd).replace("\\", "\\134").replace("\t", "\\011")
+    mounts.write_text(f"sysfs {escaped} sysfs ro 0 0\n")
+    assert is_machine_sysfs(odd, str(mounts))
