@@ -222,10 +222,10 @@ def discover(
     # HDMI audio function too: two "GPUs" for one card).
     classes: dict[str, set[str]] = {}
     for d in inv.devices:
-        if d.type and d.class_code:
-            classes.setdefault(d.type, set()).add(d.class_code[:2])
+        if d.type:
+            classes.setdefault(d.type, set()).update([d.class_code[:2]] if d.class_code else [])
     for rule_type in dict.fromkeys(r.type for r in cfg.devices):
-        if rule_type not in classes and not any(d.type == rule_type for d in inv.devices):
+        if rule_type not in classes:
             typer.echo(f"note: no device here matches the rules for type {rule_type}", err=True)
         elif len(classes.get(rule_type, ())) > 1:
             mixed = ", ".join(sorted(classes[rule_type]))

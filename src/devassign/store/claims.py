@@ -534,6 +534,7 @@ def _open_pg(
 def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
     """PostgreSQL: the devices, the allocation items, the counts and the event in one statement."""
     o = t.order
+    types = _type_ids(o)
     taken = driver_rows(
         conn,
         _TAKE_ALL_PG,
@@ -549,11 +550,11 @@ def _take_pg(conn: sa.Connection, t: _Taking) -> Sequence[Any]:
             "project": o.project,
             "message": t.message,
             "detail": json.dumps(t.detail),
-            "types": _type_ids(o),
+            "types": types,
         },
     )
     _check_taken(conn, t, taken)
-    if taken[0].types_left != len(_type_ids(o)):
+    if taken[0].types_left != len(types):
         raise _type_deleted(o)
     if taken[0].held_relatives:
         raise LostRace(f"a parent or child of the chosen devices on {o.host} is in use")
