@@ -88,10 +88,21 @@ class Seen:
 
 
 @contextlib.contextmanager
-def _server(db_url: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A ``devassign server`` process on the multi-host URL; stopped afterwards."""
+def running_server(db_url: str, log: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A ``devassign server`` process on ``db_url`` (with ``options``), answering ``/healthz``;
+    its URL and process, stopped afterwards."""
     port = free_port()
-    args = [sys.executable, "-m", "devassign.cli.main", "server", "--db", db_url, "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "devassign.cli.main",
+        "server",
+        "--db",
+        db_url,
+        "--port",
+        str(port),
+        *options,
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -162,8 +173,8 @@ def run_failover(cluster: Cluster, tmp_path: Path, record: Callable[[str, object
     db.dispose()
 
     with (
-        _server(url, tmp_path / "server-a.log") as (url_a, proc_a),
-        _server(url, tmp_path / "server-b.log") as (url_b, proc_b),
+        running_server(url, tmp_path / "server-a.log") as (url_a, proc_a),
+        running_server(url, tmp_path / "server-b.log") as (url_b, proc_b),
     ):
         servers = [url_a, url_b]
         admin = Client(url_a, token, retry_for=30)

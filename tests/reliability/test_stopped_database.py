@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,8 @@ from devassign import schemas
 from devassign.errors import DATABASE_BUSY, DevassignError
 from devassign.store import Database, Store
 from devassign.store.pgconn import answer_limit
-from tests.reliability.pgcluster import Cluster, cluster_or_skip, free_port, wait_for
+from tests.reliability.pgcluster import Cluster, cluster_or_skip, wait_for
+from tests.reliability.test_failover import running_server
 
 pytestmark = pytest.mark.pg
 
@@ -136,31 +136,17 @@ def test_the_server_answers_503_while_its_database_is_stopped(cluster: Cluster, 
     db.upgrade()
     token = Store(db).create_token(schemas.TokenCreate(role="admin", name="ops"), actor="test").token
     db.dispose()
-    port = free_port()
-    args = [
-        *(sys.executable, "-m", "devassign.cli.main", "server", "--db", url, "--port", str(port)),
-        *("--db-statement-timeout", str(TIMEOUT)),
-    ]
-    base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for("the server to serve", lambda: _status(base, auth, proc) == 200)
-            with stopped(cluster):
-                start = time.monotonic()
-                r = httpx.get(f"{base}/v1/resource-types", headers=auth, timeout=60)
-                assert r.status_code == 503, r.text
-                assert r.json()["error"]["code"] == DATABASE_BUSY and "Retry-After" in r.headers
-                assert time.monotonic() - start < 30
-            wait_for("the server to serve again", lambda: _status(base, auth, proc) == 200, timeout=30)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+    options = ("--db-statement-timeout", str(TIMEOUT))
+    with running_server(url, tmp_path / "server.log", *options) as (base, proc):
+        wait_for("the server to serve", lambda: _status(base, auth, proc) == 200)
+        with stopped(cluster):
+            start = time.monotonic()
+            r = httpx.get(f"{base}/v1/resource-types", headers=auth, timeout=60)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == DATABASE_BUSY and "Retry-After" in r.headers
+            assert time.monotonic() - start < 30
+        wait_for("the server to serve again", lambda: _status(base, auth, proc) == 200, timeout=30)
     logged = (tmp_path / "server.log").read_text()
     assert "Traceback" not in logged, logged
 

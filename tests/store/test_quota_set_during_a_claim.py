@@ -9,7 +9,6 @@ end over the new limit.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from devassign.domain import Role
 from devassign.scheduler import ClaimBody
 from devassign.server.placement import Placer
 from devassign.store import Principal, Store
+from tests.store.in_flight import waits_for_a_claim_in_flight
 
 ADMIN = Principal(name="admin", role=Role.ADMIN)
 
@@ -78,30 +78,11 @@ def test_a_quota_set_waits_for_the_projects_claim_in_flight(store: Store, monkey
     GPU limit to 1. The set waits for A (the project's quota gate), so the next claim B counts
     A's GPU and is refused; without the wait, B counted none of A's (uncommitted) and both held
     a GPU under a limit of 1."""
-    from devassign.store import claims
-
     _fleet(store)
     placer = Placer(store)
-    real_answer = claims._answer
-    taken, go = threading.Event(), threading.Event()
-
-    def answer_slowly(conn: Any, t: Any, rows: Any, ttl: Any) -> Any:
-        if t.order.consumer == "a":
-            taken.set()
-            go.wait(30)
-        return real_answer(conn, t, rows, ttl)
-
-    monkeypatch.setattr(claims, "_answer", answer_slowly)
-    claim_a = threading.Thread(target=placer.claim, args=(_body("a"), ADMIN))
-    claim_a.start()
-    assert taken.wait(30)
-    setter = threading.Thread(target=store.set_quota, args=("p", "GPU", 1, "admin"))
-    setter.start()
-    setter.join(0.5)
-    waited = setter.is_alive()
-    go.set()
-    claim_a.join(30)
-    setter.join(30)
+    waited = waits_for_a_claim_in_flight(
+        monkeypatch, placer, _body("a"), ADMIN, lambda: store.set_quota("p", "GPU", 1, "admin")
+    )
     assert waited, "the quota set did not wait for the claim in flight"
     try:
         placer.claim(_body("b"), ADMIN)

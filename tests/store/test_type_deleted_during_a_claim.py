@@ -11,7 +11,6 @@ the claim finds the type gone (``type_not_found``); never both through.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from devassign.scheduler import ClaimBody
 from devassign.server.placement import Placer
 from devassign.store import Principal, Store
 from devassign.store.schema import allocations
+from tests.store.in_flight import waits_for_a_claim_in_flight
 
 ADMIN = Principal(name="admin", role=Role.ADMIN)
 
@@ -73,22 +73,7 @@ def test_a_type_deleted_after_the_claims_read_is_not_named_by_the_claim(
 def test_a_type_deletion_waits_for_a_claim_in_flight_that_names_it(store: Store, monkeypatch: Any) -> None:
     """The concurrent form: claim A has written its allocation but not committed when an admin
     deletes GPU_A100. The deletion waits for A and then finds A's allocation: 409."""
-    from devassign.store import claims
-
     _fleet(store)
-    placer = Placer(store)
-    real_answer = claims._answer
-    taken, go = threading.Event(), threading.Event()
-
-    def answer_slowly(conn: Any, t: Any, rows: Any, ttl: Any) -> Any:
-        taken.set()
-        go.wait(30)
-        return real_answer(conn, t, rows, ttl)
-
-    monkeypatch.setattr(claims, "_answer", answer_slowly)
-    claim_a = threading.Thread(target=placer.claim, args=(_body("a"), ADMIN))
-    claim_a.start()
-    assert taken.wait(30)
     outcome: list[str] = []
 
     def delete() -> None:
@@ -98,13 +83,7 @@ def test_a_type_deletion_waits_for_a_claim_in_flight_that_names_it(store: Store,
         except errors.DevassignError as exc:
             outcome.append(exc.code)
 
-    deleter = threading.Thread(target=delete)
-    deleter.start()
-    deleter.join(0.5)
-    waited = deleter.is_alive()
-    go.set()
-    claim_a.join(30)
-    deleter.join(30)
+    waited = waits_for_a_claim_in_flight(monkeypatch, Placer(store), _body("a"), ADMIN, delete)
     assert waited, "the deletion did not wait for the claim in flight"
     assert outcome == [errors.TYPE_IN_USE]
     assert _live_naming(store, "GPU_A100") == ["a"]
