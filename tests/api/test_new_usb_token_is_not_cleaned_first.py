@@ -1,6 +1,6 @@
 """A device first reported while a held device of its type on the host is gone is cleaned
-before use: it may be the gone one under a new address (a bus renumbered). A USB device known
-by its serial cannot be: its address is its serial, the same in any port. A new token plugged
+before use: it may be the gone one under a new address (a bus renumbered). A USB device with
+another serial than the gone one's cannot be: the serial is read from the token. A new token plugged
 in while a tenant's token is unplugged was cleaned first, and for a one-time-use type that
 cleanup quarantined it: a token nobody ever used waited for an operator's clear."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 
 from devassign import errors, schemas
 from devassign.attribute_schema import attributes_problem
-from devassign.domain import IN_USE_STATES, NAME_RE, AllocationState, DeviceKind, DeviceState
+from devassign.domain import IN_USE_STATES, NAME_RE, AllocationState, DeviceKind, DeviceState, usb_address
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.reasons import join_and
 from devassign.scheduler.shares import Pools, Relatives, copy_pools, parent_map
@@ -596,32 +595,34 @@ def _clean_first(
 ) -> None:
     """New devices of a type whose held devices on this host are gone are cleaned before anyone
     gets them: the same hardware under a new address (a bus renumbered by a firmware update, a
-    card moved to another slot) still carries what its holder left on it, and a device first
-    seen is otherwise taken as clean. So does one an operator retired while it was missing
-    (``removed``, its cleanup still owed): it may be back under another address."""
-    gone: dict[int, list[str]] = {}
+    card moved to another slot, a token plugged into another port) still carries what its
+    holder left on it, and a device first seen is otherwise taken as clean. So does one an
+    operator retired while it was missing (``removed``, its cleanup still owed): it may be back
+    under another address. A USB device is one of the gone only where its vendor, product and
+    serial are theirs (:func:`_may_be`)."""
+    gone: dict[int, list[Any]] = {}
     for address, row in existing.items():
         state = DeviceState(row.state)
         retired = state is DeviceState.REMOVED and row.prior_state == DeviceState.CLEANING.value
         was_held = state in _HELD or state is DeviceState.MISSING or retired
-        if address not in seen and was_held and not _known_by_serial(row.kind, address):
-            gone.setdefault(row.type_id, []).append(address)
+        if address not in seen and was_held:
+            gone.setdefault(row.type_id, []).append(row)
     if not gone:
         return
     added = {e["device_id"]: e for e in out.events if e["action"] == "device_added"}
     for row in inserts:
-        held = gone.get(row["type_id"])
-        if held is None or _known_by_serial(row["kind"], row["address"]):
+        held = sorted(g.address for g in gone.get(row["type_id"], ()) if _may_be(row, g))
+        if not held:
             continue
         row["state"] = DeviceState.CLEANING.value
         why = (
             f"cleaned before use: {len(held)} {type_names.get(row['type_id'])} device(s) held on this "
-            f"host are gone uncleaned ({', '.join(sorted(held)[:4])}{', ...' if len(held) > 4 else ''}), "
+            f"host are gone uncleaned ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}), "
             "and this may be one of them under a new address"
         )
         event = added[row["id"]]
         event["message"] += f", {why}"
-        event["detail"] = {"cleaning_first": True, "gone": sorted(held)}
+        event["detail"] = {"cleaning_first": True, "gone": held}
         out.warnings.append(f"{row['address']}: {why}")
 
 
@@ -664,14 +665,27 @@ def _clean_owed(conn: sa.Connection, name: str, inserts: list[dict[str, Any]], o
         out.warnings.append(f"{row['address']}: {why}")
 
 
-_USB_BY_SERIAL = re.compile(r"usb:[0-9a-f]{4}:[0-9a-f]{4}:[A-Za-z0-9_.-]{1,128}")
+def _may_be(new: dict[str, Any], gone: Any) -> bool:
+    """Whether the new device may be the gone one's hardware under a new address. A USB
+    device's vendor, product and serial are read from the device itself, so they follow it
+    from port to port: a token with another serial is not the gone one (a fresh one-time-use
+    token plugged in while a tenant's is out is offered at once), one with its serial may be
+    (named by its port where a twin with that serial is about, see the agent's USB naming)."""
+    if new["kind"] != DeviceKind.USB.value or gone.kind != DeviceKind.USB.value:
+        return True
+    return _usb_identity(new["address"], new["vendor_id"], new["product_id"], new.get("attributes")) == (
+        _usb_identity(gone.address, gone.vendor_id, gone.product_id, gone.attributes)
+    )
 
 
-def _known_by_serial(kind: str, address: str) -> bool:
-    """A USB device whose address is its serial (``usb_address``): the same in any port, so
-    never another one's hardware under a new address (one without a serial is known by its
-    port, and may be)."""
-    return kind == DeviceKind.USB.value and _USB_BY_SERIAL.fullmatch(address) is not None
+def _usb_identity(address: str, vendor: str | None, product: str | None, attributes: Any) -> tuple[Any, ...]:
+    """Vendor, product and serial (as its serial name has it: ``usb_address``), the serial
+    from the attributes or else from an address that is a serial name."""
+    serial = attributes.get("serial") if isinstance(attributes, dict) else None
+    name = usb_address(vendor or "", product or "", serial if isinstance(serial, str) else None, "")
+    if name == "usb:" and address.startswith(f"usb:{vendor}:{product}:"):
+        name = address
+    return (vendor, product, name if name != "usb:" else None)
 
 
 def catalog_rows(conn: sa.Connection) -> dict[str, Any]:
