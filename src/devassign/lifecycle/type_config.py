@@ -61,7 +61,7 @@ def _program(v: Any) -> str | None:
 SHARED: dict[str, Callable[[Any], str | None]] = {"one_time_use": _bool, "timeout": _seconds}
 _PCI = {"reset": _choice(*RESET_CHOICES), "host_driver": _driver}
 BUILT_IN: dict[str, dict[str, Callable[[Any], str | None]]] = {
-    "pci": _PCI,
+    "pci": {**_PCI, "nvidia_smi": _program},
     "sriov_vf": {
         **_PCI,
         "spoofchk": _bool,

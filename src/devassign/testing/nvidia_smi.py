@@ -45,6 +45,8 @@ RC_OTHER = 255
 # COMPUTE_INSTANCE_PROFILE_<n>_SLICE (``-C`` on a 3g instance prints ``(ID  2)``).
 CI_PROFILE_IDS: dict[int, int] = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
 _BUS_RE = re.compile(r"^([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+MIG_MODE_QUERY = "--query-gpu=mig.mode.current"
+CSV_NO_HEADER = "--format=csv,noheader"
 _VALUED = {"-i", "-mig", "-cgi", "-cci", "-gi", "-ci"}
 _FLAGS = {"-C", "-lgi", "-lci", "-dci", "-dgi"}
 _ACTIONS = ("-cgi", "-cci", "-lgi", "-lci", "-dci", "-dgi")
@@ -154,6 +156,9 @@ class FakeNvidiaSmi:
         return RunResult(0, out + "\n")
 
     def _dispatch(self, state: dict[str, Any], args: list[str]) -> str:
+        if len(args) == 4 and args[0] == "-i" and set(args[2:]) == {MIG_MODE_QUERY, CSV_NO_HEADER}:
+            # ``nvidia-smi -i GPU --query-gpu=mig.mode.current --format=csv,noheader``
+            return "Enabled" if self._gpu(state, args[1])[1]["mig"] else "Disabled"
         sub = bool(args) and args[0] == "mig"
         opts: dict[str, str] = {}
         rest = args[1:] if sub else args

@@ -192,6 +192,12 @@ class _Smi:
     def mig(self, *args: str) -> RunResult:
         return self.run("mig", "-i", self.parent, *args)
 
+    def mig_mode_on(self) -> bool:
+        """Whether nvidia-smi says the GPU's current MIG mode is on (``Enabled``); any other
+        answer (``Disabled``, ``[N/A]``, none) is not."""
+        result = self.run("-i", self.parent, "--query-gpu=mig.mode.current", "--format=csv,noheader")
+        return result.returncode == 0 and result.stdout.strip() == "Enabled"
+
     def listing(self) -> _Listing:
         """MIG mode and the GPU instances; :class:`HandlerError` when the GPU does not answer."""
         result = self.mig("-lgi")
@@ -360,3 +366,28 @@ class MigHandler:
                 False, f"{where} is GPU instance {here.instance_id}, not the recorded {recorded}"
             )
         return HealthResult(True, details={"mig_gi": here.instance_id})
+
+
+def whole_gpu_mig_off(address: str, config: TypeConfig, ops: HostOps) -> None:
+    """A MIG-capable GPU given whole, or given back, has MIG mode off: the mode outlives resets
+    and reboots, so a tenant that switched it on in its guest (or a slot's cleanup that could
+    not switch it off) would hand the next tenant a GPU that runs no CUDA until it is off.
+    Switched off where it is on with no instance; :class:`HandlerError` where it stays on or
+    instances are there (made by hand: not this GPU's holder's to destroy). Nothing is done
+    where nvidia-smi does not say the mode is on (not installed, no MIG on this GPU)."""
+    smi = _Smi(config, ops, address)
+    if not smi.mig_mode_on():
+        return
+    state = smi.listing()
+    if state.instances:
+        raise HandlerError(
+            f"{address} runs MIG with {len(state.instances)} GPU instance(s) that no slot of devassign "
+            "holds (made by hand?): it cannot be given whole until they are destroyed"
+        )
+    done = smi.run("-i", address, "-mig", "0")
+    if smi.mig_mode_on():
+        raise HandlerError(
+            f"{address} has MIG mode on and it does not go off ({_output(done) or 'no answer'}): "
+            f"it cannot be given whole until it is (nvidia-smi -i {address} -mig 0, then a GPU reset "
+            "where nvidia-smi asks for one)"
+        )

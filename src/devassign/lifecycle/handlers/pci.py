@@ -257,6 +257,16 @@ def release_vfio(sysfs: Sysfs, address: str, target: str | None) -> None:
         raise HandlerError(f"{address} is on {now or 'no driver'}, not back on {target}")
 
 
+def _mig_off(device: LifecycleDevice, config: TypeConfig, ops: HostOps, driver: str | None) -> None:
+    """A GPU of a MIG-capable model (``gpu_model``, from the agent's table) on NVIDIA's driver
+    goes out whole and comes back with MIG mode off (:func:`mig.whole_gpu_mig_off`). On
+    another driver (vfio-pci) nvidia-smi cannot see it: nothing is asked."""
+    if driver == "nvidia" and device.attributes.get("gpu_model"):
+        from devassign.lifecycle.handlers.mig import whole_gpu_mig_off
+
+        whole_gpu_mig_off(device.address, config, ops)
+
+
 class PciHandler:
     """``pci`` (and ``sriov_pf``) devices. Config: ``reset`` (required | bus | none-ok),
     ``host_driver`` (where to return a function whose original driver is unknown)."""
@@ -280,6 +290,7 @@ class PciHandler:
         elsewhere = held_elsewhere(ops, device.address)  # a guest devassign never started: hands off
         if elsewhere:
             raise HandlerError(elsewhere)
+        _mig_off(device, config, ops, pci_driver(ops.sysfs, device.address))
         was_on = bind_vfio(ops.sysfs, device.address)
         problems = group_problems(ops.sysfs, device.address, device.companions)
         if problems:
@@ -297,6 +308,7 @@ class PciHandler:
         refuse_if_held(ops.sysfs, ops.vfio_users, device.address)
         reset_function(ops.sysfs, device.address, config)
         release_vfio(ops.sysfs, device.address, target)
+        _mig_off(device, config, ops, target)
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         if not ops.sysfs.is_dir(pci_dir(device.address)):
