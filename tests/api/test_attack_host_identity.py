@@ -104,8 +104,9 @@ def test_another_hosts_id_does_not_take_it_over(secure_api: TestClient, store: S
     assert r.status_code == 409, r.text
     err = r.json()["error"]
     assert err["code"] == errors.HOST_ID_MISMATCH
-    assert f"host id {A_ID} belongs to host 'compute-a'" in err["message"]
-    assert "devassign host rename compute-a evil" in err["message"]
+    assert f"host id {A_ID} belongs to another host, not 'evil'" in err["message"]
+    assert "compute-a" not in err["message"], "the refusal names the host the id is another's"
+    assert "devassign host rename OLD evil" in err["message"]
     assert "state file" in err["message"] and "cloned image" in err["message"]
 
     assert _world(secure_api, who["admin"]) == before  # nothing written, not even an event
@@ -156,7 +157,8 @@ def test_an_admin_renames_a_host_and_its_agent_follows(secure_api: TestClient, s
     # The old name's agent no longer matches: its host id now belongs to compute-z.
     r = _report(secure_api, "compute-a", who["agent_a"], 3, host_id=A_ID, agent_instance=I1)
     assert r.status_code == 409 and r.json()["error"]["code"] == errors.HOST_ID_MISMATCH
-    assert "belongs to host 'compute-z'" in r.json()["error"]["message"]
+    assert "belongs to another host" in r.json()["error"]["message"]
+    assert "compute-z" not in r.json()["error"]["message"]
     assert secure_api.get("/v1/hosts/compute-a", headers=admin).status_code == 404
     assert secure_api.get("/v1/hosts/compute-z", headers=who["agent_a"]).status_code == 403
 
@@ -257,7 +259,7 @@ def test_two_live_agents_with_one_host_id_are_refused(
     assert r.status_code == 409, r.text
     err = r.json()["error"]
     assert err["code"] == errors.AGENT_CONFLICT and err["retry_after"] == 25
-    assert "another agent with host id" in err["message"] and "is live for host 'compute-a'" in err["message"]
+    assert "another agent is live for host 'compute-a'" in err["message"] and A_ID not in err["message"]
     assert "state file" in err["message"] and "restarted" in err["message"]
     assert secure_api.get("/v1/hosts/compute-a", headers=admin).json()["generation"] == 2
 
@@ -471,3 +473,31 @@ def test_a_refused_machine_never_learns_the_live_agents_instance(
         json={"host_id": A_ID},
     )
     assert beat.status_code == 204, beat.text
+
+
+def test_no_one_but_an_admin_reads_a_hosts_id(secure_api: TestClient, store: Store) -> None:
+    """The host id and the host's agent token together make a machine the host's agent. A
+    machine with a copy of the token (not the state file) read the id from its host's record,
+    its events or a heartbeat's refusal, reported with it once the real agent was quiet, and
+    was taken for the host (the real machine then refused)."""
+    who = _cloud(secure_api, store)
+    assert secure_api.post("/v1/hosts/compute-a/rename", json={"new_name": "compute-z"}, headers=who["admin"])
+    assert secure_api.post("/v1/hosts/compute-z/rename", json={"new_name": "compute-a"}, headers=who["admin"])
+
+    assert secure_api.get("/v1/hosts/compute-a", headers=who["admin"]).json()["host_id"] == A_ID
+    one = secure_api.get("/v1/hosts/compute-a", headers=who["agent_a"])
+    assert one.status_code == 200 and one.json()["host_id"] is None, one.text
+    listed = secure_api.get("/v1/hosts", headers=who["agent_a"]).json()
+    assert [h["host_id"] for h in listed] == [None]
+    assert secure_api.get("/v1/hosts", headers=who["member_p"]).status_code == 403
+    events = secure_api.get("/v1/events", params={"limit": 1000}, headers=who["agent_a"]).json()
+    assert any(e["action"] == "host_renamed" for e in events)
+    assert A_ID not in str(events), "an agent read its host's id from the events"
+
+    beat = secure_api.post(
+        "/v1/hosts/compute-a/heartbeat", json={"host_id": "a-clone"}, headers=who["agent_a"]
+    )
+    assert beat.status_code == 409 and beat.json()["error"]["code"] == errors.HOST_ID_MISMATCH
+    assert A_ID not in beat.text
+    r = _report(secure_api, "compute-a", who["agent_a"], 7, host_id="a-clone")
+    assert r.status_code == 409 and A_ID not in r.text

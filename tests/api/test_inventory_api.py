@@ -152,7 +152,7 @@ def test_renamed_host_keeps_its_row_by_host_id(api: TestClient) -> None:
     _report(api, "old-name", 1, [vf("0000:3b:02.1")], host_id="id-1")
     r = _report(api, "new-name", 2, [vf("0000:3b:02.1")], host_id="id-1")
     assert r.status_code == 409 and r.json()["error"]["code"] == "host_id_mismatch"
-    assert "devassign host rename old-name new-name" in r.json()["error"]["message"]
+    assert "devassign host rename OLD new-name" in r.json()["error"]["message"]
     assert api.post("/v1/hosts/old-name/rename", json={"new_name": "new-name"}).status_code == 200
     r = _report(api, "new-name", 2, [vf("0000:3b:02.1")], host_id="id-1")
     assert r.status_code == 200, r.text

@@ -41,7 +41,16 @@ def list_hosts(
     store: Store, scope: Scope, *, limit: int | None = None, after: str | None = None
 ) -> list[schemas.Host]:
     """Hosts by name (an agent: its own); ``limit`` after the name ``after``, or all."""
-    return store.list_hosts(limit=limit, after=after, only=scope.host_filter(None))
+    return [
+        _host_seen(scope, h) for h in store.list_hosts(limit=limit, after=after, only=scope.host_filter(None))
+    ]
+
+
+def _host_seen(scope: Scope, host: schemas.Host) -> schemas.Host:
+    """A host without its host id for all but admins. The id is the machine's half of what
+    makes an agent the host's (with the host's token): a machine holding a copy of the token,
+    not the state file, read it from its own host's record and was then taken for the host."""
+    return host if scope.infrastructure or host.host_id is None else host.model_copy(update={"host_id": None})
 
 
 def count_hosts(store: Store, scope: Scope) -> tuple[int, int]:
@@ -52,7 +61,7 @@ def count_hosts(store: Store, scope: Scope) -> tuple[int, int]:
 def get_host(store: Store, scope: Scope, name: str) -> schemas.Host:
     if not scope.sees_host(name):
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
-    return store.get_host(name)
+    return _host_seen(scope, store.get_host(name))
 
 
 def list_devices(
@@ -129,6 +138,10 @@ def list_events(
     return found if scope.host is None else [_for_agent(e) for e in found]
 
 
+# What an agent's events leave out of their detail: a host's registered id (_host_seen).
+_HIDDEN_FROM_AGENTS = frozenset({"host_id"})
+
+
 def _for_member(event: schemas.Event) -> schemas.Event:
     """A member reads that its devices are drained, not why nor by whom: a taint's reason is
     an operator's or an agent's free text (hosts, racks, tickets), as in explanations."""
@@ -146,7 +159,12 @@ _NAMES_ANOTHER_HOST = frozenset({"move_started", "move_committed", "move_aborted
 
 
 def _for_agent(event: schemas.Event) -> schemas.Event:
-    """An agent sees its own host's devices only: a move's event without its source."""
+    """An agent sees its own host's devices only: a move's event without its source; and no
+    host id (:func:`_host_seen`)."""
+    if _HIDDEN_FROM_AGENTS & event.detail.keys():
+        event = event.model_copy(
+            update={"detail": {k: v for k, v in event.detail.items() if k not in _HIDDEN_FROM_AGENTS}}
+        )
     if event.action not in _NAMES_ANOTHER_HOST:
         return event
     kept = {k: v for k, v in event.detail.items() if k in ("target", "reason")}

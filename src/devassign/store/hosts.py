@@ -97,10 +97,9 @@ class AgentConflict(errors.DevassignError):
     ) -> None:
         age, wait = agent_live(row, now, takeover_after) or (0.0, 1)
         limit = f"{takeover_after.total_seconds():.0f} s"
-        which = f"with host id {row.host_id} " if row.host_id else ""
         super().__init__(
             errors.AGENT_CONFLICT,
-            f"another agent {which}is live for host {name!r}: agent instance "
+            f"another agent is live for host {name!r}: agent instance "
             f"{instance_tag(row.agent_instance)} was heard {age:.0f} s ago, and this agent is instance "
             f"{instance_tag(instance)}. If this agent was "
             f"just restarted, it takes over once the old process has been silent for {limit} "
@@ -203,8 +202,9 @@ def heartbeat(
     if host_id is not None and row.host_id and row.host_id != host_id:
         raise errors.DevassignError(
             errors.HOST_ID_MISMATCH,
-            f"host {name!r} is registered with host id {row.host_id} but this agent says "
-            f"{host_id}: this machine is not {name!r} (its agent.toml and token copied from it?)",
+            # Never the registered id: with the host's token, it is what lets a machine in.
+            f"host {name!r} is registered with another host id than this agent's {host_id}: this "
+            f"machine is not {name!r} (its agent.toml and token copied from it?)",
         )
     values: dict[str, Any] = {"last_seen_at": now, "marked_down": False}
     update = hosts.update().where(hosts.c.id == row.id)
@@ -501,7 +501,7 @@ def rename_host(
         actor=actor,
         action="host_renamed",
         host=new,
-        message=f"host {old} renamed to {new} (host id {r.host_id}); its agent needs a token for {new}",
+        message=f"host {old} renamed to {new}; its agent needs a token for {new}",
         detail={"old_name": old, "new_name": new, "host_id": r.host_id},
     )
     return get_host(conn, new, now=now, down_after=down_after)

@@ -292,21 +292,22 @@ def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: d
         if owner is not None and owner != name:
             raise errors.DevassignError(
                 errors.HOST_ID_MISMATCH,
-                f"host id {host_id} belongs to host {owner!r}, not {name!r}: a host id stays with the "
-                f"name it was first reported under. If this machine is {owner!r} renamed, an admin "
-                f"runs `devassign host rename {owner} {name}` (and issues an agent token for "
-                f"{name!r}); if it was renamed to {owner!r} already, configure its agent as "
-                f"{owner!r} with that host's token; if its state file was copied from another "
-                "machine (a cloned image), delete the agent's state file (state_file in agent.toml) "
-                "and restart the agent: it then registers as a new host",
+                # Neither the other host's name nor, below, the registered id: with the host's
+                # token the id is what lets a machine in (an admin reads it: `host show -f json`).
+                f"host id {host_id} belongs to another host, not {name!r}: a host id stays with the "
+                f"name it was first reported under. If this machine is that host renamed, an admin "
+                f"runs `devassign host rename OLD {name}` (`devassign host show OLD -f json` gives "
+                f"an admin a host's id) and issues an agent token for {name!r}; if its state "
+                "file was copied from another machine (a cloned image), delete the agent's state file "
+                "(state_file in agent.toml) and restart the agent: it then registers as a new host",
             )
         if by_name is not None and by_name.host_id and by_name.host_id != host_id:
             raise errors.DevassignError(
                 errors.HOST_ID_MISMATCH,
-                f"host {name!r} is registered with host id {by_name.host_id} but this agent "
-                f"says {host_id}: restore the agent's state file; if it was lost (the agent or "
-                "the machine reinstalled), stop the agent, write "
-                f'{{"host_id": "{by_name.host_id}", "host": "{name}"}} as its state file and '
+                f"host {name!r} is registered with another host id than this agent's {host_id}: "
+                "restore the agent's state file; if it was lost (the agent or the machine "
+                f"reinstalled), an admin reads the host's id (`devassign host show {name} -f json`); stop "
+                f'the agent, write {{"host_id": "ID", "host": "{name}"}} as its state file and '
                 "start it again (it then cleans and sets up what the server asks, from the "
                 "server's records); only a host whose devices are all free can instead be "
                 f"deleted (`devassign host delete {name}`) and reported again",
