@@ -173,3 +173,37 @@ def test_a_members_pages_are_no_per_host_split(cloud: TestClient, who: Who) -> N
         headers=who["member"],
     )
     assert r.status_code == 200 and r.json()["total"] == whole["total"] and r.json()["next"] is None
+
+
+def test_a_member_walks_only_the_cursors_it_was_given(cloud: TestClient, who: Who) -> None:
+    """A member's cursor was a host id of its choosing: the totals after two neighbouring ids
+    differed by one host's capacity, each host's in turn. A member's cursor is now signed for
+    its request; one it made up, or one given for another request, is refused."""
+    placer: Placer = cloud.app.state.placer  # type: ignore[attr-defined]
+    whole = cloud.get("/v1/capacity", params={"spec": NIC}, headers=who["admin"]).json()
+    placer.config = PlacementConfig(max_devices=8)  # a page of one or two hosts
+    pages, calls = _walk(cloud, who["member"], 2, spec=NIC)
+    assert calls > 1 and sum(p["total"] for p in pages) == whole["total"]
+    given = pages[0]["next"]
+    host_id, _, signature = given.partition(".")
+    assert host_id.isdigit() and len(signature) == 32
+
+    def member(after: str, spec: str | list[str] = NIC) -> Any:
+        return cloud.get(
+            "/v1/capacity", params={"spec": spec, "limit": 2, "after": after}, headers=who["member"]
+        )
+
+    assert member(given).status_code == 200
+    for forged in (
+        host_id,
+        str(int(host_id) + 1),
+        f"{int(host_id) + 1}.{signature}",
+        f"{host_id}.{'0' * 32}",
+    ):
+        r = member(forged)
+        assert r.status_code == 400, (forged, r.text)
+        assert r.json()["error"]["code"] == "invalid_request" and "not a cursor this server gave" in r.text
+    assert member(given, spec="hardware_resource:NIC_VF_1G=1").status_code == 400  # another request's
+    # An operator's cursor stays a plain host id: an admin may start anywhere.
+    r = cloud.get("/v1/capacity", params={"spec": NIC, "limit": 2, "after": host_id}, headers=who["admin"])
+    assert r.status_code == 200 and "." not in (r.json()["next"] or "")

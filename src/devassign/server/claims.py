@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -66,6 +67,8 @@ def explain(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
 
 _LIMIT = "Count a page of at most this many candidate hosts (with after=: the next page)"
 _AFTER = "The cursor of the page to count: the answer's next"
+# A host id, and for a member's walk a signature of it: ``12345.0f3a...`` (server/views.py).
+_CURSOR_LENGTH = 40
 
 
 @router.get("/capacity", tags=["claims"])
@@ -75,7 +78,7 @@ def capacity(
     spec: Annotated[list[str], Query(description="hardware_resource:TYPE=N, repeatable")],
     host: Annotated[list[str] | None, Query(description="Only these hosts")] = None,
     limit: Annotated[int | None, Query(ge=1, le=1000, description=_LIMIT)] = None,
-    after: Annotated[str | None, Query(max_length=20, description=_AFTER)] = None,
+    after: Annotated[str | None, Query(max_length=_CURSOR_LENGTH, description=_AFTER)] = None,
 ) -> dict[str, Any]:
     """How many more instances of the request the cloud can hold now, per host and in total."""
     from devassign.scheduler import RequestError, parse_specs
@@ -101,7 +104,7 @@ def capacity_of_request(
     scope: Access,
     body: ClaimBody,
     limit: Annotated[int | None, Query(ge=1, le=1000, description=_LIMIT)] = None,
-    after: Annotated[str | None, Query(max_length=20, description=_AFTER)] = None,
+    after: Annotated[str | None, Query(max_length=_CURSOR_LENGTH, description=_AFTER)] = None,
 ) -> dict[str, Any]:
     """How many more instances of the request the cloud can hold now: the claim's body (its
     requests, selectors, constraints and hosts; consumer, project and params are not used)."""
@@ -114,12 +117,21 @@ def _page(limit: int | None, after: str | None) -> CapacityPage | None:
         return None
     if limit is None:
         raise errors.DevassignError(errors.INVALID_REQUEST, "after= pages through hosts: give limit= too")
-    if after is not None and not (after.isascii() and after.isdigit()):
+    host_id, _, signature = (after or "").partition(".")
+    if after is not None and not (
+        host_id.isascii()
+        and host_id.isdigit()
+        and len(host_id) <= 20
+        and (not signature or _HEX.fullmatch(signature))
+    ):
         raise errors.DevassignError(
             errors.INVALID_REQUEST, f"after: {after!r} is not a cursor: give the next of the answer before"
         )
     # Host ids are 32-bit: a larger cursor is past every host (and would overflow the query).
-    return CapacityPage(after=min(int(after or 0), 2**31 - 1), limit=limit)
+    return CapacityPage(after=min(int(host_id or 0), 2**31 - 1), limit=limit, signature=signature or None)
+
+
+_HEX = re.compile(r"[0-9a-f]{1,32}")
 
 
 @router.delete("/allocations/{consumer}", status_code=204, tags=["allocations"])

@@ -87,10 +87,11 @@ def plan_quota_refusal(
 @dataclass(frozen=True, slots=True)
 class CapacityPage:
     """One page of a capacity walk: up to ``limit`` candidate hosts after the cursor ``after``
-    (0: from the first)."""
+    (0: from the first); ``signature``: the one a member's cursor carries (server/views.py)."""
 
     after: int
     limit: int
+    signature: str | None = None
 
 
 @dataclass(frozen=True)

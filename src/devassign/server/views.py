@@ -9,6 +9,9 @@ other tenants' allocations or other hosts' devices cannot be probed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import json
 from typing import Any
 
 from devassign import errors, schemas
@@ -198,12 +201,40 @@ def capacity(
     """How many more fit; the split per host is for operators. A member's page counts at least
     :data:`MEMBER_PAGE` hosts: pages of one host each were the per-host split by another way."""
     scope.check_targets(body.hosts)
-    if page is not None and not scope.operator and page.limit < MEMBER_PAGE:
-        page = dataclasses.replace(page, limit=MEMBER_PAGE)
+    member = not scope.operator
+    if page is not None and member:
+        page = _member_page(placer, body, page)
     found = placer.capacity(body, scope.principal, page)
-    if not scope.operator:
+    if member:
         found.pop("per_host", None)
+        if found.get("next") is not None:
+            found["next"] = f"{found['next']}.{_cursor_signature(placer, body, int(found['next']))}"
     return found
+
+
+def _member_page(placer: Placer, body: ClaimBody, page: CapacityPage) -> CapacityPage:
+    """A member's page: :data:`MEMBER_PAGE` hosts, after a cursor the server gave for this
+    request. A cursor of the member's own choosing was a host id, and the totals after two
+    neighbouring ones differed by one host's capacity: so the cursor carries a signature of
+    its host id and the request (what the walk counts), made with the server's key."""
+    page = dataclasses.replace(page, limit=MEMBER_PAGE)
+    if page.after and not (
+        page.signature is not None
+        and hmac.compare_digest(page.signature, _cursor_signature(placer, body, page.after))
+    ):
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST,
+            "after: not a cursor this server gave for this request: give the next of the answer before, "
+            "with the same request (or leave after out to start from the first page)",
+        )
+    return page
+
+
+def _cursor_signature(placer: Placer, body: ClaimBody, host_id: int) -> str:
+    """32 hex digits of HMAC-SHA256 over the host id and what shapes the walk's hosts."""
+    shape = body.model_dump(mode="json", include={"requests", "constraints", "hosts", "extra_specs"})
+    text = json.dumps([host_id, shape], sort_keys=True, separators=(",", ":"))
+    return hmac.new(placer.store.cursor_key(), text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def redact_explanation(found: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from devassign.store import (
     moves,
     quotas,
     report_batch,
+    secrets,
     taints,
     tokens,
     work,
@@ -78,6 +79,7 @@ class Store:
         event_retention: timedelta | None = None,
     ) -> None:
         self.db = db
+        self._cursor_key: bytes | None = None
         # Events older than this are deleted by the sweeper (None: kept for ever).
         self.event_retention = event_retention
         self._next_prune = 0.0
@@ -567,6 +569,13 @@ class Store:
 
     def list_quotas(self, project: str | None = None) -> list[dict[str, object]]:
         return self.db.reading(lambda c: quotas.list_quotas(c, project))
+
+    def cursor_key(self) -> bytes:
+        """The key that signs a member's capacity cursors (store/secrets.py), read once."""
+        if self._cursor_key is None:
+            text = self.db.retrying(lambda c: secrets.secret(c, secrets.CURSOR_KEY))
+            self._cursor_key = bytes.fromhex(text)
+        return self._cursor_key
 
     def claim(self, order: claims.ClaimOrder) -> tuple[schemas.Allocation, bool]:
         """One claim attempt in its own transaction; raises ``claims.LostRace`` on a lost race.

@@ -288,6 +288,15 @@ login_codes = sa.Table(
     sa.Column("session_expires_at", Stamp),
 )
 
+# The server's own secrets, one row each, made once and shared by every replica: ``cursor_key``
+# signs the capacity cursors a member is given (store/secrets.py).
+server_secrets = sa.Table(
+    "server_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+)
+
 quotas = sa.Table(
     "quotas",
     metadata,
