@@ -512,3 +512,22 @@ def test_explicit_token_names_in_the_alphabet_are_kept(api: TestClient) -> None:
     assert r.status_code == 201 and r.json()["name"] == "alice@example.com"
     r = api.post("/v1/tokens", json={"role": "member", "project": "demo", "name": "ci:deploy#2"})
     assert r.status_code == 201 and r.json()["name"] == "ci:deploy#2"
+
+
+@pytest.mark.parametrize("name", ["Admin#1", "ADMIN#7", "Member:p1#3", "aGent:c1#2"])
+def test_a_chosen_name_in_any_case_of_the_made_form_is_refused(api: TestClient, name: str) -> None:
+    """A member token named ``Admin#1`` wrote events whose actor read as an admin token's."""
+    r = api.post("/v1/tokens", json={"role": "member", "project": "p1", "name": name})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert api.get("/v1/tokens").json() == []
+
+
+def test_two_credentials_in_one_request_are_refused(secure_api: TestClient, store: Store) -> None:
+    """The first of two Authorization headers was served: a proxy that reads the last one
+    authorized another caller than the one the server acted for."""
+    admin, member = _bearer(_token(store, Role.ADMIN)), _bearer(_token(store, Role.MEMBER, project="p1"))
+    both = [("Authorization", member["Authorization"]), ("Authorization", admin["Authorization"])]
+    r = secure_api.put("/v1/quotas/p2/T", json={"limit": 5}, headers=both)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert "send one credential" in r.json()["error"]["message"]
+    assert secure_api.get("/v1/allocations", headers=admin).status_code == 200

@@ -213,3 +213,12 @@ def test_opening_the_link_spends_nothing_and_only_this_sites_page_spends_it(
     signed = _open(secure_api, made["url"])
     assert signed.status_code == 200 and signed.cookies["devassign_token"].startswith(SESSION_PREFIX)
     assert [e.action for e in store.list_events(limit=10)].count("login_link_used") == 1
+
+
+def test_the_sign_in_and_sign_out_forms_are_small(secure_api: TestClient) -> None:
+    """The one-time sign-in and the sign-out read up to 1 MiB from anyone, no token needed;
+    they are forms as small as the sign-in's (8 KiB)."""
+    form = {"content-type": "application/x-www-form-urlencoded", "sec-fetch-site": "same-origin"}
+    for path in ("/ui/login", "/ui/login/once", "/ui/logout"):
+        r = secure_api.post(path, content=b"code=" + b"a" * 9000, headers=form, follow_redirects=False)
+        assert r.status_code == 413, (path, r.status_code)

@@ -594,3 +594,18 @@ def test_a_move_key_with_a_nul_is_refused_as_a_claims_is(api: TestClient) -> Non
     assert r.status_code == 400, r.text
     assert "idempotency_key" in r.json()["error"]["message"] and "NUL" in r.json()["error"]["message"]
     assert api.get("/v1/allocations/vm-1/moves").json() == []
+
+
+def test_a_move_key_used_for_another_host_is_the_reused_key_refusal(api: TestClient) -> None:
+    """The same mistake as a claim's reused key answered another code (400 invalid_request):
+    a client matching on the code told the two apart."""
+    _world(api)
+    devices = [vf(f"0000:3b:02.{i}", numa_node=0) for i in range(2)]
+    assert api.put("/v1/hosts/dst2/inventory", json={"generation": 1, "devices": devices}).status_code == 200
+    assert (
+        api.post("/v1/allocations/vm-1/moves", json={"host": "dst", "idempotency_key": "k1"}).status_code
+        == 201
+    )
+    r = api.post("/v1/allocations/vm-1/moves", json={"host": "dst2", "idempotency_key": "k1"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_key_reused", r.text
+    assert "use a new key for a new move" in r.json()["error"]["message"]

@@ -240,6 +240,18 @@ class Scope:
             raise forbidden("members cannot name hosts in a request: leave out hosts")
 
 
+def _one_header(request: Request, name: str) -> str:
+    """The request's one ``name`` header ("" where none). Two are a 400: a proxy or a policy
+    check in front of the server may read the other one (the last, or both joined) and see
+    another caller than the server would, as with a repeated JSON key."""
+    found = request.headers.getlist(name)
+    if len(found) > 1:
+        raise errors.DevassignError(
+            errors.INVALID_REQUEST, f"{len(found)} {name.title()} headers: send one credential, in one header"
+        )
+    return found[0] if found else ""
+
+
 async def _principal(request: Request, *, cookie: bool) -> Principal:
     """The caller from ``Authorization: Bearer`` (and, for dashboard pages, the login cookie).
 
@@ -254,12 +266,12 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
     if cookie:
         secret = request.cookies.get(COOKIE, "").strip()
     if not secret:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        scheme, _, given = _one_header(request, "authorization").partition(" ")
         if scheme.lower() == "bearer":
             secret = given.strip()
     if not secret and request.url.path.startswith("/accelerator/"):
         # Nova (keystoneauth) sends its token as OpenStack does: X-Auth-Token.
-        secret = request.headers.get("x-auth-token", "").strip()
+        secret = _one_header(request, "x-auth-token").strip()
     if not secret:
         if cookie:
             raise LoginRequired()

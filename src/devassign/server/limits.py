@@ -75,8 +75,8 @@ def json_members(data: bytes, *, at_most: int | None = None) -> int:
 
 # Routes whose bodies are large by nature (a host's whole inventory, a batch of work results).
 _BULK_ROUTE = re.compile(r"^/v1/(hosts/[^/]+/(inventory|work)|reports)$")
-# The sign-in form holds a token and a page to go back to.
-_FORM_ROUTES = ("/ui/login",)
+# The sign-in forms hold a token or a one-time code and a page to go back to; sign-out, nothing.
+_FORM_ROUTES = ("/ui/login", "/ui/login/once", "/ui/logout")
 FORM_LIMIT = 8 * 1024
 
 

@@ -187,7 +187,7 @@ def replay_of(conn: sa.Connection, consumer: str, key: str | None, host: str) ->
         return None
     if row.target_name != host:
         raise errors.DevassignError(
-            errors.INVALID_REQUEST,
+            errors.IDEMPOTENCY_KEY_REUSED,
             f"idempotency_key {key!r} was used for the move of {consumer} to {row.target_name}, "
             f"not {host}; use a new key for a new move",
         )

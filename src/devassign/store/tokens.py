@@ -83,7 +83,8 @@ def create_token(
 
 
 # The form of the names made for tokens created without one (:func:`default_name`).
-_MADE_NAME = re.compile("({})(:.*)?#[0-9]+".format("|".join(r.value for r in Role)))
+# Any case: ``Admin#1`` as an actor reads as the made name of an admin token.
+_MADE_NAME = re.compile("({})(:.*)?#[0-9]+".format("|".join(r.value for r in Role)), re.IGNORECASE)
 
 
 def _check_chosen_name(conn: sa.Connection, name: str) -> None:
