@@ -390,3 +390,22 @@ def test_a_waiting_type_deleted_and_its_id_reused_is_not_applied(api: TestClient
     _work_result(api, device_id=device, action="cleanup", ok=True)
     [now] = api.get("/v1/devices", params={"host": "h1"}).json()
     assert (now["type"], now["state"]) == ("TOK", "available"), now
+
+
+def test_devices_whose_parents_make_a_loop_are_refused_and_the_rest_taken(api: TestClient) -> None:
+    """A device that was its own parent was refused, two devices each other's parent were
+    stored: the walks above and below a held device ran on a parent tree that was none."""
+    _type(api)
+    a, b, c, d = (vf(f"0000:3b:02.{i}") for i in range(4))
+    a["parent"], b["parent"] = b["address"], a["address"]  # a loop of two
+    c["parent"], d["parent"] = None, c["address"]  # a tree
+    r = _report(api, "h1", 1, [a, b, c, d])
+    assert r.status_code == 200, r.text
+    refused = {x["address"]: x for x in r.json()["refused"]}
+    assert set(refused) == {a["address"], b["address"]}
+    assert all(x["code"] == "parent_loop" for x in refused.values())
+    assert f"{a['address']} -> {b['address']} -> {a['address']}" in refused[a["address"]]["reason"]
+    assert sorted(x["address"] for x in api.get("/v1/devices", params={"host": "h1"}).json()) == [
+        c["address"],
+        d["address"],
+    ]

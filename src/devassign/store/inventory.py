@@ -514,6 +514,27 @@ def _refuse_over_a_live_agent(host: Any, name: str, now: datetime, takeover_afte
     )
 
 
+def _parent_loops(reported: Sequence[schemas.ReportedDevice]) -> list[list[str]]:
+    """The loops of parent links in a report (two devices each other's parent): what is held
+    below a device and what above it are walked on the parent tree, which must be one. A
+    device that is its own parent is a 400 already."""
+    parent = {d.address: d.parent for d in reported if d.parent}
+    loops: list[list[str]] = []
+    done: set[str] = set()
+    for start in parent:
+        path: list[str] = []
+        at: dict[str, int] = {}
+        address: str | None = start
+        while address is not None and address in parent and address not in done and address not in at:
+            at[address] = len(path)
+            path.append(address)
+            address = parent[address]
+        if address is not None and address in at:
+            loops.append(path[at[address] :])
+        done.update(path)
+    return loops
+
+
 def _refusals(
     reported: Sequence[schemas.ReportedDevice],
     type_rows: dict[str, Any],
@@ -550,6 +571,11 @@ def _refusals(
             else:
                 code = "inconsistent_pool"
             out.setdefault(dev.address, (code, refusal))
+    for loop in _parent_loops(reported):
+        chain = " -> ".join([*loop, loop[0]])
+        for address in loop:
+            reason = f"its parent chain comes back to it ({chain}): a parent is the device it is carved from"
+            out.setdefault(address, ("parent_loop", reason))
     groups: dict[int, list[schemas.ReportedDevice]] = {}
     for dev in reported:
         if dev.iommu_group is not None and dev.kind not in UNGROUPED_KINDS:
