@@ -488,6 +488,13 @@ class DeviceFacts(Strict):
             raise ValueError("vendor and product ids are 4 lowercase hex digits without 0x")
         return v
 
+    @field_validator("numa_node", mode="before")
+    @classmethod
+    def _no_numa(cls, v: Any) -> Any:
+        """The kernel's ``numa_node`` of a machine without NUMA is -1: no node, as null (a
+        report read straight from sysfs lost every device to this one value)."""
+        return None if type(v) is int and v == -1 else v
+
     @field_validator("attributes")
     @classmethod
     def _attrs(cls, v: dict[str, Any]) -> dict[str, Any]:

@@ -409,3 +409,14 @@ def test_devices_whose_parents_make_a_loop_are_refused_and_the_rest_taken(api: T
         c["address"],
         d["address"],
     ]
+
+
+def test_the_kernels_numa_node_of_minus_one_is_no_node(api: TestClient) -> None:
+    """A report read straight from sysfs says -1 on a machine without NUMA: the whole report
+    was a 400 for it."""
+    _type(api)
+    r = _report(api, "h1", 1, [vf("0000:3b:02.0", numa_node=-1)])
+    assert r.status_code == 200, r.text
+    (dev,) = api.get("/v1/devices", params={"host": "h1"}).json()
+    assert dev["numa_node"] is None
+    assert _report(api, "h1", 2, [vf("0000:3b:02.0", numa_node=-2)]).status_code == 400

@@ -35,6 +35,10 @@ def test_first_use_through_the_cli(db_url: str, tmp_path: Path) -> None:
         assert [(t["name"], t["description"], t["counts"]["available"]) for t in types] == [
             ("NIC_VF_1G", "1G VF of an X710", 2)
         ]
+        # The table's columns at the top of each type too, as the table names them.
+        assert [
+            (t["total"], t["available"], t["reserved"], t["assigned"], t["unhealthy"]) for t in types
+        ] == [(2, 2, 0, 0, 0)]
         table = cli("types", env=env).stdout
         assert "NIC_VF_1G" in table and "1G VF of an X710" in table
         devices = json.loads(cli("devices", "--host", "compute-1", "-f", "json", env=env).stdout)

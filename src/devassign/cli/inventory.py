@@ -181,6 +181,10 @@ def register(app: typer.Typer) -> typer.Typer:
                     fmt=fmt,
                 )
             return
+        if fmt is Format.json:
+            # The table's columns, at the top of each type as the table shows them (the
+            # API's ``counts`` stay too): ``jq '.[].available'`` reads what the table says.
+            found = [{**t, **(t.get("counts") or {})} for t in found]
         emit(found, fmt, type_columns(found))
 
     @type_app.command("create")
