@@ -64,7 +64,7 @@ def test_arguments_are_named_in_capitals_in_the_usage() -> None:
         ("type", "show"): "devassign type show [OPTIONS] NAME",
         ("quota", "set"): "devassign quota set [OPTIONS] PROJECT TYPE [LIMIT]",
         ("token", "login-link"): "devassign token login-link [OPTIONS] ID",
-        ("device", "show"): "devassign device show [OPTIONS] ID",
+        ("device", "show"): "devassign device show [OPTIONS] ADDRESS|ID",
     }
     for path, line in usage.items():
         assert line in cli(*path, "--help", env=NARROW).stdout

@@ -55,7 +55,7 @@ def test_cli_errors_are_one_line_not_tracebacks(db_url: str, tmp_path: Path) -> 
     with running_server(db_url, auth=False, log=tmp_path / "server.log") as url:
         env = {"DEVASSIGN_URL": url}
         bad = cli("type", "create", "bad name", env=env, check=False)
-        assert bad.returncode == 1
+        assert bad.returncode == 2  # the server's 400: the command line is wrong
         assert "letters, digits and _" in bad.stderr and "Traceback" not in bad.stderr
         missing = cli("type", "show", "NOPE", env=env, check=False)
         assert missing.returncode == 1 and "[type_not_found]" in missing.stderr

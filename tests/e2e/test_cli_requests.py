@@ -78,6 +78,11 @@ def test_explain_exits_1_when_nothing_fits_and_shows_the_policy(cloud: dict[str,
     ok = json.loads(cli("explain", "--spec", "hardware_resource:NIC_VF_1G=1", "-f", "json", env=cloud).stdout)
     assert ok["fits"] is True and set(ok["placements"][0]["scores"]) == {"spread", "numa", "fragmentation"}
 
+    # A malformed request is usage (2), never the 1 of "does not fit".
+    for spec in ("hardware_resource:NIC_VF_1G=0", "hardware_resource:NIC_VF_1G=abc"):
+        bad = cli("explain", "--spec", spec, env=cloud, check=False)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, (spec, bad.stderr)
+
 
 def test_capacity_counts_the_cloud_a_page_at_a_time(cloud: dict[str, str], tmp_path: Path) -> None:
     """With no host named, the CLI walks the candidate hosts a page at a time and adds the

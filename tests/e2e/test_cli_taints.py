@@ -132,7 +132,7 @@ def test_device_taint_untaint_and_usage_errors(db_url: str, tmp_path: Path) -> N
             env=env,
             check=False,
         )
-        assert past.returncode == 1 and "in the past" in past.stderr
+        assert past.returncode == 2 and "in the past" in past.stderr  # the server's 400: usage
         missing = cli(
             "device", "taint", "no-such-id", "--effect", "Drain", "--reason", "x", env=env, check=False
         )
@@ -141,6 +141,16 @@ def test_device_taint_untaint_and_usage_errors(db_url: str, tmp_path: Path) -> N
         removed = cli("device", "untaint", device, "--taint", str(made["id"]), env=env)
         assert f"removed taint {made['id']}" in removed.stdout
         assert cli("explain", "--spec", "hardware_resource:NIC_VF_1G=1", env=env).returncode == 0
+
+        # By the address the devices table shows, as `device clear` takes it.
+        by_address = ("0000:3b:02.1", "--host", "compute-1")
+        cli("device", "taint", *by_address, "--effect", "NoSchedule", "--reason", "fan", env=env)
+        shown = json.loads(cli("device", "show", *by_address, env=env).stdout)
+        assert shown["id"] == device
+        assert [t["reason"] for t in json.loads(cli("taints", "-f", "json", env=env).stdout)] == ["fan"]
+        assert "removed taint" in cli("device", "untaint", "0000:3b:02.1", env=env).stdout
+        elsewhere = cli("device", "show", "0000:3b:02.1", "--host", "compute-9", env=env, check=False)
+        assert elsewhere.returncode == 1 and "no device '0000:3b:02.1' on compute-9" in elsewhere.stderr
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from devassign.cli.client import Client, CliError, ExitCode, api_path, parse_json
+from devassign.cli.client import Client, CliError, ExitCode, api_path, devices_named, parse_json
 from devassign.cli.inventory import ALLOCATION_COLUMNS, DEVICE_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 from devassign.scheduler.reasons import funnel_sentence
@@ -387,18 +387,7 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
         fails marks it again), or retire a missing one that is not coming back (removed; cleaned
         first if it does)."""
         c = client(ctx)
-        found = c.get("/v1/devices", address=address, host=host)
-        if not found and "/" not in address:
-            # not an address: maybe the device's id (as `device show` takes)
-            try:
-                by_id = c.get(api_path("/v1/devices/{}", address))
-            except CliError as exc:
-                if exc.code not in ("device_not_found", "not_found"):
-                    raise
-            else:
-                found = [by_id] if host is None or by_id.get("host") == host else []
-        if not found:
-            raise CliError(f"no device {address!r}" + (f" on {host}" if host else ""))
+        found = devices_named(c, address, host)
         if len(found) > 1:
             clearable = ("quarantined", "missing")
             found = [d for d in found if d["state"] in clearable or not d["healthy"]] or found

@@ -88,6 +88,33 @@ def api_path(template: str, *names: object) -> str:
     return template.format(*(one(n) for n in names))
 
 
+def devices_named(c: Client, key: str, host: str | None) -> list[dict[str, Any]]:
+    """The devices ``key`` names: its address (on ``host`` where given), else its id (the
+    ``devices`` table shows addresses, ``-f json`` ids too: either will do)."""
+    found: list[dict[str, Any]] = c.get("/v1/devices", address=key, host=host)
+    if not found and "/" not in key:
+        try:
+            by_id = c.get(api_path("/v1/devices/{}", key))
+        except CliError as exc:
+            if exc.code not in ("device_not_found", "not_found"):
+                raise
+        else:
+            found = [by_id] if host is None or by_id.get("host") == host else []
+    if not found:
+        raise CliError(f"no device {key!r}" + (f" on {host}" if host else ""))
+    return found
+
+
+def one_device(c: Client, key: str, host: str | None) -> dict[str, Any]:
+    """The one device ``key`` names (:func:`devices_named`); an address on several hosts
+    needs ``--host``."""
+    found = devices_named(c, key, host)
+    if len(found) > 1:
+        hosts = ", ".join(d["host"] for d in found)
+        raise CliError(f"{key} is on several hosts ({hosts}): say which with --host", status=ExitCode.USAGE)
+    return found[0]
+
+
 def parse_json(text: str) -> Any:
     """JSON a user gave the CLI (a file, an option). NaN, Infinity, numbers past a float's
     range and a key repeated in one object are refused here, as the server refuses them:
@@ -118,6 +145,10 @@ def exit_status_of(code: str | None, http_status: int | None) -> ExitCode:
         return ExitCode.DENIED
     if http_status is not None and http_status >= 500:
         return ExitCode.UNREACHABLE
+    if http_status == 400:
+        # The request itself is malformed (a spec, a selector, a field of a request file):
+        # usage, so that a script tells it from a refusal (``explain``'s 1 is "does not fit").
+        return ExitCode.USAGE
     return ExitCode.ERROR
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError, ExitCode, api_path, parse_json
+from devassign.cli.client import Client, CliError, ExitCode, api_path, one_device, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
 from devassign.domain import EVENTS_PAGE_MAX, DeviceState
@@ -111,6 +111,13 @@ TYPE_SHOW_COLUMNS = [
     *TYPE_COLUMNS[4:],
     *((name, _count_or_zero(name)) for name in _OUT_OF_SERVICE),
 ]
+DeviceArg = Annotated[
+    str, typer.Argument(metavar="ADDRESS|ID", help="The device's address (as `devices` shows it) or its id")
+]
+DeviceHostOpt = Annotated[
+    str | None, typer.Option(metavar="HOST", help="The device's host, when the address is on several")
+]
+
 HOST_COLUMNS = [
     ("name", lambda h: h["name"]),
     ("status", lambda h: h["status"]),
@@ -330,11 +337,12 @@ def register(app: typer.Typer) -> typer.Typer:
     @device_app.command("show")
     def device_show(
         ctx: typer.Context,
-        device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id (`devices -f json`)")],
+        device: DeviceArg,
+        host: DeviceHostOpt = None,
         fmt: FormatOpt = Format.json,
     ) -> None:
         """One device, with everything known about it (JSON unless -f table)."""
-        emit(client(ctx).get(api_path("/v1/devices/{}", device_id)), fmt, DEVICE_COLUMNS)
+        emit(one_device(client(ctx), device, host), fmt, DEVICE_COLUMNS)
 
     @app.command()
     def allocations(

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError, api_path
-from devassign.cli.inventory import FormatOpt, HostNameArg, client
+from devassign.cli.client import Client, CliError, api_path, one_device
+from devassign.cli.inventory import DeviceArg, DeviceHostOpt, FormatOpt, HostNameArg, client
 from devassign.cli.output import Format, emit, printable, when
 
 
@@ -40,7 +40,6 @@ TAINT_COLUMNS = [
     ("expires", lambda t: when(t["expires_at"]) if t.get("expires_at") else "-"),
 ]
 
-DeviceIdArg = Annotated[str, typer.Argument(metavar="DEVICE_ID", help="The device's id (`devices -f json`)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (required), e.g. 'maintenance: PSU swap'")]
 ExpiresInOpt = Annotated[
     str | None,
@@ -119,38 +118,41 @@ def register(app: typer.Typer) -> None:
     @device_app.command("taint")
     def device_taint(
         ctx: typer.Context,
-        device_id: DeviceIdArg,
+        device: DeviceArg,
         effect: Annotated[
             Effect, typer.Option("--effect", help="NoSchedule: no new claims; Drain: and ask holders to move")
         ],
         reason: ReasonOpt,
         expires_in: ExpiresInOpt = None,
         until: UntilOpt = None,
+        host: DeviceHostOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Taint one device (admin, or its host's agent)."""
         body = taint_body(effect.value, reason, expires_in, until)
-        emit(client(ctx).post(api_path("/v1/devices/{}/taints", device_id), body), fmt, TAINT_COLUMNS)
+        api = client(ctx)
+        device_id = one_device(api, device, host)["id"]
+        emit(api.post(api_path("/v1/devices/{}/taints", device_id), body), fmt, TAINT_COLUMNS)
 
     @device_app.command("untaint")
     def device_untaint(
         ctx: typer.Context,
-        device_id: DeviceIdArg,
+        device: DeviceArg,
         taint: Annotated[int | None, typer.Option("--taint", help="Only this taint (its id)")] = None,
+        host: DeviceHostOpt = None,
         fmt: FormatOpt = Format.table,
     ) -> None:
         """Remove a device's own taints (or one); its host's and parent's stay."""
         api = client(ctx)
+        device_id = one_device(api, device, host)["id"]
         if taint is not None:
             found = api.request(
                 "DELETE", api_path("/v1/devices/{}/taints", device_id), params={"taint": taint}
             )
         else:
             own = [t for t in api.get("/v1/taints", device_id=device_id) if t.get("device_id") == device_id]
-            if not own:
-                api.get(api_path("/v1/devices/{}", device_id))  # a mistyped id is an error, not "none"
             found = _remove_each(api, api_path("/v1/devices/{}/taints", device_id), own)
-        _removed(found, fmt, f"device {device_id}")
+        _removed(found, fmt, f"device {device}")
 
     @host_app.command("taint")
     def host_taint(
