@@ -217,6 +217,18 @@ def test_libvirt_xml_exit_codes(tmp_path: Path) -> None:
 
         xml = cli("libvirt-xml", "--consumer", "vm-1", env=env)
         assert xml.stdout.count("<hostdev") == 1 and not xml.stdout.endswith("\n\n")
+        # A declared resource has no element: said on stderr, not an empty success.
+        cli("type", "create", "Encryption_card", env=env)
+        card = {"address": "static:Encryption_card/0", "kind": "static", "type": "Encryption_card"}
+        r = httpx.put(
+            f"{url}/v1/hosts/compute-1/inventory",
+            json={"generation": 2, "devices": [vf("0000:3b:02.1"), card]},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert r.status_code == 200 and not r.json()["refused"], r.text
+        cli("claim", "--consumer", "vm-2", "--spec", "hardware_resource:Encryption_card=1", env=env)
+        static = cli("libvirt-xml", "--consumer", "vm-2", env=env)
+        assert static.stdout == "" and "have no libvirt element" in static.stderr
         unknown = cli("libvirt-xml", "--consumer", "vm-9", env=env, check=False)
         assert unknown.returncode == 1 and "[allocation_not_found]" in unknown.stderr
         denied = cli(

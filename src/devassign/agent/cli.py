@@ -8,6 +8,7 @@ state file (docs/cli.md, "Exit codes").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -226,7 +227,11 @@ def discover(
             classes.setdefault(d.type, set()).update([d.class_code[:2]] if d.class_code else [])
     for rule_type in dict.fromkeys(r.type for r in cfg.devices):
         if rule_type not in classes:
-            typer.echo(f"note: no device here matches the rules for type {rule_type}", err=True)
+            typer.echo(
+                f"note: no device here matches the rules for type {rule_type}"
+                + _vfs_left(cfg, rule_type, inv),
+                err=True,
+            )
         elif len(classes.get(rule_type, ())) > 1:
             mixed = ", ".join(sorted(classes[rule_type]))
             typer.echo(
@@ -239,6 +244,20 @@ def discover(
         return
     headers, rows = _table(inv)
     print_table(headers, rows, title=f"{len(inv.devices)} devices, {len(inv.offered())} offered")
+
+
+def _vfs_left(cfg: AgentConfig, rule_type: str, inv: Inventory) -> str:
+    """What to add where a rule of ``rule_type`` would take SR-IOV VFs but is not written to
+    (an address glob, a vendor: Nova's globs take VFs, a devassign rule only when it says so)."""
+    from devassign.domain import DeviceKind
+
+    vfs = [d for d in inv.devices if d.kind is DeviceKind.SRIOV_VF]
+    rules = [r for r in cfg.devices if r.type == rule_type and r.match_vfs is None]
+    n = sum(1 for d in vfs if any(dataclasses.replace(r, match_vfs=True).matches(d) for r in rules))
+    if not n:
+        return ""
+    vf = "1 SR-IOV VF matches" if n == 1 else f"{n} SR-IOV VFs match"
+    return f": {vf} its rule, which does not take VFs (add match_vfs = true)"
 
 
 def _table(inv: Inventory) -> tuple[list[str], list[list[str]]]:

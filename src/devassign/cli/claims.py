@@ -367,6 +367,14 @@ def register(app: typer.Typer, device_app: typer.Typer) -> None:
     ) -> None:
         """The libvirt <hostdev> / <interface type='hostdev'> elements for a consumer's devices."""
         xml = text_of(client(ctx), api_path("/v1/allocations/{}/libvirt", consumer))
+        if not xml.strip():
+            # Not an error, and easy to take for one: say what the empty answer means.
+            typer.echo(
+                f"note: {consumer}'s devices have no libvirt element (declared [[resource]] devices: "
+                "attach them as their information says)",
+                err=True,
+            )
+            return
         typer.echo(xml, nl=not xml.endswith("\n"))
 
     @device_app.command("clear")

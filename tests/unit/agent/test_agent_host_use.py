@@ -512,3 +512,20 @@ def test_agent_discover_says_when_a_type_takes_devices_of_several_classes(tmp_pa
     res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root)])
     assert res.exit_code == 0, res.output
     assert "type GPU_AMD takes devices of PCI classes 03, 04" in res.stderr
+
+
+def test_agent_discover_says_when_a_glob_leaves_out_the_vfs_it_matches(tmp_path: Path) -> None:
+    """Nova's address globs take VFs; a devassign rule only with match_vfs. The note said only
+    that nothing matched, with four VFs at the addresses the glob names."""
+    h = host(tmp_path)
+    h.sriov_pf("0000:5e:00.0", "8086", "1572", vfs=4, vf_device="154c", ifname="ens1f0")
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n[[device]]\ntype = "VF"\nmatch = { address = "0000:5e:10.*" }\n')
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "type VF: 4 SR-IOV VFs match its rule, which does not take VFs (add match_vfs = true)" in res.stderr
+    )
+    conf.write_text(conf.read_text() + "match_vfs = true\n")
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert "note:" not in res.stderr and sum(d["type"] == "VF" for d in json.loads(res.stdout)) == 4
