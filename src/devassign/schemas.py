@@ -817,6 +817,14 @@ class Allocation(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     released_at: datetime | None
+    release_reason: str | None = Field(
+        default=None,
+        description="Why it was released: released (by its holder), expired (never set up in time), "
+        "setup_failed, moved, arq_unbound; null while live",
+    )
+    release_detail: str | None = Field(
+        default=None, description="For setup_failed: which device and what the host's agent said"
+    )
 
 
 class Event(BaseModel):

@@ -76,7 +76,10 @@ def test_setup_then_release_then_cleanup(api: TestClient, clock: Clock) -> None:
     api.post("/v1/hosts/c1/heartbeat")
     assert api.app.state.store.sweep() == []  # type: ignore[attr-defined]
 
+    assert api.get("/v1/allocations/vm-1").json()["release_reason"] is None
     assert api.delete("/v1/allocations/vm-1").status_code == 204
+    ended = api.get("/v1/allocations/vm-1").json()
+    assert (ended["release_reason"], ended["release_detail"]) == ("released", None)
     work = _work(api)
     assert [w["action"] for w in work] == ["cleanup", "cleanup"]
     assert work[0]["facts"] == {"original_driver": "iavf"}
@@ -98,6 +101,12 @@ def test_setup_failure_releases_the_whole_allocation(api: TestClient) -> None:
     assert api.get("/v1/allocations").json() == []
     events = api.get("/v1/events", params={"consumer": "vm-1"}).json()
     assert any("vfio bind failed" in e["message"] for e in events)
+    # The allocation says why it ended, not only the event log: a client polling it for
+    # ``assigned`` saw ``released`` as after its own release.
+    ended = api.get("/v1/allocations/vm-1").json()
+    assert (ended["state"], ended["release_reason"]) == ("released", "setup_failed")
+    b_address = next(d["address"] for d in alloc["devices"] if d["id"] == b)
+    assert ended["release_detail"] == f"setup of {b_address} failed: vfio bind failed"
     # A late result for a device no longer reserved is ignored, not applied.
     late = _results(api, {"device_id": a, "action": "setup", "ok": True})
     assert late[0]["applied"] is False and _state(api, a) == "cleaning"

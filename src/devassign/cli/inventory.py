@@ -141,7 +141,7 @@ ALLOCATION_COLUMNS = [
     ("consumer", lambda a: a["consumer"]),
     ("project", lambda a: a["project"]),
     ("host", lambda a: a["host"]),
-    ("state", lambda a: a["state"]),
+    ("state", lambda a: a["state"] + (f" ({a['release_reason']})" if a.get("release_reason") else "")),
     ("devices", lambda a: [f"{d['type']}:{d['address']}" for d in a["devices"]]),
     ("created", lambda a: when(a["created_at"])),
 ]

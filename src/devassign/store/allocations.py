@@ -64,6 +64,8 @@ def _models(conn: sa.Connection, rows: list[Any]) -> list[schemas.Allocation]:
             created_at=aware(r.created_at) or r.created_at,
             expires_at=aware(r.expires_at),
             released_at=aware(r.released_at),
+            release_reason=r.release_reason,
+            release_detail=r.release_detail,
         )
         for r in rows
     ]

@@ -777,6 +777,9 @@ def _check_pools(conn: sa.Connection, host_id: int, rows: Sequence[Any]) -> None
 # ---------------------------------------------------------------- release and expiry
 
 
+RELEASE_DETAIL_MAX = 1000  # the column's width
+
+
 def release(
     conn: sa.Connection,
     consumer: str,
@@ -786,8 +789,10 @@ def release(
     why: str = "released",
     expired_before: datetime | None = None,
     on_host: str | None = None,
+    detail: str | None = None,
 ) -> bool:
-    """Release the consumer's live allocation: its devices go to ``cleaning``.
+    """Release the consumer's live allocation: its devices go to ``cleaning``; ``why`` and
+    ``detail`` are kept on it (``release_reason``, ``release_detail``).
 
     Returns False when there was nothing live (a second release is harmless); raises 404 for a
     consumer that never held anything. With ``expired_before``, only a reservation that is
@@ -828,7 +833,12 @@ def release(
     conn.execute(
         allocations.update()
         .where(allocations.c.id == row.id)
-        .values(state=AllocationState.RELEASED.value, released_at=now)
+        .values(
+            state=AllocationState.RELEASED.value,
+            released_at=now,
+            release_reason=why[:32],
+            release_detail=None if detail is None else detail[:RELEASE_DETAIL_MAX],
+        )
     )
     conn.execute(
         allocation_items.update().where(allocation_items.c.allocation_id == row.id).values(released_at=now)

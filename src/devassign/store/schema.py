@@ -178,6 +178,10 @@ allocations = sa.Table(
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("expires_at", Stamp),
     sa.Column("released_at", Stamp),
+    # Why it ended (released, expired, setup_failed, moved, ...), and for a failed setup what
+    # the agent said: a client polling its allocation sees why it was released.
+    sa.Column("release_reason", sa.String(32)),
+    sa.Column("release_detail", sa.String(1000)),
     # One live allocation per consumer.
     sa.Index(
         "uq_allocations_live_consumer",

@@ -302,7 +302,8 @@ def _apply_one(
             **ev,
         )
         if consumer is not None:
-            release(conn, consumer, now=now, actor=actor, why="setup_failed")
+            told = f"setup of {row.address} failed: {res.error or 'no reason given'}"
+            release(conn, consumer, now=now, actor=actor, why="setup_failed", detail=told)
         return outcome(
             True, DeviceState.CLEANING, "setup failed: the allocation is released, its devices go to cleaning"
         )
