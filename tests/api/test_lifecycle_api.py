@@ -121,14 +121,24 @@ def test_cleanup_failure_quarantines_until_cleared(api: TestClient) -> None:
     assert out[0]["state"] == "quarantined"
     shown = api.get(f"/v1/devices/{dev}").json()
     assert shown["state"] == "quarantined" and "FLR timed out" in shown["quarantine_reason"]
-    assert (
-        api.post(
-            "/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
-        ).status_code
-        == 409
+    refused = api.post(
+        "/v1/claims", json={"consumer": "vm-2", "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
     )
+    assert refused.status_code == 409
+    # Why the host has none free, and what brings it back: not only "has 0 free".
+    message = refused.json()["error"]["message"]
+    assert "1 of them only because devices are quarantined after a failed cleanup" in message, message
+    named = api.post(
+        "/v1/explain", json={"hosts": ["c1"], "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    )
+    (verdict,) = named.json()["hosts"]
+    assert "1 more quarantined after a failed cleanup" in verdict["message"], verdict
     cleared = api.post(f"/v1/devices/{dev}/clear", json={"reason": "reseated the card"})
     assert cleared.status_code == 200 and cleared.json()["state"] == "cleaning"
+    named = api.post(
+        "/v1/explain", json={"hosts": ["c1"], "extra_specs": {"hardware_resource:NIC_VF_1G": "1"}}
+    )
+    assert "1 more being cleaned" in named.json()["hosts"][0]["message"]
     again = api.post(f"/v1/devices/{dev}/clear", json={})
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
     _results(api, {"device_id": dev, "action": "cleanup", "ok": True})

@@ -7,8 +7,10 @@ sentence then names every alternative.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Protocol
 
+from devassign.domain import DeviceState
 from devassign.scheduler.candidates import AltCandidates, Candidates
 from devassign.scheduler.reasons import Reason, ReasonCode, join_and, join_or, tainted_phrase
 from devassign.scheduler.request import DeviceRequest, Request
@@ -58,7 +60,7 @@ class FreeCountFilter:
         for r in request.requests:
             cands = [self.candidates.of(host, a) for a in r.alternatives]
             if all(c.free < a.count for a, c in zip(r.alternatives, cands, strict=True)):
-                return _per_alternative(ReasonCode.NOT_ENOUGH_FREE, r, cands, "free")
+                return _per_alternative(ReasonCode.NOT_ENOUGH_FREE, r, cands, "free", host)
         # Requests without alternatives share each type's pool: their sum must fit too.
         pooled: dict[str, list[DeviceRequest]] = {}
         for r in request.requests:
@@ -111,7 +113,25 @@ class IommuGroupFilter:
         return None
 
 
-def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidates], stage: str) -> Reason:
+# Devices of a type out of service for now, and how each comes back: said with "has N free".
+_OUT_OF_SERVICE = (
+    (DeviceState.CLEANING, "being cleaned: free once their cleanup passes"),
+    (DeviceState.QUARANTINED, "quarantined after a failed cleanup: an operator clears them (`device clear`)"),
+    (DeviceState.UNHEALTHY, "unhealthy: their health checks failed"),
+    (DeviceState.MISSING, "missing from the host's last report"),
+)
+
+
+def _out_of_service(host: HostView, type_name: str) -> str:
+    """`` (1 more quarantined after a failed cleanup: ...)`` per state, for a refusal: read
+    only when a host is refused, never on a claim's way."""
+    states = Counter(d.state for d in host.devices if d.type == type_name)
+    return "".join(f" ({states[s]} more {why})" for s, why in _OUT_OF_SERVICE if states[s])
+
+
+def _per_alternative(
+    code: ReasonCode, r: DeviceRequest, cands: list[AltCandidates], stage: str, host: HostView | None = None
+) -> Reason:
     """One sentence for a request that failed at ``stage`` under every alternative."""
     alts = r.alternatives
     shortfall = min(a.count - _have(c, stage) for a, c in zip(alts, cands, strict=True))
@@ -130,6 +150,8 @@ def _per_alternative(code: ReasonCode, r: DeviceRequest, cands: list[AltCandidat
                     text += f" ({rest} more held back: a parent or child device is in use)"
             for why, n in c.partitioned:
                 text += f" ({n} more held back: {why})"
+            if host is not None:
+                text += _out_of_service(host, a.type)
             if c.tainted:
                 text += f"; {tainted_phrase(a.type, c.tainted)}"
         elif stage == "matching":

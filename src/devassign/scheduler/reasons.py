@@ -128,6 +128,15 @@ def funnel_sentence(funnel: Mapping[str, Any], taints: Sequence[str] = ()) -> st
             unhealthy = int(funnel.get(f"unhealthy_{type_name}") or 0)
             if unhealthy:
                 held.append(f"{unhealthy} of them only because devices failed their health checks")
+            cleaning = int(funnel.get(f"cleaning_{type_name}") or 0)
+            if cleaning:
+                held.append(f"{cleaning} of them only because devices are being cleaned (free once done)")
+            quarantined = int(funnel.get(f"quarantined_{type_name}") or 0)
+            if quarantined:
+                held.append(
+                    f"{quarantined} of them only because devices are quarantined after a failed "
+                    "cleanup (an operator clears them: `devassign device clear`)"
+                )
             if held:
                 text += f" ({'; '.join(held)})"
             parts.append(text)

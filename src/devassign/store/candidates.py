@@ -574,6 +574,11 @@ def funnel(
         unhealthy = _short_because(conn, tid, n, up_host, sick)
         if unhealthy:
             out[f"unhealthy_{name}"] = unhealthy
+        # Enough but for devices out of service for now: being cleaned, or quarantined.
+        for state in (DeviceState.CLEANING, DeviceState.QUARANTINED):
+            held = _short_because(conn, tid, n, up_host, devices.c.state == state.value)
+            if held:
+                out[f"{state.value}_{name}"] = held
     return out
 
 
