@@ -200,8 +200,9 @@ def test_an_agent_token_without_the_instance_header_gets_no_work_while_the_agent
 ) -> None:
     """The fence was opt-in: a process holding the host's agent token that left the header
     out was served the host's setups (their params) and could post their results while the
-    agent the server took was live. Once that agent is silent (it stopped; ``agent run --once``
-    sends no header), such a call is served again; an admin's call always is."""
+    agent the server took was live. Once that agent is silent, such a call is served only after
+    a report with the host's id (``agent run --once`` sends one, without the header) took the
+    host over: the token alone never gets the work; an admin's call always does."""
     admin = _token(store, Role.ADMIN)
     agent = _token(store, Role.AGENT, host="h1")
     assert secure_api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}, headers=admin).status_code == 201
@@ -220,5 +221,8 @@ def test_an_agent_token_without_the_instance_header_gets_no_work_while_the_agent
         )
         assert mine.status_code == 200, mine.text
         assert secure_api.request(method, "/v1/hosts/h1/work", headers=admin, **extra).status_code == 200
-    clock.advance(31)  # the live process fell silent: a one-shot run may work
+    clock.advance(31)  # the live process fell silent
+    assert secure_api.get("/v1/hosts/h1/work", headers=agent).status_code == 409  # the token alone
+    once = {"generation": 2, "host_id": "m-1", "devices": [vf("0000:3b:02.1")]}  # a one-shot run's
+    assert secure_api.put("/v1/hosts/h1/inventory", json=once, headers=agent).status_code == 200
     assert secure_api.get("/v1/hosts/h1/work", headers=agent).status_code == 200

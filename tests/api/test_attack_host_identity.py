@@ -490,8 +490,22 @@ def test_no_one_but_an_admin_reads_a_hosts_id(secure_api: TestClient, store: Sto
     listed = secure_api.get("/v1/hosts", headers=who["agent_a"]).json()
     assert [h["host_id"] for h in listed] == [None]
     assert secure_api.get("/v1/hosts", headers=who["member_p"]).status_code == 403
+    # A rename recorded before the id was the admins' alone said it in its message too.
+    from devassign.store import events as event_log
+
+    store.db.retrying(
+        lambda c: event_log.record(
+            c,
+            at=store.clock(),
+            actor="admin#1",
+            action="host_renamed",
+            host="compute-a",
+            message=f"host old renamed to compute-a (host id {A_ID}); its agent needs a token for compute-a",
+            detail={"old_name": "old", "new_name": "compute-a", "host_id": A_ID},
+        )
+    )
     events = secure_api.get("/v1/events", params={"limit": 1000}, headers=who["agent_a"]).json()
-    assert any(e["action"] == "host_renamed" for e in events)
+    assert sum(e["action"] == "host_renamed" for e in events) == 3
     assert A_ID not in str(events), "an agent read its host's id from the events"
 
     beat = secure_api.post(
@@ -501,3 +515,49 @@ def test_no_one_but_an_admin_reads_a_hosts_id(secure_api: TestClient, store: Sto
     assert A_ID not in beat.text
     r = _report(secure_api, "compute-a", who["agent_a"], 7, host_id="a-clone")
     assert r.status_code == 409 and A_ID not in r.text
+
+
+def test_an_agent_that_leaves_the_host_id_out_is_not_taken_for_the_host(
+    secure_api: TestClient, store: Store, clock: Clock
+) -> None:
+    """A machine with a copy of the host's token, not its state file, sent its reports with
+    no host id and was taken for the host once the real agent had been quiet a while: it
+    fetched the host's work, and the real agent was then the one refused."""
+    who = _cloud(secure_api, store)
+    assert (
+        _report(secure_api, "compute-a", who["agent_a"], 2, host_id=A_ID, agent_instance=I1).status_code
+        == 200
+    )
+    clock.advance(120)  # the real agent of compute-a is quiet
+    r = _report(secure_api, "compute-a", who["agent_a"], 5, agent_instance=I2)
+    assert r.status_code == 409 and r.json()["error"]["code"] == errors.HOST_ID_MISMATCH, r.text
+    assert "sends none" in r.json()["error"]["message"] and A_ID not in r.text
+    beat = secure_api.post(
+        "/v1/hosts/compute-a/heartbeat", headers={**who["agent_a"], "X-Devassign-Agent-Instance": I2}
+    )
+    assert beat.status_code == 409 and beat.json()["error"]["code"] == errors.HOST_ID_MISMATCH, beat.text
+    # A bare heartbeat only keeps the host up; the work stays the host's agent's.
+    assert secure_api.post("/v1/hosts/compute-a/heartbeat", headers=who["agent_a"]).status_code == 204
+    work = secure_api.get("/v1/hosts/compute-a/work", headers=who["agent_a"])
+    assert work.status_code == 409 and work.json()["error"]["code"] == errors.AGENT_CONFLICT
+    # The real agent, with its id, goes on; an admin's report (a loaded file) needs none.
+    assert (
+        _report(secure_api, "compute-a", who["agent_a"], 6, host_id=A_ID, agent_instance=I1).status_code
+        == 200
+    )
+    assert secure_api.post("/v1/hosts/compute-a/heartbeat", json={"host_id": A_ID}, headers=who["agent_a"])
+    assert _report(secure_api, "compute-a", who["admin"], 7).status_code == 200
+    # A client that never sends a host id (the API's plain report) registers none: not fenced.
+    fresh = _token(store, Role.AGENT, host="plain-1")
+    assert _report(secure_api, "plain-1", fresh, 1).status_code == 200
+    assert _report(secure_api, "plain-1", fresh, 2).status_code == 200
+    assert secure_api.post("/v1/hosts/plain-1/heartbeat", headers=fresh).status_code == 204
+
+
+def test_an_agent_reads_its_hosts_id_only_by_naming_it(secure_api: TestClient, store: Store) -> None:
+    """What a renamed host's agent confirms the rename by; it learns nothing it did not hold."""
+    who = _cloud(secure_api, store)
+    named = secure_api.get("/v1/hosts/compute-a", params={"host_id": A_ID}, headers=who["agent_a"])
+    assert named.status_code == 200 and named.json()["host_id"] == A_ID
+    guessed = secure_api.get("/v1/hosts/compute-a", params={"host_id": "a-guess"}, headers=who["agent_a"])
+    assert guessed.status_code == 200 and guessed.json()["host_id"] is None

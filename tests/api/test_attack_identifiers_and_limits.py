@@ -529,5 +529,5 @@ def test_two_credentials_in_one_request_are_refused(secure_api: TestClient, stor
     both = [("Authorization", member["Authorization"]), ("Authorization", admin["Authorization"])]
     r = secure_api.put("/v1/quotas/p2/T", json={"limit": 5}, headers=both)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
-    assert "send one credential" in r.json()["error"]["message"]
+    assert "send one, in one header" in r.json()["error"]["message"]
     assert secure_api.get("/v1/allocations", headers=admin).status_code == 200

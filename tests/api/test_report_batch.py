@@ -231,3 +231,17 @@ def test_a_loaded_report_of_a_host_whose_agent_is_live_is_that_hosts_refusal(
     clock.advance(31)  # the agent silent past the takeover time: the file is the host's word now
     again = api.post("/v1/reports", json={"reports": batch[:1]}).json()
     assert again["applied"] == 1, again
+
+
+def test_a_batched_hosts_parent_loop_is_refused_as_in_its_own_report(api: TestClient) -> None:
+    """The batch's fast path for new hosts stored two devices each other's parent, which a
+    report of its own refuses per device (``parent_loop``)."""
+    assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}).status_code == 201
+    a, b, c = (vf(f"0000:3b:02.{i}") for i in range(3))
+    a["parent"], b["parent"] = b["address"], a["address"]
+    body = {"reports": [{"host": "loop-1", "report": {"generation": 1, "devices": [a, b, c]}}]}
+    r = api.post("/v1/reports", json=body)
+    assert r.status_code == 200, r.text
+    (outcome,) = r.json()["results"]
+    assert sorted(x["code"] for x in outcome["result"]["refused"]) == ["parent_loop", "parent_loop"]
+    assert [d["address"] for d in api.get("/v1/devices", params={"host": "loop-1"}).json()] == [c["address"]]

@@ -311,7 +311,7 @@ def _load_state(state_file: StateFile, agent: Agent) -> None:
         _ = state_file.state
     except OtherHost as exc:
         try:
-            record = agent.reporter.host_record()
+            record = agent.reporter.host_record(exc.host_id)
         except ServerUnavailable as down:
             why = f"the server, which could confirm a rename, did not answer: {down}"
             raise StateError(f"{exc} ({why})") from exc

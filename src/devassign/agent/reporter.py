@@ -335,12 +335,14 @@ class Reporter:
             raise NotTaken(f"no lifecycle work while {self.conflict}")
         return self._send(method, self._url(suffix), body)
 
-    def host_record(self) -> dict[str, Any] | None:
+    def host_record(self, host_id: str) -> dict[str, Any] | None:
         """The server's record of this agent's host (``GET /v1/hosts/{host}``), or ``None``
         when it has none this token may read; :class:`ServerUnavailable` (not logged as an
-        outage: the caller says it) when the server does not answer."""
+        outage: the caller says it) when the server does not answer. Its ``host_id`` is there
+        only where it is ``host_id`` (an agent is shown its host's id only where it names it)."""
+        proof = urllib.parse.urlencode({"host_id": host_id})
         try:
-            resp = self._exchange("GET", f"{self.config.server}/v1/hosts/{self.config.host}", None)
+            resp = self._exchange("GET", f"{self.config.server}/v1/hosts/{self.config.host}?{proof}", None)
         except (httpx.TransportError, httpx.DecodingError, TooLarge) as exc:
             raise ServerUnavailable(f"{self.where}: {type(exc).__name__}: {exc or 'no answer'}") from exc
         found = payload(resp, self.where) if resp.status_code == 200 else None

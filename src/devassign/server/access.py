@@ -240,14 +240,15 @@ class Scope:
             raise forbidden("members cannot name hosts in a request: leave out hosts")
 
 
-def _one_header(request: Request, name: str) -> str:
-    """The request's one ``name`` header ("" where none). Two are a 400: a proxy or a policy
-    check in front of the server may read the other one (the last, or both joined) and see
-    another caller than the server would, as with a repeated JSON key."""
+def one_header(request: Request, name: str) -> str:
+    """The request's one ``name`` header ("" where none), for those that say who is calling
+    (a credential, an agent process's id). Two are a 400: a proxy or a policy check in front
+    of the server may read the other one (the last, or both joined) and see another caller than
+    the server would, as with a repeated JSON key."""
     found = request.headers.getlist(name)
     if len(found) > 1:
         raise errors.DevassignError(
-            errors.INVALID_REQUEST, f"{len(found)} {name.title()} headers: send one credential, in one header"
+            errors.INVALID_REQUEST, f"{len(found)} {name.title()} headers: send one, in one header"
         )
     return found[0] if found else ""
 
@@ -266,12 +267,12 @@ async def _principal(request: Request, *, cookie: bool) -> Principal:
     if cookie:
         secret = request.cookies.get(COOKIE, "").strip()
     if not secret:
-        scheme, _, given = _one_header(request, "authorization").partition(" ")
+        scheme, _, given = one_header(request, "authorization").partition(" ")
         if scheme.lower() == "bearer":
             secret = given.strip()
     if not secret and request.url.path.startswith("/accelerator/"):
         # Nova (keystoneauth) sends its token as OpenStack does: X-Auth-Token.
-        secret = _one_header(request, "x-auth-token").strip()
+        secret = one_header(request, "x-auth-token").strip()
     if not secret:
         if cookie:
             raise LoginRequired()
@@ -307,7 +308,9 @@ async def _keystone_principal(request: Request, secret: str) -> Principal | None
     if keystone is None:
         return None
     try:
-        return await run_in_threadpool(keystone.principal, secret, request.headers.get("x-service-token"))
+        return await run_in_threadpool(
+            keystone.principal, secret, one_header(request, "x-service-token") or None
+        )
     except KeystoneUnavailable as exc:
         raise errors.DevassignError(
             errors.UNAUTHENTICATED, f"cannot validate the Keystone token now ({exc}); retry"

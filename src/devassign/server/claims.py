@@ -68,7 +68,7 @@ def explain(request: Request, scope: Access, body: ClaimBody) -> dict[str, Any]:
 _LIMIT = "Count a page of at most this many candidate hosts (with after=: the next page)"
 _AFTER = "The cursor of the page to count: the answer's next"
 # A host id, and for a member's walk a signature of it: ``12345.0f3a...`` (server/views.py).
-_CURSOR_LENGTH = 40
+_CURSOR_LENGTH = 64
 
 
 @router.get("/capacity", tags=["claims"])

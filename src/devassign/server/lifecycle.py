@@ -11,7 +11,7 @@ from devassign import errors, schemas
 from devassign.lifecycle.base import LifecycleDevice
 from devassign.lifecycle.libvirt import LibvirtXMLError, devices_xml
 from devassign.server import metrics, views
-from devassign.server.access import Access
+from devassign.server.access import Access, one_header
 from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
@@ -26,7 +26,7 @@ def _store(request: Request) -> Store:
 @router.get("/hosts/{host}/work", response_model=schemas.WorkList, tags=["lifecycle"])
 def get_work(request: Request, scope: Access, host: str) -> schemas.WorkList:
     """Devices of this host to set up (reserved) or clean (cleaning)."""
-    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
+    instance = one_header(request, schemas.AGENT_INSTANCE_HEADER) or None
     return _store(request).work_for_host(host, instance, agent=scope.host is not None)
 
 
@@ -36,7 +36,7 @@ def post_results(
 ) -> list[schemas.WorkOutcome]:
     """Results of setups and cleanups; each moves its device on, or is ignored if stale."""
     pending = metrics.work_pending(_store(request), host, body.results)
-    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
+    instance = one_header(request, schemas.AGENT_INSTANCE_HEADER) or None
     outcomes = _store(request).apply_work_results(
         host, body.results, scope.actor, instance, agent=scope.host is not None
     )

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from devassign import errors, schemas
 from devassign.domain import EVENTS_PAGE_MAX, HOST_RE, DeviceState
 from devassign.server import views
-from devassign.server.access import Access
+from devassign.server.access import Access, one_header
 from devassign.server.jsonbody import StrictJsonRoute
 from devassign.store import Store
 
@@ -96,8 +96,20 @@ def list_hosts(
 
 
 @router.get("/hosts/{host}", response_model=schemas.Host, tags=["hosts"])
-def get_host(request: Request, scope: Access, host: str) -> schemas.Host:
-    return views.get_host(_store(request), scope, host)
+def get_host(
+    request: Request,
+    scope: Access,
+    host: str,
+    host_id: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="An agent's proof: the host's id is shown to an agent only where it names it "
+            "(its state file's), as a renamed host's agent confirms the rename",
+        ),
+    ] = None,
+) -> schemas.Host:
+    return views.get_host(_store(request), scope, host, proof=host_id)
 
 
 @router.delete("/hosts/{host}", status_code=204, tags=["hosts"])
@@ -119,7 +131,7 @@ def report_inventory(
 ) -> schemas.InventoryResult:
     """An agent's full report: replaces the host's device list, idempotently."""
     _check_host_name(host)
-    return _store(request).apply_report(host, body, scope.actor)
+    return _store(request).apply_report(host, body, scope.actor, by_agent=scope.host is not None)
 
 
 @router.post("/reports", response_model=schemas.ReportBatchResult, tags=["hosts"])
@@ -133,8 +145,9 @@ def report_batch(request: Request, scope: Access, body: schemas.ReportBatch) -> 
 @router.post("/hosts/{host}/heartbeat", status_code=204, tags=["hosts"])
 def heartbeat(request: Request, scope: Access, host: str, body: schemas.Heartbeat | None = None) -> Response:
     """The host is alive; ``host_id`` (optional) must be the host's own (409 ``host_id_mismatch``)."""
-    instance = request.headers.get(schemas.AGENT_INSTANCE_HEADER)
-    _store(request).heartbeat(host, scope.actor, instance, body.host_id if body is not None else None)
+    instance = one_header(request, schemas.AGENT_INSTANCE_HEADER) or None
+    host_id = body.host_id if body is not None else None
+    _store(request).heartbeat(host, scope.actor, instance, host_id, by_agent=scope.host is not None)
     return Response(status_code=204)
 
 

@@ -61,10 +61,16 @@ def count_hosts(store: Store, scope: Scope) -> tuple[int, int]:
     return store.count_hosts(only=scope.host_filter(None))
 
 
-def get_host(store: Store, scope: Scope, name: str) -> schemas.Host:
+def get_host(store: Store, scope: Scope, name: str, *, proof: str | None = None) -> schemas.Host:
+    """``proof``: a host id the caller names; an agent is shown the host's only where it is
+    that one (it tells the agent nothing it did not hold: a renamed host's agent confirms the
+    rename so)."""
     if not scope.sees_host(name):
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
-    return _host_seen(scope, store.get_host(name))
+    found = store.get_host(name)
+    if proof is not None and found.host_id is not None and hmac.compare_digest(proof, found.host_id):
+        return found
+    return _host_seen(scope, found)
 
 
 def list_devices(
@@ -165,8 +171,16 @@ def _for_agent(event: schemas.Event) -> schemas.Event:
     """An agent sees its own host's devices only: a move's event without its source; and no
     host id (:func:`_host_seen`)."""
     if _HIDDEN_FROM_AGENTS & event.detail.keys():
+        # And from the message: a rename's said the id, before the id was the admins' alone.
+        hidden = {str(event.detail[k]) for k in _HIDDEN_FROM_AGENTS if event.detail.get(k)}
+        message = event.message
+        for value in hidden:
+            message = message.replace(f" (host id {value})", "").replace(value, "(an admin's to read)")
         event = event.model_copy(
-            update={"detail": {k: v for k, v in event.detail.items() if k not in _HIDDEN_FROM_AGENTS}}
+            update={
+                "message": message,
+                "detail": {k: v for k, v in event.detail.items() if k not in _HIDDEN_FROM_AGENTS},
+            }
         )
     if event.action not in _NAMES_ANOTHER_HOST:
         return event

@@ -121,9 +121,16 @@ class Store:
 
     # ------------------------------------------------------------ hosts and devices
     def apply_report(
-        self, host: str, report: schemas.InventoryReport, actor: str, *, loaded: bool = False
+        self,
+        host: str,
+        report: schemas.InventoryReport,
+        actor: str,
+        *,
+        loaded: bool = False,
+        by_agent: bool = False,
     ) -> schemas.InventoryResult:
-        """``loaded``: a report from a file (``host load``), refused for a host whose agent is live."""
+        """``loaded``: a report from a file (``host load``), refused for a host whose agent is live.
+        ``by_agent``: sent with an agent token, which must name the host's id where it has one."""
         return self._one_agent(
             lambda c: inventory.apply_report(
                 c,
@@ -133,6 +140,7 @@ class Store:
                 actor=actor,
                 takeover_after=self.agent_takeover_after,
                 loaded=loaded,
+                by_agent=by_agent,
             )
         )
 
@@ -158,10 +166,17 @@ class Store:
         return schemas.ReportBatchResult(applied=len(results) - failed, failed=failed, results=results)
 
     def heartbeat(
-        self, host: str, actor: str, instance: str | None = None, host_id: str | None = None
+        self,
+        host: str,
+        actor: str,
+        instance: str | None = None,
+        host_id: str | None = None,
+        *,
+        by_agent: bool = False,
     ) -> None:
         """``instance``: the agent process's id (the ``X-Devassign-Agent-Instance`` header);
-        ``host_id``: the machine's, when the agent sends it."""
+        ``host_id``: the machine's, when the agent sends it (``by_agent``: an agent token's
+        heartbeat, which must send it where the host has one)."""
         instance = hosts.checked_instance(instance)
         self._one_agent(
             lambda c: hosts.heartbeat(
@@ -172,6 +187,7 @@ class Store:
                 instance=instance,
                 host_id=host_id,
                 takeover_after=self.agent_takeover_after,
+                by_agent=by_agent,
             )
         )
 

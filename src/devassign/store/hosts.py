@@ -160,6 +160,17 @@ _HEARTBEAT_OF_AGENT_WITH_ID = _HEARTBEAT_OF_AGENT.where(
 )
 
 
+def id_fence(name: str) -> errors.DevassignError:
+    """The refusal of an agent token's report or heartbeat that names no host id, for a host
+    registered with one: a machine holding a copy of the host's token (not its state file)
+    was taken for the host by leaving the id out."""
+    return errors.DevassignError(
+        errors.HOST_ID_MISMATCH,
+        f"host {name!r} is registered with a host id, and this agent sends none: an agent's "
+        "report and heartbeat name the host id of its state file (devassign's agent always does)",
+    )
+
+
 def heartbeat(
     conn: sa.Connection,
     name: str,
@@ -169,6 +180,7 @@ def heartbeat(
     instance: str | None = None,
     host_id: str | None = None,
     takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
+    by_agent: bool = False,
 ) -> None:
     """One statement in the common case (the host is up, and the instance, if sent, is the
     recorded one): heartbeats are the busiest call.
@@ -185,6 +197,8 @@ def heartbeat(
         params["machine_id"] = host_id
     fast: sa.Update | None
     if instance is not None:
+        # The recorded process's own heartbeat: its instance (a secret of that process) is
+        # its proof; a new process's is checked below.
         fast = _HEARTBEAT_OF_AGENT if host_id is None else _HEARTBEAT_OF_AGENT_WITH_ID
     else:
         fast = None if host_id is not None else _HEARTBEAT
@@ -212,6 +226,10 @@ def heartbeat(
         conflict = agent_conflict(row, name, instance, now=now, takeover_after=takeover_after, actor=actor)
         if conflict is not None:
             raise conflict
+        if by_agent and host_id is None and row.host_id and instance != row.agent_instance:
+            # Another process than the recorded one, with no host id: it would take the host
+            # over after the recorded one's silence on the strength of the token alone.
+            raise id_fence(name)
         values.update(agent_instance=instance, agent_seen_at=now)
         update = update.where(may_act(instance, now - takeover_after))
     if conn.execute(update.values(**values)).rowcount != 1:

@@ -28,7 +28,7 @@ from devassign.scheduler.shares import Pools, Relatives, copy_pools, parent_map
 from devassign.scheduler.view import HOLDING_STATES, UNGROUPED_KINDS
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import record, record_many
-from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, agent_live, may_act
+from devassign.store.hosts import AGENT_TAKEOVER_AFTER, agent_conflict, agent_live, id_fence, may_act
 from devassign.store.inherited_health import with_inherited_health
 from devassign.store.schema import (
     allocations,
@@ -276,7 +276,9 @@ class _Outcome:
     deferred: bool = False  # a change waits until its device is free: apply the report again then
 
 
-def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str) -> Any:
+def _host_for_report(
+    conn: sa.Connection, name: str, host_id: str | None, now: datetime, actor: str, *, by_agent: bool = False
+) -> Any:
     """Find (or register) the host the report is for.
 
     A host id belongs to the name it was first reported under: a report under another name
@@ -285,6 +287,8 @@ def _host_for_report(conn: sa.Connection, name: str, host_id: str | None, now: d
     machine is renamed by an admin (``rename_host``).
     """
     by_name = conn.execute(sa.select(hosts).where(hosts.c.name == name)).first()
+    if by_agent and host_id is None and by_name is not None and by_name.host_id:
+        raise id_fence(name)
     if by_name is not None and (host_id is None or by_name.host_id == host_id):
         return by_name  # the common case: one lookup
     if host_id:
@@ -339,8 +343,9 @@ def apply_report(
     actor: str,
     takeover_after: timedelta = AGENT_TAKEOVER_AFTER,
     loaded: bool = False,
+    by_agent: bool = False,
 ) -> schemas.InventoryResult:
-    host = _host_for_report(conn, name, report.host_id, now, actor)
+    host = _host_for_report(conn, name, report.host_id, now, actor, by_agent=by_agent)
     instance = report.agent_instance
     if loaded and instance is None:
         _refuse_over_a_live_agent(host, name, now, takeover_after)
@@ -358,6 +363,13 @@ def apply_report(
             raise conflict
         values.update(agent_instance=instance, agent_seen_at=now)
         update = update.where(may_act(instance, now - takeover_after))
+    elif (
+        by_agent and report.host_id and host.agent_instance and agent_live(host, now, takeover_after) is None
+    ):
+        # The host's id without a process id (`agent run --once`), the recorded process silent:
+        # this is the host's agent now, and its calls without the header get the host's work
+        # (store/work.py). A token alone, without the id, is refused above.
+        values.update(agent_instance=None)
     # Compare-and-swap on the generation (and the agent instance): a stale report changes nothing.
     moved = conn.execute(update.values(**values)).rowcount
     if moved != 1:
@@ -514,7 +526,7 @@ def _refuse_over_a_live_agent(host: Any, name: str, now: datetime, takeover_afte
     )
 
 
-def _parent_loops(reported: Sequence[schemas.ReportedDevice]) -> list[list[str]]:
+def parent_loops(reported: Sequence[schemas.ReportedDevice]) -> list[list[str]]:
     """The loops of parent links in a report (two devices each other's parent): what is held
     below a device and what above it are walked on the parent tree, which must be one. A
     device that is its own parent is a 400 already."""
@@ -571,7 +583,7 @@ def _refusals(
             else:
                 code = "inconsistent_pool"
             out.setdefault(dev.address, (code, refusal))
-    for loop in _parent_loops(reported):
+    for loop in parent_loops(reported):
         chain = " -> ".join([*loop, loop[0]])
         for address in loop:
             reason = f"its parent chain comes back to it ({chain}): a parent is the device it is carved from"

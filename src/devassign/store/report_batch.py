@@ -31,6 +31,7 @@ from devassign.store.inventory import (
     iommu_refusal,
     new_device,
     owed_cleanups,
+    parent_loops,
     reset_refusal,
     schema_refusal,
 )
@@ -121,7 +122,8 @@ def apply_new_hosts(
 
 def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
     """Whether every device is taken as reported: a known type, the reset its type needs, no
-    partition pool, each address once (anything else is refused or judged per device)."""
+    partition pool, each address once, no loop of parent links (anything else is refused or
+    judged per device)."""
     seen: set[str] = set()
     for dev in report.devices:
         row = type_rows.get(dev.type)
@@ -130,7 +132,7 @@ def _plain(report: schemas.InventoryReport, type_rows: dict[str, Any]) -> bool:
         if reset_refusal(dev, row) or iommu_refusal(dev, row) or schema_refusal(dev, row):
             return False
         seen.add(dev.address)
-    return True
+    return not parent_loops(report.devices)
 
 
 def _result(b: schemas.HostReport, type_rows: dict[str, Any]) -> schemas.InventoryResult:

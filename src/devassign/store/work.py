@@ -90,13 +90,18 @@ def _host_id(
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {host!r}")
     # Also when none is on record (a host reported by `agent run --once` or by a batch, or just
     # renamed): a process whose report the server never took is not the host's agent.
+    # A call without the header, for a host whose agent sends one: refused whether or not
+    # that process is live, or a machine with a copy of the token (not the state file) would
+    # wait for its silence and then run, and report, the host's work.
     seen = aware(row.agent_seen_at)
-    if instance is None and fence is not None and row.agent_instance and seen is not None and seen > fence:
+    if instance is None and fence is not None and row.agent_instance:
+        live = seen is not None and seen > fence
         raise errors.DevassignError(
             errors.AGENT_CONFLICT,
-            f"agent instance {instance_tag(row.agent_instance)} holds host {host!r} and was seen "
-            f"moments ago: a call without the {schemas.AGENT_INSTANCE_HEADER} header of the agent "
-            "process whose report the server took gets no work while that process is live",
+            f"agent instance {instance_tag(row.agent_instance)} holds host {host!r}"
+            + (" and was seen moments ago" if live else "")
+            + f": a call without the {schemas.AGENT_INSTANCE_HEADER} header of the agent process "
+            "whose report the server took gets no work (a restarted agent reports first)",
             retry_after=10,
         )
     if instance is not None and row.agent_instance != instance:

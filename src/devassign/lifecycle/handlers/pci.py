@@ -308,7 +308,8 @@ class PciHandler:
         refuse_if_held(ops.sysfs, ops.vfio_users, device.address)
         reset_function(ops.sysfs, device.address, config)
         release_vfio(ops.sysfs, device.address, target)
-        _mig_off(device, config, ops, target)
+        # The driver it went to: the one asked for, or the kernel's pick where none was known.
+        _mig_off(device, config, ops, pci_driver(ops.sysfs, device.address))
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         if not ops.sysfs.is_dir(pci_dir(device.address)):
