@@ -819,8 +819,9 @@ class Allocation(BaseModel):
     released_at: datetime | None
     release_reason: str | None = Field(
         default=None,
-        description="Why it was released: released (by its holder), expired (never set up in time), "
-        "setup_failed, moved, arq_unbound; null while live",
+        description="Why it was released: released (a release call), expired (never set up in time), "
+        "device_missing (a reserved device left its host's report before its setup), setup_failed, "
+        "moved, arq_unbound; null while live",
     )
     release_detail: str | None = Field(
         default=None, description="For setup_failed: which device and what the host's agent said"

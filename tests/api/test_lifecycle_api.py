@@ -187,3 +187,38 @@ def test_a_result_for_an_older_holder_is_ignored(api: TestClient) -> None:
     )
     assert late[0]["applied"] is False and "vm-2" in late[0]["note"]
     assert _state(api, dev) == "reserved"
+
+
+def test_a_reserved_device_gone_before_its_setup_releases_the_claim_at_once(api: TestClient) -> None:
+    """The host took the device for itself (or it was pulled) between the claim and its setup:
+    the claim waited for its reservation to lapse (minutes), its device missing, before the
+    client learnt it would never be set up."""
+    _setup(api, [vf("0000:3b:02.1"), vf("0000:3b:02.2")])
+    alloc = _claim(api, "vm-1")
+    (held,) = alloc["devices"]
+    others = [vf(a) for a in ("0000:3b:02.1", "0000:3b:02.2") if a != held["address"]]
+    r = api.put("/v1/hosts/c1/inventory", json={"generation": 2, "devices": others})
+    assert r.status_code == 200, r.text
+    assert any(w.startswith("vm-1 released:") for w in r.json()["warnings"]), r.json()["warnings"]
+    ended = api.get("/v1/allocations/vm-1").json()
+    assert (ended["state"], ended["release_reason"]) == ("released", "device_missing")
+    assert held["address"] in ended["release_detail"] and "before its setup" in ended["release_detail"]
+    assert _state(api, held["id"]) == "missing"
+    assert _work(api) == []  # nothing to set up
+    # Back: cleaned before anyone gets it (the host had it meanwhile).
+    back = api.put(
+        "/v1/hosts/c1/inventory", json={"generation": 3, "devices": [*others, vf(held["address"])]}
+    )
+    assert back.status_code == 200, back.text
+    assert _state(api, held["id"]) == "cleaning"
+
+
+def test_an_assigned_device_gone_stays_its_holders(api: TestClient) -> None:
+    """Only a setup that can never run ends the claim: a set-up device that leaves the report
+    is missing, still its holder's (its guest may have it)."""
+    _setup(api, [vf("0000:3b:02.1")])
+    dev = _claim(api, "vm-1")["devices"][0]["id"]
+    _results(api, {"device_id": dev, "action": "setup", "ok": True})
+    assert api.put("/v1/hosts/c1/inventory", json={"generation": 2, "devices": []}).status_code == 200
+    assert api.get("/v1/allocations/vm-1").json()["state"] == "assigned"
+    assert _state(api, dev) == "missing"

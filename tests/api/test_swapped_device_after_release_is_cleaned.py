@@ -22,7 +22,11 @@ def test_the_device_in_a_released_holders_slot_is_cleaned_on_the_same_report(api
     first = {"generation": 1, "host_id": "m-1", "devices": [vf(ADDRESS)]}
     assert api.put("/v1/hosts/h1/inventory", json=first).status_code == 200
     claim = {"consumer": "vm-1", "hosts": ["h1"], "requests": [{"name": "n", "type": "NIC_VF_1G"}]}
-    assert api.post("/v1/claims", json=claim).status_code == 201
+    made = api.post("/v1/claims", json=claim)
+    assert made.status_code == 201
+    # Set up: the holder has it (a reserved device that leaves ends its claim at once).
+    done = {"results": [{"device_id": made.json()["devices"][0]["id"], "action": "setup", "ok": True}]}
+    assert api.post("/v1/hosts/h1/work", json=done).status_code == 200
 
     swapped = {"generation": 1, "host_id": "m-1", "devices": [vf(ADDRESS, product_id="1889")]}
     r = api.put("/v1/hosts/h1/inventory", json=swapped)

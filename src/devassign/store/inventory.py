@@ -274,6 +274,8 @@ class _Outcome:
     warnings: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     deferred: bool = False  # a change waits until its device is free: apply the report again then
+    # Consumers whose reserved device left the report before its setup: released at once.
+    unset_up: dict[str, str] = field(default_factory=dict)
 
 
 def _host_for_report(
@@ -481,6 +483,13 @@ def apply_report(
     for address, row in existing.items():
         if address not in seen:
             _vanished(conn, row, out, base_event, type_names, now, why=replaced.get(address))
+    for consumer, gone in out.unset_up.items():
+        # Its setup can never run: the claim is refused now, not when its reservation lapses
+        # (minutes later); the device is cleaned before use if it comes back.
+        from devassign.store.claims import release
+
+        release(conn, consumer, now=now, actor=actor, why="device_missing", detail=gone)
+        out.warnings.append(f"{consumer} released: {gone}")
 
     seen_types = {d.type for d in reported}
     failpoint("report.mid_transaction")
@@ -1113,6 +1122,9 @@ def _vanished(
         .values(state=new.value, prior_state=prior, state_changed_at=now, updated_at=now)
     )
     consumer = consumer_of(conn, row.allocation_id)
+    if state is DeviceState.RESERVED and consumer_of(conn, row.allocation_id, live=True) is not None:
+        told = why or "is no longer reported (the host uses it, or it was removed)"
+        out.unset_up.setdefault(str(consumer), f"{row.address} {told} before its setup")
     out.events.append(
         {
             **base_event,
