@@ -11,6 +11,7 @@ NoSchedule or Drain taint covers, and ``devices.taint`` marks exactly the covere
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -312,10 +313,19 @@ class ClaimMachine(RuleBasedStateMachine):
 
     @rule(host=st.sampled_from(HOSTS), address=st.sampled_from(ADDRESSES))
     def report(self, host: str, address: str) -> None:
-        """The host reports again with ``address`` removed, or re-added if it was gone."""
+        """The host reports again with ``address`` removed, or re-added if it was gone. A
+        reserved device that leaves ends its claim at once (its setup can never run)."""
         back = address not in self.reported[host]
+        gone = (
+            set()
+            if back
+            else {d for d, (h, a, s) in self.before.items() if (h, a, s) == (host, address, "reserved")}
+        )
         self.reported[host] ^= {address}
         self._report(host)
+        for consumer, (ids, _) in list(self.live.items()):
+            if ids & gone:
+                del self.live[consumer]
         if back:
             self.may_revive |= {
                 d for d, (h, a, s) in self.before.items() if h == host and a == address and s == "removed"
@@ -444,7 +454,7 @@ def _sqlite_url() -> tuple[str, Callable[[], None]]:
 
 
 SETTINGS = settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("DEVASSIGN_SM_EXAMPLES", "30")),
     stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
