@@ -100,6 +100,25 @@ def join_or(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
+# The funnel's counts of up hosts short of a type only because of ... (store/candidates.py),
+# in the order a refusal says them; taints first, above, with what they are.
+_SHORT_ONLY_BECAUSE = (
+    # A slot of a GPU that runs another mode or is held whole, or a GPU one of whose slots is
+    # held: what is held of the GPU (or PF) they share.
+    (
+        "partitioned",
+        "of what is held of their GPU or PF: it runs another mode, has too little left, or is "
+        "held whole or in part",
+    ),
+    ("unhealthy", "devices failed their health checks"),
+    ("cleaning", "devices are being cleaned (free once done)"),
+    (
+        "quarantined",
+        "devices are quarantined after a failed cleanup (an operator clears them: `devassign device clear`)",
+    ),
+)
+
+
 def funnel_sentence(funnel: Mapping[str, Any], taints: Sequence[str] = ()) -> str:
     """``2 hosts down, 3 up hosts with too few free GPU_A100``: the hosts the inventory
     pre-filter removed before scheduling, and why (for the server's refusals and the CLI).
@@ -117,26 +136,10 @@ def funnel_sentence(funnel: Mapping[str, Any], taints: Sequence[str] = ()) -> st
             if tainted:
                 which = [t for t in taints if (m := _TAINTED_TYPE.match(t)) and m[1] == type_name]
                 held.append(f"{tainted} of them only because {join_and(which) or 'devices are tainted'}")
-            carved = int(funnel.get(f"partitioned_{type_name}") or 0)
-            if carved:
-                # A slot of a GPU that runs another mode or is held whole, or a GPU one of
-                # whose slots is held: what is held of the GPU (or PF) they share.
-                held.append(
-                    f"{carved} of them only because of what is held of their GPU or PF: it runs "
-                    "another mode, has too little left, or is held whole or in part"
-                )
-            unhealthy = int(funnel.get(f"unhealthy_{type_name}") or 0)
-            if unhealthy:
-                held.append(f"{unhealthy} of them only because devices failed their health checks")
-            cleaning = int(funnel.get(f"cleaning_{type_name}") or 0)
-            if cleaning:
-                held.append(f"{cleaning} of them only because devices are being cleaned (free once done)")
-            quarantined = int(funnel.get(f"quarantined_{type_name}") or 0)
-            if quarantined:
-                held.append(
-                    f"{quarantined} of them only because devices are quarantined after a failed "
-                    "cleanup (an operator clears them: `devassign device clear`)"
-                )
+            for kind, why in _SHORT_ONLY_BECAUSE:
+                n_held = int(funnel.get(f"{kind}_{type_name}") or 0)
+                if n_held:
+                    held.append(f"{n_held} of them only because {why}")
             if held:
                 text += f" ({'; '.join(held)})"
             parts.append(text)
