@@ -157,6 +157,62 @@ def test_a_declaration_written_later_leaves_held_devices_as_claimed(
     assert [w["params"] for w in there] == [params]
 
 
+def test_a_retry_after_the_declaration_changed_answers_its_allocation(
+    secure_api: TestClient, store: Store
+) -> None:
+    """A client (Nova) that lost the answer resends its claim word for word after an admin
+    dropped a param it used: the claim was made and holds a device, so the retry answers it
+    (200), not a 400 for a request it did not make anew. Another request with that key, or
+    the same one with another key, is refused for its param as before."""
+    who = _cloud(secure_api, store)
+    sent = {**_claim("vm-1", vlan=100), "idempotency_key": "k-1"}
+    made = secure_api.post("/v1/claims", json=sent, headers=who["demo"])
+    assert made.status_code == 201, made.text
+    r = secure_api.patch(
+        "/v1/resource-types/NIC_VF_1G", json={"params": {"mac": VF_PARAMS["mac"]}}, headers=who["admin"]
+    )
+    assert r.status_code == 200, r.text
+    again = secure_api.post("/v1/claims", json=sent, headers=who["demo"])
+    assert again.status_code == 200, again.text
+    assert [d["id"] for d in again.json()["devices"]] == [d["id"] for d in made.json()["devices"]]
+    for other in (
+        {**_claim("vm-1", vlan=100, trust=True), "idempotency_key": "k-1"},
+        {**_claim("vm-1", vlan=100), "idempotency_key": "k-2"},
+        {**_claim("vm-1", vlan=100)},
+        {**sent, "project": "other"},
+    ):
+        r = secure_api.post(
+            "/v1/claims", json=other, headers=who["admin"] if "project" in other else who["demo"]
+        )
+        assert r.status_code == 400 and "accepts no param 'vlan'" in r.text, r.text
+    # Another project's member with the same consumer and key learns nothing of it.
+    r = secure_api.post("/v1/claims", json=sent, headers=who["other"])
+    assert r.status_code == 400 and "accepts no param 'vlan'" in r.text, r.text
+    assert len(secure_api.get("/v1/allocations", headers=who["admin"]).json()) == 1
+
+
+def test_a_gang_retry_after_the_declaration_changed_answers_its_gang(
+    secure_api: TestClient, store: Store
+) -> None:
+    who = _cloud(secure_api, store)
+    sent = {
+        "instances": ["vm-1", "vm-2"],
+        "idempotency_key": "job-1",
+        "requests": [{"name": "nic", "type": "NIC_VF_1G", "params": {"vlan": 100}}],
+    }
+    made = secure_api.post("/v1/gangs", json=sent, headers=who["demo"])
+    assert made.status_code == 201, made.text
+    r = secure_api.patch("/v1/resource-types/NIC_VF_1G", json={"params": {}}, headers=who["admin"])
+    assert r.status_code == 200, r.text
+    again = secure_api.post("/v1/gangs", json=sent, headers=who["demo"])
+    assert again.status_code == 200 and again.json() == made.json(), again.text
+    for other in ({**sent, "idempotency_key": "job-2"}, {**sent, "instances": ["vm-1", "vm-3"]}):
+        r = secure_api.post("/v1/gangs", json=other, headers=who["demo"])
+        assert r.status_code == 400 and "accepts no param 'vlan'" in r.text, r.text
+    r = secure_api.post("/v1/gangs/explain", json=sent, headers=who["demo"])
+    assert r.status_code == 400 and "accepts no param 'vlan'" in r.text, r.text
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

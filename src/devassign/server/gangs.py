@@ -95,6 +95,8 @@ class _Prepared:
     docs: list[dict[str, Any]]
     type_ids: dict[str, int]
     quota: Quota | None
+    # Its params no longer fit their types' declarations: only a replay of the gang is answered.
+    refusal: errors.DevassignError | None = None
 
 
 class Gangs:
@@ -114,12 +116,19 @@ class Gangs:
         p = self._prepare(body, caller)
         # A replay first, as for a single claim: the gang's own allocations count in the quota's
         # usage by now, so checking the quota first would refuse the retry of a gang it holds.
-        replays = self.store.gang_replays(
-            list(body.instances),
-            body.idempotency_key,
-            p.project,
-            dict(zip(body.instances, p.docs, strict=True)),
-        )
+        try:
+            replays = self.store.gang_replays(
+                list(body.instances),
+                body.idempotency_key,
+                p.project,
+                dict(zip(body.instances, p.docs, strict=True)),
+            )
+        except errors.DevassignError:
+            if p.refusal is not None:
+                raise p.refusal from None
+            raise
+        if p.refusal is not None and len(replays) != len(body.instances):
+            raise p.refusal
         if len(replays) == len(body.instances):
             order = {c: i for i, c in enumerate(body.instances)}
             replays.sort(key=lambda a: order[a.consumer])
@@ -162,6 +171,8 @@ class Gangs:
         """Would the gang fit now, where, and why not; nothing claimed. For a caller who is not
         an ``operator``: counts and reason codes only (no host, no attribute value)."""
         p = self._prepare(body, caller)
+        if p.refusal is not None:
+            raise p.refusal
         self._check_quota(p.request, p.quota, len(body.instances), p.project)
         found, snapshot = self._plan(p, len(body.instances))
         out = explanation_body(found.explanation, *self.placer.funnel(p.request, operator=operator))
@@ -212,7 +223,13 @@ class Gangs:
         types = sorted({a.type for r in request.requests for a in r.alternatives})
         ids = self.store.type_ids(types)
         _refuse_unknown(types, ids)
-        doc = _checked_doc(one, self.store.type_params(types), project)
+        refusal = None
+        try:
+            doc = _checked_doc(one, self.store.type_params(types), project)
+        except errors.DevassignError as exc:
+            # A retry of a gang made before its types' params were declared otherwise still
+            # answers the gang: claim() refuses anything else.
+            doc, refusal = one.model_dump(mode="json", exclude_none=True), exc
         gang = body.gang or (
             str(uuid.uuid5(_GANG_IDS, f"{project}\n{body.idempotency_key}"))
             if body.idempotency_key
@@ -226,7 +243,7 @@ class Gangs:
             for c in body.instances
         ]
         quota = self.placer._quota(project)
-        return _Prepared(request, project, gang, layout, docs, ids, quota)
+        return _Prepared(request, project, gang, layout, docs, ids, quota, refusal)
 
     @staticmethod
     def _check_quota(request: Request, quota: Quota | None, n: int, project: str) -> None:

@@ -363,11 +363,17 @@ class Placer:
             )
             _refuse_unknown(types, ctx.type_ids)
             quota = Quota(ctx.limits, ctx.usage) if ctx.limits else None
-            doc = (
-                body.model_dump(mode="json", exclude_none=True)
-                if stored
-                else _checked_doc(body, ctx.params, project)
-            )
+            doc = body.model_dump(mode="json", exclude_none=True)
+            if not stored:
+                try:
+                    doc = _checked_doc(body, ctx.params, project)
+                except errors.DevassignError:
+                    # A retry of a claim made before its type's params were declared otherwise
+                    # answers the allocation it made (the same request, word for word).
+                    replay = self._replay_of(request, project, doc)
+                    if replay is None:
+                        raise
+                    return replay, False
             # Remember every selector result: the refit under a lock may only look them up.
             with _budgeted(remember=True):
                 outcome = self._place(request, project, doc, caller, ctx, quota, burst=burst)
@@ -379,6 +385,15 @@ class Placer:
         if replay is not None:
             return replay, False
         raise outcome
+
+    def _replay_of(self, request: Request, project: str, doc: dict[str, Any]) -> schemas.Allocation | None:
+        """The live allocation ``doc`` replays (same consumer, key, project and request), else None."""
+        if request.idempotency_key is None or request.consumer is None:
+            return None
+        try:
+            return self.store.existing_claim(request.consumer, request.idempotency_key, project, doc)
+        except errors.DevassignError:
+            return None
 
     def _place(
         self,
