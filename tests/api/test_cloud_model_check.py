@@ -277,6 +277,7 @@ class CloudWalk:
         # The two tenants, and the project an admin's claims without one (Nova's binds) go to.
         self.members = {p: self._token(Role.MEMBER, project=p) for p in (*PROJECTS, "default")}
         self.revoked: list[dict[str, str]] = []
+        self.holdings: dict[str, Holding] = {}  # live consumers
         for name, extra in TYPES.items():
             self.call(self.admin, "POST", "/v1/resource-types", json={"name": name, **extra}, expect=(201,))
         n = self.rng.randint(2, 4)
@@ -288,7 +289,6 @@ class CloudWalk:
         profile = {"name": "gpu1", "groups": [{"resources:CUSTOM_GPU_PLAIN": "1"}]}
         self.call(self.admin, "POST", "/accelerator/v2/device_profiles", json=[profile], expect=(201,))
         self.vlan_declared = True
-        self.holdings: dict[str, Holding] = {}  # live consumers
         self.projects: dict[str, str] = {}  # every consumer ever made -> its project
         self.history: list[Holding] = []  # claims made, for replays
         self.gangs: dict[str, tuple[str, list[str]]] = {}  # gang -> project, instances
@@ -352,6 +352,22 @@ class CloudWalk:
             )
             devs.append({**d, **sick})
         body = {"generation": m.generation, "host_id": m.host_id, "devices": devs}
+        # A reserved device left out before its setup ends its holder's claim (it can never be
+        # set up); nothing else a report does releases a claim.
+        sent = {d["address"] for d in devs}
+        unset_up = {
+            d["consumer"]
+            for d in self.call(
+                self.admin, "GET", "/v1/devices", params={"host": m.name, "limit": 10000}, expect=(200,)
+            ).json()
+            if d["state"] == "reserved" and d["address"] not in sent
+        }
+        r = self._send_report(m, body, expect)
+        if r.status_code == 200:
+            self._released_by_report(m, unset_up)
+        return r
+
+    def _send_report(self, m: Machine, body: dict[str, Any], expect: tuple[int, ...]) -> httpx.Response:
         if expect == (200,) and self.rng.random() < 0.2:
             batch = {"reports": [{"host": m.name, "report": body}]}
             out = self.call(self.admin, "POST", "/v1/reports", json=batch, expect=(200,)).json()
@@ -364,6 +380,22 @@ class CloudWalk:
         if r.status_code == 200 and r.json()["refused"]:
             self.fail(f"report of {m.name} refused devices: {r.json()['refused']}")
         return r
+
+    def _released_by_report(self, m: Machine, unset_up: set[str]) -> None:
+        live = {
+            a["consumer"]
+            for a in self.call(self.admin, "GET", "/v1/allocations", params={"limit": 10000}).json()
+        }
+        for consumer in sorted(set(self.holdings) - live):
+            if consumer not in unset_up:
+                self.fail(f"{consumer} was released by a report of {m.name}")
+            ended = self.call(self.admin, "GET", f"/v1/allocations/{consumer}", expect=(200,)).json()
+            if ended["release_reason"] != "device_missing":
+                self.fail(f"{consumer} released by a report with reason {ended['release_reason']}")
+            del self.holdings[consumer]
+        for consumer in sorted(unset_up & live):
+            if consumer in self.holdings:
+                self.fail(f"{consumer}'s reserved device left {m.name}'s report; its claim is still live")
 
     def devices_by_id(self) -> dict[str, dict[str, Any]]:
         listed = self.call(self.admin, "GET", "/v1/devices", params={"limit": 10000}, expect=(200,)).json()
