@@ -56,6 +56,17 @@ class DeviceKind(StrEnum):
     MIG = "mig"
 
 
+# The kinds Nova can attach from an ARQ's handle (a PCI address, or an mdev): what a Cyborg bind
+# claims and the Placement mirror offers; a type's USB, static or MIG devices are neither.
+NOVA_ATTACHABLE_KINDS = (
+    DeviceKind.PCI,
+    DeviceKind.SRIOV_PF,
+    DeviceKind.SRIOV_VF,
+    DeviceKind.VGPU,
+    DeviceKind.MDEV_TYPE,
+)
+
+
 class Role(StrEnum):
     """Token roles: an admin runs the cloud, an agent speaks for one host, a member for a project,
     a monitor only reads ``/metrics`` (what a Prometheus server holds: nothing else if it leaks)."""
@@ -72,6 +83,15 @@ class AllocationState(StrEnum):
     RESERVED = "reserved"
     ASSIGNED = "assigned"
     RELEASED = "released"
+
+
+class ArqState(StrEnum):
+    """A Cyborg accelerator request's state, as Nova reads it (the Cyborg API)."""
+
+    INITIAL = "Initial"
+    BIND_STARTED = "BindStarted"
+    BOUND = "Bound"
+    BIND_FAILED = "BindFailed"
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from devassign.domain import mdev_address
 from tests.conftest import Clock, vf
 
 A = "0000:3b:02.0"
@@ -78,3 +79,47 @@ def test_a_cleanup_says_whether_the_type_changed_since_the_claim(api: TestClient
     _ok(api.delete("/v1/allocations/vm2"), 204)
     items = _ok(api.get("/v1/hosts/hx/work"))["items"]
     assert [(w["device"]["id"], w["type_changed"]) for w in items] == [(again["id"], False)]
+
+
+def test_a_vgpu_slot_cleared_while_its_gpus_room_is_taken_is_refused_then_cleared(api: TestClient) -> None:
+    """A vGPU slot whose check after cleanup failed gave its framebuffer back; other slots took
+    it. A clear that cleaned it again would hold that framebuffer a third time on a GPU with
+    room for two: refused (409) until a slot is released, then cleaned again as ever."""
+    gpu = "0000:d8:00.0"
+    _ok(api.post("/v1/resource-types", json={"name": "VGPU_8Q"}), 201)
+    slots = [
+        {
+            "address": mdev_address(gpu, "nvidia-8q", i),
+            "kind": "mdev_type",
+            "type": "VGPU_8Q",
+            "parent": gpu,
+            "pool_counters": {"framebuffer_mb": 16384},
+            "consumes": {"framebuffer_mb": 8192},
+            "mode": "8Q",
+            "attributes": {"mdev_type": "nvidia-8q"},
+        }
+        for i in range(3)
+    ]
+    _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": slots}))
+    claim = {"requests": [{"name": "g", "type": "VGPU_8Q"}]}
+    first = _ok(api.post("/v1/claims", json={**claim, "consumer": "vm1"}), 201)["devices"][0]
+    _ok(api.delete("/v1/allocations/vm1"), 204)
+    dirty = {"healthy": False, "health_reason": "scrub left data behind"}
+    _work(api, {"device_id": first["id"], "action": "cleanup", "ok": True, **dirty})
+    for vm in ("vm2", "vm3"):
+        _ok(api.post("/v1/claims", json={**claim, "consumer": vm}), 201)
+    refused = _ok(api.post(f"/v1/devices/{first['id']}/clear", json={}), 409)["error"]
+    assert refused["code"] == "invalid_state", refused
+    assert f"{gpu} has 0 of 16384 framebuffer_mb left" in refused["message"], refused
+    audit = _ok(api.get("/v1/audit"))
+    assert not audit["findings"], audit
+    states = {d["id"]: d["state"] for d in api.get("/v1/devices", params={"host": "hx"}).json()}
+    assert states[first["id"]] == "unhealthy"
+    _ok(api.delete("/v1/allocations/vm2"), 204)
+    # vm2's slot is cleaning (it holds its share until done): still no room.
+    _ok(api.post(f"/v1/devices/{first['id']}/clear", json={}), 409)
+    for item in _ok(api.get("/v1/hosts/hx/work"))["items"]:
+        if item["action"] == "cleanup":
+            _work(api, {"device_id": item["device"]["id"], "action": "cleanup", "ok": True})
+    assert _ok(api.post(f"/v1/devices/{first['id']}/clear", json={}))["state"] == "cleaning"
+    assert not _ok(api.get("/v1/audit"))["findings"]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from devassign import errors, schemas
-from devassign.domain import check_project
+from devassign.domain import Role, check_project
 from devassign.failpoints import failpoint
 from devassign.scheduler import ClaimBody
 from devassign.server import metrics, views
@@ -150,6 +150,14 @@ def release(
     """Release a consumer's devices (they go to cleaning); twice is harmless, unknown is 404."""
     store = _store(request)
     views.get_allocation(store, scope, consumer)
+    if scope.principal.role is Role.MEMBER and store.bound_through_arqs(consumer):
+        # Nova's claims are made in one project: a tenant holding a token of it must not
+        # take the devices from under another tenant's running instance.
+        raise errors.DevassignError(
+            errors.FORBIDDEN,
+            f"the devices of {consumer!r} are bound to a Nova instance through the accelerator API: "
+            "deleting the instance releases them (an admin may release them)",
+        )
     store.release(consumer, scope.actor, on_host=host)
     failpoint("release.after_commit")
     return Response(status_code=204)

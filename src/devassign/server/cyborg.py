@@ -31,7 +31,14 @@ from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from devassign import errors, schemas
-from devassign.domain import CONSUMER_RE, MDEV_ADDRESS_RE, PCI_ADDRESS_RE, UUID_RE, DeviceKind
+from devassign.domain import (
+    CONSUMER_RE,
+    MDEV_ADDRESS_RE,
+    NOVA_ATTACHABLE_KINDS,
+    PCI_ADDRESS_RE,
+    UUID_RE,
+    DeviceKind,
+)
 from devassign.lifecycle.base import HandlerError, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import mdev_uuid
 from devassign.openstack.nova_events import BoundEvent, NovaEvents, Outcome
@@ -48,6 +55,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/accelerator/v2"
 MAX_GROUPS = 16
 MAX_PER_GROUP = 64
+# ARQs one PATCH may bind; Nova binds all of an instance's ARQs (a profile's devices) in one.
+MAX_ARQS = 1000
 # Events older than this are no use to Nova (its arq_binding_timeout is 300 s by default).
 EVENT_MAX_AGE = timedelta(minutes=15)
 _RESOURCE_KEY = re.compile(r"^resources(\d*):(CUSTOM_[A-Z0-9_]+)$")
@@ -153,6 +162,12 @@ def parse_groups(groups: Any, type_names: list[str]) -> list[tuple[str, int]]:
                 f"device), found {len(found)}; put other devices in groups of their own"
             )
         out.append(found[0])
+    total = sum(n for _, n in out)
+    if total > MAX_ARQS:
+        raise _bad(
+            f"groups: {total} devices in all; Nova binds a profile's devices in one call of at most "
+            f"{MAX_ARQS}: ask for fewer"
+        )
     return out
 
 
@@ -347,8 +362,8 @@ def _parse_patch(body: Any) -> tuple[dict[str, dict[str, str | None]], list[str]
     """({arq: {hostname, device_rp_uuid, instance_uuid}} to bind, [arq] to unbind)."""
     if not isinstance(body, dict) or not body:
         raise _bad('the body maps ARQ uuids to JSON patches: {"ARQ_UUID": [{"op": "add", ...}]}')
-    if len(body) > 1000:
-        raise _bad("at most 1000 ARQs per call")
+    if len(body) > MAX_ARQS:
+        raise _bad(f"at most {MAX_ARQS} ARQs per call")
     binds: dict[str, dict[str, str | None]] = {}
     unbinds = []
     for arq, patch in body.items():
@@ -553,14 +568,7 @@ def _changed_while_binding(arqs: list[str]) -> errors.DevassignError:
 
 
 # The kinds ``attach_handle`` gives Nova a handle for, as a selector over ``device.kind``.
-_ATTACHABLE = (
-    DeviceKind.PCI,
-    DeviceKind.SRIOV_PF,
-    DeviceKind.SRIOV_VF,
-    DeviceKind.VGPU,
-    DeviceKind.MDEV_TYPE,
-)
-NOVA_ATTACHABLE = f"device.kind in [{', '.join(repr(k.value) for k in _ATTACHABLE)}]"
+NOVA_ATTACHABLE = f"device.kind in [{', '.join(repr(k.value) for k in NOVA_ATTACHABLE_KINDS)}]"
 NOVA_ATTACHES = "PCI functions and VFs by their PCI address, vGPUs and mdev slots as mdevs"
 
 

@@ -637,6 +637,10 @@ class Store:
             self.settle_moves(consumer)  # as release(): a released consumer's pending move ends
         return len(released)
 
+    def bound_through_arqs(self, consumer: str) -> bool:
+        """Whether Nova holds the consumer's devices through bound ARQs (the Cyborg API)."""
+        return self.db.reading(lambda c: claims.bound_through_arqs(c, consumer))
+
     def release(self, consumer: str, actor: str, *, on_host: str | None = None) -> bool:
         released = self.db.retrying(
             lambda c: claims.release(c, consumer, now=self.clock(), actor=actor, on_host=on_host)

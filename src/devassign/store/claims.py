@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from devassign import errors, schemas
-from devassign.domain import IN_USE_STATES, SPEC_PREFIX, AllocationState, DeviceState
+from devassign.domain import IN_USE_STATES, SPEC_PREFIX, AllocationState, ArqState, DeviceState
 from devassign.failpoints import failpoint
 from devassign.scheduler.shares import Pools, ancestors, copy_pools, overdrawn, parent_map
 from devassign.scheduler.view import HostView
@@ -35,6 +35,7 @@ from devassign.store.schema import (
     allocation_items,
     allocations,
     consumers,
+    cyborg_arqs,
     devices,
     hosts,
     inventory,
@@ -855,6 +856,7 @@ def release(
         .where(devices.c.allocation_id == row.id, devices.c.state == DeviceState.MISSING.value)
         .values(prior_state=DeviceState.CLEANING.value, updated_at=now)
     )
+    _end_arq_bindings(conn, consumer, now)
     recount(conn, row.host_id)
     host = conn.execute(sa.select(hosts.c.name).where(hosts.c.id == row.host_id)).scalar_one()
     record(
@@ -868,6 +870,32 @@ def release(
     )
     failpoint("expire.before_commit" if expired_before is not None else "release.before_commit")
     return True
+
+
+def bound_through_arqs(conn: sa.Connection, consumer: str) -> bool:
+    """Whether Nova holds ``consumer``'s devices through ARQs bound (or binding) to it."""
+    live = cyborg_arqs.c.state.in_([ArqState.BIND_STARTED.value, ArqState.BOUND.value])
+    q = sa.select(cyborg_arqs.c.id).where(cyborg_arqs.c.instance_uuid == consumer, live).limit(1)
+    return conn.execute(q).first() is not None
+
+
+def _end_arq_bindings(conn: sa.Connection, consumer: str, now: datetime) -> None:
+    """Nova takes a bound ARQ's attach handle for a device its instance holds (it attaches it
+    again at a reboot): once the allocation ends, however it ends, the instance's ARQs are
+    ``BindFailed`` and name no device. A bind still in flight also tells Nova (its event)."""
+    mine = cyborg_arqs.c.instance_uuid == consumer
+    unnamed = {
+        "state": ArqState.BIND_FAILED.value,
+        "device_id": None,
+        "attach_handle_type": None,
+        "attach_handle_info": None,
+        "attach_handle_uuid": None,
+        "updated_at": now,
+    }
+    started = cyborg_arqs.c.state == ArqState.BIND_STARTED.value
+    bound = cyborg_arqs.c.state == ArqState.BOUND.value
+    conn.execute(cyborg_arqs.update().where(mine, started).values(**unnamed, event="failed"))
+    conn.execute(cyborg_arqs.update().where(mine, bound).values(**unnamed))
 
 
 def expired_consumers(conn: sa.Connection, now: datetime) -> list[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from devassign import errors
-from devassign.domain import AllocationState
+from devassign.domain import AllocationState, ArqState
 from devassign.store import claims
 from devassign.store.events import aware
 from devassign.store.schema import allocations, cyborg_arqs, cyborg_device_profiles
@@ -27,10 +27,10 @@ from devassign.store.schema import allocations, cyborg_arqs, cyborg_device_profi
 if TYPE_CHECKING:
     from devassign.store import Store
 
-INITIAL = "Initial"
-BIND_STARTED = "BindStarted"
-BOUND = "Bound"
-BIND_FAILED = "BindFailed"
+INITIAL = ArqState.INITIAL.value
+BIND_STARTED = ArqState.BIND_STARTED.value
+BOUND = ArqState.BOUND.value
+BIND_FAILED = ArqState.BIND_FAILED.value
 # What Nova's get_arqs_for_instance(only_resolved=True) keeps: the binding has ended.
 RESOLVED = (BOUND, BIND_FAILED)
 # A bound ARQ (or one on its way): its instance holds devices through it.
@@ -156,23 +156,19 @@ class CyborgStore:
 
     def get_profile(self, ref: str) -> dict[str, Any]:
         """A profile by uuid or name (Cyborg accepts both)."""
-        q = sa.select(cyborg_device_profiles).where(
-            sa.or_(cyborg_device_profiles.c.uuid == ref, cyborg_device_profiles.c.name == ref)
-        )
-        row = self.db.reading(lambda c: c.execute(q).first())
+        row = self.db.reading(lambda c: _profile_row(c, ref))
         if row is None:
             raise _no_profile(ref)
         return profile_body(row)
 
     def delete_profile(self, ref: str) -> None:
+        """The one profile ``ref`` names: its uuid first (a name may look like another's uuid)."""
+
         def go(c: sa.Connection) -> None:
-            gone = c.execute(
-                cyborg_device_profiles.delete().where(
-                    sa.or_(cyborg_device_profiles.c.uuid == ref, cyborg_device_profiles.c.name == ref)
-                )
-            ).rowcount
-            if not gone:
+            row = _profile_row(c, ref)
+            if row is None:
                 raise _no_profile(ref)
+            c.execute(cyborg_device_profiles.delete().where(cyborg_device_profiles.c.id == row.id))
 
         self.db.retrying(go)
 
@@ -435,6 +431,15 @@ class _Obj:
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
+
+
+def _profile_row(conn: sa.Connection, ref: str) -> Any:
+    """The profile whose uuid is ``ref``, else the one of that name (names are unique)."""
+    for column in (cyborg_device_profiles.c.uuid, cyborg_device_profiles.c.name):
+        row = conn.execute(sa.select(cyborg_device_profiles).where(column == ref)).first()
+        if row is not None:
+            return row
+    return None
 
 
 def _no_profile(ref: str) -> errors.DevassignError:

@@ -29,7 +29,7 @@ from devassign import errors, schemas
 from devassign.domain import AllocationState, DeviceState
 from devassign.scheduler.gang import host_value
 from devassign.store.candidates import load_snapshot
-from devassign.store.claims import ClaimOrder, LostRace, OverQuota, release
+from devassign.store.claims import ClaimOrder, LostRace, OverQuota, bound_through_arqs, release
 from devassign.store.claims import claim as claim_devices
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
@@ -226,6 +226,7 @@ def source_for_move(conn: sa.Connection, consumer: str, target: str) -> tuple[di
     if row.name == target:
         raise _already_on(consumer, target)
     _refuse_pending(conn, consumer)
+    _refuse_nova_bound(conn, consumer)
     known = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == target)).first() is not None
     return dict(row.request), str(row.project), int(row.id), known
 
@@ -234,6 +235,17 @@ def _already_on(consumer: str, host: str) -> errors.DevassignError:
     return errors.DevassignError(
         errors.INVALID_REQUEST, f"consumer {consumer!r} is already on {host}; name another host to move to"
     )
+
+
+def _refuse_nova_bound(conn: sa.Connection, consumer: str) -> None:
+    """A Nova instance's devices stay where its guest runs: Nova moves the instance (and binds
+    new ARQs there); a move here would hand Nova's bound ARQs devices it never attached."""
+    if bound_through_arqs(conn, consumer):
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"the devices of {consumer!r} are bound to a Nova instance through the accelerator API: "
+            "Nova moves its instances (evacuate, or rebuild elsewhere), not a devassign move",
+        )
 
 
 def _refuse_pending(conn: sa.Connection, consumer: str) -> None:
@@ -338,6 +350,7 @@ def start(
         if replay is not None:
             raise MoveReplay(replay)
     _refuse_pending(conn, consumer)
+    _refuse_nova_bound(conn, consumer)
     _keep_gang_layout(conn, source, target_id, order.host, consumer)
     allocation, created = claim_devices(conn, order, now=now, ttl=ttl, up_since=up_since)
     if not created:  # a fresh internal consumer is never a replay

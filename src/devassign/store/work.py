@@ -26,12 +26,15 @@ import sqlalchemy as sa
 from devassign import errors, schemas
 from devassign.domain import DeviceState, cut_too_deep
 from devassign.failpoints import after_commit, failpoint
+from devassign.scheduler.shares import Pools
+from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.claims import release
 from devassign.store.events import aware, record
 from devassign.store.hosts import device_model, device_query, instance_tag
 from devassign.store.inherited_health import stored_unhealthy_above
 from devassign.store.inventory import (
     PENDING_TYPE,
+    SHARE_COLUMNS,
     confirm_if_set_up,
     consumer_of,
     health_event,
@@ -539,6 +542,15 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
         # behind): vouching for the device does not finish that cleanup; it runs again.
         new = DeviceState.CLEANING
         again = {"facts": {CLEARED: _clears(row.facts) + 1, **_kept(row.facts)}, "prior_state": None}
+        # Cleaning holds a partition's share of its pool again, which others may hold by now.
+        crowded = _pool_refusal(conn, row)
+        if crowded is not None:
+            raise errors.DevassignError(
+                errors.INVALID_STATE,
+                f"device {row.address} must be cleaned again, which takes its share of its pool, and "
+                f"{crowded}; clear it once partitions of {row.pool} are released (a taint on "
+                f"{row.pool} stops new claims of them)",
+            )
     conn.execute(
         devices.update()
         .where(devices.c.id == row.id)
@@ -568,6 +580,21 @@ def _clear_health(conn: sa.Connection, row: Any, reason: str, *, now: datetime, 
     recount(conn, row.host_id)
     r = conn.execute(device_query().where(devices.c.id == row.id)).one()
     return device_model(r)
+
+
+def _pool_refusal(conn: sa.Connection, row: Any) -> str | None:
+    """Why the pool of partition ``row`` (not held now) cannot give it its share, or None."""
+    if row.pool is None:
+        return None
+    rows = conn.execute(
+        sa.select(*SHARE_COLUMNS).where(
+            devices.c.host_id == row.host_id,
+            devices.c.state != DeviceState.REMOVED.value,
+            sa.or_(devices.c.pool == row.pool, devices.c.address == row.pool),
+        )
+    ).all()
+    holding = {s.value for s in HOLDING_STATES}
+    return Pools.of(rows, (r for r in rows if r.state in holding)).refusal(row)
 
 
 def allocation_devices(
