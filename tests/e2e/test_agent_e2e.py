@@ -32,7 +32,16 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def setup_host(tmp_path: Path, url: str) -> tuple[SyntheticHost, list[str], Path]:
     h = host(tmp_path)
-    vfs = h.sriov_pf("0000:5e:00.0", "8086", "1572", vfs=4, vf_device="154c", numa=0, vf_iommu_group_start=20)
+    vfs = h.sriov_pf(
+        "0000:5e:00.0",
+        "8086",
+        "1572",
+        vfs=4,
+        vf_device="154c",
+        numa=0,
+        vf_iommu_group_start=20,
+        ifname="ens1f0",
+    )
     conf = tmp_path / "agent.toml"
     conf.write_text(
         f'host = "{HOST}"\nserver = "{url}"\nstate_file = "state.json"\n'

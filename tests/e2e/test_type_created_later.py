@@ -32,7 +32,16 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def _host(tmp_path: Path, url: str) -> tuple[SyntheticHost, list[str], str, Path]:
     h = host(tmp_path)
-    vfs = h.sriov_pf("0000:5e:00.0", "8086", "1572", vfs=2, vf_device="154c", numa=0, vf_iommu_group_start=20)
+    vfs = h.sriov_pf(
+        "0000:5e:00.0",
+        "8086",
+        "1572",
+        vfs=2,
+        vf_device="154c",
+        numa=0,
+        vf_iommu_group_start=20,
+        ifname="ens1f0",
+    )
     gpu = "0000:3b:00.0"
     h.pci(gpu, "10de", "1eb8", cls="030200", numa=1, iommu_group=5, driver="vfio-pci")
     conf = tmp_path / "agent.toml"

@@ -70,10 +70,12 @@ def test_a_vf_whose_pf_link_is_down_is_unhealthy_free_or_held(machine: Machine) 
     assert not result.ok and "is down" in (result.reason or "")
 
 
-def test_a_free_vf_of_a_pf_without_netdev_is_not_unhealthy(machine: Machine) -> None:
+def test_a_free_vf_of_a_pf_without_netdev_is_unhealthy(machine: Machine) -> None:
+    """Its setup can never set its MAC and VLAN: no claim should land on it."""
     vfs = machine.h.sriov_pf(PF, "8086", "1572", vfs=1, vf_device="154c", vf_iommu_group_start=40)
     machine.mark(vfs[0], "iavf")
-    assert SriovVfHandler().health(device(vfs[0], DeviceKind.SRIOV_VF, consumer=None), {}, machine.ops).ok
+    result = SriovVfHandler().health(device(vfs[0], DeviceKind.SRIOV_VF, consumer=None), {}, machine.ops)
+    assert not result.ok and f"its PF {PF} has no network interface" in (result.reason or "")
 
 
 def test_an_mdev_slot_whose_parent_is_gone_or_dead_is_unhealthy(machine: Machine) -> None:

@@ -137,6 +137,28 @@ def test_a_pf_without_netdev_is_refused(machine: Machine) -> None:
         SriovVfHandler().setup(vf_device(vfs[0]), {}, machine.ops)
 
 
+def test_a_free_vf_of_a_pf_without_netdev_is_unhealthy_and_its_failed_setup_cleans_up(
+    machine: Machine,
+) -> None:
+    """A PF on vfio-pci (DPDK made its VFs): every setup of a network VF fails, so the free VF
+    is unhealthy (no claim lands on it), and a setup that failed leaves a cleanup that succeeds
+    (nothing was set on the PF), instead of quarantining VF after VF."""
+    vfs = machine.h.sriov_pf(PF, "8086", "1572", vfs=2, vf_iommu_group_start=40, driver="vfio-pci")
+    dev = vf_device(vfs[0])
+    health = SriovVfHandler().health(vf_device(vfs[0], consumer=None), {}, machine.ops)
+    assert not health.ok and "has no network interface" in (health.reason or "")
+    assert 'handler = "pci"' in (health.reason or "")
+    with pytest.raises(HandlerError, match="has no network interface"):
+        SriovVfHandler().setup(dev, {}, machine.ops)
+    SriovVfHandler().cleanup(dev, {}, machine.ops)  # no error: nothing to undo on the PF
+    assert machine.netlink.calls == []
+    # A VF set up through its PF's interface, which has gone since: its settings cannot be
+    # reset, so the cleanup fails (the device is quarantined, not handed out as it is).
+    set_up = vf_device(vfs[1], facts={"pf_ifname": "ens1f0", "vf_index": 1})
+    with pytest.raises(HandlerError, match="has no network interface"):
+        SriovVfHandler().cleanup(set_up, {}, machine.ops)
+
+
 def test_cleanup_while_a_guest_holds_the_vf_keeps_its_mac(machine: Machine) -> None:
     """The guest still runs with the VF: nothing is changed, not even its MAC on the PF."""
     vfs = nic(machine)

@@ -61,6 +61,11 @@ def locate_vf(sysfs: Sysfs, address: str) -> VfLocation:
     raise HandlerError(f"the PF {pf} lists no virtfn link to {address}")
 
 
+def _pf_without_netdev(ops: HostOps, address: str) -> bool:
+    rel = pci_dir(address)
+    return ops.sysfs.link_name(f"{rel}/physfn") is not None and not ops.sysfs.netdev(f"{rel}/physfn")
+
+
 def network_vf(sysfs: Sysfs, address: str) -> bool:
     """Whether the VF is a network function (PCI class 02): only those have a MAC, a VLAN and
     rates in their PF's driver. A crypto (QAT), NVMe or accelerator VF is a plain PCI
@@ -166,6 +171,11 @@ class SriovVfHandler:
         if not network_vf(ops.sysfs, device.address):
             self.pci.cleanup(device, config, ops)
             return
+        if "pf_ifname" not in device.facts and _pf_without_netdev(ops, device.address):
+            # Its setup stopped before its PF was asked anything (it has no interface to ask):
+            # nothing of the VF's settings to undo there.
+            self.pci.cleanup(device, config, ops)
+            return
         where = locate_vf(ops.sysfs, device.address)
         refuse_if_held(ops.sysfs, ops.vfio_users, device.address)  # before its MAC is taken
         try:
@@ -187,7 +197,7 @@ class SriovVfHandler:
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         """Present, alive (config space), its PF's link up; when assigned, also on vfio-pci
         with the MAC/VLAN/policy its holder asked for. A free VF whose PF has no network
-        interface (a PF driven by DPDK) is not called unhealthy for it: its setup says why."""
+        interface (a PF driven by DPDK or on vfio-pci) is unhealthy: no setup of it can work."""
         rel = pci_dir(device.address)
         if not ops.sysfs.is_dir(rel):
             return HealthResult(False, f"VF {device.address} is not present")
@@ -198,6 +208,14 @@ class SriovVfHandler:
         if device.consumer is None:
             pf = ops.sysfs.link_name(f"{rel}/physfn")
             uplink = ops.sysfs.netdev(f"{rel}/physfn") if pf else None
+            if pf and not uplink:
+                # Every setup would fail (and burn the VF in a failed cleanup): none is tried.
+                return HealthResult(
+                    False,
+                    f"its PF {pf} has no network interface (a PF on vfio-pci or DPDK): the VF's MAC "
+                    'and VLAN cannot be set; a type with handler = "pci" passes such VFs through '
+                    "as they are",
+                )
             down = pf_link_problem(ops.sysfs, pf, uplink) if (check_link and pf and uplink) else None
             return HealthResult(False, down) if down else pci
         try:
