@@ -310,6 +310,13 @@ def _mdev_slots(
     # proportions the kernel does not show: one type at a time, as a mode of the parent, so
     # two types' full counts are never promised together.
     one_mode = vgpu is None and len([t for t in type_ids if _MDEV_TYPE_RE.fullmatch(t)]) > 1
+    # With nothing running on a GPU, each type's 0 is its own (the vGPU manager cannot create
+    # it: ECC on, a type of another series): those slots could only fail their setups.
+    idle_gpu = (
+        vgpu is not None
+        and vgpu[0] == parent.address
+        and not any(sysfs.listdir(f"{base}/{t}/devices") for t in type_ids)
+    )
     for type_id in type_ids:
         where = f"{parent.address} mdev type {type_id}"
         # Instances first: whatever else about the type is odd (its name too), the parent is
@@ -334,6 +341,13 @@ def _mdev_slots(
             pool, framebuffer = vgpu
             fb, most = nvidia_vgpu(sysfs.read(f"{base}/{type_id}/description")) or (0, 0)
             total = most if pool == parent.address else max(total, 1)
+            if idle_gpu and available == 0:
+                log.warning(
+                    "%s: 0 available instances while nothing runs on the GPU (the vGPU manager "
+                    "cannot create this type now: ECC on, or another series), not offered",
+                    where,
+                )
+                total = 0
             share = {
                 "pool": pool,
                 "pool_counters": {"framebuffer_mb": framebuffer},

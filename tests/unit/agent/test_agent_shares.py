@@ -65,6 +65,34 @@ def test_nvidia_mdev_slots_are_what_the_gpu_offers_empty(tmp_path: Path) -> None
     )  # fmt: skip
 
 
+def test_a_type_the_idle_gpu_cannot_create_is_not_offered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing runs on the GPU, yet a type shows 0 available (ECC on, a type of another series):
+    its slots would only fail their setups, claim after claim. The other type is offered."""
+    h = host(tmp_path)
+    desc = "num_heads=4, frl_config=60, framebuffer={fb}, max_resolution=5120x2880, max_instance={n}"
+    h.mdev_parent(
+        GPU,
+        types={
+            "nvidia-222": {
+                "name": "GRID T4-1B",
+                "available": 0,
+                "description": desc.format(fb="1024M", n=16),
+            },
+            "nvidia-230": {"name": "GRID T4-4Q", "available": 4, "description": desc.format(fb="4096M", n=4)},
+        },
+    )
+    rules = [
+        {"type": "V1B", "match": {"mdev_type": "nvidia-222"}},
+        {"type": "V4Q", "match": {"mdev_type": "nvidia-230"}},
+    ]
+    found = _reported(h, rules)
+    assert sorted({d.type for d in found.values()}) == ["V4Q"]
+    assert len(found) == 4
+    assert "nvidia-222: 0 available instances while nothing runs on the GPU" in caplog.text
+
+
 def test_vfs_share_their_pfs_link_speed_or_a_configured_bandwidth(tmp_path: Path) -> None:
     h = host(tmp_path)
     vfs = h.sriov_pf(PF, "8086", "1572", vfs=2, vf_device="154c", ifname="ens1f0")

@@ -192,6 +192,7 @@ def test_a_pending_mig_mode_is_an_error(machine: Machine, smi: FakeNvidiaSmi) ->
 
 
 def test_health_of_a_free_slot_asks_the_gpu(machine: Machine, smi: FakeNvidiaSmi, tmp_path: Path) -> None:
+    machine.pci(GPU, driver="nvidia", group=12)
     free = slot("1g.10gb", 19, 0, consumer=None)
     assert MigHandler().health(free, {}, ops_for(machine, smi)).ok  # MIG still off: fine
     gone = FakeNvidiaSmi(tmp_path / "other.json", {"0000:af:00.0": A100})
@@ -281,3 +282,15 @@ def test_a_gpu_instance_named_with_a_superscript_digit_is_refused_not_a_crash() 
     inst = GpuInstance(gpu=0, name="\u00b2g.20gb", profile_id=14, instance_id=1, start=4, size=2)
     with pytest.raises(HandlerError, match="has no compute instance"):
         MigHandler()._compute(NoComputeInstance(), inst, Slot(GPU, 14, "2g.20gb", 4))  # type: ignore[arg-type]
+
+
+def test_a_free_slot_of_a_gpu_off_nvidias_driver_is_unhealthy(machine: Machine, smi: FakeNvidiaSmi) -> None:
+    """A GPU bound to vfio-pci at boot, to nouveau or to nothing: nvidia-smi cannot see it, so
+    every setup of its slots would fail. Its slots are out of service, and say why."""
+    free = slot("1g.10gb", 19, 0, consumer=None)
+    for driver, says in ((None, "no driver"), ("vfio-pci", "vfio-pci"), ("nouveau", "nouveau")):
+        machine.pci(GPU, driver=driver, group=12)
+        result = MigHandler().health(free, {}, ops_for(machine, smi))
+        assert not result.ok and f"GPU {GPU} is on {says}, not nvidia" in (result.reason or ""), result
+    machine.pci(GPU, driver="nvidia", group=12)
+    assert MigHandler().health(free, {}, ops_for(machine, smi)).ok

@@ -29,6 +29,7 @@ from devassign.lifecycle.base import (
     LifecycleDevice,
     TypeConfig,
 )
+from devassign.lifecycle.handlers.common import pci_dir
 from devassign.lifecycle.host import HostOps, RunResult
 
 DEFAULT_BINARY = "nvidia-smi"
@@ -333,6 +334,15 @@ class MigHandler:
 
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         where = slot(device)
+        driver = ops.sysfs.link_name(f"{pci_dir(where.parent)}/driver")
+        if device.consumer is None and driver != "nvidia":
+            # nvidia-smi sees only GPUs on NVIDIA's driver: every setup here would fail. (A GPU
+            # this agent holds whole is on vfio-pci: its slots wait for it, as the pool says.)
+            return HealthResult(
+                False,
+                f"GPU {where.parent} is on {driver or 'no driver'}, not nvidia: MIG instances need "
+                "NVIDIA's driver",
+            )
         try:
             state = _Smi(config, ops, where.parent).listing()
         except HandlerError as exc:
