@@ -417,7 +417,21 @@ def _type_name(table: dict[str, Any], where: str, fail: Any) -> str:
     return name
 
 
-def _attributes(table: dict[str, Any], where: str, fail: Any) -> dict[str, Any]:
+# What discovery reads on the host and the server, the scheduler or a handler acts on (the
+# refusals of a report, resets, VF and mdev identity, MIG placements): a rule saying otherwise
+# would turn a device the server refuses, or one its handler cannot set up, into one on offer.
+DISCOVERED_ATTRIBUTES = frozenset(
+    {
+        "no_iommu_group", "resettable", "reset_methods", "class", "pcie_root",
+        "netdev", "pf_netdev", "pf_product_id", "vf_index", "sriov_numvfs", "sriov_totalvfs",
+        "sriov_vf_device", "mdev_type", "mdev_total", "mdev_name", "device_api", "mig_profile",
+        "mig_profile_id", "mig_start", "mig_slices", "vgpu_type_id", "vgpu_name", "usb_hub",
+        "bus_path", "serial",
+    }
+)  # fmt: skip
+
+
+def _attributes(table: dict[str, Any], where: str, fail: Any, *, rule: bool = False) -> dict[str, Any]:
     """A rule's or declaration's attributes: JSON's plain values, checked at load (a TOML date
     or a NaN failed later, when a report was sent, and the device was left out)."""
     attrs = table.get("attributes", {})
@@ -431,6 +445,11 @@ def _attributes(table: dict[str, Any], where: str, fail: Any) -> dict[str, Any]:
     for key, value in attrs.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
             raise fail(f"{where}: attribute name {key!r} must be an identifier")
+        if rule and key in DISCOVERED_ATTRIBUTES:
+            raise fail(
+                f"{where}: attribute {key!r} is what discovery reads on the host (the server and "
+                "the handlers act on it); a rule cannot set it: name your own attribute"
+            )
         items = value if isinstance(value, list) else [value]
         wrong = [v for v in items if not _plain(v)]
         if wrong:
@@ -500,7 +519,9 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
     host_in_use = table.get("allow_host_in_use", False)
     if not isinstance(host_in_use, bool):
         raise fail(f"{where}: allow_host_in_use must be true or false")
-    return DeviceRule(name, norm, _attributes(table, where, fail), allow, match_vfs, bandwidth, host_in_use)
+    return DeviceRule(
+        name, norm, _attributes(table, where, fail, rule=True), allow, match_vfs, bandwidth, host_in_use
+    )
 
 
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:

@@ -40,6 +40,21 @@ def test_an_attribute_must_be_a_plain_value(value: Any) -> None:
         parse_config({"host": "h1", "device": [rule]})
 
 
+@pytest.mark.parametrize(
+    "key", ["no_iommu_group", "resettable", "reset_methods", "vf_index", "mdev_type", "serial"]
+)
+def test_a_rule_cannot_set_what_discovery_reads(key: str) -> None:
+    """``no_iommu_group = false`` would offer a function the server refuses (it has no group)
+    and whose setup can only fail; ``resettable = true`` one that cannot be reset."""
+    rule = {"type": "ACC", "match": {"address": "0000:01:00.0"}, "attributes": {key: False}}
+    with pytest.raises(
+        ConfigError, match=rf"\[\[device\]\] #1 \(type ACC\): attribute '{key}' is what discovery reads"
+    ):
+        parse_config({"host": "h1", "device": [rule]})
+    # A declared resource has no discovery: its attributes are all the operator's.
+    parse_config(_resource(attributes={key: False}))
+
+
 def test_plain_values_and_flat_lists_are_taken() -> None:
     attrs = {"s": "gold", "i": -3, "b": True, "f": 1.5, "l": ["a", 1, 2.5, False], "e": []}
     config = parse_config(_resource(attributes=attrs))
