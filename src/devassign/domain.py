@@ -6,6 +6,7 @@ server all speak the same words without importing one another.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -324,3 +325,10 @@ def one_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise json.JSONDecodeError(f"the key {key!r} appears twice in one object", "", -1)
             seen.add(key)
     return out
+
+
+def instance_tag(instance: str) -> str:
+    """What answers, events and the agent's own log show of an agent process's id: a
+    fingerprint that tells two processes apart, never the id itself, which fences the host's
+    work and so must not reach a machine that was refused as the host."""
+    return "#" + hashlib.sha256(instance.encode()).hexdigest()[:8]

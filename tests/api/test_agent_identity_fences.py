@@ -183,7 +183,7 @@ def test_a_host_name_reused_after_a_delete_does_not_show_the_old_hosts_events(
             "UPDATE devices SET state = 'available', allocation_id = NULL WHERE state = 'cleaning'"
         )
     )
-    r = secure_api.delete("/v1/hosts/compute-a", headers=admin)
+    r = secure_api.delete("/v1/hosts/compute-a", params={"force": "true"}, headers=admin)
     assert r.status_code in (200, 204), r.text
     body = {"generation": 1, "host_id": "machine-2", "devices": [vf("0000:3b:02.1")]}
     assert secure_api.put("/v1/hosts/compute-a/inventory", json=body, headers=agent).status_code == 200

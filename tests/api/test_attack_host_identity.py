@@ -25,10 +25,9 @@ from devassign.agent.reporter import AgentConflict, Reporter, ReportRefused, Ser
 from devassign.cli import inventory as inventory_cli
 from devassign.cli.client import Client
 from devassign.cli.main import main
-from devassign.domain import Role
+from devassign.domain import Role, instance_tag
 from devassign.schemas import ReportedDevice
 from devassign.store import Store
-from devassign.store.hosts import instance_tag
 from tests.conftest import Clock, vf
 
 A_ID = "3f1c9e0a-host-a"

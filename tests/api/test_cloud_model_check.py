@@ -811,7 +811,9 @@ class CloudWalk:
 
     def step_delete_host(self) -> None:
         m = self.rng.choice(self.up_machines())
-        r = self.call(self.admin, "DELETE", f"/v1/hosts/{m.name}", expect=(204, 409))
+        # Unforced, a host whose agent was heard lately is refused (it would register again).
+        force = {"force": "true"} if self.rng.random() < 0.7 else {}
+        r = self.call(self.admin, "DELETE", f"/v1/hosts/{m.name}", params=force, expect=(204, 409))
         if r.status_code == 204:
             # The machine comes back at once with the same name: new devices, clean.
             m.generation = 0

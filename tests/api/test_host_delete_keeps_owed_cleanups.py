@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import vf
+from tests.conftest import Clock, vf
 
 A, B = "0000:3b:02.0", "0000:3b:02.1"
 
@@ -33,7 +33,7 @@ def _retired_uncleaned_then_deleted(api: TestClient) -> None:
     cleanup = [{"device_id": by_address[B], "action": "cleanup", "ok": True}]
     _ok(api.post("/v1/hosts/hx/work", json={"results": cleanup}))
     _ok(api.post(f"/v1/devices/{by_address[A]}/clear", json={"reason": "gone for good"}))
-    _ok(api.delete("/v1/hosts/hx"), 204)
+    _ok(api.delete("/v1/hosts/hx", params={"force": "true"}), 204)
     logged = api.get("/v1/events", params={"host": "hx"}).json()
     deleted = [e for e in logged if e["action"] == "host_deleted"]
     assert A in deleted[0]["message"] and "cleaned first" in deleted[0]["message"]
@@ -66,7 +66,7 @@ def test_a_device_retired_uncleaned_is_cleaned_first_after_its_host_is_registere
 def test_a_host_deleted_with_nothing_owed_comes_back_as_it_reports(api: TestClient) -> None:
     _ok(api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}), 201)
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A)]}))
-    _ok(api.delete("/v1/hosts/hx"), 204)
+    _ok(api.delete("/v1/hosts/hx", params={"force": "true"}), 204)
     _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A), vf(B)]}))
     assert _states(api) == {A: "available", B: "available"}
 
@@ -89,3 +89,19 @@ def test_a_new_device_beside_one_retired_uncleaned_is_cleaned_first(api: TestCli
     answer = _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 3, "devices": [*rest, vf(moved)]}))
     assert any(moved in w and "cleaned before use" in w for w in answer["warnings"]), answer
     assert _states(api)[moved] == "cleaning"
+
+
+def test_a_host_whose_agent_is_heard_is_deleted_only_by_force(api: TestClient, clock: Clock) -> None:
+    """Decommissioning: drain, delete. With its agent still running, the host came back at the
+    agent's next report, as a new host without the drain's taint, and took claims again."""
+    _ok(api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}), 201)
+    _ok(api.put("/v1/hosts/hx/inventory", json={"generation": 1, "devices": [vf(A)]}))
+    _ok(api.post("/v1/hosts/hx/taints", json={"effect": "Drain", "reason": "decommission"}), 201)
+    refused = _ok(api.delete("/v1/hosts/hx"), 409)["error"]
+    assert refused["code"] == "invalid_state" and "was heard from 0 s ago" in refused["message"]
+    assert "Stop the agent and revoke its token" in refused["message"]
+    assert [t["effect"] for t in api.get("/v1/taints", params={"host": "hx"}).json()] == ["Drain"]
+    clock.advance(3600)  # the agent stopped: the host is down
+    _ok(api.delete("/v1/hosts/hx"), 204)
+    _ok(api.put("/v1/hosts/hy/inventory", json={"generation": 1, "devices": [vf(A)]}))
+    _ok(api.delete("/v1/hosts/hy", params={"force": "true"}), 204)

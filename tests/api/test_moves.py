@@ -331,7 +331,7 @@ def test_hosts_a_move_touched_can_be_deleted_once_free(api: TestClient) -> None:
     cleaned = [{"device_id": d["id"], "action": "cleanup", "ok": True} for d in source["devices"]]
     assert api.post("/v1/hosts/src/work", json={"results": cleaned}).status_code == 200
     assert _states(api, "src") == ["available", "available"]
-    r = api.delete("/v1/hosts/src")
+    r = api.delete("/v1/hosts/src", params={"force": "true"})
     assert r.status_code == 204, r.text
     assert api.get("/v1/allocations/vm-1").json()["host"] == "dst"
     actions = [e["action"] for e in api.get("/v1/events", params={"consumer": "vm-1"}).json()]
@@ -348,7 +348,7 @@ def test_hosts_a_move_touched_can_be_deleted_once_free(api: TestClient) -> None:
     assert api.post("/v1/allocations/vm-1/moves/abort").status_code == 200
     undone = [{"device_id": p["target_id"], "action": "cleanup", "ok": True} for p in back["device_map"]]
     assert api.post("/v1/hosts/spare/work", json={"results": undone}).status_code == 200
-    assert api.delete("/v1/hosts/spare").status_code == 204
+    assert api.delete("/v1/hosts/spare", params={"force": "true"}).status_code == 204
     assert api.get("/v1/allocations/vm-1/moves").json() == []
     _audit_clean(api)
 

@@ -282,7 +282,7 @@ def test_provider_goes_when_every_device_of_its_type_vanishes(
     assert snapshot(placement, world["roots"][b]) == root_before
     # a host devassign forgets: its providers go, and Nova may then delete its compute node
     a = world["a"]
-    ok(api.delete(f"/v1/hosts/{a}"), 204)
+    ok(api.delete(f"/v1/hosts/{a}", params={"force": "true"}), 204)
     assert f"devassign:{a}:NIC_VF_1G" in mirror.sync().deleted
     ok(placement.delete(f"/resource_providers/{world['roots'][a]}"), 204)
 

@@ -116,3 +116,50 @@ def test_an_index_left_invalid_by_a_cut_build_is_built_again(at_0011: Database) 
     state = _index_state(db)
     assert state is not None and state[0], state
     assert "UNIQUE" not in state[1] and "gang" in state[1] and "released_at IS NULL" in state[1]
+
+
+def test_a_replica_waiting_for_the_migration_lock_does_not_deadlock_the_index_build(
+    at_0011: Database,
+) -> None:
+    """Replicas started together: one migrates and builds the index CONCURRENTLY, the others
+    wait for its lock. A replica that waited inside a statement held a snapshot the build
+    waits for, while it waited for the build's lock: PostgreSQL cut one of them short
+    ("deadlock detected") and a replica failed to start."""
+    db = at_0011
+    slow = db.engine.connect()
+    _allocate(slow, 1)  # keeps the build waiting until the other replica waits too
+    results: dict[str, object] = {}
+
+    def run(name: str, database: Database) -> None:
+        try:
+            results[name] = database.upgrade()
+        except Exception as exc:  # the failure is the finding
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", db))
+    first.start()
+    second_db = Database(db.url)
+    second = threading.Thread(target=run, args=("second", second_db))
+    try:
+        with db.engine.connect() as probe:
+            for _ in range(200):
+                building = probe.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'CREATE INDEX%'")
+                ).scalar_one()
+                probe.rollback()
+                if building:
+                    break
+                threading.Event().wait(0.05)
+            assert building, "the first upgrade never started building the index"
+        second.start()
+        threading.Event().wait(1.0)  # the second waits for the lock
+    finally:
+        slow.commit()
+        slow.close()
+        first.join(timeout=60)
+        second.join(timeout=60)
+        second_db.dispose()
+    assert results["first"] == ("0011", db.head_revision()), results
+    assert results["second"] == (db.head_revision(), db.head_revision()), results
+    state = _index_state(db)
+    assert state is not None and state[0], state

@@ -34,6 +34,7 @@ import httpx
 
 from devassign.agent.config import AgentConfig
 from devassign.agent.state import StateFile
+from devassign.domain import instance_tag
 from devassign.redact import shown_url
 from devassign.schemas import (
     AGENT_INSTANCE_HEADER,
@@ -388,7 +389,7 @@ class Reporter:
         if self.conflict is not None:
             log.warning(
                 "the server takes this agent (instance %s) now: the other one with this host id fell silent",
-                self.instance,
+                instance_tag(self.instance) if self.instance else "-",
             )
             self.conflict = None
 

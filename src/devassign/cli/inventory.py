@@ -280,9 +280,21 @@ def register(app: typer.Typer) -> typer.Typer:
         emit(client(ctx).get(api_path("/v1/hosts/{}", name)), fmt, HOST_COLUMNS)
 
     @host_app.command("delete")
-    def host_delete(ctx: typer.Context, name: HostNameArg) -> None:
-        """Forget a host whose devices are all free."""
-        client(ctx).delete(api_path("/v1/hosts/{}", name))
+    def host_delete(
+        ctx: typer.Context,
+        name: HostNameArg,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force",
+                help="Also while its agent is heard from (a reinstalled machine reporting under a new "
+                "host id); a running agent registers the host again",
+            ),
+        ] = False,
+    ) -> None:
+        """Forget a host whose devices are all free; stop its agent and revoke its token first."""
+        path = api_path("/v1/hosts/{}", name)
+        client(ctx).request("DELETE", path, params={"force": "true"} if force else None)
         typer.echo(f"deleted {name}")
 
     @host_app.command("rename")

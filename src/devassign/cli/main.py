@@ -8,6 +8,7 @@ docs/cli.md lists the codes.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -101,6 +102,9 @@ class PlacementPolicy(StrEnum):
     spread = "spread"
 
 
+_YEAR_S = 365 * 86400
+
+
 @app.command()
 def server(
     db: DbOpt = None,
@@ -112,16 +116,25 @@ def server(
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Refuse to start on an old schema instead of migrating")
     ] = False,
-    down_after: Annotated[float, typer.Option(help="Seconds of silence before a host is down")] = 90,
+    down_after: Annotated[
+        float, typer.Option(min=1, max=_YEAR_S, help="Seconds of silence before a host is down")
+    ] = 90,
     reservation_ttl: Annotated[
-        float, typer.Option(help="Seconds before an unconfirmed reservation expires")
+        float, typer.Option(min=1, max=_YEAR_S, help="Seconds before an unconfirmed reservation expires")
     ] = 300,
     agent_takeover_after: Annotated[
         float,
-        typer.Option(help="Seconds a host's agent must be silent before another agent process may take over"),
+        typer.Option(
+            min=1,
+            max=_YEAR_S,
+            help="Seconds a host's agent must be silent before another agent process may take over",
+        ),
     ] = 30,
     db_pool_size: Annotated[
-        int, typer.Option(help="Database connections per process (PostgreSQL: plus half as many in bursts)")
+        int,
+        typer.Option(
+            min=1, max=1000, help="Database connections per process (PostgreSQL: plus half as many in bursts)"
+        ),
     ] = 10,
     db_max_overflow: Annotated[
         int | None,
@@ -215,6 +228,16 @@ def server(
     from devassign.store import SchemaError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for option, seconds in (
+        ("--down-after", down_after),
+        ("--reservation-ttl", reservation_ttl),
+        ("--agent-takeover-after", agent_takeover_after),
+        ("--db-pool-timeout", db_pool_timeout),
+        ("--db-statement-timeout", db_statement_timeout),
+        ("--db-lock-timeout", db_lock_timeout),
+    ):
+        if not math.isfinite(seconds):
+            raise CliError(f"{option} is a number of seconds, not {seconds}", status=2)
     db = _check_db_url(db)
     placement = placement_with(  # the options' ranges already refused negative weights and nan
         mode=policy.value,
@@ -244,7 +267,9 @@ def server(
     if workers > 1 and settings.db_url and settings.db_url.startswith("sqlite"):
         raise CliError("--workers > 1 needs PostgreSQL: SQLite is for one server process", status=2)
     try:
-        with _database_errors(db):
+        with _database_errors(
+            db, "the server did not start (its schema check or migration was cut short): start it again"
+        ):
             application = create_app(settings)
     except SchemaError as exc:
         raise CliError(str(exc)) from exc
@@ -483,7 +508,10 @@ def token_create(
     database = Database(url)
     try:
         with _database_errors(url):
-            database.ensure_schema(migrate=True)
+            # A new database is made ready here (the first admin token before the first server);
+            # an existing one at an older schema is left for `db upgrade` or a server to migrate
+            # (servers of the release before may still run on it).
+            database.ensure_schema(migrate=database.current_revision() is None)
             made = Store(database).create_token(body, actor="cli")
     except SchemaError as exc:
         raise CliError(str(exc)) from exc

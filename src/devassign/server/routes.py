@@ -113,9 +113,17 @@ def get_host(
 
 
 @router.delete("/hosts/{host}", status_code=204, tags=["hosts"])
-def delete_host(request: Request, scope: Access, host: str) -> Response:
-    """Forget a host whose devices are all free (e.g. a reinstalled machine)."""
-    _store(request).delete_host(host, scope.actor)
+def delete_host(
+    request: Request,
+    scope: Access,
+    host: str,
+    force: Annotated[
+        bool,
+        Query(description="Also while its agent is heard from (it would register the host again)"),
+    ] = False,
+) -> Response:
+    """Forget a host whose devices are all free (a decommissioned or reinstalled machine)."""
+    _store(request).delete_host(host, scope.actor, force=force)
     return Response(status_code=204)
 
 

@@ -386,8 +386,12 @@ class Store:
 
         return self.db.reading(read)
 
-    def delete_host(self, name: str, actor: str) -> None:
-        self.db.retrying(lambda c: hosts.delete_host(c, name, now=self.clock(), actor=actor))
+    def delete_host(self, name: str, actor: str, *, force: bool = False) -> None:
+        self.db.retrying(
+            lambda c: hosts.delete_host(
+                c, name, now=self.clock(), actor=actor, down_after=self.down_after, force=force
+            )
+        )
 
     def rename_host(self, old: str, new: str, actor: str) -> schemas.Host:
         return self.db.retrying(

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIGRATIONS = str(Path(__file__).parent / "migrations")
+# How often a replica asks again for the migration lock another one holds (seconds).
+_MIGRATION_LOCK_POLL = 0.2
 # An arbitrary constant: PostgreSQL advisory lock taken while migrating, so replicas
 # starting together do not race each other through the same migration.
 _MIGRATION_LOCK = 0x6465_7661
@@ -342,7 +344,13 @@ class Database:
                     raw.answer_within = None
                 conn.execute(sa.text("SET statement_timeout = 0"))
                 conn.execute(sa.text("SET lock_timeout = 0"))
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+                conn.commit()
+                # Wait outside any transaction: a replica blocked in pg_advisory_lock holds a
+                # snapshot, which the holder's CREATE INDEX CONCURRENTLY waits for (a deadlock).
+                try_lock = sa.text("SELECT pg_try_advisory_lock(:k)")
+                while not conn.execute(try_lock, {"k": _MIGRATION_LOCK}).scalar_one():
+                    conn.commit()
+                    time.sleep(_MIGRATION_LOCK_POLL)
                 conn.commit()
             try:
                 before = MigrationContext.configure(conn).get_current_revision()

@@ -5,7 +5,6 @@ Reading lives here; applying agents' reports lives in ``inventory.py``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import HOST_RE, IN_USE_STATES, DeviceState
+from devassign.domain import HOST_RE, IN_USE_STATES, DeviceState, instance_tag
 from devassign.failpoints import failpoint
 from devassign.store.db import ConcurrentChange
 from devassign.store.events import aware, record
@@ -66,13 +65,6 @@ def may_act(instance: str, cutoff: datetime) -> sa.ColumnElement[bool]:
         hosts.c.agent_seen_at.is_(None),
         hosts.c.agent_seen_at <= cutoff,
     )
-
-
-def instance_tag(instance: str) -> str:
-    """What answers and events show of an agent process's id: a fingerprint that tells two
-    processes apart, never the id itself, which fences the host's work (store/work.py) and so
-    must not reach a machine that was refused as the host."""
-    return "#" + hashlib.sha256(instance.encode()).hexdigest()[:8]
 
 
 def agent_live(row: Any, now: datetime, takeover_after: timedelta) -> tuple[float, int] | None:
@@ -409,8 +401,19 @@ def get_host(conn: sa.Connection, name: str, *, now: datetime, down_after: timed
     return _host_model(r, now, down_after, int(r.device_count))
 
 
-def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) -> None:
-    r = conn.execute(sa.select(hosts.c.id).where(hosts.c.name == name)).first()
+def delete_host(
+    conn: sa.Connection,
+    name: str,
+    *,
+    now: datetime,
+    actor: str,
+    down_after: timedelta | None = None,
+    force: bool = False,
+) -> None:
+    """Forget a host whose devices are free. One whose agent was heard within ``down_after``
+    is refused unless ``force``: that agent would register it again at its next report, as a
+    new host without the taints that drained it."""
+    r = conn.execute(sa.select(hosts.c.id, hosts.c.last_seen_at).where(hosts.c.name == name)).first()
     if r is None:
         raise errors.DevassignError(errors.HOST_NOT_FOUND, f"no host {name!r}")
     busy = conn.execute(
@@ -430,6 +433,15 @@ def delete_host(conn: sa.Connection, name: str, *, now: datetime, actor: str) ->
     ).scalar_one()
     if live:
         raise errors.DevassignError(errors.INVALID_STATE, f"host {name!r} has live allocations")
+    seen = aware(r.last_seen_at)
+    if not force and down_after is not None and seen is not None and now - seen < down_after:
+        raise errors.DevassignError(
+            errors.INVALID_STATE,
+            f"host {name!r} was heard from {max(0, int((now - seen).total_seconds()))} s ago: its agent "
+            "would register it again at its next report (without its taints). Stop the agent and "
+            "revoke its token first, then delete it once it is down; or force it (`--force`, "
+            "?force=true) for a machine whose new agent reports under a new host id",
+        )
     dev_ids = sa.select(devices.c.id).where(devices.c.host_id == r.id)
     conn.execute(allocation_items.delete().where(allocation_items.c.device_id.in_(dev_ids)))
     # Finished moves from or to this host name its (released) allocations; a pending one would

@@ -301,9 +301,11 @@ def _host_for_report(
                 # Neither the other host's name nor, below, the registered id: with the host's
                 # token the id is what lets a machine in (an admin reads it: `host show -f json`).
                 f"host id {host_id} belongs to another host, not {name!r}: a host id stays with the "
-                f"name it was first reported under. If this machine is that host renamed, an admin "
-                f"runs `devassign host rename OLD {name}` (`devassign host show OLD -f json` gives "
-                f"an admin a host's id) and issues an agent token for {name!r}; if its state "
+                f"name it was first reported under. If an admin renamed this host, give this agent "
+                "its new name and a token for it (host and token in agent.toml) and restart it; if "
+                f"this machine should be {name!r}, an admin runs `devassign host rename OLD {name}` "
+                f"(`devassign host show OLD -f json` gives an admin a host's id) and issues an agent "
+                f"token for {name!r}; if its state "
                 "file was copied from another machine (a cloned image), delete the agent's state file "
                 "(state_file in agent.toml) and restart the agent: it then registers as a new host",
             )

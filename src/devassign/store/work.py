@@ -24,13 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from devassign import errors, schemas
-from devassign.domain import DeviceState, cut_too_deep
+from devassign.domain import DeviceState, cut_too_deep, instance_tag
 from devassign.failpoints import after_commit, failpoint
 from devassign.scheduler.shares import Pools
 from devassign.scheduler.view import HOLDING_STATES
 from devassign.store.claims import release
 from devassign.store.events import aware, record
-from devassign.store.hosts import device_model, device_query, instance_tag
+from devassign.store.hosts import device_model, device_query
 from devassign.store.inherited_health import stored_unhealthy_above
 from devassign.store.inventory import (
     PENDING_TYPE,

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from devassign.agent.config import parse_config
-from devassign.agent.reporter import Reporter, ReportRefused, ServerUnavailable
+from devassign.agent.reporter import AgentConflict, Reporter, ReportRefused, ServerUnavailable
 from devassign.agent.state import StateError, StateFile
-from devassign.domain import DeviceKind
+from devassign.domain import DeviceKind, instance_tag
 from devassign.schemas import ReportedDevice
 
 DEVICE = ReportedDevice(address="0000:5e:10.0", kind=DeviceKind.SRIOV_VF, type="NIC_VF_1G")
@@ -232,3 +232,20 @@ def test_a_refusal_reads_as_one_line_with_its_code_and_whole_message() -> None:
     resp = httpx.Response(409, json={"error": {"code": "agent_conflict", "message": message}})
     assert refusal(resp) == f"409 agent_conflict: {message}"
     assert refusal(httpx.Response(502, text="<html>bad gateway</html>")) == "502: <html>bad gateway</html>"
+
+
+def test_the_takeover_line_names_the_instance_as_the_events_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events and the refusal show an agent process as ``#tag`` (never its id, which fences the
+    host's work); the agent's own line when the server takes it must too, or an operator
+    cannot match it to the ``agent_conflict`` events."""
+    conflict = {"code": "agent_conflict", "message": "another agent of this host is live", "retry_after": 1}
+    server = FakeServer([httpx.Response(409, json={"error": conflict})])
+    reporter = make(tmp_path, server)
+    with pytest.raises(AgentConflict):
+        reporter.report()
+    reporter.report()
+    assert reporter.instance is not None
+    line = next(r.getMessage() for r in caplog.records if "takes this agent" in r.getMessage())
+    assert instance_tag(reporter.instance) in line and reporter.instance not in line
