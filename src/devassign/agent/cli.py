@@ -208,6 +208,12 @@ def discover(
     # What the agent knows (read only, beside a running agent): the host driver of a device it
     # holds on vfio-pci, which its rule matches, and the vGPU types seen on a busy GPU.
     state = peek(cfg.state_file)
+    if state is None and cfg.state_file.exists():
+        typer.echo(
+            f"note: the state file {cfg.state_file} cannot be read (`agent run` refuses it: fix or "
+            "remove it); what follows leaves out what it records (devices the agent holds, USB names)",
+            err=True,
+        )
     inv = build_inventory(
         _sysfs(sysfs_root, cfg),
         cfg,
@@ -227,11 +233,10 @@ def discover(
             classes.setdefault(d.type, set()).update([d.class_code[:2]] if d.class_code else [])
     for rule_type in dict.fromkeys(r.type for r in cfg.devices):
         if rule_type not in classes:
-            typer.echo(
-                f"note: no device here matches the rules for type {rule_type}"
-                + _vfs_left(cfg, rule_type, inv),
-                err=True,
+            why = _shadowed(cfg, rule_type, inv) or (
+                f"no device here matches the rules for type {rule_type}" + _vfs_left(cfg, rule_type, inv)
             )
+            typer.echo(f"note: {why}", err=True)
         elif len(classes.get(rule_type, ())) > 1:
             mixed = ", ".join(sorted(classes[rule_type]))
             typer.echo(
@@ -244,6 +249,26 @@ def discover(
         return
     headers, rows = _table(inv)
     print_table(headers, rows, title=f"{len(inv.devices)} devices, {len(inv.offered())} offered")
+
+
+def _shadowed(cfg: AgentConfig, rule_type: str, inv: Inventory) -> str:
+    """Where the rules of ``rule_type`` match devices an earlier rule took (the first rule that
+    matches a device gives its type): which, and to what type; else ""."""
+    rules = [r for r in cfg.devices if r.type == rule_type]
+    taken: dict[str, list[str]] = {}
+    for d in inv.devices:
+        if d.type and d.type != rule_type and any(r.matches(d) for r in rules):
+            taken.setdefault(d.type, []).append(d.address)
+    if not taken:
+        return ""
+    where = "; ".join(
+        f"{len(a)} to type {t} ({', '.join(a[:3])}{', ...' if len(a) > 3 else ''})"
+        for t, a in sorted(taken.items())
+    )
+    return (
+        f"type {rule_type} gets no device: its rule matches devices an earlier rule takes ({where}); "
+        "the first rule that matches a device gives its type: narrow the earlier rule or reorder them"
+    )
 
 
 def _vfs_left(cfg: AgentConfig, rule_type: str, inv: Inventory) -> str:
@@ -283,6 +308,9 @@ def _notes(dev: FoundDevice) -> str:
     from devassign.agent.model import FLAG_HOST_IN_USE
 
     shown = [f"{f}: {'; '.join(dev.host_use)}" if f == FLAG_HOST_IN_USE else f for f in dev.flags]
+    if dev.attributes.get("no_iommu_group") is True:
+        # Not a flag of the agent's: the server refuses it for a handler that binds vfio-pci.
+        shown.append("no_iommu_group (the IOMMU is off: refused for vfio-pci handlers)")
     return ", ".join(shown)
 
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from devassign.agent.gpus import add_mig_placements, memory_mb
 from devassign.agent.hostuse import HostUse, host_use_reasons, read_host_use
-from devassign.agent.model import FLAG_HOST_IN_USE, FLAG_MDEV_IN_USE, FLAG_VFS_ENABLED, FoundDevice
+from devassign.agent.model import (
+    FLAG_HOST_IN_USE,
+    FLAG_ID_UNREADABLE,
+    FLAG_MDEV_IN_USE,
+    FLAG_VFS_ENABLED,
+    FoundDevice,
+)
 from devassign.agent.pciids import DEFAULT_PCI_IDS, pci_name
 from devassign.agent.vgpu import add_vgpus, is_mig_backed
 from devassign.domain import PCI_ADDRESS_RE, DeviceKind, ascii_digits, mdev_address, nvidia_vgpu
@@ -185,7 +191,8 @@ def _read_function(
     dev.vendor_id = hex_id(read("vendor"), "vendor", addr)
     dev.product_id = hex_id(read("device"), "device", addr)
     if dev.vendor_id is None or dev.product_id is None:
-        log.warning("%s: vendor or device id unreadable", addr)
+        log.warning("%s: vendor or device id unreadable, not offered", addr)
+        dev.flag(FLAG_ID_UNREADABLE)
     attrs = dev.attributes
     cls = read("class")
     if cls is not None:

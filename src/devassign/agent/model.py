@@ -22,8 +22,12 @@ FLAG_NOT_ENDPOINT = "not_an_endpoint"  # a bridge: it routes, it is no guest's d
 # The host's own disk (held, mounted, swap) or network (default route, bridge or bond port)
 # sits on it: taking it would pull the host's storage or link (agent/hostuse.py).
 FLAG_HOST_IN_USE = "host_in_use"
+# Its vendor or device id cannot be read (empty, not text, an I/O error): a dying or half-removed
+# function, whose identity the agent cannot vouch for.
+FLAG_ID_UNREADABLE = "id_unreadable"
 BLOCKING_FLAGS = frozenset(
     {
+        FLAG_ID_UNREADABLE,
         FLAG_VFS_ENABLED,
         FLAG_MDEV_IN_USE,
         FLAG_IOMMU_SHARED,

@@ -25,10 +25,15 @@ _ATTRIBUTE_KEYS = ("physical_network", "trusted", "remote_managed")
 
 def read_nova(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The device specs and aliases of a nova.conf (INI) or of a JSON file."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if text.lstrip().startswith(("{", "[")) and path.suffix != ".conf":
         try:
             data = json.loads(text)
+        except RecursionError as exc:
+            raise ConfigError(f"{path}: not valid JSON: nested too deep") from exc
         except ValueError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
         if isinstance(data, list):
@@ -46,7 +51,7 @@ def read_nova(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             continue
         try:
             parsed = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{path}: [{section}] {key} is not JSON: {exc}") from exc
         if key in SPEC_KEYS:
             specs.extend(_objects(parsed, path))

@@ -98,3 +98,25 @@ def test_an_mdev_name_with_a_nul_leaves_out_only_that_attribute(tmp_path: Path) 
     reported = build_inventory(Sysfs(h.root), cfg, pci_ids=None).reported()
     assert [d.address for d in reported] == [f"{GPU}/nvidia-35/0", f"{GPU}/nvidia-35/1"]
     assert all("mdev_name" not in d.attributes and d.attributes["device_api"] == "vfio-pci" for d in reported)
+
+
+@pytest.mark.parametrize("vendor", [b"", b"0x80\xff6\n", None])
+def test_a_function_whose_id_cannot_be_read_is_shown_but_not_offered(
+    tmp_path: Path, vendor: bytes | None
+) -> None:
+    """A dying or half-removed function (an empty, garbled or missing ``vendor``): a rule without
+    ids (``kind = "pci"``) took it and the server showed it available with no vendor."""
+    h = host(tmp_path)
+    h.pci(GPU, "10de", "1db6", cls="030200", iommu_group=1)
+    h.pci("0000:02:00.0", "8086", "0001", cls="120000", iommu_group=2)
+    path = h.root / h.dev("0000:02:00.0") / "vendor"
+    if vendor is None:
+        path.unlink()
+    else:
+        path.write_bytes(vendor)
+    config = parse_config({"host": "h", "device": [{"type": "ANY", "match": {"kind": "pci"}}]})
+    inventory = build_inventory(Sysfs(h.root), config, None)
+    offered = {d.address for d in inventory.reported()}
+    assert offered == {GPU}
+    odd = next(d for d in inventory.devices if d.address == "0000:02:00.0")
+    assert "id_unreadable" in odd.flags

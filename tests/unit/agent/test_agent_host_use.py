@@ -529,3 +529,44 @@ def test_agent_discover_says_when_a_glob_leaves_out_the_vfs_it_matches(tmp_path:
     conf.write_text(conf.read_text() + "match_vfs = true\n")
     res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
     assert "note:" not in res.stderr and sum(d["type"] == "VF" for d in json.loads(res.stdout)) == 4
+
+
+def test_agent_discover_names_the_earlier_rule_that_takes_a_types_devices(tmp_path: Path) -> None:
+    """Two rules match the same VFs: the first gives their type. The second's note said no
+    device matched it and, for a rule that takes VFs already, to add match_vfs."""
+    h = host(tmp_path)
+    h.sriov_pf("0000:5e:00.0", "8086", "1572", vfs=2, vf_device="154c", ifname="ens1f0")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        'host = "h1"\n[[device]]\ntype = "A"\nmatch = { product_id = "154c", kind = "sriov_vf" }\n'
+        '[[device]]\ntype = "B"\nmatch = { vendor_id = "8086", kind = "sriov_vf" }\n'
+    )
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "type B gets no device: its rule matches devices an earlier rule takes (2 to type A (" in res.stderr
+    )
+    assert "match_vfs" not in res.stderr and "no device here matches" not in res.stderr
+
+
+def test_agent_discover_says_the_state_file_cannot_be_read(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    nvme(h)
+    (tmp_path / "state.json").write_text("{not json")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        'host = "h1"\nstate_file = "state.json"\n[[device]]\ntype = "NVME"\nmatch = { class = "0108" }\n'
+    )
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root)])
+    assert res.exit_code == 0, res.output
+    assert "state.json cannot be read (`agent run` refuses it" in res.stderr
+
+
+def test_agent_discover_notes_a_function_without_an_iommu_group(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    h.pci("0000:90:00.0", "1d0f", "efa0", cls="020000", iommu_group=None)
+    conf = tmp_path / "agent.toml"
+    conf.write_text('host = "h1"\n[[device]]\ntype = "EFA"\nmatch = { vendor_id = "1d0f" }\n')
+    res = CliRunner().invoke(app, ["discover", "-c", str(conf), "--sysfs-root", str(h.root)])
+    assert res.exit_code == 0, res.output
+    assert "no_iommu_group" in res.stdout

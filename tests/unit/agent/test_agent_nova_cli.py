@@ -65,6 +65,25 @@ def test_import_nova_json(tmp_path: Path) -> None:
 
 runner = CliRunner()
 
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("nova.conf", b"\xff\xfe[pci]\n", "not UTF-8 text"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+        ("nova.conf", b"[pci]\ndevice_spec = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "is not JSON"),
+    ],
+)
+def test_import_nova_of_a_file_it_cannot_read_is_a_clear_error(
+    tmp_path: Path, name: str, content: bytes, says: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    res = runner.invoke(app, ["import-nova", str(path)])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "unexpected" not in res.output, res.output
+
+
 PF_ALIAS = '{"vendor_id": "8086", "product_id": "1889", "device_type": "type-VF", "name": "vf"}'
 
 
