@@ -499,6 +499,7 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
         if not isinstance(value, str) or not value:
             raise fail(f"{where}: match.{key} must be a non-empty string, not {value!r}")
         norm[key] = _match_value(key, value, where, fail)
+    _contradictions(norm, table.get("pf_bandwidth_mbps"), where, fail)
     allow = table.get("allow_shared_iommu_group", False)
     if not isinstance(allow, bool):
         raise fail(f"{where}: allow_shared_iommu_group must be true or false")
@@ -524,7 +525,49 @@ def _rule(table: dict[str, Any], i: int, fail: Any) -> DeviceRule:
     )
 
 
+def _contradictions(norm: dict[str, str], bandwidth: Any, where: str, fail: Any) -> None:
+    """A match no device can meet is a mistake said at load, not a silent "0 offered"."""
+    kind = norm.get("kind")
+    named = [k for k in _PARTITION_KEYS.values() if k in norm]
+    if len(named) > 1:
+        raise fail(f"{where}: match.{named[0]} and match.{named[1]} name two kinds of partition; keep one")
+    for part_kind, key in _PARTITION_KEYS.items():
+        if key in norm and kind is not None and kind != part_kind.value:
+            raise fail(f"{where}: match.{key} takes {part_kind.value} devices, not match.kind {kind!r}")
+    if "parent" in norm and kind in (DeviceKind.PCI.value, DeviceKind.SRIOV_PF.value):
+        raise fail(f"{where}: match.parent names what a VF or a partition is under; a {kind} has none")
+    if bandwidth is not None and kind is not None and kind != DeviceKind.SRIOV_VF.value:
+        raise fail(f"{where}: pf_bandwidth_mbps shares a PF's link among its VFs; match.kind is {kind!r}")
+
+
+def _glob_problem(value: str) -> str | None:
+    """Why a glob can match nothing: an unclosed ``[`` (read as a plain character) or a range
+    that runs backwards (``[z-a]``)."""
+    i = 0
+    while i < len(value):
+        if value[i] != "[":
+            i += 1
+            continue
+        j = i + 1
+        if j < len(value) and value[j] == "!":
+            j += 1
+        if j < len(value) and value[j] == "]":
+            j += 1
+        end = value.find("]", j)
+        if end < 0:
+            return f"its [ at {i + 1} is never closed"
+        for a, b in re.findall(r"(.)-(.)", value[i + 1 : end]):
+            if a > b:
+                return f"its range [{a}-{b}] is empty"
+        i = end + 1
+    return None
+
+
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:
+    if key in ("address", "driver", "parent", "mdev_type", "vgpu_type", "mig_profile"):
+        problem = _glob_problem(value)
+        if problem:
+            raise fail(f"{where}: match.{key} {value!r} can match nothing: {problem}")
     if key in ("vendor_id", "product_id"):
         if value == "*":
             return value

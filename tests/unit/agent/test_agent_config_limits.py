@@ -141,3 +141,43 @@ def test_cli_run_once_past_one_report_exits_1_and_sends_nothing(
     assert res.exit_code == 1, res.output
     assert "20001 devices, more than the 20000" in res.stderr and "Traceback" not in res.output
     assert server.reports() == []
+
+
+@pytest.mark.parametrize(
+    ("match", "extra", "says"),
+    [
+        ({"address": "0000:[3b:*"}, {}, "can match nothing: its [ at 6 is never closed"),
+        ({"mdev_type": "nvidia-[z-a]"}, {}, "can match nothing: its range [z-a] is empty"),
+        ({"driver": "[*"}, {}, "is never closed"),
+        (
+            {"mig_profile": "1g.*", "kind": "pci"},
+            {},
+            "match.mig_profile takes mig devices, not match.kind 'pci'",
+        ),
+        ({"mdev_type": "nvidia-*", "kind": "usb"}, {}, "takes mdev_type devices"),
+        ({"vgpu_type": "x", "mig_profile": "y"}, {}, "name two kinds of partition"),
+        ({"parent": "0000:3b:00.0", "kind": "pci"}, {}, "a pci has none"),
+        ({"vendor_id": "8086", "kind": "pci"}, {"pf_bandwidth_mbps": 100}, "pf_bandwidth_mbps shares"),
+    ],
+)
+def test_a_match_no_device_can_meet_is_refused_at_load(
+    match: dict[str, str], extra: dict[str, Any], says: str
+) -> None:
+    rule = {"type": "A", "match": match, **extra}
+    with pytest.raises(ConfigError, match=r"\[\[device\]\] #1 \(type A\): ") as err:
+        parse_config({"host": "h1", "device": [rule]})
+    assert says in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        {"address": "0000:3b:0[0-2].*"},
+        {"address": "0000:3b:0[!3].*"},
+        {"mdev_type": "nvidia-[]x]"},
+        {"mig_profile": "1g.*", "kind": "mig"},
+        {"parent": "0000:3b:00.0", "kind": "sriov_vf"},
+    ],
+)
+def test_globs_and_matches_that_can_match_are_taken(match: dict[str, str]) -> None:
+    parse_config({"host": "h1", "device": [{"type": "A", "match": match}]})
