@@ -494,7 +494,12 @@ class HostOps:
         cls, sysfs_root: str | os.PathLike[str], native_drivers: Mapping[str, str] | None = None
     ) -> HostOps:
         """A generated tree whose bind/unbind/mdev writes act like the kernel, with recording
-        netlink and runner fakes: for tests and ``devassign demo``."""
-        from devassign.lifecycle.simulated import SimulatedSysfs
+        netlink and a runner that records commands and answers ``nvidia-smi`` for the tree's
+        GPUs: for tests, ``agent run --simulate`` and ``devassign demo``."""
+        from pathlib import Path
 
-        return cls(SimulatedSysfs(sysfs_root, native_drivers), RecordingNetlink(), RecordingRunner())
+        from devassign.lifecycle.simulated import SimulatedSysfs
+        from devassign.testing.nvidia_smi import SimulatedRunner
+
+        runner = SimulatedRunner(root=Path(sysfs_root))
+        return cls(SimulatedSysfs(sysfs_root, native_drivers), RecordingNetlink(), runner)

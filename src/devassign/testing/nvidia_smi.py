@@ -30,12 +30,12 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devassign.agent.gpus import EIGHT_SLICE_SHAPES, NVIDIA_VENDOR_ID, GpuModel, MigProfile, lookup, placement
-from devassign.lifecycle.host import RecordedRun, RunResult
+from devassign.lifecycle.host import RecordedRun, RecordingRunner, RunResult
 
 RC_INVALID = 2
 RC_NOT_SUPPORTED = 3
@@ -461,3 +461,40 @@ class FakeNvidiaSmi:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+@dataclass
+class SimulatedRunner(RecordingRunner):
+    """``agent run --simulate``'s runner: ``nvidia-smi`` answers as :class:`FakeNvidiaSmi`
+    does for the tree's MIG-capable NVIDIA GPUs on NVIDIA's driver (its state kept beside the
+    tree, so it lasts across agent runs); every other command is recorded and answered
+    ``respond`` (exit 0), as :class:`RecordingRunner` does."""
+
+    root: Path = field(default_factory=Path)
+    _smi: FakeNvidiaSmi | None = None
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float) -> RunResult:
+        if not argv or os.path.basename(argv[0]) != "nvidia-smi":
+            return super().run(argv, env=env, timeout=timeout)
+        self.calls.append(RecordedRun(list(argv), dict(env), timeout))
+        if self._smi is None:
+            self._smi = FakeNvidiaSmi(self.root / ".simulated-nvidia-smi.json", _tree_gpus(self.root))
+        return self._smi.run(argv, env=env, timeout=timeout)
+
+
+def _tree_gpus(root: Path) -> dict[str, str]:
+    """Bus id -> device id of the tree's MIG-capable NVIDIA GPUs bound to ``nvidia``."""
+    out: dict[str, str] = {}
+    devices = root / "bus" / "pci" / "devices"
+    for entry in sorted(devices.iterdir()) if devices.is_dir() else []:
+        try:
+            vendor = (entry / "vendor").read_text().strip().lower().removeprefix("0x")
+            device = (entry / "device").read_text().strip().lower().removeprefix("0x")
+            driver = (
+                os.path.basename(os.readlink(entry / "driver")) if (entry / "driver").is_symlink() else None
+            )
+        except (OSError, UnicodeDecodeError):
+            continue
+        if vendor == NVIDIA_VENDOR_ID and driver == "nvidia" and lookup(vendor, device) is not None:
+            out[entry.name] = device
+    return out

@@ -294,3 +294,23 @@ def test_a_free_slot_of_a_gpu_off_nvidias_driver_is_unhealthy(machine: Machine, 
         assert not result.ok and f"GPU {GPU} is on {says}, not nvidia" in (result.reason or ""), result
     machine.pci(GPU, driver="nvidia", group=12)
     assert MigHandler().health(free, {}, ops_for(machine, smi)).ok
+
+
+def test_a_simulated_host_answers_nvidia_smi_for_its_gpus(tmp_path: Path) -> None:
+    """``agent run --simulate`` recorded nvidia-smi without answering it: every MIG setup failed,
+    even on a GPU on NVIDIA's driver. Its runner now acts as nvidia-smi for the tree's GPUs (a
+    GPU off NVIDIA's driver is not seen, as on a real host), and what it made lasts across runs."""
+    from devassign.testing import host as build
+
+    h = build(tmp_path, vfio=True)
+    h.pci(GPU, "10de", "20b2", cls="030200", iommu_group=12, driver="nvidia")
+    h.pci("0000:af:00.0", "10de", "20b2", cls="030200", iommu_group=13, driver="vfio-pci")
+    ops = HostOps.simulated(h.root)
+    facts = MigHandler().setup(slot("1g.10gb", 19, 0), {}, ops)
+    assert facts["mig_gi"] is not None
+    assert MigHandler().health(slot("1g.10gb", 19, 0, facts=facts), {}, HostOps.simulated(h.root)).ok
+    other = device("0000:af:00.0/mig/1g.10gb/0", DeviceKind.STATIC, type="MIG", parent="0000:af:00.0",
+                   attributes={"mig_profile": "1g.10gb", "mig_profile_id": 19, "mig_start": 0})  # fmt: skip
+    with pytest.raises(HandlerError):
+        MigHandler().setup(other, {}, ops)
+    assert ops.runner.calls and ops.runner.calls[0].argv[0] == "nvidia-smi"
