@@ -58,7 +58,7 @@ class DeviceKind(StrEnum):
 
 
 # The kinds Nova can attach from an ARQ's handle (a PCI address, or an mdev): what a Cyborg bind
-# claims and the Placement mirror offers; a type's USB, static or MIG devices are neither.
+# claims; a type's USB, static or MIG devices are never bound through that API.
 NOVA_ATTACHABLE_KINDS = (
     DeviceKind.PCI,
     DeviceKind.SRIOV_PF,

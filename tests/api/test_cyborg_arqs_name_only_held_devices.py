@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 
 from devassign import schemas
 from devassign.domain import Role
-from devassign.openstack.placement_state import desired_state
 from devassign.server import cyborg
 from devassign.store import Store
 from tests.api.test_cyborg_routes import NIC, A, bind, make_arqs, nova_for, of, set_up
@@ -171,15 +170,3 @@ def test_deleting_a_profile_by_its_uuid_leaves_one_named_like_it(api: TestClient
     assert names == [one["uuid"]]
     assert api.delete(f"{A}/device_profiles/{one['uuid']}").status_code == 204  # now by name
     assert api.get(f"{A}/device_profiles").json()["device_profiles"] == []
-
-
-def test_the_placement_mirror_offers_only_devices_nova_can_attach() -> None:
-    devs = [
-        {"host": "c1", "type": "T", "state": "assigned", "consumer": "i1", "kind": "pci"},
-        {"host": "c1", "type": "T", "state": "available", "kind": "usb"},
-        {"host": "c1", "type": "T", "state": "available", "kind": "mig"},
-        {"host": "c1", "type": "T", "state": "available", "kind": "sriov_vf"},
-    ]
-    want = desired_state(devs, {"c1": "up"})[("c1", "T")]
-    assert (want.total, want.free) == (4, 1)
-    assert want.reserved({"i1": 1}) == 2  # the USB and MIG devices are kept from Placement

@@ -564,6 +564,8 @@ def _glob_problem(value: str) -> str | None:
 
 
 def _match_value(key: str, value: str, where: str, fail: Any) -> str:
+    if key in ("address", "parent"):
+        value = value.lower()  # as it is matched: a range checked as written could turn empty
     if key in ("address", "driver", "parent", "mdev_type", "vgpu_type", "mig_profile"):
         problem = _glob_problem(value)
         if problem:
@@ -586,7 +588,6 @@ def _match_value(key: str, value: str, where: str, fail: Any) -> str:
         if value not in kinds:
             raise fail(f"{where}: match.kind {value!r} must be one of {', '.join(kinds)}")
     if key in ("address", "parent"):
-        value = value.lower()
         return f"*:{value}" if _NO_DOMAIN_RE.match(value) else value
     return value
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from devassign.agent.state import AgentState
 from devassign.domain import DeviceKind
-from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, VGPU_HELD, LifecycleDevice
+from devassign.lifecycle.base import MDEV_HELD, MIG_HELD, PARENT_HELD_WHOLE, VGPU_HELD, LifecycleDevice
 from devassign.lifecycle.handlers.mdev import MDEV_NAMESPACE
 from devassign.schemas import ReportedDevice
 
@@ -29,13 +29,16 @@ class HeldPartitions:
     mig: dict[str, list[list[int]]]  # parent GPU -> [start, memory slices] of each slot
     mdev: dict[str, list[str]]  # {"uuids": [...], "slots": [addresses]}
     vgpu_vfs: list[str]
+    whole: frozenset[str] = frozenset()  # PCI functions held whole (a GPU on vfio-pci)
 
     @classmethod
     def of(cls, devices: list[dict[str, Any]], facts: dict[str, dict[str, Any]]) -> HeldPartitions:
         mig: dict[str, list[list[int]]] = {}
-        uuids, slots, vfs = [], [], set()
+        uuids, slots, vfs, whole = [], [], set(), set()
         for d in devices:
             kind, address, attrs = d.get("kind"), str(d.get("address")), d.get("attributes") or {}
+            if kind in (DeviceKind.PCI.value, DeviceKind.SRIOV_PF.value):
+                whole.add(address)
             if kind == DeviceKind.MIG.value:
                 start, memory = attrs.get("mig_start"), attrs.get("mig_slices")
                 if isinstance(start, int) and isinstance(memory, list):
@@ -49,7 +52,7 @@ class HeldPartitions:
                     uuids.append(str(uuid.uuid5(MDEV_NAMESPACE, f"{d['consumer']}/{address}")))
             elif kind == DeviceKind.VGPU.value:
                 vfs.add(str(d.get("parent")))
-        return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs))
+        return cls(mig, {"uuids": uuids, "slots": slots}, sorted(vfs), frozenset(whole))
 
     @classmethod
     def of_state(cls, state: AgentState, server_held: Iterable[dict[str, Any]] = ()) -> HeldPartitions:
@@ -70,7 +73,7 @@ class HeldPartitions:
 
     def facts_for(self, dev: ReportedDevice | LifecycleDevice) -> dict[str, Any]:
         if dev.kind is DeviceKind.MIG:
-            return {MIG_HELD: self.mig.get(dev.parent or "", [])}
+            return {MIG_HELD: self.mig.get(dev.parent or "", []), PARENT_HELD_WHOLE: dev.parent in self.whole}
         if dev.kind is DeviceKind.MDEV_TYPE:
             return {MDEV_HELD: self.mdev}
         if dev.kind is DeviceKind.VGPU:

@@ -54,6 +54,8 @@ MDEV_HELD = "mdev_held"
 # And for a free vGPU (17+) slot: the VFs whose vGPU this agent holds (or has an action in
 # flight for, or set up and has not cleaned yet) anywhere on the host.
 VGPU_HELD = "vgpu_held"
+# And for a free MIG slot: whether this agent holds its GPU whole (on vfio-pci for a consumer).
+PARENT_HELD_WHOLE = "parent_held_whole"
 
 
 @dataclass(frozen=True)

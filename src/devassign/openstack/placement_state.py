@@ -10,8 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devassign.domain import NOVA_ATTACHABLE_KINDS
-
 MANAGED_TRAIT = "CUSTOM_DEVASSIGN_MANAGED"
 NAME_PREFIX = "devassign:"
 # Provider UUIDs are uuid5(this namespace, "HOST/TYPE"): found again after a crash mid-creation.
@@ -44,9 +42,6 @@ def _consumer_key(consumer: str) -> str:
         return str(uuid.UUID(consumer))
     except ValueError:
         return consumer
-
-
-_ATTACHABLE = frozenset(k.value for k in NOVA_ATTACHABLE_KINDS)
 
 
 @dataclass
@@ -91,9 +86,7 @@ def desired_state(
         want = out.setdefault((host, type_name), Desired(host, type_name))
         want.total += 1
         blocked = any(t.get("effect") in BLOCKING_TAINTS for t in d.get("taints") or [])
-        # Nova binds only what it can attach: a type's USB, static or MIG devices stay reserved.
-        attachable = d.get("kind") is None or d.get("kind") in _ATTACHABLE
-        if state == FREE_STATE and hosts.get(host) == "up" and not blocked and attachable:
+        if state == FREE_STATE and hosts.get(host) == "up" and not blocked:
             want.free += 1
         elif d.get("consumer"):
             want.held[_consumer_key(str(d["consumer"]))] += 1

@@ -873,8 +873,11 @@ def release(
 
 
 def bound_through_arqs(conn: sa.Connection, consumer: str) -> bool:
-    """Whether Nova holds ``consumer``'s devices through ARQs bound (or binding) to it."""
-    live = cyborg_arqs.c.state.in_([ArqState.BIND_STARTED.value, ArqState.BOUND.value])
+    """Whether Nova holds ``consumer``'s devices through ARQs bound (or binding) to it; an
+    ``Initial`` ARQ naming it is a bind in flight, whose claim may be made already."""
+    live = cyborg_arqs.c.state.in_(
+        [ArqState.INITIAL.value, ArqState.BIND_STARTED.value, ArqState.BOUND.value]
+    )
     q = sa.select(cyborg_arqs.c.id).where(cyborg_arqs.c.instance_uuid == consumer, live).limit(1)
     return conn.execute(q).first() is not None
 

@@ -437,10 +437,11 @@ def delete_host(
     if not force and down_after is not None and seen is not None and now - seen < down_after:
         raise errors.DevassignError(
             errors.INVALID_STATE,
-            f"host {name!r} was heard from {max(0, int((now - seen).total_seconds()))} s ago: its agent "
-            "would register it again at its next report (without its taints). Stop the agent and "
-            "revoke its token first, then delete it once it is down; or force it (`--force`, "
-            "?force=true) for a machine whose new agent reports under a new host id",
+            f"host {name!r} was heard from {max(0, int((now - seen).total_seconds()))} s ago (a report "
+            "or heartbeat): its agent would register it again at its next report (without its "
+            "taints). Stop the agent and revoke its token first, then delete it once it is down; or "
+            "force it (`--force`, ?force=true) for a machine whose new agent reports under a new "
+            "host id",
         )
     dev_ids = sa.select(devices.c.id).where(devices.c.host_id == r.id)
     conn.execute(allocation_items.delete().where(allocation_items.c.device_id.in_(dev_ids)))

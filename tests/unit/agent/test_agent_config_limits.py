@@ -149,6 +149,7 @@ def test_cli_run_once_past_one_report_exits_1_and_sends_nothing(
         ({"address": "0000:[3b:*"}, {}, "can match nothing: its [ at 6 is never closed"),
         ({"mdev_type": "nvidia-[z-a]"}, {}, "can match nothing: its range [z-a] is empty"),
         ({"driver": "[*"}, {}, "is never closed"),
+        ({"address": "0000:3b:0[F-a].0"}, {}, "its range [f-a] is empty"),  # as matched: lower case
         (
             {"mig_profile": "1g.*", "kind": "pci"},
             {},
@@ -173,6 +174,7 @@ def test_a_match_no_device_can_meet_is_refused_at_load(
     "match",
     [
         {"address": "0000:3b:0[0-2].*"},
+        {"address": "0000:3B:0[a-F].0"},
         {"address": "0000:3b:0[!3].*"},
         {"mdev_type": "nvidia-[]x]"},
         {"mig_profile": "1g.*", "kind": "mig"},

@@ -294,6 +294,11 @@ def test_a_free_slot_of_a_gpu_off_nvidias_driver_is_unhealthy(machine: Machine, 
         assert not result.ok and f"GPU {GPU} is on {says}, not nvidia" in (result.reason or ""), result
     machine.pci(GPU, driver="nvidia", group=12)
     assert MigHandler().health(free, {}, ops_for(machine, smi)).ok
+    # A GPU this agent passed through whole is on vfio-pci: its slots are not unhealthy for it
+    # (the pool keeps them from claims, and they are back at once when the GPU is).
+    machine.pci(GPU, driver="vfio-pci", group=12)
+    held_whole = slot("1g.10gb", 19, 0, consumer=None, facts={"parent_held_whole": True})
+    assert MigHandler().health(held_whole, {}, ops_for(machine, smi)).ok
 
 
 def test_a_simulated_host_answers_nvidia_smi_for_its_gpus(tmp_path: Path) -> None:

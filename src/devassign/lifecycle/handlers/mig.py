@@ -22,6 +22,7 @@ from devassign.lifecycle import names
 from devassign.lifecycle.base import (
     LEFTOVER,
     MIG_HELD,
+    PARENT_HELD_WHOLE,
     PARENT_IN_USE,
     Facts,
     HandlerError,
@@ -335,7 +336,7 @@ class MigHandler:
     def health(self, device: LifecycleDevice, config: TypeConfig, ops: HostOps) -> HealthResult:
         where = slot(device)
         driver = ops.sysfs.link_name(f"{pci_dir(where.parent)}/driver")
-        if device.consumer is None and driver != "nvidia":
+        if device.consumer is None and driver != "nvidia" and not device.facts.get(PARENT_HELD_WHOLE):
             # nvidia-smi sees only GPUs on NVIDIA's driver: every setup here would fail. (A GPU
             # this agent holds whole is on vfio-pci: its slots wait for it, as the pool says.)
             return HealthResult(
