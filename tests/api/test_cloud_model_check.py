@@ -603,6 +603,12 @@ class CloudWalk:
             self.call(self.members[other], "DELETE", f"/v1/allocations/{h.consumer}", expect=(404,))
             return
         who = self.admin if roll < 0.35 else self.members[h.project]
+        if h.arq and who is not self.admin:
+            # A Nova instance's devices: its tenant project's members release them by deleting
+            # the instance, never through devassign (its ARQs would still name them).
+            r = self.call(who, "DELETE", f"/v1/allocations/{h.consumer}", expect=(403,))
+            assert r.json()["error"]["code"] == errors.FORBIDDEN, r.text
+            return
         self.call(who, "DELETE", f"/v1/allocations/{h.consumer}", expect=(204,))
         del self.holdings[h.consumer]
         after = self.call(self.admin, "GET", f"/v1/allocations/{h.consumer}", expect=(200,)).json()
@@ -974,6 +980,12 @@ class CloudWalk:
         missing = set(self.holdings) - consumers
         if missing:
             self.fail(f"consumers the walk holds are not listed: {sorted(missing)}")
+        # Nova attaches what an ARQ names: only an instance that holds its devices has one.
+        for arq in self.call(self.admin, "GET", ARQS, expect=(200,)).json()["arqs"]:
+            if arq["attach_handle_info"] is not None and arq["instance_uuid"] not in consumers:
+                self.fail(
+                    f"ARQ {arq['uuid']} ({arq['state']}) names a device of released {arq['instance_uuid']}"
+                )
         # Every held device is an allocation's, or a pending move's target.
         targets = self._move_targets()
         for i, d in now.items():

@@ -283,7 +283,7 @@ def test_malformed_taints_are_refused_by_the_model(body: dict[str, Any]) -> None
 def test_deleting_a_host_forgets_its_taints(fleet: Store) -> None:
     fleet.add_taint(_body(), "admin", host="c1")
     fleet.add_taint(_body(), "admin", device_id=_id(fleet, "c1", PF))
-    fleet.delete_host("c1", "admin")
+    fleet.delete_host("c1", "admin", force=True)
     assert fleet.list_taints() == []
 
 
