@@ -17,7 +17,16 @@ from devassign import schemas
 from devassign.domain import Role
 from devassign.server import cyborg
 from devassign.store import Store
-from tests.api.test_cyborg_routes import NIC, A, bind, make_arqs, nova_for, of, set_up
+from tests.api.test_cyborg_routes import (
+    NIC,
+    A,
+    bind,
+    cloud,  # noqa: F401  (the fixture)
+    make_arqs,
+    nova_for,
+    of,
+    set_up,
+)
 from tests.conftest import Clock, vf
 
 HANDLES = ("attach_handle_type", "attach_handle_info", "attach_handle_uuid")
@@ -27,22 +36,13 @@ def _step(api: TestClient) -> None:
     cyborg.sender(api.app).step()  # type: ignore[arg-type]
 
 
-def _cloud(api: TestClient) -> None:
-    assert api.post("/v1/resource-types", json={"name": "NIC_VF_1G"}).status_code == 201
-    devices = [vf(f"0000:3b:02.{i}") for i in range(4)]
-    r = api.put("/v1/hosts/compute-1/inventory", json={"generation": 1, "devices": devices})
-    assert r.status_code == 200, r.text
-    r = api.post(f"{A}/device_profiles", json=[{"name": "nic2", "groups": [NIC]}])
-    assert r.status_code == 201, r.text
-
-
 def _named_nothing(arqs: list[dict[str, Any]]) -> None:
     assert {a["state"] for a in arqs} == {"BindFailed"}, arqs
     assert all(a[h] is None for a in arqs for h in HANDLES), arqs
 
 
-def test_a_failed_setup_leaves_arqs_that_name_no_device(api: TestClient) -> None:
-    _cloud(api)
+def test_a_failed_setup_leaves_arqs_that_name_no_device(cloud: TestClient) -> None:  # noqa: F811
+    api = cloud
     nova = nova_for(api)
     arqs, instance = make_arqs(api), str(uuid.uuid4())
     assert bind(api, arqs, instance).status_code == 202
@@ -54,8 +54,8 @@ def test_a_failed_setup_leaves_arqs_that_name_no_device(api: TestClient) -> None
     assert {e["status"] for e in nova.bodies[0]["events"]} == {"failed"}
 
 
-def test_an_expired_reservation_leaves_arqs_that_name_no_device(api: TestClient, clock: Clock) -> None:
-    _cloud(api)
+def test_an_expired_reservation_leaves_arqs_that_name_no_device(cloud: TestClient, clock: Clock) -> None:  # noqa: F811
+    api = cloud
     arqs, instance = make_arqs(api), str(uuid.uuid4())
     assert bind(api, arqs, instance).status_code == 202
     clock.advance(3600)
@@ -63,8 +63,8 @@ def test_an_expired_reservation_leaves_arqs_that_name_no_device(api: TestClient,
     _named_nothing(of(api, instance))
 
 
-def test_a_release_outside_the_cyborg_api_unnames_bound_arqs(api: TestClient) -> None:
-    _cloud(api)
+def test_a_release_outside_the_cyborg_api_unnames_bound_arqs(cloud: TestClient) -> None:  # noqa: F811
+    api = cloud
     nova = nova_for(api)
     arqs, instance = make_arqs(api), str(uuid.uuid4())
     assert bind(api, arqs, instance).status_code == 202
@@ -81,8 +81,8 @@ def test_a_release_outside_the_cyborg_api_unnames_bound_arqs(api: TestClient) ->
     assert of(api, instance) == []
 
 
-def test_a_bound_device_that_leaves_its_host_is_named_no_more_once_released(api: TestClient) -> None:
-    _cloud(api)
+def test_a_bound_device_that_leaves_its_host_is_named_no_more_once_released(cloud: TestClient) -> None:  # noqa: F811
+    api = cloud
     arqs, instance = make_arqs(api), str(uuid.uuid4())
     assert bind(api, arqs, instance).status_code == 202
     r = api.put("/v1/hosts/compute-1/inventory", json={"generation": 2, "devices": [vf("0000:3b:02.3")]})
@@ -134,8 +134,8 @@ def test_a_tenant_of_novas_project_cannot_release_or_move_an_instances_devices(
     _named_nothing(arqs_now.json()["arqs"])
 
 
-def test_a_devassign_move_of_a_nova_instance_is_refused(api: TestClient) -> None:
-    _cloud(api)
+def test_a_devassign_move_of_a_nova_instance_is_refused(cloud: TestClient) -> None:  # noqa: F811
+    api = cloud
     r = api.put(
         "/v1/hosts/compute-2/inventory",
         json={"generation": 1, "devices": [vf("0000:5e:02.0"), vf("0000:5e:02.1")]},
