@@ -112,7 +112,7 @@ def run(
         typer.Option(
             "--simulate",
             help="Act on a generated sysfs tree as if it were a kernel (demos and tests); "
-            "netlink and commands are recorded, not run",
+            "netlink and commands are recorded, not run, and nvidia-smi answered for the tree's GPUs",
         ),
     ] = False,
     simulate_fail: Annotated[

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from devassign.hostio import HostIOError
-from devassign.lifecycle.host import HostOps, LinkState, RecordingNetlink, RecordingRunner, VfConfig
+from devassign.lifecycle.host import HostOps, LinkState, RecordingNetlink, VfConfig
 from devassign.lifecycle.simulated import SimulatedSysfs
+from devassign.testing.nvidia_smi import SimulatedRunner
 
 NETLINK_FILE = ".simulated-netlink.json"
 
@@ -83,9 +84,12 @@ class PersistentNetlink(RecordingNetlink):
 def simulated_host(
     sysfs_root: str | os.PathLike[str], native_drivers: Mapping[str, str] | None = None
 ) -> HostOps:
-    """A generated tree acting like a kernel, with VF settings kept in ``NETLINK_FILE`` inside
-    it and commands recorded, not run."""
+    """A generated tree acting like a kernel (``agent run --simulate``), with VF settings kept in
+    ``NETLINK_FILE`` inside it, ``nvidia-smi`` answered for its GPUs on NVIDIA's driver (state
+    kept beside the tree too) and every other command recorded, not run."""
     root = Path(sysfs_root)
     return HostOps(
-        SimulatedSysfs(root, native_drivers), PersistentNetlink(root / NETLINK_FILE), RecordingRunner()
+        SimulatedSysfs(root, native_drivers),
+        PersistentNetlink(root / NETLINK_FILE),
+        SimulatedRunner(root=root),
     )
