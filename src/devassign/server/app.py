@@ -331,6 +331,7 @@ def _install_openapi(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
+    owned = store is None  # a database this app opened is closed at its stop
     if store is None:
         db = Database(settings.db_url, **settings.database_options())
         db.ensure_schema(migrate=settings.migrate)
@@ -358,6 +359,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if owned:
+            await run_in_threadpool(store.db.close)
 
     app = FastAPI(
         title="devassign",

@@ -680,6 +680,7 @@ def sender(app: FastAPI) -> _Sender:
 
 async def _loop(app: FastAPI, interval: float) -> None:
     s = sender(app)
+    skipped = 0  # steps skipped in a row while the database cannot serve: logged once an outage
     while True:
         await asyncio.sleep(s.delay)
         try:
@@ -688,5 +689,10 @@ async def _loop(app: FastAPI, interval: float) -> None:
             busy = busy_now(exc)
             if busy is None:
                 log.exception("cyborg API: resolving ARQ bindings failed; will retry")
-            else:
+            elif not skipped:
                 log.warning("cyborg API: resolving ARQ bindings skipped: %s; will retry", busy.message)
+            skipped += busy is not None
+            continue
+        if skipped:
+            log.info("cyborg API: resolving ARQ bindings again after %d skipped tries", skipped)
+            skipped = 0

@@ -125,8 +125,12 @@ def work_pending(store: Store, host: str, results: Sequence[schemas.WorkResult])
             lambda c: fleet_queries.pending_work(c, host, [r.device_id for r in results])
         )
         return {"at": store.clock(), "devices": found}
-    except Exception:  # a metric must not refuse an agent's results
-        log.exception("could not read the devices of %s's work results for metrics", host)
+    except Exception as exc:  # a metric must not refuse an agent's results
+        busy = busy_now(exc)
+        if busy is None:
+            log.exception("could not read the devices of %s's work results for metrics", host)
+        else:  # the results' own write will answer 503: one line, not a traceback per call
+            log.warning("no metrics of %s's work results: %s", host, busy.message)
         return {}
 
 

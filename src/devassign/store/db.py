@@ -122,9 +122,90 @@ def _private_journals(path: Path) -> None:
                 journal.chmod(0o600)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class _FileWatch:
+    """The SQLite file a server opened stays the one at its path: deleted or replaced under
+    a running server, the open connections still write into the old file and every write
+    acknowledged from then on is gone at the next start. A write then is refused (503
+    ``file_gone``) and the server says so once, loudly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.identity = _identity(path)
+        self._told = False
+
+    def check(self) -> None:
+        if self.identity is None or _identity(self.path) == self.identity:
+            return
+        if not self._told:
+            self._told = True
+            log.error(
+                "the database file %s was deleted or replaced while this server runs: writes are "
+                "refused from now on (they would be lost). Stop the server, put the database back "
+                "(the file, or a backup: docs/operations.md) and start it again",
+                self.path,
+            )
+        raise DevassignError(
+            DATABASE_BUSY,
+            f"the database file {self.path.name} was deleted or replaced under the server; an operator "
+            "must restore it and restart the server",
+            reason="file_gone",
+        )
+
+
+# SQLite's primary result codes (``sqlite_errorcode & 0xff``) of a database that cannot serve
+# now: the reason and message of the 503. READONLY, IOERR and CANTOPEN may be a connection
+# opened while the file could not be written: such a connection is dropped (``_on_error``).
+_SQLITE_BUSY_CODES: dict[int, tuple[str, str]] = {
+    5: ("locked", "another process holds the database's write lock"),  # SQLITE_BUSY
+    6: ("locked", "another process holds the database's write lock"),  # SQLITE_LOCKED
+    8: ("read_only", "the database file cannot be written (a read-only file or file system?)"),
+    10: ("io_error", "the database file could not be read or written (a disk I/O error)"),
+    13: ("disk_full", "the disk holding the database is full"),  # SQLITE_FULL
+    14: ("cannot_open", "the database file cannot be opened"),  # SQLITE_CANTOPEN
+}
+_SQLITE_STALE_CODES = frozenset({8, 10, 14})
+_SQLITE_TEXTS: tuple[tuple[str, int], ...] = (
+    ("locked", 5),
+    ("busy", 5),
+    ("readonly database", 8),
+    ("disk i/o error", 10),
+    ("database or disk is full", 13),
+    ("unable to open database", 14),
+)
+
+
+def _sqlite_code(exc: sqlite3.Error) -> int | None:
+    """The primary result code of an SQLite error (from its text where Python gives none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc).lower()
+    return next((c for needle, c in _SQLITE_TEXTS if needle in text), None)
+
+
 def _sqlite_setup(engine: sa.Engine, path: Path | None, busy_timeout_ms: int) -> None:
+    watch = _FileWatch(path) if path is not None else None
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _on_error(ctx: sa.engine.ExceptionContext) -> None:
+        # A connection opened while the file could not be written stays read-only for good:
+        # drop it (and the pool's others) so that the next try opens the file afresh.
+        orig = ctx.original_exception
+        if isinstance(orig, sqlite3.Error) and _sqlite_code(orig) in _SQLITE_STALE_CODES:
+            ctx.is_disconnect = True
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if watch is not None:  # a new connection to a file put in the old one's place: refused
+            watch.check()
         # We issue BEGIN ourselves (below), so the driver must not.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -139,6 +220,8 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None, busy_timeout_ms: int) ->
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get("devassign_write", False)
+        if write and watch is not None:
+            watch.check()
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
@@ -225,6 +308,23 @@ class Database:
             _postgresql_setup(self.engine, answer_limit(effective_timeout(statement_timeout, given)))
 
     def dispose(self) -> None:
+        self.engine.dispose()
+
+    def close(self) -> None:
+        """At a server's stop. SQLite: move the write-ahead log into the database file first,
+        so that a stopped server leaves one self-contained file (a backup restored over it is
+        not undone by an old ``-wal`` replayed on top). Busy (another process writing): the
+        log stays, as it would have."""
+        if self.is_sqlite:
+            raw = self.engine.raw_connection()  # no BEGIN: a checkpoint runs outside a transaction
+            try:
+                busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    log.warning("the write-ahead log stays beside the database: another process holds it")
+            except sqlite3.Error as exc:
+                log.warning("could not move the write-ahead log into the database at stop: %s", exc)
+            finally:
+                raw.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -513,6 +613,8 @@ def _is_contention(exc: sa.exc.DBAPIError) -> bool:
 # SQLSTATEs of a database that cannot serve now but will: (reason, what to say).
 _BUSY_STATES: dict[str, tuple[str, str]] = {
     "53300": ("too_many_connections", "the database refuses more connections (too many clients)"),
+    "53100": ("disk_full", "the database's disk is full"),
+    "53200": ("out_of_memory", "the database is out of memory"),
     "57014": ("statement_timeout", "a database statement ran longer than the statement timeout"),
     "55P03": ("lock_timeout", "a database statement waited longer than the lock timeout"),
     "57P01": ("shutting_down", "the database is shutting down or was restarted"),
@@ -549,11 +651,9 @@ def busy_error(exc: BaseException) -> DevassignError | None:
     if not isinstance(exc, sa.exc.DBAPIError):
         return None
     orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):
-        text = str(orig).lower()
-        if "locked" in text or "busy" in text:
-            return _busy("locked", "another process holds the database's write lock")
-        return None
+    if isinstance(orig, sqlite3.Error):
+        code = _sqlite_code(orig)
+        return _busy(*_SQLITE_BUSY_CODES[code]) if code in _SQLITE_BUSY_CODES else None
     if isinstance(orig, psycopg.Error):
         state = orig.sqlstate or ""
         if state in _BUSY_STATES:
