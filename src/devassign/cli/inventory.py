@@ -150,6 +150,7 @@ EVENT_COLUMNS = [
     ("at", lambda e: when(e["at"])),
     ("actor", lambda e: e["actor"]),
     ("action", lambda e: e["action"]),
+    ("host", lambda e: e.get("host") or ""),
     ("message", lambda e: e["message"]),
 ]
 

@@ -138,7 +138,10 @@ def server(
     ] = 10,
     db_max_overflow: Annotated[
         int | None,
-        typer.Option(min=0, help="Extra connections per process in bursts (default: half the pool)"),
+        typer.Option(
+            min=0,
+            help="Extra connections per process in bursts (default: half the pool on PostgreSQL; SQLite 10)",
+        ),
     ] = None,
     db_pool_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request waits for a free connection before a 503")
