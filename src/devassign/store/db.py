@@ -122,36 +122,45 @@ def _private_journals(path: Path) -> None:
                 journal.chmod(0o600)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path) -> os.stat_result | None:
     try:
-        st = path.stat()
+        return path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino
 
 
 class _FileWatch:
     """The SQLite file a server opened stays the one at its path: deleted or replaced under
     a running server, the open connections still write into the old file and every write
-    acknowledged from then on is gone at the next start. A write then is refused (503
-    ``file_gone``) and the server says so once, loudly."""
+    acknowledged from then on is gone at the next start. A write (or a new connection) then
+    is refused (503 ``file_gone``) until a restart, and the server says so once, loudly.
+
+    Told by the file's identity (device, inode), and by an empty file where one with data was:
+    a file created anew may get a freed inode's number."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.identity = _identity(path)
-        self._told = False
+        st = _stat(path)
+        self.identity = (st.st_dev, st.st_ino) if st else None
+        self.had_data = bool(st and st.st_size)
+        self.gone = False
 
     def check(self) -> None:
-        if self.identity is None or _identity(self.path) == self.identity:
+        if self.identity is None:
             return
-        if not self._told:
-            self._told = True
-            log.error(
-                "the database file %s was deleted or replaced while this server runs: writes are "
-                "refused from now on (they would be lost). Stop the server, put the database back "
-                "(the file, or a backup: docs/operations.md) and start it again",
-                self.path,
-            )
+        if not self.gone:
+            st = _stat(self.path)
+            if st is None or (st.st_dev, st.st_ino) != self.identity or (self.had_data and not st.st_size):
+                self.gone = True
+                log.error(
+                    "the database file %s was deleted or replaced while this server runs: writes are "
+                    "refused from now on (they would be lost). Stop the server, put the database back "
+                    "(the file, or a backup: docs/operations.md) and start it again",
+                    self.path,
+                )
+            else:
+                self.had_data = self.had_data or bool(st.st_size)
+                return
         raise DevassignError(
             DATABASE_BUSY,
             f"the database file {self.path.name} was deleted or replaced under the server; an operator "
