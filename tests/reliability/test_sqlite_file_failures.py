@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,59 @@ def test_a_deleted_or_replaced_file_refuses_writes(
         assert [t["name"] for t in api.get("/v1/resource-types").json()] == [NIC]  # the open file
         sqlite_db.engine.dispose()  # a new connection would open what is at the path now
         _busy(api.get("/v1/resource-types"), "file_gone")
+
+
+def test_a_new_database_deleted_is_not_made_again_empty(tmp_path: Path) -> None:
+    """Deleted before any data reached the main file (it is all in the log): a new connection
+    does not create an empty database in its place; the server says the file is gone."""
+    path = tmp_path / "devassign.db"
+    db = Database(f"sqlite:///{path}", pool_size=1, max_overflow=0, pool_timeout=2)
+    with _api(db) as api:
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        db.engine.dispose()
+        _busy(api.get("/v1/resource-types"), "file_gone")
+        _busy(api.post("/v1/resource-types", json={"name": "X"}), "file_gone")
+        assert not path.exists()
+    db.close()  # the stop goes on without the file (nothing to checkpoint into)
+
+
+def test_a_file_that_cannot_be_looked_at_for_a_moment_is_not_gone(
+    sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "devassign.db"
+    real = Path.stat
+    failures = {"left": 1}
+
+    def flaky(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path and failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")  # EIO, once (a network file system's hiccup)
+        return real(self, *args, **kwargs)
+
+    with _api(sqlite_db) as api:
+        _seed(api)
+        monkeypatch.setattr(Path, "stat", flaky)
+        for n in range(3):
+            assert api.post("/v1/claims", json=_claim_body(f"vm-{n}")).status_code == 201
+        assert failures["left"] == 0  # it was looked at, and failed once
+
+
+def test_the_stop_does_not_wait_long_for_a_reader_of_the_log(tmp_path: Path) -> None:
+    """Another process reading (an operator's shell) holds the log: the checkpoint at the stop
+    gives up after a short wait, not the statement timeout (here none: a day)."""
+    path = tmp_path / "devassign.db"
+    db = Database(f"sqlite:///{path}", statement_timeout=0)
+    db.upgrade()
+    with _api(db) as api:
+        _seed(api)
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM devices").fetchone()  # a snapshot the log must keep
+    with sqlite3.connect(path) as writer:  # and a commit after it: the checkpoint must wait
+        writer.execute("UPDATE resource_types SET description = 'later'")
+    stopping = threading.Thread(target=db.close, daemon=True)
+    stopping.start()
+    stopping.join(timeout=60)
+    reader.close()
+    assert not stopping.is_alive(), "the stop hung on the checkpoint"

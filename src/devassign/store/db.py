@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import psycopg
 import psycopg.rows
@@ -123,9 +124,11 @@ def _private_journals(path: Path) -> None:
 
 
 def _stat(path: Path) -> os.stat_result | None:
+    """The file's status; None when it is not there. Another failure (EIO, ESTALE on a network
+    file system, EACCES while a folder's mode changes) says nothing about the file: raised."""
     try:
         return path.stat()
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -140,16 +143,27 @@ class _FileWatch:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        st = _stat(path)
+        try:
+            st = _stat(path)
+        except OSError:
+            st = None
         self.identity = (st.st_dev, st.st_ino) if st else None
         self.had_data = bool(st and st.st_size)
         self.gone = False
+        self._lock = threading.Lock()
 
     def check(self) -> None:
         if self.identity is None:
             return
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
         if not self.gone:
-            st = _stat(self.path)
+            try:
+                st = _stat(self.path)
+            except OSError:
+                return  # cannot tell now (see _stat): the next check will
             if st is None or (st.st_dev, st.st_ino) != self.identity or (self.had_data and not st.st_size):
                 self.gone = True
                 log.error(
@@ -211,10 +225,20 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None, busy_timeout_ms: int) ->
         if isinstance(orig, sqlite3.Error) and _sqlite_code(orig) in _SQLITE_STALE_CODES:
             ctx.is_disconnect = True
 
+    @sa.event.listens_for(engine, "do_connect")
+    def _before_connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # The file exists (``create_private``): a connection opens it and never creates one, so
+        # a deleted file is refused, not replaced by an empty database (and the pool's new
+        # connections never reach a file put in the old one's place).
+        if watch is None:
+            return
+        watch.check()
+        if cargs and not cparams.get("uri"):
+            cargs[0] = f"file:{quote(str(cargs[0]), safe='/')}?mode=rw"
+            cparams["uri"] = True
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        if watch is not None:  # a new connection to a file put in the old one's place: refused
-            watch.check()
         # We issue BEGIN ourselves (below), so the driver must not.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -324,17 +348,26 @@ class Database:
         so that a stopped server leaves one self-contained file (a backup restored over it is
         not undone by an old ``-wal`` replayed on top). Busy (another process writing): the
         log stays, as it would have."""
-        if self.is_sqlite:
-            raw = self.engine.raw_connection()  # no BEGIN: a checkpoint runs outside a transaction
-            try:
-                busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if busy:
-                    log.warning("the write-ahead log stays beside the database: another process holds it")
-            except sqlite3.Error as exc:
-                log.warning("could not move the write-ahead log into the database at stop: %s", exc)
-            finally:
-                raw.close()
-        self.engine.dispose()
+        try:
+            if self.is_sqlite:
+                self._checkpoint()
+        except Exception as exc:  # the stop goes on: the log stays, as after a kill
+            log.warning("could not move the write-ahead log into the database at stop: %s", exc)
+        finally:
+            self.engine.dispose()
+
+    def _checkpoint(self) -> None:
+        raw = self.engine.raw_connection()  # no BEGIN: a checkpoint runs outside a transaction
+        try:
+            cur = raw.cursor()
+            # Another process reading (an operator's sqlite3 shell, a backup) makes the checkpoint
+            # wait: briefly, not the statement timeout (a stop must end well within systemd's).
+            cur.execute("PRAGMA busy_timeout = 2000")
+            busy, _, _ = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                log.warning("the write-ahead log stays beside the database: another process holds it")
+        finally:
+            raw.close()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
