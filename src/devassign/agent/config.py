@@ -277,6 +277,8 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid TOML: nested too deeply") from None
     return parse_config(raw, source=str(p), base_dir=p.parent, path=p)
 
 
@@ -320,6 +322,8 @@ def parse_config(
         if not isinstance(raw["state_file"], str):
             raise fail("state_file must be a path")
         state_file = base / Path(raw["state_file"]).expanduser()
+        if state_file.is_dir():  # "fix or remove the file" would then name a folder
+            raise fail(f"state_file {state_file} is a folder: name a file (the agent writes it)")
     pci_ids = None
     if "pci_ids" in raw:
         if not isinstance(raw["pci_ids"], str):

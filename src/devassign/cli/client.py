@@ -69,6 +69,14 @@ class CliError(Exception):
         self.body = body
 
 
+def not_empty(option: str, value: str | None) -> str | None:
+    """``value`` of ``option``, refused when empty: an unset shell variable (``--idempotency-key
+    "$KEY"``) would otherwise be taken as "none given", and a retry would claim again."""
+    if value is not None and not value.strip():
+        raise CliError(f"{option} is empty: give it (an unset shell variable?)", status=ExitCode.USAGE)
+    return value
+
+
 def api_path(template: str, *names: object) -> str:
     """``template`` (``"/v1/allocations/{}/moves"``) with each name escaped as one path
     segment: a name holding ``?``, ``#`` or nothing but dots names itself (an id the server
@@ -240,7 +248,22 @@ def checked_url(url: str) -> str:
             f"--url / DEVASSIGN_URL {url[:200]!r}: give http://HOST:PORT or https://HOST:PORT",
             status=ExitCode.USAGE,
         )
-    if httpx.URL(url).userinfo:
+    parsed = httpx.URL(url)
+    if parsed.query or parsed.fragment or "?" in url or "#" in url:
+        raise CliError(
+            f"--url / DEVASSIGN_URL {shown_url(url)!r} holds a query or fragment (? or #): give "
+            "http(s)://HOST:PORT (and a path prefix, if a proxy serves devassign under one)",
+            status=ExitCode.USAGE,
+        )
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise CliError(
+            f"--url / DEVASSIGN_URL {shown_url(url)!r}: the port must be 1 to 65535", status=ExitCode.USAGE
+        )
+    if parsed.userinfo:
         # httpx would send them as Basic auth in place of the token, which the server refuses.
         raise CliError(
             f"--url / DEVASSIGN_URL {shown_url(url)!r} holds a user name or password (USER:PASSWORD@); "
@@ -261,6 +284,10 @@ def checked_token(token: str) -> str:
             status=ExitCode.USAGE,
         )
     return token
+
+
+# What a proxy or load balancer answers for a devassign server behind it that is down or slow.
+_GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 
 class Client:
@@ -320,6 +347,12 @@ class Client:
                         "CA in SSL_CERT_FILE, never plain http://",
                         status=ExitCode.UNREACHABLE,
                     ) from exc
+                if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
+                    raise CliError(
+                        f"the TLS handshake with {self.shown} failed ({exc}): a server that speaks "
+                        "plain HTTP? (give its http:// URL, or put TLS in front of it)",
+                        status=ExitCode.USAGE,
+                    ) from exc
                 if not self._reached:  # never reached: most likely the wrong URL or no server
                     raise CliError(
                         f"cannot reach the devassign server at {self.shown}: is `devassign server` "
@@ -345,6 +378,11 @@ class Client:
                 continue
             except httpx.HTTPError as exc:
                 raise CliError(f"request to {self.shown}{path} failed: {exc}") from exc
+            except httpx.InvalidURL as exc:  # a value too long for a URL (64 KiB), say
+                raise CliError(
+                    f"a value given does not fit in a request's URL ({exc}): shorten it",
+                    status=ExitCode.USAGE,
+                ) from None
             self._reached = True
             if response.status_code != 503 or not resend:
                 return response
@@ -425,8 +463,9 @@ class Client:
         """Every answer of a devassign server carries its version header: without it, this is
         another server at a wrong URL (a proxy's sign-in page, another API), whose 200 must not
         be read as an answer (a release "done" that never reached devassign). A 5xx without it
-        is a proxy's (the server behind it down), handled as any 5xx."""
-        if response.status_code >= 500 or VERSION_HEADER in response.headers:
+        is a proxy's (the server behind it down), handled as any 5xx; another 5xx without it
+        (501 Not Implemented, say) is not devassign's either."""
+        if response.status_code in _GATEWAY_ERRORS or VERSION_HEADER in response.headers:
             return
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise CliError(

@@ -15,16 +15,19 @@ made (it holds the :data:`MARKER` file, which lists what that demo wrote).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import re
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import uvicorn
@@ -100,6 +103,7 @@ def build_host(root: Path, index: int) -> SyntheticHost:
 
 
 MARKER = ".devassign-demo"
+LOCK = ".devassign-demo.lock"  # held (flock) by the demo running in the folder
 _DEMO_ENTRY_RE = re.compile(r"demo\.db(-wal|-shm|-journal)?|compute-[0-9]+")
 
 
@@ -109,23 +113,36 @@ def _demo_entries(n_hosts: int) -> list[str]:
     return db + [f"compute-{i + 1}" for i in range(n_hosts)]
 
 
-def _prepare_data_dir(folder: Path, n_hosts: int) -> None:
-    """Make ``folder`` ready for a demo without touching anything a demo did not write there.
+def _prepare_data_dir(folder: Path, n_hosts: int) -> IO[str]:
+    """Make ``folder`` ready for a demo without touching anything a demo did not write there;
+    returns the open lock file that holds it for this demo (keep it open while the demo runs).
 
     New or empty: used. Holding the marker: what the earlier demo listed in it is deleted,
-    the rest is left. Anything else is refused (``--data-dir .`` must never wipe a folder).
+    the rest is left. Anything else is refused (``--data-dir .`` must never wipe a folder), and
+    so is a folder another demo is running in (deleting its files would lose what it keeps).
     """
     folder = folder.expanduser()
     if folder.exists() and not folder.is_dir():
         raise CliError(f"--data-dir {folder}: not a folder", status=ExitCode.USAGE)
     marker = folder / MARKER
-    if folder.is_dir() and any(folder.iterdir()):
-        if not marker.is_file():
-            raise CliError(
-                f"--data-dir {folder}: not empty and not a folder an earlier `devassign demo` made "
-                f"(no {MARKER} file); give a new or empty folder",
-                status=ExitCode.USAGE,
-            )
+    if folder.is_dir() and any(folder.iterdir()) and not marker.is_file():
+        raise CliError(
+            f"--data-dir {folder}: not empty and not a folder an earlier `devassign demo` made "
+            f"(no {MARKER} file); give a new or empty folder",
+            status=ExitCode.USAGE,
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / LOCK).open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise CliError(
+            f"--data-dir {folder}: another `devassign demo` is running in it; stop it first, or give "
+            "another folder",
+            status=ExitCode.USAGE,
+        ) from None
+    if marker.is_file():
         try:
             earlier = json.loads(marker.read_text()).get("wrote", [])
         except (OSError, ValueError, AttributeError) as exc:
@@ -138,8 +155,8 @@ def _prepare_data_dir(folder: Path, n_hosts: int) -> None:
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"wrote": _demo_entries(n_hosts)}) + "\n")
+    return lock
 
 
 def _free_port(preferred: int) -> int:
@@ -191,9 +208,13 @@ def _agents_pass(agents: list[Agent]) -> None:
 def run_demo(*, port: int, n_hosts: int, keep_running: bool, data_dir: Path | None) -> None:
     if n_hosts < 1:
         raise CliError("--hosts must be at least 1", status=ExitCode.USAGE)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (systemd, `timeout`, a container's stop) ends the demo as Ctrl-C does: its
+        # temporary folder is removed and its database closed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if data_dir is not None:
-        _prepare_data_dir(data_dir, n_hosts)
-        _run(data_dir.expanduser(), port=port, n_hosts=n_hosts, keep_running=keep_running)
+        with _prepare_data_dir(data_dir, n_hosts):
+            _run(data_dir.expanduser(), port=port, n_hosts=n_hosts, keep_running=keep_running)
         return
     base = Path(tempfile.mkdtemp(prefix="devassign-demo-"))
     try:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.claims import HostOpt, RequestOpt, SpecOpt, build_body, plural, print_explanation, summary
-from devassign.cli.client import CliError, ExitCode, api_path
+from devassign.cli.client import CliError, ExitCode, api_path, not_empty
 from devassign.cli.inventory import ALLOCATION_COLUMNS, FormatOpt, client
 from devassign.cli.output import Format, console, emit
 from devassign.scheduler.reasons import ordinal
@@ -202,12 +202,12 @@ def register(app: typer.Typer) -> None:
             instance=instance,
             count=count,
             prefix=prefix,
-            gang=gang,
+            gang=not_empty("--gang", gang),
             distinct=distinct_hosts,
             max_per_host=max_per_host,
-            same=same,
+            same=not_empty("--same", same),
             project=project,
-            idempotency_key=idempotency_key or None,
+            idempotency_key=not_empty("--idempotency-key", idempotency_key),
             caller=api.caller,
         )
         body.setdefault("idempotency_key", f"cli-{uuid.uuid4()}")

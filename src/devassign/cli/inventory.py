@@ -174,7 +174,8 @@ def register(app: typer.Typer) -> typer.Typer:
             bool, typer.Option("--watch", help="Keep the table on screen, refreshed in place; Ctrl-C ends")
         ] = False,
         interval: Annotated[
-            float, typer.Option(min=0.5, help="Seconds between two refreshes of --watch")
+            float,
+            typer.Option(min=0.5, max=3600, help="Seconds between two refreshes of --watch (0.5 to 3600)"),
         ] = 2.0,
     ) -> None:
         """Each resource type: description and how many devices are in each state."""
@@ -266,9 +267,10 @@ def register(app: typer.Typer) -> typer.Typer:
         if every:
             emit(all_hosts(api, after), fmt, HOST_COLUMNS)
             return
-        found = api.get("/v1/hosts", limit=limit + 1, after=after)
+        # One more than shown tells whether more follow (the server's page ends at the CLI's maximum).
+        found = api.get("/v1/hosts", limit=min(limit + 1, HOSTS_PAGE_MAX), after=after)
         emit(found[:limit], fmt, HOST_COLUMNS)
-        if len(found) > limit:
+        if len(found) > limit or len(found) == HOSTS_PAGE_MAX:
             typer.echo(
                 f"more hosts follow: `devassign hosts --after {found[limit - 1]['name']}` for the next "
                 f"{limit}, or --all for every one",

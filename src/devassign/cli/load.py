@@ -22,6 +22,10 @@ MAX_BYTES = 12 * 1024 * 1024
 def read_reports(path: str) -> list[dict[str, Any]]:
     """``{host, report}`` items from a JSON array or JSON Lines (one item a line); ``-``: stdin."""
     try:
+        if path == "-" and sys.stdin is None:
+            raise CliError(
+                "cannot read stdin: it is closed (give a FILE, or pipe the reports in)", status=ExitCode.USAGE
+            )
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}", status=ExitCode.USAGE) from exc
@@ -38,12 +42,14 @@ def read_reports(path: str) -> list[dict[str, Any]]:
             '{"host": ..., "report": {...}} or one such object a line',
             status=ExitCode.USAGE,
         ) from exc
-    except ValueError as exc:  # NaN, Infinity, a number past a float's range
-        raise CliError(f"{path}: {exc}: write a finite number", status=ExitCode.USAGE) from exc
+    except ValueError as exc:  # NaN, Infinity, a number past a float's range; nested too deep
+        raise CliError(f"{path}: {exc}", status=ExitCode.USAGE) from exc
     if not isinstance(items, list):
         raise CliError(
             f"{path}: give a JSON array of {{host, report}} items, or JSON Lines", status=ExitCode.USAGE
         )
+    if not items:
+        raise CliError(f"{path}: no {{host, report}} items in it", status=ExitCode.USAGE)
     for n, item in enumerate(items, 1):
         if not isinstance(item, dict) or not isinstance(item.get("host"), str) or "report" not in item:
             raise CliError(

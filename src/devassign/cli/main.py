@@ -241,8 +241,15 @@ def server(
     ):
         if not math.isfinite(seconds):
             raise CliError(f"{option} is a number of seconds, not {seconds}", status=2)
+    for option, weight in (
+        ("--balance-weight", balance_weight),
+        ("--numa-weight", numa_weight),
+        ("--fragmentation-weight", fragmentation_weight),
+    ):
+        if not math.isfinite(weight):
+            raise CliError(f"{option} is a finite number, 0 or more, not {weight}", status=2)
     db = _check_db_url(db)
-    placement = placement_with(  # the options' ranges already refused negative weights and nan
+    placement = placement_with(  # the options' ranges already refused negative weights
         mode=policy.value,
         binpack_weight=balance_weight,
         numa_weight=numa_weight,
@@ -342,7 +349,7 @@ def _safe_url(url: str | None) -> str:
         return "-"
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
@@ -366,7 +373,12 @@ def _check_db_url(url: str | None, *, create: bool = True) -> str:
             raise CliError(f"cannot create the data folder of the default database: {exc}") from exc
     shown = _safe_url(url)
     try:
-        make_url(normalize_url(url)).get_dialect().import_dbapi()
+        parsed = make_url(normalize_url(url))
+        parsed.get_dialect().import_dbapi()
+    except ValueError as exc:  # a port that is not a number, an unclosed [ of an IPv6 address
+        raise CliError(
+            f"database URL {shown}: it does not parse ({exc}); give {DB_URL_FORMS}", status=ExitCode.USAGE
+        ) from exc
     except ArgumentError as exc:  # NoSuchModuleError (an unknown scheme) is one too
         raise CliError(
             f"database URL {shown}: not one devassign can use ({exc}); give {DB_URL_FORMS}",
@@ -379,7 +391,23 @@ def _check_db_url(url: str | None, *, create: bool = True) -> str:
             status=ExitCode.USAGE,
         ) from exc
     path = sqlite_file(url) if url.startswith("sqlite") else None
-    if path is not None and not create and not path.exists():
+    if url.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+        raise CliError(  # each connection would see its own empty database, gone at the end
+            f"database URL {shown} is an in-memory database, which nothing keeps: give a file "
+            "(sqlite:///PATH) or a PostgreSQL URL",
+            status=ExitCode.USAGE,
+        )
+    try:
+        missing = path is not None and not path.exists()
+        folder = path is not None and path.is_dir()
+    except OSError as exc:  # a name too long for the file system, say
+        raise CliError(f"database URL {shown}: {exc.strerror or exc}", status=ExitCode.USAGE) from exc
+    if folder:
+        raise CliError(
+            f"database URL {shown} names a folder: give the database file in it (sqlite:///PATH/devassign.db)",
+            status=ExitCode.USAGE,
+        )
+    if path is not None and not create and missing:
         raise CliError(  # exit 3, as a PostgreSQL database that does not exist
             f"no database at {path}: check --db (or DEVASSIGN_DB); `devassign db upgrade` creates one",
             status=ExitCode.UNREACHABLE,
@@ -417,6 +445,11 @@ def _database_errors(url: str, interrupted: str | None = None) -> Iterator[None]
             status=ExitCode.UNREACHABLE,
         ) from exc
     except DBAPIError as exc:
+        if "file is not a database" in str(exc.orig):  # the wrong file named: a usage error
+            raise CliError(
+                f"{_safe_url(url)} is not an SQLite database file: check --db (or DEVASSIGN_DB)",
+                status=ExitCode.USAGE,
+            ) from exc
         raise CliError(f"the database {_safe_url(url)} refused: {_driver_reason(exc)}") from exc
 
 
@@ -586,9 +619,9 @@ def _new_sqlite_file(url: str | None) -> bool:
         return False
     try:
         path = sqlite_file(url)
-    except ArgumentError:
+        return path is not None and not path.exists()
+    except (ArgumentError, ValueError, OSError):
         return False  # _check_db_url says what is wrong with it
-    return path is not None and not path.exists()
 
 
 def _pydantic_message(exc: Any) -> str:
@@ -603,7 +636,7 @@ def _pydantic_message(exc: Any) -> str:
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the demo server")] = 8470,
-    hosts: Annotated[int, typer.Option(help="How many simulated hosts")] = 3,
+    hosts: Annotated[int, typer.Option(min=1, max=1000, help="How many simulated hosts (1 to 1000)")] = 3,
     keep_running: Annotated[
         bool, typer.Option("--keep-running/--exit", help="Keep the server up afterwards")
     ] = False,
@@ -698,6 +731,17 @@ def run(args: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "Abort":  # click's Abort: end of input at a prompt
             typer.echo("Aborted.", err=True)
             return ExitCode.ERROR
+        if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc):
+            # Bytes of the command line that are not UTF-8 (Python keeps them as lone surrogates)
+            # reached a request, a URL or a file name: the user's input, not a bug.
+            bad = printable(exc.object[max(0, exc.start - 20) : exc.end + 20])
+            typer.secho(
+                f"error: a value given holds bytes that are not UTF-8 text (near {bad!r}): give names "
+                "and values as UTF-8",
+                fg="red",
+                err=True,
+            )
+            return ExitCode.USAGE
         if os.environ.get("DEVASSIGN_DEBUG"):
             raise
         # An answer the command could not read (a server that is not devassign's, or broken),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from devassign.cli.claims import print_explanation, summary, text_of
-from devassign.cli.client import CliError, api_path
+from devassign.cli.client import CliError, api_path, not_empty
 from devassign.cli.inventory import FormatOpt, client
 from devassign.cli.output import Format, console, emit, when
 
@@ -65,7 +65,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Hold devices on HOST matching CONSUMER's request while it keeps its own; prints which
         device takes the place of which, or why HOST cannot hold them (exit 1)."""
-        body = {"host": to, "idempotency_key": idempotency_key or f"cli-{uuid.uuid4()}"}
+        body = {
+            "host": to,
+            "idempotency_key": not_empty("--idempotency-key", idempotency_key) or f"cli-{uuid.uuid4()}",
+        }
         try:
             move = client(ctx).post(api_path("/v1/allocations/{}/moves", consumer), body)
         except CliError as exc:
