@@ -165,3 +165,20 @@ def test_a_demo_folder_in_use_is_refused(tmp_path: Path) -> None:
         assert (folder / "demo.db").read_text() == "the running demo's"
     with _prepare_data_dir(folder, 2):  # free again once that demo ended
         assert not (folder / "demo.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["devices", "--host", ""],
+        ["devices", "--type", " "],
+        ["allocations", "--consumer", ""],
+        ["allocations", "--host", ""],
+        ["events", "--device", ""],
+    ],
+)
+def test_an_empty_filter_is_refused_not_taken_as_none(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset shell variable (``--host "$H"``) listed everything, as if no filter were given."""
+    _usage(args, capsys, "is empty")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from devassign.cli.client import Client, CliError, ExitCode, api_path, one_device, parse_json
+from devassign.cli.client import Client, CliError, ExitCode, api_path, not_empty, one_device, parse_json
 from devassign.cli.follow import follow_events, watch_table
 from devassign.cli.output import Format, emit, when
 from devassign.domain import EVENTS_PAGE_MAX, DeviceState
@@ -332,7 +332,7 @@ def register(app: typer.Typer) -> typer.Typer:
         if state is not None and state not in states:
             raise CliError(f"--state {state!r}: one of {', '.join(states)}", status=ExitCode.USAGE)
         api = client(ctx)
-        filters = {"host": host, "type": type, "state": state}
+        filters = {"host": not_empty("--host", host), "type": not_empty("--type", type), "state": state}
         if every:
             emit(
                 all_pages(api, "/v1/devices", DEVICES_PAGE_MAX, after, device_key, **filters),
@@ -369,7 +369,10 @@ def register(app: typer.Typer) -> typer.Typer:
     ) -> None:
         """Who holds what."""
         found = client(ctx).get(
-            "/v1/allocations", consumer=consumer, host=host, include_released=released or None
+            "/v1/allocations",
+            consumer=not_empty("--consumer", consumer),
+            host=not_empty("--host", host),
+            include_released=released or None,
         )
         emit(found, fmt, ALLOCATION_COLUMNS)
 
@@ -396,6 +399,11 @@ def register(app: typer.Typer) -> typer.Typer:
         fmt: FormatOpt = Format.table,
     ) -> None:
         """The event log, newest first; with --follow, oldest first and as it grows."""
+        host, device, consumer = (
+            not_empty("--host", host),
+            not_empty("--device", device),
+            not_empty("--consumer", consumer),
+        )
         if follow:
             filters = {"host": host, "device": device, "consumer": consumer}
             with contextlib.suppress(KeyboardInterrupt):
