@@ -155,19 +155,33 @@ class Outage:
     """Logs an outage once: one warning at the first request that fails, the failures after it
     at debug level, and one info line at the first answer (how long, how many failures).
 
+    A server that fails only some requests (writes refused, reads answered) ends and starts an
+    outage at every cycle: an outage that starts within :data:`QUIET_S` of the last one logged
+    is logged at debug level, start and end, so the log says it once, not every few seconds.
+
     ``clock`` is the agent's monotonic clock.
     """
+
+    QUIET_S = 300.0
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.since: float | None = None
         self.failures = 0
+        self._warned_at: float | None = None
+        self._quiet = False
 
     def failed(self, exc: ServerUnavailable) -> None:
         exc.logged = True
         self.failures += 1
         if self.since is None:
-            self.since = self.clock()
+            self.since = now = self.clock()
+            ago = None if self._warned_at is None else now - self._warned_at
+            self._quiet = ago is not None and ago < self.QUIET_S
+            if self._quiet:
+                log.debug("server unreachable again (an outage was logged %.0f s ago): %s", ago, exc)
+                return
+            self._warned_at = now
             log.warning(
                 "server unreachable: %s; retrying with backoff until it answers (logged once "
                 "per outage); assigned devices stay as they are, work results stay queued in "
@@ -181,7 +195,9 @@ class Outage:
         if self.since is None:
             return
         lasted = max(0.0, self.clock() - self.since)
-        log.info("server answers again after %.0f s (%d failed requests)", lasted, self.failures)
+        (log.debug if self._quiet else log.info)(
+            "server answers again after %.0f s (%d failed requests)", lasted, self.failures
+        )
         self.since = None
         self.failures = 0
 
