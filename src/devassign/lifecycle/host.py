@@ -494,8 +494,9 @@ class HostOps:
         cls, sysfs_root: str | os.PathLike[str], native_drivers: Mapping[str, str] | None = None
     ) -> HostOps:
         """A generated tree whose bind/unbind/mdev writes act like the kernel, with recording
-        netlink and a runner that records commands and answers ``nvidia-smi`` for the tree's
-        GPUs: for tests, ``agent run --simulate`` and ``devassign demo``."""
+        netlink (in memory) and a runner that records commands and answers ``nvidia-smi`` for
+        the tree's GPUs: for tests and ``devassign demo``; ``agent run --simulate`` uses
+        ``devassign.testing.simulated_host``, this with netlink kept in the tree."""
         from pathlib import Path
 
         from devassign.lifecycle.simulated import SimulatedSysfs

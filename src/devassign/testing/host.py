@@ -8,6 +8,7 @@ keeps its state in a JSON file next to the SYNTHETIC tree.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -16,8 +17,6 @@ from pathlib import Path
 
 from devassign.hostio import HostIOError
 from devassign.lifecycle.host import HostOps, LinkState, RecordingNetlink, VfConfig
-from devassign.lifecycle.simulated import SimulatedSysfs
-from devassign.testing.nvidia_smi import SimulatedRunner
 
 NETLINK_FILE = ".simulated-netlink.json"
 
@@ -87,9 +86,6 @@ def simulated_host(
     """A generated tree acting like a kernel (``agent run --simulate``), with VF settings kept in
     ``NETLINK_FILE`` inside it, ``nvidia-smi`` answered for its GPUs on NVIDIA's driver (state
     kept beside the tree too) and every other command recorded, not run."""
-    root = Path(sysfs_root)
-    return HostOps(
-        SimulatedSysfs(root, native_drivers),
-        PersistentNetlink(root / NETLINK_FILE),
-        SimulatedRunner(root=root),
-    )
+    # HostOps.simulated, whose sysfs and runner these are, with netlink that outlives the process.
+    ops = HostOps.simulated(sysfs_root, native_drivers)
+    return dataclasses.replace(ops, netlink=PersistentNetlink(Path(sysfs_root) / NETLINK_FILE))
