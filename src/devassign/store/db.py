@@ -137,9 +137,8 @@ class _FileWatch:
     a running server, the open connections still write into the old file and every write
     acknowledged from then on is gone at the next start. A write (or a new connection) then
     is refused (503 ``file_gone``) until a restart, and the server says so once, loudly.
-
-    Told by the file's identity (device, inode), and by an empty file where one with data was:
-    a file created anew may get a freed inode's number."""
+    Told by the file's identity (device, inode); connections open the file and never create
+    it (``_before_connect``), so a deleted file is not replaced by an empty one of ours."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -148,7 +147,6 @@ class _FileWatch:
         except OSError:
             st = None
         self.identity = (st.st_dev, st.st_ino) if st else None
-        self.had_data = bool(st and st.st_size)
         self.gone = False
         self._lock = threading.Lock()
 
@@ -164,17 +162,15 @@ class _FileWatch:
                 st = _stat(self.path)
             except OSError:
                 return  # cannot tell now (see _stat): the next check will
-            if st is None or (st.st_dev, st.st_ino) != self.identity or (self.had_data and not st.st_size):
-                self.gone = True
-                log.error(
-                    "the database file %s was deleted or replaced while this server runs: writes are "
-                    "refused from now on (they would be lost). Stop the server, put the database back "
-                    "(the file, or a backup: docs/operations.md) and start it again",
-                    self.path,
-                )
-            else:
-                self.had_data = self.had_data or bool(st.st_size)
+            if st is not None and (st.st_dev, st.st_ino) == self.identity:
                 return
+            self.gone = True
+            log.error(
+                "the database file %s was deleted or replaced while this server runs: writes are "
+                "refused from now on (they would be lost). Stop the server, put the database back "
+                "(the file, or a backup: docs/operations.md) and start it again",
+                self.path,
+            )
         raise DevassignError(
             DATABASE_BUSY,
             f"the database file {self.path.name} was deleted or replaced under the server; an operator "
