@@ -39,6 +39,25 @@ def cli(
     return result
 
 
+def wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, *, log: Path | None = None, within: float = 60
+) -> None:
+    """Wait until the server process ``proc`` answers ``GET {url}/healthz``; fails if it exits
+    first (with its ``log``) or takes longer than ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"server exited with {proc.returncode}" + (f"; log: {log.read_text()}" if log else "")
+            )
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"server did not start within {within:.0f} s")
+
+
 @contextlib.contextmanager
 def running_server(
     db_url: str, *, auth: bool = True, log: Path | None = None, extra: tuple[str, ...] = ()
@@ -52,19 +71,7 @@ def running_server(
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited with {proc.returncode}" + (f"; log: {log.read_text()}" if log else "")
-                )
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("server did not start within 60 s")
+        wait_healthy(proc, url, log=log)
         yield url
     finally:
         proc.terminate()

@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.servers import DEVASSIGN, free_port
+from tests.e2e.servers import DEVASSIGN, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +25,7 @@ def test_sigterm_removes_the_demos_temporary_folder(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.returncode
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("the demo did not start")
+        wait_healthy(proc, f"http://127.0.0.1:{port}", within=120)
         (made,) = list(tmp_path.glob("devassign-demo-*"))
         assert (made / "demo.db").exists()
         proc.send_signal(signal.SIGTERM)
