@@ -146,6 +146,7 @@ def _prepare_data_dir(folder: Path, n_hosts: int) -> IO[str]:
         try:
             earlier = json.loads(marker.read_text()).get("wrote", [])
         except (OSError, ValueError, AttributeError) as exc:
+            lock.close()
             raise CliError(f"{marker}: unreadable ({exc}); remove the folder yourself") from exc
         for name in earlier:
             if not isinstance(name, str) or not _DEMO_ENTRY_RE.fullmatch(name):
