@@ -271,8 +271,9 @@ def register(app: typer.Typer) -> typer.Typer:
         found = api.get("/v1/hosts", limit=min(limit + 1, HOSTS_PAGE_MAX), after=after)
         emit(found[:limit], fmt, HOST_COLUMNS)
         if len(found) > limit or len(found) == HOSTS_PAGE_MAX:
+            more = "more hosts follow" if len(found) > limit else "more hosts may follow"
             typer.echo(
-                f"more hosts follow: `devassign hosts --after {found[limit - 1]['name']}` for the next "
+                f"{more}: `devassign hosts --after {found[limit - 1]['name']}` for the next "
                 f"{limit}, or --all for every one",
                 err=True,
             )
